@@ -1,0 +1,1 @@
+"""confledger's read side: state folded from the event log."""

@@ -1,0 +1,191 @@
+"""Opening a database by URL, and translating driver errors into ``StoreError``s where they enter."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from store.canonical import canonical_json
+from store.errors import InvalidDatabaseURL, ReadOnlyStore, StoreError, StoreUnavailable
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "SqliteSynchronous",
+    "create_store_engine",
+    "describe_url",
+    "normalize_url",
+    "translate_errors",
+    "write_transaction",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///./confledger.db"
+
+SqliteSynchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+# Any 64-bit constant works as long as every writer uses the same one; this one spells "confled".
+_PG_APPEND_LOCK_KEY = 0x636F6E666C6564
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url``; a bare ``postgresql://`` means psycopg 3, the driver confledger ships with."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise InvalidDatabaseURL(
+            f"cannot parse database URL {_redact_url_text(str(url))!r}: expected "
+            "sqlite:///path/to/file.db or postgresql+psycopg://user@host:port/dbname"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.drivername != "postgresql+psycopg":
+            raise InvalidDatabaseURL(f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql+psycopg")
+        if not parsed.database:
+            raise InvalidDatabaseURL("PostgreSQL URL names no database (postgresql+psycopg://host:port/DBNAME)")
+    elif backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise InvalidDatabaseURL(f"unsupported SQLite driver {parsed.drivername!r}; use sqlite:///path")
+    else:
+        raise InvalidDatabaseURL(
+            f"unsupported database {backend!r} in {describe_url(parsed)!r}: confledger runs on sqlite or postgresql"
+        )
+    return parsed
+
+
+def describe_url(url: URL) -> str:
+    """The URL as it may appear in messages and logs: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def _redact_url_text(text: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", text)
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_store_engine(
+    url: URL,
+    *,
+    sqlite_synchronous: SqliteSynchronous = "FULL",
+    busy_timeout_ms: int = 10_000,
+    connect_timeout_s: int = 5,
+) -> Engine:
+    common: dict[str, Any] = {
+        "json_serializer": canonical_json,
+        "json_deserializer": json.loads,
+    }
+    if url.get_backend_name() == "sqlite":
+        connect_args: dict[str, Any] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+        if _is_memory(url):
+            engine = sa.create_engine(url, connect_args=connect_args, poolclass=StaticPool, **common)
+        else:
+            engine = sa.create_engine(url, connect_args=connect_args, **common)
+        _install_sqlite_hooks(engine, sqlite_synchronous, busy_timeout_ms, memory=_is_memory(url))
+        return engine
+    return sa.create_engine(
+        url,
+        connect_args={"connect_timeout": connect_timeout_s, "application_name": "confledger"},
+        pool_pre_ping=True,
+        **common,
+    )
+
+
+def _install_sqlite_hooks(engine: Engine, synchronous: str, busy_timeout_ms: int, *, memory: bool) -> None:
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite opens transactions lazily and always DEFERRED; a deferred writer that later needs the
+        # write lock can fail with SQLITE_BUSY without waiting. Taking control of BEGIN lets writers ask
+        # for IMMEDIATE, which waits (busy_timeout) for the lock up front and then cannot be refused.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        finally:
+            cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("confledger_sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the log's single write lock from its first statement to commit.
+
+    SQLite: ``BEGIN IMMEDIATE`` takes the database's one RESERVED lock. PostgreSQL: a transaction-scoped
+    advisory lock, released by commit or rollback, so a crashed writer can never leave it held.
+    """
+    with translate_errors(engine.url), engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.execution_options(confledger_sqlite_begin="IMMEDIATE")
+        with connection.begin():
+            if engine.dialect.name == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_APPEND_LOCK_KEY)))
+            yield connection
+
+
+@contextlib.contextmanager
+def translate_errors(url: URL) -> Iterator[None]:
+    """Turn driver exceptions into ``StoreError``s with one-line messages that never show a password."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except sa_exc.DBAPIError as exc:
+        raise _translate(url, exc) from exc
+    except sa_exc.SQLAlchemyError as exc:
+        raise StoreError(f"database error on {describe_url(url)}: {type(exc).__name__}") from exc
+
+
+def _first_line(exc: sa_exc.DBAPIError) -> str:
+    original = exc.orig if exc.orig is not None else exc
+    text = str(original).strip().splitlines()
+    return _redact_url_text(text[0]) if text else type(original).__name__
+
+
+def _translate(url: URL, exc: sa_exc.DBAPIError) -> StoreError:
+    detail = _first_line(exc)
+    lowered = detail.lower()
+    where = describe_url(url)
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ":memory:"
+        if "readonly" in lowered or "read-only" in lowered:
+            return ReadOnlyStore(f"SQLite database {path} is read-only: {detail}")
+        if "unable to open" in lowered:
+            return StoreUnavailable(
+                f"cannot open SQLite database {path}: the file or its directory is missing or not accessible"
+            )
+        if "locked" in lowered or "busy" in lowered:
+            return StoreUnavailable(f"SQLite database {path} stayed locked past the busy timeout: {detail}")
+        if "not a database" in lowered or "malformed" in lowered:
+            return StoreUnavailable(f"{path} is not a usable SQLite database: {detail}")
+        if "disk" in lowered and ("full" in lowered or "i/o" in lowered):
+            return StoreUnavailable(f"SQLite database {path} cannot be written: {detail}")
+    else:
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and (
+            "connect" in lowered or "connection" in lowered or "timeout" in lowered or "resolve" in lowered
+        ):
+            return StoreUnavailable(f"cannot reach PostgreSQL at {where}: {detail}")
+        if "read-only transaction" in lowered:
+            return ReadOnlyStore(f"PostgreSQL at {where} refuses writes: {detail}")
+        if "does not exist" in lowered and "database" in lowered:
+            return StoreUnavailable(f"PostgreSQL database named in {where} does not exist: {detail}")
+    if isinstance(exc, sa_exc.IntegrityError):
+        return StoreError(f"integrity error on {where}: {detail}", code="integrity_error")
+    return StoreUnavailable(f"database error on {where}: {detail}")

@@ -1,0 +1,327 @@
+"""The event catalogue: one frozen pydantic model per event type, and the registry that reads them back.
+
+Payload models are frozen because an event is a fact: once appended, nothing may change it, and a
+mutable object handed to a projection would invite exactly that. Every type carries a ``schema_version``;
+when a payload's shape changes, the version goes up and an upcaster translates the old stored form on
+read, so the log never has to be rewritten (rewriting would break the hash chain).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from store.errors import EventSchemaError
+
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "ConfigApplied",
+    "ConfigLoadFailed",
+    "ConfigLoaded",
+    "ConfigRolledBack",
+    "ConfigUnchanged",
+    "EventPayload",
+    "EventRegistry",
+    "FileWatchDisabled",
+    "FileWatchEnabled",
+    "InstanceStarted",
+    "InstanceStopped",
+    "NewEvent",
+    "OperationCompleted",
+    "OperationKind",
+    "OperationRejected",
+    "OperationStarted",
+    "OperationStatus",
+    "RecordedEvent",
+    "ServiceNotified",
+    "ServiceOutcome",
+    "Trigger",
+    "UnknownPayload",
+    "ValidationFailed",
+    "ValidationPassed",
+]
+
+
+class Trigger(StrEnum):
+    MANUAL = "manual"
+    API = "api"
+    SIGNAL = "signal"
+    FILE_WATCH = "file_watch"
+    SCHEDULED = "scheduled"
+    CLI = "cli"
+    STARTUP = "startup"
+
+
+class OperationKind(StrEnum):
+    RELOAD = "reload"
+    ROLLBACK = "rollback"
+
+
+class OperationStatus(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    INTERRUPTED = "interrupted"
+
+
+class ServiceOutcome(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+class EventPayload(BaseModel):
+    """Base of every payload; subclasses set ``event_type`` and, when their shape changes, bump the version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+
+
+class UnknownPayload(EventPayload):
+    """A type this code does not know (written by a newer instance sharing the log): kept, not dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+# --- instance lifecycle -------------------------------------------------------------------------------
+
+
+class InstanceStarted(EventPayload):
+    event_type: ClassVar[str] = "instance.started"
+    version: str
+    host: str
+    pid: int
+    current_hash: str | None = None
+
+
+class InstanceStopped(EventPayload):
+    event_type: ClassVar[str] = "instance.stopped"
+    reason: str = "shutdown"
+
+
+# --- operations ---------------------------------------------------------------------------------------
+
+
+class OperationStarted(EventPayload):
+    event_type: ClassVar[str] = "operation.started"
+    kind: OperationKind
+    trigger: Trigger
+    source: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    previous_hash: str | None = None
+    target_hash: str | None = None
+    expected_head: int = 0
+    client: str | None = None
+    trace_id: str | None = None
+
+
+class ConfigLoaded(EventPayload):
+    event_type: ClassVar[str] = "config.loaded"
+    hash: str
+    source: str | None
+    size_bytes: int
+    load_ms: float
+
+
+class ConfigLoadFailed(EventPayload):
+    event_type: ClassVar[str] = "config.load_failed"
+    reason: str
+    message: str
+    source: str | None = None
+    input_sha256: str | None = None
+    size_bytes: int | None = None
+
+
+class ConfigUnchanged(EventPayload):
+    event_type: ClassVar[str] = "config.unchanged"
+    hash: str
+
+
+class ValidationPassed(EventPayload):
+    event_type: ClassVar[str] = "validation.passed"
+    hash: str | None = None
+    warnings: tuple[str, ...] = ()
+    duration_ms: float
+
+
+class ValidationFailed(EventPayload):
+    event_type: ClassVar[str] = "validation.failed"
+    hash: str | None = None
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    duration_ms: float
+
+
+class ServiceNotified(EventPayload):
+    event_type: ClassVar[str] = "service.notified"
+    service: str
+    priority: int
+    outcome: ServiceOutcome
+    duration_ms: float
+    error: str | None = None
+    direction: Literal["forward", "compensate"] = "forward"
+    config_hash: str | None = None
+
+
+class ConfigApplied(EventPayload):
+    event_type: ClassVar[str] = "config.applied"
+    hash: str
+    previous_hash: str | None
+    changes: tuple[str, ...] = ()
+
+
+class ConfigRolledBack(EventPayload):
+    event_type: ClassVar[str] = "config.rolled_back"
+    from_hash: str | None
+    to_hash: str | None
+    reason: Literal["manual", "automatic"]
+    success_ratio: float | None = None
+    threshold: float | None = None
+
+
+class OperationCompleted(EventPayload):
+    event_type: ClassVar[str] = "operation.completed"
+    status: OperationStatus
+    message: str = ""
+    error_message: str | None = None
+    reason: str | None = None
+    total_ms: float = 0.0
+    validation_ms: float = 0.0
+    apply_ms: float = 0.0
+
+
+class OperationRejected(EventPayload):
+    event_type: ClassVar[str] = "operation.rejected"
+    kind: OperationKind
+    trigger: Trigger
+    reason: str
+    message: str
+    running_operation_id: str | None = None
+    source: str | None = None
+    client: str | None = None
+
+
+class FileWatchEnabled(EventPayload):
+    event_type: ClassVar[str] = "file_watch.enabled"
+    source: str | None
+    poll_interval: float
+    mode: Literal["inotify", "polling"] = "inotify"
+
+
+class FileWatchDisabled(EventPayload):
+    event_type: ClassVar[str] = "file_watch.disabled"
+    source: str | None = None
+
+
+# --- envelopes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet appended: the log assigns position, id, time, instance and the chain hash."""
+
+    payload: EventPayload
+    actor: str = "system"
+    operation_id: uuid.UUID | None = None
+
+
+class RecordedEvent(BaseModel):
+    """One row of ``events``, with its payload upcast to the current model."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    position: int
+    event_id: uuid.UUID
+    occurred_at: datetime
+    type: str
+    schema_version: int
+    operation_id: uuid.UUID | None
+    instance_id: str
+    actor: str
+    payload: EventPayload
+    prev_hash: str
+    hash: str
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class EventRegistry:
+    """Maps type names to payload models and old schema versions to upcasters."""
+
+    models: dict[str, type[EventPayload]] = field(default_factory=dict)
+    upcasters: dict[tuple[str, int], Upcaster] = field(default_factory=dict)
+
+    def register(self, model: type[EventPayload]) -> type[EventPayload]:
+        if not model.event_type:
+            raise ValueError(f"{model.__name__} has no event_type")
+        self.models[model.event_type] = model
+        return model
+
+    def register_upcaster(self, event_type: str, from_version: int, upcaster: Upcaster) -> None:
+        """``upcaster`` turns a version ``from_version`` payload into a ``from_version + 1`` payload."""
+        self.upcasters[(event_type, from_version)] = upcaster
+
+    def model_for(self, event_type: str) -> type[EventPayload] | None:
+        return self.models.get(event_type)
+
+    def decode(self, event_type: str, schema_version: int, data: Mapping[str, Any]) -> EventPayload:
+        model = self.models.get(event_type)
+        if model is None:
+            return UnknownPayload.model_validate(dict(data))
+        if schema_version > model.schema_version:
+            raise EventSchemaError(
+                f"{event_type} v{schema_version} is newer than this code understands "
+                f"(v{model.schema_version}); upgrade confledger to read it",
+                code="event_version_too_new",
+            )
+        payload = dict(data)
+        for version in range(schema_version, model.schema_version):
+            upcaster = self.upcasters.get((event_type, version))
+            if upcaster is None:
+                raise EventSchemaError(
+                    f"no upcaster for {event_type} v{version} -> v{version + 1}", code="missing_upcaster"
+                )
+            payload = upcaster(payload)
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise EventSchemaError(
+                f"stored {event_type} payload does not match its model: {exc.error_count()} error(s)",
+                code="invalid_payload",
+            ) from exc
+
+    def copy(self) -> EventRegistry:
+        return EventRegistry(dict(self.models), dict(self.upcasters))
+
+
+DEFAULT_REGISTRY = EventRegistry()
+for _model in (
+    InstanceStarted,
+    InstanceStopped,
+    OperationStarted,
+    ConfigLoaded,
+    ConfigLoadFailed,
+    ConfigUnchanged,
+    ValidationPassed,
+    ValidationFailed,
+    ServiceNotified,
+    ConfigApplied,
+    ConfigRolledBack,
+    OperationCompleted,
+    OperationRejected,
+    FileWatchEnabled,
+    FileWatchDisabled,
+):
+    DEFAULT_REGISTRY.register(_model)

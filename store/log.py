@@ -1,0 +1,520 @@
+"""``EventLog``: the append-only, hash-chained event log on SQLite or PostgreSQL.
+
+Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
+worker thread (``anyio.to_thread.run_sync``) so the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+
+from store import migrate
+from store.canonical import GENESIS_HASH, canonical_bytes, canonical_json, config_hash, sha256_hex
+from store.database import (
+    DEFAULT_DATABASE_URL,
+    SqliteSynchronous,
+    create_store_engine,
+    describe_url,
+    normalize_url,
+    translate_errors,
+    write_transaction,
+)
+from store.errors import (
+    AmbiguousHashPrefix,
+    ChainBroken,
+    ConcurrencyConflict,
+    InvalidHashPrefix,
+    UnknownConfigHash,
+)
+from store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
+from store.schema import config_versions, events, projection_checkpoints
+from store.secrets import ConfigPath, SecretCipher, seal, unseal
+
+__all__ = [
+    "Checkpoint",
+    "EventLog",
+    "PreparedConfig",
+    "StoredConfig",
+    "VerifyReport",
+    "chain_hash",
+    "default_instance_id",
+]
+
+MIN_PREFIX = 7
+_VERIFY_BATCH = 2_000
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _timestamp(moment: datetime) -> str:
+    # One fixed text form for hashing: both backends keep microseconds, and PostgreSQL hands back the
+    # session's time zone, so everything is normalised to UTC before formatting.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def chain_hash(envelope: Mapping[str, Any]) -> str:
+    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
+    fields = {
+        "position": envelope["position"],
+        "event_id": str(envelope["event_id"]),
+        "occurred_at": _timestamp(envelope["occurred_at"]),
+        "type": envelope["type"],
+        "schema_version": envelope["schema_version"],
+        "operation_id": None if envelope["operation_id"] is None else str(envelope["operation_id"]),
+        "instance_id": envelope["instance_id"],
+        "actor": envelope["actor"],
+        "payload": envelope["payload"],
+        "prev_hash": envelope["prev_hash"],
+    }
+    return sha256_hex(envelope["prev_hash"].encode("ascii") + canonical_bytes(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedConfig:
+    """A config body ready to store: hash over the plain body, secrets already sealed."""
+
+    hash: str
+    sealed_body: dict[str, Any]
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConfig:
+    hash: str
+    body: dict[str, Any]
+    size_bytes: int
+    first_position: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    name: str
+    version: int
+    position: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    head: int
+    first_broken_position: int | None = None
+    reason: str | None = None
+
+    def raise_for_break(self) -> None:
+        if not self.ok and self.first_broken_position is not None:
+            raise ChainBroken(
+                f"chain broken at position {self.first_broken_position}: {self.reason}",
+                position=self.first_broken_position,
+            )
+
+
+class EventLog:
+    """Open (and migrate to head) the log at ``url``; one instance is shared by a whole process."""
+
+    def __init__(
+        self,
+        url: str | URL = DEFAULT_DATABASE_URL,
+        *,
+        instance_id: str | None = None,
+        registry: EventRegistry = DEFAULT_REGISTRY,
+        cipher: SecretCipher | None = None,
+        sqlite_synchronous: SqliteSynchronous = "FULL",
+        busy_timeout_ms: int = 10_000,
+        connect_timeout_s: int = 5,
+        migrate_on_open: bool = True,
+    ) -> None:
+        self.url = normalize_url(url)
+        self.instance_id = instance_id or default_instance_id()
+        self.registry = registry
+        self.cipher = cipher
+        self.engine: Engine = create_store_engine(
+            self.url,
+            sqlite_synchronous=sqlite_synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            connect_timeout_s=connect_timeout_s,
+        )
+        try:
+            if migrate_on_open:
+                migrate.upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return describe_url(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        # One read transaction per call: SQLite and PostgreSQL both give it a consistent snapshot, so
+        # verify() sees one state of the log even while writers append. Reads take no lock.
+        with translate_errors(self.url), self.engine.connect() as connection:
+            yield connection
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def append(
+        self,
+        new_events: Sequence[NewEvent],
+        *,
+        expected_head: int | None = None,
+        configs: Iterable[PreparedConfig] = (),
+    ) -> list[int]:
+        """Append ``new_events`` (and store ``configs``) in one transaction; return their positions.
+
+        ``expected_head`` is the head the caller's operation started from: if the batch applies a config
+        and another ``config.applied`` has landed since, nothing is written and ``ConcurrencyConflict``
+        is raised, so a decision made on stale state never silently overwrites a newer one.
+        """
+        if not new_events:
+            return []
+        prepared = [self._payload_row(event) for event in new_events]
+        applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
+        with write_transaction(self.engine) as connection:
+            head_position, head_hash = self._head_row(connection)
+            if expected_head is not None and applies:
+                self._check_no_apply_since(connection, expected_head)
+            # Taken under the lock so occurred_at never decreases along positions on one clock.
+            now = datetime.now(UTC)
+            rows: list[dict[str, Any]] = []
+            previous = head_hash
+            for offset, (event, payload) in enumerate(zip(new_events, prepared, strict=True)):
+                row: dict[str, Any] = {
+                    "position": head_position + 1 + offset,
+                    "event_id": str(uuid.uuid4()),
+                    "occurred_at": now,
+                    "type": event.payload.event_type,
+                    "schema_version": type(event.payload).schema_version,
+                    "operation_id": None if event.operation_id is None else str(event.operation_id),
+                    "instance_id": self.instance_id,
+                    "actor": event.actor,
+                    "payload": payload,
+                    "prev_hash": previous,
+                }
+                row["hash"] = chain_hash(row)
+                previous = row["hash"]
+                rows.append(row)
+            connection.execute(events.insert(), rows)
+            for config in configs:
+                self._store_config(connection, config, first_position=head_position + 1)
+        return [row["position"] for row in rows]
+
+    @staticmethod
+    def _payload_row(event: NewEvent) -> dict[str, Any]:
+        data = event.payload.model_dump(mode="json")
+        canonical_json(data)  # refuse NaN/Infinity before taking the lock
+        return data
+
+    @staticmethod
+    def _head_row(connection: Connection) -> tuple[int, str]:
+        row = connection.execute(
+            sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
+        ).first()
+        return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
+
+    @staticmethod
+    def _check_no_apply_since(connection: Connection, expected_head: int) -> None:
+        conflicting = connection.execute(
+            sa.select(events.c.position)
+            .where(events.c.type == ConfigApplied.event_type, events.c.position > expected_head)
+            .order_by(events.c.position)
+            .limit(1)
+        ).scalar()
+        if conflicting is not None:
+            raise ConcurrencyConflict(
+                f"another config was applied at position {conflicting} after this operation started "
+                f"(at head {expected_head}); retry against the new current config",
+                expected_head=expected_head,
+                conflicting_position=int(conflicting),
+            )
+
+    def prepare_config(
+        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
+    ) -> PreparedConfig:
+        """Hash ``body`` (secrets plain) and seal its secrets for storage."""
+        plain = dict(body)
+        return PreparedConfig(
+            hash=config_hash(plain),
+            sealed_body=seal(plain, secret_paths, self.cipher),
+            size_bytes=len(canonical_bytes(plain)),
+        )
+
+    def put_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
+        """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
+        prepared = self.prepare_config(body, secret_paths)
+        with write_transaction(self.engine) as connection:
+            self._store_config(connection, prepared, first_position=None)
+        return prepared.hash
+
+    @staticmethod
+    def _store_config(connection: Connection, config: PreparedConfig, *, first_position: int | None) -> None:
+        existing = connection.execute(
+            sa.select(config_versions.c.first_position).where(config_versions.c.hash == config.hash)
+        ).first()
+        if existing is None:
+            connection.execute(
+                config_versions.insert().values(
+                    hash=config.hash,
+                    body=config.sealed_body,
+                    size_bytes=config.size_bytes,
+                    first_position=first_position,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        elif existing.first_position is None and first_position is not None:
+            connection.execute(
+                config_versions.update()
+                .where(config_versions.c.hash == config.hash)
+                .values(first_position=first_position)
+            )
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def head(self) -> int:
+        """The position of the newest event (0 for an empty log)."""
+        with self._read() as connection:
+            return self._head_row(connection)[0]
+
+    def read(
+        self,
+        after: int = 0,
+        limit: int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        until: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events with position > ``after`` (and <= ``until``), oldest first."""
+        query = sa.select(events).where(events.c.position > after).order_by(events.c.position)
+        if until is not None:
+            query = query.where(events.c.position <= until)
+        if types is not None:
+            query = query.where(events.c.type.in_(list(types)))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
+
+    def read_reverse(self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None) -> list[RecordedEvent]:
+        """Events with position < ``before``, newest first."""
+        query = sa.select(events).order_by(events.c.position.desc()).limit(limit)
+        if before is not None:
+            query = query.where(events.c.position < before)
+        if types is not None:
+            query = query.where(events.c.type.in_(list(types)))
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
+
+    def iter_events(self, after: int = 0, *, until: int | None = None, batch: int = 5_000) -> Iterator[RecordedEvent]:
+        """Stream events in position order without holding the whole log in memory."""
+        position = after
+        while True:
+            chunk = self.read(position, batch, until=until)
+            yield from chunk
+            if len(chunk) < batch:
+                return
+            position = chunk[-1].position
+
+    def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
+        query = (
+            sa.select(events)
+            .where(events.c.operation_id == str(uuid.UUID(str(operation_id))))
+            .order_by(events.c.position)
+        )
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
+
+    def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
+        """Events whose ``occurred_at`` lies in [since, until], oldest first."""
+        query = sa.select(events).order_by(events.c.position)
+        if since is not None:
+            query = query.where(events.c.occurred_at >= since)
+        if until is not None:
+            query = query.where(events.c.occurred_at <= until)
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
+
+    def position_at(self, moment: datetime) -> int:
+        """The newest position whose event occurred at or before ``moment`` (0 if none)."""
+        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= moment)
+        with self._read() as connection:
+            value = connection.execute(query).scalar()
+        return int(value or 0)
+
+    def _decode(self, row: Any) -> RecordedEvent:
+        occurred_at = row.occurred_at
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)
+        return RecordedEvent(
+            position=int(row.position),
+            event_id=uuid.UUID(row.event_id),
+            occurred_at=occurred_at.astimezone(UTC),
+            type=row.type,
+            schema_version=int(row.schema_version),
+            operation_id=None if row.operation_id is None else uuid.UUID(row.operation_id),
+            instance_id=row.instance_id,
+            actor=row.actor,
+            payload=self.registry.decode(row.type, int(row.schema_version), row.payload),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
+
+    # --- configs --------------------------------------------------------------------------------------
+
+    def resolve_hash(self, reference: str) -> str:
+        """The full hash for a full hash or a unique prefix of at least 7 hex digits."""
+        prefix = reference.strip().lower()
+        if len(prefix) < MIN_PREFIX or len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
+            raise InvalidHashPrefix(
+                f"{reference[:80]!r} is not a config hash: give at least {MIN_PREFIX} hex digits"
+            )
+        # Hex digits cannot contain LIKE wildcards, so the prefix is safe to pattern-match as is.
+        query = (
+            sa.select(config_versions.c.hash)
+            .where(config_versions.c.hash.like(f"{prefix}%"))
+            .order_by(config_versions.c.hash)
+            .limit(5)
+        )
+        with self._read() as connection:
+            matches = [str(value) for value in connection.execute(query).scalars()]
+        if not matches:
+            raise UnknownConfigHash(f"no stored config has a hash starting with {prefix}")
+        if len(matches) > 1:
+            raise AmbiguousHashPrefix(
+                f"{prefix} matches more than one config ({', '.join(m[:16] for m in matches)}); give more digits",
+                candidates=matches,
+            )
+        return matches[0]
+
+    def get_config(self, reference: str) -> StoredConfig:
+        """The stored config for a hash or unique prefix, with its secrets decrypted."""
+        full = self.resolve_hash(reference)
+        with self._read() as connection:
+            row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full)).one()
+        created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        return StoredConfig(
+            hash=full,
+            body=unseal(row.body, self.cipher),
+            size_bytes=int(row.size_bytes),
+            first_position=None if row.first_position is None else int(row.first_position),
+            created_at=created_at,
+        )
+
+    def has_config(self, full_hash: str) -> bool:
+        with self._read() as connection:
+            return (
+                connection.execute(
+                    sa.select(config_versions.c.hash).where(config_versions.c.hash == full_hash)
+                ).first()
+                is not None
+            )
+
+    def config_count(self) -> int:
+        with self._read() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(config_versions)).scalar() or 0)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def load_checkpoint(self, name: str) -> Checkpoint | None:
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(projection_checkpoints).where(projection_checkpoints.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        return Checkpoint(name=name, version=int(row.version), position=int(row.position), state=dict(row.state))
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
+        values = {
+            "version": checkpoint.version,
+            "position": checkpoint.position,
+            "state": checkpoint.state,
+            "updated_at": datetime.now(UTC),
+        }
+        with translate_errors(self.url), self.engine.begin() as connection:
+            updated = connection.execute(
+                projection_checkpoints.update()
+                .where(
+                    projection_checkpoints.c.name == checkpoint.name,
+                    # Never move a checkpoint backwards when two processes fold concurrently.
+                    projection_checkpoints.c.position <= checkpoint.position,
+                )
+                .values(**values)
+            ).rowcount
+            if not updated:
+                exists = connection.execute(
+                    sa.select(projection_checkpoints.c.name).where(projection_checkpoints.c.name == checkpoint.name)
+                ).first()
+                if exists is None:
+                    connection.execute(projection_checkpoints.insert().values(name=checkpoint.name, **values))
+
+    # --- integrity ------------------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Recompute every link of the chain; report the first position that does not hold."""
+        expected_position = 1
+        previous = GENESIS_HASH
+        checked = 0
+        columns = [c for c in events.c]
+        with self._read() as connection:
+            head = self._head_row(connection)[0]
+            after = 0
+            while True:
+                rows = connection.execute(
+                    sa.select(*columns).where(events.c.position > after).order_by(events.c.position).limit(_VERIFY_BATCH)
+                ).all()
+                for row in rows:
+                    position = int(row.position)
+                    if position != expected_position:
+                        return VerifyReport(
+                            False, checked, head, expected_position,
+                            f"event {expected_position} is missing (next stored position is {position})",
+                        )
+                    if row.prev_hash != previous:
+                        return VerifyReport(
+                            False, checked, head, position, "prev_hash does not match the previous event's hash"
+                        )
+                    envelope = row._asdict()
+                    if chain_hash(envelope) != row.hash:
+                        return VerifyReport(
+                            False, checked, head, position, "stored hash does not match the event's contents"
+                        )
+                    previous = row.hash
+                    expected_position += 1
+                    checked += 1
+                if len(rows) < _VERIFY_BATCH:
+                    break
+                after = int(rows[-1].position)
+        return VerifyReport(True, checked, head)

@@ -1,0 +1,225 @@
+"""Secrets in config bodies: finding them, sealing them at rest, and redacting them for display.
+
+A config hash is computed over the plain values (a rotated API key is a changed config), but the body
+written to ``config_versions`` has every secret replaced by a Fernet token, so an auditor running
+``SELECT body FROM config_versions`` never reads a production key, while rollback can still restore it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from store.canonical import canonical_json
+from store.errors import SecretKeyError
+
+__all__ = [
+    "REDACTED",
+    "SEALED_MARKER",
+    "ConfigPath",
+    "SecretCipher",
+    "dotted",
+    "find_secret_paths",
+    "is_sealed",
+    "looks_secret",
+    "redact",
+    "seal",
+    "unseal",
+]
+
+REDACTED = "**********"
+SEALED_MARKER = "$confledger_sealed"
+
+ConfigPath = tuple[str | int, ...]
+
+# Untyped configs have no SecretStr to go by, so names decide. Matching on whole name parts keeps
+# "max_tokens" and "keyspace" out while catching "api_key", "dbPassword" and "FIRECRAWL_API_KEY".
+_SECRET_PARTS = {"password", "passwd", "pwd", "secret", "secrets", "token", "credential", "credentials", "apikey"}
+_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("auth", "key")}
+
+
+def _name_parts(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [part for part in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if part]
+
+
+def looks_secret(name: str) -> bool:
+    parts = _name_parts(name)
+    if any(part in _SECRET_PARTS for part in parts):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in zip(parts, parts[1:], strict=False))
+
+
+def dotted(path: ConfigPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def find_secret_paths(config: Any) -> set[ConfigPath]:
+    """Paths of secret values: ``SecretStr``/``SecretBytes`` fields of models, and secret-looking keys."""
+    found: set[ConfigPath] = set()
+
+    def walk(value: Any, path: ConfigPath, named_secret: bool) -> None:
+        if isinstance(value, SecretStr | SecretBytes):
+            found.add(path)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), (*path, name), looks_secret(name))
+        elif isinstance(value, Mapping):
+            for key, child in value.items():
+                walk(child, (*path, str(key)), looks_secret(str(key)))
+        elif isinstance(value, list | tuple):
+            for index, child in enumerate(value):
+                walk(child, (*path, index), named_secret)
+        elif named_secret and value is not None and not isinstance(value, bool):
+            found.add(path)
+
+    walk(config, (), False)
+    return found
+
+
+def _get(body: Any, path: ConfigPath) -> tuple[bool, Any]:
+    node = body
+    for part in path:
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _replace(body: Any, path: ConfigPath, new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(body, Mapping):
+        copy = dict(body)
+        copy[str(head)] = _replace(copy[str(head)], rest, new)
+        return copy
+    if isinstance(body, list):
+        items = list(body)
+        items[int(head)] = _replace(items[int(head)], rest, new)
+        return items
+    return body
+
+
+def redact(body: Mapping[str, Any], secret_paths: Iterable[ConfigPath]) -> dict[str, Any]:
+    """A copy with each secret (and each still-sealed value) shown as ``**********``."""
+    result: Any = _redact_sealed(body)
+    for path in secret_paths:
+        present, value = _get(result, path)
+        if present and value is not None:
+            result = _replace(result, path, REDACTED)
+    return dict(result)
+
+
+def _redact_sealed(value: Any) -> Any:
+    if is_sealed(value):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {key: _redact_sealed(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_redact_sealed(child) for child in value]
+    return value
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and SEALED_MARKER in value
+
+
+class SecretCipher:
+    """Fernet encryption of secret values; several keys allow rotation (the first one encrypts)."""
+
+    def __init__(self, keys: Iterable[str | bytes]) -> None:
+        fernets = []
+        for key in keys:
+            try:
+                fernets.append(Fernet(key))
+            except (ValueError, TypeError) as exc:
+                raise SecretKeyError(
+                    "encryption key is not a valid Fernet key (32 url-safe base64 bytes)"
+                ) from exc
+        if not fernets:
+            raise SecretKeyError("no encryption key given")
+        self._fernet = MultiFernet(fernets)
+
+    @staticmethod
+    def generate_key() -> str:
+        return Fernet.generate_key().decode("ascii")
+
+    @classmethod
+    def from_env_value(cls, value: str) -> SecretCipher:
+        """``CONFLEDGER_ENCRYPTION_KEY``: one key, or several separated by commas (newest first)."""
+        return cls([part.strip() for part in value.split(",") if part.strip()])
+
+    @classmethod
+    def from_key_file(cls, path: Path, *, create: bool) -> SecretCipher:
+        """Read (or create with mode 0600) a key file; used for single-host SQLite logs."""
+        if not path.exists():
+            if not create:
+                raise SecretKeyError(f"encryption key file {path} does not exist")
+            key = cls.generate_key()
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(key + "\n")
+        try:
+            return cls.from_env_value(path.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretKeyError(f"cannot read encryption key file {path}: {type(exc).__name__}") from exc
+
+    def encrypt(self, value: Any) -> str:
+        return self._fernet.encrypt(canonical_json(value).encode("utf-8")).decode("ascii")
+
+    def decrypt(self, token: str) -> Any:
+        try:
+            plain = self._fernet.decrypt(token.encode("ascii"))
+        except (InvalidToken, ValueError) as exc:
+            raise SecretKeyError(
+                "a stored secret cannot be decrypted with the configured key(s): the key was changed or lost"
+            ) from exc
+        return json.loads(plain)
+
+
+def seal(
+    body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], cipher: SecretCipher | None
+) -> dict[str, Any]:
+    """Replace each secret value with ``{"$confledger_sealed": token}``; refuses to store secrets plain."""
+    result: Any = dict(body)
+    for path in sorted(secret_paths, key=lambda p: tuple(str(part) for part in p)):
+        present, value = _get(result, path)
+        if not present or value is None or is_sealed(value):
+            continue
+        if cipher is None:
+            raise SecretKeyError(
+                f"config has a secret at {dotted(path)} but no encryption key is configured "
+                "(set CONFLEDGER_ENCRYPTION_KEY)"
+            )
+        result = _replace(result, path, {SEALED_MARKER: cipher.encrypt(value)})
+    return dict(result)
+
+
+def unseal(body: Any, cipher: SecretCipher | None) -> Any:
+    """The plain body: every sealed value decrypted."""
+    if is_sealed(body):
+        if cipher is None:
+            raise SecretKeyError(
+                "the log holds encrypted secrets but no encryption key is configured "
+                "(set CONFLEDGER_ENCRYPTION_KEY to the key the log was written with)"
+            )
+        return cipher.decrypt(str(body[SEALED_MARKER]))
+    if isinstance(body, Mapping):
+        return {key: unseal(child, cipher) for key, child in body.items()}
+    if isinstance(body, list):
+        return [unseal(child, cipher) for child in body]
+    return body
