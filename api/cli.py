@@ -80,7 +80,9 @@ def db_upgrade(
 
 @db_app.command("downgrade")
 def db_downgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base (base drops every table).")],
+    revision: Annotated[
+        str, typer.Argument(help="Target revision, e.g. -1 or base (base drops every table).")
+    ],
     database: DatabaseOption = store.DEFAULT_DATABASE_URL,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a downgrade that drops the event log.")] = False,
 ) -> None:

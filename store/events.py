@@ -126,11 +126,15 @@ class OperationStarted(EventPayload):
 
 
 class ConfigLoaded(EventPayload):
+    """A source was read and parsed; ``hash`` is the config hash once the model accepted it."""
+
     event_type: ClassVar[str] = "config.loaded"
-    hash: str
+    hash: str | None
     source: str | None
     size_bytes: int
     load_ms: float
+    input_sha256: str | None = None
+    format: str | None = None
 
 
 class ConfigLoadFailed(EventPayload):

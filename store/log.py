@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +38,7 @@ from store.errors import (
 )
 from store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
 from store.schema import config_versions, events, projection_checkpoints
-from store.secrets import ConfigPath, SecretCipher, seal, unseal
+from store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
 
 __all__ = [
     "Checkpoint",
@@ -56,6 +56,15 @@ _VERIFY_BATCH = 2_000
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # occurred_at is stored in UTC, and SQLite keeps it as text without a zone, so a bound value in
+    # another zone would be compared by its wall clock: every bound is normalised to UTC first
+    # (a naive value is taken to be UTC already, as stored ones are).
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _timestamp(moment: datetime) -> str:
@@ -99,6 +108,7 @@ class StoredConfig:
     size_bytes: int
     first_position: int | None
     created_at: datetime
+    secret_paths: frozenset[ConfigPath] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +160,7 @@ class EventLog:
             busy_timeout_ms=busy_timeout_ms,
             connect_timeout_s=connect_timeout_s,
         )
+        self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -229,7 +240,43 @@ class EventLog:
             connection.execute(events.insert(), rows)
             for config in configs:
                 self._store_config(connection, config, first_position=head_position + 1)
+        if self._listeners:
+            recorded = [
+                self._recorded(row, event.payload) for row, event in zip(rows, new_events, strict=True)
+            ]
+            for listener in list(self._listeners):
+                listener(recorded)
         return [row["position"] for row in rows]
+
+    def subscribe(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
+        """Call ``listener`` with each batch this process appends, after it commits; returns an unsubscribe.
+
+        Listeners run on the appending thread and may see batches out of position order when two threads
+        append at once; a listener that needs order (a projection) catches up from the log on a gap.
+        """
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    @staticmethod
+    def _recorded(row: Mapping[str, Any], payload: Any) -> RecordedEvent:
+        return RecordedEvent(
+            position=row["position"],
+            event_id=uuid.UUID(row["event_id"]),
+            occurred_at=row["occurred_at"],
+            type=row["type"],
+            schema_version=row["schema_version"],
+            operation_id=None if row["operation_id"] is None else uuid.UUID(row["operation_id"]),
+            instance_id=row["instance_id"],
+            actor=row["actor"],
+            payload=payload,
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+        )
 
     @staticmethod
     def _payload_row(event: NewEvent) -> dict[str, Any]:
@@ -326,7 +373,9 @@ class EventLog:
         with self._read() as connection:
             return [self._decode(row) for row in connection.execute(query)]
 
-    def read_reverse(self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None) -> list[RecordedEvent]:
+    def read_reverse(
+        self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
+    ) -> list[RecordedEvent]:
         """Events with position < ``before``, newest first."""
         query = sa.select(events).order_by(events.c.position.desc()).limit(limit)
         if before is not None:
@@ -336,7 +385,9 @@ class EventLog:
         with self._read() as connection:
             return [self._decode(row) for row in connection.execute(query)]
 
-    def iter_events(self, after: int = 0, *, until: int | None = None, batch: int = 5_000) -> Iterator[RecordedEvent]:
+    def iter_events(
+        self, after: int = 0, *, until: int | None = None, batch: int = 5_000
+    ) -> Iterator[RecordedEvent]:
         """Stream events in position order without holding the whole log in memory."""
         position = after
         while True:
@@ -359,18 +410,49 @@ class EventLog:
         """Events whose ``occurred_at`` lies in [since, until], oldest first."""
         query = sa.select(events).order_by(events.c.position)
         if since is not None:
-            query = query.where(events.c.occurred_at >= since)
+            query = query.where(events.c.occurred_at >= _as_utc(since))
         if until is not None:
-            query = query.where(events.c.occurred_at <= until)
+            query = query.where(events.c.occurred_at <= _as_utc(until))
         with self._read() as connection:
             return [self._decode(row) for row in connection.execute(query)]
 
     def position_at(self, moment: datetime) -> int:
         """The newest position whose event occurred at or before ``moment`` (0 if none)."""
-        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= moment)
+        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= _as_utc(moment))
         with self._read() as connection:
             value = connection.execute(query).scalar()
         return int(value or 0)
+
+    def last_of_type(self, event_type: str) -> RecordedEvent | None:
+        found = self.read_reverse(limit=1, types=[event_type])
+        return found[0] if found else None
+
+    def was_applied(self, full_hash: str) -> bool:
+        """Whether any ``config.applied`` ever named ``full_hash`` (rollback may target only those)."""
+        query = (
+            sa.select(events.c.position)
+            .where(
+                events.c.type == ConfigApplied.event_type, events.c.payload["hash"].as_string() == full_hash
+            )
+            .limit(1)
+        )
+        with self._read() as connection:
+            return connection.execute(query).first() is not None
+
+    def open_operations(self) -> list[RecordedEvent]:
+        """``operation.started`` events with no ``operation.completed``: running elsewhere, or interrupted."""
+        completed = sa.select(events.c.operation_id).where(
+            events.c.type == "operation.completed",
+            events.c.operation_id == sa.literal_column("s.operation_id"),
+        )
+        started = events.alias("s")
+        query = (
+            sa.select(started)
+            .where(started.c.type == "operation.started", ~sa.exists(completed))
+            .order_by(started.c.position)
+        )
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
 
     def _decode(self, row: Any) -> RecordedEvent:
         occurred_at = row.occurred_at
@@ -429,6 +511,7 @@ class EventLog:
             size_bytes=int(row.size_bytes),
             first_position=None if row.first_position is None else int(row.first_position),
             created_at=created_at,
+            secret_paths=frozenset(sealed_paths(row.body)),
         )
 
     def has_config(self, full_hash: str) -> bool:
@@ -442,7 +525,9 @@ class EventLog:
 
     def config_count(self) -> int:
         with self._read() as connection:
-            return int(connection.execute(sa.select(sa.func.count()).select_from(config_versions)).scalar() or 0)
+            return int(
+                connection.execute(sa.select(sa.func.count()).select_from(config_versions)).scalar() or 0
+            )
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
@@ -453,7 +538,9 @@ class EventLog:
             ).first()
         if row is None:
             return None
-        return Checkpoint(name=name, version=int(row.version), position=int(row.position), state=dict(row.state))
+        return Checkpoint(
+            name=name, version=int(row.version), position=int(row.position), state=dict(row.state)
+        )
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
@@ -475,7 +562,9 @@ class EventLog:
             ).rowcount
             if not updated:
                 exists = connection.execute(
-                    sa.select(projection_checkpoints.c.name).where(projection_checkpoints.c.name == checkpoint.name)
+                    sa.select(projection_checkpoints.c.name).where(
+                        projection_checkpoints.c.name == checkpoint.name
+                    )
                 ).first()
                 if exists is None:
                     connection.execute(projection_checkpoints.insert().values(name=checkpoint.name, **values))
@@ -493,18 +582,28 @@ class EventLog:
             after = 0
             while True:
                 rows = connection.execute(
-                    sa.select(*columns).where(events.c.position > after).order_by(events.c.position).limit(_VERIFY_BATCH)
+                    sa.select(*columns)
+                    .where(events.c.position > after)
+                    .order_by(events.c.position)
+                    .limit(_VERIFY_BATCH)
                 ).all()
                 for row in rows:
                     position = int(row.position)
                     if position != expected_position:
                         return VerifyReport(
-                            False, checked, head, expected_position,
+                            False,
+                            checked,
+                            head,
+                            expected_position,
                             f"event {expected_position} is missing (next stored position is {position})",
                         )
                     if row.prev_hash != previous:
                         return VerifyReport(
-                            False, checked, head, position, "prev_hash does not match the previous event's hash"
+                            False,
+                            checked,
+                            head,
+                            position,
+                            "prev_hash does not match the previous event's hash",
                         )
                     envelope = row._asdict()
                     if chain_hash(envelope) != row.hash:

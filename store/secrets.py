@@ -31,6 +31,7 @@ __all__ = [
     "looks_secret",
     "redact",
     "seal",
+    "sealed_paths",
     "unseal",
 ]
 
@@ -41,7 +42,18 @@ ConfigPath = tuple[str | int, ...]
 
 # Untyped configs have no SecretStr to go by, so names decide. Matching on whole name parts keeps
 # "max_tokens" and "keyspace" out while catching "api_key", "dbPassword" and "FIRECRAWL_API_KEY".
-_SECRET_PARTS = {"password", "passwd", "pwd", "secret", "secrets", "token", "credential", "credentials", "apikey"}
+_SECRET_PARTS = {
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "secrets",
+    "token",
+    "credential",
+    "credentials",
+    "apikey",
+}
 _SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("auth", "key")}
 
 
@@ -132,6 +144,17 @@ def _redact_sealed(value: Any) -> Any:
     if isinstance(value, list):
         return [_redact_sealed(child) for child in value]
     return value
+
+
+def sealed_paths(body: Any, path: ConfigPath = ()) -> list[ConfigPath]:
+    """Where a stored body holds sealed values: the secret paths of a config read back from the log."""
+    if is_sealed(body):
+        return [path]
+    if isinstance(body, Mapping):
+        return [found for key, child in body.items() for found in sealed_paths(child, (*path, str(key)))]
+    if isinstance(body, list):
+        return [found for index, child in enumerate(body) for found in sealed_paths(child, (*path, index))]
+    return []
 
 
 def is_sealed(value: Any) -> bool:

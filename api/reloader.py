@@ -1,0 +1,335 @@
+"""``ConfigReloader``: the seed's Python surface over the write side (store) and the read side (projections)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+import store
+from projections.backups import BackupsProjection
+from projections.current import CurrentConfig, CurrentProjection
+from projections.history import HistoryProjection
+from projections.runner import ProjectionSet
+from projections.stats import StatsProjection
+from store import EventLog, SecretCipher, StoreError, Trigger
+from store.events import OperationRejected, OperationStarted
+from store.operations import OperationRunner, ReloadOperation, ReloadStatus, build_operation
+from store.services import ServiceCallback, ServiceRegistry
+from store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
+
+__all__ = [
+    "ConfigReloader",
+    "ReloadOperation",
+    "ReloadStatus",
+    "ReloadTrigger",
+    "get_config_reloader",
+    "set_config_reloader",
+]
+
+logger = logging.getLogger("api.reloader")
+
+ReloadTrigger = Trigger
+
+
+class ConfigReloader:
+    """Zero-downtime reloading with every step recorded in the log.
+
+    ``await reloader.start()`` restores the current config from the log (or loads the source into an
+    empty log), then folds the projections. Read the config with ``reloader.current`` (no lock, no I/O).
+    """
+
+    def __init__(
+        self,
+        log: EventLog | str | None = None,
+        *,
+        config_model: type[BaseModel] | None = None,
+        config_source: str | Path | None = None,
+        backup_count: int = 5,
+        enable_automatic_rollback: bool = True,
+        rollback_threshold: float = 0.5,
+        validators: Sequence[ConfigValidator | ValidatorSpec] = (),
+        max_source_bytes: int = 1_048_576,
+        history_window: int = 500,
+        instance_id: str | None = None,
+        cipher: SecretCipher | None = None,
+    ) -> None:
+        if log is None or isinstance(log, str):
+            log = EventLog(log or store.DEFAULT_DATABASE_URL, instance_id=instance_id, cipher=cipher)
+            self._owns_log = True
+        else:
+            self._owns_log = False
+        self.log = log
+        self.config_model = config_model
+        self.backup_count = backup_count
+        self.services = ServiceRegistry()
+        self.pipeline = ValidationPipeline(config_model, validators)
+        self.runner = OperationRunner(
+            log,
+            pipeline=self.pipeline,
+            services=self.services,
+            config_source=config_source,
+            enable_automatic_rollback=enable_automatic_rollback,
+            rollback_threshold=rollback_threshold,
+            max_source_bytes=max_source_bytes,
+            version=store.__version__,
+        )
+        self._current = CurrentProjection(self._materialize)
+        self._history = HistoryProjection(window=history_window)
+        self._stats = StatsProjection()
+        self._backups = BackupsProjection(backup_count)
+        self.projections = ProjectionSet(log, [self._current, self._history, self._stats, self._backups])
+        self.started = False
+        self.startup_operation: ReloadOperation | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def config_source(self) -> str | None:
+        return self.runner.config_source
+
+    @property
+    def enable_automatic_rollback(self) -> bool:
+        return self.runner.enable_automatic_rollback
+
+    @property
+    def rollback_threshold(self) -> float:
+        return self.runner.rollback_threshold
+
+    async def start(self) -> ReloadOperation | None:
+        """Close interrupted operations, restore (or load) the config, fold the projections."""
+        if self.started:
+            return self.startup_operation
+        self.startup_operation = await self.runner.start()
+        await anyio.to_thread.run_sync(self.projections.start)
+        self.started = True
+        return self.startup_operation
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        try:
+            await self.runner.stop()
+        finally:
+            await anyio.to_thread.run_sync(self.projections.stop)
+            if self._owns_log:
+                self.log.close()
+
+    def _materialize(self, full_hash: str) -> Any:
+        cached = self.runner.config_for_hash(full_hash)
+        if cached is not None:
+            return cached
+        stored = self.log.get_config(full_hash)
+        config, _, errors = self.pipeline.parse(stored.body)
+        if config is None:
+            raise StoreError(
+                f"config {full_hash[:16]} no longer passes the model: {'; '.join(errors[:3])}",
+                code="current_config_invalid",
+            )
+        return config
+
+    # --- reading the config (hot path) ---------------------------------------------------------------
+
+    @property
+    def current(self) -> CurrentConfig | None:
+        """The current config snapshot; one attribute read, safe from any thread."""
+        return self._current.value
+
+    def get_config(self) -> Any:
+        value = self._current.value
+        if value is None:
+            raise LookupError("no configuration has been applied yet")
+        return value.config
+
+    @property
+    def current_hash(self) -> str | None:
+        value = self._current.value
+        return None if value is None else value.hash
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    async def reload_config(
+        self,
+        trigger: Trigger = Trigger.MANUAL,
+        config_source: str | Path | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        *,
+        actor: str | None = None,
+        client: str | None = None,
+        trace_id: str | None = None,
+    ) -> ReloadOperation:
+        """Load, validate, notify services and apply; every step is an event. Never raises for bad input."""
+        return await self.runner.reload(
+            Trigger(trigger),
+            config_source=config_source,
+            force=force,
+            dry_run=dry_run,
+            actor=actor,
+            client=client,
+            trace_id=trace_id,
+        )
+
+    async def request_reload(self, trigger: Trigger, *, actor: str | None = None) -> ReloadOperation | None:
+        """A coalescing reload for signals and file changes (see ``OperationRunner.request_reload``)."""
+        return await self.runner.request_reload(Trigger(trigger), actor=actor)
+
+    async def rollback_config(
+        self,
+        target_hash: str | None = None,
+        *,
+        trigger: Trigger = Trigger.MANUAL,
+        actor: str | None = None,
+        client: str | None = None,
+        trace_id: str | None = None,
+    ) -> ReloadOperation:
+        """Return to ``target_hash`` (any unique 7+ hex prefix of an applied hash) or the previous config."""
+        return await self.runner.rollback(
+            target_hash, trigger=Trigger(trigger), actor=actor, client=client, trace_id=trace_id
+        )
+
+    def register_config_callback(
+        self,
+        name: str,
+        callback: ServiceCallback,
+        priority: int = 0,
+        async_callback: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        """Call ``callback(old_config, new_config)`` on every change; higher priority runs first."""
+        self.services.register(
+            name, callback, priority=priority, async_callback=async_callback, timeout=timeout
+        )
+
+    def unregister_config_callback(self, name: str) -> bool:
+        return self.services.unregister(name)
+
+    def add_validator(
+        self, validator: ConfigValidator, *, name: str | None = None, timeout: float = 5.0
+    ) -> None:
+        self.pipeline.add(validator, name=name, timeout=timeout)
+
+    # --- reading the record --------------------------------------------------------------------------
+
+    def get_reload_history(
+        self,
+        limit: int = 20,
+        *,
+        before: int | None = None,
+        trigger: str | None = None,
+        status: str | None = None,
+    ) -> list[ReloadOperation]:
+        """Operations newest first; ``before`` is a position cursor (an operation's ``first_position``).
+
+        Served from the in-memory window when it reaches far enough back, otherwise folded from the log.
+        Blocking when it has to read the log: async callers use ``aget_reload_history``.
+        """
+
+        def keep(op: ReloadOperation) -> bool:
+            return (
+                (before is None or op.first_position < before)
+                and (trigger is None or op.trigger.value == trigger)
+                and (status is None or op.status.value == status)
+            )
+
+        found = [op for op in self._history.recent() if keep(op)][:limit]
+        window_full = len(self._history.operations) >= self._history.window
+        if len(found) >= limit or not window_full:
+            return found
+        cursor = self._history.oldest_position if not found else found[-1].first_position
+        if before is not None:
+            cursor = min(cursor, before)
+        while len(found) < limit:
+            starts = self.log.read_reverse(
+                cursor, 200, types=[OperationStarted.event_type, OperationRejected.event_type]
+            )
+            for start in starts:
+                if start.operation_id is None:
+                    continue
+                operation = build_operation(self.log.read_operation(start.operation_id))
+                if keep(operation):
+                    found.append(operation)
+                    if len(found) >= limit:
+                        break
+            if len(starts) < 200:
+                break
+            cursor = starts[-1].position
+        return found
+
+    async def aget_reload_history(self, limit: int = 20, **filters: Any) -> list[ReloadOperation]:
+        return await anyio.to_thread.run_sync(lambda: self.get_reload_history(limit, **filters))
+
+    def count_operations(self, *, trigger: str | None = None, status: str | None = None) -> int:
+        return self._stats.count_matching(trigger=trigger, status=status)
+
+    def get_operation(self, operation_id: str) -> ReloadOperation | None:
+        events = self.log.read_operation(operation_id)
+        return build_operation(events) if events else None
+
+    def get_reload_stats(self) -> dict[str, Any]:
+        """The seed's keys, plus percentiles and per-trigger and per-service breakdowns."""
+        summary = self._stats.summary()
+        return {
+            **{
+                key: summary[key]
+                for key in (
+                    "total_operations",
+                    "successful_operations",
+                    "failed_operations",
+                    "success_rate",
+                    "average_duration_ms",
+                )
+            },
+            "listeners_registered": len(self.services),
+            "backups_available": len(self._backups.backups),
+            "current_config_hash": self.current_hash,
+            **{
+                key: value
+                for key, value in summary.items()
+                if key
+                not in (
+                    "total_operations",
+                    "successful_operations",
+                    "failed_operations",
+                    "success_rate",
+                    "average_duration_ms",
+                )
+            },
+        }
+
+    def get_slow_operations(self, threshold_ms: float = 1000.0) -> list[ReloadOperation]:
+        """Recent operations slower than ``threshold_ms``, slowest first (each names its slowest phase)."""
+        slow = [op for op in self._history.recent() if op.total_duration_ms > threshold_ms]
+        return sorted(slow, key=lambda op: op.total_duration_ms, reverse=True)
+
+    def get_backups(self) -> list[dict[str, Any]]:
+        return self._backups.backups
+
+    def service_drift(self) -> dict[str, str]:
+        """Registered services whose last accepted config is not the current one."""
+        drift = self._stats.drift(self.current_hash)
+        return {name: running for name, running in drift.items() if name in self.services}
+
+    @property
+    def running_operation_id(self) -> str | None:
+        return self.runner.running_operation_id
+
+
+_global_reloader: ConfigReloader | None = None
+
+
+def get_config_reloader() -> ConfigReloader:
+    """The process-wide reloader set by ``set_config_reloader`` (or the FastAPI lifecycle)."""
+    if _global_reloader is None:
+        raise RuntimeError("no ConfigReloader has been set up: call set_config_reloader() or the lifecycle")
+    return _global_reloader
+
+
+def set_config_reloader(reloader: ConfigReloader | None) -> None:
+    global _global_reloader
+    _global_reloader = reloader

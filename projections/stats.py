@@ -1,0 +1,193 @@
+"""Statistics folded from the log: totals, rates, percentiles, per trigger and per service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.base import Projection
+from projections.sketch import QuantileSketch
+from store.events import (
+    ConfigApplied,
+    ConfigRolledBack,
+    OperationCompleted,
+    OperationRejected,
+    OperationStarted,
+    OperationStatus,
+    RecordedEvent,
+    ServiceNotified,
+)
+
+__all__ = ["StatsProjection"]
+
+
+def _bump(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+class StatsProjection(Projection):
+    """Rejected requests count as failed operations, as they appear in history as failed."""
+
+    name = "stats"
+    version = 1
+
+    def reset(self) -> None:
+        self.total = 0
+        self.by_status: dict[str, int] = {}
+        self.by_kind: dict[str, int] = {}
+        # "trigger|status" pairs, so a filtered history page can report its total without a scan.
+        self.by_trigger_status: dict[str, int] = {}
+        self.rollbacks: dict[str, int] = {}
+        self.services: dict[str, dict[str, int]] = {}
+        self.service_durations: dict[str, QuantileSketch] = {}
+        self.service_hashes: dict[str, str] = {}
+        self.durations = QuantileSketch()
+        self.validation_durations = QuantileSketch()
+        self.apply_durations = QuantileSketch()
+        self.current_hash: str | None = None
+        self._open: dict[str, dict[str, str]] = {}
+
+    def fold(self, event: RecordedEvent) -> None:
+        payload = event.payload
+        key = None if event.operation_id is None else str(event.operation_id)
+        if isinstance(payload, OperationStarted) and key is not None:
+            self._open[key] = {"kind": payload.kind.value, "trigger": payload.trigger.value}
+        elif isinstance(payload, OperationCompleted) and key is not None:
+            started = self._open.pop(key, {"kind": "reload", "trigger": "manual"})
+            self._count(started["kind"], started["trigger"], payload.status.value)
+            if payload.status is not OperationStatus.INTERRUPTED:
+                self.durations.add(payload.total_ms)
+                self.validation_durations.add(payload.validation_ms)
+                self.apply_durations.add(payload.apply_ms)
+        elif isinstance(payload, OperationRejected):
+            self._count(payload.kind.value, payload.trigger.value, "failed")
+        elif isinstance(payload, ServiceNotified):
+            outcomes = self.services.setdefault(payload.service, {})
+            _bump(outcomes, f"{payload.direction}:{payload.outcome.value}")
+            if payload.direction == "forward":
+                self.service_durations.setdefault(payload.service, QuantileSketch()).add(payload.duration_ms)
+            if payload.outcome.value == "success" and payload.config_hash is not None:
+                self.service_hashes[payload.service] = payload.config_hash
+        elif isinstance(payload, ConfigRolledBack):
+            _bump(self.rollbacks, payload.reason)
+        elif isinstance(payload, ConfigApplied):
+            self.current_hash = payload.hash
+
+    def _count(self, kind: str, trigger: str, status: str) -> None:
+        self.total += 1
+        _bump(self.by_status, status)
+        _bump(self.by_kind, kind)
+        _bump(self.by_trigger_status, f"{trigger}|{status}")
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    @property
+    def successful(self) -> int:
+        return self.by_status.get("success", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.successful
+
+    @property
+    def success_rate(self) -> float:
+        return self.successful / self.total if self.total else 0.0
+
+    def count_matching(self, trigger: str | None = None, status: str | None = None) -> int:
+        return sum(
+            count
+            for pair, count in self.by_trigger_status.items()
+            if (trigger is None or pair.split("|")[0] == trigger)
+            and (status is None or pair.split("|")[1] == status)
+        )
+
+    def per_trigger(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for pair, count in self.by_trigger_status.items():
+            trigger, status = pair.split("|")
+            entry = result.setdefault(trigger, {"total": 0, "failed": 0})
+            entry["total"] += count
+            if status != "success":
+                entry["failed"] += count
+        for entry in result.values():
+            entry["failure_rate"] = entry["failed"] / entry["total"] if entry["total"] else 0.0
+        return dict(sorted(result.items()))
+
+    def per_service(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for service, outcomes in sorted(self.services.items()):
+            forward = {k.split(":", 1)[1]: v for k, v in outcomes.items() if k.startswith("forward:")}
+            total = sum(forward.values())
+            sketch = self.service_durations.get(service, QuantileSketch())
+            result[service] = {
+                "notified": total,
+                "outcomes": dict(sorted(forward.items())),
+                "compensations": sum(v for k, v in outcomes.items() if k.startswith("compensate:")),
+                "failure_rate": (total - forward.get("success", 0)) / total if total else 0.0,
+                "p50_ms": sketch.quantile(0.5),
+                "p99_ms": sketch.quantile(0.99),
+                "running_hash": self.service_hashes.get(service),
+            }
+        return result
+
+    def drift(self, current_hash: str | None) -> dict[str, str]:
+        """Services whose last accepted config is not the current one, with the hash they run."""
+        return {
+            service: running
+            for service, running in sorted(self.service_hashes.items())
+            if current_hash is not None and running != current_hash
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total_operations": self.total,
+            "successful_operations": self.successful,
+            "failed_operations": self.failed,
+            "success_rate": round(self.success_rate, 6),
+            "average_duration_ms": round(self.durations.mean, 3),
+            "p50_duration_ms": round(self.durations.quantile(0.5), 3),
+            "p95_duration_ms": round(self.durations.quantile(0.95), 3),
+            "p99_duration_ms": round(self.durations.quantile(0.99), 3),
+            "max_duration_ms": round(self.durations.max, 3),
+            "operations_by_status": dict(sorted(self.by_status.items())),
+            "operations_by_kind": dict(sorted(self.by_kind.items())),
+            "rollbacks": dict(sorted(self.rollbacks.items())),
+            "triggers": self.per_trigger(),
+            "services": self.per_service(),
+        }
+
+    # --- checkpoint ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_status": self.by_status,
+            "by_kind": self.by_kind,
+            "by_trigger_status": self.by_trigger_status,
+            "rollbacks": self.rollbacks,
+            "services": self.services,
+            "service_durations": {k: v.to_state() for k, v in self.service_durations.items()},
+            "service_hashes": self.service_hashes,
+            "durations": self.durations.to_state(),
+            "validation_durations": self.validation_durations.to_state(),
+            "apply_durations": self.apply_durations.to_state(),
+            "current_hash": self.current_hash,
+            "open": self._open,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.total = int(state["total"])
+        self.by_status = dict(state["by_status"])
+        self.by_kind = dict(state["by_kind"])
+        self.by_trigger_status = dict(state["by_trigger_status"])
+        self.rollbacks = dict(state["rollbacks"])
+        self.services = {k: dict(v) for k, v in state["services"].items()}
+        self.service_durations = {
+            k: QuantileSketch.from_state(v) for k, v in state["service_durations"].items()
+        }
+        self.service_hashes = dict(state["service_hashes"])
+        self.durations = QuantileSketch.from_state(state["durations"])
+        self.validation_durations = QuantileSketch.from_state(state["validation_durations"])
+        self.apply_durations = QuantileSketch.from_state(state["apply_durations"])
+        self.current_hash = state.get("current_hash")
+        self._open = {k: dict(v) for k, v in state["open"].items()}

@@ -1,0 +1,1061 @@
+"""Reload and rollback as recorded operations: the write side of confledger.
+
+``OperationRunner`` turns one trigger into one operation in the log:
+
+    operation.started                       durable before any service hears of the change
+    config.loaded | config.load_failed      (rollbacks load from the log instead of a source)
+    config.unchanged                        no-op reload without force
+    validation.passed | validation.failed
+    service.notified ...                    forward, in priority order; then compensations if abandoned
+    config.rolled_back                      manual rollback, or automatic when too few services accepted
+    config.applied                          the one event that changes the current config
+    operation.completed                     exactly once per operation
+
+Everything the outcome depends on is committed in one transaction, and ``ReloadOperation`` - what the
+caller gets back - is built by folding those same events, so an answer can never disagree with history.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.diff import changed_paths
+from store.errors import ConcurrencyConflict, ConfigLookupError, SourceError, StoreError
+from store.events import (
+    ConfigApplied,
+    ConfigLoaded,
+    ConfigLoadFailed,
+    ConfigRolledBack,
+    ConfigUnchanged,
+    EventPayload,
+    InstanceStarted,
+    InstanceStopped,
+    NewEvent,
+    OperationCompleted,
+    OperationKind,
+    OperationRejected,
+    OperationStarted,
+    OperationStatus,
+    RecordedEvent,
+    ServiceNotified,
+    ServiceOutcome,
+    Trigger,
+    ValidationFailed,
+    ValidationPassed,
+)
+from store.log import EventLog, PreparedConfig
+from store.secrets import ConfigPath, find_secret_paths
+from store.services import NotifyResult, ServiceRegistry, ServiceSpec
+from store.sources import LoadedSource, load_source
+from store.validation import ValidationOutcome, ValidationPipeline, values_at
+
+__all__ = [
+    "ActiveConfig",
+    "OperationRunner",
+    "ReloadOperation",
+    "ReloadStatus",
+    "build_operation",
+    "default_actor",
+]
+
+INITIAL_CHANGE = "initial_configuration"
+NO_CHANGES_MESSAGE = "No configuration changes detected"
+IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
+_CONFIG_CACHE_SIZE = 16
+
+
+class ReloadStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    VALIDATING = "validating"
+    APPLYING = "applying"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    INTERRUPTED = "interrupted"
+
+
+class ReloadOperation(BaseModel):
+    """One operation as the seed's ``ReloadOperation`` shows it, folded from its events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    operation_id: str
+    kind: OperationKind = OperationKind.RELOAD
+    trigger: Trigger = Trigger.MANUAL
+    status: ReloadStatus = ReloadStatus.PENDING
+    success: bool = False
+    message: str = ""
+    error_message: str | None = None
+    reason: str | None = None
+    actor: str = "system"
+    client: str | None = None
+    instance_id: str | None = None
+    source: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    previous_config_hash: str | None = None
+    new_config_hash: str | None = None
+    changes_applied: tuple[str, ...] = ()
+    services_notified: tuple[str, ...] = ()
+    services_compensated: tuple[str, ...] = ()
+    would_notify: tuple[str, ...] = ()
+    validation_errors: tuple[str, ...] = ()
+    validation_warnings: tuple[str, ...] = ()
+    total_duration_ms: float = 0.0
+    validation_duration_ms: float = 0.0
+    apply_duration_ms: float = 0.0
+    load_duration_ms: float = 0.0
+    service_durations_ms: dict[str, float] = Field(default_factory=dict)
+    running_operation_id: str | None = None
+    trace_id: str | None = None
+    first_position: int = 0
+    last_position: int = 0
+
+    @property
+    def duration_ms(self) -> float:
+        return self.total_duration_ms
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason == "operation_in_progress"
+
+    @property
+    def slowest_phase(self) -> str:
+        phases = {
+            "load": self.load_duration_ms,
+            "validation": self.validation_duration_ms,
+            "apply": self.apply_duration_ms,
+        }
+        return max(phases, key=lambda name: phases[name])
+
+    @property
+    def slowest_service(self) -> str | None:
+        if not self.service_durations_ms:
+            return None
+        return max(self.service_durations_ms, key=lambda name: self.service_durations_ms[name])
+
+
+_STATUS = {
+    OperationStatus.SUCCESS: ReloadStatus.SUCCESS,
+    OperationStatus.FAILED: ReloadStatus.FAILED,
+    OperationStatus.ROLLED_BACK: ReloadStatus.ROLLED_BACK,
+    OperationStatus.INTERRUPTED: ReloadStatus.INTERRUPTED,
+}
+
+
+def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
+    """Fold one operation's events (in position order) into its ``ReloadOperation``."""
+    if not events:
+        raise ValueError("an operation has at least one event")
+    fields: dict[str, Any] = {
+        "operation_id": str(events[0].operation_id),
+        "first_position": events[0].position,
+        "last_position": events[-1].position,
+        "instance_id": events[0].instance_id,
+        "actor": events[0].actor,
+    }
+    notified: list[str] = []
+    compensated: list[str] = []
+    durations: dict[str, float] = {}
+    for event in events:
+        payload = event.payload
+        if isinstance(payload, OperationStarted):
+            fields.update(
+                kind=payload.kind,
+                trigger=payload.trigger,
+                source=payload.source,
+                force=payload.force,
+                dry_run=payload.dry_run,
+                previous_config_hash=payload.previous_hash,
+                new_config_hash=payload.target_hash,
+                started_at=event.occurred_at,
+                status=ReloadStatus.IN_PROGRESS,
+                client=payload.client,
+                trace_id=payload.trace_id,
+            )
+        elif isinstance(payload, ConfigLoaded):
+            fields["new_config_hash"] = payload.hash or fields.get("new_config_hash")
+            fields["load_duration_ms"] = payload.load_ms
+        elif isinstance(payload, ConfigLoadFailed):
+            fields["reason"] = payload.reason
+            fields["error_message"] = payload.message
+        elif isinstance(payload, ConfigUnchanged):
+            fields["new_config_hash"] = payload.hash
+        elif isinstance(payload, ValidationPassed):
+            fields["validation_warnings"] = payload.warnings
+            fields["validation_duration_ms"] = payload.duration_ms
+        elif isinstance(payload, ValidationFailed):
+            fields["validation_errors"] = payload.errors
+            fields["validation_warnings"] = payload.warnings
+            fields["validation_duration_ms"] = payload.duration_ms
+        elif isinstance(payload, ServiceNotified):
+            label = f"{payload.service}:{payload.outcome.value}"
+            if payload.direction == "forward":
+                notified.append(label)
+                durations[payload.service] = payload.duration_ms
+            else:
+                compensated.append(label)
+        elif isinstance(payload, ConfigApplied):
+            fields["new_config_hash"] = payload.hash
+            fields["changes_applied"] = payload.changes
+        elif isinstance(payload, OperationCompleted):
+            fields.update(
+                status=_STATUS[payload.status],
+                success=payload.status is OperationStatus.SUCCESS,
+                message=payload.message,
+                error_message=payload.error_message or fields.get("error_message"),
+                reason=payload.reason or fields.get("reason"),
+                total_duration_ms=payload.total_ms,
+                validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
+                apply_duration_ms=payload.apply_ms,
+                completed_at=event.occurred_at,
+            )
+        elif isinstance(payload, OperationRejected):
+            fields.update(
+                kind=payload.kind,
+                trigger=payload.trigger,
+                status=ReloadStatus.FAILED,
+                success=False,
+                message=payload.message,
+                error_message=payload.message,
+                reason=payload.reason,
+                running_operation_id=payload.running_operation_id,
+                source=payload.source,
+                client=payload.client,
+                started_at=event.occurred_at,
+                completed_at=event.occurred_at,
+            )
+    fields["services_notified"] = tuple(notified)
+    fields["services_compensated"] = tuple(compensated)
+    fields["service_durations_ms"] = durations
+    return ReloadOperation(**fields)
+
+
+def default_actor(trigger: Trigger) -> str:
+    if trigger is Trigger.SIGNAL:
+        return "signal"
+    if trigger is Trigger.FILE_WATCH:
+        return "file_watch"
+    return "system"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveConfig:
+    """The config this instance runs: what callbacks get as ``old`` and what a reload is compared with."""
+
+    hash: str
+    config: Any
+    body: dict[str, Any]
+    secret_paths: frozenset[ConfigPath]
+    position: int
+
+    def secret_values(self) -> list[str]:
+        return values_at(self.body, self.secret_paths)
+
+
+@dataclass
+class _Timer:
+    started: float
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+class OperationRunner:
+    """Runs reloads and rollbacks one at a time and records every step in ``log``."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        pipeline: ValidationPipeline,
+        services: ServiceRegistry,
+        config_source: str | Path | None = None,
+        enable_automatic_rollback: bool = True,
+        rollback_threshold: float = 0.5,
+        max_source_bytes: int = 1_048_576,
+        version: str = "0",
+    ) -> None:
+        if not 0.0 <= rollback_threshold <= 1.0:
+            raise ValueError("rollback_threshold must be between 0 and 1")
+        self.log = log
+        self.pipeline = pipeline
+        self.services = services
+        self.config_source = None if config_source is None else str(config_source)
+        self.enable_automatic_rollback = enable_automatic_rollback
+        self.rollback_threshold = rollback_threshold
+        self.max_source_bytes = max_source_bytes
+        self.version = version
+        self.active: ActiveConfig | None = None
+        self._known_head = 0
+        self._running: uuid.UUID | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._followup_queued = False
+        self._had_content: dict[str, bool] = {}
+        self._config_cache: dict[str, Any] = {}
+        self.on_active_changed: list[Callable[[ActiveConfig], None]] = []
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    async def _append(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        expected_head: int | None = None,
+        configs: Iterable[PreparedConfig] = (),
+    ) -> list[int]:
+        # Every database call goes to a worker thread: an fsync must never stall the event loop.
+        configs = list(configs)
+        positions = await anyio.to_thread.run_sync(
+            lambda: self.log.append(events, expected_head=expected_head, configs=configs)
+        )
+        if positions:
+            self._known_head = max(self._known_head, positions[-1])
+        return positions
+
+    async def _operation_result(self, operation_id: uuid.UUID) -> ReloadOperation:
+        events = await anyio.to_thread.run_sync(self.log.read_operation, operation_id)
+        return build_operation(events)
+
+    def _set_active(self, active: ActiveConfig) -> None:
+        self.active = active
+        self._remember(active.hash, active.config)
+        for listener in list(self.on_active_changed):
+            listener(active)
+
+    def _remember(self, full_hash: str, config: Any) -> None:
+        self._config_cache.pop(full_hash, None)
+        self._config_cache[full_hash] = config
+        while len(self._config_cache) > _CONFIG_CACHE_SIZE:
+            del self._config_cache[next(iter(self._config_cache))]
+
+    @property
+    def running_operation_id(self) -> str | None:
+        return None if self._running is None else str(self._running)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def config_for_hash(self, full_hash: str) -> Any | None:
+        """The typed config for a hash this runner has validated (None if it has not)."""
+        return self._config_cache.get(full_hash)
+
+    # --- start-up and shut-down ------------------------------------------------------------------------
+
+    async def start(self) -> ReloadOperation | None:
+        """Close interrupted operations, restore the current config from the log, record the start.
+
+        With an empty log, the source is loaded and applied as the initial configuration; the
+        operation is returned. Restoring never reads the source: the log is the truth.
+        """
+        await self._close_interrupted()
+        result: ReloadOperation | None = None
+        restored = await anyio.to_thread.run_sync(self._restore_from_log)
+        if restored is not None:
+            self._set_active(restored)
+        elif self.config_source is not None:
+            result = await self.reload(Trigger.STARTUP, actor="system")
+        host = socket.gethostname()
+        await self._append(
+            [
+                NewEvent(
+                    InstanceStarted(
+                        version=self.version,
+                        host=host,
+                        pid=os.getpid(),
+                        current_hash=None if self.active is None else self.active.hash,
+                    )
+                )
+            ]
+        )
+        return result
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        await self._append([NewEvent(InstanceStopped(reason=reason))])
+
+    def _restore_from_log(self) -> ActiveConfig | None:
+        self._known_head = self.log.head()
+        applied = self.log.last_of_type(ConfigApplied.event_type)
+        if applied is None or not isinstance(applied.payload, ConfigApplied):
+            return None
+        stored = self.log.get_config(applied.payload.hash)
+        config, normalised, errors = self.pipeline.parse(stored.body)
+        if config is None or normalised is None:
+            raise StoreError(
+                f"the current config {applied.payload.hash[:16]} in the log no longer passes the config model "
+                f"({'; '.join(errors[:3])}); fix the model or roll back with the CLI",
+                code="current_config_invalid",
+            )
+        return ActiveConfig(
+            hash=applied.payload.hash,
+            config=config,
+            body=normalised,
+            secret_paths=frozenset(find_secret_paths(config)),
+            position=applied.position,
+        )
+
+    async def refresh(self) -> None:
+        """Re-read the current config from the log (after another writer applied one)."""
+        restored = await anyio.to_thread.run_sync(self._restore_from_log)
+        if restored is not None and (self.active is None or restored.hash != self.active.hash):
+            self._set_active(restored)
+
+    async def _close_interrupted(self) -> None:
+        open_ops = await anyio.to_thread.run_sync(self.log.open_operations)
+        closing: list[NewEvent] = []
+        for started in open_ops:
+            if not _owner_is_gone(started.instance_id, self.log.instance_id):
+                continue
+            closing.append(
+                NewEvent(
+                    OperationCompleted(
+                        status=OperationStatus.INTERRUPTED,
+                        message="Operation was interrupted (its process stopped before it completed)",
+                        error_message="interrupted",
+                        reason="interrupted",
+                    ),
+                    actor="system",
+                    operation_id=started.operation_id,
+                )
+            )
+        if closing:
+            await self._append(closing)
+
+    # --- the operation slot ------------------------------------------------------------------------------
+
+    async def _reject(
+        self,
+        kind: OperationKind,
+        trigger: Trigger,
+        actor: str,
+        source: str | None,
+        client: str | None,
+    ) -> ReloadOperation:
+        operation_id = uuid.uuid4()
+        message = f"{IN_PROGRESS_MESSAGE} ({self._running})"
+        await self._append(
+            [
+                NewEvent(
+                    OperationRejected(
+                        kind=kind,
+                        trigger=trigger,
+                        reason="operation_in_progress",
+                        message=message,
+                        running_operation_id=self.running_operation_id,
+                        source=source,
+                        client=client,
+                    ),
+                    actor=actor,
+                    operation_id=operation_id,
+                )
+            ]
+        )
+        return await self._operation_result(operation_id)
+
+    async def reject_request(
+        self,
+        *,
+        kind: OperationKind,
+        trigger: Trigger,
+        actor: str,
+        reason: str,
+        message: str,
+        source: str | None = None,
+        client: str | None = None,
+    ) -> ReloadOperation:
+        """Record a request refused before it became an operation (e.g. a source outside the allow-list)."""
+        operation_id = uuid.uuid4()
+        await self._append(
+            [
+                NewEvent(
+                    OperationRejected(
+                        kind=kind,
+                        trigger=trigger,
+                        reason=reason,
+                        message=message,
+                        source=source,
+                        client=client,
+                    ),
+                    actor=actor,
+                    operation_id=operation_id,
+                )
+            ]
+        )
+        return await self._operation_result(operation_id)
+
+    async def request_reload(self, trigger: Trigger, *, actor: str | None = None) -> ReloadOperation | None:
+        """A reload asked for by a signal or the file watcher: bursts coalesce into one follow-up.
+
+        If an operation is running, one follow-up reload is queued to run after it (later requests
+        join that one and return None), so a change made during a reload is never missed and a
+        burst of 50 SIGHUPs costs at most two reloads.
+        """
+        if self._followup_queued:
+            return None
+        if self._running is not None:
+            self._followup_queued = True
+            try:
+                while self._running is not None:
+                    await self._idle.wait()
+            finally:
+                self._followup_queued = False
+        return await self.reload(trigger, actor=actor)
+
+    # --- reload --------------------------------------------------------------------------------------
+
+    async def reload(
+        self,
+        trigger: Trigger = Trigger.MANUAL,
+        *,
+        config_source: str | Path | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        actor: str | None = None,
+        client: str | None = None,
+        trace_id: str | None = None,
+    ) -> ReloadOperation:
+        actor = actor or default_actor(trigger)
+        source = str(config_source) if config_source is not None else self.config_source
+        if self._running is not None:
+            return await self._reject(OperationKind.RELOAD, trigger, actor, source, client)
+        operation_id = uuid.uuid4()
+        self._running = operation_id
+        self._idle = anyio.Event()
+        try:
+            await self._reload(operation_id, trigger, source, force, dry_run, actor, client, trace_id)
+            return await self._operation_result(operation_id)
+        finally:
+            self._running = None
+            self._idle.set()
+
+    async def _reload(
+        self,
+        operation_id: uuid.UUID,
+        trigger: Trigger,
+        source: str | None,
+        force: bool,
+        dry_run: bool,
+        actor: str,
+        client: str | None,
+        trace_id: str | None,
+    ) -> None:
+        timer = _Timer(time.perf_counter())
+        previous = self.active
+        expected_head = self._known_head
+        started = OperationStarted(
+            kind=OperationKind.RELOAD,
+            trigger=trigger,
+            source=source,
+            force=force,
+            dry_run=dry_run,
+            previous_hash=None if previous is None else previous.hash,
+            expected_head=expected_head,
+            client=client,
+            trace_id=trace_id,
+        )
+        pending: list[EventPayload] = [started]
+
+        def events(payloads: Iterable[EventPayload]) -> list[NewEvent]:
+            return [NewEvent(payload, actor=actor, operation_id=operation_id) for payload in payloads]
+
+        if source is None:
+            pending += [
+                ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
+                _completed(
+                    OperationStatus.FAILED, timer, message="No config source", error="no config source"
+                ),
+            ]
+            await self._append(events(pending))
+            return
+
+        # Load: read once, hash and parse the same bytes.
+        load_started = time.perf_counter()
+        expect_content = self._had_content.get(source, False)
+        try:
+            loaded: LoadedSource = await anyio.to_thread.run_sync(
+                lambda: load_source(source, max_bytes=self.max_source_bytes, expect_content=expect_content)
+            )
+        except SourceError as exc:
+            pending += [
+                ConfigLoadFailed(
+                    reason=exc.code,
+                    message=exc.message,
+                    source=source,
+                    input_sha256=exc.input_sha256,
+                    size_bytes=exc.size_bytes,
+                ),
+                _completed(
+                    OperationStatus.FAILED,
+                    timer,
+                    message="Configuration could not be loaded",
+                    error=exc.message,
+                    reason=exc.code,
+                ),
+            ]
+            await self._append(events(pending))
+            return
+        self._had_content[source] = loaded.size_bytes > 0
+        load_ms = (time.perf_counter() - load_started) * 1000
+
+        outcome = await self.pipeline.validate(loaded.body)
+        pending.append(
+            ConfigLoaded(
+                hash=outcome.hash,
+                source=source,
+                size_bytes=loaded.size_bytes,
+                load_ms=load_ms,
+                input_sha256=loaded.raw_sha256,
+                format=loaded.format,
+            )
+        )
+        configs: list[PreparedConfig] = []
+        if outcome.body is not None:
+            configs.append(
+                await anyio.to_thread.run_sync(
+                    lambda: self.log.prepare_config(outcome.body or {}, outcome.secret_paths)
+                )
+            )
+
+        if (
+            outcome.hash is not None
+            and previous is not None
+            and outcome.hash == previous.hash
+            and not force
+            and not outcome.errors
+        ):
+            pending += [
+                ConfigUnchanged(hash=outcome.hash),
+                _completed(OperationStatus.SUCCESS, timer, message=NO_CHANGES_MESSAGE),
+            ]
+            await self._append(events(pending))
+            return
+
+        await self._decide(
+            operation_id=operation_id,
+            kind=OperationKind.RELOAD,
+            pending=pending,
+            outcome=outcome,
+            previous=previous,
+            configs=configs,
+            timer=timer,
+            expected_head=expected_head,
+            dry_run=dry_run,
+            actor=actor,
+            rollback_event=None,
+        )
+
+    # --- rollback ------------------------------------------------------------------------------------
+
+    async def rollback(
+        self,
+        target_hash: str | None = None,
+        *,
+        trigger: Trigger = Trigger.MANUAL,
+        actor: str | None = None,
+        client: str | None = None,
+        trace_id: str | None = None,
+    ) -> ReloadOperation:
+        """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config."""
+        actor = actor or default_actor(trigger)
+        if self._running is not None:
+            return await self._reject(OperationKind.ROLLBACK, trigger, actor, None, client)
+        operation_id = uuid.uuid4()
+        self._running = operation_id
+        self._idle = anyio.Event()
+        try:
+            await self._rollback(operation_id, target_hash, trigger, actor, client, trace_id)
+            return await self._operation_result(operation_id)
+        finally:
+            self._running = None
+            self._idle.set()
+
+    def _previous_distinct_hash(self) -> str | None:
+        current = None if self.active is None else self.active.hash
+        before: int | None = None
+        while True:
+            batch = self.log.read_reverse(before, 200, types=[ConfigApplied.event_type])
+            for event in batch:
+                if isinstance(event.payload, ConfigApplied) and event.payload.hash != current:
+                    return event.payload.hash
+            if len(batch) < 200:
+                return None
+            before = batch[-1].position
+
+    def _resolve_target(self, reference: str | None) -> str:
+        if reference is None:
+            found = self._previous_distinct_hash()
+            if found is None:
+                raise ConfigLookupError(
+                    "no previous configuration to roll back to", code="no_previous_config"
+                )
+            return found
+        full = self.log.resolve_hash(reference)
+        if not self.log.was_applied(full):
+            raise ConfigLookupError(
+                f"config {full[:16]} was never applied; rollback can only return to an applied config",
+                code="unknown_config_hash",
+            )
+        return full
+
+    async def _rollback(
+        self,
+        operation_id: uuid.UUID,
+        reference: str | None,
+        trigger: Trigger,
+        actor: str,
+        client: str | None,
+        trace_id: str | None,
+    ) -> None:
+        timer = _Timer(time.perf_counter())
+        previous = self.active
+        expected_head = self._known_head
+
+        def events(payloads: Iterable[EventPayload]) -> list[NewEvent]:
+            return [NewEvent(payload, actor=actor, operation_id=operation_id) for payload in payloads]
+
+        try:
+            target = await anyio.to_thread.run_sync(lambda: self._resolve_target(reference))
+        except ConfigLookupError as exc:
+            await self._append(
+                events(
+                    [
+                        OperationStarted(
+                            kind=OperationKind.ROLLBACK,
+                            trigger=trigger,
+                            previous_hash=None if previous is None else previous.hash,
+                            target_hash=None,
+                            expected_head=expected_head,
+                            client=client,
+                            trace_id=trace_id,
+                            source=None if reference is None else reference[:80],
+                        ),
+                        _completed(
+                            OperationStatus.FAILED,
+                            timer,
+                            message="Rollback failed",
+                            error=exc.message,
+                            reason=exc.code,
+                        ),
+                    ]
+                )
+            )
+            return
+        pending: list[EventPayload] = [
+            OperationStarted(
+                kind=OperationKind.ROLLBACK,
+                trigger=trigger,
+                previous_hash=None if previous is None else previous.hash,
+                target_hash=target,
+                expected_head=expected_head,
+                client=client,
+                trace_id=trace_id,
+                source=f"log:{target[:16]}",
+            )
+        ]
+        if previous is not None and target == previous.hash:
+            pending += [
+                ConfigUnchanged(hash=target),
+                _completed(OperationStatus.SUCCESS, timer, message=f"Configuration is already {target[:16]}"),
+            ]
+            await self._append(events(pending))
+            return
+        stored = await anyio.to_thread.run_sync(self.log.get_config, target)
+        outcome = await self.pipeline.validate(stored.body)
+        rolled = ConfigRolledBack(
+            from_hash=None if previous is None else previous.hash, to_hash=target, reason="manual"
+        )
+        await self._decide(
+            operation_id=operation_id,
+            kind=OperationKind.ROLLBACK,
+            pending=pending,
+            outcome=outcome,
+            previous=previous,
+            configs=[],
+            timer=timer,
+            expected_head=expected_head,
+            dry_run=False,
+            actor=actor,
+            rollback_event=rolled,
+        )
+
+    # --- the shared decision -------------------------------------------------------------------------
+
+    async def _decide(
+        self,
+        *,
+        operation_id: uuid.UUID,
+        kind: OperationKind,
+        pending: list[EventPayload],
+        outcome: ValidationOutcome,
+        previous: ActiveConfig | None,
+        configs: list[PreparedConfig],
+        timer: _Timer,
+        expected_head: int,
+        dry_run: bool,
+        actor: str,
+        rollback_event: ConfigRolledBack | None,
+    ) -> None:
+        def events(payloads: Iterable[EventPayload]) -> list[NewEvent]:
+            return [NewEvent(payload, actor=actor, operation_id=operation_id) for payload in payloads]
+
+        noun = "Rollback" if kind is OperationKind.ROLLBACK else "Configuration"
+        if not outcome.ok or outcome.hash is None or outcome.body is None:
+            pending += [
+                ValidationFailed(
+                    hash=outcome.hash,
+                    errors=outcome.errors,
+                    warnings=outcome.warnings,
+                    duration_ms=outcome.duration_ms,
+                ),
+                _completed(
+                    OperationStatus.FAILED,
+                    timer,
+                    message=f"{noun} validation failed",
+                    error=f"validation failed: {len(outcome.errors)} error(s)",
+                    reason="validation_failed",
+                    validation_ms=outcome.duration_ms,
+                ),
+            ]
+            await self._append(events(pending), configs=configs)
+            return
+        pending.append(
+            ValidationPassed(hash=outcome.hash, warnings=outcome.warnings, duration_ms=outcome.duration_ms)
+        )
+        changes = [INITIAL_CHANGE] if previous is None else changed_paths(previous.body, outcome.body)
+        services = self.services.ordered()
+
+        if dry_run:
+            names = ", ".join(spec.name for spec in services) or "no services"
+            pending.append(
+                _completed(
+                    OperationStatus.SUCCESS,
+                    timer,
+                    message=f"Dry run: {len(changes)} change(s) ({', '.join(changes[:20])}); would notify {names}",
+                    validation_ms=outcome.duration_ms,
+                )
+            )
+            await self._append(events(pending), configs=configs)
+            return
+
+        new_active = ActiveConfig(
+            hash=outcome.hash,
+            config=outcome.config,
+            body=outcome.body,
+            secret_paths=outcome.secret_paths,
+            position=0,
+        )
+        apply_started = time.perf_counter()
+        if services:
+            # The start must be durable before the first service hears of the change: after a crash,
+            # the log then shows an interrupted operation instead of services silently on a new config.
+            await self._append(events(pending), configs=configs)
+            pending = []
+            configs = []
+        secrets = [*new_active.secret_values(), *([] if previous is None else previous.secret_values())]
+        old_config = None if previous is None else previous.config
+        results = [
+            await self.services.notify(spec, old_config, new_active.config, secret_values=secrets)
+            for spec in services
+        ]
+        pending += [_notified(result, "forward", new_active.hash) for result in results]
+        succeeded = [
+            spec
+            for spec, result in zip(services, results, strict=True)
+            if result.outcome is ServiceOutcome.SUCCESS
+        ]
+        ratio = 1.0 if not results else len(succeeded) / len(results)
+
+        if ratio < self.rollback_threshold:
+            failed_names = ", ".join(r.service for r in results if r.outcome is not ServiceOutcome.SUCCESS)
+            share = (
+                f"{len(succeeded)}/{len(results)} services accepted (threshold {self.rollback_threshold:g})"
+            )
+            if self.enable_automatic_rollback:
+                pending += await self._compensate(succeeded, new_active, previous, secrets)
+                pending += [
+                    ConfigRolledBack(
+                        from_hash=new_active.hash,
+                        to_hash=None if previous is None else previous.hash,
+                        reason="automatic",
+                        success_ratio=ratio,
+                        threshold=self.rollback_threshold,
+                    ),
+                    _completed(
+                        OperationStatus.ROLLED_BACK,
+                        timer,
+                        message=f"{noun} rolled back automatically: {share}",
+                        error=f"services failed: {failed_names}",
+                        reason="services_below_threshold",
+                        validation_ms=outcome.duration_ms,
+                        apply_ms=(time.perf_counter() - apply_started) * 1000,
+                    ),
+                ]
+            else:
+                pending.append(
+                    _completed(
+                        OperationStatus.FAILED,
+                        timer,
+                        message=f"{noun} not applied: {share}; automatic rollback is off",
+                        error=f"services failed: {failed_names}",
+                        reason="services_below_threshold",
+                        validation_ms=outcome.duration_ms,
+                        apply_ms=(time.perf_counter() - apply_started) * 1000,
+                    )
+                )
+            await self._append(events(pending), configs=configs)
+            return
+
+        applied = ConfigApplied(
+            hash=new_active.hash,
+            previous_hash=None if previous is None else previous.hash,
+            changes=tuple(changes),
+        )
+        tail: list[EventPayload] = []
+        if rollback_event is not None:
+            tail.append(rollback_event)
+        tail.append(applied)
+        message = (
+            f"Rolled back to {new_active.hash[:16]}"
+            if kind is OperationKind.ROLLBACK
+            else "Configuration reloaded successfully"
+        )
+        if len(succeeded) < len(results):
+            message += f" ({len(succeeded)}/{len(results)} services accepted)"
+        tail.append(
+            _completed(
+                OperationStatus.SUCCESS,
+                timer,
+                message=message,
+                validation_ms=outcome.duration_ms,
+                apply_ms=(time.perf_counter() - apply_started) * 1000,
+            )
+        )
+        # Projections fold this batch inside append (on its thread) and look the typed config up by
+        # hash; registering it first hands them this very object instead of a second copy from the log.
+        self._remember(new_active.hash, new_active.config)
+        try:
+            positions = await self._append(
+                events(pending + tail), expected_head=expected_head, configs=configs
+            )
+        except ConcurrencyConflict as exc:
+            compensations = await self._compensate(succeeded, new_active, previous, secrets)
+            await self._append(
+                events(
+                    [
+                        *pending,
+                        *compensations,
+                        _completed(
+                            OperationStatus.FAILED,
+                            timer,
+                            message=f"{noun} not applied: another instance applied a config meanwhile",
+                            error=exc.message,
+                            reason=exc.code,
+                            validation_ms=outcome.duration_ms,
+                        ),
+                    ]
+                ),
+                configs=configs,
+            )
+            await self.refresh()
+            return
+        applied_position = positions[-2]
+        self._set_active(
+            ActiveConfig(
+                hash=new_active.hash,
+                config=new_active.config,
+                body=new_active.body,
+                secret_paths=new_active.secret_paths,
+                position=applied_position,
+            )
+        )
+
+    async def _compensate(
+        self,
+        accepted: Sequence[ServiceSpec],
+        abandoned: ActiveConfig,
+        previous: ActiveConfig | None,
+        secrets: Sequence[str],
+    ) -> list[EventPayload]:
+        """Give services that accepted an abandoned change their previous config back, in reverse order."""
+        if previous is None:
+            return []
+        results: list[EventPayload] = []
+        for spec in reversed(accepted):
+            result = await self.services.notify(
+                spec, abandoned.config, previous.config, secret_values=secrets
+            )
+            results.append(_notified(result, "compensate", previous.hash))
+        return results
+
+
+def _owner_is_gone(instance_id: str, own_instance_id: str) -> bool:
+    """Whether the instance that started an open operation can no longer complete it.
+
+    Our own id means we restarted. For the default ``host:pid`` form on this host, a dead pid means the
+    process is gone. An operation of a live process or another host is left alone: it may be running.
+    """
+    if instance_id == own_instance_id:
+        return True
+    host, _, pid_text = instance_id.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _completed(
+    status: OperationStatus,
+    timer: _Timer,
+    *,
+    message: str,
+    error: str | None = None,
+    reason: str | None = None,
+    validation_ms: float = 0.0,
+    apply_ms: float = 0.0,
+) -> OperationCompleted:
+    return OperationCompleted(
+        status=status,
+        message=message,
+        error_message=error,
+        reason=reason,
+        total_ms=timer.ms(),
+        validation_ms=validation_ms,
+        apply_ms=apply_ms,
+    )
+
+
+def _notified(result: NotifyResult, direction: str, config_hash: str) -> ServiceNotified:
+    return ServiceNotified(
+        service=result.service,
+        priority=result.priority,
+        outcome=result.outcome,
+        duration_ms=result.duration_ms,
+        error=result.error,
+        direction="forward" if direction == "forward" else "compensate",
+        config_hash=config_hash,
+    )
