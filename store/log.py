@@ -499,15 +499,16 @@ class EventLog:
             )
         return matches[0]
 
-    def get_config(self, reference: str) -> StoredConfig:
-        """The stored config for a hash or unique prefix, with its secrets decrypted."""
+    def get_config(self, reference: str, *, reveal: bool = True) -> StoredConfig:
+        """The stored config for a hash or unique prefix, secrets decrypted (``reveal=False``: left sealed,
+        which needs no key and is what a display path wants before redacting)."""
         full = self.resolve_hash(reference)
         with self._read() as connection:
             row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full)).one()
         created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         return StoredConfig(
             hash=full,
-            body=unseal(row.body, self.cipher),
+            body=unseal(row.body, self.cipher) if reveal else dict(row.body),
             size_bytes=int(row.size_bytes),
             first_position=None if row.first_position is None else int(row.first_position),
             created_at=created_at,

@@ -7,6 +7,7 @@ written to ``config_versions`` has every secret replaced by a Fernet token, so a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -66,7 +67,7 @@ def looks_secret(name: str) -> bool:
     parts = _name_parts(name)
     if any(part in _SECRET_PARTS for part in parts):
         return True
-    return any(pair in _SECRET_PAIRS for pair in zip(parts, parts[1:], strict=False))
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
 
 
 def dotted(path: ConfigPath) -> str:

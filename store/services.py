@@ -22,7 +22,7 @@ from store.validation import scrub
 
 __all__ = ["NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec"]
 
-ServiceCallback = Callable[[Any, Any], bool | None | Awaitable[bool | None]]
+ServiceCallback = Callable[[Any, Any], bool | Awaitable[bool | None] | None]
 
 
 @dataclass(frozen=True, slots=True)

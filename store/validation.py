@@ -141,14 +141,13 @@ class ValidationPipeline:
         self.validators: list[ValidatorSpec] = [
             spec
             if isinstance(spec, ValidatorSpec)
-            else ValidatorSpec(getattr(spec, "__name__", "validator"), spec, validator_timeout)
+            else ValidatorSpec(str(getattr(spec, "__name__", "validator")), spec, validator_timeout)
             for spec in validators
         ]
 
     def add(self, validator: ConfigValidator, *, name: str | None = None, timeout: float = 5.0) -> None:
-        self.validators.append(
-            ValidatorSpec(name or getattr(validator, "__name__", "validator"), validator, timeout)
-        )
+        label = name or str(getattr(validator, "__name__", "validator"))
+        self.validators.append(ValidatorSpec(label, validator, timeout))
 
     def parse(self, body: Mapping[str, Any]) -> tuple[Any | None, dict[str, Any] | None, list[str]]:
         """Run only the model: (typed config, normalised revealed body, errors)."""
