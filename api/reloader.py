@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,13 +12,14 @@ import anyio
 from pydantic import BaseModel
 
 import store
+from api.watcher import FileWatcher
 from projections.backups import BackupsProjection
 from projections.current import CurrentConfig, CurrentProjection
 from projections.history import HistoryProjection
 from projections.runner import ProjectionSet
 from projections.stats import StatsProjection
 from store import EventLog, SecretCipher, StoreError, Trigger
-from store.events import OperationRejected, OperationStarted
+from store.events import FileWatchDisabled, FileWatchEnabled, OperationRejected, OperationStarted
 from store.operations import OperationRunner, ReloadOperation, ReloadStatus, build_operation
 from store.services import ServiceCallback, ServiceRegistry
 from store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
@@ -57,6 +59,7 @@ class ConfigReloader:
         history_window: int = 500,
         instance_id: str | None = None,
         cipher: SecretCipher | None = None,
+        services: ServiceRegistry | None = None,
     ) -> None:
         if log is None or isinstance(log, str):
             log = EventLog(log or store.DEFAULT_DATABASE_URL, instance_id=instance_id, cipher=cipher)
@@ -66,7 +69,7 @@ class ConfigReloader:
         self.log = log
         self.config_model = config_model
         self.backup_count = backup_count
-        self.services = ServiceRegistry()
+        self.services = services if services is not None else ServiceRegistry()
         self.pipeline = ValidationPipeline(config_model, validators)
         self.runner = OperationRunner(
             log,
@@ -85,6 +88,9 @@ class ConfigReloader:
         self.projections = ProjectionSet(log, [self._current, self._history, self._stats, self._backups])
         self.started = False
         self.startup_operation: ReloadOperation | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._watcher: FileWatcher | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -119,6 +125,79 @@ class ConfigReloader:
             await anyio.to_thread.run_sync(self.projections.stop)
             if self._owns_log:
                 self.log.close()
+
+    async def __aenter__(self) -> ConfigReloader:
+        """Start, with a task group for the file watcher; leaving stops the watcher and the reloader."""
+        stack = contextlib.AsyncExitStack()
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.push_async_callback(self._shutdown)
+        try:
+            await self.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _shutdown(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
+            await self.stop()
+            self._task_group = None
+
+    # --- file watching -------------------------------------------------------------------------------
+
+    @property
+    def file_watching_enabled(self) -> bool:
+        return self._watcher is not None
+
+    @property
+    def file_watch_mode(self) -> str | None:
+        return None if self._watcher is None else self._watcher.mode
+
+    @property
+    def poll_interval(self) -> float | None:
+        return None if self._watcher is None else self._watcher.poll_interval
+
+    async def enable_file_watching(self, poll_interval: float = 1.0, *, force_polling: bool = False) -> None:
+        """Reload (coalesced, trigger ``file_watch``) whenever the config source changes."""
+        if not 0.1 <= poll_interval <= 60.0:
+            raise ValueError("poll_interval must be between 0.1 and 60 seconds")
+        if self.config_source is None:
+            raise ValueError("no config source to watch")
+        if self._task_group is None:
+            raise RuntimeError(
+                "file watching needs a running task group: use `async with reloader` or the lifecycle"
+            )
+        if self._watcher is not None:
+            if self._watcher.poll_interval == poll_interval and self._watcher.force_polling == force_polling:
+                return
+            self._watcher.stop()
+        watcher = FileWatcher(
+            Path(self.config_source),
+            lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
+            poll_interval=poll_interval,
+            force_polling=force_polling,
+        )
+        self._watcher = watcher
+        await self._task_group.start(watcher.run)
+        await self.runner.record(
+            FileWatchEnabled(source=self.config_source, poll_interval=poll_interval, mode=watcher.mode)
+        )
+
+    async def disable_file_watching(self) -> None:
+        if self._watcher is None:
+            return
+        self._watcher.stop()
+        self._watcher = None
+        await self.runner.record(FileWatchDisabled(source=self.config_source))
 
     def _materialize(self, full_hash: str) -> Any:
         cached = self.runner.config_for_hash(full_hash)

@@ -390,6 +390,10 @@ class OperationRunner:
     async def stop(self, reason: str = "shutdown") -> None:
         await self._append([NewEvent(InstanceStopped(reason=reason))])
 
+    async def record(self, payload: EventPayload, *, actor: str = "system") -> None:
+        """Append one event outside any operation (instance and file-watch lifecycle)."""
+        await self._append([NewEvent(payload, actor=actor)])
+
     def _restore_from_log(self) -> ActiveConfig | None:
         self._known_head = self.log.head()
         applied = self.log.last_of_type(ConfigApplied.event_type)

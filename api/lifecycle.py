@@ -1,0 +1,353 @@
+"""Wiring confledger into a FastAPI app: lifespan, router, SIGHUP, file watching, tokens and keys.
+
+::
+
+    app = FastAPI()
+    lifecycle = setup_configuration_lifecycle(app, config_model=AppConfig, config_source="config.yaml")
+
+    @app.get("/items")
+    async def items(config: CurrentConfigDep): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from api.reloader import ConfigReloader, set_config_reloader
+from api.security import Tokens, load_or_create_token_file
+from api.settings import sqlite_path
+from store import EventLog, SecretCipher, SecretKeyError, Trigger
+from store.database import normalize_url
+from store.services import ServiceCallback, ServiceRegistry
+from store.validation import ConfigValidator, ValidatorSpec
+
+__all__ = [
+    "ConfigLifecycle",
+    "default_database_url",
+    "register_config_callback",
+    "resolve_cipher",
+    "setup_configuration_lifecycle",
+    "token_file_path",
+    "unregister_config_callback",
+]
+
+logger = logging.getLogger("api.lifecycle")
+
+DEFAULT_PREFIX = "/api/v1/config"
+
+# Callbacks registered before any lifecycle exists wait here; the next lifecycle adopts them, so
+# register_config_callback() works at import time, before start-up and after it alike.
+_default_services = ServiceRegistry()
+_active_lifecycle: ConfigLifecycle | None = None
+
+
+def register_config_callback(
+    name: str,
+    callback: ServiceCallback,
+    priority: int = 0,
+    async_callback: bool = False,
+    timeout: float = 30.0,
+) -> None:
+    """Call ``callback(old_config, new_config)`` on every change; higher priority runs first."""
+    registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
+    registry.register(name, callback, priority=priority, async_callback=async_callback, timeout=timeout)
+
+
+def unregister_config_callback(name: str) -> bool:
+    registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
+    return registry.unregister(name)
+
+
+def default_database_url(config_source: str | Path | None) -> str:
+    """With no database named, the log is an SQLite file next to the config (or in the working directory)."""
+    if config_source is None:
+        return "sqlite:///./confledger.db"
+    directory = Path(config_source).resolve().parent
+    return f"sqlite:///{directory / 'confledger.db'}"
+
+
+def token_file_path(database_url: str, config_source: str | Path | None) -> Path:
+    database = sqlite_path(database_url)
+    if database is not None:
+        return database.with_name(database.name + ".admin-token")
+    base = Path(config_source).resolve().parent if config_source is not None else Path.cwd()
+    return base / "confledger.admin-token"
+
+
+def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:
+    """The key for secrets at rest: the configured one, or a 0600 key file beside an SQLite log."""
+    if encryption_key:
+        return SecretCipher.from_env_value(encryption_key)
+    database = sqlite_path(database_url)
+    if database is None:
+        raise SecretKeyError(
+            "a PostgreSQL log is shared by every instance: set CONFLEDGER_ENCRYPTION_KEY "
+            "(the same Fernet key on each) so secrets can be stored encrypted"
+        )
+    key_file = database.with_name(database.name + ".key")
+    if not key_file.exists() and log.config_count() > 0:
+        raise SecretKeyError(
+            f"the log at {database} holds configs but its key file {key_file} is missing: restore the key "
+            "file or set CONFLEDGER_ENCRYPTION_KEY; without it stored secrets cannot be restored"
+        )
+    return SecretCipher.from_key_file(key_file, create=True)
+
+
+class ConfigLifecycle:
+    """Owns the reloader for one app: opened at start-up, stopped at shut-down."""
+
+    def __init__(
+        self,
+        *,
+        config_model: type[BaseModel] | None,
+        config_source: str | Path | None,
+        database_url: str | None,
+        validators: Sequence[ConfigValidator | ValidatorSpec],
+        tokens: Tokens,
+        services: ServiceRegistry,
+        source_dirs: Sequence[str | Path] = (),
+        encryption_key: str | None = None,
+        instance_id: str | None = None,
+        backup_count: int = 5,
+        enable_automatic_rollback: bool = True,
+        rollback_threshold: float = 0.5,
+        enable_signal_handler: bool = True,
+        enable_file_watching: bool = False,
+        poll_interval: float = 1.0,
+        force_polling: bool = False,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        self.config_model = config_model
+        self.config_source = None if config_source is None else str(Path(config_source).resolve())
+        self.database_url = database_url or default_database_url(config_source)
+        normalize_url(self.database_url)  # a malformed URL fails at set-up, not at first request
+        self.validators = list(validators)
+        self.tokens = tokens
+        self.services = services
+        self.source_dirs = [Path(d) for d in source_dirs]
+        self.encryption_key = encryption_key
+        self.instance_id = instance_id
+        self.backup_count = backup_count
+        self.enable_automatic_rollback = enable_automatic_rollback
+        self.rollback_threshold = rollback_threshold
+        self.enable_signal_handler = enable_signal_handler
+        self.watch_on_start = enable_file_watching
+        self.poll_interval = poll_interval
+        self.force_polling = force_polling
+        self.sqlite_synchronous = sqlite_synchronous
+        self.reloader: ConfigReloader | None = None
+        self.signal_handler_enabled = False
+        self.token_file: Path | None = None
+        self.token_created = False
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def base_dir(self) -> Path | None:
+        return None if self.config_source is None else Path(self.config_source).parent
+
+    @property
+    def allowed_dirs(self) -> list[Path]:
+        """Where a client's ``config_source`` may point: the configured source's directory and the extras."""
+        dirs = [] if self.base_dir is None else [self.base_dir]
+        return dirs + self.source_dirs
+
+    def _open_log(self) -> EventLog:
+        log = EventLog(
+            self.database_url,
+            instance_id=self.instance_id,
+            sqlite_synchronous=self.sqlite_synchronous,  # type: ignore[arg-type]
+        )
+        try:
+            log.cipher = resolve_cipher(self.encryption_key, self.database_url, log)
+        except BaseException:
+            log.close()
+            raise
+        return log
+
+    async def __aenter__(self) -> ConfigLifecycle:
+        global _active_lifecycle
+        stack = contextlib.AsyncExitStack()
+        try:
+            log = await anyio.to_thread.run_sync(self._open_log)
+            stack.callback(log.close)
+            reloader = ConfigReloader(
+                log,
+                config_model=self.config_model,
+                config_source=self.config_source,
+                backup_count=self.backup_count,
+                enable_automatic_rollback=self.enable_automatic_rollback,
+                rollback_threshold=self.rollback_threshold,
+                validators=self.validators,
+                services=self.services,
+            )
+            await stack.enter_async_context(reloader)
+            self.reloader = reloader
+            set_config_reloader(reloader)
+            _active_lifecycle = self
+            startup = reloader.startup_operation
+            if startup is not None and not startup.success:
+                logger.error(
+                    "initial configuration not applied (%s): %s; serving without a config until a reload succeeds",
+                    startup.reason,
+                    "; ".join(startup.validation_errors) or startup.error_message,
+                )
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(task_group.cancel_scope.cancel)
+            if self.enable_signal_handler:
+                self.signal_handler_enabled = self._install_sighup(task_group, stack)
+            if self.watch_on_start and self.config_source is not None:
+                await reloader.enable_file_watching(self.poll_interval, force_polling=self.force_polling)
+        except BaseException:
+            await stack.aclose()
+            self.reloader = None
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        global _active_lifecycle
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            if _active_lifecycle is self:
+                _active_lifecycle = None
+                set_config_reloader(None)
+            self.signal_handler_enabled = False
+
+    def _install_sighup(self, task_group: anyio.abc.TaskGroup, stack: contextlib.AsyncExitStack) -> bool:
+        """SIGHUP through the running loop: the handler only queues a request; a task does the reload."""
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        # One slot: a burst of signals while a reload runs leaves exactly one follow-up queued.
+        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=1)
+        previous = signal.getsignal(signal.SIGHUP)
+
+        def on_sighup() -> None:
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(None)
+
+        async def consume() -> None:
+            async with receive:
+                async for _ in receive:
+                    if self.reloader is not None:
+                        await self.reloader.request_reload(Trigger.SIGNAL, actor="signal")
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+        def restore() -> None:
+            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, previous)
+            send.close()
+
+        stack.callback(restore)
+        task_group.start_soon(consume)
+        return True
+
+
+def _tokens_for(
+    admin_token: str | None, read_token: str | None, database_url: str, config_source: str | Path | None
+) -> tuple[Tokens, Path | None, bool]:
+    if admin_token:
+        return Tokens(admin_token, read_token or None), None, False
+    path = token_file_path(database_url, config_source)
+    token, created = load_or_create_token_file(path)
+    return Tokens(token, read_token or None), path, created
+
+
+def setup_configuration_lifecycle(
+    app: FastAPI,
+    *,
+    config_model: type[BaseModel] | None = None,
+    config_source: str | Path | None = None,
+    database_url: str | None = None,
+    validators: Sequence[ConfigValidator | ValidatorSpec] = (),
+    admin_token: str | None = None,
+    read_token: str | None = None,
+    source_dirs: Sequence[str | Path] = (),
+    encryption_key: str | None = None,
+    instance_id: str | None = None,
+    backup_count: int = 5,
+    enable_automatic_rollback: bool = True,
+    rollback_threshold: float = 0.5,
+    enable_signal_handler: bool = True,
+    enable_file_watching: bool = False,
+    poll_interval: float = 1.0,
+    force_polling: bool = False,
+    prefix: str = DEFAULT_PREFIX,
+    include_router: bool = True,
+    include_health: bool = True,
+    services: ServiceRegistry | None = None,
+    sqlite_synchronous: str = "FULL",
+) -> ConfigLifecycle:
+    """Wire a reloader into ``app``'s lifespan and mount the config API under ``prefix``.
+
+    Settings not passed here are read from ``CONFLEDGER_*`` environment variables. With no admin token
+    configured, one is generated into a 0600 file beside the database (its path is logged, never the token).
+    """
+    import os
+
+    from api.settings import Settings
+
+    settings = Settings()
+    url = database_url or settings.database_url or default_database_url(config_source)
+    admin = admin_token or (settings.admin_token.get_secret_value() if settings.admin_token else None)
+    reader = read_token or (settings.read_token.get_secret_value() if settings.read_token else None)
+    tokens, token_path, created = _tokens_for(admin, reader, url, config_source)
+    if created:
+        logger.warning("generated an admin token for the config API; it is in %s (mode 0600)", token_path)
+    key = encryption_key or (settings.encryption_key.get_secret_value() if settings.encryption_key else None)
+    lifecycle = ConfigLifecycle(
+        config_model=config_model,
+        config_source=config_source,
+        database_url=url,
+        validators=validators,
+        tokens=tokens,
+        services=services if services is not None else _default_services,
+        source_dirs=[*source_dirs, *settings.source_dirs],
+        encryption_key=key,
+        instance_id=instance_id or settings.instance_id or os.environ.get("CONFLEDGER_INSTANCE_ID"),
+        backup_count=backup_count,
+        enable_automatic_rollback=enable_automatic_rollback,
+        rollback_threshold=rollback_threshold,
+        enable_signal_handler=enable_signal_handler,
+        enable_file_watching=enable_file_watching,
+        poll_interval=poll_interval,
+        force_polling=force_polling,
+        sqlite_synchronous=sqlite_synchronous,
+    )
+    lifecycle.token_file = token_path
+    lifecycle.token_created = created
+    app.state.confledger = lifecycle
+    original = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        async with lifecycle, original(application) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
+    # Imported here: the routes depend on this module (through api.deps), not the other way round.
+    from api.routes import build_config_router, health
+
+    if include_router:
+        app.include_router(build_config_router(), prefix=prefix)
+    if include_health:
+        app.include_router(health.router)
+    return lifecycle

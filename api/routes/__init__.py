@@ -1,0 +1,23 @@
+"""The HTTP API: one router module per resource, assembled under ``/api/v1/config``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.routes import audit, file_watch, health, operations, status, versions
+from api.schemas import ErrorResponse
+
+__all__ = ["build_config_router", "health"]
+
+_AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
+    403: {"model": ErrorResponse, "description": "the read token on a mutating endpoint"},
+    503: {"model": ErrorResponse, "description": "the reloader is not running"},
+}
+
+
+def build_config_router() -> APIRouter:
+    router = APIRouter(responses=_AUTH_RESPONSES)
+    for module in (operations, status, versions, audit, file_watch):
+        router.include_router(module.router)
+    return router

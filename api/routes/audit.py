@@ -1,0 +1,76 @@
+"""The raw audit stream, the chain check, and incident replay."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Query, status
+
+from api.deps import ReaderCaller, ReloaderDep
+from api.schemas import (
+    ErrorResponse,
+    EventOut,
+    EventsResponse,
+    OperationOut,
+    TimelineResponse,
+    VerifyResponse,
+)
+from projections.timeline import incident_replay
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["audit"])
+
+MAX_TIMELINE_EVENTS = 50_000
+
+
+@router.get("/events", response_model=EventsResponse)
+async def events(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    after: Annotated[int, Query(ge=0, description="return events after this position")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventsResponse:
+    """Events after a position, oldest first: the raw, hash-chained audit stream."""
+
+    def read() -> tuple[list[EventOut], int]:
+        found = reloader.log.read(after, limit)
+        return [EventOut.of(event) for event in found], reloader.log.head()
+
+    found, head = await anyio.to_thread.run_sync(read)
+    return EventsResponse(events=found, next_after=found[-1].position if found else after, head=head)
+
+
+@router.get("/verify", response_model=VerifyResponse)
+async def verify(reloader: ReloaderDep, _caller: ReaderCaller) -> VerifyResponse:
+    """Recompute the whole hash chain and name the first position that does not hold."""
+    report = await anyio.to_thread.run_sync(reloader.log.verify)
+    return VerifyResponse(
+        ok=report.ok,
+        checked=report.checked,
+        head=report.head,
+        first_broken_position=report.first_broken_position,
+        reason=report.reason,
+    )
+
+
+@router.get("/timeline", response_model=TimelineResponse, responses={400: {"model": ErrorResponse}})
+async def timeline(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    since: Annotated[datetime | None, Query(description="ISO 8601 start of the window")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601 end of the window")] = None,
+) -> TimelineResponse:
+    """Incident replay: operations in a time window with per-service outcomes and config changes."""
+    if since is not None and until is not None and since > until:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
+    incident = await anyio.to_thread.run_sync(lambda: incident_replay(reloader.log, since, until))
+    return TimelineResponse(
+        since=since,
+        until=until,
+        operations=[OperationOut.of(op) for op in incident.operations[-MAX_TIMELINE_EVENTS:]],
+        lifecycle=incident.lifecycle,
+        config_changes=incident.config_changes,
+    )

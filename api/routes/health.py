@@ -1,0 +1,36 @@
+"""Liveness and readiness, outside the token-protected prefix."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from store import StoreError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the reloader runs, a config is current and the log answers."""
+    lifecycle = getattr(request.app.state, "confledger", None)
+    reloader = None if lifecycle is None else lifecycle.reloader
+    if reloader is None or not reloader.started:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    if reloader.current is None:
+        return JSONResponse({"status": "no configuration applied"}, status_code=503)
+    try:
+        with anyio.fail_after(2.0):
+            await anyio.to_thread.run_sync(reloader.log.head, abandon_on_cancel=True)
+    except (StoreError, TimeoutError):
+        return JSONResponse({"status": "event log unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "config_hash": reloader.current.short_hash})

@@ -1,0 +1,151 @@
+"""Reloads, rollbacks and the operations they leave in the log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+
+from api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
+from api.errors import STATUS_BY_CODE
+from api.schemas import (
+    ErrorResponse,
+    EventOut,
+    HistoryResponse,
+    OperationDetail,
+    OperationOut,
+    ReloadRequest,
+    RollbackRequest,
+)
+from store import OperationKind, SourceNotAllowed, Trigger
+from store.operations import ReloadOperation, ReloadStatus, build_operation
+from store.sources import resolve_source
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+def _rejected(operation: ReloadOperation) -> JSONResponse:
+    body = ErrorResponse(
+        detail=operation.message, code=operation.reason, running_operation_id=operation.running_operation_id
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_409_CONFLICT)
+
+
+@router.post(
+    "/reload",
+    response_model=OperationOut,
+    responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+async def reload(
+    request: ReloadRequest, reloader: ReloaderDep, lifecycle: LifecycleDep, caller: AdminCaller
+) -> object:
+    """Reload the configuration; a failed validation answers 200 with success false."""
+    source: str | None = None
+    if request.config_source is not None:
+        try:
+            source = str(
+                resolve_source(
+                    request.config_source,
+                    allowed_dirs=lifecycle.allowed_dirs,
+                    base_dir=lifecycle.base_dir,
+                )
+            )
+        except SourceNotAllowed as exc:
+            await reloader.runner.reject_request(
+                kind=OperationKind.RELOAD,
+                trigger=Trigger.API,
+                actor=caller.actor,
+                reason=exc.code,
+                message=exc.message,
+                source=request.config_source[:200],
+                client=caller.client,
+            )
+            raise HTTPException(status.HTTP_403_FORBIDDEN, exc.message) from None
+    operation = await reloader.reload_config(
+        Trigger.API,
+        config_source=source,
+        force=request.force,
+        dry_run=request.dry_run,
+        actor=caller.actor,
+        client=caller.client,
+    )
+    if operation.rejected:
+        return _rejected(operation)
+    return OperationOut.of(operation)
+
+
+@router.post(
+    "/rollback",
+    response_model=OperationOut,
+    responses={
+        400: {"model": OperationOut, "description": "the rollback failed (or the prefix is ambiguous)"},
+        404: {"model": OperationOut, "description": "no applied config has that hash"},
+        409: {"model": ErrorResponse},
+    },
+)
+async def rollback(request: RollbackRequest, reloader: ReloaderDep, caller: AdminCaller) -> object:
+    """Roll back to the previous config, or to any applied hash (a unique prefix of 7+ hex digits)."""
+    operation = await reloader.rollback_config(
+        request.target_hash,
+        trigger=Trigger.API,
+        actor=caller.actor,
+        client=caller.client,
+    )
+    if operation.rejected:
+        return _rejected(operation)
+    if not operation.success:
+        code = STATUS_BY_CODE.get(operation.reason or "", status.HTTP_400_BAD_REQUEST)
+        if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST):
+            code = status.HTTP_400_BAD_REQUEST
+        return JSONResponse(OperationOut.of(operation).model_dump(mode="json"), status_code=code)
+    return OperationOut.of(operation)
+
+
+@router.get("/history", response_model=HistoryResponse)
+async def history(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[int | None, Query(ge=1, description="position cursor from next_before")] = None,
+    trigger: Annotated[Trigger | None, Query()] = None,
+    status_: Annotated[ReloadStatus | None, Query(alias="status")] = None,
+) -> HistoryResponse:
+    """Operations newest first, paged with `before`, filtered by trigger and status."""
+    await anyio.to_thread.run_sync(reloader.projections.catch_up)
+    trigger_value = None if trigger is None else trigger.value
+    status_value = None if status_ is None else status_.value
+    operations = await reloader.aget_reload_history(
+        limit, before=before, trigger=trigger_value, status=status_value
+    )
+    total = reloader.count_operations(trigger=trigger_value, status=status_value)
+    return HistoryResponse(
+        operations=[OperationOut.of(op) for op in operations],
+        total_count=max(total, len(operations)),
+        limit=limit,
+        next_before=operations[-1].first_position if len(operations) == limit else None,
+    )
+
+
+@router.get(
+    "/operations/{operation_id}", response_model=OperationDetail, responses={404: {"model": ErrorResponse}}
+)
+async def operation_detail(
+    operation_id: Annotated[str, PathParam(pattern=r"^[0-9a-fA-F-]{32,36}$")],
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+) -> OperationDetail:
+    """One operation and every event it recorded."""
+    try:
+        events = await anyio.to_thread.run_sync(reloader.log.read_operation, operation_id)
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such operation") from None
+    if not events:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such operation")
+    return OperationDetail(
+        operation=OperationOut.of(build_operation(events)), events=[EventOut.of(event) for event in events]
+    )

@@ -1,0 +1,92 @@
+"""Status, statistics and backups."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query
+
+from api.deps import LifecycleDep, ReaderCaller, ReloaderDep
+from api.schemas import BackupEntry, BackupsResponse, ReloadStatistics, StatusResponse, short
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/status", response_model=StatusResponse)
+async def get_status(reloader: ReloaderDep, lifecycle: LifecycleDep, _caller: ReaderCaller) -> StatusResponse:
+    """The reloader's state: current hash, listeners, backups, watching, signals, drift."""
+    head = await anyio.to_thread.run_sync(reloader.log.head)
+    await anyio.to_thread.run_sync(reloader.projections.catch_up)
+    stats = reloader.get_reload_stats()
+    return StatusResponse(
+        config_reloader_enabled=reloader.started,
+        current_config_hash=short(reloader.current_hash),
+        registered_listeners=len(reloader.services),
+        listeners=reloader.services.names(),
+        available_backups=len(reloader.get_backups()),
+        file_watching_enabled=reloader.file_watching_enabled,
+        signal_handler_enabled=lifecycle.signal_handler_enabled,
+        reload_statistics=ReloadStatistics(
+            total_operations=stats["total_operations"],
+            success_rate=stats["success_rate"],
+            average_duration_ms=stats["average_duration_ms"],
+        ),
+        instance_id=reloader.log.instance_id,
+        log_head=head,
+        running_operation_id=reloader.running_operation_id,
+        service_drift={name: short(running) or "" for name, running in reloader.service_drift().items()},
+    )
+
+
+@router.get("/stats")
+async def get_stats(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    slow_ms: Annotated[float | None, Query(ge=0, description="also list operations slower than this")] = None,
+) -> dict[str, Any]:
+    """Totals, success rate, durations with percentiles, per trigger and per service."""
+    await anyio.to_thread.run_sync(reloader.projections.catch_up)
+    stats = reloader.get_reload_stats()
+    stats["current_config_hash"] = short(stats["current_config_hash"])
+    for service in stats.get("services", {}).values():
+        service["running_hash"] = short(service.get("running_hash"))
+    if slow_ms is not None:
+        stats["slow_operations"] = [
+            {
+                "operation_id": op.operation_id,
+                "kind": op.kind.value,
+                "trigger": op.trigger.value,
+                "status": op.status.value,
+                "total_duration_ms": round(op.total_duration_ms, 3),
+                "slowest_phase": op.slowest_phase,
+                "slowest_service": op.slowest_service,
+                "started_at": None if op.started_at is None else op.started_at.isoformat(),
+            }
+            for op in reloader.get_slow_operations(slow_ms)
+        ]
+    return stats
+
+
+@router.get("/backups", response_model=BackupsResponse)
+async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
+    """The last N distinct configs before the current one (rollback can target any applied hash)."""
+    await anyio.to_thread.run_sync(reloader.projections.catch_up)
+    return BackupsResponse(
+        backups=[
+            BackupEntry(
+                hash=entry["hash"][:16],
+                full_hash=entry["hash"],
+                created_at=datetime.fromisoformat(entry["applied_at"]),
+                actor=entry["actor"],
+                trigger=entry["trigger"],
+                operation_id=entry["operation_id"],
+            )
+            for entry in reloader.get_backups()
+        ],
+        backup_count=reloader.backup_count,
+        current_config_hash=short(reloader.current_hash),
+    )

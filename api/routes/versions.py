@@ -1,0 +1,88 @@
+"""Config versions: the current one, any stored one, and the difference between two."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import Path as PathParam
+
+from api.deps import ReaderCaller, ReloaderDep
+from api.errors import http_error
+from api.schemas import ChangeOut, CurrentResponse, DiffResponse, ErrorResponse, VersionResponse, short
+from projections.timeline import diff_configs
+from store import StoreError
+from store.log import StoredConfig
+from store.secrets import find_secret_paths, redact
+from store.validation import dump_revealed
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["versions"])
+
+_LOOKUP_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "not a hash, or an ambiguous prefix"},
+    404: {"model": ErrorResponse, "description": "no stored config has that hash"},
+}
+HashPath = Annotated[str, PathParam(min_length=1, max_length=64)]
+
+
+@router.get("/current", response_model=CurrentResponse, responses={404: {"model": ErrorResponse}})
+async def current(reloader: ReloaderDep, _caller: ReaderCaller) -> CurrentResponse:
+    """The current config (secrets shown as **********)."""
+    value = reloader.current
+    if value is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
+    return CurrentResponse(
+        hash=value.short_hash,
+        full_hash=value.hash,
+        applied_at=value.applied_at,
+        config=redact(dump_revealed(value.config), find_secret_paths(value.config)),
+    )
+
+
+@router.get("/versions/{config_hash}", response_model=VersionResponse, responses=_LOOKUP_ERRORS)
+async def version(config_hash: HashPath, reloader: ReloaderDep, _caller: ReaderCaller) -> VersionResponse:
+    """One stored config by hash or unique prefix (secrets shown as **********)."""
+
+    def load() -> tuple[StoredConfig, bool]:
+        stored = reloader.log.get_config(config_hash, reveal=False)
+        return stored, reloader.log.was_applied(stored.hash)
+
+    try:
+        stored, applied = await anyio.to_thread.run_sync(load)
+    except StoreError as exc:
+        raise http_error(exc) from None
+    shown = redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
+    return VersionResponse(
+        hash=stored.hash[:16],
+        full_hash=stored.hash,
+        size_bytes=stored.size_bytes,
+        created_at=stored.created_at,
+        first_position=stored.first_position,
+        applied=applied,
+        config=shown,
+    )
+
+
+@router.get("/diff", response_model=DiffResponse, responses=_LOOKUP_ERRORS)
+async def diff(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    from_hash: Annotated[str, Query(alias="from", min_length=1, max_length=64)],
+    to_hash: Annotated[str, Query(alias="to", min_length=1, max_length=64)],
+) -> DiffResponse:
+    """What changed between two configs, as dotted paths (secret values shown as **********)."""
+
+    def compute() -> tuple[str, str, list[ChangeOut]]:
+        old = reloader.log.resolve_hash(from_hash)
+        new = reloader.log.resolve_hash(to_hash)
+        changes = diff_configs(reloader.log, old, new)
+        return old, new, [ChangeOut(**change.as_dict()) for change in changes]
+
+    try:
+        old, new, changes = await anyio.to_thread.run_sync(compute)
+    except StoreError as exc:
+        raise http_error(exc) from None
+    return DiffResponse(from_hash=short(old) or "", to_hash=short(new) or "", changes=changes)

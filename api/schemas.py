@@ -1,0 +1,257 @@
+"""Request and response bodies of the HTTP API (shapes follow the seed's documented JSON)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.events import RecordedEvent
+from store.operations import ReloadOperation
+
+__all__ = [
+    "BackupEntry",
+    "BackupsResponse",
+    "CurrentResponse",
+    "DiffResponse",
+    "ErrorResponse",
+    "EventOut",
+    "EventsResponse",
+    "FileWatchDisabledResponse",
+    "FileWatchEnabledResponse",
+    "HistoryResponse",
+    "OperationDetail",
+    "OperationOut",
+    "ReloadRequest",
+    "RollbackRequest",
+    "StatusResponse",
+    "TimelineResponse",
+    "VerifyResponse",
+    "VersionResponse",
+    "short",
+]
+
+SHORT = 16
+
+
+def short(full_hash: str | None) -> str | None:
+    """Hashes are shown as their first 16 hex digits, as the seed showed them."""
+    return None if full_hash is None else full_hash[:SHORT]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    code: str | None = None
+    running_operation_id: str | None = None
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+    config_source: str | None = Field(None, max_length=4096)
+    dry_run: bool = False
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_hash: str | None = Field(None, max_length=64)
+
+
+class OperationOut(BaseModel):
+    """The seed's reload/rollback response."""
+
+    operation_id: str
+    kind: str
+    trigger: str
+    status: str
+    success: bool
+    message: str
+    error_message: str | None
+    reason: str | None
+    actor: str
+    dry_run: bool
+    started_at: datetime | None
+    completed_at: datetime | None
+    total_duration_ms: float
+    validation_duration_ms: float
+    apply_duration_ms: float
+    previous_config_hash: str | None
+    new_config_hash: str | None
+    changes_applied: list[str]
+    services_notified: list[str]
+    services_compensated: list[str]
+    validation_errors: list[str]
+    validation_warnings: list[str]
+    trace_id: str | None = None
+
+    @classmethod
+    def of(cls, operation: ReloadOperation) -> OperationOut:
+        return cls(
+            operation_id=operation.operation_id,
+            kind=operation.kind.value,
+            trigger=operation.trigger.value,
+            status=operation.status.value,
+            success=operation.success,
+            message=operation.message,
+            error_message=operation.error_message,
+            reason=operation.reason,
+            actor=operation.actor,
+            dry_run=operation.dry_run,
+            started_at=operation.started_at,
+            completed_at=operation.completed_at,
+            total_duration_ms=round(operation.total_duration_ms, 3),
+            validation_duration_ms=round(operation.validation_duration_ms, 3),
+            apply_duration_ms=round(operation.apply_duration_ms, 3),
+            previous_config_hash=short(operation.previous_config_hash),
+            new_config_hash=short(operation.new_config_hash),
+            changes_applied=list(operation.changes_applied),
+            services_notified=list(operation.services_notified),
+            services_compensated=list(operation.services_compensated),
+            validation_errors=list(operation.validation_errors),
+            validation_warnings=list(operation.validation_warnings),
+            trace_id=operation.trace_id,
+        )
+
+
+class HistoryResponse(BaseModel):
+    operations: list[OperationOut]
+    total_count: int
+    limit: int
+    next_before: int | None = Field(None, description="pass as `before` to read the next (older) page")
+
+
+class BackupEntry(BaseModel):
+    hash: str
+    full_hash: str
+    created_at: datetime
+    actor: str
+    trigger: str
+    operation_id: str | None
+
+
+class BackupsResponse(BaseModel):
+    backups: list[BackupEntry]
+    backup_count: int
+    current_config_hash: str | None
+
+
+class ReloadStatistics(BaseModel):
+    total_operations: int
+    success_rate: float
+    average_duration_ms: float
+
+
+class StatusResponse(BaseModel):
+    config_reloader_enabled: bool
+    current_config_hash: str | None
+    registered_listeners: int
+    listeners: list[str]
+    available_backups: int
+    file_watching_enabled: bool
+    signal_handler_enabled: bool
+    reload_statistics: ReloadStatistics
+    instance_id: str
+    log_head: int
+    running_operation_id: str | None
+    service_drift: dict[str, str]
+
+
+class FileWatchEnabledResponse(BaseModel):
+    file_watching_enabled: bool
+    poll_interval_seconds: float
+    config_source: str | None
+    message: str
+    mode: str
+
+
+class FileWatchDisabledResponse(BaseModel):
+    file_watching_enabled: bool
+    message: str
+
+
+class CurrentResponse(BaseModel):
+    hash: str
+    full_hash: str
+    applied_at: datetime
+    config: dict[str, Any]
+
+
+class VersionResponse(BaseModel):
+    hash: str
+    full_hash: str
+    size_bytes: int
+    created_at: datetime
+    first_position: int | None
+    applied: bool
+    config: dict[str, Any]
+
+
+class ChangeOut(BaseModel):
+    path: str
+    kind: str
+    old: Any = None
+    new: Any = None
+
+
+class DiffResponse(BaseModel):
+    from_hash: str
+    to_hash: str
+    changes: list[ChangeOut]
+
+
+class EventOut(BaseModel):
+    position: int
+    event_id: str
+    occurred_at: datetime
+    type: str
+    schema_version: int
+    operation_id: str | None
+    instance_id: str
+    actor: str
+    payload: dict[str, Any]
+    hash: str
+
+    @classmethod
+    def of(cls, event: RecordedEvent) -> EventOut:
+        return cls(
+            position=event.position,
+            event_id=str(event.event_id),
+            occurred_at=event.occurred_at,
+            type=event.type,
+            schema_version=event.schema_version,
+            operation_id=None if event.operation_id is None else str(event.operation_id),
+            instance_id=event.instance_id,
+            actor=event.actor,
+            payload=event.payload.model_dump(mode="json"),
+            hash=event.hash,
+        )
+
+
+class EventsResponse(BaseModel):
+    events: list[EventOut]
+    next_after: int
+    head: int
+
+
+class OperationDetail(BaseModel):
+    operation: OperationOut
+    events: list[EventOut]
+
+
+class VerifyResponse(BaseModel):
+    ok: bool
+    checked: int
+    head: int
+    first_broken_position: int | None
+    reason: str | None
+
+
+class TimelineResponse(BaseModel):
+    since: datetime | None
+    until: datetime | None
+    operations: list[OperationOut]
+    lifecycle: list[dict[str, Any]]
+    config_changes: list[dict[str, Any]]

@@ -1,0 +1,74 @@
+"""Bearer tokens: an admin token for everything, a read token for GET; compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from api.settings import MIN_TOKEN_LENGTH
+
+__all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file"]
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    READ = "read"
+
+
+class TokenError(ValueError):
+    """A token setting that cannot be used (too short, unreadable file)."""
+
+
+def _check(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"{name} is shorter than {MIN_TOKEN_LENGTH} characters; use a longer random token")
+    return value
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The configured tokens. ``repr`` never shows them."""
+
+    admin: str
+    read: str | None = None
+
+    def __post_init__(self) -> None:
+        _check("CONFLEDGER_ADMIN_TOKEN", self.admin)
+        _check("CONFLEDGER_READ_TOKEN", self.read)
+
+    def __repr__(self) -> str:
+        return f"Tokens(admin=<{len(self.admin)} chars>, read={'<set>' if self.read else None})"
+
+    def role_of(self, presented: str) -> Role | None:
+        # compare_digest on equal-length bytes takes the same time whether the first or last byte
+        # differs, so response timing does not leak how much of a guessed token was right. Both
+        # tokens are always compared, so timing does not reveal which one exists either.
+        given = presented.encode("utf-8")
+        is_admin = hmac.compare_digest(given, self.admin.encode("utf-8"))
+        is_read = self.read is not None and hmac.compare_digest(given, self.read.encode("utf-8"))
+        if is_admin:
+            return Role.ADMIN
+        if is_read:
+            return Role.READ
+        return None
+
+
+def load_or_create_token_file(path: Path) -> tuple[str, bool]:
+    """The admin token kept in ``path`` (mode 0600), generating one if the file is missing.
+
+    Returns the token and whether it was just created (so ``serve`` prints it once, and only then).
+    """
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        return _check(f"token file {path}", token) or "", False
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token, True

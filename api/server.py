@@ -1,0 +1,82 @@
+"""The standalone service behind ``confledger serve``: a FastAPI app around one config source."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+import store
+from api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
+from api.settings import Settings
+
+__all__ = ["ModelImportError", "create_app", "import_model", "import_validators"]
+
+
+class ModelImportError(ValueError):
+    """``--model module:Class`` does not name an importable pydantic model."""
+
+
+def import_model(reference: str, app_dir: Path = Path(".")) -> type[BaseModel]:
+    """Import ``module:Class`` the way uvicorn imports an app: ``app_dir`` first on the import path."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ModelImportError(f"--model must look like module:Class, got {reference!r}")
+    directory = str(Path(app_dir).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelImportError(f"cannot import module {module_name!r} for --model: {exc}") from exc
+    found: Any = module
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise ModelImportError(f"module {module_name!r} has no attribute {attribute!r}")
+    if not (isinstance(found, type) and issubclass(found, BaseModel)):
+        raise ModelImportError(f"{reference} is not a pydantic BaseModel subclass")
+    return found
+
+
+def import_validators(model: type[BaseModel]) -> list[Any]:
+    """A model's module may export ``VALIDATORS``: the custom validators that go with it."""
+    module = sys.modules.get(model.__module__)
+    validators = getattr(module, "VALIDATORS", None)
+    return list(validators) if validators else []
+
+
+def create_app(
+    settings: Settings, *, model: type[BaseModel] | None = None
+) -> tuple[FastAPI, ConfigLifecycle]:
+    if model is None and settings.model:
+        model = import_model(settings.model, settings.app_dir)
+    app = FastAPI(
+        title="confledger",
+        version=store.__version__,
+        description="Event-sourced configuration store with zero-downtime reloading.",
+    )
+    lifecycle = setup_configuration_lifecycle(
+        app,
+        config_model=model,
+        config_source=settings.config,
+        database_url=settings.database_url,
+        validators=import_validators(model) if model is not None else [],
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        read_token=settings.read_token.get_secret_value() if settings.read_token else None,
+        encryption_key=settings.encryption_key.get_secret_value() if settings.encryption_key else None,
+        instance_id=settings.instance_id,
+        backup_count=settings.backup_count,
+        enable_automatic_rollback=settings.automatic_rollback,
+        rollback_threshold=settings.rollback_threshold,
+        enable_signal_handler=settings.signal_handler,
+        enable_file_watching=settings.watch,
+        poll_interval=settings.poll_interval,
+        force_polling=settings.force_polling,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
+    return app, lifecycle
