@@ -1,0 +1,974 @@
+"""Reading a config source: one read of the file's bytes, a strict parse, and a path allow-list.
+
+``load_source`` is the only place confledger turns a file into a config body. It reads the bytes once
+(capped, so a huge file is never read whole), hashes exactly those bytes and parses exactly those bytes,
+so the ``input_sha256`` in ``config.loaded`` / ``config.load_failed`` always describes what was parsed,
+even while an editor or a deploy tool rewrites the file underneath.
+
+Every refusal is a :class:`~store.errors.SourceError` whose ``code`` is one of :data:`REASON_CODES`
+and whose message is one line written here. Config files hold secrets, so no message ever carries
+document text or a parser's own message (PyYAML's, for one, quotes a snippet of the document): only
+line/column numbers, byte offsets, limits, and key names that look like plain identifiers.
+
+Reason codes
+    ``unsupported_format``  the file name has no known suffix (.json, .yaml/.yml, .toml, .env)
+    ``not_found``           no such file
+    ``not_a_file``          a directory, FIFO, device, ...
+    ``permission_denied``   the process may not read it
+    ``read_error``          any other OS error while opening or reading
+    ``too_large``           more than ``max_bytes``
+    ``empty``               0 bytes or only whitespace (after a grace period if ``expect_content``)
+    ``invalid_utf8``        not UTF-8; the message names the byte offset
+    ``syntax_error``        the parser refused it; line/column when known
+    ``duplicate_key``       a key (or .env variable) defined twice in one mapping
+    ``non_finite_number``   NaN or an infinity (JSON has no such numbers; canonical hashing refuses them)
+    ``too_deep``            more than :data:`MAX_DEPTH` nested containers
+    ``integer_too_long``    an integer with more than :data:`MAX_INT_DIGITS` decimal digits
+    ``yaml_tag_refused``    a YAML tag that would construct an object (``!!python/...``, ``!custom``)
+    ``alias_bomb``          YAML aliases that expand too far, are too many, or refer to themselves
+    ``not_a_mapping``       the top level is not an object/mapping
+    ``non_string_key``      a mapping key that is not a string (YAML ``1: x``, ``null: x``, ``on: x``)
+    ``invalid_value``       a value with no JSON form (YAML ``!!binary``, ``!!set``, an impossible date)
+
+Value choices the caller should know
+    * Dates, datetimes and times (YAML timestamps, TOML date/time values) become ISO 8601 strings
+      (``datetime.isoformat()``): a config body is JSON, and a string is friendlier than a refusal.
+    * PyYAML resolves YAML 1.1 scalars: ``yes``/``no``/``on``/``off`` are booleans. As keys they are
+      therefore refused with ``non_string_key`` rather than silently becoming ``True``.
+      Likewise YAML 1.1 reads ``1:30`` as the integer 90 and ``0777`` as octal; quote such values.
+    * A leading UTF-8 byte order mark is ignored (Windows editors write one).
+    * ``empty`` is about bytes (nothing but whitespace). A YAML file holding only comments, or ``~``,
+      parses to null and is ``not_a_mapping``; an ``.env`` file of only comments is ``{}``.
+    * ``.env`` files give a flat ``dict[str, str]``, keys exactly as written (no lowercasing, no
+      ``A__B`` nesting): simple and predictable, and validation models can map them. See
+      :func:`_parse_env` for the accepted syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from datetime import time as dt_time
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from store.errors import SourceError, SourceNotAllowed
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_YAML_ALIASES",
+    "REASON_CODES",
+    "SUPPORTED_FORMATS",
+    "YAML_EXPANSION_FACTOR",
+    "YAML_EXPANSION_FLOOR",
+    "LoadedSource",
+    "detect_format",
+    "load_source",
+    "resolve_source",
+]
+
+DEFAULT_MAX_BYTES = 1_048_576
+# Containers, counting the top-level mapping as 1. Deep enough for any real config, shallow enough that
+# no recursive consumer downstream (json, pydantic, canonicalisation) gets near the recursion limit.
+MAX_DEPTH = 64
+# CPython's default int/str conversion limit: canonical JSON could not serialise a longer integer.
+MAX_INT_DIGITS = 4300
+# The expansion check below is what stops billion-laughs; this cap only bounds the work of a document
+# that is all aliases. Real configs that use ``<<: *defaults`` stay far below it.
+MAX_YAML_ALIASES = 1000
+# A YAML document may expand (through aliases) to at most FACTOR times its distinct node count, or FLOOR
+# nodes, whichever is larger: the floor keeps small documents with a few shared blocks legal.
+YAML_EXPANSION_FACTOR = 10
+YAML_EXPANSION_FLOOR = 10_000
+
+SUPPORTED_FORMATS = ("json", "yaml", "toml", "env")
+
+REASON_CODES = frozenset(
+    {
+        "unsupported_format",
+        "not_found",
+        "not_a_file",
+        "permission_denied",
+        "read_error",
+        "too_large",
+        "empty",
+        "invalid_utf8",
+        "syntax_error",
+        "duplicate_key",
+        "non_finite_number",
+        "too_deep",
+        "integer_too_long",
+        "yaml_tag_refused",
+        "alias_bomb",
+        "not_a_mapping",
+        "non_string_key",
+        "invalid_value",
+    }
+)
+
+_INT_LIMIT = 10**MAX_INT_DIGITS
+_BOM = b"\xef\xbb\xbf"
+_READ_CHUNK = 1 << 20
+# Names (keys, tags, suffixes) are echoed in messages only when they look like identifiers, so a value
+# pasted where a key belongs can never leak through a "duplicate key" message.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_SAFE_TAG = re.compile(r"[A-Za-z0-9_.:/!\-]{1,80}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSource:
+    """One successful read: the parsed body and the facts ``config.loaded`` records."""
+
+    path: str
+    format: str
+    body: dict[str, Any]
+    raw_sha256: str
+    size_bytes: int
+    load_ms: float
+
+
+class _Refusal(Exception):
+    """Raised inside parsers and hooks; not a ValueError, so no parser's ``except ValueError`` eats it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _name(value: object) -> str:
+    if isinstance(value, str) and _SAFE_NAME.fullmatch(value):
+        return repr(value)
+    return "(name not shown)"
+
+
+def _where(path: str) -> str:
+    # Paths to deep values get long; the tail is the part an operator needs to find it.
+    return path if len(path) <= 80 else "..." + path[-77:]
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Format detection and reading
+# --------------------------------------------------------------------------------------------------
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """The format a file name implies, or None. ``.env``, ``app.env`` and ``prod.env`` are all env."""
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.endswith(".env"):
+        return "env"
+    suffix = os.path.splitext(name)[1]
+    return {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}.get(suffix)
+
+
+def _os_refusal(exc: OSError, shown: str) -> _Refusal:
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return _Refusal("not_found", f"config source {shown} does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return _Refusal("not_a_file", f"config source {shown} is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return _Refusal("permission_denied", f"config source {shown} is not readable by this process")
+    reason = exc.strerror or type(exc).__name__
+    return _Refusal("read_error", f"config source {shown} could not be read: {reason}")
+
+
+def _read_capped(path: str, max_bytes: int, shown: str) -> bytes:
+    # O_NONBLOCK: if the path is (or was swapped for) a FIFO, opening it must not hang the worker thread
+    # waiting for a writer; the fstat below then refuses it.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _os_refusal(exc, shown) from exc
+    try:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise _os_refusal(exc, shown) from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refusal("not_a_file", f"config source {shown} is not a regular file")
+        if info.st_size > max_bytes:
+            # Known from the inode: refuse without reading a byte.
+            raise _TooLarge(info.st_size)
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1  # one byte more than allowed is enough to know it grew past the cap
+        while remaining > 0:
+            try:
+                chunk = os.read(fd, min(remaining, _READ_CHUNK))
+            except OSError as exc:
+                raise _os_refusal(exc, shown) from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise _TooLarge(max(len(data), info.st_size))
+        return data
+    finally:
+        os.close(fd)
+
+
+class _TooLarge(Exception):
+    """Internal signal carrying the size seen; converted to SourceError by load_source."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _is_blank(data: bytes) -> bool:
+    return not data.removeprefix(_BOM).strip()
+
+
+def load_source(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    expect_content: bool = False,
+    empty_retry_s: float = 0.5,
+    empty_retry_interval_s: float = 0.05,
+) -> LoadedSource:
+    """Read, hash and parse one config file; raise :class:`SourceError` with a reason code on refusal.
+
+    Synchronous and blocking (it may sleep while waiting for an empty file to fill): async callers run
+    it in a worker thread. ``expect_content=True`` says the file had content before, so an empty file is
+    most likely being rewritten in place: it is re-read every ``empty_retry_interval_s`` for up to
+    ``empty_retry_s`` before failing with ``empty``. ``load_ms`` includes that wait.
+    """
+    started = time.perf_counter()
+    path_str = os.fspath(path)
+    shown = _short_repr(path_str, 200)
+    if max_bytes < 0:
+        raise ValueError("max_bytes must not be negative")
+    fmt = detect_format(path_str)
+    if fmt is None:
+        suffix = os.path.splitext(os.path.basename(path_str))[1]
+        shown_suffix = repr(suffix) if _SAFE_NAME.fullmatch(suffix) else "(none)"
+        raise SourceError(
+            f"unsupported config format {shown_suffix}: expected .json, .yaml, .yml, .toml or .env",
+            code="unsupported_format",
+        )
+
+    deadline = time.monotonic() + max(empty_retry_s, 0.0)
+    while True:
+        try:
+            data = _read_capped(path_str, max_bytes, shown)
+        except _Refusal as refusal:
+            raise SourceError(refusal.message, code=refusal.code) from refusal
+        except _TooLarge as too_large:
+            raise SourceError(
+                f"config source is larger than the {max_bytes}-byte cap ({too_large.size} bytes or more)",
+                code="too_large",
+                size_bytes=too_large.size,
+            ) from None
+        if not _is_blank(data):
+            break
+        remaining = deadline - time.monotonic()
+        if not expect_content or remaining <= 0:
+            waited = f" after waiting {empty_retry_s:g} s for content" if expect_content else ""
+            raise SourceError(
+                f"config source is empty{waited}",
+                code="empty",
+                input_sha256=sha256(data).hexdigest(),
+                size_bytes=len(data),
+            )
+        time.sleep(min(max(empty_retry_interval_s, 0.001), remaining))
+
+    digest = sha256(data).hexdigest()
+    try:
+        body = _parse(data, fmt)
+    except _Refusal as refusal:
+        raise SourceError(
+            refusal.message, code=refusal.code, input_sha256=digest, size_bytes=len(data)
+        ) from refusal
+    return LoadedSource(
+        path=path_str,
+        format=fmt,
+        body=body,
+        raw_sha256=digest,
+        size_bytes=len(data),
+        load_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _parse(data: bytes, fmt: str) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"config source is not valid UTF-8 (byte offset {exc.start})"
+        raise _Refusal("invalid_utf8", message) from None
+    text = text.removeprefix("\ufeff")
+    parsers: dict[str, Callable[[str], object]] = {
+        "json": _parse_json,
+        "yaml": _parse_yaml,
+        "toml": _parse_toml,
+        "env": _parse_env,
+    }
+    try:
+        body = parsers[fmt](text)
+    except RecursionError:
+        # The pre-scans should make this unreachable; kept so a parser's recursion can never escape as
+        # an internal error.
+        raise _Refusal("too_deep", f"{fmt.upper()} document nests deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(body, dict):
+        kind = "empty (null)" if body is None else f"a {_json_kind(body)}"
+        raise _Refusal("not_a_mapping", f"the top level of the config is {kind}; expected a mapping")
+    _check_tree(body)
+    return body
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def _is_int_limit_error(exc: ValueError) -> bool:
+    # CPython's wording for sys.int_info.str_digits_check_threshold; the limit itself may be set lower
+    # than ours (-X int_max_str_digits), so the parser can hit it before our own check does.
+    return "Exceeds the limit" in str(exc) and "digits" in str(exc)
+
+
+# (container, depth, parent frame or None, slot in the parent): paths are only spelled out on refusal, so
+# the walk allocates nothing per value on the happy path.
+_Frame = tuple[Any, int, Any, Any]
+
+
+def _segment(slot: object) -> str:
+    if isinstance(slot, int):
+        return f"[{slot}]"
+    return f".{slot}" if isinstance(slot, str) and _SAFE_NAME.fullmatch(slot) else ".?"
+
+
+def _frame_path(frame: _Frame, slot: object = None) -> str:
+    segments = [] if slot is None else [_segment(slot)]
+    current: _Frame | None = frame
+    while current is not None and current[2] is not None:
+        segments.append(_segment(current[3]))
+        current = current[2]
+    return _where("$" + "".join(reversed(segments)))
+
+
+def _check_tree(body: dict[str, Any]) -> None:
+    """One iterative pass over the parsed body: the rules every format shares.
+
+    Iterative on purpose: the body may be as deep as MAX_DEPTH + 1 before we know it is too deep, and for
+    TOML (nested tables via dotted keys) this is the only depth check.
+    """
+    stack: list[_Frame] = [(body, 1, None, None)]
+    while stack:
+        frame = stack.pop()
+        container, depth = frame[0], frame[1]
+        if depth > MAX_DEPTH:
+            raise _Refusal(
+                "too_deep", f"config nests deeper than {MAX_DEPTH} levels (at {_frame_path(frame)})"
+            )
+        pairs: Iterable[tuple[Any, Any]]
+        if isinstance(container, dict):
+            for key in container:
+                if not isinstance(key, str):
+                    where = _frame_path(frame)
+                    kind = _json_kind(key)
+                    raise _Refusal(
+                        "non_string_key", f"mapping key at {where} is a {kind}; keys must be strings"
+                    )
+            pairs = container.items()
+        else:
+            pairs = enumerate(container)
+        replacements: list[tuple[Any, object]] = []
+        for slot, value in pairs:
+            if value is None or isinstance(value, str | bool):
+                continue
+            if isinstance(value, dict | list):
+                # An empty container can only break the depth rule.
+                if value or depth >= MAX_DEPTH:
+                    stack.append((value, depth + 1, frame, slot))
+                continue
+            replacement = _check_scalar(value, frame, slot)
+            if replacement is not value:
+                replacements.append((slot, replacement))
+        for slot, replacement in replacements:
+            container[slot] = replacement
+
+
+def _check_scalar(value: object, frame: _Frame, slot: object) -> object:
+    if isinstance(value, int):
+        if abs(value) >= _INT_LIMIT:
+            where = _frame_path(frame, slot)
+            raise _Refusal("integer_too_long", f"integer at {where} has more than {MAX_INT_DIGITS} digits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            where = _frame_path(frame, slot)
+            raise _Refusal("non_finite_number", f"number at {where} is NaN or infinite; JSON has neither")
+        return value
+    if isinstance(value, datetime | date | dt_time):
+        # See the module docstring: ISO strings rather than a refusal.
+        return value.isoformat()
+    where = _frame_path(frame, slot)
+    raise _Refusal("invalid_value", f"value at {where} is a {type(value).__name__}, which has no JSON form")
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------------
+
+# Strings are skipped whole so brackets inside them do not count. ``\\.?`` and ``\Z`` let an
+# unterminated string or a trailing backslash still match, which keeps the scan linear.
+_JSON_DEPTH_TOKEN = re.compile(r'"(?:[^"\\]++|\\.?)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+# json's problems are fixed strings, except a few that quote the document (the pure-Python scanner's
+# "Invalid \\escape: 'x'"); only these known ones are repeated, in our words.
+_JSON_PROBLEMS = {
+    "Expecting value": "expected a value",
+    "Expecting property name enclosed in double quotes": "expected a key in double quotes",
+    "Expecting ':' delimiter": "expected ':'",
+    "Expecting ',' delimiter": "expected ','",
+    "Unterminated string starting at": "unterminated string",
+    "Invalid control character at": "control character inside a string",
+    "Invalid \\escape": "invalid escape sequence",
+    "Invalid \\uXXXX escape": "invalid \\u escape",
+    "Extra data": "extra data after the document",
+    "Illegal trailing comma before end of object": "trailing comma",
+    "Illegal trailing comma before end of array": "trailing comma",
+}
+
+
+def _bracket_depth_exceeds(text: str, token: re.Pattern[str], base: int) -> bool:
+    depth = base
+    for match in token.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth = max(depth - 1, base)
+    return False
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Refusal("duplicate_key", f"duplicate key {_name(key)} in a JSON object")
+        result[key] = value
+    return result
+
+
+def _json_constant(name: str) -> NoReturn:
+    raise _Refusal("non_finite_number", f"JSON contains {name}, which is not a JSON number")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf without ever reaching parse_constant
+        raise _Refusal("non_finite_number", "JSON contains a number too large to be finite")
+    return value
+
+
+def _json_int(text: str) -> int:
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        raise _Refusal("integer_too_long", f"JSON contains an integer with more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_json(text: str) -> object:
+    # json's C scanner recurses once per container: check depth first, so a 100000-deep document is a
+    # clean refusal instead of a RecursionError (or worse, on a thread with a small stack).
+    if _bracket_depth_exceeds(text, _JSON_DEPTH_TOKEN, base=0):
+        raise _Refusal("too_deep", f"JSON document nests deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_constant=_json_constant,
+            parse_float=_json_float,
+            parse_int=_json_int,
+        )
+    except json.JSONDecodeError as exc:
+        detail = _JSON_PROBLEMS.get(exc.msg)
+        suffix = f": {detail}" if detail else ""
+        raise _Refusal(
+            "syntax_error", f"JSON syntax error at line {exc.lineno}, column {exc.colno}{suffix}"
+        ) from None
+    except ValueError as exc:
+        if _is_int_limit_error(exc):
+            raise _Refusal(
+                "integer_too_long", "JSON contains an integer longer than this interpreter converts"
+            ) from None
+        raise _Refusal("syntax_error", "JSON could not be parsed") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# TOML
+# --------------------------------------------------------------------------------------------------
+
+# Comments and all four string kinds are skipped so only real array/inline-table brackets count. Table
+# headers ([a], [[a]]) count briefly too, which only makes the guard a little stricter.
+_TOML_DEPTH_TOKEN = re.compile(
+    r"""
+      \#[^\n]*+
+    | \"\"\"(?:[^"\\]++|\\.?|"(?!""))*+(?:\"\"\"|\Z)
+    | '''(?:[^']++|'(?!''))*+(?:'''|\Z)
+    | "(?:[^"\\\n]++|\\.?)*+(?:"|\Z|(?=\n))
+    | '[^'\n]*+(?:'|\Z|(?=\n))
+    | [\[\]{}]
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_TOML_POSITION = re.compile(r" \(at line (\d+), column (\d+)\)$| \(at end of document\)$")
+_TOML_DUPLICATE_MARKERS = ("twice", "Cannot overwrite", "Cannot mutate", "Cannot redefine", "Duplicate")
+_TOML_PROBLEMS = {
+    "Invalid statement": "invalid statement",
+    "Expected '=' after a key in a key/value pair": "expected '=' after a key",
+    "Unclosed array": "unclosed array",
+    "Unclosed inline table": "unclosed inline table",
+    "Invalid value": "invalid value",
+    "Unterminated string": "unterminated string",
+    "Invalid initial character for a key part": "invalid character in a key",
+    "Expected ']' at the end of a table declaration": "expected ']' after a table name",
+    "Expected ']]' at the end of an array declaration": "expected ']]' after an array-of-tables name",
+    "Invalid date or datetime": "invalid date or datetime",
+    "Invalid hex value": "invalid hex escape",
+    "Unescaped '\\' in a string": "unescaped backslash in a string",
+}
+
+
+def _toml_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refusal("non_finite_number", "TOML contains nan or inf, which JSON cannot represent")
+    return value
+
+
+def _parse_toml(text: str) -> object:
+    # tomllib (3.11) recurses per nested array/inline table and has no depth limit of its own.
+    if _bracket_depth_exceeds(text, _TOML_DEPTH_TOKEN, base=1):
+        raise _Refusal("too_deep", f"TOML document nests deeper than {MAX_DEPTH} levels")
+    try:
+        return tomllib.loads(text, parse_float=_toml_float)
+    except tomllib.TOMLDecodeError as exc:
+        raw = str(exc)
+        position = _TOML_POSITION.search(raw)
+        problem = raw[: position.start()] if position else raw
+        where = ""
+        if position and position.group(1):
+            where = f" at line {position.group(1)}, column {position.group(2)}"
+        elif position:
+            where = " at the end of the document"
+        if any(marker in problem for marker in _TOML_DUPLICATE_MARKERS):
+            raise _Refusal("duplicate_key", f"TOML defines a key or table twice{where}") from None
+        detail = _TOML_PROBLEMS.get(problem)
+        suffix = f": {detail}" if detail else ""
+        raise _Refusal("syntax_error", f"TOML syntax error{where}{suffix}") from None
+    except ValueError as exc:
+        # tomllib lets int()'s own limit error through unwrapped.
+        if _is_int_limit_error(exc):
+            raise _Refusal(
+                "integer_too_long", f"TOML contains an integer with more than {MAX_INT_DIGITS} digits"
+            ) from None
+        raise _Refusal("syntax_error", "TOML could not be parsed") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML
+# --------------------------------------------------------------------------------------------------
+
+_YAML = "tag:yaml.org,2002:"
+_YAML_SCALAR_TAGS = frozenset(
+    _YAML + name for name in ("str", "int", "float", "bool", "null", "timestamp", "merge", "value")
+)
+_YAML_CONTAINER_TAGS = frozenset({_YAML + "seq", _YAML + "map"})
+# Standard YAML types that SafeLoader builds but JSON cannot hold.
+_YAML_NON_JSON_TAGS = frozenset(_YAML + name for name in ("binary", "set", "omap", "pairs"))
+_YAML_KEY_TAGS = frozenset({_YAML + "str", _YAML + "value"})
+
+
+def _line(node: Node) -> str:
+    mark = node.start_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader with limits applied while composing, before any Python object is built."""
+
+    def __init__(self, stream: str) -> None:
+        self._depth = 0
+        self._aliases = 0
+        super().__init__(stream)
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _Refusal("alias_bomb", f"YAML document uses more than {MAX_YAML_ALIASES} aliases")
+            return super().compose_node(parent, index)
+        # The composer recurses per container; counting here refuses a deep document before the
+        # recursion gets anywhere near Python's limit.
+        container = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if container:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                # check_event() leaves the peeked event in current_event.
+                mark = self.current_event.start_mark
+                where = f"line {mark.line + 1}, column {mark.column + 1}"
+                raise _Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels at {where}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if container:
+                self._depth -= 1
+
+
+def _inspect_yaml_graph(root: Node) -> None:
+    """Check the composed node graph once per distinct node, before anything is constructed.
+
+    Aliases make the graph a DAG (or, with a self-referring anchor, a cycle). Memoised post-order gives
+    each node's expanded size and height without ever expanding it, so billion-laughs costs a few
+    hundred steps. Keys are checked here, on the raw graph, because SafeConstructor's merge handling
+    (``<<``) rewrites mapping nodes in place and would make merged keys look like duplicates.
+    """
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        node_id = id(node)
+        if children_done:
+            children = _yaml_children(node)
+            size[node_id] = 1 + sum(size[id(child)] for child in children)
+            height[node_id] = 1 + max((height[id(child)] for child in children), default=0)
+            in_progress.discard(node_id)
+            continue
+        if node_id in size:
+            continue
+        if node_id in in_progress:
+            # Everything above a node's marker on the stack is its own subtree, so meeting it again
+            # before it is finished means an alias inside an anchor refers to that anchor.
+            raise _Refusal("alias_bomb", f"YAML alias at {_line(node)} refers to a node that contains it")
+        _check_yaml_node(node)
+        if isinstance(node, ScalarNode):
+            size[node_id] = 1
+            height[node_id] = 0
+            continue
+        in_progress.add(node_id)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _yaml_children(node))
+
+    distinct = len(size)
+    expanded = size[id(root)]
+    limit = max(YAML_EXPANSION_FACTOR * distinct, YAML_EXPANSION_FLOOR)
+    if expanded > limit:
+        raise _Refusal(
+            "alias_bomb",
+            f"YAML aliases would expand {distinct} nodes to {expanded} (at most {limit} allowed)",
+        )
+    if height[id(root)] > MAX_DEPTH:
+        raise _Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels once aliases are expanded")
+
+
+def _yaml_children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
+def _check_yaml_node(node: Node) -> None:
+    tag = node.tag
+    if tag in _YAML_NON_JSON_TAGS:
+        kind = tag.removeprefix(_YAML)
+        raise _Refusal("invalid_value", f"YAML !!{kind} at {_line(node)} has no JSON form")
+    allowed = _YAML_SCALAR_TAGS if isinstance(node, ScalarNode) else _YAML_CONTAINER_TAGS
+    if tag not in allowed:
+        if tag in _YAML_SCALAR_TAGS or tag in _YAML_CONTAINER_TAGS:
+            raise _Refusal("invalid_value", f"YAML tag at {_line(node)} does not fit its value")
+        short = "!!" + tag.removeprefix(_YAML) if tag.startswith(_YAML) else tag
+        shown = repr(short) if _SAFE_TAG.fullmatch(short) else "(not shown)"
+        raise _Refusal(
+            "yaml_tag_refused",
+            f"YAML tag {shown} at {_line(node)} refused: only plain YAML types are loaded",
+        )
+    if not isinstance(node, MappingNode):
+        return
+    seen: set[str] = set()
+    for key_node, _value in node.value:
+        if key_node.tag == _YAML + "merge":
+            continue
+        if not isinstance(key_node, ScalarNode) or key_node.tag not in _YAML_KEY_TAGS:
+            raise _Refusal(
+                "non_string_key",
+                f"YAML key at {_line(key_node)} is not a string (quote it if it should be one)",
+            )
+        # For str-tagged scalars the constructed key is exactly the node's text.
+        key = str(key_node.value)
+        if key in seen:
+            raise _Refusal("duplicate_key", f"duplicate key {_name(key)} at {_line(key_node)}")
+        seen.add(key)
+
+
+def _guarded(
+    construct: Callable[[yaml.SafeLoader, ScalarNode], object], kind: str
+) -> Callable[[_GuardedLoader, ScalarNode], object]:
+    # SafeConstructor's scalar constructors raise bare ValueError/KeyError/AttributeError on values an
+    # explicit tag forces onto them (``!!int abc``, ``!!timestamp x``, ``2024-13-45``).
+    def constructor(loader: _GuardedLoader, node: ScalarNode) -> object:
+        try:
+            return construct(loader, node)
+        except ValueError as exc:
+            if _is_int_limit_error(exc):
+                raise _Refusal(
+                    "integer_too_long", f"YAML integer at {_line(node)} has more than {MAX_INT_DIGITS} digits"
+                ) from None
+            raise _Refusal("invalid_value", f"YAML value at {_line(node)} is not a valid {kind}") from None
+        except (KeyError, AttributeError, TypeError, IndexError):
+            raise _Refusal("invalid_value", f"YAML value at {_line(node)} is not a valid {kind}") from None
+
+    return constructor
+
+
+def _yaml_int(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    digits = str(node.value).lstrip("+-").replace("_", "")
+    # Only decimal text is limited by int(); binary/octal/hex are caught by the magnitude check later.
+    if digits.isdigit() and not digits.startswith("0") and len(digits) > MAX_INT_DIGITS:
+        raise _Refusal(
+            "integer_too_long", f"YAML integer at {_line(node)} has more than {MAX_INT_DIGITS} digits"
+        )
+    return loader.construct_yaml_int(node)
+
+
+def _yaml_float(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    value = loader.construct_yaml_float(node)
+    if not math.isfinite(value):
+        raise _Refusal("non_finite_number", f"YAML number at {_line(node)} is NaN or infinite")
+    return value
+
+
+def _yaml_timestamp(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    return loader.construct_yaml_timestamp(node).isoformat()
+
+
+def _yaml_bool(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    return loader.construct_yaml_bool(node)
+
+
+def _yaml_plain_text(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    # ``<<`` and ``=`` resolve to the merge/value tags wherever they stand; as keys SafeConstructor
+    # rewrites them, as values they are just text (plain SafeLoader would fail to construct them).
+    return loader.construct_scalar(node)
+
+
+def _yaml_refuse_tag(loader: _GuardedLoader, node: Node) -> NoReturn:
+    # Unreachable after _inspect_yaml_graph; a second line of defence so no unknown tag is ever built.
+    raise _Refusal("yaml_tag_refused", f"YAML tag at {_line(node)} refused: only plain YAML types are loaded")
+
+
+_GuardedLoader.add_constructor(_YAML + "int", _guarded(_yaml_int, "integer"))
+_GuardedLoader.add_constructor(_YAML + "float", _guarded(_yaml_float, "number"))
+_GuardedLoader.add_constructor(_YAML + "timestamp", _guarded(_yaml_timestamp, "date or datetime"))
+_GuardedLoader.add_constructor(_YAML + "bool", _guarded(_yaml_bool, "boolean"))
+_GuardedLoader.add_constructor(_YAML + "merge", _yaml_plain_text)
+_GuardedLoader.add_constructor(_YAML + "value", _yaml_plain_text)
+for _tag in _YAML_NON_JSON_TAGS:
+    _GuardedLoader.add_constructor(_tag, _yaml_refuse_tag)
+_GuardedLoader.add_constructor(None, _yaml_refuse_tag)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            return f" at line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(exc, "position", None)  # ReaderError: a character offset, no line
+    if isinstance(position, int):
+        return f" at character offset {position}"
+    return ""
+
+
+def _parse_yaml(text: str) -> object:
+    try:
+        loader = _GuardedLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None
+            _inspect_yaml_graph(root)
+            return loader.construct_document(root)
+        finally:
+            loader.dispose()
+    except ConstructorError as exc:
+        # e.g. a merge key whose value is not a mapping, or a tag on the wrong kind of node.
+        raise _Refusal("invalid_value", f"YAML value{_yaml_where(exc)} cannot be constructed") from None
+    except yaml.YAMLError as exc:
+        raise _Refusal("syntax_error", f"YAML syntax error{_yaml_where(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# .env
+# --------------------------------------------------------------------------------------------------
+
+_ENV_ASSIGNMENT = re.compile(r"[ \t]*(?:export[ \t]+)?([^=\s]*)[ \t]*=(.*)")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+_ENV_INLINE_COMMENT = re.compile(r"[ \t]#")
+
+
+def _env_tail_ok(tail: str) -> bool:
+    stripped = tail.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def _env_value(raw: str, line_no: int) -> str:
+    value = raw.lstrip(" \t")
+    if value.startswith('"'):
+        out: list[str] = []
+        index = 1
+        while index < len(value):
+            char = value[index]
+            if char == "\\" and index + 1 < len(value):
+                following = value[index + 1]
+                # Unknown escapes stay literal so Windows paths ("C:\dir") survive double quotes.
+                out.append(_ENV_ESCAPES.get(following, "\\" + following))
+                index += 2
+                continue
+            if char == '"':
+                if not _env_tail_ok(value[index + 1 :]):
+                    raise _Refusal("syntax_error", f".env line {line_no}: text after the closing quote")
+                return "".join(out)
+            out.append(char)
+            index += 1
+        raise _Refusal("syntax_error", f".env line {line_no}: unterminated double-quoted value")
+    if value.startswith("'"):
+        end = value.find("'", 1)
+        if end < 0:
+            raise _Refusal("syntax_error", f".env line {line_no}: unterminated single-quoted value")
+        if not _env_tail_ok(value[end + 1 :]):
+            raise _Refusal("syntax_error", f".env line {line_no}: text after the closing quote")
+        return value[1:end]
+    comment = _ENV_INLINE_COMMENT.search(raw)
+    if comment is not None:
+        raw = raw[: comment.start()]
+    return raw.strip(" \t")
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    """Parse dotenv text into a flat ``dict[str, str]``, keys exactly as written.
+
+    Accepted, one per line: blank lines; ``# comments``; ``KEY=VALUE`` or ``export KEY=VALUE`` with
+    optional spaces or tabs around ``=``; KEY matching ``[A-Za-z_][A-Za-z0-9_]*``. VALUE is unquoted
+    (trimmed; `` #`` after whitespace starts a comment), ``'single-quoted'`` (literal) or
+    ``"double-quoted"`` (``\\n \\r \\t \\" \\\\`` escapes; other backslashes kept). A quoted value
+    ends on its line (no multi-line values). Anything else is ``syntax_error`` naming the line; a
+    variable set twice is ``duplicate_key``. No ``${VAR}`` interpolation: what is written is the value.
+    """
+    result: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ENV_ASSIGNMENT.fullmatch(line)
+        if match is None:
+            raise _Refusal("syntax_error", f".env line {line_no} is not KEY=VALUE")
+        key, raw = match.group(1), match.group(2)
+        if not _ENV_KEY.fullmatch(key):
+            raise _Refusal(
+                "syntax_error", f".env line {line_no}: variable names must match [A-Za-z_][A-Za-z0-9_]*"
+            )
+        if key in result:
+            raise _Refusal(
+                "duplicate_key",
+                f".env variable {key!r} set twice (lines {first_line[key]} and {line_no})",
+            )
+        result[key] = _env_value(raw, line_no)
+        first_line[key] = line_no
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Client-supplied paths
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_source(
+    requested: str,
+    *,
+    allowed_dirs: Sequence[str | Path],
+    base_dir: Path | None = None,
+) -> Path:
+    """Turn a client-supplied ``config_source`` into a real path inside an allow-listed directory.
+
+    The request is percent-decoded once; a request that still changes when decoded again (double
+    encoding) is refused, as are NUL bytes, empty requests and any ``..`` component (even one that
+    would resolve back inside: operators expect traversal syntax to be refused outright). Relative
+    requests are taken from ``base_dir`` (default: the first allowed directory). Symlinks are followed
+    (``os.path.realpath``) and the result must lie inside one of the real allowed directories, compared
+    by path components, never by string prefix. The file need not exist; ``load_source`` says so.
+
+    The returned path is checked at call time: a symlink swapped in between this call and the read is
+    not caught here.
+    """
+    if isinstance(allowed_dirs, str | Path):
+        # A bare string is a Sequence of characters: "allow '/', 'e', 't', 'c'" is never what was meant.
+        raise TypeError("allowed_dirs must be a sequence of directories, not a single path")
+    shown = _short_repr(requested)
+
+    def refuse(reason: str) -> NoReturn:
+        raise SourceNotAllowed(f"config source {shown} is not allowed: {reason}")
+
+    if not isinstance(requested, str) or not requested.strip():
+        refuse("it is empty")
+    decoded = unquote(requested)
+    if unquote(decoded) != decoded:
+        refuse("it is percent-encoded more than once")
+    if "\x00" in decoded:
+        refuse("it contains a NUL byte")
+    if not decoded.strip():
+        refuse("it is empty")
+    if ".." in re.split(r"[/\\]", decoded):
+        refuse("it contains a '..' component")
+    if not allowed_dirs:
+        refuse("no config directory is allowed")
+
+    roots = [Path(os.path.realpath(directory)) for directory in allowed_dirs]
+    candidate = Path(decoded)
+    if not candidate.is_absolute():
+        candidate = (base_dir if base_dir is not None else Path(allowed_dirs[0])) / candidate
+    resolved = Path(os.path.realpath(candidate))
+    if not any(resolved.is_relative_to(root) for root in roots):
+        refuse("it resolves outside the allowed directories")
+    return resolved
