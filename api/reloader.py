@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 import store
@@ -60,6 +61,7 @@ class ConfigReloader:
         instance_id: str | None = None,
         cipher: SecretCipher | None = None,
         services: ServiceRegistry | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if log is None or isinstance(log, str):
             log = EventLog(log or store.DEFAULT_DATABASE_URL, instance_id=instance_id, cipher=cipher)
@@ -80,6 +82,7 @@ class ConfigReloader:
             rollback_threshold=rollback_threshold,
             max_source_bytes=max_source_bytes,
             version=store.__version__,
+            tracer=tracer,
         )
         self._current = CurrentProjection(self._materialize)
         self._history = HistoryProjection(window=history_window)
@@ -393,6 +396,10 @@ class ConfigReloader:
         """Registered services whose last accepted config is not the current one."""
         drift = self._stats.drift(self.current_hash)
         return {name: running for name, running in drift.items() if name in self.services}
+
+    @property
+    def stats_projection(self) -> StatsProjection:
+        return self._stats
 
     @property
     def running_operation_id(self) -> str | None:

@@ -28,7 +28,7 @@ class StatsProjection(Projection):
     """Rejected requests count as failed operations, as they appear in history as failed."""
 
     name = "stats"
-    version = 1
+    version = 2
 
     def reset(self) -> None:
         self.total = 0
@@ -36,6 +36,9 @@ class StatsProjection(Projection):
         self.by_kind: dict[str, int] = {}
         # "trigger|status" pairs, so a filtered history page can report its total without a scan.
         self.by_trigger_status: dict[str, int] = {}
+        # "kind|trigger|status" and "kind|reason": the label sets of the operation metrics.
+        self.by_kind_trigger_status: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
         self.rollbacks: dict[str, int] = {}
         self.services: dict[str, dict[str, int]] = {}
         self.service_durations: dict[str, QuantileSketch] = {}
@@ -53,13 +56,13 @@ class StatsProjection(Projection):
             self._open[key] = {"kind": payload.kind.value, "trigger": payload.trigger.value}
         elif isinstance(payload, OperationCompleted) and key is not None:
             started = self._open.pop(key, {"kind": "reload", "trigger": "manual"})
-            self._count(started["kind"], started["trigger"], payload.status.value)
+            self._count(started["kind"], started["trigger"], payload.status.value, payload.reason)
             if payload.status is not OperationStatus.INTERRUPTED:
                 self.durations.add(payload.total_ms)
                 self.validation_durations.add(payload.validation_ms)
                 self.apply_durations.add(payload.apply_ms)
         elif isinstance(payload, OperationRejected):
-            self._count(payload.kind.value, payload.trigger.value, "failed")
+            self._count(payload.kind.value, payload.trigger.value, "failed", payload.reason)
         elif isinstance(payload, ServiceNotified):
             outcomes = self.services.setdefault(payload.service, {})
             _bump(outcomes, f"{payload.direction}:{payload.outcome.value}")
@@ -72,11 +75,28 @@ class StatsProjection(Projection):
         elif isinstance(payload, ConfigApplied):
             self.current_hash = payload.hash
 
-    def _count(self, kind: str, trigger: str, status: str) -> None:
+    def _count(self, kind: str, trigger: str, status: str, reason: str | None) -> None:
         self.total += 1
         _bump(self.by_status, status)
         _bump(self.by_kind, kind)
         _bump(self.by_trigger_status, f"{trigger}|{status}")
+        _bump(self.by_kind_trigger_status, f"{kind}|{trigger}|{status}")
+        if status != "success":
+            _bump(self.errors, f"{kind}|{reason or status}")
+
+    def operations_by_kind_trigger_status(self) -> dict[tuple[str, str, str], int]:
+        return {
+            (parts[0], parts[1], parts[2]): count
+            for key, count in self.by_kind_trigger_status.items()
+            if len(parts := key.split("|")) == 3
+        }
+
+    def errors_by_kind_reason(self) -> dict[tuple[str, str], int]:
+        result: dict[tuple[str, str], int] = {}
+        for key, count in self.errors.items():
+            kind, _, reason = key.partition("|")
+            result[(kind, reason)] = count
+        return result
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -163,6 +183,8 @@ class StatsProjection(Projection):
             "by_status": self.by_status,
             "by_kind": self.by_kind,
             "by_trigger_status": self.by_trigger_status,
+            "by_kind_trigger_status": self.by_kind_trigger_status,
+            "errors": self.errors,
             "rollbacks": self.rollbacks,
             "services": self.services,
             "service_durations": {k: v.to_state() for k, v in self.service_durations.items()},
@@ -180,6 +202,8 @@ class StatsProjection(Projection):
         self.by_status = dict(state["by_status"])
         self.by_kind = dict(state["by_kind"])
         self.by_trigger_status = dict(state["by_trigger_status"])
+        self.by_kind_trigger_status = dict(state["by_kind_trigger_status"])
+        self.errors = dict(state["errors"])
         self.rollbacks = dict(state["rollbacks"])
         self.services = {k: dict(v) for k, v in state["services"].items()}
         self.service_durations = {

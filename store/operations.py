@@ -17,11 +17,13 @@ caller gets back - is built by folding those same events, so an answer can never
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
 from store.diff import changed_paths
@@ -69,6 +72,8 @@ __all__ = [
     "build_operation",
     "default_actor",
 ]
+
+logger = logging.getLogger("store.operations")
 
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
@@ -290,6 +295,7 @@ class OperationRunner:
         rollback_threshold: float = 0.5,
         max_source_bytes: int = 1_048_576,
         version: str = "0",
+        tracer: trace.Tracer | None = None,
     ) -> None:
         if not 0.0 <= rollback_threshold <= 1.0:
             raise ValueError("rollback_threshold must be between 0 and 1")
@@ -301,6 +307,7 @@ class OperationRunner:
         self.rollback_threshold = rollback_threshold
         self.max_source_bytes = max_source_bytes
         self.version = version
+        self.tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         self.active: ActiveConfig | None = None
         self._known_head = 0
         self._running: uuid.UUID | None = None
@@ -522,6 +529,20 @@ class OperationRunner:
                 self._followup_queued = False
         return await self.reload(trigger, actor=actor)
 
+    @contextlib.contextmanager
+    def _operation_span(
+        self, kind: OperationKind, trigger: Trigger, attributes: dict[str, Any]
+    ) -> Iterator[trace.Span]:
+        # The operation span is current while the operation runs, so the load, validation and callback
+        # spans nest under it, and under the caller's trace when an HTTP request carried a traceparent.
+        with self.tracer.start_as_current_span(
+            f"confledger.{kind.value}",
+            attributes={"confledger.kind": kind.value, "confledger.trigger": trigger.value, **attributes},
+            record_exception=False,
+            set_status_on_exception=True,
+        ) as span:
+            yield span
+
     # --- reload --------------------------------------------------------------------------------------
 
     async def reload(
@@ -537,17 +558,27 @@ class OperationRunner:
     ) -> ReloadOperation:
         actor = actor or default_actor(trigger)
         source = str(config_source) if config_source is not None else self.config_source
-        if self._running is not None:
-            return await self._reject(OperationKind.RELOAD, trigger, actor, source, client)
-        operation_id = uuid.uuid4()
-        self._running = operation_id
-        self._idle = anyio.Event()
-        try:
-            await self._reload(operation_id, trigger, source, force, dry_run, actor, client, trace_id)
-            return await self._operation_result(operation_id)
-        finally:
-            self._running = None
-            self._idle.set()
+        attributes = {
+            "confledger.force": force,
+            "confledger.dry_run": dry_run,
+            "confledger.source": source or "",
+        }
+        with self._operation_span(OperationKind.RELOAD, trigger, attributes) as span:
+            if self._running is not None:
+                result = await self._reject(OperationKind.RELOAD, trigger, actor, source, client)
+            else:
+                operation_id = uuid.uuid4()
+                self._running = operation_id
+                self._idle = anyio.Event()
+                try:
+                    trace_id = trace_id or _trace_id_of(span)
+                    await self._reload(operation_id, trigger, source, force, dry_run, actor, client, trace_id)
+                    result = await self._operation_result(operation_id)
+                finally:
+                    self._running = None
+                    self._idle.set()
+            _finish(span, result)
+            return result
 
     async def _reload(
         self,
@@ -593,9 +624,21 @@ class OperationRunner:
         load_started = time.perf_counter()
         expect_content = self._had_content.get(source, False)
         try:
-            loaded: LoadedSource = await anyio.to_thread.run_sync(
-                lambda: load_source(source, max_bytes=self.max_source_bytes, expect_content=expect_content)
-            )
+            with self.tracer.start_as_current_span(
+                "confledger.load", attributes={"confledger.source": source}, record_exception=False
+            ) as load_span:
+                try:
+                    loaded: LoadedSource = await anyio.to_thread.run_sync(
+                        lambda: load_source(
+                            source, max_bytes=self.max_source_bytes, expect_content=expect_content
+                        )
+                    )
+                except SourceError as exc:
+                    load_span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code))
+                    load_span.set_attribute("confledger.reason", exc.code)
+                    raise
+                load_span.set_attribute("confledger.size_bytes", loaded.size_bytes)
+                load_span.set_attribute("confledger.format", loaded.format)
         except SourceError as exc:
             pending += [
                 ConfigLoadFailed(
@@ -618,7 +661,7 @@ class OperationRunner:
         self._had_content[source] = loaded.size_bytes > 0
         load_ms = (time.perf_counter() - load_started) * 1000
 
-        outcome = await self.pipeline.validate(loaded.body)
+        outcome = await self.pipeline.validate(loaded.body, tracer=self.tracer)
         pending.append(
             ConfigLoaded(
                 hash=outcome.hash,
@@ -678,17 +721,23 @@ class OperationRunner:
     ) -> ReloadOperation:
         """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config."""
         actor = actor or default_actor(trigger)
-        if self._running is not None:
-            return await self._reject(OperationKind.ROLLBACK, trigger, actor, None, client)
-        operation_id = uuid.uuid4()
-        self._running = operation_id
-        self._idle = anyio.Event()
-        try:
-            await self._rollback(operation_id, target_hash, trigger, actor, client, trace_id)
-            return await self._operation_result(operation_id)
-        finally:
-            self._running = None
-            self._idle.set()
+        attributes = {"confledger.target": (target_hash or "")[:64]}
+        with self._operation_span(OperationKind.ROLLBACK, trigger, attributes) as span:
+            if self._running is not None:
+                result = await self._reject(OperationKind.ROLLBACK, trigger, actor, None, client)
+            else:
+                operation_id = uuid.uuid4()
+                self._running = operation_id
+                self._idle = anyio.Event()
+                try:
+                    trace_id = trace_id or _trace_id_of(span)
+                    await self._rollback(operation_id, target_hash, trigger, actor, client, trace_id)
+                    result = await self._operation_result(operation_id)
+                finally:
+                    self._running = None
+                    self._idle.set()
+            _finish(span, result)
+            return result
 
     def _previous_distinct_hash(self) -> str | None:
         current = None if self.active is None else self.active.hash
@@ -781,7 +830,7 @@ class OperationRunner:
             await self._append(events(pending))
             return
         stored = await anyio.to_thread.run_sync(self.log.get_config, target)
-        outcome = await self.pipeline.validate(stored.body)
+        outcome = await self.pipeline.validate(stored.body, tracer=self.tracer)
         rolled = ConfigRolledBack(
             from_hash=None if previous is None else previous.hash, to_hash=target, reason="manual"
         )
@@ -875,7 +924,9 @@ class OperationRunner:
         secrets = [*new_active.secret_values(), *([] if previous is None else previous.secret_values())]
         old_config = None if previous is None else previous.config
         results = [
-            await self.services.notify(spec, old_config, new_active.config, secret_values=secrets)
+            await self.services.notify(
+                spec, old_config, new_active.config, secret_values=secrets, tracer=self.tracer
+            )
             for spec in services
         ]
         pending += [_notified(result, "forward", new_active.hash) for result in results]
@@ -1003,10 +1054,58 @@ class OperationRunner:
         results: list[EventPayload] = []
         for spec in reversed(accepted):
             result = await self.services.notify(
-                spec, abandoned.config, previous.config, secret_values=secrets
+                spec,
+                abandoned.config,
+                previous.config,
+                secret_values=secrets,
+                tracer=self.tracer,
+                direction="compensate",
             )
             results.append(_notified(result, "compensate", previous.hash))
         return results
+
+
+def _trace_id_of(span: trace.Span) -> str | None:
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def _finish(span: trace.Span, result: ReloadOperation) -> None:
+    """Close an operation: span attributes and status, and its one structured log line."""
+    span.set_attribute("confledger.operation_id", result.operation_id)
+    span.set_attribute("confledger.status", result.status.value)
+    if result.previous_config_hash:
+        span.set_attribute("confledger.previous_hash", result.previous_config_hash)
+    if result.new_config_hash:
+        span.set_attribute("confledger.new_hash", result.new_config_hash)
+    if not result.success:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
+    logger.log(
+        logging.INFO if result.success else logging.WARNING,
+        "%s %s %s: %s (%.1f ms)",
+        result.kind.value,
+        result.operation_id,
+        result.status.value,
+        result.message,
+        result.total_duration_ms,
+        extra={
+            "confledger": {
+                "operation_id": result.operation_id,
+                "trace_id": result.trace_id,
+                "kind": result.kind.value,
+                "trigger": result.trigger.value,
+                "actor": result.actor,
+                "status": result.status.value,
+                "reason": result.reason,
+                "previous_hash": result.previous_config_hash,
+                "new_hash": result.new_config_hash,
+                "total_ms": round(result.total_duration_ms, 3),
+                "validation_ms": round(result.validation_duration_ms, 3),
+                "apply_ms": round(result.apply_duration_ms, 3),
+                "services": list(result.services_notified),
+            }
+        },
+    )
 
 
 def _owner_is_gone(instance_id: str, own_instance_id: str) -> bool:

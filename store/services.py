@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+from opentelemetry import trace
 
 from store.events import ServiceOutcome
 from store.validation import scrub
@@ -96,7 +97,34 @@ class ServiceRegistry:
         return name in self._services
 
     async def notify(
-        self, spec: ServiceSpec, old: Any, new: Any, *, secret_values: Iterable[str] = ()
+        self,
+        spec: ServiceSpec,
+        old: Any,
+        new: Any,
+        *,
+        secret_values: Iterable[str] = (),
+        tracer: trace.Tracer | None = None,
+        direction: str = "forward",
+    ) -> NotifyResult:
+        tracer = tracer if tracer is not None else trace.get_tracer("confledger")
+        with tracer.start_as_current_span(
+            "confledger.service_callback",
+            attributes={
+                "confledger.service": spec.name,
+                "confledger.priority": spec.priority,
+                "confledger.direction": direction,
+            },
+            record_exception=False,
+        ) as span:
+            result = await self._call(spec, old, new, secret_values)
+            span.set_attribute("confledger.outcome", result.outcome.value)
+            span.set_attribute("confledger.duration_ms", round(result.duration_ms, 3))
+            if result.outcome is not ServiceOutcome.SUCCESS:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+            return result
+
+    async def _call(
+        self, spec: ServiceSpec, old: Any, new: Any, secret_values: Iterable[str]
     ) -> NotifyResult:
         started = time.perf_counter()
         try:

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 import anyio
+from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
@@ -160,21 +161,39 @@ class ValidationPipeline:
             return None, None, format_validation_error(exc)
         return config, dump_revealed(config), []
 
-    async def validate(self, body: Mapping[str, Any]) -> ValidationOutcome:
+    async def validate(
+        self, body: Mapping[str, Any], *, tracer: trace.Tracer | None = None
+    ) -> ValidationOutcome:
+        tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         started = time.perf_counter()
-        config, normalised, errors = self.parse(body)
-        warnings: list[str] = []
-        validator_ms: dict[str, float] = {}
-        secret_paths: frozenset[ConfigPath] = frozenset()
-        digest: str | None = None
-        if config is not None and normalised is not None:
-            secret_paths = frozenset(find_secret_paths(config))
-            digest = config_hash(normalised)
-            for spec in self.validators:
-                found_errors, found_warnings, elapsed = await self._run_one(spec, config)
-                errors.extend(found_errors)
-                warnings.extend(found_warnings)
-                validator_ms[spec.name] = elapsed
+        with tracer.start_as_current_span("confledger.validation", record_exception=False) as span:
+            with tracer.start_as_current_span(
+                "confledger.validator", attributes={"confledger.validator": "model"}, record_exception=False
+            ) as model_span:
+                config, normalised, errors = self.parse(body)
+                _close_validator_span(model_span, len(errors), 0)
+            warnings: list[str] = []
+            validator_ms: dict[str, float] = {}
+            secret_paths: frozenset[ConfigPath] = frozenset()
+            digest: str | None = None
+            if config is not None and normalised is not None:
+                secret_paths = frozenset(find_secret_paths(config))
+                digest = config_hash(normalised)
+                for spec in self.validators:
+                    with tracer.start_as_current_span(
+                        "confledger.validator",
+                        attributes={"confledger.validator": spec.name},
+                        record_exception=False,
+                    ) as validator_span:
+                        found_errors, found_warnings, elapsed = await self._run_one(spec, config)
+                        _close_validator_span(validator_span, len(found_errors), len(found_warnings))
+                    errors.extend(found_errors)
+                    warnings.extend(found_warnings)
+                    validator_ms[spec.name] = elapsed
+            span.set_attribute("confledger.errors", len(errors))
+            span.set_attribute("confledger.warnings", len(warnings))
+            if errors:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
         secrets = values_at(normalised, secret_paths)
         return ValidationOutcome(
             config=config,
@@ -192,19 +211,28 @@ class ValidationPipeline:
     async def _run_one(self, spec: ValidatorSpec, config: Any) -> tuple[list[str], list[str], float]:
         started = time.perf_counter()
         try:
-            with anyio.fail_after(spec.timeout):
+            # move_on_after, not fail_after: a TimeoutError the validator raises itself (a socket
+            # timeout) is its error, not this deadline expiring.
+            with anyio.move_on_after(spec.timeout) as deadline:
                 if inspect.iscoroutinefunction(spec.function):
                     result = await spec.function(config)
                 else:
                     result = await anyio.to_thread.run_sync(spec.function, config, abandon_on_cancel=True)
                     if inspect.isawaitable(result):
                         result = await result
-        except TimeoutError:
-            return [f"validator {spec.name} timed out after {spec.timeout:g}s"], [], _ms(started)
         except Exception as exc:
             return [f"validator {spec.name} raised {type(exc).__name__}: {exc}"], [], _ms(started)
+        if deadline.cancelled_caught:
+            return [f"validator {spec.name} timed out after {spec.timeout:g}s"], [], _ms(started)
         errors, warnings = _normalise_result(spec.name, result)
         return errors, warnings, _ms(started)
+
+
+def _close_validator_span(span: trace.Span, errors: int, warnings: int) -> None:
+    span.set_attribute("confledger.errors", errors)
+    span.set_attribute("confledger.warnings", warnings)
+    if errors:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
 
 
 def _ms(started: float) -> float:
