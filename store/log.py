@@ -34,6 +34,7 @@ from store.errors import (
     ChainBroken,
     ConcurrencyConflict,
     InvalidHashPrefix,
+    StoreError,
     UnknownConfigHash,
 )
 from store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
@@ -52,6 +53,10 @@ __all__ = [
 
 MIN_PREFIX = 7
 _VERIFY_BATCH = 2_000
+# The open-operations fold is checkpointed once the tail it had to read holds this many lifecycle events.
+_OPEN_OPERATIONS = "store.open_operations"
+_OPEN_OPERATIONS_VERSION = 1
+_OPEN_OPERATIONS_REFOLD = 256
 
 
 def default_instance_id() -> str:
@@ -440,19 +445,63 @@ class EventLog:
             return connection.execute(query).first() is not None
 
     def open_operations(self) -> list[RecordedEvent]:
-        """``operation.started`` events with no ``operation.completed``: running elsewhere, or interrupted."""
-        completed = sa.select(events.c.operation_id).where(
-            events.c.type == "operation.completed",
-            events.c.operation_id == sa.literal_column("s.operation_id"),
-        )
-        started = events.alias("s")
-        query = (
-            sa.select(started)
-            .where(started.c.type == "operation.started", ~sa.exists(completed))
-            .order_by(started.c.position)
-        )
+        """``operation.started`` events with no ``operation.completed``: running elsewhere, or interrupted.
+
+        Start-up asks this, so it must not cost a pass over every operation ever run: the set of open
+        operations is a fold of the log, cached like a projection's (checkpoint ``store.open_operations``:
+        the operations open at its position), so only the started/completed events after it are read.
+        Without the checkpoint (or with one of another version) the fold starts from position 0.
+        """
+        lifecycle = ("operation.started", "operation.completed")
         with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
+            row = connection.execute(
+                sa.select(
+                    projection_checkpoints.c.version,
+                    projection_checkpoints.c.position,
+                    projection_checkpoints.c.state,
+                ).where(projection_checkpoints.c.name == _OPEN_OPERATIONS)
+            ).first()
+            after = 0
+            open_at: dict[str, int] = {}
+            if row is not None and int(row.version) == _OPEN_OPERATIONS_VERSION:
+                after = int(row.position)
+                open_at = {str(key): int(value) for key, value in dict(row.state).get("open", {}).items()}
+            tail = connection.execute(
+                sa.select(events.c.position, events.c.type, events.c.operation_id)
+                .where(events.c.type.in_(lifecycle), events.c.position > after)
+                .order_by(events.c.position)
+            ).all()
+            for position, event_type, operation_id in tail:
+                if operation_id is None:
+                    continue
+                if event_type == "operation.started":
+                    open_at[str(operation_id)] = int(position)
+                else:
+                    open_at.pop(str(operation_id), None)
+            found = (
+                [
+                    self._decode(event)
+                    for event in connection.execute(
+                        sa.select(events)
+                        .where(events.c.position.in_(sorted(open_at.values())))
+                        .order_by(events.c.position)
+                    )
+                ]
+                if open_at
+                else []
+            )
+        if len(tail) >= _OPEN_OPERATIONS_REFOLD:
+            # A cache, not the log: failing to write it (a read-only replica) only costs the next caller time.
+            with contextlib.suppress(StoreError):
+                self.save_checkpoint(
+                    Checkpoint(
+                        name=_OPEN_OPERATIONS,
+                        version=_OPEN_OPERATIONS_VERSION,
+                        position=int(tail[-1].position),
+                        state={"open": open_at},
+                    )
+                )
+        return found
 
     def _decode(self, row: Any) -> RecordedEvent:
         occurred_at = row.occurred_at
