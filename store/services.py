@@ -128,7 +128,9 @@ class ServiceRegistry:
     ) -> NotifyResult:
         started = time.perf_counter()
         try:
-            with anyio.fail_after(spec.timeout):
+            # move_on_after, not fail_after: a TimeoutError the callback raises itself (a socket
+            # timeout) is an error it reported, not this deadline expiring.
+            with anyio.move_on_after(spec.timeout) as deadline:
                 if spec.async_callback:
                     result = spec.callback(old, new)
                     if inspect.isawaitable(result):
@@ -137,7 +139,14 @@ class ServiceRegistry:
                     result = await anyio.to_thread.run_sync(
                         partial(spec.callback, old, new), abandon_on_cancel=True
                     )
-        except TimeoutError:
+                    # A sync callable that hands back a coroutine (a lambda around an async method)
+                    # has done nothing yet: run it rather than count an un-awaited coroutine as success.
+                    if inspect.isawaitable(result):
+                        result = await result
+        except Exception as exc:
+            message = scrub(f"{type(exc).__name__}: {exc}", secret_values)
+            return NotifyResult(spec.name, spec.priority, ServiceOutcome.ERROR, _ms(started), message)
+        if deadline.cancelled_caught:
             return NotifyResult(
                 spec.name,
                 spec.priority,
@@ -145,9 +154,6 @@ class ServiceRegistry:
                 _ms(started),
                 f"no answer within {spec.timeout:g}s",
             )
-        except Exception as exc:
-            message = scrub(f"{type(exc).__name__}: {exc}", secret_values)
-            return NotifyResult(spec.name, spec.priority, ServiceOutcome.ERROR, _ms(started), message)
         # Only an explicit False is a refusal; a callback that returns nothing accepted the change.
         outcome = ServiceOutcome.FAILED if result is False else ServiceOutcome.SUCCESS
         error = "callback returned False" if outcome is ServiceOutcome.FAILED else None
