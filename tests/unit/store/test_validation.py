@@ -1,0 +1,326 @@
+"""The validation pipeline: the user's model, then custom validators (sync or async) under timeouts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from store import config_hash
+from store.validation import (
+    ValidationPipeline,
+    ValidatorSpec,
+    dump_revealed,
+    format_validation_error,
+    scrub,
+    values_at,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Database(BaseModel):
+    url: str = "sqlite://"
+    pool_size: int = 5
+    password: SecretStr | None = None
+
+
+class Service(BaseModel):
+    name: str
+    debug: bool = False
+    database: Database = Database()
+
+
+BODY: dict[str, Any] = {"name": "svc", "database": {"pool_size": 7, "password": "hunter2-secret"}}
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+async def test_a_valid_body_gives_the_typed_config_its_revealed_body_and_hash() -> None:
+    outcome = await ValidationPipeline(Service).validate(BODY)
+
+    assert outcome.ok
+    assert outcome.config == Service.model_validate(BODY)
+    assert outcome.body == {
+        "name": "svc",
+        "debug": False,
+        "database": {"url": "sqlite://", "pool_size": 7, "password": "hunter2-secret"},
+    }
+    assert outcome.hash == config_hash(outcome.body)
+    assert outcome.secret_paths == frozenset({("database", "password")})
+    assert outcome.secret_values() == ["hunter2-secret"]
+    assert outcome.errors == ()
+    assert outcome.duration_ms > 0
+
+
+async def test_a_changed_secret_changes_the_hash() -> None:
+    # The seed hashed the masked dump ('**********'), so a rotated key looked like no change.
+    pipeline = ValidationPipeline(Service)
+    one = await pipeline.validate(BODY)
+    two = await pipeline.validate({**BODY, "database": {**BODY["database"], "password": "rotated-key"}})
+    assert one.hash != two.hash
+
+
+async def test_defaults_filled_in_by_the_model_hash_like_explicit_values() -> None:
+    pipeline = ValidationPipeline(Service)
+    implicit = await pipeline.validate({"name": "svc"})
+    explicit = await pipeline.validate({"name": "svc", "debug": False, "database": {"pool_size": 5}})
+    assert implicit.hash == explicit.hash
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # a wrong type, with its location
+        ({"name": "svc", "database": {"pool_size": "lots"}}, "database.pool_size: "),
+        # a missing required field
+        ({"debug": True}, "name: Field required"),
+        # a body that is not an object of the model's shape at all
+        ({"name": ["a", "list"]}, "name: Input should be a valid string"),
+    ],
+)
+async def test_model_errors_name_the_location_and_fail(body: dict[str, Any], expected: str) -> None:
+    outcome = await ValidationPipeline(Service).validate(body)
+    assert not outcome.ok
+    assert outcome.config is None
+    assert outcome.body is None
+    assert outcome.hash is None
+    assert any(line.startswith(expected) for line in outcome.errors), outcome.errors
+
+
+async def test_model_errors_never_echo_the_offending_value() -> None:
+    outcome = await ValidationPipeline(Service).validate(
+        {"name": "svc", "database": {"pool_size": "sk-live-1234-secret-looking"}}
+    )
+    assert outcome.errors
+    assert all("sk-live-1234" not in line for line in outcome.errors)
+
+
+async def test_validators_do_not_run_when_the_model_rejects() -> None:
+    ran: list[str] = []
+    pipeline = ValidationPipeline(Service, [lambda config: ran.append("x")])
+    outcome = await pipeline.validate({"debug": "not a bool"})
+    assert not outcome.ok
+    assert ran == []
+
+
+async def test_without_a_model_any_json_object_is_accepted() -> None:
+    body = {"anything": [1, 2, {"nested": True}], "api_key": "abcd-1234"}
+    outcome = await ValidationPipeline().validate(body)
+    assert outcome.ok
+    assert outcome.config == body
+    assert outcome.body == body
+    assert outcome.hash == config_hash(body)
+    assert outcome.secret_paths == frozenset({("api_key",)})  # found by its name
+
+
+def test_parse_runs_only_the_model() -> None:
+    config, body, errors = ValidationPipeline(Service, [lambda c: {"errors": ["never"]}]).parse(BODY)
+    assert isinstance(config, Service)
+    assert body is not None
+    assert body["database"]["password"] == "hunter2-secret"
+    assert errors == []
+
+
+def test_dump_revealed_shows_secret_values_in_json_form() -> None:
+    class WithEnum(BaseModel):
+        token: SecretStr
+        tags: set[str] = {"b"}
+
+    assert dump_revealed(WithEnum(token=SecretStr("t0ken-value"))) == {"token": "t0ken-value", "tags": ["b"]}
+
+
+# --- custom validators ------------------------------------------------------------------------------------
+
+
+def seed_shape(config: Service) -> dict[str, list[str]]:
+    errors = ["database.pool_size: must be at most 10"] if config.database.pool_size > 10 else []
+    return {"errors": errors, "warnings": ["debug is on"] if config.debug else []}
+
+
+async def async_seed_shape(config: Service) -> dict[str, list[str]]:
+    await anyio.sleep(0)
+    return seed_shape(config)
+
+
+def pair_shape(config: Service) -> tuple[list[str], list[str]]:
+    found = seed_shape(config)
+    return found["errors"], found["warnings"]
+
+
+@pytest.mark.parametrize(
+    "validator",
+    [
+        seed_shape,  # sync, the seed's {"errors": [...], "warnings": [...]}
+        async_seed_shape,  # async, same shape
+        pair_shape,  # sync, an (errors, warnings) pair
+    ],
+)
+async def test_validator_errors_fail_and_warnings_pass(validator: Any) -> None:
+    pipeline = ValidationPipeline(Service, [validator])
+
+    warned = await pipeline.validate({**BODY, "debug": True})
+    assert warned.ok
+    assert warned.warnings == ("debug is on",)
+
+    failed = await pipeline.validate({**BODY, "database": {"pool_size": 50}})
+    assert not failed.ok
+    assert failed.config is not None  # the model accepted it; a validator did not
+    assert failed.errors == ("database.pool_size: must be at most 10",)
+
+
+async def test_a_validator_returning_none_found_nothing() -> None:
+    outcome = await ValidationPipeline(Service, [lambda config: None]).validate(BODY)
+    assert outcome.ok
+
+
+async def test_findings_of_several_validators_add_up_in_order() -> None:
+    pipeline = ValidationPipeline(
+        Service,
+        [
+            lambda c: {"errors": ["first"], "warnings": ["w1"]},
+            lambda c: {"errors": ["second"], "warnings": ["w2"]},
+        ],
+    )
+    outcome = await pipeline.validate(BODY)
+    assert outcome.errors == ("first", "second")
+    assert outcome.warnings == ("w1", "w2")
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        # a dict with keys the seed's shape does not have
+        ({"errors": [], "problems": ["x"]}, "validator odd returned unknown keys ['problems']"),
+        # neither a dict, a pair nor None
+        (["just", "a", "list"], "validator odd returned list, expected {'errors': [...], 'warnings': [...]}"),
+        # a bool is not a finding either
+        (True, "validator odd returned bool, expected {'errors': [...], 'warnings': [...]}"),
+    ],
+)
+async def test_a_validator_returning_the_wrong_shape_is_an_error(result: Any, expected: str) -> None:
+    pipeline = ValidationPipeline(Service)
+    pipeline.add(lambda config: result, name="odd")
+    outcome = await pipeline.validate(BODY)
+    assert outcome.errors == (expected,)
+
+
+async def test_a_validator_that_raises_is_an_error_not_a_crash() -> None:
+    def broken(config: Service) -> None:
+        raise ValueError("cannot reach the schema registry")
+
+    outcome = await ValidationPipeline(Service, [broken]).validate(BODY)
+    assert outcome.errors == ("validator broken raised ValueError: cannot reach the schema registry",)
+    assert outcome.validator_ms["broken"] >= 0
+
+
+async def test_a_validator_that_raises_timeout_error_itself_is_reported_as_raising() -> None:
+    # Its own TimeoutError (a socket timeout, say) is not the pipeline's deadline expiring.
+    def connects(config: Service) -> None:
+        raise TimeoutError("connect to registry timed out")
+
+    outcome = await ValidationPipeline(Service, [connects], validator_timeout=30).validate(BODY)
+    assert outcome.errors == ("validator connects raised TimeoutError: connect to registry timed out",)
+
+
+@pytest.mark.parametrize(
+    "asynchronous",
+    [
+        False,  # a sync validator in a worker thread, abandoned at the deadline
+        True,  # an async validator, cancelled at the deadline
+    ],
+)
+async def test_a_validator_past_its_timeout_is_an_error(asynchronous: bool) -> None:
+    release = threading.Event()
+
+    def slow_sync(config: Service) -> None:
+        release.wait(10)
+
+    async def slow_async(config: Service) -> None:
+        await anyio.sleep(10)
+
+    pipeline = ValidationPipeline(Service)
+    pipeline.add(slow_async if asynchronous else slow_sync, name="slow", timeout=0.05)
+    try:
+        outcome = await pipeline.validate(BODY)
+    finally:
+        release.set()
+    assert outcome.errors == ("validator slow timed out after 0.05s",)
+
+
+async def test_validator_messages_never_carry_a_secret() -> None:
+    def echoes(config: Service) -> dict[str, list[str]]:
+        secret = config.database.password.get_secret_value()  # type: ignore[union-attr]
+        return {"errors": [f"password {secret} is weak"], "warnings": [f"saw {secret}"]}
+
+    def raises(config: Service) -> None:
+        raise RuntimeError(f"bad {config.database.password.get_secret_value()}")  # type: ignore[union-attr]
+
+    outcome = await ValidationPipeline(Service, [echoes, raises]).validate(BODY)
+    assert outcome.errors == (
+        "password ********** is weak",
+        "validator raises raised RuntimeError: bad **********",
+    )
+    assert outcome.warnings == ("saw **********",)
+
+
+async def test_validator_specs_keep_their_name_and_timeout() -> None:
+    spec = ValidatorSpec("named", lambda c: {"errors": ["no"]}, timeout=1.0)
+    pipeline = ValidationPipeline(Service, [spec, seed_shape])
+    assert [(s.name, s.timeout) for s in pipeline.validators] == [("named", 1.0), ("seed_shape", 5.0)]
+    outcome = await pipeline.validate(BODY)
+    assert set(outcome.validator_ms) == {"named", "seed_shape"}
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        # every occurrence, longest value first so a prefix never leaves a tail behind
+        ("key abcd and abcdef", ["abcd", "abcdef"], "key ********** and **********"),
+        # values under 4 characters are too common to scrub
+        ("a b abc", ["abc"], "a b abc"),
+        # empty values are ignored
+        ("nothing", [""], "nothing"),
+    ],
+)
+def test_scrub(text: str, secrets: list[str], expected: str) -> None:
+    assert scrub(text, secrets) == expected
+
+
+def test_scrub_bounds_the_length() -> None:
+    scrubbed = scrub("x" * 1000, [], limit=100)
+    assert len(scrubbed) == 100
+    assert scrubbed.endswith("…")
+
+
+def test_values_at_skips_paths_that_are_missing() -> None:
+    body = {"a": {"b": "one"}, "list": [{"c": 2}], "none": None}
+    assert values_at(body, [("a", "b"), ("list", 0, "c"), ("a", "missing"), ("list", 5), ("none",)]) == [
+        "one",
+        "2",
+    ]
+    assert values_at(None, [("a",)]) == []
+
+
+def test_format_validation_error_gives_one_line_per_problem() -> None:
+    try:
+        Service.model_validate({"database": {"pool_size": "x"}})
+    except Exception as exc:  # pydantic.ValidationError
+        lines = format_validation_error(exc)  # type: ignore[arg-type]
+    else:  # pragma: no cover
+        raise AssertionError("expected a ValidationError")
+    assert len(lines) == 2
+    assert lines[0] == "name: Field required"
+    assert lines[1].startswith("database.pool_size: ")
