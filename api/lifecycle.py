@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from api.reloader import ConfigReloader, set_config_reloader
 from api.security import Tokens, load_or_create_token_file
 from api.settings import sqlite_path
+from api.telemetry import Telemetry, otlp_configured
 from store import EventLog, SecretCipher, SecretKeyError, Trigger
 from store.database import normalize_url
 from store.services import ServiceCallback, ServiceRegistry
@@ -127,7 +128,12 @@ class ConfigLifecycle:
         poll_interval: float = 1.0,
         force_polling: bool = False,
         sqlite_synchronous: str = "FULL",
+        metrics: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self._owns_telemetry = False
         self.config_model = config_model
         self.config_source = None if config_source is None else str(Path(config_source).resolve())
         self.database_url = database_url or default_database_url(config_source)
@@ -181,6 +187,10 @@ class ConfigLifecycle:
         try:
             log = await anyio.to_thread.run_sync(self._open_log)
             stack.callback(log.close)
+            if self.telemetry is None and (self.metrics or otlp_configured()):
+                self.telemetry = Telemetry(prometheus=self.metrics)
+                self._owns_telemetry = True
+                stack.callback(self._drop_telemetry)
             reloader = ConfigReloader(
                 log,
                 config_model=self.config_model,
@@ -190,7 +200,12 @@ class ConfigLifecycle:
                 rollback_threshold=self.rollback_threshold,
                 validators=self.validators,
                 services=self.services,
+                tracer=None if self.telemetry is None else self.telemetry.tracer,
             )
+            if self.telemetry is not None:
+                # Bound before start so the start-up operation is measured like any other.
+                self.telemetry.bind(reloader)
+                stack.callback(self.telemetry.unbind)
             await stack.enter_async_context(reloader)
             self.reloader = reloader
             set_config_reloader(reloader)
@@ -214,6 +229,12 @@ class ConfigLifecycle:
             raise
         self._stack = stack
         return self
+
+    def _drop_telemetry(self) -> None:
+        if self.telemetry is not None and self._owns_telemetry:
+            self.telemetry.shutdown()
+            self.telemetry = None
+            self._owns_telemetry = False
 
     async def __aexit__(self, *exc_info: object) -> None:
         global _active_lifecycle
@@ -295,11 +316,15 @@ def setup_configuration_lifecycle(
     include_health: bool = True,
     services: ServiceRegistry | None = None,
     sqlite_synchronous: str = "FULL",
+    metrics: bool = False,
+    telemetry: Telemetry | None = None,
 ) -> ConfigLifecycle:
     """Wire a reloader into ``app``'s lifespan and mount the config API under ``prefix``.
 
     Settings not passed here are read from ``CONFLEDGER_*`` environment variables. With no admin token
     configured, one is generated into a 0600 file beside the database (its path is logged, never the token).
+    ``metrics=True`` adds a Prometheus ``/metrics`` endpoint (read token); traces and metrics go to OTLP
+    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; pass ``telemetry`` to bring your own providers.
     """
     import os
 
@@ -331,6 +356,8 @@ def setup_configuration_lifecycle(
         poll_interval=poll_interval,
         force_polling=force_polling,
         sqlite_synchronous=sqlite_synchronous,
+        metrics=metrics,
+        telemetry=telemetry,
     )
     lifecycle.token_file = token_path
     lifecycle.token_created = created
@@ -345,9 +372,12 @@ def setup_configuration_lifecycle(
     app.router.lifespan_context = lifespan
     # Imported here: the routes depend on this module (through api.deps), not the other way round.
     from api.routes import build_config_router, health
+    from api.routes import metrics as metrics_routes
 
     if include_router:
         app.include_router(build_config_router(), prefix=prefix)
+    if metrics or telemetry is not None:
+        app.include_router(metrics_routes.router)
     if include_health:
         app.include_router(health.router)
     return lifecycle

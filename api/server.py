@@ -78,5 +78,6 @@ def create_app(
         poll_interval=settings.poll_interval,
         force_polling=settings.force_polling,
         sqlite_synchronous=settings.sqlite_synchronous,
+        metrics=settings.metrics,
     )
     return app, lifecycle

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
@@ -20,6 +20,7 @@ from api.schemas import (
     ReloadRequest,
     RollbackRequest,
 )
+from api.telemetry import caller_trace_context
 from store import OperationKind, SourceNotAllowed, Trigger
 from store.operations import ReloadOperation, ReloadStatus, build_operation
 from store.sources import resolve_source
@@ -42,7 +43,7 @@ def _rejected(operation: ReloadOperation) -> JSONResponse:
     responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 async def reload(
-    request: ReloadRequest, reloader: ReloaderDep, lifecycle: LifecycleDep, caller: AdminCaller
+    request: ReloadRequest, http: Request, reloader: ReloaderDep, lifecycle: LifecycleDep, caller: AdminCaller
 ) -> object:
     """Reload the configuration; a failed validation answers 200 with success false."""
     source: str | None = None
@@ -66,14 +67,15 @@ async def reload(
                 client=caller.client,
             )
             raise HTTPException(status.HTTP_403_FORBIDDEN, exc.message) from None
-    operation = await reloader.reload_config(
-        Trigger.API,
-        config_source=source,
-        force=request.force,
-        dry_run=request.dry_run,
-        actor=caller.actor,
-        client=caller.client,
-    )
+    with caller_trace_context(http.headers):
+        operation = await reloader.reload_config(
+            Trigger.API,
+            config_source=source,
+            force=request.force,
+            dry_run=request.dry_run,
+            actor=caller.actor,
+            client=caller.client,
+        )
     if operation.rejected:
         return _rejected(operation)
     return OperationOut.of(operation)
@@ -88,14 +90,17 @@ async def reload(
         409: {"model": ErrorResponse},
     },
 )
-async def rollback(request: RollbackRequest, reloader: ReloaderDep, caller: AdminCaller) -> object:
+async def rollback(
+    request: RollbackRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller
+) -> object:
     """Roll back to the previous config, or to any applied hash (a unique prefix of 7+ hex digits)."""
-    operation = await reloader.rollback_config(
-        request.target_hash,
-        trigger=Trigger.API,
-        actor=caller.actor,
-        client=caller.client,
-    )
+    with caller_trace_context(http.headers):
+        operation = await reloader.rollback_config(
+            request.target_hash,
+            trigger=Trigger.API,
+            actor=caller.actor,
+            client=caller.client,
+        )
     if operation.rejected:
         return _rejected(operation)
     if not operation.success:

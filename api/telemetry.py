@@ -1,0 +1,308 @@
+"""OpenTelemetry set-up: traces and metrics for every configuration operation.
+
+The code under ``store/`` only uses the OpenTelemetry API (a tracer); this module configures the SDK.
+Counters are *observable* and read the stats projection, which is folded from the log: a restart
+resumes them from what the log implies, and a scrape can never disagree with the log. Histograms are
+recorded as this process appends events (a histogram of a past process's latencies is not meaningful).
+
+Export: OTLP over HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces/metrics variants) is set; a
+Prometheus text endpoint at ``/metrics`` when asked for; nothing at all, and no error, otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+from store.events import (
+    OperationCompleted,
+    OperationStarted,
+    RecordedEvent,
+    ServiceNotified,
+    ValidationFailed,
+    ValidationPassed,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from api.reloader import ConfigReloader
+
+__all__ = [
+    "METRIC_NAMES",
+    "Telemetry",
+    "caller_trace_context",
+    "otlp_configured",
+]
+
+logger = logging.getLogger("api.telemetry")
+
+METRIC_NAMES = (
+    "config_operations_total",
+    "config_operation_errors_total",
+    "config_operation_duration_seconds",
+    "config_validation_duration_seconds",
+    "config_services_detected",
+    "config_service_callback_duration_seconds",
+    "config_service_callback_outcomes_total",
+    "config_rollbacks_total",
+    "config_info",
+)
+
+# Reload latencies sit between a millisecond and a few seconds; the SDK's default buckets start at 5 s
+# granularity in the low range, which would put every reload in the first bucket.
+_DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+def otlp_configured() -> bool:
+    return any(
+        os.environ.get(name)
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        )
+    )
+
+
+@contextmanager
+def caller_trace_context(headers: Any) -> Iterator[None]:
+    """Continue the caller's trace (W3C ``traceparent``) for the duration of the block."""
+    token = otel_context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class Telemetry:
+    """Tracer and meter for one service; owns the SDK providers it creates (and shuts them down)."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        metric_readers: Iterable[MetricReader] = (),
+        prometheus: bool = False,
+        service_name: str | None = None,
+    ) -> None:
+        resource = Resource.create(
+            {"service.name": service_name or os.environ.get("OTEL_SERVICE_NAME", "confledger")}
+        )
+        self._owned: list[Any] = []
+        self.prometheus_registry: CollectorRegistry | None = None
+        if tracer_provider is None:
+            tracer_provider = TracerProvider(resource=resource)
+            if otlp_configured():
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+                from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+                tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            self._owned.append(tracer_provider)
+        self.tracer_provider = tracer_provider
+        if meter_provider is None:
+            readers = list(metric_readers)
+            if prometheus:
+                from opentelemetry.exporter.prometheus import PrometheusMetricReader
+                from prometheus_client import CollectorRegistry
+
+                self.prometheus_registry = CollectorRegistry(auto_describe=True)
+                readers.append(PrometheusMetricReader(registry=self.prometheus_registry))
+            if otlp_configured():
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+                readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+            self._owned.append(meter_provider)
+        self.meter_provider = meter_provider
+        self.tracer: Tracer = tracer_provider.get_tracer("confledger")
+        self.meter: Meter = meter_provider.get_meter("confledger")
+        self._reloader: ConfigReloader | None = None
+        self._unsubscribe: Any = None
+        self._create_instruments()
+
+    # --- instruments ---------------------------------------------------------------------------------
+
+    def _create_instruments(self) -> None:
+        meter = self.meter
+        meter.create_observable_counter(
+            "config_operations_total",
+            callbacks=[self._observe_operations],
+            description="Configuration operations by operation, trigger and status (from the log)",
+        )
+        meter.create_observable_counter(
+            "config_operation_errors_total",
+            callbacks=[self._observe_errors],
+            description="Operations that did not succeed, by operation and reason code (from the log)",
+        )
+        meter.create_observable_counter(
+            "config_service_callback_outcomes_total",
+            callbacks=[self._observe_service_outcomes],
+            description="Service callback outcomes by service, outcome and direction (from the log)",
+        )
+        meter.create_observable_counter(
+            "config_rollbacks_total",
+            callbacks=[self._observe_rollbacks],
+            description="Rollbacks by reason: manual or automatic (from the log)",
+        )
+        meter.create_observable_gauge(
+            "config_services_detected",
+            callbacks=[self._observe_services],
+            description="Service callbacks registered with this instance",
+        )
+        meter.create_observable_gauge(
+            "config_info",
+            callbacks=[self._observe_info],
+            description="1, labelled with the current config hash (first 16 hex digits)",
+        )
+        self._operation_duration = meter.create_histogram(
+            "config_operation_duration_seconds",
+            unit="s",
+            description="Total duration of configuration operations",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._validation_duration = meter.create_histogram(
+            "config_validation_duration_seconds",
+            unit="s",
+            description="Validation duration of configuration operations",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._callback_duration = meter.create_histogram(
+            "config_service_callback_duration_seconds",
+            unit="s",
+            description="Duration of each service callback",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+
+    def _stats(self) -> Any:
+        return None if self._reloader is None else self._reloader.stats_projection
+
+    def _observe_operations(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        return [
+            Observation(count, {"operation": kind, "trigger": trigger, "status": status})
+            for (kind, trigger, status), count in stats.operations_by_kind_trigger_status().items()
+        ]
+
+    def _observe_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        return [
+            Observation(count, {"operation": kind, "reason": reason})
+            for (kind, reason), count in stats.errors_by_kind_reason().items()
+        ]
+
+    def _observe_service_outcomes(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        observations = []
+        for service, outcomes in stats.services.items():
+            for key, count in outcomes.items():
+                direction, outcome = key.split(":", 1)
+                observations.append(
+                    Observation(count, {"service": service, "outcome": outcome, "direction": direction})
+                )
+        return observations
+
+    def _observe_rollbacks(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        # Both reasons are always reported (0 until the first), so dashboards and alerts see the series.
+        counts = {"manual": 0, "automatic": 0, **stats.rollbacks}
+        return [Observation(count, {"reason": reason}) for reason, count in counts.items()]
+
+    def _observe_services(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(0 if self._reloader is None else len(self._reloader.services))]
+
+    def _observe_info(self, _options: CallbackOptions) -> Iterable[Observation]:
+        current = None if self._reloader is None else self._reloader.current_hash
+        return [] if current is None else [Observation(1, {"hash": current[:16]})]
+
+    # --- live events ---------------------------------------------------------------------------------
+
+    def bind(self, reloader: ConfigReloader) -> None:
+        """Read counters from ``reloader``'s projections and record histograms from its appends."""
+        self._reloader = reloader
+        self._kinds: dict[str, str] = {}
+        self._unsubscribe = reloader.log.subscribe(self._on_appended)
+
+    def unbind(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._unsubscribe = None
+        self._reloader = None
+
+    def _on_appended(self, batch: list[RecordedEvent]) -> None:
+        for event in batch:
+            payload = event.payload
+            key = str(event.operation_id)
+            if isinstance(payload, OperationStarted):
+                self._kinds[key] = payload.kind.value
+            elif isinstance(payload, ValidationPassed | ValidationFailed):
+                self._validation_duration.record(
+                    payload.duration_ms / 1000, {"operation": self._kinds.get(key, "reload")}
+                )
+            elif isinstance(payload, ServiceNotified):
+                self._callback_duration.record(
+                    payload.duration_ms / 1000,
+                    {
+                        "service": payload.service,
+                        "outcome": payload.outcome.value,
+                        "direction": payload.direction,
+                    },
+                )
+            elif isinstance(payload, OperationCompleted):
+                kind = self._kinds.pop(key, "reload")
+                self._operation_duration.record(
+                    payload.total_ms / 1000, {"operation": kind, "status": payload.status.value}
+                )
+
+    def render_prometheus(self) -> bytes:
+        if self.prometheus_registry is None:
+            raise RuntimeError("the Prometheus exporter is not enabled")
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.prometheus_registry)
+
+    def shutdown(self) -> None:
+        self.unbind()
+        for provider in self._owned:
+            try:
+                provider.shutdown()
+            except Exception:  # an exporter that cannot flush must not stop the process from exiting
+                logger.warning("telemetry provider %s did not shut down cleanly", type(provider).__name__)
