@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from store.secrets import REDACTED, ConfigPath, dotted
+from store.canonical import canonical_json
+from store.errors import CanonicalizationError
+from store.secrets import REDACTED, ConfigPath, dotted, redact
 
 __all__ = ["Change", "changed_paths", "diff_bodies"]
 
@@ -30,8 +32,17 @@ def _walk(old: Any, new: Any, path: ConfigPath, out: list[tuple[ConfigPath, Any,
             _walk(old.get(key, _MISSING), new.get(key, _MISSING), (*path, str(key)), out)
         return
     # Lists are compared whole: element-wise paths ("servers[3]") mislead when an item is inserted.
-    if old is _MISSING or new is _MISSING or old != new or type(old) is not type(new):
+    if old is _MISSING or new is _MISSING or not _same(old, new):
         out.append((path, old, new))
+
+
+def _same(old: Any, new: Any) -> bool:
+    # Compared as the config hash sees them: 1 and 1.0, True and 1, 0.0 and -0.0 (also inside a list
+    # compared whole) are equal in Python but hash differently, and a new hash must name a changed path.
+    try:
+        return canonical_json(old) == canonical_json(new)
+    except CanonicalizationError:
+        return bool(old == new) and type(old) is type(new)
 
 
 def diff_bodies(
@@ -50,6 +61,14 @@ def diff_bodies(
             return None
         if any(path[: len(secret)] == secret for secret in secrets):
             return REDACTED
+        # A section or list that changed whole can hold a secret further down: redact it in place.
+        inner = [
+            secret[len(path) :]
+            for secret in secrets
+            if len(secret) > len(path) and secret[: len(path)] == path
+        ]
+        if inner:
+            return redact({"value": value}, [("value", *rest) for rest in inner])["value"]
         return value
 
     changes = []
