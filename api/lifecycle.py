@@ -130,6 +130,7 @@ class ConfigLifecycle:
         sqlite_synchronous: str = "FULL",
         metrics: bool = False,
         telemetry: Telemetry | None = None,
+        history_window: int = 500,
     ) -> None:
         self.metrics = metrics
         self.telemetry = telemetry
@@ -152,6 +153,7 @@ class ConfigLifecycle:
         self.poll_interval = poll_interval
         self.force_polling = force_polling
         self.sqlite_synchronous = sqlite_synchronous
+        self.history_window = history_window
         self.reloader: ConfigReloader | None = None
         self.signal_handler_enabled = False
         self.token_file: Path | None = None
@@ -200,6 +202,7 @@ class ConfigLifecycle:
                 rollback_threshold=self.rollback_threshold,
                 validators=self.validators,
                 services=self.services,
+                history_window=self.history_window,
                 tracer=None if self.telemetry is None else self.telemetry.tracer,
             )
             if self.telemetry is not None:
@@ -318,6 +321,7 @@ def setup_configuration_lifecycle(
     sqlite_synchronous: str = "FULL",
     metrics: bool = False,
     telemetry: Telemetry | None = None,
+    history_window: int = 500,
 ) -> ConfigLifecycle:
     """Wire a reloader into ``app``'s lifespan and mount the config API under ``prefix``.
 
@@ -325,6 +329,8 @@ def setup_configuration_lifecycle(
     configured, one is generated into a 0600 file beside the database (its path is logged, never the token).
     ``metrics=True`` adds a Prometheus ``/metrics`` endpoint (read token); traces and metrics go to OTLP
     when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; pass ``telemetry`` to bring your own providers.
+    ``history_window`` is how many recent operations ``GET /history`` serves from memory; older pages
+    are folded from the log.
     """
     import os
 
@@ -358,6 +364,7 @@ def setup_configuration_lifecycle(
         sqlite_synchronous=sqlite_synchronous,
         metrics=metrics,
         telemetry=telemetry,
+        history_window=history_window,
     )
     lifecycle.token_file = token_path
     lifecycle.token_created = created
