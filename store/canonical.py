@@ -49,9 +49,19 @@ def canonical_json(value: Any) -> str:
     """The one text form of a JSON value: sorted keys, compact separators, no NaN/Infinity."""
     _reject_non_finite(value)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise CanonicalizationError(f"value is not plain JSON: {exc}") from exc
+    # json.loads accepts "\ud800", but a lone surrogate has no UTF-8 form: refuse it here, as a
+    # CanonicalizationError, rather than let the later encode fail with a bare UnicodeEncodeError.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CanonicalizationError(
+                f"string holds a lone surrogate {text[exc.start]!r}, which has no UTF-8 form"
+            ) from exc
+    return text
 
 
 def canonical_bytes(value: Any) -> bytes:

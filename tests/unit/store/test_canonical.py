@@ -1,0 +1,225 @@
+"""Canonical JSON and the hashes built on it: one byte form, whatever the key order or round trip."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from store.canonical import GENESIS_HASH, canonical_json, config_hash, sha256_hex
+from store.errors import CanonicalizationError
+from store.log import chain_hash
+
+# --- strategies -----------------------------------------------------------------------------------------
+
+keys = st.text(max_size=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=30,
+)
+json_objects = st.dictionaries(keys, json_values, max_size=6)
+# Siblings around a planted bad value only need to be valid, not big.
+small_json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=2) | st.dictionaries(keys, children, max_size=2),
+    max_leaves=4,
+)
+
+
+def reinserted(value: Any, rng: random.Random) -> Any:
+    """An equal value whose dicts (at every depth) were built with their keys in a shuffled order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {key: reinserted(child, rng) for key, child in items}
+    if isinstance(value, list):
+        return [reinserted(child, rng) for child in value]
+    return value
+
+
+def _placed_in_list(inner: Any, siblings: list[Any], index: int) -> list[Any]:
+    return [*siblings[:index], inner, *siblings[index:]]
+
+
+def _placed_in_dict(inner: Any, siblings: dict[str, Any], key: str) -> dict[str, Any]:
+    return {**siblings, key: inner}
+
+
+def nested_somewhere(bad: Any) -> st.SearchStrategy[Any]:
+    """Valid JSON trees holding exactly one ``bad`` leaf at a random depth, among valid siblings."""
+    return st.recursive(
+        st.just(bad),
+        lambda inner: (
+            st.builds(_placed_in_list, inner, st.lists(small_json_values, max_size=3), st.integers(0, 3))
+            | st.builds(_placed_in_dict, inner, st.dictionaries(keys, small_json_values, max_size=3), keys)
+        ),
+        max_leaves=8,
+    )
+
+
+# --- config_hash ---------------------------------------------------------------------------------------
+
+
+@given(body=json_objects, seed=st.integers())
+def test_config_hash_does_not_depend_on_key_insertion_order(body: dict[str, Any], seed: int) -> None:
+    shuffled = reinserted(body, random.Random(seed))
+    assert shuffled == body
+    assert config_hash(shuffled) == config_hash(body)
+    assert canonical_json(shuffled) == canonical_json(body)
+
+
+@given(body=json_objects)
+def test_config_hash_survives_a_json_dump_and_load_round_trip(body: dict[str, Any]) -> None:
+    reloaded = json.loads(canonical_json(body))
+    assert config_hash(reloaded) == config_hash(body)
+    # And the canonical form is a fixed point: canonicalising the reloaded value gives the same text.
+    assert canonical_json(reloaded) == canonical_json(body)
+
+
+@given(body=json_objects)
+def test_config_hash_is_the_sha256_of_the_utf8_canonical_text(body: dict[str, Any]) -> None:
+    text = canonical_json(body)
+    assert config_hash(body) == sha256_hex(text.encode("utf-8"))
+    assert len(config_hash(body)) == 64
+
+
+def test_canonical_json_is_compact_sorted_and_not_ascii_escaped() -> None:
+    assert canonical_json({"b": 1, "a": [1, 2], "é": "ü"}) == '{"a":[1,2],"b":1,"é":"ü"}'
+
+
+NON_FINITE_FLOATS = [
+    float("nan"),  # NaN: not equal to itself, so two "equal" configs would differ
+    float("inf"),  # Infinity: JSON has no literal for it
+    float("-inf"),  # -Infinity: likewise
+]
+
+NON_STRING_KEYS = [
+    1,  # json.dumps would silently turn it into "1" and collide with a real "1" key
+    2.5,  # likewise "2.5"
+    True,  # likewise "true"
+    None,  # likewise "null"
+    ("a", "b"),  # a tuple has no key form at all
+]
+
+
+@given(data=st.data(), non_finite=st.sampled_from(NON_FINITE_FLOATS))
+def test_non_finite_floats_are_refused_at_any_depth(data: st.DataObject, non_finite: float) -> None:
+    tree = data.draw(nested_somewhere(non_finite))
+    with pytest.raises(CanonicalizationError, match="no JSON representation"):
+        canonical_json(tree)
+    with pytest.raises(CanonicalizationError):
+        config_hash({"root": tree})
+
+
+@given(data=st.data(), non_string_key=st.sampled_from(NON_STRING_KEYS))
+def test_non_string_keys_are_refused_at_any_depth(data: st.DataObject, non_string_key: Any) -> None:
+    tree = data.draw(nested_somewhere({non_string_key: "value"}))
+    with pytest.raises(CanonicalizationError, match="non-string key"):
+        canonical_json(tree)
+
+
+@pytest.mark.parametrize(
+    "not_json",
+    [
+        {1, 2},  # a set has no JSON form
+        b"bytes",  # neither do bytes
+        object(),  # nor an arbitrary object
+    ],
+)
+def test_values_with_no_json_form_are_refused(not_json: Any) -> None:
+    with pytest.raises(CanonicalizationError, match="not plain JSON"):
+        config_hash({"x": not_json})
+
+
+def test_a_lone_surrogate_from_json_loads_is_refused_not_crashing_utf8() -> None:
+    # json.loads accepts the escape "\ud800"; its result has no UTF-8 form.
+    body = json.loads('{"name": "\\ud800"}')
+    with pytest.raises(CanonicalizationError, match="surrogate"):
+        config_hash(body)
+
+
+# --- chain_hash ----------------------------------------------------------------------------------------
+
+envelopes = st.fixed_dictionaries(
+    {
+        "position": st.integers(min_value=1, max_value=2**53),
+        "event_id": st.uuids(),
+        "occurred_at": st.datetimes(
+            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+        ),
+        "type": st.sampled_from(["config.applied", "operation.started", "instance.started"]),
+        "schema_version": st.integers(min_value=1, max_value=9),
+        "operation_id": st.none() | st.uuids(),
+        "instance_id": st.text(min_size=1, max_size=20),
+        "actor": st.text(min_size=1, max_size=20),
+        "payload": json_objects,
+        "prev_hash": st.just(GENESIS_HASH) | st.text("0123456789abcdef", min_size=64, max_size=64),
+    }
+)
+
+
+@given(envelope=envelopes)
+def test_chain_hash_is_deterministic(envelope: dict[str, Any]) -> None:
+    again = dict(envelope)
+    again["payload"] = json.loads(canonical_json(envelope["payload"]))
+    assert chain_hash(envelope) == chain_hash(again) == chain_hash(reinserted(envelope, random.Random(7)))
+    assert len(chain_hash(envelope)) == 64
+
+
+@given(envelope=envelopes, offset_minutes=st.integers(min_value=-14 * 60, max_value=14 * 60))
+def test_chain_hash_depends_on_the_instant_not_the_time_zone_it_is_written_in(
+    envelope: dict[str, Any], offset_minutes: int
+) -> None:
+    elsewhere = dict(envelope)
+    elsewhere["occurred_at"] = envelope["occurred_at"].astimezone(timezone(timedelta(minutes=offset_minutes)))
+    assert chain_hash(elsewhere) == chain_hash(envelope)
+    # A stored value that came back without a zone (SQLite) is UTC.
+    naive = dict(envelope)
+    naive["occurred_at"] = envelope["occurred_at"].replace(tzinfo=None)
+    assert chain_hash(naive) == chain_hash(envelope)
+
+
+@pytest.mark.parametrize(
+    ("field", "other_value"),
+    [
+        ("position", 999_999),  # a moved event
+        ("event_id", uuid.UUID(int=1)),  # a substituted event
+        ("occurred_at", datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),  # a back-dated event
+        ("type", "config.rolled_back"),  # a relabelled event
+        ("schema_version", 99),  # a re-versioned payload
+        ("operation_id", uuid.UUID(int=2)),  # an event moved to another operation
+        ("instance_id", "another-host:1"),  # a different writer
+        ("actor", "mallory"),  # a different actor
+        ("payload", {"hash": "f" * 64}),  # a changed payload
+        ("prev_hash", "1" * 64),  # a relinked chain
+    ],
+)
+def test_chain_hash_covers_every_envelope_field(field: str, other_value: Any) -> None:
+    envelope = {
+        "position": 1,
+        "event_id": uuid.UUID(int=0),
+        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "type": "config.applied",
+        "schema_version": 1,
+        "operation_id": None,
+        "instance_id": "host:1",
+        "actor": "system",
+        "payload": {"hash": "a" * 64, "previous_hash": None},
+        "prev_hash": GENESIS_HASH,
+    }
+    changed = {**envelope, field: other_value}
+    assert chain_hash(changed) != chain_hash(envelope)
