@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -102,6 +104,23 @@ def create_store_engine(
     )
 
 
+def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    # Switching a file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once, without
+    # calling its busy handler, while another connection is opening the same new file. Wait for it as
+    # every other lock wait does: retry until the busy timeout.
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _install_sqlite_hooks(engine: Engine, synchronous: str, busy_timeout_ms: int, *, memory: bool) -> None:
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -112,7 +131,7 @@ def _install_sqlite_hooks(engine: Engine, synchronous: str, busy_timeout_ms: int
         cursor = dbapi_connection.cursor()
         try:
             if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(cursor, busy_timeout_ms)
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         finally:
