@@ -1,0 +1,571 @@
+"""The EventLog contract, run unchanged against SQLite and PostgreSQL (the ``log`` fixture)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, timedelta, timezone
+from typing import Any, ClassVar
+
+import pytest
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from store import (
+    DEFAULT_REGISTRY,
+    GENESIS_HASH,
+    AmbiguousHashPrefix,
+    CanonicalizationError,
+    Checkpoint,
+    ConcurrencyConflict,
+    ConfigLookupError,
+    EventLog,
+    EventPayload,
+    EventRegistry,
+    EventSchemaError,
+    InvalidHashPrefix,
+    NewEvent,
+    OperationKind,
+    OperationStatus,
+    RecordedEvent,
+    SecretCipher,
+    SecretKeyError,
+    ServiceOutcome,
+    Trigger,
+    UnknownConfigHash,
+    config_hash,
+)
+from store.canonical import canonical_bytes
+from store.events import (
+    ConfigApplied,
+    InstanceStarted,
+    OperationCompleted,
+    OperationStarted,
+    ServiceNotified,
+    UnknownPayload,
+)
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def started(pid: int = 1) -> NewEvent:
+    return NewEvent(InstanceStarted(version="0.1.0", host="test-host", pid=pid))
+
+
+def operation(
+    operation_id: uuid.UUID, *, applies: str | None = None, previous: str | None = None
+) -> list[NewEvent]:
+    """One reload operation: started, (applied), completed."""
+    events = [
+        NewEvent(
+            OperationStarted(kind=OperationKind.RELOAD, trigger=Trigger.API, source="app.yaml"),
+            actor="token:ops",
+            operation_id=operation_id,
+        )
+    ]
+    if applies is not None:
+        events.append(
+            NewEvent(ConfigApplied(hash=applies, previous_hash=previous), operation_id=operation_id)
+        )
+    events.append(
+        NewEvent(OperationCompleted(status=OperationStatus.SUCCESS, total_ms=1.5), operation_id=operation_id)
+    )
+    return events
+
+
+def applied(new_hash: str, previous: str | None = None) -> NewEvent:
+    return NewEvent(ConfigApplied(hash=new_hash, previous_hash=previous))
+
+
+@functools.cache
+def bodies_sharing_a_seven_digit_prefix() -> tuple[dict[str, int], dict[str, int]]:
+    """Two config bodies whose hashes start with the same 7 hex digits (a birthday search, ~15k hashes)."""
+    seen: dict[str, int] = {}
+    for n in range(2_000_000):
+        prefix = config_hash({"n": n})[:7]
+        if prefix in seen:
+            return {"n": seen[prefix]}, {"n": n}
+        seen[prefix] = n
+    raise AssertionError("no shared prefix found")  # pragma: no cover - 16**7 is far below 2M**2 / 2
+
+
+# --- appending and reading -----------------------------------------------------------------------------
+
+
+def test_an_empty_log(log: EventLog) -> None:
+    assert log.head() == 0
+    assert log.read() == []
+    assert log.read_reverse() == []
+    assert list(log.iter_events()) == []
+    report = log.verify()
+    assert report.ok
+    assert report.checked == 0
+
+
+def test_appending_nothing_writes_nothing(log: EventLog) -> None:
+    assert log.append([]) == []
+    assert log.head() == 0
+
+
+def test_positions_run_from_one_to_n_across_batches(log: EventLog) -> None:
+    returned: list[int] = []
+    for batch_size in (1, 3, 1, 5, 2):
+        returned += log.append([started(pid) for pid in range(batch_size)])
+    assert returned == list(range(1, 13))
+    assert [event.position for event in log.read()] == returned
+    assert log.head() == 12
+    assert log.verify().ok
+
+
+def test_events_come_back_as_recorded_with_typed_frozen_payloads(log: EventLog) -> None:
+    operation_id = uuid.uuid4()
+    log.append(operation(operation_id, applies="a" * 64))
+    log.append(
+        [
+            NewEvent(
+                ServiceNotified(service="cache", priority=10, outcome=ServiceOutcome.SUCCESS, duration_ms=2.0)
+            )
+        ]
+    )
+
+    first, second, third, fourth = log.read()
+    assert isinstance(first, RecordedEvent)
+    assert isinstance(first.payload, OperationStarted)
+    assert first.payload.kind is OperationKind.RELOAD
+    assert first.payload.trigger is Trigger.API
+    assert isinstance(second.payload, ConfigApplied)
+    assert second.payload.hash == "a" * 64
+    assert isinstance(third.payload, OperationCompleted)
+    assert third.payload.status is OperationStatus.SUCCESS
+    assert isinstance(fourth.payload, ServiceNotified)
+    assert fourth.payload.outcome is ServiceOutcome.SUCCESS
+
+    assert first.type == "operation.started"
+    assert first.schema_version == 1
+    assert first.operation_id == operation_id
+    assert fourth.operation_id is None
+    assert first.actor == "token:ops"
+    assert second.actor == "system"
+    assert {event.instance_id for event in (first, second, third, fourth)} == {"test-instance"}
+    assert len({event.event_id for event in (first, second, third, fourth)}) == 4
+    assert all(event.occurred_at.utcoffset() == timedelta(0) for event in (first, second, third, fourth))
+
+    # The chain: each event names the hash of the one before it.
+    assert first.prev_hash == GENESIS_HASH
+    assert second.prev_hash == first.hash
+    assert fourth.prev_hash == third.hash
+
+    # Facts do not change: neither the payload nor the envelope can be assigned to.
+    with pytest.raises(ValidationError):
+        second.payload.hash = "b" * 64  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        first.position = 9  # type: ignore[misc]
+
+
+def test_read_filters_by_after_until_limit_and_type(log: EventLog) -> None:
+    operation_id = uuid.uuid4()
+    log.append([started(1), started(2)])
+    log.append(operation(operation_id, applies="a" * 64))
+    log.append([started(3)])
+    # positions: 1, 2 started; 3 op.started; 4 applied; 5 op.completed; 6 started
+
+    assert [e.position for e in log.read(after=2)] == [3, 4, 5, 6]
+    assert [e.position for e in log.read(after=2, limit=2)] == [3, 4]
+    assert [e.position for e in log.read(until=3)] == [1, 2, 3]
+    assert [e.position for e in log.read(after=1, until=4)] == [2, 3, 4]
+    assert [e.position for e in log.read(types=["instance.started"])] == [1, 2, 6]
+    assert [e.position for e in log.read(types=["config.applied", "operation.completed"])] == [4, 5]
+    assert log.read(after=6) == []
+
+
+def test_read_reverse_is_newest_first(log: EventLog) -> None:
+    log.append([started(pid) for pid in range(5)])
+    log.append([applied("a" * 64)])
+    assert [e.position for e in log.read_reverse()] == [6, 5, 4, 3, 2, 1]
+    assert [e.position for e in log.read_reverse(before=4)] == [3, 2, 1]
+    assert [e.position for e in log.read_reverse(limit=2)] == [6, 5]
+    assert [e.position for e in log.read_reverse(before=6, limit=2)] == [5, 4]
+    assert [e.position for e in log.read_reverse(types=["config.applied"])] == [6]
+
+
+def test_iter_events_streams_in_batches_without_skipping(log: EventLog) -> None:
+    log.append([started(pid) for pid in range(11)])
+    # batch sizes that divide the log evenly, unevenly, and exceed it
+    for batch in (1, 3, 11, 50):
+        assert [e.position for e in log.iter_events(batch=batch)] == list(range(1, 12))
+    assert [e.position for e in log.iter_events(after=4, until=8, batch=2)] == [5, 6, 7, 8]
+
+
+def test_read_operation_returns_one_operation_in_order(log: EventLog) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    log.append(operation(first))
+    log.append([started()])
+    log.append(operation(second, applies="a" * 64))
+    assert [e.type for e in log.read_operation(second)] == [
+        "operation.started",
+        "config.applied",
+        "operation.completed",
+    ]
+    assert [e.position for e in log.read_operation(str(first))] == [1, 2]
+    assert log.read_operation(uuid.uuid4()) == []
+
+
+def test_read_between_and_position_at_follow_occurred_at(log: EventLog) -> None:
+    for pid in range(6):
+        log.append([started(pid)])
+    recorded = log.read()
+    times = [event.occurred_at for event in recorded]
+    assert times == sorted(times), "occurred_at never decreases along positions"
+
+    # Elsewhere on the planet the same instants have other wall clocks; the answers must not change.
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    for zone in zones:
+        for index in range(len(recorded)):
+            moment = times[index].astimezone(zone)
+            expected_position = max(e.position for e in recorded if e.occurred_at <= times[index])
+            assert log.position_at(moment) == expected_position
+        since, until = times[1].astimezone(zone), times[4].astimezone(zone)
+        expected = [e.position for e in recorded if times[1] <= e.occurred_at <= times[4]]
+        assert [e.position for e in log.read_between(since, until)] == expected
+        assert [e.position for e in log.read_between(since, None)] == [
+            e.position for e in recorded if e.occurred_at >= times[1]
+        ]
+
+    assert log.position_at(times[0] - timedelta(seconds=1)) == 0
+    assert log.read_between(None, times[0] - timedelta(seconds=1)) == []
+    assert [e.position for e in log.read_between(None, None)] == [e.position for e in recorded]
+
+
+def test_a_payload_with_no_canonical_form_is_refused_and_nothing_written(log: EventLog) -> None:
+    not_a_number = NewEvent(
+        ServiceNotified(service="cache", priority=1, outcome=ServiceOutcome.SUCCESS, duration_ms=float("nan"))
+    )
+    with pytest.raises(CanonicalizationError):
+        log.append([started(), not_a_number])
+    assert log.head() == 0
+
+
+# --- config bodies ---------------------------------------------------------------------------------------
+
+BODY = {"service": "billing", "limits": {"rps": 100, "burst": 20}, "regions": ["eu", "us"]}
+
+
+def test_put_config_is_content_addressed(log: EventLog) -> None:
+    first = log.put_config(BODY)
+    again = log.put_config(dict(reversed(BODY.items())))  # same content, other key order
+    assert first == again == config_hash(BODY)
+    assert log.config_count() == 1
+    assert log.has_config(first)
+    assert not log.has_config("f" * 64)
+
+    other = log.put_config({**BODY, "regions": ["eu"]})
+    assert other != first
+    assert log.config_count() == 2
+
+
+def test_get_config_by_full_hash_or_unique_prefix(log: EventLog) -> None:
+    full = log.put_config(BODY)
+    for reference in (full, full[:7], full[:16], full.upper()[:12], f"  {full[:10]} "):
+        stored = log.get_config(reference)
+        assert stored.hash == full
+        assert stored.body == BODY
+        assert stored.size_bytes == len(canonical_bytes(BODY))
+        assert stored.first_position is None
+        assert stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_an_ambiguous_prefix_names_its_candidates(log: EventLog) -> None:
+    one, two = bodies_sharing_a_seven_digit_prefix()
+    hash_one, hash_two = log.put_config(one), log.put_config(two)
+    shared = hash_one[:7]
+    assert hash_two[:7] == shared
+
+    with pytest.raises(AmbiguousHashPrefix) as caught:
+        log.get_config(shared)
+    assert sorted(caught.value.candidates) == sorted([hash_one, hash_two])
+    assert caught.value.code == "ambiguous_hash_prefix"
+
+    # One more digit (where they differ) makes each unique again.
+    distinguishing = next(i for i in range(64) if hash_one[i] != hash_two[i]) + 1
+    assert log.get_config(hash_one[:distinguishing]).body == one
+    assert log.get_config(hash_two[:distinguishing]).body == two
+
+
+def test_an_unknown_hash_is_reported_as_unknown(log: EventLog) -> None:
+    log.put_config(BODY)
+    missing = "0" * 64 if not config_hash(BODY).startswith("0000000") else "1" * 64
+    with pytest.raises(UnknownConfigHash):
+        log.get_config(missing[:7])
+    with pytest.raises(UnknownConfigHash):
+        log.get_config(missing)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "",  # empty
+        "abc12",  # hex, but shorter than 7 digits
+        "abcdef",  # six digits: one short
+        "xyz1234",  # seven characters, not hex
+        "abc_123",  # an underscore: also a LIKE wildcard, must never reach SQL
+        "abc%123",  # a percent sign: the other LIKE wildcard
+        "a" * 65,  # longer than any sha256
+    ],
+)
+def test_an_invalid_reference_is_refused_before_any_lookup(log: EventLog, reference: str) -> None:
+    log.put_config(BODY)
+    with pytest.raises(InvalidHashPrefix) as caught:
+        log.get_config(reference)
+    assert isinstance(caught.value, ConfigLookupError)
+
+
+def test_configs_appended_with_events_record_their_first_position(log: EventLog) -> None:
+    log.append([started()])
+    prepared = log.prepare_config(BODY)
+    positions = log.append([applied(prepared.hash)], configs=[prepared])
+    assert positions == [2]
+    assert log.get_config(prepared.hash).first_position == 2
+
+    # Naming the same body again later keeps the first position.
+    log.append([applied(prepared.hash, prepared.hash)], configs=[log.prepare_config(BODY)])
+    assert log.get_config(prepared.hash).first_position == 2
+    assert log.config_count() == 1
+
+
+def test_a_config_put_ahead_gets_its_position_when_first_appended(log: EventLog) -> None:
+    early = log.put_config(BODY)
+    assert log.get_config(early).first_position is None
+    log.append([started(), applied(early)], configs=[log.prepare_config(BODY)])
+    # The body is written in the same transaction as the batch that names it: the batch's first position.
+    assert log.get_config(early).first_position == 1
+
+
+# --- optimistic concurrency ------------------------------------------------------------------------------
+
+
+def test_a_stale_expected_head_cannot_apply_and_writes_nothing(log: EventLog) -> None:
+    log.append([started()])
+    head_when_both_started = log.head()
+
+    winner = log.prepare_config({"v": 1})
+    log.append([applied(winner.hash)], expected_head=head_when_both_started, configs=[winner])
+    head_after_winner = log.head()
+
+    loser = log.prepare_config({"v": 2})
+    with pytest.raises(ConcurrencyConflict) as caught:
+        log.append(
+            [NewEvent(OperationCompleted(status=OperationStatus.SUCCESS)), applied(loser.hash, winner.hash)],
+            expected_head=head_when_both_started,
+            configs=[loser],
+        )
+    assert caught.value.expected_head == head_when_both_started
+    assert caught.value.conflicting_position == head_after_winner
+    assert caught.value.code == "concurrency_conflict"
+    assert log.head() == head_after_winner
+    assert not log.has_config(loser.hash)
+    assert log.verify().ok
+
+
+def test_an_expected_head_after_the_last_apply_is_not_a_conflict(log: EventLog) -> None:
+    log.append([applied("a" * 64)])
+    log.append([started()])
+    assert log.append([applied("b" * 64, "a" * 64)], expected_head=1) == [3]
+    assert log.append([applied("c" * 64, "b" * 64)], expected_head=log.head()) == [4]
+
+
+def test_an_expected_head_is_not_checked_for_batches_that_apply_nothing(log: EventLog) -> None:
+    log.append([applied("a" * 64)])
+    log.append([applied("b" * 64, "a" * 64)])
+    # An operation that started at head 0 may still record its failure or its service outcomes.
+    stale = 0
+    positions = log.append(
+        [NewEvent(OperationCompleted(status=OperationStatus.FAILED, error_message="validation failed"))],
+        expected_head=stale,
+    )
+    assert positions == [3]
+
+
+# --- schema versions and upcasting ---------------------------------------------------------------------
+
+
+class WidgetResizedV1(EventPayload):
+    event_type: ClassVar[str] = "test.widget_resized"
+    size: int
+
+
+class WidgetResizedV2(EventPayload):
+    event_type: ClassVar[str] = "test.widget_resized"
+    schema_version: ClassVar[int] = 2
+    width: int
+    height: int
+
+
+def square_to_rectangle(v1: dict[str, Any]) -> dict[str, Any]:
+    return {"width": v1["size"], "height": v1["size"]}
+
+
+def registry_with(*models: type[EventPayload]) -> EventRegistry:
+    registry = DEFAULT_REGISTRY.copy()
+    for model in models:
+        registry.register(model)
+    return registry
+
+
+@pytest.fixture
+def open_log(database_url: str) -> Iterator[Any]:
+    """Open more logs on the fixture's database; all are closed at the end of the test."""
+    opened: list[EventLog] = []
+
+    def opener(**options: Any) -> EventLog:
+        event_log = EventLog(database_url, instance_id="other-instance", **options)
+        opened.append(event_log)
+        return event_log
+
+    yield opener
+    for event_log in opened:
+        event_log.close()
+
+
+def test_old_payloads_are_upcast_on_read(open_log: Any) -> None:
+    old_code = open_log(registry=registry_with(WidgetResizedV1))
+    old_code.append([NewEvent(WidgetResizedV1(size=3))])
+    assert old_code.read()[0].payload == WidgetResizedV1(size=3)
+
+    new_registry = registry_with(WidgetResizedV2)
+    new_registry.register_upcaster("test.widget_resized", 1, square_to_rectangle)
+    new_code = open_log(registry=new_registry)
+    new_code.append([NewEvent(WidgetResizedV2(width=4, height=5))])
+
+    old_event, new_event = new_code.read()
+    assert old_event.payload == WidgetResizedV2(width=3, height=3)
+    assert old_event.schema_version == 1  # the stored fact is unchanged; only its reading is translated
+    assert new_event.payload == WidgetResizedV2(width=4, height=5)
+    assert new_event.schema_version == 2
+    assert new_code.verify().ok  # upcasting never rewrites the log
+
+
+def test_a_payload_newer_than_the_code_is_refused(open_log: Any) -> None:
+    newer = open_log(registry=registry_with(WidgetResizedV2))
+    newer.append([NewEvent(WidgetResizedV2(width=1, height=2))])
+    older = open_log(registry=registry_with(WidgetResizedV1))
+    with pytest.raises(EventSchemaError, match="newer") as caught:
+        older.read()
+    assert caught.value.code == "event_version_too_new"
+
+
+def test_a_missing_upcaster_is_refused(open_log: Any) -> None:
+    open_log(registry=registry_with(WidgetResizedV1)).append([NewEvent(WidgetResizedV1(size=3))])
+    without_upcaster = open_log(registry=registry_with(WidgetResizedV2))
+    with pytest.raises(EventSchemaError) as caught:
+        without_upcaster.read()
+    assert caught.value.code == "missing_upcaster"
+
+
+def test_an_unknown_type_is_kept_not_dropped(log: EventLog, open_log: Any) -> None:
+    open_log(registry=registry_with(WidgetResizedV1)).append([NewEvent(WidgetResizedV1(size=3))])
+    (event,) = log.read()  # the default catalogue has no test.widget_resized
+    assert event.type == "test.widget_resized"
+    assert isinstance(event.payload, UnknownPayload)
+    assert event.payload.model_dump() == {"size": 3}
+
+
+# --- secrets at rest -----------------------------------------------------------------------------------
+
+SECRET_BODY = {"database": {"host": "db", "password": "correct-horse-battery"}, "api_key": "sk-live-42"}
+SECRET_PATHS = {("database", "password"), ("api_key",)}
+
+
+def raw_bodies(event_log: EventLog) -> list[str]:
+    with event_log.engine.connect() as connection:
+        return [
+            str(text)
+            for text in connection.execute(
+                sa.text("SELECT CAST(body AS TEXT) FROM config_versions")
+            ).scalars()
+        ]
+
+
+def test_secrets_are_sealed_at_rest_and_plain_to_the_key_holder(log: EventLog, open_log: Any) -> None:
+    keyed = open_log(cipher=SecretCipher([SecretCipher.generate_key()]))
+    full = keyed.put_config(SECRET_BODY, SECRET_PATHS)
+    assert full == config_hash(SECRET_BODY)  # the hash is over the plain values
+
+    (stored_text,) = raw_bodies(keyed)
+    assert "correct-horse-battery" not in stored_text
+    assert "sk-live-42" not in stored_text
+    assert '"host":"db"' in stored_text.replace(" ", "")  # only the secrets are sealed
+
+    assert keyed.get_config(full[:8]).body == SECRET_BODY
+    # A second put (new Fernet tokens) is still the same content: one row.
+    assert keyed.put_config(SECRET_BODY, SECRET_PATHS) == full
+    assert keyed.config_count() == 1
+
+    # Without the key the log refuses to guess.
+    with pytest.raises(SecretKeyError):
+        log.get_config(full)
+
+
+def test_a_secret_is_never_stored_plain_when_no_key_is_configured(log: EventLog) -> None:
+    with pytest.raises(SecretKeyError, match="no encryption key"):
+        log.put_config(SECRET_BODY, SECRET_PATHS)
+    assert log.config_count() == 0
+
+
+# --- append-only guards --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET actor = 'mallory' WHERE position = 1",  # rewrite one event
+        "UPDATE events SET position = position + 100",  # renumber the log
+        "DELETE FROM events WHERE position = 2",  # remove one event
+        "DELETE FROM events",  # remove all
+        "UPDATE config_versions SET body = (SELECT body FROM config_versions LIMIT 1)",  # swap a body
+        "DELETE FROM config_versions",  # forget the bodies
+    ],
+)
+def test_the_database_refuses_updates_and_deletes(log: EventLog, statement: str) -> None:
+    prepared = log.prepare_config(BODY)
+    log.append([started(), applied(prepared.hash), started(2)], configs=[prepared])
+    with pytest.raises(sa.exc.DBAPIError, match=r"append-only|immutable"), log.engine.begin() as connection:
+        connection.execute(sa.text(statement))
+    assert log.head() == 3
+    assert log.config_count() == 1
+    assert log.verify().ok
+
+
+def test_postgres_refuses_truncate(log: EventLog) -> None:
+    if log.dialect != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE; DELETE FROM events is covered above")
+    log.append([started()])
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), log.engine.begin() as connection:
+        connection.execute(sa.text("TRUNCATE events"))
+    assert log.head() == 1
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_checkpoints_round_trip_and_never_move_backwards(log: EventLog) -> None:
+    assert log.load_checkpoint("stats") is None
+
+    log.save_checkpoint(Checkpoint("stats", version=1, position=10, state={"total": 3, "rates": [0.5]}))
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 1, 10, {"total": 3, "rates": [0.5]})
+
+    # A slower folder that is behind must not overwrite newer work.
+    log.save_checkpoint(Checkpoint("stats", version=1, position=7, state={"total": 2}))
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 1, 10, {"total": 3, "rates": [0.5]})
+
+    log.save_checkpoint(Checkpoint("stats", version=2, position=12, state={"total": 4}))
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 2, 12, {"total": 4})
+
+    # Saving the same position again is allowed (a rebuilt state at the same point).
+    log.save_checkpoint(Checkpoint("stats", version=3, position=12, state={"total": 4, "rebuilt": True}))
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 3, 12, {"total": 4, "rebuilt": True})
+
+    # Checkpoints are per projection.
+    log.save_checkpoint(Checkpoint("history", version=1, position=1, state={}))
+    assert log.load_checkpoint("history") == Checkpoint("history", 1, 1, {})
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 3, 12, {"total": 4, "rebuilt": True})
