@@ -1,0 +1,128 @@
+"""The installed ``confledger`` console script: ``db`` commands, and clean one-line errors on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import __version__
+from store import migrate as store_migrate
+
+CONFLEDGER = Path(sys.executable).parent / "confledger"
+HEAD = store_migrate.head_revision()
+
+
+def _environment() -> dict[str, str]:
+    # No CONFLEDGER_* from the developer's shell; a narrow terminal, so a wrapped message would show.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    env["COLUMNS"] = "60"
+    return env
+
+
+def confledger(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CONFLEDGER), *args], capture_output=True, text=True, env=_environment(), timeout=120, check=False
+    )
+
+
+def start_confledger(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(CONFLEDGER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+    )
+
+
+def test_version() -> None:
+    result = confledger("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"confledger {__version__}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cli.db'}"
+    return str(request.getfixturevalue("pg_schema_url"))
+
+
+def test_db_upgrade_current_downgrade_and_check(fresh_database_url: str) -> None:
+    database = ("--database", fresh_database_url)
+
+    current = confledger("db", "current", *database)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.split() == ["current:", "base", "(empty)", "head:", HEAD]
+
+    upgraded = confledger("db", "upgrade", *database)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == f"database at revision {HEAD}"
+
+    current = confledger("db", "current", *database)
+    assert current.stdout.split() == ["current:", HEAD, "head:", HEAD]
+
+    downgraded = confledger("db", "downgrade", "base", "--yes", *database)
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert downgraded.stdout.strip() == "database at revision base"
+
+    checked = confledger("db", "check", *database)  # check migrates first, then compares
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "no drift between models and migrations"
+
+
+def test_downgrade_to_base_needs_confirmation(tmp_path: Path) -> None:
+    refused = confledger("db", "downgrade", "base", "--database", f"sqlite:///{tmp_path / 'cli.db'}")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert not (tmp_path / "cli.db").exists()  # refused before opening anything
+
+
+def _read_only_sqlite(tmp_path: Path) -> str:
+    # We run as root, so chmod cannot make a file read-only; SQLite's own read-only mode can.
+    path = tmp_path / "read-only.db"
+    path.touch()
+    return f"sqlite:///file:{path}?mode=ro&uri=true"
+
+
+BAD_DATABASES = {
+    # id: (URL given the tmp dir, words the one-line error must contain)
+    "unreachable-postgres": (
+        lambda tmp: "postgresql+psycopg://confledger:hunter2@127.0.0.1:1/test",
+        ["cannot reach PostgreSQL", "127.0.0.1:1"],
+    ),
+    "malformed-url": (lambda tmp: "not a url", ["cannot parse database URL", "not a url"]),
+    "unsupported-scheme": (
+        lambda tmp: "mysql://user@localhost/confledger",
+        ["unsupported database", "mysql"],
+    ),
+    "read-only-sqlite": (_read_only_sqlite, ["read-only"]),
+    "missing-directory": (
+        lambda tmp: f"sqlite:///{tmp / 'no-such-dir' / 'confledger.db'}",
+        ["cannot open SQLite database", "missing"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATABASES))
+def test_bad_database_input_fails_with_one_clean_line(case: str, tmp_path: Path) -> None:
+    url_for, expected_words = BAD_DATABASES[case]
+    url = url_for(tmp_path)
+    commands = [["db", "upgrade"], ["db", "current"], ["db", "check"]]
+    # The three commands reach the database by three paths (migrate, read, EventLog); run them together.
+    running = [(command, start_confledger(*command, "--database", url)) for command in commands]
+    for command, process in running:
+        stdout, stderr = process.communicate(timeout=120)
+        shown = f"confledger {' '.join(command)} --database {url!r}"
+        assert process.returncode == 1, f"{shown}: exit {process.returncode}\n{stderr}"
+        assert "Traceback" not in stderr + stdout, f"{shown}:\n{stderr}"
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, f"{shown} printed {len(lines)} lines:\n{stderr}"
+        for word in expected_words:
+            assert word in lines[0], f"{shown}: {word!r} not in {lines[0]!r}"
+        assert "hunter2" not in stderr, f"{shown} showed the password"
+        assert stdout == ""
