@@ -1,0 +1,784 @@
+"""The HTTP API against the real app: a real SQLite file, then the same suite on PostgreSQL.
+
+Every endpoint under ``/api/v1/config`` and every status code issue 4 names, with httpx (Starlette's
+TestClient, which runs the app's lifespan) and no mocked reloader. Each mutating call is also checked
+against the events it left in the log, read back through ``lifecycle.reloader.log``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from store.operations import build_operation
+from store.schema import config_versions
+from tests.integration.api.service_harness import (
+    FIRECRAWL_KEY,
+    OPENAI_KEY,
+    SEED_RELOAD_KEYS,
+    Service,
+    clear_confledger_environment,
+    full_hash_of,
+    serving,
+    variant,
+    write_config,
+)
+
+HISTORY_WINDOW = 10  # small, so history pages beyond it are folded from the log, not memory
+
+RELOAD_APPLIED = [
+    "operation.started",
+    "config.loaded",
+    "validation.passed",
+    "config.applied",
+    "operation.completed",
+]
+RELOAD_APPLIED_WITH_SERVICE = [
+    "operation.started",
+    "config.loaded",
+    "validation.passed",
+    "service.notified",
+    "config.applied",
+    "operation.completed",
+]
+RELOAD_UNCHANGED = ["operation.started", "config.loaded", "config.unchanged", "operation.completed"]
+RELOAD_INVALID = ["operation.started", "config.loaded", "validation.failed", "operation.completed"]
+RELOAD_DRY_RUN = ["operation.started", "config.loaded", "validation.passed", "operation.completed"]
+ROLLBACK_APPLIED = [
+    "operation.started",
+    "validation.passed",
+    "config.rolled_back",
+    "config.applied",
+    "operation.completed",
+]
+ROLLBACK_REFUSED = ["operation.started", "operation.completed"]
+REJECTED = ["operation.rejected"]
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_confledger_environment(monkeypatch)
+
+
+@pytest.fixture
+def service(tmp_path: Path, database_url: str) -> Iterator[Service]:
+    with serving(tmp_path, database_url, history_window=HISTORY_WINDOW) as running:
+        yield running
+
+
+def short(full_hash: str | None) -> str | None:
+    return None if full_hash is None else full_hash[:16]
+
+
+def reload(service: Service, **body: Any) -> dict[str, Any]:
+    response = service.post("/reload", json=body)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def apply(service: Service, body: dict[str, Any]) -> str:
+    """Write ``body`` to the config file and reload it; return the full hash now current."""
+    write_config(service.source, body)
+    result = reload(service)
+    assert result["success"], result
+    current = service.current_full_hash()
+    assert current == full_hash_of(body)
+    return current
+
+
+def head(service: Service) -> int:
+    return service.log.head()
+
+
+def insert_config_version(service: Service, full_hash: str) -> None:
+    """A crafted stored config (config_versions refuses only UPDATE and DELETE, not INSERT)."""
+    with service.log.engine.begin() as connection:
+        connection.execute(
+            config_versions.insert().values(
+                hash=full_hash,
+                body={"note": "crafted to share a prefix"},
+                size_bytes=30,
+                first_position=None,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+# --- POST /reload ----------------------------------------------------------------------------------
+
+
+def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -> None:
+    seen: list[int] = []
+    service.services.register("cache", lambda old, new: seen.append(new.database.pool_size), priority=10)
+    before = service.current_full_hash()
+    body = variant(database__pool_size=21)
+    write_config(service.source, body)
+
+    result = reload(service)
+
+    assert set(result) >= SEED_RELOAD_KEYS
+    assert result["success"] is True
+    assert result["status"] == "success"
+    assert result["trigger"] == "api"
+    assert result["actor"] == "token:admin"
+    assert result["changes_applied"] == ["database.pool_size"]
+    assert result["services_notified"] == ["cache:success"]
+    assert result["previous_config_hash"] == short(before)
+    assert result["new_config_hash"] == short(full_hash_of(body))
+    assert result["validation_errors"] == []
+    assert seen == [21]
+    assert service.current_full_hash() == full_hash_of(body)
+    events = service.log.read_operation(result["operation_id"])
+    assert [e.type for e in events] == RELOAD_APPLIED_WITH_SERVICE
+    assert {e.actor for e in events} == {"token:admin"}  # the role, never the token
+    assert events[0].payload.client == "testclient"  # type: ignore[attr-defined]
+    assert events[0].payload.source == str(service.source.resolve())  # type: ignore[attr-defined]
+
+    unchanged = reload(service)
+    assert unchanged["success"] is True
+    assert unchanged["message"] == "No configuration changes detected"
+    assert unchanged["services_notified"] == []
+    assert service.events_of(unchanged["operation_id"]) == RELOAD_UNCHANGED
+
+    forced = reload(service, force=True)
+    assert forced["success"] is True
+    assert forced["services_notified"] == ["cache:success"]
+    assert service.events_of(forced["operation_id"]) == RELOAD_APPLIED_WITH_SERVICE
+    assert service.current_full_hash() == full_hash_of(body)
+
+
+# Bodies that fail validation, and a fragment each failure must name (never the value itself).
+INVALID_BODIES = [
+    # a custom validator's error: openai selected without its key; also trips a performance warning
+    (
+        variant(embedding__openai_api_key=None, performance__max_concurrent_requests=80),
+        "embedding.openai_api_key: required when embedding.provider is 'openai'",
+    ),
+    # the pydantic model's own error
+    (variant(database__pool_size=0), "database.pool_size"),
+    # an unknown section: the model forbids extra keys
+    ({**variant(), "unexpected": {"a": 1}}, "unexpected"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected_error"), INVALID_BODIES)
+def test_reload_with_validation_errors_answers_200_with_success_false(
+    service: Service, body: dict[str, Any], expected_error: str
+) -> None:
+    before = service.current_full_hash()
+    write_config(service.source, body)
+
+    response = service.post("/reload", json={"force": True})
+
+    assert response.status_code == 200
+    result = response.json()
+    assert set(result) >= SEED_RELOAD_KEYS
+    assert result["success"] is False
+    assert result["status"] == "failed"
+    assert result["reason"] == "validation_failed"
+    assert any(expected_error in error for error in result["validation_errors"]), result["validation_errors"]
+    assert service.events_of(result["operation_id"]) == RELOAD_INVALID
+    assert service.current_full_hash() == before
+    if body["performance"]["max_concurrent_requests"] > 50:
+        assert any("max_concurrent_requests" in w for w in result["validation_warnings"])
+
+
+def test_reload_of_a_missing_file_fails_with_the_load_recorded(service: Service) -> None:
+    before = service.current_full_hash()
+    service.source.unlink()
+
+    result = reload(service)
+
+    assert result["success"] is False
+    assert result["status"] == "failed"
+    assert service.events_of(result["operation_id"]) == [
+        "operation.started",
+        "config.load_failed",
+        "operation.completed",
+    ]
+    assert service.current_full_hash() == before
+
+
+def test_dry_run_validates_and_reports_without_applying(service: Service) -> None:
+    notified: list[str] = []
+    service.services.register("search", lambda old, new: notified.append("called"))
+    before = service.current_full_hash()
+    body = variant(cache__ttl_seconds=60)
+    write_config(service.source, body)
+
+    result = reload(service, dry_run=True)
+
+    assert result["success"] is True
+    assert result["dry_run"] is True
+    assert result["message"].startswith("Dry run")
+    assert "cache.ttl_seconds" in result["message"]
+    assert result["services_notified"] == []
+    assert notified == []
+    assert service.events_of(result["operation_id"]) == RELOAD_DRY_RUN
+    assert service.current_full_hash() == before
+    # The dry-run config is stored (so it can be shown) but was never applied.
+    version = service.get(f"/versions/{full_hash_of(body)}").json()
+    assert version["applied"] is False
+
+
+def test_reload_while_another_operation_runs_is_409_naming_it(service: Service) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_service(old: Any, new: Any) -> bool:
+        entered.set()
+        return release.wait(timeout=30)
+
+    service.services.register("slow", slow_service, timeout=60)
+    first: dict[str, Any] = {}
+
+    def first_request() -> None:
+        first["response"] = service.post("/reload", json={"force": True})
+
+    worker = threading.Thread(target=first_request)
+    worker.start()
+    try:
+        assert entered.wait(timeout=30), "the first reload never reached its service"
+        running = service.reloader.running_operation_id
+        assert running is not None
+        head_before = head(service)
+
+        second = service.post("/reload", json={"force": True})
+        rollback = service.post("/rollback", json={})
+        status = service.get("/status").json()
+    finally:
+        release.set()
+        worker.join(timeout=30)
+
+    assert second.status_code == 409
+    assert second.json()["running_operation_id"] == running
+    assert running in second.json()["detail"]
+    assert second.json()["code"] == "operation_in_progress"
+    assert rollback.status_code == 409
+    assert rollback.json()["running_operation_id"] == running
+    assert status["running_operation_id"] == running
+    # Each refusal is one operation.rejected event naming the running operation.
+    rejections = [e for e in service.log.read(head_before) if e.type == "operation.rejected"]
+    assert len(rejections) == 2
+    assert {e.payload.running_operation_id for e in rejections} == {running}  # type: ignore[attr-defined]
+    assert {e.payload.kind.value for e in rejections} == {"reload", "rollback"}  # type: ignore[attr-defined]
+    assert {e.actor for e in rejections} == {"token:admin"}
+    finished = first["response"]
+    assert finished.status_code == 200
+    assert finished.json()["operation_id"] == running
+    assert finished.json()["services_notified"] == ["slow:success"]
+
+
+def test_reload_from_a_source_outside_the_allowed_dirs_is_403_and_recorded(service: Service) -> None:
+    before, head_before = service.current_full_hash(), head(service)
+
+    response = service.post("/reload", json={"config_source": "/etc/passwd"})
+
+    assert response.status_code == 403
+    assert "not allowed" in response.json()["detail"]
+    new_events = service.log.read(head_before)
+    assert [e.type for e in new_events] == REJECTED
+    assert new_events[0].payload.reason == "source_not_allowed"  # type: ignore[attr-defined]
+    assert new_events[0].actor == "token:admin"
+    assert service.current_full_hash() == before
+
+
+def test_reload_from_another_file_in_the_config_dir_is_allowed(service: Service) -> None:
+    other = service.source.with_name("staging.yaml")
+    body = variant(environment="staging")
+    write_config(other, body)
+
+    result = reload(service, config_source="staging.yaml")
+
+    assert result["success"] is True
+    assert service.current_full_hash() == full_hash_of(body)
+    started = service.log.read_operation(result["operation_id"])[0]
+    assert started.payload.source == str(other.resolve())  # type: ignore[attr-defined]
+
+
+# Request bodies the schema refuses before anything runs: 422, and not one event.
+INVALID_RELOAD_REQUESTS = [
+    {"force": "sometimes"},  # not a boolean
+    {"unknown": True},  # extra keys are forbidden
+    {"config_source": "x" * 5000},  # longer than any path
+]
+
+
+@pytest.mark.parametrize("body", INVALID_RELOAD_REQUESTS)
+def test_malformed_reload_request_is_422_and_records_nothing(service: Service, body: dict[str, Any]) -> None:
+    head_before = head(service)
+    response = service.post("/reload", json=body)
+    assert response.status_code == 422
+    assert head(service) == head_before
+
+
+# --- POST /rollback --------------------------------------------------------------------------------
+
+
+def test_rollback_to_previous_and_to_a_prefix(service: Service) -> None:
+    first = service.current_full_hash()
+    assert first is not None
+    second = apply(service, variant(database__pool_size=30))
+
+    back = service.post("/rollback", json={})
+
+    assert back.status_code == 200
+    result = back.json()
+    assert set(result) >= SEED_RELOAD_KEYS
+    assert result["success"] is True
+    assert result["kind"] == "rollback"
+    assert result["previous_config_hash"] == short(second)
+    assert result["new_config_hash"] == short(first)
+    assert service.events_of(result["operation_id"]) == ROLLBACK_APPLIED
+    assert service.current_full_hash() == first
+    assert service.get("/current").json()["full_hash"] == first
+
+    forward = service.post("/rollback", json={"target_hash": second[:7]})
+    assert forward.status_code == 200
+    assert forward.json()["new_config_hash"] == short(second)
+    assert service.current_full_hash() == second
+
+    again = service.post("/rollback", json={"target_hash": second})
+    assert again.status_code == 200
+    assert again.json()["message"].startswith("Configuration is already")
+    assert service.events_of(again.json()["operation_id"]) == [
+        "operation.started",
+        "config.unchanged",
+        "operation.completed",
+    ]
+
+
+def test_rollback_errors_404_400_and_nothing_changes(service: Service) -> None:
+    current = service.current_full_hash()
+    assert current is not None
+    dry = variant(cache__ttl_seconds=61)
+    write_config(service.source, dry)
+    reload(service, dry_run=True)  # stored but never applied
+    ambiguous = "abcdef1"
+    insert_config_version(service, ambiguous + "0" * 57)
+    insert_config_version(service, ambiguous + "1" * 57)
+
+    # (target_hash, status code, reason code): what each refusal answers
+    refusals = [
+        ("0000000", 404, "unknown_config_hash"),  # no stored config has this prefix
+        (full_hash_of(dry)[:12], 404, "unknown_config_hash"),  # stored, but never applied
+        (ambiguous, 400, "ambiguous_hash_prefix"),  # two stored configs share the prefix
+        ("xyz", 400, "invalid_hash_prefix"),  # not hex
+        ("abc12", 400, "invalid_hash_prefix"),  # fewer than 7 digits
+    ]
+    for target, code, reason in refusals:
+        response = service.post("/rollback", json={"target_hash": target})
+        assert response.status_code == code, (target, response.text)
+        result = response.json()
+        assert result["success"] is False
+        assert result["reason"] == reason
+        assert result["status"] == "failed"
+        assert service.events_of(result["operation_id"]) == ROLLBACK_REFUSED
+        assert service.current_full_hash() == current
+
+    assert service.post("/rollback", json={"target_hash": "a" * 65}).status_code == 422
+    assert service.post("/rollback", json={"target": "abc"}).status_code == 422
+
+
+def test_rollback_with_no_previous_config_is_400(service: Service) -> None:
+    response = service.post("/rollback", json={})
+    assert response.status_code == 400
+    assert response.json()["reason"] == "no_previous_config"
+    assert service.events_of(response.json()["operation_id"]) == ROLLBACK_REFUSED
+
+
+# --- GET /history ----------------------------------------------------------------------------------
+
+
+def all_operations(service: Service) -> list[Any]:
+    """Every operation in the log, newest first, folded from its events (the ground truth)."""
+    grouped: dict[str, list[Any]] = {}
+    for event in service.log.read():
+        if event.operation_id is not None:
+            grouped.setdefault(str(event.operation_id), []).append(event)
+    operations = [build_operation(events) for events in grouped.values()]
+    return sorted(operations, key=lambda op: op.first_position, reverse=True)
+
+
+def read_all_pages(service: Service, limit: int, **filters: str) -> tuple[list[dict[str, Any]], set[int]]:
+    operations: list[dict[str, Any]] = []
+    totals: set[int] = set()
+    before: int | None = None
+    for _ in range(100):
+        params: dict[str, Any] = {"limit": limit, **filters}
+        if before is not None:
+            params["before"] = before
+        page = service.get("/history", params=params)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert body["limit"] == limit
+        assert len(body["operations"]) <= limit
+        operations += body["operations"]
+        totals.add(body["total_count"])
+        before = body["next_before"]
+        if before is None:
+            return operations, totals
+    raise AssertionError("history paging did not end")
+
+
+def test_history_pages_beyond_the_in_memory_window_with_filters_and_totals(service: Service) -> None:
+    write_config(service.source, variant(database__pool_size=0))
+    for _ in range(4):
+        reload(service, force=True)  # api, failed (validation)
+    write_config(service.source, variant())
+    for _ in range(106):
+        reload(service)  # api, success (unchanged)
+    service.post("/reload", json={"config_source": "/etc/hosts"})  # api, failed (rejected)
+    truth = all_operations(service)
+    assert len(truth) == 1 + 4 + 106 + 1 > 100 + HISTORY_WINDOW
+
+    for limit in (0, 101):
+        assert service.get("/history", params={"limit": limit}).status_code == 422
+    assert service.get("/history", params={"before": 0}).status_code == 422
+    assert service.get("/history", params={"trigger": "telepathy"}).status_code == 422
+    assert service.get("/history", params={"status": "maybe"}).status_code == 422
+
+    default = service.get("/history").json()
+    assert default["limit"] == 20
+    assert [op["operation_id"] for op in default["operations"]] == [op.operation_id for op in truth[:20]]
+    assert default["total_count"] == len(truth)
+
+    # (limit, filters, which operations must come back): unfiltered pages, then each filter alone and together
+    cases: list[tuple[int, dict[str, str], list[Any]]] = [
+        (100, {}, truth),
+        (7, {}, truth),
+        (100, {"trigger": "api"}, [op for op in truth if op.trigger.value == "api"]),
+        (100, {"trigger": "startup"}, [op for op in truth if op.trigger.value == "startup"]),
+        (3, {"status": "failed"}, [op for op in truth if op.status.value == "failed"]),
+        (
+            50,
+            {"trigger": "api", "status": "success"},
+            [op for op in truth if op.trigger.value == "api" and op.status.value == "success"],
+        ),
+        (100, {"trigger": "signal"}, []),
+    ]
+    for limit, filters, expected in cases:
+        operations, totals = read_all_pages(service, limit, **filters)
+        assert [op["operation_id"] for op in operations] == [op.operation_id for op in expected], filters
+        assert totals == {len(expected)}, filters
+        for op in operations:
+            assert set(op) >= SEED_RELOAD_KEYS
+
+
+# --- GET /stats, /status, /backups -----------------------------------------------------------------
+
+SEED_STATS_KEYS = {
+    "total_operations",
+    "successful_operations",
+    "failed_operations",
+    "success_rate",
+    "average_duration_ms",
+    "listeners_registered",
+    "backups_available",
+    "current_config_hash",
+}
+SEED_STATUS_KEYS = {
+    "config_reloader_enabled",
+    "current_config_hash",
+    "registered_listeners",
+    "available_backups",
+    "file_watching_enabled",
+    "signal_handler_enabled",
+    "reload_statistics",
+}
+
+
+def test_stats_totals_and_slow_operations(service: Service) -> None:
+    service.services.register("db", lambda old, new: True)
+    apply(service, variant(database__pool_size=22))
+    write_config(service.source, variant(database__pool_size=0))
+    reload(service)
+
+    stats = service.get("/stats").json()
+
+    assert set(stats) >= SEED_STATS_KEYS
+    assert stats["total_operations"] == 3
+    assert stats["successful_operations"] == 2
+    assert stats["failed_operations"] == 1
+    assert stats["success_rate"] == pytest.approx(2 / 3)
+    assert stats["listeners_registered"] == 1
+    assert stats["backups_available"] == 1
+    assert stats["current_config_hash"] == short(service.current_full_hash())
+    assert "slow_operations" not in stats
+
+    slow = service.get("/stats", params={"slow_ms": 0}).json()["slow_operations"]
+    assert len(slow) == 3
+    for entry in slow:
+        assert entry["slowest_phase"] in {"load", "validation", "apply"}
+        assert entry["total_duration_ms"] >= 0
+    durations = [entry["total_duration_ms"] for entry in slow]
+    assert durations == sorted(durations, reverse=True)
+    assert service.get("/stats", params={"slow_ms": 10**9}).json()["slow_operations"] == []
+    assert service.get("/stats", params={"slow_ms": -1}).status_code == 422
+
+
+def test_status_shows_the_seed_keys_instance_head_and_service_drift(service: Service) -> None:
+    service.services.register("steady", lambda old, new: True, priority=2)
+    service.services.register("flaky", lambda old, new: new.database.pool_size != 33, priority=1)
+    accepted = apply(service, variant(database__pool_size=32))
+    # One of two services refuses: 1/2 is not below the 0.5 threshold, so the config is applied anyway
+    # and "flaky" is left running the previous one.
+    write_config(service.source, variant(database__pool_size=33))
+    partial = reload(service)
+    assert partial["success"] is True
+    assert partial["services_notified"] == ["steady:success", "flaky:failed"]
+
+    status = service.get("/status").json()
+
+    assert set(status) >= SEED_STATUS_KEYS
+    assert status["config_reloader_enabled"] is True
+    assert status["current_config_hash"] == short(service.current_full_hash())
+    assert status["registered_listeners"] == 2
+    assert status["listeners"] == ["steady", "flaky"]
+    assert status["available_backups"] == 2
+    assert status["file_watching_enabled"] is False
+    assert status["signal_handler_enabled"] is False
+    assert set(status["reload_statistics"]) == {"total_operations", "success_rate", "average_duration_ms"}
+    assert status["reload_statistics"]["total_operations"] == 3
+    assert status["instance_id"] == service.log.instance_id
+    assert status["log_head"] == head(service)
+    assert status["running_operation_id"] is None
+    assert status["service_drift"] == {"flaky": short(accepted)}
+
+
+def test_backups_list_earlier_configs_newest_first(service: Service) -> None:
+    first = service.current_full_hash()
+    second = apply(service, variant(database__pool_size=41))
+    third = apply(service, variant(database__pool_size=42))
+
+    response = service.get("/backups")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["backup_count"] == 5
+    assert body["current_config_hash"] == short(third)
+    assert [entry["full_hash"] for entry in body["backups"]] == [second, first]
+    for entry in body["backups"]:
+        assert entry["hash"] == entry["full_hash"][:16]
+        assert datetime.fromisoformat(entry["created_at"]).tzinfo is not None
+        assert entry["operation_id"]
+    assert [entry["trigger"] for entry in body["backups"]] == ["api", "startup"]
+
+
+# --- POST /file-watch/enable and /disable ----------------------------------------------------------
+
+
+def test_file_watch_enable_and_disable_answer_the_seed_bodies_and_record_events(service: Service) -> None:
+    # poll_interval outside 0.1..60 (or not a number) is refused before anything happens
+    for bad in ("0.05", "60.5", "-1", "soon"):
+        head_before = head(service)
+        response = service.post("/file-watch/enable", params={"poll_interval": bad})
+        assert response.status_code == 422, bad
+        assert head(service) == head_before
+
+    head_before = head(service)
+    enabled = service.post("/file-watch/enable", params={"poll_interval": 0.5})
+
+    assert enabled.status_code == 200
+    assert {
+        key: enabled.json()[key]
+        for key in ("file_watching_enabled", "poll_interval_seconds", "config_source")
+    } == {
+        "file_watching_enabled": True,
+        "poll_interval_seconds": 0.5,
+        "config_source": str(service.source.resolve()),
+    }
+    assert enabled.json()["message"]
+    assert service.get("/status").json()["file_watching_enabled"] is True
+    new_events = service.log.read(head_before)
+    assert [e.type for e in new_events] == ["file_watch.enabled"]
+    assert new_events[0].payload.poll_interval == 0.5  # type: ignore[attr-defined]
+
+    head_before = head(service)
+    disabled = service.post("/file-watch/disable")
+    assert disabled.status_code == 200
+    assert disabled.json() == {"file_watching_enabled": False, "message": "File watching disabled"}
+    assert [e.type for e in service.log.read(head_before)] == ["file_watch.disabled"]
+    assert service.get("/status").json()["file_watching_enabled"] is False
+
+    head_before = head(service)
+    again = service.post("/file-watch/disable")
+    assert again.status_code == 200
+    assert again.json()["file_watching_enabled"] is False
+    assert head(service) == head_before  # nothing to stop, nothing recorded
+
+
+# --- GET /current, /versions/{hash}, /diff ---------------------------------------------------------
+
+
+def test_current_version_and_diff_show_configs_with_secrets_redacted(service: Service) -> None:
+    first = service.current_full_hash()
+    assert first is not None
+    rotated = "sk-rotated-4444-not-a-real-key-5555"
+    second = apply(service, variant(embedding__openai_api_key=rotated, database__pool_size=25))
+
+    current = service.get("/current").json()
+    assert current["hash"] == short(second)
+    assert current["full_hash"] == second
+    assert datetime.fromisoformat(current["applied_at"]).tzinfo is not None
+    assert current["config"]["database"]["pool_size"] == 25
+    assert current["config"]["embedding"]["openai_api_key"] == "**********"
+    assert current["config"]["crawl"]["firecrawl_api_key"] == "**********"
+
+    for reference in (second, second[:16], second[:7], second[:7].upper()):
+        version = service.get(f"/versions/{reference}")
+        assert version.status_code == 200, reference
+        body = version.json()
+        assert body["full_hash"] == second
+        assert body["hash"] == short(second)
+        assert body["applied"] is True
+        assert body["size_bytes"] > 0
+        assert body["config"]["embedding"]["openai_api_key"] == "**********"
+    insert_config_version(service, "fedcba9" + "0" * 57)
+    insert_config_version(service, "fedcba9" + "1" * 57)
+    # (reference, status code): what each lookup answers
+    lookups = [
+        ("0000000000", 404),  # a valid prefix of no stored config
+        ("fedcba9", 400),  # ambiguous
+        ("xyz", 400),  # not a hash
+        ("abc", 400),  # too short
+    ]
+    for reference, code in lookups:
+        assert service.get(f"/versions/{reference}").status_code == code, reference
+
+    diff = service.get("/diff", params={"from": first[:10], "to": second})
+    assert diff.status_code == 200
+    body = diff.json()
+    assert body["from_hash"] == short(first)
+    assert body["to_hash"] == short(second)
+    changes = {change["path"]: change for change in body["changes"]}
+    assert set(changes) == {"database.pool_size", "embedding.openai_api_key"}
+    assert (changes["database.pool_size"]["old"], changes["database.pool_size"]["new"]) == (20, 25)
+    assert changes["embedding.openai_api_key"]["old"] == "**********"
+    assert changes["embedding.openai_api_key"]["new"] == "**********"
+    assert service.get("/diff", params={"from": first, "to": first}).json()["changes"] == []
+    assert service.get("/diff", params={"from": first}).status_code == 422
+    assert service.get("/diff", params={"from": first, "to": "0000000000"}).status_code == 404
+    assert service.get("/diff", params={"from": "fedcba9", "to": first}).status_code == 400
+    assert service.get("/diff", params={"from": "nothex!", "to": first}).status_code == 400
+    for text in (OPENAI_KEY, FIRECRAWL_KEY, rotated):
+        assert text not in diff.text
+
+
+# --- GET /operations/{id}, /events -----------------------------------------------------------------
+
+
+def test_operation_detail_lists_every_event_of_one_operation(service: Service) -> None:
+    result = reload(service, force=True)
+
+    detail = service.get(f"/operations/{result['operation_id']}")
+
+    assert detail.status_code == 200
+    body = detail.json()
+    assert body["operation"]["operation_id"] == result["operation_id"]
+    assert body["operation"]["status"] == "success"
+    logged = service.log.read_operation(result["operation_id"])
+    assert [e["position"] for e in body["events"]] == [e.position for e in logged]
+    assert [e["type"] for e in body["events"]] == RELOAD_APPLIED
+    assert [e["hash"] for e in body["events"]] == [e.hash for e in logged]
+    assert service.get(f"/operations/{uuid.uuid4()}").status_code == 404
+    assert service.get(f"/operations/{uuid.uuid4().hex}").status_code == 404
+    assert service.get("/operations/not-an-operation").status_code == 422
+
+
+def test_events_page_through_the_whole_audit_stream(service: Service) -> None:
+    apply(service, variant(database__pool_size=26))
+    reload(service, force=True)
+    logged = service.log.read()
+
+    seen: list[dict[str, Any]] = []
+    after = 0
+    for _ in range(100):
+        page = service.get("/events", params={"after": after, "limit": 4})
+        assert page.status_code == 200
+        body = page.json()
+        assert body["head"] >= len(logged)
+        if not body["events"]:
+            assert body["next_after"] == after
+            break
+        seen += body["events"]
+        after = body["next_after"]
+        assert after == body["events"][-1]["position"]
+    assert [e["position"] for e in seen[: len(logged)]] == [e.position for e in logged]
+    assert [e["type"] for e in seen[: len(logged)]] == [e.type for e in logged]
+    for bad in ({"after": -1}, {"limit": 0}, {"limit": 1001}, {"after": "x"}):
+        assert service.get("/events", params=bad).status_code == 422, bad
+
+
+# --- GET /verify, /timeline ------------------------------------------------------------------------
+
+
+def test_verify_checks_the_whole_chain(service: Service) -> None:
+    apply(service, variant(database__pool_size=27))
+
+    body = service.get("/verify").json()
+
+    assert body == {
+        "ok": True,
+        "checked": head(service),
+        "head": head(service),
+        "first_broken_position": None,
+        "reason": None,
+    }
+
+
+def test_timeline_replays_operations_in_a_window(service: Service) -> None:
+    first = reload(service, force=True)
+    middle_hash = apply(service, variant(database__pool_size=28))
+    middle = service.get("/history", params={"limit": 1}).json()["operations"][0]
+    last = reload(service, force=True)
+
+    everything = service.get("/timeline")
+    assert everything.status_code == 200
+    ids = [op["operation_id"] for op in everything.json()["operations"]]
+    assert {first["operation_id"], middle["operation_id"], last["operation_id"]} <= set(ids)
+    assert any(entry["type"] == "instance.started" for entry in everything.json()["lifecycle"])
+
+    window = service.get("/timeline", params={"since": middle["started_at"], "until": middle["completed_at"]})
+    assert window.status_code == 200
+    body = window.json()
+    assert [op["operation_id"] for op in body["operations"]] == [middle["operation_id"]]
+    assert [change["hash"] for change in body["config_changes"]] == [middle_hash]
+    assert body["config_changes"][0]["changes"] == ["database.pool_size"]
+
+    later = datetime.fromisoformat(middle["completed_at"]) + timedelta(days=1)
+    assert service.get("/timeline", params={"since": later.isoformat()}).json()["operations"] == []
+    inverted = service.get("/timeline", params={"since": later.isoformat(), "until": middle["started_at"]})
+    assert inverted.status_code == 400
+    assert service.get("/timeline", params={"since": "yesterday"}).status_code == 422
+
+
+# --- /healthz, /readyz -----------------------------------------------------------------------------
+
+
+def test_health_and_readiness_need_no_token(service: Service) -> None:
+    assert service.get("/healthz", token=None).json() == {"status": "ok"}
+    ready = service.get("/readyz", token=None)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "config_hash": short(service.current_full_hash())}
+
+
+def test_not_ready_until_a_config_is_applied(tmp_path: Path, database_url: str) -> None:
+    source = tmp_path / "conf" / "config.yaml"
+    source.parent.mkdir()
+    with serving(tmp_path, database_url, source=source) as service:
+        assert service.get("/healthz", token=None).status_code == 200
+        assert service.get("/readyz", token=None).status_code == 503
+        assert service.get("/current").status_code == 404
+
+        write_config(source, variant())
+        assert reload(service)["success"] is True
+
+        assert service.get("/readyz", token=None).status_code == 200
+        assert service.get("/current").json()["full_hash"] == full_hash_of(variant())
