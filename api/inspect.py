@@ -1,0 +1,622 @@
+"""Read-only inspection of an event log: what the operator CLI shows, straight from the database.
+
+The CLI's ``history``, ``stats``, ``status``, ``show``, ``diff``, ``replay``, ``verify`` and ``backups``
+work while the service is down (that is when an incident review happens), so they read the tables
+themselves instead of asking the HTTP API. They never write: no reloader or operation runner is started
+(those record ``instance.started``), no schema is migrated, no checkpoint is saved. Projections are folded
+here the way ``ProjectionSet`` folds them - restore each checkpoint, fold the tail - and then dropped.
+
+Every answer is a JSON-able value shaped like the HTTP API's (hashes as their first 16 hex digits, secret
+values as ``**********``); the CLI renders it as rich tables or prints it with ``--json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from api.schemas import (
+    BackupEntry,
+    BackupsResponse,
+    HistoryResponse,
+    OperationOut,
+    VerifyResponse,
+    VersionResponse,
+    short,
+)
+from api.settings import sqlite_path
+from projections.backups import BackupsProjection
+from projections.base import Projection
+from projections.current import CurrentProjection
+from projections.history import HistoryProjection
+from projections.stats import StatsProjection
+from projections.timeline import as_of, incident_replay, position_of_hash
+from store import migrate
+from store.database import describe_url, normalize_url
+from store.diff import diff_bodies
+from store.errors import SchemaError, SchemaTooNew, SecretKeyError, StoreError
+from store.events import (
+    ConfigApplied,
+    InstanceStarted,
+    InstanceStopped,
+    OperationRejected,
+    OperationStarted,
+    RecordedEvent,
+)
+from store.log import EventLog, StoredConfig
+from store.operations import ReloadOperation, build_operation
+from store.secrets import (
+    REDACTED,
+    ConfigPath,
+    SecretCipher,
+    dotted,
+    find_secret_paths,
+    is_sealed,
+    redact,
+    unseal,
+)
+
+__all__ = [
+    "CANNOT_COMPARE",
+    "CLI_INSTANCE_ID",
+    "LogInspector",
+    "LogNotFound",
+    "diff_cipher",
+    "open_readonly_log",
+]
+
+CLI_INSTANCE_ID = "confledger-cli"
+CANNOT_COMPARE = "(secret: cannot compare without the key)"
+DEFAULT_BACKUP_COUNT = 5
+_SCAN_BATCH = 500
+
+Progress = Callable[[int, int], None]
+
+
+class LogNotFound(StoreError):
+    """The database named holds no confledger log (and a read-only inspection will not create one)."""
+
+    code = "log_not_found"
+
+
+class _RedactingCipher(SecretCipher):
+    """Stands in for the key wherever only redacted output is wanted: every sealed value reads back as
+    ``**********`` and nothing can be sealed. Lets code that decrypts bodies (``as_of``) run keyless."""
+
+    def __init__(self) -> None:  # no keys on purpose
+        pass
+
+    def encrypt(self, value: Any) -> str:
+        raise SecretKeyError("a read-only inspection never stores secrets")
+
+    def decrypt(self, token: str) -> Any:
+        return REDACTED
+
+
+# --- opening ---------------------------------------------------------------------------------------------
+
+
+def open_readonly_log(url: str) -> EventLog:
+    """Open an existing log without migrating it; refuse a database that does not hold one yet.
+
+    An SQLite file that does not exist is refused before anything connects (connecting would create it).
+    """
+    parsed = normalize_url(url)
+    rendered = parsed.render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(rendered)
+        if path is None:
+            raise LogNotFound("an in-memory SQLite database never holds a log to inspect; name a file")
+        if not path.exists():
+            raise LogNotFound(
+                f"no confledger log at {path}: the database does not exist (check --database or "
+                "CONFLEDGER_DATABASE_URL; `confledger serve` creates it)"
+            )
+        if path.is_dir():
+            raise LogNotFound(f"{path} is a directory, not an SQLite database")
+    log = EventLog(parsed, instance_id=CLI_INSTANCE_ID, migrate_on_open=False)
+    try:
+        _check_schema(log)
+    except BaseException:
+        log.close()
+        raise
+    log.cipher = _RedactingCipher()
+    return log
+
+
+def _check_schema(log: EventLog) -> None:
+    revision = migrate.current_revision(log.engine)
+    where = describe_url(log.url)
+    if revision is None:
+        raise LogNotFound(
+            f"{where} holds no confledger log (no schema): check --database or CONFLEDGER_DATABASE_URL"
+        )
+    head = migrate.head_revision()
+    if revision == head:
+        return
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    try:
+        known = script.get_revision(revision)
+    except CommandError:
+        known = None
+    if known is None:
+        raise SchemaTooNew(
+            f"{where} is at schema revision {revision!r}, newer than this confledger knows ({head!r}): "
+            "inspect it with the release that wrote it"
+        )
+    raise SchemaError(
+        f"{where} is at schema revision {revision!r}, older than this confledger's {head!r}: "
+        "run `confledger db upgrade` (or start the service, which migrates) before inspecting it"
+    )
+
+
+def diff_cipher(
+    url: str, encryption_key: str | None, *, warn: Callable[[str], None] | None = None
+) -> SecretCipher | None:
+    """The key to compare secret values with: the one given, else the key file beside an SQLite log.
+
+    Returns None when there is none (secrets are then reported as not comparable). A key file that exists
+    but cannot be read is a warning, not an error: the diff is still useful without the secrets.
+    """
+    if encryption_key:
+        return SecretCipher.from_env_value(encryption_key)
+    database = sqlite_path(normalize_url(url).render_as_string(hide_password=False))
+    if database is None:
+        return None
+    key_file = database.with_name(database.name + ".key")
+    if not key_file.exists():
+        return None
+    try:
+        return SecretCipher.from_key_file(key_file, create=False)
+    except SecretKeyError as exc:
+        if warn is not None:
+            warn(f"{exc}; secrets are compared as sealed values")
+        return None
+
+
+# --- the fold --------------------------------------------------------------------------------------------
+
+
+def _materialize_nothing(_full_hash: str) -> None:
+    # The CLI needs the current hash and when it was applied, not a typed config object.
+    return None
+
+
+class LogInspector:
+    """Projections folded from an open log: checkpoints restored, the tail folded, nothing written."""
+
+    def __init__(self, log: EventLog, *, history_window: int = 500) -> None:
+        self.log = log
+        self.current = CurrentProjection(_materialize_nothing)
+        self.history = HistoryProjection(window=history_window)
+        self.stats = StatsProjection()
+        self.backups_projection = BackupsProjection(DEFAULT_BACKUP_COUNT)
+        self.projections: list[Projection] = [
+            self.current,
+            self.history,
+            self.stats,
+            self.backups_projection,
+        ]
+        self.head = 0
+        self.folded_from_checkpoints = 0
+        self.folded_events = 0
+        self._loaded = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, url: str, **options: Any) -> Iterator[LogInspector]:
+        log = open_readonly_log(url)
+        try:
+            yield cls(log, **options)
+        finally:
+            log.close()
+
+    def load(self) -> LogInspector:
+        """Restore every checkpoint that fits, then fold the events after it (at most once)."""
+        if self._loaded:
+            return self
+        self.head = self.log.head()
+        for projection in self.projections:
+            projection.reset()
+            projection.position = 0
+            checkpoint = self.log.load_checkpoint(projection.name)
+            if checkpoint is None or checkpoint.version != projection.version:
+                continue
+            if checkpoint.position > self.head:
+                continue  # a checkpoint from another log's history: not trusted
+            try:
+                projection.restore(checkpoint.state)
+            except (KeyError, TypeError, ValueError):
+                projection.reset()  # an unreadable checkpoint is only a cache: fold from zero
+                continue
+            projection.position = checkpoint.position
+            self.folded_from_checkpoints += 1
+        start = min(projection.position for projection in self.projections)
+        for event in self.log.iter_events(start, until=self.head):
+            for projection in self.projections:
+                projection.apply(event)
+            self.folded_events += 1
+        for projection in self.projections:
+            projection.settle()
+        self._loaded = True
+        return self
+
+    @property
+    def current_hash(self) -> str | None:
+        return self.current.hash
+
+    # --- history -----------------------------------------------------------------------------------
+
+    def history_page(
+        self,
+        limit: int = 20,
+        *,
+        before: int | None = None,
+        trigger: str | None = None,
+        status: str | None = None,
+    ) -> HistoryResponse:
+        """Operations newest first, like ``GET /history`` (``before`` is a position cursor)."""
+        self.load()
+        operations = self._operations(limit, before=before, trigger=trigger, status=status)
+        total = self.stats.count_matching(trigger=trigger, status=status)
+        return HistoryResponse(
+            operations=[OperationOut.of(op) for op in operations],
+            total_count=max(total, len(operations)),
+            limit=limit,
+            next_before=operations[-1].first_position if len(operations) == limit else None,
+        )
+
+    def _operations(
+        self, limit: int, *, before: int | None, trigger: str | None, status: str | None
+    ) -> list[ReloadOperation]:
+        def keep(op: ReloadOperation) -> bool:
+            return (
+                (before is None or op.first_position < before)
+                and (trigger is None or op.trigger.value == trigger)
+                and (status is None or op.status.value == status)
+            )
+
+        found = [op for op in self.history.recent() if keep(op)][:limit]
+        window_full = len(self.history.operations) >= self.history.window
+        if len(found) >= limit or not window_full:
+            return found
+        # Older than the window: fold those operations from the log, as the reloader does.
+        cursor = self.history.oldest_position if not found else found[-1].first_position
+        if before is not None:
+            cursor = min(cursor, before)
+        while len(found) < limit:
+            starts = self.log.read_reverse(
+                cursor, _SCAN_BATCH, types=[OperationStarted.event_type, OperationRejected.event_type]
+            )
+            for start in starts:
+                if start.operation_id is None:
+                    continue
+                operation = build_operation(self.log.read_operation(start.operation_id))
+                if keep(operation):
+                    found.append(operation)
+                    if len(found) >= limit:
+                        break
+            if len(starts) < _SCAN_BATCH:
+                break
+            cursor = starts[-1].position
+        return found
+
+    # --- stats -------------------------------------------------------------------------------------
+
+    def stats_summary(self) -> dict[str, Any]:
+        """The seed's keys first, then percentiles, per-trigger and per-service breakdowns."""
+        self.load()
+        return stats_document(self.stats.summary(), self.current_hash, len(self.backups_projection.backups))
+
+    # --- status ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        self.load()
+        current = self.current.snapshot().get("applied")
+        summary = self.stats.summary()
+        open_operations = [
+            OperationOut.of(build_operation(self.log.read_operation(started.operation_id))).model_dump(
+                mode="json"
+            )
+            for started in self.log.open_operations()
+            if started.operation_id is not None
+        ]
+        return {
+            "database": self.log.display_url,
+            "current_config_hash": short(self.current_hash),
+            "current_applied_at": None if current is None else current["applied_at"],
+            "current_applied_by": None if current is None else current["actor"],
+            "current_applied_position": None if current is None else current["position"],
+            "log_head": self.head,
+            "last_instance_started": _lifecycle_entry(self.log.last_of_type(InstanceStarted.event_type)),
+            "last_instance_stopped": _lifecycle_entry(self.log.last_of_type(InstanceStopped.event_type)),
+            "instances": self._instances(),
+            "open_operations": open_operations,
+            "service_drift": {
+                service: short(running) or ""
+                for service, running in self.stats.drift(self.current_hash).items()
+            },
+            "available_backups": len(self.backups_projection.backups),
+            "reload_statistics": {
+                "total_operations": summary["total_operations"],
+                "success_rate": summary["success_rate"],
+                "average_duration_ms": summary["average_duration_ms"],
+            },
+        }
+
+    def _instances(self, scan: int = 200, keep: int = 10) -> list[dict[str, Any]]:
+        """Each recently seen instance with its last lifecycle event: ``up`` (or crashed) / ``stopped``."""
+        latest: dict[str, RecordedEvent] = {}
+        for event in self.log.read_reverse(
+            limit=scan, types=[InstanceStarted.event_type, InstanceStopped.event_type]
+        ):
+            latest.setdefault(event.instance_id, event)
+        entries = []
+        for instance_id, event in list(latest.items())[:keep]:
+            entry = _lifecycle_entry(event) or {}
+            entry["instance_id"] = instance_id
+            entry["state"] = "up" if isinstance(event.payload, InstanceStarted) else "stopped"
+            entries.append(entry)
+        return entries
+
+    # --- configs -----------------------------------------------------------------------------------
+
+    def show(self, reference: str) -> VersionResponse:
+        """A stored config by hash or prefix, secrets redacted (no key needed: bodies stay sealed)."""
+        stored = self.log.get_config(reference, reveal=False)
+        return VersionResponse(
+            hash=stored.hash[:16],
+            full_hash=stored.hash,
+            size_bytes=stored.size_bytes,
+            created_at=stored.created_at,
+            first_position=stored.first_position,
+            applied=self.log.was_applied(stored.hash),
+            config=_redacted(stored),
+        )
+
+    def diff(self, from_reference: str, to_reference: str, cipher: SecretCipher | None) -> dict[str, Any]:
+        """Dotted-path changes between two stored configs, secret values shown as ``**********``.
+
+        With the key, secrets are compared by value (a changed secret is listed, never shown). Without it
+        they can only be compared sealed, so a secret present on both sides is listed as not comparable.
+        """
+        old = self.log.get_config(from_reference, reveal=False)
+        new = self.log.get_config(to_reference, reveal=False)
+        secret_paths: set[ConfigPath] = set(old.secret_paths | new.secret_paths)
+        if cipher is not None:
+            old_body, new_body = unseal(old.body, cipher), unseal(new.body, cipher)
+            secret_paths |= find_secret_paths(old_body) | find_secret_paths(new_body)
+            changes = [c.as_dict() for c in diff_bodies(old_body, new_body, secret_paths=secret_paths)]
+        else:
+            old_body, new_body = _sealed_as_leaves(old.body), _sealed_as_leaves(new.body)
+            secret_paths |= find_secret_paths(old.body) | find_secret_paths(new.body)
+            both_sealed = _dotted_set(old.secret_paths) & _dotted_set(new.secret_paths)
+            changes = []
+            for change in diff_bodies(old_body, new_body, secret_paths=secret_paths):
+                entry = change.as_dict()
+                if change.path in both_sealed and change.kind == "changed":
+                    entry.update(kind="unknown", old=CANNOT_COMPARE, new=CANNOT_COMPARE)
+                changes.append(entry)
+        return {
+            "from_hash": old.hash[:16],
+            "to_hash": new.hash[:16],
+            "secrets_compared": cipher is not None,
+            "changes": changes,
+        }
+
+    def backups(self, count: int = DEFAULT_BACKUP_COUNT) -> BackupsResponse:
+        """The last ``count`` distinct configs applied before the current one, newest first.
+
+        Folded by ``BackupsProjection`` over just the ``config.applied`` events it needs (found newest
+        first), so any count is answered without replaying the whole log.
+        """
+        projection = BackupsProjection(count)
+        for operation_start, applied in self._recent_distinct_applies(count + 1):
+            if operation_start is not None:
+                projection.fold(operation_start)
+            projection.fold(applied)
+        current = projection.entries[0]["hash"] if projection.entries else None
+        return BackupsResponse(
+            backups=[
+                BackupEntry(
+                    hash=entry["hash"][:16],
+                    full_hash=entry["hash"],
+                    created_at=datetime.fromisoformat(entry["applied_at"]),
+                    actor=entry["actor"],
+                    trigger=entry["trigger"],
+                    operation_id=entry["operation_id"],
+                )
+                for entry in projection.backups
+            ],
+            backup_count=count,
+            current_config_hash=short(current),
+        )
+
+    def _recent_distinct_applies(self, wanted: int) -> list[tuple[RecordedEvent | None, RecordedEvent]]:
+        """The newest ``config.applied`` of each of the last ``wanted`` distinct hashes, oldest first,
+        each with its operation's ``operation.started`` (for the trigger)."""
+        seen: set[str] = set()
+        picked: list[RecordedEvent] = []
+        before: int | None = None
+        while len(picked) < wanted:
+            batch = self.log.read_reverse(before, _SCAN_BATCH, types=[ConfigApplied.event_type])
+            for event in batch:
+                if isinstance(event.payload, ConfigApplied) and event.payload.hash not in seen:
+                    seen.add(event.payload.hash)
+                    picked.append(event)
+                    if len(picked) >= wanted:
+                        break
+            if len(batch) < _SCAN_BATCH:
+                break
+            before = batch[-1].position
+        result: list[tuple[RecordedEvent | None, RecordedEvent]] = []
+        for applied in reversed(picked):
+            start = None
+            if applied.operation_id is not None:
+                start = next(
+                    (
+                        e
+                        for e in self.log.read_operation(applied.operation_id)
+                        if e.type == "operation.started"
+                    ),
+                    None,
+                )
+            result.append((start, applied))
+        return result
+
+    # --- integrity ---------------------------------------------------------------------------------
+
+    def verify(self) -> VerifyResponse:
+        report = self.log.verify()
+        return VerifyResponse(
+            ok=report.ok,
+            checked=report.checked,
+            head=report.head,
+            first_broken_position=report.first_broken_position,
+            reason=report.reason,
+        )
+
+    # --- replay ------------------------------------------------------------------------------------
+
+    def timeline(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+        """Incident replay: who did what, by which trigger, which services failed, what changed."""
+        incident = incident_replay(self.log, since, until)
+        operations = [OperationOut.of(op).model_dump(mode="json") for op in incident.operations]
+        failed: dict[str, int] = {}
+        for op in incident.operations:
+            for label in op.services_notified:
+                service, _, outcome = label.rpartition(":")
+                if outcome != "success":
+                    failed[service] = failed.get(service, 0) + 1
+        return {
+            "since": None if since is None else since.isoformat(),
+            "until": None if until is None else until.isoformat(),
+            "operations": operations,
+            "failed_services": dict(sorted(failed.items())),
+            "lifecycle": incident.lifecycle,
+            "config_changes": [
+                {**change, "hash": short(change["hash"]), "previous_hash": short(change["previous_hash"])}
+                for change in incident.config_changes
+            ],
+        }
+
+    def until_hash_positions(self, reference: str) -> tuple[int, int]:
+        """Where ``reference`` was last applied, and where the operation that applied it completed."""
+        applied_at = position_of_hash(self.log, reference)
+        found = self.log.read(applied_at - 1, 1)
+        position = applied_at
+        if found and found[0].operation_id is not None:
+            operation = self.log.read_operation(found[0].operation_id)
+            if operation:
+                position = max(applied_at, operation[-1].position)
+        return applied_at, position
+
+    def replay_until_hash(
+        self,
+        reference: str,
+        *,
+        history_limit: int = 20,
+        backup_count: int = DEFAULT_BACKUP_COUNT,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Every projection rebuilt from zero as it stood when ``reference`` was last applied (through
+        the end of the operation that applied it, so that operation shows with its outcome)."""
+        applied_at, position = self.until_hash_positions(reference)
+        state = as_of(
+            self.log,
+            position,
+            backup_count=backup_count,
+            history_window=max(history_limit, 1),
+            progress=progress,
+        )
+        if progress is not None:
+            progress(state.position, position)
+        config = None if state.config is None else redact(state.config, find_secret_paths(state.config))
+        return {
+            "position": state.position,
+            "applied_position": applied_at,
+            "occurred_at": None if state.occurred_at is None else state.occurred_at.isoformat(),
+            "current_config_hash": short(state.current_hash),
+            "config": config,
+            "history": [OperationOut.of(op).model_dump(mode="json") for op in state.history[:history_limit]],
+            "stats": stats_document(state.stats, state.current_hash, len(state.backups)),
+            "backups": [
+                {
+                    "hash": short(entry["hash"]),
+                    "full_hash": entry["hash"],
+                    "created_at": entry["applied_at"],
+                    "actor": entry["actor"],
+                    "trigger": entry["trigger"],
+                    "operation_id": entry["operation_id"],
+                }
+                for entry in state.backups
+            ],
+        }
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+_SEED_KEYS = (
+    "total_operations",
+    "successful_operations",
+    "failed_operations",
+    "success_rate",
+    "average_duration_ms",
+)
+
+
+def stats_document(summary: dict[str, Any], current_hash: str | None, backups: int) -> dict[str, Any]:
+    """``GET /stats``'s shape from a ``StatsProjection.summary()``, hashes shortened."""
+    services = {
+        name: {**entry, "running_hash": short(entry.get("running_hash"))}
+        for name, entry in summary.get("services", {}).items()
+    }
+    return {
+        **{key: summary[key] for key in _SEED_KEYS},
+        "backups_available": backups,
+        "current_config_hash": short(current_hash),
+        **{key: value for key, value in summary.items() if key not in _SEED_KEYS and key != "services"},
+        "services": services,
+    }
+
+
+def _lifecycle_entry(event: RecordedEvent | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    entry: dict[str, Any] = {
+        "position": event.position,
+        "occurred_at": event.occurred_at.isoformat(),
+        "instance_id": event.instance_id,
+    }
+    payload = event.payload
+    if isinstance(payload, InstanceStarted):
+        entry.update(version=payload.version, host=payload.host, pid=payload.pid)
+        entry["current_hash"] = short(payload.current_hash)
+    elif isinstance(payload, InstanceStopped):
+        entry["reason"] = payload.reason
+    return entry
+
+
+def _redacted(stored: StoredConfig) -> dict[str, Any]:
+    return redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
+
+
+def _sealed_as_leaves(body: Any) -> Any:
+    """Sealed values as plain strings, so a diff compares them as leaves (never as nested objects)."""
+    if is_sealed(body):
+        return "sealed:" + str(next(iter(body.values())))
+    if isinstance(body, dict):
+        return {key: _sealed_as_leaves(child) for key, child in body.items()}
+    if isinstance(body, list):
+        return [_sealed_as_leaves(child) for child in body]
+    return body
+
+
+def _dotted_set(paths: Any) -> set[str]:
+    return {dotted(path) for path in paths}
