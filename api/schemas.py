@@ -11,6 +11,7 @@ from store.events import RecordedEvent
 from store.operations import ReloadOperation
 
 __all__ = [
+    "MAX_POSITION",
     "BackupEntry",
     "BackupsResponse",
     "CurrentResponse",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 SHORT = 16
+# Positions are BIGINT in both backends: a larger cursor from a client is refused (422), not a 500.
+MAX_POSITION = 2**63 - 1
 
 
 def short(full_hash: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from api.deps import ReaderCaller, ReloaderDep
 from api.schemas import (
+    MAX_POSITION,
     ErrorResponse,
     EventOut,
     EventsResponse,
@@ -30,7 +31,7 @@ MAX_TIMELINE_EVENTS = 50_000
 async def events(
     reloader: ReloaderDep,
     _caller: ReaderCaller,
-    after: Annotated[int, Query(ge=0, description="return events after this position")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_POSITION, description="return events after this position")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventsResponse:
     """Events after a position, oldest first: the raw, hash-chained audit stream."""
@@ -64,6 +65,7 @@ async def timeline(
     until: Annotated[datetime | None, Query(description="ISO 8601 end of the window")] = None,
 ) -> TimelineResponse:
     """Incident replay: operations in a time window with per-service outcomes and config changes."""
+    since, until = _in_utc("since", since), _in_utc("until", until)
     if since is not None and until is not None and since > until:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
     incident = await anyio.to_thread.run_sync(lambda: incident_replay(reloader.log, since, until))
@@ -74,3 +76,21 @@ async def timeline(
         lifecycle=incident.lifecycle,
         config_changes=incident.config_changes,
     )
+
+
+def _in_utc(name: str, moment: datetime | None) -> datetime | None:
+    """A window bound in UTC (a naive one is taken to be UTC, as the log stores times).
+
+    Comparing a naive bound with an aware one, or shifting 0001-01-01T00:00+14:00 into UTC, would
+    otherwise raise inside the request: the caller gets a 400 naming the bound instead.
+    """
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"{name} is out of range once converted to UTC"
+        ) from None

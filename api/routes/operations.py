@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
 from api.errors import STATUS_BY_CODE
 from api.schemas import (
+    MAX_POSITION,
     ErrorResponse,
     EventOut,
     HistoryResponse,
@@ -116,7 +117,9 @@ async def history(
     reloader: ReloaderDep,
     _caller: ReaderCaller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[int | None, Query(ge=1, description="position cursor from next_before")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_POSITION, description="position cursor from next_before")
+    ] = None,
     trigger: Annotated[Trigger | None, Query()] = None,
     status_: Annotated[ReloadStatus | None, Query(alias="status")] = None,
 ) -> HistoryResponse:

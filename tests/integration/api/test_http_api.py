@@ -782,3 +782,33 @@ def test_not_ready_until_a_config_is_applied(tmp_path: Path, database_url: str) 
 
         assert service.get("/readyz", token=None).status_code == 200
         assert service.get("/current").json()["full_hash"] == full_hash_of(variant())
+
+
+# --- inputs schemathesis found answering 500 (now refused or handled) ------------------------------
+
+# (path, query, status code): cursors beyond BIGINT, and time bounds that mix or overflow time zones
+EDGE_INPUTS = [
+    ("/events", {"after": 2**63}, 422),  # beyond BIGINT: refused, not an overflow in the driver
+    ("/events", {"after": 2**70}, 422),
+    ("/events", {"after": 2**63 - 1}, 200),  # the largest position is a valid (empty) cursor
+    ("/history", {"before": 2**63}, 422),
+    ("/history", {"before": 2**63 - 1}, 200),
+    ("/timeline", {"since": "2020-01-01T00:00:00", "until": "2020-01-02T00:00:00Z"}, 200),  # naive + aware
+    ("/timeline", {"since": "2020-01-01T00:00:00+01:00"}, 200),
+    ("/timeline", {"until": "0001-01-01T00:00:00+14:00"}, 400),  # before year 1 once in UTC
+    ("/timeline", {"since": "9999-12-31T23:59:59-14:00"}, 400),  # after year 9999 once in UTC
+]
+
+
+@pytest.mark.parametrize(("path", "query", "code"), EDGE_INPUTS)
+def test_edge_inputs_get_a_clear_answer_never_a_500(
+    service: Service, path: str, query: dict[str, Any], code: int
+) -> None:
+    response = service.get(path, params=query)
+    assert response.status_code == code, response.text
+    if path == "/events" and code == 200:
+        assert response.json()["events"] == []
+    if path == "/timeline" and code == 200:
+        for bound in ("since", "until"):
+            if response.json()[bound] is not None:
+                assert datetime.fromisoformat(response.json()[bound]).utcoffset() == timedelta(0)
