@@ -214,8 +214,31 @@ class EventLog:
         and another ``config.applied`` has landed since, nothing is written and ``ConcurrencyConflict``
         is raised, so a decision made on stale state never silently overwrites a newer one.
         """
+        positions, _ = self._append(new_events, expected_head, configs, recorded=False)
+        return positions
+
+    def append_recorded(
+        self,
+        new_events: Sequence[NewEvent],
+        *,
+        expected_head: int | None = None,
+        configs: Iterable[PreparedConfig] = (),
+    ) -> list[RecordedEvent]:
+        """``append``, returning the events as recorded (what reading them back would give), so a caller
+        can fold what it just wrote without a round trip to the database."""
+        _, recorded = self._append(new_events, expected_head, configs, recorded=True)
+        return recorded
+
+    def _append(
+        self,
+        new_events: Sequence[NewEvent],
+        expected_head: int | None,
+        configs: Iterable[PreparedConfig],
+        *,
+        recorded: bool,
+    ) -> tuple[list[int], list[RecordedEvent]]:
         if not new_events:
-            return []
+            return [], []
         prepared = [self._payload_row(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         with write_transaction(self.engine) as connection:
@@ -245,13 +268,15 @@ class EventLog:
             connection.execute(events.insert(), rows)
             for config in configs:
                 self._store_config(connection, config, first_position=head_position + 1)
-        if self._listeners:
-            recorded = [
-                self._recorded(row, event.payload) for row, event in zip(rows, new_events, strict=True)
-            ]
-            for listener in list(self._listeners):
-                listener(recorded)
-        return [row["position"] for row in rows]
+        positions = [row["position"] for row in rows]
+        if not (recorded or self._listeners):
+            return positions, []
+        events_recorded = [
+            self._recorded(row, event.payload) for row, event in zip(rows, new_events, strict=True)
+        ]
+        for listener in list(self._listeners):
+            listener(events_recorded)
+        return positions, events_recorded
 
     def subscribe(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
         """Call ``listener`` with each batch this process appends, after it commits; returns an unsubscribe.

@@ -79,6 +79,7 @@ INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
 _CONFIG_CACHE_SIZE = 16
+_COLLECTED_MAX = 64
 
 
 class ReloadStatus(StrEnum):
@@ -316,6 +317,9 @@ class OperationRunner:
         self._followup_queued = False
         self._had_content: dict[str, bool] = {}
         self._config_cache: dict[str, Any] = {}
+        # The events each operation of this runner appended, as the log recorded them: its answer is
+        # folded from these instead of being read back (see _operation_result).
+        self._collected: dict[uuid.UUID, list[RecordedEvent]] = {}
         self.on_active_changed: list[Callable[[ActiveConfig], None]] = []
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -329,15 +333,33 @@ class OperationRunner:
     ) -> list[int]:
         # Every database call goes to a worker thread: an fsync must never stall the event loop.
         configs = list(configs)
-        positions = await anyio.to_thread.run_sync(
-            lambda: self.log.append(events, expected_head=expected_head, configs=configs)
+        recorded = await anyio.to_thread.run_sync(
+            lambda: self.log.append_recorded(events, expected_head=expected_head, configs=configs)
         )
-        if positions:
-            self._known_head = max(self._known_head, positions[-1])
-        return positions
+        if recorded:
+            self._known_head = max(self._known_head, recorded[-1].position)
+        for event in recorded:
+            if event.operation_id is not None:
+                bucket = self._collected.get(event.operation_id)
+                if bucket is not None:
+                    bucket.append(event)
+        return [event.position for event in recorded]
+
+    def _new_operation_id(self) -> uuid.UUID:
+        operation_id = uuid.uuid4()
+        # Entries left by operations that ended in an exception are dropped; a dropped entry only
+        # means that operation's answer is read back from the log.
+        while len(self._collected) >= _COLLECTED_MAX:
+            del self._collected[next(iter(self._collected))]
+        self._collected[operation_id] = []
+        return operation_id
 
     async def _operation_result(self, operation_id: uuid.UUID) -> ReloadOperation:
-        events = await anyio.to_thread.run_sync(self.log.read_operation, operation_id)
+        # Every event of an operation is appended by this runner, after its id was registered, so the
+        # collected list is exactly what read_operation would return - without a database round trip.
+        events = self._collected.pop(operation_id, None)
+        if not events:
+            events = await anyio.to_thread.run_sync(self.log.read_operation, operation_id)
         return build_operation(events)
 
     def _set_active(self, active: ActiveConfig) -> None:
@@ -459,7 +481,7 @@ class OperationRunner:
         source: str | None,
         client: str | None,
     ) -> ReloadOperation:
-        operation_id = uuid.uuid4()
+        operation_id = self._new_operation_id()
         message = f"{IN_PROGRESS_MESSAGE} ({self._running})"
         await self._append(
             [
@@ -492,7 +514,7 @@ class OperationRunner:
         client: str | None = None,
     ) -> ReloadOperation:
         """Record a request refused before it became an operation (e.g. a source outside the allow-list)."""
-        operation_id = uuid.uuid4()
+        operation_id = self._new_operation_id()
         await self._append(
             [
                 NewEvent(
@@ -567,7 +589,7 @@ class OperationRunner:
             if self._running is not None:
                 result = await self._reject(OperationKind.RELOAD, trigger, actor, source, client)
             else:
-                operation_id = uuid.uuid4()
+                operation_id = self._new_operation_id()
                 self._running = operation_id
                 self._idle = anyio.Event()
                 try:
@@ -726,7 +748,7 @@ class OperationRunner:
             if self._running is not None:
                 result = await self._reject(OperationKind.ROLLBACK, trigger, actor, None, client)
             else:
-                operation_id = uuid.uuid4()
+                operation_id = self._new_operation_id()
                 self._running = operation_id
                 self._idle = anyio.Event()
                 try:
