@@ -618,16 +618,20 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     services = ServiceRegistry()
     services.register("search_index", search_index, priority=1)
     app = FastAPI()
-    lifecycle = setup_configuration_lifecycle(
-        app,
-        config_model=AppConfig,
-        config_source=source,
-        database_url=database_url,
-        validators=VALIDATORS,
-        services=services,
-        enable_signal_handler=False,
-        sqlite_synchronous="NORMAL",
-    )
+    with pytest.MonkeyPatch.context() as environment:
+        # No token from the developer's shell: the lifecycle generates the token file, as `serve` does.
+        for name in ("CONFLEDGER_ADMIN_TOKEN", "CONFLEDGER_READ_TOKEN", "CONFLEDGER_ENCRYPTION_KEY"):
+            environment.delenv(name, raising=False)
+        lifecycle = setup_configuration_lifecycle(
+            app,
+            config_model=AppConfig,
+            config_source=source,
+            database_url=database_url,
+            validators=VALIDATORS,
+            services=services,
+            enable_signal_handler=False,
+            sqlite_synchronous="NORMAL",
+        )
     assert lifecycle.token_file is not None
     assert lifecycle.token_created
     port = free_port()
