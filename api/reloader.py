@@ -84,7 +84,9 @@ class ConfigReloader:
             version=store.__version__,
             tracer=tracer,
         )
+        self.current = None
         self._current = CurrentProjection(self._materialize)
+        self._current.listeners.append(self._on_current)
         self._history = HistoryProjection(window=history_window)
         self._stats = StatsProjection()
         self._backups = BackupsProjection(backup_count)
@@ -217,20 +219,24 @@ class ConfigReloader:
 
     # --- reading the config (hot path) ---------------------------------------------------------------
 
-    @property
-    def current(self) -> CurrentConfig | None:
-        """The current config snapshot; one attribute read, safe from any thread."""
-        return self._current.value
+    current: CurrentConfig | None
+    """The current config snapshot: one attribute read (no property call, no lock), safe from any thread.
+
+    A plain attribute, kept equal to the current projection's published value; read it, never assign it.
+    """
+
+    def _on_current(self, value: CurrentConfig | None) -> None:
+        self.current = value
 
     def get_config(self) -> Any:
-        value = self._current.value
+        value = self.current
         if value is None:
             raise LookupError("no configuration has been applied yet")
         return value.config
 
     @property
     def current_hash(self) -> str | None:
-        value = self._current.value
+        value = self.current
         return None if value is None else value.hash
 
     # --- commands ------------------------------------------------------------------------------------

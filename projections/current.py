@@ -42,11 +42,19 @@ class CurrentProjection(Projection):
     def __init__(self, materialize: Callable[[str], Any]) -> None:
         self._materialize = materialize
         self.value: CurrentConfig | None = None
+        # Called with each newly published value, on the folding thread (a facade mirrors it into a
+        # plain attribute of its own, so its readers pay one attribute load, not a property call).
+        self.listeners: list[Callable[[CurrentConfig | None], None]] = []
         super().__init__()
+
+    def _publish(self, value: CurrentConfig | None) -> None:
+        self.value = value
+        for listener in self.listeners:
+            listener(value)
 
     def reset(self) -> None:
         self._applied: dict[str, Any] | None = None
-        self.value = None
+        self._publish(None)
 
     def fold(self, event: RecordedEvent) -> None:
         if isinstance(event.payload, ConfigApplied):
@@ -61,18 +69,20 @@ class CurrentProjection(Projection):
     def settle(self) -> None:
         applied = self._applied
         if applied is None:
-            self.value = None
+            self._publish(None)
             return
         if self.value is not None and self.value.position == applied["position"]:
             return
         # Built completely before the single assignment that publishes it.
-        self.value = CurrentConfig(
-            hash=applied["hash"],
-            config=self._materialize(applied["hash"]),
-            applied_at=datetime.fromisoformat(applied["applied_at"]),
-            position=int(applied["position"]),
-            actor=applied["actor"],
-            instance_id=applied["instance_id"],
+        self._publish(
+            CurrentConfig(
+                hash=applied["hash"],
+                config=self._materialize(applied["hash"]),
+                applied_at=datetime.fromisoformat(applied["applied_at"]),
+                position=int(applied["position"]),
+                actor=applied["actor"],
+                instance_id=applied["instance_id"],
+            )
         )
 
     @property
@@ -84,4 +94,4 @@ class CurrentProjection(Projection):
 
     def restore(self, state: dict[str, Any]) -> None:
         self._applied = state.get("applied")
-        self.value = None
+        self._publish(None)
