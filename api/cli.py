@@ -175,6 +175,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
+    from api.logs import configure_logging
     from api.security import TokenError
     from api.server import ModelImportError, create_app
     from api.settings import Settings
@@ -193,6 +194,7 @@ def serve(
         overrides["database_url"] = database
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+        configure_logging(settings.log_format, log_level)
         fastapi_app, lifecycle = create_app(settings)
     except (ModelImportError, TokenError, StoreError, ValidationError) as exc:
         message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _settings_error(exc)
@@ -998,4 +1000,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
