@@ -41,7 +41,11 @@ def _rejected(operation: ReloadOperation) -> JSONResponse:
 @router.post(
     "/reload",
     response_model=OperationOut,
-    responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse, "description": "the body is not JSON"},
+        403: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+    },
 )
 async def reload(
     request: ReloadRequest, http: Request, reloader: ReloaderDep, lifecycle: LifecycleDep, caller: AdminCaller
@@ -86,7 +90,11 @@ async def reload(
     "/rollback",
     response_model=OperationOut,
     responses={
-        400: {"model": OperationOut, "description": "the rollback failed (or the prefix is ambiguous)"},
+        400: {
+            # A refused rollback is an operation; a body that is not JSON never became one.
+            "model": OperationOut | ErrorResponse,
+            "description": "the rollback failed (or the prefix is ambiguous), or the body is not JSON",
+        },
         404: {"model": OperationOut, "description": "no applied config has that hash"},
         409: {"model": ErrorResponse},
     },

@@ -19,6 +19,7 @@ import pytest
 from store.operations import build_operation
 from store.schema import config_versions
 from tests.integration.api.service_harness import (
+    ADMIN_TOKEN,
     FIRECRAWL_KEY,
     OPENAI_KEY,
     SEED_RELOAD_KEYS,
@@ -812,3 +813,18 @@ def test_edge_inputs_get_a_clear_answer_never_a_500(
         for bound in ("since", "until"):
             if response.json()[bound] is not None:
                 assert datetime.fromisoformat(response.json()[bound]).utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("path", ["/reload", "/rollback"])
+def test_an_undecodable_body_is_a_documented_400_and_records_nothing(service: Service, path: str) -> None:
+    head_before = head(service)
+    response = service.client.post(
+        f"/api/v1/config{path}",
+        content=b"\xff{",  # not UTF-8: FastAPI answers 400 before any validation, not 422
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"detail"}
+    documented = service.app.openapi()["paths"][f"/api/v1/config{path}"]["post"]["responses"]["400"]
+    assert "ErrorResponse" in str(documented)  # the schema says a 400 may be this error shape
+    assert head(service) == head_before
