@@ -48,7 +48,6 @@ from store.events import (
 from store.log import EventLog, StoredConfig
 from store.operations import ReloadOperation, build_operation
 from store.secrets import (
-    REDACTED,
     ConfigPath,
     SecretCipher,
     dotted,
@@ -81,20 +80,6 @@ class LogNotFound(StoreError):
     code = "log_not_found"
 
 
-class _RedactingCipher(SecretCipher):
-    """Stands in for the key wherever only redacted output is wanted: every sealed value reads back as
-    ``**********`` and nothing can be sealed. Lets code that decrypts bodies (``as_of``) run keyless."""
-
-    def __init__(self) -> None:  # no keys on purpose
-        pass
-
-    def encrypt(self, value: Any) -> str:
-        raise SecretKeyError("a read-only inspection never stores secrets")
-
-    def decrypt(self, token: str) -> Any:
-        return REDACTED
-
-
 # --- opening ---------------------------------------------------------------------------------------------
 
 
@@ -122,7 +107,6 @@ def open_readonly_log(url: str) -> EventLog:
     except BaseException:
         log.close()
         raise
-    log.cipher = _RedactingCipher()
     return log
 
 

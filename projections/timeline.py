@@ -89,7 +89,8 @@ def as_of(
             progress(event.position, position)
     config = None
     if current_hash is not None:
-        stored = log.get_config(current_hash)
+        # Left sealed: a replay shows secrets as ********** anyway, so it needs no key.
+        stored = log.get_config(current_hash, reveal=False)
         config = redact(stored.body, stored.secret_paths)
     return AsOf(
         position=0 if last is None else last.position,

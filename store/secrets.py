@@ -63,8 +63,15 @@ def _name_parts(name: str) -> list[str]:
     return [part for part in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if part]
 
 
+# A name that ends in one of these describes a secret ("api_key_header", "token_url", "password_file")
+# rather than holding one, so it stays readable.
+_DESCRIBING_SUFFIXES = {"header", "name", "url", "uri", "file", "path", "ttl", "type", "length", "env", "field", "prefix"}
+
+
 def looks_secret(name: str) -> bool:
     parts = _name_parts(name)
+    if parts and parts[-1] in _DESCRIBING_SUFFIXES:
+        return False
     if any(part in _SECRET_PARTS for part in parts):
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))

@@ -27,6 +27,9 @@ from store.secrets import (
     ("name", "secret"),
     [
         ("max_tokens", False),  # "tokens" is a count, not a token
+        ("api_key_header", False),  # names the header that carries a key, holds no key
+        ("token_url", False),  # where to fetch a token, not the token
+        ("password_file", False),  # a path to a secret, not the secret
         ("tokenizer", False),  # a name part must match whole
         ("keyspace", False),  # "key" alone is not a secret
         ("sort_key", False),  # nor is a key that sorts
