@@ -320,6 +320,7 @@ class OperationRunner:
         # The events each operation of this runner appended, as the log recorded them: its answer is
         # folded from these instead of being read back (see _operation_result).
         self._collected: dict[uuid.UUID, list[RecordedEvent]] = {}
+        self._prepared: dict[tuple[str | None, frozenset[ConfigPath], int], PreparedConfig] = {}
         self.on_active_changed: list[Callable[[ActiveConfig], None]] = []
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -344,6 +345,21 @@ class OperationRunner:
                 if bucket is not None:
                     bucket.append(event)
         return [event.position for event in recorded]
+
+    async def _prepare(
+        self, body: dict[str, Any], secret_paths: frozenset[ConfigPath], digest: str | None
+    ) -> PreparedConfig:
+        # Sealing encrypts every secret and hashes the body again. Bodies are content-addressed, so one
+        # this runner has sealed before is as good sealed again: reuse it, with no worker-thread hop.
+        key = (digest, secret_paths, id(self.log.cipher))
+        prepared = self._prepared.get(key) if digest is not None else None
+        if prepared is None:
+            prepared = await anyio.to_thread.run_sync(lambda: self.log.prepare_config(body, secret_paths))
+            if prepared.hash == digest:
+                self._prepared[key] = prepared
+                while len(self._prepared) > _CONFIG_CACHE_SIZE:
+                    del self._prepared[next(iter(self._prepared))]
+        return prepared
 
     def _new_operation_id(self) -> uuid.UUID:
         operation_id = uuid.uuid4()
@@ -696,11 +712,7 @@ class OperationRunner:
         )
         configs: list[PreparedConfig] = []
         if outcome.body is not None:
-            configs.append(
-                await anyio.to_thread.run_sync(
-                    lambda: self.log.prepare_config(outcome.body or {}, outcome.secret_paths)
-                )
-            )
+            configs.append(await self._prepare(outcome.body, outcome.secret_paths, outcome.hash))
 
         if (
             outcome.hash is not None
