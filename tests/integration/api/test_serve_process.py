@@ -1,0 +1,263 @@
+"""``confledger serve`` as a real process: SIGHUP, file watching, SIGTERM and a restart.
+
+The console script next to the interpreter is started on a free port with the example model, an admin
+token from the environment and the default log (an SQLite file next to the config). The test speaks
+HTTP to it, signals it, rewrites its config file both atomically and in place, stops it, starts it
+again, and checks that what the log says survived the restart unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.api.service_harness import (
+    ADMIN_TOKEN,
+    EXAMPLE_CONFIG,
+    FIRECRAWL_KEY,
+    OPENAI_KEY,
+    PREFIX,
+    REPO,
+    full_hash_of,
+    variant,
+)
+
+CONFLEDGER = Path(sys.executable).parent / "confledger"
+T = TypeVar("T")
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX-only")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 20.0, every: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something other than None (or fail after a generous timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    output: Path
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.client.get(PREFIX + path, params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, **params: Any) -> Any:
+        response = self.client.post(PREFIX + path, params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def count(self, trigger: str) -> int:
+        return int(self.get("/history", trigger=trigger, limit=1)["total_count"])
+
+    def operations(self, trigger: str) -> list[dict[str, Any]]:
+        return list(self.get("/history", trigger=trigger, limit=100)["operations"])
+
+
+@contextmanager
+def confledger_serve(workdir: Path, config: Path, port: int, run: int) -> Iterator[Server]:
+    """Start ``confledger serve`` and wait until it is ready; on leaving, make sure it is gone."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    environment["CONFLEDGER_ADMIN_TOKEN"] = ADMIN_TOKEN
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    output = workdir / f"serve-{run}.log"
+    command = [
+        str(CONFLEDGER),
+        "serve",
+        "--config",
+        str(config),
+        "--model",
+        "examples.app_config:AppConfig",
+        "--port",
+        str(port),
+    ]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT
+        )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+    )
+    try:
+
+        def ready() -> bool | None:
+            if process.poll() is not None:
+                raise AssertionError(f"confledger serve exited early:\n{output.read_text(errors='replace')}")
+            try:
+                return True if client.get("/readyz").status_code == 200 else None
+            except httpx.TransportError:
+                return None
+
+        wait_for("/readyz", ready, timeout=60)
+        yield Server(process, client, output)
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# How a gracefully stopped server may exit: 0, or by the SIGTERM uvicorn re-raises after its graceful
+# shutdown (uvicorn >= 0.29 does, so the parent sees "terminated by SIGTERM", which systemd counts as a
+# clean stop). Anything else - a non-zero status, SIGKILL, a hang - fails.
+GRACEFUL_EXITS = (0, -signal.SIGTERM)
+
+
+def stop(server: Server) -> None:
+    """SIGTERM, then a graceful exit within a generous timeout, with the lifespan's shutdown completed."""
+    server.process.send_signal(signal.SIGTERM)
+    returncode = server.process.wait(timeout=15)
+    printed = server.output.read_text(errors="replace")
+    assert returncode in GRACEFUL_EXITS, printed
+    assert "Application shutdown complete" in printed
+
+
+def write_in_place_slowly(path: Path, text: str) -> None:
+    """The non-atomic way: truncate, write half, flush, pause, write the rest."""
+    half = len(text) // 2
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(text[:half])
+        handle.flush()
+        os.fsync(handle.fileno())
+        time.sleep(0.05)  # part of the scenario (a slow writer), not a wait for the service
+        handle.write(text[half:])
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.swp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def assert_quiet(server: Server, trigger: str, expected: int, *, period: float = 1.5) -> None:
+    """No further operation of ``trigger`` appears for ``period`` (polling, so an extra one fails fast)."""
+    deadline = time.monotonic() + period
+    while time.monotonic() < deadline:
+        assert server.count(trigger) == expected, server.operations(trigger)
+        time.sleep(0.1)
+
+
+def snapshot(server: Server) -> dict[str, Any]:
+    """What must survive a restart: history (ids and outcomes), stats, backups, current hash."""
+    history = server.get("/history", limit=100)
+    stats = server.get("/stats")
+    return {
+        "history": [
+            (op["operation_id"], op["trigger"], op["status"], op["new_config_hash"])
+            for op in history["operations"]
+        ],
+        "total_count": history["total_count"],
+        "stats": {
+            key: stats[key] for key in ("total_operations", "successful_operations", "failed_operations")
+        },
+        "success_rate": stats["success_rate"],
+        "average_duration_ms": stats["average_duration_ms"],
+        "backups": server.get("/backups"),
+        "current": server.get("/current")["full_hash"],
+    }
+
+
+def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_intact(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    port = free_port()
+
+    with confledger_serve(tmp_path, config, port, run=1) as server:
+        status = server.get("/status")
+        assert status["signal_handler_enabled"] is True
+        assert status["file_watching_enabled"] is False  # off by default, as in the seed
+        assert (tmp_path / "confledger.db").exists()  # the default log: SQLite next to the config
+        initial = server.get("/current")["full_hash"]
+        assert initial == full_hash_of(yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8")))
+
+        # SIGHUP: one signal-triggered operation, recorded with the signal as its actor.
+        server.process.send_signal(signal.SIGHUP)
+        wait_for("a signal-triggered operation", lambda: server.count("signal") == 1 or None)
+        [by_signal] = server.operations("signal")
+        assert by_signal["actor"] == "signal"
+        assert by_signal["success"] is True
+
+        enabled = server.post("/file-watch/enable")
+        assert enabled["file_watching_enabled"] is True
+        assert enabled["config_source"] == str(config.resolve())
+        assert enabled["poll_interval_seconds"] == 1.0
+
+        # Every version written; a hash applied by the watcher must be one of these, never a partial file.
+        atomic_body = variant(database__pool_size=51)
+        in_place_body = variant(database__pool_size=52, cache__ttl_seconds=120)
+        complete = {full_hash_of(atomic_body)[:16], full_hash_of(in_place_body)[:16]}
+
+        replace_atomically(config, yaml.safe_dump(atomic_body, sort_keys=False))
+        wait_for("the reload of the atomic replace", lambda: server.count("file_watch") == 1 or None)
+        assert_quiet(server, "file_watch", 1)
+        assert server.get("/current")["full_hash"] == full_hash_of(atomic_body)
+
+        write_in_place_slowly(config, yaml.safe_dump(in_place_body, sort_keys=False))
+        wait_for("the reload of the in-place write", lambda: server.count("file_watch") == 2 or None)
+        assert_quiet(server, "file_watch", 2)
+        assert server.get("/current")["full_hash"] == full_hash_of(in_place_body)
+
+        watched = server.operations("file_watch")
+        assert [op["new_config_hash"] for op in reversed(watched)] == [
+            full_hash_of(atomic_body)[:16],
+            full_hash_of(in_place_body)[:16],
+        ]
+        for op in watched:
+            assert op["success"] is True, op
+            assert op["actor"] == "file_watch"
+            types = [event["type"] for event in server.get(f"/operations/{op['operation_id']}")["events"]]
+            assert "config.load_failed" not in types
+            assert "validation.failed" not in types
+        # No partial file was ever even loaded: every config.loaded hash in the log is a complete version.
+        loaded = [e for e in server.get("/events", limit=1000)["events"] if e["type"] == "config.loaded"]
+        assert {e["payload"]["hash"][:16] for e in loaded} <= complete | {initial[:16]}
+
+        before_restart = snapshot(server)
+        assert before_restart["stats"]["total_operations"] == 4  # start-up, SIGHUP, two file changes
+        assert len(before_restart["backups"]["backups"]) == 2
+        stop(server)
+
+    with confledger_serve(tmp_path, config, port, run=2) as restarted:
+        after_restart = snapshot(restarted)
+        assert after_restart == before_restart
+        lifecycle = [
+            e["type"] for e in restarted.get("/events", limit=1000)["events"] if e["operation_id"] is None
+        ]
+        assert lifecycle[-2:] == ["instance.stopped", "instance.started"]
+        assert (
+            restarted.get("/status")["file_watching_enabled"] is False
+        )  # --watch is off; enabling was run-time
+        stop(restarted)
+
+    for run in (1, 2):
+        printed = (tmp_path / f"serve-{run}.log").read_text(errors="replace")
+        for secret in (ADMIN_TOKEN, OPENAI_KEY, FIRECRAWL_KEY):
+            assert secret not in printed
