@@ -58,6 +58,23 @@ _OPEN_OPERATIONS = "store.open_operations"
 _OPEN_OPERATIONS_VERSION = 1
 _OPEN_OPERATIONS_REFOLD = 256
 
+# The statements on the append path, built once: constructing a Core statement costs more than running
+# one of these on SQLite (the compiled form is cached either way).
+_HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
+_APPLIED_SINCE = (
+    sa.select(events.c.position)
+    .where(
+        events.c.type == ConfigApplied.event_type,
+        events.c.position > sa.bindparam("expected_head", type_=sa.BigInteger),
+    )
+    .order_by(events.c.position)
+    .limit(1)
+)
+_INSERT_EVENTS = events.insert()
+_CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
+    config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
+)
+
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -265,7 +282,7 @@ class EventLog:
                 row["hash"] = chain_hash(row)
                 previous = row["hash"]
                 rows.append(row)
-            connection.execute(events.insert(), rows)
+            connection.execute(_INSERT_EVENTS, rows)
             for config in configs:
                 self._store_config(connection, config, first_position=head_position + 1)
         positions = [row["position"] for row in rows]
@@ -316,19 +333,12 @@ class EventLog:
 
     @staticmethod
     def _head_row(connection: Connection) -> tuple[int, str]:
-        row = connection.execute(
-            sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
-        ).first()
+        row = connection.execute(_HEAD).first()
         return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
     @staticmethod
     def _check_no_apply_since(connection: Connection, expected_head: int) -> None:
-        conflicting = connection.execute(
-            sa.select(events.c.position)
-            .where(events.c.type == ConfigApplied.event_type, events.c.position > expected_head)
-            .order_by(events.c.position)
-            .limit(1)
-        ).scalar()
+        conflicting = connection.execute(_APPLIED_SINCE, {"expected_head": expected_head}).scalar()
         if conflicting is not None:
             raise ConcurrencyConflict(
                 f"another config was applied at position {conflicting} after this operation started "
@@ -357,9 +367,7 @@ class EventLog:
 
     @staticmethod
     def _store_config(connection: Connection, config: PreparedConfig, *, first_position: int | None) -> None:
-        existing = connection.execute(
-            sa.select(config_versions.c.first_position).where(config_versions.c.hash == config.hash)
-        ).first()
+        existing = connection.execute(_CONFIG_FIRST_POSITION, {"config_hash": config.hash}).first()
         if existing is None:
             connection.execute(
                 config_versions.insert().values(
