@@ -103,6 +103,16 @@ def caller_trace_context(headers: Any) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def _copied(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The items of a projection dict, copied in one C call.
+
+    The stats projection folds (and adds keys) on whichever thread appended, while a scrape reads on
+    another; iterating the live dict could raise "dictionary changed size during iteration" and drop the
+    family from that scrape. ``dict.copy`` runs no Python code, so it is atomic under the GIL.
+    """
+    return list(mapping.copy().items())
+
+
 class Telemetry:
     """Tracer and meter for one service; owns the SDK providers it creates (and shuts them down)."""
 
@@ -211,27 +221,32 @@ class Telemetry:
         stats = self._stats()
         if stats is None:
             return []
-        return [
-            Observation(count, {"operation": kind, "trigger": trigger, "status": status})
-            for (kind, trigger, status), count in stats.operations_by_kind_trigger_status().items()
-        ]
+        observations = []
+        for key, count in _copied(stats.by_kind_trigger_status):
+            parts = key.split("|")
+            if len(parts) == 3:
+                observations.append(
+                    Observation(count, {"operation": parts[0], "trigger": parts[1], "status": parts[2]})
+                )
+        return observations
 
     def _observe_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
         stats = self._stats()
         if stats is None:
             return []
-        return [
-            Observation(count, {"operation": kind, "reason": reason})
-            for (kind, reason), count in stats.errors_by_kind_reason().items()
-        ]
+        observations = []
+        for key, count in _copied(stats.errors):
+            kind, _, reason = key.partition("|")
+            observations.append(Observation(count, {"operation": kind, "reason": reason}))
+        return observations
 
     def _observe_service_outcomes(self, _options: CallbackOptions) -> Iterable[Observation]:
         stats = self._stats()
         if stats is None:
             return []
         observations = []
-        for service, outcomes in stats.services.items():
-            for key, count in outcomes.items():
+        for service, outcomes in _copied(stats.services):
+            for key, count in _copied(outcomes):
                 direction, outcome = key.split(":", 1)
                 observations.append(
                     Observation(count, {"service": service, "outcome": outcome, "direction": direction})
