@@ -58,23 +58,6 @@ _OPEN_OPERATIONS = "store.open_operations"
 _OPEN_OPERATIONS_VERSION = 1
 _OPEN_OPERATIONS_REFOLD = 256
 
-# The statements on the append path, built once: constructing a Core statement costs more than running
-# one of these on SQLite (the compiled form is cached either way).
-_HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
-_APPLIED_SINCE = (
-    sa.select(events.c.position)
-    .where(
-        events.c.type == ConfigApplied.event_type,
-        events.c.position > sa.bindparam("expected_head", type_=sa.BigInteger),
-    )
-    .order_by(events.c.position)
-    .limit(1)
-)
-_INSERT_EVENTS = events.insert()
-_CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
-    config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
-)
-
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -97,9 +80,8 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def chain_hash(envelope: Mapping[str, Any]) -> str:
-    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
-    fields = {
+def _chain_fields(envelope: Mapping[str, Any], payload: Any) -> dict[str, Any]:
+    return {
         "position": envelope["position"],
         "event_id": str(envelope["event_id"]),
         "occurred_at": _timestamp(envelope["occurred_at"]),
@@ -108,10 +90,66 @@ def chain_hash(envelope: Mapping[str, Any]) -> str:
         "operation_id": None if envelope["operation_id"] is None else str(envelope["operation_id"]),
         "instance_id": envelope["instance_id"],
         "actor": envelope["actor"],
-        "payload": envelope["payload"],
+        "payload": payload,
         "prev_hash": envelope["prev_hash"],
     }
+
+
+def chain_hash(envelope: Mapping[str, Any]) -> str:
+    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
+    fields = _chain_fields(envelope, envelope["payload"])
     return sha256_hex(envelope["prev_hash"].encode("ascii") + canonical_bytes(fields))
+
+
+_PAYLOAD_SLOT = '"payload":null'
+
+
+def _chain_hash_of_text(envelope: Mapping[str, Any], payload_text: str) -> str:
+    """``chain_hash`` of an envelope whose payload is given as its canonical JSON text (so the payload is
+    not serialised a second time): the other fields are serialised around a null payload and the text
+    is spliced into that slot. Keys are sorted and every quote inside a JSON string is escaped, so the
+    slot occurs exactly once, and the bytes are the ones ``chain_hash`` hashes."""
+    text = canonical_json(_chain_fields(envelope, None))
+    start = text.index(_PAYLOAD_SLOT)
+    whole = f'{text[:start]}"payload":{payload_text}{text[start + len(_PAYLOAD_SLOT) :]}'
+    return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
+
+
+def _verbatim(text: Any) -> Any:
+    return text
+
+
+class _CanonicalJSONText(sa.types.TypeDecorator[Any]):
+    """Binds a JSON column to a value that already is its canonical JSON text, written as is instead of
+    serialised again: SQLite keeps JSON as that text, and psycopg is handed it as a ``json`` value."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name == "postgresql":
+            from psycopg.types.json import Json
+
+            return lambda text: Json(text, dumps=_verbatim)
+        return None
+
+
+# The statements on the append path, built once: constructing a Core statement costs more than running
+# one of these on SQLite (the compiled form is cached either way).
+_HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
+_APPLIED_SINCE = (
+    sa.select(events.c.position)
+    .where(
+        events.c.type == ConfigApplied.event_type,
+        events.c.position > sa.bindparam("expected_head", type_=sa.BigInteger),
+    )
+    .order_by(events.c.position)
+    .limit(1)
+)
+_INSERT_EVENTS = events.insert().values(payload=sa.bindparam("payload_text", type_=_CanonicalJSONText()))
+_CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
+    config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +294,7 @@ class EventLog:
     ) -> tuple[list[int], list[RecordedEvent]]:
         if not new_events:
             return [], []
-        prepared = [self._payload_row(event) for event in new_events]
+        payload_texts = [self._payload_text(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         with write_transaction(self.engine) as connection:
             head_position, head_hash = self._head_row(connection)
@@ -266,7 +304,7 @@ class EventLog:
             now = datetime.now(UTC)
             rows: list[dict[str, Any]] = []
             previous = head_hash
-            for offset, (event, payload) in enumerate(zip(new_events, prepared, strict=True)):
+            for offset, (event, payload_text) in enumerate(zip(new_events, payload_texts, strict=True)):
                 row: dict[str, Any] = {
                     "position": head_position + 1 + offset,
                     "event_id": str(uuid.uuid4()),
@@ -276,10 +314,10 @@ class EventLog:
                     "operation_id": None if event.operation_id is None else str(event.operation_id),
                     "instance_id": self.instance_id,
                     "actor": event.actor,
-                    "payload": payload,
+                    "payload_text": payload_text,
                     "prev_hash": previous,
                 }
-                row["hash"] = chain_hash(row)
+                row["hash"] = _chain_hash_of_text(row, payload_text)
                 previous = row["hash"]
                 rows.append(row)
             connection.execute(_INSERT_EVENTS, rows)
@@ -326,10 +364,10 @@ class EventLog:
         )
 
     @staticmethod
-    def _payload_row(event: NewEvent) -> dict[str, Any]:
-        data = event.payload.model_dump(mode="json")
-        canonical_json(data)  # refuse NaN/Infinity before taking the lock
-        return data
+    def _payload_text(event: NewEvent) -> str:
+        # Serialised once, before taking the lock (NaN/Infinity are refused here): the chain hash and
+        # the stored payload both use this text.
+        return canonical_json(event.payload.model_dump(mode="json"))
 
     @staticmethod
     def _head_row(connection: Connection) -> tuple[int, str]:

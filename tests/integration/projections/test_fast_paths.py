@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,15 @@ import anyio
 import pytest
 import sqlalchemy as sa
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.reloader import ConfigReloader, ReloadOperation, ReloadStatus
 from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
+from store import CanonicalizationError, EventLog, NewEvent, OperationKind, SecretCipher, Trigger
+from store.canonical import canonical_json
 from store.events import OperationCompleted, OperationStarted, OperationStatus
+from store.log import _chain_hash_of_text, chain_hash
 from store.operations import build_operation
 from store.schema import projection_checkpoints
 
@@ -177,3 +182,67 @@ def test_open_operations_from_a_checkpoint_equal_the_fold_from_zero(log: EventLo
         connection.execute(sa.delete(projection_checkpoints))
     assert [e.position for e in log.open_operations()] == _open_from_zero(log)
     assert log.load_checkpoint("store.open_operations") is not None
+
+
+# --- one serialisation per appended event ----------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+    actor=st.text(max_size=20),
+    instance_id=st.text(max_size=20),
+    operation_id=st.one_of(st.none(), st.uuids()),
+    moment=st.datetimes(timezones=st.just(UTC)),
+)
+def test_the_spliced_chain_hash_is_the_chain_hash(
+    payload: dict[str, Any], actor: str, instance_id: str, operation_id: uuid.UUID | None, moment: datetime
+) -> None:
+    envelope = {
+        "position": 7,
+        "event_id": uuid.uuid4(),
+        "occurred_at": moment,
+        "type": "x.y",
+        "schema_version": 1,
+        "operation_id": operation_id,
+        "instance_id": instance_id,
+        "actor": actor,
+        "payload": payload,
+        "prev_hash": "ab" * 32,
+    }
+    try:
+        text = canonical_json(payload)
+    except CanonicalizationError:
+        return  # refused before anything is hashed (a lone surrogate)
+    try:
+        expected = chain_hash(envelope)
+    except CanonicalizationError:
+        return  # the envelope itself is refused either way
+    assert _chain_hash_of_text(envelope, text) == expected
+
+
+def test_appended_payloads_are_stored_as_their_canonical_text(log: EventLog) -> None:
+    payloads = [
+        OperationStarted(kind=OperationKind.RELOAD, trigger=Trigger.API, source='a "quoted" \u00e9 path'),
+        OperationCompleted(status=OperationStatus.FAILED, message="ünïcode ✓", total_ms=1.25e-7),
+    ]
+    operation_id = uuid.uuid4()
+    log.append([NewEvent(payload, actor='actor "x"', operation_id=operation_id) for payload in payloads])
+    column = "payload::text" if log.dialect == "postgresql" else "payload"
+    with log.engine.connect() as connection:
+        stored = connection.execute(sa.text(f"SELECT {column} FROM events ORDER BY position")).scalars().all()
+    assert stored == [canonical_json(payload.model_dump(mode="json")) for payload in payloads]
+    assert [event.payload for event in log.read()] == payloads
+    assert log.verify().ok
