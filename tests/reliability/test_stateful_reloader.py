@@ -45,7 +45,7 @@ from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgre
 SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 MAX_EXAMPLES = max(1, round(20 * SCALE))
 STEP_COUNT = max(2, round(15 * SCALE))
-TIMEOUT_S = 0.05
+TIMEOUT_S = 0.1  # short, with room for a worker thread to start on a busy machine
 INSTANCE_ID = "stateful-node"
 BACKUP_COUNT = 3  # small, so rollbacks often reach past the backups
 
