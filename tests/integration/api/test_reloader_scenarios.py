@@ -249,6 +249,30 @@ async def test_validation_errors_fail_without_notifying_and_leave_the_config(
         ]
 
 
+@pytest.mark.parametrize(
+    ("file_name", "reason"),
+    [
+        ("does_not_exist.json", "not_found"),  # no such file
+        ("duplicate_keys.json", "duplicate_key"),  # refused by the parser, before the model sees it
+    ],
+)
+async def test_a_source_that_cannot_be_loaded_fails_with_its_reason(
+    url: str, tmp_path: Path, file_name: str, reason: str
+) -> None:
+    async with running(url, write(tmp_path / "config.json", BASE)) as reloader:
+        before = reloader.current
+        operation = await reloader.reload_config(config_source=EXAMPLES / "invalid" / file_name)
+        assert operation.status is ReloadStatus.FAILED
+        assert operation.reason == reason
+        assert operation.error_message
+        assert reloader.current is before
+        assert event_types(reloader, operation) == [
+            "operation.started",
+            "config.load_failed",
+            "operation.completed",
+        ]
+
+
 async def test_warnings_alone_do_not_fail_a_reload(url: str, tmp_path: Path) -> None:
     source = write(tmp_path / "config.json", BASE)
     async with running(url, source) as reloader:
