@@ -47,6 +47,7 @@ class ErrorResponse(BaseModel):
     detail: str
     code: str | None = None
     running_operation_id: str | None = None
+    operation_id: str | None = Field(None, description="the operation this refused request recorded, if any")
 
 
 class ReloadRequest(BaseModel):

@@ -31,9 +31,20 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
-def _rejected(operation: ReloadOperation) -> JSONResponse:
+def _conflict(operation: ReloadOperation) -> JSONResponse | None:
+    """409 when the operation could not run or could not apply: another one is running here, or another
+    instance applied a config after this one started (the log refused a stale overwrite)."""
+    if operation.rejected:
+        detail = operation.message
+    elif operation.reason == "concurrency_conflict":
+        detail = "; ".join(filter(None, [operation.message, operation.error_message]))
+    else:
+        return None
     body = ErrorResponse(
-        detail=operation.message, code=operation.reason, running_operation_id=operation.running_operation_id
+        detail=detail,
+        code=operation.reason,
+        running_operation_id=operation.running_operation_id,
+        operation_id=operation.operation_id,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_409_CONFLICT)
 
@@ -44,7 +55,10 @@ def _rejected(operation: ReloadOperation) -> JSONResponse:
     responses={
         400: {"model": ErrorResponse, "description": "the body is not JSON"},
         403: {"model": ErrorResponse},
-        409: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "another operation is running, or another instance applied a config meanwhile",
+        },
     },
 )
 async def reload(
@@ -81,8 +95,9 @@ async def reload(
             actor=caller.actor,
             client=caller.client,
         )
-    if operation.rejected:
-        return _rejected(operation)
+    conflict = _conflict(operation)
+    if conflict is not None:
+        return conflict
     return OperationOut.of(operation)
 
 
@@ -96,7 +111,10 @@ async def reload(
             "description": "the rollback failed (or the prefix is ambiguous), or the body is not JSON",
         },
         404: {"model": OperationOut, "description": "no applied config has that hash"},
-        409: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "another operation is running, or another instance applied a config meanwhile",
+        },
     },
 )
 async def rollback(
@@ -110,8 +128,9 @@ async def rollback(
             actor=caller.actor,
             client=caller.client,
         )
-    if operation.rejected:
-        return _rejected(operation)
+    conflict = _conflict(operation)
+    if conflict is not None:
+        return conflict
     if not operation.success:
         code = STATUS_BY_CODE.get(operation.reason or "", status.HTTP_400_BAD_REQUEST)
         if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST):

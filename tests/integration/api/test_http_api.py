@@ -261,6 +261,7 @@ def test_reload_while_another_operation_runs_is_409_naming_it(service: Service) 
     assert second.json()["running_operation_id"] == running
     assert running in second.json()["detail"]
     assert second.json()["code"] == "operation_in_progress"
+    assert service.events_of(second.json()["operation_id"]) == REJECTED
     assert rollback.status_code == 409
     assert rollback.json()["running_operation_id"] == running
     assert status["running_operation_id"] == running
@@ -274,6 +275,34 @@ def test_reload_while_another_operation_runs_is_409_naming_it(service: Service) 
     assert finished.status_code == 200
     assert finished.json()["operation_id"] == running
     assert finished.json()["services_notified"] == ["slow:success"]
+
+
+def test_a_stale_instance_gets_409_instead_of_overwriting_a_newer_config(
+    service: Service, tmp_path: Path, database_url: str
+) -> None:
+    # A second instance on the same log applies a config; the first one has not seen it yet.
+    key = service.lifecycle.encryption_key  # every instance sharing a log shares its key
+    with serving(tmp_path, database_url, instance_id="other-instance", encryption_key=key) as other:
+        newer = apply(other, variant(database__pool_size=61))
+
+        write_config(service.source, variant(database__pool_size=62))
+        refused = service.post("/reload", json={})
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["code"] == "concurrency_conflict"
+        assert "another instance applied a config" in body["detail"]
+        assert service.events_of(body["operation_id"]) == RELOAD_DRY_RUN  # validated, never applied
+        assert other.current_full_hash() == newer
+
+        # The refusal made the stale instance catch up, so its next attempt applies on top of the newer config.
+        retried = reload(service)
+        assert retried["success"] is True
+        assert retried["previous_config_hash"] == short(newer)
+
+        rollback = other.post("/rollback", json={})  # "other" is now the stale one
+        assert rollback.status_code == 409, rollback.text
+        assert rollback.json()["code"] == "concurrency_conflict"
+        assert "config.applied" not in other.events_of(rollback.json()["operation_id"])
 
 
 def test_reload_from_a_source_outside_the_allowed_dirs_is_403_and_recorded(service: Service) -> None:
