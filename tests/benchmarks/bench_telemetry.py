@@ -1,0 +1,245 @@
+"""Overhead of tracing and metrics on one reload, against the same reload with telemetry off, same run.
+
+    python tests/benchmarks/bench_telemetry.py [--blocks B] [--block-size N] [--warmup W] [--dir DIR] [--check]
+
+Two ``ConfigReloader``s run side by side in one event loop, each on its own SQLite file (WAL,
+synchronous=FULL, so every commit is an fsync on a real disk) loading ``examples/config.yaml`` with the
+example model and validators and three no-op service callbacks. Each reload is ``force=True``, so it does
+the whole path: read, parse, validate, notify the three services, append and fold the projections.
+
+- on:  ``ConfigReloader(tracer=<SDK tracer, SimpleSpanProcessor -> InMemorySpanExporter>)`` with a
+       ``Telemetry`` (the same tracer provider, a MeterProvider with an InMemoryMetricReader) bound to it,
+       so histograms are recorded from every append.
+- off: the default tracer (the OpenTelemetry API's no-op; no global provider is set) and nothing bound.
+
+Blocks of N reloads alternate on/off (which side goes first alternates too) after a warm-up of both, so
+both sides share the machine's noise: disk, cache, CPU frequency. Between blocks, untimed, the exporter is
+cleared (memory stays flat) and the metric reader collects once, as a scrape would.
+
+Printed: p50/p99/mean wall time per reload for both sides, the overhead of the medians (absolute and
+relative; the target is judged on these), the median of paired block differences (each on block against
+the off block next to it, so slow drift cancels), and CPU per reload (whole process, and the event loop's
+thread where the spans are made), which a busy machine disturbs less than wall time.
+
+Target: median overhead under 10% or under 0.2 ms, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from api.reloader import ConfigReloader
+from api.telemetry import Telemetry
+from store import EventLog, SecretCipher, Trigger
+from store.services import ServiceRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
+TARGET_RELATIVE = 0.10
+TARGET_ABSOLUTE_MS = 0.2
+SPANS_PER_RELOAD = 9  # reload, load, validation, 3 validators, 3 service callbacks
+
+
+def example_model() -> tuple[type[Any], list[Any]]:
+    """``examples`` is not an installed package: import it from the repository this script lives in."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.app_config import VALIDATORS, AppConfig
+
+    return AppConfig, list(VALIDATORS)
+
+
+def services() -> ServiceRegistry:
+    registry = ServiceRegistry()
+    for priority, name in enumerate(("search", "cache", "crawler")):
+        registry.register(name, lambda _old, _new: True, priority=priority)
+    return registry
+
+
+@dataclass
+class Side:
+    name: str
+    reloader: ConfigReloader
+    exporter: InMemorySpanExporter | None = None
+    reader: InMemoryMetricReader | None = None
+    telemetry: Telemetry | None = None
+    providers: list[Any] = field(default_factory=list)
+    samples_ms: list[float] = field(default_factory=list)
+    block_medians_ms: list[float] = field(default_factory=list)
+    # Per block, per reload: CPU of the whole process, and of the event loop's thread (where spans live).
+    cpu_ms: list[float] = field(default_factory=list)
+    loop_cpu_ms: list[float] = field(default_factory=list)
+    spans_seen: int = 0
+
+    async def block(self, count: int, *, record: bool = True) -> None:
+        cpu_started, loop_started = time.process_time(), time.thread_time()
+        block: list[float] = []
+        for _ in range(count):
+            started = time.perf_counter()
+            operation = await self.reloader.reload_config(Trigger.MANUAL, force=True)
+            elapsed = (time.perf_counter() - started) * 1000
+            if not operation.success:
+                raise SystemExit(f"{self.name}: reload failed: {operation.message} {operation.error_message}")
+            block.append(elapsed)
+        if record:
+            self.samples_ms.extend(block)
+            self.block_medians_ms.append(statistics.median(block))
+            self.cpu_ms.append((time.process_time() - cpu_started) * 1000 / count)
+            self.loop_cpu_ms.append((time.thread_time() - loop_started) * 1000 / count)
+        # Untimed: keep memory flat and read the metrics once, as a scrape would.
+        if self.exporter is not None:
+            self.spans_seen += len(self.exporter.get_finished_spans())
+            self.exporter.clear()
+        if self.reader is not None:
+            self.reader.get_metrics_data()
+
+
+def build_side(name: str, workdir: Path, *, telemetry: bool) -> Side:
+    model, validators = example_model()
+    side_dir = workdir / name
+    side_dir.mkdir()
+    source = side_dir / "config.yaml"
+    shutil.copy(EXAMPLE_CONFIG, source)
+    log = EventLog(
+        f"sqlite:///{side_dir / 'confledger.db'}",
+        instance_id=f"bench-{name}",
+        cipher=SecretCipher([SecretCipher.generate_key()]),
+        sqlite_synchronous="FULL",
+    )
+    if not telemetry:
+        reloader = ConfigReloader(
+            log, config_model=model, config_source=source, validators=validators, services=services()
+        )
+        return Side(name, reloader)
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    tel = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    reloader = ConfigReloader(
+        log,
+        config_model=model,
+        config_source=source,
+        validators=validators,
+        services=services(),
+        tracer=tel.tracer,
+    )
+    tel.bind(reloader)
+    return Side(name, reloader, exporter, reader, tel, [tracer_provider, meter_provider])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> bool:
+    on = build_side("on", workdir, telemetry=True)
+    off = build_side("off", workdir, telemetry=False)
+    try:
+        await on.reloader.start()
+        await off.reloader.start()
+        await on.block(args.warmup, record=False)
+        await off.block(args.warmup, record=False)
+        for index in range(args.blocks):
+            gc.collect()
+            order = (on, off) if index % 2 == 0 else (off, on)
+            for side in order:
+                await side.block(args.block_size)
+    finally:
+        for side in (on, off):
+            await side.reloader.stop()
+            if side.telemetry is not None:
+                side.telemetry.unbind()
+            for provider in side.providers:
+                provider.shutdown()
+            side.reloader.log.close()
+
+    expected_spans = SPANS_PER_RELOAD * (args.warmup + args.blocks * args.block_size)
+    if on.spans_seen < expected_spans:
+        raise SystemExit(f"telemetry on exported {on.spans_seen} spans, expected at least {expected_spans}")
+
+    on_p50, off_p50 = statistics.median(on.samples_ms), statistics.median(off.samples_ms)
+    overhead_ms = on_p50 - off_p50
+    relative = overhead_ms / off_p50
+    allowed_ms = max(TARGET_RELATIVE * off_p50, TARGET_ABSOLUTE_MS)
+    met = overhead_ms < allowed_ms
+    samples = len(on.samples_ms)
+    print(
+        f"one forced reload (examples/config.yaml, 3 validators incl. the model, 3 no-op services, "
+        f"SQLite synchronous=FULL on {workdir}); {args.blocks} interleaved blocks of {args.block_size}, "
+        f"{samples} reloads per side after {args.warmup} warm-up each"
+    )
+    print(f"  {'':14} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'cpu ms':>9} {'loop cpu':>9}")
+    for label, side in (("telemetry off", off), ("telemetry on", on)):
+        print(
+            f"  {label:14} {statistics.median(side.samples_ms):9.3f} {percentile(side.samples_ms, 0.99):9.3f} "
+            f"{statistics.fmean(side.samples_ms):9.3f} {statistics.median(side.cpu_ms):9.3f} "
+            f"{statistics.median(side.loop_cpu_ms):9.3f}"
+        )
+    print(
+        "  (cpu ms: process CPU per reload, median of blocks; loop cpu: the event loop thread's share, where "
+        "the spans are made)"
+    )
+    loop_overhead = statistics.median(on.loop_cpu_ms) - statistics.median(off.loop_cpu_ms)
+    cpu_overhead = statistics.median(on.cpu_ms) - statistics.median(off.cpu_ms)
+    print(
+        f"  CPU overhead per reload: {cpu_overhead:+.3f} ms process, {loop_overhead:+.3f} ms event loop thread"
+    )
+    print(
+        f"  spans exported (on): {on.spans_seen} ({on.spans_seen / (samples + args.warmup):.1f} per reload)"
+    )
+    # Each on block next to the off block run just before or after it: drift cancels within a pair.
+    paired = statistics.median(a - b for a, b in zip(on.block_medians_ms, off.block_medians_ms, strict=True))
+    print(f"  paired blocks, median of (on - off) block medians: {paired:+.3f} ms")
+    print(f"  overhead of the medians: {overhead_ms:+.3f} ms ({relative:+.1%})")
+    print(
+        f"  target: under {TARGET_RELATIVE:.0%} ({TARGET_RELATIVE * off_p50:.3f} ms) or under "
+        f"{TARGET_ABSOLUTE_MS} ms, whichever is larger -> under {allowed_ms:.3f} ms: "
+        f"{'met' if met else 'MISSED'}"
+    )
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--blocks", type=int, default=20, help="interleaved blocks per side (default 20)")
+    parser.add_argument("--block-size", type=int, default=20, help="reloads per block (default 20)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed reloads per side first (default 20)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the SQLite files go (default: a temp dir)"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    args = parser.parse_args()
+    if args.blocks < 2 or args.block_size < 1:
+        parser.error("at least 2 blocks of at least 1 reload")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-telemetry-", dir=args.dir))
+    try:
+        met = anyio.run(run, args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
