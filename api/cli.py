@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -867,7 +867,13 @@ def _detail(response: httpx.Response) -> str:
 def _call_service(url: str, path: str, body: dict[str, Any], token: str, timeout: float) -> dict[str, Any]:
     """POST to the service; anything but an operation result is one stderr line and exit code 2."""
     endpoint = url.rstrip("/") + API_PREFIX + path
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": f"confledger-cli/{store.__version__}"}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "User-Agent": f"confledger-cli/{store.__version__}",
+        # Recorded as trigger "cli" and actor "cli:<user>" (the token still decides what is allowed).
+        "X-Confledger-Client": "cli",
+        "X-Confledger-User": getpass.getuser(),
+    }
     try:
         with httpx.Client(timeout=timeout) as client:
             response = client.post(endpoint, json=body, headers=headers)

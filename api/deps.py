@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.lifecycle import ConfigLifecycle
 from api.reloader import ConfigReloader
 from api.security import Role
+from store import Trigger
 
 __all__ = [
     "AdminCaller",
@@ -46,16 +48,29 @@ def _reloader(lifecycle: LifecycleDep) -> ConfigReloader:
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 
 
+_CLI_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: recorded as the event's actor and client, never the token itself."""
+    """Who made a request: recorded as the event's actor and client, never the token itself.
+
+    The ``confledger`` CLI says so in ``X-Confledger-Client: cli`` and names its OS user in
+    ``X-Confledger-User``; its operations are then recorded with trigger ``cli`` and actor ``cli:<user>``
+    (the token still decides what it may do).
+    """
 
     role: Role
     client: str | None
+    cli_user: str | None = None
 
     @property
     def actor(self) -> str:
-        return f"token:{self.role.value}"
+        return f"cli:{self.cli_user}" if self.cli_user else f"token:{self.role.value}"
+
+    @property
+    def trigger(self) -> Trigger:
+        return Trigger.CLI if self.cli_user else Trigger.API
 
 
 def _caller(
@@ -73,7 +88,11 @@ def _caller(
     role = lifecycle.tokens.role_of(credentials.credentials)
     if role is None:
         raise unauthorized
-    return Caller(role, request.client.host if request.client else None)
+    cli_user = None
+    if request.headers.get("x-confledger-client", "").lower() == "cli":
+        claimed = request.headers.get("x-confledger-user", "unknown")
+        cli_user = claimed if _CLI_USER.match(claimed) else "unknown"
+    return Caller(role, request.client.host if request.client else None, cli_user)
 
 
 def _reader(caller: Annotated[Caller, Depends(_caller)]) -> Caller:

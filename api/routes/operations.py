@@ -78,7 +78,7 @@ async def reload(
         except SourceNotAllowed as exc:
             await reloader.runner.reject_request(
                 kind=OperationKind.RELOAD,
-                trigger=Trigger.API,
+                trigger=caller.trigger,
                 actor=caller.actor,
                 reason=exc.code,
                 message=exc.message,
@@ -88,7 +88,7 @@ async def reload(
             raise HTTPException(status.HTTP_403_FORBIDDEN, exc.message) from None
     with caller_trace_context(http.headers):
         operation = await reloader.reload_config(
-            Trigger.API,
+            caller.trigger,
             config_source=source,
             force=request.force,
             dry_run=request.dry_run,
@@ -124,7 +124,7 @@ async def rollback(
     with caller_trace_context(http.headers):
         operation = await reloader.rollback_config(
             request.target_hash,
-            trigger=Trigger.API,
+            trigger=caller.trigger,
             actor=caller.actor,
             client=caller.client,
         )

@@ -662,7 +662,9 @@ def test_reload_applies_a_change_and_prints_the_operation(service: Service) -> N
     operation = as_json(result)
     assert operation["status"] == "success"
     assert operation["success"] is True
-    assert operation["trigger"] == "api"
+    # The CLI identifies itself: recorded as trigger "cli", actor "cli:<os user>".
+    assert operation["trigger"] == "cli"
+    assert operation["actor"].startswith("cli:")
     assert operation["changes_applied"] == ["cache.ttl_seconds"]
     assert operation["services_notified"] == ["search_index:success"]
     assert len(operation["new_config_hash"]) == 16
