@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -70,11 +71,21 @@ def unregister_config_callback(name: str) -> bool:
     return registry.unregister(name)
 
 
+def _absolute(path: str | Path) -> Path:
+    """An absolute path that keeps symlinks as named.
+
+    A config file is often a symlink that deploys swap (a Kubernetes ConfigMap's ``..data`` link): the
+    reloader must keep reading and watching the link, not the file it pointed to at start-up, and the
+    log, key and token files beside it must not move to the target's directory when the link moves.
+    """
+    return Path(os.path.abspath(path))
+
+
 def default_database_url(config_source: str | Path | None) -> str:
     """With no database named, the log is an SQLite file next to the config (or in the working directory)."""
     if config_source is None:
         return "sqlite:///./confledger.db"
-    directory = Path(config_source).resolve().parent
+    directory = _absolute(config_source).parent
     return f"sqlite:///{directory / 'confledger.db'}"
 
 
@@ -82,7 +93,7 @@ def token_file_path(database_url: str, config_source: str | Path | None) -> Path
     database = sqlite_path(database_url)
     if database is not None:
         return database.with_name(database.name + ".admin-token")
-    base = Path(config_source).resolve().parent if config_source is not None else Path.cwd()
+    base = _absolute(config_source).parent if config_source is not None else Path.cwd()
     return base / "confledger.admin-token"
 
 
@@ -136,7 +147,7 @@ class ConfigLifecycle:
         self.telemetry = telemetry
         self._owns_telemetry = False
         self.config_model = config_model
-        self.config_source = None if config_source is None else str(Path(config_source).resolve())
+        self.config_source = None if config_source is None else str(_absolute(config_source))
         self.database_url = database_url or default_database_url(config_source)
         normalize_url(self.database_url)  # a malformed URL fails at set-up, not at first request
         self.validators = list(validators)
@@ -332,8 +343,6 @@ def setup_configuration_lifecycle(
     ``history_window`` is how many recent operations ``GET /history`` serves from memory; older pages
     are folded from the log.
     """
-    import os
-
     from api.settings import Settings
 
     settings = Settings()

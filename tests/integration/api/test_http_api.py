@@ -7,6 +7,7 @@ against the events it left in the log, read back through ``lifecycle.reloader.lo
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from api.lifecycle import setup_configuration_lifecycle
+from examples.app_config import AppConfig
 from store.operations import build_operation
 from store.schema import config_versions
 from tests.integration.api.service_harness import (
@@ -139,7 +144,7 @@ def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -
     assert [e.type for e in events] == RELOAD_APPLIED_WITH_SERVICE
     assert {e.actor for e in events} == {"token:admin"}  # the role, never the token
     assert events[0].payload.client == "testclient"  # type: ignore[attr-defined]
-    assert events[0].payload.source == str(service.source.resolve())  # type: ignore[attr-defined]
+    assert events[0].payload.source == str(service.source)  # type: ignore[attr-defined]
 
     unchanged = reload(service)
     assert unchanged["success"] is True
@@ -622,7 +627,7 @@ def test_file_watch_enable_and_disable_answer_the_seed_bodies_and_record_events(
     } == {
         "file_watching_enabled": True,
         "poll_interval_seconds": 0.5,
-        "config_source": str(service.source.resolve()),
+        "config_source": str(service.source),
     }
     assert enabled.json()["message"]
     assert service.get("/status").json()["file_watching_enabled"] is True
@@ -857,3 +862,35 @@ def test_an_undecodable_body_is_a_documented_400_and_records_nothing(service: Se
     documented = service.app.openapi()["paths"][f"/api/v1/config{path}"]["post"]["responses"]["400"]
     assert "ErrorResponse" in str(documented)  # the schema says a 400 may be this error shape
     assert head(service) == head_before
+
+
+def test_a_symlinked_config_is_read_through_its_link_with_the_log_beside_the_link(tmp_path: Path) -> None:
+    # config.yaml -> releases/v1/config.yaml, as a deploy (or a Kubernetes ConfigMap) lays it out. The
+    # link is what is read and watched, and the default log sits beside it, so swapping the link to
+    # releases/v2 later neither strands the log in releases/v1 nor leaves the reloader on the old file.
+    target = tmp_path / "releases" / "v1" / "config.yaml"
+    target.parent.mkdir(parents=True)
+    write_config(target, variant())
+    link = tmp_path / "conf" / "config.yaml"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    app = FastAPI()
+    lifecycle = setup_configuration_lifecycle(
+        app, config_model=AppConfig, config_source=link, admin_token=ADMIN_TOKEN, enable_signal_handler=False
+    )
+    assert lifecycle.config_source == str(link)
+    assert lifecycle.database_url == f"sqlite:///{link.parent / 'confledger.db'}"
+
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        newer = tmp_path / "releases" / "v2" / "config.yaml"
+        newer.parent.mkdir()
+        write_config(newer, variant(database__pool_size=71))
+        swap = link.with_name(".config.yaml.new")
+        swap.symlink_to(newer)
+        os.replace(swap, link)
+        result = client.post("/api/v1/config/reload", headers=headers, json={}).json()
+        assert result["success"] is True
+        assert result["changes_applied"] == ["database.pool_size"]
+    assert (link.parent / "confledger.db").exists()
+    assert not (target.parent / "confledger.db").exists()

@@ -205,9 +205,18 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         assert by_signal["actor"] == "signal"
         assert by_signal["success"] is True
 
+        # A burst of signals while reloads run coalesces: at most two more reloads, never one per signal.
+        for _ in range(10):
+            server.process.send_signal(signal.SIGHUP)
+        wait_for("the burst's reload", lambda: server.count("signal") >= 2 or None)
+        wait_for("the burst to settle", lambda: server.get("/status")["running_operation_id"] is None or None)
+        after_burst = server.count("signal")
+        assert 2 <= after_burst <= 3
+        assert_quiet(server, "signal", after_burst, period=0.5)
+
         enabled = server.post("/file-watch/enable")
         assert enabled["file_watching_enabled"] is True
-        assert enabled["config_source"] == str(config.resolve())
+        assert enabled["config_source"] == str(config)  # the name as given, not its target
         assert enabled["poll_interval_seconds"] == 1.0
 
         # Every version written; a hash applied by the watcher must be one of these, never a partial file.
@@ -225,10 +234,27 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         assert_quiet(server, "file_watch", 2)
         assert server.get("/current")["full_hash"] == full_hash_of(in_place_body)
 
+        # A symlink swap (how Kubernetes updates a mounted ConfigMap): config.yaml becomes a link to a
+        # versioned file, then the link is replaced to point at the next version.
+        swapped_bodies = [variant(database__pool_size=53), variant(database__pool_size=54)]
+        for number, body in enumerate(swapped_bodies, start=3):
+            version_dir = tmp_path / f"v{number}"
+            version_dir.mkdir()
+            (version_dir / "config.yaml").write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+            link = tmp_path / ".config.yaml.link"
+            link.symlink_to(version_dir / "config.yaml")
+            os.replace(link, config)
+            wait_for(
+                f"the reload of symlink swap {number}",
+                lambda n=number: server.count("file_watch") == n or None,
+            )
+            assert_quiet(server, "file_watch", number)
+            assert server.get("/current")["full_hash"] == full_hash_of(body)
+        complete |= {full_hash_of(body)[:16] for body in swapped_bodies}
+
         watched = server.operations("file_watch")
         assert [op["new_config_hash"] for op in reversed(watched)] == [
-            full_hash_of(atomic_body)[:16],
-            full_hash_of(in_place_body)[:16],
+            full_hash_of(body)[:16] for body in [atomic_body, in_place_body, *swapped_bodies]
         ]
         for op in watched:
             assert op["success"] is True, op
@@ -241,8 +267,9 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         assert {e["payload"]["hash"][:16] for e in loaded} <= complete | {initial[:16]}
 
         before_restart = snapshot(server)
-        assert before_restart["stats"]["total_operations"] == 4  # start-up, SIGHUP, two file changes
-        assert len(before_restart["backups"]["backups"]) == 2
+        # start-up, the signals, four file changes
+        assert before_restart["stats"]["total_operations"] == 1 + after_burst + 4
+        assert len(before_restart["backups"]["backups"]) == 4
         stop(server)
 
     with confledger_serve(tmp_path, config, port, run=2) as restarted:
