@@ -35,7 +35,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
 from store.diff import changed_paths
-from store.errors import ConcurrencyConflict, ConfigLookupError, SourceError, StoreError
+from store.errors import ConcurrencyConflict, ConfigLookupError, SecretKeyError, SourceError, StoreError
 from store.events import (
     ConfigApplied,
     ConfigLoaded,
@@ -712,7 +712,29 @@ class OperationRunner:
         )
         configs: list[PreparedConfig] = []
         if outcome.body is not None:
-            configs.append(await self._prepare(outcome.body, outcome.secret_paths, outcome.hash))
+            try:
+                configs.append(await self._prepare(outcome.body, outcome.secret_paths, outcome.hash))
+            except SecretKeyError as exc:
+                # A body with secrets and no key to seal them cannot be stored: a recorded failure,
+                # not an exception that leaves no trace of the attempt.
+                pending += [
+                    ValidationFailed(
+                        hash=outcome.hash,
+                        errors=(exc.message,),
+                        warnings=outcome.warnings,
+                        duration_ms=outcome.duration_ms,
+                    ),
+                    _completed(
+                        OperationStatus.FAILED,
+                        timer,
+                        message="Configuration could not be stored",
+                        error=exc.message,
+                        reason=exc.code,
+                        validation_ms=outcome.duration_ms,
+                    ),
+                ]
+                await self._append(events(pending))
+                return
 
         if (
             outcome.hash is not None
