@@ -893,6 +893,37 @@ async def test_secrets_are_never_stored_in_plain_text(url: str, tmp_path: Path) 
         assert any("$confledger_sealed" in str(body) for body in bodies)
 
 
+async def test_a_secret_with_no_key_to_seal_it_is_a_recorded_failure(url: str, tmp_path: Path) -> None:
+    # No model: any object is accepted, and secrets are found by their names.
+    source = tmp_path / "plain.json"
+    source.write_text(json.dumps({"region": "eu"}), encoding="utf-8")
+    reloader = ConfigReloader(url, config_source=source)
+    await reloader.start()
+    try:
+        before = reloader.current
+        source.write_text(json.dumps({"region": "eu", "api_key": "plain-text-key-1234"}), encoding="utf-8")
+
+        operation = await reloader.reload_config()
+
+        assert operation.status is ReloadStatus.FAILED
+        assert operation.reason == "secret_key_error"
+        assert operation.validation_errors
+        assert "api_key" in operation.validation_errors[0]
+        assert reloader.current is before
+        assert event_types(reloader, operation) == [
+            "operation.started",
+            "config.loaded",
+            "validation.failed",
+            "operation.completed",
+        ]
+        with reloader.log.engine.connect() as connection:
+            stored = connection.execute(sa.text("SELECT payload FROM events")).scalars().all()
+            bodies = connection.execute(sa.text("SELECT body FROM config_versions")).scalars().all()
+        assert not any("plain-text-key-1234" in str(text) for text in [*stored, *bodies])
+    finally:
+        await reloader.stop()
+
+
 # --- statistics ----------------------------------------------------------------------------------------
 
 
