@@ -391,7 +391,12 @@ def setup_configuration_lifecycle(
     from api.routes import metrics as metrics_routes
 
     if include_router:
+        from api.errors import store_error_handler
+        from store import StoreError
+
         app.include_router(build_config_router(), prefix=prefix)
+        # A failing log (unreachable, read-only) answers JSON with a stable detail, not a plain-text 500.
+        app.add_exception_handler(StoreError, store_error_handler)
     if metrics or telemetry is not None:
         app.include_router(metrics_routes.router)
     if include_health:

@@ -894,3 +894,41 @@ def test_a_symlinked_config_is_read_through_its_link_with_the_log_beside_the_lin
         assert result["changes_applied"] == ["database.pool_size"]
     assert (link.parent / "confledger.db").exists()
     assert not (target.parent / "confledger.db").exists()
+
+
+# (method, path, body) of each endpoint that reads or writes the log when called
+LOG_BACKED = [
+    ("GET", "/history", None),
+    ("GET", "/status", None),
+    ("GET", "/stats", None),
+    ("GET", "/backups", None),
+    ("GET", "/events", None),
+    ("GET", "/verify", None),
+    ("GET", "/timeline", None),
+    ("GET", "/versions/{current}", None),  # found in config_versions, then checked against events
+    ("GET", f"/operations/{uuid.UUID(int=7)}", None),
+    ("POST", "/reload", {}),
+    ("POST", "/rollback", {}),
+]
+
+
+def test_an_unreachable_log_is_a_json_503_with_a_stable_detail(service: Service) -> None:
+    current = service.current_full_hash()
+    with service.log.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+    try:
+        for method, path, body in LOG_BACKED:
+            path = path.format(current=current)
+            response = service.post(path, json=body) if method == "POST" else service.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["detail"] == "the event log is unavailable; retry later", path
+            assert "events" not in response.text  # the driver's message stays in the service's log
+            assert service.database_url.split("://")[0] not in response.text
+        assert service.get("/readyz", token=None).status_code == 503
+        assert service.get("/current").status_code == 200  # served from memory, no I/O
+    finally:
+        with service.log.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
+    assert service.get("/history").status_code == 200
+    assert reload(service)["success"] is True
