@@ -183,6 +183,18 @@ def build_app(
     return app, lifecycle, source, services
 
 
+def unstarted_app(**options: Any) -> FastAPI:
+    """An app that is built but never started: for reading its routes and OpenAPI schema at import time.
+
+    Nothing is created on disk, and no CONFLEDGER_* setting from the shell takes part.
+    """
+    nowhere = Path("/nonexistent")
+    with pytest.MonkeyPatch.context() as patch:
+        clear_confledger_environment(patch)
+        app = build_app(nowhere, "sqlite:///unused.db", source=nowhere / "conf" / "config.yaml", **options)[0]
+    return app
+
+
 @contextmanager
 def serving(
     tmp_path: Path,

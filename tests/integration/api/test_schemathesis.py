@@ -9,7 +9,6 @@ via Starlette's TestClient, which reports a 500 as a response instead of raising
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +21,13 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from tests.integration.api.service_harness import (
     ADMIN_TOKEN,
     Service,
-    build_app,
     clear_confledger_environment,
     serving,
+    unstarted_app,
 )
 
-_SCHEMA_APP = build_app(
-    Path("/nonexistent"), "sqlite:///unused.db", source=Path("/nonexistent/conf/config.yaml")
-)[0]
+# As `confledger serve` builds it: the config API, health, and the Prometheus endpoint.
+_SCHEMA_APP = unstarted_app(metrics=True)
 OPENAPI = _SCHEMA_APP.openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI)
 
@@ -46,7 +44,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         clear_confledger_environment(patch)
         directory = tmp_path_factory.mktemp("schemathesis")
         with serving(
-            directory, f"sqlite:///{directory / 'confledger.db'}", raise_server_exceptions=False
+            directory, f"sqlite:///{directory / 'confledger.db'}", raise_server_exceptions=False, metrics=True
         ) as service:
             assert service.app.openapi() == OPENAPI  # the schema under test is the one this app serves
             yield service

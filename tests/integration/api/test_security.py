@@ -46,18 +46,14 @@ from tests.integration.api.service_harness import (
     config_routes,
     full_hash_of,
     serving,
+    unstarted_app,
     variant,
     write_config,
 )
 
 # --- the routes, read from the app itself --------------------------------------------------------------
 
-_LISTING_APP = build_app(
-    Path("/nonexistent"),
-    "sqlite:///unused-listing.db",
-    source=Path("/nonexistent/conf/config.yaml"),
-    metrics=True,
-)[0]
+_LISTING_APP = unstarted_app(metrics=True)
 ROUTES = config_routes(_LISTING_APP)
 PROTECTED = [(method, path) for method, path in ROUTES if path.startswith(PREFIX + "/")]
 MUTATING = [(method, path) for method, path in PROTECTED if method != "GET"]
