@@ -885,7 +885,22 @@ class OperationRunner:
             ]
             await self._append(events(pending))
             return
-        stored = await anyio.to_thread.run_sync(self.log.get_config, target)
+        try:
+            stored = await anyio.to_thread.run_sync(self.log.get_config, target)
+        except SecretKeyError as exc:
+            # The target's secrets cannot be restored without the key it was sealed with: a recorded
+            # failure, not an exception that leaves the operation open until the next restart.
+            pending.append(
+                _completed(
+                    OperationStatus.FAILED,
+                    timer,
+                    message="Rollback failed",
+                    error=exc.message,
+                    reason=exc.code,
+                )
+            )
+            await self._append(events(pending))
+            return
         outcome = await self.pipeline.validate(stored.body, tracer=self.tracer)
         rolled = ConfigRolledBack(
             from_hash=None if previous is None else previous.hash, to_hash=target, reason="manual"

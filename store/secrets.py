@@ -45,6 +45,7 @@ ConfigPath = tuple[str | int, ...]
 # "max_tokens" and "keyspace" out while catching "api_key", "dbPassword" and "FIRECRAWL_API_KEY".
 _SECRET_PARTS = {
     "password",
+    "passwords",
     "passwd",
     "passphrase",
     "pwd",
@@ -65,7 +66,20 @@ def _name_parts(name: str) -> list[str]:
 
 # A name that ends in one of these describes a secret ("api_key_header", "token_url", "password_file")
 # rather than holding one, so it stays readable.
-_DESCRIBING_SUFFIXES = {"header", "name", "url", "uri", "file", "path", "ttl", "type", "length", "env", "field", "prefix"}
+_DESCRIBING_SUFFIXES = {
+    "header",
+    "name",
+    "url",
+    "uri",
+    "file",
+    "path",
+    "ttl",
+    "type",
+    "length",
+    "env",
+    "field",
+    "prefix",
+}
 
 
 def looks_secret(name: str) -> bool:
@@ -94,6 +108,10 @@ def find_secret_paths(config: Any) -> set[ConfigPath]:
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name), (*path, name), looks_secret(name))
+        elif named_secret and isinstance(value, Mapping | list | tuple) and value:
+            # Everything under a secret-named key of an untyped config ("credentials": {"user", "pass"})
+            # is sealed and redacted as one value: its parts are no less secret than a leaf would be.
+            found.add(path)
         elif isinstance(value, Mapping):
             for key, child in value.items():
                 walk(child, (*path, str(key)), looks_secret(str(key)))

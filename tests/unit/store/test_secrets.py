@@ -28,6 +28,7 @@ from store.secrets import (
     [
         ("max_tokens", False),  # "tokens" is a count, not a token
         ("api_key_header", False),  # names the header that carries a key, holds no key
+        ("passwords", True),  # a list of them is no less secret
         ("token_url", False),  # where to fetch a token, not the token
         ("password_file", False),  # a path to a secret, not the secret
         ("tokenizer", False),  # a name part must match whole
@@ -186,3 +187,14 @@ def test_redact_masks_secret_paths_and_sealed_values(cipher: SecretCipher) -> No
 
 def test_redact_ignores_paths_that_are_not_in_the_body() -> None:
     assert redact({"a": 1}, {("missing", "password"), ("a", 0)}) == {"a": 1}
+
+
+def test_everything_under_a_secret_named_key_is_one_secret() -> None:
+    # An untyped config groups credentials; every part of the group is sealed and redacted.
+    body = {"credentials": {"user": "svc", "pass": "hunter22"}, "db": {"passwords": ["a1b2c3"]}, "name": "x"}
+    assert find_secret_paths(body) == {("credentials",), ("db", "passwords")}
+    assert redact(body, find_secret_paths(body)) == {
+        "credentials": "**********",
+        "db": {"passwords": "**********"},
+        "name": "x",
+    }
