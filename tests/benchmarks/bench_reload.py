@@ -277,6 +277,22 @@ async def breakdown(
     return per_reload, rows
 
 
+async def hop_cost(rounds: int = 1000) -> float:
+    """p50 ms of one worker-thread round trip under a timeout, as each sync validator and callback makes."""
+
+    def nothing() -> None:
+        return None
+
+    timings = []
+    for index in range(rounds + 100):
+        started = time.perf_counter()
+        with anyio.move_on_after(30):
+            await anyio.to_thread.run_sync(nothing, abandon_on_cancel=True)
+        if index >= 100:
+            timings.append((time.perf_counter() - started) * 1000)
+    return percentile(timings, 0.5)
+
+
 def raw_commit_floor(directory: Path, commits: int = 200) -> tuple[float, float]:
     """p50/p99 ms of a bare sqlite3 WAL commit with synchronous=FULL (a few small rows) on this disk."""
     path = directory / "floor.db"
@@ -313,6 +329,7 @@ async def run(args: argparse.Namespace) -> int:
             cpu_ms = (time.process_time() - cpu_started) * 1000 / args.reloads
             reads = read_costs(reloader, number=args.read_number, repeat=args.read_repeat)
             per_reload, rows = await breakdown(reloader, sources, args.breakdown)
+            hop_ms = await hop_cost()
         finally:
             await reloader.stop()
             reloader.log.close()
@@ -353,6 +370,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"  {'event loop work + thread hops (the rest)':62s} {per_reload - accounted:7.3f} ms")
     print(
         f"  raw sqlite3 COMMIT floor on this disk (synchronous=FULL): p50 {floor_p50:.3f} ms, p99 {floor_p99:.3f} ms"
+    )
+    # The source is read in a worker, each sync validator and sync callback runs in one, and both
+    # appends do: the floor no code on the event loop can remove, before any work is done.
+    hops = 1 + len(VALIDATORS) + (0 if args.async_callbacks else 3) + 2
+    print(
+        f"  worker-thread round trip on this machine: p50 {hop_ms * 1000:.0f} us; this reload makes {hops} "
+        f"(source, {len(VALIDATORS)} validators, {0 if args.async_callbacks else 3} callbacks, 2 appends) "
+        f"= {hops * hop_ms:.2f} ms, plus 2 commits = {hops * hop_ms + 2 * floor_p50:.2f} ms floor"
     )
 
     missed = []
