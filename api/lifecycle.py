@@ -281,8 +281,14 @@ class ConfigLifecycle:
         async def consume() -> None:
             async with receive:
                 async for _ in receive:
-                    if self.reloader is not None:
+                    if self.reloader is None:
+                        continue
+                    try:
                         await self.reloader.request_reload(Trigger.SIGNAL, actor="signal")
+                    except Exception as exc:
+                        # An unreachable log fails this reload, not the service: keep serving and
+                        # keep listening, so the next SIGHUP can try again.
+                        logger.error("reload on SIGHUP failed: %s", exc)
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
 

@@ -69,13 +69,38 @@ class FileWatcher:
             current = again
         return current
 
+    @property
+    def recheck_s(self) -> float:
+        """How often, with no event at all, the watcher checks its directory and the file by ``stat``."""
+        return max(0.5, min(self.poll_interval, 5.0))
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        directory = Path(os.path.realpath(self.path.parent))
         last = fingerprint(self.path)
         self.running = True
         task_status.started()
         try:
-            async for _changes in awatch(
+            while not self._stop.is_set():
+                directory = Path(os.path.realpath(self.path.parent))
+                watched = _identity(directory)
+                if watched is None:
+                    # The directory is gone (a deploy that deletes and recreates it): wait for it.
+                    with anyio.move_on_after(self.recheck_s):
+                        await self._stop.wait()
+                    continue
+                last = await self._watch(directory, watched, last)
+        finally:
+            self.running = False
+
+    async def _watch(self, directory: Path, watched: tuple[int, int], last: Fingerprint) -> Fingerprint:
+        """Watch ``directory`` until it is replaced, removed or the watcher stops; return the last fingerprint.
+
+        An inotify watch follows the directory's inode, so a directory deleted and recreated under the
+        same name would never report again. Every ``recheck_s`` without events, the directory's identity
+        is checked (a new one is watched afresh) and the file's fingerprint compared, which also catches
+        a change made while no watch was armed.
+        """
+        try:
+            async for changes in awatch(
                 directory,
                 watch_filter=None,
                 stop_event=self._stop,
@@ -83,15 +108,55 @@ class FileWatcher:
                 poll_delay_ms=int(self.poll_interval * 1000),
                 debounce=400,
                 step=50,
+                rust_timeout=int(self.recheck_s * 1000),
+                yield_on_timeout=True,
                 recursive=False,
             ):
+                if not changes:
+                    if _identity(directory) != watched or os.path.realpath(self.path.parent) != str(
+                        directory
+                    ):
+                        break
+                    if fingerprint(self.path) == last:
+                        continue
                 current = await self._settled()
                 if current == last:
                     continue
-                last = current
+                previous, last = last, current
                 if current is None:
                     logger.warning("config file %s disappeared; keeping the current config", self.path)
                     continue
-                await self.on_change()
-        finally:
-            self.running = False
+                if not await self._notify():
+                    last = previous  # not reloaded: the next recheck sees the change again and retries
+        except OSError as exc:
+            # The directory vanished between the check and the watch being armed: look again shortly.
+            logger.debug("watching %s failed (%s); retrying", directory, exc)
+            with anyio.move_on_after(self.recheck_s):
+                await self._stop.wait()
+        current = fingerprint(self.path)
+        if current != last and current is not None and not self._stop.is_set():
+            # Changed while the old directory was being replaced: that is a change like any other.
+            current = await self._settled()
+            if current != last and current is not None and await self._notify():
+                last = current
+        return last
+
+    async def _notify(self) -> bool:
+        """Ask for the reload; if it fails (the log unreachable), keep watching instead of taking the
+        service down with it, and report whether it went through."""
+        try:
+            await self.on_change()
+        except Exception as exc:
+            logger.error(
+                "reload after a change to %s failed (%s); retrying at the next check", self.path, exc
+            )
+            return False
+        return True
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(directory)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)

@@ -8,7 +8,9 @@ against the events it left in the log, read back through ``lifecycle.reloader.lo
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -932,3 +934,63 @@ def test_an_unreachable_log_is_a_json_503_with_a_stable_detail(service: Service)
             connection.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
     assert service.get("/history").status_code == 200
     assert reload(service)["success"] is True
+
+
+def wait_until(what: str, probe: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None or found is False:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
+def test_file_watching_survives_its_directory_being_deleted_and_recreated(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # A deploy that does `rm -rf conf && cp -r release conf`: an inotify watch on the old directory's
+    # inode would never report again, while /status kept saying file watching was enabled.
+    with serving(tmp_path, sqlite_url) as service:
+        assert service.post("/file-watch/enable", params={"poll_interval": 0.5}).status_code == 200
+        directory = service.source.parent
+        shutil.rmtree(directory)
+        directory.mkdir()
+        body = variant(database__pool_size=81)
+        write_config(service.source, body)
+
+        wait_until("the recreated file's reload", lambda: service.current_full_hash() == full_hash_of(body))
+        watched = service.get("/history", params={"trigger": "file_watch"}).json()
+        assert watched["total_count"] == 1
+        assert watched["operations"][0]["success"] is True
+
+        # ... and the fresh directory is watched from then on.
+        newer = variant(database__pool_size=82)
+        write_config(service.source, newer)
+        wait_until("the next reload", lambda: service.current_full_hash() == full_hash_of(newer))
+        assert service.get("/history", params={"trigger": "file_watch"}).json()["total_count"] == 2
+
+
+def test_file_watching_outlives_an_unreachable_log_and_retries_the_change(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file change while the log is unreachable fails that reload; it must not take the service (the
+    # watcher's task group, and with it the app's lifespan) down, and the change must not be lost.
+    with serving(tmp_path, sqlite_url) as service:
+        assert service.post("/file-watch/enable", params={"poll_interval": 0.5}).status_code == 200
+        with service.log.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+        body = variant(database__pool_size=91)
+        try:
+            write_config(service.source, body)
+            wait_until(
+                "the failed reload to be logged",
+                lambda: any("reload after a change" in r.getMessage() for r in caplog.records),
+            )
+            assert service.get("/healthz", token=None).status_code == 200
+        finally:
+            with service.log.engine.begin() as connection:
+                connection.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
+
+        wait_until("the retried reload", lambda: service.current_full_hash() == full_hash_of(body))
+        assert service.get("/status").json()["file_watching_enabled"] is True
+        watched = service.get("/history", params={"trigger": "file_watch"}).json()
+        assert [op["status"] for op in watched["operations"]] == ["success"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -165,6 +166,24 @@ def assert_quiet(server: Server, trigger: str, expected: int, *, period: float =
         time.sleep(0.1)
 
 
+def log_of(server: Server) -> str:
+    return server.output.read_text(errors="replace")
+
+
+@contextmanager
+def rename_events_table(database: Path, name: str, away: str) -> Iterator[None]:
+    """Make the log unreachable for the running server (its events table is gone) until the block ends."""
+    connection = sqlite3.connect(database, timeout=10)
+    try:
+        connection.execute(f"ALTER TABLE {name} RENAME TO {away}")
+        connection.commit()
+        yield
+    finally:
+        connection.execute(f"ALTER TABLE {away} RENAME TO {name}")
+        connection.commit()
+        connection.close()
+
+
 def snapshot(server: Server) -> dict[str, Any]:
     """What must survive a restart: history (ids and outcomes), stats, backups, current hash."""
     history = server.get("/history", limit=100)
@@ -279,9 +298,20 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
             e["type"] for e in restarted.get("/events", limit=1000)["events"] if e["operation_id"] is None
         ]
         assert lifecycle[-2:] == ["instance.stopped", "instance.started"]
-        assert (
-            restarted.get("/status")["file_watching_enabled"] is False
-        )  # --watch is off; enabling was run-time
+        # --watch is off; enabling it was a run-time choice of the first run
+        assert restarted.get("/status")["file_watching_enabled"] is False
+
+        # A SIGHUP while the log is unreachable fails that reload, not the process; the next one works.
+        signals = restarted.count("signal")
+        with rename_events_table(tmp_path / "confledger.db", "events", "events_away"):
+            restarted.process.send_signal(signal.SIGHUP)
+            wait_for(
+                "the failed reload to be logged",
+                lambda: "reload on SIGHUP failed" in log_of(restarted) or None,
+            )
+            assert restarted.process.poll() is None
+        restarted.process.send_signal(signal.SIGHUP)
+        wait_for("the next SIGHUP's reload", lambda: restarted.count("signal") == signals + 1 or None)
         stop(restarted)
 
     for run in (1, 2):
