@@ -184,25 +184,28 @@ class ConfigReloader:
         if self._watcher is not None:
             if self._watcher.poll_interval == poll_interval and self._watcher.force_polling == force_polling:
                 return
-            self._watcher.stop()
         watcher = FileWatcher(
             Path(self.config_source),
             lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
             poll_interval=poll_interval,
             force_polling=force_polling,
         )
-        self._watcher = watcher
-        await self._task_group.start(watcher.run)
+        # Recorded first: if the log refuses the event, nothing changes and the caller gets the error,
+        # so the log never disagrees with what the instance actually does.
         await self.runner.record(
             FileWatchEnabled(source=self.config_source, poll_interval=poll_interval, mode=watcher.mode)
         )
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._watcher = watcher
+        await self._task_group.start(watcher.run)
 
     async def disable_file_watching(self) -> None:
         if self._watcher is None:
             return
+        await self.runner.record(FileWatchDisabled(source=self.config_source))
         self._watcher.stop()
         self._watcher = None
-        await self.runner.record(FileWatchDisabled(source=self.config_source))
 
     def _materialize(self, full_hash: str) -> Any:
         cached = self.runner.config_for_hash(full_hash)
