@@ -181,9 +181,12 @@ class ConfigReloader:
             raise RuntimeError(
                 "file watching needs a running task group: use `async with reloader` or the lifecycle"
             )
-        if self._watcher is not None:
-            if self._watcher.poll_interval == poll_interval and self._watcher.force_polling == force_polling:
-                return
+        current = self._watcher
+        if current is not None and (current.poll_interval, current.force_polling) == (
+            poll_interval,
+            force_polling,
+        ):
+            return
         watcher = FileWatcher(
             Path(self.config_source),
             lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
