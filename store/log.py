@@ -115,25 +115,6 @@ def _chain_hash_of_text(envelope: Mapping[str, Any], payload_text: str) -> str:
     return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
 
 
-def _verbatim(text: Any) -> Any:
-    return text
-
-
-class _CanonicalJSONText(sa.types.TypeDecorator[Any]):
-    """Binds a JSON column to a value that already is its canonical JSON text, written as is instead of
-    serialised again: SQLite keeps JSON as that text, and psycopg is handed it as a ``json`` value."""
-
-    impl = sa.JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
-        if dialect.name == "postgresql":
-            from psycopg.types.json import Json
-
-            return lambda text: Json(text, dumps=_verbatim)
-        return None
-
-
 # The statements on the append path, built once: constructing a Core statement costs more than running
 # one of these on SQLite (the compiled form is cached either way).
 _HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
@@ -146,7 +127,14 @@ _APPLIED_SINCE = (
     .order_by(events.c.position)
     .limit(1)
 )
-_INSERT_EVENTS = events.insert().values(payload=sa.bindparam("payload_text", type_=_CanonicalJSONText()))
+_RAW_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+_EVENT_COLUMNS = (
+    "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
+)
+_RAW_INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_RAW_INSERT_POSTGRES = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS json), %s, %s)"
+)
 _CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
     config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
 )
@@ -221,6 +209,7 @@ class EventLog:
             connect_timeout_s=connect_timeout_s,
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
+        self._raw_insert = _RAW_INSERT_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_INSERT_POSTGRES
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -297,7 +286,10 @@ class EventLog:
         payload_texts = [self._payload_text(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         with write_transaction(self.engine) as connection:
-            head_position, head_hash = self._head_row(connection)
+            # The hot path talks to the driver directly: SQLAlchemy's statement machinery costs more per
+            # single-event append than the commit itself does on a fast disk. Same transaction, same lock.
+            cursor = connection.connection.cursor()
+            head_position, head_hash = self._raw_head(cursor)
             if expected_head is not None and applies:
                 self._check_no_apply_since(connection, expected_head)
             # Taken under the lock so occurred_at never decreases along positions on one clock.
@@ -320,7 +312,8 @@ class EventLog:
                 row["hash"] = _chain_hash_of_text(row, payload_text)
                 previous = row["hash"]
                 rows.append(row)
-            connection.execute(_INSERT_EVENTS, rows)
+            cursor.executemany(self._raw_insert, [self._raw_row(row) for row in rows])
+            cursor.close()
             for config in configs:
                 self._store_config(connection, config, first_position=head_position + 1)
         positions = [row["position"] for row in rows]
@@ -373,6 +366,30 @@ class EventLog:
     def _head_row(connection: Connection) -> tuple[int, str]:
         row = connection.execute(_HEAD).first()
         return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
+
+    def _raw_row(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        occurred_at = row["occurred_at"]
+        if self._raw_insert is _RAW_INSERT_SQLITE:
+            # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds).
+            occurred_at = occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return (
+            row["position"],
+            row["event_id"],
+            occurred_at,
+            row["type"],
+            row["schema_version"],
+            row["operation_id"],
+            row["instance_id"],
+            row["actor"],
+            row["payload_text"],
+            row["prev_hash"],
+            row["hash"],
+        )
+
+    def _raw_head(self, cursor: Any) -> tuple[int, str]:
+        cursor.execute(_RAW_HEAD)
+        row = cursor.fetchone()
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
     @staticmethod
     def _check_no_apply_since(connection: Connection, expected_head: int) -> None:
