@@ -7,6 +7,7 @@ written to ``config_versions`` has every secret replaced by a Fernet token, so a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -82,6 +83,7 @@ _DESCRIBING_SUFFIXES = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def looks_secret(name: str) -> bool:
     parts = _name_parts(name)
     if parts and parts[-1] in _DESCRIBING_SUFFIXES:
