@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
@@ -170,6 +171,12 @@ def translate_errors(url: URL) -> Iterator[None]:
         raise _translate(url, exc) from exc
     except sa_exc.SQLAlchemyError as exc:
         raise StoreError(f"database error on {describe_url(url)}: {type(exc).__name__}") from exc
+    except (sqlite3.Error, psycopg.Error) as exc:
+        # The append path talks to the driver directly; its errors get the same translation, wrapped
+        # the way SQLAlchemy would have wrapped them.
+        base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
+        wrapped = sa_exc.DBAPIError.instance(None, None, exc, base)
+        raise _translate(url, wrapped) from exc
 
 
 def _first_line(exc: sa_exc.DBAPIError) -> str:
