@@ -52,9 +52,13 @@ def normalize_url(url: str | URL) -> URL:
         if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.drivername != "postgresql+psycopg":
-            raise InvalidDatabaseURL(f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql+psycopg")
+            raise InvalidDatabaseURL(
+                f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql+psycopg"
+            )
         if not parsed.database:
-            raise InvalidDatabaseURL("PostgreSQL URL names no database (postgresql+psycopg://host:port/DBNAME)")
+            raise InvalidDatabaseURL(
+                "PostgreSQL URL names no database (postgresql+psycopg://host:port/DBNAME)"
+            )
     elif backend == "sqlite":
         if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
             raise InvalidDatabaseURL(f"unsupported SQLite driver {parsed.drivername!r}; use sqlite:///path")
@@ -176,6 +180,8 @@ def translate_errors(url: URL) -> Iterator[None]:
         # the way SQLAlchemy would have wrapped them.
         base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
         wrapped = sa_exc.DBAPIError.instance(None, None, exc, base)
+        if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - instance() wraps driver errors
+            raise StoreUnavailable(f"database error on {describe_url(url)}: {type(exc).__name__}") from exc
         raise _translate(url, wrapped) from exc
 
 

@@ -128,9 +128,7 @@ _APPLIED_SINCE = (
     .limit(1)
 )
 _RAW_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-_EVENT_COLUMNS = (
-    "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
-)
+_EVENT_COLUMNS = "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
 _RAW_INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _RAW_INSERT_POSTGRES = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS json), %s, %s)"
@@ -209,7 +207,9 @@ class EventLog:
             connect_timeout_s=connect_timeout_s,
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
-        self._raw_insert = _RAW_INSERT_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_INSERT_POSTGRES
+        self._raw_insert = (
+            _RAW_INSERT_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_INSERT_POSTGRES
+        )
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)

@@ -38,7 +38,9 @@ def _pg_unavailable_reason() -> str | None:
             _pg_state["reason"] = None
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _pg_state["reason"] = f"PostgreSQL not reachable at {make_url(_pg_base_url()).render_as_string(hide_password=True)}: {first}"
+            _pg_state["reason"] = (
+                f"PostgreSQL not reachable at {make_url(_pg_base_url()).render_as_string(hide_password=True)}: {first}"
+            )
         finally:
             engine.dispose()
     return _pg_state["reason"]

@@ -125,8 +125,12 @@ WHERE e.type = 'config.rolled_back' AND {field("e", "reason")} = 'automatic'"""
     return [operations, history]
 
 
-SQLITE_VIEWS = _views("json_extract({alias}.payload, '$.{name}')", "json_extract({alias}.payload, '$.{name}')")
-POSTGRES_VIEWS = _views("({alias}.payload ->> '{name}')", "(({alias}.payload ->> '{name}')::double precision)")
+SQLITE_VIEWS = _views(
+    "json_extract({alias}.payload, '$.{name}')", "json_extract({alias}.payload, '$.{name}')"
+)
+POSTGRES_VIEWS = _views(
+    "({alias}.payload ->> '{name}')", "(({alias}.payload ->> '{name}')::double precision)"
+)
 
 
 def upgrade() -> None:
