@@ -30,7 +30,7 @@ from api.settings import sqlite_path
 from projections.backups import BackupsProjection
 from projections.base import Projection
 from projections.current import CurrentProjection
-from projections.history import HistoryProjection
+from projections.history import HistoryProjection, history_page
 from projections.stats import StatsProjection
 from projections.timeline import as_of, incident_replay, position_of_hash
 from store import migrate
@@ -41,8 +41,6 @@ from store.events import (
     ConfigApplied,
     InstanceStarted,
     InstanceStopped,
-    OperationRejected,
-    OperationStarted,
     RecordedEvent,
 )
 from store.log import EventLog, StoredConfig
@@ -258,37 +256,7 @@ class LogInspector:
     def _operations(
         self, limit: int, *, before: int | None, trigger: str | None, status: str | None
     ) -> list[ReloadOperation]:
-        def keep(op: ReloadOperation) -> bool:
-            return (
-                (before is None or op.first_position < before)
-                and (trigger is None or op.trigger.value == trigger)
-                and (status is None or op.status.value == status)
-            )
-
-        found = [op for op in self.history.recent() if keep(op)][:limit]
-        window_full = len(self.history.operations) >= self.history.window
-        if len(found) >= limit or not window_full:
-            return found
-        # Older than the window: fold those operations from the log, as the reloader does.
-        cursor = self.history.oldest_position if not found else found[-1].first_position
-        if before is not None:
-            cursor = min(cursor, before)
-        while len(found) < limit:
-            starts = self.log.read_reverse(
-                cursor, _SCAN_BATCH, types=[OperationStarted.event_type, OperationRejected.event_type]
-            )
-            for start in starts:
-                if start.operation_id is None:
-                    continue
-                operation = build_operation(self.log.read_operation(start.operation_id))
-                if keep(operation):
-                    found.append(operation)
-                    if len(found) >= limit:
-                        break
-            if len(starts) < _SCAN_BATCH:
-                break
-            cursor = starts[-1].position
-        return found
+        return history_page(self.history, self.log, limit, before=before, trigger=trigger, status=status)
 
     # --- stats -------------------------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ import store
 from api.watcher import FileWatcher
 from projections.backups import BackupsProjection
 from projections.current import CurrentConfig, CurrentProjection
-from projections.history import HistoryProjection
+from projections.history import HistoryProjection, history_page
 from projections.runner import ProjectionSet
 from projections.stats import StatsProjection
 from store import EventLog, SecretCipher, StoreError, Trigger
-from store.events import FileWatchDisabled, FileWatchEnabled, OperationRejected, OperationStarted
+from store.events import FileWatchDisabled, FileWatchEnabled
 from store.operations import OperationRunner, ReloadOperation, ReloadStatus, build_operation
 from store.services import ServiceCallback, ServiceRegistry
 from store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
@@ -324,36 +324,7 @@ class ConfigReloader:
         Blocking when it has to read the log: async callers use ``aget_reload_history``.
         """
 
-        def keep(op: ReloadOperation) -> bool:
-            return (
-                (before is None or op.first_position < before)
-                and (trigger is None or op.trigger.value == trigger)
-                and (status is None or op.status.value == status)
-            )
-
-        found = [op for op in self._history.recent() if keep(op)][:limit]
-        window_full = len(self._history.operations) >= self._history.window
-        if len(found) >= limit or not window_full:
-            return found
-        cursor = self._history.oldest_position if not found else found[-1].first_position
-        if before is not None:
-            cursor = min(cursor, before)
-        while len(found) < limit:
-            starts = self.log.read_reverse(
-                cursor, 200, types=[OperationStarted.event_type, OperationRejected.event_type]
-            )
-            for start in starts:
-                if start.operation_id is None:
-                    continue
-                operation = build_operation(self.log.read_operation(start.operation_id))
-                if keep(operation):
-                    found.append(operation)
-                    if len(found) >= limit:
-                        break
-            if len(starts) < 200:
-                break
-            cursor = starts[-1].position
-        return found
+        return history_page(self._history, self.log, limit, before=before, trigger=trigger, status=status)
 
     async def aget_reload_history(self, limit: int = 20, **filters: Any) -> list[ReloadOperation]:
         return await anyio.to_thread.run_sync(lambda: self.get_reload_history(limit, **filters))

@@ -10,10 +10,11 @@ from collections import OrderedDict
 from typing import Any
 
 from projections.base import Projection, event_from_state, event_to_state
-from store.events import OperationCompleted, OperationRejected, RecordedEvent
+from store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
+from store.log import EventLog
 from store.operations import ReloadOperation, build_operation
 
-__all__ = ["HistoryProjection"]
+__all__ = ["HistoryProjection", "history_page"]
 
 
 class HistoryProjection(Projection):
@@ -72,3 +73,53 @@ class HistoryProjection(Projection):
             self.operations[operation.operation_id] = operation
         for key, events in state.get("open", {}).items():
             self._open[key] = [event_from_state(e) for e in events]
+
+
+_SCAN_BATCH = 200
+
+
+def history_page(
+    history: HistoryProjection,
+    log: EventLog,
+    limit: int,
+    *,
+    before: int | None = None,
+    trigger: str | None = None,
+    status: str | None = None,
+) -> list[ReloadOperation]:
+    """Operations newest first; ``before`` is a position cursor (an operation's ``first_position``).
+
+    Served from the in-memory window when it reaches far enough back; older operations are folded from
+    the log with the same ``build_operation``. Reads the log (blocking) only past the window.
+    """
+
+    def keep(op: ReloadOperation) -> bool:
+        return (
+            (before is None or op.first_position < before)
+            and (trigger is None or op.trigger.value == trigger)
+            and (status is None or op.status.value == status)
+        )
+
+    found = [op for op in history.recent() if keep(op)][:limit]
+    window_full = len(history.operations) >= history.window
+    if len(found) >= limit or not window_full:
+        return found
+    cursor = history.oldest_position if not found else found[-1].first_position
+    if before is not None:
+        cursor = min(cursor, before)
+    while len(found) < limit:
+        starts = log.read_reverse(
+            cursor, _SCAN_BATCH, types=[OperationStarted.event_type, OperationRejected.event_type]
+        )
+        for start in starts:
+            if start.operation_id is None:
+                continue
+            operation = build_operation(log.read_operation(start.operation_id))
+            if keep(operation):
+                found.append(operation)
+                if len(found) >= limit:
+                    break
+        if len(starts) < _SCAN_BATCH:
+            break
+        cursor = starts[-1].position
+    return found
