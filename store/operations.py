@@ -675,8 +675,9 @@ class OperationRunner:
                     load_span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code))
                     load_span.set_attribute("confledger.reason", exc.code)
                     raise
-                load_span.set_attribute("confledger.size_bytes", loaded.size_bytes)
-                load_span.set_attribute("confledger.format", loaded.format)
+                load_span.set_attributes(
+                    {"confledger.size_bytes": loaded.size_bytes, "confledger.format": loaded.format}
+                )
         except SourceError as exc:
             pending += [
                 ConfigLoadFailed(
@@ -1143,12 +1144,13 @@ def _trace_id_of(span: trace.Span) -> str | None:
 
 def _finish(span: trace.Span, result: ReloadOperation) -> None:
     """Close an operation: span attributes and status, and its one structured log line."""
-    span.set_attribute("confledger.operation_id", result.operation_id)
-    span.set_attribute("confledger.status", result.status.value)
+    # One call: each set_attribute takes the span's lock, and this runs once per operation on the loop.
+    attributes = {"confledger.operation_id": result.operation_id, "confledger.status": result.status.value}
     if result.previous_config_hash:
-        span.set_attribute("confledger.previous_hash", result.previous_config_hash)
+        attributes["confledger.previous_hash"] = result.previous_config_hash
     if result.new_config_hash:
-        span.set_attribute("confledger.new_hash", result.new_config_hash)
+        attributes["confledger.new_hash"] = result.new_config_hash
+    span.set_attributes(attributes)
     if not result.success:
         span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
     logger.log(

@@ -117,8 +117,12 @@ class ServiceRegistry:
             record_exception=False,
         ) as span:
             result = await self._call(spec, old, new, secret_values)
-            span.set_attribute("confledger.outcome", result.outcome.value)
-            span.set_attribute("confledger.duration_ms", round(result.duration_ms, 3))
+            span.set_attributes(
+                {
+                    "confledger.outcome": result.outcome.value,
+                    "confledger.duration_ms": round(result.duration_ms, 3),
+                }
+            )
             if result.outcome is not ServiceOutcome.SUCCESS:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
             return result

@@ -190,8 +190,7 @@ class ValidationPipeline:
                     errors.extend(found_errors)
                     warnings.extend(found_warnings)
                     validator_ms[spec.name] = elapsed
-            span.set_attribute("confledger.errors", len(errors))
-            span.set_attribute("confledger.warnings", len(warnings))
+            span.set_attributes({"confledger.errors": len(errors), "confledger.warnings": len(warnings)})
             if errors:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
         secrets = values_at(normalised, secret_paths)
@@ -229,8 +228,7 @@ class ValidationPipeline:
 
 
 def _close_validator_span(span: trace.Span, errors: int, warnings: int) -> None:
-    span.set_attribute("confledger.errors", errors)
-    span.set_attribute("confledger.warnings", warnings)
+    span.set_attributes({"confledger.errors": errors, "confledger.warnings": warnings})
     if errors:
         span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
 
