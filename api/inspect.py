@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from api.schemas import (
-    BackupEntry,
     BackupsResponse,
     HistoryResponse,
     OperationOut,
@@ -373,21 +372,7 @@ class LogInspector:
                 projection.fold(operation_start)
             projection.fold(applied)
         current = projection.entries[0]["hash"] if projection.entries else None
-        return BackupsResponse(
-            backups=[
-                BackupEntry(
-                    hash=entry["hash"][:16],
-                    full_hash=entry["hash"],
-                    created_at=datetime.fromisoformat(entry["applied_at"]),
-                    actor=entry["actor"],
-                    trigger=entry["trigger"],
-                    operation_id=entry["operation_id"],
-                )
-                for entry in projection.backups
-            ],
-            backup_count=count,
-            current_config_hash=short(current),
-        )
+        return BackupsResponse.of(projection.backups, count, current)
 
     def _recent_distinct_applies(self, wanted: int) -> list[tuple[RecordedEvent | None, RecordedEvent]]:
         """The newest ``config.applied`` of each of the last ``wanted`` distinct hashes, oldest first,

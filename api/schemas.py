@@ -141,6 +141,27 @@ class BackupsResponse(BaseModel):
     backup_count: int
     current_config_hash: str | None
 
+    @classmethod
+    def of(
+        cls, entries: list[dict[str, Any]], backup_count: int, current_hash: str | None
+    ) -> BackupsResponse:
+        """From the backups projection's entries (full hashes, ISO times)."""
+        return cls(
+            backups=[
+                BackupEntry(
+                    hash=entry["hash"][:SHORT],
+                    full_hash=entry["hash"],
+                    created_at=datetime.fromisoformat(entry["applied_at"]),
+                    actor=entry["actor"],
+                    trigger=entry["trigger"],
+                    operation_id=entry["operation_id"],
+                )
+                for entry in entries
+            ],
+            backup_count=backup_count,
+            current_config_hash=short(current_hash),
+        )
+
 
 class ReloadStatistics(BaseModel):
     total_operations: int

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query
 
 from api.deps import LifecycleDep, ReaderCaller, ReloaderDep
-from api.schemas import BackupEntry, BackupsResponse, ReloadStatistics, StatusResponse, short
+from api.schemas import BackupsResponse, ReloadStatistics, StatusResponse, short
 
 __all__ = ["router"]
 
@@ -75,18 +74,4 @@ async def get_stats(
 async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
     """The last N distinct configs before the current one (rollback can target any applied hash)."""
     await anyio.to_thread.run_sync(reloader.projections.catch_up)
-    return BackupsResponse(
-        backups=[
-            BackupEntry(
-                hash=entry["hash"][:16],
-                full_hash=entry["hash"],
-                created_at=datetime.fromisoformat(entry["applied_at"]),
-                actor=entry["actor"],
-                trigger=entry["trigger"],
-                operation_id=entry["operation_id"],
-            )
-            for entry in reloader.get_backups()
-        ],
-        backup_count=reloader.backup_count,
-        current_config_hash=short(reloader.current_hash),
-    )
+    return BackupsResponse.of(reloader.get_backups(), reloader.backup_count, reloader.current_hash)
