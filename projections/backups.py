@@ -12,6 +12,8 @@ from store.events import ConfigApplied, OperationCompleted, OperationStarted, Re
 
 __all__ = ["BackupsProjection"]
 
+_MIN_KEPT = 100
+
 
 class BackupsProjection(Projection):
     name = "backups"
@@ -21,6 +23,8 @@ class BackupsProjection(Projection):
         if backup_count < 1:
             raise ValueError("backup_count must be at least 1")
         self.backup_count = backup_count
+        # More than are shown, so a restart with a larger backup_count still finds them in the checkpoint.
+        self._kept = max(backup_count + 1, _MIN_KEPT)
         super().__init__()
 
     def reset(self) -> None:
@@ -44,9 +48,7 @@ class BackupsProjection(Projection):
                 "position": event.position,
             }
             # Re-applying a config moves it to the front instead of listing it twice.
-            self.entries = [entry, *(e for e in self.entries if e["hash"] != payload.hash)][
-                : self.backup_count + 1
-            ]
+            self.entries = [entry, *(e for e in self.entries if e["hash"] != payload.hash)][: self._kept]
 
     @property
     def backups(self) -> list[dict[str, Any]]:

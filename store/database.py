@@ -120,6 +120,10 @@ def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc):
+                # A read-only database keeps whatever journal mode it has; reading it (the CLI's
+                # inspection commands) must still work, and any write reports ReadOnlyStore.
+                return
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)

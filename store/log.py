@@ -754,4 +754,23 @@ class EventLog:
                 if len(rows) < _VERIFY_BATCH:
                     break
                 after = int(rows[-1].position)
+        # A chain cannot show that its newest events were cut off; checkpoints remember how far the log
+        # once reached, so a log that now ends before a checkpoint was truncated.
+        # Both read in one statement: a writer appending (and checkpointing) meanwhile moves both together.
+        with self._read() as connection:
+            reached, now_head = connection.execute(
+                sa.select(
+                    sa.select(sa.func.max(projection_checkpoints.c.position)).scalar_subquery(),
+                    sa.select(sa.func.max(events.c.position)).scalar_subquery(),
+                )
+            ).one()
+        if reached is not None and int(reached) > int(now_head or 0):
+            return VerifyReport(
+                False,
+                checked,
+                head,
+                int(now_head or 0) + 1,
+                f"the log ends at position {int(now_head or 0)} but a projection was checkpointed at "
+                f"{int(reached)}: the newest events were deleted",
+            )
         return VerifyReport(True, checked, head)

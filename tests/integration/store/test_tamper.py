@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from store import ChainBroken, EventLog, NewEvent, VerifyReport
+from store import ChainBroken, Checkpoint, EventLog, NewEvent, VerifyReport
 from store.events import InstanceStarted
 from store.log import chain_hash
 from store.schema import events
@@ -56,6 +56,18 @@ def test_a_deleted_row_is_named_as_missing(unguarded_log: EventLog) -> None:
     assert not report.ok
     assert report.first_broken_position == TAMPERED
     assert f"event {TAMPERED} is missing" in (report.reason or "")
+
+
+def test_deleting_the_newest_events_is_caught_by_the_checkpoints(unguarded_log: EventLog) -> None:
+    # The chain alone cannot see a cut-off tail; a projection checkpoint remembers how far the log reached.
+    unguarded_log.save_checkpoint(Checkpoint("stats", 1, EVENTS_IN_LOG, {}))
+    assert unguarded_log.verify().ok
+    with unguarded_log.engine.begin() as connection:
+        connection.execute(events.delete().where(events.c.position > EVENTS_IN_LOG - 2))
+    report = unguarded_log.verify()
+    assert not report.ok
+    assert report.first_broken_position == EVENTS_IN_LOG - 1
+    assert "newest events were deleted" in (report.reason or "")
 
 
 def test_a_row_rehashed_to_match_its_new_contents_breaks_the_next_link(unguarded_log: EventLog) -> None:

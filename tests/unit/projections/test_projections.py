@@ -374,3 +374,13 @@ def test_an_event_already_folded_is_skipped(name: str) -> None:
 def test_events_round_trip_through_checkpoint_state() -> None:
     for event in EVENTS:
         assert event_from_state(plain(event_to_state(event))) == event
+
+
+def test_backups_checkpoint_serves_a_larger_backup_count_after_restart() -> None:
+    # The checkpoint keeps more entries than a small backup_count shows, so raising the count on a
+    # restart shows the older backups at once instead of after a rebuild.
+    small = fold(BackupsProjection(backup_count=1), EVENTS)
+    assert isinstance(small, BackupsProjection)
+    larger = BackupsProjection(backup_count=2)
+    larger.restore(small.snapshot())
+    assert [e["hash"] for e in larger.backups] == [H1, H2]
