@@ -26,7 +26,7 @@ from api.inspect import LogInspector, diff_cipher
 from store import EventLog, StoreError, Trigger
 from store import migrate as store_migrate
 from store.database import create_store_engine, normalize_url
-from store.operations import ReloadStatus
+from store.outcome import ReloadStatus
 
 __all__ = ["app", "main"]
 

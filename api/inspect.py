@@ -43,7 +43,7 @@ from store.events import (
     RecordedEvent,
 )
 from store.log import EventLog, StoredConfig
-from store.operations import ReloadOperation, build_operation
+from store.outcome import ReloadOperation, build_operation
 from store.secrets import (
     ConfigPath,
     SecretCipher,

@@ -21,7 +21,8 @@ from projections.runner import ProjectionSet
 from projections.stats import StatsProjection
 from store import EventLog, SecretCipher, StoreError, Trigger
 from store.events import FileWatchDisabled, FileWatchEnabled
-from store.operations import OperationRunner, ReloadOperation, ReloadStatus, build_operation
+from store.operations import OperationRunner
+from store.outcome import ReloadOperation, ReloadStatus, build_operation
 from store.services import ServiceCallback, ServiceRegistry
 from store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from store.events import RecordedEvent
-from store.operations import ReloadOperation
+from store.outcome import ReloadOperation
 
 __all__ = [
     "MAX_POSITION",

@@ -12,7 +12,7 @@ from typing import Any
 from projections.base import Projection, event_from_state, event_to_state
 from store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
 from store.log import EventLog
-from store.operations import ReloadOperation, build_operation
+from store.outcome import ReloadOperation, build_operation
 
 __all__ = ["HistoryProjection", "history_page"]
 

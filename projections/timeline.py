@@ -22,7 +22,7 @@ from store.events import (
     RecordedEvent,
 )
 from store.log import EventLog
-from store.operations import ReloadOperation, build_operation
+from store.outcome import ReloadOperation, build_operation
 from store.secrets import redact
 
 __all__ = ["AsOf", "Incident", "as_of", "diff_configs", "incident_replay", "position_of_hash"]

@@ -23,7 +23,7 @@ from api.schemas import (
 )
 from api.telemetry import caller_trace_context
 from store import OperationKind, SourceNotAllowed, Trigger
-from store.operations import ReloadOperation, ReloadStatus, build_operation
+from store.outcome import ReloadOperation, ReloadStatus, build_operation
 from store.sources import resolve_source
 
 __all__ = ["router"]

@@ -113,6 +113,9 @@ def test_bad_database_input_fails_with_one_clean_line(case: str, tmp_path: Path)
     url_for, expected_words = BAD_DATABASES[case]
     url = url_for(tmp_path)
     commands = [["db", "upgrade"], ["db", "current"], ["db", "check"]]
+    if case == "read-only-sqlite":
+        # Reading the revision of a read-only database works (it is "base"); only writing is refused.
+        commands.remove(["db", "current"])
     # The three commands reach the database by three paths (migrate, read, EventLog); run them together.
     running = [(command, start_confledger(*command, "--database", url)) for command in commands]
     for command, process in running:

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from api.lifecycle import setup_configuration_lifecycle
 from examples.app_config import AppConfig
-from store.operations import build_operation
+from store.outcome import build_operation
 from store.schema import config_versions
 from tests.integration.api.service_harness import (
     ADMIN_TOKEN,

@@ -30,7 +30,7 @@ from store import CanonicalizationError, EventLog, NewEvent, OperationKind, Secr
 from store.canonical import canonical_json
 from store.events import OperationCompleted, OperationStarted, OperationStatus
 from store.log import _chain_hash_of_text, chain_hash
-from store.operations import build_operation
+from store.outcome import build_operation
 from store.schema import projection_checkpoints
 
 pytestmark = pytest.mark.anyio

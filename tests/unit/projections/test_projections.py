@@ -36,7 +36,7 @@ from store.events import (
     ValidationFailed,
     ValidationPassed,
 )
-from store.operations import ReloadStatus
+from store.outcome import ReloadStatus
 
 H1, H2, H3, H4 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,0 +1,204 @@
+"""One operation as the seed's ``ReloadOperation`` shows it, folded from the events it recorded.
+
+The runner answers its caller with ``build_operation`` over the events it just appended, and history
+folds the same events with the same function: an answer can never disagree with the record. The read
+side imports this module, not the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.events import (
+    ConfigApplied,
+    ConfigLoaded,
+    ConfigLoadFailed,
+    ConfigUnchanged,
+    OperationCompleted,
+    OperationKind,
+    OperationRejected,
+    OperationStarted,
+    OperationStatus,
+    RecordedEvent,
+    ServiceNotified,
+    Trigger,
+    ValidationFailed,
+    ValidationPassed,
+)
+
+__all__ = ["ReloadOperation", "ReloadStatus", "build_operation"]
+
+
+class ReloadStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    VALIDATING = "validating"
+    APPLYING = "applying"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    INTERRUPTED = "interrupted"
+
+
+class ReloadOperation(BaseModel):
+    """One operation as the seed's ``ReloadOperation`` shows it, folded from its events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    operation_id: str
+    kind: OperationKind = OperationKind.RELOAD
+    trigger: Trigger = Trigger.MANUAL
+    status: ReloadStatus = ReloadStatus.PENDING
+    success: bool = False
+    message: str = ""
+    error_message: str | None = None
+    reason: str | None = None
+    actor: str = "system"
+    client: str | None = None
+    instance_id: str | None = None
+    source: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    previous_config_hash: str | None = None
+    new_config_hash: str | None = None
+    changes_applied: tuple[str, ...] = ()
+    services_notified: tuple[str, ...] = ()
+    services_compensated: tuple[str, ...] = ()
+    would_notify: tuple[str, ...] = ()
+    validation_errors: tuple[str, ...] = ()
+    validation_warnings: tuple[str, ...] = ()
+    total_duration_ms: float = 0.0
+    validation_duration_ms: float = 0.0
+    apply_duration_ms: float = 0.0
+    load_duration_ms: float = 0.0
+    service_durations_ms: dict[str, float] = Field(default_factory=dict)
+    running_operation_id: str | None = None
+    trace_id: str | None = None
+    first_position: int = 0
+    last_position: int = 0
+
+    @property
+    def duration_ms(self) -> float:
+        return self.total_duration_ms
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason == "operation_in_progress"
+
+    @property
+    def slowest_phase(self) -> str:
+        phases = {
+            "load": self.load_duration_ms,
+            "validation": self.validation_duration_ms,
+            "apply": self.apply_duration_ms,
+        }
+        return max(phases, key=lambda name: phases[name])
+
+    @property
+    def slowest_service(self) -> str | None:
+        if not self.service_durations_ms:
+            return None
+        return max(self.service_durations_ms, key=lambda name: self.service_durations_ms[name])
+
+
+_STATUS = {
+    OperationStatus.SUCCESS: ReloadStatus.SUCCESS,
+    OperationStatus.FAILED: ReloadStatus.FAILED,
+    OperationStatus.ROLLED_BACK: ReloadStatus.ROLLED_BACK,
+    OperationStatus.INTERRUPTED: ReloadStatus.INTERRUPTED,
+}
+
+
+def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
+    """Fold one operation's events (in position order) into its ``ReloadOperation``."""
+    if not events:
+        raise ValueError("an operation has at least one event")
+    fields: dict[str, Any] = {
+        "operation_id": str(events[0].operation_id),
+        "first_position": events[0].position,
+        "last_position": events[-1].position,
+        "instance_id": events[0].instance_id,
+        "actor": events[0].actor,
+    }
+    notified: list[str] = []
+    compensated: list[str] = []
+    durations: dict[str, float] = {}
+    for event in events:
+        payload = event.payload
+        if isinstance(payload, OperationStarted):
+            fields.update(
+                kind=payload.kind,
+                trigger=payload.trigger,
+                source=payload.source,
+                force=payload.force,
+                dry_run=payload.dry_run,
+                previous_config_hash=payload.previous_hash,
+                new_config_hash=payload.target_hash,
+                started_at=event.occurred_at,
+                status=ReloadStatus.IN_PROGRESS,
+                client=payload.client,
+                trace_id=payload.trace_id,
+            )
+        elif isinstance(payload, ConfigLoaded):
+            fields["new_config_hash"] = payload.hash or fields.get("new_config_hash")
+            fields["load_duration_ms"] = payload.load_ms
+        elif isinstance(payload, ConfigLoadFailed):
+            fields["reason"] = payload.reason
+            fields["error_message"] = payload.message
+        elif isinstance(payload, ConfigUnchanged):
+            fields["new_config_hash"] = payload.hash
+        elif isinstance(payload, ValidationPassed):
+            fields["validation_warnings"] = payload.warnings
+            fields["validation_duration_ms"] = payload.duration_ms
+        elif isinstance(payload, ValidationFailed):
+            fields["validation_errors"] = payload.errors
+            fields["validation_warnings"] = payload.warnings
+            fields["validation_duration_ms"] = payload.duration_ms
+        elif isinstance(payload, ServiceNotified):
+            label = f"{payload.service}:{payload.outcome.value}"
+            if payload.direction == "forward":
+                notified.append(label)
+                durations[payload.service] = payload.duration_ms
+            else:
+                compensated.append(label)
+        elif isinstance(payload, ConfigApplied):
+            fields["new_config_hash"] = payload.hash
+            fields["changes_applied"] = payload.changes
+        elif isinstance(payload, OperationCompleted):
+            fields.update(
+                status=_STATUS[payload.status],
+                success=payload.status is OperationStatus.SUCCESS,
+                message=payload.message,
+                error_message=payload.error_message or fields.get("error_message"),
+                reason=payload.reason or fields.get("reason"),
+                total_duration_ms=payload.total_ms,
+                validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
+                apply_duration_ms=payload.apply_ms,
+                completed_at=event.occurred_at,
+            )
+        elif isinstance(payload, OperationRejected):
+            fields.update(
+                kind=payload.kind,
+                trigger=payload.trigger,
+                status=ReloadStatus.FAILED,
+                success=False,
+                message=payload.message,
+                error_message=payload.message,
+                reason=payload.reason,
+                running_operation_id=payload.running_operation_id,
+                source=payload.source,
+                client=payload.client,
+                started_at=event.occurred_at,
+                completed_at=event.occurred_at,
+            )
+    fields["services_notified"] = tuple(notified)
+    fields["services_compensated"] = tuple(compensated)
+    fields["service_durations_ms"] = durations
+    return ReloadOperation(**fields)
