@@ -42,7 +42,7 @@ from store.events import (
     InstanceStopped,
     RecordedEvent,
 )
-from store.log import EventLog, StoredConfig
+from store.log import EventLog
 from store.outcome import ReloadOperation, build_operation
 from store.secrets import (
     ConfigPath,
@@ -117,15 +117,7 @@ def _check_schema(log: EventLog) -> None:
     head = migrate.head_revision()
     if revision == head:
         return
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    script = ScriptDirectory.from_config(migrate.alembic_config())
-    try:
-        known = script.get_revision(revision)
-    except CommandError:
-        known = None
-    if known is None:
+    if not migrate.is_known_revision(revision):
         raise SchemaTooNew(
             f"{where} is at schema revision {revision!r}, newer than this confledger knows ({head!r}): "
             "inspect it with the release that wrote it"
@@ -320,15 +312,7 @@ class LogInspector:
     def show(self, reference: str) -> VersionResponse:
         """A stored config by hash or prefix, secrets redacted (no key needed: bodies stay sealed)."""
         stored = self.log.get_config(reference, reveal=False)
-        return VersionResponse(
-            hash=stored.hash[:16],
-            full_hash=stored.hash,
-            size_bytes=stored.size_bytes,
-            created_at=stored.created_at,
-            first_position=stored.first_position,
-            applied=self.log.was_applied(stored.hash),
-            config=_redacted(stored),
-        )
+        return VersionResponse.of(stored, applied=self.log.was_applied(stored.hash))
 
     def diff(self, from_reference: str, to_reference: str, cipher: SecretCipher | None) -> dict[str, Any]:
         """Dotted-path changes between two stored configs, secret values shown as ``**********``.
@@ -409,14 +393,7 @@ class LogInspector:
     # --- integrity ---------------------------------------------------------------------------------
 
     def verify(self) -> VerifyResponse:
-        report = self.log.verify()
-        return VerifyResponse(
-            ok=report.ok,
-            checked=report.checked,
-            head=report.head,
-            first_broken_position=report.first_broken_position,
-            reason=report.reason,
-        )
+        return VerifyResponse.of(self.log.verify())
 
     # --- replay ------------------------------------------------------------------------------------
 
@@ -538,10 +515,6 @@ def _lifecycle_entry(event: RecordedEvent | None) -> dict[str, Any] | None:
     elif isinstance(payload, InstanceStopped):
         entry["reason"] = payload.reason
     return entry
-
-
-def _redacted(stored: StoredConfig) -> dict[str, Any]:
-    return redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
 
 
 def _sealed_as_leaves(body: Any) -> Any:

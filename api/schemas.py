@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from store.events import RecordedEvent
+from store.log import StoredConfig, VerifyReport
 from store.outcome import ReloadOperation
+from store.secrets import find_secret_paths, redact
 
 __all__ = [
     "MAX_POSITION",
@@ -213,6 +215,19 @@ class VersionResponse(BaseModel):
     applied: bool
     config: dict[str, Any]
 
+    @classmethod
+    def of(cls, stored: StoredConfig, *, applied: bool) -> VersionResponse:
+        """A stored config as shown: sealed values and secret-looking keys as ``**********``, no key needed."""
+        return cls(
+            hash=stored.hash[:SHORT],
+            full_hash=stored.hash,
+            size_bytes=stored.size_bytes,
+            created_at=stored.created_at,
+            first_position=stored.first_position,
+            applied=applied,
+            config=redact(stored.body, stored.secret_paths | find_secret_paths(stored.body)),
+        )
+
 
 class ChangeOut(BaseModel):
     path: str
@@ -272,6 +287,16 @@ class VerifyResponse(BaseModel):
     head: int
     first_broken_position: int | None
     reason: str | None
+
+    @classmethod
+    def of(cls, report: VerifyReport) -> VerifyResponse:
+        return cls(
+            ok=report.ok,
+            checked=report.checked,
+            head=report.head,
+            first_broken_position=report.first_broken_position,
+            reason=report.reason,
+        )
 
 
 class TimelineResponse(BaseModel):

@@ -27,6 +27,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "head_revision",
+    "is_known_revision",
     "schema_drift",
     "upgrade",
 ]
@@ -65,16 +66,20 @@ def current_revision(engine: Engine) -> str | None:
         return _current(connection)
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether this release's migrations include ``revision`` (an unknown one was written by a newer release)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def _refuse_unknown(connection: Connection, engine: Engine) -> None:
     revision = _current(connection)
     if revision is None:
         return
-    script = ScriptDirectory.from_config(alembic_config())
-    try:
-        known = script.get_revision(revision)
-    except CommandError:
-        known = None
-    if known is None:
+    if not is_known_revision(revision):
+        script = ScriptDirectory.from_config(alembic_config())
         raise SchemaTooNew(
             f"database {describe_url(engine.url)} is at schema revision {revision!r}, which this confledger "
             f"does not know (newest known: {script.get_current_head()!r}); it was migrated by a newer "

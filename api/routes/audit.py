@@ -47,14 +47,7 @@ async def events(
 @router.get("/verify", response_model=VerifyResponse)
 async def verify(reloader: ReloaderDep, _caller: ReaderCaller) -> VerifyResponse:
     """Recompute the whole hash chain and name the first position that does not hold."""
-    report = await anyio.to_thread.run_sync(reloader.log.verify)
-    return VerifyResponse(
-        ok=report.ok,
-        checked=report.checked,
-        head=report.head,
-        first_broken_position=report.first_broken_position,
-        reason=report.reason,
-    )
+    return VerifyResponse.of(await anyio.to_thread.run_sync(reloader.log.verify))
 
 
 @router.get("/timeline", response_model=TimelineResponse, responses={400: {"model": ErrorResponse}})

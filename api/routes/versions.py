@@ -54,16 +54,7 @@ async def version(config_hash: HashPath, reloader: ReloaderDep, _caller: ReaderC
         stored, applied = await anyio.to_thread.run_sync(load)
     except StoreError as exc:
         raise http_error(exc) from None
-    shown = redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
-    return VersionResponse(
-        hash=stored.hash[:16],
-        full_hash=stored.hash,
-        size_bytes=stored.size_bytes,
-        created_at=stored.created_at,
-        first_position=stored.first_position,
-        applied=applied,
-        config=shown,
-    )
+    return VersionResponse.of(stored, applied=applied)
 
 
 @router.get("/diff", response_model=DiffResponse, responses=_LOOKUP_ERRORS)
