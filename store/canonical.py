@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from store.errors import CanonicalizationError
@@ -29,8 +29,8 @@ GENESIS_HASH = "0" * 64
 
 
 def _reject_non_finite(value: Any) -> None:
-    # json.dumps(allow_nan=False) also refuses these, but its message does not say where; walking first
-    # lets the error name the path an operator has to fix.
+    # json's own errors do not say where; this walk names the path an operator has to fix. It runs only
+    # once something looks wrong, so its ABC checks stay off the common path.
     stack: list[tuple[str, Any]] = [("$", value)]
     while stack:
         path, item = stack.pop()
@@ -45,13 +45,56 @@ def _reject_non_finite(value: Any) -> None:
             stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
 
 
+# Built once: json.dumps would construct an encoder on every call.
+_encode: Callable[[Any], str] = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+_CONTAINERS = frozenset({dict, list, tuple})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _keys_are_plain(value: Any) -> bool:
+    """True when every mapping key is exactly a ``str``. False means "look closer", not "refuse".
+
+    Needed because json turns int, float, bool and None keys into strings without a word: ``{1: x}``
+    and ``{"1": x}`` would get one hash. Called only after json accepted the value, so every container
+    is a dict, list or tuple (or a subclass) and nothing can be circular; anything but the exact types
+    (a subclass could override iteration) is left to the full walk.
+    """
+    if type(value) not in _CONTAINERS:
+        return type(value) in _SCALARS
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            item = item.values()
+        for child in item:
+            kind = type(child)
+            if kind in _CONTAINERS:
+                stack.append(child)
+            elif kind not in _SCALARS:
+                return False
+    return True
+
+
 def canonical_json(value: Any) -> str:
     """The one text form of a JSON value: sorted keys, compact separators, no NaN/Infinity."""
-    _reject_non_finite(value)
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _encode(value)
     except (TypeError, ValueError) as exc:
+        # NaN, a non-string key or a deeper problem: the walk names the first two with their path.
+        _reject_non_finite(value)
         raise CanonicalizationError(f"value is not plain JSON: {exc}") from exc
+    except RecursionError:
+        _reject_non_finite(value)
+        raise
+    if not _keys_are_plain(value):
+        # Refuses a key json quietly stringified; a str subclass key or a dict subclass passes, as it
+        # always did, and json's text for it stands.
+        _reject_non_finite(value)
     # json.loads accepts "\ud800", but a lone surrogate has no UTF-8 form: refuse it here, as a
     # CanonicalizationError, rather than let the later encode fail with a bare UnicodeEncodeError.
     if not text.isascii():

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.canonical import GENESIS_HASH, canonical_json, config_hash, sha256_hex
+from store.canonical import GENESIS_HASH, _reject_non_finite, canonical_json, config_hash, sha256_hex
 from store.errors import CanonicalizationError
 from store.log import chain_hash
 
@@ -150,6 +152,104 @@ def test_a_lone_surrogate_from_json_loads_is_refused_not_crashing_utf8() -> None
     body = json.loads('{"name": "\\ud800"}')
     with pytest.raises(CanonicalizationError, match="surrogate"):
         config_hash(body)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # keys json.dumps would quietly turn into strings (colliding with real "1", "true", "null" keys)
+        ({1: "x"}, "non-string key 1 at $"),
+        ({"a": {True: "x"}}, "non-string key True at $.a"),
+        ({"a": [{None: 1}]}, "non-string key None at $.a[0]"),
+        ({"a": {2.5: 1}}, "non-string key 2.5 at $.a"),
+        ({"a": 1, 2: "b"}, "non-string key 2 at $"),  # mixed with str keys: json fails sorting instead
+        ({"a": OrderedDict([(1, "x")])}, "non-string key 1 at $.a"),  # inside a dict subclass
+        ({"a": {("t",): 1}}, "non-string key ('t',) at $.a"),  # a key with no JSON form at all
+        ({float("nan"): 1}, "non-string key nan at $"),
+        # non-finite numbers, at their path
+        ({"a": [1.0, float("nan")]}, "nan at $.a[1] has no JSON representation"),
+        ({"a": {"b": float("-inf")}}, "-inf at $.a.b has no JSON representation"),
+        ({"a": ("x", float("inf"))}, "inf at $.a[1] has no JSON representation"),
+        # a mapping json cannot encode: the path-naming refusal still comes first, as it always did
+        ({"a": MappingProxyType({"b": float("nan")})}, "nan at $.a.b has no JSON representation"),
+        # strings with no UTF-8 form, as a value or as a key
+        ({"a": ["ok", "x\ud800"]}, "lone surrogate"),
+        ({"\udc80": 1}, "lone surrogate"),
+        # no JSON form at all
+        ({"a": MappingProxyType({"b": 1})}, "not plain JSON"),
+    ],
+)
+def test_refusals_name_the_problem_and_its_path(value: Any, message: str) -> None:
+    with pytest.raises(CanonicalizationError) as caught:
+        canonical_json(value)
+    assert message in str(caught.value)
+
+
+class _Key(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ({_Key("b"): 1, "a": 2}, '{"a":2,"b":1}'),  # a str subclass is a string key
+        (OrderedDict([("b", 1), ("a", (1, 2))]), '{"a":[1,2],"b":1}'),  # dict subclass, tuple
+        ([{"x": -0.0}, 1.0, True, None], '[{"x":-0.0},1.0,true,null]'),
+    ],
+)
+def test_string_keys_and_json_shaped_values_are_accepted(value: Any, text: str) -> None:
+    assert canonical_json(value) == text
+
+
+def _walk_then_dump(value: Any) -> str:
+    """canonical_json as it was first written: the path-naming walk always, then json.dumps."""
+    _reject_non_finite(value)
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CanonicalizationError(f"value is not plain JSON: {exc}") from exc
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalizationError(
+            f"string holds a lone surrogate {text[exc.start]!r}, which has no UTF-8 form"
+        ) from exc
+    return text
+
+
+odd_leaves = st.sampled_from(
+    [float("nan"), float("inf"), float("-inf"), "\ud800", b"raw", -0.0, _Key("k"), (1, "t")]
+)
+odd_keys = keys | st.sampled_from([1, True, None, 2.5, "\udfff", _Key("k")])
+odd_values = st.recursive(
+    scalars | odd_leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(odd_keys, children, max_size=3)
+        | st.dictionaries(odd_keys, children, max_size=2).map(OrderedDict)
+    ),
+    max_leaves=10,
+)
+
+
+def _outcome(function: Any, value: Any) -> str:
+    try:
+        return "text:" + function(value)
+    except CanonicalizationError as exc:
+        return "refused:" + str(exc)
+
+
+@given(value=odd_values)
+def test_the_fast_path_answers_exactly_as_walking_first_did(value: Any) -> None:
+    # Same text, or the same refusal with the same message, for plain and odd values alike.
+    assert _outcome(canonical_json, value) == _outcome(_walk_then_dump, value)
+
+
+@given(value=json_values)
+def test_canonical_json_is_json_dumps_with_the_fixed_options(value: Any) -> None:
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert canonical_json(value) == expected
 
 
 # --- chain_hash ----------------------------------------------------------------------------------------
