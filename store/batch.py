@@ -1,0 +1,203 @@
+"""A run of synchronous calls in one worker thread, each under its own deadline.
+
+A reload calls user code (validators, service callbacks) that may block, so each sync call runs off the
+event loop. One thread hop per call costs far more than a no-op callback (a wake-up of the loop, a GIL
+hand-over and a context copy each way), so consecutive sync calls share one hop: the worker runs them in
+order and the loop wakes once, when all are done.
+
+Each call keeps its own timeout, measured from when it starts, exactly as if it had its own hop. The loop
+sleeps until the earliest deadline any call could have; if the batch is still running then, it looks at
+which call is running and since when. A call past its deadline is recorded as timed out and abandoned with its thread
+(a thread cannot be killed); the calls after it run in a fresh batch, so one hung callback never delays
+the next one beyond its own timeout.
+
+A call may carry a span: it is started in the worker when the call starts and made current there, so
+spans the user's code opens nest under it; it is ended by whichever side records the call's outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+__all__ = ["CallOutcome", "SyncCall", "run_in_worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What one call did: returned ``value``, raised ``error``, or overran its timeout."""
+
+    value: object = None
+    error: Exception | None = None
+    timed_out: bool = False
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCall:
+    """One call of a batch.
+
+    ``timeout`` is None for confledger's own work (loading a file, appending to the log), which has its
+    own limits. ``stop_on_error``: when the call raises, the rest of the batch does not run (a failed
+    load leaves nothing to validate; a failed append must not be followed by notifying services).
+    ``start_span`` / ``finish_span`` open the call's span and set its outcome attributes before it ends.
+    """
+
+    function: Callable[[], object]
+    timeout: float | None = None
+    stop_on_error: bool = False
+    start_span: Callable[[], trace.Span] | None = None
+    finish_span: Callable[[trace.Span, CallOutcome], None] | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    calls: Sequence[SyncCall]
+    outcomes: list[CallOutcome] = field(default_factory=list)
+    # One lock orders the worker starting/finishing a call against the loop declaring it timed out, so
+    # exactly one side records each outcome and ends its span.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(init=False)
+    version: int = 0
+    running: int | None = None
+    started: float = 0.0
+    span: trace.Span | None = None
+    abandoned: bool = False
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+    # --- worker side ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            for index, call in enumerate(self.calls):
+                with self.lock:
+                    if self.abandoned:
+                        return
+                    span = call.start_span() if call.start_span is not None else None
+                    self.running, self.started, self.span = index, time.perf_counter(), span
+                    self._bump()
+                token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+                error: Exception | None = None
+                value: object = None
+                try:
+                    value = call.function()
+                except Exception as exc:
+                    error = exc
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
+                outcome = CallOutcome(value, error, False, (time.perf_counter() - self.started) * 1000)
+                with self.lock:
+                    if self.abandoned:
+                        return  # the loop recorded this call as timed out and closed its span
+                    self.outcomes.append(outcome)
+                    self.running, self.span = None, None
+                    self._bump()
+                # Outside the lock: a span processor may export synchronously, and the loop must not
+                # wait on that to check a deadline. Recorded above, so no other side touches it.
+                _close(call, span, outcome)
+                if error is not None and call.stop_on_error:
+                    return
+        finally:
+            with self.lock:
+                self.finished = True
+                self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self.changed.notify_all()
+
+    def wait_for_change(self, seen: int, timeout: float | None) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != seen, timeout)
+
+    # --- loop side -----------------------------------------------------------------------------------
+
+    def check(self) -> tuple[bool, int, float | None]:
+        """(done, version, seconds until the running call's deadline); records a timeout when due."""
+        with self.lock:
+            if self.finished or self.abandoned:
+                return True, self.version, None
+            if self.running is None:
+                return False, self.version, None  # between two calls: the next one is about to start
+            call = self.calls[self.running]
+            if call.timeout is None:
+                return False, self.version, None
+            elapsed = time.perf_counter() - self.started
+            if elapsed < call.timeout:
+                return False, self.version, call.timeout - elapsed
+            outcome = CallOutcome(timed_out=True, duration_ms=elapsed * 1000)
+            self.outcomes.append(outcome)
+            _close(call, self.span, outcome)
+            self.abandoned = True
+            return True, self.version, None
+
+    def abandon(self) -> None:
+        """The caller was cancelled: run nothing more, and close the span of the call left running."""
+        with self.lock:
+            if self.finished or self.abandoned:
+                return
+            self.abandoned = True
+            if self.running is not None and self.span is not None:
+                self.span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
+                self.span.end()
+
+    async def wait(self) -> None:
+        # No call can reach its deadline before now + its timeout (none has started yet), so the
+        # shortest timeout is the earliest moment worth looking; waking early only costs a look.
+        first = min((call.timeout for call in self.calls if call.timeout is not None), default=math.inf)
+        try:
+            with anyio.move_on_after(first) as scope:
+                await anyio.to_thread.run_sync(self.run, abandon_on_cancel=True)
+            if not scope.cancelled_caught:
+                return
+            # The first deadline passed with the batch still running: the slow path, where a second
+            # worker sleeps on the batch's condition until the next call starts or a deadline is due.
+            while True:
+                done, version, remaining = self.check()
+                if done:
+                    return
+                await anyio.to_thread.run_sync(
+                    self.wait_for_change, version, remaining, abandon_on_cancel=True
+                )
+        except BaseException:
+            self.abandon()
+            raise
+
+
+def _close(call: SyncCall, span: trace.Span | None, outcome: CallOutcome) -> None:
+    if span is None:
+        return
+    if call.finish_span is not None:
+        call.finish_span(span, outcome)
+    span.end()
+
+
+async def run_in_worker(calls: Sequence[SyncCall]) -> list[CallOutcome]:
+    """Run ``calls`` in order off the event loop; one outcome per call that ran.
+
+    Fewer outcomes than calls means a ``stop_on_error`` call raised (its outcome is the last one).
+    """
+    outcomes: list[CallOutcome] = []
+    remaining = list(calls)
+    while remaining:
+        batch = _Batch(remaining)
+        await batch.wait()
+        outcomes.extend(batch.outcomes)
+        ran = len(batch.outcomes)
+        if ran == 0 or ran == len(remaining):
+            break
+        if not batch.outcomes[-1].timed_out or remaining[ran - 1].stop_on_error:
+            break  # stopped on an error: what did not run must not run now either
+        remaining = remaining[ran:]
+    return outcomes
