@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
+from store.batch import CallOutcome, SyncCall
 from store.diff import changed_paths
 from store.errors import ConcurrencyConflict, ConfigLookupError, SecretKeyError, SourceError, StoreError
 from store.events import (
@@ -159,6 +160,10 @@ class OperationRunner:
         recorded = await anyio.to_thread.run_sync(
             lambda: self.log.append_recorded(events, expected_head=expected_head, configs=configs)
         )
+        return self._appended(recorded)
+
+    def _appended(self, recorded: Sequence[RecordedEvent]) -> list[int]:
+        """Loop-side bookkeeping for events this runner appended (from any thread)."""
         if recorded:
             self._known_head = max(self._known_head, recorded[-1].position)
         for event in recorded:
@@ -480,26 +485,11 @@ class OperationRunner:
             await self._append(events(pending))
             return
 
-        # Load: read once, hash and parse the same bytes.
-        load_started = time.perf_counter()
+        # Load: read once, hash and parse the same bytes - in the same worker hop as the validation.
         expect_content = self._had_content.get(source, False)
+        load = _SourceLoad(source, self.max_source_bytes, expect_content)
         try:
-            with self.tracer.start_as_current_span(
-                "confledger.load", attributes={"confledger.source": source}, record_exception=False
-            ) as load_span:
-                try:
-                    loaded: LoadedSource = await anyio.to_thread.run_sync(
-                        lambda: load_source(
-                            source, max_bytes=self.max_source_bytes, expect_content=expect_content
-                        )
-                    )
-                except SourceError as exc:
-                    load_span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code))
-                    load_span.set_attribute("confledger.reason", exc.code)
-                    raise
-                load_span.set_attributes(
-                    {"confledger.size_bytes": loaded.size_bytes, "confledger.format": loaded.format}
-                )
+            outcome = await self.pipeline.validate(load=load.call(self.tracer), tracer=self.tracer)
         except SourceError as exc:
             pending += [
                 ConfigLoadFailed(
@@ -519,10 +509,12 @@ class OperationRunner:
             ]
             await self._append(events(pending))
             return
+        loaded = load.loaded
+        if loaded is None:  # pragma: no cover - validate() returns only after the load succeeded
+            raise RuntimeError("the source load did not run")
         self._had_content[source] = loaded.size_bytes > 0
-        load_ms = (time.perf_counter() - load_started) * 1000
+        load_ms = load.duration_ms
 
-        outcome = await self.pipeline.validate(loaded.body, tracer=self.tracer)
         pending.append(
             ConfigLoaded(
                 hash=outcome.hash,
@@ -709,7 +701,11 @@ class OperationRunner:
             await self._append(events(pending))
             return
         try:
-            stored = await anyio.to_thread.run_sync(self.log.get_config, target)
+            # Reading the stored body (and unsealing its secrets) shares the validation's worker hop.
+            outcome = await self.pipeline.validate(
+                load=SyncCall(lambda: self.log.get_config(target).body, stop_on_error=True),
+                tracer=self.tracer,
+            )
         except SecretKeyError as exc:
             # The target's secrets cannot be restored without the key it was sealed with: a recorded
             # failure, not an exception that leaves the operation open until the next restart.
@@ -724,7 +720,6 @@ class OperationRunner:
             )
             await self._append(events(pending))
             return
-        outcome = await self.pipeline.validate(stored.body, tracer=self.tracer)
         rolled = ConfigRolledBack(
             from_hash=None if previous is None else previous.hash, to_hash=target, reason="manual"
         )
@@ -809,20 +804,31 @@ class OperationRunner:
             position=0,
         )
         apply_started = time.perf_counter()
+        secrets = [*new_active.secret_values(), *([] if previous is None else previous.secret_values())]
+        old_config = None if previous is None else previous.config
+        started_events, started_configs = events(pending), configs
+        appended: list[RecordedEvent] = []
+
+        def make_start_durable() -> None:
+            appended.extend(self.log.append_recorded(started_events, configs=started_configs))
+
         if services:
             # The start must be durable before the first service hears of the change: after a crash,
             # the log then shows an interrupted operation instead of services silently on a new config.
-            await self._append(events(pending), configs=configs)
+            # It is appended in the same worker hop that calls the first (sync) services.
             pending = []
             configs = []
-        secrets = [*new_active.secret_values(), *([] if previous is None else previous.secret_values())]
-        old_config = None if previous is None else previous.config
-        results = [
-            await self.services.notify(
-                spec, old_config, new_active.config, secret_values=secrets, tracer=self.tracer
+        try:
+            results = await self.services.notify_all(
+                services,
+                old_config,
+                new_active.config,
+                secret_values=secrets,
+                tracer=self.tracer,
+                before=make_start_durable if services else None,
             )
-            for spec in services
-        ]
+        finally:
+            self._appended(appended)
         pending += [_notified(result, "forward", new_active.hash) for result in results]
         succeeded = [
             spec
@@ -945,18 +951,57 @@ class OperationRunner:
         """Give services that accepted an abandoned change their previous config back, in reverse order."""
         if previous is None:
             return []
-        results: list[EventPayload] = []
-        for spec in reversed(accepted):
-            result = await self.services.notify(
-                spec,
-                abandoned.config,
-                previous.config,
-                secret_values=secrets,
-                tracer=self.tracer,
-                direction="compensate",
+        results = await self.services.notify_all(
+            list(reversed(accepted)),
+            abandoned.config,
+            previous.config,
+            secret_values=secrets,
+            tracer=self.tracer,
+            direction="compensate",
+        )
+        return [_notified(result, "compensate", previous.hash) for result in results]
+
+
+class _SourceLoad:
+    """Reading one source as the first call of the validation hop, with its ``confledger.load`` span."""
+
+    def __init__(self, source: str, max_bytes: int, expect_content: bool) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.expect_content = expect_content
+        self.loaded: LoadedSource | None = None
+        self.duration_ms = 0.0
+
+    def call(self, tracer: trace.Tracer) -> SyncCall:
+        return SyncCall(
+            self._load,
+            stop_on_error=True,
+            start_span=lambda: tracer.start_span(
+                "confledger.load", attributes={"confledger.source": self.source}
+            ),
+            finish_span=self._finish,
+        )
+
+    def _load(self) -> object:
+        started = time.perf_counter()
+        try:
+            self.loaded = load_source(
+                self.source, max_bytes=self.max_bytes, expect_content=self.expect_content
             )
-            results.append(_notified(result, "compensate", previous.hash))
-        return results
+        finally:
+            self.duration_ms = (time.perf_counter() - started) * 1000
+        return self.loaded.body
+
+    def _finish(self, span: trace.Span, outcome: CallOutcome) -> None:
+        if isinstance(outcome.error, SourceError):
+            span.set_attribute("confledger.reason", outcome.error.code)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error.code))
+        elif outcome.error is not None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(outcome.error).__name__))
+        elif self.loaded is not None:
+            span.set_attributes(
+                {"confledger.size_bytes": self.loaded.size_bytes, "confledger.format": self.loaded.format}
+            )
 
 
 def _trace_id_of(span: trace.Span) -> str | None:

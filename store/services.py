@@ -1,7 +1,7 @@
 """Registered service callbacks and how they are notified.
 
-Sync callbacks run in a worker thread so a slow one never blocks the event loop; async callbacks run on
-the loop. Each runs under its own timeout. A thread cannot be killed, so a timed-out sync callback is
+Sync callbacks run in a worker thread so a slow one never blocks the event loop (consecutive ones share
+one thread hop); async callbacks run on the loop. Each runs under its own timeout. A thread cannot be killed, so a timed-out sync callback is
 abandoned (its result ignored) and reported as ``timeout``; it is the callback's job to be idempotent.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import anyio
 from opentelemetry import trace
 
+from store.batch import CallOutcome, SyncCall, run_in_worker
 from store.events import ServiceOutcome
 from store.validation import scrub
 
@@ -106,62 +106,158 @@ class ServiceRegistry:
         tracer: trace.Tracer | None = None,
         direction: str = "forward",
     ) -> NotifyResult:
+        """Call one service: ``notify_all`` with a single spec."""
+        (result,) = await self.notify_all(
+            [spec], old, new, secret_values=secret_values, tracer=tracer, direction=direction
+        )
+        return result
+
+    async def notify_all(
+        self,
+        specs: Sequence[ServiceSpec],
+        old: Any,
+        new: Any,
+        *,
+        secret_values: Iterable[str] = (),
+        tracer: trace.Tracer | None = None,
+        direction: str = "forward",
+        before: Callable[[], object] | None = None,
+    ) -> list[NotifyResult]:
+        """Call each service in the given order with (old, new); one result per service.
+
+        Consecutive sync callbacks share one worker-thread hop (``store.batch``), each under its own
+        timeout. ``before`` runs in the same thread just ahead of the first service (the runner makes
+        its start durable there); if it raises, no service is called and the exception propagates.
+        """
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
-        with tracer.start_as_current_span(
-            "confledger.service_callback",
-            attributes={
-                "confledger.service": spec.name,
-                "confledger.priority": spec.priority,
-                "confledger.direction": direction,
-            },
-            record_exception=False,
-        ) as span:
-            result = await self._call(spec, old, new, secret_values)
-            span.set_attributes(
-                {
-                    "confledger.outcome": result.outcome.value,
-                    "confledger.duration_ms": round(result.duration_ms, 3),
-                }
-            )
-            if result.outcome is not ServiceOutcome.SUCCESS:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+        secret_values = list(secret_values)
+        results: list[NotifyResult] = []
+        index = 0
+        while index < len(specs) or before is not None:
+            run: list[ServiceSpec] = []
+            while index + len(run) < len(specs) and not specs[index + len(run)].async_callback:
+                run.append(specs[index + len(run)])
+            calls = [self._sync_call(spec, old, new, tracer, direction, secret_values) for spec in run]
+            if before is not None:
+                calls.insert(0, SyncCall(before, stop_on_error=True))
+            if calls:
+                outcomes = await run_in_worker(calls)
+                if before is not None:
+                    first = outcomes.pop(0)
+                    if first.error is not None:
+                        raise first.error
+                    before = None
+                results += [
+                    _result_of(spec, outcome, secret_values)
+                    for spec, outcome in zip(run, outcomes, strict=True)
+                ]
+                index += len(run)
+            if index < len(specs):  # an async callback: it runs on the loop
+                results.append(
+                    await self._notify_async(specs[index], old, new, secret_values, tracer, direction)
+                )
+                index += 1
+        return results
+
+    def _sync_call(
+        self,
+        spec: ServiceSpec,
+        old: Any,
+        new: Any,
+        tracer: trace.Tracer,
+        direction: str,
+        secret_values: list[str],
+    ) -> SyncCall:
+        def call() -> object:
+            result = spec.callback(old, new)
+            # A sync callable that hands back a coroutine (a lambda around an async method) has done
+            # nothing yet: run it on the loop from this thread, inside the same deadline and span.
+            if inspect.isawaitable(result):
+                return anyio.from_thread.run(_awaited, result)
             return result
 
-    async def _call(
-        self, spec: ServiceSpec, old: Any, new: Any, secret_values: Iterable[str]
+        def finish(span: trace.Span, outcome: CallOutcome) -> None:
+            _close_span(span, _result_of(spec, outcome, secret_values))
+
+        return SyncCall(
+            call,
+            timeout=spec.timeout,
+            start_span=lambda: tracer.start_span(
+                "confledger.service_callback", attributes=_span_attributes(spec, direction)
+            ),
+            finish_span=finish,
+        )
+
+    async def _notify_async(
+        self,
+        spec: ServiceSpec,
+        old: Any,
+        new: Any,
+        secret_values: list[str],
+        tracer: trace.Tracer,
+        direction: str,
     ) -> NotifyResult:
-        started = time.perf_counter()
-        try:
-            # move_on_after, not fail_after: a TimeoutError the callback raises itself (a socket
-            # timeout) is an error it reported, not this deadline expiring.
-            with anyio.move_on_after(spec.timeout) as deadline:
-                if spec.async_callback:
-                    result = spec.callback(old, new)
-                    if inspect.isawaitable(result):
-                        result = await result
-                else:
-                    result = await anyio.to_thread.run_sync(
-                        partial(spec.callback, old, new), abandon_on_cancel=True
-                    )
-                    # A sync callable that hands back a coroutine (a lambda around an async method)
-                    # has done nothing yet: run it rather than count an un-awaited coroutine as success.
-                    if inspect.isawaitable(result):
-                        result = await result
-        except Exception as exc:
-            message = scrub(f"{type(exc).__name__}: {exc}", secret_values)
-            return NotifyResult(spec.name, spec.priority, ServiceOutcome.ERROR, _ms(started), message)
-        if deadline.cancelled_caught:
-            return NotifyResult(
-                spec.name,
-                spec.priority,
-                ServiceOutcome.TIMEOUT,
-                _ms(started),
-                f"no answer within {spec.timeout:g}s",
-            )
-        # Only an explicit False is a refusal; a callback that returns nothing accepted the change.
-        outcome = ServiceOutcome.FAILED if result is False else ServiceOutcome.SUCCESS
-        error = "callback returned False" if outcome is ServiceOutcome.FAILED else None
-        return NotifyResult(spec.name, spec.priority, outcome, _ms(started), error)
+        with tracer.start_as_current_span(
+            "confledger.service_callback",
+            attributes=_span_attributes(spec, direction),
+            record_exception=False,
+        ) as span:
+            started = time.perf_counter()
+            value: object = None
+            error: Exception | None = None
+            try:
+                # move_on_after, not fail_after: a TimeoutError the callback raises itself (a socket
+                # timeout) is an error it reported, not this deadline expiring.
+                with anyio.move_on_after(spec.timeout) as deadline:
+                    value = spec.callback(old, new)
+                    if inspect.isawaitable(value):
+                        value = await value
+            except Exception as exc:
+                error = exc
+            outcome = CallOutcome(value, error, deadline.cancelled_caught, _ms(started))
+            result = _result_of(spec, outcome, secret_values)
+            _close_span(span, result)
+            return result
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def _span_attributes(spec: ServiceSpec, direction: str) -> dict[str, str | int]:
+    return {
+        "confledger.service": spec.name,
+        "confledger.priority": spec.priority,
+        "confledger.direction": direction,
+    }
+
+
+def _close_span(span: trace.Span, result: NotifyResult) -> None:
+    span.set_attributes(
+        {"confledger.outcome": result.outcome.value, "confledger.duration_ms": round(result.duration_ms, 3)}
+    )
+    if result.outcome is not ServiceOutcome.SUCCESS:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+
+
+def _result_of(spec: ServiceSpec, outcome: CallOutcome, secret_values: Iterable[str]) -> NotifyResult:
+    if outcome.timed_out:
+        return NotifyResult(
+            spec.name,
+            spec.priority,
+            ServiceOutcome.TIMEOUT,
+            outcome.duration_ms,
+            f"no answer within {spec.timeout:g}s",
+        )
+    if outcome.error is not None:
+        message = scrub(f"{type(outcome.error).__name__}: {outcome.error}", secret_values)
+        return NotifyResult(spec.name, spec.priority, ServiceOutcome.ERROR, outcome.duration_ms, message)
+    # Only an explicit False is a refusal; a callback that returns nothing accepted the change.
+    if outcome.value is False:
+        return NotifyResult(
+            spec.name, spec.priority, ServiceOutcome.FAILED, outcome.duration_ms, "callback returned False"
+        )
+    return NotifyResult(spec.name, spec.priority, ServiceOutcome.SUCCESS, outcome.duration_ms)
 
 
 def _ms(started: float) -> float:

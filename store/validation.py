@@ -18,6 +18,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
+from store.batch import CallOutcome, SyncCall, run_in_worker
 from store.canonical import config_hash
 from store.secrets import ConfigPath, find_secret_paths
 
@@ -162,69 +163,216 @@ class ValidationPipeline:
         return config, dump_revealed(config), []
 
     async def validate(
-        self, body: Mapping[str, Any], *, tracer: trace.Tracer | None = None
+        self,
+        body: Mapping[str, Any] | None = None,
+        *,
+        load: SyncCall | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> ValidationOutcome:
+        """Validate ``body``, or what ``load`` returns: the model first, then each validator in order.
+
+        ``load`` runs in the same worker-thread hop as the model and the sync validators after it (one
+        hop instead of one per step); if it raises, that exception propagates and nothing is validated.
+        """
+        if (body is None) == (load is None):
+            raise TypeError("pass either a body or a load call")
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         started = time.perf_counter()
-        with tracer.start_as_current_span("confledger.validation", record_exception=False) as span:
-            with tracer.start_as_current_span(
-                "confledger.validator", attributes={"confledger.validator": "model"}, record_exception=False
-            ) as model_span:
-                config, normalised, errors = self.parse(body)
-                _close_validator_span(model_span, len(errors), 0)
-            warnings: list[str] = []
-            validator_ms: dict[str, float] = {}
-            secret_paths: frozenset[ConfigPath] = frozenset()
-            digest: str | None = None
-            if config is not None and normalised is not None:
-                secret_paths = frozenset(find_secret_paths(config))
-                digest = config_hash(normalised)
-                for spec in self.validators:
-                    with tracer.start_as_current_span(
-                        "confledger.validator",
-                        attributes={"confledger.validator": spec.name},
-                        record_exception=False,
-                    ) as validator_span:
-                        found_errors, found_warnings, elapsed = await self._run_one(spec, config)
-                        _close_validator_span(validator_span, len(found_errors), len(found_warnings))
-                    errors.extend(found_errors)
-                    warnings.extend(found_warnings)
-                    validator_ms[spec.name] = elapsed
-            span.set_attributes({"confledger.errors": len(errors), "confledger.warnings": len(warnings)})
-            if errors:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
-        secrets = values_at(normalised, secret_paths)
+        parsed = _Parsed()
+
+        def parse() -> object:
+            if parsed.body is None:
+                raise TypeError("nothing was loaded")
+            config, normalised, errors = self.parse(parsed.body)
+            parsed.config, parsed.normalised, parsed.errors = config, normalised, errors
+            if config is None or normalised is None:
+                raise _ModelRejected
+            # Both walk the whole config: done here, off the loop, with the model.
+            parsed.secret_paths = frozenset(find_secret_paths(config))
+            parsed.digest = config_hash(normalised)
+            return None
+
+        def finish_model(span: trace.Span, outcome: CallOutcome) -> None:
+            _close_validator_span(span, len(parsed.errors), 0)
+
+        calls: list[SyncCall] = []
+        if load is None:
+            parsed.body = body
+        else:
+            calls.append(_storing(load, parsed))
+        calls.append(
+            SyncCall(
+                parse,
+                stop_on_error=True,
+                start_span=_validator_span(tracer, "model"),
+                finish_span=finish_model,
+            )
+        )
+        # The sync validators up to the first async one join the same hop; they read the typed config
+        # the model call leaves behind (the batch stops before them if the model refused the body).
+        leading = self._leading_sync_validators()
+        head = len(calls)
+        calls += [_validator_call(spec, lambda: parsed.config, tracer) for spec in leading]
+        outcomes = await run_in_worker(calls)
+        load_ms = 0.0
+        if load is not None:
+            if outcomes[0].error is not None:
+                raise outcomes[0].error
+            load_ms = outcomes[0].duration_ms
+        model = outcomes[head - 1]
+        if model.error is not None and not isinstance(model.error, _ModelRejected):
+            raise model.error
+
+        errors = list(parsed.errors)
+        warnings: list[str] = []
+        validator_ms: dict[str, float] = {}
+        if parsed.config is not None and parsed.normalised is not None:
+            found = [
+                (*_findings(spec, outcome), outcome.duration_ms, spec.name)
+                for spec, outcome in zip(leading, outcomes[head:], strict=True)
+            ]
+            found += await self._run_validators(parsed.config, tracer, start=len(leading))
+            for found_errors, found_warnings, elapsed, name in found:
+                errors.extend(found_errors)
+                warnings.extend(found_warnings)
+                validator_ms[name] = elapsed
+        trace.get_current_span().set_attributes(
+            {"confledger.validation.errors": len(errors), "confledger.validation.warnings": len(warnings)}
+        )
+        secret_paths = parsed.secret_paths
+        secrets = values_at(parsed.normalised, secret_paths)
         return ValidationOutcome(
-            config=config,
-            body=normalised,
-            hash=digest,
+            config=parsed.config,
+            body=parsed.normalised,
+            hash=parsed.digest,
             secret_paths=secret_paths,
             # Validators are user code and may echo the value they dislike; secrets are scrubbed here,
             # before anything can reach an event, a response or a log line.
             errors=tuple(scrub(line, secrets) for line in errors),
             warnings=tuple(scrub(line, secrets) for line in warnings),
-            duration_ms=(time.perf_counter() - started) * 1000,
+            # The load shares the first hop but is not validation: its own time is reported apart.
+            duration_ms=(time.perf_counter() - started) * 1000 - load_ms,
             validator_ms=validator_ms,
         )
 
-    async def _run_one(self, spec: ValidatorSpec, config: Any) -> tuple[list[str], list[str], float]:
+    def _leading_sync_validators(self) -> list[ValidatorSpec]:
+        leading: list[ValidatorSpec] = []
+        for spec in self.validators:
+            if inspect.iscoroutinefunction(spec.function):
+                break
+            leading.append(spec)
+        return leading
+
+    async def _run_validators(
+        self, config: Any, tracer: trace.Tracer, *, start: int = 0
+    ) -> list[tuple[list[str], list[str], float, str]]:
+        """Each validator's (errors, warnings, ms, name), in order; consecutive sync ones share a hop."""
+        found: list[tuple[list[str], list[str], float, str]] = []
+        index = start
+        while index < len(self.validators):
+            spec = self.validators[index]
+            if inspect.iscoroutinefunction(spec.function):
+                with tracer.start_as_current_span(
+                    "confledger.validator",
+                    attributes={"confledger.validator": spec.name},
+                    record_exception=False,
+                ) as span:
+                    errors, warnings, elapsed = await self._run_async(spec, config)
+                    _close_validator_span(span, len(errors), len(warnings))
+                found.append((errors, warnings, elapsed, spec.name))
+                index += 1
+                continue
+            run: list[ValidatorSpec] = []
+            while index < len(self.validators) and not inspect.iscoroutinefunction(
+                self.validators[index].function
+            ):
+                run.append(self.validators[index])
+                index += 1
+            calls = [_validator_call(spec, lambda: config, tracer) for spec in run]
+            for spec, outcome in zip(run, await run_in_worker(calls), strict=True):
+                errors, warnings = _findings(spec, outcome)
+                found.append((errors, warnings, outcome.duration_ms, spec.name))
+        return found
+
+    async def _run_async(self, spec: ValidatorSpec, config: Any) -> tuple[list[str], list[str], float]:
         started = time.perf_counter()
+        value: object = None
+        error: Exception | None = None
         try:
             # move_on_after, not fail_after: a TimeoutError the validator raises itself (a socket
             # timeout) is its error, not this deadline expiring.
             with anyio.move_on_after(spec.timeout) as deadline:
-                if inspect.iscoroutinefunction(spec.function):
-                    result = await spec.function(config)
-                else:
-                    result = await anyio.to_thread.run_sync(spec.function, config, abandon_on_cancel=True)
-                    if inspect.isawaitable(result):
-                        result = await result
+                value = await spec.function(config)  # type: ignore[misc]
         except Exception as exc:
-            return [f"validator {spec.name} raised {type(exc).__name__}: {exc}"], [], _ms(started)
-        if deadline.cancelled_caught:
-            return [f"validator {spec.name} timed out after {spec.timeout:g}s"], [], _ms(started)
-        errors, warnings = _normalise_result(spec.name, result)
-        return errors, warnings, _ms(started)
+            error = exc
+        outcome = CallOutcome(value, error, deadline.cancelled_caught, _ms(started))
+        errors, warnings = _findings(spec, outcome)
+        return errors, warnings, outcome.duration_ms
+
+
+class _ModelRejected(Exception):
+    """The model refused the body: the validators after it have nothing to check."""
+
+
+@dataclass(slots=True)
+class _Parsed:
+    body: Mapping[str, Any] | None = None
+    config: Any | None = None
+    normalised: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    secret_paths: frozenset[ConfigPath] = frozenset()
+    digest: str | None = None
+
+
+def _storing(load: SyncCall, parsed: _Parsed) -> SyncCall:
+    def call() -> object:
+        body = load.function()
+        if not isinstance(body, Mapping):
+            raise TypeError("a load call must return the config body")
+        parsed.body = body
+        return body
+
+    return SyncCall(
+        call,
+        timeout=load.timeout,
+        stop_on_error=True,
+        start_span=load.start_span,
+        finish_span=load.finish_span,
+    )
+
+
+def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span]:
+    return lambda: tracer.start_span("confledger.validator", attributes={"confledger.validator": name})
+
+
+def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: trace.Tracer) -> SyncCall:
+    def call() -> object:
+        result = spec.function(config_of())
+        # A sync callable that returns an awaitable (a lambda around an async function) has not run
+        # yet: run it on the loop from this thread, inside the same deadline and span.
+        if inspect.isawaitable(result):
+            return anyio.from_thread.run(_awaited, result)
+        return result
+
+    def finish(span: trace.Span, outcome: CallOutcome) -> None:
+        errors, warnings = _findings(spec, outcome)
+        _close_validator_span(span, len(errors), len(warnings))
+
+    return SyncCall(
+        call, timeout=spec.timeout, start_span=_validator_span(tracer, spec.name), finish_span=finish
+    )
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def _findings(spec: ValidatorSpec, outcome: CallOutcome) -> tuple[list[str], list[str]]:
+    if outcome.timed_out:
+        return [f"validator {spec.name} timed out after {spec.timeout:g}s"], []
+    if outcome.error is not None:
+        return [f"validator {spec.name} raised {type(outcome.error).__name__}: {outcome.error}"], []
+    return _normalise_result(spec.name, outcome.value)
 
 
 def _close_validator_span(span: trace.Span, errors: int, warnings: int) -> None:
