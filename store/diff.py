@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,18 @@ class Change:
         return {"path": self.path, "kind": self.kind, "old": self.old, "new": self.new}
 
 
+# Types that are certainly not a Mapping: config leaves are these, and an ABC isinstance check on each
+# one cost more than the rest of the walk.
+_NOT_MAPPINGS = frozenset({str, int, float, bool, type(None), list, tuple})
+
+
+def _is_mapping(value: Any) -> bool:
+    kind = type(value)
+    return kind is dict or (kind not in _NOT_MAPPINGS and isinstance(value, Mapping))
+
+
 def _walk(old: Any, new: Any, path: ConfigPath, out: list[tuple[ConfigPath, Any, Any]]) -> None:
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
+    if _is_mapping(old) and _is_mapping(new):
         for key in sorted(set(old) | set(new)):
             _walk(old.get(key, _MISSING), new.get(key, _MISSING), (*path, str(key)), out)
         return
@@ -39,10 +50,101 @@ def _walk(old: Any, new: Any, path: ConfigPath, out: list[tuple[ConfigPath, Any,
 def _same(old: Any, new: Any) -> bool:
     # Compared as the config hash sees them: 1 and 1.0, True and 1, 0.0 and -0.0 (also inside a list
     # compared whole) are equal in Python but hash differently, and a new hash must name a changed path.
+    # _compare gives that answer without serialising anything; what it cannot settle is left to the
+    # comparison of canonical texts, so the answer is always the one that comparison gives.
+    verdict = _compare(old, new, 0)
+    if verdict is _SAME:
+        return True
+    if verdict is _DIFFERENT:
+        # The texts differ, if both values have one. Without one, _same_texts falls back on Python's
+        # equality; where that says True, the walk stopped before an oddity the texts trip on: ask them.
+        try:
+            equal = type(old) is type(new) and bool(old == new)
+        except Exception:
+            equal = True  # an __eq__ that raises: let the texts decide, as they always did
+        if not equal:
+            return False
+    return _same_texts(old, new)
+
+
+def _same_texts(old: Any, new: Any) -> bool:
     try:
         return canonical_json(old) == canonical_json(new)
     except CanonicalizationError:
         return bool(old == new) and type(old) is type(new)
+
+
+class _Verdict:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# _SAME: _same_texts would say True. _DIFFERENT: the texts differ if both values have one. _UNSURE: a
+# value that is not plain JSON, or list against tuple (one text, yet unequal to Python): ask the texts.
+_SAME = _Verdict("SAME")
+_DIFFERENT = _Verdict("DIFFERENT")
+_UNSURE = _Verdict("UNSURE")
+_ABSENT: Any = object()
+_SEQUENCES = frozenset({list, tuple})
+_PLAIN = frozenset({dict, list, tuple, str, int, float, bool, type(None)})
+# Bodies nest at most 64 deep; a deeper (or circular) value is left to the texts.
+_MAX_NESTING = 100
+
+
+def _compare(old: Any, new: Any, depth: int) -> _Verdict:
+    kind = type(old)
+    if kind is not type(new):
+        if kind in _SEQUENCES and type(new) in _SEQUENCES:
+            verdict = _compare_items(old, new, depth)
+            return _UNSURE if verdict is _SAME else verdict
+        # Each plain type has its own text shape ("1", "1.0", "true", "null", '"1"', [...], {...}).
+        return _DIFFERENT if kind in _PLAIN and type(new) in _PLAIN else _UNSURE
+    if kind is str or kind is int or kind is bool or old is None:
+        return _SAME if old == new else _DIFFERENT
+    if kind is float:
+        if old != new:  # NaN included: refused by canonical JSON, and unequal to Python too
+            return _DIFFERENT
+        # 0.0 == -0.0, but their texts are "0.0" and "-0.0".
+        return _SAME if old or math.copysign(1.0, old) == math.copysign(1.0, new) else _DIFFERENT
+    if kind is dict:
+        if len(old) != len(new):
+            return _DIFFERENT
+        if depth >= _MAX_NESTING:
+            return _UNSURE
+        verdict = _SAME
+        for key, value in old.items():
+            other = new.get(key, _ABSENT)
+            if other is _ABSENT:
+                return _DIFFERENT
+            child = _compare(value, other, depth + 1)
+            if child is _DIFFERENT:
+                return _DIFFERENT
+            if child is _UNSURE:
+                verdict = _UNSURE
+        return verdict
+    if kind is list or kind is tuple:
+        return _compare_items(old, new, depth)
+    return _UNSURE
+
+
+def _compare_items(old: Any, new: Any, depth: int) -> _Verdict:
+    if len(old) != len(new):
+        return _DIFFERENT
+    if depth >= _MAX_NESTING:
+        return _UNSURE
+    verdict = _SAME
+    for value, other in zip(old, new, strict=True):
+        child = _compare(value, other, depth + 1)
+        if child is _DIFFERENT:
+            return _DIFFERENT
+        if child is _UNSURE:
+            verdict = _UNSURE
+    return verdict
 
 
 def diff_bodies(

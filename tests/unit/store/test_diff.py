@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store import config_hash
-from store.diff import Change, changed_paths, diff_bodies
+from store import canonical_json, config_hash
+from store.diff import Change, _same, _same_texts, changed_paths, diff_bodies
 from store.secrets import REDACTED
 
 OLD: dict[str, Any] = {
@@ -59,6 +60,12 @@ def test_values_that_hash_differently_are_changes(old: dict[str, Any], new: dict
 
 def test_against_nothing_each_top_level_key_is_one_change() -> None:
     assert changed_paths(None, {"a": {"b": 1, "c": [1]}, "d": "x"}) == ["a", "d"]
+
+
+def test_any_mapping_is_walked_into_not_only_a_dict() -> None:
+    old = {"a": MappingProxyType({"b": 1, "c": 2})}
+    assert changed_paths(old, {"a": MappingProxyType({"b": 1, "c": 3})}) == ["a.c"]
+    assert changed_paths(old, {"a": {"b": 1, "c": 2}}) == []
 
 
 def test_a_list_of_sections_is_one_leaf() -> None:
@@ -154,3 +161,151 @@ def test_paths_are_unique_symmetric_and_match_diff_bodies(old: dict[str, Any], n
     assert len(paths) == len(set(paths))
     assert [change.path for change in diff_bodies(old, new)] == paths
     assert set(changed_paths(new, old)) == set(paths)
+
+
+# --- the leaf comparison: the answer comparing canonical texts gives, without serialising -------------
+
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.0, -0.0, 1.0, 1])
+    | st.text(max_size=4)
+)
+any_json = st.recursive(
+    json_leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=2), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _flipped(value: Any, data: st.DataObject) -> Any:
+    """Equal to ``value`` in Python; its canonical text may differ (1 -> 1.0, 0.0 -> -0.0) or not."""
+    if isinstance(value, list | tuple):
+        return tuple(value) if isinstance(value, list) else list(value)
+    if isinstance(value, bool):
+        return data.draw(st.sampled_from([int(value), float(value)]))
+    if isinstance(value, int) and abs(value) < 2**53:
+        return float(value)
+    if isinstance(value, float) and value == 0:
+        return data.draw(st.sampled_from([-value, 0]))
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _twin(value: Any, data: st.DataObject) -> Any:
+    """A copy of ``value`` with at most one node flipped, so that one node decides the answer."""
+    nodes = [0]
+
+    def count(item: Any) -> None:
+        nodes[0] += 1
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else ()
+        for child in children:
+            count(child)
+
+    count(value)
+    target = data.draw(st.integers(0, nodes[0]))  # nodes[0] itself: no change at all
+    seen = [0]
+
+    def rebuild(item: Any) -> Any:
+        here = seen[0]
+        seen[0] += 1
+        if isinstance(item, dict):
+            item = {key: rebuild(child) for key, child in item.items()}
+        elif isinstance(item, list | tuple):
+            item = type(item)(rebuild(child) for child in item)
+        return _flipped(item, data) if here == target else item
+
+    return rebuild(value)
+
+
+@given(any_json, any_json)
+def test_leaves_are_the_same_exactly_when_their_canonical_texts_are(old: Any, new: Any) -> None:
+    assert _same(old, new) == (canonical_json(old) == canonical_json(new))
+
+
+@given(any_json, st.data())
+def test_near_twins_are_the_same_exactly_when_their_canonical_texts_are(
+    old: Any, data: st.DataObject
+) -> None:
+    new = _twin(old, data)
+    assert _same(old, new) == (canonical_json(old) == canonical_json(new))
+    assert _same(new, old) == _same(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        (1, 1.0, False),
+        (True, 1, False),
+        (0.0, -0.0, False),
+        ([0.0], [-0.0], False),
+        ([1, "a"], (1, "a"), True),  # one JSON text
+        ({"a": [1, {"b": None}]}, {"a": (1, {"b": None})}, True),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ("x", "x", True),
+        (10**400, 10**400, True),
+    ],
+)
+def test_leaf_comparison_cases(old: Any, new: Any, same: bool) -> None:
+    assert _same(old, new) is same
+    assert _same_texts(old, new) is same
+
+
+class _Text(str):
+    pass
+
+
+nan = float("nan")
+inf = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        # No canonical text: Python's equality and the type decide, as they always did.
+        ([inf], [inf], True),
+        ([inf], (inf,), False),  # one text if there were one, but a list is not a tuple to Python
+        ([nan, 1], [nan, 1.0], True),  # the very same NaN object, and 1 == 1.0
+        ([nan], [float("nan")], False),
+        ({1: "a"}, {True: "a"}, True),  # non-string keys, equal to Python
+        ({1: 1}, {1: 1.0}, True),
+        (["\ud800", 0.0], ["\ud800", -0.0], True),
+        ([10**5000, 1], [10**5000, 1.0], True),
+        ([b"x", 1], [b"x", 1.0], True),
+        # Not plain types, yet with a canonical text: the texts decide.
+        (_Text("a"), "a", True),
+        ([_Text("a")], ["a"], True),
+        ({"a": _Text("b")}, {"a": "c"}, False),
+    ],
+)
+def test_values_without_a_plain_text_keep_their_old_answer(old: Any, new: Any, same: bool) -> None:
+    assert _same_texts(old, new) is same
+    assert _same(old, new) is same
+
+
+odd_leaves = st.sampled_from(
+    [nan, float("inf"), float("-inf"), "\ud800", b"raw", frozenset({1}), _Text("1"), 1, 1.0, -0.0]
+) | st.builds(pow, st.just(10), st.just(5000))  # too long for json (built, so no repr is needed)
+odd_json = st.recursive(
+    json_leaves | odd_leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=2) | st.sampled_from([1, True, None, 1.0]), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(odd_json, st.data())
+def test_values_that_are_not_plain_json_get_the_answer_they_always_got(old: Any, data: st.DataObject) -> None:
+    # Comparing canonical texts, falling back on type and Python equality where a value has none.
+    new = data.draw(st.sampled_from([_twin(old, data), data.draw(odd_json)]))
+    assert _same(old, new) == _same_texts(old, new)
