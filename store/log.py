@@ -80,11 +80,13 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _chain_fields(envelope: Mapping[str, Any], payload: Any) -> dict[str, Any]:
+def _chain_fields(
+    envelope: Mapping[str, Any], payload: Any, occurred_text: str | None = None
+) -> dict[str, Any]:
     return {
         "position": envelope["position"],
         "event_id": str(envelope["event_id"]),
-        "occurred_at": _timestamp(envelope["occurred_at"]),
+        "occurred_at": occurred_text if occurred_text is not None else _timestamp(envelope["occurred_at"]),
         "type": envelope["type"],
         "schema_version": envelope["schema_version"],
         "operation_id": None if envelope["operation_id"] is None else str(envelope["operation_id"]),
@@ -104,12 +106,14 @@ def chain_hash(envelope: Mapping[str, Any]) -> str:
 _PAYLOAD_SLOT = '"payload":null'
 
 
-def _chain_hash_of_text(envelope: Mapping[str, Any], payload_text: str) -> str:
+def _chain_hash_of_text(
+    envelope: Mapping[str, Any], payload_text: str, occurred_text: str | None = None
+) -> str:
     """``chain_hash`` of an envelope whose payload is given as its canonical JSON text (so the payload is
     not serialised a second time): the other fields are serialised around a null payload and the text
     is spliced into that slot. Keys are sorted and every quote inside a JSON string is escaped, so the
     slot occurs exactly once, and the bytes are the ones ``chain_hash`` hashes."""
-    text = canonical_json(_chain_fields(envelope, None))
+    text = canonical_json(_chain_fields(envelope, None, occurred_text))
     start = text.index(_PAYLOAD_SLOT)
     whole = f'{text[:start]}"payload":{payload_text}{text[start + len(_PAYLOAD_SLOT) :]}'
     return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
@@ -294,12 +298,18 @@ class EventLog:
                 self._check_no_apply_since(connection, expected_head)
             # Taken under the lock so occurred_at never decreases along positions on one clock.
             now = datetime.now(UTC)
+            # One moment for the whole batch: its two text forms (hashed, stored) are formatted once.
+            occurred_text = _timestamp(now)
+            stored_at = self._stored_timestamp(now)
             rows: list[dict[str, Any]] = []
+            ids: list[uuid.UUID] = []
             previous = head_hash
             for offset, (event, payload_text) in enumerate(zip(new_events, payload_texts, strict=True)):
+                event_id = uuid.uuid4()
+                ids.append(event_id)
                 row: dict[str, Any] = {
                     "position": head_position + 1 + offset,
-                    "event_id": str(uuid.uuid4()),
+                    "event_id": str(event_id),
                     "occurred_at": now,
                     "type": event.payload.event_type,
                     "schema_version": type(event.payload).schema_version,
@@ -309,10 +319,10 @@ class EventLog:
                     "payload_text": payload_text,
                     "prev_hash": previous,
                 }
-                row["hash"] = _chain_hash_of_text(row, payload_text)
+                row["hash"] = _chain_hash_of_text(row, payload_text, occurred_text)
                 previous = row["hash"]
                 rows.append(row)
-            cursor.executemany(self._raw_insert, [self._raw_row(row) for row in rows])
+            cursor.executemany(self._raw_insert, [self._raw_row(row, stored_at) for row in rows])
             cursor.close()
             for config in configs:
                 self._store_config(connection, config, first_position=head_position + 1)
@@ -320,7 +330,8 @@ class EventLog:
         if not (recorded or self._listeners):
             return positions, []
         events_recorded = [
-            self._recorded(row, event.payload) for row, event in zip(rows, new_events, strict=True)
+            self._recorded(row, event.payload, event_id)
+            for row, event, event_id in zip(rows, new_events, ids, strict=True)
         ]
         for listener in list(self._listeners):
             listener(events_recorded)
@@ -341,10 +352,12 @@ class EventLog:
         return unsubscribe
 
     @staticmethod
-    def _recorded(row: Mapping[str, Any], payload: Any) -> RecordedEvent:
-        return RecordedEvent(
+    def _recorded(row: Mapping[str, Any], payload: Any, event_id: uuid.UUID) -> RecordedEvent:
+        # Built without validation: every field comes from this append, already in its model type, and
+        # this runs once per event on the hot path (validating costs more than the insert).
+        return RecordedEvent.model_construct(
             position=row["position"],
-            event_id=uuid.UUID(row["event_id"]),
+            event_id=event_id,
             occurred_at=row["occurred_at"],
             type=row["type"],
             schema_version=row["schema_version"],
@@ -367,11 +380,13 @@ class EventLog:
         row = connection.execute(_HEAD).first()
         return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
-    def _raw_row(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        occurred_at = row["occurred_at"]
+    def _stored_timestamp(self, moment: datetime) -> Any:
         if self._raw_insert is _RAW_INSERT_SQLITE:
             # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds).
-            occurred_at = occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return moment
+
+    def _raw_row(self, row: Mapping[str, Any], occurred_at: Any) -> tuple[Any, ...]:
         return (
             row["position"],
             row["event_id"],
