@@ -27,7 +27,7 @@ import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-__all__ = ["CallOutcome", "SyncCall", "run_in_worker"]
+__all__ = ["CallOutcome", "SyncCall", "run_in_worker", "run_in_worker_then"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,8 @@ class SyncCall:
 @dataclass(slots=True)
 class _Batch:
     calls: Sequence[SyncCall]
+    then: Callable[[list[CallOutcome]], object] | None = None
+    then_outcome: CallOutcome | None = None
     outcomes: list[CallOutcome] = field(default_factory=list)
     # One lock orders the worker starting/finishing a call against the loop declaring it timed out, so
     # exactly one side records each outcome and ends its span.
@@ -108,10 +110,23 @@ class _Batch:
                 _close(call, span, outcome)
                 if error is not None and call.stop_on_error:
                     return
+            if self.then is not None:
+                self._run_then(self.then)
         finally:
             with self.lock:
                 self.finished = True
                 self._bump()
+
+    def _run_then(self, then: Callable[[list[CallOutcome]], object]) -> None:
+        with self.lock:
+            if self.abandoned:
+                return
+            outcomes = list(self.outcomes)
+        started = time.perf_counter()
+        try:
+            self.then_outcome = CallOutcome(then(outcomes), None, False, _ms_since(started))
+        except Exception as exc:
+            self.then_outcome = CallOutcome(None, exc, False, _ms_since(started))
 
     def _bump(self) -> None:
         self.version += 1
@@ -183,16 +198,37 @@ def _close(call: SyncCall, span: trace.Span | None, outcome: CallOutcome) -> Non
     span.end()
 
 
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
 async def run_in_worker(calls: Sequence[SyncCall]) -> list[CallOutcome]:
     """Run ``calls`` in order off the event loop; one outcome per call that ran.
 
     Fewer outcomes than calls means a ``stop_on_error`` call raised (its outcome is the last one).
     """
+    outcomes, _ = await run_in_worker_then(calls, None)
+    return outcomes
+
+
+async def run_in_worker_then(
+    calls: Sequence[SyncCall], then: Callable[[list[CallOutcome]], object] | None
+) -> tuple[list[CallOutcome], CallOutcome | None]:
+    """``run_in_worker``, then ``then(outcomes)`` in the same hop when every call ran in one batch.
+
+    ``then`` is confledger's own follow-up (recording what the calls did), so it has no deadline. Its
+    outcome is None when it did not run there (a call timed out or stopped the batch): the caller
+    then does that work itself.
+    """
     outcomes: list[CallOutcome] = []
+    then_outcome: CallOutcome | None = None
     remaining = list(calls)
+    first = True
     while remaining:
-        batch = _Batch(remaining)
+        batch = _Batch(remaining, then if first else None)
+        first = False
         await batch.wait()
+        then_outcome = then_outcome or batch.then_outcome
         outcomes.extend(batch.outcomes)
         ran = len(batch.outcomes)
         if ran == 0 or ran == len(remaining):
@@ -200,4 +236,4 @@ async def run_in_worker(calls: Sequence[SyncCall]) -> list[CallOutcome]:
         if not batch.outcomes[-1].timed_out or remaining[ran - 1].stop_on_error:
             break  # stopped on an error: what did not run must not run now either
         remaining = remaining[ran:]
-    return outcomes
+    return outcomes, then_outcome

@@ -162,6 +162,13 @@ class OperationRunner:
         )
         return self._appended(recorded)
 
+    async def _append_recorded(
+        self, batch: Sequence[NewEvent], expected_head: int | None, configs: Sequence[PreparedConfig]
+    ) -> list[RecordedEvent]:
+        return await anyio.to_thread.run_sync(
+            lambda: self.log.append_recorded(batch, expected_head=expected_head, configs=configs)
+        )
+
     def _appended(self, recorded: Sequence[RecordedEvent]) -> list[int]:
         """Loop-side bookkeeping for events this runner appended (from any thread)."""
         if recorded:
@@ -818,23 +825,121 @@ class OperationRunner:
             # It is appended in the same worker hop that calls the first (sync) services.
             pending = []
             configs = []
+
+        def success_events(results: list[NotifyResult]) -> list[NewEvent] | None:
+            """The rest of the operation when enough services accepted; None when they did not."""
+            accepted = sum(result.outcome is ServiceOutcome.SUCCESS for result in results)
+            if results and accepted / len(results) < self.rollback_threshold:
+                return None
+            applied = ConfigApplied(
+                hash=new_active.hash,
+                previous_hash=None if previous is None else previous.hash,
+                changes=tuple(changes),
+            )
+            message = (
+                f"Rolled back to {new_active.hash[:16]}"
+                if kind is OperationKind.ROLLBACK
+                else "Configuration reloaded successfully"
+            )
+            if accepted < len(results):
+                message += f" ({accepted}/{len(results)} services accepted)"
+            completed = _completed(
+                OperationStatus.SUCCESS,
+                timer,
+                message=message,
+                validation_ms=outcome.duration_ms,
+                apply_ms=(time.perf_counter() - apply_started) * 1000,
+            )
+            return events(
+                [
+                    *pending,
+                    *(_notified(result, "forward", new_active.hash) for result in results),
+                    *([] if rollback_event is None else [rollback_event]),
+                    applied,
+                    completed,
+                ]
+            )
+
+        def record_success(results: list[NotifyResult]) -> list[RecordedEvent] | None:
+            batch = success_events(results)
+            if batch is None:
+                return None
+            # Projections fold this batch inside append (on its thread) and look the typed config up
+            # by hash; registering it first hands them this very object instead of a second copy.
+            self._remember(new_active.hash, new_active.config)
+            return self.log.append_recorded(batch, expected_head=expected_head, configs=configs)
+
         try:
-            results = await self.services.notify_all(
+            # With only sync services, the outcome is recorded in the same worker hop that called them
+            # (``then``); otherwise, or when one timed out, it is recorded below from the loop.
+            notified = await self.services.notify_all(
                 services,
                 old_config,
                 new_active.config,
                 secret_values=secrets,
                 tracer=self.tracer,
                 before=make_start_durable if services else None,
+                then=record_success if services else None,
             )
         finally:
             self._appended(appended)
-        pending += [_notified(result, "forward", new_active.hash) for result in results]
+        results = notified.results
+        recorded_in_worker: list[RecordedEvent] | None = None
+        conflict: ConcurrencyConflict | None = None
+        if notified.then is not None:
+            if isinstance(notified.then.error, ConcurrencyConflict):
+                conflict = notified.then.error
+            elif notified.then.error is not None:
+                raise notified.then.error
+            elif isinstance(notified.then.value, list):
+                recorded_in_worker = notified.then.value
         succeeded = [
             spec
             for spec, result in zip(services, results, strict=True)
             if result.outcome is ServiceOutcome.SUCCESS
         ]
+        if recorded_in_worker is None and conflict is None:
+            batch = success_events(results)
+            if batch is not None:
+                self._remember(new_active.hash, new_active.config)
+                try:
+                    recorded_in_worker = await self._append_recorded(batch, expected_head, configs)
+                except ConcurrencyConflict as exc:
+                    conflict = exc
+        if recorded_in_worker is not None:
+            positions = self._appended(recorded_in_worker)
+            self._set_active(
+                ActiveConfig(
+                    hash=new_active.hash,
+                    config=new_active.config,
+                    body=new_active.body,
+                    secret_paths=new_active.secret_paths,
+                    position=positions[-2],
+                )
+            )
+            return
+        pending += [_notified(result, "forward", new_active.hash) for result in results]
+        if conflict is not None:
+            compensations = await self._compensate(succeeded, new_active, previous, secrets)
+            await self._append(
+                events(
+                    [
+                        *pending,
+                        *compensations,
+                        _completed(
+                            OperationStatus.FAILED,
+                            timer,
+                            message=f"{noun} not applied: another instance applied a config meanwhile",
+                            error=conflict.message,
+                            reason=conflict.code,
+                            validation_ms=outcome.duration_ms,
+                        ),
+                    ]
+                ),
+                configs=configs,
+            )
+            await self.refresh()
+            return
         ratio = 1.0 if not results else len(succeeded) / len(results)
 
         if ratio < self.rollback_threshold:
@@ -876,70 +981,7 @@ class OperationRunner:
                 )
             await self._append(events(pending), configs=configs)
             return
-
-        applied = ConfigApplied(
-            hash=new_active.hash,
-            previous_hash=None if previous is None else previous.hash,
-            changes=tuple(changes),
-        )
-        tail: list[EventPayload] = []
-        if rollback_event is not None:
-            tail.append(rollback_event)
-        tail.append(applied)
-        message = (
-            f"Rolled back to {new_active.hash[:16]}"
-            if kind is OperationKind.ROLLBACK
-            else "Configuration reloaded successfully"
-        )
-        if len(succeeded) < len(results):
-            message += f" ({len(succeeded)}/{len(results)} services accepted)"
-        tail.append(
-            _completed(
-                OperationStatus.SUCCESS,
-                timer,
-                message=message,
-                validation_ms=outcome.duration_ms,
-                apply_ms=(time.perf_counter() - apply_started) * 1000,
-            )
-        )
-        # Projections fold this batch inside append (on its thread) and look the typed config up by
-        # hash; registering it first hands them this very object instead of a second copy from the log.
-        self._remember(new_active.hash, new_active.config)
-        try:
-            positions = await self._append(
-                events(pending + tail), expected_head=expected_head, configs=configs
-            )
-        except ConcurrencyConflict as exc:
-            compensations = await self._compensate(succeeded, new_active, previous, secrets)
-            await self._append(
-                events(
-                    [
-                        *pending,
-                        *compensations,
-                        _completed(
-                            OperationStatus.FAILED,
-                            timer,
-                            message=f"{noun} not applied: another instance applied a config meanwhile",
-                            error=exc.message,
-                            reason=exc.code,
-                            validation_ms=outcome.duration_ms,
-                        ),
-                    ]
-                ),
-                configs=configs,
-            )
-            await self.refresh()
-            return
-        applied_position = positions[-2]
-        self._set_active(
-            ActiveConfig(
-                hash=new_active.hash,
-                config=new_active.config,
-                body=new_active.body,
-                secret_paths=new_active.secret_paths,
-                position=applied_position,
-            )
-        )
+        raise AssertionError("a share at or above the threshold was recorded above")  # pragma: no cover
 
     async def _compensate(
         self,
@@ -951,7 +993,7 @@ class OperationRunner:
         """Give services that accepted an abandoned change their previous config back, in reverse order."""
         if previous is None:
             return []
-        results = await self.services.notify_all(
+        notified = await self.services.notify_all(
             list(reversed(accepted)),
             abandoned.config,
             previous.config,
@@ -959,7 +1001,7 @@ class OperationRunner:
             tracer=self.tracer,
             direction="compensate",
         )
-        return [_notified(result, "compensate", previous.hash) for result in results]
+        return [_notified(result, "compensate", previous.hash) for result in notified.results]
 
 
 class _SourceLoad:

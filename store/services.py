@@ -17,11 +17,11 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import CallOutcome, SyncCall, run_in_worker
+from store.batch import CallOutcome, SyncCall, run_in_worker_then
 from store.events import ServiceOutcome
 from store.validation import scrub
 
-__all__ = ["NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec"]
+__all__ = ["Notified", "NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec"]
 
 ServiceCallback = Callable[[Any, Any], bool | Awaitable[bool | None] | None]
 
@@ -107,10 +107,10 @@ class ServiceRegistry:
         direction: str = "forward",
     ) -> NotifyResult:
         """Call one service: ``notify_all`` with a single spec."""
-        (result,) = await self.notify_all(
+        notified = await self.notify_all(
             [spec], old, new, secret_values=secret_values, tracer=tracer, direction=direction
         )
-        return result
+        return notified.results[0]
 
     async def notify_all(
         self,
@@ -122,16 +122,20 @@ class ServiceRegistry:
         tracer: trace.Tracer | None = None,
         direction: str = "forward",
         before: Callable[[], object] | None = None,
-    ) -> list[NotifyResult]:
+        then: Callable[[list[NotifyResult]], object] | None = None,
+    ) -> Notified:
         """Call each service in the given order with (old, new); one result per service.
 
         Consecutive sync callbacks share one worker-thread hop (``store.batch``), each under its own
         timeout. ``before`` runs in the same thread just ahead of the first service (the runner makes
         its start durable there); if it raises, no service is called and the exception propagates.
+        ``then`` runs in that thread after the last service when every service was sync and answered
+        in time (the runner records the outcome there); ``Notified.then`` says what it did, or is None.
         """
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         secret_values = list(secret_values)
         results: list[NotifyResult] = []
+        then_outcome: CallOutcome | None = None
         index = 0
         while index < len(specs) or before is not None:
             run: list[ServiceSpec] = []
@@ -140,8 +144,11 @@ class ServiceRegistry:
             calls = [self._sync_call(spec, old, new, tracer, direction, secret_values) for spec in run]
             if before is not None:
                 calls.insert(0, SyncCall(before, stop_on_error=True))
+            follow_up = None
+            if then is not None and index == 0 and len(run) == len(specs):
+                follow_up = _then_from_results(run, secret_values, then, skip=int(before is not None))
             if calls:
-                outcomes = await run_in_worker(calls)
+                outcomes, then_outcome = await run_in_worker_then(calls, follow_up)
                 if before is not None:
                     first = outcomes.pop(0)
                     if first.error is not None:
@@ -157,7 +164,7 @@ class ServiceRegistry:
                     await self._notify_async(specs[index], old, new, secret_values, tracer, direction)
                 )
                 index += 1
-        return results
+        return Notified(results, then_outcome)
 
     def _sync_call(
         self,
@@ -218,6 +225,28 @@ class ServiceRegistry:
             result = _result_of(spec, outcome, secret_values)
             _close_span(span, result)
             return result
+
+
+@dataclass(frozen=True, slots=True)
+class Notified:
+    """The services' results, and what ``then`` did in the worker (None: it did not run there)."""
+
+    results: list[NotifyResult]
+    then: CallOutcome | None = None
+
+
+def _then_from_results(
+    specs: Sequence[ServiceSpec],
+    secret_values: Iterable[str],
+    then: Callable[[list[NotifyResult]], object],
+    *,
+    skip: int,
+) -> Callable[[list[CallOutcome]], object]:
+    def follow_up(outcomes: list[CallOutcome]) -> object:
+        answered = outcomes[skip:]
+        return then([_result_of(spec, o, secret_values) for spec, o in zip(specs, answered, strict=True)])
+
+    return follow_up
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:
