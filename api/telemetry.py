@@ -3,7 +3,11 @@
 The code under ``store/`` only uses the OpenTelemetry API (a tracer); this module configures the SDK.
 Counters are *observable* and read the stats projection, which is folded from the log: a restart
 resumes them from what the log implies, and a scrape can never disagree with the log. Histograms are
-recorded as this process appends events (a histogram of a past process's latencies is not meaningful).
+fed from the events this process appends (a histogram of a past process's latencies is not meaningful):
+the append only queues each value, and the queue is recorded into the histograms when a reader
+collects (observable callbacks run first in every collection). Aggregating on the append path cost a
+reload more than all its spans together; deferred, the reload pays a deque append per value and the
+scrape does the arithmetic. The price: histogram exemplars carry no trace context.
 
 Export: OTLP over HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces/metrics variants) is set; a
 Prometheus text endpoint at ``/metrics`` when asked for; nothing at all, and no error, otherwise.
@@ -13,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("api.telemetry")
+
+_PENDING_MAX = 100_000
 
 METRIC_NAMES = (
     "config_operations_total",
@@ -159,6 +166,8 @@ class Telemetry:
         self.meter: Meter = meter_provider.get_meter("confledger")
         self._reloader: ConfigReloader | None = None
         self._unsubscribe: Any = None
+        # Bounded so a process nobody scrapes cannot grow without limit; one reload queues 5 values.
+        self._pending: deque[tuple[Histogram, float, dict[str, str]]] = deque(maxlen=_PENDING_MAX)
         self._create_instruments()
 
     # --- instruments ---------------------------------------------------------------------------------
@@ -218,6 +227,7 @@ class Telemetry:
         return None if self._reloader is None else self._reloader.stats_projection
 
     def _observe_operations(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         stats = self._stats()
         if stats is None:
             return []
@@ -231,6 +241,7 @@ class Telemetry:
         return observations
 
     def _observe_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         stats = self._stats()
         if stats is None:
             return []
@@ -241,6 +252,7 @@ class Telemetry:
         return observations
 
     def _observe_service_outcomes(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         stats = self._stats()
         if stats is None:
             return []
@@ -254,6 +266,7 @@ class Telemetry:
         return observations
 
     def _observe_rollbacks(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         stats = self._stats()
         if stats is None:
             return []
@@ -262,9 +275,11 @@ class Telemetry:
         return [Observation(count, {"reason": reason}) for reason, count in counts.items()]
 
     def _observe_services(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         return [Observation(0 if self._reloader is None else len(self._reloader.services))]
 
     def _observe_info(self, _options: CallbackOptions) -> Iterable[Observation]:
+        self._drain()
         current = None if self._reloader is None else self._reloader.current_hash
         return [] if current is None else [Observation(1, {"hash": current[:16]})]
 
@@ -281,31 +296,43 @@ class Telemetry:
             self._unsubscribe()
         self._unsubscribe = None
         self._reloader = None
+        self._drain()  # what was appended is recorded: a final export still sees it
 
     def _on_appended(self, batch: list[RecordedEvent]) -> None:
+        queue = self._pending.append
         for event in batch:
             payload = event.payload
             key = str(event.operation_id)
             if isinstance(payload, OperationStarted):
                 self._kinds[key] = payload.kind.value
             elif isinstance(payload, ValidationPassed | ValidationFailed):
-                self._validation_duration.record(
-                    payload.duration_ms / 1000, {"operation": self._kinds.get(key, "reload")}
+                queue(
+                    (
+                        self._validation_duration,
+                        payload.duration_ms / 1000,
+                        {"operation": self._kinds.get(key, "reload")},
+                    )
                 )
             elif isinstance(payload, ServiceNotified):
-                self._callback_duration.record(
-                    payload.duration_ms / 1000,
-                    {
-                        "service": payload.service,
-                        "outcome": payload.outcome.value,
-                        "direction": payload.direction,
-                    },
-                )
+                attributes = {
+                    "service": payload.service,
+                    "outcome": payload.outcome.value,
+                    "direction": payload.direction,
+                }
+                queue((self._callback_duration, payload.duration_ms / 1000, attributes))
             elif isinstance(payload, OperationCompleted):
                 kind = self._kinds.pop(key, "reload")
-                self._operation_duration.record(
-                    payload.total_ms / 1000, {"operation": kind, "status": payload.status.value}
-                )
+                attributes = {"operation": kind, "status": payload.status.value}
+                queue((self._operation_duration, payload.total_ms / 1000, attributes))
+
+    def _drain(self) -> None:
+        """Record the queued histogram values; runs inside a collection, before the storage is read."""
+        while True:
+            try:
+                histogram, value, attributes = self._pending.popleft()
+            except IndexError:  # empty: popleft is atomic, so draining from two readers at once is safe
+                return
+            histogram.record(value, attributes)
 
     def render_prometheus(self) -> bytes:
         if self.prometheus_registry is None:

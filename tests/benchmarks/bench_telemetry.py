@@ -7,7 +7,7 @@ synchronous=FULL, so every commit is an fsync on a real disk) loading ``examples
 example model and validators and three no-op service callbacks. Each reload is ``force=True``, so it does
 the whole path: read, parse, validate, notify the three services, append and fold the projections.
 
-- on:  ``ConfigReloader(tracer=<SDK tracer, SimpleSpanProcessor -> InMemorySpanExporter>)`` with a
+- on:  ``ConfigReloader(tracer=<SDK tracer, BatchSpanProcessor -> InMemorySpanExporter>)`` with a
        ``Telemetry`` (the same tracer provider, a MeterProvider with an InMemoryMetricReader) bound to it,
        so histograms are recorded from every append.
 - off: the default tracer (the OpenTelemetry API's no-op; no global provider is set) and nothing bound.
@@ -41,7 +41,7 @@ import anyio
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from api.reloader import ConfigReloader
@@ -104,13 +104,14 @@ class Side:
             self.loop_cpu_ms.append((time.thread_time() - loop_started) * 1000 / count)
         # Untimed: keep memory flat and read the metrics once, as a scrape would.
         if self.exporter is not None:
+            self.providers[0].force_flush()  # the tracer provider: a batch processor exports late
             self.spans_seen += len(self.exporter.get_finished_spans())
             self.exporter.clear()
         if self.reader is not None:
             self.reader.get_metrics_data()
 
 
-def build_side(name: str, workdir: Path, *, telemetry: bool) -> Side:
+def build_side(name: str, workdir: Path, *, telemetry: bool, span_processor: str = "batch") -> Side:
     model, validators = example_model()
     side_dir = workdir / name
     side_dir.mkdir()
@@ -129,7 +130,10 @@ def build_side(name: str, workdir: Path, *, telemetry: bool) -> Side:
         return Side(name, reloader)
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # "batch" is what `Telemetry` installs for OTLP: spans are handed to a queue and exported off the
+    # reload's path. "simple" exports each span synchronously as it ends.
+    processor = BatchSpanProcessor(exporter) if span_processor == "batch" else SimpleSpanProcessor(exporter)
+    tracer_provider.add_span_processor(processor)
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     tel = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
@@ -152,7 +156,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> bool:
-    on = build_side("on", workdir, telemetry=True)
+    on = build_side("on", workdir, telemetry=True, span_processor=args.span_processor)
     off = build_side("off", workdir, telemetry=False)
     try:
         await on.reloader.start()
@@ -228,6 +232,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="untimed reloads per side first (default 20)")
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the SQLite files go (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--span-processor",
+        choices=("batch", "simple"),
+        default="batch",
+        help="how finished spans reach the in-memory exporter: batch (as in production) or simple",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
