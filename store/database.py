@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from store.errors import InvalidDatabaseURL, ReadOnlyStore, StoreError, StoreUna
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "SqliteSynchronous",
+    "WriterConnection",
     "create_store_engine",
     "describe_url",
     "normalize_url",
@@ -166,6 +168,100 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             if engine.dialect.name == "postgresql":
                 connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_APPEND_LOCK_KEY)))
             yield connection
+
+
+class WriterConnection:
+    """The append path's own driver connection, kept checked out, one transaction at a time.
+
+    ``write_transaction`` checks a connection out of the pool, wraps it in a SQLAlchemy ``Connection``,
+    begins, commits and checks it back in (with a reset) for every append: on SQLite that machinery costs
+    more than the statements. Appends are serialised anyway (the database's write lock), so this process
+    keeps one driver connection for them behind a thread lock and talks to the driver directly. The
+    transaction takes the same lock ``write_transaction`` takes, so both kinds of writer exclude each
+    other across threads and processes.
+
+    A connection the server dropped (PostgreSQL restarted) fails on the first statement; it is thrown
+    away and the transaction retried once on a fresh one, as ``pool_pre_ping`` would have done. Nothing
+    was written by then: the lock statement is the first. In-memory SQLite has one connection shared
+    by everyone (StaticPool), so there each transaction checks it out and back in instead of keeping it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.paramstyle = "?" if self.dialect == "sqlite" else "%s"
+        self._keep = not isinstance(engine.pool, StaticPool)
+        self._lock = threading.Lock()
+        self._kept: Any = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A DBAPI cursor inside a transaction that holds the log's write lock; commits on success."""
+        with self._lock, translate_errors(self.engine.url):
+            connection, cursor = self._begin()
+            try:
+                yield cursor
+                self.commit(connection)
+            except BaseException:
+                self._rollback(connection)
+                raise
+            finally:
+                cursor.close()
+                if not self._keep:
+                    connection.close()
+
+    def commit(self, connection: Any) -> None:
+        connection.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._kept is not None:
+                kept, self._kept = self._kept, None
+                with contextlib.suppress(Exception):
+                    kept.close()
+
+    def _begin(self) -> tuple[Any, Any]:
+        for attempt in (1, 2):
+            connection = self._connection()
+            cursor = connection.cursor()
+            try:
+                if self.dialect == "sqlite":
+                    cursor.execute("BEGIN IMMEDIATE")
+                else:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK_KEY,))
+                return connection, cursor
+            except Exception as exc:
+                cursor.close()
+                if isinstance(exc, psycopg.OperationalError):
+                    self._discard(connection)
+                    if attempt == 1:
+                        continue
+                else:
+                    self._rollback(connection)
+                if not self._keep:
+                    connection.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connection(self) -> Any:
+        if not self._keep:
+            return self.engine.raw_connection()
+        if self._kept is None:
+            self._kept = self.engine.raw_connection()
+        return self._kept
+
+    def _rollback(self, connection: Any) -> None:
+        try:
+            connection.rollback()
+        except Exception:
+            # A connection that cannot even roll back is not trusted with the next append.
+            self._discard(connection)
+
+    def _discard(self, connection: Any) -> None:
+        with contextlib.suppress(Exception):
+            connection.invalidate()
+        if connection is self._kept:
+            self._kept = None
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from store.canonical import GENESIS_HASH, canonical_bytes, canonical_json, confi
 from store.database import (
     DEFAULT_DATABASE_URL,
     SqliteSynchronous,
+    WriterConnection,
     create_store_engine,
     describe_url,
     normalize_url,
@@ -122,21 +123,40 @@ def _chain_hash_of_text(
 # The statements on the append path, built once: constructing a Core statement costs more than running
 # one of these on SQLite (the compiled form is cached either way).
 _HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
-_APPLIED_SINCE = (
-    sa.select(events.c.position)
-    .where(
-        events.c.type == ConfigApplied.event_type,
-        events.c.position > sa.bindparam("expected_head", type_=sa.BigInteger),
-    )
-    .order_by(events.c.position)
-    .limit(1)
-)
 _RAW_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 _EVENT_COLUMNS = "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
 _RAW_INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _RAW_INSERT_POSTGRES = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS json), %s, %s)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _RawStatements:
+    """The append path's statements in the driver's own parameter style."""
+
+    applied_since: str
+    config_first_position: str
+    insert_config: str
+    set_first_position: str
+
+
+def _raw_statements(mark: str, json_value: str) -> _RawStatements:
+    return _RawStatements(
+        applied_since=(
+            f"SELECT position FROM events WHERE type = {mark} AND position > {mark} ORDER BY position LIMIT 1"
+        ),
+        config_first_position=f"SELECT first_position FROM config_versions WHERE hash = {mark}",
+        insert_config=(
+            "INSERT INTO config_versions (hash, body, size_bytes, first_position, created_at) "
+            f"VALUES ({mark}, {json_value}, {mark}, {mark}, {mark})"
+        ),
+        set_first_position=f"UPDATE config_versions SET first_position = {mark} WHERE hash = {mark}",
+    )
+
+
+_RAW_SQLITE = _raw_statements("?", "?")
+_RAW_POSTGRES = _raw_statements("%s", "CAST(%s AS json)")
 _CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
     config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
 )
@@ -214,6 +234,8 @@ class EventLog:
         self._raw_insert = (
             _RAW_INSERT_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_INSERT_POSTGRES
         )
+        self._raw = _RAW_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_POSTGRES
+        self._writer = WriterConnection(self.engine)
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -232,6 +254,7 @@ class EventLog:
         return describe_url(self.url)
 
     def close(self) -> None:
+        self._writer.close()
         self.engine.dispose()
 
     def __enter__(self) -> EventLog:
@@ -289,13 +312,13 @@ class EventLog:
             return [], []
         payload_texts = [self._payload_text(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
-        with write_transaction(self.engine) as connection:
-            # The hot path talks to the driver directly: SQLAlchemy's statement machinery costs more per
-            # single-event append than the commit itself does on a fast disk. Same transaction, same lock.
-            cursor = connection.connection.cursor()
+        # The hot path talks to the driver directly, on the writer's own connection: SQLAlchemy's
+        # connection and statement machinery costs more per append than the commit itself does on a
+        # fast disk. Same lock as every other writer.
+        with self._writer.transaction() as cursor:
             head_position, head_hash = self._raw_head(cursor)
             if expected_head is not None and applies:
-                self._check_no_apply_since(connection, expected_head)
+                self._raw_check_no_apply_since(cursor, expected_head)
             # Taken under the lock so occurred_at never decreases along positions on one clock.
             now = datetime.now(UTC)
             # One moment for the whole batch: its two text forms (hashed, stored) are formatted once.
@@ -323,9 +346,8 @@ class EventLog:
                 previous = row["hash"]
                 rows.append(row)
             cursor.executemany(self._raw_insert, [self._raw_row(row, stored_at) for row in rows])
-            cursor.close()
             for config in configs:
-                self._store_config(connection, config, first_position=head_position + 1)
+                self._raw_store_config(cursor, config, first_position=head_position + 1, now=now)
         positions = [row["position"] for row in rows]
         if not (recorded or self._listeners):
             return positions, []
@@ -406,9 +428,10 @@ class EventLog:
         row = cursor.fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
-    @staticmethod
-    def _check_no_apply_since(connection: Connection, expected_head: int) -> None:
-        conflicting = connection.execute(_APPLIED_SINCE, {"expected_head": expected_head}).scalar()
+    def _raw_check_no_apply_since(self, cursor: Any, expected_head: int) -> None:
+        cursor.execute(self._raw.applied_since, (ConfigApplied.event_type, expected_head))
+        row = cursor.fetchone()
+        conflicting = None if row is None else int(row[0])
         if conflicting is not None:
             raise ConcurrencyConflict(
                 f"another config was applied at position {conflicting} after this operation started "
@@ -434,6 +457,21 @@ class EventLog:
         with write_transaction(self.engine) as connection:
             self._store_config(connection, prepared, first_position=None)
         return prepared.hash
+
+    def _raw_store_config(
+        self, cursor: Any, config: PreparedConfig, *, first_position: int, now: datetime
+    ) -> None:
+        """``_store_config`` on the writer's driver connection."""
+        cursor.execute(self._raw.config_first_position, (config.hash,))
+        existing = cursor.fetchone()
+        if existing is None:
+            created_at = self._stored_timestamp(now)
+            body = canonical_json(config.sealed_body)
+            cursor.execute(
+                self._raw.insert_config, (config.hash, body, config.size_bytes, first_position, created_at)
+            )
+        elif existing[0] is None:
+            cursor.execute(self._raw.set_first_position, (first_position, config.hash))
 
     @staticmethod
     def _store_config(connection: Connection, config: PreparedConfig, *, first_position: int | None) -> None:

@@ -545,6 +545,33 @@ def test_postgres_refuses_truncate(log: EventLog) -> None:
     assert log.head() == 1
 
 
+def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) -> None:
+    if log.dialect != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    log.append([started(1)])
+    # The append path keeps its own connection: end every other session of this database (the writer's
+    # among them), as a server restart or a failover would.
+    with log.engine.connect() as connection:
+        connection.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = 'confledger'"
+            )
+        )
+    assert log.append([started(2)]) == [2]
+    assert log.verify().ok
+
+
+def test_a_failed_append_leaves_the_writer_usable(log: EventLog) -> None:
+    first = config_hash({"n": 1})
+    log.append([applied(first)])
+    with pytest.raises(ConcurrencyConflict):
+        log.append([applied(config_hash({"n": 2}), first)], expected_head=0)
+    assert log.append([started()]) == [2]
+    assert log.verify().ok
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
