@@ -409,7 +409,8 @@ class OperationRunner:
         # spans nest under it, and under the caller's trace when an HTTP request carried a traceparent.
         with self.tracer.start_as_current_span(
             f"confledger.{kind.value}",
-            attributes={"confledger.kind": kind.value, "confledger.trigger": trigger.value, **attributes},
+            # The span's name says reload or rollback; the kind is not repeated as an attribute.
+            attributes={"confledger.trigger": trigger.value, **attributes},
             record_exception=False,
             set_status_on_exception=True,
         ) as span:
@@ -1018,9 +1019,7 @@ class _SourceLoad:
         return SyncCall(
             self._load,
             stop_on_error=True,
-            start_span=lambda: tracer.start_span(
-                "confledger.load", attributes={"confledger.source": self.source}
-            ),
+            start_span=lambda: tracer.start_span("confledger.load"),
             finish_span=self._finish,
         )
 
@@ -1035,14 +1034,20 @@ class _SourceLoad:
         return self.loaded.body
 
     def _finish(self, span: trace.Span, outcome: CallOutcome) -> None:
+        # One set_attributes call when the outcome is known (a span costs per call, not per attribute).
         if isinstance(outcome.error, SourceError):
-            span.set_attribute("confledger.reason", outcome.error.code)
+            span.set_attributes({"confledger.source": self.source, "confledger.reason": outcome.error.code})
             span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error.code))
         elif outcome.error is not None:
+            span.set_attributes({"confledger.source": self.source})
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(outcome.error).__name__))
         elif self.loaded is not None:
             span.set_attributes(
-                {"confledger.size_bytes": self.loaded.size_bytes, "confledger.format": self.loaded.format}
+                {
+                    "confledger.source": self.source,
+                    "confledger.size_bytes": self.loaded.size_bytes,
+                    "confledger.format": self.loaded.format,
+                }
             )
 
 

@@ -236,9 +236,10 @@ class ValidationPipeline:
                 errors.extend(found_errors)
                 warnings.extend(found_warnings)
                 validator_ms[name] = elapsed
-        trace.get_current_span().set_attributes(
-            {"confledger.validation.errors": len(errors), "confledger.validation.warnings": len(warnings)}
-        )
+        if errors or warnings:
+            trace.get_current_span().set_attributes(
+                {"confledger.validation.errors": len(errors), "confledger.validation.warnings": len(warnings)}
+            )
         secret_paths = parsed.secret_paths
         secrets = values_at(parsed.normalised, secret_paths)
         return ValidationOutcome(
@@ -345,6 +346,16 @@ def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span]
     return lambda: tracer.start_span("confledger.validator", attributes={"confledger.validator": name})
 
 
+def _counts(errors: int, warnings: int) -> dict[str, int]:
+    # Only what was found: a clean validator's span carries its name alone (attributes cost per span).
+    counts = {}
+    if errors:
+        counts["confledger.errors"] = errors
+    if warnings:
+        counts["confledger.warnings"] = warnings
+    return counts
+
+
 def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: trace.Tracer) -> SyncCall:
     def call() -> object:
         result = spec.function(config_of())
@@ -376,7 +387,9 @@ def _findings(spec: ValidatorSpec, outcome: CallOutcome) -> tuple[list[str], lis
 
 
 def _close_validator_span(span: trace.Span, errors: int, warnings: int) -> None:
-    span.set_attributes({"confledger.errors": errors, "confledger.warnings": warnings})
+    counts = _counts(errors, warnings)
+    if counts:
+        span.set_attributes(counts)
     if errors:
         span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
 

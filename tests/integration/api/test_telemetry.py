@@ -291,7 +291,7 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
         assert root.parent.is_remote
         assert {hex_trace(s) for s in spans} == {CALLER_TRACE_ID}
         attrs = dict(root.attributes or {})
-        assert attrs["confledger.kind"] == "reload"
+        assert root.name == "confledger.reload"
         assert attrs["confledger.trigger"] == "api"
         assert attrs["confledger.force"] is True
         assert attrs["confledger.dry_run"] is False
@@ -316,7 +316,7 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
         load = only(spans, "confledger.load")
         assert load.status.status_code is StatusCode.UNSET
         assert dict(load.attributes or {})["confledger.format"] == "yaml"
-        assert attrs["confledger.validation.errors"] == 0
+        assert "confledger.validation.errors" not in attrs  # set only when something was found
         validators = children_of(spans, root, "confledger.validator")
         assert [dict(s.attributes or {})["confledger.validator"] for s in validators] == [
             "model",
