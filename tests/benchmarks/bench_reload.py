@@ -259,7 +259,7 @@ async def breakdown(
     probe.wrap(reloader.services, "notify_all", "hop 2: start, 3 services, outcome (loop -> worker -> loop)")
     appender = "append_recorded" if hasattr(log, "append_recorded") else "append"
     probe.wrap(log, appender, "  of which the 2 appends")
-    probe.wrap(log.engine.dialect, "do_commit", "  of which COMMIT (fsync)")
+    probe.wrap(log._writer, "commit", "  of which COMMIT (fsync)")
     probe.wrap_listeners(log, "  of which projections fold")
     probe.wrap(store.batch._Batch, "run", "  worker batches (hops), time inside the worker")
     if hasattr(runner, "_operation_result"):
