@@ -63,7 +63,19 @@ from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import yaml
-from yaml.constructor import ConstructorError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from store.errors import SourceError, SourceNotAllowed
@@ -838,6 +850,244 @@ if _CParser is not None:
         compose_mapping_node = yaml.composer.Composer.compose_mapping_node
 
 
+# --------------------------------------------------------------------------------------------------
+# YAML fast path: values straight from libyaml's events
+# --------------------------------------------------------------------------------------------------
+#
+# Composing a node graph in Python, inspecting it and running SafeConstructor over it cost several
+# method calls per event; for an ordinary config most of a reload went there. _yaml_from_events builds
+# the values in one loop over the C parser's events, with an explicit stack. It takes only what it can
+# vouch for: every rule of _GuardedLoader and _inspect_yaml_graph is applied (depth before the stack
+# grows, the alias cap, expansion and height through aliases, self-reference, tags, key types,
+# duplicate keys), but as a reason to step aside (_NotFast), never as a refusal. Whatever it steps aside
+# for, or any error, goes to the composing loaders, unchanged, which then give the answer and word it.
+
+
+class _NotFast(Exception):
+    """The event builder leaves this document to the composing loaders."""
+
+
+_STR_TAG = _YAML + "str"
+_NULL_TAG = _YAML + "null"
+_BOOL_TAG = _YAML + "bool"
+_INT_TAG = _YAML + "int"
+_MERGE_TAG = _YAML + "merge"
+# As values, all three are their own text (see _yaml_plain_text).
+_TEXT_TAGS = frozenset({_STR_TAG, _MERGE_TAG, _YAML + "value"})
+# Built by the same guarded constructors the loaders use (a ScalarNode is made for them).
+_CONSTRUCTED_TAGS = frozenset({_INT_TAG, _YAML + "float", _YAML + "timestamp"})
+# The scalar constructors read no loader state: one instance serves every thread.
+_SCALAR_CONSTRUCTOR: Any = SafeConstructor()
+_BOOL_VALUES: dict[str, bool] = SafeConstructor.bool_values
+# Set from _merges_follow_the_composer() once the loaders are defined (below _load_yaml).
+_MERGES_FOLLOW_THE_COMPOSER = True
+# Slots of an open container: a mapping waiting for a key, a sequence, a mapping waiting for the value
+# of ``<<`` (a str in that slot is the key waiting for its value).
+_NEXT_KEY: Any = object()
+_NEXT_ITEM: Any = object()
+_NEXT_MERGE: Any = object()
+
+
+class _Open:
+    """A mapping or sequence whose end event has not come yet."""
+
+    __slots__ = ("anchor", "height", "merged", "merged_ids", "size", "slot", "value")
+
+    def __init__(self, value: Any, slot: Any, anchor: str | None) -> None:
+        self.value = value
+        self.slot = slot
+        self.anchor = anchor
+        self.size = 1  # nodes once aliases are expanded, as _inspect_yaml_graph counts them
+        self.height = 0  # of the tallest child
+        self.merged: list[tuple[Any, Any]] | None = None
+        self.merged_ids: set[int] = set()
+
+
+def _yaml_from_events(text: str) -> object:
+    if _GuardedLoader.yaml_path_resolvers:
+        raise _NotFast  # tags chosen by position: only the composer applies those
+    parser = _CParser(text)
+    try:
+        next_event: Callable[[], Any] = parser.get_event
+        if type(next_event()) is not StreamStartEvent:
+            raise _NotFast
+        event = next_event()
+        if type(event) is StreamEndEvent:
+            return None  # no document at all, as get_single_node says
+        if type(event) is not DocumentStartEvent:
+            raise _NotFast
+        root = _yaml_document(next_event)
+        if type(next_event()) is not DocumentEndEvent or type(next_event()) is not StreamEndEvent:
+            raise _NotFast  # a second document: the composer words the refusal
+        return root
+    finally:
+        parser.dispose()
+
+
+def _yaml_document(next_event: Callable[[], Any]) -> object:
+    resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = _GuardedLoader.yaml_implicit_resolvers
+    wildcard = resolvers.get(None, [])
+    constructors = _GuardedLoader.yaml_constructors
+    anchors: dict[str, tuple[Any, int, int]] = {}
+    open_anchors: set[str] = set()
+    # Mappings built with ``<<``: the pairs a later merge of them must replay (see _merge_into).
+    merged_pairs: dict[int, tuple[dict[str, Any], list[tuple[Any, Any]], dict[str, Any]]] = {}
+    stack: list[_Open] = []
+    distinct = 0  # nodes in the graph, as _inspect_yaml_graph counts them
+    aliases = 0
+    copied = 0  # pairs replayed by merges: work that grows with aliases, so it is bounded too
+    value: Any
+    while True:
+        event = next_event()
+        kind = type(event)
+        wants_key = bool(stack) and stack[-1].slot is _NEXT_KEY
+        if kind is ScalarEvent:
+            if event.tag is not None:
+                raise _NotFast
+            distinct += 1
+            scalar: str = event.value
+            tag = _STR_TAG
+            if event.implicit[0]:  # plain: resolved exactly as BaseResolver.resolve does it
+                candidates = resolvers.get(scalar[0] if scalar else "", [])
+                for candidate, pattern in candidates + wildcard if wildcard else candidates:
+                    if pattern.match(scalar):
+                        tag = candidate
+                        break
+            if wants_key:
+                top = stack[-1]
+                if tag == _MERGE_TAG:
+                    top.slot = _NEXT_MERGE
+                elif tag in _YAML_KEY_TAGS:
+                    if scalar in top.value:
+                        raise _NotFast  # duplicate key
+                    top.slot = scalar
+                else:
+                    raise _NotFast  # a key that is not a string
+                top.size += 1
+                if event.anchor is not None:
+                    _anchor(anchors, open_anchors, event.anchor, (scalar, 1, 0))
+                continue
+            if tag in _TEXT_TAGS:
+                value = scalar
+            elif tag == _NULL_TAG:
+                value = None
+            elif tag == _BOOL_TAG:
+                value = _BOOL_VALUES[scalar.lower()]
+            elif tag == _INT_TAG and scalar.isdigit() and len(scalar) < 19 and scalar[0] != "0":
+                value = int(scalar)  # plain decimal: what construct_yaml_int returns for it
+            elif tag in _CONSTRUCTED_TAGS:
+                node = ScalarNode(tag, scalar, event.start_mark, event.end_mark, event.style)
+                value = constructors[tag](_SCALAR_CONSTRUCTOR, node)
+            else:
+                raise _NotFast
+            size, height = 1, 0
+            if event.anchor is not None:
+                _anchor(anchors, open_anchors, event.anchor, (value, 1, 0))
+        elif kind is AliasEvent:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES or wants_key:
+                raise _NotFast
+            target = anchors.get(event.anchor)
+            if target is None:
+                raise _NotFast  # undefined, or an alias inside its own anchor
+            value, size, height = target
+        elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            # Checked before the stack grows, so a deep document costs MAX_DEPTH steps.
+            if event.tag is not None or wants_key or len(stack) >= MAX_DEPTH:
+                raise _NotFast
+            if event.anchor is not None:
+                if event.anchor in anchors or event.anchor in open_anchors:
+                    raise _NotFast
+                open_anchors.add(event.anchor)
+            distinct += 1
+            if kind is MappingStartEvent:
+                stack.append(_Open({}, _NEXT_KEY, event.anchor))
+            else:
+                stack.append(_Open([], _NEXT_ITEM, event.anchor))
+            continue
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            done = stack.pop()
+            value, size, height = done.value, done.size, done.height + 1
+            if done.merged is not None:
+                # SafeConstructor.flatten_mapping: merged pairs first, then the mapping's own.
+                combined: dict[str, Any] = {}
+                for key, item in done.merged:
+                    combined[key] = item
+                combined.update(value)
+                merged_pairs[id(combined)] = (combined, done.merged, value)
+                value = combined
+            if done.anchor is not None:
+                open_anchors.discard(done.anchor)
+                anchors[done.anchor] = (value, size, height)
+        else:
+            raise _NotFast
+
+        if not stack:
+            limit = max(YAML_EXPANSION_FACTOR * distinct, YAML_EXPANSION_FLOOR)
+            if size > limit or height > MAX_DEPTH:
+                raise _NotFast
+            return value
+        parent = stack[-1]
+        parent.size += size
+        if height > parent.height:
+            parent.height = height
+        slot = parent.slot
+        if slot is _NEXT_ITEM:
+            parent.value.append(value)
+            continue
+        parent.slot = _NEXT_KEY
+        if slot is _NEXT_MERGE:
+            copied += _merge_into(parent, value, merged_pairs)
+            if copied > max(YAML_EXPANSION_FACTOR * distinct, YAML_EXPANSION_FLOOR):
+                raise _NotFast
+        else:
+            parent.value[slot] = value
+
+
+def _anchor(
+    anchors: dict[str, tuple[Any, int, int]], open_anchors: set[str], name: str, entry: tuple[Any, int, int]
+) -> None:
+    if name in anchors or name in open_anchors:
+        raise _NotFast  # the composer refuses a second anchor of one name
+    anchors[name] = entry
+
+
+def _merge_into(
+    mapping: _Open,
+    value: Any,
+    merged_pairs: dict[int, tuple[dict[str, Any], list[tuple[Any, Any]], dict[str, Any]]],
+) -> int:
+    """Queue the pairs ``<<: value`` brings in, as SafeConstructor.flatten_mapping (PyYAML 6.0.4) does.
+
+    A mapping brings its own flattened pairs; a sequence of mappings brings theirs, in order. A pair is
+    skipped when a pair with the same key *object* was queued already: PyYAML compares ``id()`` of the
+    key strings, so identical objects (an alias's, or CPython's cached one-character strings) keep
+    their first value while equal copies let the later one win. The event builder keeps every key as
+    the parser's own string object, so the ids relate exactly as the composed nodes' would.
+    """
+    if not _MERGES_FOLLOW_THE_COMPOSER:
+        raise _NotFast
+    if type(value) is dict:
+        sources = [value]
+    elif type(value) is list and all(type(item) is dict for item in value):
+        sources = value
+    else:
+        raise _NotFast  # a ConstructorError for the composing loader
+    if mapping.merged is None:
+        mapping.merged = []
+    queued, seen = mapping.merged, mapping.merged_ids
+    count = 0
+    for source in sources:
+        built = merged_pairs.get(id(source))
+        pairs = [*built[1], *built[2].items()] if built is not None else list(source.items())
+        count += len(pairs)
+        for pair in pairs:
+            if id(pair[0]) not in seen:
+                seen.add(id(pair[0]))
+                queued.append(pair)
+    return count
+
+
 def _yaml_where(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -851,6 +1101,10 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
 
 def _parse_yaml(text: str) -> object:
     if _CParser is not None:
+        try:
+            return _yaml_from_events(text)
+        except (yaml.YAMLError, _Refusal, _NotFast):
+            pass  # stepped aside or refused: the loaders below decide, and say why
         try:
             return _load_yaml(_GuardedCLoader(text))
         except (yaml.YAMLError, _Refusal, RecursionError):
@@ -873,6 +1127,32 @@ def _load_yaml(loader: _GuardedLoader) -> object:
         return loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+# PyYAML's merge rules differ between the releases ``pyyaml>=6.0`` admits (6.0.4 keeps the first pair per
+# key object; earlier ones reverse a list of merges and keep the last), and _merge_into follows 6.0.4.
+# These documents tell the rules apart; if the installed composer reads any of them differently, every
+# document with ``<<`` is left to it.
+_MERGE_PROBES = (
+    "a: &A {x: 1, xx: 1}\nb: &B {x: 2, xx: 2, yy: 2}\nc: {<<: [*A, *B], z: 0}\n",
+    "a: &A {xx: 1, y: 0}\nb: &B {<<: *A, y: 2, xx: 2}\nc: {<<: [*B, *A], y: 3}\nd: {<<: *B, <<: *A}\n",
+)
+
+
+def _merges_follow_the_composer() -> bool:
+    for probe in _MERGE_PROBES:
+        try:
+            mine = _yaml_from_events(probe)
+            theirs = _load_yaml(_GuardedCLoader(probe))
+        except (yaml.YAMLError, _Refusal, _NotFast):
+            return False
+        if json.dumps(mine) != json.dumps(theirs):  # key order matters as much as values
+            return False
+    return True
+
+
+if _CParser is not None:
+    _MERGES_FOLLOW_THE_COMPOSER = _merges_follow_the_composer()
 
 
 # --------------------------------------------------------------------------------------------------
