@@ -28,21 +28,31 @@ __all__ = [
 GENESIS_HASH = "0" * 64
 
 
+# Far deeper than any config (bodies are refused past 64 levels) or event payload.
+_MAX_WALK_DEPTH = 1_000
+
+
 def _reject_non_finite(value: Any) -> None:
     # json's own errors do not say where; this walk names the path an operator has to fix. It runs only
     # once something looks wrong, so its ABC checks stay off the common path.
-    stack: list[tuple[str, Any]] = [("$", value)]
+    stack: list[tuple[str, int, Any]] = [("$", 0, value)]
     while stack:
-        path, item = stack.pop()
+        path, depth, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise CanonicalizationError(f"{item!r} at {path} has no JSON representation")
+        if isinstance(item, Mapping | list | tuple) and depth >= _MAX_WALK_DEPTH:
+            # json refused a value that refers to itself ("Circular reference detected"): without a
+            # bound this walk would follow the cycle for ever.
+            raise CanonicalizationError(
+                f"value nests deeper than {_MAX_WALK_DEPTH} levels or contains itself, at {path[:120]}…"
+            )
         if isinstance(item, Mapping):
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise CanonicalizationError(f"non-string key {key!r} at {path}")
-                stack.append((f"{path}.{key}", child))
+                stack.append((f"{path}.{key}", depth + 1, child))
         elif isinstance(item, list | tuple):
-            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+            stack.extend((f"{path}[{index}]", depth + 1, child) for index, child in enumerate(item))
 
 
 # Built once: json.dumps would construct an encoder on every call.

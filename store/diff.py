@@ -114,19 +114,7 @@ def _compare(old: Any, new: Any, depth: int) -> _Verdict:
     if kind is dict:
         if len(old) != len(new):
             return _DIFFERENT
-        if depth >= _MAX_NESTING:
-            return _UNSURE
-        verdict = _SAME
-        for key, value in old.items():
-            other = new.get(key, _ABSENT)
-            if other is _ABSENT:
-                return _DIFFERENT
-            child = _compare(value, other, depth + 1)
-            if child is _DIFFERENT:
-                return _DIFFERENT
-            if child is _UNSURE:
-                verdict = _UNSURE
-        return verdict
+        return _compare_pairs(((value, new.get(key, _ABSENT)) for key, value in old.items()), depth)
     if kind is list or kind is tuple:
         return _compare_items(old, new, depth)
     return _UNSURE
@@ -135,10 +123,17 @@ def _compare(old: Any, new: Any, depth: int) -> _Verdict:
 def _compare_items(old: Any, new: Any, depth: int) -> _Verdict:
     if len(old) != len(new):
         return _DIFFERENT
+    return _compare_pairs(zip(old, new, strict=True), depth)
+
+
+def _compare_pairs(pairs: Iterable[tuple[Any, Any]], depth: int) -> _Verdict:
+    """Children side by side: DIFFERENT at the first that differs, else UNSURE if any was unsure."""
     if depth >= _MAX_NESTING:
         return _UNSURE
     verdict = _SAME
-    for value, other in zip(old, new, strict=True):
+    for value, other in pairs:
+        if other is _ABSENT:
+            return _DIFFERENT
         child = _compare(value, other, depth + 1)
         if child is _DIFFERENT:
             return _DIFFERENT

@@ -375,9 +375,7 @@ class EventLog:
 
     @staticmethod
     def _recorded(row: Mapping[str, Any], payload: Any, event_id: uuid.UUID) -> RecordedEvent:
-        # Built without validation: every field comes from this append, already in its model type, and
-        # this runs once per event on the hot path (validating costs more than the insert).
-        return RecordedEvent.model_construct(
+        return RecordedEvent(
             position=row["position"],
             event_id=event_id,
             occurred_at=row["occurred_at"],

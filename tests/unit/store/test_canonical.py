@@ -323,3 +323,17 @@ def test_chain_hash_covers_every_envelope_field(field: str, other_value: Any) ->
     }
     changed = {**envelope, field: other_value}
     assert chain_hash(changed) != chain_hash(envelope)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (lambda d: (d.__setitem__("self", d), d)[1])({}),  # a dict that contains itself
+        lambda: (lambda x: (x.append(x), x)[1])([]),  # a list that contains itself
+        lambda: (lambda d: (d.__setitem__("n", [float("nan"), d]), d)[1])({}),  # a cycle next to NaN
+    ],
+    ids=["dict-cycle", "list-cycle", "cycle-and-nan"],
+)
+def test_a_value_that_contains_itself_is_refused_not_walked_for_ever(make: Any) -> None:
+    with pytest.raises(CanonicalizationError):
+        canonical_json(make())
