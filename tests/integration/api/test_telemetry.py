@@ -717,3 +717,40 @@ def test_slow_operations_name_their_slowest_phase_and_service(workdir: Path) -> 
             op.operation_id for op in found
         ]
         assert "slow_operations" not in svc.client.get(f"{PREFIX}/stats", headers=READ_HEADERS).json()
+
+
+def test_histograms_reach_every_reader_once_at_collection(workdir: Path) -> None:
+    # Appends only queue histogram values; the first collection after them records them, into every
+    # reader's storage at once. A second reader must see the same counts, and collecting again must not
+    # count anything twice.
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[first, second])
+    tel = Telemetry(tracer_provider=TracerProvider(), meter_provider=meter_provider)
+    app = FastAPI()
+    setup_configuration_lifecycle(
+        app,
+        config_model=AppConfig,
+        config_source=workdir / "config.yaml",
+        database_url=f"sqlite:///{workdir / 'confledger.db'}",
+        validators=VALIDATORS,
+        admin_token=ADMIN,
+        read_token=READER,
+        enable_signal_handler=False,
+        telemetry=tel,
+    )
+    try:
+        with TestClient(app) as client:
+            for _ in range(3):
+                response = client.post(f"{PREFIX}/reload", json={"force": True}, headers=ADMIN_HEADERS)
+                assert response.status_code == 200, response.text
+            counts = [
+                series(collect_metrics(reader), "config_operation_duration_seconds", "operation", "status")
+                for reader in (first, second, first)
+            ]
+    finally:
+        meter_provider.shutdown()
+
+    # The start-up load and three forced reloads, seen alike by both readers and by a second scrape.
+    assert counts[0] == {("reload", "success"): 4}
+    assert counts[1] == counts[0]
+    assert counts[2] == counts[0]
