@@ -68,3 +68,73 @@ def test_concurrent_writer_processes_leave_a_gap_free_verified_log(database_url:
     # Interleaving is not asserted: SQLite's busy handler lets one writer keep the lock for long streaks
     # (a run of 468 of one writer's 500 appends was seen), so how much the writers mix is up to the
     # scheduler. The barrier makes all four contend from their first append.
+
+
+@pytest.mark.slow
+def test_threads_sharing_one_log_and_a_second_writer_interleave_without_gaps(database_url: str) -> None:
+    # One process's appends share the writer connection (a thread lock); checkpoints and put_config
+    # write through SQLAlchemy connections; a second EventLog on the same database is another writer.
+    # All of them must still exclude each other, and a failing append must not poison the connection.
+    import threading
+
+    from store import ConcurrencyConflict, config_hash
+    from store.events import ConfigApplied
+    from store.log import Checkpoint
+
+    threads = 4
+    appends = max(1, APPENDS_PER_WRITER // 5)
+    with (
+        EventLog(database_url, instance_id="shared") as log,
+        EventLog(database_url, instance_id="other") as other,
+    ):
+        failures: list[BaseException] = []
+        start = threading.Barrier(threads + 2)
+
+        def appender(index: int) -> None:
+            try:
+                start.wait(timeout=60)
+                for sequence in range(appends):
+                    log.append(
+                        [NewEvent(InstanceStarted(version="0.1.0", host=f"thread-{index}", pid=sequence))]
+                    )
+                    if sequence % 10 == 0:  # a stale apply: refused, nothing written, connection still good
+                        with pytest.raises(ConcurrencyConflict):
+                            log.append(
+                                [
+                                    NewEvent(
+                                        ConfigApplied(
+                                            hash=config_hash({"t": index, "s": sequence}), previous_hash=None
+                                        )
+                                    )
+                                ],
+                                expected_head=0,
+                            )
+            except BaseException as exc:  # pragma: no cover - reported below
+                failures.append(exc)
+
+        def side_writer() -> None:
+            try:
+                start.wait(timeout=60)
+                for sequence in range(appends):
+                    other.append([NewEvent(InstanceStarted(version="0.1.0", host="other", pid=sequence))])
+                    log.save_checkpoint(
+                        Checkpoint("probe", version=1, position=sequence, state={"n": sequence})
+                    )
+                    log.put_config({"sequence": sequence})
+            except BaseException as exc:  # pragma: no cover - reported below
+                failures.append(exc)
+
+        log.append([NewEvent(ConfigApplied(hash=config_hash({"first": True}), previous_hash=None))])
+        workers = [threading.Thread(target=appender, args=(index,)) for index in range(threads)]
+        workers.append(threading.Thread(target=side_writer))
+        for worker in workers:
+            worker.start()
+        start.wait(timeout=60)
+        for worker in workers:
+            worker.join(timeout=600)
+        assert not failures, failures
+
+        total = 1 + (threads + 1) * appends
+        assert [event.position for event in log.iter_events()] == list(range(1, total + 1))
+        report = log.verify()
+        assert report.ok, report.reason
