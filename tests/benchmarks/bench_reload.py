@@ -19,7 +19,8 @@ Printed, all from the same run:
 
 ``--format json`` runs the same reloads from JSON copies of the two files (what the rest of the pipeline
 costs without the YAML parser); ``--async-callbacks`` registers async no-op callbacks instead of sync
-ones (run on the loop: the start and the outcome are then appended in hops of their own). ``--check`` exits non-zero when a target is missed. The machine's load average is printed with the
+ones (run on the loop: the start and the outcome are then appended in hops of their own).
+``--check`` exits non-zero when a target is missed. The machine's load average is printed with the
 figures: on a busy machine every percentile moves.
 """
 
