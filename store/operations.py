@@ -885,7 +885,7 @@ class OperationRunner:
         finally:
             self._appended(appended)
         results = notified.results
-        recorded_in_worker: list[RecordedEvent] | None = None
+        recorded: list[RecordedEvent] | None = None
         conflict: ConcurrencyConflict | None = None
         if notified.then is not None:
             if isinstance(notified.then.error, ConcurrencyConflict):
@@ -893,22 +893,22 @@ class OperationRunner:
             elif notified.then.error is not None:
                 raise notified.then.error
             elif isinstance(notified.then.value, list):
-                recorded_in_worker = notified.then.value
+                recorded = notified.then.value
         succeeded = [
             spec
             for spec, result in zip(services, results, strict=True)
             if result.outcome is ServiceOutcome.SUCCESS
         ]
-        if recorded_in_worker is None and conflict is None:
+        if recorded is None and conflict is None:
             batch = success_events(results)
             if batch is not None:
                 self._remember(new_active.hash, new_active.config)
                 try:
-                    recorded_in_worker = await self._append_recorded(batch, expected_head, configs)
+                    recorded = await self._append_recorded(batch, expected_head, configs)
                 except ConcurrencyConflict as exc:
                     conflict = exc
-        if recorded_in_worker is not None:
-            positions = self._appended(recorded_in_worker)
+        if recorded is not None:
+            positions = self._appended(recorded)
             self._set_active(
                 ActiveConfig(
                     hash=new_active.hash,
