@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +143,7 @@ def running(
     validators: list[Any] | None = None,
     telemetry: bool = True,
     metrics: bool = False,
+    extra_readers: Sequence[InMemoryMetricReader] = (),
 ) -> Iterator[Running]:
     exporter: InMemorySpanExporter | None = None
     reader: InMemoryMetricReader | None = None
@@ -154,7 +155,7 @@ def running(
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         reader = InMemoryMetricReader()
-        meter_provider = MeterProvider(metric_readers=[reader])
+        meter_provider = MeterProvider(metric_readers=[reader, *extra_readers])
         tel = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
     registry = services if services is not None else ServiceRegistry()
     app = FastAPI()
@@ -723,32 +724,15 @@ def test_histograms_reach_every_reader_once_at_collection(workdir: Path) -> None
     # Appends only queue histogram values; the first collection after them records them, into every
     # reader's storage at once. A second reader must see the same counts, and collecting again must not
     # count anything twice.
-    first, second = InMemoryMetricReader(), InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[first, second])
-    tel = Telemetry(tracer_provider=TracerProvider(), meter_provider=meter_provider)
-    app = FastAPI()
-    setup_configuration_lifecycle(
-        app,
-        config_model=AppConfig,
-        config_source=workdir / "config.yaml",
-        database_url=f"sqlite:///{workdir / 'confledger.db'}",
-        validators=VALIDATORS,
-        admin_token=ADMIN,
-        read_token=READER,
-        enable_signal_handler=False,
-        telemetry=tel,
-    )
-    try:
-        with TestClient(app) as client:
-            for _ in range(3):
-                response = client.post(f"{PREFIX}/reload", json={"force": True}, headers=ADMIN_HEADERS)
-                assert response.status_code == 200, response.text
-            counts = [
-                series(collect_metrics(reader), "config_operation_duration_seconds", "operation", "status")
-                for reader in (first, second, first)
-            ]
-    finally:
-        meter_provider.shutdown()
+    second = InMemoryMetricReader()
+    with running(workdir, extra_readers=[second]) as svc:
+        for _ in range(3):
+            svc.reload(force=True)
+        assert svc.reader is not None
+        counts = [
+            series(collect_metrics(reader), "config_operation_duration_seconds", "operation", "status")
+            for reader in (svc.reader, second, svc.reader)
+        ]
 
     # The start-up load and three forced reloads, seen alike by both readers and by a second scrape.
     assert counts[0] == {("reload", "success"): 4}
