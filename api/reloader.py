@@ -92,6 +92,8 @@ class ConfigReloader:
         self._stats = StatsProjection()
         self._backups = BackupsProjection(backup_count)
         self.projections = ProjectionSet(log, [self._current, self._history, self._stats, self._backups])
+        # A lambda, not the dict's bound get: the projection replaces its dict on reset and restore.
+        self.runner.folded_operation = lambda operation_id: self._history.operations.get(operation_id)
         self.started = False
         self.startup_operation: ReloadOperation | None = None
         self._task_group: anyio.abc.TaskGroup | None = None

@@ -145,6 +145,9 @@ class OperationRunner:
         self._collected: dict[uuid.UUID, list[RecordedEvent]] = {}
         self._prepared: dict[tuple[str | None, frozenset[ConfigPath], int], PreparedConfig] = {}
         self.on_active_changed: list[Callable[[ActiveConfig], None]] = []
+        # Where a finished operation may already be folded (the reloader points this at its history):
+        # its answer is then that entry, instead of folding the same events a second time.
+        self.folded_operation: Callable[[str], ReloadOperation | None] | None = None
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -208,6 +211,11 @@ class OperationRunner:
         # Every event of an operation is appended by this runner, after its id was registered, so the
         # collected list is exactly what read_operation would return - without a database round trip.
         events = self._collected.pop(operation_id, None)
+        if events and self.folded_operation is not None:
+            folded = self.folded_operation(str(operation_id))
+            # The same fold of the same events, once they include the last one this runner appended.
+            if folded is not None and folded.last_position == events[-1].position:
+                return folded
         if not events:
             events = await anyio.to_thread.run_sync(self.log.read_operation, operation_id)
         return build_operation(events)

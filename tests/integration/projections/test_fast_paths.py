@@ -1,7 +1,8 @@
 """The reloader's shortcuts answer exactly as reading the log back would.
 
 - A ``ReloadOperation`` is folded from the events its operation appended, as the log recorded them,
-  instead of being read back: for every kind of outcome it equals ``build_operation(read_operation())``.
+  instead of being read back: for every kind of outcome it equals ``build_operation(read_operation())``
+  (and is the history projection's own entry: each operation is folded once).
 - ``EventLog.open_operations`` folds from a cached checkpoint instead of scanning every operation: with
   open operations before and after the checkpoint it returns what a fold from position 0 returns.
 """
@@ -128,6 +129,11 @@ async def test_every_answer_equals_the_operation_read_back(
         for answer in answers:
             assert answer == read_back(reloader, answer), answer.message
         assert reloader.runner._collected == {}
+        # Each operation is folded once: the answer is the history's entry itself, not a second fold.
+        history = reloader.projections.get("history").operations  # type: ignore[attr-defined]
+        assert all(
+            history[answer.operation_id] is answer for answer in answers[1:]
+        )  # [0]: before folding began
 
 
 def _start(operation_id: uuid.UUID) -> NewEvent:
