@@ -1094,3 +1094,46 @@ async def test_an_open_operation_of_another_live_instance_is_left_alone(url: str
             "operation.started",
             "operation.completed",
         ]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync-service", "async-service"])
+async def test_a_stale_instance_gives_its_services_the_old_config_back(
+    url: str, tmp_path: Path, asynchronous: bool
+) -> None:
+    # With sync services the outcome is appended in the worker hop that called them; with an async one,
+    # from the loop. Either way a conflict writes nothing applied and calls the services back.
+    source = write(tmp_path / "config.json", BASE)
+    calls: list[tuple[int, int]] = []
+
+    def sync_cache(old: AppConfig, new: AppConfig) -> bool:
+        calls.append((old.performance.max_retries, new.performance.max_retries))
+        return True
+
+    async def async_cache(old: AppConfig, new: AppConfig) -> bool:
+        return sync_cache(old, new)
+
+    async with running(url, source, instance_id="stale") as stale:
+        stale.register_config_callback(
+            "cache", async_cache if asynchronous else sync_cache, async_callback=asynchronous
+        )
+        async with running(url, write(tmp_path / "other.json", variant(performance__max_retries=7))) as other:
+            applied = await other.reload_config()  # another instance applies a config meanwhile
+            assert applied.success
+
+        write(source, variant(performance__max_retries=5))
+        operation = await stale.reload_config()
+
+    assert operation.status is ReloadStatus.FAILED
+    assert operation.reason == "concurrency_conflict"
+    assert operation.services_notified == ("cache:success",)
+    assert calls == [(3, 5), (5, 3)]  # notified, then given its previous config back
+    directions = [p.direction for p in payloads(stale, operation, ServiceNotified)]
+    assert directions == ["forward", "compensate"]
+    assert event_types(stale, operation) == [
+        "operation.started",
+        "config.loaded",
+        "validation.passed",
+        "service.notified",
+        "service.notified",
+        "operation.completed",
+    ]
