@@ -13,6 +13,7 @@ the next one beyond its own timeout.
 
 A call may carry a span: it is started in the worker when the call starts and made current there, so
 spans the user's code opens nest under it; it is ended by whichever side records the call's outcome.
+The calls of one batch share one copy of the caller's context variables, as calls on one thread would.
 """
 
 from __future__ import annotations

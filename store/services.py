@@ -1,8 +1,9 @@
 """Registered service callbacks and how they are notified.
 
 Sync callbacks run in a worker thread so a slow one never blocks the event loop (consecutive ones share
-one thread hop); async callbacks run on the loop. Each runs under its own timeout. A thread cannot be killed, so a timed-out sync callback is
-abandoned (its result ignored) and reported as ``timeout``; it is the callback's job to be idempotent.
+one thread hop); async callbacks run on the loop. Each runs under its own timeout. A thread cannot be
+killed, so a timed-out sync callback is abandoned (its result ignored) and reported as ``timeout``; it is
+the callback's job to be idempotent.
 """
 
 from __future__ import annotations
