@@ -189,7 +189,6 @@ class WriterConnection:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self.paramstyle = "?" if self.dialect == "sqlite" else "%s"
         self._keep = not isinstance(engine.pool, StaticPool)
         self._lock = threading.Lock()
         self._kept: Any = None

@@ -28,7 +28,6 @@ from store.database import (
     describe_url,
     normalize_url,
     translate_errors,
-    write_transaction,
 )
 from store.errors import (
     AmbiguousHashPrefix,
@@ -125,16 +124,13 @@ def _chain_hash_of_text(
 _HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
 _RAW_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 _EVENT_COLUMNS = "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
-_RAW_INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RAW_INSERT_POSTGRES = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS json), %s, %s)"
-)
 
 
 @dataclass(frozen=True, slots=True)
 class _RawStatements:
     """The append path's statements in the driver's own parameter style."""
 
+    insert_events: str
     applied_since: str
     config_first_position: str
     insert_config: str
@@ -143,6 +139,10 @@ class _RawStatements:
 
 def _raw_statements(mark: str, json_value: str) -> _RawStatements:
     return _RawStatements(
+        insert_events=(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) "
+            f"VALUES ({', '.join([mark] * 8)}, {json_value}, {mark}, {mark})"
+        ),
         applied_since=(
             f"SELECT position FROM events WHERE type = {mark} AND position > {mark} ORDER BY position LIMIT 1"
         ),
@@ -157,9 +157,6 @@ def _raw_statements(mark: str, json_value: str) -> _RawStatements:
 
 _RAW_SQLITE = _raw_statements("?", "?")
 _RAW_POSTGRES = _raw_statements("%s", "CAST(%s AS json)")
-_CONFIG_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
-    config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +228,6 @@ class EventLog:
             connect_timeout_s=connect_timeout_s,
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
-        self._raw_insert = (
-            _RAW_INSERT_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_INSERT_POSTGRES
-        )
         self._raw = _RAW_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_POSTGRES
         self._writer = WriterConnection(self.engine)
         try:
@@ -345,7 +339,7 @@ class EventLog:
                 row["hash"] = _chain_hash_of_text(row, payload_text, occurred_text)
                 previous = row["hash"]
                 rows.append(row)
-            cursor.executemany(self._raw_insert, [self._raw_row(row, stored_at) for row in rows])
+            cursor.executemany(self._raw.insert_events, [self._raw_row(row, stored_at) for row in rows])
             for config in configs:
                 self._raw_store_config(cursor, config, first_position=head_position + 1, now=now)
         positions = [row["position"] for row in rows]
@@ -401,7 +395,7 @@ class EventLog:
         return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
     def _stored_timestamp(self, moment: datetime) -> Any:
-        if self._raw_insert is _RAW_INSERT_SQLITE:
+        if self._raw is _RAW_SQLITE:
             # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds).
             return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         return moment
@@ -452,14 +446,14 @@ class EventLog:
     def put_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
         prepared = self.prepare_config(body, secret_paths)
-        with write_transaction(self.engine) as connection:
-            self._store_config(connection, prepared, first_position=None)
+        with self._writer.transaction() as cursor:
+            self._raw_store_config(cursor, prepared, first_position=None, now=datetime.now(UTC))
         return prepared.hash
 
     def _raw_store_config(
-        self, cursor: Any, config: PreparedConfig, *, first_position: int, now: datetime
+        self, cursor: Any, config: PreparedConfig, *, first_position: int | None, now: datetime
     ) -> None:
-        """``_store_config`` on the writer's driver connection."""
+        """Store a body by content (once); ``first_position`` is the append that first names it."""
         cursor.execute(self._raw.config_first_position, (config.hash,))
         existing = cursor.fetchone()
         if existing is None:
@@ -468,28 +462,8 @@ class EventLog:
             cursor.execute(
                 self._raw.insert_config, (config.hash, body, config.size_bytes, first_position, created_at)
             )
-        elif existing[0] is None:
+        elif existing[0] is None and first_position is not None:
             cursor.execute(self._raw.set_first_position, (first_position, config.hash))
-
-    @staticmethod
-    def _store_config(connection: Connection, config: PreparedConfig, *, first_position: int | None) -> None:
-        existing = connection.execute(_CONFIG_FIRST_POSITION, {"config_hash": config.hash}).first()
-        if existing is None:
-            connection.execute(
-                config_versions.insert().values(
-                    hash=config.hash,
-                    body=config.sealed_body,
-                    size_bytes=config.size_bytes,
-                    first_position=first_position,
-                    created_at=datetime.now(UTC),
-                )
-            )
-        elif existing.first_position is None and first_position is not None:
-            connection.execute(
-                config_versions.update()
-                .where(config_versions.c.hash == config.hash)
-                .values(first_position=first_position)
-            )
 
     # --- reading --------------------------------------------------------------------------------------
 

@@ -158,16 +158,12 @@ class OperationRunner:
         expected_head: int | None = None,
         configs: Iterable[PreparedConfig] = (),
     ) -> list[int]:
-        # Every database call goes to a worker thread: an fsync must never stall the event loop.
-        configs = list(configs)
-        recorded = await anyio.to_thread.run_sync(
-            lambda: self.log.append_recorded(events, expected_head=expected_head, configs=configs)
-        )
-        return self._appended(recorded)
+        return self._appended(await self._append_recorded(events, expected_head, list(configs)))
 
     async def _append_recorded(
         self, batch: Sequence[NewEvent], expected_head: int | None, configs: Sequence[PreparedConfig]
     ) -> list[RecordedEvent]:
+        # Every database call goes to a worker thread: an fsync must never stall the event loop.
         return await anyio.to_thread.run_sync(
             lambda: self.log.append_recorded(batch, expected_head=expected_head, configs=configs)
         )

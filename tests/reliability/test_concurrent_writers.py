@@ -72,7 +72,7 @@ def test_concurrent_writer_processes_leave_a_gap_free_verified_log(database_url:
 
 @pytest.mark.slow
 def test_threads_sharing_one_log_and_a_second_writer_interleave_without_gaps(database_url: str) -> None:
-    # One process's appends share the writer connection (a thread lock); checkpoints and put_config
+    # One process's appends and put_config share the writer connection (a thread lock); checkpoints
     # write through SQLAlchemy connections; a second EventLog on the same database is another writer.
     # All of them must still exclude each other, and a failing append must not poison the connection.
     import threading
