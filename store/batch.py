@@ -18,17 +18,18 @@ The calls of one batch share one copy of the caller's context variables, as call
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-__all__ = ["CallOutcome", "SyncCall", "run_in_worker", "run_in_worker_then"]
+__all__ = ["CallOutcome", "SyncCall", "finish_awaitable", "run_in_worker", "run_in_worker_then"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,3 +239,18 @@ async def run_in_worker_then(
             break  # stopped on an error: what did not run must not run now either
         remaining = remaining[ran:]
     return outcomes, then_outcome
+
+
+def finish_awaitable(result: object) -> object:
+    """In a worker: run ``result`` on the event loop if it is awaitable, else return it as it is.
+
+    A sync callable that hands back a coroutine (a lambda around an async function) has done nothing
+    yet; running it from the call keeps it inside that call's deadline and span.
+    """
+    if inspect.isawaitable(result):
+        return anyio.from_thread.run(_awaited, result)
+    return result
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import CallOutcome, SyncCall, run_in_worker_then
+from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then
 from store.events import ServiceOutcome
 from store.validation import scrub
 
@@ -177,12 +177,7 @@ class ServiceRegistry:
         secret_values: list[str],
     ) -> SyncCall:
         def call() -> object:
-            result = spec.callback(old, new)
-            # A sync callable that hands back a coroutine (a lambda around an async method) has done
-            # nothing yet: run it on the loop from this thread, inside the same deadline and span.
-            if inspect.isawaitable(result):
-                return anyio.from_thread.run(_awaited, result)
-            return result
+            return finish_awaitable(spec.callback(old, new))
 
         def finish(span: trace.Span, outcome: CallOutcome) -> None:
             # Every attribute in one call when the outcome is known: each call takes the span's lock
@@ -248,10 +243,6 @@ def _then_from_results(
         return then([_result_of(spec, o, secret_values) for spec, o in zip(specs, answered, strict=True)])
 
     return follow_up
-
-
-async def _awaited(awaitable: Awaitable[object]) -> object:
-    return await awaitable
 
 
 def _span_attributes(spec: ServiceSpec, direction: str) -> dict[str, str | int]:

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from store.batch import CallOutcome, SyncCall, run_in_worker
+from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker
 from store.canonical import config_hash
 from store.secrets import ConfigPath, find_secret_paths
 
@@ -358,12 +358,7 @@ def _counts(errors: int, warnings: int) -> dict[str, int]:
 
 def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: trace.Tracer) -> SyncCall:
     def call() -> object:
-        result = spec.function(config_of())
-        # A sync callable that returns an awaitable (a lambda around an async function) has not run
-        # yet: run it on the loop from this thread, inside the same deadline and span.
-        if inspect.isawaitable(result):
-            return anyio.from_thread.run(_awaited, result)
-        return result
+        return finish_awaitable(spec.function(config_of()))
 
     def finish(span: trace.Span, outcome: CallOutcome) -> None:
         errors, warnings = _findings(spec, outcome)
@@ -372,10 +367,6 @@ def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: t
     return SyncCall(
         call, timeout=spec.timeout, start_span=_validator_span(tracer, spec.name), finish_span=finish
     )
-
-
-async def _awaited(awaitable: Awaitable[object]) -> object:
-    return await awaitable
 
 
 def _findings(spec: ValidatorSpec, outcome: CallOutcome) -> tuple[list[str], list[str]]:
