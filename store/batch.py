@@ -14,18 +14,26 @@ the next one beyond its own timeout.
 A call may carry a span: it is started in the worker when the call starts and made current there, so
 spans the user's code opens nest under it; it is ended by whichever side records the call's outcome.
 The calls of one batch share one copy of the caller's context variables, as calls on one thread would.
+
+The hop itself is written against asyncio (what uvicorn and FastAPI run) rather than through
+``anyio.to_thread``: a hop is the reload's largest fixed cost after the two fsyncs, and anyio's
+capacity limiter, run-vars and cancel-scope bookkeeping cost as much again as the thread hand-over
+itself. Here a hop is one queue put, one ``call_soon_threadsafe`` and one future; cancellation is
+asyncio's own (which anyio's cancel scopes use on asyncio too), and timeouts are the batch's deadlines.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import math
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -174,9 +182,7 @@ class _Batch:
         # shortest timeout is the earliest moment worth looking; waking early only costs a look.
         first = min((call.timeout for call in self.calls if call.timeout is not None), default=math.inf)
         try:
-            with anyio.move_on_after(first) as scope:
-                await anyio.to_thread.run_sync(self.run, abandon_on_cancel=True)
-            if not scope.cancelled_caught:
+            if await _hop(self.run, first):
                 return
             # The first deadline passed with the batch still running: the slow path, where a second
             # worker sleeps on the batch's condition until the next call starts or a deadline is due.
@@ -184,12 +190,112 @@ class _Batch:
                 done, version, remaining = self.check()
                 if done:
                     return
-                await anyio.to_thread.run_sync(
-                    self.wait_for_change, version, remaining, abandon_on_cancel=True
-                )
+                await _hop(lambda: self.wait_for_change(version, remaining), math.inf)
         except BaseException:
             self.abandon()
             raise
+
+
+class _Worker:
+    """One worker thread: runs the jobs it is handed, and retires after a while with nothing to do."""
+
+    def __init__(self, pool: _WorkerPool) -> None:
+        self.pool = pool
+        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="confledger-worker", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                if self.pool.retire(self):
+                    return
+                continue  # handed a job just as it timed out: it is already in the queue
+            job(self.release)
+
+    def release(self) -> None:
+        self.pool.release(self)
+
+
+class _WorkerPool:
+    """Idle worker threads, reused; a new one starts when none is idle.
+
+    A thread stuck in a hung call is never idle again, so it is never handed another job: the pool
+    grows by one thread per abandoned call, as any pool that cannot kill a thread must. Threads are
+    daemons, so a hung one does not hold up the interpreter's exit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        (worker or _Worker(self)).jobs.put(job)
+
+    def release(self, worker: _Worker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def retire(self, worker: _Worker) -> bool:
+        with self._lock:
+            if worker not in self._idle:
+                return False
+            self._idle.remove(worker)
+            return True
+
+
+# A job gets the callable that marks its thread idle again.
+_Job = Callable[[Callable[[], None]], None]
+_IDLE_SECONDS = 10.0
+_pool = _WorkerPool()
+_thread_state = threading.local()
+
+
+async def _hop(function: Callable[[], None], timeout: float) -> bool:
+    """Run ``function`` in a worker thread; True once it has returned, False when ``timeout`` came first.
+
+    After a False it keeps running in its thread: the caller decides what its lateness means. What it
+    raises is raised here (the batch's own functions record their calls' errors instead of raising).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def job(release: Callable[[], None]) -> None:
+        _thread_state.loop = loop
+        error: BaseException | None = None
+        try:
+            context.run(function)
+        except BaseException as exc:  # handed to the loop; the worker thread lives on
+            error = exc
+        finally:
+            _thread_state.loop = None
+        # Idle again before the loop hears of it, so the loop's next hop reuses this thread.
+        release()
+        try:
+            loop.call_soon_threadsafe(_resolve, done, error)
+        except RuntimeError:
+            pass  # the loop closed while an abandoned call was still running: nobody is waiting
+
+    _pool.submit(job)
+    timer = None if math.isinf(timeout) else loop.call_later(timeout, _resolve, done, None, False)
+    try:
+        return await done
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _resolve(done: asyncio.Future[bool], error: BaseException | None, finished: bool = True) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(finished)
 
 
 def _close(call: SyncCall, span: trace.Span | None, outcome: CallOutcome) -> None:
@@ -247,9 +353,12 @@ def finish_awaitable(result: object) -> object:
     A sync callable that hands back a coroutine (a lambda around an async function) has done nothing
     yet; running it from the call keeps it inside that call's deadline and span.
     """
-    if inspect.isawaitable(result):
-        return anyio.from_thread.run(_awaited, result)
-    return result
+    if not inspect.isawaitable(result):
+        return result
+    loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
+    if loop is None:
+        raise RuntimeError("finish_awaitable runs only inside a batch's worker thread")
+    return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:
