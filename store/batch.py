@@ -25,7 +25,9 @@ asyncio's own (which anyio's cancel scopes use on asyncio too), and timeouts are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import inspect
 import math
 import queue
@@ -37,7 +39,27 @@ from dataclasses import dataclass, field
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-__all__ = ["CallOutcome", "SyncCall", "finish_awaitable", "run_in_worker", "run_in_worker_then"]
+__all__ = [
+    "NO_SPANS",
+    "CallOutcome",
+    "SyncCall",
+    "finish_awaitable",
+    "run_in_worker",
+    "run_in_worker_then",
+    "span_starter",
+]
+
+# The tracer that means "open no spans at all". Under an operation span that is not recording (no
+# tracer provider configured, or the trace not sampled) its children would not be recorded either,
+# yet each non-recording span still costs a context attach and detach and an outcome to format.
+NO_SPANS: trace.Tracer = trace.NoOpTracer()
+
+
+def span_starter(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span] | None:
+    """What a ``SyncCall`` needs to open a span named ``name``; None under ``NO_SPANS``."""
+    if tracer is NO_SPANS:
+        return None
+    return lambda: tracer.start_span(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +100,9 @@ class _Batch:
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
     version: int = 0
+    # Threads sleeping on ``changed`` (the slow path only): with none, a bump skips the notify, which
+    # costs more than the call it reports when the calls are no-ops.
+    watchers: int = 0
     running: int | None = None
     started: float = 0.0
     span: trace.Span | None = None
@@ -140,11 +165,16 @@ class _Batch:
 
     def _bump(self) -> None:
         self.version += 1
-        self.changed.notify_all()
+        if self.watchers:
+            self.changed.notify_all()
 
     def wait_for_change(self, seen: int, timeout: float | None) -> None:
         with self.changed:
-            self.changed.wait_for(lambda: self.version != seen, timeout)
+            self.watchers += 1
+            try:
+                self.changed.wait_for(lambda: self.version != seen, timeout)
+            finally:
+                self.watchers -= 1
 
     # --- loop side -----------------------------------------------------------------------------------
 
@@ -190,7 +220,7 @@ class _Batch:
                 done, version, remaining = self.check()
                 if done:
                     return
-                await _hop(lambda: self.wait_for_change(version, remaining), math.inf)
+                await _hop(functools.partial(self.wait_for_change, version, remaining), math.inf)
         except BaseException:
             self.abandon()
             raise
@@ -275,10 +305,9 @@ async def _hop(function: Callable[[], None], timeout: float) -> bool:
             _thread_state.loop = None
         # Idle again before the loop hears of it, so the loop's next hop reuses this thread.
         release()
-        try:
+        # A RuntimeError: the loop closed while an abandoned call was still running; nobody is waiting.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, done, error)
-        except RuntimeError:
-            pass  # the loop closed while an abandoned call was still running: nobody is waiting
 
     _pool.submit(job)
     timer = None if math.isinf(timeout) else loop.call_later(timeout, _resolve, done, None, False)

@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import CallOutcome, SyncCall
+from store.batch import NO_SPANS, CallOutcome, SyncCall, span_starter
 from store.diff import changed_paths
 from store.errors import ConcurrencyConflict, ConfigLookupError, SecretKeyError, SourceError, StoreError
 from store.events import (
@@ -405,6 +405,11 @@ class OperationRunner:
                 self._followup_queued = False
         return await self.reload(trigger, actor=actor)
 
+    def _tracer_for_steps(self) -> trace.Tracer:
+        # Steps (load, validators, callbacks) open spans only under a recording operation span: see
+        # store.batch.NO_SPANS. Called inside the operation span, so that is the current span.
+        return self.tracer if trace.get_current_span().is_recording() else NO_SPANS
+
     @contextlib.contextmanager
     def _operation_span(
         self, kind: OperationKind, trigger: Trigger, attributes: dict[str, Any]
@@ -500,8 +505,9 @@ class OperationRunner:
         # Load: read once, hash and parse the same bytes - in the same worker hop as the validation.
         expect_content = self._had_content.get(source, False)
         load = _SourceLoad(source, self.max_source_bytes, expect_content)
+        tracer = self._tracer_for_steps()
         try:
-            outcome = await self.pipeline.validate(load=load.call(self.tracer), tracer=self.tracer)
+            outcome = await self.pipeline.validate(load=load.call(tracer), tracer=tracer)
         except SourceError as exc:
             pending += [
                 ConfigLoadFailed(
@@ -716,7 +722,7 @@ class OperationRunner:
             # Reading the stored body (and unsealing its secrets) shares the validation's worker hop.
             outcome = await self.pipeline.validate(
                 load=SyncCall(lambda: self.log.get_config(target).body, stop_on_error=True),
-                tracer=self.tracer,
+                tracer=self._tracer_for_steps(),
             )
         except SecretKeyError as exc:
             # The target's secrets cannot be restored without the key it was sealed with: a recorded
@@ -882,7 +888,7 @@ class OperationRunner:
                 old_config,
                 new_active.config,
                 secret_values=secrets,
-                tracer=self.tracer,
+                tracer=self._tracer_for_steps(),
                 before=make_start_durable if services else None,
                 then=record_success if services else None,
             )
@@ -1003,7 +1009,7 @@ class OperationRunner:
             abandoned.config,
             previous.config,
             secret_values=secrets,
-            tracer=self.tracer,
+            tracer=self._tracer_for_steps(),
             direction="compensate",
         )
         return [_notified(result, "compensate", previous.hash) for result in notified.results]
@@ -1023,7 +1029,7 @@ class _SourceLoad:
         return SyncCall(
             self._load,
             stop_on_error=True,
-            start_span=lambda: tracer.start_span("confledger.load"),
+            start_span=span_starter(tracer, "confledger.load"),
             finish_span=self._finish,
         )
 
@@ -1062,17 +1068,24 @@ def _trace_id_of(span: trace.Span) -> str | None:
 
 def _finish(span: trace.Span, result: ReloadOperation) -> None:
     """Close an operation: span attributes and status, and its one structured log line."""
-    # One call: each set_attribute takes the span's lock, and this runs once per operation on the loop.
-    attributes = {"confledger.operation_id": result.operation_id, "confledger.status": result.status.value}
-    if result.previous_config_hash:
-        attributes["confledger.previous_hash"] = result.previous_config_hash
-    if result.new_config_hash:
-        attributes["confledger.new_hash"] = result.new_config_hash
-    span.set_attributes(attributes)
-    if not result.success:
-        span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
+    if span.is_recording():
+        # One call: each set_attribute takes the span's lock, and this runs once per operation on the loop.
+        attributes = {
+            "confledger.operation_id": result.operation_id,
+            "confledger.status": result.status.value,
+        }
+        if result.previous_config_hash:
+            attributes["confledger.previous_hash"] = result.previous_config_hash
+        if result.new_config_hash:
+            attributes["confledger.new_hash"] = result.new_config_hash
+        span.set_attributes(attributes)
+        if not result.success:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
+    level = logging.INFO if result.success else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return  # the structured fields below would be built for nothing
     logger.log(
-        logging.INFO if result.success else logging.WARNING,
+        level,
         "%s %s %s: %s (%.1f ms)",
         result.kind.value,
         result.operation_id,

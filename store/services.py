@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then
+from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then, span_starter
 from store.events import ServiceOutcome
 from store.validation import scrub
 
@@ -187,7 +187,7 @@ class ServiceRegistry:
         return SyncCall(
             call,
             timeout=spec.timeout,
-            start_span=lambda: tracer.start_span("confledger.service_callback"),
+            start_span=span_starter(tracer, "confledger.service_callback"),
             finish_span=finish,
         )
 

@@ -537,6 +537,33 @@ def test_caller_traceparent_is_continued_and_recorded_in_the_events(workdir: Pat
         assert own_started.trace_id == untraced["trace_id"]
 
 
+def test_a_caller_that_did_not_sample_gets_no_spans_and_the_same_operation(workdir: Path) -> None:
+    # Flags 00: the caller's trace is not sampled, so neither is the operation under it (the SDK's
+    # default sampler follows the parent). Its steps then open no spans at all - the callbacks still
+    # run, the outcome is the same, and the events still name the caller's trace.
+    state: dict[str, Any] = {}
+
+    def accept(old: Any, new: Any) -> None:
+        state["called"] = state.get("called", 0) + 1
+
+    with running(workdir) as svc:
+        svc.services.register("cache", accept)
+        svc.clear_spans()
+        result = svc.reload(headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-00"}, force=True)
+
+        assert result["status"] == "success"
+        assert result["services_notified"] == ["cache:success"]
+        assert state["called"] == 1
+        assert [s.name for s in svc.spans() if s.name.startswith("confledger.")] == []
+        assert result["trace_id"] == CALLER_TRACE_ID
+        [started] = [
+            e.payload
+            for e in operation_events(svc, result["operation_id"])
+            if isinstance(e.payload, OperationStarted)
+        ]
+        assert started.trace_id == CALLER_TRACE_ID
+
+
 # --- the Prometheus endpoint ---------------------------------------------------------------------------
 
 
