@@ -177,6 +177,59 @@ def diff_bodies(
 
 def changed_paths(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     """Dotted paths of what changed: what ``changes_applied`` lists (never a value)."""
-    raw: list[tuple[ConfigPath, Any, Any]] = []
-    _walk(old if old is not None else {}, new, (), raw)
-    return [dotted(path) for path, _, _ in raw]
+    out: list[str] = []
+    _changed(old if old is not None else {}, new, "", out)
+    return out
+
+
+# Exactly these types: two of one type have one text exactly when they are equal (floats differ in that).
+_EQUAL_MEANS_SAME = frozenset({str, int, bool, type(None)})
+
+
+def _changed(old: Any, new: Any, prefix: str, out: list[str]) -> None:
+    """``_walk`` giving dotted paths, with plain dicts and leaves compared in place.
+
+    Called once per reload on two bodies that mostly agree: most of the work is leaves that are equal,
+    settled here by type and ``==`` without a path, a call or a canonical text.
+    """
+    if type(old) is not dict or type(new) is not dict:
+        raw: list[tuple[ConfigPath, Any, Any]] = []
+        _walk(old, new, (), raw)
+        out += [_extend(prefix, path) for path, _, _ in raw]
+        return
+    if old.keys() != new.keys():
+        for key in sorted(set(old) | set(new)):
+            _changed_at(key, old.get(key, _MISSING), new.get(key, _MISSING), prefix, out)
+        return
+    # The same keys (the common case): no union to build, and no .get with a default for each key.
+    for key in sorted(old):
+        before = old[key]
+        after = new[key]
+        kind = type(before)
+        # A float other than zero has one text per value too (0.0 and -0.0 are equal, yet two texts).
+        if kind is type(after) and (kind in _EQUAL_MEANS_SAME or (kind is float and before)):
+            if before != after:
+                out.append(f"{prefix}.{key!s}" if prefix else str(key))
+        elif kind is dict and type(after) is dict:
+            _changed(before, after, f"{prefix}.{key!s}" if prefix else str(key), out)
+        else:
+            _changed_at(key, before, after, prefix, out)
+
+
+def _changed_at(key: Any, before: Any, after: Any, prefix: str, out: list[str]) -> None:
+    """One key of ``_walk``'s loop."""
+    kind = type(before)
+    if kind is type(after) and kind in _EQUAL_MEANS_SAME:
+        if before != after:
+            out.append(f"{prefix}.{key!s}" if prefix else str(key))
+    elif _is_mapping(before) and _is_mapping(after):
+        _changed(before, after, f"{prefix}.{key!s}" if prefix else str(key), out)
+    elif before is _MISSING or after is _MISSING or not _same(before, after):
+        out.append(f"{prefix}.{key!s}" if prefix else str(key))
+
+
+def _extend(prefix: str, path: ConfigPath) -> str:
+    """``dotted((*prefix_parts, *path))``: a walk's paths hold keys only, never list indexes."""
+    for part in path:
+        prefix = f"{prefix}.{part}" if prefix else str(part)
+    return prefix

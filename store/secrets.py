@@ -103,28 +103,88 @@ def dotted(path: ConfigPath) -> str:
 def find_secret_paths(config: Any) -> set[ConfigPath]:
     """Paths of secret values: ``SecretStr``/``SecretBytes`` fields of models, and secret-looking keys."""
     found: set[ConfigPath] = set()
+    _collect_secrets(config, (), False, found)
+    return found
 
-    def walk(value: Any, path: ConfigPath, named_secret: bool) -> None:
-        if isinstance(value, SecretStr | SecretBytes):
+
+# Exactly these types (no subclasses): a leaf of a config, secret only by the name it is held under.
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+# Per model class: the fields mapping a plan was made from, and each field's name with looks_secret(name).
+# A rebuilt model class gets a new fields mapping: the identity check on it sees that.
+_PLANS: dict[type, tuple[object, tuple[tuple[str, bool], ...]]] = {}
+# Model classes are few and long-lived; the bound only stops classes made on the fly piling up.
+_MAX_PLANS = 512
+
+
+def _plan(kind: type) -> tuple[tuple[str, bool], ...] | None:
+    """The fields to walk on a model of class ``kind`` (made and kept); None when it is not a model."""
+    if not issubclass(kind, BaseModel) or issubclass(kind, SecretStr | SecretBytes):
+        return None
+    fields = kind.model_fields
+    plan = tuple((name, looks_secret(name)) for name in fields)
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[kind] = (fields, plan)
+    return plan
+
+
+def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: set[ConfigPath]) -> None:
+    # The exact types a validated config is mostly made of are tried first, by identity: an ABC
+    # isinstance check per node cost more than the rest of the walk. Everything else takes the general
+    # branches at the end, in the order that decides what a value is.
+    kind = type(value)
+    if kind in _LEAVES:
+        if named_secret and value is not None and kind is not bool:
             found.add(path)
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name), (*path, name), looks_secret(name))
-        elif named_secret and isinstance(value, Mapping | list | tuple) and value:
+        return
+    if kind is SecretStr or kind is SecretBytes:
+        found.add(path)
+        return
+    if kind is dict or kind is list or kind is tuple:
+        if named_secret and value:
             # Everything under a secret-named key of an untyped config ("credentials": {"user", "pass"})
             # is sealed and redacted as one value: its parts are no less secret than a leaf would be.
             found.add(path)
-        elif isinstance(value, Mapping):
+        elif kind is dict:
             for key, child in value.items():
-                walk(child, (*path, str(key)), looks_secret(str(key)))
-        elif isinstance(value, list | tuple):
+                name = key if type(key) is str else str(key)
+                if type(child) not in _LEAVES:
+                    _collect_secrets(child, (*path, name), looks_secret(name), found)
+                elif child is not None and type(child) is not bool and looks_secret(name):
+                    found.add((*path, name))
+        else:
+            # Items of a list are secret only by what they are: a list under a secret name was taken whole.
             for index, child in enumerate(value):
-                walk(child, (*path, index), named_secret)
-        elif named_secret and value is not None and not isinstance(value, bool):
-            found.add(path)
-
-    walk(config, (), False)
-    return found
+                if type(child) not in _LEAVES:
+                    _collect_secrets(child, (*path, index), False, found)
+        return
+    cached = _PLANS.get(kind)
+    if cached is not None and cached[0] is getattr(kind, "__pydantic_fields__", None):
+        plan: tuple[tuple[str, bool], ...] | None = cached[1]
+    else:
+        plan = _plan(kind)
+    if plan is not None:
+        for name, secret in plan:
+            child = getattr(value, name)
+            if type(child) not in _LEAVES:
+                _collect_secrets(child, (*path, name), secret, found)
+            elif secret and child is not None and type(child) is not bool:
+                found.add((*path, name))
+    elif isinstance(value, SecretStr | SecretBytes):
+        found.add(path)
+    elif isinstance(value, BaseModel):  # isinstance sees a class type() may not (a proxy's __class__)
+        for name in type(value).model_fields:
+            _collect_secrets(getattr(value, name), (*path, name), looks_secret(name), found)
+    elif named_secret and isinstance(value, Mapping | list | tuple) and value:
+        found.add(path)
+    elif isinstance(value, Mapping):
+        for key, child in value.items():
+            _collect_secrets(child, (*path, str(key)), looks_secret(str(key)), found)
+    elif isinstance(value, list | tuple):
+        for index, child in enumerate(value):
+            _collect_secrets(child, (*path, index), named_secret, found)
+    elif named_secret and value is not None and not isinstance(value, bool):
+        found.add(path)
 
 
 def _get(body: Any, path: ConfigPath) -> tuple[bool, Any]:

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker
+from store.batch import NO_SPANS, CallOutcome, SyncCall, finish_awaitable, run_in_worker
 from store.canonical import config_hash
 from store.secrets import ConfigPath, find_secret_paths
 
@@ -58,14 +58,41 @@ def dump_revealed(config: Any) -> dict[str, Any]:
     so the config hash is always computed from this form.
     """
     if isinstance(config, BaseModel):
-        python_form = config.model_dump(mode="python", round_trip=True)
-        revealed = _reveal(python_form)
+        result = _jsonable(config.model_dump(mode="python", round_trip=True))
     else:
-        revealed = _reveal(config)
-    result = to_jsonable_python(revealed)
+        result = _jsonable(config)
     if not isinstance(result, dict):
         raise TypeError("a config must dump to a JSON object")
     return result
+
+
+# Exactly these types (no subclasses): what to_jsonable_python gives back unchanged.
+_JSON_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _jsonable(value: Any) -> Any:
+    """``to_jsonable_python(_reveal(value))``: the hash stands on that form, byte for byte.
+
+    A model's dump is nearly all dicts, lists and plain leaves, which both steps would copy unchanged
+    (keys aside: ``str(key)``); they are copied here, and only other values take the two steps. Calling
+    to_jsonable_python on a part gives what it gives on the part inside the whole: it converts each
+    value by its own type.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {
+            key if type(key) is str else str(key): child if type(child) in _JSON_LEAVES else _jsonable(child)
+            for key, child in value.items()
+        }
+    if kind is list:
+        return [child if type(child) in _JSON_LEAVES else _jsonable(child) for child in value]
+    if kind in _JSON_LEAVES:
+        return value
+    if kind is SecretStr:
+        secret = value.get_secret_value()
+        if type(secret) is str:
+            return secret
+    return to_jsonable_python(_reveal(value))
 
 
 def format_validation_error(error: ValidationError) -> list[str]:
@@ -89,6 +116,11 @@ class ValidatorSpec:
     name: str
     function: ConfigValidator
     timeout: float = 5.0
+    # Asked once: inspect.iscoroutinefunction costs more per validation than a no-op validator does.
+    is_async: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.function))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +291,7 @@ class ValidationPipeline:
     def _leading_sync_validators(self) -> list[ValidatorSpec]:
         leading: list[ValidatorSpec] = []
         for spec in self.validators:
-            if inspect.iscoroutinefunction(spec.function):
+            if spec.is_async:
                 break
             leading.append(spec)
         return leading
@@ -272,21 +304,22 @@ class ValidationPipeline:
         index = start
         while index < len(self.validators):
             spec = self.validators[index]
-            if inspect.iscoroutinefunction(spec.function):
-                with tracer.start_as_current_span(
-                    "confledger.validator",
-                    attributes={"confledger.validator": spec.name},
-                    record_exception=False,
-                ) as span:
+            if spec.is_async:
+                if tracer is NO_SPANS:
                     errors, warnings, elapsed = await self._run_async(spec, config)
-                    _close_validator_span(span, len(errors), len(warnings))
+                else:
+                    with tracer.start_as_current_span(
+                        "confledger.validator",
+                        attributes={"confledger.validator": spec.name},
+                        record_exception=False,
+                    ) as span:
+                        errors, warnings, elapsed = await self._run_async(spec, config)
+                        _close_validator_span(span, len(errors), len(warnings))
                 found.append((errors, warnings, elapsed, spec.name))
                 index += 1
                 continue
             run: list[ValidatorSpec] = []
-            while index < len(self.validators) and not inspect.iscoroutinefunction(
-                self.validators[index].function
-            ):
+            while index < len(self.validators) and not self.validators[index].is_async:
                 run.append(self.validators[index])
                 index += 1
             calls = [_validator_call(spec, lambda: config, tracer) for spec in run]
@@ -342,7 +375,9 @@ def _storing(load: SyncCall, parsed: _Parsed) -> SyncCall:
     )
 
 
-def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span]:
+def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span] | None:
+    if tracer is NO_SPANS:
+        return None
     return lambda: tracer.start_span("confledger.validator", attributes={"confledger.validator": name})
 
 
@@ -358,7 +393,9 @@ def _counts(errors: int, warnings: int) -> dict[str, int]:
 
 def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: trace.Tracer) -> SyncCall:
     def call() -> object:
-        return finish_awaitable(spec.function(config_of()))
+        result = spec.function(config_of())
+        # What validators return (a dict, a pair, None) is never awaitable: no need to ask inspect.
+        return result if type(result) in _NOT_AWAITABLE else finish_awaitable(result)
 
     def finish(span: trace.Span, outcome: CallOutcome) -> None:
         errors, warnings = _findings(spec, outcome)
@@ -367,6 +404,9 @@ def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: t
     return SyncCall(
         call, timeout=spec.timeout, start_span=_validator_span(tracer, spec.name), finish_span=finish
     )
+
+
+_NOT_AWAITABLE = frozenset({dict, tuple, list, type(None)})
 
 
 def _findings(spec: ValidatorSpec, outcome: CallOutcome) -> tuple[list[str], list[str]]:
@@ -389,13 +429,16 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+_RESULT_KEYS = frozenset({"errors", "warnings"})
+
+
 def _normalise_result(name: str, result: Any) -> tuple[list[str], list[str]]:
     # The seed's shape is {"errors": [...], "warnings": [...]}; a (errors, warnings) pair and None
     # (nothing found) are accepted too. Anything else is the validator's bug, reported as an error.
     if result is None:
         return [], []
-    if isinstance(result, Mapping):
-        unknown = set(result) - {"errors", "warnings"}
+    if type(result) is dict or isinstance(result, Mapping):
+        unknown = set(result) - _RESULT_KEYS
         if unknown:
             return [f"validator {name} returned unknown keys {sorted(unknown)}"], []
         return [str(e) for e in result.get("errors", ()) or ()], [

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from store import canonical_json, config_hash
-from store.diff import Change, _same, _same_texts, changed_paths, diff_bodies
-from store.secrets import REDACTED
+from store.diff import Change, _same, _same_texts, _walk, changed_paths, diff_bodies
+from store.secrets import REDACTED, dotted
 
 OLD: dict[str, Any] = {
     "app": "docs",
@@ -309,3 +309,65 @@ def test_values_that_are_not_plain_json_get_the_answer_they_always_got(old: Any,
     # Comparing canonical texts, falling back on type and Python equality where a value has none.
     new = data.draw(st.sampled_from([_twin(old, data), data.draw(odd_json)]))
     assert _same(old, new) == _same_texts(old, new)
+
+
+# --- changed_paths: plain dicts and leaves settled in place, the rest by _walk ---------------------------
+
+
+def _reference_changed_paths(old: Any, new: Any) -> list[str]:
+    """What changed_paths gave when it was _walk and dotted."""
+    raw: list[tuple[tuple[str | int, ...], Any, Any]] = []
+    _walk(old if old is not None else {}, new, (), raw)
+    return [dotted(path) for path, _, _ in raw]
+
+
+mixed_leaves = st.sampled_from([None, True, False, 0, 1, 1.0, 0.0, -0.0, 2.5, nan, inf, "", "a", _Text("a")])
+mixed_values = st.recursive(
+    mixed_leaves,
+    lambda children: (
+        st.lists(children, max_size=2)
+        | st.lists(children, max_size=2).map(tuple)
+        | st.dictionaries(st.sampled_from(["", "a", "b", "c"]), children, max_size=3)
+        | st.dictionaries(st.sampled_from(["", "a", "b"]), children, max_size=2).map(MappingProxyType)
+    ),
+    max_leaves=8,
+)
+mixed_bodies = st.dictionaries(st.sampled_from(["", "a", "b", "c"]), mixed_values, max_size=4)
+
+
+def _similar(body: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+    """``body`` with its keys in another order, one top-level value perhaps replaced."""
+    items: list[tuple[str, Any]] = data.draw(st.permutations(list(body.items())))
+    shuffled = dict(items)
+    replace: bool = data.draw(st.booleans())
+    if shuffled and replace:
+        shuffled[data.draw(st.sampled_from(sorted(shuffled)))] = data.draw(mixed_values)
+    return shuffled
+
+
+@given(mixed_bodies, st.data())
+def test_changed_paths_gives_what_walking_every_key_gave(old: dict[str, Any], data: st.DataObject) -> None:
+    new = data.draw(st.sampled_from([_similar(old, data), data.draw(mixed_bodies)]))
+    assert changed_paths(old, new) == _reference_changed_paths(old, new)
+    assert changed_paths(None, new) == _reference_changed_paths(None, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # the same keys in another order: paths still come sorted
+        ({"b": {"y": 1, "x": 1}, "a": 1}, {"a": 2, "b": {"x": 2, "y": 2}}),
+        # an empty key adds no dot, as dotted() never did
+        ({"": {"a": 1}}, {"": {"a": 2}}),
+        # keys that are not strings
+        ({1: {"a": 1}, 2: 1}, {1: {"a": 2}, 2: 2}),
+        # a mapping that is not a dict, at the top and further down
+        (MappingProxyType({"a": 1}), {"a": 2}),
+        ({"a": MappingProxyType({"b": {"c": 1}})}, {"a": {"b": {"c": 2}}}),
+        # floats: one text per non-zero value, two for zero
+        ({"f": 1.5, "z": 0.0, "n": nan}, {"f": 1.5, "z": -0.0, "n": nan}),
+    ],
+)
+def test_changed_paths_odd_cases(old: Any, new: Any) -> None:
+    assert changed_paths(old, new) == _reference_changed_paths(old, new)
+    assert changed_paths(old, new)  # each case has a change

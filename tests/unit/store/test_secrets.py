@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
-from pydantic import BaseModel, SecretStr
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, SecretBytes, SecretStr
 
+from store import secrets
 from store.canonical import canonical_json
 from store.errors import SecretKeyError
 from store.secrets import (
@@ -198,3 +205,136 @@ def test_everything_under_a_secret_named_key_is_one_secret() -> None:
         "db": {"passwords": "**********"},
         "name": "x",
     }
+
+
+# --- find_secret_paths: the fast walk finds what the plain walk found -----------------------------------
+
+
+def _reference_secret_paths(config: Any) -> set[tuple[str | int, ...]]:
+    """The walk find_secret_paths replaced: isinstance checks on every node, model fields asked each time."""
+    found: set[tuple[str | int, ...]] = set()
+
+    def walk(value: Any, path: tuple[str | int, ...], named_secret: bool) -> None:
+        if isinstance(value, SecretStr | SecretBytes):
+            found.add(path)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), (*path, name), looks_secret(name))
+        elif named_secret and isinstance(value, Mapping | list | tuple) and value:
+            found.add(path)
+        elif isinstance(value, Mapping):
+            for key, child in value.items():
+                walk(child, (*path, str(key)), looks_secret(str(key)))
+        elif isinstance(value, list | tuple):
+            for index, child in enumerate(value):
+                walk(child, (*path, index), named_secret)
+        elif named_secret and value is not None and not isinstance(value, bool):
+            found.add(path)
+
+    walk(config, (), False)
+    return found
+
+
+class _Label(str):
+    pass
+
+
+class _Level(enum.Enum):
+    LOW = 1
+
+
+class _Inner(BaseModel):
+    token: SecretStr | None = None
+    host: str = "h"
+    password: Any = None  # secret by name, whatever it holds
+
+
+class _Outer(BaseModel):
+    name: str = "x"
+    signing: SecretBytes | None = None
+    inner: _Inner = _Inner()
+    extra: Any = None  # untyped: anything, secret-looking keys included
+    items: list[Any] = []
+
+
+_names = st.sampled_from(["host", "password", "api_key", "token_url", "credentials", "plain", "", "pwd"])
+_odd_leaves = st.sampled_from(
+    [None, True, False, 0, 1.5, "v", _Label("l"), _Level.LOW, b"raw", SecretStr("s3"), SecretBytes(b"s4")]
+)
+_untyped = st.recursive(
+    _odd_leaves | st.integers(-2, 2) | st.text(max_size=2),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_names | st.integers(0, 2), children, max_size=3)
+        | st.dictionaries(_names, children, max_size=2).map(MappingProxyType)
+        | st.builds(
+            lambda token, password: _Inner(token=token, password=password),
+            st.none() | st.just(SecretStr("t0")),
+            children,
+        )
+    ),
+    max_leaves=10,
+)
+_models = st.builds(
+    lambda signing, password, extra, items: _Outer(
+        signing=signing, inner=_Inner(password=password), extra=extra, items=items
+    ),
+    st.none() | st.just(SecretBytes(b"sb")),
+    _untyped,
+    _untyped,
+    st.lists(_untyped, max_size=2),
+)
+
+
+@given(_untyped | _models)
+def test_find_secret_paths_finds_what_the_plain_walk_found(config: Any) -> None:
+    assert find_secret_paths(config) == _reference_secret_paths(config)
+
+
+def test_a_flag_or_nothing_under_a_secret_name_is_no_secret() -> None:
+    class Flags(BaseModel):
+        password: bool = True
+        token: Any = None
+        api_key: int = 0
+
+    body = {"password": True, "token": False, "pwd": None, "api_key": 0, "nested": [{"secret": False}]}
+    assert find_secret_paths(body) == _reference_secret_paths(body) == {("api_key",)}
+    assert find_secret_paths(Flags()) == _reference_secret_paths(Flags()) == {("api_key",)}
+
+
+def test_a_model_class_whose_fields_were_collected_again_gets_a_new_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _Outer(inner=_Inner(token=SecretStr("t")))
+    assert find_secret_paths(config) == {("inner", "token")}
+    assert secrets._PLANS[_Outer][0] is _Outer.__pydantic_fields__
+    # model_rebuild() that resolves a forward reference puts a new fields mapping on the class.
+    monkeypatch.setattr(_Outer, "__pydantic_fields__", dict(_Outer.__pydantic_fields__))
+    assert find_secret_paths(config) == {("inner", "token")}
+    assert secrets._PLANS[_Outer][0] is _Outer.__pydantic_fields__
+
+
+def test_plans_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secrets, "_MAX_PLANS", 1)
+    secrets._PLANS.clear()
+    assert find_secret_paths(_Outer(inner=_Inner(token=SecretStr("t")))) == {("inner", "token")}
+    assert len(secrets._PLANS) == 1
+
+
+def test_a_proxy_that_claims_a_model_class_is_walked_as_that_model() -> None:
+    real = _Inner(token=SecretStr("t"), password="p")
+
+    class Proxy:
+        model_fields = _Inner.model_fields
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            return _Inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    proxy = Proxy()
+    assert isinstance(proxy, BaseModel)
+    assert find_secret_paths(proxy) == _reference_secret_paths(proxy) == {("token",), ("password",)}

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 import threading
+import uuid
+from types import MappingProxyType
 from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel, SecretStr
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, RootModel, SecretBytes, SecretStr
+from pydantic_core import to_jsonable_python
 
 from store import config_hash
+from store.batch import NO_SPANS
 from store.validation import (
     ValidationPipeline,
     ValidatorSpec,
+    _reveal,
     dump_revealed,
     format_validation_error,
     scrub,
@@ -324,3 +334,137 @@ def test_format_validation_error_gives_one_line_per_problem() -> None:
     assert len(lines) == 2
     assert lines[0] == "name: Field required"
     assert lines[1].startswith("database.pool_size: ")
+
+
+# --- dump_revealed: plain parts copied in place, the rest as to_jsonable_python(_reveal(...)) -----------
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    KEY = SecretStr("in-an-enum")
+
+
+class _Text(str):
+    pass
+
+
+class _Everything(BaseModel):
+    token: SecretStr = SecretStr("t0ken")
+    raw: SecretBytes = SecretBytes(b"\xffbytes")
+    when: datetime.datetime = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    amount: decimal.Decimal = decimal.Decimal("1.50")
+    ident: uuid.UUID = uuid.UUID(int=7)
+    colour: _Colour = _Colour.RED
+    tags: set[str] = {"b", "a"}
+    pair: tuple[int, float] = (1, 2.0)
+    counts: dict[int, str] = {1: "one"}
+    flags: frozenset[int] = frozenset({3})
+    blob: bytes = b"blob"
+    untyped: Any = None
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=3)
+    | st.sampled_from(
+        [
+            _Text("sub"),
+            SecretStr("s3cret"),
+            SecretStr(_Text("sub-secret")),
+            SecretBytes(b"b\xff"),
+            _Colour.RED,
+            _Colour.KEY,
+            b"bytes",
+            datetime.date(2024, 5, 6),
+            decimal.Decimal("2.5"),
+            10**30,
+        ]
+    )
+)
+_keys = st.text(max_size=2) | st.integers(-1, 1) | st.sampled_from([True, None, 1.5, _Text("k"), _Colour.RED])
+_values = st.recursive(
+    _leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_keys, children, max_size=3)
+        | st.dictionaries(st.text(max_size=2), children, max_size=2).map(MappingProxyType)
+        | st.builds(lambda value: _Everything(untyped=value), children)
+    ),
+    max_leaves=10,
+)
+
+
+def _reference_dump(config: Any) -> Any:
+    """What dump_revealed computed before it copied plain parts itself."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump(mode="python", round_trip=True)
+    return to_jsonable_python(_reveal(config))
+
+
+@given(
+    st.dictionaries(_keys, _values, max_size=4) | st.builds(lambda value: _Everything(untyped=value), _values)
+)
+def test_dump_revealed_gives_what_to_jsonable_python_gave(config: Any) -> None:
+    # repr, not ==: 1, 1.0 and True are equal to Python but not to the config hash.
+    assert _result_of(dump_revealed, config) == _result_of(_reference_dump, config)
+
+
+def _result_of(function: Any, config: Any) -> str:
+    try:
+        return repr(function(config))
+    except Exception as exc:  # a model inside an untyped dict is dumped by pydantic, which may refuse
+        return f"raised {type(exc).__name__}: {exc}"
+
+
+def test_dump_revealed_of_every_kind_of_field() -> None:
+    dumped = dump_revealed(_Everything(untyped={1: [SecretStr("deep")], "t": (_Text("x"),)}))
+    assert repr(dumped) == repr(
+        _reference_dump(_Everything(untyped={1: [SecretStr("deep")], "t": (_Text("x"),)}))
+    )
+    assert dumped["token"] == "t0ken"
+    assert dumped["untyped"] == {"1": ["deep"], "t": ["x"]}
+
+
+def test_dump_revealed_refuses_a_config_that_is_not_an_object() -> None:
+    class Root(RootModel[list[int]]):
+        pass
+
+    with pytest.raises(TypeError, match="JSON object"):
+        dump_revealed(Root([1]))
+    with pytest.raises(TypeError, match="JSON object"):
+        dump_revealed([1])
+
+
+# --- the validator wrappers ------------------------------------------------------------------------------
+
+
+async def test_a_sync_validator_handing_back_a_coroutine_has_it_run() -> None:
+    # A lambda around an async function returns a coroutine: not one of the plain results, so it runs.
+    pipeline = ValidationPipeline(Service, [lambda config: async_seed_shape(config)])
+    outcome = await pipeline.validate({**BODY, "debug": True})
+    assert outcome.warnings == ("debug is on",)
+
+
+def test_a_spec_knows_once_whether_its_validator_is_async() -> None:
+    spec = ValidatorSpec("a", async_seed_shape)
+    assert spec.is_async
+    assert not ValidatorSpec("s", seed_shape).is_async
+    assert spec == ValidatorSpec("a", async_seed_shape)  # derived, so not compared
+    assert "is_async" not in repr(spec)
+
+
+async def test_under_no_spans_validators_open_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_span(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a span was opened under NO_SPANS")
+
+    monkeypatch.setattr(NO_SPANS, "start_span", no_span)
+    monkeypatch.setattr(NO_SPANS, "start_as_current_span", no_span)
+    pipeline = ValidationPipeline(Service, [seed_shape, async_seed_shape, pair_shape])
+    outcome = await pipeline.validate({**BODY, "debug": True}, tracer=NO_SPANS)
+    assert outcome.warnings == ("debug is on",) * 3
+    failed = await pipeline.validate({**BODY, "database": {"pool_size": 50}}, tracer=NO_SPANS)
+    assert failed.errors == ("database.pool_size: must be at most 10",) * 3
