@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from projections.base import Projection
-from store.events import ConfigApplied, RecordedEvent
+from projections.base import Handler, Projection
+from store.events import ConfigApplied, EventPayload, RecordedEvent
 
 __all__ = ["CurrentConfig", "CurrentProjection"]
 
@@ -53,27 +53,58 @@ class CurrentProjection(Projection):
             listener(value)
 
     def reset(self) -> None:
+        # The newest config.applied: as its event when folded here, as its checkpoint state when
+        # restored (the state is only built from the event when a checkpoint or a reader asks).
+        self._applied_event: RecordedEvent | None = None
         self._applied: dict[str, Any] | None = None
         self._publish(None)
 
-    def fold(self, event: RecordedEvent) -> None:
-        if isinstance(event.payload, ConfigApplied):
-            self._applied = {
-                "hash": event.payload.hash,
-                "applied_at": event.occurred_at.isoformat(),
-                "position": event.position,
-                "actor": event.actor,
-                "instance_id": event.instance_id,
-            }
+    def handlers(self) -> Mapping[type[EventPayload], Handler]:
+        return {ConfigApplied: self._fold_applied}
+
+    def _fold_applied(self, event: RecordedEvent) -> None:
+        self._applied_event = event
+        self._applied = None
+
+    def _applied_state(self) -> dict[str, Any] | None:
+        event = self._applied_event
+        if event is None:
+            return self._applied
+        payload = event.payload
+        assert isinstance(payload, ConfigApplied)
+        return {
+            "hash": payload.hash,
+            "applied_at": event.occurred_at.isoformat(),
+            "position": event.position,
+            "actor": event.actor,
+            "instance_id": event.instance_id,
+        }
 
     def settle(self) -> None:
+        event = self._applied_event
+        if event is not None:
+            if self.value is not None and self.value.position == event.position:
+                return
+            payload = event.payload
+            assert isinstance(payload, ConfigApplied)
+            # Built completely before the single assignment that publishes it.
+            self._publish(
+                CurrentConfig(
+                    hash=payload.hash,
+                    config=self._materialize(payload.hash),
+                    applied_at=event.occurred_at,
+                    position=event.position,
+                    actor=event.actor,
+                    instance_id=event.instance_id,
+                )
+            )
+            return
         applied = self._applied
         if applied is None:
             self._publish(None)
             return
         if self.value is not None and self.value.position == applied["position"]:
             return
-        # Built completely before the single assignment that publishes it.
         self._publish(
             CurrentConfig(
                 hash=applied["hash"],
@@ -87,11 +118,16 @@ class CurrentProjection(Projection):
 
     @property
     def hash(self) -> str | None:
+        event = self._applied_event
+        if event is not None:
+            assert isinstance(event.payload, ConfigApplied)
+            return event.payload.hash
         return None if self._applied is None else str(self._applied["hash"])
 
     def snapshot(self) -> dict[str, Any]:
-        return {"applied": self._applied}
+        return {"applied": self._applied_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._applied_event = None
         self._applied = state.get("applied")
         self._publish(None)

@@ -6,6 +6,7 @@ pages are folded on demand from the log with the same ``build_operation``, so bo
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -15,6 +16,8 @@ from store.log import EventLog
 from store.outcome import ReloadOperation, build_operation
 
 __all__ = ["HistoryProjection", "history_page"]
+
+_ENDS = (OperationCompleted, OperationRejected)
 
 
 class HistoryProjection(Projection):
@@ -28,22 +31,33 @@ class HistoryProjection(Projection):
     def reset(self) -> None:
         # Keyed by operation id, in order of each operation's first event.
         self.operations: OrderedDict[str, ReloadOperation] = OrderedDict()
-        self._open: dict[str, list[RecordedEvent]] = {}
+        # Events of operations still running, keyed by the id's integer (hashing it is far cheaper
+        # than formatting the id as text, and this runs for every event).
+        self._open: dict[int, list[RecordedEvent]] = {}
+        # Each operation's checkpoint form, kept while it is in the window: a finished operation never
+        # changes, so a checkpoint dumps only those that finished since the last one.
+        self._dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
 
     def fold(self, event: RecordedEvent) -> None:
-        if event.operation_id is None:
+        operation_id = event.operation_id
+        if operation_id is None:
             return
-        key = str(event.operation_id)
-        events = self._open.setdefault(key, [])
-        events.append(event)
-        if isinstance(event.payload, OperationCompleted | OperationRejected):
+        key = operation_id.int
+        events = self._open.get(key)
+        if events is None:
+            events = self._open[key] = [event]
+        else:
+            events.append(event)
+        if isinstance(event.payload, _ENDS):
             del self._open[key]
-            self.operations[key] = build_operation(events)
-            while len(self.operations) > self.window:
-                self.operations.popitem(last=False)
+            operations = self.operations
+            operations[str(operation_id)] = build_operation(events)
+            while len(operations) > self.window:
+                operations.popitem(last=False)
 
     def in_progress(self) -> list[ReloadOperation]:
-        return [build_operation(events) for events in self._open.values()]
+        # list() copies in one step, so a fold on another thread cannot change the dict mid-iteration.
+        return [build_operation(events) for events in list(self._open.values())]
 
     def recent(self) -> list[ReloadOperation]:
         """Every operation in the window, newest first, including any still running."""
@@ -59,11 +73,20 @@ class HistoryProjection(Projection):
         return next(iter(self.operations.values())).first_position
 
     def snapshot(self) -> dict[str, Any]:
+        dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
+        for key, operation in self.operations.items():
+            cached = self._dumped.get(key)
+            if cached is None or cached[0] is not operation:
+                cached = (operation, operation.model_dump(mode="json", exclude_defaults=True))
+            dumped[key] = cached
+        # Rebuilt from the window each time, so it never holds more than the window does.
+        self._dumped = dumped
         return {
-            "operations": [
-                op.model_dump(mode="json", exclude_defaults=True) for op in self.operations.values()
-            ],
-            "open": {key: [event_to_state(e) for e in events] for key, events in self._open.items()},
+            "operations": [state for _, state in dumped.values()],
+            "open": {
+                str(events[0].operation_id): [event_to_state(e) for e in events]
+                for events in self._open.values()
+            },
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -72,7 +95,7 @@ class HistoryProjection(Projection):
             operation = ReloadOperation.model_validate(data)
             self.operations[operation.operation_id] = operation
         for key, events in state.get("open", {}).items():
-            self._open[key] = [event_from_state(e) for e in events]
+            self._open[uuid.UUID(key).int] = [event_from_state(e) for e in events]
 
 
 _SCAN_BATCH = 200

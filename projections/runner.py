@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 
-from projections.base import Projection
+from projections.base import Folder, Projection
 from store.events import RecordedEvent
 from store.log import Checkpoint, EventLog
 
 __all__ = ["ProjectionSet"]
+
+_by_position = attrgetter("position")
 
 
 class ProjectionSet:
@@ -19,7 +22,8 @@ class ProjectionSet:
     Live events arrive from ``EventLog.subscribe`` on whichever thread appended them, so folding is
     serialised by a lock; a batch that skips positions (another thread's or process's append landed
     first) triggers a catch-up read from the log, so every projection still sees every event once,
-    in order. Readers never take the lock: each projection publishes immutable values.
+    in order. Readers never take the lock: each projection publishes immutable values. The set of
+    projections is fixed at construction.
     """
 
     def __init__(
@@ -32,6 +36,9 @@ class ProjectionSet:
     ) -> None:
         self.log = log
         self.projections = list(projections)
+        self._folder = Folder(self.projections)
+        # Only projections that do something once per batch are called for it.
+        self._settling = [p for p in self.projections if type(p).settle is not Projection.settle]
         self.checkpoint_every = checkpoint_every
         self.checkpoint_min_interval_s = checkpoint_min_interval_s
         self._lock = threading.RLock()
@@ -42,7 +49,8 @@ class ProjectionSet:
 
     @property
     def position(self) -> int:
-        return min((p.position for p in self.projections), default=0)
+        positions = [p.position for p in self.projections]
+        return min(positions) if positions else 0
 
     def get(self, name: str) -> Projection:
         for projection in self.projections:
@@ -72,10 +80,7 @@ class ProjectionSet:
         self.checkpoint()
 
     def _catch_up(self) -> int:
-        folded = 0
-        for event in self.log.iter_events(self.position):
-            self._fold(event)
-            folded += 1
+        folded = self._folder.fold(self.log.iter_events(self.position))
         self._settle()
         return folded
 
@@ -84,26 +89,19 @@ class ProjectionSet:
         with self._lock:
             return self._catch_up()
 
-    def _fold(self, event: RecordedEvent) -> None:
-        for projection in self.projections:
-            projection.apply(event)
-
     def _settle(self) -> None:
-        for projection in self.projections:
+        for projection in self._settling:
             projection.settle()
 
     def on_appended(self, batch: Iterable[RecordedEvent]) -> None:
-        events = sorted(batch, key=lambda e: e.position)
+        events = sorted(batch, key=_by_position)
         if not events:
             return
         with self._lock:
-            if events[0].position > self.position + 1 or any(
-                p.position < self.position for p in self.projections
-            ):
+            if events[0].position > self.position + 1:
                 self._catch_up()
             else:
-                for event in events:
-                    self._fold(event)
+                self._folder.fold(events)
                 self._settle()
             self._maybe_checkpoint()
 

@@ -28,7 +28,8 @@ class QuantileSketch:
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.max = max(self.max, value)
+        if value > self.max:  # what max() keeps, without the call
+            self.max = value
         if value < _MIN_VALUE:
             self.zero += 1
             return

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from projections.backups import BackupsProjection
-from projections.base import Projection
+from projections.base import Folder, Projection
 from projections.history import HistoryProjection
 from projections.stats import StatsProjection
 from store.diff import Change, diff_bodies
@@ -79,14 +79,19 @@ def as_of(
     projections: Sequence[Projection] = (history, stats, backups)
     last: RecordedEvent | None = None
     current_hash: str | None = None
-    for event in log.iter_events(0, until=position):
-        for projection in projections:
-            projection.apply(event)
-        if isinstance(event.payload, ConfigApplied):
-            current_hash = event.payload.hash
-        last = event
-        if progress is not None and event.position % 1000 == 0:
-            progress(event.position, position)
+
+    def followed() -> Iterator[RecordedEvent]:
+        # Runs on as each event has been folded (the folder asks for the next one only then).
+        nonlocal last, current_hash
+        for event in log.iter_events(0, until=position):
+            yield event
+            if isinstance(event.payload, ConfigApplied):
+                current_hash = event.payload.hash
+            last = event
+            if progress is not None and event.position % 1000 == 0:
+                progress(event.position, position)
+
+    Folder(projections).fold(followed())
     config = None
     if current_hash is not None:
         # Left sealed: a replay shows secrets as ********** anyway, so it needs no key.
