@@ -187,13 +187,18 @@ def _short_repr(value: object, limit: int = 60) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+_SUFFIX_FORMATS = {"json": "json", "yaml": "yaml", "yml": "yaml", "toml": "toml"}
+
+
 def detect_format(path: str | os.PathLike[str]) -> str | None:
     """The format a file name implies, or None. ``.env``, ``app.env`` and ``prod.env`` are all env."""
     name = os.path.basename(os.fspath(path)).lower()
     if name.endswith(".env"):
         return "env"
-    suffix = os.path.splitext(name)[1]
-    return {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}.get(suffix)
+    stem, _, suffix = name.rpartition(".")
+    if not stem.strip("."):
+        return None  # no suffix, as os.path.splitext says of "yaml" or ".yaml"
+    return _SUFFIX_FORMATS.get(suffix)
 
 
 def _os_refusal(exc: OSError, shown: str) -> _Refusal:
@@ -334,14 +339,18 @@ def _parse(data: bytes, fmt: str) -> dict[str, Any]:
         message = f"config source is not valid UTF-8 (byte offset {exc.start})"
         raise _Refusal("invalid_utf8", message) from None
     text = text.removeprefix("\ufeff")
-    parsers: dict[str, Callable[[str], object]] = {
-        "json": _parse_json,
-        "yaml": _parse_yaml,
-        "toml": _parse_toml,
-        "env": _parse_env,
-    }
+    checked = False
     try:
-        body = parsers[fmt](text)
+        if fmt == "yaml":
+            body, checked = _parse_yaml(text)
+        elif fmt == "json":
+            # Its hooks refuse all _check_tree would (NaN, infinities, long integers; keys are strings)
+            # and its pre-scan bounds the depth: a second walk would find nothing.
+            body, checked = _parse_json(text), True
+        elif fmt == "toml":
+            body = _parse_toml(text)
+        else:
+            body = _parse_env(text)
     except RecursionError:
         # The pre-scans should make this unreachable; kept so a parser's recursion can never escape as
         # an internal error.
@@ -349,7 +358,8 @@ def _parse(data: bytes, fmt: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         kind = "empty (null)" if body is None else f"a {_json_kind(body)}"
         raise _Refusal("not_a_mapping", f"the top level of the config is {kind}; expected a mapping")
-    _check_tree(body)
+    if not checked:
+        _check_tree(body)
     return body
 
 
@@ -879,6 +889,7 @@ _CONSTRUCTED_TAGS = frozenset({_INT_TAG, _YAML + "float", _YAML + "timestamp"})
 # The scalar constructors read no loader state: one instance serves every thread.
 _SCALAR_CONSTRUCTOR: Any = SafeConstructor()
 _BOOL_VALUES: dict[str, bool] = SafeConstructor.bool_values
+_NO_MARK = yaml.error.Mark("<fast path>", 0, 0, 0, "", 0)
 # Set from _merges_follow_the_composer() once the loaders are defined (below _load_yaml).
 _MERGES_FOLLOW_THE_COMPOSER = True
 # Slots of an open container: a mapping waiting for a key, a sequence, a mapping waiting for the value
@@ -927,7 +938,6 @@ def _yaml_from_events(text: str) -> object:
 def _yaml_document(next_event: Callable[[], Any]) -> object:
     resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = _GuardedLoader.yaml_implicit_resolvers
     wildcard = resolvers.get(None, [])
-    constructors = _GuardedLoader.yaml_constructors
     anchors: dict[str, tuple[Any, int, int]] = {}
     open_anchors: set[str] = set()
     # Mappings built with ``<<``: the pairs a later merge of them must replay (see _merge_into).
@@ -967,19 +977,7 @@ def _yaml_document(next_event: Callable[[], Any]) -> object:
                 if event.anchor is not None:
                     _anchor(anchors, open_anchors, event.anchor, (scalar, 1, 0))
                 continue
-            if tag in _TEXT_TAGS:
-                value = scalar
-            elif tag == _NULL_TAG:
-                value = None
-            elif tag == _BOOL_TAG:
-                value = _BOOL_VALUES[scalar.lower()]
-            elif tag == _INT_TAG and scalar.isdigit() and len(scalar) < 19 and scalar[0] != "0":
-                value = int(scalar)  # plain decimal: what construct_yaml_int returns for it
-            elif tag in _CONSTRUCTED_TAGS:
-                node = ScalarNode(tag, scalar, event.start_mark, event.end_mark, event.style)
-                value = constructors[tag](_SCALAR_CONSTRUCTOR, node)
-            else:
-                raise _NotFast
+            value = _scalar_value(scalar, tag)
             size, height = 1, 0
             if event.anchor is not None:
                 _anchor(anchors, open_anchors, event.anchor, (value, 1, 0))
@@ -1044,6 +1042,34 @@ def _yaml_document(next_event: Callable[[], Any]) -> object:
             parent.value[slot] = value
 
 
+def _scalar_value(scalar: str, tag: str) -> Any:
+    """A plain scalar's value, given its resolved tag, as the guarded loaders construct it."""
+    if tag == _INT_TAG and scalar.isdigit() and len(scalar) < 19 and scalar[0] != "0":
+        return int(scalar)  # plain decimal: what construct_yaml_int returns for it
+    if tag in _TEXT_TAGS:
+        return scalar
+    if tag == _NULL_TAG:
+        return None
+    if tag == _BOOL_TAG:
+        flag = _BOOL_VALUES.get(scalar.lower())
+        if flag is None:
+            raise _NotFast  # a bool resolver added elsewhere: SafeConstructor words its KeyError
+        return flag
+    if tag in _CONSTRUCTED_TAGS:
+        # Marks only word a refusal, and the fast paths leave every refusal to the loaders.
+        node = ScalarNode(tag, scalar, _NO_MARK, _NO_MARK)
+        value = _GuardedLoader.yaml_constructors[tag](_SCALAR_CONSTRUCTOR, node)
+        # What _check_tree would refuse (a long hex, octal or sexagesimal integer) or change is left to
+        # the loaders, after which _check_tree words it.
+        if type(value) is int:
+            if abs(value) >= _INT_LIMIT:
+                raise _NotFast
+        elif not (type(value) is str or (type(value) is float and math.isfinite(value))):
+            raise _NotFast
+        return value
+    raise _NotFast
+
+
 def _anchor(
     anchors: dict[str, tuple[Any, int, int]], open_anchors: set[str], name: str, entry: tuple[Any, int, int]
 ) -> None:
@@ -1088,6 +1114,190 @@ def _merge_into(
     return count
 
 
+# --------------------------------------------------------------------------------------------------
+# YAML fastest path: plain block-style documents, line by line
+# --------------------------------------------------------------------------------------------------
+#
+# The event builder still pays for libyaml making a Python event object (and two marks) per token:
+# about half its time. Most configs are written in the plainest block style: one ``key: value`` or
+# ``- item`` per line, nesting by indentation, plain or one-line quoted scalars. _yaml_from_lines reads
+# those with one regular expression per line and resolves and builds each scalar as the event builder
+# does. It takes only lines it fully understands (no anchors, aliases, tags, flow collections other than
+# ``[]`` and ``{}``, block or multi-line scalars, explicit or quoted keys, directives, document markers,
+# tabs, nor any character YAML refuses or reads as a line break) and steps aside, as the event builder
+# does, for everything else, which includes every document a loader would refuse.
+
+# Never in an accepted line: what YAML's reader refuses, what it reads as a line break (CR, NEL, LS, PS),
+# tab (never indentation) and a BOM (skipped at the start of a line). X in the patterns below.
+_NOT_IN_LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff"
+# A plain scalar: no indicator first ("-" only before a digit or "."), no ": " or " #" inside, no space
+# last (trailing spaces are not part of it).
+_PLAIN = r"""
+    (?:[^-?:,\[\]{}\#&*!|>'"%@`\ X]|-(?=[0-9.]))
+    [^\ :X]*+(?:(?::(?=[^\ X])|[\ ]++(?=[^\ \#X]))[^\ :X]*+)*+
+"""
+# A plain key; libyaml allows 1024 characters.
+_KEY = r"[A-Za-z0-9_][A-Za-z0-9_./\-]{0,255}+"
+# Most lines of a config: ``key: value`` or ``key:``. Read as _LINE reads them, only cheaper.
+_KEY_LINE = re.compile(
+    rf"([ ]*+)({_KEY}):(?:[ ]++({_PLAIN}))?[ ]*+".replace("X", _NOT_IN_LINE),
+    re.VERBOSE,
+)
+# Every line _yaml_from_lines takes.
+_LINE = re.compile(
+    rf"""
+    ([ ]*+)                                         # indentation
+    (-(?:[ ]++|\Z))?                                # a sequence entry
+    (?:({_KEY}):(?:[ ]++|\Z))?
+    (?:
+        ({_PLAIN})
+      | '((?:[^'X]|'')*+)'                          # single-quoted
+      | "([^"\\X]*+)"                               # double-quoted, no escapes
+      | (\[\]|\{{\}})                               # an empty flow collection
+    )?
+    [ ]*+
+    (?:\#(?<![^ ]\#)[^X]*+)?                        # a comment: after a space or at the start
+    """.replace("X", _NOT_IN_LINE),
+    re.VERBOSE,
+)
+_NO_SLOT: Any = object()
+
+
+def _yaml_from_lines(text: str) -> dict[str, Any]:
+    resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = _GuardedLoader.yaml_implicit_resolvers
+    if None in resolvers or _GuardedLoader.yaml_path_resolvers:
+        raise _NotFast  # resolvers for every scalar, or by position: the event builder or the composer
+    candidates_for = resolvers.get
+    root: dict[str, Any] = {}
+    # The open containers and the column of their keys or dashes; top and top_column are the last.
+    containers: list[Any] = []
+    columns: list[int] = []
+    top: Any = root
+    top_column = 0
+    # A key (or _NEXT_ITEM) with nothing after it on its line: the next line says whether it holds a
+    # nested block or null.
+    no_slot = pending = _NO_SLOT
+    next_item = _NEXT_ITEM
+    pending_column = 0
+    match_key_line = _KEY_LINE.fullmatch
+    match_line = _LINE.fullmatch
+    for line in text.split("\n"):
+        if not line:
+            continue
+        match = match_key_line(line)
+        if match is not None:
+            indent, key, plain = match.groups()
+            dash = single = double = flow = None
+        else:
+            match = match_line(line)
+            if match is None:
+                raise _NotFast
+            if match.lastindex == 1:
+                continue  # blank, or a comment
+            indent, dash, key, plain, single, double, flow = match.groups()
+        column = len(indent)
+        if pending is not no_slot:
+            # A sequence may stand at its key's own column; anything else nested is further right.
+            if column > pending_column or (
+                column == pending_column and dash is not None and pending is not next_item
+            ):
+                if len(containers) >= MAX_DEPTH - 1:
+                    raise _NotFast
+                if dash is not None:
+                    nested: Any = []
+                elif key is not None:
+                    nested = {}
+                else:
+                    raise _NotFast  # a scalar on the line below its key
+                _put(top, pending, nested)
+                containers.append(top)
+                columns.append(top_column)
+                top, top_column = nested, column
+            else:
+                _put(top, pending, _plain_value("", candidates_for))
+            pending = no_slot
+        while top_column > column:
+            top, top_column = containers.pop(), columns.pop()
+        if top_column != column:
+            raise _NotFast
+        if dash is not None:
+            if type(top) is not list:
+                raise _NotFast
+            if key is not None:
+                # ``- key: ...`` starts a mapping in the entry, its keys at this key's column.
+                if len(containers) >= MAX_DEPTH - 1:
+                    raise _NotFast
+                nested = {}
+                top.append(nested)
+                containers.append(top)
+                columns.append(top_column)
+                top, top_column = nested, column + len(dash)
+        elif type(top) is not dict:
+            # Back at the column of a sequence that stood at its key's column: the key's mapping goes on.
+            if not containers or columns[-1] != column or type(containers[-1]) is not dict:
+                raise _NotFast
+            top, top_column = containers.pop(), columns.pop()
+        if key is not None:
+            if key in top:
+                raise _NotFast  # a duplicate
+            candidates = candidates_for(key[0])
+            if candidates is not None:
+                for _tag, pattern in candidates:
+                    if pattern.match(key):
+                        raise _NotFast  # resolves to something other than a string
+            slot = key
+        elif dash is None:
+            raise _NotFast  # a scalar where a key belongs
+        else:
+            slot = next_item
+        if plain is not None:
+            value: Any = plain
+            candidates = candidates_for(plain[0])
+            if candidates is not None:
+                for tag, pattern in candidates:
+                    if pattern.match(plain):
+                        value = _scalar_value(plain, tag)
+                        break
+        elif single is not None:
+            value = single.replace("''", "'")
+        elif double is not None:
+            value = double
+        elif flow is not None:
+            if len(containers) >= MAX_DEPTH - 1:
+                raise _NotFast  # an empty collection one level too deep
+            value = [] if flow == "[]" else {}
+        else:
+            pending, pending_column = slot, top_column
+            continue
+        if slot is next_item:
+            top.append(value)
+        else:
+            top[slot] = value
+    if pending is not no_slot:
+        _put(top, pending, _plain_value("", candidates_for))
+    if not root:
+        raise _NotFast  # no content: null, not a mapping, as the loaders say
+    return root
+
+
+def _put(container: Any, slot: Any, value: Any) -> None:
+    if slot is _NEXT_ITEM:
+        container.append(value)
+    else:
+        container[slot] = value
+
+
+def _plain_value(
+    scalar: str, candidates_for: Callable[[str], list[tuple[str, re.Pattern[str]]] | None]
+) -> Any:
+    # Resolved as BaseResolver.resolve resolves a plain scalar when no resolver applies to every first
+    # character, then built.
+    for tag, pattern in candidates_for(scalar[:1]) or ():
+        if pattern.match(scalar):
+            return _scalar_value(scalar, tag)
+    return scalar
+
+
 def _yaml_where(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -1099,18 +1309,27 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     return ""
 
 
-def _parse_yaml(text: str) -> object:
+def _parse_yaml(text: str) -> tuple[object, bool]:
+    """The document's value, and whether it is known to pass _check_tree unchanged.
+
+    The fast paths only return values that do: string keys, JSON scalars (timestamps already ISO
+    strings, floats finite, integers within MAX_INT_DIGITS) and at most MAX_DEPTH nested containers.
+    """
+    try:
+        return _yaml_from_lines(text), True
+    except (yaml.YAMLError, _Refusal, _NotFast):
+        pass  # not plain block style, or refused: the event builder or the loaders decide
     if _CParser is not None:
         try:
-            return _yaml_from_events(text)
+            return _yaml_from_events(text), True
         except (yaml.YAMLError, _Refusal, _NotFast):
             pass  # stepped aside or refused: the loaders below decide, and say why
         try:
-            return _load_yaml(_GuardedCLoader(text))
+            return _load_yaml(_GuardedCLoader(text)), False
         except (yaml.YAMLError, _Refusal, RecursionError):
             pass  # refused: the pure-Python loader says why, with the same reason code and position
     try:
-        return _load_yaml(_GuardedLoader(text))
+        return _load_yaml(_GuardedLoader(text)), False
     except ConstructorError as exc:
         # e.g. a merge key whose value is not a mapping, or a tag on the wrong kind of node.
         raise _Refusal("invalid_value", f"YAML value{_yaml_where(exc)} cannot be constructed") from None

@@ -196,6 +196,14 @@ def test_realistic_configs_load(tmp_path: Path, name: str, content: str, expecte
         ("a", None),
         (".env.local", None),  # not ending in .env: refused rather than guessed
         ("json", None),
+        # as os.path.splitext reads them: leading dots start a name, not a suffix
+        (".yaml", None),
+        ("..yaml", None),
+        (".a.yaml", "yaml"),
+        ("a..yaml", "yaml"),
+        ("a.", None),
+        ("dir.yaml/config", None),
+        ("a.yaml.bak", None),
     ],
 )
 def test_detect_format(name: str, fmt: str | None) -> None:

@@ -4,7 +4,8 @@
 goes to the composing loaders, which also word every refusal; so the property that matters is: whatever
 it returns is what the composing loaders return (types, key order, float signs, shared containers),
 and it never returns a value for a document they refuse. The tests compare ``_parse`` with the builder
-against ``_parse`` with the builder switched off, and check the builder on its own.
+against ``_parse`` with the fast paths switched off, and check the builder on its own (the line reader
+ahead of it has tests of its own, in test_sources_speed_paths).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def parsed(text: str) -> tuple[Any, ...]:
 
 
 def composed(text: str) -> tuple[Any, ...]:
-    """``parsed`` as it was before the event builder: the composing loaders alone."""
-    with mock.patch.object(sources, "_yaml_from_events", side_effect=sources._NotFast):
+    """``parsed`` as it was before the fast paths (line reader, event builder): the composing loaders
+    alone, and ``_check_tree`` after them."""
+    with (
+        mock.patch.object(sources, "_yaml_from_lines", side_effect=sources._NotFast),
+        mock.patch.object(sources, "_yaml_from_events", side_effect=sources._NotFast),
+    ):
         return parsed(text)
 
 
