@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from store.errors import CanonicalizationError
@@ -20,6 +21,7 @@ __all__ = [
     "GENESIS_HASH",
     "canonical_bytes",
     "canonical_json",
+    "canonical_json_of_dump",
     "config_hash",
     "sha256_hex",
 ]
@@ -55,10 +57,27 @@ def _reject_non_finite(value: Any) -> None:
             stack.extend((f"{path}[{index}]", depth + 1, child) for index, child in enumerate(item))
 
 
-# Built once: json.dumps would construct an encoder on every call.
-_encode: Callable[[Any], str] = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+# json.JSONEncoder.encode builds its C encoder (and a closure it never uses) on every call; this makes
+# the same C encoder with the same options directly. A fresh ``markers`` dict per call keeps json's
+# circular-reference check: the C encoder does not clear it when it fails half-way.
+_default = json.JSONEncoder().default  # the TypeError json raises for a value with no JSON form
+_make_encoder: Callable[..., Callable[[Any, int], Sequence[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None
+)
+_encode: Callable[[Any], str]
+if _make_encoder is not None:
+    _new_c_encoder = _make_encoder
+
+    def _encode(value: Any) -> str:
+        return "".join(
+            _new_c_encoder({}, _default, encode_basestring, None, ":", ",", True, False, False)(value, 0)
+        )
+
+else:  # pragma: no cover - CPython always has the C encoder
+    _encode = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode
+
 _CONTAINERS = frozenset({dict, list, tuple})
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -92,8 +111,28 @@ def _keys_are_plain(value: Any) -> bool:
 
 def canonical_json(value: Any) -> str:
     """The one text form of a JSON value: sorted keys, compact separators, no NaN/Infinity."""
+    text = _encoded(value)
+    if not _keys_are_plain(value):
+        # Refuses a key json quietly stringified; a str subclass key or a dict subclass passes, as it
+        # always did, and json's text for it stands.
+        _reject_non_finite(value)
+    return text if text.isascii() else _utf8_checked(text)
+
+
+def canonical_json_of_dump(value: Any) -> str:
+    """``canonical_json`` of a value pydantic's ``model_dump(mode="json")`` returned, for less.
+
+    In that mode pydantic writes every mapping key as a string itself (an int key comes out as "1"),
+    so the walk that looks for keys json would stringify has nothing to find; whatever else
+    canonical_json refuses is refused here the same way.
+    """
+    text = _encoded(value)
+    return text if text.isascii() else _utf8_checked(text)
+
+
+def _encoded(value: Any) -> str:
     try:
-        text = _encode(value)
+        return _encode(value)
     except (TypeError, ValueError) as exc:
         # NaN, a non-string key or a deeper problem: the walk names the first two with their path.
         _reject_non_finite(value)
@@ -101,19 +140,17 @@ def canonical_json(value: Any) -> str:
     except RecursionError:
         _reject_non_finite(value)
         raise
-    if not _keys_are_plain(value):
-        # Refuses a key json quietly stringified; a str subclass key or a dict subclass passes, as it
-        # always did, and json's text for it stands.
-        _reject_non_finite(value)
+
+
+def _utf8_checked(text: str) -> str:
     # json.loads accepts "\ud800", but a lone surrogate has no UTF-8 form: refuse it here, as a
     # CanonicalizationError, rather than let the later encode fail with a bare UnicodeEncodeError.
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise CanonicalizationError(
-                f"string holds a lone surrogate {text[exc.start]!r}, which has no UTF-8 form"
-            ) from exc
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalizationError(
+            f"string holds a lone surrogate {text[exc.start]!r}, which has no UTF-8 form"
+        ) from exc
     return text
 
 

@@ -193,21 +193,9 @@ class WriterConnection:
         self._lock = threading.Lock()
         self._kept: Any = None
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self) -> _WriterTransaction:
         """A DBAPI cursor inside a transaction that holds the log's write lock; commits on success."""
-        with self._lock, translate_errors(self.engine.url):
-            connection, cursor = self._begin()
-            try:
-                yield cursor
-                self.commit(connection)
-            except BaseException:
-                self._rollback(connection)
-                raise
-            finally:
-                cursor.close()
-                if not self._keep:
-                    connection.close()
+        return _WriterTransaction(self)
 
     def commit(self, connection: Any) -> None:
         connection.commit()
@@ -263,25 +251,80 @@ class WriterConnection:
             self._kept = None
 
 
+class _WriterTransaction:
+    """``WriterConnection.transaction``: lock, begin, then commit (or roll back), close and unlock, with
+    driver errors translated as ``translate_errors`` does. A class rather than a generator: the append
+    path runs it twice per reload, and a generator-based context manager (two, with translate_errors)
+    cost more than all of this bookkeeping."""
+
+    __slots__ = ("_connection", "_cursor", "_writer")
+
+    def __init__(self, writer: WriterConnection) -> None:
+        self._writer = writer
+
+    def __enter__(self) -> Any:
+        writer = self._writer
+        writer._lock.acquire()
+        try:
+            self._connection, self._cursor = writer._begin()
+        except BaseException as exc:
+            writer._lock.release()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise _translated(writer.engine.url, exc) from exc
+            raise
+        return self._cursor
+
+    def __exit__(self, _type: object, exc: BaseException | None, _traceback: object) -> None:
+        writer = self._writer
+        connection = self._connection
+        try:
+            try:
+                if exc is not None:
+                    writer._rollback(connection)
+                else:
+                    try:
+                        writer.commit(connection)
+                    except BaseException:
+                        writer._rollback(connection)
+                        raise
+            finally:
+                self._cursor.close()
+                if not writer._keep:
+                    connection.close()
+        except _DRIVER_ERRORS as failure:
+            raise _translated(writer.engine.url, failure) from failure
+        finally:
+            writer._lock.release()
+        # Returning lets the body's own exception propagate; a driver's is replaced by its translation.
+        if isinstance(exc, _DRIVER_ERRORS):
+            raise _translated(writer.engine.url, exc) from exc
+
+
+_DRIVER_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
+
+
 @contextlib.contextmanager
 def translate_errors(url: URL) -> Iterator[None]:
     """Turn driver exceptions into ``StoreError``s with one-line messages that never show a password."""
     try:
         yield
-    except StoreError:
-        raise
-    except sa_exc.DBAPIError as exc:
-        raise _translate(url, exc) from exc
-    except sa_exc.SQLAlchemyError as exc:
-        raise StoreError(f"database error on {describe_url(url)}: {type(exc).__name__}") from exc
-    except (sqlite3.Error, psycopg.Error) as exc:
-        # The append path talks to the driver directly; its errors get the same translation, wrapped
-        # the way SQLAlchemy would have wrapped them.
-        base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
-        wrapped = sa_exc.DBAPIError.instance(None, None, exc, base)
-        if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - instance() wraps driver errors
-            raise StoreUnavailable(f"database error on {describe_url(url)}: {type(exc).__name__}") from exc
-        raise _translate(url, wrapped) from exc
+    except _DRIVER_ERRORS as exc:
+        raise _translated(url, exc) from exc
+
+
+def _translated(url: URL, exc: Exception) -> StoreError:
+    """The ``StoreError`` that a SQLAlchemy or driver exception stands for."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return _translate(url, exc)
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return StoreError(f"database error on {describe_url(url)}: {type(exc).__name__}")
+    # The append path talks to the driver directly; its errors get the same translation, wrapped the
+    # way SQLAlchemy would have wrapped them.
+    base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
+    wrapped = sa_exc.DBAPIError.instance(None, None, exc, base)
+    if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - instance() wraps driver errors
+        return StoreUnavailable(f"database error on {describe_url(url)}: {type(exc).__name__}")
+    return _translate(url, wrapped)
 
 
 def _first_line(exc: sa_exc.DBAPIError) -> str:

@@ -7,19 +7,28 @@ worker thread (``anyio.to_thread.run_sync``) so the event loop never waits on th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from store import migrate
-from store.canonical import GENESIS_HASH, canonical_bytes, canonical_json, config_hash, sha256_hex
+from store.canonical import (
+    GENESIS_HASH,
+    canonical_bytes,
+    canonical_json,
+    canonical_json_of_dump,
+    config_hash,
+    sha256_hex,
+)
 from store.database import (
     DEFAULT_DATABASE_URL,
     SqliteSynchronous,
@@ -77,7 +86,12 @@ def _timestamp(moment: datetime) -> str:
     # session's time zone, so everything is normalised to UTC before formatting.
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = moment.astimezone(UTC)
+    if moment.year >= 1000:
+        # The same text strftime gives, for less: strftime's %Y is not padded below year 1000 (glibc),
+        # isoformat's is, so only those years keep strftime's form (the hashed form of stored events).
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _chain_fields(
@@ -103,21 +117,116 @@ def chain_hash(envelope: Mapping[str, Any]) -> str:
     return sha256_hex(envelope["prev_hash"].encode("ascii") + canonical_bytes(fields))
 
 
-_PAYLOAD_SLOT = '"payload":null'
-
-
 def _chain_hash_of_text(
     envelope: Mapping[str, Any], payload_text: str, occurred_text: str | None = None
 ) -> str:
     """``chain_hash`` of an envelope whose payload is given as its canonical JSON text (so the payload is
-    not serialised a second time): the other fields are serialised around a null payload and the text
-    is spliced into that slot. Keys are sorted and every quote inside a JSON string is escaped, so the
-    slot occurs exactly once, and the bytes are the ones ``chain_hash`` hashes."""
+    not serialised a second time)."""
+    operation_id = envelope["operation_id"]
+    return _link_hash(
+        envelope["prev_hash"],
+        envelope["position"],
+        str(envelope["event_id"]),
+        occurred_text if occurred_text is not None else _timestamp(envelope["occurred_at"]),
+        envelope["type"],
+        envelope["schema_version"],
+        None if operation_id is None else str(operation_id),
+        envelope["instance_id"],
+        envelope["actor"],
+        payload_text,
+    )
+
+
+def _link_hash(
+    prev_hash: Any,
+    position: Any,
+    event_id: str,
+    occurred_text: str,
+    event_type: Any,
+    schema_version: Any,
+    operation_id: str | None,
+    instance_id: Any,
+    actor: Any,
+    payload_text: str,
+) -> str:
+    """``chain_hash`` of one event, its payload given as canonical JSON text and its id, time and
+    operation as the text forms ``chain_hash`` hashes.
+
+    The canonical JSON of the envelope is written out directly (keys in sorted order, strings through
+    the string encoder json itself uses, ints as json writes them): on the append path, serialising a
+    dict through json costs several times more than the hash. Fields of any other type, and strings
+    with no UTF-8 form, go through canonical_json, which formats or refuses them as it always did.
+    """
+    if (
+        type(position) is int
+        and type(schema_version) is int
+        and type(event_type) is str
+        and type(instance_id) is str
+        and type(actor) is str
+        and type(prev_hash) is str
+    ):
+        text = (
+            f'{{"actor":{_json_string(actor)},"event_id":{_json_string(event_id)},'
+            f'"instance_id":{_json_string(instance_id)},"occurred_at":{_json_string(occurred_text)},'
+            f'"operation_id":{"null" if operation_id is None else _json_string(operation_id)},'
+            f'"payload":{payload_text},"position":{position},"prev_hash":{_json_string(prev_hash)},'
+            f'"schema_version":{schema_version},"type":{_json_string(event_type)}}}'
+        )
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: canonical_json refuses it below, naming it
+        else:
+            return hashlib.sha256(prev_hash.encode("ascii") + data).hexdigest()
+    return _spliced_link_hash(
+        {
+            "position": position,
+            "event_id": event_id,
+            "occurred_at": occurred_text,
+            "type": event_type,
+            "schema_version": schema_version,
+            "operation_id": operation_id,
+            "instance_id": instance_id,
+            "actor": actor,
+            "prev_hash": prev_hash,
+        },
+        payload_text,
+        occurred_text,
+    )
+
+
+_PAYLOAD_SLOT = '"payload":null'
+
+
+def _spliced_link_hash(envelope: Mapping[str, Any], payload_text: str, occurred_text: str) -> str:
+    # The general form: the other fields are serialised around a null payload and the text is spliced
+    # into that slot. Keys are sorted and every quote inside a JSON string is escaped, so the slot
+    # occurs exactly once, and the bytes are the ones ``chain_hash`` hashes.
     text = canonical_json(_chain_fields(envelope, None, occurred_text))
     start = text.index(_PAYLOAD_SLOT)
     whole = f'{text[:start]}"payload":{payload_text}{text[start + len(_PAYLOAD_SLOT) :]}'
     return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
 
+
+_UUID4_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _new_event_ids(count: int) -> list[str]:
+    """``str(uuid.uuid4())`` for ``count`` new events, from one read of the OS's randomness.
+
+    uuid4 reads 16 random bytes and builds a UUID object for each id, and the append path then wants
+    its text anyway: this sets the same version and variant bits on the same kind of bytes, as text.
+    """
+    digits = os.urandom(16 * count).hex()
+    return [
+        f"{digits[at : at + 8]}-{digits[at + 8 : at + 12]}-4{digits[at + 13 : at + 16]}-"
+        f"{_UUID4_VARIANT[digits[at + 16]]}{digits[at + 17 : at + 20]}-{digits[at + 20 : at + 32]}"
+        for at in range(0, 32 * count, 32)
+    ]
+
+
+# "No operation seen yet" in a batch, distinct from an event's operation_id of None.
+_NO_OPERATION = object()
 
 # The statements on the append path, built once: constructing a Core statement costs more than running
 # one of these on SQLite (the compiled form is cached either way).
@@ -131,7 +240,7 @@ class _RawStatements:
     """The append path's statements in the driver's own parameter style."""
 
     insert_events: str
-    applied_since: str
+    head_and_applied_since: str
     config_first_position: str
     insert_config: str
     set_first_position: str
@@ -143,8 +252,14 @@ def _raw_statements(mark: str, json_value: str) -> _RawStatements:
             f"INSERT INTO events ({_EVENT_COLUMNS}) "
             f"VALUES ({', '.join([mark] * 8)}, {json_value}, {mark}, {mark})"
         ),
-        applied_since=(
-            f"SELECT position FROM events WHERE type = {mark} AND position > {mark} ORDER BY position LIMIT 1"
+        # The head, and the first config.applied after a position, in one statement: on PostgreSQL
+        # that is one round trip fewer per append that applies a config. An empty log has no row,
+        # and nothing in it can conflict.
+        head_and_applied_since=(
+            "SELECT latest.position, latest.hash, (SELECT applied.position FROM events AS applied "
+            f"WHERE applied.type = {mark} AND applied.position > {mark} "
+            "ORDER BY applied.position LIMIT 1) AS applied_since "
+            "FROM events AS latest ORDER BY latest.position DESC LIMIT 1"
         ),
         config_first_position=f"SELECT first_position FROM config_versions WHERE hash = {mark}",
         insert_config=(
@@ -306,49 +421,70 @@ class EventLog:
             return [], []
         payload_texts = [self._payload_text(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
+        event_ids = _new_event_ids(len(new_events))
+        instance_id = self.instance_id
         # The hot path talks to the driver directly, on the writer's own connection: SQLAlchemy's
         # connection and statement machinery costs more per append than the commit itself does on a
         # fast disk. Same lock as every other writer.
         with self._writer.transaction() as cursor:
-            head_position, head_hash = self._raw_head(cursor)
             if expected_head is not None and applies:
-                self._raw_check_no_apply_since(cursor, expected_head)
+                head_position, head_hash = self._raw_head_if_no_apply_since(cursor, expected_head)
+            else:
+                head_position, head_hash = self._raw_head(cursor)
             # Taken under the lock so occurred_at never decreases along positions on one clock.
             now = datetime.now(UTC)
             # One moment for the whole batch: its two text forms (hashed, stored) are formatted once.
             occurred_text = _timestamp(now)
             stored_at = self._stored_timestamp(now)
-            rows: list[dict[str, Any]] = []
-            ids: list[uuid.UUID] = []
+            # Rows in the insert statement's column order (_EVENT_COLUMNS); the events of a batch
+            # mostly share one operation, whose text form is made once.
+            rows: list[tuple[Any, ...]] = []
             previous = head_hash
-            for offset, (event, payload_text) in enumerate(zip(new_events, payload_texts, strict=True)):
-                event_id = uuid.uuid4()
-                ids.append(event_id)
-                row: dict[str, Any] = {
-                    "position": head_position + 1 + offset,
-                    "event_id": str(event_id),
-                    "occurred_at": now,
-                    "type": event.payload.event_type,
-                    "schema_version": type(event.payload).schema_version,
-                    "operation_id": None if event.operation_id is None else str(event.operation_id),
-                    "instance_id": self.instance_id,
-                    "actor": event.actor,
-                    "payload_text": payload_text,
-                    "prev_hash": previous,
-                }
-                row["hash"] = _chain_hash_of_text(row, payload_text, occurred_text)
-                previous = row["hash"]
-                rows.append(row)
-            cursor.executemany(self._raw.insert_events, [self._raw_row(row, stored_at) for row in rows])
+            position = head_position
+            operation_id: object = _NO_OPERATION
+            operation_text: str | None = None
+            for event, payload_text, event_id in zip(new_events, payload_texts, event_ids, strict=True):
+                position += 1
+                if event.operation_id is not operation_id:
+                    operation_id = event.operation_id
+                    operation_text = None if operation_id is None else str(operation_id)
+                event_type = event.payload.event_type
+                schema_version = type(event.payload).schema_version
+                digest = _link_hash(
+                    previous,
+                    position,
+                    event_id,
+                    occurred_text,
+                    event_type,
+                    schema_version,
+                    operation_text,
+                    instance_id,
+                    event.actor,
+                    payload_text,
+                )
+                rows.append(
+                    (
+                        position,
+                        event_id,
+                        stored_at,
+                        event_type,
+                        schema_version,
+                        operation_text,
+                        instance_id,
+                        event.actor,
+                        payload_text,
+                        previous,
+                        digest,
+                    )
+                )
+                previous = digest
+            cursor.executemany(self._raw.insert_events, rows)
             for config in configs:
                 self._raw_store_config(cursor, config, first_position=head_position + 1, now=now)
-        positions = [row["position"] for row in rows]
+        positions = [row[0] for row in rows]
         if not (recorded or self._listeners):
             return positions, []
-        events_recorded = [
-            self._recorded(row, event.payload, event_id)
-            for row, event, event_id in zip(rows, new_events, ids, strict=True)
-        ]
+        events_recorded = self._recorded(rows, new_events, now)
         for listener in list(self._listeners):
             listener(events_recorded)
         return positions, events_recorded
@@ -368,26 +504,52 @@ class EventLog:
         return unsubscribe
 
     @staticmethod
-    def _recorded(row: Mapping[str, Any], payload: Any, event_id: uuid.UUID) -> RecordedEvent:
-        return RecordedEvent(
-            position=row["position"],
-            event_id=event_id,
-            occurred_at=row["occurred_at"],
-            type=row["type"],
-            schema_version=row["schema_version"],
-            operation_id=None if row["operation_id"] is None else uuid.UUID(row["operation_id"]),
-            instance_id=row["instance_id"],
-            actor=row["actor"],
-            payload=payload,
-            prev_hash=row["prev_hash"],
-            hash=row["hash"],
-        )
+    def _recorded(
+        rows: Sequence[tuple[Any, ...]], new_events: Sequence[NewEvent], occurred_at: datetime
+    ) -> list[RecordedEvent]:
+        """The events of an append as reading them back would give them, from its rows."""
+        recorded: list[RecordedEvent] = []
+        operation_id: object = _NO_OPERATION
+        operation_uuid: uuid.UUID | None = None
+        for row, event in zip(rows, new_events, strict=True):
+            if event.operation_id is not operation_id:
+                operation_id = event.operation_id
+                # The caller's UUID itself when it is one (it is what the row's text says); anything
+                # else is read back from that text, as the log would.
+                operation_uuid = (
+                    None
+                    if row[5] is None
+                    else operation_id
+                    if type(operation_id) is uuid.UUID
+                    else uuid.UUID(row[5])
+                )
+            # model_validate, not the constructor: the same validation, for about half the cost of
+            # validating into an instance __init__ has already made. event_id goes in as its text:
+            # pydantic makes the UUID from it for less than uuid.UUID does.
+            recorded.append(
+                RecordedEvent.model_validate(
+                    {
+                        "position": row[0],
+                        "event_id": row[1],
+                        "occurred_at": occurred_at,
+                        "type": row[3],
+                        "schema_version": row[4],
+                        "operation_id": operation_uuid,
+                        "instance_id": row[6],
+                        "actor": row[7],
+                        "payload": event.payload,
+                        "prev_hash": row[9],
+                        "hash": row[10],
+                    }
+                )
+            )
+        return recorded
 
     @staticmethod
     def _payload_text(event: NewEvent) -> str:
         # Serialised once, before taking the lock (NaN/Infinity are refused here): the chain hash and
         # the stored payload both use this text.
-        return canonical_json(event.payload.model_dump(mode="json"))
+        return canonical_json_of_dump(event.payload.model_dump(mode="json"))
 
     @staticmethod
     def _head_row(connection: Connection) -> tuple[int, str]:
@@ -396,41 +558,34 @@ class EventLog:
 
     def _stored_timestamp(self, moment: datetime) -> Any:
         if self._raw is _RAW_SQLITE:
-            # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds).
-            return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds);
+            # isoformat is the cheaper way to write it, for years strftime pads too (see _timestamp).
+            moment = moment.astimezone(UTC)
+            if moment.year >= 1000:
+                return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
         return moment
-
-    def _raw_row(self, row: Mapping[str, Any], occurred_at: Any) -> tuple[Any, ...]:
-        return (
-            row["position"],
-            row["event_id"],
-            occurred_at,
-            row["type"],
-            row["schema_version"],
-            row["operation_id"],
-            row["instance_id"],
-            row["actor"],
-            row["payload_text"],
-            row["prev_hash"],
-            row["hash"],
-        )
 
     def _raw_head(self, cursor: Any) -> tuple[int, str]:
         cursor.execute(_RAW_HEAD)
         row = cursor.fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
-    def _raw_check_no_apply_since(self, cursor: Any, expected_head: int) -> None:
-        cursor.execute(self._raw.applied_since, (ConfigApplied.event_type, expected_head))
+    def _raw_head_if_no_apply_since(self, cursor: Any, expected_head: int) -> tuple[int, str]:
+        """``_raw_head``, unless a ``config.applied`` landed after ``expected_head``: ConcurrencyConflict."""
+        cursor.execute(self._raw.head_and_applied_since, (ConfigApplied.event_type, expected_head))
         row = cursor.fetchone()
-        conflicting = None if row is None else int(row[0])
-        if conflicting is not None:
+        if row is None:
+            return 0, GENESIS_HASH
+        if row[2] is not None:
+            conflicting = int(row[2])
             raise ConcurrencyConflict(
                 f"another config was applied at position {conflicting} after this operation started "
                 f"(at head {expected_head}); retry against the new current config",
                 expected_head=expected_head,
-                conflicting_position=int(conflicting),
+                conflicting_position=conflicting,
             )
+        return int(row[0]), str(row[1])
 
     def prepare_config(
         self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()

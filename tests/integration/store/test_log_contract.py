@@ -163,6 +163,34 @@ def test_events_come_back_as_recorded_with_typed_frozen_payloads(log: EventLog) 
         first.position = 9  # type: ignore[misc]
 
 
+def test_append_recorded_returns_what_reading_back_gives(log: EventLog) -> None:
+    seen: list[list[RecordedEvent]] = []
+    log.subscribe(seen.append)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    batches = [
+        [started(1)],
+        [
+            *operation(first, applies="a" * 64),
+            NewEvent(InstanceStarted(version="0.1.0", host='a "quoted" höst', pid=2), actor='actor "ü"'),
+            *operation(second),
+        ],
+        # An operation id given as text, not a UUID: stored as given, read back as a UUID.
+        [
+            NewEvent(
+                OperationStarted(kind=OperationKind.RELOAD, trigger=Trigger.CLI),
+                operation_id=str(first).upper(),
+            )
+        ],  # type: ignore[arg-type]
+    ]
+    recorded = [log.append_recorded(batch) for batch in batches]
+    assert [event for batch in recorded for event in batch] == log.read()
+    assert seen == recorded
+    assert recorded[2][0].operation_id == first
+    assert len({event.event_id for event in log.read()}) == log.head()
+    assert all(event.event_id.version == 4 for event in log.read())
+    assert log.verify().ok
+
+
 def test_read_filters_by_after_until_limit_and_type(log: EventLog) -> None:
     operation_id = uuid.uuid4()
     log.append([started(1), started(2)])
@@ -372,6 +400,12 @@ def test_an_expected_head_after_the_last_apply_is_not_a_conflict(log: EventLog) 
     log.append([started()])
     assert log.append([applied("b" * 64, "a" * 64)], expected_head=1) == [3]
     assert log.append([applied("c" * 64, "b" * 64)], expected_head=log.head()) == [4]
+
+
+def test_an_expected_head_on_an_empty_log_is_not_a_conflict(log: EventLog) -> None:
+    recorded = log.append_recorded([applied("a" * 64)], expected_head=0)
+    assert [(event.position, event.prev_hash) for event in recorded] == [(1, GENESIS_HASH)]
+    assert log.verify().ok
 
 
 def test_an_expected_head_is_not_checked_for_batches_that_apply_nothing(log: EventLog) -> None:

@@ -13,8 +13,17 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from store.canonical import GENESIS_HASH, _reject_non_finite, canonical_json, config_hash, sha256_hex
+from store.canonical import (
+    GENESIS_HASH,
+    _keys_are_plain,
+    _reject_non_finite,
+    canonical_json,
+    canonical_json_of_dump,
+    config_hash,
+    sha256_hex,
+)
 from store.errors import CanonicalizationError
 from store.log import chain_hash
 
@@ -337,3 +346,64 @@ def test_chain_hash_covers_every_envelope_field(field: str, other_value: Any) ->
 def test_a_value_that_contains_itself_is_refused_not_walked_for_ever(make: Any) -> None:
     with pytest.raises(CanonicalizationError):
         canonical_json(make())
+
+
+# --- canonical_json_of_dump ------------------------------------------------------------------------------
+
+str_keyed_odd_values = st.recursive(
+    scalars | odd_leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(keys, children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(value=str_keyed_odd_values)
+def test_canonical_json_of_dump_answers_as_canonical_json_for_string_keys(value: Any) -> None:
+    # Only the key walk is left out: text and refusals (NaN, lone surrogates, bytes) are the same.
+    assert _outcome(canonical_json_of_dump, value) == _outcome(canonical_json, value)
+
+
+class _Keyed(BaseModel):
+    by_int: dict[int, str] = {}
+    by_bool: dict[bool, float] = {}
+    by_float: dict[float, int] = {}
+    by_optional: dict[int | None, int] = {}
+    anything: Any = None
+
+
+@given(
+    by_int=st.dictionaries(st.integers(), st.text(max_size=4), max_size=3),
+    by_bool=st.dictionaries(st.booleans(), st.floats(allow_nan=False, allow_infinity=False), max_size=2),
+    by_float=st.dictionaries(st.floats(allow_nan=False, allow_infinity=False), st.integers(), max_size=3),
+    by_optional=st.dictionaries(st.none() | st.integers(), st.integers(), max_size=3),
+    anything=st.dictionaries(st.integers() | st.none() | st.booleans(), small_json_values, max_size=3),
+)
+def test_pydantic_json_dumps_hold_only_string_keys(
+    by_int: dict[int, str],
+    by_bool: dict[bool, float],
+    by_float: dict[float, int],
+    by_optional: dict[int | None, int],
+    anything: dict[Any, Any],
+) -> None:
+    # What canonical_json_of_dump relies on: in json mode pydantic writes every key as a string, so the
+    # key walk it leaves out could not find anything there.
+    model = _Keyed(
+        by_int=by_int, by_bool=by_bool, by_float=by_float, by_optional=by_optional, anything=anything
+    )
+    dumped = model.model_dump(mode="json")
+    assert _keys_are_plain(dumped)
+    assert canonical_json_of_dump(dumped) == canonical_json(dumped)
+
+
+def test_a_refused_value_leaves_nothing_behind_for_the_next_one() -> None:
+    # json's circular-reference markers are per call: a failure half-way through a container must not
+    # make that container look circular the next time it is encoded.
+    inner = {"k": [1, float("nan")]}
+    with pytest.raises(CanonicalizationError, match="no JSON representation"):
+        canonical_json({"a": inner})
+    inner["k"][1] = 2
+    assert canonical_json({"a": inner, "b": inner}) == '{"a":{"k":[1,2]},"b":{"k":[1,2]}}'

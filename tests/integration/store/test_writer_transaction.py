@@ -1,0 +1,106 @@
+"""The append path's transaction (``WriterConnection.transaction``) when something fails inside it: driver
+errors come out as ``StoreError``s, anything else as itself, nothing of the batch is written, and the
+writer's lock is free for the next append. Run against SQLite and PostgreSQL (the ``log`` fixture)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import psycopg
+import pytest
+
+from store import EventLog, NewEvent, StoreError, StoreUnavailable
+from store.events import ConfigApplied, InstanceStarted
+
+
+def started(pid: int = 1) -> NewEvent:
+    return NewEvent(InstanceStarted(version="0.1.0", host="test-host", pid=pid))
+
+
+def driver_error(log: EventLog) -> Exception:
+    """An error as the backend's driver raises it for a database that went away mid-transaction."""
+    if log.dialect == "sqlite":
+        return sqlite3.OperationalError("disk I/O error")
+    return psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+def failing(error: BaseException) -> Any:
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise error
+
+    return fail
+
+
+def assert_nothing_written_and_writer_free(log: EventLog, head: int) -> None:
+    assert not log._writer._lock.locked()
+    assert log.head() == head
+    assert log.append([started(99)]) == [head + 1]
+    assert log.verify().ok
+
+
+def test_a_failed_commit_is_rolled_back_and_translated(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.append([started()])
+    monkeypatch.setattr(log._writer, "commit", failing(driver_error(log)))
+    with pytest.raises(StoreUnavailable) as caught:
+        log.append([started(2), started(3)])
+    assert isinstance(caught.value.__cause__, sqlite3.Error | psycopg.Error)
+    monkeypatch.undo()
+    assert_nothing_written_and_writer_free(log, head=1)
+
+
+def test_a_driver_error_inside_the_transaction_is_rolled_back_and_translated(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.append([started()])
+    # The events are inserted by then; storing the config fails.
+    monkeypatch.setattr(log, "_raw_store_config", failing(driver_error(log)))
+    prepared = log.prepare_config({"v": 1})
+    with pytest.raises(StoreUnavailable):
+        log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
+    monkeypatch.undo()
+    assert not log.has_config(prepared.hash)
+    assert_nothing_written_and_writer_free(log, head=1)
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("not the driver's"), KeyboardInterrupt()], ids=["error", "interrupt"]
+)
+def test_any_other_exception_inside_the_transaction_comes_out_as_itself(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    log.append([started()])
+    monkeypatch.setattr(log, "_raw_store_config", failing(error))
+    prepared = log.prepare_config({"v": 1})
+    with pytest.raises(type(error)) as caught:
+        log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
+    assert caught.value is error
+    assert not isinstance(caught.value, StoreError)
+    monkeypatch.undo()
+    assert_nothing_written_and_writer_free(log, head=1)
+
+
+def test_a_failed_begin_is_translated_and_frees_the_writer(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.append([started()])
+    monkeypatch.setattr(log._writer, "_begin", failing(driver_error(log)))
+    with pytest.raises(StoreUnavailable):
+        log.append([started(2)])
+    monkeypatch.undo()
+    assert_nothing_written_and_writer_free(log, head=1)
+
+
+def test_a_begin_failing_otherwise_comes_out_as_itself(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.append([started()])
+    error = RuntimeError("not the driver's")
+    monkeypatch.setattr(log._writer, "_begin", failing(error))
+    with pytest.raises(RuntimeError) as caught:
+        log.append([started(2)])
+    assert caught.value is error
+    monkeypatch.undo()
+    assert_nothing_written_and_writer_free(log, head=1)
