@@ -47,6 +47,7 @@ from store.errors import (
     UnknownConfigHash,
 )
 from store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
+from store.ids import uuid7_texts
 from store.schema import config_versions, events, projection_checkpoints
 from store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
 
@@ -206,23 +207,6 @@ def _spliced_link_hash(envelope: Mapping[str, Any], payload_text: str, occurred_
     start = text.index(_PAYLOAD_SLOT)
     whole = f'{text[:start]}"payload":{payload_text}{text[start + len(_PAYLOAD_SLOT) :]}'
     return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
-
-
-_UUID4_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def _new_event_ids(count: int) -> list[str]:
-    """``str(uuid.uuid4())`` for ``count`` new events, from one read of the OS's randomness.
-
-    uuid4 reads 16 random bytes and builds a UUID object for each id, and the append path then wants
-    its text anyway: this sets the same version and variant bits on the same kind of bytes, as text.
-    """
-    digits = os.urandom(16 * count).hex()
-    return [
-        f"{digits[at : at + 8]}-{digits[at + 8 : at + 12]}-4{digits[at + 13 : at + 16]}-"
-        f"{_UUID4_VARIANT[digits[at + 16]]}{digits[at + 17 : at + 20]}-{digits[at + 20 : at + 32]}"
-        for at in range(0, 32 * count, 32)
-    ]
 
 
 # "No operation seen yet" in a batch, distinct from an event's operation_id of None.
@@ -421,7 +405,7 @@ class EventLog:
             return [], []
         payload_texts = [self._payload_text(event) for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
-        event_ids = _new_event_ids(len(new_events))
+        event_ids = uuid7_texts(len(new_events))
         instance_id = self.instance_id
         # The hot path talks to the driver directly, on the writer's own connection: SQLAlchemy's
         # connection and statement machinery costs more per append than the commit itself does on a

@@ -57,6 +57,7 @@ from store.events import (
     ValidationFailed,
     ValidationPassed,
 )
+from store.ids import uuid7
 from store.log import EventLog, PreparedConfig
 from store.outcome import ReloadOperation, build_operation
 from store.secrets import ConfigPath, find_secret_paths
@@ -195,7 +196,7 @@ class OperationRunner:
         return prepared
 
     def _new_operation_id(self) -> uuid.UUID:
-        operation_id = uuid.uuid4()
+        operation_id = uuid7()
         # Entries left by operations that ended in an exception are dropped; a dropped entry only
         # means that operation's answer is read back from the log.
         while len(self._collected) >= _COLLECTED_MAX:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import store.log
 from store.canonical import GENESIS_HASH, canonical_json
 from store.errors import CanonicalizationError
-from store.log import _chain_hash_of_text, _new_event_ids, _timestamp, chain_hash
+from store.log import _chain_hash_of_text, _timestamp, chain_hash
 
 # --- the chain hash of an envelope whose payload is already text -----------------------------------------
 
@@ -177,22 +177,3 @@ def test_the_stored_sqlite_timestamp_is_the_strftime_form_at_every_date(moment: 
     assert log._stored_timestamp(moment) == moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-# --- event ids ---------------------------------------------------------------------------------------------
-
-
-@given(data=st.binary(min_size=16 * 5, max_size=16 * 5))
-def test_new_event_ids_are_uuid4_text_of_the_random_bytes(data: bytes) -> None:
-    expected = [str(uuid.UUID(bytes=data[at : at + 16], version=4)) for at in range(0, len(data), 16)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store.log.os, "urandom", lambda size: data[:size])
-        assert _new_event_ids(5) == expected
-
-
-def test_new_event_ids_are_version_4_and_distinct() -> None:
-    ids = _new_event_ids(200)
-    assert len(set(ids)) == 200
-    for text in ids:
-        parsed = uuid.UUID(text)
-        assert str(parsed) == text
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
