@@ -175,5 +175,3 @@ def test_the_stored_sqlite_timestamp_is_the_strftime_form_at_every_date(moment: 
     log = object.__new__(store.log.EventLog)
     log._raw = store.log._RAW_SQLITE
     assert log._stored_timestamp(moment) == moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
