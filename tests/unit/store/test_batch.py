@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import store.batch
 from store.batch import CallOutcome, SyncCall, run_in_worker
 
 pytestmark = pytest.mark.anyio
@@ -128,6 +129,60 @@ async def test_cancelling_the_caller_runs_nothing_more() -> None:
 
     assert started.is_set()
     assert ran == []
+
+
+# --- the worker pool -----------------------------------------------------------------------------------
+
+
+async def test_consecutive_hops_reuse_one_idle_thread() -> None:
+    threads = set()
+    for _ in range(20):
+        await run_in_worker([SyncCall(lambda: threads.add(threading.get_ident()))])
+
+    assert len(threads) == 1
+
+
+async def test_a_hung_call_keeps_its_thread_and_the_next_hop_gets_another() -> None:
+    release = threading.Event()
+    hung: list[int] = []
+
+    def hang() -> None:
+        hung.append(threading.get_ident())
+        release.wait(10)
+
+    try:
+        [timed_out] = await run_in_worker([SyncCall(hang, timeout=0.05)])
+        [after] = await run_in_worker([SyncCall(threading.get_ident)])
+    finally:
+        release.set()
+
+    assert timed_out.timed_out
+    assert after.value != hung[0]
+
+
+async def test_idle_threads_retire_and_a_new_one_serves_the_next_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store.batch, "_IDLE_SECONDS", 0.05)
+    pool = store.batch._WorkerPool()
+    monkeypatch.setattr(store.batch, "_pool", pool)
+
+    [first] = await run_in_worker([SyncCall(threading.get_ident)])
+    await anyio.sleep(0.3)  # several idle timeouts: the thread has left the pool and ended
+    assert pool._idle == []
+    assert first.value not in {thread.ident for thread in threading.enumerate()}
+
+    [second] = await run_in_worker([SyncCall(lambda: "served")])
+    assert second.value == "served"
+
+
+async def test_what_a_hop_function_raises_reaches_the_caller_and_the_thread_lives_on() -> None:
+    def broken() -> None:
+        raise KeyError("inside the hop itself")
+
+    with pytest.raises(KeyError):
+        await store.batch._hop(broken, 5.0)
+    [after] = await run_in_worker([SyncCall(lambda: "still serving")])
+
+    assert after.value == "still serving"
 
 
 # --- spans ---------------------------------------------------------------------------------------------
