@@ -27,7 +27,7 @@ from api.schemas import (
 )
 from api.settings import sqlite_path
 from projections.backups import BackupsProjection
-from projections.base import Projection
+from projections.base import Folder, Projection
 from projections.current import CurrentProjection
 from projections.history import HistoryProjection, history_page
 from projections.stats import StatsProjection
@@ -210,10 +210,9 @@ class LogInspector:
             projection.position = checkpoint.position
             self.folded_from_checkpoints += 1
         start = min(projection.position for projection in self.projections)
-        for event in self.log.iter_events(start, until=self.head):
-            for projection in self.projections:
-                projection.apply(event)
-            self.folded_events += 1
+        # A Folder folds exactly as apply on each projection would, routing each event only to the
+        # projections that read its type: the cheaper way through a long tail.
+        self.folded_events += Folder(self.projections).fold(self.log.iter_events(start, until=self.head))
         for projection in self.projections:
             projection.settle()
         self._loaded = True
