@@ -55,11 +55,13 @@ __all__ = [
 NO_SPANS: trace.Tracer = trace.NoOpTracer()
 
 
-def span_starter(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span] | None:
+def span_starter(
+    tracer: trace.Tracer, name: str, attributes: dict[str, str] | None = None
+) -> Callable[[], trace.Span] | None:
     """What a ``SyncCall`` needs to open a span named ``name``; None under ``NO_SPANS``."""
     if tracer is NO_SPANS:
         return None
-    return lambda: tracer.start_span(name)
+    return lambda: tracer.start_span(name, attributes=attributes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from store.batch import NO_SPANS, CallOutcome, SyncCall, finish_awaitable, run_in_worker
+from store.batch import NO_SPANS, CallOutcome, SyncCall, finish_awaitable, run_in_worker, span_starter
 from store.canonical import config_hash
 from store.secrets import ConfigPath, find_secret_paths
 
@@ -376,9 +376,7 @@ def _storing(load: SyncCall, parsed: _Parsed) -> SyncCall:
 
 
 def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span] | None:
-    if tracer is NO_SPANS:
-        return None
-    return lambda: tracer.start_span("confledger.validator", attributes={"confledger.validator": name})
+    return span_starter(tracer, "confledger.validator", {"confledger.validator": name})
 
 
 def _counts(errors: int, warnings: int) -> dict[str, int]:
