@@ -114,27 +114,9 @@ def test_envelope_fields_of_other_types_hash_as_chain_hash_does(envelope: dict[s
     _same_hash_or_refusal(envelope)
 
 
-def test_a_lone_surrogate_in_an_envelope_field_is_refused_as_chain_hash_refuses_it() -> None:
-    envelope = {
-        "position": 1,
-        "event_id": uuid.UUID(int=0),
-        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "type": "config.applied",
-        "schema_version": 1,
-        "operation_id": None,
-        "instance_id": "host:1",
-        "actor": "x\ud800",
-        "payload": {},
-        "prev_hash": GENESIS_HASH,
-    }
-    with pytest.raises(CanonicalizationError, match="lone surrogate"):
-        _chain_hash_of_text(envelope, "{}")
-    with pytest.raises(CanonicalizationError, match="lone surrogate"):
-        chain_hash(envelope)
-
-
-def test_a_prev_hash_with_no_ascii_form_fails_as_chain_hash_fails() -> None:
-    envelope = {
+def _envelope(**changes: Any) -> dict[str, Any]:
+    """A plain envelope with ``changes`` applied."""
+    return {
         "position": 1,
         "event_id": uuid.UUID(int=0),
         "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
@@ -144,8 +126,21 @@ def test_a_prev_hash_with_no_ascii_form_fails_as_chain_hash_fails() -> None:
         "instance_id": "host:1",
         "actor": "system",
         "payload": {},
-        "prev_hash": "é" * 64,
+        "prev_hash": GENESIS_HASH,
+        **changes,
     }
+
+
+def test_a_lone_surrogate_in_an_envelope_field_is_refused_as_chain_hash_refuses_it() -> None:
+    envelope = _envelope(actor="x\ud800")
+    with pytest.raises(CanonicalizationError, match="lone surrogate"):
+        _chain_hash_of_text(envelope, "{}")
+    with pytest.raises(CanonicalizationError, match="lone surrogate"):
+        chain_hash(envelope)
+
+
+def test_a_prev_hash_with_no_ascii_form_fails_as_chain_hash_fails() -> None:
+    envelope = _envelope(prev_hash="é" * 64)
     with pytest.raises(UnicodeEncodeError):
         _chain_hash_of_text(envelope, "{}")
     with pytest.raises(UnicodeEncodeError):
