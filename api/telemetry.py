@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from store.events import (
     OperationCompleted,
@@ -89,15 +89,27 @@ _DURATION_BUCKETS = (
 )
 
 
-def otlp_configured() -> bool:
-    return any(
-        os.environ.get(name)
-        for name in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        )
+def _exports(signal: str) -> bool:
+    """Whether the standard OTel variables ask for OTLP export of ``signal`` ("traces" or "metrics").
+
+    Per signal: an endpoint for it (its own variable, or the shared one), its exporter not set to "none"
+    (``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``), and the SDK not disabled. A metrics-only
+    endpoint must not start a trace exporter that would post to the default localhost:4318.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").replace(" ", "").lower().split(",")
+    if "none" in exporters:
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
     )
+
+
+def otlp_configured() -> bool:
+    """Whether OTLP export of traces or metrics is configured (see ``_exports``)."""
+    return _exports("traces") or _exports("metrics")
 
 
 @contextmanager
@@ -137,15 +149,23 @@ class Telemetry:
         )
         self._owned: list[Any] = []
         self.prometheus_registry: CollectorRegistry | None = None
-        if tracer_provider is None:
-            tracer_provider = TracerProvider(resource=resource)
-            if otlp_configured():
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-                from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        self.tracer_provider: TracerProvider | None = tracer_provider
+        if tracer_provider is None and _exports("traces"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-                tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-            self._owned.append(tracer_provider)
-        self.tracer_provider = tracer_provider
+            self.tracer_provider = TracerProvider(resource=resource)
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            self._owned.append(self.tracer_provider)
+        # With no provider given and no trace exporter configured, no span would reach anyone; an SDK
+        # tracer would still build each one (about 50 µs a span, eight a reload). The API's no-op tracer
+        # makes none, yet continues the caller's span context, so an operation started under a
+        # traceparent still records that trace id in its events.
+        self.tracer: Tracer = (
+            self.tracer_provider.get_tracer("confledger")
+            if self.tracer_provider is not None
+            else NoOpTracer()
+        )
         if meter_provider is None:
             readers = list(metric_readers)
             if prometheus:
@@ -154,7 +174,7 @@ class Telemetry:
 
                 self.prometheus_registry = CollectorRegistry(auto_describe=True)
                 readers.append(PrometheusMetricReader(registry=self.prometheus_registry))
-            if otlp_configured():
+            if _exports("metrics"):
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
                 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
@@ -162,7 +182,6 @@ class Telemetry:
             meter_provider = MeterProvider(metric_readers=readers, resource=resource)
             self._owned.append(meter_provider)
         self.meter_provider = meter_provider
-        self.tracer: Tracer = tracer_provider.get_tracer("confledger")
         self.meter: Meter = meter_provider.get_meter("confledger")
         self._reloader: ConfigReloader | None = None
         self._unsubscribe: Any = None

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import telemetry as telemetry_module
 from api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from api.logs import JsonFormatter
 from api.reloader import ConfigReloader
@@ -562,6 +563,83 @@ def test_a_caller_that_did_not_sample_gets_no_spans_and_the_same_operation(workd
             if isinstance(e.payload, OperationStarted)
         ]
         assert started.trace_id == CALLER_TRACE_ID
+
+
+OTEL_VARIABLES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+
+
+@pytest.mark.parametrize(
+    ("environment", "traces", "metrics"),
+    [
+        # nothing set: nothing exported, and no error
+        ({}, False, False),
+        # the shared endpoint exports both signals
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True, True),
+        # a per-signal endpoint exports only that signal: no trace exporter posting to localhost:4318
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4318/v1/metrics"}, False, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True, False),
+        # an exporter set to none turns its signal off, whatever the endpoints say
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_METRICS_EXPORTER": "None"}, True, False),
+        # the exporter variables are lists: "none" anywhere in one wins
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "otlp, none"}, False, True),
+        # the SDK switched off as a whole
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "TRUE"}, False, False),
+    ],
+)
+def test_otlp_export_follows_the_standard_variables_per_signal(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], traces: bool, metrics: bool
+) -> None:
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert (telemetry_module._exports("traces"), telemetry_module._exports("metrics")) == (traces, metrics)
+    assert telemetry_module.otlp_configured() is (traces or metrics)
+
+
+def test_with_no_trace_exporter_no_spans_are_made_and_the_callers_trace_id_is_still_recorded(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `confledger serve` runs by default: metrics on, no OTLP. Spans would reach no one, so none are
+    # made (each costs the reload tens of microseconds); an operation under a traceparent still records
+    # the caller's trace id, and one without records none rather than the id of a trace that no backend has.
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with running(workdir, telemetry=False, metrics=True) as svc:
+        telemetry = svc.lifecycle.telemetry
+        assert telemetry is not None
+        assert telemetry.tracer_provider is None
+        svc.write_config(performance__max_retries=4)
+        traced = svc.reload(headers={"traceparent": TRACEPARENT})
+        untraced = svc.reload(force=True)
+
+        assert (traced["status"], untraced["status"]) == ("success", "success")
+        assert traced["trace_id"] == CALLER_TRACE_ID
+        assert untraced["trace_id"] is None
+        for result in (traced, untraced):
+            [started] = [
+                e.payload
+                for e in operation_events(svc, result["operation_id"])
+                if isinstance(e.payload, OperationStarted)
+            ]
+            assert started.trace_id == result["trace_id"]
+        scraped = svc.client.get("/metrics", headers=READ_HEADERS)
+        assert scraped.status_code == 200
+        totals = {
+            (sample.labels["operation"], sample.labels["trigger"], sample.labels["status"]): sample.value
+            for family in text_string_to_metric_families(scraped.text)
+            for sample in family.samples
+            if sample.name == "config_operations_total"
+        }
+        assert totals[("reload", "api", "success")] == 2
 
 
 # --- the Prometheus endpoint ---------------------------------------------------------------------------
