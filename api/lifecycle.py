@@ -219,7 +219,9 @@ class ConfigLifecycle:
             if self.telemetry is not None:
                 # Bound before start so the start-up operation is measured like any other.
                 self.telemetry.bind(reloader)
-                stack.callback(self.telemetry.unbind)
+                if not self._owns_telemetry:
+                    # An owned one is unbound by its shutdown, after its final export.
+                    stack.callback(self.telemetry.unbind)
             await stack.enter_async_context(reloader)
             self.reloader = reloader
             set_config_reloader(reloader)

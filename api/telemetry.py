@@ -112,6 +112,20 @@ def otlp_configured() -> bool:
     return _exports("traces") or _exports("metrics")
 
 
+def _resource(service_name: str | None) -> Resource:
+    """The standard resource, named ``service_name``, else as the environment names it, else confledger.
+
+    ``Resource.create`` reads ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``, but attributes passed
+    to it win over both: a default passed there would rename a service the operator had named.
+    """
+    detected = Resource.create()
+    if service_name:
+        return detected.merge(Resource({"service.name": service_name}))
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
+        return detected.merge(Resource({"service.name": "confledger"}))
+    return detected
+
+
 @contextmanager
 def caller_trace_context(headers: Any) -> Iterator[None]:
     """Continue the caller's trace (W3C ``traceparent``) for the duration of the block."""
@@ -144,9 +158,7 @@ class Telemetry:
         prometheus: bool = False,
         service_name: str | None = None,
     ) -> None:
-        resource = Resource.create(
-            {"service.name": service_name or os.environ.get("OTEL_SERVICE_NAME", "confledger")}
-        )
+        resource = _resource(service_name)
         self._owned: list[Any] = []
         self.prometheus_registry: CollectorRegistry | None = None
         self.tracer_provider: TracerProvider | None = tracer_provider
@@ -361,9 +373,12 @@ class Telemetry:
         return generate_latest(self.prometheus_registry)
 
     def shutdown(self) -> None:
-        self.unbind()
+        # The providers first, while still bound: shutting down runs the periodic reader's last
+        # collection and export (all a short-lived process may ever send), and unbound, the observable
+        # counters would have nothing to read.
         for provider in self._owned:
             try:
                 provider.shutdown()
             except Exception:  # an exporter that cannot flush must not stop the process from exiting
                 logger.warning("telemetry provider %s did not shut down cleanly", type(provider).__name__)
+        self.unbind()

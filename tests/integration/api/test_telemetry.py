@@ -8,14 +8,17 @@ only once per process, and the code under test must use the providers it was giv
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import shutil
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -640,6 +645,94 @@ def test_with_no_trace_exporter_no_spans_are_made_and_the_callers_trace_id_is_st
             if sample.name == "config_operations_total"
         }
         assert totals[("reload", "api", "success")] == 2
+
+
+@dataclass
+class OtlpReceiver:
+    """A local OTLP/HTTP collector: keeps every request body by path."""
+
+    url: str
+    bodies: dict[str, list[bytes]]
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    bodies: dict[str, list[bytes]] = defaultdict(list)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            bodies[self.path].append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield OtlpReceiver(f"http://127.0.0.1:{server.server_address[1]}", bodies)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_otlp_exports_spans_and_metrics_under_the_operators_resource(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver
+) -> None:
+    # The service's own Telemetry, configured only by the standard variables: the spans and the metrics
+    # reach the collector when the service stops (the batch processor and the periodic reader flush), under
+    # the resource the operator named in OTEL_RESOURCE_ATTRIBUTES, not confledger's default name.
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=search-api,deployment.environment=staging")
+    with running(workdir, telemetry=False) as svc:
+        svc.services.register("cache", lambda _old, _new: True)
+        svc.write_config(performance__max_retries=4)
+        reloaded = svc.reload(headers={"traceparent": TRACEPARENT})
+        assert reloaded["status"] == "success"
+        svc.write_config(performance__max_retries="lots")
+        assert svc.reload()["status"] == "failed"  # a validation error: every counter now has a series
+
+    traces = [ExportTraceServiceRequest.FromString(b) for b in otlp_receiver.bodies["/v1/traces"]]
+    spans = [
+        (resource_spans.resource, span)
+        for request in traces
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]
+    assert {"confledger.reload", "confledger.load", "confledger.validator"} <= {s.name for _, s in spans}
+    [(resource, traced)] = [
+        (resource, span)
+        for resource, span in spans
+        if span.name == "confledger.reload"
+        and {a.key: a.value.string_value for a in span.attributes}.get("confledger.operation_id")
+        == reloaded["operation_id"]
+    ]
+    resource_attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert resource_attributes["service.name"] == "search-api"
+    assert resource_attributes["deployment.environment"] == "staging"
+    assert traced.trace_id.hex() == CALLER_TRACE_ID
+    assert traced.parent_span_id.hex() == CALLER_SPAN_ID
+
+    metrics = [ExportMetricsServiceRequest.FromString(b) for b in otlp_receiver.bodies["/v1/metrics"]]
+    names = {
+        metric.name
+        for request in metrics
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    }
+    assert set(METRIC_NAMES) <= names
 
 
 # --- the Prometheus endpoint ---------------------------------------------------------------------------
