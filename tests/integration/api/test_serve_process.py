@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +84,19 @@ class Server:
 
 
 @contextmanager
-def confledger_serve(workdir: Path, config: Path, port: int, run: int) -> Iterator[Server]:
+def confledger_serve(
+    workdir: Path,
+    config: Path,
+    port: int,
+    run: int,
+    *,
+    arguments: Sequence[str] = (),
+    variables: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
     """Start ``confledger serve`` and wait until it is ready; on leaving, make sure it is gone."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
     environment["CONFLEDGER_ADMIN_TOKEN"] = ADMIN_TOKEN
+    environment.update(variables or {})
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     output = workdir / f"serve-{run}.log"
     command = [
@@ -99,6 +108,7 @@ def confledger_serve(workdir: Path, config: Path, port: int, run: int) -> Iterat
         "examples.app_config:AppConfig",
         "--port",
         str(port),
+        *arguments,
     ]
     with output.open("wb") as sink:
         process = subprocess.Popen(
@@ -318,3 +328,32 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         printed = (tmp_path / f"serve-{run}.log").read_text(errors="replace")
         for secret in (ADMIN_TOKEN, OPENAI_KEY, FIRECRAWL_KEY):
             assert secret not in printed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables", "served"),
+    [
+        # on by default in `confledger serve`
+        ((), {}, True),
+        # off by the flag, or by the variable
+        (("--no-metrics",), {}, False),
+        ((), {"CONFLEDGER_METRICS": "false"}, False),
+    ],
+)
+def test_serve_exposes_metrics_by_default_behind_a_token_and_not_when_turned_off(
+    tmp_path: Path, arguments: tuple[str, ...], variables: dict[str, str], served: bool
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    with confledger_serve(
+        tmp_path, config, free_port(), 1, arguments=arguments, variables=variables
+    ) as server:
+        scraped = server.client.get("/metrics")
+        if not served:
+            assert scraped.status_code == 404
+            return
+        assert scraped.status_code == 200
+        assert "config_operations_total" in scraped.text
+        anonymous = httpx.get(server.client.base_url.join("/metrics"), timeout=10)
+        assert anonymous.status_code == 401
+        stop(server)
