@@ -31,7 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
-from api.tracing import LeanTracer
+from api.tracing import tracer_for
 from store.events import (
     OperationCompleted,
     OperationStarted,
@@ -175,7 +175,7 @@ class Telemetry:
         # makes none, yet continues the caller's span context, so an operation started under a
         # traceparent still records that trace id in its events.
         self.tracer: Tracer = (
-            LeanTracer(self.tracer_provider, "confledger")
+            tracer_for(self.tracer_provider, "confledger")
             if self.tracer_provider is not None
             else NoOpTracer()
         )

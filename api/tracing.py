@@ -48,7 +48,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
-__all__ = ["LeanSpan", "LeanTracer"]
+__all__ = ["LeanSpan", "LeanTracer", "tracer_for"]
 
 logger = logging.getLogger("api.tracing")
 
@@ -56,6 +56,18 @@ logger = logging.getLogger("api.tracing")
 _PLAIN_VALUE_TYPES = frozenset({str, bool, int, float})
 # Status has no setters; one instance serves every span that has not been given one.
 _UNSET = Status(StatusCode.UNSET)
+
+
+def tracer_for(provider: TracerProvider, name: str, version: str | None = None) -> trace.Tracer:
+    """A ``LeanTracer`` where the provider makes the SDK's own tracer; anything else is used as it is.
+
+    A provider subclass that returns its own tracer class has reasons of its own for how spans are made
+    (a vendor's sampling or enrichment); those are not second-guessed.
+    """
+    tracer = provider.get_tracer(name, version)
+    if type(tracer) is not SdkTracer:
+        return tracer
+    return LeanTracer(provider, name, version)
 
 
 class LeanTracer(trace.Tracer):

@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -37,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
 from api.reloader import ConfigReloader
+from api.telemetry import Telemetry
 from api.tracing import LeanTracer, _samples_every_sampled_local_child
 from examples.app_config import VALIDATORS, AppConfig
 from store import EventLog, SecretCipher, Trigger
@@ -382,3 +384,34 @@ def test_a_tracer_switched_off_makes_no_spans_and_the_reload_still_runs(tmp_path
     status = anyio.run(one_reload, tmp_path, LeanTracer(provider, "confledger"), stuck)
     assert status == "success"
     assert exporter.get_finished_spans() == ()
+
+
+class VendorTracer(SdkTracer):
+    """A tracer subclass, as a vendor's distribution might ship: its own way of starting spans."""
+
+
+class VendorProvider(TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        made = super().get_tracer(*args, **kwargs)
+        made.__class__ = VendorTracer
+        return made
+
+
+@pytest.mark.parametrize(
+    ("provider", "lean"),
+    [
+        # the SDK's own provider and tracer: spans are made lean
+        (TracerProvider(), True),
+        # a provider whose tracer is a subclass: its tracer is used as it is
+        (VendorProvider(), False),
+    ],
+)
+def test_telemetry_makes_spans_lean_only_for_the_sdks_own_tracer(
+    provider: TracerProvider, lean: bool
+) -> None:
+    telemetry = Telemetry(tracer_provider=provider, metric_readers=())
+    try:
+        assert isinstance(telemetry.tracer, LeanTracer) is lean
+        assert isinstance(telemetry.tracer, VendorTracer) is (not lean)
+    finally:
+        telemetry.shutdown()
