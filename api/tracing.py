@@ -15,8 +15,9 @@ bounded lists only when there are some; and the span is itself the ``ReadableSpa
 receive, since nothing can change it after ``end``. A child of one of its own sampled spans skips the
 sampler when the sampler's answer is known in advance (see ``_samples_every_sampled_local_child``).
 
-Not done here, unlike the SDK's tracer: the experimental ``_on_ending`` processor hook, and the SDK's
-opt-in span self-metrics (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``). ``tests/integration/api/
+Not done here, unlike the SDK's tracer: the experimental ``_on_ending`` processor hook, the experimental
+tracer configurator (which can switch a scope off), and the SDK's opt-in span self-metrics
+(``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``). ``tests/integration/api/
 test_tracing.py`` runs one operation through both tracers and compares every exported field.
 """
 
@@ -86,8 +87,6 @@ class LeanTracer(trace.Tracer):
         # reads the OTEL_*_LIMIT variables, which is what the provider does when given none.
         limits = getattr(sdk_tracer, "_span_limits", None)
         self.limits: SpanLimits = limits if isinstance(limits, SpanLimits) else SpanLimits()
-        # A tracer configurator (experimental in the SDK) may switch this scope off at run time.
-        self._is_enabled = getattr(sdk_tracer, "_is_enabled", None)
         self._children_sampled = _samples_every_sampled_local_child(self.sampler)
 
     def start_span(
@@ -102,29 +101,28 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         current = trace.get_current_span(context)
-        parent: SpanContext | None = current.get_span_context()
-        if self._is_enabled is not None and not self._is_enabled():
-            return trace.NonRecordingSpan(parent or trace.INVALID_SPAN_CONTEXT)
+        current_context = current.get_span_context()
         if (
             self._children_sampled
             and not links
             and type(current) is LeanSpan
             and current._tracer is self
-            and parent is not None
-            and parent.trace_flags.sampled
+            and (flags := current_context.trace_flags).sampled
         ):
             # The sampler would answer "record and sample, with the parent's trace state": asking it
             # costs a third of such a span.
+            parent: SpanContext | None = current_context
             span_context = SpanContext(
-                parent.trace_id,
+                current_context.trace_id,
                 self.id_generator.generate_span_id(),
-                is_remote=False,
-                trace_flags=parent.trace_flags,
-                trace_state=parent.trace_state,
+                False,
+                flags,
+                current_context.trace_state,
             )
             initial = dict(attributes) if attributes else {}
         else:
-            if parent is None or not parent.is_valid:
+            parent = current_context
+            if not parent.is_valid:
                 parent = None
                 trace_id = self.id_generator.generate_trace_id()
                 random_trace_id = self.id_generator.is_trace_id_random()
@@ -132,16 +130,16 @@ class LeanTracer(trace.Tracer):
                 trace_id = parent.trace_id
                 random_trace_id = parent.trace_flags.random_trace_id
             sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            flags = (
+            bits = (
                 TraceFlags.SAMPLED if sampled.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
             )
             if random_trace_id:
-                flags |= TraceFlags.RANDOM_TRACE_ID
+                bits |= TraceFlags.RANDOM_TRACE_ID
             span_context = SpanContext(
                 trace_id,
                 self.id_generator.generate_span_id(),
                 is_remote=False,
-                trace_flags=TraceFlags(flags),
+                trace_flags=TraceFlags(bits),
                 trace_state=sampled.trace_state,
             )
             if sampled.decision is Decision.DROP:
@@ -154,11 +152,13 @@ class LeanTracer(trace.Tracer):
             parent,
             kind,
             initial,
-            _valid_links(links, self.limits),
+            _valid_links(links, self.limits) if links else (),
             start_time if start_time is not None else time_ns(),
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
         )
+        if not record_exception:
+            span._record_exception = False
+        if not set_status_on_exception:
+            span._set_status_on_exception = False
         self.span_processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
@@ -191,6 +191,15 @@ class LeanTracer(trace.Tracer):
 class LeanSpan(trace.Span, ReadableSpan):
     """An open span, and once ended, the finished span the processors export."""
 
+    # What most spans keep as they started, as class defaults: an instance stores only what differs.
+    # ReadableSpan reads events and links as a tuple or a BoundedList; most spans have neither.
+    _instrumentation_info = None
+    _end_time: int | None = None
+    _events: Any = ()
+    _status = _UNSET
+    _record_exception = True
+    _set_status_on_exception = True
+
     def __init__(
         self,
         tracer: LeanTracer,
@@ -201,30 +210,19 @@ class LeanSpan(trace.Span, ReadableSpan):
         attributes: dict[str, types.AnyValue],
         links: BoundedList[Any] | tuple[()],
         start_time: int,
-        *,
-        record_exception: bool,
-        set_status_on_exception: bool,
     ) -> None:
         # ReadableSpan.__init__ is not called: it would build a default Resource only to be replaced.
+        self._tracer = tracer
         self._name = name
         self._context = context
         self._span_context = context  # the same, typed as never None
+        self._parent = parent
         self._kind = kind
-        self._instrumentation_info = None
+        self._attributes: Any = attributes
+        self._links: Any = links
+        self._start_time: int | None = start_time
         self._instrumentation_scope = tracer.scope
         self._resource = tracer.resource
-        self._parent = parent
-        self._start_time: int | None = start_time
-        self._end_time: int | None = None
-        self._attributes: Any = attributes
-        # Empty tuples until something is added: most spans have no events or links. ReadableSpan
-        # reads either a tuple or a BoundedList.
-        self._events: Any = ()
-        self._links: Any = links
-        self._status = _UNSET
-        self._tracer = tracer
-        self._record_exception = record_exception
-        self._set_status_on_exception = set_status_on_exception
         # A span may be touched by two threads: a callback that overruns its deadline is closed by the
         # event loop while its worker thread may still run. Mutations and ``end`` check and change the
         # end time under this lock, so nothing is added to a span a processor already has.
@@ -244,13 +242,17 @@ class LeanSpan(trace.Span, ReadableSpan):
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         with self._lock:
-            if not self._ended("Setting attribute"):
+            if self._end_time is None:
                 self._attributes[key] = value
+                return
+        logger.warning("Setting attribute on ended span.")
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         with self._lock:
-            if not self._ended("Setting attribute"):
+            if self._end_time is None:
                 self._attributes.update(attributes)
+                return
+        logger.warning("Setting attribute on ended span.")
 
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
         limits = self._tracer.limits
@@ -348,12 +350,14 @@ def _finished_attributes(attributes: dict[str, types.AnyValue], limits: SpanLimi
     """The attributes as the SDK would have kept them: cleaned, within the limits, read-only."""
     # The common case (a few str/bool/int/float values, no length limit) is what cleaning would return
     # unchanged, and nothing changes the dict once the span has ended.
-    if (
-        limits.max_span_attribute_length is None
-        and (limits.max_span_attributes is None or len(attributes) <= limits.max_span_attributes)
-        and all(type(value) in _PLAIN_VALUE_TYPES for value in attributes.values())
+    if limits.max_span_attribute_length is None and (
+        limits.max_span_attributes is None or len(attributes) <= limits.max_span_attributes
     ):
-        return attributes
+        for value in attributes.values():
+            if type(value) not in _PLAIN_VALUE_TYPES:
+                break
+        else:
+            return attributes
     return BoundedAttributes(
         limits.max_span_attributes,
         attributes,

@@ -61,7 +61,8 @@ def span_starter(
     """What a ``SyncCall`` needs to open a span named ``name``; None under ``NO_SPANS``."""
     if tracer is NO_SPANS:
         return None
-    return lambda: tracer.start_span(name, attributes=attributes)
+    # A partial, not a lambda: one Python frame fewer for every span a reload opens.
+    return functools.partial(tracer.start_span, name, attributes=attributes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -411,20 +411,20 @@ class OperationRunner:
         # store.batch.NO_SPANS. Called inside the operation span, so that is the current span.
         return self.tracer if trace.get_current_span().is_recording() else NO_SPANS
 
-    @contextlib.contextmanager
     def _operation_span(
         self, kind: OperationKind, trigger: Trigger, attributes: dict[str, Any]
-    ) -> Iterator[trace.Span]:
+    ) -> contextlib.AbstractContextManager[trace.Span]:
         # The operation span is current while the operation runs, so the load, validation and callback
         # spans nest under it, and under the caller's trace when an HTTP request carried a traceparent.
-        with self.tracer.start_as_current_span(
+        # What start_as_current_span does, without its generator wrapped around use_span's.
+        span = self.tracer.start_span(
             f"confledger.{kind.value}",
             # The span's name says reload or rollback; the kind is not repeated as an attribute.
             attributes={"confledger.trigger": trigger.value, **attributes},
             record_exception=False,
             set_status_on_exception=True,
-        ) as span:
-            yield span
+        )
+        return trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=True)
 
     # --- reload --------------------------------------------------------------------------------------
 
