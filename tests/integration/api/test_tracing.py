@@ -9,6 +9,7 @@ timeout) on a real SQLite log.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -269,7 +270,14 @@ def three_services(registry: ServiceRegistry, stuck: threading.Event) -> None:
     registry.register("overruns", overruns, priority=10, timeout=0.2)
 
 
-async def one_reload(workdir: Path, tracer: trace.Tracer, stuck: threading.Event) -> str:
+async def one_reload(
+    workdir: Path,
+    tracer: trace.Tracer,
+    register: Callable[[ServiceRegistry], None],
+    *,
+    registered_at_start: bool = False,
+) -> str:
+    """Start a reloader on the example config (the start-up reload), change the file, reload it."""
     source = workdir / "config.yaml"
     shutil.copy(EXAMPLES / "config.yaml", source)
     log = EventLog(
@@ -278,6 +286,8 @@ async def one_reload(workdir: Path, tracer: trace.Tracer, stuck: threading.Event
         cipher=SecretCipher([SecretCipher.generate_key()]),
     )
     registry = ServiceRegistry()
+    if registered_at_start:
+        register(registry)
     reloader = ConfigReloader(
         log,
         config_model=AppConfig,
@@ -288,12 +298,12 @@ async def one_reload(workdir: Path, tracer: trace.Tracer, stuck: threading.Event
     )
     try:
         await reloader.start()
-        three_services(registry, stuck)
+        if not registered_at_start:
+            register(registry)
         source.write_text(source.read_text(encoding="utf-8").replace("pool_size: 20", "pool_size: 25"))
         operation = await reloader.reload_config(Trigger.MANUAL)
         return operation.status.value
     finally:
-        stuck.set()
         await reloader.stop()
         log.close()
 
@@ -305,7 +315,11 @@ def test_a_reload_exports_the_same_span_tree_through_either_tracer(tmp_path: Pat
         workdir = tmp_path / "run"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir()
-        status = anyio.run(one_reload, workdir, tracer, threading.Event())
+        stuck = threading.Event()
+        try:
+            status = anyio.run(one_reload, workdir, tracer, functools.partial(three_services, stuck=stuck))
+        finally:
+            stuck.set()
         spans = exporter.get_finished_spans()
         well_formed(spans)
         names = sorted(span.name for span in spans)
@@ -323,40 +337,23 @@ def test_spans_a_callback_opens_nest_under_its_span(tmp_path: Path) -> None:
     # The callback uses the SDK's tracer, as an instrumented HTTP client or driver would.
     theirs = provider.get_tracer("their.http.client")
 
-    async def scenario() -> None:
-        source = tmp_path / "config.yaml"
-        shutil.copy(EXAMPLES / "config.yaml", source)
-        log = EventLog(
-            f"sqlite:///{tmp_path / 'confledger.db'}",
-            instance_id="nesting",
-            cipher=SecretCipher([SecretCipher.generate_key()]),
+    def calls_out(_old: Any, _new: Any) -> bool:
+        with theirs.start_as_current_span("GET /warm-cache"):
+            return True
+
+    anyio.run(
+        functools.partial(
+            one_reload,
+            tmp_path,
+            LeanTracer(provider, "confledger"),
+            lambda registry: registry.register("cache", calls_out),
+            registered_at_start=True,
         )
-        registry = ServiceRegistry()
-
-        def calls_out(_old: Any, _new: Any) -> bool:
-            with theirs.start_as_current_span("GET /warm-cache"):
-                return True
-
-        registry.register("cache", calls_out)
-        reloader = ConfigReloader(
-            log,
-            config_model=AppConfig,
-            config_source=source,
-            services=registry,
-            tracer=LeanTracer(provider, "confledger"),
-        )
-        try:
-            await reloader.start()
-            await reloader.reload_config(Trigger.MANUAL, force=True)
-        finally:
-            await reloader.stop()
-            log.close()
-
-    anyio.run(scenario)
+    )
     spans = exporter.get_finished_spans()
     callbacks = {s.context.span_id: s for s in spans if s.name == "confledger.service_callback"}
     outgoing = [s for s in spans if s.name == "GET /warm-cache"]
-    assert len(outgoing) == 2  # the start-up reload and the forced one
+    assert len(outgoing) == 2  # the start-up reload and the changed one
     for span in outgoing:
         assert span.parent is not None
         assert span.parent.span_id in callbacks
@@ -367,9 +364,14 @@ def test_a_sampler_that_drops_by_name_is_asked_for_every_span(tmp_path: Path) ->
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=DropValidators())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    stuck = threading.Event()
-    stuck.set()  # no callback overruns here
-    anyio.run(one_reload, tmp_path, LeanTracer(provider, "confledger"), stuck)
+    released = threading.Event()
+    released.set()  # no callback overruns here
+    anyio.run(
+        one_reload,
+        tmp_path,
+        LeanTracer(provider, "confledger"),
+        functools.partial(three_services, stuck=released),
+    )
     names = {span.name for span in exporter.get_finished_spans()}
     assert "confledger.validator" not in names
     assert {"confledger.reload", "confledger.load", "confledger.service_callback"} <= names
@@ -379,9 +381,14 @@ def test_a_tracer_switched_off_makes_no_spans_and_the_reload_still_runs(tmp_path
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_OFF)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    stuck = threading.Event()
-    stuck.set()
-    status = anyio.run(one_reload, tmp_path, LeanTracer(provider, "confledger"), stuck)
+    released = threading.Event()
+    released.set()
+    status = anyio.run(
+        one_reload,
+        tmp_path,
+        LeanTracer(provider, "confledger"),
+        functools.partial(three_services, stuck=released),
+    )
     assert status == "success"
     assert exporter.get_finished_spans() == ()
 
