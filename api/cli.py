@@ -21,12 +21,12 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-import store
-from api.inspect import LogInspector, diff_cipher
-from store import EventLog, StoreError, Trigger
-from store import migrate as store_migrate
-from store.database import create_store_engine, normalize_url
-from store.outcome import ReloadStatus
+from confledger import __version__, store
+from confledger.api.inspect import LogInspector, diff_cipher
+from confledger.store import ConfledgerError, EventLog, Trigger
+from confledger.store import migrate as store_migrate
+from confledger.store.database import create_store_engine, normalize_url
+from confledger.store.outcome import ReloadStatus
 
 __all__ = ["app", "main"]
 
@@ -51,10 +51,10 @@ DatabaseOption = Annotated[
 
 
 def _fail_cleanly(action: Callable[[], T], *, code: int = 1) -> T:
-    """Run ``action``; a StoreError becomes one red line on stderr and exit ``code``, never a traceback."""
+    """Run ``action``; a ConfledgerError becomes one red line on stderr and exit ``code``, never a traceback."""
     try:
         return action()
-    except StoreError as exc:
+    except ConfledgerError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.code
         err.print(Text.assemble(("error", "red"), f" ({exc.code}): {message}"), soft_wrap=True)
         raise typer.Exit(code) from None
@@ -62,7 +62,7 @@ def _fail_cleanly(action: Callable[[], T], *, code: int = 1) -> T:
 
 def _version_callback(value: bool) -> None:
     if value:
-        out.print(f"confledger {store.__version__}")
+        out.print(f"confledger {__version__}")
         raise typer.Exit()
 
 
@@ -175,10 +175,10 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from api.logs import configure_logging
-    from api.security import TokenError
-    from api.server import ModelImportError, create_app
-    from api.settings import Settings
+    from confledger.api.logs import configure_logging
+    from confledger.api.security import TokenError
+    from confledger.api.server import ModelImportError, create_app
+    from confledger.api.settings import Settings
 
     overrides: dict[str, object] = {
         "config": config,
@@ -196,7 +196,7 @@ def serve(
         settings = Settings(**overrides)  # type: ignore[arg-type]
         configure_logging(settings.log_format, log_level)
         fastapi_app, lifecycle = create_app(settings)
-    except (ModelImportError, TokenError, StoreError, ValidationError) as exc:
+    except (ModelImportError, TokenError, ConfledgerError, ValidationError) as exc:
         message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _settings_error(exc)
         err.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -828,7 +828,7 @@ def _service_error(message: str) -> NoReturn:
 
 def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> str:
     """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote."""
-    from api.lifecycle import default_database_url, token_file_path
+    from confledger.api.lifecycle import default_database_url, token_file_path
 
     if token_file is None:
         from_env = os.environ.get("CONFLEDGER_ADMIN_TOKEN", "").strip()
@@ -869,7 +869,7 @@ def _call_service(url: str, path: str, body: dict[str, Any], token: str, timeout
     endpoint = url.rstrip("/") + API_PREFIX + path
     headers = {
         "Authorization": f"Bearer {token}",
-        "User-Agent": f"confledger-cli/{store.__version__}",
+        "User-Agent": f"confledger-cli/{__version__}",
         # Recorded as trigger "cli" and actor "cli:<user>" (the token still decides what is allowed).
         "X-Confledger-Client": "cli",
         "X-Confledger-User": getpass.getuser(),

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.lifecycle import ConfigLifecycle
-from api.reloader import ConfigReloader
-from api.security import Role
-from store import Trigger
+from confledger.api.lifecycle import ConfigLifecycle
+from confledger.api.reloader import ConfigReloader
+from confledger.api.security import Role
+from confledger.store import Trigger
 
 __all__ = [
     "AdminCaller",

@@ -7,11 +7,11 @@ import logging
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse
 
-from store import StoreError
+from confledger.store import ConfledgerError
 
 __all__ = ["STATUS_BY_CODE", "http_error", "store_error_handler"]
 
-logger = logging.getLogger("api.errors")
+logger = logging.getLogger(__name__)
 
 STATUS_BY_CODE = {
     "unknown_config_hash": status.HTTP_404_NOT_FOUND,
@@ -34,24 +34,24 @@ _PUBLIC_DETAIL = {
 _INTERNAL_DETAIL = "internal error in the configuration store"
 
 
-def _status_and_detail(exc: StoreError) -> tuple[int, str]:
+def _status_and_detail(exc: ConfledgerError) -> tuple[int, str]:
     code = STATUS_BY_CODE.get(exc.code, status.HTTP_500_INTERNAL_SERVER_ERROR)
     if code < status.HTTP_500_INTERNAL_SERVER_ERROR:
         return code, exc.message
     return code, _PUBLIC_DETAIL.get(exc.code, _INTERNAL_DETAIL)
 
 
-def http_error(exc: StoreError) -> HTTPException:
+def http_error(exc: ConfledgerError) -> HTTPException:
     code, detail = _status_and_detail(exc)
     return HTTPException(code, detail=detail)
 
 
 async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Any ``StoreError`` a route did not handle: JSON ``{"detail", "code"}`` with the mapped status.
+    """Any ``ConfledgerError`` a route did not handle: JSON ``{"detail", "code"}`` with the mapped status.
 
     Without it, an unreachable database turned every endpoint into a plain-text 500.
     """
-    assert isinstance(exc, StoreError)
+    assert isinstance(exc, ConfledgerError)
     code, detail = _status_and_detail(exc)
     if code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         logger.error("%s %s failed (%s): %s", request.method, request.url.path, exc.code, exc.message)

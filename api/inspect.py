@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from api.schemas import (
+from confledger.api.schemas import (
     BackupsResponse,
     HistoryResponse,
     OperationOut,
@@ -25,26 +25,26 @@ from api.schemas import (
     VersionResponse,
     short,
 )
-from api.settings import sqlite_path
-from projections.backups import BackupsProjection
-from projections.base import Folder, Projection
-from projections.current import CurrentProjection
-from projections.history import HistoryProjection, history_page
-from projections.stats import StatsProjection
-from projections.timeline import as_of, incident_replay, position_of_hash
-from store import migrate
-from store.database import describe_url, normalize_url
-from store.diff import diff_bodies
-from store.errors import SchemaError, SchemaTooNew, SecretKeyError, StoreError
-from store.events import (
+from confledger.api.settings import sqlite_path
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.base import Folder, Projection
+from confledger.projections.current import CurrentProjection
+from confledger.projections.history import HistoryProjection, history_page
+from confledger.projections.stats import StatsProjection
+from confledger.projections.timeline import as_of, incident_replay, position_of_hash
+from confledger.store import migrate
+from confledger.store.database import describe_url, normalize_url
+from confledger.store.diff import diff_bodies
+from confledger.store.errors import LogNotFound, SchemaError, SchemaTooNew, SecretKeyError
+from confledger.store.events import (
     ConfigApplied,
     InstanceStarted,
     InstanceStopped,
     RecordedEvent,
 )
-from store.log import EventLog
-from store.outcome import ReloadOperation, build_operation
-from store.secrets import (
+from confledger.store.log import EventLog
+from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.secrets import (
     ConfigPath,
     SecretCipher,
     dotted,
@@ -69,12 +69,6 @@ DEFAULT_BACKUP_COUNT = 5
 _SCAN_BATCH = 500
 
 Progress = Callable[[int, int], None]
-
-
-class LogNotFound(StoreError):
-    """The database named holds no confledger log (and a read-only inspection will not create one)."""
-
-    code = "log_not_found"
 
 
 # --- opening ---------------------------------------------------------------------------------------------

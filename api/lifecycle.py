@@ -25,14 +25,14 @@ import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from api.reloader import ConfigReloader, set_config_reloader
-from api.security import Tokens, load_or_create_token_file
-from api.settings import sqlite_path
-from api.telemetry import Telemetry, otlp_configured
-from store import EventLog, SecretCipher, SecretKeyError, Trigger
-from store.database import normalize_url
-from store.services import ServiceCallback, ServiceRegistry
-from store.validation import ConfigValidator, ValidatorSpec
+from confledger.api.reloader import ConfigReloader, set_config_reloader
+from confledger.api.security import Tokens, load_or_create_token_file
+from confledger.api.settings import sqlite_path
+from confledger.api.telemetry import Telemetry, otlp_configured
+from confledger.store import EventLog, SecretCipher, SecretKeyError, Trigger
+from confledger.store.database import normalize_url
+from confledger.store.services import ServiceCallback, ServiceRegistry
+from confledger.store.validation import ConfigValidator, ValidatorSpec
 
 __all__ = [
     "ConfigLifecycle",
@@ -44,7 +44,7 @@ __all__ = [
     "unregister_config_callback",
 ]
 
-logger = logging.getLogger("api.lifecycle")
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/api/v1/config"
 
@@ -351,7 +351,7 @@ def setup_configuration_lifecycle(
     ``history_window`` is how many recent operations ``GET /history`` serves from memory; older pages
     are folded from the log.
     """
-    from api.settings import Settings
+    from confledger.api.settings import Settings
 
     settings = Settings()
     url = database_url or settings.database_url or default_database_url(config_source)
@@ -395,16 +395,16 @@ def setup_configuration_lifecycle(
 
     app.router.lifespan_context = lifespan
     # Imported here: the routes depend on this module (through api.deps), not the other way round.
-    from api.routes import build_config_router, health
-    from api.routes import metrics as metrics_routes
+    from confledger.api.routes import build_config_router, health
+    from confledger.api.routes import metrics as metrics_routes
 
     if include_router:
-        from api.errors import store_error_handler
-        from store import StoreError
+        from confledger.api.errors import store_error_handler
+        from confledger.store import ConfledgerError
 
         app.include_router(build_config_router(), prefix=prefix)
         # A failing log (unreachable, read-only) answers JSON with a stable detail, not a plain-text 500.
-        app.add_exception_handler(StoreError, store_error_handler)
+        app.add_exception_handler(ConfledgerError, store_error_handler)
     if metrics or telemetry is not None:
         app.include_router(metrics_routes.router)
     if include_health:

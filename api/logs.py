@@ -1,7 +1,8 @@
 """Log output for ``confledger serve``: text by default, one JSON object per line with ``CONFLEDGER_LOG_FORMAT=json``.
 
-Loggers are named after the package that logs (``store.operations``, ``api.lifecycle`` …), so raising
-``store`` to DEBUG works the way the seed's advice describes. Every operation ends with one line whose
+Loggers are named after the module that logs (``confledger.store.operations``, ``confledger.api.lifecycle``
+…), all under ``confledger``: ``logging.getLogger("confledger").setLevel(logging.DEBUG)`` turns everything up,
+``logging.getLogger("confledger.store").setLevel(...)`` one part. Every operation ends with one line whose
 ``confledger`` extra holds the operation id, trace id, trigger, actor, status and durations.
 """
 
@@ -38,8 +39,7 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("store", "projections", "api"):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
+    logger = logging.getLogger("confledger")
+    logger.handlers = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False

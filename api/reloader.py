@@ -12,19 +12,19 @@ import anyio
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-import store
-from api.watcher import FileWatcher
-from projections.backups import BackupsProjection
-from projections.current import CurrentConfig, CurrentProjection
-from projections.history import HistoryProjection, history_page
-from projections.runner import ProjectionSet
-from projections.stats import StatsProjection
-from store import EventLog, SecretCipher, StoreError, Trigger
-from store.events import FileWatchDisabled, FileWatchEnabled
-from store.operations import OperationRunner
-from store.outcome import ReloadOperation, ReloadStatus, build_operation
-from store.services import ServiceCallback, ServiceRegistry
-from store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
+from confledger import __version__, store
+from confledger.api.watcher import FileWatcher
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.current import CurrentConfig, CurrentProjection
+from confledger.projections.history import HistoryProjection, history_page
+from confledger.projections.runner import ProjectionSet
+from confledger.projections.stats import StatsProjection
+from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
+from confledger.store.events import FileWatchDisabled, FileWatchEnabled
+from confledger.store.operations import OperationRunner
+from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
+from confledger.store.services import ServiceCallback, ServiceRegistry
+from confledger.store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
 
 __all__ = [
     "ConfigReloader",
@@ -35,7 +35,7 @@ __all__ = [
     "set_config_reloader",
 ]
 
-logger = logging.getLogger("api.reloader")
+logger = logging.getLogger(__name__)
 
 ReloadTrigger = Trigger
 
@@ -82,7 +82,7 @@ class ConfigReloader:
             enable_automatic_rollback=enable_automatic_rollback,
             rollback_threshold=rollback_threshold,
             max_source_bytes=max_source_bytes,
-            version=store.__version__,
+            version=__version__,
             tracer=tracer,
         )
         self.current = None
@@ -220,7 +220,7 @@ class ConfigReloader:
         stored = self.log.get_config(full_hash)
         config, _, errors = self.pipeline.parse(stored.body)
         if config is None:
-            raise StoreError(
+            raise ConfledgerError(
                 f"config {full_hash[:16]} no longer passes the model: {'; '.join(errors[:3])}",
                 code="current_config_invalid",
             )

@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.events import RecordedEvent
-from store.log import StoredConfig, VerifyReport
-from store.outcome import ReloadOperation
-from store.secrets import find_secret_paths, redact
+from confledger.store.events import RecordedEvent
+from confledger.store.log import StoredConfig, VerifyReport
+from confledger.store.outcome import ReloadOperation
+from confledger.store.secrets import find_secret_paths, redact
 
 __all__ = [
     "MAX_POSITION",

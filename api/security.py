@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from api.settings import MIN_TOKEN_LENGTH
+from confledger.api.settings import MIN_TOKEN_LENGTH
+from confledger.store.errors import TokenError
 
 __all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file"]
 
@@ -17,10 +18,6 @@ __all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file"]
 class Role(StrEnum):
     ADMIN = "admin"
     READ = "read"
-
-
-class TokenError(ValueError):
-    """A token setting that cannot be used (too short, unreadable file)."""
 
 
 def _check(name: str, value: str | None) -> str | None:

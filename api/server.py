@@ -10,15 +10,12 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-import store
-from api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
-from api.settings import Settings
+from confledger import __version__
+from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
+from confledger.api.settings import Settings
+from confledger.store.errors import ModelImportError
 
 __all__ = ["ModelImportError", "create_app", "import_model", "import_validators"]
-
-
-class ModelImportError(ValueError):
-    """``--model module:Class`` does not name an importable pydantic model."""
 
 
 def import_model(reference: str, app_dir: Path = Path(".")) -> type[BaseModel]:
@@ -57,7 +54,7 @@ def create_app(
         model = import_model(settings.model, settings.app_dir)
     app = FastAPI(
         title="confledger",
-        version=store.__version__,
+        version=__version__,
         description="Event-sourced configuration store with zero-downtime reloading.",
     )
     lifecycle = setup_configuration_lifecycle(

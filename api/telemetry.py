@@ -31,8 +31,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
-from api.tracing import tracer_for
-from store.events import (
+from confledger.api.tracing import tracer_for
+from confledger.store.events import (
     OperationCompleted,
     OperationStarted,
     RecordedEvent,
@@ -44,7 +44,7 @@ from store.events import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from api.reloader import ConfigReloader
+    from confledger.api.reloader import ConfigReloader
 
 __all__ = [
     "METRIC_NAMES",
@@ -53,7 +53,7 @@ __all__ = [
     "otlp_configured",
 ]
 
-logger = logging.getLogger("api.telemetry")
+logger = logging.getLogger(__name__)
 
 _PENDING_MAX = 100_000
 

@@ -51,7 +51,7 @@ from opentelemetry.util import types
 
 __all__ = ["LeanSpan", "LeanTracer", "tracer_for"]
 
-logger = logging.getLogger("api.tracing")
+logger = logging.getLogger(__name__)
 
 # Values the SDK's attribute cleaning returns unchanged: a mapping of only these needs no cleaning.
 _PLAIN_VALUE_TYPES = frozenset({str, bool, int, float})

@@ -20,7 +20,7 @@ from watchfiles import awatch
 
 __all__ = ["FileWatcher", "Fingerprint", "fingerprint"]
 
-logger = logging.getLogger("api.watcher")
+logger = logging.getLogger(__name__)
 
 Fingerprint = tuple[str, int, int, int, int] | None
 

@@ -1,7 +1,7 @@
 """A realistic config model in the seed's spirit, with the seed's rules as custom validators.
 
 Used by the README tour, the demo service and the tests:
-``confledger serve --config examples/config.yaml --model examples.app_config:AppConfig``.
+``confledger serve --config examples/config.yaml --model confledger.examples.app_config:AppConfig``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Run it (from the repository root)::
 
     CONFLEDGER_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))') \\
-        uvicorn examples.embedded_app:app --port 8001
+        uvicorn confledger.examples.embedded_app:app --port 8001
 
 It reads its config per request through the ``CurrentConfigDep`` dependency (one reference per request,
 never a half-applied config) and registers two real callbacks: one resizes a connection pool, one clears
@@ -19,9 +19,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.deps import CurrentConfigDep
-from api.lifecycle import register_config_callback, setup_configuration_lifecycle
-from examples.app_config import VALIDATORS, AppConfig
+from confledger import CurrentConfigDep, register_config_callback, setup_configuration_lifecycle
+from confledger.examples.app_config import VALIDATORS, AppConfig
 
 __all__ = ["ConnectionPool", "ResponseCache", "app", "cache", "pool"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from store.schema import metadata
+from confledger.store.schema import metadata
 
 config = context.config
 

@@ -9,8 +9,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from projections.base import Handler, Projection
-from store.events import ConfigApplied, EventPayload, OperationCompleted, OperationStarted, RecordedEvent
+from confledger.projections.base import Handler, Projection
+from confledger.store.events import (
+    ConfigApplied,
+    EventPayload,
+    OperationCompleted,
+    OperationStarted,
+    RecordedEvent,
+)
 
 __all__ = ["BackupsProjection"]
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from store.events import DEFAULT_REGISTRY, EventPayload, RecordedEvent
+from confledger.store.events import DEFAULT_REGISTRY, EventPayload, RecordedEvent
 
 __all__ = ["Folder", "Handler", "Projection", "event_from_state", "event_to_state"]
 

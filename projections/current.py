@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from projections.base import Handler, Projection
-from store.events import ConfigApplied, EventPayload, RecordedEvent
+from confledger.projections.base import Handler, Projection
+from confledger.store.events import ConfigApplied, EventPayload, RecordedEvent
 
 __all__ = ["CurrentConfig", "CurrentProjection"]
 

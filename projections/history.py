@@ -10,10 +10,10 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from projections.base import Projection, event_from_state, event_to_state
-from store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
-from store.log import EventLog
-from store.outcome import ReloadOperation, build_operation
+from confledger.projections.base import Projection, event_from_state, event_to_state
+from confledger.store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
+from confledger.store.log import EventLog
+from confledger.store.outcome import ReloadOperation, build_operation
 
 __all__ = ["HistoryProjection", "history_page"]
 

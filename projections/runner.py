@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 
-from projections.base import Folder, Projection
-from store.events import RecordedEvent
-from store.log import Checkpoint, EventLog
+from confledger.projections.base import Folder, Projection
+from confledger.store.events import RecordedEvent
+from confledger.store.log import Checkpoint, EventLog
 
 __all__ = ["ProjectionSet"]
 

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from projections.base import Handler, Projection
-from projections.sketch import QuantileSketch
-from store.events import (
+from confledger.projections.base import Handler, Projection
+from confledger.projections.sketch import QuantileSketch
+from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
     EventPayload,

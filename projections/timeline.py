@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from projections.backups import BackupsProjection
-from projections.base import Folder, Projection
-from projections.history import HistoryProjection
-from projections.stats import StatsProjection
-from store.diff import Change, diff_bodies
-from store.errors import UnknownConfigHash
-from store.events import (
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.base import Folder, Projection
+from confledger.projections.history import HistoryProjection
+from confledger.projections.stats import StatsProjection
+from confledger.store.diff import Change, diff_bodies
+from confledger.store.errors import UnknownConfigHash
+from confledger.store.events import (
     ConfigApplied,
     InstanceStarted,
     InstanceStopped,
@@ -21,9 +21,9 @@ from store.events import (
     OperationRejected,
     RecordedEvent,
 )
-from store.log import EventLog
-from store.outcome import ReloadOperation, build_operation
-from store.secrets import redact
+from confledger.store.log import EventLog
+from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.secrets import redact
 
 __all__ = ["AsOf", "Incident", "as_of", "diff_configs", "incident_replay", "position_of_hash"]
 

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from store.canonical import GENESIS_HASH, canonical_json, config_hash, sha256_hex
-from store.database import DEFAULT_DATABASE_URL
-from store.errors import (
+from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash, sha256_hex
+from confledger.store.database import DEFAULT_DATABASE_URL
+from confledger.store.errors import (
     AmbiguousHashPrefix,
     CanonicalizationError,
     ChainBroken,
     ConcurrencyConflict,
     ConfigLookupError,
+    ConfledgerError,
     EventSchemaError,
     InvalidDatabaseURL,
     InvalidHashPrefix,
-    OperationError,
-    OperationInProgress,
+    LogError,
+    LogNotFound,
+    ModelImportError,
+    NotAllowed,
     ReadOnlyStore,
     SchemaError,
     SchemaTooNew,
     SecretKeyError,
+    SetupError,
     SourceError,
     SourceNotAllowed,
-    StoreError,
     StoreUnavailable,
+    TokenError,
     UnknownConfigHash,
 )
-from store.events import (
+from confledger.store.events import (
     DEFAULT_REGISTRY,
     EventPayload,
     EventRegistry,
@@ -36,10 +40,8 @@ from store.events import (
     ServiceOutcome,
     Trigger,
 )
-from store.log import Checkpoint, EventLog, PreparedConfig, StoredConfig, VerifyReport
-from store.secrets import SecretCipher
-
-__version__ = "0.1.0"
+from confledger.store.log import Checkpoint, EventLog, PreparedConfig, StoredConfig, VerifyReport
+from confledger.store.secrets import SecretCipher
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -51,15 +53,18 @@ __all__ = [
     "Checkpoint",
     "ConcurrencyConflict",
     "ConfigLookupError",
+    "ConfledgerError",
     "EventLog",
     "EventPayload",
     "EventRegistry",
     "EventSchemaError",
     "InvalidDatabaseURL",
     "InvalidHashPrefix",
+    "LogError",
+    "LogNotFound",
+    "ModelImportError",
     "NewEvent",
-    "OperationError",
-    "OperationInProgress",
+    "NotAllowed",
     "OperationKind",
     "OperationStatus",
     "PreparedConfig",
@@ -70,15 +75,15 @@ __all__ = [
     "SecretCipher",
     "SecretKeyError",
     "ServiceOutcome",
+    "SetupError",
     "SourceError",
     "SourceNotAllowed",
-    "StoreError",
     "StoreUnavailable",
     "StoredConfig",
+    "TokenError",
     "Trigger",
     "UnknownConfigHash",
     "VerifyReport",
-    "__version__",
     "canonical_json",
     "config_hash",
     "sha256_hex",

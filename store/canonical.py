@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
-from store.errors import CanonicalizationError
+from confledger.store.errors import CanonicalizationError
 
 __all__ = [
     "GENESIS_HASH",

@@ -1,4 +1,4 @@
-"""Opening a database by URL, and translating driver errors into ``StoreError``s where they enter."""
+"""Opening a database by URL, and translating driver errors into ``ConfledgerError``s where they enter."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from store.canonical import canonical_json
-from store.errors import InvalidDatabaseURL, ReadOnlyStore, StoreError, StoreUnavailable
+from confledger.store.canonical import canonical_json
+from confledger.store.errors import ConfledgerError, InvalidDatabaseURL, ReadOnlyStore, StoreUnavailable
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -305,19 +305,19 @@ _DRIVER_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
 
 @contextlib.contextmanager
 def translate_errors(url: URL) -> Iterator[None]:
-    """Turn driver exceptions into ``StoreError``s with one-line messages that never show a password."""
+    """Turn driver exceptions into ``ConfledgerError``s with one-line messages that never show a password."""
     try:
         yield
     except _DRIVER_ERRORS as exc:
         raise _translated(url, exc) from exc
 
 
-def _translated(url: URL, exc: Exception) -> StoreError:
-    """The ``StoreError`` that a SQLAlchemy or driver exception stands for."""
+def _translated(url: URL, exc: Exception) -> ConfledgerError:
+    """The ``ConfledgerError`` that a SQLAlchemy or driver exception stands for."""
     if isinstance(exc, sa_exc.DBAPIError):
         return _translate(url, exc)
     if isinstance(exc, sa_exc.SQLAlchemyError):
-        return StoreError(f"database error on {describe_url(url)}: {type(exc).__name__}")
+        return ConfledgerError(f"database error on {describe_url(url)}: {type(exc).__name__}")
     # The append path talks to the driver directly; its errors get the same translation, wrapped the
     # way SQLAlchemy would have wrapped them.
     base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
@@ -333,7 +333,7 @@ def _first_line(exc: sa_exc.DBAPIError) -> str:
     return _redact_url_text(text[0]) if text else type(original).__name__
 
 
-def _translate(url: URL, exc: sa_exc.DBAPIError) -> StoreError:
+def _translate(url: URL, exc: sa_exc.DBAPIError) -> ConfledgerError:
     detail = _first_line(exc)
     lowered = detail.lower()
     where = describe_url(url)
@@ -361,5 +361,5 @@ def _translate(url: URL, exc: sa_exc.DBAPIError) -> StoreError:
         if "does not exist" in lowered and "database" in lowered:
             return StoreUnavailable(f"PostgreSQL database named in {where} does not exist: {detail}")
     if isinstance(exc, sa_exc.IntegrityError):
-        return StoreError(f"integrity error on {where}: {detail}", code="integrity_error")
+        return ConfledgerError(f"integrity error on {where}: {detail}", code="integrity_error")
     return StoreUnavailable(f"database error on {where}: {detail}")

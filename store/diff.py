@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from store.canonical import canonical_json
-from store.errors import CanonicalizationError
-from store.secrets import REDACTED, ConfigPath, dotted, redact
+from confledger.store.canonical import canonical_json
+from confledger.store.errors import CanonicalizationError
+from confledger.store.secrets import REDACTED, ConfigPath, dotted, redact
 
 __all__ = ["Change", "changed_paths", "diff_bodies"]
 

@@ -1,30 +1,39 @@
-"""Every error the write side raises.
+"""Every error confledger raises, in one tree.
 
-Driver errors (sqlite3, psycopg, SQLAlchemy) never leave ``store/``: they are translated here, where they
-enter, and chained with ``raise ... from exc`` so the cause stays visible in a debugger but never in a
-message shown to an operator.
+Driver errors (sqlite3, psycopg, SQLAlchemy) never leave ``store/``: they are translated where they
+enter and chained with ``raise ... from exc``, so the cause stays visible in a debugger but never in a
+message shown to an operator. Every class has a stable ``code`` (a reason code for API answers, events
+and scripts); ``str(exc)`` is a one-line message that never quotes a secret.
 
 The hierarchy::
 
-    StoreError                      base of everything below; ``code`` is a stable reason code
-    ├── StoreUnavailable            the database cannot be reached, opened or written
-    │   └── ReadOnlyStore           the database (or its file) refuses writes
-    ├── InvalidDatabaseURL          the URL cannot be parsed or names an unsupported backend
-    ├── SchemaError                 the database schema is not the one this code expects
-    │   └── SchemaTooNew            the database was migrated by a newer confledger
-    ├── ConcurrencyConflict         another ``config.applied`` landed since the caller's expected head
-    ├── ChainBroken                 ``verify()`` found a link that does not recompute
-    ├── EventSchemaError            a payload that its model (or its version) does not accept
-    ├── CanonicalizationError       a value with no canonical JSON form (NaN, Infinity, non-JSON types)
+    ConfledgerError                 root of everything below; ``code`` is a stable reason code
+    ├── LogError                    the event log and the database under it
+    │   ├── StoreUnavailable        the database cannot be reached, opened or written
+    │   │   └── ReadOnlyStore       the database (or its file) refuses writes
+    │   ├── InvalidDatabaseURL      the URL cannot be parsed or names an unsupported backend
+    │   ├── LogNotFound             there is no log where a read-only command was pointed
+    │   ├── SchemaError             the database schema is not the one this code expects
+    │   │   └── SchemaTooNew        the database was migrated by a newer confledger
+    │   ├── ChainBroken             ``verify()`` found a link that does not recompute
+    │   ├── EventSchemaError        a payload that its model (or its version) does not accept
+    │   └── ConcurrencyConflict     another ``config.applied`` landed since the caller's expected head
+    ├── SourceError                 a config source that cannot be read, parsed or hashed
+    │   └── CanonicalizationError   a value with no canonical JSON form (NaN, Infinity, non-JSON types)
+    ├── NotAllowed                  the caller, or the path it named, is not permitted
+    │   └── SourceNotAllowed        the path resolves outside the allow-listed directories
     ├── ConfigLookupError           a config hash reference that cannot be resolved
     │   ├── InvalidHashPrefix       not hex, or shorter than 7 digits
     │   ├── UnknownConfigHash       no stored config matches
     │   └── AmbiguousHashPrefix     more than one stored config matches
     ├── SecretKeyError              encrypted secrets exist but the key is missing or wrong
-    ├── SourceError                 a config source that cannot be read or parsed (``code`` says why)
-    │   └── SourceNotAllowed        the path resolves outside the allow-listed directories
-    └── OperationError              a reload or rollback that cannot start
-        └── OperationInProgress     another operation holds this instance's operation slot
+    └── SetupError                  a setting or argument the service cannot start with
+        ├── TokenError              a token setting that cannot be used (too short, unreadable file)
+        └── ModelImportError        ``--model module:Class`` does not name an importable pydantic model
+
+Each family means one thing, so a caller can catch by meaning: ``LogError`` is "the store is the
+problem, retry or page someone", ``SourceError`` is "fix the file", ``NotAllowed`` is "you may not",
+``ConfigLookupError`` is "no such config".
 """
 
 from __future__ import annotations
@@ -35,27 +44,31 @@ __all__ = [
     "ChainBroken",
     "ConcurrencyConflict",
     "ConfigLookupError",
+    "ConfledgerError",
     "EventSchemaError",
     "InvalidDatabaseURL",
     "InvalidHashPrefix",
-    "OperationError",
-    "OperationInProgress",
+    "LogError",
+    "LogNotFound",
+    "ModelImportError",
+    "NotAllowed",
     "ReadOnlyStore",
     "SchemaError",
     "SchemaTooNew",
     "SecretKeyError",
+    "SetupError",
     "SourceError",
     "SourceNotAllowed",
-    "StoreError",
     "StoreUnavailable",
+    "TokenError",
     "UnknownConfigHash",
 ]
 
 
-class StoreError(Exception):
+class ConfledgerError(Exception):
     """Base class; ``code`` is a stable machine-readable reason, ``str(exc)`` a one-line message."""
 
-    code: str = "store_error"
+    code: str = "confledger_error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -67,7 +80,14 @@ class StoreError(Exception):
         return str(self.args[0]) if self.args else self.code
 
 
-class StoreUnavailable(StoreError):
+# --- the log and its database ------------------------------------------------------------------------
+
+
+class LogError(ConfledgerError):
+    code = "log_error"
+
+
+class StoreUnavailable(LogError):
     code = "store_unavailable"
 
 
@@ -75,11 +95,15 @@ class ReadOnlyStore(StoreUnavailable):
     code = "store_read_only"
 
 
-class InvalidDatabaseURL(StoreError):
+class InvalidDatabaseURL(LogError):
     code = "invalid_database_url"
 
 
-class SchemaError(StoreError):
+class LogNotFound(LogError):
+    code = "log_not_found"
+
+
+class SchemaError(LogError):
     code = "schema_error"
 
 
@@ -87,7 +111,19 @@ class SchemaTooNew(SchemaError):
     code = "schema_too_new"
 
 
-class ConcurrencyConflict(StoreError):
+class ChainBroken(LogError):
+    code = "chain_broken"
+
+    def __init__(self, message: str, *, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class EventSchemaError(LogError):
+    code = "event_schema_error"
+
+
+class ConcurrencyConflict(LogError):
     code = "concurrency_conflict"
 
     def __init__(self, message: str, *, expected_head: int, conflicting_position: int) -> None:
@@ -96,23 +132,46 @@ class ConcurrencyConflict(StoreError):
         self.conflicting_position = conflicting_position
 
 
-class ChainBroken(StoreError):
-    code = "chain_broken"
-
-    def __init__(self, message: str, *, position: int) -> None:
-        super().__init__(message)
-        self.position = position
+# --- config sources ----------------------------------------------------------------------------------
 
 
-class EventSchemaError(StoreError):
-    code = "event_schema_error"
+class SourceError(ConfledgerError):
+    """A config source was refused; ``code`` is one of the reason codes in ``confledger.store.sources``."""
+
+    code = "source_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        input_sha256: str | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.input_sha256 = input_sha256
+        self.size_bytes = size_bytes
 
 
-class CanonicalizationError(StoreError, ValueError):
+class CanonicalizationError(SourceError, ValueError):
     code = "not_canonicalizable"
 
 
-class ConfigLookupError(StoreError, LookupError):
+# --- permission --------------------------------------------------------------------------------------
+
+
+class NotAllowed(ConfledgerError):
+    code = "not_allowed"
+
+
+class SourceNotAllowed(NotAllowed):
+    code = "source_not_allowed"
+
+
+# --- lookups -----------------------------------------------------------------------------------------
+
+
+class ConfigLookupError(ConfledgerError, LookupError):
     code = "config_lookup_error"
 
 
@@ -132,40 +191,20 @@ class AmbiguousHashPrefix(ConfigLookupError):
         self.candidates = candidates
 
 
-class SecretKeyError(StoreError):
+# --- keys and setup ----------------------------------------------------------------------------------
+
+
+class SecretKeyError(ConfledgerError):
     code = "secret_key_error"
 
 
-class SourceError(StoreError):
-    """A config source was refused; ``code`` is one of the reason codes in ``store.sources``."""
-
-    code = "source_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str,
-        input_sha256: str | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code)
-        self.input_sha256 = input_sha256
-        self.size_bytes = size_bytes
+class SetupError(ConfledgerError):
+    code = "setup_error"
 
 
-class SourceNotAllowed(SourceError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="source_not_allowed")
+class TokenError(SetupError, ValueError):
+    code = "token_error"
 
 
-class OperationError(StoreError):
-    code = "operation_error"
-
-
-class OperationInProgress(OperationError):
-    code = "operation_in_progress"
-
-    def __init__(self, message: str, *, running_operation_id: str | None) -> None:
-        super().__init__(message)
-        self.running_operation_id = running_operation_id
+class ModelImportError(SetupError, ValueError):
+    code = "model_import_error"

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from store.errors import EventSchemaError
+from confledger.store.errors import EventSchemaError
 
 __all__ = [
     "DEFAULT_REGISTRY",

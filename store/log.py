@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from store import migrate
-from store.canonical import (
+from confledger.store import migrate
+from confledger.store.canonical import (
     GENESIS_HASH,
     canonical_bytes,
     canonical_json,
@@ -29,7 +29,7 @@ from store.canonical import (
     config_hash,
     sha256_hex,
 )
-from store.database import (
+from confledger.store.database import (
     DEFAULT_DATABASE_URL,
     SqliteSynchronous,
     WriterConnection,
@@ -38,18 +38,18 @@ from store.database import (
     normalize_url,
     translate_errors,
 )
-from store.errors import (
+from confledger.store.errors import (
     AmbiguousHashPrefix,
     ChainBroken,
     ConcurrencyConflict,
+    ConfledgerError,
     InvalidHashPrefix,
-    StoreError,
     UnknownConfigHash,
 )
-from store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
-from store.ids import uuid7_texts
-from store.schema import config_versions, events, projection_checkpoints
-from store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
+from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
+from confledger.store.ids import uuid7_texts
+from confledger.store.schema import config_versions, events, projection_checkpoints
+from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
 
 __all__ = [
     "Checkpoint",
@@ -744,7 +744,7 @@ class EventLog:
             )
         if len(tail) >= _OPEN_OPERATIONS_REFOLD:
             # A cache, not the log: failing to write it (a read-only replica) only costs the next caller time.
-            with contextlib.suppress(StoreError):
+            with contextlib.suppress(ConfledgerError):
                 self.save_checkpoint(
                     Checkpoint(
                         name=_OPEN_OPERATIONS,

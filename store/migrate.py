@@ -7,7 +7,6 @@ create it: the second waits, then finds the schema already at head.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -18,9 +17,9 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from store.database import describe_url, translate_errors, write_transaction
-from store.errors import SchemaError, SchemaTooNew
-from store.schema import metadata
+from confledger.store.database import describe_url, translate_errors, write_transaction
+from confledger.store.errors import SchemaError, SchemaTooNew
+from confledger.store.schema import metadata
 
 __all__ = [
     "alembic_config",
@@ -34,12 +33,13 @@ __all__ = [
 
 
 def _script_location() -> Path:
-    # Found by import machinery rather than a path relative to this file, so an installed wheel and an
-    # editable checkout resolve the same way; store/ still imports no project code.
-    spec = importlib.util.find_spec("migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise SchemaError("the migrations package is not installed next to store/")
-    return Path(next(iter(spec.submodule_search_locations)))
+    # By location, never by package name: a user's own ``migrations`` package (every Alembic or Django
+    # project has one) must not be mistaken for ours. The revisions sit beside this package in a checkout
+    # (store/ and migrations/ at the root) and in the wheel (confledger/store, confledger/migrations).
+    location = Path(__file__).resolve().parent.parent / "migrations"
+    if not (location / "env.py").is_file():
+        raise SchemaError(f"confledger's Alembic revisions are missing: no env.py in {location}")
+    return location
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

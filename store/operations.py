@@ -32,10 +32,16 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import NO_SPANS, CallOutcome, SyncCall, span_starter
-from store.diff import changed_paths
-from store.errors import ConcurrencyConflict, ConfigLookupError, SecretKeyError, SourceError, StoreError
-from store.events import (
+from confledger.store.batch import NO_SPANS, CallOutcome, SyncCall, span_starter
+from confledger.store.diff import changed_paths
+from confledger.store.errors import (
+    ConcurrencyConflict,
+    ConfigLookupError,
+    ConfledgerError,
+    SecretKeyError,
+    SourceError,
+)
+from confledger.store.events import (
     ConfigApplied,
     ConfigLoaded,
     ConfigLoadFailed,
@@ -57,17 +63,17 @@ from store.events import (
     ValidationFailed,
     ValidationPassed,
 )
-from store.ids import uuid7
-from store.log import EventLog, PreparedConfig
-from store.outcome import ReloadOperation, build_operation
-from store.secrets import ConfigPath, find_secret_paths
-from store.services import NotifyResult, ServiceRegistry, ServiceSpec
-from store.sources import LoadedSource, load_source
-from store.validation import ValidationOutcome, ValidationPipeline, values_at
+from confledger.store.ids import uuid7
+from confledger.store.log import EventLog, PreparedConfig
+from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.secrets import ConfigPath, find_secret_paths
+from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec
+from confledger.store.sources import LoadedSource, load_source
+from confledger.store.validation import ValidationOutcome, ValidationPipeline, values_at
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
-logger = logging.getLogger("store.operations")
+logger = logging.getLogger(__name__)
 
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
@@ -286,7 +292,7 @@ class OperationRunner:
         stored = self.log.get_config(applied.payload.hash)
         config, normalised, errors = self.pipeline.parse(stored.body)
         if config is None or normalised is None:
-            raise StoreError(
+            raise ConfledgerError(
                 f"the current config {applied.payload.hash[:16]} in the log no longer passes the config model "
                 f"({'; '.join(errors[:3])}); fix the model or roll back with the CLI",
                 code="current_config_invalid",

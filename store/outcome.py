@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.events import (
+from confledger.store.events import (
     ConfigApplied,
     ConfigLoaded,
     ConfigLoadFailed,

@@ -19,8 +19,8 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from store.canonical import canonical_json
-from store.errors import SecretKeyError
+from confledger.store.canonical import canonical_json
+from confledger.store.errors import SecretKeyError
 
 __all__ = [
     "REDACTED",

@@ -18,9 +18,9 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
-from store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then, span_starter
-from store.events import ServiceOutcome
-from store.validation import scrub
+from confledger.store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then, span_starter
+from confledger.store.events import ServiceOutcome
+from confledger.store.validation import scrub
 
 __all__ = ["Notified", "NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec"]
 

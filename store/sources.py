@@ -78,7 +78,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from store.errors import SourceError, SourceNotAllowed
+from confledger.store.errors import SourceError, SourceNotAllowed
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -18,9 +18,16 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from store.batch import NO_SPANS, CallOutcome, SyncCall, finish_awaitable, run_in_worker, span_starter
-from store.canonical import config_hash
-from store.secrets import ConfigPath, find_secret_paths
+from confledger.store.batch import (
+    NO_SPANS,
+    CallOutcome,
+    SyncCall,
+    finish_awaitable,
+    run_in_worker,
+    span_starter,
+)
+from confledger.store.canonical import config_hash
+from confledger.store.secrets import ConfigPath, find_secret_paths
 
 __all__ = [
     "ConfigValidator",

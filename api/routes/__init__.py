@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import audit, file_watch, health, operations, status, versions
-from api.schemas import ErrorResponse
+from confledger.api.routes import audit, file_watch, health, operations, status, versions
+from confledger.api.schemas import ErrorResponse
 
 __all__ = ["build_config_router", "health"]
 

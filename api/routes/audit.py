@@ -8,8 +8,8 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import ReaderCaller, ReloaderDep
-from api.schemas import (
+from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.schemas import (
     MAX_POSITION,
     ErrorResponse,
     EventOut,
@@ -18,7 +18,7 @@ from api.schemas import (
     TimelineResponse,
     VerifyResponse,
 )
-from projections.timeline import incident_replay
+from confledger.projections.timeline import incident_replay
 
 __all__ = ["router"]
 

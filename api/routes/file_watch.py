@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import AdminCaller, ReloaderDep
-from api.schemas import ErrorResponse, FileWatchDisabledResponse, FileWatchEnabledResponse
+from confledger.api.deps import AdminCaller, ReloaderDep
+from confledger.api.schemas import ErrorResponse, FileWatchDisabledResponse, FileWatchEnabledResponse
 
 __all__ = ["router"]
 

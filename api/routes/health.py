@@ -6,7 +6,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from store import StoreError
+from confledger.store import ConfledgerError
 
 __all__ = ["router"]
 
@@ -31,6 +31,6 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         with anyio.fail_after(2.0):
             await anyio.to_thread.run_sync(reloader.log.head, abandon_on_cancel=True)
-    except (StoreError, TimeoutError):
+    except (ConfledgerError, TimeoutError):
         return JSONResponse({"status": "event log unreachable"}, status_code=503)
     return JSONResponse({"status": "ready", "config_hash": reloader.current.short_hash})

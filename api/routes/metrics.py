@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import Response
 
-from api.deps import LifecycleDep, ReaderCaller
+from confledger.api.deps import LifecycleDep, ReaderCaller
 
 __all__ = ["router"]
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
-from api.errors import STATUS_BY_CODE
-from api.schemas import (
+from confledger.api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
+from confledger.api.errors import STATUS_BY_CODE
+from confledger.api.schemas import (
     MAX_POSITION,
     ErrorResponse,
     EventOut,
@@ -21,10 +21,10 @@ from api.schemas import (
     ReloadRequest,
     RollbackRequest,
 )
-from api.telemetry import caller_trace_context
-from store import OperationKind, SourceNotAllowed, Trigger
-from store.outcome import ReloadOperation, ReloadStatus, build_operation
-from store.sources import resolve_source
+from confledger.api.telemetry import caller_trace_context
+from confledger.store import OperationKind, SourceNotAllowed, Trigger
+from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
+from confledger.store.sources import resolve_source
 
 __all__ = ["router"]
 

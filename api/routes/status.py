@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Query
 
-from api.deps import LifecycleDep, ReaderCaller, ReloaderDep
-from api.schemas import BackupsResponse, ReloadStatistics, StatusResponse, short
+from confledger.api.deps import LifecycleDep, ReaderCaller, ReloaderDep
+from confledger.api.schemas import BackupsResponse, ReloadStatistics, StatusResponse, short
 
 __all__ = ["router"]
 

@@ -8,14 +8,21 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as PathParam
 
-from api.deps import ReaderCaller, ReloaderDep
-from api.errors import http_error
-from api.schemas import ChangeOut, CurrentResponse, DiffResponse, ErrorResponse, VersionResponse, short
-from projections.timeline import diff_configs
-from store import StoreError
-from store.log import StoredConfig
-from store.secrets import find_secret_paths, redact
-from store.validation import dump_revealed
+from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.errors import http_error
+from confledger.api.schemas import (
+    ChangeOut,
+    CurrentResponse,
+    DiffResponse,
+    ErrorResponse,
+    VersionResponse,
+    short,
+)
+from confledger.projections.timeline import diff_configs
+from confledger.store import ConfledgerError
+from confledger.store.log import StoredConfig
+from confledger.store.secrets import find_secret_paths, redact
+from confledger.store.validation import dump_revealed
 
 __all__ = ["router"]
 
@@ -52,7 +59,7 @@ async def version(config_hash: HashPath, reloader: ReloaderDep, _caller: ReaderC
 
     try:
         stored, applied = await anyio.to_thread.run_sync(load)
-    except StoreError as exc:
+    except ConfledgerError as exc:
         raise http_error(exc) from None
     return VersionResponse.of(stored, applied=applied)
 
@@ -74,6 +81,6 @@ async def diff(
 
     try:
         old, new, changes = await anyio.to_thread.run_sync(compute)
-    except StoreError as exc:
+    except ConfledgerError as exc:
         raise http_error(exc) from None
     return DiffResponse(from_hash=short(old) or "", to_hash=short(new) or "", changes=changes)

@@ -37,8 +37,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from store import EventLog, NewEvent, ServiceOutcome
-from store.events import ServiceNotified
+from confledger.store import EventLog, NewEvent, ServiceOutcome
+from confledger.store.events import ServiceNotified
 
 TARGET_RATIO = 0.6
 WARMUP_APPENDS = 20

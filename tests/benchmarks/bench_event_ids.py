@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from store.ids import uuid7  # noqa: E402
+from confledger.store.ids import uuid7  # noqa: E402
 from tests.benchmarks.bench_append import events_table_ddl  # noqa: E402
 
 RELOAD = (

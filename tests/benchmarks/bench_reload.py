@@ -50,11 +50,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(ROOT))
 
-import store.batch  # noqa: E402
-import store.operations  # noqa: E402
-from api.reloader import ConfigReloader  # noqa: E402
-from examples.app_config import VALIDATORS, AppConfig  # noqa: E402
-from store import EventLog, SecretCipher  # noqa: E402
+from confledger import store  # noqa: E402
+from confledger.api.reloader import ConfigReloader  # noqa: E402
+from confledger.examples.app_config import VALIDATORS, AppConfig  # noqa: E402
+from confledger.store import EventLog, SecretCipher  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "config.yaml"
 TARGET_P50_MS = 2.0

@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` and ``tests`` importable
     sys.path.insert(0, str(ROOT))
 
-from api.reloader import ConfigReloader  # noqa: E402
-from examples.app_config import VALIDATORS, AppConfig  # noqa: E402
-from store import EventLog, SecretCipher  # noqa: E402
-from store.schema import projection_checkpoints  # noqa: E402
+from confledger.api.reloader import ConfigReloader  # noqa: E402
+from confledger.examples.app_config import VALIDATORS, AppConfig  # noqa: E402
+from confledger.store import EventLog, SecretCipher  # noqa: E402
+from confledger.store.schema import projection_checkpoints  # noqa: E402
 from tests.benchmarks.logbuilder import build_log  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

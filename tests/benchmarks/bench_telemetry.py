@@ -49,10 +49,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from api.reloader import ConfigReloader
-from api.telemetry import Telemetry
-from store import EventLog, SecretCipher, Trigger
-from store.services import ServiceRegistry
+from confledger.api.reloader import ConfigReloader
+from confledger.api.telemetry import Telemetry
+from confledger.store import EventLog, SecretCipher, Trigger
+from confledger.store.services import ServiceRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
@@ -65,7 +65,7 @@ def example_model() -> tuple[type[Any], list[Any]]:
     """``examples`` is not an installed package: import it from the repository this script lives in."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from examples.app_config import VALIDATORS, AppConfig
+    from confledger.examples.app_config import VALIDATORS, AppConfig
 
     return AppConfig, list(VALIDATORS)
 

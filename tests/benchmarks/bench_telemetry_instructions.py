@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from api.tracing import LeanTracer
-from store import Trigger
+from confledger.api.tracing import LeanTracer
+from confledger.store import Trigger
 
 MODES = ("off", "plumbing", "ours", "sdk")
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, NewEvent, ServiceOutcome, Trigger
-from store.diff import changed_paths
-from store.events import (
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, NewEvent, ServiceOutcome, Trigger
+from confledger.store.diff import changed_paths
+from confledger.store.events import (
     ConfigApplied,
     ConfigLoaded,
     EventPayload,
@@ -37,9 +37,9 @@ from store.events import (
     ServiceNotified,
     ValidationPassed,
 )
-from store.log import PreparedConfig
-from store.secrets import find_secret_paths
-from store.validation import ValidationPipeline
+from confledger.store.log import PreparedConfig
+from confledger.store.secrets import find_secret_paths
+from confledger.store.validation import ValidationPipeline
 
 __all__ = [
     "EVENTS_PER_OPERATION",

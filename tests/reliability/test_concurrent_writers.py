@@ -11,8 +11,8 @@ from multiprocessing.synchronize import Barrier
 
 import pytest
 
-from store import EventLog, NewEvent
-from store.events import InstanceStarted
+from confledger.store import EventLog, NewEvent
+from confledger.store.events import InstanceStarted
 
 WRITERS = 4
 APPENDS_PER_WRITER = max(1, round(500 * float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))))
@@ -29,7 +29,12 @@ def append_many(url: str, writer: int, appends: int, start: Barrier) -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_writer_processes_leave_a_gap_free_verified_log(database_url: str) -> None:
+def test_concurrent_writer_processes_leave_a_gap_free_verified_log(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config
+) -> None:
+    # A spawned child imports this module by name to find ``append_many``: it needs the repository root
+    # (where ``tests`` lives) on its path, which the importlib import mode does not give the parent.
+    monkeypatch.syspath_prepend(str(pytestconfig.rootpath))
     # Migrate once here, so the children only contend for appends.
     with EventLog(database_url, instance_id="parent"):
         pass
@@ -77,9 +82,9 @@ def test_threads_sharing_one_log_and_a_second_writer_interleave_without_gaps(dat
     # All of them must still exclude each other, and a failing append must not poison the connection.
     import threading
 
-    from store import ConcurrencyConflict, config_hash
-    from store.events import ConfigApplied
-    from store.log import Checkpoint
+    from confledger.store import ConcurrencyConflict, config_hash
+    from confledger.store.events import ConfigApplied
+    from confledger.store.log import Checkpoint
 
     threads = 4
     appends = max(1, APPENDS_PER_WRITER // 5)

@@ -32,14 +32,14 @@ from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from api.reloader import ConfigReloader, ReloadOperation, ReloadStatus
-from examples.app_config import VALIDATORS, AppConfig
-from projections.backups import BackupsProjection
-from projections.history import HistoryProjection
-from projections.stats import StatsProjection
-from store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
-from store.events import ConfigApplied, OperationStarted
-from store.validation import dump_revealed
+from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.history import HistoryProjection
+from confledger.projections.stats import StatsProjection
+from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
+from confledger.store.events import ConfigApplied, OperationStarted
+from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
 
 SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))

@@ -22,12 +22,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
-from api.reloader import ConfigReloader
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, SecretCipher, config_hash
-from store.services import ServiceRegistry
-from store.validation import dump_revealed
+from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
+from confledger.api.reloader import ConfigReloader
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, SecretCipher, config_hash
+from confledger.store.services import ServiceRegistry
+from confledger.store.validation import dump_revealed
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_CONFIG = REPO / "examples" / "config.yaml"

@@ -28,14 +28,14 @@ from fastapi import FastAPI
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from api import cli
-from api.lifecycle import resolve_cipher, setup_configuration_lifecycle
-from api.reloader import ConfigReloader
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
-from store.events import OperationStarted
-from store.schema import events, projection_checkpoints
-from store.services import ServiceRegistry
+from confledger.api import cli
+from confledger.api.lifecycle import resolve_cipher, setup_configuration_lifecycle
+from confledger.api.reloader import ConfigReloader
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
+from confledger.store.events import OperationStarted
+from confledger.store.schema import events, projection_checkpoints
+from confledger.store.services import ServiceRegistry
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASE: dict[str, Any] = yaml.safe_load((EXAMPLES / "config.yaml").read_text(encoding="utf-8"))

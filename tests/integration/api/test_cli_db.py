@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from store import __version__
-from store import migrate as store_migrate
+from confledger import __version__
+from confledger.store import migrate as store_migrate
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 HEAD = store_migrate.head_revision()

@@ -21,10 +21,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.lifecycle import setup_configuration_lifecycle
-from examples.app_config import AppConfig
-from store.outcome import build_operation
-from store.schema import config_versions
+from confledger.api.lifecycle import setup_configuration_lifecycle
+from confledger.examples.app_config import AppConfig
+from confledger.store.outcome import build_operation
+from confledger.store.schema import config_versions
 from tests.integration.api.service_harness import (
     ADMIN_TOKEN,
     FIRECRAWL_KEY,

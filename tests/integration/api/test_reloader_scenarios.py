@@ -24,11 +24,11 @@ import sqlalchemy as sa
 import yaml
 from anyio import wait_all_tasks_blocked
 
-from api.reloader import ConfigReloader, ReloadOperation, ReloadStatus, ReloadTrigger
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
-from store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
-from store.validation import dump_revealed
+from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus, ReloadTrigger
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
+from confledger.store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
+from confledger.store.validation import dump_revealed
 
 pytestmark = pytest.mark.anyio
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import anyio
 
-from api.reloader import ConfigReloader
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, SecretCipher
+from confledger.api.reloader import ConfigReloader
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, SecretCipher
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config.yaml"
 

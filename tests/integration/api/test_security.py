@@ -27,11 +27,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from api.lifecycle import setup_configuration_lifecycle
-from api.security import TokenError
-from examples.app_config import VALIDATORS, AppConfig
-from store import SecretCipher, SecretKeyError
-from store.services import ServiceRegistry
+from confledger.api.lifecycle import setup_configuration_lifecycle
+from confledger.api.security import TokenError
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import SecretCipher, SecretKeyError
+from confledger.store.services import ServiceRegistry
 from tests.integration.api.service_harness import (
     ADMIN_TOKEN,
     BASE,

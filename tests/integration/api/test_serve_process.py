@@ -105,7 +105,7 @@ def confledger_serve(
         "--config",
         str(config),
         "--model",
-        "examples.app_config:AppConfig",
+        "confledger.examples.app_config:AppConfig",
         "--port",
         str(port),
         *arguments,

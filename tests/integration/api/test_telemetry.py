@@ -37,14 +37,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import telemetry as telemetry_module
-from api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
-from api.logs import JsonFormatter
-from api.reloader import ConfigReloader
-from api.telemetry import METRIC_NAMES, Telemetry
-from examples.app_config import VALIDATORS, AppConfig
-from store.events import OperationStarted, ServiceNotified
-from store.services import ServiceRegistry
+from confledger.api import telemetry as telemetry_module
+from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
+from confledger.api.logs import JsonFormatter
+from confledger.api.reloader import ConfigReloader
+from confledger.api.telemetry import METRIC_NAMES, Telemetry
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store.events import OperationStarted, ServiceNotified
+from confledger.store.services import ServiceRegistry
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASE: dict[str, Any] = yaml.safe_load((EXAMPLES / "config.yaml").read_text(encoding="utf-8"))
@@ -796,8 +796,7 @@ def test_one_structured_log_line_per_operation_and_no_secrets(
 ) -> None:
     # configure_logging() (run by any test that starts `confledger serve` in-process) stops propagation;
     # caplog listens on the root logger.
-    for name in ("store", "api", "projections"):
-        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("confledger"), "propagate", True)
     caplog.set_level(logging.DEBUG)
 
     def leaky_validator(config: AppConfig) -> dict[str, list[str]]:
@@ -826,7 +825,9 @@ def test_one_structured_log_line_per_operation_and_no_secrets(
         operation_ids = {op.operation_id for op in history}
         assert len(operation_ids) == 5  # startup + the four above
 
-    structured = [r for r in caplog.records if r.name == "store.operations" and hasattr(r, "confledger")]
+    structured = [
+        r for r in caplog.records if r.name == "confledger.store.operations" and hasattr(r, "confledger")
+    ]
     per_operation = Counter(r.confledger["operation_id"] for r in structured)
     assert set(per_operation) == operation_ids
     assert set(per_operation.values()) == {1}
@@ -846,7 +847,7 @@ def test_one_structured_log_line_per_operation_and_no_secrets(
         line = formatter.format(record)
         assert "\n" not in line
         entry = json.loads(line)
-        assert entry["logger"] == "store.operations"
+        assert entry["logger"] == "confledger.store.operations"
         assert entry["operation_id"] == operation.operation_id
         assert entry["trace_id"] == operation.trace_id
         assert entry["status"] == operation.status.value

@@ -38,12 +38,12 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from api.reloader import ConfigReloader
-from api.telemetry import Telemetry
-from api.tracing import LeanTracer, _samples_every_sampled_local_child
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, SecretCipher, Trigger
-from store.services import ServiceRegistry
+from confledger.api.reloader import ConfigReloader
+from confledger.api.telemetry import Telemetry
+from confledger.api.tracing import LeanTracer, _samples_every_sampled_local_child
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, SecretCipher, Trigger
+from confledger.store.services import ServiceRegistry
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 # Fields that differ between two runs of the same thing: ids and clocks.

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 from fastapi.testclient import TestClient
 
-from api import lifecycle as lifecycle_module
+from confledger.api import lifecycle as lifecycle_module
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "examples" / "config.yaml"
 TOKEN = "embedded-example-admin-token-0123"
@@ -27,12 +27,12 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     # The example registers its callbacks at import, into the process-wide registry: start clean.
     for name in ("database_pool", "response_cache"):
         lifecycle_module.unregister_config_callback(name)
-    sys.modules.pop("examples.embedded_app", None)
-    module = importlib.import_module("examples.embedded_app")
+    sys.modules.pop("confledger.examples.embedded_app", None)
+    module = importlib.import_module("confledger.examples.embedded_app")
     try:
         yield module, source
     finally:
-        sys.modules.pop("examples.embedded_app", None)
+        sys.modules.pop("confledger.examples.embedded_app", None)
         for name in ("database_pool", "response_cache"):
             lifecycle_module.unregister_config_callback(name)
 

@@ -25,14 +25,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.reloader import ConfigReloader, ReloadOperation, ReloadStatus
-from examples.app_config import VALIDATORS, AppConfig
-from store import CanonicalizationError, EventLog, NewEvent, OperationKind, SecretCipher, Trigger
-from store.canonical import canonical_json
-from store.events import OperationCompleted, OperationStarted, OperationStatus
-from store.log import _chain_hash_of_text, chain_hash
-from store.outcome import build_operation
-from store.schema import projection_checkpoints
+from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import CanonicalizationError, EventLog, NewEvent, OperationKind, SecretCipher, Trigger
+from confledger.store.canonical import canonical_json
+from confledger.store.events import OperationCompleted, OperationStarted, OperationStatus
+from confledger.store.log import _chain_hash_of_text, chain_hash
+from confledger.store.outcome import build_operation
+from confledger.store.schema import projection_checkpoints
 
 pytestmark = pytest.mark.anyio
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from api.reloader import ConfigReloader
-from examples.app_config import VALIDATORS, AppConfig
-from store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
-from store.events import ConfigLoadFailed, OperationCompleted, OperationStarted, OperationStatus
+from confledger.api.reloader import ConfigReloader
+from confledger.examples.app_config import VALIDATORS, AppConfig
+from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
+from confledger.store.events import ConfigLoadFailed, OperationCompleted, OperationStarted, OperationStatus
 from tests.benchmarks.logbuilder import EVENTS_PER_OPERATION, BuiltLog, build_log
 
 pytestmark = pytest.mark.anyio

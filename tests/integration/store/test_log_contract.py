@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from store import (
+from confledger.store import (
     DEFAULT_REGISTRY,
     GENESIS_HASH,
     AmbiguousHashPrefix,
@@ -36,8 +36,8 @@ from store import (
     UnknownConfigHash,
     config_hash,
 )
-from store.canonical import canonical_bytes
-from store.events import (
+from confledger.store.canonical import canonical_bytes
+from confledger.store.events import (
     ConfigApplied,
     InstanceStarted,
     OperationCompleted,

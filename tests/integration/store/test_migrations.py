@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from store import EventLog, NewEvent, SchemaTooNew
-from store import migrate as store_migrate
-from store.database import create_store_engine, normalize_url
-from store.events import InstanceStarted
+from confledger.store import EventLog, NewEvent, SchemaTooNew
+from confledger.store import migrate as store_migrate
+from confledger.store.database import create_store_engine, normalize_url
+from confledger.store.events import InstanceStarted
 
 LOG_TABLES = {"events", "config_versions", "projection_checkpoints"}
 AUDIT_VIEWS = {"operations", "config_history"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from store import ChainBroken, Checkpoint, EventLog, NewEvent, VerifyReport
-from store.events import InstanceStarted
-from store.log import chain_hash
-from store.schema import events
+from confledger.store import ChainBroken, Checkpoint, EventLog, NewEvent, VerifyReport
+from confledger.store.events import InstanceStarted
+from confledger.store.log import chain_hash
+from confledger.store.schema import events
 
 EVENTS_IN_LOG = 6
 TAMPERED = 3  # a middle position: neither the first link nor the head

@@ -1,5 +1,5 @@
 """The append path's transaction (``WriterConnection.transaction``) when something fails inside it: driver
-errors come out as ``StoreError``s, anything else as itself, nothing of the batch is written, and the
+errors come out as ``ConfledgerError``s, anything else as itself, nothing of the batch is written, and the
 writer's lock is free for the next append. Run against SQLite and PostgreSQL (the ``log`` fixture)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from store import EventLog, NewEvent, StoreError, StoreUnavailable
-from store.events import ConfigApplied, InstanceStarted
+from confledger.store import ConfledgerError, EventLog, NewEvent, StoreUnavailable
+from confledger.store.events import ConfigApplied, InstanceStarted
 
 
 def started(pid: int = 1) -> NewEvent:
@@ -77,7 +77,7 @@ def test_any_other_exception_inside_the_transaction_comes_out_as_itself(
     with pytest.raises(type(error)) as caught:
         log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
     assert caught.value is error
-    assert not isinstance(caught.value, StoreError)
+    assert not isinstance(caught.value, ConfledgerError)
     monkeypatch.undo()
     assert_nothing_written_and_writer_free(log, head=1)
 

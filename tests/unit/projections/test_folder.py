@@ -13,19 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.backups import BackupsProjection
-from projections.base import Folder, Handler, Projection
-from projections.current import CurrentProjection
-from projections.history import HistoryProjection
-from projections.runner import ProjectionSet
-from projections.stats import StatsProjection
-from projections.timeline import as_of
-from store.events import (
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.base import Folder, Handler, Projection
+from confledger.projections.current import CurrentProjection
+from confledger.projections.history import HistoryProjection
+from confledger.projections.runner import ProjectionSet
+from confledger.projections.stats import StatsProjection
+from confledger.projections.timeline import as_of
+from confledger.store.events import (
     ConfigApplied,
     EventPayload,
     RecordedEvent,
 )
-from store.log import Checkpoint, EventLog
+from confledger.store.log import Checkpoint, EventLog
 from tests.unit.projections.test_projections import EVENTS, FACTORIES, materialize, op, plain, views
 
 NAMES = list(FACTORIES)

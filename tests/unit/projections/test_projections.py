@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from projections.backups import BackupsProjection
-from projections.base import Projection, event_from_state, event_to_state
-from projections.current import CurrentProjection
-from projections.history import HistoryProjection
-from projections.stats import StatsProjection
-from store.events import (
+from confledger.projections.backups import BackupsProjection
+from confledger.projections.base import Projection, event_from_state, event_to_state
+from confledger.projections.current import CurrentProjection
+from confledger.projections.history import HistoryProjection
+from confledger.projections.stats import StatsProjection
+from confledger.store.events import (
     ConfigApplied,
     ConfigLoaded,
     ConfigRolledBack,
@@ -36,7 +36,7 @@ from store.events import (
     ValidationFailed,
     ValidationPassed,
 )
-from store.outcome import ReloadStatus
+from confledger.store.outcome import ReloadStatus
 
 H1, H2, H3, H4 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

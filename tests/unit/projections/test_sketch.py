@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.sketch import QuantileSketch
+from confledger.projections.sketch import QuantileSketch
 
 durations = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 quantiles = st.floats(min_value=0.0, max_value=1.0)

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import store.batch
-from store.batch import CallOutcome, SyncCall, run_in_worker
+from confledger import store
+from confledger.store.batch import CallOutcome, SyncCall, run_in_worker
 
 pytestmark = pytest.mark.anyio
 

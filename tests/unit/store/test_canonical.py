@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from store.canonical import (
+from confledger.store.canonical import (
     GENESIS_HASH,
     _keys_are_plain,
     _reject_non_finite,
@@ -24,8 +24,8 @@ from store.canonical import (
     config_hash,
     sha256_hex,
 )
-from store.errors import CanonicalizationError
-from store.log import chain_hash
+from confledger.store.errors import CanonicalizationError
+from confledger.store.log import chain_hash
 
 # --- strategies -----------------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store import canonical_json, config_hash
-from store.diff import Change, _same, _same_texts, _walk, changed_paths, diff_bodies
-from store.secrets import REDACTED, dotted
+from confledger.store import canonical_json, config_hash
+from confledger.store.diff import Change, _same, _same_texts, _walk, changed_paths, diff_bodies
+from confledger.store.secrets import REDACTED, dotted
 
 OLD: dict[str, Any] = {
     "app": "docs",

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-import store.ids
-from store.ids import uuid7, uuid7_texts
+from confledger import store
+from confledger.store.ids import uuid7, uuid7_texts
 
 
 def test_layout_is_version_7_rfc_variant_and_the_current_millisecond() -> None:

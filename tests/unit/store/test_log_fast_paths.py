@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import store.log
-from store.canonical import GENESIS_HASH, canonical_json
-from store.errors import CanonicalizationError
-from store.log import _chain_hash_of_text, _timestamp, chain_hash
+from confledger import store
+from confledger.store.canonical import GENESIS_HASH, canonical_json
+from confledger.store.errors import CanonicalizationError
+from confledger.store.log import _chain_hash_of_text, _timestamp, chain_hash
 
 # --- the chain hash of an envelope whose payload is already text -----------------------------------------
 

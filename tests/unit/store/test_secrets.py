@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from store import secrets
-from store.canonical import canonical_json
-from store.errors import SecretKeyError
-from store.secrets import (
+from confledger.store import secrets
+from confledger.store.canonical import canonical_json
+from confledger.store.errors import SecretKeyError
+from confledger.store.secrets import (
     REDACTED,
     SEALED_MARKER,
     SecretCipher,

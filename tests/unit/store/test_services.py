@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ServiceOutcome
-from store.services import NotifyResult, ServiceRegistry
+from confledger.store import ServiceOutcome
+from confledger.store.services import NotifyResult, ServiceRegistry
 
 pytestmark = pytest.mark.anyio
 

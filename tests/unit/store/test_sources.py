@@ -21,9 +21,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import sources
-from store.errors import SourceError, SourceNotAllowed
-from store.sources import (
+from confledger.store import sources
+from confledger.store.errors import NotAllowed, SourceError, SourceNotAllowed
+from confledger.store.sources import (
     MAX_DEPTH,
     MAX_INT_DIGITS,
     REASON_CODES,
@@ -727,7 +727,7 @@ def test_resolve_source_refuses_traversal(layout: dict[str, Path]) -> None:
         with pytest.raises(SourceNotAllowed) as info:
             resolve_source(request, allowed_dirs=[layout["conf"]])
         assert info.value.code == "source_not_allowed", request
-        assert isinstance(info.value, SourceError)
+        assert isinstance(info.value, NotAllowed)
 
 
 @pytest.mark.parametrize(

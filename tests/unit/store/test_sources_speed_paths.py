@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import sources
-from store.sources import MAX_DEPTH, MAX_INT_DIGITS
+from confledger.store import sources
+from confledger.store.sources import MAX_DEPTH, MAX_INT_DIGITS
 
 from .test_sources_yaml_events import EXAMPLE, YAML_CASES, composed, composer_alone, parsed, shape
 

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode
 
-from store import sources
-from store.sources import MAX_DEPTH, MAX_YAML_ALIASES
+from confledger.store import sources
+from confledger.store.sources import MAX_DEPTH, MAX_YAML_ALIASES
 
 from .test_sources import BILLION_LAUGHS, LOADS, REFUSALS
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, RootModel, SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
-from store import config_hash
-from store.batch import NO_SPANS
-from store.validation import (
+from confledger.store import config_hash
+from confledger.store.batch import NO_SPANS
+from confledger.store.validation import (
     ValidationPipeline,
     ValidatorSpec,
     _reveal,
