@@ -29,6 +29,7 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from confledger.api import cli
+from confledger.api.cli import log as log_commands
 from confledger.api.lifecycle import resolve_cipher, setup_configuration_lifecycle
 from confledger.api.reloader import ConfigReloader
 from confledger.examples.app_config import VALIDATORS, AppConfig
@@ -481,8 +482,8 @@ def test_replay_window_lists_the_incident(story: Story) -> None:
 
 
 def test_long_replays_show_progress_on_stderr_only(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "PROGRESS_MIN_EVENTS", 0)
-    monkeypatch.setattr(cli, "err", Console(stderr=True, force_terminal=True, width=100))
+    monkeypatch.setattr(log_commands, "PROGRESS_MIN_EVENTS", 0)
+    monkeypatch.setattr(log_commands, "err", Console(stderr=True, force_terminal=True, width=100))
     result = invoke("replay", *story.db(), "--until-hash", story.hashes["rotated"], "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["current_config_hash"] == story.hashes["rotated"][:16]

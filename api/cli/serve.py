@@ -1,0 +1,81 @@
+"""``confledger serve``: the config service (FastAPI under uvicorn) on one config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from confledger.api.cli.app import app, err, out, settings_error
+from confledger.store.errors import ConfledgerError
+
+__all__: list[str] = []
+
+
+@app.command("serve")
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="CONFLEDGER_CONFIG", help="Config file.")],
+    model: Annotated[
+        str | None, typer.Option("--model", envvar="CONFLEDGER_MODEL", help="Config model as module:Class.")
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database", "-d", envvar="CONFLEDGER_DATABASE_URL", help="Default: SQLite next to the config."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="CONFLEDGER_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CONFLEDGER_PORT")] = 8000,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", envvar="CONFLEDGER_WATCH")] = False,
+    poll_interval: Annotated[float, typer.Option(envvar="CONFLEDGER_POLL_INTERVAL", min=0.1, max=60.0)] = 1.0,
+    app_dir: Annotated[Path, typer.Option("--app-dir", envvar="CONFLEDGER_APP_DIR")] = Path("."),
+    metrics: Annotated[bool, typer.Option("--metrics/--no-metrics", envvar="CONFLEDGER_METRICS")] = True,
+    log_level: Annotated[str, typer.Option(envvar="CONFLEDGER_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the config service (FastAPI under uvicorn) on CONFIG, recording everything in the log."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from confledger.api.logs import configure_logging
+    from confledger.api.server import create_app
+    from confledger.api.settings import Settings
+    from confledger.store.errors import ModelImportError, TokenError
+
+    overrides: dict[str, object] = {
+        "config": config,
+        "model": model,
+        "host": host,
+        "port": port,
+        "watch": watch,
+        "poll_interval": poll_interval,
+        "app_dir": app_dir,
+        "metrics": metrics,
+    }
+    if database is not None:
+        overrides["database_url"] = database
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        configure_logging(settings.log_format, log_level)
+        fastapi_app, lifecycle = create_app(settings)
+    except (ModelImportError, TokenError, ConfledgerError, ValidationError) as exc:
+        message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else settings_error(exc)
+        err.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if not config.exists():
+        err.print(
+            f"[yellow]warning[/yellow]: {config} does not exist yet; serving without a config until it does"
+        )
+    if lifecycle.token_created:
+        # Printed this once; afterwards it lives only in the 0600 file.
+        out.print(
+            f"admin token (shown once; kept in {lifecycle.token_file}): {lifecycle.tokens.admin}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif lifecycle.token_file is not None:
+        out.print(
+            f"admin token: in {lifecycle.token_file}; send it as 'Authorization: Bearer <token>'",
+            highlight=False,
+        )
+    uvicorn.run(fastapi_app, host=settings.host, port=settings.port, log_level=log_level.lower())
