@@ -83,24 +83,30 @@ def new_table(title: str) -> Table:
 
 
 def history_table(operations: list[dict[str, Any]], title: str) -> Table:
-    """Operations as a table; on a narrow terminal the id, actor and duration columns are left out."""
+    """Operations as a table; on a narrow terminal the position, actor and duration columns are left out.
+
+    The position (where the operation starts in the log) identifies a row: operation ids are time-ordered,
+    so rows of one day share their first characters. Detail text wraps between words; a column is never
+    made so narrow that a config path is cut in two.
+    """
     wide = out.width >= 120
     table = new_table(title)
     table.add_column("started", no_wrap=True)
     if wide:
-        table.add_column("op", no_wrap=True)
-    table.add_column("kind/trigger" if wide else "kind", overflow="fold")
+        table.add_column("pos", justify="right", no_wrap=True)
+    table.add_column("kind/trigger" if wide else "kind", no_wrap=True)
     table.add_column("status", no_wrap=True)
     if wide:
-        table.add_column("actor", overflow="fold")
+        table.add_column("actor", overflow="fold", max_width=24)
     table.add_column("config", no_wrap=True)
     if wide:
         table.add_column("ms", justify="right", no_wrap=True)
     table.add_column("detail", overflow="fold", ratio=1)
     for op in operations:
-        cells: list[Text] = [cell(short_time(op.get("started_at"))[: 19 if wide else 16])]
+        started = short_time(op.get("started_at"))
+        cells: list[Text] = [cell(started if wide else started[5:16])]
         if wide:
-            cells.append(cell(str(op["operation_id"])[:8]))
+            cells.append(cell(op.get("first_position") or ""))
         separator = "/" if wide else "\n"
         cells += [
             cell(f"{op.get('kind')}{separator}{op.get('trigger')}"),
@@ -108,9 +114,9 @@ def history_table(operations: list[dict[str, Any]], title: str) -> Table:
         ]
         if wide:
             cells.append(cell(op.get("actor")))
-        cells.append(cell(op.get("new_config_hash") or "-"))
+        cells.append(cell((op.get("new_config_hash") or "-")[: 16 if wide else 7]))
         if wide:
-            cells.append(cell(f"{op.get('total_duration_ms', 0.0):.0f}"))
+            cells.append(cell(f"{op.get('total_duration_ms', 0.0):.1f}"))
         cells.append(cell(operation_detail(op)))
         table.add_row(*cells)
     return table

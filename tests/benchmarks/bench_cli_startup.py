@@ -1,0 +1,81 @@
+"""How long the operator's command line takes to start, side by side with a bare interpreter.
+
+    .venv/bin/python tests/benchmarks/bench_cli_startup.py [--runs 5]
+
+Each command runs as a fresh process (what an operator types), interleaved with `python -c pass` (the
+floor no command can go under) in every round. A log of 1,000 events is built first so `verify` does real
+work. Printed: the median and the max per command, and the median above the floor. Target: `history
+--help` and `verify` each under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_SECONDS = 0.5
+
+
+def _build_log(url: str, events: int) -> None:
+    from confledger.store.events import InstanceStarted, NewEvent
+    from confledger.store.log import EventLog
+
+    with EventLog(url, instance_id="bench") as log:
+        batch = [NewEvent(InstanceStarted(version="0", host="bench", pid=n)) for n in range(100)]
+        for _ in range(events // len(batch)):
+            log.append(batch)
+
+
+def _timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    executable = Path(sys.executable)
+    confledger = shutil.which("confledger", path=str(executable.parent)) or "confledger"
+    workdir = Path(tempfile.mkdtemp(prefix="confledger-cli-bench-"))
+    try:
+        url = f"sqlite:///{workdir / 'bench.db'}"
+        _build_log(url, 1_000)
+        commands = {
+            "python -c pass (floor)": [str(executable), "-c", "pass"],
+            "confledger --help": [confledger, "--help"],
+            "confledger history --help": [confledger, "history", "--help"],
+            "confledger verify": [confledger, "verify", "--database", url],
+            "confledger history": [confledger, "history", "--database", url],
+        }
+        for command in commands.values():  # warm the page cache and .pyc files
+            _timed(command)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, command in commands.items():
+                times[name].append(_timed(command))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    floor = statistics.median(times["python -c pass (floor)"])
+    print(f"{'command':<28} {'median s':>9} {'max s':>7} {'above floor':>12}  target")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        target = ""
+        if name in ("confledger history --help", "confledger verify"):
+            target = f"< {TARGET_SECONDS} s: {'met' if median < TARGET_SECONDS else 'MISSED'}"
+        print(f"{name:<28} {median:>9.3f} {max(samples):>7.3f} {median - floor:>12.3f}  {target}")
+
+
+if __name__ == "__main__":
+    main()
