@@ -1,4 +1,4 @@
-"""Reading a config source: one read of the file's bytes, a strict parse, and a path allow-list.
+"""Reading a config source: one read of the file's bytes and a strict parse.
 
 ``load_source`` is the only place confledger turns a file into a config body. It reads the bytes once
 (capped, so a huge file is never read whole), hashes exactly those bytes and parses exactly those bytes,
@@ -53,14 +53,12 @@ import re
 import stat
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dt_time
 from hashlib import sha256
-from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -78,7 +76,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from confledger.store.errors import SourceError, SourceNotAllowed
+from confledger.store.errors import SourceError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -92,7 +90,6 @@ __all__ = [
     "LoadedSource",
     "detect_format",
     "load_source",
-    "resolve_source",
 ]
 
 DEFAULT_MAX_BYTES = 1_048_576
@@ -1455,58 +1452,3 @@ def _parse_env(text: str) -> dict[str, str]:
         result[key] = _env_value(raw, line_no)
         first_line[key] = line_no
     return result
-
-
-# --------------------------------------------------------------------------------------------------
-# Client-supplied paths
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_source(
-    requested: str,
-    *,
-    allowed_dirs: Sequence[str | Path],
-    base_dir: Path | None = None,
-) -> Path:
-    """Turn a client-supplied ``config_source`` into a real path inside an allow-listed directory.
-
-    The request is percent-decoded once; a request that still changes when decoded again (double
-    encoding) is refused, as are NUL bytes, empty requests and any ``..`` component (even one that
-    would resolve back inside: operators expect traversal syntax to be refused outright). Relative
-    requests are taken from ``base_dir`` (default: the first allowed directory). Symlinks are followed
-    (``os.path.realpath``) and the result must lie inside one of the real allowed directories, compared
-    by path components, never by string prefix. The file need not exist; ``load_source`` says so.
-
-    The returned path is checked at call time: a symlink swapped in between this call and the read is
-    not caught here.
-    """
-    if isinstance(allowed_dirs, str | Path):
-        # A bare string is a Sequence of characters: "allow '/', 'e', 't', 'c'" is never what was meant.
-        raise TypeError("allowed_dirs must be a sequence of directories, not a single path")
-    shown = _short_repr(requested)
-
-    def refuse(reason: str) -> NoReturn:
-        raise SourceNotAllowed(f"config source {shown} is not allowed: {reason}")
-
-    if not isinstance(requested, str) or not requested.strip():
-        refuse("it is empty")
-    decoded = unquote(requested)
-    if unquote(decoded) != decoded:
-        refuse("it is percent-encoded more than once")
-    if "\x00" in decoded:
-        refuse("it contains a NUL byte")
-    if not decoded.strip():
-        refuse("it is empty")
-    if ".." in re.split(r"[/\\]", decoded):
-        refuse("it contains a '..' component")
-    if not allowed_dirs:
-        refuse("no config directory is allowed")
-
-    roots = [Path(os.path.realpath(directory)) for directory in allowed_dirs]
-    candidate = Path(decoded)
-    if not candidate.is_absolute():
-        candidate = (base_dir if base_dir is not None else Path(allowed_dirs[0])) / candidate
-    resolved = Path(os.path.realpath(candidate))
-    if not any(resolved.is_relative_to(root) for root in roots):
-        refuse("it resolves outside the allowed directories")
-    return resolved
