@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from confledger.store import sources
 from confledger.store.errors import SourceError
@@ -601,7 +599,7 @@ def test_empty_file_without_expected_content_fails_at_once(
     def no_sleep(seconds: float) -> None:
         raise AssertionError("must not wait for content nobody promised")
 
-    monkeypatch.setattr(sources.time, "sleep", no_sleep)
+    monkeypatch.setattr(time, "sleep", no_sleep)
     error = refusal(write(tmp_path, "a.yaml", ""), empty_retry_s=5)
     assert error.code == "empty"
     assert error.size_bytes == 0
@@ -634,7 +632,7 @@ def test_file_still_empty_after_the_grace_period(tmp_path: Path, monkeypatch: py
         sleeps.append(seconds)
         real_sleep(seconds)
 
-    monkeypatch.setattr(sources.time, "sleep", recording_sleep)
+    monkeypatch.setattr(time, "sleep", recording_sleep)
     error = refusal(
         write(tmp_path, ".env", " \n"), expect_content=True, empty_retry_s=0.15, empty_retry_interval_s=0.03
     )
@@ -689,36 +687,3 @@ def test_every_reason_code_is_covered() -> None:
         "unsupported_format",
     }
     assert covered == REASON_CODES
-
-
-# --------------------------------------------------------------------------------------------------
-# Property: JSON and YAML carry the same body
-# --------------------------------------------------------------------------------------------------
-
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-
-
-def _values(depth: int) -> st.SearchStrategy[Any]:
-    if depth == 0:
-        return _scalars
-    child = _values(depth - 1)
-    return _scalars | st.lists(child, max_size=3) | st.dictionaries(st.text(max_size=8), child, max_size=3)
-
-
-# The top-level mapping plus four more levels: nesting <= 5.
-_bodies = st.dictionaries(st.text(max_size=8), _values(4), max_size=4)
-
-
-@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=_bodies)
-def test_json_and_yaml_round_trip_the_same_body(tmp_path: Path, body: dict[str, Any]) -> None:
-    as_json = load_source(write(tmp_path, "p.json", json.dumps(body)))
-    as_yaml = load_source(write(tmp_path, "p.yaml", yaml.safe_dump(body)))
-    assert as_json.body == body
-    assert as_yaml.body == body
