@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from confledger.api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
 from confledger.api.errors import STATUS_BY_CODE
+from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
     MAX_POSITION,
     ErrorResponse,
@@ -24,7 +25,6 @@ from confledger.api.schemas import (
 from confledger.api.telemetry import caller_trace_context
 from confledger.store import OperationKind, SourceNotAllowed, Trigger
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
-from confledger.store.sources import resolve_source
 
 __all__ = ["router"]
 

@@ -1,0 +1,214 @@
+"""``load_source``: one capped read of the file's bytes, then the parser its name implies."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any
+
+from confledger.store.errors import SourceError
+from confledger.store.sources.env_source import parse_env
+from confledger.store.sources.json_source import parse_json
+from confledger.store.sources.limits import (
+    DEFAULT_MAX_BYTES,
+    MAX_DEPTH,
+    SAFE_NAME,
+    Refusal,
+    json_kind,
+    short_repr,
+)
+from confledger.store.sources.toml_source import parse_toml
+from confledger.store.sources.tree import check_tree
+from confledger.store.sources.yaml_source import parse_yaml
+
+__all__ = ["LoadedSource", "detect_format", "load_source"]
+
+_BOM = b"\xef\xbb\xbf"
+_READ_CHUNK = 1 << 20
+_SUFFIX_FORMATS = {"json": "json", "yaml": "yaml", "yml": "yaml", "toml": "toml"}
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "json": parse_json,
+    "yaml": parse_yaml,
+    "toml": parse_toml,
+    "env": parse_env,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSource:
+    """One successful read: the parsed body and the facts ``config.loaded`` records."""
+
+    path: str
+    format: str
+    body: dict[str, Any]
+    raw_sha256: str
+    size_bytes: int
+    load_ms: float
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """The format a file name implies, or None. ``.env``, ``app.env`` and ``prod.env`` are all env."""
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.endswith(".env"):
+        return "env"
+    stem, _, suffix = name.rpartition(".")
+    if not stem.strip("."):
+        return None  # no suffix, as os.path.splitext says of "yaml" or ".yaml"
+    return _SUFFIX_FORMATS.get(suffix)
+
+
+class _TooLarge(Exception):
+    """Internal signal carrying the size seen; converted to SourceError by load_source."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _os_refusal(exc: OSError, shown: str) -> Refusal:
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return Refusal("not_found", f"config source {shown} does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return Refusal("not_a_file", f"config source {shown} is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return Refusal("permission_denied", f"config source {shown} is not readable by this process")
+    reason = exc.strerror or type(exc).__name__
+    return Refusal("read_error", f"config source {shown} could not be read: {reason}")
+
+
+def _read_capped(path: str, max_bytes: int, shown: str) -> bytes:
+    # O_NONBLOCK: if the path is (or was swapped for) a FIFO, opening it must not hang the worker thread
+    # waiting for a writer; the fstat below then refuses it.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _os_refusal(exc, shown) from exc
+    try:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise _os_refusal(exc, shown) from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise Refusal("not_a_file", f"config source {shown} is not a regular file")
+        if info.st_size > max_bytes:
+            # Known from the inode: refuse without reading a byte.
+            raise _TooLarge(info.st_size)
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1  # one byte more than allowed is enough to know it grew past the cap
+        while remaining > 0:
+            try:
+                chunk = os.read(fd, min(remaining, _READ_CHUNK))
+            except OSError as exc:
+                raise _os_refusal(exc, shown) from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise _TooLarge(max(len(data), info.st_size))
+        return data
+    finally:
+        os.close(fd)
+
+
+def _is_blank(data: bytes) -> bool:
+    return not data.removeprefix(_BOM).strip()
+
+
+def load_source(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    expect_content: bool = False,
+    empty_retry_s: float = 0.5,
+    empty_retry_interval_s: float = 0.05,
+) -> LoadedSource:
+    """Read, hash and parse one config file; raise :class:`SourceError` with a reason code on refusal.
+
+    Synchronous and blocking (it may sleep while waiting for an empty file to fill): async callers run
+    it in a worker thread. ``expect_content=True`` says the file had content before, so an empty file is
+    most likely being rewritten in place: it is re-read every ``empty_retry_interval_s`` for up to
+    ``empty_retry_s`` before failing with ``empty``. ``load_ms`` includes that wait.
+    """
+    started = time.perf_counter()
+    path_str = os.fspath(path)
+    shown = short_repr(path_str, 200)
+    if max_bytes < 0:
+        raise ValueError("max_bytes must not be negative")
+    fmt = detect_format(path_str)
+    if fmt is None:
+        suffix = os.path.splitext(os.path.basename(path_str))[1]
+        shown_suffix = repr(suffix) if SAFE_NAME.fullmatch(suffix) else "(none)"
+        raise SourceError(
+            f"unsupported config format {shown_suffix}: expected .json, .yaml, .yml, .toml or .env",
+            code="unsupported_format",
+        )
+
+    deadline = time.monotonic() + max(empty_retry_s, 0.0)
+    while True:
+        try:
+            data = _read_capped(path_str, max_bytes, shown)
+        except Refusal as refusal:
+            raise SourceError(refusal.message, code=refusal.code) from refusal
+        except _TooLarge as too_large:
+            raise SourceError(
+                f"config source is larger than the {max_bytes}-byte cap ({too_large.size} bytes or more)",
+                code="too_large",
+                size_bytes=too_large.size,
+            ) from None
+        if not _is_blank(data):
+            break
+        remaining = deadline - time.monotonic()
+        if not expect_content or remaining <= 0:
+            waited = f" after waiting {empty_retry_s:g} s for content" if expect_content else ""
+            raise SourceError(
+                f"config source is empty{waited}",
+                code="empty",
+                input_sha256=sha256(data).hexdigest(),
+                size_bytes=len(data),
+            )
+        time.sleep(min(max(empty_retry_interval_s, 0.001), remaining))
+
+    digest = sha256(data).hexdigest()
+    try:
+        body = _parse(data, fmt)
+    except Refusal as refusal:
+        raise SourceError(
+            refusal.message, code=refusal.code, input_sha256=digest, size_bytes=len(data)
+        ) from refusal
+    return LoadedSource(
+        path=path_str,
+        format=fmt,
+        body=body,
+        raw_sha256=digest,
+        size_bytes=len(data),
+        load_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _parse(data: bytes, fmt: str) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refusal("invalid_utf8", f"config source is not valid UTF-8 (byte offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        body = _PARSERS[fmt](text)
+    except RecursionError:
+        # The depth guards should make this unreachable; kept so a parser's recursion can never escape
+        # as an internal error.
+        raise Refusal("too_deep", f"{fmt.upper()} document nests deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(body, dict):
+        kind = "empty (null)" if body is None else f"a {json_kind(body)}"
+        raise Refusal("not_a_mapping", f"the top level of the config is {kind}; expected a mapping")
+    if fmt != "json":
+        # json's hooks refuse all check_tree would (NaN, infinities, long integers; its keys are strings,
+        # it has no dates) and its pre-scan bounds the depth: a second walk would find nothing.
+        check_tree(body)
+    return body
