@@ -1,4 +1,11 @@
-"""FastAPI dependencies, in one place: the lifecycle, the reloader, and who is calling."""
+"""FastAPI dependencies, in one place: the lifecycle, the reloader, and who is calling.
+
+Each is ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in a worker thread,
+and the five a protected route resolved cost five thread hops per request (0.4-0.5 ms of a 1 ms read).
+None of them blocks: they read attributes and compare tokens in memory. They are also few, as each one
+FastAPI resolves costs a request as much CPU as a small endpoint: the lifecycle is looked up by a plain
+call, not a dependency of its own, unless a route asks for it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.base import SecurityBase
 
 from confledger.api.lifecycle import ConfigLifecycle
 from confledger.api.reloader import ConfigReloader
@@ -27,22 +35,25 @@ __all__ = [
 _bearer = HTTPBearer(auto_error=False, description="CONFLEDGER_ADMIN_TOKEN, or CONFLEDGER_READ_TOKEN for GET")
 
 
-def _lifecycle(request: Request) -> ConfigLifecycle:
+def _lifecycle_of(request: Request) -> ConfigLifecycle:
     lifecycle = getattr(request.app.state, "confledger", None)
-    if lifecycle is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app")
     if not isinstance(lifecycle, ConfigLifecycle):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app")
     return lifecycle
 
 
+async def _lifecycle(request: Request) -> ConfigLifecycle:
+    return _lifecycle_of(request)
+
+
 LifecycleDep = Annotated[ConfigLifecycle, Depends(_lifecycle)]
 
 
-def _reloader(lifecycle: LifecycleDep) -> ConfigReloader:
-    if lifecycle.reloader is None or not lifecycle.reloader.started:
+async def _reloader(request: Request) -> ConfigReloader:
+    reloader = _lifecycle_of(request).reloader
+    if reloader is None or not reloader.started:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running")
-    return lifecycle.reloader
+    return reloader
 
 
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
@@ -73,45 +84,52 @@ class Caller:
         return Trigger.CLI if self.cli_user else Trigger.API
 
 
-def _caller(
-    request: Request,
-    lifecycle: LifecycleDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
-    unauthorized = HTTPException(
+def _unauthorized() -> HTTPException:
+    return HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "missing or invalid bearer token",
         headers={"WWW-Authenticate": "Bearer"},
     )
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise unauthorized
-    role = lifecycle.tokens.role_of(credentials.credentials)
-    if role is None:
-        raise unauthorized
-    cli_user = None
-    if request.headers.get("x-confledger-client", "").lower() == "cli":
-        claimed = request.headers.get("x-confledger-user", "unknown")
-        cli_user = claimed if _CLI_USER.match(claimed) else "unknown"
-    return Caller(role, request.client.host if request.client else None, cli_user)
 
 
-def _reader(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
-    return caller
+class _BearerCaller(SecurityBase):
+    """Who is calling, from the bearer token, as one dependency that is also the OpenAPI security scheme.
+
+    ``HTTPBearer`` reads the header (and names the scheme in the schema); the role check is done in the
+    same call rather than by a dependency on it, which FastAPI would resolve as two more steps per
+    request.
+    """
+
+    def __init__(self, bearer: HTTPBearer, *, admin_only: bool) -> None:
+        self.bearer = bearer
+        self.model = bearer.model
+        self.scheme_name = bearer.scheme_name
+        self.admin_only = admin_only
+
+    async def __call__(self, request: Request) -> Caller:
+        tokens = _lifecycle_of(request).tokens
+        credentials = await self.bearer(request)
+        if credentials is None:
+            raise _unauthorized()
+        role = tokens.role_of(credentials.credentials)
+        if role is None:
+            raise _unauthorized()
+        if self.admin_only and role is not Role.ADMIN:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token")
+        cli_user = None
+        if request.headers.get("x-confledger-client", "").lower() == "cli":
+            claimed = request.headers.get("x-confledger-user", "unknown")
+            cli_user = claimed if _CLI_USER.match(claimed) else "unknown"
+        return Caller(role, request.client.host if request.client else None, cli_user)
 
 
-def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
-    if caller.role is not Role.ADMIN:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token")
-    return caller
+ReaderCaller = Annotated[Caller, Depends(_BearerCaller(_bearer, admin_only=False))]
+AdminCaller = Annotated[Caller, Depends(_BearerCaller(_bearer, admin_only=True))]
 
 
-ReaderCaller = Annotated[Caller, Depends(_reader)]
-AdminCaller = Annotated[Caller, Depends(_admin)]
-
-
-def get_current_config(request: Request) -> Any:
+async def get_current_config(request: Request) -> Any:
     """The current typed config for one request: one reference, taken once, consistent for the request."""
-    lifecycle = _lifecycle(request)
+    lifecycle = _lifecycle_of(request)
     current = None if lifecycle.reloader is None else lifecycle.reloader.current
     if current is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no configuration has been applied yet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from confledger.store.events import RecordedEvent
 from confledger.store.log import StoredConfig, VerifyReport
-from confledger.store.outcome import ReloadOperation
+from confledger.store.outcome import ReloadOperation, ReloadStatus
 from confledger.store.secrets import find_secret_paths, redact
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "TimelineResponse",
     "VerifyResponse",
     "VersionResponse",
+    "operations_out",
     "short",
 ]
 
@@ -122,6 +124,32 @@ class OperationOut(BaseModel):
         )
 
 
+# Finished operations already shown, by (id, last position): history pages show the same ones over and
+# over, and building one costs more than serialising it. Bounded: about four history windows.
+_FINISHED_SHOWN: dict[tuple[str, int], OperationOut] = {}
+_FINISHED_SHOWN_MAX = 2048
+_FINISHED = frozenset(
+    {ReloadStatus.SUCCESS, ReloadStatus.FAILED, ReloadStatus.ROLLED_BACK, ReloadStatus.INTERRUPTED}
+)
+
+
+def operations_out(operations: Iterable[ReloadOperation]) -> list[OperationOut]:
+    """``OperationOut.of`` each, remembering finished ones (an operation's events end with its last
+    position, so the same id and last position always fold to the same answer). Event-loop only."""
+    shown = []
+    for operation in operations:
+        key = (operation.operation_id, operation.last_position)
+        out = _FINISHED_SHOWN.get(key)
+        if out is None:
+            out = OperationOut.of(operation)
+            if operation.status in _FINISHED:
+                if len(_FINISHED_SHOWN) >= _FINISHED_SHOWN_MAX:
+                    del _FINISHED_SHOWN[next(iter(_FINISHED_SHOWN))]
+                _FINISHED_SHOWN[key] = out
+        shown.append(out)
+    return shown
+
+
 class HistoryResponse(BaseModel):
     operations: list[OperationOut]
     total_count: int
@@ -181,7 +209,10 @@ class StatusResponse(BaseModel):
     signal_handler_enabled: bool
     reload_statistics: ReloadStatistics
     instance_id: str
-    log_head: int
+    log_head: int = Field(
+        description="the last log position this instance has folded into its projections: its own appends "
+        "at once, other instances' when it next appends (GET /events reads the log's own head)"
+    )
     running_operation_id: str | None
     service_drift: dict[str, str]
 

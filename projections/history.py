@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from confledger.projections.base import Projection, event_from_state, event_to_state
@@ -15,7 +16,7 @@ from confledger.store.events import OperationCompleted, OperationRejected, Opera
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
 
-__all__ = ["HistoryProjection", "history_page"]
+__all__ = ["HistoryProjection", "history_page", "window_page"]
 
 _ENDS = (OperationCompleted, OperationRejected)
 
@@ -101,6 +102,36 @@ class HistoryProjection(Projection):
 _SCAN_BATCH = 200
 
 
+def _matching(
+    before: int | None, trigger: str | None, status: str | None
+) -> Callable[[ReloadOperation], bool]:
+    def keep(op: ReloadOperation) -> bool:
+        return (
+            (before is None or op.first_position < before)
+            and (trigger is None or op.trigger.value == trigger)
+            and (status is None or op.status.value == status)
+        )
+
+    return keep
+
+
+def window_page(
+    history: HistoryProjection,
+    limit: int,
+    *,
+    before: int | None = None,
+    trigger: str | None = None,
+    status: str | None = None,
+) -> list[ReloadOperation] | None:
+    """The page ``history_page`` gives, when the in-memory window holds all of it; None when it reaches
+    past the window (then only ``history_page`` can answer, reading the log). Never does I/O."""
+    keep = _matching(before, trigger, status)
+    found = [op for op in history.recent() if keep(op)][:limit]
+    if len(found) >= limit or len(history.operations) < history.window:
+        return found
+    return None
+
+
 def history_page(
     history: HistoryProjection,
     log: EventLog,
@@ -115,18 +146,12 @@ def history_page(
     Served from the in-memory window when it reaches far enough back; older operations are folded from
     the log with the same ``build_operation``. Reads the log (blocking) only past the window.
     """
-
-    def keep(op: ReloadOperation) -> bool:
-        return (
-            (before is None or op.first_position < before)
-            and (trigger is None or op.trigger.value == trigger)
-            and (status is None or op.status.value == status)
-        )
-
-    found = [op for op in history.recent() if keep(op)][:limit]
-    window_full = len(history.operations) >= history.window
-    if len(found) >= limit or not window_full:
-        return found
+    page = window_page(history, limit, before=before, trigger=trigger, status=status)
+    if page is not None:
+        return page
+    keep = _matching(before, trigger, status)
+    # Every match in the window (fewer than limit), then older operations from the log.
+    found = [op for op in history.recent() if keep(op)]
     cursor = history.oldest_position if not found else found[-1].first_position
     if before is not None:
         cursor = min(cursor, before)

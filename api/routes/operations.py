@@ -21,8 +21,10 @@ from confledger.api.schemas import (
     OperationOut,
     ReloadRequest,
     RollbackRequest,
+    operations_out,
 )
 from confledger.api.telemetry import caller_trace_context
+from confledger.projections.history import HistoryProjection, window_page
 from confledger.store import OperationKind, SourceNotAllowed, Trigger
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
 
@@ -151,15 +153,20 @@ async def history(
     status_: Annotated[ReloadStatus | None, Query(alias="status")] = None,
 ) -> HistoryResponse:
     """Operations newest first, paged with `before`, filtered by trigger and status."""
-    await anyio.to_thread.run_sync(reloader.projections.catch_up)
     trigger_value = None if trigger is None else trigger.value
     status_value = None if status_ is None else status_.value
-    operations = await reloader.aget_reload_history(
-        limit, before=before, trigger=trigger_value, status=status_value
-    )
+    # From the in-memory window when it holds the page (no I/O, no thread hop); a page beyond it is
+    # folded from the log on a worker thread.
+    window = reloader.projections.get(HistoryProjection.name)
+    assert isinstance(window, HistoryProjection)
+    operations = window_page(window, limit, before=before, trigger=trigger_value, status=status_value)
+    if operations is None:
+        operations = await reloader.aget_reload_history(
+            limit, before=before, trigger=trigger_value, status=status_value
+        )
     total = reloader.count_operations(trigger=trigger_value, status=status_value)
     return HistoryResponse(
-        operations=[OperationOut.of(op) for op in operations],
+        operations=operations_out(operations),
         total_count=max(total, len(operations)),
         limit=limit,
         next_before=operations[-1].first_position if len(operations) == limit else None,

@@ -1,10 +1,15 @@
-"""Status, statistics and backups."""
+"""Status, statistics and backups, served from the in-memory projections.
+
+No database round trip and no worker-thread hop per request: the projections fold every event this
+instance appends as it commits, so they are current for this instance's own operations. Appends by
+other instances (a fleet on one PostgreSQL log) are folded when this instance next appends;
+``log_head`` is the last position this instance has folded, and says so in the schema.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Query
 
 from confledger.api.deps import LifecycleDep, ReaderCaller, ReloaderDep
@@ -18,8 +23,6 @@ router = APIRouter(tags=["status"])
 @router.get("/status", response_model=StatusResponse)
 async def get_status(reloader: ReloaderDep, lifecycle: LifecycleDep, _caller: ReaderCaller) -> StatusResponse:
     """The reloader's state: current hash, listeners, backups, watching, signals, drift."""
-    head = await anyio.to_thread.run_sync(reloader.log.head)
-    await anyio.to_thread.run_sync(reloader.projections.catch_up)
     stats = reloader.get_reload_stats()
     return StatusResponse(
         config_reloader_enabled=reloader.started,
@@ -35,7 +38,7 @@ async def get_status(reloader: ReloaderDep, lifecycle: LifecycleDep, _caller: Re
             average_duration_ms=stats["average_duration_ms"],
         ),
         instance_id=reloader.log.instance_id,
-        log_head=head,
+        log_head=reloader.projections.position,
         running_operation_id=reloader.running_operation_id,
         service_drift={name: short(running) or "" for name, running in reloader.service_drift().items()},
     )
@@ -48,7 +51,6 @@ async def get_stats(
     slow_ms: Annotated[float | None, Query(ge=0, description="also list operations slower than this")] = None,
 ) -> dict[str, Any]:
     """Totals, success rate, durations with percentiles, per trigger and per service."""
-    await anyio.to_thread.run_sync(reloader.projections.catch_up)
     stats = reloader.get_reload_stats()
     stats["current_config_hash"] = short(stats["current_config_hash"])
     for service in stats.get("services", {}).values():
@@ -73,5 +75,4 @@ async def get_stats(
 @router.get("/backups", response_model=BackupsResponse)
 async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
     """The last N distinct configs before the current one (rollback can target any applied hash)."""
-    await anyio.to_thread.run_sync(reloader.projections.catch_up)
     return BackupsResponse.of(reloader.get_backups(), reloader.backup_count, reloader.current_hash)

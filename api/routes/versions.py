@@ -7,6 +7,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as PathParam
+from fastapi.responses import Response
 
 from confledger.api.deps import ReaderCaller, ReloaderDep
 from confledger.api.errors import http_error
@@ -18,6 +19,7 @@ from confledger.api.schemas import (
     VersionResponse,
     short,
 )
+from confledger.projections.current import CurrentConfig
 from confledger.projections.timeline import diff_configs
 from confledger.store import ConfledgerError
 from confledger.store.log import StoredConfig
@@ -35,18 +37,34 @@ _LOOKUP_ERRORS: dict[int | str, dict[str, object]] = {
 HashPath = Annotated[str, PathParam(min_length=1, max_length=64)]
 
 
-@router.get("/current", response_model=CurrentResponse, responses={404: {"model": ErrorResponse}})
-async def current(reloader: ReloaderDep, _caller: ReaderCaller) -> CurrentResponse:
-    """The current config (secrets shown as **********)."""
-    value = reloader.current
-    if value is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
-    return CurrentResponse(
+# The last /current body rendered, with the snapshot it shows: a snapshot never changes, so its body is
+# made once per applied config, not once per request (the dump and the secret walk were most of the
+# route's time). Swapped in one assignment; a request holding the old pair still answers consistently.
+_rendered: tuple[CurrentConfig, bytes] | None = None
+
+
+def _current_body(value: CurrentConfig) -> bytes:
+    global _rendered
+    rendered = _rendered
+    if rendered is not None and rendered[0] is value:
+        return rendered[1]
+    body = CurrentResponse(
         hash=value.short_hash,
         full_hash=value.hash,
         applied_at=value.applied_at,
         config=redact(dump_revealed(value.config), find_secret_paths(value.config)),
-    )
+    ).model_dump_json()
+    _rendered = (value, body.encode())
+    return _rendered[1]
+
+
+@router.get("/current", response_model=CurrentResponse, responses={404: {"model": ErrorResponse}})
+async def current(reloader: ReloaderDep, _caller: ReaderCaller) -> Response:
+    """The current config (secrets shown as **********)."""
+    value = reloader.current
+    if value is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
+    return Response(_current_body(value), media_type="application/json")
 
 
 @router.get("/versions/{config_hash}", response_model=VersionResponse, responses=_LOOKUP_ERRORS)
