@@ -30,12 +30,15 @@ __all__ = [
     "ReaderCaller",
     "ReloaderDep",
     "get_current_config",
+    "lifecycle_of",
 ]
 
 _bearer = HTTPBearer(auto_error=False, description="CONFLEDGER_ADMIN_TOKEN, or CONFLEDGER_READ_TOKEN for GET")
 
 
-def _lifecycle_of(request: Request) -> ConfigLifecycle:
+def lifecycle_of(request: Request) -> ConfigLifecycle:
+    """The app's lifecycle, looked up by a plain call: a route that needs it only now and then (or
+    besides the reloader) saves the dependency FastAPI would resolve for every request."""
     lifecycle = getattr(request.app.state, "confledger", None)
     if not isinstance(lifecycle, ConfigLifecycle):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app")
@@ -43,14 +46,14 @@ def _lifecycle_of(request: Request) -> ConfigLifecycle:
 
 
 async def _lifecycle(request: Request) -> ConfigLifecycle:
-    return _lifecycle_of(request)
+    return lifecycle_of(request)
 
 
 LifecycleDep = Annotated[ConfigLifecycle, Depends(_lifecycle)]
 
 
 async def _reloader(request: Request) -> ConfigReloader:
-    reloader = _lifecycle_of(request).reloader
+    reloader = lifecycle_of(request).reloader
     if reloader is None or not reloader.started:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running")
     return reloader
@@ -107,7 +110,7 @@ class _BearerCaller(SecurityBase):
         self.admin_only = admin_only
 
     async def __call__(self, request: Request) -> Caller:
-        tokens = _lifecycle_of(request).tokens
+        tokens = lifecycle_of(request).tokens
         credentials = await self.bearer(request)
         if credentials is None:
             raise _unauthorized()
@@ -129,7 +132,7 @@ AdminCaller = Annotated[Caller, Depends(_BearerCaller(_bearer, admin_only=True))
 
 async def get_current_config(request: Request) -> Any:
     """The current typed config for one request: one reference, taken once, consistent for the request."""
-    lifecycle = _lifecycle_of(request)
+    lifecycle = lifecycle_of(request)
     current = None if lifecycle.reloader is None else lifecycle.reloader.current
     if current is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no configuration has been applied yet")

@@ -6,9 +6,11 @@ pages are folded on demand from the log with the same ``build_operation``, so bo
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from confledger.projections.base import Projection, event_from_state, event_to_state
@@ -19,6 +21,7 @@ from confledger.store.outcome import ReloadOperation, build_operation
 __all__ = ["HistoryProjection", "history_page", "window_page"]
 
 _ENDS = (OperationCompleted, OperationRejected)
+_by_first_position = attrgetter("first_position")
 
 
 class HistoryProjection(Projection):
@@ -125,11 +128,38 @@ def window_page(
 ) -> list[ReloadOperation] | None:
     """The page ``history_page`` gives, when the in-memory window holds all of it; None when it reaches
     past the window (then only ``history_page`` can answer, reading the log). Never does I/O."""
-    keep = _matching(before, trigger, status)
-    found = [op for op in history.recent() if keep(op)][:limit]
+    found = _newest(history, limit, _matching(before, trigger, status))
     if len(found) >= limit or len(history.operations) < history.window:
         return found
     return None
+
+
+def _newest(
+    history: HistoryProjection, limit: int, keep: Callable[[ReloadOperation], bool]
+) -> list[ReloadOperation]:
+    """The ``limit`` newest matching operations of the window (by first position), as ``recent()`` would
+    order them, without sorting the whole window for each page.
+
+    Finished operations sit in the order they finished. One that finished earlier has every event, its
+    first included, before the end of the one after it; so once ``limit`` matches are held, an operation
+    that finished before the oldest of them started, and every one before it, is older than all of them.
+    """
+    if limit <= 0:
+        return []
+    found = [op for op in history.in_progress() if keep(op)]
+    firsts = heapq.nlargest(limit, (op.first_position for op in found))
+    heapq.heapify(firsts)  # the first positions of the newest matches so far; firsts[0] is the oldest
+    for op in reversed(history.operations.values()):
+        if len(firsts) >= limit and op.last_position < firsts[0]:
+            break
+        if not keep(op):
+            continue
+        found.append(op)
+        if len(firsts) < limit:
+            heapq.heappush(firsts, op.first_position)
+        elif op.first_position > firsts[0]:
+            heapq.heapreplace(firsts, op.first_position)
+    return sorted(found, key=_by_first_position, reverse=True)[:limit]
 
 
 def history_page(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from confledger.api.deps import AdminCaller, LifecycleDep, ReaderCaller, ReloaderDep
+from confledger.api.deps import AdminCaller, ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.errors import STATUS_BY_CODE
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
@@ -63,12 +63,11 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
         },
     },
 )
-async def reload(
-    request: ReloadRequest, http: Request, reloader: ReloaderDep, lifecycle: LifecycleDep, caller: AdminCaller
-) -> object:
+async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller) -> object:
     """Reload the configuration; a failed validation answers 200 with success false."""
     source: str | None = None
     if request.config_source is not None:
+        lifecycle = lifecycle_of(http)
         try:
             source = str(
                 resolve_source(

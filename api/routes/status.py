@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from confledger.api.deps import LifecycleDep, ReaderCaller, ReloaderDep
+from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.schemas import BackupsResponse, ReloadStatistics, StatusResponse, short
 
 __all__ = ["router"]
@@ -21,7 +21,7 @@ router = APIRouter(tags=["status"])
 
 
 @router.get("/status", response_model=StatusResponse)
-async def get_status(reloader: ReloaderDep, lifecycle: LifecycleDep, _caller: ReaderCaller) -> StatusResponse:
+async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCaller) -> StatusResponse:
     """The reloader's state: current hash, listeners, backups, watching, signals, drift."""
     stats = reloader.get_reload_stats()
     return StatusResponse(
@@ -31,7 +31,7 @@ async def get_status(reloader: ReloaderDep, lifecycle: LifecycleDep, _caller: Re
         listeners=reloader.services.names(),
         available_backups=len(reloader.get_backups()),
         file_watching_enabled=reloader.file_watching_enabled,
-        signal_handler_enabled=lifecycle.signal_handler_enabled,
+        signal_handler_enabled=lifecycle_of(request).signal_handler_enabled,
         reload_statistics=ReloadStatistics(
             total_operations=stats["total_operations"],
             success_rate=stats["success_rate"],
