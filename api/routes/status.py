@@ -23,7 +23,9 @@ router = APIRouter(tags=["status"])
 @router.get("/status", response_model=StatusResponse)
 async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCaller) -> StatusResponse:
     """The reloader's state: current hash, listeners, backups, watching, signals, drift."""
-    stats = reloader.get_reload_stats()
+    # The three figures straight from the stats projection, rounded as its summary rounds them: the
+    # whole summary (percentiles, per trigger and per service) was a fifth of this route's time.
+    stats = reloader.stats_projection
     return StatusResponse(
         config_reloader_enabled=reloader.started,
         current_config_hash=short(reloader.current_hash),
@@ -33,9 +35,9 @@ async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCal
         file_watching_enabled=reloader.file_watching_enabled,
         signal_handler_enabled=lifecycle_of(request).signal_handler_enabled,
         reload_statistics=ReloadStatistics(
-            total_operations=stats["total_operations"],
-            success_rate=stats["success_rate"],
-            average_duration_ms=stats["average_duration_ms"],
+            total_operations=stats.total,
+            success_rate=round(stats.success_rate, 6),
+            average_duration_ms=round(stats.durations.mean, 3),
         ),
         instance_id=reloader.log.instance_id,
         log_head=reloader.projections.position,

@@ -111,9 +111,7 @@ class Server:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CONFLEDGER_")}
         environment.update(CONFLEDGER_ADMIN_TOKEN=TOKEN, CONFLEDGER_SQLITE_SYNCHRONOUS="FULL")
         command = [
-            self.python,
-            "-m",
-            "confledger.api.cli",
+            str(Path(self.python).parent / "confledger"),  # the console script beside the interpreter
             "serve",
             "--config",
             str(self.config),
@@ -318,7 +316,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="latency rounds (default 300, quick 60)")
     parser.add_argument("--wrk-seconds", type=float, default=None, help="per wrk run (default 5, quick 2)")
     parser.add_argument("--wrk-rounds", type=int, default=None, help="wrk runs per path (default 3, quick 1)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter whose confledger is measured")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter (of a venv) whose confledger serves"
+    )
     parser.add_argument("--anchor-python", default=None, help="a second checkout's interpreter, interleaved")
     parser.add_argument("--no-wrk", action="store_true", help="latency only")
     parser.add_argument("--seed", type=int, default=12)

@@ -173,3 +173,17 @@ def test_status_stats_and_history_show_what_this_instance_has_folded(
         operations = [op["operation_id"] for op in get(service, "/history")["operations"]]
         assert other_operation in operations
         assert get(service, "/stats")["total_operations"] > total
+
+
+def test_status_shows_the_same_statistics_as_stats(service: Service) -> None:
+    apply(service, database__pool_size=71)
+    write_config(service.source, variant(database__pool_size=0))  # refused by the model
+    refused = service.post("/reload", json={})
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["success"] is False
+
+    shown = get(service, "/status")["reload_statistics"]
+    stats = get(service, "/stats")
+
+    assert shown == {key: stats[key] for key in ("total_operations", "success_rate", "average_duration_ms")}
+    assert 0 < shown["success_rate"] < 1
