@@ -583,8 +583,9 @@ async def test_rollback_to_previous_and_to_a_given_hash(url: str, tmp_path: Path
         assert third is not None
 
         back = await reloader.rollback_config()
+        # The seed's contract: a rollback that completed is rolled_back, and a success.
         assert back.success
-        assert back.status is ReloadStatus.SUCCESS
+        assert back.status is ReloadStatus.ROLLED_BACK
         assert back.kind is OperationKind.ROLLBACK
         assert back.previous_config_hash == third
         assert back.new_config_hash == second
@@ -897,7 +898,9 @@ async def test_a_secret_with_no_key_to_seal_it_is_a_recorded_failure(url: str, t
     # No model: any object is accepted, and secrets are found by their names.
     source = tmp_path / "plain.json"
     source.write_text(json.dumps({"region": "eu"}), encoding="utf-8")
-    reloader = ConfigReloader(url, config_source=source)
+    # A log opened with no key: a reloader given a URL would resolve one as the service does.
+    log = EventLog(url, instance_id="no-key")
+    reloader = ConfigReloader(log, config_source=source)
     await reloader.start()
     try:
         before = reloader.current
@@ -922,6 +925,7 @@ async def test_a_secret_with_no_key_to_seal_it_is_a_recorded_failure(url: str, t
         assert not any("plain-text-key-1234" in str(text) for text in [*stored, *bodies])
     finally:
         await reloader.stop()
+        log.close()
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -958,7 +962,7 @@ async def test_stats_after_a_known_sequence(url: str, tmp_path: Path) -> None:
         assert 0 < stats["p50_duration_ms"] <= stats["p95_duration_ms"] <= stats["p99_duration_ms"]
         assert stats["p99_duration_ms"] <= stats["max_duration_ms"] == pytest.approx(durations[-1], abs=1e-3)
         assert stats["p50_duration_ms"] == pytest.approx(durations[2], rel=0.02)
-        assert stats["operations_by_status"] == {"failed": 1, "success": 4}
+        assert stats["operations_by_status"] == {"failed": 1, "rolled_back": 1, "success": 3}
         assert stats["operations_by_kind"] == {"reload": 4, "rollback": 1}
         assert stats["rollbacks"] == {"manual": 1}
         assert stats["triggers"] == {
