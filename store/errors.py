@@ -36,7 +36,10 @@ The hierarchy::
 the reloader's start applies the source as the initial configuration, and if that fails (the file is
 missing, unreadable or invalid, or the services refused it) ``reloader.current`` would otherwise stay
 ``None`` with nothing but a log line to say so. The failed operation is in the log with its reason; fix the
-source and start again. A log that already holds a config restores it and never raises this.
+source and start again. One case is left out on purpose: a source that does not exist yet (a config
+mounted after the service starts) is not an error; the start goes on with no config, logs a warning, and
+readiness answers 503 until a reload applies one. A log that already holds a config restores it and
+never raises this.
 
 Each family means one thing, so a caller can catch by meaning: ``LogError`` is "the store is the
 problem, retry or page someone", ``SourceError`` is "fix the file", ``NotAllowed`` is "you may not",

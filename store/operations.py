@@ -181,14 +181,22 @@ class OperationRunner:
 
         With an empty log, the source is loaded and applied as the initial configuration and that
         operation is returned; if it is not applied, ``InitialConfigError`` is raised (the failed
-        operation stays in the log). Restoring never reads the source: the log is the truth.
+        operation stays in the log), except when the source does not exist yet: then the start goes on
+        with no config (a warning is logged, readiness answers 503) until a reload applies one.
+        Restoring never reads the source: the log is the truth.
         """
         await self._close_interrupted()
         result: ReloadOperation | None = None
         self.active = await anyio.to_thread.run_sync(self._restore_from_log)
         if self.active is None and self.config_source is not None:
             result = await self.reload(Trigger.STARTUP, actor="system")
-            if not result.success:
+            if result.reason == "not_found":
+                # Not yet there (a config mounted after the service starts): not ready, said out loud.
+                logger.warning(
+                    "config source %s does not exist yet; no configuration until a reload applies one",
+                    self.config_source,
+                )
+            elif not result.success:
                 details = "; ".join(result.validation_errors[:3]) or result.error_message or result.message
                 raise InitialConfigError(
                     f"the initial configuration from {self.config_source} was not applied "

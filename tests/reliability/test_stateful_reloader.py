@@ -319,7 +319,7 @@ class ReloaderMachine(RuleBasedStateMachine):
         assert report.ok, report.reason
         assert report.checked == len(events)
 
-        stats, history, backups = StatsProjection(), HistoryProjection(), BackupsProjection(BACKUP_COUNT)
+        stats, history, backups = StatsProjection(), HistoryProjection(window=500), BackupsProjection(BACKUP_COUNT)
         for event in events:
             for projection in (stats, history, backups):
                 projection.apply(event)

@@ -112,8 +112,9 @@ def exploding(name: str, at: int) -> Projection:
 
         return run
 
-    kind = ExplodingFold if FACTORIES[name]().handlers() is None else ExplodingHandlers
-    return cast(Projection, kind(materialize) if name == "current" else kind())
+    projection = FACTORIES[name]()  # made as its factory makes it, then given the exploding class
+    projection.__class__ = ExplodingFold if projection.handlers() is None else ExplodingHandlers
+    return cast(Projection, projection)
 
 
 def folded_until_it_raises(projections: list[Projection], fold: Any) -> bool:
