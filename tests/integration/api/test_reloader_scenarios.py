@@ -27,6 +27,7 @@ from anyio import wait_all_tasks_blocked
 from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus, ReloadTrigger
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
+from confledger.store.errors import InitialConfigError
 from confledger.store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
 from confledger.store.validation import dump_revealed
 
@@ -101,12 +102,12 @@ def write(path: Path, body: dict[str, Any]) -> Path:
 async def running(
     url: str, source: Path | None = None, *, instance_id: str | None = None, **options: Any
 ) -> AsyncIterator[ConfigReloader]:
+    options.setdefault("cipher", CIPHER)
     reloader = ConfigReloader(
         url,
         config_model=AppConfig,
         config_source=source,
         validators=VALIDATORS,
-        cipher=CIPHER,
         instance_id=instance_id,
         **options,
     )
@@ -1141,3 +1142,50 @@ async def test_a_stale_instance_gives_its_services_the_old_config_back(
         "service.notified",
         "operation.completed",
     ]
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+async def test_a_plain_reloader_reads_the_services_settings(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = SecretCipher.generate_key()
+    monkeypatch.setenv("CONFLEDGER_ENCRYPTION_KEY", key)
+    monkeypatch.setenv("CONFLEDGER_ROLLBACK_THRESHOLD", "1.0")
+    monkeypatch.setenv("CONFLEDGER_CALLBACK_TIMEOUT", "0.05")
+    source = write(tmp_path / "config.json", BASE)
+    release = threading.Event()
+    # No cipher passed: the key comes from CONFLEDGER_ENCRYPTION_KEY, as it does for `confledger serve`.
+    async with running(url, source, instance_id="settings", cipher=None) as reloader:
+        assert reloader.rollback_threshold == 1.0
+        reloader.register_config_callback("ok", lambda old, new: True)
+        reloader.register_config_callback("hangs", lambda old, new: release.wait(10))  # the default timeout
+        write(source, variant(debug=True))
+        try:
+            operation = await reloader.reload_config()
+        finally:
+            release.set()
+        assert operation.services_notified == ("ok:success", "hangs:timeout")
+        assert operation.status is ReloadStatus.ROLLED_BACK  # 1 of 2 is below a threshold of 1.0
+        # Given explicitly, an option wins over the environment.
+    async with running(url, source, instance_id="settings", cipher=None, rollback_threshold=0.5) as again:
+        assert again.rollback_threshold == 0.5
+        with EventLog(url, instance_id="reader", cipher=SecretCipher.from_env_value(key)) as log:
+            stored = log.get_config(again.current_hash or "")
+        assert stored.body["embedding"]["openai_api_key"] == OPENAI_KEY
+
+
+async def test_a_start_that_cannot_apply_the_initial_config_raises(url: str, tmp_path: Path) -> None:
+    source = write(tmp_path / "config.json", variant(database__pool_size=-1))
+    reloader = ConfigReloader(url, config_model=AppConfig, config_source=source, cipher=CIPHER)
+    with pytest.raises(InitialConfigError, match="was not applied \\(validation_failed\\)") as raised:
+        async with reloader:
+            pass
+    assert reloader.current is None
+    with open_log(url) as log:
+        [completed] = [
+            e for e in log.read_operation(raised.value.operation_id) if e.type == "operation.completed"
+        ]
+    assert isinstance(completed.payload, OperationCompleted)
+    assert completed.payload.reason == "validation_failed"

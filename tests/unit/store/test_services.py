@@ -7,7 +7,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from opentelemetry import trace
 
 from confledger.store import ServiceOutcome
