@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from confledger.store.errors import SecretKeyError
 from confledger.store.events import (
     EventPayload,
     OperationCompleted,
@@ -26,9 +27,10 @@ from confledger.store.events import (
 from confledger.store.log import PreparedConfig
 from confledger.store.secrets import ConfigPath
 from confledger.store.services import NotifyResult
-from confledger.store.validation import values_at
+from confledger.store.sources import LoadedSource
+from confledger.store.validation import ModelResult, values_at
 
-__all__ = ["ActiveConfig", "Change", "Ended", "Operation", "Request", "notified", "trace_id_of"]
+__all__ = ["ActiveConfig", "Candidate", "Change", "Ended", "Operation", "Request", "notified", "trace_id_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,16 @@ class Operation:
             validation_ms=self.validation_ms,
             apply_ms=apply_ms,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A source as read: its bytes' facts, the model's verdict, and its body sealed for storage."""
+
+    loaded: LoadedSource
+    model: ModelResult
+    sealed: PreparedConfig | None = None
+    seal_error: SecretKeyError | None = None
 
 
 @dataclass(frozen=True, slots=True)

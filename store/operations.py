@@ -70,6 +70,7 @@ from confledger.store.ids import uuid7
 from confledger.store.log import EventLog, PreparedConfig
 from confledger.store.operation_record import (
     ActiveConfig,
+    Candidate,
     Change,
     Ended,
     Operation,
@@ -81,7 +82,8 @@ from confledger.store.outcome import ReloadOperation, build_operation
 from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.sources import load_source
-from confledger.store.validation import ValidationOutcome, ValidationPipeline
+from confledger.store.targets import resolve_target
+from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
@@ -90,7 +92,6 @@ logger = logging.getLogger(__name__)
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
-_APPLIED_SCAN = 200
 
 
 def default_actor(trigger: Trigger) -> str:
@@ -443,14 +444,9 @@ class OperationRunner:
                 ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
                 operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
             )
-        read = functools.partial(
-            load_source,
-            source,
-            max_bytes=self.max_source_bytes,
-            expect_content=self._had_content.get(source, False),
-        )
+        read = functools.partial(self._read_source, source, self._had_content.get(source, False))
         try:
-            loaded = await anyio.to_thread.run_sync(read)
+            candidate = await anyio.to_thread.run_sync(read)
         except SourceError as exc:
             span.add_event("confledger.load", {"confledger.source": source, "confledger.reason": exc.code})
             raise Ended(
@@ -468,6 +464,7 @@ class OperationRunner:
                     reason=exc.code,
                 ),
             ) from None
+        loaded = candidate.loaded
         self._had_content[source] = loaded.size_bytes > 0
         span.add_event(
             "confledger.load",
@@ -477,7 +474,7 @@ class OperationRunner:
                 "confledger.format": loaded.format,
             },
         )
-        outcome = await self._validate(operation, loaded.body, span)
+        outcome = await self._validate(operation, candidate.model, span)
         operation.pending.append(
             ConfigLoaded(
                 hash=outcome.hash,
@@ -488,28 +485,37 @@ class OperationRunner:
                 format=loaded.format,
             )
         )
-        if outcome.body is not None:
+        if candidate.seal_error is not None:
+            # Secrets with no key to seal them cannot be stored: a recorded failure.
+            raise Ended(
+                ValidationFailed(
+                    hash=outcome.hash,
+                    errors=(candidate.seal_error.message,),
+                    warnings=outcome.warnings,
+                    duration_ms=outcome.duration_ms,
+                ),
+                operation.completed(
+                    OperationStatus.FAILED,
+                    "Configuration could not be stored",
+                    error=candidate.seal_error.message,
+                    reason=candidate.seal_error.code,
+                ),
+            )
+        if candidate.sealed is not None:
             # A body is stored in the transaction of the first event that names its hash.
-            seal = functools.partial(self.log.prepare_config, outcome.body, outcome.secret_paths)
-            try:
-                operation.configs.append(await anyio.to_thread.run_sync(seal))
-            except SecretKeyError as exc:
-                # Secrets with no key to seal them cannot be stored: a recorded failure.
-                raise Ended(
-                    ValidationFailed(
-                        hash=outcome.hash,
-                        errors=(exc.message,),
-                        warnings=outcome.warnings,
-                        duration_ms=outcome.duration_ms,
-                    ),
-                    operation.completed(
-                        OperationStatus.FAILED,
-                        "Configuration could not be stored",
-                        error=exc.message,
-                        reason=exc.code,
-                    ),
-                ) from None
+            operation.configs.append(candidate.sealed)
         return outcome
+
+    def _read_source(self, source: str, expect_content: bool) -> Candidate:
+        """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread."""
+        loaded = load_source(source, max_bytes=self.max_source_bytes, expect_content=expect_content)
+        model = self.pipeline.check_model(loaded.body)
+        if model.body is None:
+            return Candidate(loaded, model)
+        try:
+            return Candidate(loaded, model, sealed=self.log.prepare_config(model.body, model.secret_paths))
+        except SecretKeyError as exc:
+            return Candidate(loaded, model, seal_error=exc)
 
     async def _validate_target(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
         request, previous = operation.request, operation.previous
@@ -523,7 +529,8 @@ class OperationRunner:
             trace_id=operation.trace_id,
         )
         try:
-            target = await anyio.to_thread.run_sync(self._resolve_target, request.target)
+            current = None if previous is None else previous.hash
+            target = await anyio.to_thread.run_sync(resolve_target, self.log, request.target, current)
         except ConfigLookupError as exc:
             reference = None if request.target is None else request.target[:80]
             operation.pending.append(started(target_hash=None, source=reference))
@@ -540,56 +547,31 @@ class OperationRunner:
             )
         try:
             # Reading the stored body unseals its secrets: that needs the key they were sealed with.
-            stored = await anyio.to_thread.run_sync(self.log.get_config, target)
+            model = await anyio.to_thread.run_sync(self._read_stored, target)
         except SecretKeyError as exc:
             raise Ended(
                 operation.completed(
                     OperationStatus.FAILED, "Rollback failed", error=exc.message, reason=exc.code
                 )
             ) from None
-        return await self._validate(operation, stored.body, span)
+        return await self._validate(operation, model, span)
+
+    def _read_stored(self, target: str) -> ModelResult:
+        return self.pipeline.check_model(self.log.get_config(target).body)
 
     async def _validate(
-        self, operation: Operation, body: dict[str, Any], span: trace.Span
+        self, operation: Operation, model: ModelResult, span: trace.Span
     ) -> ValidationOutcome:
-        outcome = await self.pipeline.validate(body, calls=self.calls, tracer=self.tracer)
+        # The model's verdict is an event on the operation span; each custom validator has its own span.
+        span.add_event("confledger.model", {"confledger.errors": len(model.errors)})
+        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
         operation.validation_ms = outcome.duration_ms
         found = {
             "confledger.validation.errors": len(outcome.errors),
             "confledger.validation.warnings": len(outcome.warnings),
         }
-        # The model's verdict is an event on the operation span; each custom validator has its own span.
-        span.add_event("confledger.model", {"confledger.errors": outcome.model_errors})
         span.set_attributes({key: count for key, count in found.items() if count})
         return outcome
-
-    def _resolve_target(self, reference: str | None) -> str:
-        if reference is None:
-            found = self._previous_distinct_hash()
-            if found is None:
-                raise ConfigLookupError(
-                    "no previous configuration to roll back to", code="no_previous_config"
-                )
-            return found
-        full = self.log.resolve_hash(reference)
-        if not self.log.was_applied(full):
-            raise ConfigLookupError(
-                f"config {full[:16]} was never applied; rollback can only return to an applied config",
-                code="unknown_config_hash",
-            )
-        return full
-
-    def _previous_distinct_hash(self) -> str | None:
-        current = None if self.active is None else self.active.hash
-        before: int | None = None
-        while True:
-            batch = self.log.read_reverse(before, _APPLIED_SCAN, types=[ConfigApplied.event_type])
-            for event in batch:
-                if isinstance(event.payload, ConfigApplied) and event.payload.hash != current:
-                    return event.payload.hash
-            if len(batch) < _APPLIED_SCAN:
-                return None
-            before = batch[-1].position
 
     def _change(self, operation: Operation, outcome: ValidationOutcome) -> Change:
         """The validated change, or ``Ended`` when the validation failed, nothing changed, or a dry run."""

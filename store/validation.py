@@ -136,6 +136,7 @@ class ModelResult:
     hash: str | None
     secret_paths: frozenset[ConfigPath]
     errors: tuple[str, ...]
+    duration_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,20 +215,26 @@ class ValidationPipeline:
 
     def check_model(self, body: Mapping[str, Any]) -> ModelResult:
         """The model, the secret fields it declares and the config hash (blocking: call it in a thread)."""
+        started = time.perf_counter()
         config, normalised, errors = self.parse(body)
         if config is None or normalised is None:
-            return ModelResult(None, None, None, frozenset(), tuple(errors))
-        return ModelResult(
-            config, normalised, config_hash(normalised), frozenset(find_secret_paths(config)), ()
-        )
+            return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
+        digest, secret_paths = config_hash(normalised), frozenset(find_secret_paths(config))
+        return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
 
     async def validate(
         self, body: Mapping[str, Any], *, calls: UserCalls, tracer: trace.Tracer | None = None
     ) -> ValidationOutcome:
         """Validate ``body``: the model first (in a worker thread), then each validator in order."""
+        model = await anyio.to_thread.run_sync(self.check_model, body)
+        return await self.run_validators(model, calls=calls, tracer=tracer)
+
+    async def run_validators(
+        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
+    ) -> ValidationOutcome:
+        """Each custom validator in order on what the model accepted; the outcome of the whole validation."""
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         started = time.perf_counter()
-        model = await anyio.to_thread.run_sync(self.check_model, body)
         errors = list(model.errors)
         warnings: list[str] = []
         validator_ms: dict[str, float] = {}
@@ -247,7 +254,7 @@ class ValidationPipeline:
             # before anything can reach an event, a response or a log line.
             errors=tuple(scrub(line, secrets) for line in errors),
             warnings=tuple(scrub(line, secrets) for line in warnings),
-            duration_ms=(time.perf_counter() - started) * 1000,
+            duration_ms=model.duration_ms + _ms_since(started),
             model_errors=len(model.errors),
             validator_ms=validator_ms,
         )
@@ -273,6 +280,10 @@ class ValidationPipeline:
             if errors:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
         return errors, warnings, outcome.duration_ms
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
 def _name_of(validator: ConfigValidator) -> str:

@@ -1105,8 +1105,8 @@ async def test_an_open_operation_of_another_live_instance_is_left_alone(url: str
 async def test_a_stale_instance_gives_its_services_the_old_config_back(
     url: str, tmp_path: Path, asynchronous: bool
 ) -> None:
-    # With sync services the outcome is appended in the worker hop that called them; with an async one,
-    # from the loop. Either way a conflict writes nothing applied and calls the services back.
+    # Sync services (worker threads) or an async one (on the loop): either way a conflict writes nothing
+    # applied and calls the services back.
     source = write(tmp_path / "config.json", BASE)
     calls: list[tuple[int, int]] = []
 
