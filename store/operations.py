@@ -148,10 +148,6 @@ class OperationRunner:
     def running_operation_id(self) -> str | None:
         return None if self._running is None else str(self._running)
 
-    @property
-    def busy(self) -> bool:
-        return self._running is not None
-
     def config_for_hash(self, full_hash: str) -> Any | None:
         """The typed config for the hash being applied or the current one (None for any other hash)."""
         for known in (self._applying, self.active):
