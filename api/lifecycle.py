@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -27,9 +26,16 @@ from pydantic import BaseModel
 
 from confledger.api.reloader import ConfigReloader, set_config_reloader
 from confledger.api.security import Tokens, load_or_create_token_file
-from confledger.api.settings import sqlite_path
+from confledger.api.settings import (
+    Settings,
+    absolute,
+    default_database_url,
+    resolve_cipher,
+    settings_with,
+    token_file_path,
+)
 from confledger.api.telemetry import Telemetry, otlp_configured
-from confledger.store import EventLog, SecretCipher, SecretKeyError, Trigger
+from confledger.store import EventLog, Trigger
 from confledger.store.database import normalize_url
 from confledger.store.services import ServiceCallback, ServiceRegistry
 from confledger.store.validation import ConfigValidator, ValidatorSpec
@@ -59,9 +65,11 @@ def register_config_callback(
     callback: ServiceCallback,
     priority: int = 0,
     async_callback: bool = False,
-    timeout: float = 30.0,
+    timeout: float | None = None,
 ) -> None:
-    """Call ``callback(old_config, new_config)`` on every change; higher priority runs first."""
+    """Call ``callback(old_config, new_config)`` on every change; higher priority runs first.
+
+    ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set)."""
     registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
     registry.register(name, callback, priority=priority, async_callback=async_callback, timeout=timeout)
 
@@ -69,51 +77,6 @@ def register_config_callback(
 def unregister_config_callback(name: str) -> bool:
     registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
     return registry.unregister(name)
-
-
-def _absolute(path: str | Path) -> Path:
-    """An absolute path that keeps symlinks as named.
-
-    A config file is often a symlink that deploys swap (a Kubernetes ConfigMap's ``..data`` link): the
-    reloader must keep reading and watching the link, not the file it pointed to at start-up, and the
-    log, key and token files beside it must not move to the target's directory when the link moves.
-    """
-    return Path(os.path.abspath(path))
-
-
-def default_database_url(config_source: str | Path | None) -> str:
-    """With no database named, the log is an SQLite file next to the config (or in the working directory)."""
-    if config_source is None:
-        return "sqlite:///./confledger.db"
-    directory = _absolute(config_source).parent
-    return f"sqlite:///{directory / 'confledger.db'}"
-
-
-def token_file_path(database_url: str, config_source: str | Path | None) -> Path:
-    database = sqlite_path(database_url)
-    if database is not None:
-        return database.with_name(database.name + ".admin-token")
-    base = _absolute(config_source).parent if config_source is not None else Path.cwd()
-    return base / "confledger.admin-token"
-
-
-def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:
-    """The key for secrets at rest: the configured one, or a 0600 key file beside an SQLite log."""
-    if encryption_key:
-        return SecretCipher.from_env_value(encryption_key)
-    database = sqlite_path(database_url)
-    if database is None:
-        raise SecretKeyError(
-            "a PostgreSQL log is shared by every instance: set CONFLEDGER_ENCRYPTION_KEY "
-            "(the same Fernet key on each) so secrets can be stored encrypted"
-        )
-    key_file = database.with_name(database.name + ".key")
-    if not key_file.exists() and log.config_count() > 0:
-        raise SecretKeyError(
-            f"the log at {database} holds configs but its key file {key_file} is missing: restore the key "
-            "file or set CONFLEDGER_ENCRYPTION_KEY; without it stored secrets cannot be restored"
-        )
-    return SecretCipher.from_key_file(key_file, create=True)
 
 
 class ConfigLifecycle:
@@ -124,47 +87,30 @@ class ConfigLifecycle:
         *,
         config_model: type[BaseModel] | None,
         config_source: str | Path | None,
-        database_url: str | None,
         validators: Sequence[ConfigValidator | ValidatorSpec],
         tokens: Tokens,
         services: ServiceRegistry,
-        source_dirs: Sequence[str | Path] = (),
-        encryption_key: str | None = None,
-        instance_id: str | None = None,
-        backup_count: int = 5,
-        enable_automatic_rollback: bool = True,
-        rollback_threshold: float = 0.5,
-        enable_signal_handler: bool = True,
-        enable_file_watching: bool = False,
-        poll_interval: float = 1.0,
-        force_polling: bool = False,
-        sqlite_synchronous: str = "FULL",
-        metrics: bool = False,
+        settings: Settings,
         telemetry: Telemetry | None = None,
-        history_window: int = 500,
     ) -> None:
-        self.metrics = metrics
+        """``settings`` holds every option (the database, key, thresholds, timeouts, watching, metrics)."""
+        self.settings = settings
+        self.metrics = settings.metrics
         self.telemetry = telemetry
         self._owns_telemetry = False
         self.config_model = config_model
-        self.config_source = None if config_source is None else str(_absolute(config_source))
-        self.database_url = database_url or default_database_url(config_source)
+        self.config_source = None if config_source is None else str(absolute(config_source))
+        self.database_url = settings.database_url or default_database_url(config_source)
         normalize_url(self.database_url)  # a malformed URL fails at set-up, not at first request
         self.validators = list(validators)
         self.tokens = tokens
         self.services = services
-        self.source_dirs = [Path(d) for d in source_dirs]
-        self.encryption_key = encryption_key
-        self.instance_id = instance_id
-        self.backup_count = backup_count
-        self.enable_automatic_rollback = enable_automatic_rollback
-        self.rollback_threshold = rollback_threshold
-        self.enable_signal_handler = enable_signal_handler
-        self.watch_on_start = enable_file_watching
-        self.poll_interval = poll_interval
-        self.force_polling = force_polling
-        self.sqlite_synchronous = sqlite_synchronous
-        self.history_window = history_window
+        self.source_dirs = list(settings.source_dirs)
+        self.encryption_key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
+        self.enable_signal_handler = settings.signal_handler
+        self.watch_on_start = settings.watch
+        self.poll_interval = settings.poll_interval
+        self.force_polling = settings.force_polling
         self.reloader: ConfigReloader | None = None
         self.signal_handler_enabled = False
         self.token_file: Path | None = None
@@ -184,8 +130,8 @@ class ConfigLifecycle:
     def _open_log(self) -> EventLog:
         log = EventLog(
             self.database_url,
-            instance_id=self.instance_id,
-            sqlite_synchronous=self.sqlite_synchronous,  # type: ignore[arg-type]
+            instance_id=self.settings.instance_id,
+            sqlite_synchronous=self.settings.sqlite_synchronous,  # type: ignore[arg-type]
         )
         try:
             log.cipher = resolve_cipher(self.encryption_key, self.database_url, log)
@@ -208,13 +154,10 @@ class ConfigLifecycle:
                 log,
                 config_model=self.config_model,
                 config_source=self.config_source,
-                backup_count=self.backup_count,
-                enable_automatic_rollback=self.enable_automatic_rollback,
-                rollback_threshold=self.rollback_threshold,
                 validators=self.validators,
                 services=self.services,
-                history_window=self.history_window,
                 tracer=None if self.telemetry is None else self.telemetry.tracer,
+                settings=self.settings,
             )
             if self.telemetry is not None:
                 # Bound before start so the start-up operation is measured like any other.
@@ -226,13 +169,6 @@ class ConfigLifecycle:
             self.reloader = reloader
             set_config_reloader(reloader)
             _active_lifecycle = self
-            startup = reloader.startup_operation
-            if startup is not None and not startup.success:
-                logger.error(
-                    "initial configuration not applied (%s): %s; serving without a config until a reload succeeds",
-                    startup.reason,
-                    "; ".join(startup.validation_errors) or startup.error_message,
-                )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)
             if self.enable_signal_handler:
@@ -326,62 +262,69 @@ def setup_configuration_lifecycle(
     source_dirs: Sequence[str | Path] = (),
     encryption_key: str | None = None,
     instance_id: str | None = None,
-    backup_count: int = 5,
-    enable_automatic_rollback: bool = True,
-    rollback_threshold: float = 0.5,
-    enable_signal_handler: bool = True,
-    enable_file_watching: bool = False,
-    poll_interval: float = 1.0,
-    force_polling: bool = False,
+    backup_count: int | None = None,
+    enable_automatic_rollback: bool | None = None,
+    rollback_threshold: float | None = None,
+    enable_signal_handler: bool | None = None,
+    enable_file_watching: bool | None = None,
+    poll_interval: float | None = None,
+    force_polling: bool | None = None,
     prefix: str = DEFAULT_PREFIX,
     include_router: bool = True,
     include_health: bool = True,
     services: ServiceRegistry | None = None,
-    sqlite_synchronous: str = "FULL",
-    metrics: bool = False,
+    sqlite_synchronous: str | None = None,
+    metrics: bool | None = None,
     telemetry: Telemetry | None = None,
-    history_window: int = 500,
+    history_window: int | None = None,
+    settings: Settings | None = None,
 ) -> ConfigLifecycle:
     """Wire a reloader into ``app``'s lifespan and mount the config API under ``prefix``.
 
-    Settings not passed here are read from ``CONFLEDGER_*`` environment variables. With no admin token
-    configured, one is generated into a 0600 file beside the database (its path is logged, never the token).
-    ``metrics=True`` adds a Prometheus ``/metrics`` endpoint (read token); traces and metrics go to OTLP
-    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; pass ``telemetry`` to bring your own providers.
+    Options left as None come from ``settings`` (default: the ``CONFLEDGER_*`` environment variables;
+    the defaults are written once, in ``confledger.api.settings.Settings``). With no admin token
+    configured, one is generated into a 0600 file beside the database (its path is logged, never the
+    token). ``metrics`` adds a Prometheus ``/metrics`` endpoint (read token); traces and metrics go to
+    OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; pass ``telemetry`` to bring your own providers.
     ``history_window`` is how many recent operations ``GET /history`` serves from memory; older pages
-    are folded from the log.
+    are folded from the log. If the log is empty and the source cannot be applied, start-up fails with
+    ``InitialConfigError``.
     """
-    from confledger.api.settings import Settings
-
-    settings = Settings()
-    url = database_url or settings.database_url or default_database_url(config_source)
-    admin = admin_token or (settings.admin_token.get_secret_value() if settings.admin_token else None)
-    reader = read_token or (settings.read_token.get_secret_value() if settings.read_token else None)
-    tokens, token_path, created = _tokens_for(admin, reader, url, config_source)
-    if created:
-        logger.warning("generated an admin token for the config API; it is in %s (mode 0600)", token_path)
-    key = encryption_key or (settings.encryption_key.get_secret_value() if settings.encryption_key else None)
-    lifecycle = ConfigLifecycle(
-        config_model=config_model,
-        config_source=config_source,
-        database_url=url,
-        validators=validators,
-        tokens=tokens,
-        services=services if services is not None else _default_services,
-        source_dirs=[*source_dirs, *settings.source_dirs],
-        encryption_key=key,
-        instance_id=instance_id or settings.instance_id or os.environ.get("CONFLEDGER_INSTANCE_ID"),
+    base = settings if settings is not None else Settings()
+    resolved = settings_with(
+        base,
+        database_url=database_url,
+        admin_token=admin_token,
+        read_token=read_token,
+        source_dirs=[*source_dirs, *base.source_dirs] if source_dirs else None,
+        encryption_key=encryption_key,
+        instance_id=instance_id,
         backup_count=backup_count,
-        enable_automatic_rollback=enable_automatic_rollback,
+        automatic_rollback=enable_automatic_rollback,
         rollback_threshold=rollback_threshold,
-        enable_signal_handler=enable_signal_handler,
-        enable_file_watching=enable_file_watching,
+        signal_handler=enable_signal_handler,
+        watch=enable_file_watching,
         poll_interval=poll_interval,
         force_polling=force_polling,
         sqlite_synchronous=sqlite_synchronous,
         metrics=metrics,
-        telemetry=telemetry,
         history_window=history_window,
+    )
+    url = resolved.database_url or default_database_url(config_source)
+    resolved = settings_with(resolved, database_url=url)
+    admin = resolved.admin_token.get_secret_value() if resolved.admin_token else None
+    reader = resolved.read_token.get_secret_value() if resolved.read_token else None
+    tokens, token_path, created = _tokens_for(admin, reader, url, config_source)
+    if created:
+        logger.warning("generated an admin token for the config API; it is in %s (mode 0600)", token_path)
+    lifecycle = ConfigLifecycle(
+        config_model=config_model,
+        config_source=config_source,
+        validators=validators,
+        tokens=tokens,
+        services=services if services is not None else _default_services,
+        settings=resolved,
+        telemetry=telemetry,
     )
     lifecycle.token_file = token_path
     lifecycle.token_created = created
@@ -405,7 +348,7 @@ def setup_configuration_lifecycle(
         app.include_router(build_config_router(), prefix=prefix)
         # A failing log (unreachable, read-only) answers JSON with a stable detail, not a plain-text 500.
         app.add_exception_handler(ConfledgerError, store_error_handler)
-    if metrics or telemetry is not None:
+    if resolved.metrics or telemetry is not None:
         app.include_router(metrics_routes.router)
     if include_health:
         app.include_router(health.router)

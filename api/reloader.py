@@ -12,7 +12,8 @@ import anyio
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from confledger import __version__, store
+from confledger import __version__
+from confledger.api.settings import Settings, default_database_url, resolve_cipher, settings_with
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
@@ -20,6 +21,7 @@ from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
+from confledger.store.calls import UserCalls
 from confledger.store.events import FileWatchDisabled, FileWatchEnabled
 from confledger.store.operations import OperationRunner
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
@@ -53,52 +55,91 @@ class ConfigReloader:
         *,
         config_model: type[BaseModel] | None = None,
         config_source: str | Path | None = None,
-        backup_count: int = 5,
-        enable_automatic_rollback: bool = True,
-        rollback_threshold: float = 0.5,
+        backup_count: int | None = None,
+        enable_automatic_rollback: bool | None = None,
+        rollback_threshold: float | None = None,
         validators: Sequence[ConfigValidator | ValidatorSpec] = (),
-        max_source_bytes: int = 1_048_576,
-        history_window: int = 500,
+        max_source_bytes: int | None = None,
+        history_window: int | None = None,
+        callback_timeout: float | None = None,
+        validator_timeout: float | None = None,
         instance_id: str | None = None,
         cipher: SecretCipher | None = None,
         services: ServiceRegistry | None = None,
         tracer: Tracer | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        if log is None or isinstance(log, str):
-            log = EventLog(log or store.DEFAULT_DATABASE_URL, instance_id=instance_id, cipher=cipher)
-            self._owns_log = True
-        else:
-            self._owns_log = False
-        self.log = log
-        self.config_model = config_model
-        self.backup_count = backup_count
-        self.services = services if services is not None else ServiceRegistry()
-        self.pipeline = ValidationPipeline(config_model, validators)
-        self.runner = OperationRunner(
-            log,
-            pipeline=self.pipeline,
-            services=self.services,
-            config_source=config_source,
-            enable_automatic_rollback=enable_automatic_rollback,
+        """Options left as None come from ``settings`` (default: ``CONFLEDGER_*`` environment variables).
+
+        ``log`` is an open ``EventLog``, a database URL, or None for ``CONFLEDGER_DATABASE_URL`` (else
+        an SQLite file next to the config). A log opened here gets ``cipher``, else the key of
+        ``CONFLEDGER_ENCRYPTION_KEY``, else a 0600 key file beside an SQLite log, as ``confledger serve``.
+        """
+        self.settings = settings_with(
+            settings,
+            backup_count=backup_count,
+            automatic_rollback=enable_automatic_rollback,
             rollback_threshold=rollback_threshold,
             max_source_bytes=max_source_bytes,
+            history_window=history_window,
+            callback_timeout=callback_timeout,
+            validator_timeout=validator_timeout,
+            instance_id=instance_id,
+        )
+        self._owns_log = not isinstance(log, EventLog)
+        self.log = log if isinstance(log, EventLog) else self._open_log(log, config_source, cipher)
+        self.config_model = config_model
+        self.backup_count = self.settings.backup_count
+        self.services = services if services is not None else ServiceRegistry()
+        self.pipeline = ValidationPipeline(
+            config_model, validators, validator_timeout=self.settings.validator_timeout
+        )
+        self.runner = OperationRunner(
+            self.log,
+            pipeline=self.pipeline,
+            services=self.services,
+            calls=UserCalls(self.settings.worker_threads),
+            config_source=config_source,
+            enable_automatic_rollback=self.settings.automatic_rollback,
+            rollback_threshold=self.settings.rollback_threshold,
+            max_source_bytes=self.settings.max_source_bytes,
+            callback_timeout=self.settings.callback_timeout,
             version=__version__,
             tracer=tracer,
         )
         self.current = None
         self._current = CurrentProjection(self._materialize)
         self._current.listeners.append(self._on_current)
-        self._history = HistoryProjection(window=history_window)
+        self._history = HistoryProjection(window=self.settings.history_window)
         self._stats = StatsProjection()
-        self._backups = BackupsProjection(backup_count)
-        self.projections = ProjectionSet(log, [self._current, self._history, self._stats, self._backups])
-        # A lambda, not the dict's bound get: the projection replaces its dict on reset and restore.
-        self.runner.folded_operation = lambda operation_id: self._history.operations.get(operation_id)
+        self._backups = BackupsProjection(self.backup_count)
+        self.projections = ProjectionSet(self.log, [self._current, self._history, self._stats, self._backups])
         self.started = False
+        self._log_closed = False
         self.startup_operation: ReloadOperation | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._watcher: FileWatcher | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
+
+    def _open_log(
+        self, url: str | None, config_source: str | Path | None, cipher: SecretCipher | None
+    ) -> EventLog:
+        settings = self.settings
+        database_url = url or settings.database_url or default_database_url(config_source)
+        log = EventLog(
+            database_url,
+            instance_id=settings.instance_id,
+            cipher=cipher,
+            sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
+        )
+        if cipher is None:
+            key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
+            try:
+                log.cipher = resolve_cipher(key, database_url, log)
+            except BaseException:
+                log.close()
+                raise
+        return log
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -115,7 +156,11 @@ class ConfigReloader:
         return self.runner.rollback_threshold
 
     async def start(self) -> ReloadOperation | None:
-        """Close interrupted operations, restore (or load) the config, fold the projections."""
+        """Close interrupted operations, restore (or load) the config, fold the projections.
+
+        Raises ``InitialConfigError`` when the log is empty and the source cannot be applied: a
+        reloader never starts silently without a config it was given a source for.
+        """
         if self.started:
             return self.startup_operation
         self.startup_operation = await self.runner.start()
@@ -124,14 +169,17 @@ class ConfigReloader:
         return self.startup_operation
 
     async def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
+        """Record the stop and close a log this reloader opened (also after a start that raised)."""
         try:
-            await self.runner.stop()
+            if self.started:
+                self.started = False
+                try:
+                    await self.runner.stop()
+                finally:
+                    await anyio.to_thread.run_sync(self.projections.stop)
         finally:
-            await anyio.to_thread.run_sync(self.projections.stop)
-            if self._owns_log:
+            if self._owns_log and not self._log_closed:
+                self._log_closed = True
                 self.log.close()
 
     async def __aenter__(self) -> ConfigReloader:
@@ -296,9 +344,11 @@ class ConfigReloader:
         callback: ServiceCallback,
         priority: int = 0,
         async_callback: bool = False,
-        timeout: float = 30.0,
+        timeout: float | None = None,
     ) -> None:
-        """Call ``callback(old_config, new_config)`` on every change; higher priority runs first."""
+        """Call ``callback(old_config, new_config)`` on every change; higher priority runs first.
+
+        ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set)."""
         self.services.register(
             name, callback, priority=priority, async_callback=async_callback, timeout=timeout
         )
@@ -307,7 +357,7 @@ class ConfigReloader:
         return self.services.unregister(name)
 
     def add_validator(
-        self, validator: ConfigValidator, *, name: str | None = None, timeout: float = 5.0
+        self, validator: ConfigValidator, *, name: str | None = None, timeout: float | None = None
     ) -> None:
         self.pipeline.add(validator, name=name, timeout=timeout)
 

@@ -1,21 +1,38 @@
-"""Settings from ``CONFLEDGER_*`` environment variables (pydantic-settings); each is also a CLI option."""
+"""Settings from ``CONFLEDGER_*`` environment variables (pydantic-settings); each is also a CLI option.
+
+Every default of the reload path is written here once: ``ConfigReloader`` and
+``setup_configuration_lifecycle`` take ``None`` for "from the settings", and the store's constructors
+take the values they are handed. ``ConfigReloader`` in plain Python reads the same variables as
+``confledger serve`` (the database, the encryption key, the instance id, the thresholds and timeouts).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-__all__ = ["MIN_TOKEN_LENGTH", "Settings", "sqlite_path"]
+from confledger.store import EventLog, SecretCipher, SecretKeyError
+
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "Settings",
+    "default_database_url",
+    "resolve_cipher",
+    "settings_with",
+    "sqlite_path",
+    "token_file_path",
+]
 
 MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
-    """Everything ``confledger serve`` and the lifecycle read from the environment."""
+    """Everything ``confledger serve``, the lifecycle and ``ConfigReloader`` read from the environment."""
 
     model_config = SettingsConfigDict(env_prefix="CONFLEDGER_", extra="ignore")
 
@@ -41,9 +58,18 @@ class Settings(BaseSettings):
         None, description="Fernet key(s) for secrets at rest, comma-separated"
     )
     instance_id: str | None = None
-    backup_count: int = Field(5, ge=1, le=1000)
-    rollback_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    backup_count: int = Field(5, ge=1, le=1000, description="distinct applied configs kept as backups")
+    rollback_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="roll back when fewer than this share of services accept"
+    )
     automatic_rollback: bool = True
+    max_source_bytes: int = Field(1_048_576, ge=1, description="the largest config source read, in bytes")
+    callback_timeout: float = Field(30.0, gt=0, description="seconds a service callback may take")
+    validator_timeout: float = Field(5.0, gt=0, description="seconds a custom validator may take")
+    worker_threads: int = Field(
+        8, ge=1, le=256, description="worker threads for sync validators and callbacks running on time"
+    )
+    history_window: int = Field(500, ge=1, description="recent operations history serves from memory")
     sqlite_synchronous: str = Field("FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     signal_handler: bool = True
     metrics: bool = True
@@ -54,10 +80,17 @@ class Settings(BaseSettings):
     @classmethod
     def _split_dirs(cls, value: object) -> object:
         if isinstance(value, str):
-            import os
-
             return [Path(part) for part in value.split(os.pathsep) if part.strip()]
         return value
+
+
+def settings_with(settings: Settings | None, **overrides: Any) -> Settings:
+    """``settings`` (default: read from the environment) with the overrides that are not None, validated."""
+    base = settings if settings is not None else Settings()
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if not given:
+        return base
+    return Settings(**{**base.model_dump(), **given})
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -69,3 +102,48 @@ def sqlite_path(database_url: str) -> Path | None:
     if database.startswith("file:"):
         database = database[len("file:") :]
     return Path(database)
+
+
+def absolute(path: str | Path) -> Path:
+    """An absolute path that keeps symlinks as named.
+
+    A config file is often a symlink that deploys swap (a Kubernetes ConfigMap's ``..data`` link): the
+    reloader must keep reading and watching the link, not the file it pointed to at start-up, and the
+    log, key and token files beside it must not move to the target's directory when the link moves.
+    """
+    return Path(os.path.abspath(path))
+
+
+def default_database_url(config_source: str | Path | None) -> str:
+    """With no database named, the log is an SQLite file next to the config (or in the working directory)."""
+    if config_source is None:
+        return "sqlite:///./confledger.db"
+    directory = absolute(config_source).parent
+    return f"sqlite:///{directory / 'confledger.db'}"
+
+
+def token_file_path(database_url: str, config_source: str | Path | None) -> Path:
+    database = sqlite_path(database_url)
+    if database is not None:
+        return database.with_name(database.name + ".admin-token")
+    base = absolute(config_source).parent if config_source is not None else Path.cwd()
+    return base / "confledger.admin-token"
+
+
+def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:
+    """The key for secrets at rest: the configured one, or a 0600 key file beside an SQLite log."""
+    if encryption_key:
+        return SecretCipher.from_env_value(encryption_key)
+    database = sqlite_path(database_url)
+    if database is None:
+        raise SecretKeyError(
+            "a PostgreSQL log is shared by every instance: set CONFLEDGER_ENCRYPTION_KEY "
+            "(the same Fernet key on each) so secrets can be stored encrypted"
+        )
+    key_file = database.with_name(database.name + ".key")
+    if not key_file.exists() and log.config_count() > 0:
+        raise SecretKeyError(
+            f"the log at {database} holds configs but its key file {key_file} is missing: restore the key "
+            "file or set CONFLEDGER_ENCRYPTION_KEY; without it stored secrets cannot be restored"
+        )
+    return SecretCipher.from_key_file(key_file, create=True)

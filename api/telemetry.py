@@ -31,15 +31,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
-from confledger.api.tracing import tracer_for
 from confledger.store.events import (
     OperationCompleted,
+    OperationKind,
     OperationStarted,
     RecordedEvent,
     ServiceNotified,
     ValidationFailed,
     ValidationPassed,
 )
+from confledger.store.outcome import reported_status
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -171,11 +172,11 @@ class Telemetry:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             self._owned.append(self.tracer_provider)
         # With no provider given and no trace exporter configured, no span would reach anyone; an SDK
-        # tracer would still build each one (about 50 µs a span, eight a reload). The API's no-op tracer
-        # makes none, yet continues the caller's span context, so an operation started under a
-        # traceparent still records that trace id in its events.
+        # tracer would still build each one. The API's no-op tracer makes none, yet continues the
+        # caller's span context, so an operation started under a traceparent still records that trace
+        # id in its events.
         self.tracer: Tracer = (
-            tracer_for(self.tracer_provider, "confledger")
+            self.tracer_provider.get_tracer("confledger")
             if self.tracer_provider is not None
             else NoOpTracer()
         )
@@ -354,7 +355,8 @@ class Telemetry:
                 queue((self._callback_duration, payload.duration_ms / 1000, attributes))
             elif isinstance(payload, OperationCompleted):
                 kind = self._kinds.pop(key, "reload")
-                attributes = {"operation": kind, "status": payload.status.value}
+                status, _ = reported_status(OperationKind(kind), payload.status)
+                attributes = {"operation": kind, "status": status.value}
                 queue((self._operation_duration, payload.total_ms / 1000, attributes))
 
     def _drain(self) -> None:

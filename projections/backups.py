@@ -27,7 +27,7 @@ class BackupsProjection(Projection):
     name = "backups"
     version = 1
 
-    def __init__(self, backup_count: int = 5) -> None:
+    def __init__(self, backup_count: int) -> None:
         if backup_count < 1:
             raise ValueError("backup_count must be at least 1")
         self.backup_count = backup_count

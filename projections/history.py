@@ -26,9 +26,10 @@ _by_first_position = attrgetter("first_position")
 
 class HistoryProjection(Projection):
     name = "history"
-    version = 1
+    # 2: a manual rollback reads rolled_back (store.outcome.reported_status); older states said success.
+    version = 2
 
-    def __init__(self, window: int = 500) -> None:
+    def __init__(self, window: int) -> None:
         self.window = window
         super().__init__()
 

@@ -13,12 +13,14 @@ from confledger.store.events import (
     ConfigRolledBack,
     EventPayload,
     OperationCompleted,
+    OperationKind,
     OperationRejected,
     OperationStarted,
     OperationStatus,
     RecordedEvent,
     ServiceNotified,
 )
+from confledger.store.outcome import reported_status
 
 __all__ = ["StatsProjection"]
 
@@ -32,13 +34,17 @@ def _bump(counter: dict[str, int], key: str) -> None:
 
 
 class StatsProjection(Projection):
-    """Rejected requests count as failed operations, as they appear in history as failed."""
+    """Statuses as history reports them (``store.outcome.reported_status``): a manual rollback is
+    ``rolled_back`` and a success. Rejected requests count as failed, as they appear in history."""
 
     name = "stats"
-    version = 2
+    version = 3
 
     def reset(self) -> None:
         self.total = 0
+        self.successful = 0
+        # A rolled_back status is a success for a manual rollback, a failure for an automatic one.
+        self.failed_by_trigger: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
         self.by_kind: dict[str, int] = {}
         # "trigger|status" pairs, so a filtered history page can report its total without a scan.
@@ -84,7 +90,8 @@ class StatsProjection(Projection):
         if event.operation_id is None:
             return
         started = self._open.pop(event.operation_id.int, _UNKNOWN_START)
-        self._count(started["kind"], started["trigger"], payload.status._value_, payload.reason)
+        status, success = reported_status(OperationKind(started["kind"]), payload.status)
+        self._count(started["kind"], started["trigger"], status._value_, success, payload.reason)
         if payload.status is not OperationStatus.INTERRUPTED:
             self.durations.add(payload.total_ms)
             self.validation_durations.add(payload.validation_ms)
@@ -93,7 +100,7 @@ class StatsProjection(Projection):
     def _rejected(self, event: RecordedEvent) -> None:
         payload = event.payload
         assert isinstance(payload, OperationRejected)
-        self._count(payload.kind._value_, payload.trigger._value_, "failed", payload.reason)
+        self._count(payload.kind._value_, payload.trigger._value_, "failed", False, payload.reason)
 
     def _notified(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -122,13 +129,16 @@ class StatsProjection(Projection):
         assert isinstance(payload, ConfigApplied)
         self.current_hash = payload.hash
 
-    def _count(self, kind: str, trigger: str, status: str, reason: str | None) -> None:
+    def _count(self, kind: str, trigger: str, status: str, success: bool, reason: str | None) -> None:
         self.total += 1
+        self.successful += success
+        if not success:
+            _bump(self.failed_by_trigger, trigger)
         _bump(self.by_status, status)
         _bump(self.by_kind, kind)
         _bump(self.by_trigger_status, f"{trigger}|{status}")
         _bump(self.by_kind_trigger_status, f"{kind}|{trigger}|{status}")
-        if status != "success":
+        if not success:
             _bump(self.errors, f"{kind}|{reason or status}")
 
     def operations_by_kind_trigger_status(self) -> dict[tuple[str, str, str], int]:
@@ -146,10 +156,6 @@ class StatsProjection(Projection):
         return result
 
     # --- reading -------------------------------------------------------------------------------------
-
-    @property
-    def successful(self) -> int:
-        return self.by_status.get("success", 0)
 
     @property
     def failed(self) -> int:
@@ -170,11 +176,9 @@ class StatsProjection(Projection):
     def per_trigger(self) -> dict[str, dict[str, Any]]:
         result: dict[str, dict[str, Any]] = {}
         for pair, count in self.by_trigger_status.items():
-            trigger, status = pair.split("|")
-            entry = result.setdefault(trigger, {"total": 0, "failed": 0})
+            trigger, _ = pair.split("|")
+            entry = result.setdefault(trigger, {"total": 0, "failed": self.failed_by_trigger.get(trigger, 0)})
             entry["total"] += count
-            if status != "success":
-                entry["failed"] += count
         for entry in result.values():
             entry["failure_rate"] = entry["failed"] / entry["total"] if entry["total"] else 0.0
         return dict(sorted(result.items()))
@@ -227,6 +231,8 @@ class StatsProjection(Projection):
     def snapshot(self) -> dict[str, Any]:
         return {
             "total": self.total,
+            "successful": self.successful,
+            "failed_by_trigger": self.failed_by_trigger,
             "by_status": self.by_status,
             "by_kind": self.by_kind,
             "by_trigger_status": self.by_trigger_status,
@@ -246,6 +252,8 @@ class StatsProjection(Projection):
     def restore(self, state: dict[str, Any]) -> None:
         self.reset()
         self.total = int(state["total"])
+        self.successful = int(state["successful"])
+        self.failed_by_trigger = dict(state["failed_by_trigger"])
         self.by_status = dict(state["by_status"])
         self.by_kind = dict(state["by_kind"])
         self.by_trigger_status = dict(state["by_trigger_status"])

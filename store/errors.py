@@ -29,7 +29,17 @@ The hierarchy::
     ├── SecretKeyError              encrypted secrets exist but the key is missing or wrong
     └── SetupError                  a setting or argument the service cannot start with
         ├── TokenError              a token setting that cannot be used (too short, unreadable file)
-        └── ModelImportError        ``--model module:Class`` does not name an importable pydantic model
+        ├── ModelImportError        ``--model module:Class`` does not name an importable pydantic model
+        └── InitialConfigError      an empty log's first config could not be applied at start-up
+
+``InitialConfigError`` is raised by a start rather than serving with no config at all: with an empty log,
+the reloader's start applies the source as the initial configuration, and if that fails (the file is
+missing, unreadable or invalid, or the services refused it) ``reloader.current`` would otherwise stay
+``None`` with nothing but a log line to say so. The failed operation is in the log with its reason; fix the
+source and start again. One case is left out on purpose: a source that does not exist yet (a config
+mounted after the service starts) is not an error; the start goes on with no config, logs a warning, and
+readiness answers 503 until a reload applies one. A log that already holds a config restores it and
+never raises this.
 
 Each family means one thing, so a caller can catch by meaning: ``LogError`` is "the store is the
 problem, retry or page someone", ``SourceError`` is "fix the file", ``NotAllowed`` is "you may not",
@@ -46,6 +56,7 @@ __all__ = [
     "ConfigLookupError",
     "ConfledgerError",
     "EventSchemaError",
+    "InitialConfigError",
     "InvalidDatabaseURL",
     "InvalidHashPrefix",
     "LogError",
@@ -208,3 +219,14 @@ class TokenError(SetupError, ValueError):
 
 class ModelImportError(SetupError, ValueError):
     code = "model_import_error"
+
+
+class InitialConfigError(SetupError):
+    """The initial configuration of an empty log was not applied; ``operation_id`` names its record."""
+
+    code = "initial_config_not_applied"
+
+    def __init__(self, message: str, *, operation_id: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
+        self.reason = reason

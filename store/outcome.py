@@ -3,6 +3,11 @@
 The runner answers its caller with ``build_operation`` over the events it just appended, and history
 folds the same events with the same function: an answer can never disagree with the record. The read
 side imports this module, not the runner.
+
+Status as the seed reports it: a rollback that completed successfully is ``rolled_back`` with
+``success: true`` (the seed's reloader set ROLLED_BACK after completing a rollback), while the log records
+its ``operation.completed`` as ``success``. A reload whose services fell below the threshold is
+``rolled_back`` with ``success: false``. ``reported_status`` is that rule, for history, stats and metrics.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from confledger.store.events import (
     ValidationPassed,
 )
 
-__all__ = ["ReloadOperation", "ReloadStatus", "build_operation"]
+__all__ = ["ReloadOperation", "ReloadStatus", "build_operation", "reported_status"]
 
 
 class ReloadStatus(StrEnum):
@@ -116,6 +121,13 @@ _STATUS = {
 }
 
 
+def reported_status(kind: OperationKind, status: OperationStatus) -> tuple[ReloadStatus, bool]:
+    """(status, success) of an operation of ``kind`` whose ``operation.completed`` says ``status``."""
+    if status is OperationStatus.SUCCESS:
+        return (ReloadStatus.ROLLED_BACK if kind is OperationKind.ROLLBACK else ReloadStatus.SUCCESS), True
+    return _STATUS[status], False
+
+
 def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
     """Fold one operation's events (in position order) into its ``ReloadOperation``."""
     if not events:
@@ -172,9 +184,10 @@ def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
             fields["new_config_hash"] = payload.hash
             fields["changes_applied"] = payload.changes
         elif isinstance(payload, OperationCompleted):
+            status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
             fields.update(
-                status=_STATUS[payload.status],
-                success=payload.status is OperationStatus.SUCCESS,
+                status=status,
+                success=success,
                 message=payload.message,
                 error_message=payload.error_message or fields.get("error_message"),
                 reason=payload.reason or fields.get("reason"),

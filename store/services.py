@@ -1,28 +1,27 @@
 """Registered service callbacks and how they are notified.
 
-Sync callbacks run in a worker thread so a slow one never blocks the event loop (consecutive ones share
-one thread hop); async callbacks run on the loop. Each runs under its own timeout. A thread cannot be
-killed, so a timed-out sync callback is abandoned (its result ignored) and reported as ``timeout``; it is
-the callback's job to be idempotent.
+Each callback runs through ``store.calls`` under its own timeout: a sync one in a worker thread, an async
+one on the loop. A sync callback past its timeout is abandoned (its result ignored) and reported as
+``timeout``; while it is still running it is not called again, and each operation that would have called
+it records ``error`` instead. It is the callback's job to be idempotent.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from opentelemetry import trace
 
-from confledger.store.batch import CallOutcome, SyncCall, finish_awaitable, run_in_worker_then, span_starter
+from confledger.store.calls import CallOutcome, UserCalls
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
 
-__all__ = ["Notified", "NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec"]
+__all__ = ["NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec", "notify_services"]
 
 ServiceCallback = Callable[[Any, Any], bool | Awaitable[bool | None] | None]
 
@@ -33,7 +32,8 @@ class ServiceSpec:
     callback: ServiceCallback
     priority: int = 0
     async_callback: bool = False
-    timeout: float = 30.0
+    # None: the runner's callback timeout (``CONFLEDGER_CALLBACK_TIMEOUT``).
+    timeout: float | None = None
     order: int = 0
 
 
@@ -49,6 +49,10 @@ class NotifyResult:
     def label(self) -> str:
         """The seed's ``"name:outcome"`` form."""
         return f"{self.service}:{self.outcome.value}"
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome is ServiceOutcome.SUCCESS
 
 
 class ServiceRegistry:
@@ -66,11 +70,11 @@ class ServiceRegistry:
         *,
         priority: int = 0,
         async_callback: bool = False,
-        timeout: float = 30.0,
+        timeout: float | None = None,
     ) -> ServiceSpec:
         if not name or not name.strip():
             raise ValueError("a service needs a name")
-        if timeout <= 0:
+        if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         is_async = async_callback or inspect.iscoroutinefunction(callback)
         with self._lock:
@@ -97,195 +101,67 @@ class ServiceRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._services
 
-    async def notify(
-        self,
-        spec: ServiceSpec,
-        old: Any,
-        new: Any,
-        *,
-        secret_values: Iterable[str] = (),
-        tracer: trace.Tracer | None = None,
-        direction: str = "forward",
-    ) -> NotifyResult:
-        """Call one service: ``notify_all`` with a single spec."""
-        notified = await self.notify_all(
-            [spec], old, new, secret_values=secret_values, tracer=tracer, direction=direction
-        )
-        return notified.results[0]
 
-    async def notify_all(
-        self,
-        specs: Sequence[ServiceSpec],
-        old: Any,
-        new: Any,
-        *,
-        secret_values: Iterable[str] = (),
-        tracer: trace.Tracer | None = None,
-        direction: str = "forward",
-        before: Callable[[], object] | None = None,
-        then: Callable[[list[NotifyResult]], object] | None = None,
-    ) -> Notified:
-        """Call each service in the given order with (old, new); one result per service.
-
-        Consecutive sync callbacks share one worker-thread hop (``store.batch``), each under its own
-        timeout. ``before`` runs in the same thread just ahead of the first service (the runner makes
-        its start durable there); if it raises, no service is called and the exception propagates.
-        ``then`` runs in that thread after the last service when every service was sync and answered
-        in time (the runner records the outcome there); ``Notified.then`` says what it did, or is None.
-        """
-        tracer = tracer if tracer is not None else trace.get_tracer("confledger")
-        secret_values = list(secret_values)
-        results: list[NotifyResult] = []
-        then_outcome: CallOutcome | None = None
-        index = 0
-        while index < len(specs) or before is not None:
-            run: list[ServiceSpec] = []
-            while index + len(run) < len(specs) and not specs[index + len(run)].async_callback:
-                run.append(specs[index + len(run)])
-            calls = [self._sync_call(spec, old, new, tracer, direction, secret_values) for spec in run]
-            if before is not None:
-                calls.insert(0, SyncCall(before, stop_on_error=True))
-            follow_up = None
-            if then is not None and index == 0 and len(run) == len(specs):
-                follow_up = _then_from_results(run, secret_values, then, skip=int(before is not None))
-            if calls:
-                outcomes, then_outcome = await run_in_worker_then(calls, follow_up)
-                if before is not None:
-                    first = outcomes.pop(0)
-                    if first.error is not None:
-                        raise first.error
-                    before = None
-                results += [
-                    _result_of(spec, outcome, secret_values)
-                    for spec, outcome in zip(run, outcomes, strict=True)
-                ]
-                index += len(run)
-            if index < len(specs):  # an async callback: it runs on the loop
-                results.append(
-                    await self._notify_async(specs[index], old, new, secret_values, tracer, direction)
-                )
-                index += 1
-        return Notified(results, then_outcome)
-
-    def _sync_call(
-        self,
-        spec: ServiceSpec,
-        old: Any,
-        new: Any,
-        tracer: trace.Tracer,
-        direction: str,
-        secret_values: list[str],
-    ) -> SyncCall:
-        def call() -> object:
-            return finish_awaitable(spec.callback(old, new))
-
-        def finish(span: trace.Span, outcome: CallOutcome) -> None:
-            # Every attribute in one call when the outcome is known: each call takes the span's lock
-            # and validates what it is given, and a span costs mostly per call, not per attribute.
-            _close_span(span, _result_of(spec, outcome, secret_values), _span_attributes(spec, direction))
-
-        return SyncCall(
-            call,
-            timeout=spec.timeout,
-            start_span=span_starter(tracer, "confledger.service_callback"),
-            finish_span=finish,
-        )
-
-    async def _notify_async(
-        self,
-        spec: ServiceSpec,
-        old: Any,
-        new: Any,
-        secret_values: list[str],
-        tracer: trace.Tracer,
-        direction: str,
-    ) -> NotifyResult:
-        with tracer.start_as_current_span(
-            "confledger.service_callback",
-            attributes=_span_attributes(spec, direction),
-            record_exception=False,
-        ) as span:
-            started = time.perf_counter()
-            value: object = None
-            error: Exception | None = None
-            try:
-                # move_on_after, not fail_after: a TimeoutError the callback raises itself (a socket
-                # timeout) is an error it reported, not this deadline expiring.
-                with anyio.move_on_after(spec.timeout) as deadline:
-                    value = spec.callback(old, new)
-                    if inspect.isawaitable(value):
-                        value = await value
-            except Exception as exc:
-                error = exc
-            outcome = CallOutcome(value, error, deadline.cancelled_caught, _ms(started))
-            result = _result_of(spec, outcome, secret_values)
-            _close_span(span, result)
-            return result
-
-
-@dataclass(frozen=True, slots=True)
-class Notified:
-    """The services' results, and what ``then`` did in the worker (None: it did not run there)."""
-
-    results: list[NotifyResult]
-    then: CallOutcome | None = None
-
-
-def _then_from_results(
+async def notify_services(
     specs: Sequence[ServiceSpec],
-    secret_values: Iterable[str],
-    then: Callable[[list[NotifyResult]], object],
+    old: Any,
+    new: Any,
     *,
-    skip: int,
-) -> Callable[[list[CallOutcome]], object]:
-    def follow_up(outcomes: list[CallOutcome]) -> object:
-        answered = outcomes[skip:]
-        return then([_result_of(spec, o, secret_values) for spec, o in zip(specs, answered, strict=True)])
-
-    return follow_up
-
-
-def _span_attributes(spec: ServiceSpec, direction: str) -> dict[str, str | int]:
-    return {
-        "confledger.service": spec.name,
-        "confledger.priority": spec.priority,
-        "confledger.direction": direction,
-    }
-
-
-def _close_span(
-    span: trace.Span, result: NotifyResult, attributes: dict[str, str | int] | None = None
-) -> None:
-    span.set_attributes(
-        {
-            **(attributes or {}),
-            "confledger.outcome": result.outcome.value,
-            "confledger.duration_ms": round(result.duration_ms, 3),
+    calls: UserCalls,
+    default_timeout: float,
+    tracer: trace.Tracer,
+    direction: str = "forward",
+    secret_values: Iterable[str] = (),
+) -> list[NotifyResult]:
+    """Call each service in the given order with (old, new), one span each; one result per service."""
+    secrets = list(secret_values)
+    results = []
+    for spec in specs:
+        timeout = spec.timeout if spec.timeout is not None else default_timeout
+        attributes: dict[str, str | int] = {
+            "confledger.service": spec.name,
+            "confledger.priority": spec.priority,
+            "confledger.direction": direction,
         }
-    )
-    if result.outcome is not ServiceOutcome.SUCCESS:
-        span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+        # The span is current while the callback runs (anyio copies the context into the worker thread),
+        # so spans the callback opens, an HTTP client's or a driver's, nest under it.
+        with tracer.start_as_current_span(
+            "confledger.service_callback", attributes=attributes, record_exception=False
+        ) as span:
+            outcome = await calls.call(
+                f"service:{spec.name}",
+                functools.partial(spec.callback, old, new),
+                timeout=timeout,
+                in_thread=not spec.async_callback,
+            )
+            result = _result_of(spec, timeout, outcome, secrets)
+            span.set_attributes(
+                {
+                    "confledger.outcome": result.outcome.value,
+                    "confledger.duration_ms": round(result.duration_ms, 3),
+                }
+            )
+            if not result.accepted:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+        results.append(result)
+    return results
 
 
-def _result_of(spec: ServiceSpec, outcome: CallOutcome, secret_values: Iterable[str]) -> NotifyResult:
-    if outcome.timed_out:
-        return NotifyResult(
-            spec.name,
-            spec.priority,
-            ServiceOutcome.TIMEOUT,
-            outcome.duration_ms,
-            f"no answer within {spec.timeout:g}s",
+def _result_of(spec: ServiceSpec, timeout: float, outcome: CallOutcome, secrets: list[str]) -> NotifyResult:
+    def result(status: ServiceOutcome, error: str | None = None) -> NotifyResult:
+        return NotifyResult(spec.name, spec.priority, status, outcome.duration_ms, error)
+
+    if outcome.still_running:
+        return result(
+            ServiceOutcome.ERROR, "not called: its previous call overran its timeout and is still running"
         )
+    if outcome.timed_out:
+        return result(ServiceOutcome.TIMEOUT, f"no answer within {timeout:g}s")
     if outcome.error is not None:
-        message = scrub(f"{type(outcome.error).__name__}: {outcome.error}", secret_values)
-        return NotifyResult(spec.name, spec.priority, ServiceOutcome.ERROR, outcome.duration_ms, message)
+        return result(
+            ServiceOutcome.ERROR, scrub(f"{type(outcome.error).__name__}: {outcome.error}", secrets)
+        )
     # Only an explicit False is a refusal; a callback that returns nothing accepted the change.
     if outcome.value is False:
-        return NotifyResult(
-            spec.name, spec.priority, ServiceOutcome.FAILED, outcome.duration_ms, "callback returned False"
-        )
-    return NotifyResult(spec.name, spec.priority, ServiceOutcome.SUCCESS, outcome.duration_ms)
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+        return result(ServiceOutcome.FAILED, "callback returned False")
+    return result(ServiceOutcome.SUCCESS)

@@ -1,11 +1,14 @@
 """Validating a loaded config: the user's pydantic model, then custom validators, sync or async.
 
-A validator that raises or overruns its timeout produces an error, never a crash: a reload must end in
-a recorded outcome whatever user code does.
+The model runs in a worker thread (it walks the whole config, and hashing follows); each custom validator
+runs through ``store.calls`` under its own timeout, with a span of its own. A validator that raises or
+overruns its timeout produces an error, never a crash: a reload must end in a recorded outcome whatever
+user code does.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -18,14 +21,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from confledger.store.batch import (
-    NO_SPANS,
-    CallOutcome,
-    SyncCall,
-    finish_awaitable,
-    run_in_worker,
-    span_starter,
-)
+from confledger.store.calls import CallOutcome, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.secrets import ConfigPath, find_secret_paths
 
@@ -122,12 +118,25 @@ def scrub(text: str, secret_values: Iterable[str], *, limit: int = 500) -> str:
 class ValidatorSpec:
     name: str
     function: ConfigValidator
-    timeout: float = 5.0
-    # Asked once: inspect.iscoroutinefunction costs more per validation than a no-op validator does.
+    # None: the pipeline's validator timeout (``CONFLEDGER_VALIDATOR_TIMEOUT``).
+    timeout: float | None = None
+    # Asked once, at registration, rather than for every validation.
     is_async: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.function))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    """What the model made of a body: the typed config, its revealed JSON form and hash, or errors."""
+
+    config: Any | None
+    body: dict[str, Any] | None
+    hash: str | None
+    secret_paths: frozenset[ConfigPath]
+    errors: tuple[str, ...]
+    duration_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,7 @@ class ValidationOutcome:
     errors: tuple[str, ...]
     warnings: tuple[str, ...]
     duration_ms: float
+    model_errors: int = 0
     validator_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -176,19 +186,21 @@ class ValidationPipeline:
         model: type[BaseModel] | None = None,
         validators: Sequence[ConfigValidator | ValidatorSpec] = (),
         *,
-        validator_timeout: float = 5.0,
+        validator_timeout: float,
     ) -> None:
+        if validator_timeout <= 0:
+            raise ValueError("validator_timeout must be positive")
         self.model = model
+        self.validator_timeout = validator_timeout
         self.validators: list[ValidatorSpec] = [
-            spec
-            if isinstance(spec, ValidatorSpec)
-            else ValidatorSpec(str(getattr(spec, "__name__", "validator")), spec, validator_timeout)
+            spec if isinstance(spec, ValidatorSpec) else ValidatorSpec(_name_of(spec), spec)
             for spec in validators
         ]
 
-    def add(self, validator: ConfigValidator, *, name: str | None = None, timeout: float = 5.0) -> None:
-        label = name or str(getattr(validator, "__name__", "validator"))
-        self.validators.append(ValidatorSpec(label, validator, timeout))
+    def add(
+        self, validator: ConfigValidator, *, name: str | None = None, timeout: float | None = None
+    ) -> None:
+        self.validators.append(ValidatorSpec(name or _name_of(validator), validator, timeout))
 
     def parse(self, body: Mapping[str, Any]) -> tuple[Any | None, dict[str, Any] | None, list[str]]:
         """Run only the model: (typed config, normalised revealed body, errors)."""
@@ -201,237 +213,93 @@ class ValidationPipeline:
             return None, None, format_validation_error(exc)
         return config, dump_revealed(config), []
 
-    async def validate(
-        self,
-        body: Mapping[str, Any] | None = None,
-        *,
-        load: SyncCall | None = None,
-        tracer: trace.Tracer | None = None,
-    ) -> ValidationOutcome:
-        """Validate ``body``, or what ``load`` returns: the model first, then each validator in order.
+    def check_model(self, body: Mapping[str, Any]) -> ModelResult:
+        """The model, the secret fields it declares and the config hash (blocking: call it in a thread)."""
+        started = time.perf_counter()
+        config, normalised, errors = self.parse(body)
+        if config is None or normalised is None:
+            return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
+        digest, secret_paths = config_hash(normalised), frozenset(find_secret_paths(config))
+        return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
 
-        ``load`` runs in the same worker-thread hop as the model and the sync validators after it (one
-        hop instead of one per step); if it raises, that exception propagates and nothing is validated.
-        """
-        if (body is None) == (load is None):
-            raise TypeError("pass either a body or a load call")
+    async def validate(
+        self, body: Mapping[str, Any], *, calls: UserCalls, tracer: trace.Tracer | None = None
+    ) -> ValidationOutcome:
+        """Validate ``body``: the model first (in a worker thread), then each validator in order."""
+        model = await anyio.to_thread.run_sync(self.check_model, body)
+        return await self.run_validators(model, calls=calls, tracer=tracer)
+
+    async def run_validators(
+        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
+    ) -> ValidationOutcome:
+        """Each custom validator in order on what the model accepted; the outcome of the whole validation."""
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         started = time.perf_counter()
-        parsed = _Parsed()
-
-        def parse() -> object:
-            if parsed.body is None:
-                raise TypeError("nothing was loaded")
-            config, normalised, errors = self.parse(parsed.body)
-            parsed.config, parsed.normalised, parsed.errors = config, normalised, errors
-            if config is None or normalised is None:
-                raise _ModelRejected
-            # Both walk the whole config: done here, off the loop, with the model.
-            parsed.secret_paths = frozenset(find_secret_paths(config))
-            parsed.digest = config_hash(normalised)
-            return None
-
-        def finish_model(span: trace.Span, outcome: CallOutcome) -> None:
-            _close_validator_span(span, len(parsed.errors), 0)
-
-        calls: list[SyncCall] = []
-        if load is None:
-            parsed.body = body
-        else:
-            calls.append(_storing(load, parsed))
-        calls.append(
-            SyncCall(
-                parse,
-                stop_on_error=True,
-                start_span=_validator_span(tracer, "model"),
-                finish_span=finish_model,
-            )
-        )
-        # The sync validators up to the first async one join the same hop; they read the typed config
-        # the model call leaves behind (the batch stops before them if the model refused the body).
-        leading = self._leading_sync_validators()
-        head = len(calls)
-        calls += [_validator_call(spec, lambda: parsed.config, tracer) for spec in leading]
-        outcomes = await run_in_worker(calls)
-        load_ms = 0.0
-        if load is not None:
-            if outcomes[0].error is not None:
-                raise outcomes[0].error
-            load_ms = outcomes[0].duration_ms
-        model = outcomes[head - 1]
-        if model.error is not None and not isinstance(model.error, _ModelRejected):
-            raise model.error
-
-        errors = list(parsed.errors)
+        errors = list(model.errors)
         warnings: list[str] = []
         validator_ms: dict[str, float] = {}
-        if parsed.config is not None and parsed.normalised is not None:
-            found = [
-                (*_findings(spec, outcome), outcome.duration_ms, spec.name)
-                for spec, outcome in zip(leading, outcomes[head:], strict=True)
-            ]
-            found += await self._run_validators(parsed.config, tracer, start=len(leading))
-            for found_errors, found_warnings, elapsed, name in found:
-                errors.extend(found_errors)
-                warnings.extend(found_warnings)
-                validator_ms[name] = elapsed
-        if errors or warnings:
-            trace.get_current_span().set_attributes(
-                {"confledger.validation.errors": len(errors), "confledger.validation.warnings": len(warnings)}
-            )
-        secret_paths = parsed.secret_paths
-        secrets = values_at(parsed.normalised, secret_paths)
+        if model.config is not None:
+            for spec in self.validators:
+                found_errors, found_warnings, elapsed = await self._run(spec, model.config, calls, tracer)
+                errors += found_errors
+                warnings += found_warnings
+                validator_ms[spec.name] = elapsed
+        secrets = values_at(model.body, model.secret_paths)
         return ValidationOutcome(
-            config=parsed.config,
-            body=parsed.normalised,
-            hash=parsed.digest,
-            secret_paths=secret_paths,
+            config=model.config,
+            body=model.body,
+            hash=model.hash,
+            secret_paths=model.secret_paths,
             # Validators are user code and may echo the value they dislike; secrets are scrubbed here,
             # before anything can reach an event, a response or a log line.
             errors=tuple(scrub(line, secrets) for line in errors),
             warnings=tuple(scrub(line, secrets) for line in warnings),
-            # The load shares the first hop but is not validation: its own time is reported apart.
-            duration_ms=(time.perf_counter() - started) * 1000 - load_ms,
+            duration_ms=model.duration_ms + _ms_since(started),
+            model_errors=len(model.errors),
             validator_ms=validator_ms,
         )
 
-    def _leading_sync_validators(self) -> list[ValidatorSpec]:
-        leading: list[ValidatorSpec] = []
-        for spec in self.validators:
-            if spec.is_async:
-                break
-            leading.append(spec)
-        return leading
-
-    async def _run_validators(
-        self, config: Any, tracer: trace.Tracer, *, start: int = 0
-    ) -> list[tuple[list[str], list[str], float, str]]:
-        """Each validator's (errors, warnings, ms, name), in order; consecutive sync ones share a hop."""
-        found: list[tuple[list[str], list[str], float, str]] = []
-        index = start
-        while index < len(self.validators):
-            spec = self.validators[index]
-            if spec.is_async:
-                if tracer is NO_SPANS:
-                    errors, warnings, elapsed = await self._run_async(spec, config)
-                else:
-                    with tracer.start_as_current_span(
-                        "confledger.validator",
-                        attributes={"confledger.validator": spec.name},
-                        record_exception=False,
-                    ) as span:
-                        errors, warnings, elapsed = await self._run_async(spec, config)
-                        _close_validator_span(span, len(errors), len(warnings))
-                found.append((errors, warnings, elapsed, spec.name))
-                index += 1
-                continue
-            run: list[ValidatorSpec] = []
-            while index < len(self.validators) and not self.validators[index].is_async:
-                run.append(self.validators[index])
-                index += 1
-            calls = [_validator_call(spec, lambda: config, tracer) for spec in run]
-            for spec, outcome in zip(run, await run_in_worker(calls), strict=True):
-                errors, warnings = _findings(spec, outcome)
-                found.append((errors, warnings, outcome.duration_ms, spec.name))
-        return found
-
-    async def _run_async(self, spec: ValidatorSpec, config: Any) -> tuple[list[str], list[str], float]:
-        started = time.perf_counter()
-        value: object = None
-        error: Exception | None = None
-        try:
-            # move_on_after, not fail_after: a TimeoutError the validator raises itself (a socket
-            # timeout) is its error, not this deadline expiring.
-            with anyio.move_on_after(spec.timeout) as deadline:
-                value = await spec.function(config)  # type: ignore[misc]
-        except Exception as exc:
-            error = exc
-        outcome = CallOutcome(value, error, deadline.cancelled_caught, _ms(started))
-        errors, warnings = _findings(spec, outcome)
+    async def _run(
+        self, spec: ValidatorSpec, config: Any, calls: UserCalls, tracer: trace.Tracer
+    ) -> tuple[list[str], list[str], float]:
+        timeout = spec.timeout if spec.timeout is not None else self.validator_timeout
+        with tracer.start_as_current_span(
+            "confledger.validator", attributes={"confledger.validator": spec.name}, record_exception=False
+        ) as span:
+            outcome = await calls.call(
+                # The function's identity too: validators given as lambdas share one name.
+                f"validator:{spec.name}:{id(spec.function)}",
+                functools.partial(spec.function, config),
+                timeout=timeout,
+                in_thread=not spec.is_async,
+            )
+            errors, warnings = _findings(spec, timeout, outcome)
+            # Only what was found: a clean validator's span carries its name alone.
+            counts = {"confledger.errors": len(errors), "confledger.warnings": len(warnings)}
+            span.set_attributes({key: count for key, count in counts.items() if count})
+            if errors:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
         return errors, warnings, outcome.duration_ms
 
 
-class _ModelRejected(Exception):
-    """The model refused the body: the validators after it have nothing to check."""
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
-@dataclass(slots=True)
-class _Parsed:
-    body: Mapping[str, Any] | None = None
-    config: Any | None = None
-    normalised: dict[str, Any] | None = None
-    errors: list[str] = field(default_factory=list)
-    secret_paths: frozenset[ConfigPath] = frozenset()
-    digest: str | None = None
+def _name_of(validator: ConfigValidator) -> str:
+    return str(getattr(validator, "__name__", "validator"))
 
 
-def _storing(load: SyncCall, parsed: _Parsed) -> SyncCall:
-    def call() -> object:
-        body = load.function()
-        if not isinstance(body, Mapping):
-            raise TypeError("a load call must return the config body")
-        parsed.body = body
-        return body
-
-    return SyncCall(
-        call,
-        timeout=load.timeout,
-        stop_on_error=True,
-        start_span=load.start_span,
-        finish_span=load.finish_span,
-    )
-
-
-def _validator_span(tracer: trace.Tracer, name: str) -> Callable[[], trace.Span] | None:
-    return span_starter(tracer, "confledger.validator", {"confledger.validator": name})
-
-
-def _counts(errors: int, warnings: int) -> dict[str, int]:
-    # Only what was found: a clean validator's span carries its name alone (attributes cost per span).
-    counts = {}
-    if errors:
-        counts["confledger.errors"] = errors
-    if warnings:
-        counts["confledger.warnings"] = warnings
-    return counts
-
-
-def _validator_call(spec: ValidatorSpec, config_of: Callable[[], Any], tracer: trace.Tracer) -> SyncCall:
-    def call() -> object:
-        result = spec.function(config_of())
-        # What validators return (a dict, a pair, None) is never awaitable: no need to ask inspect.
-        return result if type(result) in _NOT_AWAITABLE else finish_awaitable(result)
-
-    def finish(span: trace.Span, outcome: CallOutcome) -> None:
-        errors, warnings = _findings(spec, outcome)
-        _close_validator_span(span, len(errors), len(warnings))
-
-    return SyncCall(
-        call, timeout=spec.timeout, start_span=_validator_span(tracer, spec.name), finish_span=finish
-    )
-
-
-_NOT_AWAITABLE = frozenset({dict, tuple, list, type(None)})
-
-
-def _findings(spec: ValidatorSpec, outcome: CallOutcome) -> tuple[list[str], list[str]]:
+def _findings(spec: ValidatorSpec, timeout: float, outcome: CallOutcome) -> tuple[list[str], list[str]]:
+    if outcome.still_running:
+        return [
+            f"validator {spec.name} not called: its previous call overran its timeout and is still running"
+        ], []
     if outcome.timed_out:
-        return [f"validator {spec.name} timed out after {spec.timeout:g}s"], []
+        return [f"validator {spec.name} timed out after {timeout:g}s"], []
     if outcome.error is not None:
         return [f"validator {spec.name} raised {type(outcome.error).__name__}: {outcome.error}"], []
     return _normalise_result(spec.name, outcome.value)
-
-
-def _close_validator_span(span: trace.Span, errors: int, warnings: int) -> None:
-    counts = _counts(errors, warnings)
-    if counts:
-        span.set_attributes(counts)
-    if errors:
-        span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
 
 
 _RESULT_KEYS = frozenset({"errors", "warnings"})

@@ -38,6 +38,7 @@ PUBLIC = {
     "ConfigLookupError",
     "ConfledgerError",
     "EventSchemaError",
+    "InitialConfigError",
     "InvalidDatabaseURL",
     "InvalidHashPrefix",
     "LogError",

@@ -214,7 +214,7 @@ def test_history_lists_operations_newest_first_with_filters_and_paging(story: St
     ]
     assert len(operations) == page["total_count"] == 6
     assert [op["status"] for op in operations] == [
-        "success",
+        "rolled_back",  # the manual rollback: rolled_back, and a success
         "rolled_back",
         "failed",
         "success",
@@ -271,7 +271,7 @@ def test_stats_and_status_read_the_projections(story: Story) -> None:
     assert stats["total_operations"] == 6
     assert stats["successful_operations"] == 4
     assert stats["failed_operations"] == 2
-    assert stats["operations_by_status"] == {"failed": 1, "rolled_back": 1, "success": 4}
+    assert stats["operations_by_status"] == {"failed": 1, "rolled_back": 2, "success": 3}
     assert stats["current_config_hash"] == story.hashes["pool"][:16]
     assert stats["backups_available"] == 2
     assert stats["rollbacks"] == {"automatic": 1, "manual": 1}
@@ -723,7 +723,7 @@ def test_rollback_over_http(service: Service) -> None:
     assert "rollback failed" in unknown.stdout
     table = invoke("rollback", env=service.admin())
     assert table.exit_code == 0, table.stderr
-    assert "rollback success" in table.stdout
+    assert "rollback rolled_back" in table.stdout
 
 
 def test_the_token_comes_from_the_file_beside_the_database(service: Service) -> None:

@@ -27,6 +27,7 @@ from anyio import wait_all_tasks_blocked
 from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus, ReloadTrigger
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
+from confledger.store.errors import InitialConfigError
 from confledger.store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
 from confledger.store.validation import dump_revealed
 
@@ -101,12 +102,12 @@ def write(path: Path, body: dict[str, Any]) -> Path:
 async def running(
     url: str, source: Path | None = None, *, instance_id: str | None = None, **options: Any
 ) -> AsyncIterator[ConfigReloader]:
+    options.setdefault("cipher", CIPHER)
     reloader = ConfigReloader(
         url,
         config_model=AppConfig,
         config_source=source,
         validators=VALIDATORS,
-        cipher=CIPHER,
         instance_id=instance_id,
         **options,
     )
@@ -583,8 +584,9 @@ async def test_rollback_to_previous_and_to_a_given_hash(url: str, tmp_path: Path
         assert third is not None
 
         back = await reloader.rollback_config()
+        # The seed's contract: a rollback that completed is rolled_back, and a success.
         assert back.success
-        assert back.status is ReloadStatus.SUCCESS
+        assert back.status is ReloadStatus.ROLLED_BACK
         assert back.kind is OperationKind.ROLLBACK
         assert back.previous_config_hash == third
         assert back.new_config_hash == second
@@ -897,7 +899,9 @@ async def test_a_secret_with_no_key_to_seal_it_is_a_recorded_failure(url: str, t
     # No model: any object is accepted, and secrets are found by their names.
     source = tmp_path / "plain.json"
     source.write_text(json.dumps({"region": "eu"}), encoding="utf-8")
-    reloader = ConfigReloader(url, config_source=source)
+    # A log opened with no key: a reloader given a URL would resolve one as the service does.
+    log = EventLog(url, instance_id="no-key")
+    reloader = ConfigReloader(log, config_source=source)
     await reloader.start()
     try:
         before = reloader.current
@@ -922,6 +926,7 @@ async def test_a_secret_with_no_key_to_seal_it_is_a_recorded_failure(url: str, t
         assert not any("plain-text-key-1234" in str(text) for text in [*stored, *bodies])
     finally:
         await reloader.stop()
+        log.close()
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -958,7 +963,7 @@ async def test_stats_after_a_known_sequence(url: str, tmp_path: Path) -> None:
         assert 0 < stats["p50_duration_ms"] <= stats["p95_duration_ms"] <= stats["p99_duration_ms"]
         assert stats["p99_duration_ms"] <= stats["max_duration_ms"] == pytest.approx(durations[-1], abs=1e-3)
         assert stats["p50_duration_ms"] == pytest.approx(durations[2], rel=0.02)
-        assert stats["operations_by_status"] == {"failed": 1, "success": 4}
+        assert stats["operations_by_status"] == {"failed": 1, "rolled_back": 1, "success": 3}
         assert stats["operations_by_kind"] == {"reload": 4, "rollback": 1}
         assert stats["rollbacks"] == {"manual": 1}
         assert stats["triggers"] == {
@@ -1100,8 +1105,8 @@ async def test_an_open_operation_of_another_live_instance_is_left_alone(url: str
 async def test_a_stale_instance_gives_its_services_the_old_config_back(
     url: str, tmp_path: Path, asynchronous: bool
 ) -> None:
-    # With sync services the outcome is appended in the worker hop that called them; with an async one,
-    # from the loop. Either way a conflict writes nothing applied and calls the services back.
+    # Sync services (worker threads) or an async one (on the loop): either way a conflict writes nothing
+    # applied and calls the services back.
     source = write(tmp_path / "config.json", BASE)
     calls: list[tuple[int, int]] = []
 
@@ -1137,3 +1142,50 @@ async def test_a_stale_instance_gives_its_services_the_old_config_back(
         "service.notified",
         "operation.completed",
     ]
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+async def test_a_plain_reloader_reads_the_services_settings(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = SecretCipher.generate_key()
+    monkeypatch.setenv("CONFLEDGER_ENCRYPTION_KEY", key)
+    monkeypatch.setenv("CONFLEDGER_ROLLBACK_THRESHOLD", "1.0")
+    monkeypatch.setenv("CONFLEDGER_CALLBACK_TIMEOUT", "0.05")
+    source = write(tmp_path / "config.json", BASE)
+    release = threading.Event()
+    # No cipher passed: the key comes from CONFLEDGER_ENCRYPTION_KEY, as it does for `confledger serve`.
+    async with running(url, source, instance_id="settings", cipher=None) as reloader:
+        assert reloader.rollback_threshold == 1.0
+        reloader.register_config_callback("ok", lambda old, new: True)
+        reloader.register_config_callback("hangs", lambda old, new: release.wait(10))  # the default timeout
+        write(source, variant(debug=True))
+        try:
+            operation = await reloader.reload_config()
+        finally:
+            release.set()
+        assert operation.services_notified == ("ok:success", "hangs:timeout")
+        assert operation.status is ReloadStatus.ROLLED_BACK  # 1 of 2 is below a threshold of 1.0
+        # Given explicitly, an option wins over the environment.
+    async with running(url, source, instance_id="settings", cipher=None, rollback_threshold=0.5) as again:
+        assert again.rollback_threshold == 0.5
+        with EventLog(url, instance_id="reader", cipher=SecretCipher.from_env_value(key)) as log:
+            stored = log.get_config(again.current_hash or "")
+        assert stored.body["embedding"]["openai_api_key"] == OPENAI_KEY
+
+
+async def test_a_start_that_cannot_apply_the_initial_config_raises(url: str, tmp_path: Path) -> None:
+    source = write(tmp_path / "config.json", variant(database__pool_size=-1))
+    reloader = ConfigReloader(url, config_model=AppConfig, config_source=source, cipher=CIPHER)
+    with pytest.raises(InitialConfigError, match="was not applied \\(validation_failed\\)") as raised:
+        async with reloader:
+            pass
+    assert reloader.current is None
+    with open_log(url) as log:
+        [completed] = [
+            e for e in log.read_operation(raised.value.operation_id) if e.type == "operation.completed"
+        ]
+    assert isinstance(completed.payload, OperationCompleted)
+    assert completed.payload.reason == "validation_failed"

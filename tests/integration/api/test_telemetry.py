@@ -309,10 +309,9 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
         assert root.status.status_code is StatusCode.ERROR
         assert root.status.description == "services_below_threshold"
 
-        # One span per step, all children of the operation: load, each validator, each callback.
+        # One span per custom validator and per callback, all children of the operation; loading the
+        # source and the model's verdict are events on the operation span.
         assert [s.name for s in children_of(spans, root)] == [
-            "confledger.load",
-            "confledger.validator",
             "confledger.validator",
             "confledger.validator",
             "confledger.service_callback",
@@ -320,13 +319,11 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
             "confledger.service_callback",
             "confledger.service_callback",
         ]
-        load = only(spans, "confledger.load")
-        assert load.status.status_code is StatusCode.UNSET
-        assert dict(load.attributes or {})["confledger.format"] == "yaml"
+        assert [event.name for event in root.events] == ["confledger.load", "confledger.model"]
+        assert dict(root.events[0].attributes or {})["confledger.format"] == "yaml"
         assert "confledger.validation.errors" not in attrs  # set only when something was found
         validators = children_of(spans, root, "confledger.validator")
         assert [dict(s.attributes or {})["confledger.validator"] for s in validators] == [
-            "model",
             "check_provider_keys",
             "check_performance",
         ]
@@ -385,7 +382,6 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
             for s in children_of(spans, root, "confledger.validator")
         }
         assert codes == {
-            "model": StatusCode.UNSET,
             "check_provider_keys": StatusCode.ERROR,
             "check_performance": StatusCode.UNSET,
         }
@@ -401,14 +397,15 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
         assert second_hash != first_hash
         svc.clear_spans()
         rolled = svc.rollback(target_hash=first_hash[:16])
-        assert rolled["status"] == "success"
+        assert rolled["status"] == "rolled_back"  # the seed's contract: a completed rollback
+        assert rolled["success"] is True
         assert svc.reloader.current_hash == first_hash
         rollback_span = only(svc.spans(), "confledger.rollback")
         attrs = dict(rollback_span.attributes or {})
         assert attrs["confledger.trigger"] == "api"
         assert attrs["confledger.previous_hash"] == second_hash
         assert attrs["confledger.new_hash"] == first_hash
-        assert attrs["confledger.status"] == "success"
+        assert attrs["confledger.status"] == "rolled_back"
         assert attrs["confledger.operation_id"] == rolled["operation_id"]
         assert rollback_span.status.status_code is StatusCode.UNSET
         assert len(children_of(svc.spans(), rollback_span, "confledger.service_callback")) == 3
@@ -421,7 +418,7 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
             ("reload", "api", "rolled_back"): 1,
             ("reload", "api", "failed"): 1,
             ("reload", "api", "success"): 1,
-            ("rollback", "api", "success"): 1,
+            ("rollback", "api", "rolled_back"): 1,
         }
         assert sum(operations.values()) == svc.reloader.get_reload_stats()["total_operations"]
         assert series(metrics, "config_operation_errors_total", "operation", "reason") == {
@@ -444,7 +441,7 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
             ("reload", "success"): 2,
             ("reload", "rolled_back"): 1,
             ("reload", "failed"): 1,
-            ("rollback", "success"): 1,
+            ("rollback", "rolled_back"): 1,
         }
         assert series(metrics, "config_validation_duration_seconds", "operation") == {
             ("reload",): 4,
@@ -490,7 +487,7 @@ def test_caller_traceparent_is_continued_and_recorded_in_the_events(workdir: Pat
         reloaded = svc.reload(headers={"traceparent": TRACEPARENT})
         assert reloaded["status"] == "success"
         rolled = svc.rollback(headers={"traceparent": TRACEPARENT})
-        assert rolled["status"] == "success"
+        assert rolled["status"] == "rolled_back"
         untraced = svc.reload(force=True)
 
         spans = svc.spans()
@@ -522,7 +519,6 @@ def test_caller_traceparent_is_continued_and_recorded_in_the_events(workdir: Pat
         assert {s.name for s in caller_spans} >= {
             "confledger.reload",
             "confledger.rollback",
-            "confledger.load",
             "confledger.validator",
         }
 
@@ -710,7 +706,7 @@ def test_otlp_exports_spans_and_metrics_under_the_operators_resource(
         for scope_spans in resource_spans.scope_spans
         for span in scope_spans.spans
     ]
-    assert {"confledger.reload", "confledger.load", "confledger.validator"} <= {s.name for _, s in spans}
+    assert {"confledger.reload", "confledger.validator"} <= {s.name for _, s in spans}
     [(resource, traced)] = [
         (resource, span)
         for resource, span in spans
@@ -751,7 +747,7 @@ def test_metrics_endpoint_parses_and_names_every_metric(workdir: Path) -> None:
         state["healthy"] = True
         svc.write_config(performance__max_retries=6)
         assert svc.reload()["status"] == "success"
-        assert svc.rollback()["status"] == "success"  # manual rollback
+        assert svc.rollback()["status"] == "rolled_back"  # manual rollback: rolled_back, a success
 
         assert svc.client.get("/metrics").status_code == 401
         assert svc.client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40}).status_code == 401
@@ -820,7 +816,7 @@ def test_one_structured_log_line_per_operation_and_no_secrets(
         assert svc.reload()["status"] == "rolled_back"
         svc.write_config(performance__max_retries=5)
         assert svc.reload()["status"] == "success"
-        assert svc.rollback()["status"] == "success"
+        assert svc.rollback()["status"] == "rolled_back"
         history = svc.reloader.get_reload_history(50)
         operation_ids = {op.operation_id for op in history}
         assert len(operation_ids) == 5  # startup + the four above

@@ -112,8 +112,9 @@ def exploding(name: str, at: int) -> Projection:
 
         return run
 
-    kind = ExplodingFold if FACTORIES[name]().handlers() is None else ExplodingHandlers
-    return cast(Projection, kind(materialize) if name == "current" else kind())
+    projection = FACTORIES[name]()  # made as its factory makes it, then given the exploding class
+    projection.__class__ = ExplodingFold if projection.handlers() is None else ExplodingHandlers
+    return cast(Projection, projection)
 
 
 def folded_until_it_raises(projections: list[Projection], fold: Any) -> bool:
@@ -168,7 +169,7 @@ def test_a_payload_subclass_goes_to_its_base_types_handler() -> None:
     stats = StatsProjection()
     assert stats.handler_for(LateApplied) == stats._applied
     assert stats.handler_for(EventPayload) is None
-    history = HistoryProjection()
+    history = HistoryProjection(window=500)
     assert history.handler_for(LateApplied) == history.fold
 
 
@@ -352,7 +353,11 @@ def test_current_answers_from_a_restored_state_and_from_a_folded_event_alike() -
 
 
 def test_open_operations_checkpoint_with_their_ids_as_text() -> None:
-    stats, backups, history = StatsProjection(), BackupsProjection(), HistoryProjection()
+    stats, backups, history = (
+        StatsProjection(),
+        BackupsProjection(backup_count=5),
+        HistoryProjection(window=500),
+    )
     for projection in (stats, backups, history):
         for event in EVENTS:
             projection.apply(event)

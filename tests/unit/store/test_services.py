@@ -7,9 +7,11 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry import trace
 
 from confledger.store import ServiceOutcome
-from confledger.store.services import NotifyResult, ServiceRegistry
+from confledger.store.calls import UserCalls
+from confledger.store.services import NotifyResult, ServiceRegistry, notify_services
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +42,7 @@ def test_registering_a_name_again_replaces_it_and_moves_it_behind_its_peers() ->
     registry.register("a", noop)
     registry.register("b", noop)
     replacement = registry.register("a", lambda old, new: False, timeout=3.0)
+    assert registry.ordered()[0].timeout is None  # the runner's callback timeout applies
     assert len(registry) == 2
     assert registry.names() == ["b", "a"]
     assert registry.ordered()[-1] is replacement
@@ -88,11 +91,25 @@ def test_a_result_labels_itself_as_the_seed_did() -> None:
 
 
 async def notify(
-    callback: Any, *, timeout: float = 5.0, async_callback: bool = False, **kwargs: Any
+    callback: Any,
+    *,
+    timeout: float | None = None,
+    async_callback: bool = False,
+    calls: UserCalls | None = None,
+    **kwargs: Any,
 ) -> NotifyResult:
     registry = ServiceRegistry()
     spec = registry.register("svc", callback, priority=7, timeout=timeout, async_callback=async_callback)
-    return await registry.notify(spec, "old", "new", **kwargs)
+    [result] = await notify_services(
+        [spec],
+        "old",
+        "new",
+        calls=calls or UserCalls(4),
+        default_timeout=5.0,
+        tracer=trace.NoOpTracer(),
+        **kwargs,
+    )
+    return result
 
 
 async def async_true(old: Any, new: Any) -> bool:
@@ -218,3 +235,45 @@ async def test_error_text_has_secrets_scrubbed_and_is_bounded() -> None:
     assert secret not in result.error
     assert result.error.startswith("RuntimeError: auth failed for **********: xxx")
     assert len(result.error) <= 500
+
+
+async def test_a_registration_without_a_timeout_gets_the_default_one() -> None:
+    release = threading.Event()
+    try:
+        registry = ServiceRegistry()
+        spec = registry.register("svc", lambda old, new: release.wait(10))
+        [result] = await notify_services(
+            [spec], "old", "new", calls=UserCalls(2), default_timeout=0.05, tracer=trace.NoOpTracer()
+        )
+    finally:
+        release.set()
+    assert result.outcome is ServiceOutcome.TIMEOUT
+    assert result.error == "no answer within 0.05s"
+
+
+async def test_a_callback_still_running_past_its_timeout_is_not_called_again() -> None:
+    # Each reload would otherwise park one more thread in the same hung callback.
+    release = threading.Event()
+    entered: list[int] = []
+
+    def hangs(old: Any, new: Any) -> bool:
+        entered.append(threading.get_ident())
+        release.wait(10)
+        return True
+
+    calls = UserCalls(2)
+    try:
+        first = await notify(hangs, timeout=0.05, calls=calls)
+        second = await notify(hangs, timeout=0.05, calls=calls)
+        assert calls.in_flight() == {"service:svc"}
+    finally:
+        release.set()
+    assert first.outcome is ServiceOutcome.TIMEOUT
+    assert second.outcome is ServiceOutcome.ERROR
+    assert second.error == "not called: its previous call overran its timeout and is still running"
+    assert len(entered) == 1
+    # Once the abandoned call returns, the service is called again.
+    with anyio.fail_after(5):
+        while calls.in_flight():
+            await anyio.sleep(0.01)
+    assert (await notify(lambda old, new: True, calls=calls)).outcome is ServiceOutcome.SUCCESS

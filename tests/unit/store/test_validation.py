@@ -18,7 +18,7 @@ from pydantic import BaseModel, RootModel, SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
 from confledger.store import config_hash
-from confledger.store.batch import NO_SPANS
+from confledger.store.calls import UserCalls
 from confledger.store.validation import (
     ValidationPipeline,
     ValidatorSpec,
@@ -52,11 +52,21 @@ class Service(BaseModel):
 BODY: dict[str, Any] = {"name": "svc", "database": {"pool_size": 7, "password": "hunter2-secret"}}
 
 
+def make_pipeline(
+    model: type[BaseModel] | None = None, validators: Any = (), *, validator_timeout: float = 5.0
+) -> ValidationPipeline:
+    return ValidationPipeline(model, validators, validator_timeout=validator_timeout)
+
+
+async def validate(pipeline: ValidationPipeline, body: dict[str, Any]) -> Any:
+    return await pipeline.validate(body, calls=UserCalls(4))
+
+
 # --- the model ---------------------------------------------------------------------------------------
 
 
 async def test_a_valid_body_gives_the_typed_config_its_revealed_body_and_hash() -> None:
-    outcome = await ValidationPipeline(Service).validate(BODY)
+    outcome = await validate(make_pipeline(Service), BODY)
 
     assert outcome.ok
     assert outcome.config == Service.model_validate(BODY)
@@ -74,16 +84,16 @@ async def test_a_valid_body_gives_the_typed_config_its_revealed_body_and_hash() 
 
 async def test_a_changed_secret_changes_the_hash() -> None:
     # The seed hashed the masked dump ('**********'), so a rotated key looked like no change.
-    pipeline = ValidationPipeline(Service)
-    one = await pipeline.validate(BODY)
-    two = await pipeline.validate({**BODY, "database": {**BODY["database"], "password": "rotated-key"}})
+    pipeline = make_pipeline(Service)
+    one = await validate(pipeline, BODY)
+    two = await validate(pipeline, {**BODY, "database": {**BODY["database"], "password": "rotated-key"}})
     assert one.hash != two.hash
 
 
 async def test_defaults_filled_in_by_the_model_hash_like_explicit_values() -> None:
-    pipeline = ValidationPipeline(Service)
-    implicit = await pipeline.validate({"name": "svc"})
-    explicit = await pipeline.validate({"name": "svc", "debug": False, "database": {"pool_size": 5}})
+    pipeline = make_pipeline(Service)
+    implicit = await validate(pipeline, {"name": "svc"})
+    explicit = await validate(pipeline, {"name": "svc", "debug": False, "database": {"pool_size": 5}})
     assert implicit.hash == explicit.hash
 
 
@@ -99,7 +109,7 @@ async def test_defaults_filled_in_by_the_model_hash_like_explicit_values() -> No
     ],
 )
 async def test_model_errors_name_the_location_and_fail(body: dict[str, Any], expected: str) -> None:
-    outcome = await ValidationPipeline(Service).validate(body)
+    outcome = await validate(make_pipeline(Service), body)
     assert not outcome.ok
     assert outcome.config is None
     assert outcome.body is None
@@ -108,8 +118,8 @@ async def test_model_errors_name_the_location_and_fail(body: dict[str, Any], exp
 
 
 async def test_model_errors_never_echo_the_offending_value() -> None:
-    outcome = await ValidationPipeline(Service).validate(
-        {"name": "svc", "database": {"pool_size": "sk-live-1234-secret-looking"}}
+    outcome = await validate(
+        make_pipeline(Service), {"name": "svc", "database": {"pool_size": "sk-live-1234-secret-looking"}}
     )
     assert outcome.errors
     assert all("sk-live-1234" not in line for line in outcome.errors)
@@ -117,15 +127,15 @@ async def test_model_errors_never_echo_the_offending_value() -> None:
 
 async def test_validators_do_not_run_when_the_model_rejects() -> None:
     ran: list[str] = []
-    pipeline = ValidationPipeline(Service, [lambda config: ran.append("x")])
-    outcome = await pipeline.validate({"debug": "not a bool"})
+    pipeline = make_pipeline(Service, [lambda config: ran.append("x")])
+    outcome = await validate(pipeline, {"debug": "not a bool"})
     assert not outcome.ok
     assert ran == []
 
 
 async def test_without_a_model_any_json_object_is_accepted() -> None:
     body = {"anything": [1, 2, {"nested": True}], "api_key": "abcd-1234"}
-    outcome = await ValidationPipeline().validate(body)
+    outcome = await validate(make_pipeline(), body)
     assert outcome.ok
     assert outcome.config == body
     assert outcome.body == body
@@ -134,7 +144,7 @@ async def test_without_a_model_any_json_object_is_accepted() -> None:
 
 
 def test_parse_runs_only_the_model() -> None:
-    config, body, errors = ValidationPipeline(Service, [lambda c: {"errors": ["never"]}]).parse(BODY)
+    config, body, errors = make_pipeline(Service, [lambda c: {"errors": ["never"]}]).parse(BODY)
     assert isinstance(config, Service)
     assert body is not None
     assert body["database"]["password"] == "hunter2-secret"
@@ -176,32 +186,32 @@ def pair_shape(config: Service) -> tuple[list[str], list[str]]:
     ],
 )
 async def test_validator_errors_fail_and_warnings_pass(validator: Any) -> None:
-    pipeline = ValidationPipeline(Service, [validator])
+    pipeline = make_pipeline(Service, [validator])
 
-    warned = await pipeline.validate({**BODY, "debug": True})
+    warned = await validate(pipeline, {**BODY, "debug": True})
     assert warned.ok
     assert warned.warnings == ("debug is on",)
 
-    failed = await pipeline.validate({**BODY, "database": {"pool_size": 50}})
+    failed = await validate(pipeline, {**BODY, "database": {"pool_size": 50}})
     assert not failed.ok
     assert failed.config is not None  # the model accepted it; a validator did not
     assert failed.errors == ("database.pool_size: must be at most 10",)
 
 
 async def test_a_validator_returning_none_found_nothing() -> None:
-    outcome = await ValidationPipeline(Service, [lambda config: None]).validate(BODY)
+    outcome = await validate(make_pipeline(Service, [lambda config: None]), BODY)
     assert outcome.ok
 
 
 async def test_findings_of_several_validators_add_up_in_order() -> None:
-    pipeline = ValidationPipeline(
+    pipeline = make_pipeline(
         Service,
         [
             lambda c: {"errors": ["first"], "warnings": ["w1"]},
             lambda c: {"errors": ["second"], "warnings": ["w2"]},
         ],
     )
-    outcome = await pipeline.validate(BODY)
+    outcome = await validate(pipeline, BODY)
     assert outcome.errors == ("first", "second")
     assert outcome.warnings == ("w1", "w2")
 
@@ -218,9 +228,9 @@ async def test_findings_of_several_validators_add_up_in_order() -> None:
     ],
 )
 async def test_a_validator_returning_the_wrong_shape_is_an_error(result: Any, expected: str) -> None:
-    pipeline = ValidationPipeline(Service)
+    pipeline = make_pipeline(Service)
     pipeline.add(lambda config: result, name="odd")
-    outcome = await pipeline.validate(BODY)
+    outcome = await validate(pipeline, BODY)
     assert outcome.errors == (expected,)
 
 
@@ -228,9 +238,10 @@ async def test_a_validator_that_raises_is_an_error_not_a_crash() -> None:
     def broken(config: Service) -> None:
         raise ValueError("cannot reach the schema registry")
 
-    outcome = await ValidationPipeline(Service, [broken]).validate(BODY)
+    outcome = await validate(make_pipeline(Service, [broken]), BODY)
     assert outcome.errors == ("validator broken raised ValueError: cannot reach the schema registry",)
-    assert outcome.validator_ms["broken"] >= 0
+    assert list(outcome.validator_ms) == ["broken"]
+    assert outcome.validator_ms["broken"] > 0
 
 
 async def test_a_validator_that_raises_timeout_error_itself_is_reported_as_raising() -> None:
@@ -238,7 +249,7 @@ async def test_a_validator_that_raises_timeout_error_itself_is_reported_as_raisi
     def connects(config: Service) -> None:
         raise TimeoutError("connect to registry timed out")
 
-    outcome = await ValidationPipeline(Service, [connects], validator_timeout=30).validate(BODY)
+    outcome = await validate(make_pipeline(Service, [connects], validator_timeout=30), BODY)
     assert outcome.errors == ("validator connects raised TimeoutError: connect to registry timed out",)
 
 
@@ -258,10 +269,10 @@ async def test_a_validator_past_its_timeout_is_an_error(asynchronous: bool) -> N
     async def slow_async(config: Service) -> None:
         await anyio.sleep(10)
 
-    pipeline = ValidationPipeline(Service)
+    pipeline = make_pipeline(Service)
     pipeline.add(slow_async if asynchronous else slow_sync, name="slow", timeout=0.05)
     try:
-        outcome = await pipeline.validate(BODY)
+        outcome = await validate(pipeline, BODY)
     finally:
         release.set()
     assert outcome.errors == ("validator slow timed out after 0.05s",)
@@ -275,7 +286,7 @@ async def test_validator_messages_never_carry_a_secret() -> None:
     def raises(config: Service) -> None:
         raise RuntimeError(f"bad {config.database.password.get_secret_value()}")  # type: ignore[union-attr]
 
-    outcome = await ValidationPipeline(Service, [echoes, raises]).validate(BODY)
+    outcome = await validate(make_pipeline(Service, [echoes, raises]), BODY)
     assert outcome.errors == (
         "password ********** is weak",
         "validator raises raised RuntimeError: bad **********",
@@ -285,9 +296,11 @@ async def test_validator_messages_never_carry_a_secret() -> None:
 
 async def test_validator_specs_keep_their_name_and_timeout() -> None:
     spec = ValidatorSpec("named", lambda c: {"errors": ["no"]}, timeout=1.0)
-    pipeline = ValidationPipeline(Service, [spec, seed_shape])
-    assert [(s.name, s.timeout) for s in pipeline.validators] == [("named", 1.0), ("seed_shape", 5.0)]
-    outcome = await pipeline.validate(BODY)
+    pipeline = make_pipeline(Service, [spec, seed_shape])
+    # None: the pipeline's timeout (the settings' CONFLEDGER_VALIDATOR_TIMEOUT), applied when it runs.
+    assert [(s.name, s.timeout) for s in pipeline.validators] == [("named", 1.0), ("seed_shape", None)]
+    assert pipeline.validator_timeout == 5.0
+    outcome = await validate(pipeline, BODY)
     assert set(outcome.validator_ms) == {"named", "seed_shape"}
 
 
@@ -444,8 +457,8 @@ def test_dump_revealed_refuses_a_config_that_is_not_an_object() -> None:
 
 async def test_a_sync_validator_handing_back_a_coroutine_has_it_run() -> None:
     # A lambda around an async function returns a coroutine: not one of the plain results, so it runs.
-    pipeline = ValidationPipeline(Service, [lambda config: async_seed_shape(config)])
-    outcome = await pipeline.validate({**BODY, "debug": True})
+    pipeline = make_pipeline(Service, [lambda config: async_seed_shape(config)])
+    outcome = await validate(pipeline, {**BODY, "debug": True})
     assert outcome.warnings == ("debug is on",)
 
 
@@ -455,16 +468,3 @@ def test_a_spec_knows_once_whether_its_validator_is_async() -> None:
     assert not ValidatorSpec("s", seed_shape).is_async
     assert spec == ValidatorSpec("a", async_seed_shape)  # derived, so not compared
     assert "is_async" not in repr(spec)
-
-
-async def test_under_no_spans_validators_open_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_span(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a span was opened under NO_SPANS")
-
-    monkeypatch.setattr(NO_SPANS, "start_span", no_span)
-    monkeypatch.setattr(NO_SPANS, "start_as_current_span", no_span)
-    pipeline = ValidationPipeline(Service, [seed_shape, async_seed_shape, pair_shape])
-    outcome = await pipeline.validate({**BODY, "debug": True}, tracer=NO_SPANS)
-    assert outcome.warnings == ("debug is on",) * 3
-    failed = await pipeline.validate({**BODY, "database": {"pool_size": 50}}, tracer=NO_SPANS)
-    assert failed.errors == ("database.pool_size: must be at most 10",) * 3

@@ -1,0 +1,43 @@
+"""Which config a rollback returns to: a hash (any unique prefix of 7+ hex digits) or the previous one."""
+
+from __future__ import annotations
+
+from confledger.store.errors import ConfigLookupError
+from confledger.store.events import ConfigApplied
+from confledger.store.log import EventLog
+
+__all__ = ["resolve_target"]
+
+_SCAN = 200
+
+
+def resolve_target(log: EventLog, reference: str | None, current_hash: str | None) -> str:
+    """The full hash of an applied config ``reference`` names; None names the newest one not current.
+
+    Blocking (it reads the log). Raises ``ConfigLookupError`` (with its reason code) when the reference
+    names nothing, is ambiguous, was never applied, or there is no earlier config.
+    """
+    if reference is None:
+        found = _previous_distinct_hash(log, current_hash)
+        if found is None:
+            raise ConfigLookupError("no previous configuration to roll back to", code="no_previous_config")
+        return found
+    full = log.resolve_hash(reference)
+    if not log.was_applied(full):
+        raise ConfigLookupError(
+            f"config {full[:16]} was never applied; rollback can only return to an applied config",
+            code="unknown_config_hash",
+        )
+    return full
+
+
+def _previous_distinct_hash(log: EventLog, current_hash: str | None) -> str | None:
+    before: int | None = None
+    while True:
+        batch = log.read_reverse(before, _SCAN, types=[ConfigApplied.event_type])
+        for event in batch:
+            if isinstance(event.payload, ConfigApplied) and event.payload.hash != current_hash:
+                return event.payload.hash
+        if len(batch) < _SCAN:
+            return None
+        before = batch[-1].position
