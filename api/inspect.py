@@ -21,6 +21,7 @@ from confledger.api.schemas import (
     BackupsResponse,
     HistoryResponse,
     OperationOut,
+    SourceStateOut,
     VerifyResponse,
     VersionResponse,
     short,
@@ -44,6 +45,7 @@ from confledger.store.events import (
 )
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.pins import RollbackPins
 from confledger.store.secrets import (
     ConfigPath,
     SecretCipher,
@@ -53,6 +55,7 @@ from confledger.store.secrets import (
     redact,
     unseal,
 )
+from confledger.store.source_state import describe_source, last_read
 
 __all__ = [
     "CANNOT_COMPARE",
@@ -262,6 +265,7 @@ class LogInspector:
             for started in self.log.open_operations()
             if started.operation_id is not None
         ]
+        last_started = self.log.last_of_type(InstanceStarted.event_type)
         return {
             "database": self.log.display_url,
             "current_config_hash": short(self.current_hash),
@@ -269,7 +273,7 @@ class LogInspector:
             "current_applied_by": None if current is None else current["actor"],
             "current_applied_position": None if current is None else current["position"],
             "log_head": self.head,
-            "last_instance_started": _lifecycle_entry(self.log.last_of_type(InstanceStarted.event_type)),
+            "last_instance_started": _lifecycle_entry(last_started),
             "last_instance_stopped": _lifecycle_entry(self.log.last_of_type(InstanceStopped.event_type)),
             "instances": self._instances(),
             "open_operations": open_operations,
@@ -283,7 +287,21 @@ class LogInspector:
                 "success_rate": summary["success_rate"],
                 "average_duration_ms": summary["average_duration_ms"],
             },
+            "source_state": self._source_state(last_started),
         }
+
+    def _source_state(self, last_started: RecordedEvent | None) -> dict[str, Any] | None:
+        """The source of the instance that started last, as ``GET /status`` shows it (from the log)."""
+        payload = None if last_started is None else last_started.payload
+        source = payload.config_source if isinstance(payload, InstanceStarted) else None
+        if source is None:
+            return None
+        pins = RollbackPins()
+        pins.catch_up(self.log, save=False)  # a read-only look: the checkpoint is the service's to write
+        state = SourceStateOut.of(
+            describe_source(source, last_read(self.log, source), self.current_hash, pins)
+        )
+        return None if state is None else state.model_dump(mode="json")
 
     def _instances(self, scan: int = 200, keep: int = 10) -> list[dict[str, Any]]:
         """Each recently seen instance with its last lifecycle event: ``up`` (or crashed) / ``stopped``."""

@@ -66,12 +66,22 @@ def register_config_callback(
     priority: int = 0,
     async_callback: bool = False,
     timeout: float | None = None,
+    notify_on_start: bool | None = None,
 ) -> None:
     """Call ``callback(old_config, new_config)`` on every change; higher priority runs first.
 
-    ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set)."""
+    ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set). ``notify_on_start``: when the
+    service restarts with a config restored from the log, call ``callback(None, restored)`` as on the
+    first start (None: ``CONFLEDGER_NOTIFY_ON_START``, on unless set)."""
     registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
-    registry.register(name, callback, priority=priority, async_callback=async_callback, timeout=timeout)
+    registry.register(
+        name,
+        callback,
+        priority=priority,
+        async_callback=async_callback,
+        timeout=timeout,
+        notify_on_start=notify_on_start,
+    )
 
 
 def unregister_config_callback(name: str) -> bool:

@@ -1,4 +1,9 @@
-"""Client-supplied config paths: the allow-list check the HTTP reload route applies before any read."""
+"""Client-supplied config paths: the allow-list check the HTTP reload route applies before any read.
+
+The check of the name here refuses early and says why; it is not what keeps the read inside. The
+answer carries the allowed directories (a ``SourceGuard``) into the load, which checks the file it
+actually opened: a symlink or directory swapped in after this check is refused there.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import NoReturn
 from urllib.parse import unquote
 
 from confledger.store.errors import SourceNotAllowed
+from confledger.store.sources.reading import GuardedSource, SourceGuard
 
 __all__ = ["resolve_source"]
 
@@ -26,7 +32,7 @@ def resolve_source(
     *,
     allowed_dirs: Sequence[str | Path],
     base_dir: Path | None = None,
-) -> Path:
+) -> GuardedSource:
     """Turn a client-supplied ``config_source`` into a real path inside an allow-listed directory.
 
     The request is percent-decoded once; a request that still changes when decoded again (double
@@ -35,9 +41,11 @@ def resolve_source(
     requests are taken from ``base_dir`` (default: the first allowed directory). Symlinks are followed
     (``os.path.realpath``) and the result must lie inside one of the real allowed directories, compared
     by path components, never by string prefix. The file need not exist; ``load_source`` says so.
+    A path that cannot be resolved (a directory being swapped under it) is refused like one outside.
 
-    The returned path is checked at call time: a symlink swapped in between this call and the read is
-    not caught here.
+    The answer is the path and a guard over the real allowed directories: ``load_source`` checks the
+    file it opened against the guard, so a symlink swapped in between this call and the read is refused
+    there, by the descriptor it reads.
     """
     if isinstance(allowed_dirs, str | Path):
         # A bare string is a Sequence of characters: "allow '/', 'e', 't', 'c'" is never what was meant.
@@ -61,11 +69,15 @@ def resolve_source(
     if not allowed_dirs:
         refuse("no config directory is allowed")
 
-    roots = [Path(os.path.realpath(directory)) for directory in allowed_dirs]
     candidate = Path(decoded)
     if not candidate.is_absolute():
         candidate = (base_dir if base_dir is not None else Path(allowed_dirs[0])) / candidate
-    resolved = Path(os.path.realpath(candidate))
-    if not any(resolved.is_relative_to(root) for root in roots):
+    try:
+        guard = SourceGuard.of(allowed_dirs)
+        resolved = os.path.realpath(candidate)
+    except OSError:
+        # realpath read a link that was replaced while it looked (EINVAL), or a loop: never a 500.
+        refuse("it could not be resolved")
+    if not guard.admits(resolved):
         refuse("it resolves outside the allowed directories")
-    return resolved
+    return GuardedSource(resolved, guard)

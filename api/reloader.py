@@ -26,6 +26,8 @@ from confledger.store.events import FileWatchDisabled, FileWatchEnabled
 from confledger.store.operations import OperationRunner
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
 from confledger.store.services import ServiceCallback, ServiceRegistry
+from confledger.store.source_state import SourceState
+from confledger.store.sources.reading import GuardedSource
 from confledger.store.validation import ConfigValidator, ValidationPipeline, ValidatorSpec
 
 __all__ = [
@@ -64,6 +66,8 @@ class ConfigReloader:
         callback_timeout: float | None = None,
         validator_timeout: float | None = None,
         instance_id: str | None = None,
+        notify_on_start: bool | None = None,
+        max_recorded_items: int | None = None,
         cipher: SecretCipher | None = None,
         services: ServiceRegistry | None = None,
         tracer: Tracer | None = None,
@@ -85,6 +89,8 @@ class ConfigReloader:
             callback_timeout=callback_timeout,
             validator_timeout=validator_timeout,
             instance_id=instance_id,
+            notify_on_start=notify_on_start,
+            max_recorded_items=max_recorded_items,
         )
         self._owns_log = not isinstance(log, EventLog)
         self.log = log if isinstance(log, EventLog) else self._open_log(log, config_source, cipher)
@@ -92,7 +98,10 @@ class ConfigReloader:
         self.backup_count = self.settings.backup_count
         self.services = services if services is not None else ServiceRegistry()
         self.pipeline = ValidationPipeline(
-            config_model, validators, validator_timeout=self.settings.validator_timeout
+            config_model,
+            validators,
+            validator_timeout=self.settings.validator_timeout,
+            max_items=self.settings.max_recorded_items,
         )
         self.runner = OperationRunner(
             self.log,
@@ -104,13 +113,16 @@ class ConfigReloader:
             rollback_threshold=self.settings.rollback_threshold,
             max_source_bytes=self.settings.max_source_bytes,
             callback_timeout=self.settings.callback_timeout,
+            notify_on_start=self.settings.notify_on_start,
             version=__version__,
             tracer=tracer,
         )
         self.current = None
         self._current = CurrentProjection(self._materialize)
         self._current.listeners.append(self._on_current)
-        self._history = HistoryProjection(window=self.settings.history_window)
+        self._history = HistoryProjection(
+            window=self.settings.history_window, listed=self.settings.max_recorded_items
+        )
         self._stats = StatsProjection()
         self._backups = BackupsProjection(self.backup_count)
         self.projections = ProjectionSet(self.log, [self._current, self._history, self._stats, self._backups])
@@ -301,7 +313,7 @@ class ConfigReloader:
     async def reload_config(
         self,
         trigger: Trigger = Trigger.MANUAL,
-        config_source: str | Path | None = None,
+        config_source: str | Path | GuardedSource | None = None,
         force: bool = False,
         dry_run: bool = False,
         *,
@@ -309,7 +321,11 @@ class ConfigReloader:
         client: str | None = None,
         trace_id: str | None = None,
     ) -> ReloadOperation:
-        """Load, validate, notify services and apply; every step is an event. Never raises for bad input."""
+        """Load, validate, notify services and apply; every step is an event. Never raises for bad input.
+
+        A config rolled back away from is not applied again unless ``force`` (reason
+        ``rolled_back_hash``); a ``GuardedSource`` (``api.paths.resolve_source``) is read only if the
+        file opened lies inside its allowed directories (reason ``source_not_allowed``)."""
         return await self.runner.reload(
             Trigger(trigger),
             config_source=config_source,
@@ -345,12 +361,20 @@ class ConfigReloader:
         priority: int = 0,
         async_callback: bool = False,
         timeout: float | None = None,
+        notify_on_start: bool | None = None,
     ) -> None:
         """Call ``callback(old_config, new_config)`` on every change; higher priority runs first.
 
-        ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set)."""
+        ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set). ``notify_on_start``: on a
+        start that restores a config from the log, call ``callback(None, restored)`` too (None:
+        ``CONFLEDGER_NOTIFY_ON_START``, on unless set); a callback registered after the start is not."""
         self.services.register(
-            name, callback, priority=priority, async_callback=async_callback, timeout=timeout
+            name,
+            callback,
+            priority=priority,
+            async_callback=async_callback,
+            timeout=timeout,
+            notify_on_start=notify_on_start,
         )
 
     def unregister_config_callback(self, name: str) -> bool:
@@ -387,7 +411,7 @@ class ConfigReloader:
 
     def get_operation(self, operation_id: str) -> ReloadOperation | None:
         events = self.log.read_operation(operation_id)
-        return build_operation(events) if events else None
+        return build_operation(events, listed=self.settings.max_recorded_items) if events else None
 
     def get_reload_stats(self) -> dict[str, Any]:
         """The seed's keys, plus percentiles and per-trigger and per-service breakdowns."""
@@ -427,6 +451,11 @@ class ConfigReloader:
 
     def get_backups(self) -> list[dict[str, Any]]:
         return self._backups.backups
+
+    def source_state(self) -> SourceState | None:
+        """What the config source held when last read, whether it differs from the applied config and why
+        (``rolled_back_hash``: a reload will not apply it again without force). Served from memory."""
+        return self.runner.source_state()
 
     def service_drift(self) -> dict[str, str]:
         """Registered services whose last accepted config is not the current one."""

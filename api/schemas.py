@@ -12,6 +12,7 @@ from confledger.store.events import RecordedEvent
 from confledger.store.log import StoredConfig, VerifyReport
 from confledger.store.outcome import ReloadOperation, ReloadStatus
 from confledger.store.secrets import find_secret_paths, redact
+from confledger.store.source_state import SourceState
 
 __all__ = [
     "MAX_POSITION",
@@ -29,6 +30,7 @@ __all__ = [
     "OperationOut",
     "ReloadRequest",
     "RollbackRequest",
+    "SourceStateOut",
     "StatusResponse",
     "TimelineResponse",
     "VerifyResponse",
@@ -199,6 +201,37 @@ class ReloadStatistics(BaseModel):
     average_duration_ms: float
 
 
+class SourceStateOut(BaseModel):
+    """The configured source as its last reload read it, against the applied config."""
+
+    source: str
+    hash: str | None = Field(description="what the source held when read (None: it could not be loaded)")
+    read_at: datetime | None
+    operation_id: str = Field(description="the reload that read it")
+    differs_from_applied: bool
+    reason: str | None = Field(
+        description="why it differs: rolled_back_hash (a reload will not apply it again without force), "
+        "the refused reload's reason, dry_run, or superseded (a later operation applied another config)"
+    )
+    rolled_back_at: datetime | None = None
+    rolled_back_by: str | None = None
+
+    @classmethod
+    def of(cls, state: SourceState | None) -> SourceStateOut | None:
+        if state is None:
+            return None
+        return cls(
+            source=state.source,
+            hash=short(state.hash),
+            read_at=state.read_at,
+            operation_id=state.operation_id,
+            differs_from_applied=state.differs_from_applied,
+            reason=state.reason,
+            rolled_back_at=state.rolled_back_at,
+            rolled_back_by=state.rolled_back_by,
+        )
+
+
 class StatusResponse(BaseModel):
     config_reloader_enabled: bool
     current_config_hash: str | None
@@ -215,6 +248,9 @@ class StatusResponse(BaseModel):
     )
     running_operation_id: str | None
     service_drift: dict[str, str]
+    source_state: SourceStateOut | None = Field(
+        None, description="the config source as last read, and why it differs from the applied config"
+    )
 
 
 class FileWatchEnabledResponse(BaseModel):

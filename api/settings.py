@@ -70,6 +70,17 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="worker threads for sync validators and callbacks running on time"
     )
     history_window: int = Field(500, ge=1, description="recent operations history serves from memory")
+    max_recorded_items: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="validation errors, warnings and changed paths recorded (and answered) per operation, "
+        "each list; the rest are counted",
+    )
+    notify_on_start: bool = Field(
+        True,
+        description="hand each service callback the config restored from the log when the service restarts",
+    )
     sqlite_synchronous: str = Field("FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     signal_handler: bool = True
     metrics: bool = True

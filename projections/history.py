@@ -1,7 +1,9 @@
 """Operations as the seed's ``ReloadOperation`` shows them, newest first.
 
 The projection keeps a window of recent operations in memory (what the API pages through most); older
-pages are folded on demand from the log with the same ``build_operation``, so both answer alike.
+pages are folded on demand from the log with the same ``build_operation``, so both answer alike. Each
+operation shows at most ``listed`` validation errors, warnings and changed paths (the rest counted), so
+a page stays small whatever a bad file recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from confledger.projections.base import Projection, event_from_state, event_to_state
 from confledger.store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
 from confledger.store.log import EventLog
-from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation
 
 __all__ = ["HistoryProjection", "history_page", "window_page"]
 
@@ -27,10 +29,12 @@ _by_first_position = attrgetter("first_position")
 class HistoryProjection(Projection):
     name = "history"
     # 2: a manual rollback reads rolled_back (store.outcome.reported_status); older states said success.
-    version = 2
+    # 3: lists capped at ``listed`` items; an older state may hold a list as long as a bad file made it.
+    version = 3
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, *, listed: int = DEFAULT_LISTED) -> None:
         self.window = window
+        self.listed = listed
         super().__init__()
 
     def reset(self) -> None:
@@ -56,13 +60,13 @@ class HistoryProjection(Projection):
         if isinstance(event.payload, _ENDS):
             del self._open[key]
             operations = self.operations
-            operations[str(operation_id)] = build_operation(events)
+            operations[str(operation_id)] = build_operation(events, listed=self.listed)
             while len(operations) > self.window:
                 operations.popitem(last=False)
 
     def in_progress(self) -> list[ReloadOperation]:
         # list() copies in one step, so a fold on another thread cannot change the dict mid-iteration.
-        return [build_operation(events) for events in list(self._open.values())]
+        return [build_operation(events, listed=self.listed) for events in list(self._open.values())]
 
     def recent(self) -> list[ReloadOperation]:
         """Every operation in the window, newest first, including any still running."""
@@ -193,7 +197,7 @@ def history_page(
         for start in starts:
             if start.operation_id is None:
                 continue
-            operation = build_operation(log.read_operation(start.operation_id))
+            operation = build_operation(log.read_operation(start.operation_id), listed=history.listed)
             if keep(operation):
                 found.append(operation)
                 if len(found) >= limit:

@@ -118,6 +118,9 @@ class StatsProjection(Projection):
             sketch.add(payload.duration_ms)
         if outcome == "success" and payload.config_hash is not None:
             self.service_hashes[service] = payload.config_hash
+        elif payload.direction == "start":
+            # Refused the restored config as its instance started: it runs no config the log knows of.
+            self.service_hashes[service] = ""
 
     def _rolled_back(self, event: RecordedEvent) -> None:
         payload = event.payload

@@ -101,6 +101,9 @@ class InstanceStarted(EventPayload):
     host: str
     pid: int
     current_hash: str | None = None
+    # The file this instance reloads from (None: it has none), so a reader of the log alone can say
+    # what the service's source last held (``confledger status``).
+    config_source: str | None = None
 
 
 class InstanceStopped(EventPayload):
@@ -156,6 +159,8 @@ class ValidationPassed(EventPayload):
     hash: str | None = None
     warnings: tuple[str, ...] = ()
     duration_ms: float
+    # Lists from user input are recorded up to a cap (``CONFLEDGER_MAX_RECORDED_ITEMS``); the rest counted.
+    warnings_omitted: int = 0
 
 
 class ValidationFailed(EventPayload):
@@ -164,6 +169,8 @@ class ValidationFailed(EventPayload):
     errors: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     duration_ms: float
+    errors_omitted: int = 0
+    warnings_omitted: int = 0
 
 
 class ServiceNotified(EventPayload):
@@ -173,7 +180,9 @@ class ServiceNotified(EventPayload):
     outcome: ServiceOutcome
     duration_ms: float
     error: str | None = None
-    direction: Literal["forward", "compensate"] = "forward"
+    # start: the restored config handed to a service as the instance starts (old=None), outside any
+    # operation; it changes no config.
+    direction: Literal["forward", "compensate", "start"] = "forward"
     config_hash: str | None = None
 
 
@@ -182,6 +191,7 @@ class ConfigApplied(EventPayload):
     hash: str
     previous_hash: str | None
     changes: tuple[str, ...] = ()
+    changes_omitted: int = 0
 
 
 class ConfigRolledBack(EventPayload):

@@ -7,16 +7,20 @@ from which the caller's answer is folded.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import trace
 
 from confledger.store.errors import SecretKeyError
 from confledger.store.events import (
     EventPayload,
+    NewEvent,
     OperationCompleted,
     OperationKind,
     OperationStatus,
@@ -25,12 +29,28 @@ from confledger.store.events import (
     Trigger,
 )
 from confledger.store.log import PreparedConfig
+from confledger.store.outcome import ReloadOperation
 from confledger.store.secrets import ConfigPath
 from confledger.store.services import NotifyResult
 from confledger.store.sources import LoadedSource
+from confledger.store.sources.reading import SourceGuard
 from confledger.store.validation import ModelResult, values_at
 
-__all__ = ["ActiveConfig", "Candidate", "Change", "Ended", "Operation", "Request", "notified", "trace_id_of"]
+__all__ = [
+    "ActiveConfig",
+    "Candidate",
+    "Change",
+    "Ended",
+    "Operation",
+    "Request",
+    "closings_of_interrupted",
+    "finish",
+    "notified",
+    "owner_is_gone",
+    "trace_id_of",
+]
+
+logger = logging.getLogger("confledger.store.operations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,7 @@ class Request:
     client: str | None
     trace_id: str | None
     source: str | None = None  # reload: the file to read
+    guard: SourceGuard | None = None  # reload of a client-named file: where the opened file must lie
     force: bool = False
     dry_run: bool = False
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
@@ -113,7 +134,8 @@ class Change:
     """A validated config that differs from the current one: what the services are told about."""
 
     active: ActiveConfig
-    changes: tuple[str, ...]
+    changes: tuple[str, ...]  # the first of them, up to the recorded cap
+    changes_omitted: int = 0
 
 
 class Ended(Exception):
@@ -129,13 +151,95 @@ def trace_id_of(span: trace.Span) -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
-def notified(result: NotifyResult, direction: str, config_hash: str) -> ServiceNotified:
+def notified(
+    result: NotifyResult, direction: Literal["forward", "compensate", "start"], config_hash: str
+) -> ServiceNotified:
     return ServiceNotified(
         service=result.service,
         priority=result.priority,
         outcome=result.outcome,
         duration_ms=result.duration_ms,
         error=result.error,
-        direction="forward" if direction == "forward" else "compensate",
+        direction=direction,
         config_hash=config_hash,
     )
+
+
+def finish(span: trace.Span, result: ReloadOperation) -> None:
+    """Close an operation: span attributes and status, and its one structured log line."""
+    attributes = {"confledger.operation_id": result.operation_id, "confledger.status": result.status.value}
+    if result.previous_config_hash:
+        attributes["confledger.previous_hash"] = result.previous_config_hash
+    if result.new_config_hash:
+        attributes["confledger.new_hash"] = result.new_config_hash
+    span.set_attributes(attributes)
+    if not result.success:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
+    level = logging.INFO if result.success else logging.WARNING
+    logger.log(
+        level,
+        "%s %s %s: %s (%.1f ms)",
+        result.kind.value,
+        result.operation_id,
+        result.status.value,
+        result.message,
+        result.total_duration_ms,
+        extra={
+            "confledger": {
+                "operation_id": result.operation_id,
+                "trace_id": result.trace_id,
+                "kind": result.kind.value,
+                "trigger": result.trigger.value,
+                "actor": result.actor,
+                "status": result.status.value,
+                "reason": result.reason,
+                "previous_hash": result.previous_config_hash,
+                "new_hash": result.new_config_hash,
+                "total_ms": round(result.total_duration_ms, 3),
+                "validation_ms": round(result.validation_duration_ms, 3),
+                "apply_ms": round(result.apply_duration_ms, 3),
+                "services": list(result.services_notified),
+            }
+        },
+    )
+
+
+def owner_is_gone(instance_id: str, own_instance_id: str) -> bool:
+    """Whether the instance that started an open operation can no longer complete it.
+
+    Our own id means we restarted. For the default ``host:pid`` form on this host, a dead pid means the
+    process is gone. An operation of a live process or another host is left alone: it may be running.
+    """
+    if instance_id == own_instance_id:
+        return True
+    host, _, pid_text = instance_id.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def closings_of_interrupted(open_operations: list[RecordedEvent], own_instance_id: str) -> list[NewEvent]:
+    """``operation.completed(interrupted)`` for each open operation whose writer is provably gone."""
+    return [
+        NewEvent(
+            OperationCompleted(
+                status=OperationStatus.INTERRUPTED,
+                message="Operation was interrupted (its process stopped before it completed)",
+                error_message="interrupted",
+                reason="interrupted",
+            ),
+            actor="system",
+            operation_id=started.operation_id,
+        )
+        for started in open_operations
+        if owner_is_gone(started.instance_id, own_instance_id)
+    ]

@@ -13,11 +13,18 @@
 5. record the outcome in a second transaction: ``config.rolled_back``, ``config.applied`` (the one event
    that changes the current config), ``operation.completed``.
 
+A reload that would apply a config an operator rolled back away from ends at step 4 without notifying
+anyone, unless forced (``store.pins``: reason ``rolled_back_hash``). A client-named source is read under
+its guard (``store.sources.reading.SourceGuard``): the opened file must lie in an allowed directory.
+
 An operation that ends before any service is called (a load or validation failure, no change, a dry run,
 or no services registered) is committed in one transaction. ``config.applied`` is appended with the head
 the operation started from: if another instance applied a config meanwhile, the log refuses it, and the
 services that accepted get the old config back. The caller's answer (``ReloadOperation``) is folded from
 the events the operation appended (``store.outcome``), with the same function history uses.
+
+At start, the services registered with ``notify_on_start`` get the config restored from the log
+(``old=None``), recorded as ``service.notified`` with direction ``start`` outside any operation.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from confledger.store.errors import (
     ConfigLookupError,
     ConfledgerError,
     InitialConfigError,
+    NotAllowed,
     SecretKeyError,
     SourceError,
 )
@@ -56,7 +64,6 @@ from confledger.store.events import (
     InstanceStarted,
     InstanceStopped,
     NewEvent,
-    OperationCompleted,
     OperationKind,
     OperationRejected,
     OperationStarted,
@@ -75,15 +82,19 @@ from confledger.store.operation_record import (
     Ended,
     Operation,
     Request,
+    closings_of_interrupted,
+    finish,
     notified,
     trace_id_of,
 )
 from confledger.store.outcome import ReloadOperation, build_operation
+from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
 from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
-from confledger.store.sources import load_source
+from confledger.store.source_state import SourceState, describe_source, last_read
+from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source
 from confledger.store.targets import resolve_target
-from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline
+from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
@@ -117,6 +128,7 @@ class OperationRunner:
         rollback_threshold: float,
         max_source_bytes: int,
         callback_timeout: float,
+        notify_on_start: bool,
         version: str,
         tracer: trace.Tracer | None = None,
     ) -> None:
@@ -129,6 +141,7 @@ class OperationRunner:
         self.rollback_threshold = rollback_threshold
         self.max_source_bytes = max_source_bytes
         self.callback_timeout = callback_timeout
+        self.notify_on_start = notify_on_start
         self.version = version
         self.tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         self.active: ActiveConfig | None = None
@@ -143,10 +156,18 @@ class OperationRunner:
         # Sources that had content when last read: an empty read of one is most likely a rewrite in
         # progress, which ``load_source`` waits out.
         self._had_content: dict[str, bool] = {}
+        self.pins = RollbackPins()
+        # The last reload that read the configured source (from the log at start, then this instance's).
+        self._source_read: ReloadOperation | None = None
 
     @property
     def running_operation_id(self) -> str | None:
         return None if self._running is None else str(self._running)
+
+    def source_state(self) -> SourceState | None:
+        """What the configured source held when last read, against the applied config (no I/O)."""
+        applied = None if self.active is None else self.active.hash
+        return describe_source(self.config_source, self._source_read, applied, self.pins)
 
     def config_for_hash(self, full_hash: str) -> Any | None:
         """The typed config for the hash being applied or the current one (None for any other hash)."""
@@ -180,11 +201,13 @@ class OperationRunner:
         operation is returned; if it is not applied, ``InitialConfigError`` is raised (the failed
         operation stays in the log), except when the source does not exist yet: then the start goes on
         with no config (a warning is logged, readiness answers 503) until a reload applies one.
-        Restoring never reads the source: the log is the truth.
+        Restoring never reads the source: the log is the truth. A restored config is then handed to the
+        services that want it at start (``notify_on_start``), after ``instance.started``.
         """
         await self._close_interrupted()
         result: ReloadOperation | None = None
         self.active = await anyio.to_thread.run_sync(self._restore_from_log)
+        restored = self.active
         if self.active is None and self.config_source is not None:
             result = await self.reload(Trigger.STARTUP, actor="system")
             if result.reason == "not_found":
@@ -206,9 +229,30 @@ class OperationRunner:
             host=socket.gethostname(),
             pid=os.getpid(),
             current_hash=None if self.active is None else self.active.hash,
+            config_source=self.config_source,
         )
         await self._append([NewEvent(started)])
+        if restored is not None:
+            await self._notify_at_start(restored)
         return result
+
+    async def _notify_at_start(self, restored: ActiveConfig) -> None:
+        """Hand the restored config to each service that asks for it (old=None); it changes no config.
+
+        A refusal is logged and recorded (the stats fold then shows the service as drifted: it runs no
+        config the log knows of), and the instance starts anyway: its current config is the log's.
+        """
+        specs = self.services.notified_at_start(default=self.notify_on_start)
+        results = await self._notify(specs, None, restored.config, restored.secret_values(), "start")
+        for refused in (result for result in results if not result.accepted):
+            logger.warning(
+                "service %s did not accept the restored config %s at start: %s",
+                refused.service,
+                restored.hash[:16],
+                refused.error,
+            )
+        if results:
+            await self._append([NewEvent(notified(result, "start", restored.hash)) for result in results])
 
     async def stop(self, reason: str = "shutdown") -> None:
         await self._append([NewEvent(InstanceStopped(reason=reason))])
@@ -219,6 +263,9 @@ class OperationRunner:
 
     def _restore_from_log(self) -> ActiveConfig | None:
         self._known_head = self.log.head()
+        self.pins.catch_up(self.log)
+        if self._source_read is None:
+            self._source_read = last_read(self.log, self.config_source)
         applied = self.log.last_of_type(ConfigApplied.event_type)
         if applied is None or not isinstance(applied.payload, ConfigApplied):
             return None
@@ -240,20 +287,7 @@ class OperationRunner:
 
     async def _close_interrupted(self) -> None:
         open_operations = await anyio.to_thread.run_sync(self.log.open_operations)
-        closing = [
-            NewEvent(
-                OperationCompleted(
-                    status=OperationStatus.INTERRUPTED,
-                    message="Operation was interrupted (its process stopped before it completed)",
-                    error_message="interrupted",
-                    reason="interrupted",
-                ),
-                actor="system",
-                operation_id=started.operation_id,
-            )
-            for started in open_operations
-            if _owner_is_gone(started.instance_id, self.log.instance_id)
-        ]
+        closing = closings_of_interrupted(open_operations, self.log.instance_id)
         if closing:
             await self._append(closing)
 
@@ -307,13 +341,20 @@ class OperationRunner:
         self,
         trigger: Trigger = Trigger.MANUAL,
         *,
-        config_source: str | Path | None = None,
+        config_source: str | Path | GuardedSource | None = None,
         force: bool = False,
         dry_run: bool = False,
         actor: str | None = None,
         client: str | None = None,
         trace_id: str | None = None,
     ) -> ReloadOperation:
+        """Reload from ``config_source`` (default: the configured source).
+
+        A ``GuardedSource`` (a client named the file: ``api.paths.resolve_source``) is read only if the
+        file opened lies inside its allowed directories; otherwise the load fails with
+        ``source_not_allowed``. Without ``force``, a config rolled back away from is not applied again
+        (reason ``rolled_back_hash``).
+        """
         source = str(config_source) if config_source is not None else self.config_source
         request = Request(
             OperationKind.RELOAD,
@@ -322,6 +363,7 @@ class OperationRunner:
             client,
             trace_id,
             source=source,
+            guard=config_source.guard if isinstance(config_source, GuardedSource) else None,
             force=force,
             dry_run=dry_run,
         )
@@ -386,8 +428,10 @@ class OperationRunner:
                 finally:
                     self._running, self._applying = None, None
                     self._idle.set()
-                result = build_operation(operation.recorded)
-            _finish(span, result)
+                result = build_operation(operation.recorded, listed=self.pipeline.max_items)
+                if request.kind is OperationKind.RELOAD and request.source == self.config_source:
+                    self._source_read = result
+            finish(span, result)
             return result
 
     async def _run(self, operation: Operation, span: trace.Span) -> None:
@@ -396,7 +440,7 @@ class OperationRunner:
                 outcome = await self._validate_source(operation, span)
             else:
                 outcome = await self._validate_target(operation, span)
-            change = self._change(operation, outcome)
+            change = self._change(operation, outcome, await self._pin_for(operation, outcome))
         except Ended as ended:
             await self._record(operation, *ended.events)
             return
@@ -440,18 +484,21 @@ class OperationRunner:
                 ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
                 operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
             )
-        read = functools.partial(self._read_source, source, self._had_content.get(source, False))
+        read = functools.partial(
+            self._read_source, source, self._had_content.get(source, False), request.guard
+        )
         try:
             candidate = await anyio.to_thread.run_sync(read)
-        except SourceError as exc:
+        except (SourceError, NotAllowed) as exc:
+            # NotAllowed: the file opened for a client lies outside the allowed directories.
             span.add_event("confledger.load", {"confledger.source": source, "confledger.reason": exc.code})
             raise Ended(
                 ConfigLoadFailed(
                     reason=exc.code,
                     message=exc.message,
                     source=source,
-                    input_sha256=exc.input_sha256,
-                    size_bytes=exc.size_bytes,
+                    input_sha256=getattr(exc, "input_sha256", None),
+                    size_bytes=getattr(exc, "size_bytes", None),
                 ),
                 operation.completed(
                     OperationStatus.FAILED,
@@ -502,9 +549,11 @@ class OperationRunner:
             operation.configs.append(candidate.sealed)
         return outcome
 
-    def _read_source(self, source: str, expect_content: bool) -> Candidate:
+    def _read_source(self, source: str, expect_content: bool, guard: SourceGuard | None) -> Candidate:
         """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread."""
-        loaded = load_source(source, max_bytes=self.max_source_bytes, expect_content=expect_content)
+        loaded = load_source(
+            source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
+        )
         model = self.pipeline.check_model(loaded.body)
         if model.body is None:
             return Candidate(loaded, model)
@@ -569,8 +618,20 @@ class OperationRunner:
         span.set_attributes({key: count for key, count in found.items() if count})
         return outcome
 
-    def _change(self, operation: Operation, outcome: ValidationOutcome) -> Change:
-        """The validated change, or ``Ended`` when the validation failed, nothing changed, or a dry run."""
+    async def _pin_for(self, operation: Operation, outcome: ValidationOutcome) -> Pin | None:
+        """The rollback pin on the config a reload (not forced) would apply, read up to the log's head."""
+        request, previous = operation.request, operation.previous
+        if request.kind is not OperationKind.RELOAD or request.force or not outcome.ok or previous is None:
+            return None
+        if outcome.hash == previous.hash:
+            return None
+        # Another instance may have rolled back since this one last looked.
+        await anyio.to_thread.run_sync(self.pins.catch_up, self.log)
+        return self.pins.get(outcome.hash)
+
+    def _change(self, operation: Operation, outcome: ValidationOutcome, pin: Pin | None) -> Change:
+        """The validated change, or ``Ended`` when the validation failed, nothing changed, the config
+        was rolled back away from (``pin``), or a dry run."""
         if not outcome.ok or outcome.hash is None or outcome.body is None:
             raise Ended(
                 ValidationFailed(
@@ -578,11 +639,13 @@ class OperationRunner:
                     errors=outcome.errors,
                     warnings=outcome.warnings,
                     duration_ms=outcome.duration_ms,
+                    errors_omitted=outcome.errors_omitted,
+                    warnings_omitted=outcome.warnings_omitted,
                 ),
                 operation.completed(
                     OperationStatus.FAILED,
                     f"{operation.noun} validation failed",
-                    error=f"validation failed: {len(outcome.errors)} error(s)",
+                    error=f"validation failed: {outcome.error_count} error(s)",
                     reason="validation_failed",
                 ),
             )
@@ -594,20 +657,31 @@ class OperationRunner:
                 operation.completed(OperationStatus.SUCCESS, NO_CHANGES_MESSAGE),
             )
         operation.pending.append(
-            ValidationPassed(hash=outcome.hash, warnings=outcome.warnings, duration_ms=outcome.duration_ms)
+            ValidationPassed(
+                hash=outcome.hash,
+                warnings=outcome.warnings,
+                duration_ms=outcome.duration_ms,
+                warnings_omitted=outcome.warnings_omitted,
+            )
         )
-        changes = (INITIAL_CHANGE,) if previous is None else tuple(changed_paths(previous.body, outcome.body))
+        if pin is not None:
+            refusal = pin.refusal()
+            raise Ended(
+                operation.completed(OperationStatus.FAILED, refusal, error=refusal, reason=PINNED_REASON)
+            )
+        paths = [INITIAL_CHANGE] if previous is None else changed_paths(previous.body, outcome.body)
+        changes, omitted = capped(paths, self.pipeline.max_items)
         if request.dry_run:
             names = ", ".join(self.services.names()) or "no services"
-            listed = ", ".join(changes[:20])
+            listed = ", ".join(clip(path, 100) for path in changes[:20])
             raise Ended(
                 operation.completed(
                     OperationStatus.SUCCESS,
-                    f"Dry run: {len(changes)} change(s) ({listed}); would notify {names}",
+                    f"Dry run: {len(paths)} change(s) ({listed}); would notify {names}",
                 )
             )
         active = ActiveConfig(outcome.hash, outcome.config, outcome.body, outcome.secret_paths)
-        return Change(active, changes)
+        return Change(active, changes, omitted)
 
     # --- 3. notifying, 4. deciding, 5. recording the outcome -----------------------------------------
 
@@ -680,7 +754,14 @@ class OperationRunner:
         if decision.applies:
             if operation.request.kind is OperationKind.ROLLBACK:
                 events.append(ConfigRolledBack(from_hash=previous_hash, to_hash=new.hash, reason="manual"))
-            events.append(ConfigApplied(hash=new.hash, previous_hash=previous_hash, changes=change.changes))
+            events.append(
+                ConfigApplied(
+                    hash=new.hash,
+                    previous_hash=previous_hash,
+                    changes=change.changes,
+                    changes_omitted=change.changes_omitted,
+                )
+            )
             # The projections fold this append and take the typed config from here (config_for_hash).
             self._applying = new
         events.append(
@@ -708,65 +789,4 @@ class OperationRunner:
         # Cleared only once written: a refused append (a conflict) is retried with the same start.
         operation.pending, operation.configs = [], []
         operation.recorded += recorded
-
-
-def _finish(span: trace.Span, result: ReloadOperation) -> None:
-    """Close an operation: span attributes and status, and its one structured log line."""
-    attributes = {"confledger.operation_id": result.operation_id, "confledger.status": result.status.value}
-    if result.previous_config_hash:
-        attributes["confledger.previous_hash"] = result.previous_config_hash
-    if result.new_config_hash:
-        attributes["confledger.new_hash"] = result.new_config_hash
-    span.set_attributes(attributes)
-    if not result.success:
-        span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
-    level = logging.INFO if result.success else logging.WARNING
-    logger.log(
-        level,
-        "%s %s %s: %s (%.1f ms)",
-        result.kind.value,
-        result.operation_id,
-        result.status.value,
-        result.message,
-        result.total_duration_ms,
-        extra={
-            "confledger": {
-                "operation_id": result.operation_id,
-                "trace_id": result.trace_id,
-                "kind": result.kind.value,
-                "trigger": result.trigger.value,
-                "actor": result.actor,
-                "status": result.status.value,
-                "reason": result.reason,
-                "previous_hash": result.previous_config_hash,
-                "new_hash": result.new_config_hash,
-                "total_ms": round(result.total_duration_ms, 3),
-                "validation_ms": round(result.validation_duration_ms, 3),
-                "apply_ms": round(result.apply_duration_ms, 3),
-                "services": list(result.services_notified),
-            }
-        },
-    )
-
-
-def _owner_is_gone(instance_id: str, own_instance_id: str) -> bool:
-    """Whether the instance that started an open operation can no longer complete it.
-
-    Our own id means we restarted. For the default ``host:pid`` form on this host, a dead pid means the
-    process is gone. An operation of a live process or another host is left alone: it may be running.
-    """
-    if instance_id == own_instance_id:
-        return True
-    host, _, pid_text = instance_id.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        self.pins.fold(recorded)  # a rollback pins its config at once, before the next catch-up

@@ -8,6 +8,10 @@ Status as the seed reports it: a rollback that completed successfully is ``rolle
 ``success: true`` (the seed's reloader set ROLLED_BACK after completing a rollback), while the log records
 its ``operation.completed`` as ``success``. A reload whose services fell below the threshold is
 ``rolled_back`` with ``success: false``. ``reported_status`` is that rule, for history, stats and metrics.
+
+Lists from user input (validation errors and warnings, changed paths) are answered up to ``listed``
+items each; what was left out, in the event or here, is counted in one last line, ``(and N more
+errors)``, so a log written before events were capped still answers a small history page.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ from confledger.store.events import (
     ValidationPassed,
 )
 
-__all__ = ["ReloadOperation", "ReloadStatus", "build_operation", "reported_status"]
+__all__ = ["DEFAULT_LISTED", "ReloadOperation", "ReloadStatus", "build_operation", "reported_status"]
+
+# Items of each list an answer shows when its caller does not say (``CONFLEDGER_MAX_RECORDED_ITEMS``).
+DEFAULT_LISTED = 50
 
 
 class ReloadStatus(StrEnum):
@@ -128,8 +135,18 @@ def reported_status(kind: OperationKind, status: OperationStatus) -> tuple[Reloa
     return _STATUS[status], False
 
 
-def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
-    """Fold one operation's events (in position order) into its ``ReloadOperation``."""
+def _listed(items: Sequence[str], omitted: int, limit: int, noun: str) -> tuple[str, ...]:
+    """The first ``limit`` items, and a last line counting the rest (omitted in the event or here)."""
+    omitted += max(len(items) - limit, 0)
+    kept = tuple(items[:limit])
+    return (*kept, f"(and {omitted} more {noun})") if omitted else kept
+
+
+def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LISTED) -> ReloadOperation:
+    """Fold one operation's events (in position order) into its ``ReloadOperation``.
+
+    ``listed``: how many validation errors, warnings and changed paths the answer shows, each.
+    """
     if not events:
         raise ValueError("an operation has at least one event")
     fields: dict[str, Any] = {
@@ -167,11 +184,15 @@ def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
         elif isinstance(payload, ConfigUnchanged):
             fields["new_config_hash"] = payload.hash
         elif isinstance(payload, ValidationPassed):
-            fields["validation_warnings"] = payload.warnings
+            fields["validation_warnings"] = _listed(
+                payload.warnings, payload.warnings_omitted, listed, "warnings"
+            )
             fields["validation_duration_ms"] = payload.duration_ms
         elif isinstance(payload, ValidationFailed):
-            fields["validation_errors"] = payload.errors
-            fields["validation_warnings"] = payload.warnings
+            fields["validation_errors"] = _listed(payload.errors, payload.errors_omitted, listed, "errors")
+            fields["validation_warnings"] = _listed(
+                payload.warnings, payload.warnings_omitted, listed, "warnings"
+            )
             fields["validation_duration_ms"] = payload.duration_ms
         elif isinstance(payload, ServiceNotified):
             label = f"{payload.service}:{payload.outcome.value}"
@@ -182,7 +203,7 @@ def build_operation(events: Sequence[RecordedEvent]) -> ReloadOperation:
                 compensated.append(label)
         elif isinstance(payload, ConfigApplied):
             fields["new_config_hash"] = payload.hash
-            fields["changes_applied"] = payload.changes
+            fields["changes_applied"] = _listed(payload.changes, payload.changes_omitted, listed, "changes")
         elif isinstance(payload, OperationCompleted):
             status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
             fields.update(

@@ -4,6 +4,10 @@ Each callback runs through ``store.calls`` under its own timeout: a sync one in 
 one on the loop. A sync callback past its timeout is abandoned (its result ignored) and reported as
 ``timeout``; while it is still running it is not called again, and each operation that would have called
 it records ``error`` instead. It is the callback's job to be idempotent.
+
+``notify_on_start``: whether a restarted instance hands the callback the config it restored from the log
+(``old=None``), so state the callback builds is there after a restart as after the first start. None
+takes the runner's default (``CONFLEDGER_NOTIFY_ON_START``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ServiceSpec:
     # None: the runner's callback timeout (``CONFLEDGER_CALLBACK_TIMEOUT``).
     timeout: float | None = None
     order: int = 0
+    notify_on_start: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class ServiceRegistry:
         priority: int = 0,
         async_callback: bool = False,
         timeout: float | None = None,
+        notify_on_start: bool | None = None,
     ) -> ServiceSpec:
         if not name or not name.strip():
             raise ValueError("a service needs a name")
@@ -79,7 +85,7 @@ class ServiceRegistry:
         is_async = async_callback or inspect.iscoroutinefunction(callback)
         with self._lock:
             self._counter += 1
-            spec = ServiceSpec(name, callback, priority, is_async, timeout, self._counter)
+            spec = ServiceSpec(name, callback, priority, is_async, timeout, self._counter, notify_on_start)
             self._services[name] = spec
         return spec
 
@@ -91,6 +97,14 @@ class ServiceRegistry:
         with self._lock:
             specs = list(self._services.values())
         return sorted(specs, key=lambda spec: (-spec.priority, spec.order))
+
+    def notified_at_start(self, *, default: bool) -> list[ServiceSpec]:
+        """The services, in order, that get the restored config at start (``default`` for those unset)."""
+        return [
+            spec
+            for spec in self.ordered()
+            if (default if spec.notify_on_start is None else spec.notify_on_start)
+        ]
 
     def names(self) -> list[str]:
         return [spec.name for spec in self.ordered()]

@@ -26,10 +26,12 @@ from confledger.store.canonical import config_hash
 from confledger.store.secrets import ConfigPath, find_secret_paths
 
 __all__ = [
+    "MAX_ITEM_CHARS",
     "ConfigValidator",
     "ValidationOutcome",
     "ValidationPipeline",
     "ValidatorSpec",
+    "capped",
     "dump_revealed",
     "format_validation_error",
     "scrub",
@@ -107,11 +109,30 @@ def format_validation_error(error: ValidationError) -> list[str]:
     return lines
 
 
-def scrub(text: str, secret_values: Iterable[str], *, limit: int = 500) -> str:
+# The longest message, or listed item, an event records: user code and user input write them.
+MAX_ITEM_CHARS = 500
+
+
+def clip(text: str, limit: int = MAX_ITEM_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def scrub(text: str, secret_values: Iterable[str], *, limit: int = MAX_ITEM_CHARS) -> str:
     """Remove known secret values from free text (user error messages) and bound its length."""
     for value in sorted({v for v in secret_values if v and len(v) >= 4}, key=len, reverse=True):
         text = text.replace(value, "**********")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
+
+
+def capped(items: Sequence[str], limit: int) -> tuple[tuple[str, ...], int]:
+    """The first ``limit`` items, each clipped to ``MAX_ITEM_CHARS``, and how many were left out.
+
+    A list that user input can make as long as it likes (100,000 unknown keys, 100,000 changed paths)
+    is recorded this way, so one bad file cannot make a multi-megabyte event. Text that may hold a
+    secret is scrubbed first (``scrub`` clips after replacing).
+    """
+    kept = tuple(clip(item) for item in items[:limit])
+    return kept, max(len(items) - limit, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +173,17 @@ class ValidationOutcome:
     duration_ms: float
     model_errors: int = 0
     validator_ms: dict[str, float] = field(default_factory=dict)
+    # Beyond the pipeline's ``max_items``: counted, not kept.
+    errors_omitted: int = 0
+    warnings_omitted: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors and self.config is not None
+
+    @property
+    def error_count(self) -> int:
+        return len(self.errors) + self.errors_omitted
 
     def secret_values(self) -> list[str]:
         return values_at(self.body, self.secret_paths)
@@ -179,7 +207,11 @@ def values_at(body: Mapping[str, Any] | None, paths: Iterable[ConfigPath]) -> li
 
 
 class ValidationPipeline:
-    """Model validation, then each custom validator in order, each under its own timeout."""
+    """Model validation, then each custom validator in order, each under its own timeout.
+
+    An outcome keeps the first ``max_items`` errors and warnings (``CONFLEDGER_MAX_RECORDED_ITEMS``) and
+    counts the rest: they are recorded in an event and shown in every answer.
+    """
 
     def __init__(
         self,
@@ -187,11 +219,15 @@ class ValidationPipeline:
         validators: Sequence[ConfigValidator | ValidatorSpec] = (),
         *,
         validator_timeout: float,
+        max_items: int,
     ) -> None:
         if validator_timeout <= 0:
             raise ValueError("validator_timeout must be positive")
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
         self.model = model
         self.validator_timeout = validator_timeout
+        self.max_items = max_items
         self.validators: list[ValidatorSpec] = [
             spec if isinstance(spec, ValidatorSpec) else ValidatorSpec(_name_of(spec), spec)
             for spec in validators
@@ -245,6 +281,7 @@ class ValidationPipeline:
                 warnings += found_warnings
                 validator_ms[spec.name] = elapsed
         secrets = values_at(model.body, model.secret_paths)
+        limit = self.max_items
         return ValidationOutcome(
             config=model.config,
             body=model.body,
@@ -252,11 +289,14 @@ class ValidationPipeline:
             secret_paths=model.secret_paths,
             # Validators are user code and may echo the value they dislike; secrets are scrubbed here,
             # before anything can reach an event, a response or a log line.
-            errors=tuple(scrub(line, secrets) for line in errors),
-            warnings=tuple(scrub(line, secrets) for line in warnings),
+            # Scrubbed before clipped: a clip must never cut a secret into a piece scrub cannot match.
+            errors=tuple(scrub(line, secrets) for line in errors[:limit]),
+            warnings=tuple(scrub(line, secrets) for line in warnings[:limit]),
             duration_ms=model.duration_ms + _ms_since(started),
             model_errors=len(model.errors),
             validator_ms=validator_ms,
+            errors_omitted=max(len(errors) - limit, 0),
+            warnings_omitted=max(len(warnings) - limit, 0),
         )
 
     async def _run(

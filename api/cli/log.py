@@ -108,6 +108,11 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
         return
     started, stopped = status["last_instance_started"], status["last_instance_stopped"]
     statistics = status["reload_statistics"]
+    source, source_text = status["source_state"], "unknown"
+    if source is not None:
+        by = f" by {source['rolled_back_by']}" if source["rolled_back_by"] else ""
+        held = f"holds {source['hash'] or 'no loadable config'}, not applied: {source['reason']}{by}"
+        source_text = held if source["differs_from_applied"] else "holds the applied config"
     out.print(
         key_values(
             "confledger status",
@@ -121,6 +126,7 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
                     else f"{short_time(status['current_applied_at'])} by {status['current_applied_by']} "
                     f"(position {status['current_applied_position']})",
                 ),
+                ("source", source_text),
                 ("log head", status["log_head"]),
                 (
                     "last started",

@@ -27,6 +27,7 @@ from confledger.api.telemetry import caller_trace_context
 from confledger.projections.history import HistoryProjection, window_page
 from confledger.store import OperationKind, SourceNotAllowed, Trigger
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
+from confledger.store.sources.reading import GuardedSource
 
 __all__ = ["router"]
 
@@ -65,16 +66,13 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
 )
 async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller) -> object:
     """Reload the configuration; a failed validation answers 200 with success false."""
-    source: str | None = None
+    source: GuardedSource | None = None
     if request.config_source is not None:
         lifecycle = lifecycle_of(http)
         try:
-            source = str(
-                resolve_source(
-                    request.config_source,
-                    allowed_dirs=lifecycle.allowed_dirs,
-                    base_dir=lifecycle.base_dir,
-                )
+            # The answer carries the allow-list into the load, which checks the file it opened.
+            source = resolve_source(
+                request.config_source, allowed_dirs=lifecycle.allowed_dirs, base_dir=lifecycle.base_dir
             )
         except SourceNotAllowed as exc:
             await reloader.runner.reject_request(
@@ -99,6 +97,11 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
     conflict = _conflict(operation)
     if conflict is not None:
         return conflict
+    if operation.reason == SourceNotAllowed.code:  # the opened file lay outside (a swapped symlink)
+        refused = ErrorResponse(
+            detail=operation.error_message or "", code=operation.reason, operation_id=operation.operation_id
+        )
+        return JSONResponse(refused.model_dump(mode="json"), status_code=status.HTTP_403_FORBIDDEN)
     return OperationOut.of(operation)
 
 

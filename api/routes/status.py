@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
-from confledger.api.schemas import BackupsResponse, ReloadStatistics, StatusResponse, short
+from confledger.api.schemas import BackupsResponse, ReloadStatistics, SourceStateOut, StatusResponse, short
 
 __all__ = ["router"]
 
@@ -22,7 +22,8 @@ router = APIRouter(tags=["status"])
 
 @router.get("/status", response_model=StatusResponse)
 async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCaller) -> StatusResponse:
-    """The reloader's state: current hash, listeners, backups, watching, signals, drift."""
+    """The reloader's state: current hash, listeners, backups, watching, signals, drift, and the source
+    as last read (``source_state``: whether it differs from the applied config, and why)."""
     # The three figures straight from the stats projection, rounded as its summary rounds them: the
     # whole summary (percentiles, per trigger and per service) was a fifth of this route's time.
     stats = reloader.stats_projection
@@ -43,6 +44,7 @@ async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCal
         log_head=reloader.projections.position,
         running_operation_id=reloader.running_operation_id,
         service_drift={name: short(running) or "" for name, running in reloader.service_drift().items()},
+        source_state=SourceStateOut.of(reloader.source_state()),
     )
 
 

@@ -1,16 +1,24 @@
-"""``load_source``: one capped read of the file's bytes, then the parser its name implies."""
+"""``load_source``: one capped read of the file's bytes, then the parser its name implies.
+
+A file a client named (the HTTP route's ``config_source``) is read under a :class:`SourceGuard`: the file is
+opened first and what was opened is checked, by the descriptor's own path (``/proc/self/fd/N`` on Linux,
+``F_GETPATH`` on macOS), so a symlink or directory swapped in between a check of the name and the read
+can never make the read land outside the allowed directories. The check and the read use one descriptor.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from hashlib import sha256
+from pathlib import PurePath
 from typing import Any
 
-from confledger.store.errors import SourceError
+from confledger.store.errors import SourceError, SourceNotAllowed
 from confledger.store.sources.env_source import parse_env
 from confledger.store.sources.json_source import parse_json
 from confledger.store.sources.limits import (
@@ -25,7 +33,7 @@ from confledger.store.sources.toml_source import parse_toml
 from confledger.store.sources.tree import check_tree
 from confledger.store.sources.yaml_source import parse_yaml
 
-__all__ = ["LoadedSource", "detect_format", "load_source"]
+__all__ = ["GuardedSource", "LoadedSource", "SourceGuard", "detect_format", "load_source"]
 
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
@@ -48,6 +56,66 @@ class LoadedSource:
     raw_sha256: str
     size_bytes: int
     load_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGuard:
+    """The directories an opened file must lie in, as real paths (symlinks resolved when the guard is made)."""
+
+    roots: tuple[str, ...]
+
+    @classmethod
+    def of(cls, directories: Iterable[str | os.PathLike[str]]) -> SourceGuard:
+        """A guard over ``directories``; ``os.path.realpath`` may raise ``OSError`` (a directory being swapped)."""
+        return cls(tuple(os.path.realpath(directory) for directory in directories))
+
+    def admits(self, real_path: str) -> bool:
+        """Whether ``real_path`` lies inside a root, compared by path components, never by string prefix."""
+        if not os.path.isabs(real_path):
+            return False  # an anonymous inode or a path from another mount namespace: nowhere we know
+        path = PurePath(real_path)
+        return any(path.is_relative_to(root) for root in self.roots)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedSource:
+    """A client-named source: its path as resolved, and the guard its opened file must pass."""
+
+    path: str
+    guard: SourceGuard
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the open file ``fd`` lies, as the kernel names it (None where the platform cannot say)."""
+    if sys.platform.startswith("linux"):
+        # The magic link names the file the descriptor refers to, wherever it was reached through.
+        return os.readlink(f"/proc/self/fd/{fd}")
+    if sys.platform == "darwin":
+        import fcntl
+
+        get_path = getattr(fcntl, "F_GETPATH", None)
+        if get_path is not None:
+            buffer = fcntl.fcntl(fd, get_path, bytes(1024))  # MAXPATHLEN
+            return os.fsdecode(buffer.split(b"\0", 1)[0])
+    return None
+
+
+def _check_opened(fd: int, guard: SourceGuard, shown: str) -> None:
+    try:
+        opened = _opened_path(fd)
+    except OSError:
+        opened = None
+    if opened is None:
+        # Fail closed: a file whose place cannot be told is not read for a client.
+        raise SourceNotAllowed(f"config source {shown} is not allowed: where the opened file lies is unknown")
+    if not guard.admits(opened):
+        raise SourceNotAllowed(f"config source {shown} is not allowed: the opened file lies outside")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str | None:
@@ -80,7 +148,7 @@ def _os_refusal(exc: OSError, shown: str) -> Refusal:
     return Refusal("read_error", f"config source {shown} could not be read: {reason}")
 
 
-def _read_capped(path: str, max_bytes: int, shown: str) -> bytes:
+def _read_capped(path: str, max_bytes: int, shown: str, guard: SourceGuard | None) -> bytes:
     # O_NONBLOCK: if the path is (or was swapped for) a FIFO, opening it must not hang the worker thread
     # waiting for a writer; the fstat below then refuses it.
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -89,6 +157,9 @@ def _read_capped(path: str, max_bytes: int, shown: str) -> bytes:
     except OSError as exc:
         raise _os_refusal(exc, shown) from exc
     try:
+        if guard is not None:
+            # Before anything else is learnt about the file: a refusal says nothing of what lies outside.
+            _check_opened(fd, guard, shown)
         try:
             info = os.fstat(fd)
         except OSError as exc:
@@ -128,8 +199,14 @@ def load_source(
     expect_content: bool = False,
     empty_retry_s: float = 0.5,
     empty_retry_interval_s: float = 0.05,
+    guard: SourceGuard | None = None,
 ) -> LoadedSource:
     """Read, hash and parse one config file; raise :class:`SourceError` with a reason code on refusal.
+
+    With a ``guard`` (a client named the file), the opened file must lie inside the guard's directories,
+    or :class:`~confledger.store.errors.SourceNotAllowed` is raised before a byte is read. Without one (the
+    service's own configured source) symlinks are followed wherever they lead, as a Kubernetes ConfigMap's
+    ``..data`` link needs.
 
     Synchronous and blocking (it may sleep while waiting for an empty file to fill): async callers run
     it in a worker thread. ``expect_content=True`` says the file had content before, so an empty file is
@@ -137,6 +214,8 @@ def load_source(
     ``empty_retry_s`` before failing with ``empty``. ``load_ms`` includes that wait.
     """
     started = time.perf_counter()
+    if guard is None and isinstance(path, GuardedSource):
+        guard = path.guard  # a client-named source never loses its guard on the way here
     path_str = os.fspath(path)
     shown = short_repr(path_str, 200)
     if max_bytes < 0:
@@ -153,7 +232,7 @@ def load_source(
     deadline = time.monotonic() + max(empty_retry_s, 0.0)
     while True:
         try:
-            data = _read_capped(path_str, max_bytes, shown)
+            data = _read_capped(path_str, max_bytes, shown, guard)
         except Refusal as refusal:
             raise SourceError(refusal.message, code=refusal.code) from refusal
         except _TooLarge as too_large:

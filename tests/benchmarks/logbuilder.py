@@ -57,7 +57,7 @@ TRIGGERS = (Trigger.API, Trigger.MANUAL, Trigger.FILE_WATCH, Trigger.SIGNAL, Tri
 
 
 def pipeline() -> ValidationPipeline:
-    return ValidationPipeline(AppConfig, VALIDATORS, validator_timeout=5.0)
+    return ValidationPipeline(AppConfig, VALIDATORS, validator_timeout=5.0, max_items=50)
 
 
 def example_bodies(count: int) -> list[dict[str, Any]]:

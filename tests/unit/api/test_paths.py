@@ -13,6 +13,7 @@ import pytest
 
 from confledger.api.paths import resolve_source
 from confledger.store.errors import NotAllowed, SourceNotAllowed
+from confledger.store.sources import load_source
 
 
 def write(directory: Path, name: str, content: str) -> Path:
@@ -98,14 +99,16 @@ def test_resolve_source_accepts_paths_inside(
     layout: dict[str, Path], request_of: Any, expected_of: Any
 ) -> None:
     resolved = resolve_source(request_of(layout), allowed_dirs=[layout["conf"], str(layout["more"])])
-    assert resolved == Path(os.path.realpath(expected_of(layout)))
+    assert resolved.path == os.path.realpath(expected_of(layout))
+    # the allowed directories travel with the path, as real paths, for the load to check what it opens
+    assert resolved.guard.roots == (os.path.realpath(layout["conf"]), os.path.realpath(layout["more"]))
 
 
 def test_resolve_source_relative_to_base_dir(layout: dict[str, Path]) -> None:
     resolved = resolve_source(
         "extra.toml", allowed_dirs=[layout["conf"], layout["more"]], base_dir=layout["more"]
     )
-    assert resolved == Path(os.path.realpath(layout["more"] / "extra.toml"))
+    assert resolved.path == os.path.realpath(layout["more"] / "extra.toml")
     # base_dir does not widen the allow-list
     with pytest.raises(SourceNotAllowed):
         resolve_source("secret.yaml", allowed_dirs=[layout["conf"]], base_dir=layout["root"] / "outside")
@@ -127,3 +130,29 @@ def test_resolve_source_needs_a_list_of_dirs(layout: dict[str, Path]) -> None:
         resolve_source("app.yaml", allowed_dirs=str(layout["conf"]))
     with pytest.raises(SourceNotAllowed):
         resolve_source("app.yaml", allowed_dirs=[])
+
+
+def test_a_path_that_cannot_be_resolved_is_refused_not_raised(
+    layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What realpath raises when a link it has just seen is swapped for a directory (readlink: EINVAL):
+    # a refusal with a reason, never an OSError (an HTTP 500).
+    def swapped(path: Any, *args: Any, **kwargs: Any) -> str:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os.path, "realpath", swapped)
+    with pytest.raises(SourceNotAllowed, match="could not be resolved"):
+        resolve_source("app.yaml", allowed_dirs=[layout["conf"]])
+
+
+def test_a_symlink_swapped_in_after_the_check_is_refused_by_the_load(layout: dict[str, Path]) -> None:
+    # The check of the name passes; then the file is replaced by a link to a file outside. The load
+    # checks the file it opened, so it refuses instead of reading the outside file.
+    resolved = resolve_source("app.yaml", allowed_dirs=[layout["conf"]])
+    target = Path(resolved.path)
+    target.unlink()
+    target.symlink_to(layout["root"] / "outside" / "secret.yaml")
+    with pytest.raises(SourceNotAllowed) as info:
+        load_source(resolved)
+    assert info.value.code == "source_not_allowed"
+    assert str(layout["root"] / "outside") not in str(info.value)

@@ -53,7 +53,7 @@ async def runner_on(
     log = EventLog(f"sqlite:///{tmp_path / 'log.db'}", instance_id=instance, cipher=CIPHER)
     runner = OperationRunner(
         log,
-        pipeline=ValidationPipeline(None, [no_region], validator_timeout=5.0),
+        pipeline=ValidationPipeline(None, [no_region], validator_timeout=5.0, max_items=50),
         services=ServiceRegistry(),
         calls=UserCalls(4),
         config_source=source,
@@ -61,6 +61,7 @@ async def runner_on(
         rollback_threshold=threshold,
         max_source_bytes=1 << 20,
         callback_timeout=5.0,
+        notify_on_start=True,
         version="test",
     )
     try:

@@ -55,7 +55,7 @@ BODY: dict[str, Any] = {"name": "svc", "database": {"pool_size": 7, "password": 
 def make_pipeline(
     model: type[BaseModel] | None = None, validators: Any = (), *, validator_timeout: float = 5.0
 ) -> ValidationPipeline:
-    return ValidationPipeline(model, validators, validator_timeout=validator_timeout)
+    return ValidationPipeline(model, validators, validator_timeout=validator_timeout, max_items=50)
 
 
 async def validate(pipeline: ValidationPipeline, body: dict[str, Any]) -> Any:

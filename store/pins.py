@@ -1,0 +1,149 @@
+"""Configs an operator rolled back away from: a reload does not quietly apply them again.
+
+After a manual rollback away from hash H the file still holds H, so the next SIGHUP (logrotate's
+postrotate sends one), file change or CLI reload would re-apply what was just rolled back. H is pinned
+from that rollback until a later ``config.applied`` names H again (a forced reload, or a rollback to H):
+a reload that would apply H without ``force`` is refused with reason ``rolled_back_hash``. An automatic
+rollback pins nothing: its services refused H, and the next reload may find them ready.
+
+The pins are a fold of the log (``config.rolled_back`` and ``config.applied``), so they survive a
+restart. Like ``EventLog.open_operations``, the fold keeps a checkpoint (``store.rollback_pins``) so a
+start reads only the tail after it; the checkpoint is a cache, never the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confledger.store.errors import ConfledgerError
+from confledger.store.events import ConfigApplied, ConfigRolledBack, RecordedEvent
+from confledger.store.log import Checkpoint, EventLog
+
+__all__ = ["PINNED_REASON", "Pin", "RollbackPins"]
+
+logger = logging.getLogger(__name__)
+
+PINNED_REASON = "rolled_back_hash"
+_CHECKPOINT = "store.rollback_pins"
+_VERSION = 1
+# A start that folded at least this many events saves the checkpoint, so the next start reads less.
+_REFOLD = 256
+_TYPES = (ConfigRolledBack.event_type, ConfigApplied.event_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A manual rollback away from ``hash``: when, by whom, in which operation."""
+
+    hash: str
+    at: datetime
+    actor: str
+    operation_id: str | None
+    position: int
+
+    def refusal(self) -> str:
+        return (
+            f"Configuration {self.hash[:16]} was rolled back at {self.at.isoformat(timespec='seconds')} "
+            f"by {self.actor}; change the file or use force"
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "operation_id": self.operation_id,
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_state(cls, full_hash: str, state: dict[str, Any]) -> Pin:
+        operation_id = state.get("operation_id")
+        return cls(
+            hash=str(full_hash),
+            at=datetime.fromisoformat(str(state["at"])),
+            actor=str(state["actor"]),
+            operation_id=None if operation_id is None else str(operation_id),
+            position=int(state["position"]),
+        )
+
+
+class RollbackPins:
+    """The pinned hashes, folded from the log.
+
+    ``catch_up`` folds every relevant event after the last one it read; ``fold`` takes events an
+    instance has just appended, so its own rollback pins at once. Folding an event twice changes
+    nothing, and ``catch_up`` folds everything after its position in order, so events folded early by
+    ``fold`` end in the same state as a fold of the log.
+    """
+
+    def __init__(self) -> None:
+        self.pins: dict[str, Pin] = {}
+        self.position = 0
+        self._loaded = False
+
+    def get(self, full_hash: str | None) -> Pin | None:
+        return None if full_hash is None else self.pins.get(full_hash)
+
+    def fold(self, events: Iterable[RecordedEvent]) -> None:
+        for event in events:
+            payload = event.payload
+            if isinstance(payload, ConfigApplied):
+                self.pins.pop(payload.hash, None)
+            elif (
+                isinstance(payload, ConfigRolledBack)
+                and payload.reason == "manual"
+                and payload.from_hash is not None
+            ):
+                self.pins[payload.from_hash] = Pin(
+                    hash=payload.from_hash,
+                    at=event.occurred_at,
+                    actor=event.actor,
+                    operation_id=None if event.operation_id is None else str(event.operation_id),
+                    position=event.position,
+                )
+
+    def catch_up(self, log: EventLog, *, save: bool = True) -> None:
+        """Fold what the log holds after the last event read (from the checkpoint on the first call).
+
+        Blocking (database reads): async callers run it in a worker thread. ``save=False`` for a
+        read-only log (the CLI).
+        """
+        if not self._loaded:
+            self._restore(log)
+        tail = log.read(self.position, types=_TYPES)
+        self.fold(tail)
+        if tail:
+            self.position = tail[-1].position
+        if save and len(tail) >= _REFOLD:
+            # A cache, not the log: failing to write it only costs the next start time.
+            with contextlib.suppress(ConfledgerError):
+                log.save_checkpoint(
+                    Checkpoint(
+                        _CHECKPOINT,
+                        _VERSION,
+                        self.position,
+                        {"pins": {full_hash: pin.to_state() for full_hash, pin in self.pins.items()}},
+                    )
+                )
+
+    def _restore(self, log: EventLog) -> None:
+        self._loaded = True
+        checkpoint = log.load_checkpoint(_CHECKPOINT)
+        if checkpoint is None or checkpoint.version != _VERSION:
+            return
+        if checkpoint.position > log.head():
+            return  # a checkpoint from another log's history: fold from the start
+        try:
+            pins = {
+                str(full_hash): Pin.from_state(full_hash, dict(state))
+                for full_hash, state in dict(checkpoint.state["pins"]).items()
+            }
+        except (KeyError, TypeError, ValueError):
+            logger.warning("the rollback pins checkpoint is unreadable; folding them from the log")
+            return
+        self.pins, self.position = pins, checkpoint.position
