@@ -16,7 +16,7 @@ import pytest
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
 from confledger.store.calls import UserCalls
 from confledger.store.errors import InitialConfigError
-from confledger.store.events import OperationStarted
+from confledger.store.events import ConfigApplied, OperationStarted, ServiceNotified, ServiceOutcome
 from confledger.store.operations import OperationRunner
 from confledger.store.outcome import ReloadOperation, ReloadStatus
 from confledger.store.services import ServiceRegistry
@@ -49,19 +49,21 @@ async def runner_on(
     threshold: float = 0.5,
     automatic: bool = True,
     instance: str = "unit",
+    services: ServiceRegistry | None = None,
+    notify_on_start: bool = True,
 ) -> AsyncIterator[OperationRunner]:
     log = EventLog(f"sqlite:///{tmp_path / 'log.db'}", instance_id=instance, cipher=CIPHER)
     runner = OperationRunner(
         log,
         pipeline=ValidationPipeline(None, [no_region], validator_timeout=5.0, max_items=50),
-        services=ServiceRegistry(),
+        services=services if services is not None else ServiceRegistry(),
         calls=UserCalls(4),
         config_source=source,
         enable_automatic_rollback=automatic,
         rollback_threshold=threshold,
         max_source_bytes=1 << 20,
         callback_timeout=5.0,
-        notify_on_start=True,
+        notify_on_start=notify_on_start,
         version="test",
     )
     try:
@@ -378,3 +380,85 @@ async def test_a_hung_sync_callback_is_not_called_again_while_it_runs(tmp_path: 
             release.set()
     assert first.services_notified == ("hung:timeout",)
     assert second.services_notified == ("hung:error",)
+
+
+async def test_a_change_of_many_keys_records_the_first_paths_and_counts_the_rest(tmp_path: Path) -> None:
+    source = write(tmp_path / "config.json", {"region": "eu"})
+    many = {"region": "eu", **{f"key{n:05d}": n for n in range(5_000)}}
+    async with runner_on(tmp_path, source) as runner:
+        write(source, many)
+        dry = await runner.reload(dry_run=True)
+        assert dry.message.startswith("Dry run: 5000 change(s) (key00000, key00001,")
+        assert len(dry.message) < 2_000
+        operation = await runner.reload()
+        assert operation.success
+        (applied,) = [
+            e.payload for e in runner.log.read_operation(operation.operation_id) if e.type == "config.applied"
+        ]
+        assert isinstance(applied, ConfigApplied)
+        assert (len(applied.changes), applied.changes_omitted) == (50, 4_950)
+        assert applied.changes[0] == "key00000"
+        assert operation.changes_applied[-1] == "(and 4950 more changes)"
+        assert len(operation.changes_applied) == 51
+
+
+def record_calls(calls: list[tuple[Any, Any]], answer: bool = True) -> Callable[[Any, Any], bool]:
+    def callback(old: Any, new: Any) -> bool:
+        calls.append((old, new))
+        return answer
+
+    return callback
+
+
+# (the runner's default, the callback's own setting) -> whether a restart calls it
+NOTIFY_ON_START = [
+    (True, None, True),  # the default: on
+    (True, False, False),  # a callback that opts out
+    (False, None, False),  # CONFLEDGER_NOTIFY_ON_START=false
+    (False, True, True),  # a callback that opts in against the setting
+]
+
+
+@pytest.mark.parametrize(("default", "own", "called"), NOTIFY_ON_START)
+async def test_a_restart_hands_the_restored_config_to_the_callbacks_that_want_it(
+    tmp_path: Path, default: bool, own: bool | None, called: bool
+) -> None:
+    source = write(tmp_path / "config.json", {"region": "eu"})
+    calls: list[tuple[Any, Any]] = []
+    services = ServiceRegistry()
+    services.register("cache", record_calls(calls), notify_on_start=own)
+    async with runner_on(tmp_path, source, services=services, notify_on_start=default):
+        pass
+    assert calls == [(None, {"region": "eu"})]  # the first start's initial load, whatever the setting
+    calls.clear()
+    source.unlink()  # a restart restores from the log; the source is not read
+
+    async with runner_on(tmp_path, source, services=services, notify_on_start=default) as restarted:
+        assert restarted.active is not None
+        assert restarted.active.config == {"region": "eu"}
+        notified = [e for e in restarted.log.read() if isinstance(e.payload, ServiceNotified)]
+        at_start = [e for e in notified if e.payload.direction == "start"]
+        applies = [e for e in restarted.log.read() if e.type == "config.applied"]
+    assert calls == ([(None, {"region": "eu"})] if called else [])
+    assert len(at_start) == int(called)
+    assert len(applies) == 1  # the restart changed no config
+    for event in at_start:
+        assert event.operation_id is None  # no operation: nothing in history, nothing in the stats totals
+        assert event.payload.config_hash == restarted.active.hash
+
+
+async def test_a_callback_refusing_at_start_is_logged_recorded_and_the_start_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = write(tmp_path / "config.json", {"region": "eu"})
+    async with runner_on(tmp_path, source):
+        pass
+    services = ServiceRegistry()
+    services.register("search", refuse)
+
+    async with runner_on(tmp_path, source, services=services) as restarted:
+        (event,) = [e for e in restarted.log.read() if isinstance(e.payload, ServiceNotified)]
+        assert restarted.active is not None
+        assert (event.payload.direction, event.payload.outcome) == ("start", ServiceOutcome.FAILED)
+        assert restarted.active.config == {"region": "eu"}
+    assert "service search did not accept the restored config" in caplog.text

@@ -20,9 +20,11 @@ from pydantic_core import to_jsonable_python
 from confledger.store import config_hash
 from confledger.store.calls import UserCalls
 from confledger.store.validation import (
+    MAX_ITEM_CHARS,
     ValidationPipeline,
     ValidatorSpec,
     _reveal,
+    capped,
     dump_revealed,
     format_validation_error,
     scrub,
@@ -53,9 +55,13 @@ BODY: dict[str, Any] = {"name": "svc", "database": {"pool_size": 7, "password": 
 
 
 def make_pipeline(
-    model: type[BaseModel] | None = None, validators: Any = (), *, validator_timeout: float = 5.0
+    model: type[BaseModel] | None = None,
+    validators: Any = (),
+    *,
+    validator_timeout: float = 5.0,
+    max_items: int = 50,
 ) -> ValidationPipeline:
-    return ValidationPipeline(model, validators, validator_timeout=validator_timeout, max_items=50)
+    return ValidationPipeline(model, validators, validator_timeout=validator_timeout, max_items=max_items)
 
 
 async def validate(pipeline: ValidationPipeline, body: dict[str, Any]) -> Any:
@@ -292,6 +298,67 @@ async def test_validator_messages_never_carry_a_secret() -> None:
         "validator raises raised RuntimeError: bad **********",
     )
     assert outcome.warnings == ("saw **********",)
+
+
+# (model errors, validator errors, validator warnings, max_items) -> kept and counted
+FINDING_CAPS = [
+    # 100,000 unknown keys refused by the model: the first few kept, the rest counted
+    (100_000, 0, 0, 50),
+    # a validator's long lists, errors and warnings capped each on its own
+    (0, 1_000, 300, 50),
+    # under the cap: all kept, nothing counted
+    (0, 3, 2, 50),
+    # a cap of one
+    (0, 2, 2, 1),
+]
+
+
+class Strict(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: str = "svc"
+
+
+@pytest.mark.parametrize(("model_errors", "errors", "warnings", "max_items"), FINDING_CAPS)
+async def test_errors_and_warnings_are_capped_and_the_rest_counted(
+    model_errors: int, errors: int, warnings: int, max_items: int
+) -> None:
+    def many(config: Any) -> dict[str, list[str]]:
+        return {"errors": [f"e{n}" for n in range(errors)], "warnings": [f"w{n}" for n in range(warnings)]}
+
+    body = {f"K{n:06d}": "1" for n in range(model_errors)}
+    outcome = await validate(make_pipeline(Strict, [many], max_items=max_items), body)
+
+    total_errors = model_errors + errors
+    assert len(outcome.errors) == min(total_errors, max_items)
+    assert outcome.errors_omitted == total_errors - len(outcome.errors)
+    assert outcome.error_count == total_errors
+    assert len(outcome.warnings) == min(warnings, max_items)
+    assert outcome.warnings_omitted == warnings - len(outcome.warnings)
+    assert outcome.ok is (total_errors == 0)
+
+
+async def test_a_long_message_is_scrubbed_before_it_is_clipped() -> None:
+    # A secret straddling the clip would leave a piece scrub can no longer recognise.
+    def echoes(config: Service) -> dict[str, list[str]]:
+        secret = config.database.password.get_secret_value()  # type: ignore[union-attr]
+        return {"errors": ["x" * (MAX_ITEM_CHARS - 5) + secret + "y" * 100]}
+
+    outcome = await validate(make_pipeline(Service, [echoes]), BODY)
+    (error,) = outcome.errors
+    assert len(error) == MAX_ITEM_CHARS
+    assert "hunt" not in error  # clipped first, it would end in the secret's first four letters
+
+
+def test_capped_keeps_the_first_items_clipped() -> None:
+    assert capped(["a", "b", "c"], 2) == (("a", "b"), 1)
+    assert capped(["a"], 5) == (("a",), 0)
+    (long,), omitted = capped(["z" * 10_000], 1)
+    assert (len(long), omitted) == (MAX_ITEM_CHARS, 0)
+
+
+def test_a_pipeline_needs_room_for_one_item() -> None:
+    with pytest.raises(ValueError, match="max_items"):
+        make_pipeline(Service, max_items=0)
 
 
 async def test_validator_specs_keep_their_name_and_timeout() -> None:
