@@ -13,9 +13,10 @@
 5. record the outcome in a second transaction: ``config.rolled_back``, ``config.applied`` (the one event
    that changes the current config), ``operation.completed``.
 
-A reload that would apply a config an operator rolled back away from ends at step 4 without notifying
-anyone, unless forced (``store.pins``: reason ``rolled_back_hash``). A client-named source is read under
-its guard (``store.sources.reading.SourceGuard``): the opened file must lie in an allowed directory.
+A reload that would apply a config an operator rolled back away from ends after its validation, before
+any service hears of it, unless forced (``store.pins``: reason ``rolled_back_hash``). A client-named source
+is read under its guard (``store.sources.reading.SourceGuard``): the opened file must lie in an allowed
+directory.
 
 An operation that ends before any service is called (a load or validation failure, no change, a dry run,
 or no services registered) is committed in one transaction. ``config.applied`` is appended with the head

@@ -22,7 +22,7 @@ __all__ = ["SourceState", "describe_source", "last_read"]
 # How many operation starts a restart looks back through for the last read of its source: reloads of
 # other files (a client's config_source) are the only ones skipped, so the read is found in the first few.
 _SCAN = 1000
-_BATCH = 200
+_BATCH = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,8 @@ def last_read(log: EventLog, source: str | None, *, scan: int = _SCAN) -> Reload
         return None
     before: int | None = None
     while scan > 0:
-        starts = log.read_reverse(before, min(_BATCH, scan), types=[OperationStarted.event_type])
+        size = min(_BATCH, scan)
+        starts = log.read_reverse(before, size, types=[OperationStarted.event_type])
         for start in starts:
             payload = start.payload
             if (
@@ -53,9 +54,9 @@ def last_read(log: EventLog, source: str | None, *, scan: int = _SCAN) -> Reload
                 and start.operation_id is not None
             ):
                 return build_operation(log.read_operation(start.operation_id))
-        if len(starts) < _BATCH:
-            return None
-        scan -= len(starts)
+        if len(starts) < size:
+            return None  # the log holds no more operations
+        scan -= size
         before = starts[-1].position
     return None
 

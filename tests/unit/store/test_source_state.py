@@ -119,7 +119,9 @@ def test_last_read_is_the_newest_reload_of_that_source(log: EventLog) -> None:
 
 def test_last_read_looks_back_a_bounded_number_of_operations(log: EventLog) -> None:
     reload_of(log, SOURCE, H)
-    for n in range(5):
+    for n in range(60):  # more than one batch of starts
         reload_of(log, f"/etc/app/client-{n}.yaml", G)
-    assert last_read(log, SOURCE, scan=5) is None
-    assert last_read(log, SOURCE, scan=6) is not None
+    assert last_read(log, SOURCE, scan=60) is None
+    found = last_read(log, SOURCE, scan=61)
+    assert found is not None
+    assert found.new_config_hash == H
