@@ -44,6 +44,7 @@ __all__ = [
     "Operation",
     "Request",
     "closings_of_interrupted",
+    "default_actor",
     "finish",
     "notified",
     "owner_is_gone",
@@ -64,6 +65,15 @@ class ActiveConfig:
 
     def secret_values(self) -> list[str]:
         return values_at(self.body, self.secret_paths)
+
+
+def default_actor(trigger: Trigger) -> str:
+    """Who caused an operation when the caller names nobody."""
+    if trigger is Trigger.SIGNAL:
+        return "signal"
+    if trigger is Trigger.FILE_WATCH:
+        return "file_watch"
+    return "system"
 
 
 @dataclass(frozen=True, slots=True)

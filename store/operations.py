@@ -84,6 +84,7 @@ from confledger.store.operation_record import (
     Operation,
     Request,
     closings_of_interrupted,
+    default_actor,
     finish,
     notified,
     trace_id_of,
@@ -104,14 +105,6 @@ logger = logging.getLogger(__name__)
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
-
-
-def default_actor(trigger: Trigger) -> str:
-    if trigger is Trigger.SIGNAL:
-        return "signal"
-    if trigger is Trigger.FILE_WATCH:
-        return "file_watch"
-    return "system"
 
 
 class OperationRunner:
@@ -191,6 +184,7 @@ class OperationRunner:
         recorded = await anyio.to_thread.run_sync(append)
         if recorded:
             self._known_head = max(self._known_head, recorded[-1].position)
+            self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
         return recorded
 
     # --- start-up and shut-down ------------------------------------------------------------------------
@@ -441,7 +435,7 @@ class OperationRunner:
                 outcome = await self._validate_source(operation, span)
             else:
                 outcome = await self._validate_target(operation, span)
-            change = self._change(operation, outcome, await self._pin_for(operation, outcome))
+            change = self._change(operation, outcome, self._pin_for(operation, outcome))
         except Ended as ended:
             await self._record(operation, *ended.events)
             return
@@ -485,8 +479,9 @@ class OperationRunner:
                 ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
                 operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
             )
+        current = None if previous is None or request.force else previous.hash
         read = functools.partial(
-            self._read_source, source, self._had_content.get(source, False), request.guard
+            self._read_source, source, self._had_content.get(source, False), request.guard, current
         )
         try:
             candidate = await anyio.to_thread.run_sync(read)
@@ -550,12 +545,20 @@ class OperationRunner:
             operation.configs.append(candidate.sealed)
         return outcome
 
-    def _read_source(self, source: str, expect_content: bool, guard: SourceGuard | None) -> Candidate:
-        """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread."""
+    def _read_source(
+        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None
+    ) -> Candidate:
+        """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread.
+
+        A config other than ``current`` (None: forced, or nothing applied) may be pinned: the pins are
+        read up to the log's head here, in the same thread, since another instance may have rolled back.
+        """
         loaded = load_source(
             source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
         )
         model = self.pipeline.check_model(loaded.body)
+        if current is not None and model.hash not in (None, current):
+            self.pins.catch_up(self.log)
         if model.body is None:
             return Candidate(loaded, model)
         try:
@@ -619,15 +622,11 @@ class OperationRunner:
         span.set_attributes({key: count for key, count in found.items() if count})
         return outcome
 
-    async def _pin_for(self, operation: Operation, outcome: ValidationOutcome) -> Pin | None:
-        """The rollback pin on the config a reload (not forced) would apply, read up to the log's head."""
-        request, previous = operation.request, operation.previous
-        if request.kind is not OperationKind.RELOAD or request.force or not outcome.ok or previous is None:
+    def _pin_for(self, operation: Operation, outcome: ValidationOutcome) -> Pin | None:
+        """The rollback pin on the config a reload (not forced) would apply (pins read by _read_source)."""
+        request = operation.request
+        if request.kind is not OperationKind.RELOAD or request.force or not outcome.ok:
             return None
-        if outcome.hash == previous.hash:
-            return None
-        # Another instance may have rolled back since this one last looked.
-        await anyio.to_thread.run_sync(self.pins.catch_up, self.log)
         return self.pins.get(outcome.hash)
 
     def _change(self, operation: Operation, outcome: ValidationOutcome, pin: Pin | None) -> Change:
@@ -790,4 +789,3 @@ class OperationRunner:
         # Cleared only once written: a refused append (a conflict) is retried with the same start.
         operation.pending, operation.configs = [], []
         operation.recorded += recorded
-        self.pins.fold(recorded)  # a rollback pins its config at once, before the next catch-up

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,24 +74,63 @@ class Pin:
 
 
 class RollbackPins:
-    """The pinned hashes, folded from the log.
+    """The pinned hashes, folded from the log up to ``position`` (every event up to it is folded).
 
-    ``catch_up`` folds every relevant event after the last one it read; ``fold`` takes events an
-    instance has just appended, so its own rollback pins at once. Folding an event twice changes
-    nothing, and ``catch_up`` folds everything after its position in order, so events folded early by
-    ``fold`` end in the same state as a fold of the log.
+    ``catch_up`` reads what lies after ``position`` (a look at the head first: when nothing was
+    appended, that is all it costs). ``appended`` takes the events this instance has just written, so its
+    own rollback pins at once; they advance ``position`` when they follow it directly, and otherwise
+    wait for the next ``catch_up`` to fold them again in order with what others wrote between: folding
+    an event twice, in log order, ends where one fold of the log ends. Events at or before ``position``
+    are never folded again, so the order of the two never matters. Safe across threads.
     """
 
     def __init__(self) -> None:
         self.pins: dict[str, Pin] = {}
         self.position = 0
         self._loaded = False
+        # Held only to fold (never across a database read): the event loop folds appends under it.
+        self._lock = threading.Lock()
 
     def get(self, full_hash: str | None) -> Pin | None:
         return None if full_hash is None else self.pins.get(full_hash)
 
-    def fold(self, events: Iterable[RecordedEvent]) -> None:
+    def appended(self, events: list[RecordedEvent]) -> None:
+        """Fold events this instance just appended (in position order)."""
+        if not events:
+            return
+        with self._lock:
+            follows = events[0].position == self.position + 1
+            self._fold(events)
+            if follows:
+                self.position = max(self.position, events[-1].position)
+
+    def catch_up(self, log: EventLog, *, save: bool = True) -> None:
+        """Fold what the log holds after ``position`` (from the checkpoint on the first call).
+
+        Blocking (database reads): async callers run it in a worker thread. ``save=False`` for a
+        read-only log (the CLI).
+        """
+        if not self._loaded:
+            self._restore(log)
+        head, after = log.head(), self.position
+        if head <= after:
+            return
+        tail = log.read(after, types=_TYPES, until=head)
+        with self._lock:
+            self._fold(tail)
+            self.position = max(self.position, head)
+        if save and len(tail) >= _REFOLD:
+            # A cache, not the log: failing to write it only costs the next start time.
+            with self._lock:
+                state = {"pins": {full_hash: pin.to_state() for full_hash, pin in self.pins.items()}}
+                checkpoint = Checkpoint(_CHECKPOINT, _VERSION, self.position, state)
+            with contextlib.suppress(ConfledgerError):
+                log.save_checkpoint(checkpoint)
+
+    def _fold(self, events: Iterable[RecordedEvent]) -> None:
         for event in events:
+            if event.position <= self.position:
+                continue  # folded already
             payload = event.payload
             if isinstance(payload, ConfigApplied):
                 self.pins.pop(payload.hash, None)
@@ -105,30 +145,6 @@ class RollbackPins:
                     actor=event.actor,
                     operation_id=None if event.operation_id is None else str(event.operation_id),
                     position=event.position,
-                )
-
-    def catch_up(self, log: EventLog, *, save: bool = True) -> None:
-        """Fold what the log holds after the last event read (from the checkpoint on the first call).
-
-        Blocking (database reads): async callers run it in a worker thread. ``save=False`` for a
-        read-only log (the CLI).
-        """
-        if not self._loaded:
-            self._restore(log)
-        tail = log.read(self.position, types=_TYPES)
-        self.fold(tail)
-        if tail:
-            self.position = tail[-1].position
-        if save and len(tail) >= _REFOLD:
-            # A cache, not the log: failing to write it only costs the next start time.
-            with contextlib.suppress(ConfledgerError):
-                log.save_checkpoint(
-                    Checkpoint(
-                        _CHECKPOINT,
-                        _VERSION,
-                        self.position,
-                        {"pins": {full_hash: pin.to_state() for full_hash, pin in self.pins.items()}},
-                    )
                 )
 
     def _restore(self, log: EventLog) -> None:
@@ -146,4 +162,5 @@ class RollbackPins:
         except (KeyError, TypeError, ValueError):
             logger.warning("the rollback pins checkpoint is unreadable; folding them from the log")
             return
-        self.pins, self.position = pins, checkpoint.position
+        with self._lock:
+            self.pins, self.position = pins, checkpoint.position

@@ -1,11 +1,12 @@
 """One in-process reload, this tree against an anchor commit, interleaved in one run.
 
     .venv/bin/python tests/benchmarks/bench_reload.py [--anchor c06ff0c] [--rounds R] [--reloads N]
-                                                      [--async-callbacks] [--dir DIR] [--check]
+                                                      [--async-callbacks] [--unforced] [--dir DIR] [--check]
 
 Each reload loads ``examples/config.yaml`` (alternating with a copy with one value changed, ``force=True``,
 so every one is a full operation: load, validate with the example model and validators, notify three no-op
-sync callbacks, apply, commit) on SQLite with synchronous=FULL on a real disk (never tmpfs: a commit there
+sync callbacks, apply, commit; ``--unforced`` drops ``force``, so each reload also reads the rollback pins
+up to the log's head before it applies, as a reload of a changed file does) on SQLite with synchronous=FULL on a real disk (never tmpfs: a commit there
 would cost no fsync). Each side runs in a subprocess of its own, ``--rounds`` times, the two sides taking
 turns (which goes first alternates), so both share the machine's noise. The anchor is exported with
 ``git archive`` and made importable as ``confledger`` through a temporary directory holding its
@@ -66,7 +67,9 @@ def work_dir(requested: str | None) -> Path:
 # --- one side, in its own process ---------------------------------------------------------------------
 
 
-async def measure(directory: Path, reloads: int, warmup: int, async_callbacks: bool) -> dict[str, Any]:
+async def measure(
+    directory: Path, reloads: int, warmup: int, async_callbacks: bool, force: bool = True
+) -> dict[str, Any]:
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
     from confledger.store import EventLog, SecretCipher
@@ -96,12 +99,14 @@ async def measure(directory: Path, reloads: int, warmup: int, async_callbacks: b
         )
     timings: list[float] = []
     cpu_started = 0.0
+    # Unforced, the first reload must change something: the start loaded ``first``.
+    sources = (first, second) if force else (second, first)
     try:
         for index in range(warmup + reloads):
             if index == warmup:
                 cpu_started = time.process_time()
             started = time.perf_counter()
-            operation = await reloader.reload_config(config_source=(first, second)[index % 2], force=True)
+            operation = await reloader.reload_config(config_source=sources[index % 2], force=force)
             elapsed = (time.perf_counter() - started) * 1000
             if not operation.success or len(operation.services_notified) != 3:
                 raise SystemExit(f"reload {index} failed: {operation.status} {operation.error_message}")
@@ -134,7 +139,7 @@ def worker(args: argparse.Namespace) -> int:
     import anyio
 
     directory = Path(args.dir)
-    result = anyio.run(measure, directory, args.reloads, args.warmup, args.async_callbacks)
+    result = anyio.run(measure, directory, args.reloads, args.warmup, args.async_callbacks, not args.unforced)
     print(json.dumps(result))
     return 0
 
@@ -174,6 +179,8 @@ def run_side(path: Path | None, directory: Path, args: argparse.Namespace) -> di
     ]
     if args.async_callbacks:
         command.append("--async-callbacks")
+    if args.unforced:
+        command.append("--unforced")
     done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"a benchmark process failed:\n{done.stderr[-3000:]}")
@@ -211,8 +218,10 @@ def parent(args: argparse.Namespace) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     kind = "async" if args.async_callbacks else "sync (worker threads)"
+    forced = "without force" if args.unforced else "force=True"
     print(
-        f"confledger reload: {EXAMPLE.relative_to(ROOT)}, 3 no-op {kind} callbacks, SQLite synchronous=FULL"
+        f"confledger reload ({forced}): {EXAMPLE.relative_to(ROOT)}, 3 no-op {kind} callbacks, "
+        "SQLite synchronous=FULL"
     )
     print(
         f"  on {filesystem_of(base.parent)}; cpus={os.cpu_count()}; load {load_before[0]:.2f} -> {load_after[0]:.2f}"
@@ -260,6 +269,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--dir", help="where the logs go (default: the temp dir unless it is tmpfs)")
     parser.add_argument("--async-callbacks", action="store_true", help="register async no-op callbacks")
+    parser.add_argument(
+        "--unforced", action="store_true", help="reload without force (reads the rollback pins)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

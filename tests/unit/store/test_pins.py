@@ -75,13 +75,54 @@ def test_own_events_folded_early_end_as_the_log_says(log: EventLog) -> None:
     pins.catch_up(log)
     append(log, [applied(G), applied(H, G)])  # another instance
     mine = log.append_recorded([NewEvent(p, actor="token:admin") for p in rolled_back(H, G)])
-    pins.fold(mine)
+    pins.appended(mine)
     assert set(pins.pins) == {H}
     append(log, [applied(H, G)])  # another instance re-applies H
     pins.catch_up(log)
     fresh = RollbackPins()
     fresh.catch_up(log)
     assert pins.pins == fresh.pins == {}
+
+
+def test_own_appends_that_follow_the_fold_need_no_read(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append(log, [applied(G), applied(H, G)])
+    pins = RollbackPins()
+    pins.catch_up(log)
+    pins.appended(log.append_recorded([NewEvent(p) for p in rolled_back(H, G)]))
+    assert (set(pins.pins), pins.position) == ({H}, log.head())
+    reads = count_reads(log, monkeypatch)
+    pins.catch_up(log)
+    assert reads == []  # the head was already folded: one look at it, no read
+
+
+@pytest.mark.parametrize("own_fold", ["during the catch-up's read", "after the catch-up"])
+def test_own_appends_and_a_catch_up_in_either_order_end_as_the_log_says(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch, own_fold: str
+) -> None:
+    # The event loop folds this instance's rollback while a worker thread catches up with another
+    # instance's apply of H that came right after it: H must end unpinned whichever folds first.
+    append(log, [applied(G), applied(H, G)])
+    pins = RollbackPins()
+    pins.catch_up(log)
+    mine = log.append_recorded([NewEvent(p) for p in rolled_back(H, G)])
+    append(log, [applied(H, G)])  # another instance
+    if own_fold == "during the catch-up's read":
+        read = log.read
+
+        def read_then_fold(*args: Any, **kwargs: Any) -> Any:
+            found = read(*args, **kwargs)
+            pins.appended(mine)
+            return found
+
+        monkeypatch.setattr(log, "read", read_then_fold)
+        pins.catch_up(log)
+    else:
+        pins.catch_up(log)
+        pins.appended(mine)
+    assert pins.pins == {}
+    assert pins.position == log.head()
 
 
 def count_reads(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int]:
