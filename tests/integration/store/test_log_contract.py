@@ -36,7 +36,7 @@ from confledger.store import (
     UnknownConfigHash,
     config_hash,
 )
-from confledger.store.canonical import canonical_bytes
+from confledger.store.canonical import canonical_bytes, canonical_json
 from confledger.store.events import (
     ConfigApplied,
     InstanceStarted,
@@ -274,6 +274,21 @@ def test_a_payload_with_no_canonical_form_is_refused_and_nothing_written(log: Ev
     with pytest.raises(CanonicalizationError):
         log.append([started(), not_a_number])
     assert log.head() == 0
+
+
+def test_appended_payloads_are_stored_as_their_canonical_text(log: EventLog) -> None:
+    payloads = [
+        OperationStarted(kind=OperationKind.RELOAD, trigger=Trigger.API, source='a "quoted" \u00e9 path'),
+        OperationCompleted(status=OperationStatus.FAILED, message="ünïcode ✓", total_ms=1.25e-7),
+    ]
+    operation_id = uuid.uuid4()
+    log.append([NewEvent(payload, actor='actor "x"', operation_id=operation_id) for payload in payloads])
+    column = "payload::text" if log.dialect == "postgresql" else "payload"
+    with log.engine.connect() as connection:
+        stored = connection.execute(sa.text(f"SELECT {column} FROM events ORDER BY position")).scalars().all()
+    assert stored == [canonical_json(payload.model_dump(mode="json")) for payload in payloads]
+    assert [event.payload for event in log.read()] == payloads
+    assert log.verify().ok
 
 
 # --- config bodies ---------------------------------------------------------------------------------------
