@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import Annotated, Any
 
-from confledger.projections.base import Projection, event_from_state, event_to_state
+from pydantic import Field
+
+from confledger.projections.base import Projection, StateModel, UuidText, event_from_state, event_to_state
 from confledger.store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
@@ -20,9 +22,17 @@ __all__ = ["HistoryProjection", "history_page"]
 _ENDS = (OperationCompleted, OperationRejected)
 
 
+class _State(StateModel):
+    # Each operation and event is validated by its own model as it is restored.
+    operations: list[dict[str, Any]]
+    # A running operation has at least its start.
+    open: dict[UuidText, Annotated[list[dict[str, Any]], Field(min_length=1)]]
+
+
 class HistoryProjection(Projection):
     name = "history"
     version = 1
+    state_model = _State
 
     def __init__(self, window: int = 500) -> None:
         self.window = window
