@@ -176,7 +176,8 @@ class EventLog:
         and another ``config.applied`` has landed since, nothing is written and ``ConcurrencyConflict``
         is raised, so a decision made on stale state never silently overwrites a newer one.
         """
-        return [row["position"] for row in self._append(new_events, expected_head, configs)]
+        positions, _ = self._append(new_events, expected_head, configs, recorded=False)
+        return positions
 
     def append_recorded(
         self,
@@ -187,18 +188,21 @@ class EventLog:
     ) -> list[RecordedEvent]:
         """``append``, returning the events as recorded (what reading them back would give), so a caller
         can fold what it just wrote without a round trip to the database."""
-        rows = self._append(new_events, expected_head, configs)
-        return self._recorded(rows, new_events) if rows else []
+        _, recorded = self._append(new_events, expected_head, configs, recorded=True)
+        return recorded
 
     def _append(
         self,
         new_events: Sequence[NewEvent],
         expected_head: int | None,
         configs: Iterable[PreparedConfig],
-    ) -> list[dict[str, Any]]:
-        """Write the batch; its rows, as inserted. Listeners hear of it after the commit."""
+        *,
+        recorded: bool,
+    ) -> tuple[list[int], list[RecordedEvent]]:
+        """Write the batch; its positions, and the events as recorded when asked for or listened to
+        (listeners hear of the batch after the commit)."""
         if not new_events:
-            return []
+            return [], []
         # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it.
         payloads = [event.payload.model_dump(mode="json") for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
@@ -233,11 +237,13 @@ class EventLog:
             connection.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
             for config in configs:
                 store_config(connection, config, first_position=head_position + 1, created_at=now)
-        if self._listeners:
-            recorded = self._recorded(rows, new_events)
-            for listener in list(self._listeners):
-                listener(recorded)
-        return rows
+        positions = [row["position"] for row in rows]
+        if not (recorded or self._listeners):
+            return positions, []
+        events_recorded = self._recorded(rows, new_events)
+        for listener in list(self._listeners):
+            listener(events_recorded)
+        return positions, events_recorded
 
     def subscribe(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
         """Call ``listener`` with each batch this process appends, after it commits; returns an unsubscribe.
