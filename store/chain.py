@@ -22,6 +22,7 @@ from confledger.store.errors import ChainBroken
 from confledger.store.schema import events, projection_checkpoints
 
 __all__ = [
+    "HEAD",
     "VerifyReport",
     "chain_hash",
     "hashed_timestamp",
@@ -34,7 +35,7 @@ __all__ = [
 _VERIFY_BATCH = 2_000
 
 # The newest event's position and hash (no row: an empty log).
-_HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
+HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
 
 
 def hashed_timestamp(moment: datetime) -> str:
@@ -93,7 +94,7 @@ class VerifyReport:
 
 def head_of(connection: Connection) -> tuple[int, str]:
     """The newest position and its hash; ``(0, GENESIS_HASH)`` for an empty log."""
-    row = connection.execute(_HEAD).first()
+    row = connection.execute(HEAD).first()
     return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH
-from confledger.store.chain import VerifyReport, chain_hash, head_of, truncation, verify_chain
+from confledger.store.chain import HEAD, VerifyReport, chain_hash, head_of, truncation, verify_chain
 from confledger.store.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from confledger.store.configs import (
     PreparedConfig,
@@ -46,6 +46,7 @@ from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegist
 from confledger.store.ids import uuid7_texts
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher
+from confledger.store.statements import DriverStatement
 
 __all__ = [
     "Checkpoint",
@@ -127,6 +128,10 @@ class EventLog:
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         self._writer = LogWriter(self.engine)
+        dialect = self.engine.dialect
+        self._head_statement = DriverStatement(HEAD, dialect)
+        self._head_and_applied_since = DriverStatement(_HEAD_AND_APPLIED_SINCE, dialect)
+        self._insert_events = DriverStatement(_INSERT_EVENTS, dialect)
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -211,7 +216,8 @@ class EventLog:
             if expected_head is not None and applies:
                 head_position, previous = self._head_unless_applied_since(connection, expected_head)
             else:
-                head_position, previous = head_of(connection)
+                head = self._head_statement.first(connection)
+                head_position, previous = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
             # Taken under the lock, so occurred_at never decreases along positions on one clock; one
             # moment for the whole batch.
             now = datetime.now(UTC)
@@ -233,8 +239,7 @@ class EventLog:
                 }
                 row["hash"] = previous = chain_hash(row)
                 rows.append(row)
-            # One row goes as a plain execute: an executemany of one row costs about twice as much.
-            connection.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
+            self._insert_events.run(connection, rows)
             for config in configs:
                 store_config(connection, config, first_position=head_position + 1, created_at=now)
         positions = [row["position"] for row in rows]
@@ -267,21 +272,21 @@ class EventLog:
             for row, event in zip(rows, new_events, strict=True)
         ]
 
-    @staticmethod
-    def _head_unless_applied_since(connection: Connection, expected_head: int) -> tuple[int, str]:
+    def _head_unless_applied_since(self, connection: Connection, expected_head: int) -> tuple[int, str]:
         """The head, unless a ``config.applied`` landed after ``expected_head``: ConcurrencyConflict."""
-        row = connection.execute(_HEAD_AND_APPLIED_SINCE, {"expected_head": expected_head}).first()
+        row = self._head_and_applied_since.first(connection, {"expected_head": expected_head})
         if row is None:
             return 0, GENESIS_HASH
-        if row.applied_since is not None:
-            conflicting = int(row.applied_since)
+        position, head_hash, applied_since = row
+        if applied_since is not None:
+            conflicting = int(applied_since)
             raise ConcurrencyConflict(
                 f"another config was applied at position {conflicting} after this operation started "
                 f"(at head {expected_head}); retry against the new current config",
                 expected_head=expected_head,
                 conflicting_position=conflicting,
             )
-        return int(row.position), str(row.hash)
+        return int(position), str(head_hash)
 
     def prepare_config(
         self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
