@@ -1,12 +1,12 @@
 """A checkpoint is a cache: one whose state its projection cannot read is discarded with a warning, and the
 projection folds from position 0, landing where a fold with no checkpoint at all lands.
 
-Both ways in are checked, on both backends: the service (``ConfigReloader.start``, which runs
-``ProjectionSet.start``) and the CLI's offline reader (``LogInspector.load``); both go through
-``projections.runner.restore_projections``. Each projection gets the damaged states of a table, then
-states hypothesis makes: arbitrary JSON, and the projection's own state with one value anywhere in it
-replaced by arbitrary JSON. Whatever the state, neither start fails, every read answers, and a
-discarded checkpoint leaves the same projections as a fold from zero.
+Both ways in are checked, on both backends: the service's start and the CLI's offline reader
+(``LogInspector.load``); both go through ``projections.runner.restore_projections``. Each projection gets
+the damaged states of a table (the service being a whole ``ConfigReloader``), then states hypothesis
+makes (the service being its ``ProjectionSet``): arbitrary JSON, and the projection's own state with one
+value anywhere in it replaced by arbitrary JSON. Whatever the state, neither start fails, every read
+answers, both read it alike, and a discarded checkpoint leaves the same projections as a fold from zero.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ pytestmark = pytest.mark.anyio
 
 CIPHER = SecretCipher([SecretCipher.generate_key()])
 NAMES = ("current", "history", "stats", "backups")
+VERSIONS = {
+    kind.name: kind.version
+    for kind in (CurrentProjection, HistoryProjection, StatsProjection, BackupsProjection)
+}
 RUNNER_LOGGER = "confledger.projections.runner"
 
 
@@ -106,9 +110,8 @@ class Folded:
         self.snapshots = {p.name: p.snapshot() for p in projections}
 
     def damage(self, name: str, state: Any) -> None:
-        # At the head: a readable checkpoint there would leave nothing to fold.
-        version = {"current": 1, "history": 1, "stats": 2, "backups": 1}[name]
-        self.log.save_checkpoint(Checkpoint(name, version, self.log.head(), state))
+        # At the head, of the projection's own version: read as it stands, it would leave nothing to fold.
+        self.log.save_checkpoint(Checkpoint(name, VERSIONS[name], self.log.head(), state))
 
     def service_start(self) -> dict[str, Any]:
         projections = service_projections(self.log)
@@ -244,6 +247,18 @@ def folded_from_zero(log: EventLog, *, until: int) -> list[Projection]:
         for projection in projections:
             projection.apply(event)
     return projections
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_checkpoint_past_the_head_is_not_trusted(
+    folded: Folded, database_url: str, warnings: Warnings, name: str
+) -> None:
+    # A readable state, but from further along than this log reaches (a log cut short, another log's).
+    folded.log.save_checkpoint(
+        Checkpoint(name, VERSIONS[name], folded.log.head() + 5, folded.snapshots[name])
+    )
+    assert folded.service_start() == folded.cli_load(database_url) == folded.from_zero
+    assert sum(f"checkpoint {name!r}" in m and "past the log's head" in m for m in warnings.messages) == 2
 
 
 # --- any JSON at all --------------------------------------------------------------------------------------
