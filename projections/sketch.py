@@ -19,8 +19,9 @@ _LOG_GAMMA = math.log(_GAMMA)
 _MIN_VALUE = 1e-3  # durations are in ms; anything under a microsecond counts as zero
 
 
-# Past this bucket index a bucket's value (gamma ** index) no longer fits a float; durations in ms sit
-# between about -350 (a microsecond) and 1,100 (a day).
+# A stored bucket index beyond this is not one a recorded duration gave: durations in ms sit between
+# about -350 (a microsecond) and 920 (a day), and near 35,800 a bucket's value (gamma ** index)
+# overflows a float, which ``quantile`` could not answer.
 _MAX_INDEX = 30_000
 
 
