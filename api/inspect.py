@@ -4,7 +4,7 @@ The CLI's ``history``, ``stats``, ``status``, ``show``, ``diff``, ``replay``, ``
 work while the service is down (that is when an incident review happens), so they read the tables
 themselves instead of asking the HTTP API. They never write: no reloader or operation runner is started
 (those record ``instance.started``), no schema is migrated, no checkpoint is saved. Projections are folded
-here the way ``ProjectionSet`` folds them - restore each checkpoint, fold the tail - and then dropped.
+here as ``ProjectionSet`` folds them - ``restore_projections``, then the tail - and then dropped.
 
 Every answer is a JSON-able value shaped like the HTTP API's (hashes as their first 16 hex digits, secret
 values as ``**********``); the CLI renders it as rich tables or prints it with ``--json``.
@@ -31,6 +31,7 @@ from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
 from confledger.projections.history import HistoryProjection, history_page
+from confledger.projections.runner import restore_projections
 from confledger.projections.stats import StatsProjection
 from confledger.projections.timeline import as_of, incident_replay, position_of_hash
 from confledger.store import migrate
@@ -173,7 +174,6 @@ class LogInspector:
             self.backups_projection,
         ]
         self.head = 0
-        self.folded_from_checkpoints = 0
         self.folded_events = 0
         self._loaded = False
 
@@ -187,25 +187,10 @@ class LogInspector:
             log.close()
 
     def load(self) -> LogInspector:
-        """Restore every checkpoint that fits, then fold the events after it (at most once)."""
+        """Restore the checkpoints as the service does, then fold the events after them (at most once)."""
         if self._loaded:
             return self
-        self.head = self.log.head()
-        for projection in self.projections:
-            projection.reset()
-            projection.position = 0
-            checkpoint = self.log.load_checkpoint(projection.name)
-            if checkpoint is None or checkpoint.version != projection.version:
-                continue
-            if checkpoint.position > self.head:
-                continue  # a checkpoint from another log's history: not trusted
-            try:
-                projection.restore(checkpoint.state)
-            except (KeyError, TypeError, ValueError):
-                projection.reset()  # an unreadable checkpoint is only a cache: fold from zero
-                continue
-            projection.position = checkpoint.position
-            self.folded_from_checkpoints += 1
+        self.head = restore_projections(self.log, self.projections)
         start = min(projection.position for projection in self.projections)
         # A Folder folds exactly as apply on each projection would, routing each event only to the
         # projections that read its type: the cheaper way through a long tail.

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confledger.projections.base import Handler, Projection
+from confledger.projections.base import Handler, IsoTimeText, Projection, StateModel, UuidText
 from confledger.store.events import (
     ConfigApplied,
     EventPayload,
@@ -23,9 +23,24 @@ __all__ = ["BackupsProjection"]
 _MIN_KEPT = 100
 
 
+class _Entry(StateModel):
+    hash: str
+    applied_at: IsoTimeText
+    actor: str
+    trigger: str
+    operation_id: UuidText | None
+    position: int
+
+
+class _State(StateModel):
+    entries: list[_Entry]
+    triggers: dict[UuidText, str]
+
+
 class BackupsProjection(Projection):
     name = "backups"
     version = 1
+    state_model = _State
 
     def __init__(self, backup_count: int) -> None:
         if backup_count < 1:

@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from confledger.store.events import DEFAULT_REGISTRY, EventPayload, RecordedEvent
 
-__all__ = ["Folder", "Handler", "Projection", "event_from_state", "event_to_state"]
+__all__ = [
+    "ConfigHashText",
+    "Folder",
+    "Handler",
+    "IsoTimeText",
+    "Projection",
+    "StateModel",
+    "UuidText",
+    "event_from_state",
+    "event_to_state",
+]
 
 Handler = Callable[[RecordedEvent], None]
+
+
+class StateModel(BaseModel):
+    """Base of the models that describe a projection's checkpoint state (``Projection.state_model``).
+
+    Strict: a checkpoint's state is JSON that its own projection wrote, so a value of another JSON type
+    than the one written (a number as text, a boolean for a count) means the row is not what it was.
+    Keys the model does not name are ignored.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+def _uuid_text(text: str) -> str:
+    uuid.UUID(text)
+    return text
+
+
+def _iso_time_text(text: str) -> str:
+    datetime.fromisoformat(text)
+    return text
+
+
+# Text forms that checkpoint states keep and that are parsed again when the state is used.
+UuidText = Annotated[str, AfterValidator(_uuid_text)]
+IsoTimeText = Annotated[str, AfterValidator(_iso_time_text)]
+ConfigHashText = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Projection(ABC):
@@ -23,6 +64,10 @@ class Projection(ABC):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    # The shape of ``snapshot()``'s value, as a ``StateModel``: a checkpoint whose state does not fit it
+    # is not handed to ``restore`` (``projections.runner.restore_projections``). None: ``restore`` alone
+    # judges a state, by raising on one it cannot take.
+    state_model: ClassVar[type[StateModel] | None] = None
 
     def __init__(self) -> None:
         self.position = 0
@@ -67,7 +112,8 @@ class Projection(ABC):
 
     @abstractmethod
     def restore(self, state: dict[str, Any]) -> None:
-        """Load a state written by ``snapshot`` of the same version."""
+        """Load a state written by ``snapshot`` of the same version; raise if it cannot be read (it is then
+        discarded, and the projection folds from position 0)."""
 
     def settle(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called after a batch is folded: a place for work worth doing once per batch, not per event."""

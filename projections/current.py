@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confledger.projections.base import Handler, Projection
+from confledger.projections.base import ConfigHashText, Handler, IsoTimeText, Projection, StateModel
 from confledger.store.events import ConfigApplied, EventPayload, RecordedEvent
 
 __all__ = ["CurrentConfig", "CurrentProjection"]
@@ -29,6 +29,18 @@ class CurrentConfig:
         return self.hash[:16]
 
 
+class _AppliedState(StateModel):
+    hash: ConfigHashText
+    applied_at: IsoTimeText
+    position: int
+    actor: str
+    instance_id: str
+
+
+class _State(StateModel):
+    applied: _AppliedState | None
+
+
 class CurrentProjection(Projection):
     """Folds ``config.applied``; ``value`` is the hot read path and takes no lock.
 
@@ -38,6 +50,7 @@ class CurrentProjection(Projection):
 
     name = "current"
     version = 1
+    state_model = _State
 
     def __init__(self, materialize: Callable[[str], Any]) -> None:
         self._materialize = materialize

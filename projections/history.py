@@ -13,9 +13,11 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Annotated, Any
 
-from confledger.projections.base import Projection, event_from_state, event_to_state
+from pydantic import Field
+
+from confledger.projections.base import Projection, StateModel, UuidText, event_from_state, event_to_state
 from confledger.store.events import OperationCompleted, OperationRejected, OperationStarted, RecordedEvent
 from confledger.store.log import EventLog
 from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation
@@ -26,11 +28,19 @@ _ENDS = (OperationCompleted, OperationRejected)
 _by_first_position = attrgetter("first_position")
 
 
+class _State(StateModel):
+    # Each operation and event is validated by its own model as it is restored.
+    operations: list[dict[str, Any]]
+    # A running operation has at least its start.
+    open: dict[UuidText, Annotated[list[dict[str, Any]], Field(min_length=1)]]
+
+
 class HistoryProjection(Projection):
     name = "history"
     # 2: a manual rollback reads rolled_back (store.outcome.reported_status); older states said success.
     # 3: lists capped at ``listed`` items; an older state may hold a list as long as a bad file made it.
     version = 3
+    state_model = _State
 
     def __init__(self, window: int, *, listed: int = DEFAULT_LISTED) -> None:
         self.window = window

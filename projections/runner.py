@@ -2,18 +2,92 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 
+from pydantic import ValidationError
+
 from confledger.projections.base import Folder, Projection
 from confledger.store.events import RecordedEvent
 from confledger.store.log import Checkpoint, EventLog
 
-__all__ = ["ProjectionSet"]
+__all__ = ["ProjectionSet", "restore_projections"]
+
+logger = logging.getLogger(__name__)
 
 _by_position = attrgetter("position")
+
+
+def restore_projections(log: EventLog, projections: Sequence[Projection]) -> int:
+    """Restore each projection from its checkpoint where one can be used, else from position 0.
+
+    The one way both the service (``ProjectionSet``) and the offline reader (``api.inspect``) start.
+    Returns the log's head, read after the checkpoints, so no checkpoint can lie beyond it honestly.
+
+    A checkpoint is a cache of a fold, never the record: one of another version is left for the fold
+    from zero (a new release); one past the head (a log cut short, or another log's checkpoint) or
+    with a state its projection cannot read is discarded with a warning, and the projection folds from
+    position 0 instead. A projection left at 0 is reset, whatever ``restore`` managed before failing.
+    """
+    found = [(projection, log.load_checkpoint(projection.name)) for projection in projections]
+    head = log.head()
+    for projection, checkpoint in found:
+        projection.reset()
+        projection.position = 0
+        if checkpoint is None:
+            continue
+        if checkpoint.version != projection.version:
+            logger.info(
+                "checkpoint %r is of version %d, the projection of version %d: folding from position 0",
+                projection.name,
+                checkpoint.version,
+                projection.version,
+            )
+            continue
+        if checkpoint.position > head:
+            logger.warning(
+                "checkpoint %r is at position %d, past the log's head %d: not trusted, folding from position 0",
+                projection.name,
+                checkpoint.position,
+                head,
+            )
+            continue
+        problem = _restore(projection, checkpoint)
+        if problem is not None:
+            projection.reset()
+            logger.warning(
+                "checkpoint %r at position %d cannot be read (%s): discarded, folding from position 0",
+                projection.name,
+                checkpoint.position,
+                problem,
+            )
+            continue
+        projection.position = checkpoint.position
+    return head
+
+
+def _restore(projection: Projection, checkpoint: Checkpoint) -> str | None:
+    """Restore ``projection`` from ``checkpoint``'s state; None, or what made the state unreadable."""
+    state = checkpoint.state
+    if not isinstance(state, dict):
+        return f"the state is a JSON {type(state).__name__}, not an object"
+    try:
+        if projection.state_model is not None:
+            projection.state_model.model_validate(state)
+        projection.restore(state)
+    except ValidationError as exc:
+        return f"{exc.error_count()} field(s) not as written, first at {_location(exc)}"
+    except Exception as exc:  # any failure to read a cache is a cache miss
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _location(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or "the top level"
 
 
 class ProjectionSet:
@@ -61,13 +135,7 @@ class ProjectionSet:
     def start(self) -> None:
         """Restore checkpoints, fold the tail, then follow this process's appends."""
         with self._lock:
-            for projection in self.projections:
-                checkpoint = self.log.load_checkpoint(projection.name)
-                projection.reset()
-                projection.position = 0
-                if checkpoint is not None and checkpoint.version == projection.version:
-                    projection.restore(checkpoint.state)
-                    projection.position = checkpoint.position
+            restore_projections(self.log, self.projections)
             self._last_checkpoint_position = self.position
             self.replayed_on_start = self._catch_up()
             self._last_checkpoint_time = time.monotonic()

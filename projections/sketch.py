@@ -8,13 +8,39 @@ bucketed on a log scale with 1% relative accuracy, the approach of DDSketch.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["QuantileSketch"]
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+__all__ = ["QuantileSketch", "SketchState"]
 
 _GAMMA = 1.02
 _LOG_GAMMA = math.log(_GAMMA)
 _MIN_VALUE = 1e-3  # durations are in ms; anything under a microsecond counts as zero
+
+
+# A stored bucket index beyond this is not one a recorded duration gave: durations in ms sit between
+# about -350 (a microsecond) and 920 (a day), and near 35,800 a bucket's value (gamma ** index)
+# overflows a float, which ``quantile`` could not answer.
+_MAX_INDEX = 30_000
+
+
+def _bucket_index(text: str) -> str:
+    if abs(int(text)) > _MAX_INDEX:
+        raise ValueError(f"bucket index beyond {_MAX_INDEX}")
+    return text
+
+
+class SketchState(BaseModel):
+    """The shape of ``to_state``'s value, for checking a stored one before ``from_state`` reads it."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    buckets: dict[Annotated[str, AfterValidator(_bucket_index)], int]
+    zero: int
+    count: int
+    total: float
+    max: float
 
 
 class QuantileSketch:

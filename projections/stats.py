@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from confledger.projections.base import Handler, Projection
-from confledger.projections.sketch import QuantileSketch
+from pydantic import StringConstraints
+
+from confledger.projections.base import Handler, Projection, StateModel, UuidText
+from confledger.projections.sketch import QuantileSketch, SketchState
 from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
@@ -33,12 +35,42 @@ def _bump(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
 
 
+# Counter keys that are read back by splitting them: "trigger|status".
+_TriggerStatus = Annotated[str, StringConstraints(pattern=r"^[^|]*[|][^|]*$")]
+
+
+class _Start(StateModel):
+    kind: str
+    trigger: str
+
+
+class _State(StateModel):
+    total: int
+    successful: int
+    failed_by_trigger: dict[str, int]
+    by_status: dict[str, int]
+    by_kind: dict[str, int]
+    by_trigger_status: dict[_TriggerStatus, int]
+    by_kind_trigger_status: dict[str, int]
+    errors: dict[str, int]
+    rollbacks: dict[str, int]
+    services: dict[str, dict[str, int]]
+    service_durations: dict[str, SketchState]
+    service_hashes: dict[str, str]
+    durations: SketchState
+    validation_durations: SketchState
+    apply_durations: SketchState
+    current_hash: str | None = None
+    open: dict[UuidText, _Start]
+
+
 class StatsProjection(Projection):
     """Statuses as history reports them (``store.outcome.reported_status``): a manual rollback is
     ``rolled_back`` and a success. Rejected requests count as failed, as they appear in history."""
 
     name = "stats"
     version = 3
+    state_model = _State
 
     def reset(self) -> None:
         self.total = 0

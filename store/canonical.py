@@ -21,7 +21,6 @@ __all__ = [
     "GENESIS_HASH",
     "canonical_bytes",
     "canonical_json",
-    "canonical_json_of_dump",
     "config_hash",
     "sha256_hex",
 ]
@@ -116,17 +115,6 @@ def canonical_json(value: Any) -> str:
         # Refuses a key json quietly stringified; a str subclass key or a dict subclass passes, as it
         # always did, and json's text for it stands.
         _reject_non_finite(value)
-    return text if text.isascii() else _utf8_checked(text)
-
-
-def canonical_json_of_dump(value: Any) -> str:
-    """``canonical_json`` of a value pydantic's ``model_dump(mode="json")`` returned, for less.
-
-    In that mode pydantic writes every mapping key as a string itself (an int key comes out as "1"),
-    so the walk that looks for keys json would stringify has nothing to find; whatever else
-    canonical_json refuses is refused here the same way.
-    """
-    text = _encoded(value)
     return text if text.isascii() else _utf8_checked(text)
 
 

@@ -1,55 +1,52 @@
 """``EventLog``: the append-only, hash-chained event log on SQLite or PostgreSQL.
 
 Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
-worker thread (``anyio.to_thread.run_sync``) so the event loop never waits on the database.
+worker thread, so the event loop never waits on the database. The chain's links are made and checked
+in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
-from confledger.store.canonical import (
-    GENESIS_HASH,
-    canonical_bytes,
-    canonical_json,
-    canonical_json_of_dump,
-    config_hash,
-    sha256_hex,
+from confledger.store.canonical import GENESIS_HASH
+from confledger.store.chain import HEAD, VerifyReport, chain_hash, head_of, truncation, verify_chain
+from confledger.store.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from confledger.store.configs import (
+    PreparedConfig,
+    StoredConfig,
+    count_configs,
+    has_config,
+    load_config,
+    prepare_config,
+    resolve_hash,
+    store_config,
 )
 from confledger.store.database import (
     DEFAULT_DATABASE_URL,
+    LogWriter,
     SqliteSynchronous,
-    WriterConnection,
     create_store_engine,
     describe_url,
     normalize_url,
     translate_errors,
 )
-from confledger.store.errors import (
-    AmbiguousHashPrefix,
-    ChainBroken,
-    ConcurrencyConflict,
-    ConfledgerError,
-    InvalidHashPrefix,
-    UnknownConfigHash,
-)
+from confledger.store.errors import ConcurrencyConflict, ConfledgerError
 from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
 from confledger.store.ids import uuid7_texts
-from confledger.store.schema import config_versions, events, projection_checkpoints
-from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
+from confledger.store.schema import events
+from confledger.store.secrets import ConfigPath, SecretCipher
+from confledger.store.statements import DriverStatement
 
 __all__ = [
     "Checkpoint",
@@ -57,16 +54,41 @@ __all__ = [
     "PreparedConfig",
     "StoredConfig",
     "VerifyReport",
-    "chain_hash",
     "default_instance_id",
 ]
 
-MIN_PREFIX = 7
-_VERIFY_BATCH = 2_000
 # The open-operations fold is checkpointed once the tail it had to read holds this many lifecycle events.
 _OPEN_OPERATIONS = "store.open_operations"
 _OPEN_OPERATIONS_VERSION = 1
 _OPEN_OPERATIONS_REFOLD = 256
+_LIFECYCLE = ("operation.started", "operation.completed")
+
+# The append path's statements, built from the tables once. They run on the driver's cursor of the
+# writer's connection (store/statements.py), compiled once with SQLAlchemy's own bind processing:
+# through Connection.execute an SQLite append measured 0.49-0.50x raw sqlite3 in events/s (target 0.6),
+# on the cursor 0.76-0.82x (median per append 0.66-0.73x); tests/benchmarks/bench_append.py, 2,000
+# single-event appends x 3 runs, interleaved with raw sqlite3 on this machine.
+_INSERT_EVENTS = events.insert()
+_applied = events.alias("applied")
+# The head, and the first config.applied after a position, in one statement (on PostgreSQL one round
+# trip fewer per append that applies a config). An empty log has no row, and nothing in it can conflict.
+_HEAD_AND_APPLIED_SINCE = (
+    sa.select(
+        events.c.position,
+        events.c.hash,
+        sa.select(_applied.c.position)
+        .where(
+            _applied.c.type == ConfigApplied.event_type,
+            _applied.c.position > sa.bindparam("expected_head"),
+        )
+        .order_by(_applied.c.position)
+        .limit(1)
+        .scalar_subquery()
+        .label("applied_since"),
+    )
+    .order_by(events.c.position.desc())
+    .limit(1)
+)
 
 
 def default_instance_id() -> str:
@@ -80,225 +102,6 @@ def _as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
-
-
-def _timestamp(moment: datetime) -> str:
-    # One fixed text form for hashing: both backends keep microseconds, and PostgreSQL hands back the
-    # session's time zone, so everything is normalised to UTC before formatting.
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    if moment.year >= 1000:
-        # The same text strftime gives, for less: strftime's %Y is not padded below year 1000 (glibc),
-        # isoformat's is, so only those years keep strftime's form (the hashed form of stored events).
-        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _chain_fields(
-    envelope: Mapping[str, Any], payload: Any, occurred_text: str | None = None
-) -> dict[str, Any]:
-    return {
-        "position": envelope["position"],
-        "event_id": str(envelope["event_id"]),
-        "occurred_at": occurred_text if occurred_text is not None else _timestamp(envelope["occurred_at"]),
-        "type": envelope["type"],
-        "schema_version": envelope["schema_version"],
-        "operation_id": None if envelope["operation_id"] is None else str(envelope["operation_id"]),
-        "instance_id": envelope["instance_id"],
-        "actor": envelope["actor"],
-        "payload": payload,
-        "prev_hash": envelope["prev_hash"],
-    }
-
-
-def chain_hash(envelope: Mapping[str, Any]) -> str:
-    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
-    fields = _chain_fields(envelope, envelope["payload"])
-    return sha256_hex(envelope["prev_hash"].encode("ascii") + canonical_bytes(fields))
-
-
-def _chain_hash_of_text(
-    envelope: Mapping[str, Any], payload_text: str, occurred_text: str | None = None
-) -> str:
-    """``chain_hash`` of an envelope whose payload is given as its canonical JSON text (so the payload is
-    not serialised a second time)."""
-    operation_id = envelope["operation_id"]
-    return _link_hash(
-        envelope["prev_hash"],
-        envelope["position"],
-        str(envelope["event_id"]),
-        occurred_text if occurred_text is not None else _timestamp(envelope["occurred_at"]),
-        envelope["type"],
-        envelope["schema_version"],
-        None if operation_id is None else str(operation_id),
-        envelope["instance_id"],
-        envelope["actor"],
-        payload_text,
-    )
-
-
-def _link_hash(
-    prev_hash: Any,
-    position: Any,
-    event_id: str,
-    occurred_text: str,
-    event_type: Any,
-    schema_version: Any,
-    operation_id: str | None,
-    instance_id: Any,
-    actor: Any,
-    payload_text: str,
-) -> str:
-    """``chain_hash`` of one event, its payload given as canonical JSON text and its id, time and
-    operation as the text forms ``chain_hash`` hashes.
-
-    The canonical JSON of the envelope is written out directly (keys in sorted order, strings through
-    the string encoder json itself uses, ints as json writes them): on the append path, serialising a
-    dict through json costs several times more than the hash. Fields of any other type, and strings
-    with no UTF-8 form, go through canonical_json, which formats or refuses them as it always did.
-    """
-    if (
-        type(position) is int
-        and type(schema_version) is int
-        and type(event_type) is str
-        and type(instance_id) is str
-        and type(actor) is str
-        and type(prev_hash) is str
-    ):
-        text = (
-            f'{{"actor":{_json_string(actor)},"event_id":{_json_string(event_id)},'
-            f'"instance_id":{_json_string(instance_id)},"occurred_at":{_json_string(occurred_text)},'
-            f'"operation_id":{"null" if operation_id is None else _json_string(operation_id)},'
-            f'"payload":{payload_text},"position":{position},"prev_hash":{_json_string(prev_hash)},'
-            f'"schema_version":{schema_version},"type":{_json_string(event_type)}}}'
-        )
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: canonical_json refuses it below, naming it
-        else:
-            return hashlib.sha256(prev_hash.encode("ascii") + data).hexdigest()
-    return _spliced_link_hash(
-        {
-            "position": position,
-            "event_id": event_id,
-            "occurred_at": occurred_text,
-            "type": event_type,
-            "schema_version": schema_version,
-            "operation_id": operation_id,
-            "instance_id": instance_id,
-            "actor": actor,
-            "prev_hash": prev_hash,
-        },
-        payload_text,
-        occurred_text,
-    )
-
-
-_PAYLOAD_SLOT = '"payload":null'
-
-
-def _spliced_link_hash(envelope: Mapping[str, Any], payload_text: str, occurred_text: str) -> str:
-    # The general form: the other fields are serialised around a null payload and the text is spliced
-    # into that slot. Keys are sorted and every quote inside a JSON string is escaped, so the slot
-    # occurs exactly once, and the bytes are the ones ``chain_hash`` hashes.
-    text = canonical_json(_chain_fields(envelope, None, occurred_text))
-    start = text.index(_PAYLOAD_SLOT)
-    whole = f'{text[:start]}"payload":{payload_text}{text[start + len(_PAYLOAD_SLOT) :]}'
-    return sha256_hex(envelope["prev_hash"].encode("ascii") + whole.encode("utf-8"))
-
-
-# "No operation seen yet" in a batch, distinct from an event's operation_id of None.
-_NO_OPERATION = object()
-
-# The statements on the append path, built once: constructing a Core statement costs more than running
-# one of these on SQLite (the compiled form is cached either way).
-_HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
-_RAW_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-_EVENT_COLUMNS = "position, event_id, occurred_at, type, schema_version, operation_id, instance_id, actor, payload, prev_hash, hash"
-
-
-@dataclass(frozen=True, slots=True)
-class _RawStatements:
-    """The append path's statements in the driver's own parameter style."""
-
-    insert_events: str
-    head_and_applied_since: str
-    config_first_position: str
-    insert_config: str
-    set_first_position: str
-
-
-def _raw_statements(mark: str, json_value: str) -> _RawStatements:
-    return _RawStatements(
-        insert_events=(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) "
-            f"VALUES ({', '.join([mark] * 8)}, {json_value}, {mark}, {mark})"
-        ),
-        # The head, and the first config.applied after a position, in one statement: on PostgreSQL
-        # that is one round trip fewer per append that applies a config. An empty log has no row,
-        # and nothing in it can conflict.
-        head_and_applied_since=(
-            "SELECT latest.position, latest.hash, (SELECT applied.position FROM events AS applied "
-            f"WHERE applied.type = {mark} AND applied.position > {mark} "
-            "ORDER BY applied.position LIMIT 1) AS applied_since "
-            "FROM events AS latest ORDER BY latest.position DESC LIMIT 1"
-        ),
-        config_first_position=f"SELECT first_position FROM config_versions WHERE hash = {mark}",
-        insert_config=(
-            "INSERT INTO config_versions (hash, body, size_bytes, first_position, created_at) "
-            f"VALUES ({mark}, {json_value}, {mark}, {mark}, {mark})"
-        ),
-        set_first_position=f"UPDATE config_versions SET first_position = {mark} WHERE hash = {mark}",
-    )
-
-
-_RAW_SQLITE = _raw_statements("?", "?")
-_RAW_POSTGRES = _raw_statements("%s", "CAST(%s AS json)")
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedConfig:
-    """A config body ready to store: hash over the plain body, secrets already sealed."""
-
-    hash: str
-    sealed_body: dict[str, Any]
-    size_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredConfig:
-    hash: str
-    body: dict[str, Any]
-    size_bytes: int
-    first_position: int | None
-    created_at: datetime
-    secret_paths: frozenset[ConfigPath] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    name: str
-    version: int
-    position: int
-    state: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    ok: bool
-    checked: int
-    head: int
-    first_broken_position: int | None = None
-    reason: str | None = None
-
-    def raise_for_break(self) -> None:
-        if not self.ok and self.first_broken_position is not None:
-            raise ChainBroken(
-                f"chain broken at position {self.first_broken_position}: {self.reason}",
-                position=self.first_broken_position,
-            )
 
 
 class EventLog:
@@ -327,8 +130,11 @@ class EventLog:
             connect_timeout_s=connect_timeout_s,
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
-        self._raw = _RAW_SQLITE if self.url.get_backend_name() == "sqlite" else _RAW_POSTGRES
-        self._writer = WriterConnection(self.engine)
+        self._writer = LogWriter(self.engine)
+        dialect = self.engine.dialect
+        self._head_statement = DriverStatement(HEAD, dialect)
+        self._head_and_applied_since = DriverStatement(_HEAD_AND_APPLIED_SINCE, dialect)
+        self._insert_events = DriverStatement(_INSERT_EVENTS, dialect)
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -401,74 +207,48 @@ class EventLog:
         *,
         recorded: bool,
     ) -> tuple[list[int], list[RecordedEvent]]:
+        """Write the batch; its positions, and the events as recorded when asked for or listened to
+        (listeners hear of the batch after the commit)."""
         if not new_events:
             return [], []
-        payload_texts = [self._payload_text(event) for event in new_events]
+        # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it.
+        payloads = [event.payload.model_dump(mode="json") for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         event_ids = uuid7_texts(len(new_events))
-        instance_id = self.instance_id
-        # The hot path talks to the driver directly, on the writer's own connection: SQLAlchemy's
-        # connection and statement machinery costs more per append than the commit itself does on a
-        # fast disk. Same lock as every other writer.
-        with self._writer.transaction() as cursor:
+        with self._writer.transaction() as connection:
             if expected_head is not None and applies:
-                head_position, head_hash = self._raw_head_if_no_apply_since(cursor, expected_head)
+                head_position, previous = self._head_unless_applied_since(connection, expected_head)
             else:
-                head_position, head_hash = self._raw_head(cursor)
-            # Taken under the lock so occurred_at never decreases along positions on one clock.
+                head = self._head_statement.first(connection)
+                head_position, previous = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+            # Taken under the lock, so occurred_at never decreases along positions on one clock; one
+            # moment for the whole batch.
             now = datetime.now(UTC)
-            # One moment for the whole batch: its two text forms (hashed, stored) are formatted once.
-            occurred_text = _timestamp(now)
-            stored_at = self._stored_timestamp(now)
-            # Rows in the insert statement's column order (_EVENT_COLUMNS); the events of a batch
-            # mostly share one operation, whose text form is made once.
-            rows: list[tuple[Any, ...]] = []
-            previous = head_hash
-            position = head_position
-            operation_id: object = _NO_OPERATION
-            operation_text: str | None = None
-            for event, payload_text, event_id in zip(new_events, payload_texts, event_ids, strict=True):
-                position += 1
-                if event.operation_id is not operation_id:
-                    operation_id = event.operation_id
-                    operation_text = None if operation_id is None else str(operation_id)
-                event_type = event.payload.event_type
-                schema_version = type(event.payload).schema_version
-                digest = _link_hash(
-                    previous,
-                    position,
-                    event_id,
-                    occurred_text,
-                    event_type,
-                    schema_version,
-                    operation_text,
-                    instance_id,
-                    event.actor,
-                    payload_text,
-                )
-                rows.append(
-                    (
-                        position,
-                        event_id,
-                        stored_at,
-                        event_type,
-                        schema_version,
-                        operation_text,
-                        instance_id,
-                        event.actor,
-                        payload_text,
-                        previous,
-                        digest,
-                    )
-                )
-                previous = digest
-            cursor.executemany(self._raw.insert_events, rows)
+            rows: list[dict[str, Any]] = []
+            for position, (event, payload, event_id) in enumerate(
+                zip(new_events, payloads, event_ids, strict=True), start=head_position + 1
+            ):
+                row = {
+                    "position": position,
+                    "event_id": event_id,
+                    "occurred_at": now,
+                    "type": event.payload.event_type,
+                    "schema_version": type(event.payload).schema_version,
+                    "operation_id": None if event.operation_id is None else str(event.operation_id),
+                    "instance_id": self.instance_id,
+                    "actor": event.actor,
+                    "payload": payload,
+                    "prev_hash": previous,
+                }
+                row["hash"] = previous = chain_hash(row)
+                rows.append(row)
+            self._insert_events.run(connection, rows)
             for config in configs:
-                self._raw_store_config(cursor, config, first_position=head_position + 1, now=now)
-        positions = [row[0] for row in rows]
+                store_config(connection, config, first_position=head_position + 1, created_at=now)
+        positions = [row["position"] for row in rows]
         if not (recorded or self._listeners):
             return positions, []
-        events_recorded = self._recorded(rows, new_events, now)
+        events_recorded = self._recorded(rows, new_events)
         for listener in list(self._listeners):
             listener(events_recorded)
         return positions, events_recorded
@@ -488,128 +268,48 @@ class EventLog:
         return unsubscribe
 
     @staticmethod
-    def _recorded(
-        rows: Sequence[tuple[Any, ...]], new_events: Sequence[NewEvent], occurred_at: datetime
-    ) -> list[RecordedEvent]:
+    def _recorded(rows: Sequence[Mapping[str, Any]], new_events: Sequence[NewEvent]) -> list[RecordedEvent]:
         """The events of an append as reading them back would give them, from its rows."""
-        recorded: list[RecordedEvent] = []
-        operation_id: object = _NO_OPERATION
-        operation_uuid: uuid.UUID | None = None
-        for row, event in zip(rows, new_events, strict=True):
-            if event.operation_id is not operation_id:
-                operation_id = event.operation_id
-                # The caller's UUID itself when it is one (it is what the row's text says); anything
-                # else is read back from that text, as the log would.
-                operation_uuid = (
-                    None
-                    if row[5] is None
-                    else operation_id
-                    if type(operation_id) is uuid.UUID
-                    else uuid.UUID(row[5])
-                )
-            # model_validate, not the constructor: the same validation, for about half the cost of
-            # validating into an instance __init__ has already made. event_id goes in as its text:
-            # pydantic makes the UUID from it for less than uuid.UUID does.
-            recorded.append(
-                RecordedEvent.model_validate(
-                    {
-                        "position": row[0],
-                        "event_id": row[1],
-                        "occurred_at": occurred_at,
-                        "type": row[3],
-                        "schema_version": row[4],
-                        "operation_id": operation_uuid,
-                        "instance_id": row[6],
-                        "actor": row[7],
-                        "payload": event.payload,
-                        "prev_hash": row[9],
-                        "hash": row[10],
-                    }
-                )
-            )
-        return recorded
+        return [
+            RecordedEvent.model_validate({**row, "payload": event.payload})
+            for row, event in zip(rows, new_events, strict=True)
+        ]
 
-    @staticmethod
-    def _payload_text(event: NewEvent) -> str:
-        # Serialised once, before taking the lock (NaN/Infinity are refused here): the chain hash and
-        # the stored payload both use this text.
-        return canonical_json_of_dump(event.payload.model_dump(mode="json"))
-
-    @staticmethod
-    def _head_row(connection: Connection) -> tuple[int, str]:
-        row = connection.execute(_HEAD).first()
-        return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
-
-    def _stored_timestamp(self, moment: datetime) -> Any:
-        if self._raw is _RAW_SQLITE:
-            # The text form SQLAlchemy's SQLite DateTime writes and reads (UTC, no zone, microseconds);
-            # isoformat is the cheaper way to write it, for years strftime pads too (see _timestamp).
-            moment = moment.astimezone(UTC)
-            if moment.year >= 1000:
-                return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
-            return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-        return moment
-
-    def _raw_head(self, cursor: Any) -> tuple[int, str]:
-        cursor.execute(_RAW_HEAD)
-        row = cursor.fetchone()
-        return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
-
-    def _raw_head_if_no_apply_since(self, cursor: Any, expected_head: int) -> tuple[int, str]:
-        """``_raw_head``, unless a ``config.applied`` landed after ``expected_head``: ConcurrencyConflict."""
-        cursor.execute(self._raw.head_and_applied_since, (ConfigApplied.event_type, expected_head))
-        row = cursor.fetchone()
+    def _head_unless_applied_since(self, connection: Connection, expected_head: int) -> tuple[int, str]:
+        """The head, unless a ``config.applied`` landed after ``expected_head``: ConcurrencyConflict."""
+        row = self._head_and_applied_since.first(connection, {"expected_head": expected_head})
         if row is None:
             return 0, GENESIS_HASH
-        if row[2] is not None:
-            conflicting = int(row[2])
+        position, head_hash, applied_since = row
+        if applied_since is not None:
+            conflicting = int(applied_since)
             raise ConcurrencyConflict(
                 f"another config was applied at position {conflicting} after this operation started "
                 f"(at head {expected_head}); retry against the new current config",
                 expected_head=expected_head,
                 conflicting_position=conflicting,
             )
-        return int(row[0]), str(row[1])
+        return int(position), str(head_hash)
 
     def prepare_config(
         self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
     ) -> PreparedConfig:
         """Hash ``body`` (secrets plain) and seal its secrets for storage."""
-        plain = dict(body)
-        return PreparedConfig(
-            hash=config_hash(plain),
-            sealed_body=seal(plain, secret_paths, self.cipher),
-            size_bytes=len(canonical_bytes(plain)),
-        )
+        return prepare_config(body, secret_paths, self.cipher)
 
     def put_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
         prepared = self.prepare_config(body, secret_paths)
-        with self._writer.transaction() as cursor:
-            self._raw_store_config(cursor, prepared, first_position=None, now=datetime.now(UTC))
+        with self._writer.transaction() as connection:
+            store_config(connection, prepared, first_position=None, created_at=datetime.now(UTC))
         return prepared.hash
-
-    def _raw_store_config(
-        self, cursor: Any, config: PreparedConfig, *, first_position: int | None, now: datetime
-    ) -> None:
-        """Store a body by content (once); ``first_position`` is the append that first names it."""
-        cursor.execute(self._raw.config_first_position, (config.hash,))
-        existing = cursor.fetchone()
-        if existing is None:
-            created_at = self._stored_timestamp(now)
-            body = canonical_json(config.sealed_body)
-            cursor.execute(
-                self._raw.insert_config, (config.hash, body, config.size_bytes, first_position, created_at)
-            )
-        elif existing[0] is None and first_position is not None:
-            cursor.execute(self._raw.set_first_position, (first_position, config.hash))
 
     # --- reading --------------------------------------------------------------------------------------
 
     def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""
         with self._read() as connection:
-            return self._head_row(connection)[0]
+            return head_of(connection)[0]
 
     def read(
         self,
@@ -627,8 +327,7 @@ class EventLog:
             query = query.where(events.c.type.in_(list(types)))
         if limit is not None:
             query = query.limit(limit)
-        with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
+        return self._events(query)
 
     def read_reverse(
         self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
@@ -639,8 +338,7 @@ class EventLog:
             query = query.where(events.c.position < before)
         if types is not None:
             query = query.where(events.c.type.in_(list(types)))
-        with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
+        return self._events(query)
 
     def iter_events(
         self, after: int = 0, *, until: int | None = None, batch: int = 5_000
@@ -655,13 +353,11 @@ class EventLog:
             position = chunk[-1].position
 
     def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
-        query = (
+        return self._events(
             sa.select(events)
             .where(events.c.operation_id == str(uuid.UUID(str(operation_id))))
             .order_by(events.c.position)
         )
-        with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
 
     def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
         """Events whose ``occurred_at`` lies in [since, until], oldest first."""
@@ -670,8 +366,7 @@ class EventLog:
             query = query.where(events.c.occurred_at >= _as_utc(since))
         if until is not None:
             query = query.where(events.c.occurred_at <= _as_utc(until))
-        with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
+        return self._events(query)
 
     def position_at(self, moment: datetime) -> int:
         """The newest position whose event occurred at or before ``moment`` (0 if none)."""
@@ -702,25 +397,14 @@ class EventLog:
         Start-up asks this, so it must not cost a pass over every operation ever run: the set of open
         operations is a fold of the log, cached like a projection's (checkpoint ``store.open_operations``:
         the operations open at its position), so only the started/completed events after it are read.
-        Without the checkpoint (or with one of another version) the fold starts from position 0.
+        Without a usable checkpoint (none, another version, a state it cannot read) the fold starts
+        from position 0.
         """
-        lifecycle = ("operation.started", "operation.completed")
         with self._read() as connection:
-            row = connection.execute(
-                sa.select(
-                    projection_checkpoints.c.version,
-                    projection_checkpoints.c.position,
-                    projection_checkpoints.c.state,
-                ).where(projection_checkpoints.c.name == _OPEN_OPERATIONS)
-            ).first()
-            after = 0
-            open_at: dict[str, int] = {}
-            if row is not None and int(row.version) == _OPEN_OPERATIONS_VERSION:
-                after = int(row.position)
-                open_at = {str(key): int(value) for key, value in dict(row.state).get("open", {}).items()}
+            after, open_at = _open_operations_at(load_checkpoint(connection, _OPEN_OPERATIONS))
             tail = connection.execute(
                 sa.select(events.c.position, events.c.type, events.c.operation_id)
-                .where(events.c.type.in_(lifecycle), events.c.position > after)
+                .where(events.c.type.in_(_LIFECYCLE), events.c.position > after)
                 .order_by(events.c.position)
             ).all()
             for position, event_type, operation_id in tail:
@@ -732,8 +416,8 @@ class EventLog:
                     open_at.pop(str(operation_id), None)
             found = (
                 [
-                    self._decode(event)
-                    for event in connection.execute(
+                    self._decode(row)
+                    for row in connection.execute(
                         sa.select(events)
                         .where(events.c.position.in_(sorted(open_at.values())))
                         .order_by(events.c.position)
@@ -754,6 +438,10 @@ class EventLog:
                     )
                 )
         return found
+
+    def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
+        with self._read() as connection:
+            return [self._decode(row) for row in connection.execute(query)]
 
     def _decode(self, row: Any) -> RecordedEvent:
         occurred_at = row.occurred_at
@@ -777,164 +465,54 @@ class EventLog:
 
     def resolve_hash(self, reference: str) -> str:
         """The full hash for a full hash or a unique prefix of at least 7 hex digits."""
-        prefix = reference.strip().lower()
-        if len(prefix) < MIN_PREFIX or len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
-            raise InvalidHashPrefix(
-                f"{reference[:80]!r} is not a config hash: give at least {MIN_PREFIX} hex digits"
-            )
-        # Hex digits cannot contain LIKE wildcards, so the prefix is safe to pattern-match as is.
-        query = (
-            sa.select(config_versions.c.hash)
-            .where(config_versions.c.hash.like(f"{prefix}%"))
-            .order_by(config_versions.c.hash)
-            .limit(5)
-        )
         with self._read() as connection:
-            matches = [str(value) for value in connection.execute(query).scalars()]
-        if not matches:
-            raise UnknownConfigHash(f"no stored config has a hash starting with {prefix}")
-        if len(matches) > 1:
-            raise AmbiguousHashPrefix(
-                f"{prefix} matches more than one config ({', '.join(m[:16] for m in matches)}); give more digits",
-                candidates=matches,
-            )
-        return matches[0]
+            return resolve_hash(connection, reference)
 
     def get_config(self, reference: str, *, reveal: bool = True) -> StoredConfig:
         """The stored config for a hash or unique prefix, secrets decrypted (``reveal=False``: left sealed,
         which needs no key and is what a display path wants before redacting)."""
-        full = self.resolve_hash(reference)
         with self._read() as connection:
-            row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full)).one()
-        created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-        return StoredConfig(
-            hash=full,
-            body=unseal(row.body, self.cipher) if reveal else dict(row.body),
-            size_bytes=int(row.size_bytes),
-            first_position=None if row.first_position is None else int(row.first_position),
-            created_at=created_at,
-            secret_paths=frozenset(sealed_paths(row.body)),
-        )
+            return load_config(connection, resolve_hash(connection, reference), self.cipher, reveal=reveal)
 
     def has_config(self, full_hash: str) -> bool:
         with self._read() as connection:
-            return (
-                connection.execute(
-                    sa.select(config_versions.c.hash).where(config_versions.c.hash == full_hash)
-                ).first()
-                is not None
-            )
+            return has_config(connection, full_hash)
 
     def config_count(self) -> int:
         with self._read() as connection:
-            return int(
-                connection.execute(sa.select(sa.func.count()).select_from(config_versions)).scalar() or 0
-            )
+            return count_configs(connection)
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         with self._read() as connection:
-            row = connection.execute(
-                sa.select(projection_checkpoints).where(projection_checkpoints.c.name == name)
-            ).first()
-        if row is None:
-            return None
-        return Checkpoint(
-            name=name, version=int(row.version), position=int(row.position), state=dict(row.state)
-        )
+            return load_checkpoint(connection, name)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
-        values = {
-            "version": checkpoint.version,
-            "position": checkpoint.position,
-            "state": checkpoint.state,
-            "updated_at": datetime.now(UTC),
-        }
         with translate_errors(self.url), self.engine.begin() as connection:
-            updated = connection.execute(
-                projection_checkpoints.update()
-                .where(
-                    projection_checkpoints.c.name == checkpoint.name,
-                    # Never move a checkpoint backwards when two processes fold concurrently.
-                    projection_checkpoints.c.position <= checkpoint.position,
-                )
-                .values(**values)
-            ).rowcount
-            if not updated:
-                exists = connection.execute(
-                    sa.select(projection_checkpoints.c.name).where(
-                        projection_checkpoints.c.name == checkpoint.name
-                    )
-                ).first()
-                if exists is None:
-                    connection.execute(projection_checkpoints.insert().values(name=checkpoint.name, **values))
+            save_checkpoint(connection, checkpoint)
 
     # --- integrity ------------------------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
-        """Recompute every link of the chain; report the first position that does not hold."""
-        expected_position = 1
-        previous = GENESIS_HASH
-        checked = 0
-        columns = [c for c in events.c]
+        """Recompute every link of the chain; report the first position that does not hold, or a log that
+        ends before a checkpoint once reached (its newest events were deleted)."""
         with self._read() as connection:
-            head = self._head_row(connection)[0]
-            after = 0
-            while True:
-                rows = connection.execute(
-                    sa.select(*columns)
-                    .where(events.c.position > after)
-                    .order_by(events.c.position)
-                    .limit(_VERIFY_BATCH)
-                ).all()
-                for row in rows:
-                    position = int(row.position)
-                    if position != expected_position:
-                        return VerifyReport(
-                            False,
-                            checked,
-                            head,
-                            expected_position,
-                            f"event {expected_position} is missing (next stored position is {position})",
-                        )
-                    if row.prev_hash != previous:
-                        return VerifyReport(
-                            False,
-                            checked,
-                            head,
-                            position,
-                            "prev_hash does not match the previous event's hash",
-                        )
-                    envelope = row._asdict()
-                    if chain_hash(envelope) != row.hash:
-                        return VerifyReport(
-                            False, checked, head, position, "stored hash does not match the event's contents"
-                        )
-                    previous = row.hash
-                    expected_position += 1
-                    checked += 1
-                if len(rows) < _VERIFY_BATCH:
-                    break
-                after = int(rows[-1].position)
-        # A chain cannot show that its newest events were cut off; checkpoints remember how far the log
-        # once reached, so a log that now ends before a checkpoint was truncated.
-        # Both read in one statement: a writer appending (and checkpointing) meanwhile moves both together.
+            report = verify_chain(connection)
+        if not report.ok:
+            return report
         with self._read() as connection:
-            reached, now_head = connection.execute(
-                sa.select(
-                    sa.select(sa.func.max(projection_checkpoints.c.position)).scalar_subquery(),
-                    sa.select(sa.func.max(events.c.position)).scalar_subquery(),
-                )
-            ).one()
-        if reached is not None and int(reached) > int(now_head or 0):
-            return VerifyReport(
-                False,
-                checked,
-                head,
-                int(now_head or 0) + 1,
-                f"the log ends at position {int(now_head or 0)} but a projection was checkpointed at "
-                f"{int(reached)}: the newest events were deleted",
-            )
-        return VerifyReport(True, checked, head)
+            return truncation(connection, report)
+
+
+def _open_operations_at(checkpoint: Checkpoint | None) -> tuple[int, dict[str, int]]:
+    """The position the open-operations checkpoint was folded to, and the operations open there (by id,
+    with the position of each one's start); ``(0, {})`` when there is none it can read."""
+    if checkpoint is None or checkpoint.version != _OPEN_OPERATIONS_VERSION:
+        return 0, {}
+    state = checkpoint.state
+    opened = state.get("open") if isinstance(state, dict) else None
+    if not isinstance(opened, dict) or not all(type(value) is int for value in opened.values()):
+        return 0, {}
+    return checkpoint.position, {str(key): value for key, value in opened.items()}

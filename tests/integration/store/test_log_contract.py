@@ -36,7 +36,7 @@ from confledger.store import (
     UnknownConfigHash,
     config_hash,
 )
-from confledger.store.canonical import canonical_bytes
+from confledger.store.canonical import canonical_bytes, canonical_json
 from confledger.store.events import (
     ConfigApplied,
     InstanceStarted,
@@ -274,6 +274,21 @@ def test_a_payload_with_no_canonical_form_is_refused_and_nothing_written(log: Ev
     with pytest.raises(CanonicalizationError):
         log.append([started(), not_a_number])
     assert log.head() == 0
+
+
+def test_appended_payloads_are_stored_as_their_canonical_text(log: EventLog) -> None:
+    payloads = [
+        OperationStarted(kind=OperationKind.RELOAD, trigger=Trigger.API, source='a "quoted" \u00e9 path'),
+        OperationCompleted(status=OperationStatus.FAILED, message="ünïcode ✓", total_ms=1.25e-7),
+    ]
+    operation_id = uuid.uuid4()
+    log.append([NewEvent(payload, actor='actor "x"', operation_id=operation_id) for payload in payloads])
+    column = "payload::text" if log.dialect == "postgresql" else "payload"
+    with log.engine.connect() as connection:
+        stored = connection.execute(sa.text(f"SELECT {column} FROM events ORDER BY position")).scalars().all()
+    assert stored == [canonical_json(payload.model_dump(mode="json")) for payload in payloads]
+    assert [event.payload for event in log.read()] == payloads
+    assert log.verify().ok
 
 
 # --- config bodies ---------------------------------------------------------------------------------------
@@ -585,17 +600,16 @@ def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) ->
     if log.dialect != "postgresql":
         pytest.skip("only a server can drop a connection")
     log.append([started(1)])
-    # The append path keeps its own connection: end every other session of this database (the writer's
-    # among them), as a server restart or a failover would.
+    # The append path keeps its own connection: the server ends that session, as a restart or a failover
+    # would. Only this log's writer: the database is shared with whatever else runs against it.
+    kept = log._writer._kept
+    assert kept is not None
+    writer_pid = kept.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
     with log.engine.connect() as connection:
-        connection.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND application_name = 'confledger'"
-            )
-        )
+        ended = connection.execute(sa.select(sa.func.pg_terminate_backend(writer_pid))).scalar()
+    assert ended
     assert log.append([started(2)]) == [2]
+    assert log.append([started(3)]) == [3]
     assert log.verify().ok
 
 

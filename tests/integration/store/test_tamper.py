@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from confledger.store import ChainBroken, Checkpoint, EventLog, NewEvent, VerifyReport
+from confledger.store.chain import chain_hash
 from confledger.store.events import InstanceStarted
-from confledger.store.log import chain_hash
 from confledger.store.schema import events
 
 EVENTS_IN_LOG = 6

@@ -1,5 +1,5 @@
-"""The append path's transaction (``WriterConnection.transaction``) when something fails inside it: driver
-errors come out as ``ConfledgerError``s, anything else as itself, nothing of the batch is written, and the
+"""The append path's transaction (``LogWriter.transaction``) when something fails inside it: driver errors
+come out as ``ConfledgerError``s, anything else as itself, nothing of the batch is written, and the
 writer's lock is free for the next append. Run against SQLite and PostgreSQL (the ``log`` fixture)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from confledger.store import ConfledgerError, EventLog, NewEvent, StoreUnavailable
+from confledger.store import log as event_log
 from confledger.store.events import ConfigApplied, InstanceStarted
 
 
@@ -56,7 +57,7 @@ def test_a_driver_error_inside_the_transaction_is_rolled_back_and_translated(
 ) -> None:
     log.append([started()])
     # The events are inserted by then; storing the config fails.
-    monkeypatch.setattr(log, "_raw_store_config", failing(driver_error(log)))
+    monkeypatch.setattr(event_log, "store_config", failing(driver_error(log)))
     prepared = log.prepare_config({"v": 1})
     with pytest.raises(StoreUnavailable):
         log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
@@ -72,7 +73,7 @@ def test_any_other_exception_inside_the_transaction_comes_out_as_itself(
     log: EventLog, monkeypatch: pytest.MonkeyPatch, error: BaseException
 ) -> None:
     log.append([started()])
-    monkeypatch.setattr(log, "_raw_store_config", failing(error))
+    monkeypatch.setattr(event_log, "store_config", failing(error))
     prepared = log.prepare_config({"v": 1})
     with pytest.raises(type(error)) as caught:
         log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])

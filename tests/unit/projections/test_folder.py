@@ -203,6 +203,9 @@ class ListLog:
     def subscribe(self, listener: Any) -> Any:
         return lambda: None
 
+    def head(self) -> int:
+        return self.events[-1].position if self.events else 0
+
     def iter_events(self, after: int, until: int | None = None) -> Iterator[RecordedEvent]:
         return iter([e for e in self.events if e.position > after and (until is None or e.position <= until)])
 

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from confledger.store.canonical import (
-    GENESIS_HASH,
-    _keys_are_plain,
     _reject_non_finite,
     canonical_json,
-    canonical_json_of_dump,
     config_hash,
     sha256_hex,
 )
 from confledger.store.errors import CanonicalizationError
-from confledger.store.log import chain_hash
 
 # --- strategies -----------------------------------------------------------------------------------------
 
@@ -261,79 +254,6 @@ def test_canonical_json_is_json_dumps_with_the_fixed_options(value: Any) -> None
     assert canonical_json(value) == expected
 
 
-# --- chain_hash ----------------------------------------------------------------------------------------
-
-envelopes = st.fixed_dictionaries(
-    {
-        "position": st.integers(min_value=1, max_value=2**53),
-        "event_id": st.uuids(),
-        "occurred_at": st.datetimes(
-            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-        ),
-        "type": st.sampled_from(["config.applied", "operation.started", "instance.started"]),
-        "schema_version": st.integers(min_value=1, max_value=9),
-        "operation_id": st.none() | st.uuids(),
-        "instance_id": st.text(min_size=1, max_size=20),
-        "actor": st.text(min_size=1, max_size=20),
-        "payload": json_objects,
-        "prev_hash": st.just(GENESIS_HASH) | st.text("0123456789abcdef", min_size=64, max_size=64),
-    }
-)
-
-
-@given(envelope=envelopes)
-def test_chain_hash_is_deterministic(envelope: dict[str, Any]) -> None:
-    again = dict(envelope)
-    again["payload"] = json.loads(canonical_json(envelope["payload"]))
-    assert chain_hash(envelope) == chain_hash(again) == chain_hash(reinserted(envelope, random.Random(7)))
-    assert len(chain_hash(envelope)) == 64
-
-
-@given(envelope=envelopes, offset_minutes=st.integers(min_value=-14 * 60, max_value=14 * 60))
-def test_chain_hash_depends_on_the_instant_not_the_time_zone_it_is_written_in(
-    envelope: dict[str, Any], offset_minutes: int
-) -> None:
-    elsewhere = dict(envelope)
-    elsewhere["occurred_at"] = envelope["occurred_at"].astimezone(timezone(timedelta(minutes=offset_minutes)))
-    assert chain_hash(elsewhere) == chain_hash(envelope)
-    # A stored value that came back without a zone (SQLite) is UTC.
-    naive = dict(envelope)
-    naive["occurred_at"] = envelope["occurred_at"].replace(tzinfo=None)
-    assert chain_hash(naive) == chain_hash(envelope)
-
-
-@pytest.mark.parametrize(
-    ("field", "other_value"),
-    [
-        ("position", 999_999),  # a moved event
-        ("event_id", uuid.UUID(int=1)),  # a substituted event
-        ("occurred_at", datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),  # a back-dated event
-        ("type", "config.rolled_back"),  # a relabelled event
-        ("schema_version", 99),  # a re-versioned payload
-        ("operation_id", uuid.UUID(int=2)),  # an event moved to another operation
-        ("instance_id", "another-host:1"),  # a different writer
-        ("actor", "mallory"),  # a different actor
-        ("payload", {"hash": "f" * 64}),  # a changed payload
-        ("prev_hash", "1" * 64),  # a relinked chain
-    ],
-)
-def test_chain_hash_covers_every_envelope_field(field: str, other_value: Any) -> None:
-    envelope = {
-        "position": 1,
-        "event_id": uuid.UUID(int=0),
-        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "type": "config.applied",
-        "schema_version": 1,
-        "operation_id": None,
-        "instance_id": "host:1",
-        "actor": "system",
-        "payload": {"hash": "a" * 64, "previous_hash": None},
-        "prev_hash": GENESIS_HASH,
-    }
-    changed = {**envelope, field: other_value}
-    assert chain_hash(changed) != chain_hash(envelope)
-
-
 @pytest.mark.parametrize(
     "make",
     [
@@ -346,57 +266,6 @@ def test_chain_hash_covers_every_envelope_field(field: str, other_value: Any) ->
 def test_a_value_that_contains_itself_is_refused_not_walked_for_ever(make: Any) -> None:
     with pytest.raises(CanonicalizationError):
         canonical_json(make())
-
-
-# --- canonical_json_of_dump ------------------------------------------------------------------------------
-
-str_keyed_odd_values = st.recursive(
-    scalars | odd_leaves,
-    lambda children: (
-        st.lists(children, max_size=3)
-        | st.lists(children, max_size=3).map(tuple)
-        | st.dictionaries(keys, children, max_size=3)
-    ),
-    max_leaves=10,
-)
-
-
-@given(value=str_keyed_odd_values)
-def test_canonical_json_of_dump_answers_as_canonical_json_for_string_keys(value: Any) -> None:
-    # Only the key walk is left out: text and refusals (NaN, lone surrogates, bytes) are the same.
-    assert _outcome(canonical_json_of_dump, value) == _outcome(canonical_json, value)
-
-
-class _Keyed(BaseModel):
-    by_int: dict[int, str] = {}
-    by_bool: dict[bool, float] = {}
-    by_float: dict[float, int] = {}
-    by_optional: dict[int | None, int] = {}
-    anything: Any = None
-
-
-@given(
-    by_int=st.dictionaries(st.integers(), st.text(max_size=4), max_size=3),
-    by_bool=st.dictionaries(st.booleans(), st.floats(allow_nan=False, allow_infinity=False), max_size=2),
-    by_float=st.dictionaries(st.floats(allow_nan=False, allow_infinity=False), st.integers(), max_size=3),
-    by_optional=st.dictionaries(st.none() | st.integers(), st.integers(), max_size=3),
-    anything=st.dictionaries(st.integers() | st.none() | st.booleans(), small_json_values, max_size=3),
-)
-def test_pydantic_json_dumps_hold_only_string_keys(
-    by_int: dict[int, str],
-    by_bool: dict[bool, float],
-    by_float: dict[float, int],
-    by_optional: dict[int | None, int],
-    anything: dict[Any, Any],
-) -> None:
-    # What canonical_json_of_dump relies on: in json mode pydantic writes every key as a string, so the
-    # key walk it leaves out could not find anything there.
-    model = _Keyed(
-        by_int=by_int, by_bool=by_bool, by_float=by_float, by_optional=by_optional, anything=anything
-    )
-    dumped = model.model_dump(mode="json")
-    assert _keys_are_plain(dumped)
-    assert canonical_json_of_dump(dumped) == canonical_json(dumped)
 
 
 def test_a_refused_value_leaves_nothing_behind_for_the_next_one() -> None:

@@ -1,0 +1,157 @@
+"""The hash chain: how one event's link is made, and the walk that checks every link of a log.
+
+A link is ``sha256(prev_hash + canonical(envelope without hash))`` (DESIGN.md). ``link_message`` is
+the byte string a link covers and ``chain_hash`` the digest over it; the append path and ``verify``
+both call ``chain_hash``, so there is one definition of a link. A later link scheme (a keyed MAC over
+the same message, say) would be a second digest of ``link_message``, chosen per event by a scheme
+version stored with it; every stored event today is of this one scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from confledger.store.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from confledger.store.errors import ChainBroken
+from confledger.store.schema import events, projection_checkpoints
+
+__all__ = [
+    "HEAD",
+    "VerifyReport",
+    "chain_hash",
+    "hashed_timestamp",
+    "head_of",
+    "link_message",
+    "truncation",
+    "verify_chain",
+]
+
+_VERIFY_BATCH = 2_000
+
+# The newest event's position and hash (no row: an empty log).
+HEAD = sa.select(events.c.position, events.c.hash).order_by(events.c.position.desc()).limit(1)
+
+
+def hashed_timestamp(moment: datetime) -> str:
+    """The one text form of ``occurred_at`` that links cover: UTC, microseconds, a ``Z``.
+
+    Both backends keep microseconds; PostgreSQL hands a value back in the session's time zone and
+    SQLite without a zone (it is stored in UTC), so every value is normalised to UTC first.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def link_message(envelope: Mapping[str, Any]) -> bytes:
+    """What a link covers: ``prev_hash`` followed by the canonical JSON of the envelope without its hash.
+
+    ``envelope`` holds the event's fields as stored or about to be: ids as UUIDs or their text,
+    ``occurred_at`` as a datetime, the payload as its JSON value.
+    """
+    operation_id = envelope["operation_id"]
+    fields = {
+        "position": envelope["position"],
+        "event_id": str(envelope["event_id"]),
+        "occurred_at": hashed_timestamp(envelope["occurred_at"]),
+        "type": envelope["type"],
+        "schema_version": envelope["schema_version"],
+        "operation_id": None if operation_id is None else str(operation_id),
+        "instance_id": envelope["instance_id"],
+        "actor": envelope["actor"],
+        "payload": envelope["payload"],
+        "prev_hash": envelope["prev_hash"],
+    }
+    return str(envelope["prev_hash"]).encode("ascii") + canonical_bytes(fields)
+
+
+def chain_hash(envelope: Mapping[str, Any]) -> str:
+    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
+    return sha256_hex(link_message(envelope))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    head: int
+    first_broken_position: int | None = None
+    reason: str | None = None
+
+    def raise_for_break(self) -> None:
+        if not self.ok and self.first_broken_position is not None:
+            raise ChainBroken(
+                f"chain broken at position {self.first_broken_position}: {self.reason}",
+                position=self.first_broken_position,
+            )
+
+
+def head_of(connection: Connection) -> tuple[int, str]:
+    """The newest position and its hash; ``(0, GENESIS_HASH)`` for an empty log."""
+    row = connection.execute(HEAD).first()
+    return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
+
+
+def verify_chain(connection: Connection) -> VerifyReport:
+    """Recompute every link read through ``connection`` (one read transaction: one state of the log)."""
+    expected_position = 1
+    previous = GENESIS_HASH
+    checked = 0
+    head = head_of(connection)[0]
+    after = 0
+    while True:
+        rows = connection.execute(
+            sa.select(events)
+            .where(events.c.position > after)
+            .order_by(events.c.position)
+            .limit(_VERIFY_BATCH)
+        ).all()
+        for row in rows:
+            position = int(row.position)
+            if position != expected_position:
+                reason = f"event {expected_position} is missing (next stored position is {position})"
+                return VerifyReport(False, checked, head, expected_position, reason)
+            if row.prev_hash != previous:
+                reason = "prev_hash does not match the previous event's hash"
+                return VerifyReport(False, checked, head, position, reason)
+            if chain_hash(row._asdict()) != row.hash:
+                reason = "stored hash does not match the event's contents"
+                return VerifyReport(False, checked, head, position, reason)
+            previous = row.hash
+            expected_position += 1
+            checked += 1
+        if len(rows) < _VERIFY_BATCH:
+            return VerifyReport(True, checked, head)
+        after = int(rows[-1].position)
+
+
+def truncation(connection: Connection, report: VerifyReport) -> VerifyReport:
+    """``report``, unless the log now ends before a checkpoint once reached: then it was cut off.
+
+    A chain cannot show that its newest events were deleted; checkpoints remember how far the log once
+    reached. Both maxima are read in one statement, as a writer appending (and checkpointing) meanwhile
+    moves them together.
+    """
+    reached, now_head = connection.execute(
+        sa.select(
+            sa.select(sa.func.max(projection_checkpoints.c.position)).scalar_subquery(),
+            sa.select(sa.func.max(events.c.position)).scalar_subquery(),
+        )
+    ).one()
+    end = int(now_head or 0)
+    if reached is None or int(reached) <= end:
+        return report
+    return VerifyReport(
+        False,
+        report.checked,
+        report.head,
+        end + 1,
+        f"the log ends at position {end} but a projection was checkpointed at {int(reached)}: "
+        "the newest events were deleted",
+    )

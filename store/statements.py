@@ -1,0 +1,73 @@
+"""Core statements compiled once and run on the driver's cursor, for the append path's hottest statements.
+
+A statement is built from the Core tables (``store/schema.py``) like any other, compiled once for the
+engine's dialect, and its parameters go through the bind processors SQLAlchemy itself would apply (the
+JSON serializer, SQLite's datetime text, psycopg's JSON wrapper): only SQLAlchemy's per-execution work
+is left out. The connection and its transaction stay SQLAlchemy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+__all__ = ["DriverStatement"]
+
+_NO_VALUES: Mapping[str, Any] = MappingProxyType({})
+
+
+class DriverStatement:
+    """``statement`` compiled for ``dialect``, executed on a ``Connection``'s DBAPI cursor."""
+
+    __slots__ = ("_fixed", "_names", "_processors", "sql")
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if not isinstance(compiled, SQLCompiler):  # pragma: no cover - DDL is not run this way
+            raise TypeError(f"{type(statement).__name__} does not compile to a SQL statement")
+        self.sql = str(compiled)
+        # Values the statement carries itself (a literal compared with, a LIMIT); the rest come per call.
+        self._fixed = {
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        }
+        # Positional drivers (sqlite3's "?") take a tuple in the statement's order, the others a dict.
+        self._names: Sequence[str] | None = compiled.positiontup if compiled.positional else None
+        self._processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self._processors[name] = processor
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters for ``values`` (keyed by bind name; literal binds fill themselves)."""
+        params = {**self._fixed, **values}
+        for name, processor in self._processors.items():
+            params[name] = processor(params[name])
+        if self._names is None:
+            return params
+        return tuple(params[name] for name in self._names)
+
+    def first(self, connection: Connection, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        """The first row (a tuple) the statement returns, or None."""
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self.sql, self.parameters(values))
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
+    def run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute the statement once per row of values (one row: a plain execute)."""
+        cursor = connection.connection.cursor()
+        try:
+            if len(rows) == 1:
+                cursor.execute(self.sql, self.parameters(rows[0]))
+            else:
+                cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+        finally:
+            cursor.close()
