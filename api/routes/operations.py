@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from confledger.api.deps import AdminCaller, ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.errors import STATUS_BY_CODE
+from confledger.api.limits import GuardedRoute
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
     MAX_POSITION,
@@ -30,7 +31,7 @@ from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operat
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=GuardedRoute)
 
 
 def _conflict(operation: ReloadOperation) -> JSONResponse | None:
