@@ -45,7 +45,7 @@ class QueryRedaction(logging.Filter):
         pairs = []
         for pair in query.split("&"):
             name = unquote_plus(pair.partition("=")[0])
-            pairs.append(pair if name in self.shown else REDACTED)
+            pairs.append(pair if not pair or name in self.shown else REDACTED)
         return "&".join(pairs)
 
     def filter(self, record: logging.LogRecord) -> bool:
