@@ -1,6 +1,6 @@
 """A flood of large request bodies against a confledger service, as issue 13's red-team run sent it.
 
-Run as its own process (``python flood_client.py PORT SECONDS TOKEN``), so its threads do not compete
+Run as its own process (``python flood_client.py PORT SECONDS TOKEN [FLOODER NAME …]``), so its threads do not compete
 with a latency probe for the probing interpreter's lock. Each flooder thread connects, sends its
 request head and then its body as fast as the kernel takes it, reads the status the server answered
 with, and starts again, until the time is up; the statuses each kind saw are printed as one JSON line.
@@ -56,10 +56,18 @@ def _status_of(connection: socket.socket) -> int | None:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
+def json_array(length: int) -> bytes:
+    """``[0,0,…,0]`` of exactly ``length`` bytes: valid JSON that is costly to parse and to hold (one
+    list entry per two bytes), as the red-team's bodies were."""
+    zeros = max(1, (length - 1) // 2)
+    return b"[" + b"0," * (zeros - 1) + b"0" + b" " * (length - 2 * zeros - 1) + b"]"
+
+
 def _flood(port: int, flooder: Flooder, token: str, until: float, seen: dict[str, int]) -> None:
     head = request_head(flooder.method, flooder.path, token if flooder.admin else None, flooder.length)
-    body = memoryview(b"[" * flooder.length) if flooder.length is not None else None
-    chunk = b"%x\r\n%s\r\n" % (MB, b"[" * MB)
+    body = memoryview(json_array(flooder.length)) if flooder.length is not None else None
+    # A chunked body that never ends: "[" and then "0," for as long as the time lasts.
+    chunk = b"%x\r\n%s\r\n" % (MB, b"0," * (MB // 2))
     while time.monotonic() < until:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
             try:
@@ -67,6 +75,7 @@ def _flood(port: int, flooder: Flooder, token: str, until: float, seen: dict[str
                 if body is not None:
                     connection.sendall(body)
                 else:
+                    connection.sendall(b"1\r\n[\r\n")
                     while time.monotonic() < until:
                         connection.sendall(chunk)
             except OSError:
@@ -75,12 +84,14 @@ def _flood(port: int, flooder: Flooder, token: str, until: float, seen: dict[str
         seen[status] = seen.get(status, 0) + 1
 
 
-def flood(port: int, seconds: float, token: str) -> dict[str, dict[str, int]]:
+def flood(port: int, seconds: float, token: str, names: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Every flooder (or those named) for ``seconds``: the statuses each kind saw."""
+    chosen = [flooder for flooder in FLOODERS if not names or flooder.name in names]
     until = time.monotonic() + seconds
-    seen: dict[str, dict[str, int]] = {flooder.name: {} for flooder in FLOODERS}
+    seen: dict[str, dict[str, int]] = {flooder.name: {} for flooder in chosen}
     threads = [
         threading.Thread(target=_flood, args=(port, flooder, token, until, seen[flooder.name]))
-        for flooder in FLOODERS
+        for flooder in chosen
         for _ in range(flooder.threads)
     ]
     for thread in threads:
@@ -91,4 +102,5 @@ def flood(port: int, seconds: float, token: str) -> dict[str, dict[str, int]]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(flood(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3])), flush=True)
+    port, seconds, token, *names = sys.argv[1:]
+    print(json.dumps(flood(int(port), float(seconds), token, names)), flush=True)

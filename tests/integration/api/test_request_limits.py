@@ -328,3 +328,14 @@ def test_rejected_requests_are_counted_apart_from_operations_everywhere(service:
     assert history["total_count"] == len(history["operations"]) == in_view + rejected_events
     failed = service.get("/history", params={"status": "failed"}).json()
     assert failed["total_count"] == len(failed["operations"]) == 2
+
+
+def test_the_refusals_are_documented_in_the_schema(service: Service) -> None:
+    paths = service.app.openapi()["paths"]
+    for path in ("/reload", "/rollback"):
+        responses = paths[f"{PREFIX}{path}"]["post"]["responses"]
+        for code in ("400", "408", "413", "422"):
+            assert code in responses, (path, code)
+        for code in ("400", "408", "413"):
+            assert "ErrorResponse" in json.dumps(responses[code]), (path, code)
+    assert "413" in paths[f"{PREFIX}/current"]["get"]["responses"]
