@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBearer
 from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 
 from confledger.api.lifecycle import ConfigLifecycle
 from confledger.api.reloader import ConfigReloader
@@ -23,12 +24,16 @@ from confledger.api.security import Role
 from confledger.store import Trigger
 
 __all__ = [
+    "CREDENTIAL_PARAMETER",
     "AdminCaller",
+    "BearerCaller",
     "Caller",
     "CurrentConfigDep",
     "LifecycleDep",
     "ReaderCaller",
     "ReloaderDep",
+    "authenticate",
+    "credential_in_query",
     "get_current_config",
     "lifecycle_of",
 ]
@@ -64,14 +69,22 @@ ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 
 _CLI_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
+# A query parameter named like a credential. URLs are written to access logs, proxy logs and shell
+# history, so a token there is refused outright rather than half-honoured; no API parameter matches.
+CREDENTIAL_PARAMETER = re.compile(
+    r"token|key|secret|passw|auth|bearer|credential|session|signature|jwt", re.IGNORECASE
+)
+URL_CREDENTIAL_REFUSAL = "send the token in the Authorization header; a credential in the URL is refused"
+
 
 @dataclass(frozen=True)
 class Caller:
     """Who made a request: recorded as the event's actor and client, never the token itself.
 
     The ``confledger`` CLI says so in ``X-Confledger-Client: cli`` and names its OS user in
-    ``X-Confledger-User``; its operations are then recorded with trigger ``cli`` and actor ``cli:<user>``
-    (the token still decides what it may do).
+    ``X-Confledger-User``. No token proves who that user is (the CLI sends the admin token it read), so
+    the name is recorded as a claim beside the role of the token that made it:
+    ``claimed:cli:alice (admin token)``, with trigger ``cli``. Only the role is proven.
     """
 
     role: Role
@@ -80,45 +93,58 @@ class Caller:
 
     @property
     def actor(self) -> str:
-        return f"cli:{self.cli_user}" if self.cli_user else f"token:{self.role.value}"
+        if self.cli_user:
+            return f"claimed:cli:{self.cli_user} ({self.role.value} token)"
+        return f"token:{self.role.value}"
 
     @property
     def trigger(self) -> Trigger:
         return Trigger.CLI if self.cli_user else Trigger.API
 
 
-def _unauthorized() -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        "missing or invalid bearer token",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+def _unauthorized(detail: str = "missing or invalid bearer token") -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-class _BearerCaller(SecurityBase):
+def credential_in_query(request: Request) -> bool:
+    if not request.scope.get("query_string"):
+        return False
+    return any(CREDENTIAL_PARAMETER.search(name) for name in request.query_params)
+
+
+def authenticate(request: Request, *, admin_only: bool) -> Role:
+    """The role of the bearer token in the ``Authorization`` header, or the 401/403 to answer.
+
+    Reads headers only: the request guard calls it before a body is read, the dependency after.
+    """
+    if credential_in_query(request):
+        raise _unauthorized(URL_CREDENTIAL_REFUSAL)
+    authorization = request.headers.get("authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not credentials or scheme.lower() != "bearer":
+        raise _unauthorized()
+    role = lifecycle_of(request).tokens.role_of(credentials)
+    if role is None:
+        raise _unauthorized()
+    if admin_only and role is not Role.ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token")
+    return role
+
+
+class BearerCaller(SecurityBase):
     """Who is calling, from the bearer token, as one dependency that is also the OpenAPI security scheme.
 
-    ``HTTPBearer`` reads the header (and names the scheme in the schema); the role check is done in the
-    same call rather than by a dependency on it, which FastAPI would resolve as two more steps per
-    request.
+    ``HTTPBearer`` names the scheme in the schema; the header is read and the role checked in the same
+    call rather than by a dependency on it, which FastAPI would resolve as two more steps per request.
     """
 
     def __init__(self, bearer: HTTPBearer, *, admin_only: bool) -> None:
-        self.bearer = bearer
         self.model = bearer.model
         self.scheme_name = bearer.scheme_name
         self.admin_only = admin_only
 
     async def __call__(self, request: Request) -> Caller:
-        tokens = lifecycle_of(request).tokens
-        credentials = await self.bearer(request)
-        if credentials is None:
-            raise _unauthorized()
-        role = tokens.role_of(credentials.credentials)
-        if role is None:
-            raise _unauthorized()
-        if self.admin_only and role is not Role.ADMIN:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token")
+        role = authenticate(request, admin_only=self.admin_only)
         cli_user = None
         if request.headers.get("x-confledger-client", "").lower() == "cli":
             claimed = request.headers.get("x-confledger-user", "unknown")
@@ -126,8 +152,8 @@ class _BearerCaller(SecurityBase):
         return Caller(role, request.client.host if request.client else None, cli_user)
 
 
-ReaderCaller = Annotated[Caller, Depends(_BearerCaller(_bearer, admin_only=False))]
-AdminCaller = Annotated[Caller, Depends(_BearerCaller(_bearer, admin_only=True))]
+ReaderCaller = Annotated[Caller, Depends(BearerCaller(_bearer, admin_only=False))]
+AdminCaller = Annotated[Caller, Depends(BearerCaller(_bearer, admin_only=True))]
 
 
 async def get_current_config(request: Request) -> Any:

@@ -1,15 +1,24 @@
-"""Mapping store errors to HTTP: a stable ``detail`` and ``code``, never a traceback."""
+"""Errors as HTTP answers: a stable ``detail`` and ``code``, never a traceback, never the input back."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from confledger.store import ConfledgerError
 
-__all__ = ["STATUS_BY_CODE", "http_error", "store_error_handler"]
+__all__ = [
+    "STATUS_BY_CODE",
+    "error_response",
+    "http_error",
+    "store_error_handler",
+    "validation_error_response",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +65,54 @@ async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         logger.error("%s %s failed (%s): %s", request.method, request.url.path, exc.code, exc.message)
     return JSONResponse({"detail": detail, "code": exc.code}, status_code=code)
+
+
+def error_response(
+    status_code: int,
+    detail: str,
+    code: str | None = None,
+    *,
+    close: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The ``ErrorResponse`` shape. ``close`` ends the connection after the answer, so a body the
+    service refused to read is not drained from the socket afterwards."""
+    content: dict[str, Any] = {"detail": detail}
+    if code is not None:
+        content["code"] = code
+    answer_headers = dict(headers or {})
+    if close:
+        answer_headers["Connection"] = "close"
+    return JSONResponse(content, status_code=status_code, headers=answer_headers)
+
+
+# A 422 names what was wrong, not what was sent: FastAPI's default echoes every input (50 MB in, 50 MB
+# out, and a NaN or a lone surrogate in it made the echo itself fail as a plain-text 500).
+MAX_REPORTED_ERRORS = 20
+MAX_LOCATION_PART = 64
+MAX_MESSAGE = 200
+
+
+def _bounded(text: object, limit: int) -> str:
+    value = str(text)
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 shape (``detail``: a list of ``type``, ``loc``, ``msg``) without ``input`` or
+    ``ctx``, each part bounded, at most ``MAX_REPORTED_ERRORS`` errors; ``code`` is ``invalid_request``."""
+    errors = exc.errors()
+    detail = [
+        {
+            "type": _bounded(error.get("type", "invalid"), MAX_LOCATION_PART),
+            "loc": [
+                part if isinstance(part, int) else _bounded(part, MAX_LOCATION_PART)
+                for part in error.get("loc", ())
+            ],
+            "msg": _bounded(error.get("msg", ""), MAX_MESSAGE),
+        }
+        for error in errors[:MAX_REPORTED_ERRORS]
+    ]
+    return JSONResponse(
+        {"detail": detail, "code": "invalid_request"}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,18 @@ from pydantic import BaseModel
 
 from confledger import __version__
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
-from confledger.api.settings import Settings
+from confledger.api.settings import Settings, sqlite_path
 from confledger.store.errors import ModelImportError
 
-__all__ = ["ModelImportError", "create_app", "import_model", "import_validators"]
+__all__ = [
+    "ModelImportError",
+    "create_app",
+    "create_private_database_file",
+    "import_model",
+    "import_validators",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def import_model(reference: str, app_dir: Path = Path(".")) -> type[BaseModel]:
@@ -47,15 +58,40 @@ def import_validators(model: type[BaseModel]) -> list[Any]:
     return list(validators) if validators else []
 
 
+def create_private_database_file(database_url: str) -> Path | None:
+    """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
+    create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
+    the database file's mode. An existing file keeps its mode: a warning says if others may read it.
+    Returns the file (None for PostgreSQL or in-memory)."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            logger.warning("the event log %s may be read by other users; chmod 600 it", path)
+        return path
+    except FileNotFoundError:
+        return path  # no such directory: SQLite's own error says so when the log is opened
+    os.close(descriptor)
+    return path
+
+
 def create_app(
     settings: Settings, *, model: type[BaseModel] | None = None
 ) -> tuple[FastAPI, ConfigLifecycle]:
+    """The app ``confledger serve`` runs: the config API, health and metrics, docs if enabled."""
     if model is None and settings.model:
         model = import_model(settings.model, settings.app_dir)
+    docs = settings.docs
     app = FastAPI(
         title="confledger",
         version=__version__,
         description="Event-sourced configuration store with zero-downtime reloading.",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     lifecycle = setup_configuration_lifecycle(
         app,
@@ -77,4 +113,6 @@ def create_app(
         sqlite_synchronous=settings.sqlite_synchronous,
         metrics=settings.metrics,
     )
+    # After the set-up, which has refused a malformed URL; before start-up, which opens the log.
+    create_private_database_file(lifecycle.database_url)
     return app, lifecycle

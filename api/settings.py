@@ -86,6 +86,23 @@ class Settings(BaseSettings):
     metrics: bool = True
     log_format: str = Field("text", pattern="^(text|json)$")
     log_level: str = "INFO"
+    # What one HTTP client may cost the service. A reload or rollback body is a few hundred bytes.
+    max_request_bytes: int = Field(
+        65_536, ge=1_024, description="the largest request body the config API reads; larger is 413"
+    )
+    request_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds a client has to send a whole request, headers and body"
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, le=300, description="seconds an idle keep-alive connection stays open (serve)"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=4_096, le=1_048_576, description="the largest request line and headers (serve)"
+    )
+    shutdown_timeout: int = Field(
+        10, ge=1, le=300, description="seconds serve waits for open requests when it stops"
+    )
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (serve)")
 
     @field_validator("source_dirs", mode="before")
     @classmethod

@@ -61,15 +61,24 @@ class _State(StateModel):
     validation_durations: SketchState
     apply_durations: SketchState
     current_hash: str | None = None
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    rejected_by_trigger: dict[str, int]
     open: dict[UuidText, _Start]
 
 
 class StatsProjection(Projection):
     """Statuses as history reports them (``store.outcome.reported_status``): a manual rollback is
-    ``rolled_back`` and a success. Rejected requests count as failed, as they appear in history."""
+    ``rolled_back`` and a success.
+
+    A rejected request (``operation.rejected``: another operation was running, the source was not
+    allowed) never ran, so it is not an operation here, as in the SQL ``operations`` view and the
+    operation metrics: it is counted apart, as ``rejected_requests``. History lists it (as failed, with
+    its reason), so ``count_matching``, which totals history pages, counts it too.
+    """
 
     name = "stats"
-    version = 3
+    version = 4
     state_model = _State
 
     def reset(self) -> None:
@@ -92,6 +101,9 @@ class StatsProjection(Projection):
         self.validation_durations = QuantileSketch()
         self.apply_durations = QuantileSketch()
         self.current_hash: str | None = None
+        self.rejected = 0
+        self.rejected_by_reason: dict[str, int] = {}
+        self.rejected_by_trigger: dict[str, int] = {}
         self._open: dict[int, dict[str, str]] = {}
 
     # The handlers read an enum's value as ``_value_``, a plain attribute: ``.value`` is a descriptor
@@ -132,7 +144,9 @@ class StatsProjection(Projection):
     def _rejected(self, event: RecordedEvent) -> None:
         payload = event.payload
         assert isinstance(payload, OperationRejected)
-        self._count(payload.kind._value_, payload.trigger._value_, "failed", False, payload.reason)
+        self.rejected += 1
+        _bump(self.rejected_by_reason, payload.reason)
+        _bump(self.rejected_by_trigger, payload.trigger._value_)
 
     def _notified(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -201,12 +215,19 @@ class StatsProjection(Projection):
         return self.successful / self.total if self.total else 0.0
 
     def count_matching(self, trigger: str | None = None, status: str | None = None) -> int:
-        return sum(
+        """How many entries history holds for these filters: operations, and rejected requests (which
+        history shows as failed)."""
+        operations = sum(
             count
             for pair, count in self.by_trigger_status.items()
             if (trigger is None or pair.split("|")[0] == trigger)
             and (status is None or pair.split("|")[1] == status)
         )
+        if status not in (None, "failed"):
+            return operations
+        if trigger is None:
+            return operations + self.rejected
+        return operations + self.rejected_by_trigger.get(trigger, 0)
 
     def per_trigger(self) -> dict[str, dict[str, Any]]:
         result: dict[str, dict[str, Any]] = {}
@@ -257,6 +278,8 @@ class StatsProjection(Projection):
             "operations_by_status": dict(sorted(self.by_status.items())),
             "operations_by_kind": dict(sorted(self.by_kind.items())),
             "rollbacks": dict(sorted(self.rollbacks.items())),
+            "rejected_requests": self.rejected,
+            "rejected_requests_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "triggers": self.per_trigger(),
             "services": self.per_service(),
         }
@@ -281,6 +304,9 @@ class StatsProjection(Projection):
             "validation_durations": self.validation_durations.to_state(),
             "apply_durations": self.apply_durations.to_state(),
             "current_hash": self.current_hash,
+            "rejected": self.rejected,
+            "rejected_by_reason": self.rejected_by_reason,
+            "rejected_by_trigger": self.rejected_by_trigger,
             "open": {str(uuid.UUID(int=key)): value for key, value in self._open.items()},
         }
 
@@ -304,4 +330,7 @@ class StatsProjection(Projection):
         self.validation_durations = QuantileSketch.from_state(state["validation_durations"])
         self.apply_durations = QuantileSketch.from_state(state["apply_durations"])
         self.current_hash = state.get("current_hash")
+        self.rejected = int(state["rejected"])
+        self.rejected_by_reason = dict(state["rejected_by_reason"])
+        self.rejected_by_trigger = dict(state["rejected_by_trigger"])
         self._open = {uuid.UUID(k).int: dict(v) for k, v in state["open"].items()}

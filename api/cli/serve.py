@@ -34,9 +34,13 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="CONFLEDGER_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the config service (FastAPI under uvicorn) on CONFIG, recording everything in the log."""
+    import logging
+
     import uvicorn
     from pydantic import ValidationError
 
+    from confledger.api.access_log import QueryRedaction, query_parameter_names
+    from confledger.api.connections import with_request_deadline
     from confledger.api.logs import configure_logging
     from confledger.api.server import create_app
     from confledger.api.settings import Settings
@@ -78,4 +82,18 @@ def serve(
             f"admin token: in {lifecycle.token_file}; send it as 'Authorization: Bearer <token>'",
             highlight=False,
         )
-    uvicorn.run(fastapi_app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    # The access log shows query values only for the API's own parameters (a token there is refused
+    # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
+    logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))
+    uvicorn.run(
+        fastapi_app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        # Every request must arrive whole within the deadline; idle connections close after the
+        # keep-alive timeout; request line and headers are capped; stopping waits this long at most.
+        http=with_request_deadline(settings.request_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+    )

@@ -12,6 +12,10 @@ __all__ = ["build_config_router", "health"]
 _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
     403: {"model": ErrorResponse, "description": "the read token on a mutating endpoint"},
+    413: {
+        "model": ErrorResponse,
+        "description": "the request body is larger than CONFLEDGER_MAX_REQUEST_BYTES",
+    },
     503: {"model": ErrorResponse, "description": "the reloader is not running"},
 }
 

@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, status
 
 from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import (
     MAX_POSITION,
     ErrorResponse,
@@ -22,7 +23,7 @@ from confledger.projections.timeline import incident_replay
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], route_class=GuardedRoute)
 
 MAX_TIMELINE_EVENTS = 50_000
 

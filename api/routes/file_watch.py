@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from confledger.api.deps import AdminCaller, ReloaderDep
+from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import ErrorResponse, FileWatchDisabledResponse, FileWatchEnabledResponse
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/file-watch", tags=["file watching"])
+router = APIRouter(prefix="/file-watch", tags=["file watching"], route_class=GuardedRoute)
 
 
 @router.post("/enable", response_model=FileWatchEnabledResponse, responses={400: {"model": ErrorResponse}})

@@ -6,10 +6,11 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import Response
 
 from confledger.api.deps import LifecycleDep, ReaderCaller
+from confledger.api.limits import GuardedRoute
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=GuardedRoute)
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

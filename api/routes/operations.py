@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from confledger.api.deps import AdminCaller, ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.errors import STATUS_BY_CODE
+from confledger.api.limits import GuardedRoute
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
     MAX_POSITION,
@@ -31,7 +32,7 @@ from confledger.store.sources.reading import GuardedSource
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=GuardedRoute)
 
 
 def _conflict(operation: ReloadOperation) -> JSONResponse | None:
@@ -56,8 +57,12 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
     "/reload",
     response_model=OperationOut,
     responses={
-        400: {"model": ErrorResponse, "description": "the body is not JSON"},
+        400: {"model": ErrorResponse, "description": "the body is not JSON text"},
         403: {"model": ErrorResponse},
+        408: {
+            "model": ErrorResponse,
+            "description": "the body did not arrive within CONFLEDGER_REQUEST_TIMEOUT",
+        },
         409: {
             "model": ErrorResponse,
             "description": "another operation is running, or another instance applied a config meanwhile",
@@ -112,7 +117,11 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
         400: {
             # A refused rollback is an operation; a body that is not JSON never became one.
             "model": OperationOut | ErrorResponse,
-            "description": "the rollback failed (or the prefix is ambiguous), or the body is not JSON",
+            "description": "the rollback failed (or the prefix is ambiguous), or the body is not JSON text",
+        },
+        408: {
+            "model": ErrorResponse,
+            "description": "the body did not arrive within CONFLEDGER_REQUEST_TIMEOUT",
         },
         404: {"model": OperationOut, "description": "no applied config has that hash"},
         409: {

@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
+from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import BackupsResponse, ReloadStatistics, SourceStateOut, StatusResponse, short
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["status"])
+router = APIRouter(tags=["status"], route_class=GuardedRoute)
 
 
 @router.get("/status", response_model=StatusResponse)

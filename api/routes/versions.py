@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from confledger.api.deps import ReaderCaller, ReloaderDep
 from confledger.api.errors import http_error
+from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import (
     ChangeOut,
     CurrentResponse,
@@ -28,7 +29,7 @@ from confledger.store.validation import dump_revealed
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["versions"])
+router = APIRouter(tags=["versions"], route_class=GuardedRoute)
 
 _LOOKUP_ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorResponse, "description": "not a hash, or an ambiguous prefix"},

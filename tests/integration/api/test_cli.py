@@ -8,6 +8,7 @@ never write to it. ``reload`` and ``rollback`` talk to a uvicorn server running 
 from __future__ import annotations
 
 import copy
+import getpass
 import json
 import socket
 import threading
@@ -663,9 +664,9 @@ def test_reload_applies_a_change_and_prints_the_operation(service: Service) -> N
     operation = as_json(result)
     assert operation["status"] == "success"
     assert operation["success"] is True
-    # The CLI identifies itself: recorded as trigger "cli", actor "cli:<os user>".
+    # The CLI identifies itself: recorded as trigger "cli"; its OS user is a claim, beside the token's role.
     assert operation["trigger"] == "cli"
-    assert operation["actor"].startswith("cli:")
+    assert operation["actor"] == f"claimed:cli:{getpass.getuser()} (admin token)"
     assert operation["changes_applied"] == ["cache.ttl_seconds"]
     assert operation["services_notified"] == ["search_index:success"]
     assert len(operation["new_config_hash"]) == 16

@@ -273,16 +273,24 @@ def test_stats_count_and_break_down() -> None:
     stats = fold(StatsProjection(), EVENTS)
     assert isinstance(stats, StatsProjection)
     summary = stats.summary()
-    assert summary["total_operations"] == 9  # the running one is not counted yet
+    # The running one is not counted yet; the rejected request (4) never ran: it is counted apart.
+    assert summary["total_operations"] == 8
     assert summary["successful_operations"] == 5
-    assert summary["failed_operations"] == 4
-    assert summary["success_rate"] == pytest.approx(5 / 9, abs=1e-6)
+    assert summary["failed_operations"] == 3
+    assert summary["success_rate"] == pytest.approx(5 / 8, abs=1e-6)
+    assert summary["rejected_requests"] == 1
+    assert summary["rejected_requests_by_reason"] == {"operation_in_progress": 1}
     # A manual rollback is rolled_back and a success; an automatic one rolled_back and a failure.
-    assert summary["operations_by_status"] == {"failed": 2, "interrupted": 1, "rolled_back": 2, "success": 4}
-    assert summary["operations_by_kind"] == {"reload": 8, "rollback": 1}
+    assert summary["operations_by_status"] == {"failed": 1, "interrupted": 1, "rolled_back": 2, "success": 4}
+    assert summary["operations_by_kind"] == {"reload": 7, "rollback": 1}
     assert summary["rollbacks"] == {"automatic": 1, "manual": 1}
+    # History lists the rejected request as failed, so the totals of its pages count it.
+    assert stats.count_matching() == 9
+    assert stats.count_matching(status="failed") == 2
+    assert stats.count_matching(trigger="api", status="failed") == 1
+    assert stats.count_matching(trigger="api", status="success") == 1
     assert summary["triggers"] == {
-        "api": {"total": 2, "failed": 1, "failure_rate": 0.5},
+        "api": {"total": 1, "failed": 0, "failure_rate": 0.0},
         "file_watch": {"total": 1, "failed": 1, "failure_rate": 1.0},
         "manual": {"total": 4, "failed": 2, "failure_rate": 0.5},
         "signal": {"total": 1, "failed": 0, "failure_rate": 0.0},

@@ -1,0 +1,75 @@
+"""uvicorn's h11 protocol with a deadline for receiving each request whole (``confledger serve``).
+
+uvicorn closes a keep-alive connection that stays idle after a response, but nothing else: a client
+that opens a connection and sends nothing, or half a request line, or headers announcing a body it
+never sends, holds the connection (and, past the body, a request task) for as long as it likes, and
+any bytes it trickles in cancel the keep-alive timer. This protocol gives every request a deadline:
+from the moment the connection opens, or the previous response ends, the client has
+``CONFLEDGER_REQUEST_TIMEOUT`` seconds to deliver the request line, the headers and the whole body.
+A request received in time is never cut off while the service works on it or answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["RequestDeadlineProtocol", "with_request_deadline"]
+
+logger = logging.getLogger(__name__)
+
+# The client's side of the exchange while a request is still on its way: nothing or part of the
+# request line and headers (IDLE), or the headers but not all of the body (SEND_BODY).
+_RECEIVING = (h11.IDLE, h11.SEND_BODY)
+
+
+class RequestDeadlineProtocol(H11Protocol):
+    """``H11Protocol`` that closes a connection whose request has not fully arrived in time."""
+
+    request_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._request_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_request_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_request_deadline()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._start_request_deadline()
+
+    def _start_request_deadline(self) -> None:
+        self._cancel_request_deadline()
+        self._request_deadline = self.loop.call_later(self.request_timeout, self._request_deadline_passed)
+
+    def _cancel_request_deadline(self) -> None:
+        if self._request_deadline is not None:
+            self._request_deadline.cancel()
+            self._request_deadline = None
+
+    def _request_deadline_passed(self) -> None:
+        self._request_deadline = None
+        if self.transport.is_closing() or self.conn.their_state not in _RECEIVING:
+            return
+        logger.info(
+            "closed a connection from %s that sent no whole request within %g s",
+            self.client[0] if self.client else "an unknown client",
+            self.request_timeout,
+        )
+        self.transport.close()
+
+
+def with_request_deadline(seconds: float) -> type[RequestDeadlineProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with this deadline."""
+    return type("RequestDeadlineProtocol", (RequestDeadlineProtocol,), {"request_timeout": seconds})

@@ -1,0 +1,113 @@
+"""The app ``confledger serve`` builds (``create_app``): its files' modes and the docs setting.
+
+Each test builds the real app from ``Settings`` around a copy of the example config, with the log
+beside it (the default), and runs it with Starlette's TestClient.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from confledger.api.server import create_app
+from confledger.api.settings import Settings
+from tests.integration.api.service_harness import (
+    ADMIN_TOKEN,
+    EXAMPLE_CONFIG,
+    PREFIX,
+    clear_confledger_environment,
+)
+
+MODEL = "confledger.examples.app_config:AppConfig"
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_confledger_environment(monkeypatch)
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most systems give a service (022): files are created 0644 unless asked otherwise."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _config(tmp_path: Path) -> Path:
+    source = tmp_path / "config.yaml"
+    source.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    return source
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_log_its_sidecars_the_key_and_the_token_are_0600(tmp_path: Path, usual_umask: None) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False)
+    app, lifecycle = create_app(settings)
+    database = tmp_path / "confledger.db"
+    assert _mode(database) == 0o600  # created before SQLite first opens it
+
+    with TestClient(app) as client:
+        token = lifecycle.tokens.admin
+        assert client.post(
+            f"{PREFIX}/reload", json={"force": True}, headers={"Authorization": f"Bearer {token}"}
+        ).is_success
+        # While the log is open, with the write-ahead log and shared memory beside it.
+        files = {
+            name: tmp_path / name
+            for name in (
+                "confledger.db",
+                "confledger.db-wal",
+                "confledger.db-shm",
+                "confledger.db.key",
+                "confledger.db.admin-token",
+            )
+        }
+        modes = {name: _mode(path) for name, path in files.items()}
+
+    assert modes == dict.fromkeys(files, 0o600)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o044  # the umask did apply to other files
+
+
+def test_an_existing_log_others_may_read_keeps_its_mode_with_a_warning(
+    tmp_path: Path, usual_umask: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    database = tmp_path / "confledger.db"
+    database.touch(mode=0o644)
+
+    create_app(settings)
+
+    assert _mode(database) == 0o644  # the operator's file, the operator's choice
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(str(database) in record.getMessage() for record in warnings)
+
+
+# (CONFLEDGER_DOCS, what /docs, /redoc and /openapi.json answer)
+DOCS = [(None, 200), ("true", 200), ("false", 404)]
+
+
+@pytest.mark.parametrize(("setting", "expected"), DOCS)
+def test_docs_and_the_schema_follow_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: int
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("CONFLEDGER_DOCS", setting)
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+    with TestClient(app) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == expected, path
+        # The API itself is there either way.
+        assert client.get(f"{PREFIX}/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).is_success
