@@ -26,7 +26,6 @@ from confledger.api.schemas import (
     VersionResponse,
     short,
 )
-from confledger.api.settings import sqlite_path
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
@@ -35,7 +34,7 @@ from confledger.projections.runner import restore_projections
 from confledger.projections.stats import StatsProjection
 from confledger.projections.timeline import as_of, incident_replay, position_of_hash
 from confledger.store import migrate
-from confledger.store.database import describe_url, normalize_url
+from confledger.store.database import describe_url, normalize_url, sqlite_path
 from confledger.store.diff import diff_bodies
 from confledger.store.errors import LogNotFound, SchemaError, SchemaTooNew, SecretKeyError
 from confledger.store.events import (

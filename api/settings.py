@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from confledger.store import EventLog, SecretCipher, SecretKeyError
+from confledger.store.database import sqlite_path
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
@@ -119,17 +119,6 @@ def settings_with(settings: Settings | None, **overrides: Any) -> Settings:
     if not given:
         return base
     return Settings(**{**base.model_dump(), **given})
-
-
-def sqlite_path(database_url: str) -> Path | None:
-    """The file behind an SQLite URL (None for PostgreSQL or in-memory)."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    database = url.database
-    if database.startswith("file:"):
-        database = database[len("file:") :]
-    return Path(database)
 
 
 def absolute(path: str | Path) -> Path:

@@ -6,12 +6,13 @@ import contextlib
 import json
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
@@ -29,6 +30,7 @@ __all__ = [
     "create_store_engine",
     "describe_url",
     "normalize_url",
+    "sqlite_path",
     "translate_errors",
     "write_transaction",
 ]
@@ -201,7 +203,8 @@ def _connection_lost(exc: Exception) -> bool:
         return bool(exc.connection_invalidated)
     # The lock runs on the driver's cursor: psycopg reports a closed or broken connection as an
     # OperationalError (a server refusing a fresh one reports the same, and the retry then fails too).
-    return isinstance(exc, psycopg.OperationalError)
+    psycopg = _psycopg()
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 @contextlib.contextmanager
@@ -301,7 +304,19 @@ class LogWriter:
             self._kept = None
 
 
-_DRIVER_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
+def _psycopg() -> Any:
+    """psycopg if it is loaded, else None.
+
+    Not imported here: SQLAlchemy loads it for a PostgreSQL URL, and a process that never opened one
+    (the CLI on an SQLite log) cannot have a psycopg error to translate, nor should it pay 0.1 s to load it.
+    """
+    return sys.modules.get("psycopg")
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    psycopg = _psycopg()
+    errors: tuple[type[BaseException], ...] = (sa_exc.SQLAlchemyError, sqlite3.Error)
+    return errors if psycopg is None else (*errors, psycopg.Error)
 
 
 @contextlib.contextmanager
@@ -309,7 +324,9 @@ def translate_errors(url: URL) -> Iterator[None]:
     """Turn driver exceptions into ``ConfledgerError``s with one-line messages that never show a password."""
     try:
         yield
-    except _DRIVER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, _driver_errors()):
+            raise
         raise _translated(url, exc) from exc
 
 
@@ -321,7 +338,7 @@ def _translated(url: URL, exc: Exception) -> ConfledgerError:
         return ConfledgerError(f"database error on {describe_url(url)}: {type(exc).__name__}")
     # A driver error that reached us unwrapped (raised by a driver call outside SQLAlchemy's execute)
     # gets the translation SQLAlchemy's wrapper would have had.
-    base = sqlite3.Error if isinstance(exc, sqlite3.Error) else psycopg.Error
+    base = sqlite3.Error if isinstance(exc, sqlite3.Error) else _psycopg().Error
     wrapped = sa_exc.DBAPIError.instance(None, None, exc, base)
     if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - instance() wraps driver errors
         return StoreUnavailable(f"database error on {describe_url(url)}: {type(exc).__name__}")
@@ -364,3 +381,14 @@ def _translate(url: URL, exc: sa_exc.DBAPIError) -> ConfledgerError:
     if isinstance(exc, sa_exc.IntegrityError):
         return ConfledgerError(f"integrity error on {where}: {detail}", code="integrity_error")
     return StoreUnavailable(f"database error on {where}: {detail}")
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind an SQLite URL (None for PostgreSQL or in-memory)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    database = url.database
+    if database.startswith("file:"):
+        database = database[len("file:") :]
+    return Path(database)

@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.syntax import Syntax
 from rich.text import Text
 
 from confledger.api.cli.app import DatabaseOption, JsonOption, app, err, fail_cleanly, out, resolve_database
@@ -197,6 +195,8 @@ def show_command(
             style="bold",
         )
     )
+    from rich.syntax import Syntax
+
     out.print(Syntax(yaml.safe_dump(version.config, sort_keys=False), "yaml", background_color="default"))
 
 
@@ -313,6 +313,8 @@ def _replay_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | Non
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("replaying the log"),
         BarColumn(),

@@ -112,3 +112,23 @@ def test_concurrent_opens_of_a_fresh_database_all_succeed(database_url: str, ope
         with log.engine.connect() as connection:
             versions = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
     assert versions == [store_migrate.head_revision()]
+
+
+def test_the_head_revision_named_in_code_is_the_scripts_head() -> None:
+    # A new revision that forgets to move HEAD_REVISION would leave every open believing it is at head.
+    assert store_migrate.script_head() == store_migrate.HEAD_REVISION
+
+
+def test_opening_a_log_at_head_does_not_load_alembic(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    with EventLog(database_url):
+        pass  # migrated here, so the child finds the schema at head
+    probe = (
+        "import sys; from confledger.store.log import EventLog; "
+        f"log = EventLog({database_url!r}); log.head(); log.close(); "
+        "print('alembic' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr
