@@ -89,6 +89,8 @@ class ReloaderMachine(RuleBasedStateMachine):
         # The model: what was applied, in order, and what must be current.
         self.applied: list[str] = [hash_of(initial)]
         self.current: str = self.applied[0]
+        # Configs a manual rollback moved away from: an unforced reload must not bring them back.
+        self.pinned: set[str] = set()
         self.running: dict[str, str] = {}  # the config each service last accepted
         assert self.reloader.current_hash == self.current
 
@@ -156,6 +158,9 @@ class ReloaderMachine(RuleBasedStateMachine):
             )
             assert (operation.status, operation.success) == (done, True), operation
             self.running.update(dict.fromkeys(accepting, target))
+            if operation.kind is OperationKind.ROLLBACK:
+                self.pinned.add(self.current)
+            self.pinned.discard(target)
             self.applied.append(target)
             self.current = target
         elif self.auto_rollback:
@@ -193,6 +198,11 @@ class ReloaderMachine(RuleBasedStateMachine):
             assert operation.status is ReloadStatus.SUCCESS
             assert operation.message == "No configuration changes detected"
             assert operation.services_notified == ()
+        elif target in self.pinned and not force:
+            # Rolled back away from: refused until forced or until the file holds something else.
+            assert (operation.status, operation.reason) == (ReloadStatus.FAILED, "rolled_back_hash"), operation
+            assert operation.services_notified == ()
+            assert self.reloader.current_hash == self.current
         else:
             self._expect_change(operation, target)
 
