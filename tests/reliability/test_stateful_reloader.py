@@ -200,7 +200,9 @@ class ReloaderMachine(RuleBasedStateMachine):
             assert operation.services_notified == ()
         elif target in self.pinned and not force:
             # Rolled back away from: refused until forced or until the file holds something else.
-            assert (operation.status, operation.reason) == (ReloadStatus.FAILED, "rolled_back_hash"), operation
+            assert (operation.status, operation.reason) == (ReloadStatus.FAILED, "rolled_back_hash"), (
+                operation
+            )
             assert operation.services_notified == ()
             assert self.reloader.current_hash == self.current
         else:
