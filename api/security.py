@@ -61,11 +61,17 @@ def load_or_create_token_file(path: Path) -> tuple[str, bool]:
 
     Returns the token and whether it was just created (so ``serve`` prints it once, and only then).
     """
-    if path.exists():
-        token = path.read_text(encoding="utf-8").strip()
-        return _check(f"token file {path}", token) or "", False
-    token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
+    try:
+        if path.exists():
+            token = path.read_text(encoding="utf-8").strip()
+            return _check(f"token file {path}", token) or "", False
+        token = secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise TokenError(
+            f"cannot use the admin token file {path} ({reason}): fix the directory, or set CONFLEDGER_ADMIN_TOKEN"
+        ) from None
     return token, True

@@ -42,9 +42,16 @@ def serve(
     from confledger.api.access_log import QueryRedaction, query_parameter_names
     from confledger.api.connections import with_request_deadline
     from confledger.api.logs import configure_logging
-    from confledger.api.server import create_app
-    from confledger.api.settings import Settings
-    from confledger.store.errors import ModelImportError, TokenError
+    from confledger.api.preflight import (
+        OneLineStartupFailure,
+        bind_listening_socket,
+        check_config_directory,
+        check_database_location,
+        check_log,
+        one_line,
+    )
+    from confledger.api.server import create_app, import_model
+    from confledger.api.settings import Settings, default_database_url
 
     overrides: dict[str, object] = {
         "config": config,
@@ -58,12 +65,24 @@ def serve(
     }
     if database is not None:
         overrides["database_url"] = database
+    # Every start-up mistake is one line and a non-zero exit, found before anything is appended to the
+    # log: the port is bound before the log is opened, and the log is opened (then closed) before
+    # uvicorn starts the service on that port.
+    sock = None
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
         configure_logging(settings.log_format, log_level)
-        fastapi_app, lifecycle = create_app(settings)
-    except (ModelImportError, TokenError, ConfledgerError, ValidationError) as exc:
-        message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else settings_error(exc)
+        config_model = import_model(settings.model, settings.app_dir) if settings.model else None
+        check_config_directory(config)
+        database_url = settings.database_url or default_database_url(config)
+        check_database_location(database_url)
+        sock = bind_listening_socket(settings.host, settings.port)
+        check_log(settings, database_url)
+        fastapi_app, lifecycle = create_app(settings, model=config_model)
+    except (ConfledgerError, ValidationError) as exc:
+        if sock is not None:
+            sock.close()
+        message = settings_error(exc) if isinstance(exc, ValidationError) else one_line(exc)
         err.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if not config.exists():
@@ -85,8 +104,9 @@ def serve(
     # The access log shows query values only for the API's own parameters (a token there is refused
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))
-    uvicorn.run(
-        fastapi_app,
+    guarded = OneLineStartupFailure(fastapi_app)
+    server_config = uvicorn.Config(
+        guarded,
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
@@ -97,3 +117,7 @@ def serve(
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
+    server = uvicorn.Server(server_config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise typer.Exit(1)

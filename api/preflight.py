@@ -1,0 +1,165 @@
+"""What ``confledger serve`` checks before it serves: every start-up mistake a user can make is one line.
+
+A missing or unwritable directory, a bad database URL, a database that cannot be reached, a missing or
+wrong key, a port already in use, a model that does not import: each is found here, before uvicorn starts
+and before anything is appended to the log, and reported as a ``ConfledgerError`` whose message says what
+is wrong and what to do. The port is bound first, so a second ``serve`` on a busy port touches nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from confledger.store.database import normalize_url, sqlite_path
+from confledger.store.errors import ConfledgerError, InvalidDatabaseURL, ReadOnlyStore, SetupError
+
+if TYPE_CHECKING:
+    from confledger.api.settings import Settings
+
+__all__ = [
+    "bind_listening_socket",
+    "check_config_directory",
+    "check_database_location",
+    "check_log",
+    "one_line",
+]
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's first line: what ``serve`` prints instead of a traceback."""
+    text = str(exc).strip()
+    if not text and isinstance(exc, ConfledgerError):
+        return exc.code
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_config_directory(config: Path) -> None:
+    directory = config.absolute().parent
+    if not directory.is_dir():
+        raise SetupError(
+            f"the config directory {directory} does not exist: create it, or run `confledger init {directory}`",
+            code="config_directory_missing",
+        )
+
+
+def check_database_location(database_url: str) -> None:
+    """The URL parses, and an SQLite file can be created and written where it is named."""
+    try:
+        normalize_url(database_url)
+    except InvalidDatabaseURL:
+        raise
+    except ValueError as exc:  # SQLAlchemy's URL parser raises ValueError for a bad port and the like
+        raise InvalidDatabaseURL(
+            f"cannot parse the database URL ({one_line(exc)}): use sqlite:///path/to/file.db or "
+            "postgresql+psycopg://user@host:port/dbname"
+        ) from None
+    path = sqlite_path(database_url)
+    if path is None:
+        return
+    directory = path.absolute().parent
+    if not directory.is_dir():
+        raise SetupError(
+            f"the database directory {directory} does not exist: create it or pass another --database",
+            code="database_directory_missing",
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ReadOnlyStore(
+            f"the database {path} is not writable by this user: fix its permissions or pass another --database"
+        )
+    if not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        raise ReadOnlyStore(
+            f"cannot create the database in {directory}: the directory is not writable by this user; "
+            "fix its permissions or pass another --database"
+        )
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else is touched (uvicorn serves on it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SetupError(
+            f"cannot listen on {host}: {exc.strerror}; pass another --host", code="bad_host"
+        ) from None
+    family, kind, protocol, _, address = infos[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SetupError(
+                f"port {port} on {host} is already in use: stop what holds it, or pass --port",
+                code="port_in_use",
+            ) from None
+        raise SetupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}", code="cannot_listen"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_log(settings: Settings, database_url: str) -> None:
+    """Open the log as start-up will (reachable, writable, schema, key), then close it.
+
+    Opening migrates a new database's schema; it appends nothing.
+    """
+    from confledger.api.settings import resolve_cipher
+    from confledger.store.log import EventLog
+
+    log = EventLog(
+        database_url,
+        instance_id=settings.instance_id,
+        sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
+    )
+    try:
+        encryption_key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
+        log.cipher = resolve_cipher(encryption_key, database_url, log)
+        applied = log.last_of_type("config.applied")
+        if applied is not None:
+            # The config start-up restores, read as start-up reads it: a key that cannot open its
+            # secrets is found here rather than after the instance has announced itself in the log.
+            log.get_config(applied.payload.hash, reveal=True)  # type: ignore[attr-defined]
+    finally:
+        log.close()
+
+
+class OneLineStartupFailure:
+    """ASGI wrapper: a start-up failure the checks above could not foresee is reported as one line.
+
+    Starlette reports a failed lifespan start with the whole traceback as its message, which uvicorn
+    prints; an invalid first config or a database lost between the check and the start would show 60
+    lines. The wrapper keeps the exception's own first line instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.failure: str | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_short(message: Any) -> None:
+            if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+                self.failure = _last_exception_line(message.get("message", ""))
+                message = {**message, "message": self.failure}
+            await send(message)
+
+        await self.app(scope, receive, send_short)
+
+
+def _last_exception_line(traceback_text: str) -> str:
+    """``package.module.SomeError: what happened`` -> ``what happened (SomeError)``."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "start-up failed"
+    kind, _, message = lines[-1].partition(": ")
+    return f"{message} ({kind.rsplit('.', 1)[-1]})" if message else kind
