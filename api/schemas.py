@@ -170,12 +170,13 @@ class BackupEntry(BaseModel):
 
 class BackupsResponse(BaseModel):
     backups: list[BackupEntry]
-    backup_count: int
+    backup_count: int = Field(description="how many backups are listed")
+    max_backups: int = Field(description="how many the service keeps (CONFLEDGER_BACKUP_COUNT)")
     current_config_hash: str | None
 
     @classmethod
     def of(
-        cls, entries: list[dict[str, Any]], backup_count: int, current_hash: str | None
+        cls, entries: list[dict[str, Any]], max_backups: int, current_hash: str | None
     ) -> BackupsResponse:
         """From the backups projection's entries (full hashes, ISO times)."""
         return cls(
@@ -190,7 +191,8 @@ class BackupsResponse(BaseModel):
                 )
                 for entry in entries
             ],
-            backup_count=backup_count,
+            backup_count=len(entries),
+            max_backups=max_backups,
             current_config_hash=short(current_hash),
         )
 

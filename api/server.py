@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from confledger import __version__
+from confledger.api.docs import add_index, add_offline_docs
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.api.settings import Settings, sqlite_path
 from confledger.store.errors import ModelImportError
@@ -89,10 +90,14 @@ def create_app(
         title="confledger",
         version=__version__,
         description="Event-sourced configuration store with zero-downtime reloading.",
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # /docs is served below from assets installed with confledger (no CDN: it works offline).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        add_offline_docs(app)
+    add_index(app, docs=docs)
     lifecycle = setup_configuration_lifecycle(
         app,
         config_model=model,

@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     shutdown_timeout: int = Field(
         10, ge=1, le=300, description="seconds serve waits for open requests when it stops"
     )
-    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (serve)")
+    docs: bool = Field(
+        True, description="serve /docs (Swagger UI, assets served locally) and /openapi.json (serve)"
+    )
 
     @field_validator("source_dirs", mode="before")
     @classmethod

@@ -62,18 +62,37 @@ def _service_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _token_file_candidates(database: str | None, config: Path | None) -> list[Path]:
+    """Where `serve` may have written its token file, most specific first.
+
+    `serve` keeps it beside an SQLite log (`<db>.admin-token`) or, for PostgreSQL, beside the config
+    (`confledger.admin-token`). The CLI may not know which database the service uses: with only
+    `--config`, both places beside the config are looked at.
+    """
+    from confledger.api.settings import absolute, default_database_url, token_file_path
+
+    candidates: list[Path] = []
+    # A malformed URL: the places beside the config are still worth a look.
+    with contextlib.suppress(Exception):
+        candidates.append(token_file_path(database or default_database_url(config), config))
+    base = absolute(config).parent if config is not None else Path.cwd()
+    candidates += [base / "confledger.db.admin-token", base / "confledger.admin-token"]
+    return list(dict.fromkeys(candidates))
+
+
 def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> str:
     """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote."""
-    from confledger.api.lifecycle import default_database_url, token_file_path
-
     if token_file is None:
         from_env = os.environ.get("CONFLEDGER_ADMIN_TOKEN", "").strip()
         if from_env:
             return from_env
-        try:
-            token_file = token_file_path(database or default_database_url(config), config)
-        except Exception:  # a malformed URL: say so below, as a missing file
-            token_file = Path("confledger.db.admin-token")
+        candidates = _token_file_candidates(database, config)
+        token_file = next((path for path in candidates if path.exists()), None)
+        if token_file is None:
+            looked = ", ".join(str(path) for path in candidates)
+            _service_error(
+                f"no admin token: set CONFLEDGER_ADMIN_TOKEN or pass --token-file (looked in {looked})"
+            )
     try:
         token = token_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:

@@ -598,7 +598,8 @@ def test_backups_list_earlier_configs_newest_first(service: Service) -> None:
 
     assert response.status_code == 200
     body = response.json()
-    assert body["backup_count"] == 5
+    assert body["max_backups"] == 5
+    assert body["backup_count"] == 2  # what is listed, not the limit
     assert body["current_config_hash"] == short(third)
     assert [entry["full_hash"] for entry in body["backups"]] == [second, first]
     for entry in body["backups"]:

@@ -60,7 +60,17 @@ MUTATING = [(method, path) for method, path in PROTECTED if method != "GET"]
 READING = [(method, path) for method, path in PROTECTED if method == "GET"]
 # Token-protected routes outside the prefix (the Prometheus endpoint); the rest are public on purpose.
 PROTECTED_OUTSIDE = [("GET", "/metrics")]
-PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# "/docs/assets" is confledger serve's own Swagger UI; "/redoc" the default page of an embedding app.
+PUBLIC = {
+    "/",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/docs/assets",
+    "/redoc",
+}
 
 # A value for each path parameter a route may have. A new parameter fails the test loudly, here.
 PATH_VALUES = {

@@ -94,7 +94,7 @@ def test_an_existing_log_others_may_read_keeps_its_mode_with_a_warning(
     assert any(str(database) in record.getMessage() for record in warnings)
 
 
-# (CONFLEDGER_DOCS, what /docs, /redoc and /openapi.json answer)
+# (CONFLEDGER_DOCS, what /docs, its assets and /openapi.json answer)
 DOCS = [(None, 200), ("true", 200), ("false", 404)]
 
 
@@ -107,7 +107,26 @@ def test_docs_and_the_schema_follow_the_setting(
     settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
     app, _ = create_app(settings)
     with TestClient(app) as client:
-        for path in ("/docs", "/redoc", "/openapi.json"):
+        for path in (
+            "/docs",
+            "/docs/assets/swagger-ui-bundle.js",
+            "/docs/assets/swagger-ui.css",
+            "/openapi.json",
+        ):
             assert client.get(path).status_code == expected, path
+        assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+        index = client.get("/").json()
+        assert index["api"] == PREFIX
+        assert ("docs" in index) is (expected == 200)
         # The API itself is there either way.
         assert client.get(f"{PREFIX}/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).is_success
+
+
+def test_docs_load_nothing_from_the_network(tmp_path: Path) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+    with TestClient(app) as client:
+        page = client.get("/docs").text
+    assert "/docs/assets/swagger-ui-bundle.js" in page
+    assert "http://" not in page
+    assert "https://" not in page
