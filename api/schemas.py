@@ -175,9 +175,7 @@ class BackupsResponse(BaseModel):
     current_config_hash: str | None
 
     @classmethod
-    def of(
-        cls, entries: list[dict[str, Any]], max_backups: int, current_hash: str | None
-    ) -> BackupsResponse:
+    def of(cls, entries: list[dict[str, Any]], max_backups: int, current_hash: str | None) -> BackupsResponse:
         """From the backups projection's entries (full hashes, ISO times)."""
         return cls(
             backups=[

@@ -1,0 +1,231 @@
+"""The README, followed as a newcomer would: its two set-up commands and its tour, run as written in a fresh
+copy of the repository against the service they start, each step's answer checked against the `# ->` line
+the README shows under it. The README cannot drift from the product without this test failing.
+
+Two liberties, both to keep the test independent of the machine: the service listens on a free port
+instead of 8000, and the test command's run is narrowed with ``PYTEST_ADDOPTS`` to the unit tests (the
+whole suite is what CI runs with that same command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ANY = "…"
+NOT_COPIED = shutil.ignore_patterns(
+    ".venv", "demo", "__pycache__", "*.pyc", "*.db", "*.db-*", "*.key", "*-token", ".git", ".hypothesis",
+    ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info", "build", "dist",
+)  # fmt: skip
+
+
+@dataclass
+class Step:
+    command: str
+    expected: list[str] = field(default_factory=list)
+
+
+def sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^## ", text, flags=re.M)
+    return {part.split("\n", 1)[0].strip(): part for part in parts[1:]}
+
+
+def bash_blocks(section: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+
+
+def steps(block: str) -> list[Step]:
+    """Commands in order (backslash continuations joined), each with the `# ->` lines under it."""
+    found: list[Step] = []
+    pending = ""
+    for line in block.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# ->"):
+            found[-1].expected.append(stripped[len("# ->") :].strip())
+        elif not stripped or stripped.startswith("#"):
+            continue
+        elif stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+        else:
+            found.append(Step(pending + stripped))
+            pending = ""
+    return found
+
+
+def matches(expected: object, actual: object) -> bool:
+    """``expected`` is part of ``actual``: keys a subset, lists a prefix, ``…`` anything."""
+    if expected == ANY:
+        return True
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and matches(v, actual[k]) for k, v in expected.items()
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) >= len(expected)
+            and all(matches(e, a) for e, a in zip(expected, actual, strict=False))
+        )
+    return expected == actual
+
+
+def check(step: Step, output: str) -> None:
+    for expected in step.expected:
+        if expected.startswith("{"):
+            wanted = json.loads(expected.replace(ANY, json.dumps(ANY)))
+            answer = json.loads(output[output.index("{") :])
+            assert matches(wanted, answer), f"{step.command}\nexpected {expected}\ngot {output[:2000]}"
+        else:
+            assert expected in output, f"{step.command}\nexpected {expected!r}\ngot {output[:2000]}"
+
+
+def run_block(workdir: Path, block: list[Step], preamble: list[str], env: dict[str, str]) -> None:
+    """One bash process for the block, as a user's shell; a marker before each command splits the output."""
+    script = ["set -euo pipefail", *preamble]
+    for number, step in enumerate(block):
+        script += [f"printf '\\n@@step {number}@@\\n'", step.command]
+    # From a file, not `bash -c`: the tour's `pgrep -f "confledger serve …"` must not find this shell.
+    path = workdir / f"block-{abs(hash(tuple(s.command for s in block)))}.sh"
+    path.write_text("\n".join(script) + "\n", encoding="utf-8")
+    result = subprocess.run(
+        ["bash", path.name], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"the block failed:\n{result.stdout}\n{result.stderr}"
+    outputs = re.split(r"\n@@step \d+@@\n", "\n" + result.stdout)[1:]
+    assert len(outputs) == len(block), result.stdout
+    for step, output in zip(block, outputs, strict=True):
+        check(step, output)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing answered {url} within {timeout:g} s")
+
+
+@dataclass
+class Readme:
+    run: str
+    test: str
+    tour: list[list[Step]]
+    cli: list[Step]
+
+
+@pytest.fixture(scope="module")
+def readme() -> Readme:
+    parts = sections((ROOT / "README.md").read_text(encoding="utf-8"))
+    run, test = (block.strip() for block in bash_blocks(parts["Run it, test it"]))
+    tour_blocks = bash_blocks(parts["A tour"])
+    assert len(tour_blocks) == 3, "the tour: before the restart, after it, the command line"
+    return Readme(run, test, [steps(tour_blocks[0]), steps(tour_blocks[1])], steps(tour_blocks[2]))
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    target = tmp_path / "confledger"
+    shutil.copytree(ROOT, target, ignore=NOT_COPIED)
+    return target
+
+
+@pytest.fixture
+def environment() -> dict[str, str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CONFLEDGER_", "PYTEST_", "VIRTUAL_ENV"))
+    }
+    clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep) if ".venv" not in p)
+    return clean
+
+
+@pytest.fixture
+def serve(clone: Path, readme: Readme, environment: dict[str, str]) -> Iterator[tuple[int, callable]]:  # type: ignore[valid-type]
+    port = _free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        log = (clone / f"serve-{len(processes)}.log").open("wb")
+        (clone / "serve.sh").write_text(f"{readme.run} --port {port}\n", encoding="utf-8")
+        process = subprocess.Popen(
+            ["bash", "serve.sh"],
+            cwd=clone,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        processes.append(process)
+        _wait_for(f"http://127.0.0.1:{port}/healthz", timeout=300)
+        _wait_for(f"http://127.0.0.1:{port}/readyz", timeout=30)
+
+    def stop() -> None:
+        process = processes[-1]
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=60) is not None
+
+    start()
+    try:
+        yield port, (start, stop)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_the_readme_works_as_written(
+    clone: Path,
+    readme: Readme,
+    environment: dict[str, str],
+    serve: tuple[int, tuple],  # type: ignore[type-arg]
+) -> None:
+    port, (start, stop) = serve
+    first, after_restart = (
+        [Step(s.command.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), s.expected) for s in block]
+        for block in readme.tour
+    )
+    run_block(clone, first, [], environment)
+    # The shell's variables from the first block, as a user's shell keeps them.
+    variables = [step.command for step in first if re.match(r"^[A-Z_]+=", step.command)]
+
+    stop()
+    start()
+    run_block(clone, after_restart, variables, environment)
+    stop()
+
+    run_block(clone, readme.cli, [], environment)  # reading the log while the service is down
+
+    # The test command, as written, in the same fresh copy; narrowed to the unit tests (see above).
+    result = subprocess.run(
+        ["bash", "-c", readme.test],
+        cwd=clone,
+        env={**environment, "PYTEST_ADDOPTS": "-q -p no:cacheprovider tests/unit"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
