@@ -186,12 +186,14 @@ def finish(span: trace.Span, result: ReloadOperation) -> None:
     if not result.success:
         span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason or result.status.value))
     level = logging.INFO if result.success else logging.WARNING
+    # The reason code beside the status, so a failure in the text log names what to look for.
+    outcome = result.status.value if result.reason is None else f"{result.status.value} ({result.reason})"
     logger.log(
         level,
         "%s %s %s: %s (%.1f ms)",
         result.kind.value,
         result.operation_id,
-        result.status.value,
+        outcome,
         result.message,
         result.total_duration_ms,
         extra={
