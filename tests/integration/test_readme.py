@@ -229,3 +229,21 @@ def test_the_readme_works_as_written(
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_the_plain_python_example_runs(tmp_path: Path) -> None:
+    """The README's ConfigReloader example, as written, beside a copy of the example config."""
+    import sys
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (example,) = [
+        block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "asyncio.run(" in block
+    ]
+    shutil.copy(ROOT / "examples" / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "example.py").write_text(example, encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONFLEDGER_")}
+    result = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "20"  # database.pool_size of the example config
