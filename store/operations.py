@@ -94,7 +94,7 @@ from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
 from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.source_state import SourceState, describe_source, last_read
-from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source, wait_until_quiet
+from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source, quiet_remaining
 from confledger.store.targets import resolve_target
 from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
 
@@ -105,8 +105,8 @@ logger = logging.getLogger(__name__)
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
-# A SIGHUP's read waits until the file has been still this long (the file watcher's settle time), and
-# reads a file that never stops changing after the longer bound (the watcher's too).
+# A SIGHUP's reload waits until the config file has been still this long (the file watcher's settle
+# time), and reads a file that never stops changing after the longer bound (the watcher's too).
 SOURCE_QUIET_S = 0.1
 SOURCE_QUIET_MAX_S = 3.0
 
@@ -321,17 +321,29 @@ class OperationRunner:
 
         If an operation is running, one follow-up reload is queued to run after it (later requests
         join that one and return None), so a change made during a reload is never missed and a
-        burst of 50 SIGHUPs costs at most two reloads.
+        burst of 50 SIGHUPs costs at most two reloads. A SIGHUP's reload also waits (queued the same
+        way) until the configured file has been still for ``SOURCE_QUIET_S``.
         """
         if self._followup_queued:
             return None
-        if self._running is not None:
-            self._followup_queued = True
-            try:
+        self._followup_queued = True
+        try:
+            deadline = anyio.current_time() + SOURCE_QUIET_MAX_S
+            while True:
                 while self._running is not None:
                     await self._idle.wait()
-            finally:
-                self._followup_queued = False
+                if trigger is not Trigger.SIGNAL or self.config_source is None:
+                    break
+                # A SIGHUP says the file changed, not that it is complete: one being rewritten in place
+                # is read once it has been still as long as the watcher waits. The wait holds no slot,
+                # so API requests meanwhile run; the slot is taken with no await after the last look.
+                left = await anyio.to_thread.run_sync(quiet_remaining, self.config_source, SOURCE_QUIET_S)
+                if left > 0 and anyio.current_time() < deadline:
+                    await anyio.sleep(left)
+                elif self._running is None:
+                    break
+        finally:
+            self._followup_queued = False
         return await self.reload(trigger, actor=actor)
 
     # --- the two operations ----------------------------------------------------------------------------
@@ -485,12 +497,7 @@ class OperationRunner:
             )
         current = None if previous is None or request.force else previous.hash
         read = functools.partial(
-            self._read_source,
-            source,
-            self._had_content.get(source, False),
-            request.guard,
-            current,
-            quiet=request.trigger is Trigger.SIGNAL,
+            self._read_source, source, self._had_content.get(source, False), request.guard, current
         )
         try:
             candidate = await anyio.to_thread.run_sync(read)
@@ -555,24 +562,13 @@ class OperationRunner:
         return outcome
 
     def _read_source(
-        self,
-        source: str,
-        expect_content: bool,
-        guard: SourceGuard | None,
-        current: str | None,
-        *,
-        quiet: bool = False,
+        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None
     ) -> Candidate:
         """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread.
 
         A config other than ``current`` (None: forced, or nothing applied) may be pinned: the pins are
         read up to the log's head here, in the same thread, since another instance may have rolled back.
-        With ``quiet`` (a SIGHUP: it says "the file changed", not "the file is complete"), a file changed
-        in the last ``SOURCE_QUIET_S`` is read only once it stops changing, as the file watcher reads it.
-        An explicit request (API, CLI, Python) reads the file as it is: its caller says it is ready.
         """
-        if quiet:
-            wait_until_quiet(source, SOURCE_QUIET_S, SOURCE_QUIET_MAX_S)
         loaded = load_source(
             source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
         )

@@ -33,7 +33,7 @@ from confledger.store.sources.toml_source import parse_toml
 from confledger.store.sources.tree import check_tree
 from confledger.store.sources.yaml_source import parse_yaml
 
-__all__ = ["GuardedSource", "LoadedSource", "SourceGuard", "detect_format", "load_source", "wait_until_quiet"]
+__all__ = ["GuardedSource", "LoadedSource", "SourceGuard", "detect_format", "load_source", "quiet_remaining"]
 
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
@@ -188,28 +188,19 @@ def _read_capped(path: str, max_bytes: int, shown: str, guard: SourceGuard | Non
         os.close(fd)
 
 
-def wait_until_quiet(path: str | os.PathLike[str], quiet_s: float, max_wait_s: float) -> float:
-    """Wait until the file (through any symlink) has not changed for ``quiet_s``; return the seconds waited.
+def quiet_remaining(path: str | os.PathLike[str], quiet_s: float) -> float:
+    """How much longer the file (through any symlink) must stay unchanged to have been still ``quiet_s``.
 
-    A file rewritten in place is half-written between its writer's chunks, and a half-written YAML or
-    env file is often a valid config of its own (every line a complete key). A reload that comes from
-    outside the writer (a SIGHUP) cannot know the write is done, so it waits, as the file watcher does,
-    until the file's change time is ``quiet_s`` old; a file that keeps changing is read after
-    ``max_wait_s``. A file that cannot be stat'ed is left for the read to report.
+    0 when it has been (or cannot be stat'ed: the read reports that). A file rewritten in place is
+    half-written between its writer's chunks, and a half-written YAML or env file is often a valid
+    config of its own (every line a complete key), so a reload that cannot know the write is done waits.
     """
-    started = time.monotonic()
-    quiet_ns = int(quiet_s * 1e9)
-    while True:
-        try:
-            info = os.stat(path)
-        except OSError:
-            break
-        age_ns = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns)
-        left = max_wait_s - (time.monotonic() - started)
-        if age_ns >= quiet_ns or left <= 0:
-            break
-        time.sleep(min((quiet_ns - age_ns) / 1e9, left))
-    return time.monotonic() - started
+    try:
+        info = os.stat(path)
+    except OSError:
+        return 0.0
+    age_s = (time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns)) / 1e9
+    return max(0.0, quiet_s - age_s)
 
 
 def _is_blank(data: bytes) -> bool:
