@@ -12,8 +12,9 @@ one rewrites the config file (atomically, a new value each time). Then:
 - every event of an operation carries the trigger and actor its first event names;
 - the last content written is the config every instance runs, and ``check_nothing_lost`` holds.
 
-Instances are a parameter (``INSTANCE_COUNTS``): a fleet variant is a row with 3 on PostgreSQL once the
-fleet follows the log (today a second instance on one log does not follow the others' changes).
+Instances are a parameter (``INSTANCE_COUNTS``): with the fleet (``GET /fleet``), a row of 3 instances on one
+PostgreSQL log is added, API requests spread over them and SIGHUPs sent to each in turn; the
+invariants then also hold ``/fleet`` (every instance in sync on the last applied config).
 
 Size knob ``CONFLEDGER_TEST_SCALE`` (float, default 1): triggers of each kind, ``round(50 * SCALE)``;
 full scale is 10 (500 of each).
@@ -33,6 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from confledger.api import schemas as api_schemas
 from confledger.store.events import OperationRejected, OperationStarted, RecordedEvent
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, full_hash_of, variant, write_config
 from tests.reliability.invariants import Reply, check_no_interleaving, operations_of, reply_from_response
@@ -46,6 +48,9 @@ INSTANCE_COUNTS = [
     ("sqlite", 1),
     ("postgres", 1),
 ]
+if hasattr(api_schemas, "FleetResponse"):
+    # Once instances follow one another (the fleet), a fleet of 3 on one PostgreSQL log.
+    INSTANCE_COUNTS.append(("postgres", 3))
 # The actor each trigger records (API requests: the admin token's name).
 ACTORS = {"api": "token:admin", "signal": "signal", "file_watch": "file_watch", "startup": "system"}
 
