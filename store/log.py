@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
-from confledger.store.canonical import GENESIS_HASH
+from confledger.store.canonical import GENESIS_HASH, config_hash
 from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
 from confledger.store.checkpoints import (
     Checkpoint,
@@ -86,7 +86,7 @@ from confledger.store.integrity import (
     write_anchor,
 )
 from confledger.store.schema import events, projection_checkpoints
-from confledger.store.secrets import ConfigPath, SecretCipher
+from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
 
 __all__ = [
@@ -456,8 +456,17 @@ class EventLog:
         return prepare_config(body, secret_paths, self.cipher, self.integrity().keys)
 
     def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
-        """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests."""
-        return config_hash_as(body, secret_paths, CONFIG_HASH_KEYED, self.integrity().keys)
+        """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests.
+
+        Without a key a body with secrets cannot be stored at all (nothing can seal them); its hash, which
+        still names it in the refused operation's events, then takes every secret as one fixed text, so
+        even that hash tells nothing of a secret.
+        """
+        keys = self.integrity().keys
+        paths = list(secret_paths)
+        if keys is None and paths:
+            return config_hash(digest_secrets(body, paths, lambda _value: "no key to digest with"))
+        return config_hash_as(body, paths, CONFIG_HASH_KEYED, keys)
 
     def hash_config_as(
         self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], version: int
@@ -737,6 +746,7 @@ class EventLog:
             return load_verified(connection, keys) or (0, GENESIS_HASH)
 
     def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
+        self._integrity_state = None  # the key record as the database holds it now, not as first read
         integrity = self.integrity()
         keys = self._needs_key(integrity)
         record = integrity.record
@@ -751,8 +761,8 @@ class EventLog:
                     sa.select(events.c.hash).where(events.c.position == start)
                 ).scalar()
                 if stored != previous:
-                    reason = f"event {start}, verified before, is missing or changed since"
-                    return VerifyReport(False, 0, head, start, reason, "link_mismatch")
+                    # Changed since it was verified: the whole chain is checked, to name where.
+                    start, previous = 0, GENESIS_HASH
             report = verify_chain(connection, keys, integrity.keyed_from, after=start, previous=previous)
         if not report.ok:
             return report
