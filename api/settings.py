@@ -16,7 +16,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from confledger.store import EventLog, SecretCipher, SecretKeyError
-from confledger.store.database import sqlite_path
+from confledger.store.canonical import sha256_hex
+from confledger.store.database import normalize_url, sqlite_path
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
@@ -162,16 +163,19 @@ def token_file_path(database_url: str, config_source: str | Path | None) -> Path
     return base / "confledger.admin-token"
 
 
-def anchor_file_path(settings: Settings, database_url: str, config_source: str | Path | None) -> Path:
+def anchor_file_path(settings: Settings, database_url: str, config_source: str | Path | None) -> Path | None:
     """Where the anchor lives: the operator's file, else beside an SQLite database (``<db>.anchor``), else
-    (PostgreSQL) beside the config, like the token file: outside the database either way."""
+    (PostgreSQL) beside the config, named after the database it anchors (several logs may share a
+    directory); None for PostgreSQL with neither, so nothing lands in whatever the working directory is."""
     if settings.anchor_file is not None:
         return absolute(settings.anchor_file)
     database = sqlite_path(database_url)
     if database is not None:
         return database.with_name(database.name + ".anchor")
-    base = absolute(config_source).parent if config_source is not None else Path.cwd()
-    return base / "confledger.anchor"
+    if config_source is None:
+        return None
+    where = normalize_url(database_url).render_as_string(hide_password=True)
+    return absolute(config_source).parent / f"confledger-{sha256_hex(where)[:12]}.anchor"
 
 
 def signing_key_of(settings: Settings) -> str | None:

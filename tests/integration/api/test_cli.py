@@ -552,7 +552,7 @@ def test_read_commands_never_write_to_the_log(story: Story) -> None:
         assert result.exit_code == 0, (args, result.stderr)
         json.loads(result.stdout)
         # The tables on a narrow terminal too: laid out, not crashed, nothing secret.
-        table = invoke(*args, *story.db(), columns=80)
+        table = invoke(*args, *story.db(), columns=80, env=story.keys())
         assert table.exit_code == 0, (args, table.stderr)
         assert table.stdout.strip()
         assert_no_secrets(result, table)
