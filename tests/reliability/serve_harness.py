@@ -3,8 +3,8 @@
 ``running_serve`` starts the console script (``tests.integration.api.test_serve_process.confledger_serve``:
 a free port, the example model, the admin token from the environment) with the log named explicitly
 (an SQLite file in the test's directory, or the test's own PostgreSQL schema with a fresh key), waits for
-``/readyz``, and hands back a ``Served``: the HTTP client, the process (for signals), the log opened
-read-only by the test, and an ``HttpObserver`` for ``check_nothing_lost``.
+``/readyz``, and hands back a ``Served``: the HTTP client, the process (for signals), the log opened by
+the test with the log's key (it only reads), and an ``HttpObserver`` for ``check_nothing_lost``.
 
 ``instances`` starts several processes on the same log (a fleet on PostgreSQL); scenarios take the
 count as a parameter so a fleet variant is one more table row.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from confledger.api.inspect import open_readonly_log
 from confledger.store import EventLog, SecretCipher
+from confledger.store.database import sqlite_path
 from tests.integration.api.service_harness import ADMIN_TOKEN, EXAMPLE_CONFIG, PREFIX
 from tests.integration.api.test_serve_process import Server, confledger_serve, free_port
 from tests.reliability.invariants import HttpObserver, Observer, Reply, check_nothing_lost, wait_until_settled
@@ -94,9 +94,10 @@ def running_serve(
         config = config_dir / "config.yaml"
         config.write_bytes(EXAMPLE_CONFIG.read_bytes())
     variables = {"CONFLEDGER_DATABASE_URL": database_url}
+    key: str | None = None
     if database_url.startswith("postgresql"):
         # A PostgreSQL log is shared, so its key comes from the environment.
-        variables["CONFLEDGER_ENCRYPTION_KEY"] = SecretCipher.generate_key()
+        key = variables["CONFLEDGER_ENCRYPTION_KEY"] = SecretCipher.generate_key()
     options = ["--watch" if watch else "--no-watch", "--poll-interval", "0.2", *arguments]
     with ExitStack() as stack:
         servers = [
@@ -112,5 +113,15 @@ def running_serve(
             )
             for run in range(instances)
         ]
-        log = stack.enter_context(open_readonly_log(database_url))
+        # The log's key (serve made a key file beside an SQLite log) keys its links and config hashes:
+        # the test reads and verifies with it, as the service does.
+        database = sqlite_path(database_url)
+        if key is not None:
+            cipher = SecretCipher.from_env_value(key)
+        else:
+            assert database is not None
+            cipher = SecretCipher.from_key_file(database.with_name(database.name + ".key"), create=False)
+        log = stack.enter_context(
+            EventLog(database_url, instance_id="reliability-reader", cipher=cipher, migrate_on_open=False)
+        )
         yield Served(servers, config, database_url, log)

@@ -126,7 +126,7 @@ def test_api_sighup_and_file_triggers_at_once(served: Served) -> None:
             time.sleep(0.005)
 
     _start_together(api_reloads, signals, rewrites)
-    final = full_hash_of(variant(cache__ttl_seconds=last_written[-1]))
+    final = full_hash_of(variant(cache__ttl_seconds=last_written[-1]), served.log)
     served.wait_for_current(final)
     served.settle()
 

