@@ -364,7 +364,7 @@ class OperationRunner:
             return None
         self._followup_queued = True
         try:
-            deadline = anyio.current_time() + SOURCE_QUIET_MAX_S
+            deadline: float | None = None  # from the first look at the file, not from the request
             while True:
                 while self._running is not None:
                     await self._idle.wait()
@@ -373,6 +373,8 @@ class OperationRunner:
                 # A SIGHUP says the file changed, not that it is complete: one being rewritten in place
                 # is read once it has been still as long as the watcher waits. The wait holds no slot,
                 # so API requests meanwhile run; the slot is taken with no await after the last look.
+                if deadline is None:
+                    deadline = anyio.current_time() + SOURCE_QUIET_MAX_S
                 left = await anyio.to_thread.run_sync(quiet_remaining, self.config_source, SOURCE_QUIET_S)
                 if left > 0 and anyio.current_time() < deadline:
                     await anyio.sleep(left)
