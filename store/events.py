@@ -135,7 +135,8 @@ class InstanceApplied(EventPayload):
 
     event_type: ClassVar[str] = "instance.applied"
     hash: str
-    position: int
+    # The config.applied it answers; None for ``decided``: the one just before it in the same append.
+    position: int | None
     operation_id: str | None = None
     role: Literal["decided", "followed", "start"]
     outcome: Literal["applied", "failed", "invalid"]

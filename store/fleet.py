@@ -115,7 +115,8 @@ class _AdvisoryLock:
             connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             connection.exec_driver_sql(
-                "SELECT set_config('lock_timeout', %(wait)s, false)", {"wait": f"{max(1, int(wait_s * 1000))}ms"}
+                "SELECT set_config('lock_timeout', %(wait)s, false)",
+                {"wait": f"{max(1, int(wait_s * 1000))}ms"},
             )
             try:
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_FLEET_CLASS}, {_PG_SCHEMA_KEY})")
@@ -232,7 +233,7 @@ class Doorbell:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._raw: Any = None
-        self._connection: Any = None
+        self._connection: Any = None  # the psycopg connection (typed Any: psycopg is loaded lazily)
 
     def open(self) -> None:
         with translate_errors(self.engine.url):
@@ -240,7 +241,7 @@ class Doorbell:
             # Out of the pool for good: it sits in LISTEN, and closing it must really close it.
             raw.detach()
             try:
-                connection = raw.driver_connection
+                connection: Any = raw.driver_connection
                 connection.autocommit = True
                 row = connection.execute(f"SELECT {DOORBELL_CHANNEL_SQL}").fetchone()
                 channel = str(row[0]).replace('"', '""')
@@ -306,7 +307,9 @@ def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
             connection.execution_options(confledger_sqlite_begin="IMMEDIATE")
         with connection.begin():
             updated = connection.execute(
-                fleet_instances.update().where(fleet_instances.c.instance_id == beat.instance_id).values(values)
+                fleet_instances.update()
+                .where(fleet_instances.c.instance_id == beat.instance_id)
+                .values(values)
             )
             if updated.rowcount == 0:
                 connection.execute(fleet_instances.insert().values(instance_id=beat.instance_id, **values))
