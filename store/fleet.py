@@ -238,10 +238,10 @@ class Doorbell:
     def open(self) -> None:
         with translate_errors(self.engine.url):
             raw = self.engine.raw_connection()
+            connection: Any = raw.driver_connection
             # Out of the pool for good: it sits in LISTEN, and closing it must really close it.
             raw.detach()
             try:
-                connection: Any = raw.driver_connection
                 connection.autocommit = True
                 row = connection.execute(f"SELECT {DOORBELL_CHANNEL_SQL}").fetchone()
                 channel = str(row[0]).replace('"', '""')

@@ -14,7 +14,14 @@ from fastapi import APIRouter, Query, Request
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.limits import GuardedRoute
-from confledger.api.schemas import BackupsResponse, ReloadStatistics, SourceStateOut, StatusResponse, short
+from confledger.api.schemas import (
+    BackupsResponse,
+    FleetResponse,
+    ReloadStatistics,
+    SourceStateOut,
+    StatusResponse,
+    short,
+)
 
 __all__ = ["router"]
 
@@ -81,3 +88,11 @@ async def get_stats(
 async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
     """The last N distinct configs before the current one (rollback can target any applied hash)."""
     return BackupsResponse.of(reloader.get_backups(), reloader.backup_count, reloader.current_hash)
+
+
+@router.get("/fleet", response_model=FleetResponse)
+async def get_fleet(reloader: ReloaderDep, _caller: ReaderCaller) -> FleetResponse:
+    """The fleet's desired config and, for each instance on this log, what it applied and its state
+    (in_sync, lagging, drifted, gone). Folded from the log by this instance's follower; liveness from
+    the heartbeat rows, read from the database per request."""
+    return FleetResponse.of(await reloader.fleet())
