@@ -90,10 +90,9 @@ class _AdvisoryLease:
     def release(self) -> None:
         connection = self._connection
         try:
-            connection.exec_driver_sql(
-                f"SELECT pg_advisory_unlock({_PG_FLEET_CLASS}, {_PG_SCHEMA_KEY}), "
-                f"set_config('application_name', '{_APPLICATION_NAME}', false)"
-            )
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_FLEET_CLASS}, {_PG_SCHEMA_KEY})")
+            # Back to the name the session was opened with (the instance's).
+            connection.exec_driver_sql("RESET application_name")
             connection.close()
         except Exception:
             # Closing the session releases the lock on the server whatever state it was left in.
