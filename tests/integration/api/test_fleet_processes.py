@@ -370,18 +370,22 @@ def test_two_instances_racing_changes_at_each_other_stay_in_order_and_agree(
                 f"{name} on the last config",
                 lambda name=name: True if fleet[name].get("/current")["full_hash"] == final.hash else None,
             )
-        # Each instance answered every config decided after it started, in log order, once.
+        # Each instance answered every config the fleet decided, once, in log order (a decided one
+        # names its operation; a followed or restored one the position of its config.applied).
+        position_of_operation = {str(event.operation_id): event.position for event in applied}
+        every_position = [event.position for event in applied]
         for name in ("a", "b"):
             instance_id = fleet.instance_id(name)
-            answered = [
-                (event.payload.position, event.operation_id)
-                for event in log.read(types=[InstanceApplied.event_type])
-                if event.instance_id == instance_id
-                and isinstance(event.payload, InstanceApplied)
-                and event.payload.role != "start"
-            ]
-            followed = [position for position, _ in answered if position is not None]
-            assert followed == sorted(set(followed))
+            answered = []
+            for event in log.read(types=[InstanceApplied.event_type]):
+                payload = event.payload
+                if event.instance_id == instance_id and isinstance(payload, InstanceApplied):
+                    answered.append(
+                        payload.position
+                        if payload.position is not None
+                        else position_of_operation[str(payload.operation_id)]
+                    )
+            assert answered == every_position, name
         verify_passes(database_url)
 
 
