@@ -5,6 +5,7 @@ the serve process's lifecycle adopts it). The service appends one JSON line per 
 by ``FLEET_RECORD`` (``{"instance", "old", "new", "accepted"}``), so a test reads what each process's
 service was handed, in order. ``FLEET_REJECT_LEVEL``: the service refuses that level. ``FLEET_SLOW_LEVEL``:
 it first writes ``{"begin": level}`` and sleeps 30 s at that level (a process to kill mid-change).
+``FLEET_NOOP=1`` (and no ``FLEET_RECORD``): one service that accepts and does nothing (bench_fleet.py).
 """
 
 from __future__ import annotations
@@ -47,5 +48,11 @@ def _service(old: FleetConfig | None, new: FleetConfig) -> bool:
     return accepted
 
 
+def _accept(_old: FleetConfig | None, _new: FleetConfig) -> bool:
+    return True
+
+
 if "FLEET_RECORD" in os.environ:
     register_config_callback("recorder", _service, timeout=60)
+elif os.environ.get("FLEET_NOOP") == "1":
+    register_config_callback("noop", _accept)
