@@ -37,6 +37,7 @@ from confledger.store import EventLog, SecretCipher
 from confledger.store.events import ConfigApplied, InstanceApplied
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO
 from tests.integration.api.test_serve_process import free_port, wait_for
+from tests.private_postgres import PrivatePostgres
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 MODEL = "tests.integration.api.fleet_service:FleetConfig"
@@ -417,3 +418,48 @@ def test_followers_whose_connections_are_terminated_end_on_the_last_config(
             # Every change, in order, once: nothing skipped, nothing twice.
             assert received[received.index(100) :] == list(range(100, last + 1)), name
         verify_passes(pg_schema_url)
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    with PrivatePostgres.create() as server:
+        yield server
+
+
+def test_a_postgresql_restart_during_a_sequence_of_changes_loses_nothing(
+    tmp_path: Path, private_postgres: PrivatePostgres
+) -> None:
+    # On a cluster of the test's own: the shared server is never restarted.
+    changes = 6 * SCALE
+    restart_after = changes // 2
+    with fleet_on(tmp_path, private_postgres.url) as fleet:
+        names = ["a", "b", "c"]
+        fleet.start(*names)
+        for index in range(changes):
+            level = 200 + index
+            write_level(fleet.config, level)
+            # While the server restarts, a reload may fail (503, or a recorded failure): retried until
+            # one applies, as an operator would.
+            wait_for(
+                f"level {level} applied",
+                lambda: True if _reload_succeeds(fleet["a"]) else None,
+                timeout=60,
+                every=0.5,
+            )
+            if index == restart_after:
+                private_postgres.restart()
+        last = 200 + changes - 1
+        all_receive(fleet, names, last)
+        for name in ("b", "c"):
+            received = fleet[name].received()
+            # Followers apply exactly the decided changes: every one, in order, once.
+            assert received[received.index(200) :] == list(range(200, last + 1)), name
+        verify_passes(private_postgres.url)
+
+
+def _reload_succeeds(instance: Instance) -> bool:
+    try:
+        response = instance.post("/reload")
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200 and bool(response.json()["success"])
