@@ -524,32 +524,47 @@ class OperationRunner:
             await self._follow_to_head()
         return self.followed
 
-    def _applied_since(self, after: int) -> tuple[int, list[RecordedEvent]]:
+    def _applied_since(
+        self, after: int
+    ) -> tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]:
+        """The head, and each ``config.applied`` after ``after`` with its stored body put through this
+        instance's model (or why it could not be read): the reading part of following, in one thread hop.
+        """
         head = self.log.head()
         if head <= after:
             return head, []
-        return head, self.log.read(after, types=(ConfigApplied.event_type,), until=head)
+        found: list[tuple[RecordedEvent, ModelResult | ConfledgerError]] = []
+        for event in self.log.read(after, types=(ConfigApplied.event_type,), until=head):
+            payload = event.payload
+            if event.instance_id == self.log.instance_id or not isinstance(payload, ConfigApplied):
+                found.append((event, ConfledgerError("decided here", code="own")))
+                continue
+            try:
+                found.append((event, self.pipeline.check_model(self.log.get_config(payload.hash).body)))
+            except (SecretKeyError, ConfigLookupError) as exc:
+                found.append((event, exc))
+        return head, found
 
     async def _follow_to_head(self) -> None:
-        """Every ``config.applied`` after ``followed``, in order; then the projections (``after_follow``)."""
+        """Every ``config.applied`` after ``followed``, in order; then the projections (``after_follow``)
+        unless an append of this instance already folded them (its listener catches up on a gap)."""
+        appended = False
         if self._unrecorded:
             await self._append(self._unrecorded)
-            self._unrecorded = []
+            self._unrecorded, appended = [], True
         head, applied = await anyio.to_thread.run_sync(self._applied_since, self.followed)
-        for event in applied:
+        for event, model in applied:
             if event.instance_id != self.log.instance_id:
-                await self._follow_one(event)
+                await self._follow_one(event, model)
+                appended = True
             self.followed = event.position
         moved = head > self.followed
         self.followed = max(self.followed, head)
         self._known_head = max(self._known_head, head)
-        if (moved or applied) and self.after_follow is not None:
+        if (moved or applied) and not appended and self.after_follow is not None:
             await anyio.to_thread.run_sync(self.after_follow)
 
-    def _check_stored(self, full_hash: str) -> ModelResult:
-        return self.pipeline.check_model(self.log.get_config(full_hash).body)
-
-    async def _follow_one(self, event: RecordedEvent) -> None:
+    async def _follow_one(self, event: RecordedEvent, model: ModelResult | ConfledgerError) -> None:
         """Validate a change another instance decided with this instance's model, tell this instance's
         services, record what they said (``service.notified``) and ``instance.applied``.
 
@@ -570,10 +585,8 @@ class OperationRunner:
         if previous is not None and previous.hash == payload.hash:
             await self._append([NewEvent(answer(outcome="applied"))])
             return
-        try:
-            model = await anyio.to_thread.run_sync(self._check_stored, payload.hash)
-        except (SecretKeyError, ConfigLookupError) as exc:
-            await self._append([NewEvent(answer(outcome="invalid", errors=(exc.message,)))])
+        if isinstance(model, ConfledgerError):
+            await self._append([NewEvent(answer(outcome="invalid", errors=(model.message,)))])
             return
         outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
         if not outcome.ok or outcome.body is None:
