@@ -16,12 +16,16 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from confledger.api.cli import app as cli_app
 from confledger.api.reloader import ConfigReloader
+from confledger.api.schemas import FleetResponse
 from confledger.api.settings import Settings
 from confledger.store import EventLog, SecretCipher
 from confledger.store.events import InstanceApplied
 from confledger.store.fleet import fleet_lock_for
+from tests.integration.api.service_harness import READ_TOKEN, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +184,39 @@ async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
         assert "elsewhere" in operation.message
         # Released: the next one goes through.
         assert (await a.reloader.reload_config()).success
+
+
+async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, database_url: str) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b"]) as (a, b):
+        b.refuse.add(9)
+        write(Path(a.reloader.config_source or ""), 9)
+        assert (await a.reloader.reload_config()).success
+        served = FleetResponse.of(await states_become(a, {"a": "in_sync", "b": "drifted"}))
+        result = CliRunner().invoke(cli_app, ["fleet", "--database", database_url, "--json"])
+        table = CliRunner().invoke(cli_app, ["fleet", "--database", database_url])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["desired_hash"] == served.desired_hash
+    # Both were running when the command read the log (heartbeats within 3 intervals).
+    assert {i["instance_id"]: (i["state"], i["applied_hash"]) for i in shown["instances"]} == {
+        i.instance_id: (i.state, i.applied_hash) for i in served.instances
+    }
+    [drifted] = [i for i in shown["instances"] if i["state"] == "drifted"]
+    assert drifted["failures"] == [
+        {"service": "recorder", "outcome": "failed", "error": "callback returned False"}
+    ]
+    assert table.exit_code == 0, table.output
+    assert "drifted" in table.output
+
+
+def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_url: str) -> None:
+    with serving(tmp_path, database_url) as service:
+        assert service.get("/fleet", token=None).status_code == 401
+        response = service.get("/fleet", token=READ_TOKEN)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["desired_hash"] == service.current_full_hash()[:16]  # type: ignore[index]
+        [instance] = body["instances"]
+        assert instance["instance_id"] == service.log.instance_id
+        assert instance["state"] == "in_sync"
+        assert instance["role"] == "decided"
