@@ -244,7 +244,7 @@ class StatusResponse(BaseModel):
     instance_id: str
     log_head: int = Field(
         description="the last log position this instance has folded into its projections: its own appends "
-        "at once, other instances' when it next appends (GET /events reads the log's own head)"
+        "at once, other instances' as its follower reaches them (GET /events reads the log's own head)"
     )
     running_operation_id: str | None
     service_drift: dict[str, str]

@@ -1,9 +1,9 @@
 """Status, statistics and backups, served from the in-memory projections.
 
 No database round trip and no worker-thread hop per request: the projections fold every event this
-instance appends as it commits, so they are current for this instance's own operations. Appends by
-other instances (a fleet on one PostgreSQL log) are folded when this instance next appends;
-``log_head`` is the last position this instance has folded, and says so in the schema.
+instance appends as it commits, and the follower (``store/follower.py``) folds what other instances of
+a fleet append as it applies their changes; ``log_head`` is the last position this instance has folded.
+``/fleet`` alone reads the database per request (the heartbeat rows).
 """
 
 from __future__ import annotations
