@@ -254,19 +254,21 @@ class Doorbell:
     def is_open(self) -> bool:
         return self._connection is not None
 
-    def wait(self, timeout: float) -> bool:
-        """Whether the bell rang within ``timeout`` seconds (all rings so far are consumed)."""
+    def wait(self, timeout: float) -> str | None:
+        """What rang within ``timeout`` seconds: ``"applied"`` (an append applied a config), ``"other"``
+        (appends, none applying a config), or None. Every ring so far is consumed."""
         connection = self._connection
         if connection is None:
             raise StoreUnavailable("the doorbell is not open")
-        rang = False
+        rang: str | None = None
         with translate_errors(self.engine.url):
-            for _ in connection.notifies(timeout=timeout, stop_after=1):
-                rang = True
-            if rang:
+            for notification in connection.notifies(timeout=timeout, stop_after=1):
+                rang = "applied" if notification.payload == "applied" else "other"
+            if rang is not None:
                 # Several appends while the follower was busy: one read covers them all.
-                for _ in connection.notifies(timeout=0):
-                    pass
+                for notification in connection.notifies(timeout=0):
+                    if notification.payload == "applied":
+                        rang = "applied"
         return rang
 
     def close(self) -> None:

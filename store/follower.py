@@ -74,6 +74,11 @@ class LogFollower:
                 self._recovered("follow")
 
     async def _wait(self) -> None:
+        """Until a config is applied somewhere (the doorbell says so) or the poll interval is up.
+
+        Rings for other appends (answers, failed operations) are left to the interval's end: they change
+        no config, and acting on each would wake every follower once per instance per change.
+        """
         if not self.use_doorbell:
             await anyio.sleep(self.poll_interval)
             return
@@ -90,13 +95,18 @@ class LogFollower:
             # Whatever landed while the bell was down is read now, not at the next ring.
             return
         doorbell = self._doorbell
-        try:
-            await anyio.to_thread.run_sync(doorbell.wait, self.poll_interval, limiter=self._bell_limiter)
-        except Exception as exc:
-            # The connection was terminated or the server restarted: reopen it at the next turn, and
-            # read the log now in case the ring that was lost was for an append.
-            self._report("doorbell", exc)
-            await self._close_doorbell()
+        deadline = anyio.current_time() + self.poll_interval
+        while (remaining := deadline - anyio.current_time()) > 0:
+            try:
+                rang = await anyio.to_thread.run_sync(doorbell.wait, remaining, limiter=self._bell_limiter)
+            except Exception as exc:
+                # The connection was terminated or the server restarted: reopen it at the next turn,
+                # and read the log now in case the ring that was lost was for an applied config.
+                self._report("doorbell", exc)
+                await self._close_doorbell()
+                return
+            if rang == "applied":
+                return
 
     async def _close_doorbell(self) -> None:
         doorbell, self._doorbell = self._doorbell, None

@@ -25,14 +25,20 @@ depends_on: str | Sequence[str] | None = None
 
 # The doorbell (PostgreSQL): every statement that appends events notifies the log's channel, delivered
 # when the append commits. In the database rather than in the append code, so it costs the writer no
-# round trip and rings for whatever writes the log. A doorbell only: followers read by position, and poll.
+# round trip and rings for whatever writes the log. The payload says whether the batch applied a config
+# ("applied"), the one kind of append a follower acts on at once: the others (answers, failed operations)
+# wait for its next poll, so N followers' answers to a change do not wake every follower N times.
+# A doorbell only: followers read by position, and poll.
 POSTGRES_DOORBELL = [
     """CREATE FUNCTION confledger_ring_doorbell() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN
-         PERFORM pg_notify(left('confledger.' || TG_TABLE_SCHEMA, 63), '');
+         PERFORM pg_notify(
+           left('confledger.' || TG_TABLE_SCHEMA, 63),
+           CASE WHEN EXISTS (SELECT 1 FROM appended WHERE type = 'config.applied') THEN 'applied' ELSE '' END
+         );
          RETURN NULL;
        END $$""",
-    """CREATE TRIGGER events_ring_doorbell AFTER INSERT ON events
+    """CREATE TRIGGER events_ring_doorbell AFTER INSERT ON events REFERENCING NEW TABLE AS appended
        FOR EACH STATEMENT EXECUTE FUNCTION confledger_ring_doorbell()""",
 ]
 

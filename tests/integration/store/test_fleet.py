@@ -13,7 +13,7 @@ import pytest
 
 from confledger.store import EventLog
 from confledger.store.errors import FleetLockBusy
-from confledger.store.events import InstanceStopped, NewEvent
+from confledger.store.events import ConfigApplied, InstanceStopped, NewEvent
 from confledger.store.fleet import Doorbell, Heartbeat, fleet_lock_for, read_heartbeats, record_heartbeat
 
 HOLDER = "0190e0e0-0000-7000-8000-00000000000a@host-a:1"
@@ -90,14 +90,19 @@ def test_heartbeats_are_rewritten_in_place(log: EventLog) -> None:
     assert log.head() == 0
 
 
-def test_the_doorbell_rings_for_an_append_and_is_silent_otherwise(pg_schema_url: str) -> None:
+def test_the_doorbell_rings_for_an_append_says_whether_it_applied_a_config_and_is_silent_otherwise(
+    pg_schema_url: str,
+) -> None:
     with EventLog(pg_schema_url, instance_id="writer") as log:
         doorbell = Doorbell(log.engine)
         doorbell.open()
         try:
-            assert doorbell.wait(0.05) is False
+            assert doorbell.wait(0.05) is None
             threading.Timer(0.1, lambda: log.append([NewEvent(InstanceStopped())])).start()
-            assert doorbell.wait(5.0) is True
-            assert doorbell.wait(0.05) is False
+            assert doorbell.wait(5.0) == "other"
+            assert doorbell.wait(0.05) is None
+            applied = NewEvent(ConfigApplied(hash="a" * 64, previous_hash=None))
+            threading.Timer(0.1, lambda: log.append([NewEvent(InstanceStopped()), applied])).start()
+            assert doorbell.wait(5.0) == "applied"
         finally:
             doorbell.close()
