@@ -509,6 +509,10 @@ class OperationRunner:
                 )
                 await self._run(operation, span)
         finally:
+            # The slot is free once the operation is recorded: the next one here then waits for the
+            # fleet lock (a moment) rather than being refused while this release makes its round trip.
+            self._running, self._applying = None, None
+            self._idle.set()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lease.release)
         result = build_operation(operation.recorded, listed=self.pipeline.max_items)
