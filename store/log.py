@@ -206,6 +206,7 @@ class EventLog:
             sqlite_synchronous=sqlite_synchronous,
             busy_timeout_ms=busy_timeout_ms,
             connect_timeout_s=connect_timeout_s,
+            application_name=f"confledger {self.instance_id}",
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         self._writer = LogWriter(self.engine)
