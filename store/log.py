@@ -66,7 +66,14 @@ from confledger.store.errors import (
     IntegrityFailed,
     IntegrityKeyError,
 )
-from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
+from confledger.store.events import (
+    DEFAULT_REGISTRY,
+    ConfigApplied,
+    EventRegistry,
+    IntegrityCheckFailed,
+    NewEvent,
+    RecordedEvent,
+)
 from confledger.store.ids import uuid7_texts
 from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
@@ -360,6 +367,24 @@ class EventLog:
         for listener in list(self._listeners):
             listener(events_recorded)
         return positions, events_recorded
+
+    def record_integrity_failure(self, report: VerifyReport) -> None:
+        """Record a failed check as ``integrity.check_failed``, when it is one the chain itself survived
+        (a stored body that does not match its hash: the links verified). Nothing is chained onto a
+        broken, cut or rewritten chain."""
+        if report.code != "config_body_mismatch":
+            return
+        event = IntegrityCheckFailed(
+            reason=report.code,
+            message=report.reason or report.code,
+            config_hash=report.config_hash,
+            position=report.first_broken_position,
+        )
+        failure, self.integrity_failure = self.integrity_failure, None
+        try:
+            self._append([NewEvent(event)], None, (), recorded=False)
+        finally:
+            self.integrity_failure = failure if failure is not None else report
 
     def _writable(self, integrity: Integrity) -> IntegrityKeys | None:
         """The key appends sign with; raises when this log may not be appended to by this process."""
