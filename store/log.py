@@ -360,6 +360,8 @@ class EventLog:
                 store_config(connection, config, first_position=head_position + 1, created_at=now)
         positions = [row["position"] for row in rows]
         if keys is not None and integrity.record is not None:
+            # Published once committed: a batch rolled back leaves the key record to the next append.
+            self._integrity_state = integrity
             self._anchor(integrity.record, keys, positions[-1], str(previous))
         if not (recorded or self._listeners):
             return positions, []
@@ -408,12 +410,7 @@ class EventLog:
             record = save_key_record(connection, keys, keyed_from=head_position + 1)
         elif record.check_value != keys.check_value:
             raise self._key_mismatch(keys)
-        integrity = Integrity(
-            keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac)
-        )
-        # Published once the transaction commits; a rollback leaves the next append to try again.
-        self._integrity_state = integrity
-        return integrity
+        return Integrity(keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac))
 
     @staticmethod
     def _key_mismatch(keys: IntegrityKeys) -> IntegrityKeyError:
