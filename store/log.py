@@ -80,6 +80,7 @@ from confledger.store.integrity import (
     LINK_HMAC,
     LINK_SHA256,
     Anchor,
+    AnchorFile,
     AnchorUnreadable,
     IntegrityKeys,
     KeyRecord,
@@ -90,7 +91,6 @@ from confledger.store.integrity import (
     read_anchor,
     save_key_record,
     save_verified,
-    write_anchor,
 )
 from confledger.store.schema import events, projection_checkpoints
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -205,6 +205,7 @@ class EventLog:
         self._integrity_state: Integrity | None = None
         self.anchor_path = anchor_path if anchor_path is not None else default_anchor_path(self.url)
         self._anchor_lock = threading.Lock()
+        self._anchor_file: AnchorFile | None = None
         self._anchored = 0
         # Set when an integrity check failed: appends are refused from then on (IntegrityFailed).
         self.integrity_failure: VerifyReport | None = None
@@ -259,6 +260,10 @@ class EventLog:
     def close(self) -> None:
         self._writer.close()
         self.engine.dispose()
+        with self._anchor_lock:
+            if self._anchor_file is not None:
+                self._anchor_file.close()
+                self._anchor_file = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -427,7 +432,9 @@ class EventLog:
             if position <= self._anchored:
                 return
             try:
-                write_anchor(self.anchor_path, Anchor(record.log_id, position, head_hash), keys)
+                if self._anchor_file is None or self._anchor_file.path != self.anchor_path:
+                    self._anchor_file = AnchorFile(self.anchor_path)
+                self._anchor_file.write(Anchor(record.log_id, position, head_hash), keys)
             except OSError as exc:
                 logger.warning("cannot write the anchor file %s: %s", self.anchor_path, type(exc).__name__)
                 return
