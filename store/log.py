@@ -697,7 +697,18 @@ class EventLog:
         starts from position 0 rather than from an edited state."""
         keys = self.integrity().keys
         with self._read() as connection:
-            return load_checkpoint(connection, name, keys)
+            checkpoint = load_checkpoint(connection, name, keys)
+            if checkpoint is None and keys is not None:
+                stored = load_checkpoint(connection, name)
+                if stored is not None:
+                    # Said like the runner's own discards, so an operator sees every one alike.
+                    logger.warning(
+                        "checkpoint %r at position %d cannot be read (its MAC does not hold: changed outside "
+                        "confledger, or written before the log was keyed): discarded, folding from position 0",
+                        name,
+                        stored.position,
+                    )
+            return checkpoint
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
