@@ -727,7 +727,7 @@ class EventLog:
         state = self._integrity_state
         if state is not None:
             return state
-        candidates = candidate_keys(self._signing_key, self._cipher)
+        candidates = candidate_keys(self._signing_key, self._cipher) or self._key_file_keys()
         with self._read() as connection:
             record = load_key_record(connection) if self._has_integrity_table(connection) else None
         if record is None:
@@ -744,6 +744,18 @@ class EventLog:
             )
         self._integrity_state = state
         return state
+
+    def _key_file_keys(self) -> list[IntegrityKeys]:
+        """With no key given, an SQLite log's links are checked with the key file ``serve`` keeps beside it
+        (``<db>.key``), read only: a plain ``EventLog(url)`` verifies what the service wrote."""
+        database = sqlite_path(self.url.render_as_string(hide_password=False))
+        key_file = None if database is None else database.with_name(database.name + ".key")
+        if key_file is None or not key_file.is_file():
+            return []
+        try:
+            return candidate_keys(None, SecretCipher.from_key_file(key_file, create=False))
+        except ConfledgerError:
+            return []  # unreadable or not a key: as if there were none (verify then asks for the key)
 
     @staticmethod
     def _has_integrity_table(connection: Connection) -> bool:
