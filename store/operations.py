@@ -48,6 +48,7 @@ from opentelemetry import trace
 from confledger.store.calls import UserCalls
 from confledger.store.decision import Decision, decide
 from confledger.store.diff import changed_paths
+from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
@@ -505,6 +506,7 @@ class OperationRunner:
                 expected_head=operation.expected_head,
                 client=request.client,
                 trace_id=operation.trace_id,
+                started_at=operation.started_at,
             )
         )
         source = request.source
@@ -610,6 +612,7 @@ class OperationRunner:
             expected_head=operation.expected_head,
             client=request.client,
             trace_id=operation.trace_id,
+            started_at=operation.started_at,
         )
         try:
             current = None if previous is None else previous.hash
@@ -820,7 +823,7 @@ class OperationRunner:
                 decision.message,
                 error=decision.error,
                 reason=decision.reason,
-                apply_ms=(time.perf_counter() - apply_started) * 1000,
+                apply_ms=elapsed_ms(apply_started),
             )
         )
         await self._record(operation, *events, expected_head=operation.expected_head)
