@@ -205,6 +205,7 @@ class ConfigReloader:
         # instance up for reads but refuses every write (the log's integrity_failure); a wrong key raises.
         report = await anyio.to_thread.run_sync(self.log.check_integrity)
         if not report.ok:
+            await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
             logger.error(
                 "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused "
                 "until an operator has looked (confledger verify)",

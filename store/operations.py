@@ -71,7 +71,6 @@ from confledger.store.events import (
     InstanceApplied,
     InstanceStarted,
     InstanceStopped,
-    IntegrityCheckFailed,
     NewEvent,
     OperationKind,
     OperationRejected,
@@ -246,7 +245,8 @@ class OperationRunner:
         if self.log.integrity_failure is not None:
             # Reads only: the config the log names is restored if its body still hashes to its hash,
             # and nothing is appended (no closing of operations, no instance.started).
-            with contextlib.suppress(ConfigBodyMismatch, SecretKeyError):
+            # A current body that does not match its hash raises: there is no config to serve.
+            with contextlib.suppress(SecretKeyError):
                 self.active = await anyio.to_thread.run_sync(self._restore_from_log)
             return None
         await self._close_interrupted()
@@ -255,7 +255,6 @@ class OperationRunner:
             self.active = await anyio.to_thread.run_sync(self._restore_from_log)
         except ConfigBodyMismatch as exc:
             await self._refuse_forged_body(exc)
-            return None
         restored = self.active
         if self.active is None and self.config_source is not None:
             result = await self.reload(Trigger.STARTUP, actor="system")
@@ -287,20 +286,11 @@ class OperationRunner:
 
     async def _refuse_forged_body(self, exc: ConfigBodyMismatch) -> None:
         """The current config's stored body was edited: recorded (the chain itself verified), not applied,
-        and from now on nothing more is appended."""
+        appends refused from now on, and the start fails: there is no config it could serve."""
         logger.error("integrity check failed at start-up: %s", exc.message)
-        await self._append(
-            [
-                NewEvent(
-                    IntegrityCheckFailed(
-                        reason=exc.code, message=exc.message, config_hash=exc.config_hash, position=None
-                    )
-                )
-            ]
-        )
-        self.log.integrity_failure = VerifyReport(
-            False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash
-        )
+        report = VerifyReport(False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash)
+        await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
+        raise exc
 
     async def _notify_at_start(self, restored: ActiveConfig) -> None:
         """Hand the restored config to each service that asks for it (old=None); it changes no config.

@@ -44,7 +44,8 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASE: dict[str, Any] = yaml.safe_load((EXAMPLES / "config.yaml").read_text(encoding="utf-8"))
 OPENAI_KEY = BASE["embedding"]["openai_api_key"]
 FIRECRAWL_KEY = BASE["crawl"]["firecrawl_api_key"]
-CIPHER = SecretCipher([SecretCipher.generate_key()])
+CIPHER_KEY = SecretCipher.generate_key()
+CIPHER = SecretCipher([CIPHER_KEY])
 
 RELOAD_WITH_SERVICES = [
     "operation.started",
@@ -1199,7 +1200,9 @@ async def test_a_config_applied_past_the_fleet_lock_gives_the_services_the_old_c
 async def test_a_plain_reloader_reads_the_services_settings(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = SecretCipher.generate_key()
+    # The key every log of this module is checked with afterwards (assert_log_sound): a log's links are
+    # keyed with it, so another key would make the log unverifiable to that check.
+    key = CIPHER_KEY
     monkeypatch.setenv("CONFLEDGER_ENCRYPTION_KEY", key)
     monkeypatch.setenv("CONFLEDGER_ROLLBACK_THRESHOLD", "1.0")
     monkeypatch.setenv("CONFLEDGER_CALLBACK_TIMEOUT", "0.05")
