@@ -37,7 +37,7 @@ __all__ = [
 
 # The newest revision in migrations/versions. A new revision must change it: the migration tests hold it
 # equal to the head Alembic computes from the scripts (``script_head``).
-HEAD_REVISION = "0002_integrity"
+HEAD_REVISION = "0003_fleet"
 
 _VERSION_TABLE = "alembic_version"
 
@@ -167,7 +167,7 @@ def downgrade_target(engine: Engine, revision: str) -> str | None:
         if found is None:
             raise SchemaError(f"cannot downgrade from {reached!r}: this confledger does not know it")
         down = found.down_revision
-        if isinstance(down, tuple):
+        if down is not None and not isinstance(down, str):
             raise SchemaError(
                 f"cannot count steps down from the merge revision {reached!r}: name the revision"
             )
