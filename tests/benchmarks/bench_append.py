@@ -162,6 +162,46 @@ def run_raw_sqlite(workdir: Path, appends: int, ddl: list[str]) -> tuple[list[in
             path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
+def run_eventsourcing_sqlite(workdir: Path, appends: int) -> tuple[list[int], int, int]:
+    """The ``eventsourcing`` library's SQLite application recorder (a totally ordered log, as ours is):
+    one event per ``insert_events`` call (one transaction each), the same JSON body as state. Returns the
+    timings and the ``PRAGMA synchronous`` the library's connections use (2 is FULL), so the row can say
+    whether both sides paid the same fsyncs. Needs ``pip install -e .[bench]``."""
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    path = workdir / f"eventsourcing-{uuid.uuid4().hex[:8]}.db"
+    datastore = SQLiteDatastore(str(path))
+    recorder = SQLiteApplicationRecorder(datastore)
+    recorder.create_table()
+    with datastore.transaction(commit=False) as cursor:
+        cursor.execute("PRAGMA synchronous")
+        synchronous = int(cursor.fetchone()[0])
+    originator = uuid.uuid4()
+    version = {"next": 1}
+
+    def append_one(sequence: int) -> None:
+        body = json.dumps(payload(sequence).model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        recorder.insert_events(
+            [
+                StoredEvent(
+                    originator_id=originator,
+                    originator_version=version["next"],
+                    topic="confledger:service.notified",
+                    state=body.encode(),
+                )
+            ]
+        )
+        version["next"] += 1
+
+    try:
+        return (*timed(appends, append_one), synchronous)
+    finally:
+        datastore.close()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 # --- PostgreSQL (optional) ------------------------------------------------------------------------------
 
 

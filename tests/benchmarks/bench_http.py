@@ -31,9 +31,7 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,10 +42,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import ROOT, TOKEN, free_port, percentile, run_wrk
+
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 MODEL = "confledger.examples.app_config:AppConfig"
-TOKEN = "bench-admin-token-0123456789abcdef"
 PREFIX = "/api/v1/config"
 SEED_OPERATIONS = 30
 
@@ -65,17 +66,6 @@ READ_RATIO_TARGET = 1.5
 RELOAD_EXTRA_TARGET_MS = 2.5
 TOTAL_SHARE_TARGET = 0.5
 THROUGHPUT_RATIO_TARGET = 0.7
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 @dataclass
@@ -227,29 +217,15 @@ def latency_rounds(group: list[Server], rounds: int, warmup: int, seed: int) -> 
                 server.beyond_total_ms.clear()
 
 
-_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_P50 = re.compile(r"^\s+50%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
 def wrk_run(server: Server, name: str, seconds: float) -> None:
     url = f"http://127.0.0.1:{server.port}{WRK_PATHS[name]}"
-    command = [
-        "wrk",
-        "-t2",
-        "-c32",
-        f"-d{seconds:g}s",
-        "--latency",
-        "-H",
-        f"Authorization: Bearer {TOKEN}",
-        url,
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps, p50 = _RPS.search(output), _P50.search(output)
-    if rps is None or p50 is None or "Non-2xx" in output:
-        raise RuntimeError(f"{server.name}: unexpected wrk output for {url}:\n{output}")
-    server.requests_per_s.setdefault(name, []).append(float(rps.group(1)))
-    server.wrk_p50_ms.setdefault(name, []).append(float(p50.group(1)) * _UNIT_MS[p50.group(2)])
+    result = run_wrk(url, seconds)
+    if result.failed:
+        raise RuntimeError(
+            f"{server.name}: {result.failed} failed requests from wrk on {url}:\n{result.output}"
+        )
+    server.requests_per_s.setdefault(name, []).append(result.requests_per_s)
+    server.wrk_p50_ms.setdefault(name, []).append(result.p50_ms)
 
 
 def throughput_rounds(group: list[Server], rounds: int, seconds: float, seed: int) -> None:
