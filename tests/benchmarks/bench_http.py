@@ -83,6 +83,7 @@ class Server:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)
     total_duration_ms: list[float] = field(default_factory=list)
     beyond_total_ms: list[float] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)  # CONFLEDGER_* the server also gets
     requests_per_s: dict[str, list[float]] = field(default_factory=dict)
     wrk_p50_ms: dict[str, list[float]] = field(default_factory=dict)
 
@@ -91,7 +92,7 @@ class Server:
         return self.directory / "config.yaml"
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True)
+        self.directory.mkdir(parents=True, exist_ok=True)  # may hold a prebuilt log.db
         base = EXAMPLE_CONFIG.read_text(encoding="utf-8")
         # Two contents that differ in one value: every reload applies a change.
         self.contents = (base, base.replace("ttl_seconds: 3600", "ttl_seconds: 3601"))
@@ -100,6 +101,7 @@ class Server:
         self.port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CONFLEDGER_")}
         environment.update(CONFLEDGER_ADMIN_TOKEN=TOKEN, CONFLEDGER_SQLITE_SYNCHRONOUS="FULL")
+        environment.update(self.environment)
         command = [
             str(Path(self.python).parent / "confledger"),  # the console script beside the interpreter
             "serve",
