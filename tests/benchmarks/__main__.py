@@ -21,8 +21,22 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.benchmarks.common import bench_dir
 from tests.benchmarks.rows import GROUPS, Sizes
 from tests.benchmarks.table import Row, render_json, render_markdown, render_text
+
+
+def fsync_cost() -> float:
+    """The disk's fdatasync cost where the SQLite logs go: the context for every commit-bound figure."""
+    import shutil
+
+    from tests.benchmarks.bench_append import fsync_cost_ms
+
+    directory = bench_dir("confledger-table-fsync-")
+    try:
+        return fsync_cost_ms(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.for_mode(args.quick)
     chosen = args.only or list(GROUPS)
     load_before = os.getloadavg()
+    fsync_ms = fsync_cost()
     started = time.monotonic()
     rows: list[Row] = []
     failed = False
@@ -64,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": round(load_before[0], 2),
         "load_after": round(load_after[0], 2),
         "python": platform.python_version(),
+        "fdatasync_ms": round(fsync_ms, 3),
     }
     print(
         f"confledger benchmarks ({context['mode']}), {context['when']}: {elapsed:.0f} s on {context['cpus']} "
-        f"cpus, load {load_before[0]:.2f} -> {load_after[0]:.2f}. Each anchor ran in the same run."
+        f"cpus, load {load_before[0]:.2f} -> {load_after[0]:.2f}, fdatasync of 4 KiB {fsync_ms:.2f} ms "
+        "(every durable commit pays at least that). Each anchor ran in the same run."
     )
     print(render_text(rows))
     if args.markdown:

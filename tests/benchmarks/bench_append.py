@@ -44,6 +44,11 @@ from sqlalchemy.engine import make_url
 from confledger.store import EventLog, NewEvent, ServiceOutcome
 from confledger.store.events import ServiceNotified
 
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import pg_base_url
+
 TARGET_RATIO = 0.6
 WARMUP_APPENDS = 20
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -205,21 +210,6 @@ def run_eventsourcing_sqlite(workdir: Path, appends: int) -> tuple[list[int], in
 # --- PostgreSQL (optional) ------------------------------------------------------------------------------
 
 
-def postgres_base_url() -> str | None:
-    url = make_url(os.environ.get("CONFLEDGER_TEST_PG_URL", DEFAULT_PG_URL)).set(
-        drivername="postgresql+psycopg"
-    )
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()
-    return url.render_as_string(hide_password=False)
-
-
 class PgSchema:
     """A fresh schema for one run, dropped afterwards."""
 
@@ -350,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             raw.add_run(*run_raw_sqlite(workdir, args.events, ddl))
         ratios.append(report("sqlite", ours, raw))
 
-        base_url = None if args.no_postgres else postgres_base_url()
+        base_url = None if args.no_postgres else pg_base_url()
         if base_url is None:
             print("postgresql skipped (not reachable or --no-postgres)")
         else:

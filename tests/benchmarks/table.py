@@ -105,7 +105,8 @@ class Row:
     def ratio_shown(self) -> str:
         if self.ratio is None:
             return ""
-        return f"{self.ratio:.2f}x" + (f" ({self.ratio_of})" if self.ratio_of else "")
+        shown = f"{self.ratio:.2f}x" if self.ratio >= 0.1 else f"{self.ratio:.2g}x"
+        return shown + (f" ({self.ratio_of})" if self.ratio_of else "")
 
     @property
     def target(self) -> str:

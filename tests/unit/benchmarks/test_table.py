@@ -115,6 +115,19 @@ def test_markdown_rendering_is_one_table_row_per_row() -> None:
     assert lines[2].endswith("| yes |")
 
 
+@pytest.mark.parametrize(
+    ("ratio", "shown"),
+    [
+        # two decimals from 0.1 up; below, two significant digits, so a tiny ratio is not "0.00x"
+        (4.0, "4.00x (p50)"),
+        (0.57, "0.57x (p50)"),
+        (0.0046, "0.0046x (p50)"),
+    ],
+)
+def test_a_ratio_keeps_its_significant_digits(ratio: float, shown: str) -> None:
+    assert Row("x", "x", ratio=ratio, ratio_of="p50").ratio_shown == shown
+
+
 def test_markdown_escapes_a_pipe_inside_a_cell() -> None:
     row = Row("x", "a | b", ours="1")
     assert "a \\| b" in render_markdown([row])
