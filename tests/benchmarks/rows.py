@@ -472,49 +472,57 @@ def watcher_rows(sizes: Sizes) -> list[Row]:
 # --- fleet propagation ----------------------------------------------------------------------------------
 
 
+FLEET_LABEL = "fleet propagation, N=8 followers, PostgreSQL"
+FLEET_OFFERED = {"instances": 8, "n": 8, "followers": 8, "backend": "postgresql"}
+
+
 def _figure(result: Any, name: str) -> float:
     value = result.get(name) if isinstance(result, Mapping) else getattr(result, name, None)
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+def fleet_arguments(measure: Callable[..., Any], changes: int) -> dict[str, Any]:
+    """What ``bench_fleet.measure`` is called with: those of instances/n/followers (8), backend and
+    changes that its signature names."""
+    parameters = inspect.signature(measure).parameters
+    offered = {**FLEET_OFFERED, "changes": changes}
+    return {name: value for name, value in offered.items() if name in parameters}
+
+
+def fleet_row(result: Any) -> Row:
+    """The row from what ``bench_fleet.measure`` returned: ``p50_ms``/``p99_ms`` and, when given,
+    ``anchor_p50_ms``/``anchor_p99_ms`` (and ``anchor``, its name), as keys or attributes."""
+    p50, p99 = _figure(result, "p50_ms"), _figure(result, "p99_ms")
+    anchor_p50, anchor_p99 = _figure(result, "anchor_p50_ms"), _figure(result, "anchor_p99_ms")
+    named = result.get("anchor") if isinstance(result, Mapping) else getattr(result, "anchor", None)
+    has_anchor = not math.isnan(anchor_p99)
+    return Row(
+        "fleet",
+        FLEET_LABEL,
+        ours=f"p50 {p50:.2f} / p99 {p99:.2f} ms",
+        anchor=str(named or "bench_fleet's anchor (the bare wake-up)") if has_anchor else "(none given)",
+        anchor_figure=f"p50 {anchor_p50:.2f} / p99 {anchor_p99:.2f} ms" if has_anchor else "",
+        ratio=p99 / anchor_p99 if has_anchor and anchor_p99 > 0 else None,
+        ratio_of="p99" if has_anchor else "",
+        checks=(Check("p99", p99, "<", 10, " ms"),),
+        figures={"p50_ms": p50, "p99_ms": p99, "anchor_p99_ms": anchor_p99},
+    )
+
+
 def fleet_rows(sizes: Sizes) -> list[Row]:
-    """Calls ``tests/benchmarks/bench_fleet.py``'s ``measure(...)`` (the fleet work) when it exists, with
-    the arguments of its signature among instances/n, backend and changes; reads p50_ms and p99_ms
-    (and anchor_p50_ms/anchor_p99_ms, anchor when it gives them) from what it returns."""
-    label = "fleet propagation, N=8 followers, PostgreSQL"
+    """Calls ``tests/benchmarks/bench_fleet.py``'s ``measure(...)`` (the fleet work) when it exists."""
     try:
         module = importlib.import_module("tests.benchmarks.bench_fleet")
     except ModuleNotFoundError:
-        return [Row("fleet", label, skipped="not available (tests/benchmarks/bench_fleet.py not merged yet)")]
+        return [
+            Row(
+                "fleet", FLEET_LABEL, skipped="not available (tests/benchmarks/bench_fleet.py not merged yet)"
+            )
+        ]
     measure: Callable[..., Any] | None = getattr(module, "measure", None)
     if measure is None:
-        return [Row("fleet", label, skipped="not available (bench_fleet.py has no measure())")]
-    offered = {
-        "instances": 8,
-        "n": 8,
-        "followers": 8,
-        "backend": "postgresql",
-        "changes": sizes.fleet_changes,
-    }
-    parameters = inspect.signature(measure).parameters
-    result = measure(**{name: value for name, value in offered.items() if name in parameters})
-    p50, p99 = _figure(result, "p50_ms"), _figure(result, "p99_ms")
-    anchor_p50, anchor_p99 = _figure(result, "anchor_p50_ms"), _figure(result, "anchor_p99_ms")
-    anchor = result.get("anchor", "") if isinstance(result, Mapping) else getattr(result, "anchor", "")
-    has_anchor = not math.isnan(anchor_p99)
-    return [
-        Row(
-            "fleet",
-            label,
-            ours=f"p50 {p50:.2f} / p99 {p99:.2f} ms",
-            anchor=str(anchor) if has_anchor else "(bench_fleet gives none)",
-            anchor_figure=f"p50 {anchor_p50:.2f} / p99 {anchor_p99:.2f} ms" if has_anchor else "",
-            ratio=p99 / anchor_p99 if has_anchor else None,
-            ratio_of="p99" if has_anchor else "",
-            checks=(Check("p99", p99, "<", 10, " ms"),),
-            figures={"p50_ms": p50, "p99_ms": p99},
-        )
-    ]
+        return [Row("fleet", FLEET_LABEL, skipped="not available (bench_fleet.py has no measure())")]
+    return [fleet_row(measure(**fleet_arguments(measure, sizes.fleet_changes)))]
 
 
 # --- CLI start-up -----------------------------------------------------------------------------------------

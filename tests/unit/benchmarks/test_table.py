@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import pytest
 
 from tests.benchmarks.common import parse_wrk, percentile
+from tests.benchmarks.rows import fleet_arguments, fleet_row
 from tests.benchmarks.table import Check, Row, render_json, render_markdown, render_text
 
 
@@ -183,3 +185,47 @@ def test_wrk_output_is_parsed_with_units_and_failures() -> None:
     assert result.p50_ms == 12.8
     assert result.p99_ms == pytest.approx(0.85)
     assert (result.non_2xx, result.socket_errors, result.failed) == (4, 3, 7)
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    """Shaped as bench_fleet's result: figures as attributes, no anchor name."""
+
+    p50_ms: float
+    p99_ms: float
+    anchor_p50_ms: float
+    anchor_p99_ms: float
+
+
+@pytest.mark.parametrize(
+    ("result", "met", "ratio", "anchor"),
+    [
+        # attributes, inside the target, with the anchor's figures but not its name
+        (FleetResult(3.0, 8.0, 1.0, 2.0), True, 4.0, "bench_fleet's anchor (the bare wake-up)"),
+        # a mapping that names its anchor, p99 over the target
+        (
+            {"p50_ms": 5, "p99_ms": 12.5, "anchor_p50_ms": 1, "anchor_p99_ms": 5, "anchor": "LISTEN"},
+            False,
+            2.5,
+            "LISTEN",
+        ),
+        # no anchor figures: no ratio, still judged
+        ({"p50_ms": 2.0, "p99_ms": 4.0}, True, None, "(none given)"),
+        # no p99 at all: nothing measured never meets the target
+        ({"p50_ms": 2.0}, False, None, "(none given)"),
+    ],
+)
+def test_the_fleet_row_reads_what_bench_fleet_returns(
+    result: object, met: bool, ratio: float | None, anchor: str
+) -> None:
+    row = fleet_row(result)
+    assert row.met is met
+    assert row.ratio == ratio
+    assert row.anchor == anchor
+
+
+def test_bench_fleet_gets_the_arguments_its_signature_names() -> None:
+    def measure(backend: str, followers: int, *, changes: int = 200, pause: float = 0.03) -> None:
+        raise AssertionError("only its signature is read")
+
+    assert fleet_arguments(measure, 50) == {"backend": "postgresql", "followers": 8, "changes": 50}
