@@ -46,6 +46,7 @@ class Run:
     reloads: int = 0
     reload_failures: int = 0
     reload_ms: list[float] = field(default_factory=list)
+    versions_matched: int = 0  # versions wrk saw whose hash was compared with the reload's
 
 
 @dataclass
@@ -147,13 +148,23 @@ def one_run(app: App, seconds: float, changing: bool, rate: float) -> Run:
     checked, mixed, conflicts = (int(value) for value in totals.groups())
     app.announced.update({int(version): shown for version, shown in done["announced"].items()})
     # A version shown with another hash than the reload announced for it is a mix too.
-    unannounced = sum(
-        1
+    compared = [
+        (app.announced[int(version)], shown)
         for version, shown in _ZD_VERSION.findall(result.output)
-        if int(version) in app.announced and app.announced[int(version)] != shown
-    )
+        if int(version) in app.announced
+    ]
+    unannounced = sum(1 for announced, shown in compared if announced != shown)
     mixed_total = mixed + conflicts + unannounced
-    return Run(changing, result, checked, mixed_total, done["reloads"], done["failures"], done["reload_ms"])
+    return Run(
+        changing,
+        result,
+        checked,
+        mixed_total,
+        done["reloads"],
+        done["failures"],
+        done["reload_ms"],
+        len(compared),
+    )
 
 
 def measure(seconds: float = 20.0, rounds: int = 2, rate: float = 20.0) -> dict[str, Any]:
@@ -190,6 +201,7 @@ def measure(seconds: float = 20.0, rounds: int = 2, rate: float = 20.0) -> dict[
         "quiet": quiet,
         "reloads": sum(run.reloads for run in changing_runs),
         "reload_failures": sum(run.reload_failures for run in changing_runs),
+        "versions_matched": sum(run.versions_matched for run in changing_runs),
         "reload_p50_ms": median([ms for run in changing_runs for ms in run.reload_ms]),
         "reload_p99_ms": percentile([ms for run in changing_runs for ms in run.reload_ms], 0.99),
         "changes_per_s": sum(run.reloads for run in changing_runs) / (seconds * len(changing_runs)),

@@ -230,7 +230,9 @@ def zero_downtime_rows(sizes: Sizes) -> list[Row]:
             "zero-downtime",
             label + f" ({sizes.zd_seconds:g} s x {sizes.zd_rounds})",
             ours=(
-                f"{changing['checked']:,} responses checked, p99 {changing['p99_ms']:.1f} ms, "
+                f"{changing['checked']:,} responses checked ({found['versions_matched']} versions' hashes "
+                "compared with their reload's), "
+                f"p99 {changing['p99_ms']:.1f} ms, "
                 f"{found['reloads']} changes ({found['changes_per_s']:.1f}/s, reload p50 "
                 f"{found['reload_p50_ms']:.1f} ms)"
             ),
@@ -252,6 +254,7 @@ def zero_downtime_rows(sizes: Sizes) -> list[Row]:
                 "mixed": changing["mixed"] + quiet["mixed"],
                 "changes_per_s": found["changes_per_s"],
                 "reload_failures": found["reload_failures"],
+                "versions_matched": found["versions_matched"],
             },
         )
     ]
