@@ -27,8 +27,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from tests.benchmarks.common import ROOT, TOKEN, WrkResult, bench_dir, free_port, median, percentile, run_wrk
-from tests.benchmarks.zero_downtime_app import VALUES, body_of
+
+VALUES = 64
+
+
+class BenchConfig(BaseModel):
+    """The app's config: a version and 64 values that all move with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    values: dict[str, int]
+
+
+def body_of(version: int) -> dict[str, Any]:
+    """Version ``version`` of the config. A response that read it whole sums its values to
+    ``version * 1000 * VALUES + VALUES * (VALUES - 1) / 2`` (the Lua script's check)."""
+    return {
+        "version": version,
+        "values": {f"v{index:02d}": version * 1000 + index for index in range(VALUES)},
+    }
+
 
 LUA = Path(__file__).resolve().parent / "zero_downtime.lua"
 CHANGES = "/bench/changes"

@@ -25,38 +25,18 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from confledger import CurrentConfigDep, setup_configuration_lifecycle
 from confledger.api.deps import AdminCaller
 from confledger.store import Trigger
 from confledger.store.validation import dump_revealed
+from tests.benchmarks.bench_zero_downtime import BenchConfig, body_of
 from tests.benchmarks.common import TOKEN
 
-__all__ = ["VALUES", "BenchConfig", "app", "body_of", "derived_of"]
+__all__ = ["app", "lifecycle"]
 
-VALUES = 64
 SHORT_HASH = 16  # as the API shows a hash (``api.schemas.SHORT``)
-
-
-class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int
-    values: dict[str, int]
-
-
-def body_of(version: int) -> dict[str, Any]:
-    """Version ``version`` of the config: every value moves with the version."""
-    return {
-        "version": version,
-        "values": {f"v{index:02d}": version * 1000 + index for index in range(VALUES)},
-    }
-
-
-def derived_of(version: int) -> int:
-    """What ``derived`` must be for a response that read ``version`` whole (the Lua script's formula)."""
-    return version * 1000 * VALUES + VALUES * (VALUES - 1) // 2
 
 
 app = FastAPI(title="confledger zero-downtime benchmark")
