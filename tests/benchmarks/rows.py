@@ -476,7 +476,7 @@ def watcher_rows(sizes: Sizes) -> list[Row]:
 
 
 FLEET_LABEL = "fleet propagation, N=8 followers, PostgreSQL"
-FLEET_OFFERED = {"instances": 8, "n": 8, "followers": 8, "backend": "postgresql"}
+FLEET_OFFERED = {"instances": 8, "n": 8, "followers": 8, "backend": "postgres"}
 
 
 def _figure(result: Any, name: str) -> float:

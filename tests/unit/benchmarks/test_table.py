@@ -228,4 +228,4 @@ def test_bench_fleet_gets_the_arguments_its_signature_names() -> None:
     def measure(backend: str, followers: int, *, changes: int = 200, pause: float = 0.03) -> None:
         raise AssertionError("only its signature is read")
 
-    assert fleet_arguments(measure, 50) == {"backend": "postgresql", "followers": 8, "changes": 50}
+    assert fleet_arguments(measure, 50) == {"backend": "postgres", "followers": 8, "changes": 50}
