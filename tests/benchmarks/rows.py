@@ -52,9 +52,9 @@ class Sizes:
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
             return cls(
-                quick=True, reloads=150, http_rounds=60, wrk_seconds=2.0, wrk_rounds=1, zd_seconds=5.0,
+                quick=True, reloads=100, http_rounds=60, wrk_seconds=2.0, wrk_rounds=1, zd_seconds=5.0,
                 zd_rounds=1, appends=500, append_runs=2, log_sizes=(10_000, 100_000), startup_runs=5,
-                rebuilds=1, rollbacks=20, read_rounds=100, watcher_changes=8, fleet_changes=50, cli_runs=5,
+                rebuilds=1, rollbacks=20, read_rounds=100, watcher_changes=8, fleet_changes=30, cli_runs=5,
             )  # fmt: skip
         return cls(
             quick=False, reloads=600, http_rounds=300, wrk_seconds=5.0, wrk_rounds=3, zd_seconds=20.0,
