@@ -675,7 +675,9 @@ class OperationRunner:
         except ConcurrencyConflict as conflict:
             decision = self._decide(operation, change, results, conflict=conflict.message)
             await self._conclude(operation, change, services, results, decision, secrets, apply_started)
-            await self.refresh()
+            # A writer that skipped the fleet lock applied a config: this instance follows it now (its
+            # services hear of it), so the next operation starts from it.
+            await self._follow_to_head()
 
     # --- 1. the candidate ------------------------------------------------------------------------------
 
