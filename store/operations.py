@@ -640,8 +640,11 @@ class OperationRunner:
                 event.instance_id,
                 failure.error or failure.outcome.value,
             )
-        # The services run it now (those that accepted): it is this instance's config from here on.
+        # The services run it now (those that accepted): it is this instance's config from here on,
+        # and this change is handled: if its record fails, ``_unrecorded`` writes it, never a second
+        # answer after a second look.
         self.active = new
+        self.followed = max(self.followed, event.position)
         batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
         batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
         try:
