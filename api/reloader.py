@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from confledger import __version__
 from confledger.api.settings import Settings, default_database_url, resolve_cipher, settings_with
+from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
@@ -126,6 +127,9 @@ class ConfigReloader:
         self._stats = StatsProjection()
         self._backups = BackupsProjection(self.backup_count)
         self.projections = ProjectionSet(self.log, [self._current, self._history, self._stats, self._backups])
+        # Told of each applied change as the projections fold it, whoever decided it (GET /watch).
+        self.changes = ChangeFeed(self.settings.watch_queue_size)
+        self.projections.applied_listeners.append(self.changes.on_applied)
         self.started = False
         self._log_closed = False
         self.startup_operation: ReloadOperation | None = None
@@ -185,6 +189,7 @@ class ConfigReloader:
         try:
             if self.started:
                 self.started = False
+                self.changes.close()
                 try:
                     await self.runner.stop()
                 finally:
