@@ -28,7 +28,14 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-__all__ = ["WorkerConfig", "WorkerPlan", "WorkerSupervisor", "build_worker_app", "worker_instance_id"]
+__all__ = [
+    "WorkerConfig",
+    "WorkerPlan",
+    "WorkerSupervisor",
+    "build_worker_app",
+    "service_app",
+    "worker_instance_id",
+]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -58,10 +65,6 @@ class WorkerPlan:
 
 def build_worker_app(plan: WorkerPlan) -> Any:
     """The worker's ASGI app (uvicorn's app factory, called in the worker before it serves)."""
-    from confledger.api.access_log import QueryRedaction, query_parameter_names
-    from confledger.api.logs import configure_logging
-    from confledger.api.preflight import OneLineStartupFailure
-    from confledger.api.server import create_app, import_model
     from confledger.api.settings import Settings
 
     # A process group of its own: a signal sent to the supervisor's group (a terminal's hang-up or
@@ -71,8 +74,17 @@ def build_worker_app(plan: WorkerPlan) -> Any:
     # Until the lifecycle takes SIGHUP over (once started), a SIGHUP must not end the worker (its default
     # action is to terminate); the supervisor sends it only to a worker that has started.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    settings = Settings(**{**plan.overrides, "instance_id": plan.instance_id})
-    configure_logging(settings.log_format, plan.log_level)
+    return service_app(Settings(**{**plan.overrides, "instance_id": plan.instance_id}), plan.log_level)
+
+
+def service_app(settings: Any, log_level: str) -> Any:
+    """The app ``confledger serve`` runs, built from ``settings`` (in a worker: its own instance id)."""
+    from confledger.api.access_log import QueryRedaction, query_parameter_names
+    from confledger.api.logs import configure_logging
+    from confledger.api.preflight import OneLineStartupFailure
+    from confledger.api.server import create_app, import_model
+
+    configure_logging(settings.log_format, log_level)
     model = import_model(settings.model, settings.app_dir) if settings.model else None
     app, _ = create_app(settings, model=model)
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(app)))

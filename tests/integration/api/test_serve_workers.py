@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,7 +24,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.api.service_harness import ADMIN_TOKEN, EXAMPLE_CONFIG, PREFIX, full_hash_of, variant
+from tests.integration.api.service_harness import (
+    ADMIN_TOKEN,
+    EXAMPLE_CONFIG,
+    PREFIX,
+    REPO,
+    full_hash_of,
+    variant,
+)
 from tests.integration.api.test_serve_process import (
     GRACEFUL_EXITS,
     Server,
@@ -56,9 +65,16 @@ def children_of(pid: int) -> set[int]:
 
 
 def rows(database: Path, query: str, *parameters: object) -> list[tuple[object, ...]]:
-    connection = sqlite3.connect(database, timeout=10)
+    """Read the log directly, read-only; nothing yet while the service has not created it."""
+    if not database.exists():
+        return []
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
         return connection.execute(query, parameters).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # created, not yet migrated
+            return []
+        raise
     finally:
         connection.close()
 
@@ -187,3 +203,103 @@ def test_four_workers_share_the_socket_reload_once_on_sighup_and_stop_together(t
         stopped = rows(database, "SELECT instance_id FROM events WHERE type = 'instance.stopped'")
         assert sorted(str(instance) for (instance,) in stopped) == sorted({i for i, _ in started})
         assert children_of(main) == set()
+
+
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_no_worker(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("uvicorn_worker")
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    database = tmp_path / "confledger.db"
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    environment |= {
+        "CONFLEDGER_CONFIG": str(config),
+        "CONFLEDGER_MODEL": "confledger.examples.app_config:AppConfig",
+        "CONFLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    output = tmp_path / "gunicorn.log"
+    command = [
+        str(GUNICORN),
+        "-c",
+        "python:confledger.api.gunicorn",
+        "-w",
+        str(WORKERS),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--control-socket",
+        str(tmp_path / "gunicorn.ctl"),
+        "confledger.api.gunicorn:app()",
+    ]
+    with output.open("wb") as sink:
+        master = subprocess.Popen(
+            command, cwd=tmp_path, env=environment, stdout=sink, stderr=subprocess.STDOUT
+        )
+    workers: set[int] = set()
+    try:
+        wait_for(
+            "four workers to start",
+            lambda: len({i for i, _ in started_instances(database) if "/w" in i}) == WORKERS or None,
+            timeout=90,
+        )
+        started = [(i, pid) for i, pid in started_instances(database) if "/w" in i]
+        workers = {pid for _, pid in started}
+        assert sorted(i for i, _ in started) == [
+            f"{os.uname().nodename}:{master.pid}/w{n}" for n in range(WORKERS)
+        ]
+        assert workers <= children_of(master.pid)
+        # The first config was loaded once, by the master, before any worker existed.
+        loaders = rows(database, "SELECT DISTINCT instance_id FROM events WHERE operation_id IS NOT NULL")
+        assert loaders == [(f"{os.uname().nodename}:{master.pid}",)]
+        wait_for("a worker to answer", lambda: answering_instance(port) or None)
+
+        changed = variant(database__pool_size=62)
+        replace_atomically(config, yaml.safe_dump(changed, sort_keys=False))
+        os.kill(master.pid, signal.SIGHUP)
+        wait_for("the signal's operation", lambda: len(signal_operations(database)) == 1 or None)
+        [operation] = signal_operations(database)
+        wait_for(
+            "the config the signal applied",
+            lambda: (
+                rows(
+                    database,
+                    "SELECT json_extract(payload, '$.hash') FROM events "
+                    "WHERE type = 'config.applied' AND operation_id = ?",
+                    operation,
+                )
+                or None
+            ),
+        )
+        assert rows(
+            database,
+            "SELECT json_extract(payload, '$.hash') FROM events WHERE type = 'config.applied' AND operation_id = ?",
+            operation,
+        ) == [(full_hash_of(changed),)]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert len(signal_operations(database)) == 1
+            time.sleep(0.1)
+        # Gunicorn's own SIGHUP would have replaced every worker by now.
+        assert workers <= children_of(master.pid)
+        assert len(started_instances(database)) == WORKERS + 1  # the master's first load, the four workers
+
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=30) == 0
+        stopped = rows(
+            database,
+            "SELECT instance_id FROM events WHERE type = 'instance.stopped' AND instance_id LIKE '%/w%'",
+        )
+        assert sorted(str(i) for (i,) in stopped) == sorted(i for i, _ in started)
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait(timeout=10)
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
