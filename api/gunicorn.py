@@ -40,7 +40,7 @@ _APP_REFERENCE = "confledger.api.gunicorn:app"
 _base_instance_id: str | None = None
 
 
-class UvicornWorker(_UvicornWorker):
+class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no types
     """uvicorn-worker's worker with confledger's request deadline and header cap, ignoring SIGHUP until
     the app's lifecycle takes it over (gunicorn resets it to its default, which ends the process)."""
 
