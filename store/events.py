@@ -115,7 +115,10 @@ class InstanceStopped(EventPayload):
 
 
 class OperationStarted(EventPayload):
+    """An operation began; ``started_at`` (v2) is when it was asked for, before any commit."""
+
     event_type: ClassVar[str] = "operation.started"
+    schema_version: ClassVar[int] = 2
     kind: OperationKind
     trigger: Trigger
     source: str | None = None
@@ -126,6 +129,7 @@ class OperationStarted(EventPayload):
     expected_head: int = 0
     client: str | None = None
     trace_id: str | None = None
+    started_at: datetime | None = None
 
 
 class ConfigLoaded(EventPayload):
@@ -237,6 +241,17 @@ class FileWatchDisabled(EventPayload):
     source: str | None = None
 
 
+class IntegrityCheckFailed(EventPayload):
+    """A start-up found a stored body that is not the one its hash names: it was not applied, and the
+    instance refuses writes. (A broken chain is not recorded: nothing should be chained onto it.)"""
+
+    event_type: ClassVar[str] = "integrity.check_failed"
+    reason: str
+    message: str
+    config_hash: str | None = None
+    position: int | None = None
+
+
 # --- envelopes ----------------------------------------------------------------------------------------
 
 
@@ -337,5 +352,9 @@ for _model in (
     OperationRejected,
     FileWatchEnabled,
     FileWatchDisabled,
+    IntegrityCheckFailed,
 ):
     DEFAULT_REGISTRY.register(_model)
+
+# v1 had no started_at: such an operation's start is its event's commit time, which readers fall back to.
+DEFAULT_REGISTRY.register_upcaster(OperationStarted.event_type, 1, dict)

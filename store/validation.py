@@ -23,6 +23,7 @@ from pydantic_core import to_jsonable_python
 
 from confledger.store.calls import CallOutcome, UserCalls
 from confledger.store.canonical import config_hash
+from confledger.store.durations import elapsed_ms
 from confledger.store.secrets import ConfigPath, find_secret_paths
 
 __all__ = [
@@ -206,6 +207,10 @@ def values_at(body: Mapping[str, Any] | None, paths: Iterable[ConfigPath]) -> li
     return values
 
 
+def _plain_hash(body: Mapping[str, Any], _secret_paths: frozenset[ConfigPath]) -> str:
+    return config_hash(body)
+
+
 class ValidationPipeline:
     """Model validation, then each custom validator in order, each under its own timeout.
 
@@ -226,12 +231,18 @@ class ValidationPipeline:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.model = model
+        # How a config is hashed: the log's own scheme (secrets as keyed digests), set by the runner
+        # that owns this pipeline (``use_hasher``); until then the keyless hash.
+        self.hasher: Callable[[Mapping[str, Any], frozenset[ConfigPath]], str] = _plain_hash
         self.validator_timeout = validator_timeout
         self.max_items = max_items
         self.validators: list[ValidatorSpec] = [
             spec if isinstance(spec, ValidatorSpec) else ValidatorSpec(_name_of(spec), spec)
             for spec in validators
         ]
+
+    def use_hasher(self, hasher: Callable[[Mapping[str, Any], frozenset[ConfigPath]], str]) -> None:
+        self.hasher = hasher
 
     def add(
         self, validator: ConfigValidator, *, name: str | None = None, timeout: float | None = None
@@ -255,7 +266,8 @@ class ValidationPipeline:
         config, normalised, errors = self.parse(body)
         if config is None or normalised is None:
             return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
-        digest, secret_paths = config_hash(normalised), frozenset(find_secret_paths(config))
+        secret_paths = frozenset(find_secret_paths(config))
+        digest = self.hasher(normalised, secret_paths)
         return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
 
     async def validate(
@@ -292,7 +304,7 @@ class ValidationPipeline:
             # Scrubbed before clipped: a clip must never cut a secret into a piece scrub cannot match.
             errors=tuple(scrub(line, secrets) for line in errors[:limit]),
             warnings=tuple(scrub(line, secrets) for line in warnings[:limit]),
-            duration_ms=model.duration_ms + _ms_since(started),
+            duration_ms=round(model.duration_ms + _ms_since(started), 3),
             model_errors=len(model.errors),
             validator_ms=validator_ms,
             errors_omitted=max(len(errors) - limit, 0),
@@ -323,7 +335,7 @@ class ValidationPipeline:
 
 
 def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+    return elapsed_ms(started)
 
 
 def _name_of(validator: ConfigValidator) -> str:

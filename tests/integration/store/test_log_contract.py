@@ -142,7 +142,7 @@ def test_events_come_back_as_recorded_with_typed_frozen_payloads(log: EventLog) 
     assert fourth.payload.outcome is ServiceOutcome.SUCCESS
 
     assert first.type == "operation.started"
-    assert first.schema_version == 1
+    assert first.schema_version == OperationStarted.schema_version == 2
     assert first.operation_id == operation_id
     assert fourth.operation_id is None
     assert first.actor == "token:ops"
@@ -540,7 +540,9 @@ def raw_bodies(event_log: EventLog) -> list[str]:
 def test_secrets_are_sealed_at_rest_and_plain_to_the_key_holder(log: EventLog, open_log: Any) -> None:
     keyed = open_log(cipher=SecretCipher([SecretCipher.generate_key()]))
     full = keyed.put_config(SECRET_BODY, SECRET_PATHS)
-    assert full == config_hash(SECRET_BODY)  # the hash is over the plain values
+    # The hash covers the secrets only through keyed digests (hash scheme 2): not the plain sha256.
+    assert full == keyed.hash_config(SECRET_BODY, SECRET_PATHS)
+    assert full != config_hash(SECRET_BODY)
 
     (stored_text,) = raw_bodies(keyed)
     assert "correct-horse-battery" not in stored_text
