@@ -87,10 +87,13 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """In the worker, before the app is loaded: its instance id."""
+    """In the worker, before the app is loaded: its instance id; the file watcher in slot 0 alone (a
+    change is one reload the others follow, not one per worker racing for the fleet's lock)."""
     os.environ["CONFLEDGER_INSTANCE_ID"] = worker_instance_id(
         _base_instance_id, server.pid, worker.confledger_slot
     )
+    if worker.confledger_slot != 0:
+        os.environ["CONFLEDGER_WATCH"] = "false"
 
 
 def _check_service(server: Any) -> None:

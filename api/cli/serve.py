@@ -151,7 +151,9 @@ def _serve_with_workers(
     configs = [
         WorkerConfig(
             WorkerPlan(
-                overrides=overrides,
+                # One watcher for the file: a change is one reload decided by worker 0, which the other
+                # workers follow, not one reload per worker racing for the fleet's lock.
+                overrides=overrides if index == 0 else {**overrides, "watch": False},
                 log_level=log_level,
                 instance_id=worker_instance_id(settings.instance_id, os.getpid(), index),
             ),

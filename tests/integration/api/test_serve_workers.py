@@ -304,3 +304,37 @@ def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_
         for pid in workers:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_with_watch_only_worker_0_watches_the_file_and_a_change_is_one_reload(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    database = tmp_path / "confledger.db"
+    port = free_port()
+    arguments = ["--workers", "2", "--watch", "--poll-interval", "0.2"]
+    with confledger_serve(tmp_path, config, port, run=1, arguments=arguments) as server:
+        try:
+            wait_for(
+                "two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90
+            )
+            main = server.process.pid
+            watching = rows(database, "SELECT instance_id FROM events WHERE type = 'file_watch.enabled'")
+            assert watching == [(f"{os.uname().nodename}:{main}/w0",)]
+
+            changed = variant(database__pool_size=63)
+            replace_atomically(config, yaml.safe_dump(changed, sort_keys=False))
+            reloads = (
+                "SELECT instance_id FROM events WHERE type = 'operation.started' "
+                "AND json_extract(payload, '$.trigger') = 'file_watch'"
+            )
+            wait_for("the file's reload", lambda: rows(database, reloads) or None)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                assert rows(database, reloads) == [(f"{os.uname().nodename}:{main}/w0",)]
+                time.sleep(0.1)
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=30) in GRACEFUL_EXITS
+        finally:
+            for pid in children_of(server.process.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
