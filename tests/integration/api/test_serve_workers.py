@@ -2,7 +2,8 @@
 
 The supervisor binds once and starts four workers; fresh connections are answered by several of them.
 ``kill -HUP`` of the main pid (what ``systemctl reload`` sends) makes exactly one worker reload (one
-operation, trigger ``signal``) and restarts none; a worker killed with SIGKILL is started again under its
+operation, trigger ``signal``), the other three apply it by following the log (four ``instance.applied``),
+and no worker is restarted; a worker killed with SIGKILL is started again under its
 own instance id; SIGTERM stops every worker gracefully. The log is read directly (``sqlite3``), since
 each worker answers HTTP from its own projections.
 """
@@ -187,6 +188,18 @@ def test_four_workers_share_the_socket_reload_once_on_sighup_and_stop_together(t
             assert len(signal_operations(database)) == 1
             time.sleep(0.1)
         assert workers <= children_of(main)
+        # Every worker applied it: the one that decided, and the other three by following the log.
+        [(new_hash, _)] = applied
+        answers = (
+            "SELECT instance_id, json_extract(payload, '$.role'), json_extract(payload, '$.outcome') "
+            "FROM events WHERE type = 'instance.applied' AND json_extract(payload, '$.hash') = ?"
+        )
+        wait_for("four instance.applied", lambda: len(rows(database, answers, new_hash)) == WORKERS or None)
+        host = f"{os.uname().nodename}:{main}"
+        assert sorted(rows(database, answers, new_hash)) == [
+            (f"{host}/w0", "decided", "applied"),
+            *((f"{host}/w{n}", "followed", "applied") for n in range(1, WORKERS)),
+        ]
 
         # A worker that dies is started again, under its own instance id.
         victim_id, victim = next((i, pid) for i, pid in started if i.endswith("/w2"))
