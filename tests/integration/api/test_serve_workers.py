@@ -301,6 +301,19 @@ def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_
             time.sleep(0.1)
         # Gunicorn's own SIGHUP would have replaced every worker by now.
         assert workers <= children_of(master.pid)
+        # The oldest worker decided; the other three followed the log.
+        [(new_hash,)] = rows(
+            database,
+            "SELECT json_extract(payload, '$.hash') FROM events WHERE operation_id = ? "
+            "AND type = 'config.applied'",
+            operation,
+        )
+        answers = (
+            "SELECT json_extract(payload, '$.role') FROM events "
+            "WHERE type = 'instance.applied' AND json_extract(payload, '$.hash') = ?"
+        )
+        wait_for("four instance.applied", lambda: len(rows(database, answers, new_hash)) == WORKERS or None)
+        assert sorted(role for (role,) in rows(database, answers, new_hash)) == ["decided"] + ["followed"] * 3
         assert len(started_instances(database)) == WORKERS + 1  # the master's first load, the four workers
 
         master.send_signal(signal.SIGTERM)
