@@ -22,6 +22,7 @@ from confledger.api.settings import (
     settings_with,
     signing_key_of,
 )
+from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
@@ -150,6 +151,9 @@ class ConfigReloader:
             version=__version__,
         )
         self._follower_scope: anyio.CancelScope | None = None
+        # Told of each applied change as the projections fold it, whoever decided it (GET /watch).
+        self.changes = ChangeFeed(self.settings.watch_queue_size)
+        self.projections.applied_listeners.append(self.changes.on_applied)
         self.started = False
         self._log_closed = False
         self.startup_operation: ReloadOperation | None = None
@@ -222,6 +226,7 @@ class ConfigReloader:
         try:
             if self.started:
                 self.started = False
+                self.changes.close()
                 try:
                     await self.runner.stop()
                 finally:

@@ -140,6 +140,25 @@ class Settings(BaseSettings):
     docs: bool = Field(
         True, description="serve /docs (Swagger UI, assets served locally) and /openapi.json (serve)"
     )
+    watch_queue_size: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="changes queued per /watch client; a client further behind is dropped (it reconnects "
+        "with Last-Event-ID and replays from the log)",
+    )
+    watch_ping_interval: float = Field(
+        15.0, gt=0, le=3600, description="seconds between keep-alive comments on an idle /watch stream"
+    )
+    watch_send_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds one /watch write may wait on a client before it is dropped"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="worker processes of `confledger serve` sharing its socket, each an instance",
+    )
 
     @field_validator("source_dirs", mode="before")
     @classmethod

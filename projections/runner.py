@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
 
 from pydantic import ValidationError
 
 from confledger.projections.base import Folder, Projection
-from confledger.store.events import RecordedEvent
+from confledger.store.events import ConfigApplied, RecordedEvent
 from confledger.store.log import Checkpoint, EventLog
 
 __all__ = ["ProjectionSet", "restore_projections"]
@@ -98,6 +98,10 @@ class ProjectionSet:
     first) triggers a catch-up read from the log, so every projection still sees every event once,
     in order. Readers never take the lock: each projection publishes immutable values. The set of
     projections is fixed at construction.
+
+    ``applied_listeners`` hear of each ``config.applied`` once it is folded (and the projections have
+    settled on it), in position order, under the lock, whichever path folded it: this instance's own
+    append, a catch-up, or a follower reading what another instance decided. A listener must not block.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class ProjectionSet:
         self._last_checkpoint_time = 0.0
         self._unsubscribe: Callable[[], None] | None = None
         self.replayed_on_start = 0
+        self.applied_listeners: list[Callable[[RecordedEvent], None]] = []
 
     @property
     def position(self) -> int:
@@ -148,9 +153,41 @@ class ProjectionSet:
         self.checkpoint()
 
     def _catch_up(self) -> int:
-        folded = self._folder.fold(self.log.iter_events(self.position))
-        self._settle()
+        return self._fold(self.log.iter_events(self.position))
+
+    def _fold(self, events: Iterable[RecordedEvent]) -> int:
+        """Fold and settle ``events``; then tell the applied-listeners of the applies among them."""
+        if not self.applied_listeners:
+            folded = self._folder.fold(events)
+            self._settle()
+            return folded
+        before = self.position
+        applied: list[RecordedEvent] = []
+
+        def noting_applies() -> Iterator[RecordedEvent]:
+            for event in events:
+                if isinstance(event.payload, ConfigApplied):
+                    applied.append(event)
+                yield event
+
+        try:
+            folded = self._folder.fold(noting_applies())
+            self._settle()
+        finally:
+            # Also after a failed fold: what was folded is never folded again, so it is told now or never.
+            reached = self.position
+            for event in applied:
+                if before < event.position <= reached:
+                    self._tell_applied(event)
         return folded
+
+    def _tell_applied(self, event: RecordedEvent) -> None:
+        for listener in list(self.applied_listeners):
+            try:
+                listener(event)
+            except Exception:
+                # A listener (a watch client's queue) never stops the projections from folding.
+                logger.exception("an applied-listener failed at position %d", event.position)
 
     def catch_up(self) -> int:
         """Fold whatever other processes appended since (used by followers and before reads)."""
@@ -169,8 +206,7 @@ class ProjectionSet:
             if events[0].position > self.position + 1:
                 self._catch_up()
             else:
-                self._folder.fold(events)
-                self._settle()
+                self._fold(events)
             self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -221,15 +222,20 @@ def finish(span: trace.Span, result: ReloadOperation) -> None:
     )
 
 
+_WORKER_SUFFIX = re.compile(r"/w[0-9]+$")
+
+
 def owner_is_gone(instance_id: str, own_instance_id: str) -> bool:
     """Whether the instance that started an open operation can no longer complete it.
 
     Our own id means we restarted. For the default ``host:pid`` form on this host, a dead pid means the
     process is gone. An operation of a live process or another host is left alone: it may be running.
+    A worker of ``confledger serve --workers`` is ``host:pid/w<index>`` with its supervisor's pid: a
+    worker started again has its old id (the first rule), and a dead supervisor took its workers along.
     """
     if instance_id == own_instance_id:
         return True
-    host, _, pid_text = instance_id.rpartition(":")
+    host, _, pid_text = _WORKER_SUFFIX.sub("", instance_id).rpartition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)

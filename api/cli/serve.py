@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from socket import socket
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from confledger.api.cli.app import app, err, out, settings_error
 from confledger.store.errors import ConfledgerError
+
+if TYPE_CHECKING:
+    from confledger.api.settings import Settings
 
 __all__: list[str] = []
 
@@ -32,6 +36,15 @@ def serve(
     app_dir: Annotated[Path, typer.Option("--app-dir", envvar="CONFLEDGER_APP_DIR")] = Path("."),
     metrics: Annotated[bool, typer.Option("--metrics/--no-metrics", envvar="CONFLEDGER_METRICS")] = True,
     log_level: Annotated[str, typer.Option(envvar="CONFLEDGER_LOG_LEVEL")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="CONFLEDGER_WORKERS",
+            min=1,
+            max=64,
+            help="Worker processes sharing the socket, each an instance on the one log.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the config service (FastAPI under uvicorn) on CONFIG, recording everything in the log."""
     import logging
@@ -62,6 +75,7 @@ def serve(
         "poll_interval": poll_interval,
         "app_dir": app_dir,
         "metrics": metrics,
+        "workers": workers,
     }
     if database is not None:
         overrides["database_url"] = database
@@ -104,6 +118,9 @@ def serve(
     # The access log shows query values only for the API's own parameters (a token there is refused
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))
+    if settings.workers > 1:
+        _serve_with_workers(settings, overrides, log_level, sock)
+        return
     guarded = OneLineStartupFailure(fastapi_app)
     server_config = uvicorn.Config(
         guarded,
@@ -120,4 +137,38 @@ def serve(
     server = uvicorn.Server(server_config)
     server.run(sockets=[sock])
     if not server.started:
+        raise typer.Exit(1)
+
+
+def _serve_with_workers(
+    settings: Settings, overrides: dict[str, object], log_level: str, sock: socket
+) -> None:
+    """N workers on the socket bound above, under uvicorn's supervisor (``confledger.api.workers``)."""
+    import os
+
+    from confledger.api.workers import WorkerConfig, WorkerPlan, WorkerSupervisor, worker_instance_id
+
+    configs = [
+        WorkerConfig(
+            WorkerPlan(
+                # One watcher for the file: a change is one reload decided by worker 0, which the other
+                # workers follow, not one reload per worker racing for the fleet's lock.
+                overrides=overrides if index == 0 else {**overrides, "watch": False},
+                log_level=log_level,
+                instance_id=worker_instance_id(settings.instance_id, os.getpid(), index),
+            ),
+            request_timeout=settings.request_timeout,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            timeout_keep_alive=settings.keep_alive_timeout,
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+            timeout_graceful_shutdown=settings.shutdown_timeout,
+            workers=settings.workers,
+        )
+        for index in range(settings.workers)
+    ]
+    supervisor = WorkerSupervisor(configs, [sock])
+    supervisor.run()
+    if supervisor.failed:
         raise typer.Exit(1)

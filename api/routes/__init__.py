@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from confledger.api.routes import audit, file_watch, health, operations, status, versions
+from confledger.api.routes import audit, file_watch, health, operations, status, versions, watch
 from confledger.api.schemas import ErrorResponse
 
 __all__ = ["build_config_router", "health"]
@@ -22,6 +22,6 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 
 def build_config_router() -> APIRouter:
     router = APIRouter(responses=_AUTH_RESPONSES)
-    for module in (operations, status, versions, audit, file_watch):
+    for module in (operations, status, versions, audit, file_watch, watch):
         router.include_router(module.router)
     return router

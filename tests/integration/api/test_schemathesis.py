@@ -29,7 +29,10 @@ from tests.integration.api.service_harness import (
 # As `confledger serve` builds it: the config API, health, and the Prometheus endpoint.
 _SCHEMA_APP = unstarted_app(metrics=True)
 OPENAPI = _SCHEMA_APP.openapi()
-schema = schemathesis.openapi.from_dict(OPENAPI)
+# GET /watch is a stream that ends only when the client leaves or the service stops, which Starlette's
+# TestClient (it collects the whole body) cannot do: tests/integration/api/test_watch.py speaks to it
+# through a real server.
+schema = schemathesis.openapi.from_dict(OPENAPI).exclude(path="/api/v1/config/watch")
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -106,6 +106,7 @@ def test_the_route_listing_sees_every_router() -> None:
         ("GET", "/events"),
         ("GET", "/verify"),
         ("GET", "/timeline"),
+        ("GET", "/watch"),
     }
     assert {(method, PREFIX + path) for method, path in named} <= set(PROTECTED)
     unprotected = {path for _, path in ROUTES if not path.startswith(PREFIX + "/")}
@@ -159,7 +160,11 @@ def shared(layout: dict[str, Path]) -> Iterator[Service]:
 
 def _request(service: Service, method: str, path: str, headers: dict[str, str]) -> Response:
     if method == "GET":
-        return service.client.get(_concrete(path), headers=headers)
+        # A stream (GET /watch) is judged by its status and headers: its body ends only when the client leaves.
+        with service.client.stream("GET", _concrete(path), headers=headers) as response:
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                response.read()
+        return response
     return service.client.request(method, _concrete(path), headers=headers, json={})
 
 

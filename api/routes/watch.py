@@ -1,0 +1,121 @@
+"""``GET /watch``: applied changes as Server-Sent Events, for dashboards, sidecars and other outsiders.
+
+A client that reconnects with ``Last-Event-ID`` (an event's ``id`` is its log position) first gets every
+change after that position from the log, then the live feed, without a gap or a repeat at the seam: it is
+subscribed to the feed before the log is read, and whatever the feed brings that the replay already gave
+(its position is not newer) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.limits import GuardedRoute
+from confledger.api.reloader import ConfigReloader
+from confledger.api.schemas import MAX_POSITION, ErrorResponse
+from confledger.api.watch import AppliedChange, replay_changes
+
+__all__ = ["WatchEvent", "router"]
+
+router = APIRouter(tags=["watch"], route_class=GuardedRoute)
+
+EVENT_NAME = "config.applied"
+# How long a browser's EventSource waits before it reconnects (it sends Last-Event-ID then).
+RETRY_MS = 2_000
+
+
+class WatchEvent(BaseModel):
+    """The JSON ``data`` of one ``config.applied`` event on the stream (its ``id`` is ``position``)."""
+
+    position: int = Field(description="the log position of the config.applied event; also the SSE id")
+    hash: str = Field(description="the applied config's hash (first 16 hex digits)")
+    previous_hash: str | None = Field(description="the config it replaced (first 16 hex digits)")
+    applied_at: datetime
+    changed_paths: list[str] = Field(description="dotted paths that changed; never a value")
+    changes_omitted: int = Field(description="changed paths not listed (CONFLEDGER_MAX_RECORDED_ITEMS)")
+    actor: str = Field(description="who caused it: token role, signal, file_watch, cli claim, system")
+    instance_id: str = Field(description="the instance that decided it")
+
+
+_STREAM_DESCRIPTION = (
+    "`text/event-stream`. Each applied change is one event: `id` = its log position, "
+    f"`event: {EVENT_NAME}`, `data` = one JSON object as the `WatchEvent` schema. Comments (lines "
+    "starting with `:`) keep an idle connection alive. Reconnect with `Last-Event-ID` to get every "
+    "change after that position, none twice. A client that falls more than CONFLEDGER_WATCH_QUEUE_SIZE "
+    "changes behind is disconnected; it reconnects the same way."
+)
+
+
+@router.get(
+    "/watch",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": _STREAM_DESCRIPTION,
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    # What each event's data holds, for clients to generate a type from (OpenAPI 3.1
+                    # has no standard place for the items of a stream; 3.2 calls it itemSchema).
+                    "x-sse-data-schema": WatchEvent.model_json_schema(),
+                }
+            },
+        },
+        422: {"model": ErrorResponse, "description": "Last-Event-ID is not a log position"},
+    },
+)
+async def watch(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=MAX_POSITION,
+            description="resume after this position: every change after it, then live",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Each applied config change as it lands, whichever instance decided it (Server-Sent Events)."""
+    settings = reloader.settings
+    return EventSourceResponse(
+        _events(reloader, last_event_id),
+        ping=settings.watch_ping_interval,
+        send_timeout=settings.watch_send_timeout,
+        sep="\n",
+    )
+
+
+async def _events(reloader: ConfigReloader, after: int | None) -> AsyncIterator[ServerSentEvent]:
+    with reloader.changes.subscribe() as subscription:
+        last = 0
+        if after is not None:
+            last = after
+            async for change in replay_changes(reloader.log, after):
+                yield _event(change)
+                last = change.position
+        async for change in subscription:
+            if change.position <= last:
+                continue
+            yield _event(change)
+            last = change.position
+        if subscription.overflowed:
+            yield ServerSentEvent(comment="dropped: too far behind; reconnect with Last-Event-ID")
+
+
+def _event(change: AppliedChange) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=json.dumps(change.data(), separators=(",", ":")),
+        id=str(change.position),
+        event=EVENT_NAME,
+        retry=RETRY_MS,
+    )
