@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
+from confledger.store import failpoints
 from confledger.store.calls import UserCalls
 from confledger.store.decision import Decision, decide
 from confledger.store.diff import changed_paths
@@ -441,7 +442,9 @@ class OperationRunner:
             return
         services = self.services.ordered()
         if services:
+            failpoints.hit("before_start_append")
             await self._record(operation)  # durable before the first service hears of the change
+            failpoints.hit("after_start_append")
         previous = operation.previous
         secrets = [*change.active.secret_values(), *([] if previous is None else previous.secret_values())]
         apply_started = time.perf_counter()
@@ -557,6 +560,7 @@ class OperationRunner:
             source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
         )
         model = self.pipeline.check_model(loaded.body)
+        failpoints.hit("after_parse")
         if current is not None and model.hash not in (None, current):
             self.pins.catch_up(self.log)
         if model.body is None:
@@ -773,7 +777,9 @@ class OperationRunner:
                 apply_ms=(time.perf_counter() - apply_started) * 1000,
             )
         )
+        failpoints.hit("before_outcome_commit")
         await self._record(operation, *events, expected_head=operation.expected_head)
+        failpoints.hit("after_outcome_commit")
         if decision.applies:
             self.active = new
 
