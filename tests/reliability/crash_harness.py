@@ -92,11 +92,11 @@ class Serve:
             self.client.close()
 
     def kill(self) -> None:
-        """SIGKILL and reap: the crash nothing inside the process can see coming."""
+        """SIGKILL and reap: the crash nothing inside the process can see coming. The client stays open
+        (a thread may still be sending on it: its request fails as a dropped connection)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
-        self.client.close()
 
     def stop(self) -> None:
         """SIGTERM and a graceful exit."""
@@ -186,6 +186,7 @@ class Deployment:
                 wait_for("/readyz", lambda: _ready(serve), timeout=60)
             except BaseException:
                 serve.kill()
+                serve.client.close()
                 raise
         return serve
 
@@ -196,8 +197,8 @@ class Deployment:
         try:
             yield serve
         finally:
-            if serve.process.poll() is None:
-                serve.kill()
+            serve.kill()
+            serve.client.close()
 
 
 def _ready(serve: Serve) -> bool | None:
