@@ -52,6 +52,7 @@ from confledger.store.errors import (
     ConfigLookupError,
     ConfledgerError,
     InitialConfigError,
+    LogError,
     NotAllowed,
     SecretKeyError,
     SourceError,
@@ -66,6 +67,7 @@ from confledger.store.events import (
     InstanceStarted,
     InstanceStopped,
     NewEvent,
+    OperationCompleted,
     OperationKind,
     OperationRejected,
     OperationStarted,
@@ -154,6 +156,9 @@ class OperationRunner:
         self.pins = RollbackPins()
         # The last reload that read the configured source (from the log at start, then this instance's).
         self._source_read: ReloadOperation | None = None
+        # The closing of an operation whose outcome the log refused to take (the database went away
+        # between its two commits): appended before anything else once the log takes writes again.
+        self._unclosed: list[NewEvent] = []
 
     @property
     def running_operation_id(self) -> str | None:
@@ -179,6 +184,8 @@ class OperationRunner:
         configs: Sequence[PreparedConfig] = (),
     ) -> list[RecordedEvent]:
         # Every database call goes to a worker thread: an fsync must never stall the event loop.
+        if self._unclosed:
+            await self._close_unrecorded()
         append = functools.partial(
             self.log.append_recorded, events, expected_head=expected_head, configs=configs
         )
@@ -187,6 +194,18 @@ class OperationRunner:
             self._known_head = max(self._known_head, recorded[-1].position)
             self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
         return recorded
+
+    async def _close_unrecorded(self) -> None:
+        """Append the closing an unrecorded outcome left waiting (raises while the log still refuses)."""
+        # Taken before the await: a second append meanwhile must not write the same closing again.
+        closing, self._unclosed = self._unclosed, []
+        try:
+            recorded = await anyio.to_thread.run_sync(functools.partial(self.log.append_recorded, closing))
+        except BaseException:
+            self._unclosed = closing + self._unclosed
+            raise
+        self._known_head = max(self._known_head, recorded[-1].position)
+        self.pins.appended(recorded)
 
     # --- start-up and shut-down ------------------------------------------------------------------------
 
@@ -778,10 +797,70 @@ class OperationRunner:
             )
         )
         failpoints.hit("before_outcome_commit")
-        await self._record(operation, *events, expected_head=operation.expected_head)
+        try:
+            await self._record(operation, *events, expected_head=operation.expected_head)
+        except ConcurrencyConflict:
+            raise
+        except LogError as lost:
+            await self._outcome_lost(operation, change, services, results, decision, secrets, events, lost)
+            raise
         failpoints.hit("after_outcome_commit")
         if decision.applies:
             self.active = new
+
+    async def _outcome_lost(
+        self,
+        operation: Operation,
+        change: Change,
+        services: Sequence[ServiceSpec],
+        results: list[NotifyResult],
+        decision: Decision,
+        secrets: list[str],
+        events: list[EventPayload],
+        lost: LogError,
+    ) -> None:
+        """The log refused the outcome (the database went away after the start was recorded).
+
+        The change is not the current config, since the log does not say so: the services that took it
+        are given their previous config back, so none keeps running a config the log never applied
+        while this instance serves the previous one. What happened is kept as the operation's closing
+        (the notifications, those compensations, ``failed`` with the store's reason code), appended
+        before anything else once the log takes writes again; the caller still gets the error (a 503).
+        Before the start was recorded (no services: one transaction) the operation is simply absent.
+        """
+        self._applying = None
+        if not operation.recorded:
+            return
+        previous = operation.previous
+        closing = [
+            event
+            for event in events
+            if not isinstance(event, ConfigApplied | ConfigRolledBack | OperationCompleted)
+        ]
+        if decision.applies and previous is not None:
+            by_name = {spec.name: spec for spec in services}
+            accepted = [by_name[result.service] for result in reversed(results) if result.accepted]
+            compensations = await self._notify(
+                accepted, change.active.config, previous.config, secrets, "compensate"
+            )
+            closing += [notified(result, "compensate", previous.hash) for result in compensations]
+        closing.append(
+            operation.completed(
+                OperationStatus.FAILED,
+                f"{operation.noun} not applied: the event log could not record the outcome",
+                error="the event log was unavailable",
+                reason=lost.code,
+            )
+        )
+        logger.error(
+            "%s %s: the log refused its outcome (%s); services given their previous config back, its "
+            "closing is recorded once the log takes writes again",
+            operation.request.kind.value,
+            operation.id,
+            lost.code,
+        )
+        actor = operation.request.actor
+        self._unclosed += [NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing]
 
     async def _record(
         self, operation: Operation, *events: EventPayload, expected_head: int | None = None

@@ -11,6 +11,12 @@ While the database is down, reloads and rollbacks (API and SIGHUP) fail with 503
 service keeps running it. Once the database is back, the next change applies everywhere, with the same
 process, and "nothing lost" holds (``tests.reliability.invariants``), the 503 replies included (an
 errored request is wholly in the log or absent).
+
+The outage may also begin inside an operation, after its start was recorded and while the services are
+being told (``beta`` holds the change until the test has taken the database away): the outcome cannot
+be recorded, so the services that took the change get their previous config back, the client gets the
+503, and the operation's closing (``failed``, ``store_unavailable``) is recorded once the log takes
+writes again, before the next change.
 """
 
 from __future__ import annotations
@@ -19,19 +25,21 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from tests.integration.api.service_harness import ADMIN_TOKEN
 from tests.private_postgres import PrivatePostgres, private_postgres  # noqa: F401 (the fixture)
 from tests.reliability.crash_harness import Deployment, Serve, body_with, wait_for
-from tests.reliability.crash_services import SERVICES
+from tests.reliability.crash_services import HELD_RETRIES, RELEASE_FILE, SERVICES
 from tests.reliability.invariants import (
     HttpObserver,
     Reply,
@@ -181,4 +189,63 @@ def test_reloads_answer_503_while_the_database_is_down_and_work_once_it_is_back(
             wait_until_settled(observer, log)
             report = check_nothing_lost(log, [observer], replies)
         assert report.replies_matched == 2  # the two answered operations; the 503s named none
+        serve.stop()
+
+
+@pytest.mark.slow
+def test_an_outage_between_the_two_commits_leaves_no_service_on_an_unrecorded_config(
+    outage: Outage, tmp_path: Path
+) -> None:
+    deployment = Deployment(tmp_path, outage.database_url)
+    deployment.write_config(body_with(20))
+    replies: list[Reply] = []
+    with deployment.serving() as serve:
+        deployment.write_config(body_with(21, performance__max_retries=HELD_RETRIES))
+        answers: list[httpx.Response] = []
+        client = threading.Thread(target=lambda: answers.append(serve.post("/reload")))
+        client.start()
+        try:
+            # alpha took the change, beta holds it: the start is recorded, the outcome is not.
+            wait_for("alpha to take the change", lambda: deployment.services()["alpha"] == 21 or None)
+            outage.take_down()
+            try:
+                (deployment.services_dir / RELEASE_FILE).touch()
+                client.join(timeout=60)
+                [answer] = answers
+                replies.append(reply_from_response(answer))
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["code"] == "store_unavailable"
+                # The log does not say 21 was applied: nobody runs it, 20 is still served.
+                assert deployment.services() == dict.fromkeys(SERVICES, 20)
+                assert serve.pool_size() == 20
+            finally:
+                outage.bring_back()
+        finally:
+            (deployment.services_dir / RELEASE_FILE).touch()
+            client.join(timeout=60)
+
+        deployment.write_config(body_with(22))
+        answer = serve.post("/reload")
+        replies.append(reply_from_response(answer))
+        assert answer.json()["success"] is True, answer.text
+        assert deployment.services() == dict.fromkeys(SERVICES, 22)
+        with deployment.open_log() as log:
+            observer = HttpObserver(serve.client, ADMIN_TOKEN)
+            wait_until_settled(observer, log)
+            check_nothing_lost(log, [observer], replies)
+            [held] = [
+                operation
+                for operation in serve.get("/history", limit=100)["operations"]
+                if operation["reason"] == "store_unavailable"
+            ]
+        assert held["status"] == "failed"
+        assert held["services_notified"] == ["alpha:success", "beta:success", "gamma:success"]
+        detail = serve.get(f"/operations/{held['operation_id']}")
+        given_back = [
+            event["payload"]["service"]
+            for event in detail["events"]
+            if event["type"] == "service.notified" and event["payload"]["direction"] == "compensate"
+        ]
+        assert given_back == ["gamma", "beta", "alpha"]
+        assert "config.applied" not in [event["type"] for event in detail["events"]]
         serve.stop()
