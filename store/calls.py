@@ -28,6 +28,8 @@ from enum import Enum
 
 import anyio
 
+from confledger.store.durations import elapsed_ms
+
 __all__ = ["CallOutcome", "UserCalls"]
 
 
@@ -94,7 +96,7 @@ class UserCalls:
                 if not in_thread or state[0] is _State.QUEUED:
                     state[0] = _State.CANCELLED
                     self._in_flight.discard(key)
-        duration_ms = (time.perf_counter() - started) * 1000
+        duration_ms = elapsed_ms(started)
         return CallOutcome(value, error, deadline.cancelled_caught, False, duration_ms)
 
     def _releasing(

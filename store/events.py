@@ -115,7 +115,10 @@ class InstanceStopped(EventPayload):
 
 
 class OperationStarted(EventPayload):
+    """An operation began; ``started_at`` (v2) is when it was asked for, before any commit."""
+
     event_type: ClassVar[str] = "operation.started"
+    schema_version: ClassVar[int] = 2
     kind: OperationKind
     trigger: Trigger
     source: str | None = None
@@ -126,6 +129,7 @@ class OperationStarted(EventPayload):
     expected_head: int = 0
     client: str | None = None
     trace_id: str | None = None
+    started_at: datetime | None = None
 
 
 class ConfigLoaded(EventPayload):
@@ -339,3 +343,6 @@ for _model in (
     FileWatchDisabled,
 ):
     DEFAULT_REGISTRY.register(_model)
+
+# v1 had no started_at: such an operation's start is its event's commit time, which readers fall back to.
+DEFAULT_REGISTRY.register_upcaster(OperationStarted.event_type, 1, dict)

@@ -13,10 +13,12 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from opentelemetry import trace
 
+from confledger.store.durations import elapsed_ms
 from confledger.store.errors import SecretKeyError
 from confledger.store.events import (
     EventPayload,
@@ -100,6 +102,9 @@ class Operation:
     previous: ActiveConfig | None
     expected_head: int
     started: float = field(default_factory=time.perf_counter)
+    # Wall-clock start, recorded in operation.started: the event's own occurred_at is the commit's time,
+    # which for an operation written in one transaction is also its completion's.
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     validation_ms: float = 0.0
     pending: list[EventPayload] = field(default_factory=list)
     configs: list[PreparedConfig] = field(default_factory=list)
@@ -123,7 +128,7 @@ class Operation:
             message=message,
             error_message=error,
             reason=reason,
-            total_ms=(time.perf_counter() - self.started) * 1000,
+            total_ms=elapsed_ms(self.started),
             validation_ms=self.validation_ms,
             apply_ms=apply_ms,
         )

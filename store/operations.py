@@ -47,6 +47,7 @@ from confledger.store import failpoints
 from confledger.store.calls import UserCalls
 from confledger.store.decision import Decision, decide
 from confledger.store.diff import changed_paths
+from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigLookupError,
@@ -493,6 +494,7 @@ class OperationRunner:
                 expected_head=operation.expected_head,
                 client=request.client,
                 trace_id=operation.trace_id,
+                started_at=operation.started_at,
             )
         )
         source = request.source
@@ -599,6 +601,7 @@ class OperationRunner:
             expected_head=operation.expected_head,
             client=request.client,
             trace_id=operation.trace_id,
+            started_at=operation.started_at,
         )
         try:
             current = None if previous is None else previous.hash
@@ -793,7 +796,7 @@ class OperationRunner:
                 decision.message,
                 error=decision.error,
                 reason=decision.reason,
-                apply_ms=(time.perf_counter() - apply_started) * 1000,
+                apply_ms=elapsed_ms(apply_started),
             )
         )
         failpoints.hit("before_outcome_commit")

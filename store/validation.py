@@ -23,6 +23,7 @@ from pydantic_core import to_jsonable_python
 
 from confledger.store.calls import CallOutcome, UserCalls
 from confledger.store.canonical import config_hash
+from confledger.store.durations import elapsed_ms
 from confledger.store.secrets import ConfigPath, find_secret_paths
 
 __all__ = [
@@ -292,7 +293,7 @@ class ValidationPipeline:
             # Scrubbed before clipped: a clip must never cut a secret into a piece scrub cannot match.
             errors=tuple(scrub(line, secrets) for line in errors[:limit]),
             warnings=tuple(scrub(line, secrets) for line in warnings[:limit]),
-            duration_ms=model.duration_ms + _ms_since(started),
+            duration_ms=round(model.duration_ms + _ms_since(started), 3),
             model_errors=len(model.errors),
             validator_ms=validator_ms,
             errors_omitted=max(len(errors) - limit, 0),
@@ -323,7 +324,7 @@ class ValidationPipeline:
 
 
 def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+    return elapsed_ms(started)
 
 
 def _name_of(validator: ConfigValidator) -> str:

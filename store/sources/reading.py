@@ -18,6 +18,7 @@ from hashlib import sha256
 from pathlib import PurePath
 from typing import Any
 
+from confledger.store.durations import elapsed_ms
 from confledger.store.errors import SourceError, SourceNotAllowed
 from confledger.store.sources.env_source import parse_env
 from confledger.store.sources.json_source import parse_json
@@ -267,7 +268,7 @@ def load_source(
         body=body,
         raw_sha256=digest,
         size_bytes=len(data),
-        load_ms=(time.perf_counter() - started) * 1000,
+        load_ms=elapsed_ms(started),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -115,3 +116,39 @@ async def test_every_answer_equals_the_operation_read_back(
         assert any(answer.rejected for answer in answers)
         for answer in answers:
             assert answer == read_back(reloader, answer), answer.message
+
+
+async def test_an_operation_has_its_own_start_and_durations_to_the_microsecond(
+    database_url: str, tmp_path: Path
+) -> None:
+    first = write(tmp_path / "a.json")
+    second = write(tmp_path / "b.json", performance__max_retries=5)
+
+    def unhurried(_old: Any, _new: Any) -> None:
+        # A floor under the operation's length, so its start and completion cannot share a clock tick.
+        time.sleep(0.02)
+
+    async with running(database_url, first) as reloader:
+        reloader.register_config_callback("unhurried", unhurried)
+        answers = [
+            await reloader.reload_config(config_source=second),  # applied: two commits
+            await reloader.reload_config(config_source=second),  # unchanged: one commit
+            await reloader.rollback_config(),  # manual rollback
+        ]
+        for answer in answers:
+            recorded = read_back(reloader, answer)
+            assert recorded.started_at is not None
+            assert recorded.completed_at is not None
+            waited_ms = (recorded.completed_at - recorded.started_at).total_seconds() * 1000
+            # The whole measured operation lies between its recorded start and its completion's commit.
+            assert waited_ms > 0
+            assert waited_ms >= recorded.total_duration_ms - 1.0, answer.message
+            durations = [
+                recorded.total_duration_ms,
+                recorded.validation_duration_ms,
+                recorded.apply_duration_ms,
+            ]
+            durations += list(recorded.service_durations_ms.values())
+            for duration in durations:
+                assert duration == round(duration, 3)
+        assert answers[0].apply_duration_ms >= 20

@@ -142,7 +142,7 @@ def test_events_come_back_as_recorded_with_typed_frozen_payloads(log: EventLog) 
     assert fourth.payload.outcome is ServiceOutcome.SUCCESS
 
     assert first.type == "operation.started"
-    assert first.schema_version == 1
+    assert first.schema_version == OperationStarted.schema_version == 2
     assert first.operation_id == operation_id
     assert fourth.operation_id is None
     assert first.actor == "token:ops"
