@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet
 from confledger.store import EventLog, SecretCipher
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO, variant
 from tests.reliability.crash_services import SERVICES_DIR_VARIABLE, state_of
+from tests.reliability.forkserver import ForkedProcess, ForkServer
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 MODEL = "tests.reliability.crash_services:AppConfig"
@@ -57,6 +58,14 @@ def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 30.0,
         time.sleep(every)
 
 
+def child_environment() -> dict[str, str]:
+    """This process's environment for a child: no CONFLEDGER_* setting of the shell, the repository
+    importable (``tests.reliability.crash_services``)."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return environment
+
+
 def body_with(pool_size: int, **changes: Any) -> dict[str, Any]:
     """The example config, marked by its pool size (what each service file records)."""
     return variant(database__pool_size=pool_size, **changes)
@@ -66,7 +75,7 @@ def body_with(pool_size: int, **changes: Any) -> dict[str, Any]:
 class Serve:
     """One ``confledger serve`` process of a deployment."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     client: httpx.Client
     output: Path
 
@@ -114,6 +123,8 @@ class Deployment:
     database_url: str
     encryption_key: str = field(default_factory=lambda: Fernet.generate_key().decode())
     environment: dict[str, str] = field(default_factory=dict)
+    # Starts without a crash point go through it when given (tests.reliability.forkserver).
+    forkserver: ForkServer | None = None
     runs: int = 0
 
     @property
@@ -143,13 +154,12 @@ class Deployment:
     def start(self, *, failpoint: str | None = None, wait_ready: bool = True) -> Serve:
         self.services_dir.mkdir(exist_ok=True)
         self.runs += 1
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+        environment = child_environment()
         environment.update(
             {
                 "CONFLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
                 "CONFLEDGER_ENCRYPTION_KEY": self.encryption_key,
                 SERVICES_DIR_VARIABLE: str(self.services_dir),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                 **self.environment,
             }
         )
@@ -171,10 +181,14 @@ class Deployment:
             "--log-level",
             "warning",
         ]
-        with output.open("wb") as sink:
-            process = subprocess.Popen(
-                command, cwd=self.workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT
-            )
+        process: subprocess.Popen[bytes] | ForkedProcess
+        if self.forkserver is not None and failpoint is None:
+            process = ForkedProcess(self.forkserver.spawn(command[1:], environment, self.workdir, output))
+        else:
+            with output.open("wb") as sink:
+                process = subprocess.Popen(
+                    command, cwd=self.workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT
+                )
         client = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},

@@ -15,7 +15,10 @@ the parent kills the process with SIGKILL after a random delay. The log left beh
 rules 1-3 of the invariants with the writer dead (``check_log``).
 
 Size: ``30 x CONFLEDGER_TEST_SCALE`` loops per backend (CI: 30; the issue's full size is 200 loops,
-``CONFLEDGER_TEST_SCALE=6.67``). The seed is printed; the kill moments depend on timing anyway.
+``CONFLEDGER_TEST_SCALE=6.67``). The seed is printed; the kill moments depend on timing anyway. The
+processes are forked from a server that has done their imports (``tests.reliability.forkserver``): a
+start then costs what start-up itself does (open and check the log, restore, notify, bind), not 1-3 s
+of importing.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import pytest
 
 from confledger.store.events import OperationStatus
 from tests.integration.api.service_harness import ADMIN_TOKEN
-from tests.reliability.crash_harness import SCALE, Deployment, Serve, body_with
+from tests.reliability.crash_harness import SCALE, Deployment, Serve, body_with, child_environment
 from tests.reliability.crash_services import REFUSED_TTL, SERVICES
+from tests.reliability.forkserver import ForkServer
 from tests.reliability.invariants import (
     HttpObserver,
     Reply,
@@ -85,11 +89,17 @@ def statuses(deployment: Deployment, operation_ids: set[str]) -> set[OperationSt
 
 
 @pytest.mark.slow
-def test_random_sigkill_during_reloads_and_rollbacks_loses_nothing(database_url: str, tmp_path: Path) -> None:
+def test_random_sigkill_during_reloads_and_rollbacks_loses_nothing(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     seed = random.randrange(2**32)
     print(f"seed {seed}, {KILL_LOOPS} loops")
     rng = random.Random(seed)
-    deployment = Deployment(tmp_path, database_url, environment={"CONFLEDGER_ROLLBACK_THRESHOLD": "1.0"})
+    forkserver = ForkServer(child_environment())
+    request.addfinalizer(forkserver.close)
+    deployment = Deployment(
+        tmp_path, database_url, environment={"CONFLEDGER_ROLLBACK_THRESHOLD": "1.0"}, forkserver=forkserver
+    )
     deployment.write_config(body_with(20))
     replies: list[Reply] = []
     left_open: set[str] = set()
