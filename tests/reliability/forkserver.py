@@ -9,7 +9,9 @@ own pid (and so its own default instance id, ``host:pid``). Children are reaped 
 (SIGCHLD ignored in the server), so a killed one's pid is gone at once, which is what a restart looks at
 to close the operations it left open. The server holds no threads when it forks (checked).
 
-Not for crash points: ``CONFLEDGER_FAILPOINT`` is read at import, which the children skip.
+Not for crash points: ``CONFLEDGER_FAILPOINT`` is read at import, which the children skip, and a child's
+exit status goes to the server, not to the test (``Deployment.start`` runs the console script when a
+point is armed).
 
 Protocol (one JSON object a line each way): ``{"argv", "env", "cwd", "output"}`` in, ``{"pid"}`` out.
 """
@@ -26,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The modules a ``confledger serve`` imports before it answers /readyz (the failpoints module is left
-# out on purpose: a child must read its own CONFLEDGER_FAILPOINT, and there is none here).
+# The modules a ``confledger serve`` imports before it answers /readyz (the store's failpoints module
+# among them, read with no CONFLEDGER_FAILPOINT: crash-point runs start the console script instead).
 PRELOADED = (
     "confledger.api.cli",
     "confledger.api.cli.serve",
