@@ -32,6 +32,8 @@ STATUS_BY_CODE = {
     "concurrency_conflict": status.HTTP_409_CONFLICT,
     "store_unavailable": status.HTTP_503_SERVICE_UNAVAILABLE,
     "store_read_only": status.HTTP_503_SERVICE_UNAVAILABLE,
+    "integrity_failed": status.HTTP_503_SERVICE_UNAVAILABLE,
+    "config_body_mismatch": status.HTTP_409_CONFLICT,
 }
 
 # What a client is told about a failure on the server's side. The store's own message names the
@@ -39,6 +41,8 @@ STATUS_BY_CODE = {
 _PUBLIC_DETAIL = {
     "store_unavailable": "the event log is unavailable; retry later",
     "store_read_only": "the event log is read-only; retry later",
+    "integrity_failed": "the event log failed its integrity check: reloads and rollbacks are refused "
+    "until an operator has run confledger verify",
 }
 _INTERNAL_DETAIL = "internal error in the configuration store"
 

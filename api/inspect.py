@@ -26,6 +26,7 @@ from confledger.api.schemas import (
     VersionResponse,
     short,
 )
+from confledger.api.settings import Settings, anchor_file_path, existing_cipher, signing_key_of
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
@@ -98,10 +99,20 @@ def open_readonly_log(url: str) -> EventLog:
     log = EventLog(parsed, instance_id=CLI_INSTANCE_ID, migrate_on_open=False)
     try:
         _check_schema(log)
+        _use_existing_keys(log, rendered)
     except BaseException:
         log.close()
         raise
     return log
+
+
+def _use_existing_keys(log: EventLog, url: str) -> None:
+    """The keys ``verify`` and ``show`` need, if this machine has them (never made here): a keyed log's
+    links, bodies and anchor are checked with them; without them a keyed log's check says so."""
+    settings = Settings()
+    log.signing_key = signing_key_of(settings)
+    log.cipher = existing_cipher(settings, url)
+    log.anchor_path = anchor_file_path(settings, url, settings.config)
 
 
 def _check_schema(log: EventLog) -> None:

@@ -29,9 +29,11 @@ from confledger.api.security import Tokens, load_or_create_token_file
 from confledger.api.settings import (
     Settings,
     absolute,
+    anchor_file_path,
     default_database_url,
     resolve_cipher,
     settings_with,
+    signing_key_of,
     token_file_path,
 )
 from confledger.api.telemetry import Telemetry, otlp_configured
@@ -142,6 +144,8 @@ class ConfigLifecycle:
             self.database_url,
             instance_id=self.settings.instance_id,
             sqlite_synchronous=self.settings.sqlite_synchronous,  # type: ignore[arg-type]
+            signing_key=signing_key_of(self.settings),
+            anchor_path=anchor_file_path(self.settings, self.database_url, self.config_source),
         )
         try:
             log.cipher = resolve_cipher(self.encryption_key, self.database_url, log)

@@ -110,17 +110,20 @@ def check_log(settings: Settings, database_url: str) -> None:
 
     Opening migrates a new database's schema; it appends nothing.
     """
-    from confledger.api.settings import resolve_cipher
+    from confledger.api.settings import resolve_cipher, signing_key_of
     from confledger.store.log import EventLog
 
     log = EventLog(
         database_url,
         instance_id=settings.instance_id,
         sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
+        signing_key=signing_key_of(settings),
     )
     try:
         encryption_key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
         log.cipher = resolve_cipher(encryption_key, database_url, log)
+        # A key other than the one the log's links were made with: refused here, naming the setting.
+        log.integrity()
         applied = log.last_of_type("config.applied")
         if applied is not None:
             # The config start-up restores, read as start-up reads it: a key that cannot open its

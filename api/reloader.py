@@ -13,7 +13,14 @@ from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from confledger import __version__
-from confledger.api.settings import Settings, default_database_url, resolve_cipher, settings_with
+from confledger.api.settings import (
+    Settings,
+    anchor_file_path,
+    default_database_url,
+    resolve_cipher,
+    settings_with,
+    signing_key_of,
+)
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
@@ -143,6 +150,8 @@ class ConfigReloader:
             instance_id=settings.instance_id,
             cipher=cipher,
             sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
+            signing_key=signing_key_of(settings),
+            anchor_path=anchor_file_path(settings, database_url, config_source),
         )
         if cipher is None:
             key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
@@ -175,6 +184,16 @@ class ConfigReloader:
         """
         if self.started:
             return self.startup_operation
+        # The tail since the last verified position, the checkpoints and the anchor: a failure keeps the
+        # instance up for reads but refuses every write (the log's integrity_failure); a wrong key raises.
+        report = await anyio.to_thread.run_sync(self.log.check_integrity)
+        if not report.ok:
+            logger.error(
+                "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused "
+                "until an operator has looked (confledger verify)",
+                report.code,
+                report.reason,
+            )
         self.startup_operation = await self.runner.start()
         await anyio.to_thread.run_sync(self.projections.start)
         self.started = True

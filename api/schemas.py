@@ -354,6 +354,10 @@ class VerifyResponse(BaseModel):
     head: int
     first_broken_position: int | None
     reason: str | None
+    # The failed check's reason code (link_mismatch, truncated, checkpoint_mac, anchor_mismatch,
+    # config_body_mismatch, …) and, for a body, the config it concerns.
+    code: str | None = None
+    config_hash: str | None = None
 
     @classmethod
     def of(cls, report: VerifyReport) -> VerifyResponse:
@@ -363,6 +367,8 @@ class VerifyResponse(BaseModel):
             head=report.head,
             first_broken_position=report.first_broken_position,
             reason=report.reason,
+            code=report.code,
+            config_hash=report.config_hash,
         )
 
 

@@ -16,14 +16,18 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from confledger.store import EventLog, SecretCipher, SecretKeyError
-from confledger.store.database import sqlite_path
+from confledger.store.canonical import sha256_hex
+from confledger.store.database import normalize_url, sqlite_path
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
     "Settings",
+    "anchor_file_path",
     "default_database_url",
+    "existing_cipher",
     "resolve_cipher",
     "settings_with",
+    "signing_key_of",
     "sqlite_path",
     "token_file_path",
 ]
@@ -56,6 +60,16 @@ class Settings(BaseSettings):
     )
     encryption_key: SecretStr | None = Field(
         None, description="Fernet key(s) for secrets at rest, comma-separated"
+    )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="key the log's links and MACs are made with (32+ characters); default: derived from "
+        "the encryption key",
+    )
+    anchor_file: Path | None = Field(
+        None,
+        description="file outside the database keeping the log's anchor (a position and its MAC); default: "
+        "beside an SQLite database, beside the config for PostgreSQL",
     )
     instance_id: str | None = None
     backup_count: int = Field(5, ge=1, le=1000, description="distinct applied configs kept as backups")
@@ -147,6 +161,36 @@ def token_file_path(database_url: str, config_source: str | Path | None) -> Path
         return database.with_name(database.name + ".admin-token")
     base = absolute(config_source).parent if config_source is not None else Path.cwd()
     return base / "confledger.admin-token"
+
+
+def anchor_file_path(settings: Settings, database_url: str, config_source: str | Path | None) -> Path | None:
+    """Where the anchor lives: the operator's file, else beside an SQLite database (``<db>.anchor``), else
+    (PostgreSQL) beside the config, named after the database it anchors (several logs may share a
+    directory); None for PostgreSQL with neither, so nothing lands in whatever the working directory is."""
+    if settings.anchor_file is not None:
+        return absolute(settings.anchor_file)
+    database = sqlite_path(database_url)
+    if database is not None:
+        return database.with_name(database.name + ".anchor")
+    if config_source is None:
+        return None
+    where = normalize_url(database_url).render_as_string(hide_password=True)
+    return absolute(config_source).parent / f"confledger-{sha256_hex(where)[:12]}.anchor"
+
+
+def signing_key_of(settings: Settings) -> str | None:
+    return settings.signing_key.get_secret_value() if settings.signing_key else None
+
+
+def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | None:
+    """The key a read-only command may use: the configured one or an SQLite log's key file; never made."""
+    if settings.encryption_key:
+        return SecretCipher.from_env_value(settings.encryption_key.get_secret_value())
+    database = sqlite_path(database_url)
+    if database is None:
+        return None
+    key_file = database.with_name(database.name + ".key")
+    return SecretCipher.from_key_file(key_file, create=False) if key_file.exists() else None
 
 
 def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:

@@ -1,10 +1,12 @@
 """The hash chain: how one event's link is made, and the walk that checks every link of a log.
 
-A link is ``sha256(prev_hash + canonical(envelope without hash))`` (DESIGN.md). ``link_message`` is
-the byte string a link covers and ``chain_hash`` the digest over it; the append path and ``verify``
-both call ``chain_hash``, so there is one definition of a link. A later link scheme (a keyed MAC over
-the same message, say) would be a second digest of ``link_message``, chosen per event by a scheme
-version stored with it; every stored event today is of this one scheme.
+``link_message`` is the byte string a link covers: ``prev_hash`` followed by the canonical envelope
+without its hash. Each event stores the scheme its link was made with (``link_version``): 1 is
+``sha256(link_message)`` (DESIGN.md's first scheme, every event written before 0002_integrity), 2 is
+``HMAC-SHA256(link key, link_message)`` (``store.integrity``). ``link_of`` is the one definition of a link
+for both the append path and ``verify``; each event is checked under its own scheme, and from the log's
+``keyed_from`` position on only scheme 2 is accepted, so a forger cannot downgrade a tail to the keyless
+scheme and recompute it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from confledger.store.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
 from confledger.store.errors import ChainBroken
+from confledger.store.integrity import LINK_HMAC, LINK_SHA256, IntegrityKeys
 from confledger.store.schema import events, projection_checkpoints
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "hashed_timestamp",
     "head_of",
     "link_message",
+    "link_of",
     "truncation",
     "verify_chain",
 ]
@@ -72,8 +76,17 @@ def link_message(envelope: Mapping[str, Any]) -> bytes:
 
 
 def chain_hash(envelope: Mapping[str, Any]) -> str:
-    """``sha256(prev_hash + canonical(envelope without hash))`` as DESIGN.md defines it."""
+    """``sha256(prev_hash + canonical(envelope without hash))``: link scheme 1, as DESIGN.md defines it."""
     return sha256_hex(link_message(envelope))
+
+
+def link_of(envelope: Mapping[str, Any], version: int, keys: IntegrityKeys | None) -> str | None:
+    """The link of ``envelope`` under scheme ``version``; None when it cannot be made (no key, unknown)."""
+    if version == LINK_SHA256:
+        return chain_hash(envelope)
+    if version == LINK_HMAC and keys is not None:
+        return keys.link_mac(link_message(envelope))
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,10 @@ class VerifyReport:
     head: int
     first_broken_position: int | None = None
     reason: str | None = None
+    # A stable reason code for a failed check: event_missing, prev_hash_mismatch, link_mismatch,
+    # link_downgraded, config_body_mismatch, checkpoint_mac, truncated, anchor_mismatch, key_record.
+    code: str | None = None
+    config_hash: str | None = None
 
     def raise_for_break(self) -> None:
         if not self.ok and self.first_broken_position is not None:
@@ -98,13 +115,23 @@ def head_of(connection: Connection) -> tuple[int, str]:
     return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
 
-def verify_chain(connection: Connection) -> VerifyReport:
-    """Recompute every link read through ``connection`` (one read transaction: one state of the log)."""
-    expected_position = 1
-    previous = GENESIS_HASH
+def verify_chain(
+    connection: Connection,
+    keys: IntegrityKeys | None = None,
+    keyed_from: int | None = None,
+    *,
+    after: int = 0,
+    previous: str = GENESIS_HASH,
+) -> VerifyReport:
+    """Recompute every link after position ``after`` (whose hash is ``previous``) read through
+    ``connection`` (one read transaction: one state of the log).
+
+    ``keyed_from``: the position from which every link must be keyed (None: the log has no key record,
+    so no keyed link may appear). A keyed link needs ``keys``; the caller makes sure it has them.
+    """
+    expected_position = after + 1
     checked = 0
     head = head_of(connection)[0]
-    after = 0
     while True:
         rows = connection.execute(
             sa.select(events)
@@ -114,15 +141,24 @@ def verify_chain(connection: Connection) -> VerifyReport:
         ).all()
         for row in rows:
             position = int(row.position)
+            version = int(row.link_version)
+            failure: tuple[str, str] | None = None
             if position != expected_position:
                 reason = f"event {expected_position} is missing (next stored position is {position})"
-                return VerifyReport(False, checked, head, expected_position, reason)
+                return VerifyReport(False, checked, head, expected_position, reason, "event_missing")
             if row.prev_hash != previous:
-                reason = "prev_hash does not match the previous event's hash"
-                return VerifyReport(False, checked, head, position, reason)
-            if chain_hash(row._asdict()) != row.hash:
-                reason = "stored hash does not match the event's contents"
-                return VerifyReport(False, checked, head, position, reason)
+                failure = ("prev_hash_mismatch", "prev_hash does not match the previous event's hash")
+            elif version != LINK_HMAC and keyed_from is not None and position >= keyed_from:
+                failure = (
+                    "link_downgraded",
+                    f"a link of scheme {version} where the log is keyed (from position {keyed_from})",
+                )
+            elif version == LINK_HMAC and keyed_from is None:
+                failure = ("link_downgraded", "a keyed link in a log that has no key record")
+            elif link_of(row._asdict(), version, keys) != row.hash:
+                failure = ("link_mismatch", "stored hash does not match the event's contents")
+            if failure is not None:
+                return VerifyReport(False, checked, head, position, failure[1], failure[0])
             previous = row.hash
             expected_position += 1
             checked += 1
@@ -154,4 +190,5 @@ def truncation(connection: Connection, report: VerifyReport) -> VerifyReport:
         end + 1,
         f"the log ends at position {end} but a projection was checkpointed at {int(reached)}: "
         "the newest events were deleted",
+        "truncated",
     )

@@ -1,10 +1,15 @@
 """Projection checkpoints: a fold's state saved at a position, so a restart folds only the tail.
 
-A checkpoint is a cache of a fold, not part of the log: the log alone can always rebuild it.
+A checkpoint is a cache of a fold, not part of the log: the log alone can always rebuild it. In a keyed
+log each checkpoint carries an HMAC under the log's record key: an edited checkpoint (state, position or
+version) is discarded on load (the fold starts from position 0) and reported by ``verify`` and start-up.
+Checkpoints written before the log was keyed have no MAC; below the log's ``keyed_from`` position they
+are dropped quietly, once, as a stale cache.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,9 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from confledger.store.integrity import IntegrityKeys
 from confledger.store.schema import projection_checkpoints
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "checkpoint_holds", "forged_checkpoints", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,22 +33,62 @@ class Checkpoint:
     state: Any
 
 
-def load_checkpoint(connection: Connection, name: str) -> Checkpoint | None:
+def _mac_value(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "name": checkpoint.name,
+        "version": checkpoint.version,
+        "position": checkpoint.position,
+        # As the JSON column gives it back (a tuple as a list, an int key as text): the MAC made at save
+        # time must hold for the state read back.
+        "state": json.loads(json.dumps(checkpoint.state)),
+    }
+
+
+def checkpoint_holds(checkpoint: Checkpoint, mac: str | None, keys: IntegrityKeys | None) -> bool:
+    """Whether ``checkpoint`` may be used: always in a keyless log, else only when its MAC holds."""
+    return keys is None or keys.record_mac_holds("checkpoint", _mac_value(checkpoint), mac)
+
+
+def _checkpoint(name: str, row: Any) -> Checkpoint:
+    return Checkpoint(name=name, version=int(row.version), position=int(row.position), state=row.state)
+
+
+def load_checkpoint(
+    connection: Connection, name: str, keys: IntegrityKeys | None = None
+) -> Checkpoint | None:
+    """The checkpoint ``name``; None when there is none or (in a keyed log) its MAC does not hold."""
     row = connection.execute(
         sa.select(projection_checkpoints).where(projection_checkpoints.c.name == name)
     ).first()
     if row is None:
         return None
-    return Checkpoint(name=name, version=int(row.version), position=int(row.position), state=row.state)
+    checkpoint = _checkpoint(name, row)
+    return checkpoint if checkpoint_holds(checkpoint, row.mac, keys) else None
 
 
-def save_checkpoint(connection: Connection, checkpoint: Checkpoint) -> None:
+def forged_checkpoints(connection: Connection, keys: IntegrityKeys, keyed_from: int) -> list[Checkpoint]:
+    """Checkpoints whose MAC does not hold, except those of before the log was keyed (no MAC, a position
+    below ``keyed_from``): those are a stale cache, not a forgery."""
+    found = []
+    for row in connection.execute(sa.select(projection_checkpoints).order_by(projection_checkpoints.c.name)):
+        checkpoint = _checkpoint(str(row.name), row)
+        if row.mac is None and checkpoint.position < keyed_from:
+            continue
+        if not checkpoint_holds(checkpoint, row.mac, keys):
+            found.append(checkpoint)
+    return found
+
+
+def save_checkpoint(
+    connection: Connection, checkpoint: Checkpoint, keys: IntegrityKeys | None = None
+) -> None:
     """Upsert ``checkpoint`` in the caller's transaction; never moves a checkpoint backwards."""
     values = {
         "version": checkpoint.version,
         "position": checkpoint.position,
         "state": checkpoint.state,
         "updated_at": datetime.now(UTC),
+        "mac": None if keys is None else keys.record_mac("checkpoint", _mac_value(checkpoint)),
     }
     updated = connection.execute(
         projection_checkpoints.update()

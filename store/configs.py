@@ -1,7 +1,10 @@
 """Config bodies stored by content: ``config_versions``, one row per distinct body.
 
-The hash is over the plain body (secrets revealed); the stored body has its secrets sealed. A body is
-written in the same transaction as the append that first names it, and never changed after.
+The stored body has its secrets sealed. Its hash is over the plain body, under the scheme stored with it
+(``hash_version``, ``store.integrity``): 1, secrets in the clear (bodies stored before 0002_integrity); 2,
+each secret as its keyed digest, so a hash tells nothing of a secret. A body is written in the same
+transaction as the append that first names it, and never changed after; whoever reads it to apply it
+(``load_config`` with ``reveal``) recomputes its hash and refuses a body that does not match.
 """
 
 from __future__ import annotations
@@ -14,8 +17,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from confledger.store.canonical import canonical_bytes, config_hash
-from confledger.store.errors import AmbiguousHashPrefix, InvalidHashPrefix, UnknownConfigHash
+from confledger.store.canonical import canonical_bytes
+from confledger.store.errors import (
+    AmbiguousHashPrefix,
+    ConfigBodyMismatch,
+    InvalidHashPrefix,
+    SecretKeyError,
+    UnknownConfigHash,
+)
+from confledger.store.integrity import CONFIG_HASH_KEYED, CONFIG_HASH_PLAIN, IntegrityKeys, config_hash_as
 from confledger.store.schema import config_versions
 from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
 
@@ -23,6 +33,8 @@ __all__ = [
     "MIN_PREFIX",
     "PreparedConfig",
     "StoredConfig",
+    "body_mismatches",
+    "check_body",
     "count_configs",
     "has_config",
     "load_config",
@@ -51,6 +63,7 @@ class PreparedConfig:
     hash: str
     sealed_body: dict[str, Any]
     size_bytes: int
+    hash_version: int = CONFIG_HASH_PLAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +74,24 @@ class StoredConfig:
     first_position: int | None
     created_at: datetime
     secret_paths: frozenset[ConfigPath] = frozenset()
+    hash_version: int = CONFIG_HASH_PLAIN
 
 
 def prepare_config(
-    body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], cipher: SecretCipher | None
+    body: Mapping[str, Any],
+    secret_paths: Iterable[ConfigPath],
+    cipher: SecretCipher | None,
+    keys: IntegrityKeys | None = None,
 ) -> PreparedConfig:
-    """Hash ``body`` (secrets plain) and seal its secrets for storage."""
+    """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage."""
     plain = dict(body)
+    paths = list(secret_paths)
+    sealed = seal(plain, paths, cipher)  # first: a secret with no key to seal it is refused as it was
     return PreparedConfig(
-        hash=config_hash(plain),
-        sealed_body=seal(plain, secret_paths, cipher),
+        hash=config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
+        sealed_body=sealed,
         size_bytes=len(canonical_bytes(plain)),
+        hash_version=CONFIG_HASH_KEYED,
     )
 
 
@@ -89,6 +109,7 @@ def store_config(
                 "size_bytes": config.size_bytes,
                 "first_position": first_position,
                 "created_at": created_at,
+                "hash_version": config.hash_version,
             },
         )
     elif existing.first_position is None and first_position is not None:
@@ -121,19 +142,88 @@ def resolve_hash(connection: Connection, reference: str) -> str:
 
 
 def load_config(
-    connection: Connection, full_hash: str, cipher: SecretCipher | None, *, reveal: bool
+    connection: Connection,
+    full_hash: str,
+    cipher: SecretCipher | None,
+    *,
+    reveal: bool,
+    keys: IntegrityKeys | None = None,
 ) -> StoredConfig:
-    """The stored config ``full_hash``, secrets decrypted (``reveal=False``: left sealed)."""
+    """The stored config ``full_hash``, secrets decrypted (``reveal=False``: left sealed, for display).
+
+    A revealed body is re-hashed under its own scheme first: ``ConfigBodyMismatch`` when it is not the
+    body the hash names (edited in the database), so nothing applies or hands out a forged body.
+    """
     row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).one()
     created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    paths = frozenset(sealed_paths(row.body))
+    version = int(row.hash_version)
+    if reveal:
+        body = unseal(row.body, cipher)
+        check_body(full_hash, body, paths, version, keys)
+    else:
+        body = dict(row.body)
     return StoredConfig(
         hash=full_hash,
-        body=unseal(row.body, cipher) if reveal else dict(row.body),
+        body=body,
         size_bytes=int(row.size_bytes),
         first_position=None if row.first_position is None else int(row.first_position),
         created_at=created_at,
-        secret_paths=frozenset(sealed_paths(row.body)),
+        secret_paths=paths,
+        hash_version=version,
     )
+
+
+def check_body(
+    full_hash: str,
+    plain_body: Mapping[str, Any],
+    secret_paths: Iterable[ConfigPath],
+    version: int,
+    keys: IntegrityKeys | None,
+) -> None:
+    """Raise ``ConfigBodyMismatch`` unless ``plain_body`` hashes to ``full_hash`` under scheme ``version``."""
+    try:
+        recomputed = config_hash_as(plain_body, secret_paths, version, keys)
+    except (ValueError, TypeError):
+        recomputed = None  # an unknown scheme number or a body that is no mapping: the row was edited
+    if recomputed != full_hash:
+        raise ConfigBodyMismatch(
+            f"the stored body of config {full_hash[:16]} does not hash to {full_hash[:16]}: it was changed "
+            "in the database; it is not applied",
+            config_hash=full_hash,
+        )
+
+
+def body_mismatches(
+    connection: Connection,
+    cipher: SecretCipher | None,
+    keys: IntegrityKeys | None,
+    *,
+    since: int | None = None,
+    batch: int = 200,
+) -> Iterable[tuple[str, int | None, str]]:
+    """Every stored body that does not hash to its hash: (hash, first position, why), by hash order.
+
+    ``since``: only bodies first named after that position, and those no event names yet."""
+    after = ""
+    while True:
+        query = sa.select(config_versions).where(config_versions.c.hash > after)
+        if since is not None:
+            query = query.where(
+                sa.or_(config_versions.c.first_position > since, config_versions.c.first_position.is_(None))
+            )
+        rows = connection.execute(query.order_by(config_versions.c.hash).limit(batch)).all()
+        for row in rows:
+            first = None if row.first_position is None else int(row.first_position)
+            try:
+                load_config(connection, str(row.hash), cipher, reveal=True, keys=keys)
+            except ConfigBodyMismatch as exc:
+                yield str(row.hash), first, exc.message
+            except SecretKeyError as exc:
+                yield str(row.hash), first, f"its secrets cannot be read to re-hash it: {exc.message}"
+        if len(rows) < batch:
+            return
+        after = str(rows[-1].hash)
 
 
 def has_config(connection: Connection, full_hash: str) -> bool:

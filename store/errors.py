@@ -16,6 +16,8 @@ The hierarchy::
     │   ├── SchemaError             the database schema is not the one this code expects
     │   │   └── SchemaTooNew        the database was migrated by a newer confledger
     │   ├── ChainBroken             ``verify()`` found a link that does not recompute
+    │   ├── IntegrityFailed         the log failed its integrity check: writes are refused
+    │   ├── ConfigBodyMismatch      a stored config body no longer hashes to the hash it is stored under
     │   ├── EventSchemaError        a payload that its model (or its version) does not accept
     │   └── ConcurrencyConflict     another ``config.applied`` landed since the caller's expected head
     ├── SourceError                 a config source that cannot be read, parsed or hashed
@@ -27,6 +29,7 @@ The hierarchy::
     │   ├── UnknownConfigHash       no stored config matches
     │   └── AmbiguousHashPrefix     more than one stored config matches
     ├── SecretKeyError              encrypted secrets exist but the key is missing or wrong
+    │   └── IntegrityKeyError       the key is not the one the log's links and MACs were made with
     └── SetupError                  a setting or argument the service cannot start with
         ├── TokenError              a token setting that cannot be used (too short, unreadable file)
         ├── ModelImportError        ``--model module:Class`` does not name an importable pydantic model
@@ -53,10 +56,13 @@ __all__ = [
     "CanonicalizationError",
     "ChainBroken",
     "ConcurrencyConflict",
+    "ConfigBodyMismatch",
     "ConfigLookupError",
     "ConfledgerError",
     "EventSchemaError",
     "InitialConfigError",
+    "IntegrityFailed",
+    "IntegrityKeyError",
     "InvalidDatabaseURL",
     "InvalidHashPrefix",
     "LogError",
@@ -128,6 +134,29 @@ class ChainBroken(LogError):
     def __init__(self, message: str, *, position: int) -> None:
         super().__init__(message)
         self.position = position
+
+
+class IntegrityFailed(LogError):
+    """The log did not pass its integrity check (a link, a MAC, the anchor, a body): no more appends.
+
+    ``reason`` is the check's own reason code (``link_mismatch``, ``truncated``, ``anchor_mismatch``…).
+    """
+
+    code = "integrity_failed"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConfigBodyMismatch(LogError):
+    """A stored body whose recomputed hash is not the one it is stored (and named in events) under."""
+
+    code = "config_body_mismatch"
+
+    def __init__(self, message: str, *, config_hash: str) -> None:
+        super().__init__(message)
+        self.config_hash = config_hash
 
 
 class EventSchemaError(LogError):
@@ -207,6 +236,12 @@ class AmbiguousHashPrefix(ConfigLookupError):
 
 class SecretKeyError(ConfledgerError):
     code = "secret_key_error"
+
+
+class IntegrityKeyError(SecretKeyError):
+    """The configured key's check value differs from the log's, or a keyed log is opened without a key."""
+
+    code = "integrity_key_error"
 
 
 class SetupError(ConfledgerError):

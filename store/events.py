@@ -241,6 +241,17 @@ class FileWatchDisabled(EventPayload):
     source: str | None = None
 
 
+class IntegrityCheckFailed(EventPayload):
+    """A start-up found a stored body that is not the one its hash names: it was not applied, and the
+    instance refuses writes. (A broken chain is not recorded: nothing should be chained onto it.)"""
+
+    event_type: ClassVar[str] = "integrity.check_failed"
+    reason: str
+    message: str
+    config_hash: str | None = None
+    position: int | None = None
+
+
 # --- envelopes ----------------------------------------------------------------------------------------
 
 
@@ -341,6 +352,7 @@ for _model in (
     OperationRejected,
     FileWatchEnabled,
     FileWatchDisabled,
+    IntegrityCheckFailed,
 ):
     DEFAULT_REGISTRY.register(_model)
 

@@ -2,29 +2,47 @@
 
 Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
 worker thread, so the event loop never waits on the database. The chain's links are made and checked
-in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``.
+in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``; keys,
+MACs and the anchor file ``store.integrity``.
+
+A log with a key (``signing_key``, or else the ``cipher``'s encryption key) is keyed: its links are
+HMACs, its checkpoints MACed, its config hashes take secrets only as keyed digests, and an anchor file
+outside the database remembers a position and its hash. A log with neither (plain Python use with no
+secrets) keeps DESIGN.md's keyless sha256 chain, which shows accidents but not a forger who can write the
+database. Once a log is keyed it stays keyed: appending to it without the key is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
-from confledger.store.canonical import GENESIS_HASH
-from confledger.store.chain import HEAD, VerifyReport, chain_hash, head_of, truncation, verify_chain
-from confledger.store.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from confledger.store.canonical import GENESIS_HASH, config_hash
+from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
+from confledger.store.checkpoints import (
+    Checkpoint,
+    checkpoint_holds,
+    forged_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from confledger.store.configs import (
     PreparedConfig,
     StoredConfig,
+    body_mismatches,
     count_configs,
     has_config,
     load_config,
@@ -39,18 +57,42 @@ from confledger.store.database import (
     create_store_engine,
     describe_url,
     normalize_url,
+    sqlite_path,
     translate_errors,
 )
-from confledger.store.errors import ConcurrencyConflict, ConfledgerError
+from confledger.store.errors import (
+    ConcurrencyConflict,
+    ConfledgerError,
+    IntegrityFailed,
+    IntegrityKeyError,
+)
 from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
 from confledger.store.ids import uuid7_texts
-from confledger.store.schema import events
-from confledger.store.secrets import ConfigPath, SecretCipher
+from confledger.store.integrity import (
+    CONFIG_HASH_KEYED,
+    LINK_HMAC,
+    LINK_SHA256,
+    Anchor,
+    AnchorUnreadable,
+    IntegrityKeys,
+    KeyRecord,
+    candidate_keys,
+    config_hash_as,
+    load_key_record,
+    load_verified,
+    read_anchor,
+    save_key_record,
+    save_verified,
+    write_anchor,
+)
+from confledger.store.schema import events, projection_checkpoints
+from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
 
 __all__ = [
     "Checkpoint",
     "EventLog",
+    "Integrity",
     "PreparedConfig",
     "StoredConfig",
     "VerifyReport",
@@ -91,6 +133,31 @@ _HEAD_AND_APPLIED_SINCE = (
 )
 
 
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Integrity:
+    """The key this process signs with (None: keyless) and the log's key record (None: not keyed yet).
+
+    ``record_intact``: the record's MAC holds under ``keys`` (an edited record is reported, not trusted).
+    """
+
+    keys: IntegrityKeys | None
+    record: KeyRecord | None
+    record_intact: bool = True
+
+    @property
+    def keyed_from(self) -> int | None:
+        return None if self.record is None else self.record.keyed_from
+
+
+def default_anchor_path(url: URL) -> Path | None:
+    """Beside an SQLite database file (``<name>.anchor``); a PostgreSQL log's anchor is named by the caller."""
+    database = sqlite_path(url.render_as_string(hide_password=False))
+    return None if database is None else database.with_name(database.name + ".anchor")
+
+
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -114,15 +181,26 @@ class EventLog:
         instance_id: str | None = None,
         registry: EventRegistry = DEFAULT_REGISTRY,
         cipher: SecretCipher | None = None,
+        signing_key: str | None = None,
+        anchor_path: Path | None = None,
         sqlite_synchronous: SqliteSynchronous = "FULL",
         busy_timeout_ms: int = 10_000,
         connect_timeout_s: int = 5,
         migrate_on_open: bool = True,
     ) -> None:
+        """``signing_key`` (else the ``cipher``'s key) keys the log; ``anchor_path`` is the anchor file
+        (default: beside an SQLite database; none for PostgreSQL unless named)."""
         self.url = normalize_url(url)
         self.instance_id = instance_id or default_instance_id()
         self.registry = registry
-        self.cipher = cipher
+        self._cipher = cipher
+        self._signing_key = signing_key
+        self._integrity_state: Integrity | None = None
+        self.anchor_path = anchor_path if anchor_path is not None else default_anchor_path(self.url)
+        self._anchor_lock = threading.Lock()
+        self._anchored = 0
+        # Set when an integrity check failed: appends are refused from then on (IntegrityFailed).
+        self.integrity_failure: VerifyReport | None = None
         self.engine: Engine = create_store_engine(
             self.url,
             sqlite_synchronous=sqlite_synchronous,
@@ -143,6 +221,25 @@ class EventLog:
             raise
 
     # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def cipher(self) -> SecretCipher | None:
+        return self._cipher
+
+    @cipher.setter
+    def cipher(self, cipher: SecretCipher | None) -> None:
+        # The integrity key may derive from it: resolved again on next use.
+        self._cipher = cipher
+        self._integrity_state = None
+
+    @property
+    def signing_key(self) -> str | None:
+        return self._signing_key
+
+    @signing_key.setter
+    def signing_key(self, signing_key: str | None) -> None:
+        self._signing_key = signing_key
+        self._integrity_state = None
 
     @property
     def dialect(self) -> str:
@@ -211,6 +308,9 @@ class EventLog:
         (listeners hear of the batch after the commit)."""
         if not new_events:
             return [], []
+        integrity = self.integrity()
+        keys = self._writable(integrity)
+        link_version = LINK_SHA256 if keys is None else LINK_HMAC
         # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it.
         payloads = [event.payload.model_dump(mode="json") for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
@@ -221,6 +321,8 @@ class EventLog:
             else:
                 head = self._head_statement.first(connection)
                 head_position, previous = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+            if keys is not None and integrity.record is None:
+                integrity = self._key_the_log(connection, keys, head_position)
             # Taken under the lock, so occurred_at never decreases along positions on one clock; one
             # moment for the whole batch.
             now = datetime.now(UTC)
@@ -239,19 +341,75 @@ class EventLog:
                     "actor": event.actor,
                     "payload": payload,
                     "prev_hash": previous,
+                    "link_version": link_version,
                 }
-                row["hash"] = previous = chain_hash(row)
+                link = link_of(row, link_version, keys)
+                if link is None:  # pragma: no cover - keys is set whenever link_version is LINK_HMAC
+                    raise IntegrityKeyError("no key to make a keyed link with")
+                row["hash"] = previous = link
                 rows.append(row)
             self._insert_events.run(connection, rows)
             for config in configs:
                 store_config(connection, config, first_position=head_position + 1, created_at=now)
         positions = [row["position"] for row in rows]
+        if keys is not None and integrity.record is not None:
+            self._anchor(integrity.record, keys, positions[-1], str(previous))
         if not (recorded or self._listeners):
             return positions, []
         events_recorded = self._recorded(rows, new_events)
         for listener in list(self._listeners):
             listener(events_recorded)
         return positions, events_recorded
+
+    def _writable(self, integrity: Integrity) -> IntegrityKeys | None:
+        """The key appends sign with; raises when this log may not be appended to by this process."""
+        if self.integrity_failure is not None:
+            raise IntegrityFailed(
+                f"the log failed its integrity check ({self.integrity_failure.reason}); "
+                "nothing is appended until an operator has looked (confledger verify)",
+                reason=self.integrity_failure.code or "integrity_failed",
+            )
+        if integrity.record is not None and integrity.keys is None:
+            raise IntegrityKeyError(
+                "this log is keyed (its links are HMACs) but no key is configured: set "
+                "CONFLEDGER_ENCRYPTION_KEY or CONFLEDGER_SIGNING_KEY to the key it was written with"
+            )
+        return integrity.keys
+
+    def _key_the_log(self, connection: Connection, keys: IntegrityKeys, head_position: int) -> Integrity:
+        """Under the write lock: the log's key record, written now if this is its first keyed append."""
+        record = load_key_record(connection)
+        if record is None:
+            record = save_key_record(connection, keys, keyed_from=head_position + 1)
+        elif record.check_value != keys.check_value:
+            raise self._key_mismatch(keys)
+        integrity = Integrity(
+            keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac)
+        )
+        # Published once the transaction commits; a rollback leaves the next append to try again.
+        self._integrity_state = integrity
+        return integrity
+
+    @staticmethod
+    def _key_mismatch(keys: IntegrityKeys) -> IntegrityKeyError:
+        return IntegrityKeyError(
+            f"the key from {keys.origin} is not the key this log was written with (its key check value "
+            "differs): every instance sharing a log needs the same key"
+        )
+
+    def _anchor(self, record: KeyRecord, keys: IntegrityKeys, position: int, head_hash: str) -> None:
+        """Move the anchor file to ``position`` (never back); a failure to write it fails no append."""
+        if self.anchor_path is None:
+            return
+        with self._anchor_lock:
+            if position <= self._anchored:
+                return
+            try:
+                write_anchor(self.anchor_path, Anchor(record.log_id, position, head_hash), keys)
+            except OSError as exc:
+                logger.warning("cannot write the anchor file %s: %s", self.anchor_path, type(exc).__name__)
+                return
+            self._anchored = position
 
     def subscribe(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
         """Call ``listener`` with each batch this process appends, after it commits; returns an unsubscribe.
@@ -295,7 +453,26 @@ class EventLog:
         self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
     ) -> PreparedConfig:
         """Hash ``body`` (secrets plain) and seal its secrets for storage."""
-        return prepare_config(body, secret_paths, self.cipher)
+        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys)
+
+    def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
+        """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests.
+
+        Without a key a body with secrets cannot be stored at all (nothing can seal them); its hash, which
+        still names it in the refused operation's events, then takes every secret as one fixed text, so
+        even that hash tells nothing of a secret.
+        """
+        keys = self.integrity().keys
+        paths = list(secret_paths)
+        if keys is None and paths:
+            return config_hash(digest_secrets(body, paths, lambda _value: "no key to digest with"))
+        return config_hash_as(body, paths, CONFIG_HASH_KEYED, keys)
+
+    def hash_config_as(
+        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], version: int
+    ) -> str:
+        """The hash of ``body`` under hash scheme ``version`` (a stored config's own)."""
+        return config_hash_as(body, secret_paths, version, self.integrity().keys)
 
     def put_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
@@ -471,8 +648,10 @@ class EventLog:
     def get_config(self, reference: str, *, reveal: bool = True) -> StoredConfig:
         """The stored config for a hash or unique prefix, secrets decrypted (``reveal=False``: left sealed,
         which needs no key and is what a display path wants before redacting)."""
+        keys = self.integrity().keys if reveal else None
         with self._read() as connection:
-            return load_config(connection, resolve_hash(connection, reference), self.cipher, reveal=reveal)
+            full_hash = resolve_hash(connection, reference)
+            return load_config(connection, full_hash, self.cipher, reveal=reveal, keys=keys)
 
     def has_config(self, full_hash: str) -> bool:
         with self._read() as connection:
@@ -485,25 +664,203 @@ class EventLog:
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
+        """The checkpoint ``name``; None also when (in a keyed log) its MAC does not hold: the fold then
+        starts from position 0 rather than from an edited state."""
+        keys = self.integrity().keys
         with self._read() as connection:
-            return load_checkpoint(connection, name)
+            return load_checkpoint(connection, name, keys)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
+        keys = self.integrity().keys
         with translate_errors(self.url), self.engine.begin() as connection:
-            save_checkpoint(connection, checkpoint)
+            save_checkpoint(connection, checkpoint, keys)
 
     # --- integrity ------------------------------------------------------------------------------------
 
-    def verify(self) -> VerifyReport:
-        """Recompute every link of the chain; report the first position that does not hold, or a log that
-        ends before a checkpoint once reached (its newest events were deleted)."""
+    def integrity(self) -> Integrity:
+        """The key this process signs with and the log's key record (read once, then kept).
+
+        With a key record, the configured key must be the one it names (any of the encryption keys, so a
+        rotated key list still finds the old one): otherwise ``IntegrityKeyError`` names the setting.
+        """
+        state = self._integrity_state
+        if state is not None:
+            return state
+        candidates = candidate_keys(self._signing_key, self._cipher)
         with self._read() as connection:
-            report = verify_chain(connection)
+            record = load_key_record(connection) if self._has_integrity_table(connection) else None
+        if record is None:
+            state = Integrity(candidates[0] if candidates else None, None)
+        elif not candidates:
+            state = Integrity(None, record, record_intact=False)
+        else:
+            matching = [keys for keys in candidates if keys.check_value == record.check_value]
+            if not matching:
+                raise self._key_mismatch(candidates[0])
+            keys = matching[0]
+            state = Integrity(
+                keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac)
+            )
+        self._integrity_state = state
+        return state
+
+    @staticmethod
+    def _has_integrity_table(connection: Connection) -> bool:
+        # A read-only inspector may open a log migrated only to 0001: it has no integrity records.
+        return connection.dialect.has_table(connection, "integrity")
+
+    def _needs_key(self, integrity: Integrity) -> IntegrityKeys | None:
+        if integrity.record is not None and integrity.keys is None:
+            raise IntegrityKeyError(
+                "this log is keyed: checking it needs the key it was written with "
+                "(CONFLEDGER_ENCRYPTION_KEY, the key file beside an SQLite log, or CONFLEDGER_SIGNING_KEY)"
+            )
+        return integrity.keys
+
+    def verify(self) -> VerifyReport:
+        """Everything that can be checked: every link under its own scheme, every stored body re-hashed,
+        the checkpoints' MACs and reach (a log that ends before a checkpoint once reached was cut off),
+        and the anchor file. Reports the first failure."""
+        return self._check(after=None)
+
+    def check_integrity(self) -> VerifyReport:
+        """Start-up's check: the links after the position last verified (kept in a MACed record), the
+        bodies first named there, the checkpoints and the anchor file; on success the verified position
+        and the anchor move to the head. A failure is kept in ``integrity_failure`` and refuses appends."""
+        integrity = self.integrity()
+        if integrity.keys is None and integrity.record is None:
+            return VerifyReport(True, 0, self.head())  # keyless: nothing a forger could not recompute
+        report = self._check(after=self._verified_position(integrity))
+        if not report.ok:
+            self.integrity_failure = report
+        return report
+
+    def _verified_position(self, integrity: Integrity) -> tuple[int, str]:
+        keys = self._needs_key(integrity)
+        if keys is None:
+            return 0, GENESIS_HASH
+        with self._read() as connection:
+            if not self._has_integrity_table(connection):
+                return 0, GENESIS_HASH
+            return load_verified(connection, keys) or (0, GENESIS_HASH)
+
+    def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
+        self._integrity_state = None  # the key record as the database holds it now, not as first read
+        integrity = self.integrity()
+        keys = self._needs_key(integrity)
+        record = integrity.record
+        start, previous = after if after is not None else (0, GENESIS_HASH)
+        with self._read() as connection:
+            head, head_hash = head_of(connection)
+            if record is not None and not integrity.record_intact:
+                reason = "the log's key record was changed (its MAC does not hold)"
+                return VerifyReport(False, 0, head, None, reason, "key_record")
+            if start:
+                stored = connection.execute(
+                    sa.select(events.c.hash).where(events.c.position == start)
+                ).scalar()
+                if stored != previous:
+                    # Changed since it was verified: the whole chain is checked, to name where.
+                    start, previous = 0, GENESIS_HASH
+            report = verify_chain(connection, keys, integrity.keyed_from, after=start, previous=previous)
         if not report.ok:
             return report
+        for failure in (
+            self._checkpoint_failure(integrity, report),
+            self._body_failure(keys, report, since=start if after is not None else None),
+            self._anchor_failure(integrity, report),
+        ):
+            if failure is not None:
+                return failure
+        if after is not None and keys is not None and record is not None:
+            with translate_errors(self.url), self.engine.begin() as connection:
+                save_verified(connection, keys, head, head_hash)
+            if head:
+                self._anchor(record, keys, head, head_hash)
+        return report
+
+    def _checkpoint_failure(self, integrity: Integrity, report: VerifyReport) -> VerifyReport | None:
+        """A checkpoint whose MAC does not hold, or one beyond the log's end (its tail was deleted).
+
+        Checkpoints are read before the head: a writer appending and checkpointing meanwhile can only
+        make the head read after them larger, never a false "cut off"."""
+        keys = integrity.keys
         with self._read() as connection:
-            return truncation(connection, report)
+            rows = connection.execute(sa.select(projection_checkpoints)).all()
+            if keys is not None and integrity.keyed_from is not None:
+                forged = forged_checkpoints(connection, keys, integrity.keyed_from)
+                if forged:
+                    names = ", ".join(checkpoint.name for checkpoint in forged[:5])
+                    reason = f"checkpoint(s) {names} were changed in the database (their MAC does not hold)"
+                    return VerifyReport(False, report.checked, report.head, None, reason, "checkpoint_mac")
+            end = head_of(connection)[0]
+        reached = max(
+            (
+                int(row.position)
+                for row in rows
+                if checkpoint_holds(
+                    Checkpoint(row.name, int(row.version), int(row.position), row.state), row.mac, keys
+                )
+            ),
+            default=None,
+        )
+        if reached is None or reached <= end:
+            return None
+        reason = (
+            f"the log ends at position {end} but a projection was checkpointed at {reached}: "
+            "the newest events were deleted"
+        )
+        return VerifyReport(False, report.checked, report.head, end + 1, reason, "truncated")
+
+    def _body_failure(
+        self, keys: IntegrityKeys | None, report: VerifyReport, *, since: int | None
+    ) -> VerifyReport | None:
+        """The first stored body that does not hash to its hash (``since``: only bodies first named after
+        that position, and those no event names yet)."""
+        with self._read() as connection:
+            for full_hash, first, why in body_mismatches(connection, self.cipher, keys, since=since):
+                reason = f"config {full_hash[:16]}: {why}"
+                return VerifyReport(
+                    False, report.checked, report.head, first, reason, "config_body_mismatch", full_hash
+                )
+        return None
+
+    def _anchor_failure(self, integrity: Integrity, report: VerifyReport) -> VerifyReport | None:
+        """The anchor file outside the database names an event the log must still hold, unchanged."""
+        keys, record = integrity.keys, integrity.record
+        if keys is None or self.anchor_path is None:
+            return None
+        try:
+            anchor = read_anchor(self.anchor_path, keys)
+        except AnchorUnreadable as exc:
+            return VerifyReport(False, report.checked, report.head, None, str(exc), "anchor_mismatch")
+        if anchor is None:
+            return None
+        if record is None or anchor.log_id != record.log_id:
+            reason = (
+                f"the anchor file {self.anchor_path} belongs to another log, or this log's key record was "
+                "removed (if this database was replaced on purpose, move the anchor file away)"
+            )
+            return VerifyReport(False, report.checked, report.head, None, reason, "anchor_mismatch")
+        with self._read() as connection:
+            stored = connection.execute(
+                sa.select(events.c.hash).where(events.c.position == anchor.position)
+            ).scalar()
+        if stored is None:
+            reason = (
+                f"the anchor file says the log reached position {anchor.position}, but it ends at "
+                f"{report.head}: the newest events were deleted"
+            )
+            return VerifyReport(False, report.checked, report.head, report.head + 1, reason, "truncated")
+        if stored != anchor.hash:
+            reason = (
+                f"event {anchor.position} is not the one the anchor file recorded: the tail was rewritten"
+            )
+            return VerifyReport(
+                False, report.checked, report.head, anchor.position, reason, "anchor_mismatch"
+            )
+        return None
 
 
 def _open_operations_at(checkpoint: Checkpoint | None) -> tuple[int, dict[str, int]]:

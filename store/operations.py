@@ -30,6 +30,8 @@ At start, the services registered with ``notify_on_start`` get the config restor
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -50,9 +52,11 @@ from confledger.store.diff import changed_paths
 from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
+    ConfigBodyMismatch,
     ConfigLookupError,
     ConfledgerError,
     InitialConfigError,
+    IntegrityFailed,
     LogError,
     NotAllowed,
     SecretKeyError,
@@ -67,6 +71,7 @@ from confledger.store.events import (
     EventPayload,
     InstanceStarted,
     InstanceStopped,
+    IntegrityCheckFailed,
     NewEvent,
     OperationCompleted,
     OperationKind,
@@ -79,7 +84,7 @@ from confledger.store.events import (
     ValidationPassed,
 )
 from confledger.store.ids import uuid7
-from confledger.store.log import EventLog, PreparedConfig
+from confledger.store.log import EventLog, PreparedConfig, VerifyReport
 from confledger.store.operation_record import (
     ActiveConfig,
     Candidate,
@@ -132,6 +137,8 @@ class OperationRunner:
     ) -> None:
         self.log = log
         self.pipeline = pipeline
+        # One hash scheme for what a reload reads and what the log stores: the log's (keyed) one.
+        pipeline.use_hasher(log.hash_config)
         self.services = services
         self.calls = calls
         self.config_source = None if config_source is None else str(config_source)
@@ -220,9 +227,19 @@ class OperationRunner:
         Restoring never reads the source: the log is the truth. A restored config is then handed to the
         services that want it at start (``notify_on_start``), after ``instance.started``.
         """
+        if self.log.integrity_failure is not None:
+            # Reads only: the config the log names is restored if its body still hashes to its hash,
+            # and nothing is appended (no closing of operations, no instance.started).
+            with contextlib.suppress(ConfigBodyMismatch, SecretKeyError):
+                self.active = await anyio.to_thread.run_sync(self._restore_from_log)
+            return None
         await self._close_interrupted()
         result: ReloadOperation | None = None
-        self.active = await anyio.to_thread.run_sync(self._restore_from_log)
+        try:
+            self.active = await anyio.to_thread.run_sync(self._restore_from_log)
+        except ConfigBodyMismatch as exc:
+            await self._refuse_forged_body(exc)
+            return None
         restored = self.active
         if self.active is None and self.config_source is not None:
             result = await self.reload(Trigger.STARTUP, actor="system")
@@ -252,6 +269,23 @@ class OperationRunner:
             await self._notify_at_start(restored)
         return result
 
+    async def _refuse_forged_body(self, exc: ConfigBodyMismatch) -> None:
+        """The current config's stored body was edited: recorded (the chain itself verified), not applied,
+        and from now on nothing more is appended."""
+        logger.error("integrity check failed at start-up: %s", exc.message)
+        await self._append(
+            [
+                NewEvent(
+                    IntegrityCheckFailed(
+                        reason=exc.code, message=exc.message, config_hash=exc.config_hash, position=None
+                    )
+                )
+            ]
+        )
+        self.log.integrity_failure = VerifyReport(
+            False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash
+        )
+
     async def _notify_at_start(self, restored: ActiveConfig) -> None:
         """Hand the restored config to each service that asks for it (old=None); it changes no config.
 
@@ -271,7 +305,8 @@ class OperationRunner:
             await self._append([NewEvent(notified(result, "start", restored.hash)) for result in results])
 
     async def stop(self, reason: str = "shutdown") -> None:
-        await self._append([NewEvent(InstanceStopped(reason=reason))])
+        if self.log.integrity_failure is None:
+            await self._append([NewEvent(InstanceStopped(reason=reason))])
 
     async def record(self, payload: EventPayload, *, actor: str = "system") -> None:
         """Append one event outside any operation (instance and file-watch lifecycle)."""
@@ -411,6 +446,15 @@ class OperationRunner:
         return await self._operate(request, {"confledger.target": (target_hash or "")[:64]})
 
     async def _operate(self, request: Request, attributes: dict[str, Any]) -> ReloadOperation:
+        failure = self.log.integrity_failure
+        if failure is not None:
+            # Nothing is chained onto a log that failed its check, not even the refusal: said in the
+            # answer (503 integrity_failed), in /readyz and in the service's log instead.
+            raise IntegrityFailed(
+                f"{request.kind.value} refused: the log failed its integrity check ({failure.code}); "
+                "run confledger verify",
+                reason=failure.code or "integrity_failed",
+            )
         # The operation span is current while it runs: the validator and callback spans nest under it,
         # and under the caller's trace when an HTTP request carried a traceparent.
         with self.tracer.start_as_current_span(
@@ -621,9 +665,16 @@ class OperationRunner:
                 operation.completed(OperationStatus.SUCCESS, f"Configuration is already {target[:16]}"),
             )
         try:
-            # Reading the stored body unseals its secrets: that needs the key they were sealed with.
+            # Reading the stored body unseals its secrets: that needs the key they were sealed with. It
+            # is re-hashed too: a body edited in the database is refused, the current config unchanged.
             model = await anyio.to_thread.run_sync(self._read_stored, target)
-        except SecretKeyError as exc:
+            if model.body is not None and model.hash is not None and model.hash != target:
+                # The model made another config of the stored body (the model changed since): that is
+                # what would apply, so it is stored under its own hash, as a reloaded config would be.
+                operation.configs.append(
+                    await anyio.to_thread.run_sync(self.log.prepare_config, model.body, model.secret_paths)
+                )
+        except (SecretKeyError, ConfigBodyMismatch) as exc:
             raise Ended(
                 operation.completed(
                     OperationStatus.FAILED, "Rollback failed", error=exc.message, reason=exc.code
@@ -632,7 +683,16 @@ class OperationRunner:
         return await self._validate(operation, model, span)
 
     def _read_stored(self, target: str) -> ModelResult:
-        return self.pipeline.check_model(self.log.get_config(target).body)
+        """The stored body of ``target``, re-hashed before anything uses it (``ConfigBodyMismatch``), then
+        through the model. A body the model leaves as it is keeps the hash it is stored under, whatever
+        that hash's scheme (an old log's plain hashes roll back to themselves)."""
+        stored = self.log.get_config(target)
+        model = self.pipeline.check_model(stored.body)
+        if model.body is not None and model.hash != target:
+            again = self.log.hash_config_as(model.body, model.secret_paths, stored.hash_version)
+            if again == target:
+                model = dataclasses.replace(model, hash=target)
+        return model
 
     async def _validate(
         self, operation: Operation, model: ModelResult, span: trace.Span

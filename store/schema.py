@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["config_versions", "events", "metadata", "projection_checkpoints"]
+__all__ = ["config_versions", "events", "integrity_records", "metadata", "projection_checkpoints"]
 
 metadata = sa.MetaData(
     naming_convention={
@@ -31,6 +31,8 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # How ``hash`` was made (store.integrity): 1 plain sha256 (rows written before 0002_integrity), 2 HMAC.
+    sa.Column("link_version", sa.SmallInteger, nullable=False, server_default="1"),
     sa.UniqueConstraint("event_id"),
     sa.Index(None, "type", "position"),
     sa.Index(None, "operation_id", "position"),
@@ -47,6 +49,8 @@ config_versions = sa.Table(
     sa.Column("size_bytes", sa.Integer, nullable=False),
     sa.Column("first_position", sa.BigInteger, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # 1: sha256 over secrets in the clear (bodies stored before 0002_integrity); 2: over keyed digests.
+    sa.Column("hash_version", sa.SmallInteger, nullable=False, server_default="1"),
 )
 
 projection_checkpoints = sa.Table(
@@ -56,5 +60,18 @@ projection_checkpoints = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # HMAC under the log's record key (store.integrity); NULL on checkpoints written before the log was keyed.
+    sa.Column("mac", sa.String(64), nullable=True),
+)
+
+# The log's integrity records: "key" (check value of the signing key, the position keyed links start at,
+# the log's id), written once; "verified" (how far start-up has verified), each with its MAC.
+integrity_records = sa.Table(
+    "integrity",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("mac", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

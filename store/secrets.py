@@ -7,12 +7,13 @@ written to ``config_versions`` has every secret replaced by a Fernet token, so a
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from confledger.store.errors import SecretKeyError
 __all__ = [
     "REDACTED",
     "SEALED_MARKER",
+    "SECRET_DIGEST_MARKER",
     "ConfigPath",
     "SecretCipher",
+    "digest_secrets",
     "dotted",
     "find_secret_paths",
     "is_sealed",
@@ -39,6 +42,8 @@ __all__ = [
 
 REDACTED = "**********"
 SEALED_MARKER = "$confledger_sealed"
+# What stands for a secret in the canonical form a version-2 config hash is taken over.
+SECRET_DIGEST_MARKER = "$confledger_secret_digest"  # noqa: S105 - a marker, not a secret
 
 ConfigPath = tuple[str | int, ...]
 
@@ -254,9 +259,11 @@ class SecretCipher:
 
     def __init__(self, keys: Iterable[str | bytes]) -> None:
         fernets = []
+        materials: list[bytes] = []
         for key in keys:
             try:
                 fernets.append(Fernet(key))
+                materials.append(base64.urlsafe_b64decode(key))
             except (ValueError, TypeError) as exc:
                 raise SecretKeyError(
                     "encryption key is not a valid Fernet key (32 url-safe base64 bytes)"
@@ -264,6 +271,12 @@ class SecretCipher:
         if not fernets:
             raise SecretKeyError("no encryption key given")
         self._fernet = MultiFernet(fernets)
+        self._materials = tuple(materials)
+
+    def key_materials(self) -> tuple[bytes, ...]:
+        """The raw bytes of each key, newest first: what the integrity keys are derived from
+        (``store.integrity``), never shown or stored."""
+        return self._materials
 
     @staticmethod
     def generate_key() -> str:
@@ -317,6 +330,22 @@ def seal(
                 "(set CONFLEDGER_ENCRYPTION_KEY)"
             )
         result = _replace(result, path, {SEALED_MARKER: cipher.encrypt(value)})
+    return dict(result)
+
+
+def digest_secrets(
+    body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], digest: Callable[[Any], str]
+) -> dict[str, Any]:
+    """A copy with each secret value replaced by ``{"$confledger_secret_digest": digest(value)}``.
+
+    The same values as ``seal`` takes (present, not None), so a body's hash covers exactly the secrets
+    its stored form seals.
+    """
+    result: Any = dict(body)
+    for path in secret_paths:
+        present, value = _get(result, path)
+        if present and value is not None:
+            result = _replace(result, path, {SECRET_DIGEST_MARKER: digest(value)})
     return dict(result)
 
 

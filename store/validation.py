@@ -207,6 +207,10 @@ def values_at(body: Mapping[str, Any] | None, paths: Iterable[ConfigPath]) -> li
     return values
 
 
+def _plain_hash(body: Mapping[str, Any], _secret_paths: frozenset[ConfigPath]) -> str:
+    return config_hash(body)
+
+
 class ValidationPipeline:
     """Model validation, then each custom validator in order, each under its own timeout.
 
@@ -227,12 +231,18 @@ class ValidationPipeline:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.model = model
+        # How a config is hashed: the log's own scheme (secrets as keyed digests), set by the runner
+        # that owns this pipeline (``use_hasher``); until then the keyless hash.
+        self.hasher: Callable[[Mapping[str, Any], frozenset[ConfigPath]], str] = _plain_hash
         self.validator_timeout = validator_timeout
         self.max_items = max_items
         self.validators: list[ValidatorSpec] = [
             spec if isinstance(spec, ValidatorSpec) else ValidatorSpec(_name_of(spec), spec)
             for spec in validators
         ]
+
+    def use_hasher(self, hasher: Callable[[Mapping[str, Any], frozenset[ConfigPath]], str]) -> None:
+        self.hasher = hasher
 
     def add(
         self, validator: ConfigValidator, *, name: str | None = None, timeout: float | None = None
@@ -256,7 +266,8 @@ class ValidationPipeline:
         config, normalised, errors = self.parse(body)
         if config is None or normalised is None:
             return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
-        digest, secret_paths = config_hash(normalised), frozenset(find_secret_paths(config))
+        secret_paths = frozenset(find_secret_paths(config))
+        digest = self.hasher(normalised, secret_paths)
         return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
 
     async def validate(

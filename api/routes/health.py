@@ -26,6 +26,12 @@ async def readyz(request: Request) -> JSONResponse:
     reloader = None if lifecycle is None else lifecycle.reloader
     if reloader is None or not reloader.started:
         return JSONResponse({"status": "starting"}, status_code=503)
+    failure = reloader.log.integrity_failure
+    if failure is not None:
+        # Reads of the config restored at start-up go on; writes are refused. The reason code only: the
+        # details (positions, hashes) are for token holders and the service's log.
+        body = {"status": "integrity check failed", "reason": failure.code, "writes": "refused"}
+        return JSONResponse(body, status_code=503)
     if reloader.current is None:
         return JSONResponse({"status": "no configuration applied"}, status_code=503)
     try:

@@ -67,6 +67,7 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
             "model": ErrorResponse,
             "description": "another operation is running, or another instance applied a config meanwhile",
         },
+        503: {"model": ErrorResponse, "description": "the log failed its integrity check (integrity_failed)"},
     },
 )
 async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller) -> object:
@@ -125,9 +126,11 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
         },
         404: {"model": OperationOut, "description": "no applied config has that hash"},
         409: {
-            "model": ErrorResponse,
-            "description": "another operation is running, or another instance applied a config meanwhile",
+            "model": OperationOut | ErrorResponse,
+            "description": "another operation is running, another instance applied a config meanwhile, or "
+            "the target's stored body no longer matches its hash (config_body_mismatch)",
         },
+        503: {"model": ErrorResponse, "description": "the log failed its integrity check (integrity_failed)"},
     },
 )
 async def rollback(
@@ -146,7 +149,8 @@ async def rollback(
         return conflict
     if not operation.success:
         code = STATUS_BY_CODE.get(operation.reason or "", status.HTTP_400_BAD_REQUEST)
-        if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST):
+        # 409 config_body_mismatch: the stored body was edited in the database, nothing was applied.
+        if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST, status.HTTP_409_CONFLICT):
             code = status.HTTP_400_BAD_REQUEST
         return JSONResponse(OperationOut.of(operation).model_dump(mode="json"), status_code=code)
     return OperationOut.of(operation)

@@ -25,7 +25,9 @@ from httpx import Response
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.api.reloader import ConfigReloader
 from confledger.examples.app_config import VALIDATORS, AppConfig
-from confledger.store import EventLog, SecretCipher, config_hash
+from confledger.store import EventLog, SecretCipher
+from confledger.store.integrity import CONFIG_HASH_KEYED, IntegrityKeys, candidate_keys, config_hash_as
+from confledger.store.secrets import find_secret_paths
 from confledger.store.services import ServiceRegistry
 from confledger.store.validation import dump_revealed
 
@@ -88,9 +90,20 @@ def write_config(path: Path, body: dict[str, Any]) -> Path:
     return path
 
 
-def full_hash_of(body: dict[str, Any]) -> str:
-    """The config hash confledger computes for ``body`` (model-validated, secrets revealed)."""
-    return config_hash(dump_revealed(AppConfig.model_validate(body)))
+def full_hash_of(body: dict[str, Any], keyed_by: EventLog | IntegrityKeys) -> str:
+    """The config hash confledger computes for ``body`` in a log (model-validated, secrets revealed): its
+    secrets enter only as digests under the log's key, so the hash depends on the log it is stored in."""
+    model = AppConfig.model_validate(body)
+    paths = find_secret_paths(model)
+    if isinstance(keyed_by, EventLog):
+        return keyed_by.hash_config(dump_revealed(model), paths)
+    return config_hash_as(dump_revealed(model), paths, CONFIG_HASH_KEYED, keyed_by)
+
+
+def keys_beside(database: Path) -> IntegrityKeys:
+    """The integrity key of an SQLite log whose key file ``serve`` made beside it."""
+    cipher = SecretCipher.from_key_file(database.with_name(database.name + ".key"), create=False)
+    return candidate_keys(None, cipher)[0]
 
 
 def config_routes(app: FastAPI) -> list[tuple[str, str]]:

@@ -107,6 +107,10 @@ class Story:
     def db(self) -> list[str]:
         return ["--database", self.url]
 
+    def keys(self) -> dict[str, str]:
+        """What `verify` needs for a keyed PostgreSQL log (its links are HMACs under the log's key)."""
+        return {} if self.key is None else {"CONFLEDGER_ENCRYPTION_KEY": self.key}
+
 
 def build_story(url: str, tmp_path: Path) -> Story:
     source = tmp_path / "config.yaml"
@@ -310,7 +314,10 @@ def test_stats_and_status_read_the_projections(story: Story) -> None:
 def test_status_lists_an_operation_left_open(story: Story) -> None:
     """An operation.started with no completion (a crashed or still-running instance) is shown as open."""
     operation_id = uuid.uuid4()
-    with EventLog(story.url, instance_id="crashed") as log:
+    cipher = None if story.key is None else SecretCipher.from_env_value(story.key)
+    with EventLog(story.url, instance_id="crashed", cipher=cipher) as log:
+        if cipher is None:
+            log.cipher = resolve_cipher(None, story.url, log)  # the key file beside an SQLite log
         log.append(
             [
                 NewEvent(
@@ -495,10 +502,10 @@ def test_long_replays_show_progress_on_stderr_only(story: Story, monkeypatch: py
 
 
 def test_verify_passes_on_a_sound_log(story: Story) -> None:
-    result = as_json(invoke("verify", *story.db(), "--json"))
+    result = as_json(invoke("verify", *story.db(), "--json", env=story.keys()))
     assert result["ok"] is True
     assert result["checked"] == result["head"] > 0
-    table = invoke("verify", *story.db())
+    table = invoke("verify", *story.db(), env=story.keys())
     assert table.exit_code == 0
     assert "the chain holds" in table.stdout
 
@@ -541,11 +548,11 @@ def test_read_commands_never_write_to_the_log(story: Story) -> None:
         ["replay", "--since", "2000-01-01"],
         ["replay", "--until-hash", story.hashes["pool"]],
     ):
-        result = invoke(*args, *story.db(), "--json")
+        result = invoke(*args, *story.db(), "--json", env=story.keys())
         assert result.exit_code == 0, (args, result.stderr)
         json.loads(result.stdout)
         # The tables on a narrow terminal too: laid out, not crashed, nothing secret.
-        table = invoke(*args, *story.db(), columns=80)
+        table = invoke(*args, *story.db(), columns=80, env=story.keys())
         assert table.exit_code == 0, (args, table.stderr)
         assert table.stdout.strip()
         assert_no_secrets(result, table)

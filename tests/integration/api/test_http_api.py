@@ -96,7 +96,7 @@ def apply(service: Service, body: dict[str, Any]) -> str:
     result = reload(service)
     assert result["success"], result
     current = service.current_full_hash()
-    assert current == full_hash_of(body)
+    assert current == full_hash_of(body, service.log)
     return current
 
 
@@ -138,10 +138,10 @@ def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -
     assert result["changes_applied"] == ["database.pool_size"]
     assert result["services_notified"] == ["cache:success"]
     assert result["previous_config_hash"] == short(before)
-    assert result["new_config_hash"] == short(full_hash_of(body))
+    assert result["new_config_hash"] == short(full_hash_of(body, service.log))
     assert result["validation_errors"] == []
     assert seen == [21]
-    assert service.current_full_hash() == full_hash_of(body)
+    assert service.current_full_hash() == full_hash_of(body, service.log)
     events = service.log.read_operation(result["operation_id"])
     assert [e.type for e in events] == RELOAD_APPLIED_WITH_SERVICE
     assert {e.actor for e in events} == {"token:admin"}  # the role, never the token
@@ -158,7 +158,7 @@ def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -
     assert forced["success"] is True
     assert forced["services_notified"] == ["cache:success"]
     assert service.events_of(forced["operation_id"]) == RELOAD_APPLIED_WITH_SERVICE
-    assert service.current_full_hash() == full_hash_of(body)
+    assert service.current_full_hash() == full_hash_of(body, service.log)
 
 
 # Bodies that fail validation, and a fragment each failure must name (never the value itself).
@@ -231,7 +231,7 @@ def test_dry_run_validates_and_reports_without_applying(service: Service) -> Non
     assert service.events_of(result["operation_id"]) == RELOAD_DRY_RUN
     assert service.current_full_hash() == before
     # The dry-run config is stored (so it can be shown) but was never applied.
-    version = service.get(f"/versions/{full_hash_of(body)}").json()
+    version = service.get(f"/versions/{full_hash_of(body, service.log)}").json()
     assert version["applied"] is False
 
 
@@ -334,7 +334,7 @@ def test_reload_from_another_file_in_the_config_dir_is_allowed(service: Service)
     result = reload(service, config_source="staging.yaml")
 
     assert result["success"] is True
-    assert service.current_full_hash() == full_hash_of(body)
+    assert service.current_full_hash() == full_hash_of(body, service.log)
     started = service.log.read_operation(result["operation_id"])[0]
     assert started.payload.source == str(other.resolve())  # type: ignore[attr-defined]
 
@@ -404,7 +404,7 @@ def test_rollback_errors_404_400_and_nothing_changes(service: Service) -> None:
     # (target_hash, status code, reason code): what each refusal answers
     refusals = [
         ("0000000", 404, "unknown_config_hash"),  # no stored config has this prefix
-        (full_hash_of(dry)[:12], 404, "unknown_config_hash"),  # stored, but never applied
+        (full_hash_of(dry, service.log)[:12], 404, "unknown_config_hash"),  # stored, but never applied
         (ambiguous, 400, "ambiguous_hash_prefix"),  # two stored configs share the prefix
         ("xyz", 400, "invalid_hash_prefix"),  # not hex
         ("abc12", 400, "invalid_hash_prefix"),  # fewer than 7 digits
@@ -768,6 +768,8 @@ def test_verify_checks_the_whole_chain(service: Service) -> None:
         "head": head(service),
         "first_broken_position": None,
         "reason": None,
+        "code": None,
+        "config_hash": None,
     }
 
 
@@ -820,7 +822,7 @@ def test_not_ready_until_a_config_is_applied(tmp_path: Path, database_url: str) 
         assert reload(service)["success"] is True
 
         assert service.get("/readyz", token=None).status_code == 200
-        assert service.get("/current").json()["full_hash"] == full_hash_of(variant())
+        assert service.get("/current").json()["full_hash"] == full_hash_of(variant(), service.log)
 
 
 # --- inputs schemathesis found answering 500 (now refused or handled) ------------------------------
@@ -960,7 +962,10 @@ def test_file_watching_survives_its_directory_being_deleted_and_recreated(
         body = variant(database__pool_size=81)
         write_config(service.source, body)
 
-        wait_until("the recreated file's reload", lambda: service.current_full_hash() == full_hash_of(body))
+        wait_until(
+            "the recreated file's reload",
+            lambda: service.current_full_hash() == full_hash_of(body, service.log),
+        )
         watched = service.get("/history", params={"trigger": "file_watch"}).json()
         assert watched["total_count"] == 1
         assert watched["operations"][0]["success"] is True
@@ -968,7 +973,7 @@ def test_file_watching_survives_its_directory_being_deleted_and_recreated(
         # ... and the fresh directory is watched from then on.
         newer = variant(database__pool_size=82)
         write_config(service.source, newer)
-        wait_until("the next reload", lambda: service.current_full_hash() == full_hash_of(newer))
+        wait_until("the next reload", lambda: service.current_full_hash() == full_hash_of(newer, service.log))
         assert service.get("/history", params={"trigger": "file_watch"}).json()["total_count"] == 2
 
 
@@ -993,7 +998,9 @@ def test_file_watching_outlives_an_unreachable_log_and_retries_the_change(
             with service.log.engine.begin() as connection:
                 connection.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
 
-        wait_until("the retried reload", lambda: service.current_full_hash() == full_hash_of(body))
+        wait_until(
+            "the retried reload", lambda: service.current_full_hash() == full_hash_of(body, service.log)
+        )
         assert service.get("/status").json()["file_watching_enabled"] is True
         watched = service.get("/history", params={"trigger": "file_watch"}).json()
         assert [op["status"] for op in watched["operations"]] == ["success"]

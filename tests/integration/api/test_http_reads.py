@@ -68,7 +68,7 @@ def apply(service: Service, **changes: Any) -> str:
     result = service.post("/reload", json={})
     assert result.status_code == 200, result.text
     assert result.json()["success"], result.text
-    return full_hash_of(body)
+    return full_hash_of(body, service.log)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
 from confledger.store.errors import InitialConfigError
 from confledger.store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
+from confledger.store.secrets import find_secret_paths
 from confledger.store.validation import dump_revealed
 
 pytestmark = pytest.mark.anyio
@@ -130,9 +131,10 @@ def payloads(reloader: ConfigReloader, operation: ReloadOperation, kind: type[An
     ]
 
 
-def hash_of(body: dict[str, Any]) -> str:
-    """The config hash: over the validated config with its secrets revealed."""
-    return config_hash(dump_revealed(AppConfig.model_validate(body)))
+def hash_of(body: dict[str, Any], log: EventLog) -> str:
+    """The config hash in ``log``: over the validated config, its secrets as digests under the log's key."""
+    model = AppConfig.model_validate(body)
+    return log.hash_config(dump_revealed(model), find_secret_paths(model))
 
 
 @cache
@@ -159,7 +161,7 @@ async def test_the_first_configuration_is_applied_as_initial(url: str, tmp_path:
         assert first.trigger is Trigger.STARTUP
         assert first.changes_applied == ("initial_configuration",)
         assert first.previous_config_hash is None
-        assert first.new_config_hash == reloader.current_hash == hash_of(BASE)
+        assert first.new_config_hash == reloader.current_hash == hash_of(BASE, reloader.log)
         assert event_types(reloader, first) == [
             "operation.started",
             "config.loaded",
@@ -203,7 +205,7 @@ async def test_manual_reload_success_notifies_the_callback_with_old_and_new(url:
         assert operation.message == "Configuration reloaded successfully"
         assert operation.services_notified == ("database_config:success",)
         assert operation.previous_config_hash == old_hash
-        assert operation.new_config_hash == reloader.current_hash == hash_of(changed)
+        assert operation.new_config_hash == reloader.current_hash == hash_of(changed, reloader.log)
         assert operation.changes_applied == ("database.pool_size",)
         assert operation.validation_errors == ()
         [(old, new)] = calls
@@ -331,7 +333,7 @@ async def test_half_the_services_failing_at_threshold_one_half_still_succeeds(
         assert operation.status is ReloadStatus.SUCCESS
         assert operation.services_notified == ("good:success", "bad:failed")
         assert "(1/2 services accepted)" in operation.message
-        assert reloader.current_hash == hash_of(changed)
+        assert reloader.current_hash == hash_of(changed, reloader.log)
         assert event_types(reloader, operation) == [
             "operation.started",
             "config.loaded",
@@ -376,7 +378,7 @@ async def test_below_threshold_with_automatic_rollback_compensates_the_services_
         assert reloader.service_drift() == {}
         [rolled] = payloads(reloader, operation, ConfigRolledBack)
         assert rolled.reason == "automatic"
-        assert rolled.from_hash == hash_of(abandoned)
+        assert rolled.from_hash == hash_of(abandoned, reloader.log)
         assert rolled.to_hash == before.hash
         assert rolled.success_ratio == pytest.approx(1 / 3)
         assert rolled.threshold == 0.5
@@ -415,7 +417,7 @@ async def test_below_threshold_without_automatic_rollback_fails_and_shows_the_dr
         assert calls == ["accepts"]  # called once: no compensation
         assert reloader.current is before
         # The service that accepted still runs the config that was abandoned: status can show it.
-        assert reloader.service_drift() == {"accepts": hash_of(abandoned)}
+        assert reloader.service_drift() == {"accepts": hash_of(abandoned, reloader.log)}
         assert event_types(reloader, operation) == [
             "operation.started",
             "config.loaded",
@@ -462,7 +464,7 @@ async def test_a_callback_past_its_timeout_is_recorded_as_timeout(
 
         assert operation.services_notified == ("fast:success", "slow:timeout")
         assert operation.status is ReloadStatus.SUCCESS  # 1 of 2 meets the 0.5 threshold
-        assert reloader.current_hash == hash_of(changed)
+        assert reloader.current_hash == hash_of(changed, reloader.log)
         [_, timed_out] = payloads(reloader, operation, ServiceNotified)
         assert timed_out.error == "no answer within 0.2s"
         assert timed_out.duration_ms > 0
@@ -786,7 +788,7 @@ async def test_signal_bursts_during_a_reload_coalesce_into_one_follow_up(url: st
         assert follow_up.actor == "signal"
         assert follow_up.success
         assert follow_up.changes_applied == ("performance.max_retries",)
-        assert reloader.current_hash == hash_of(latest)
+        assert reloader.current_hash == hash_of(latest, reloader.log)
         signal_ops = [op for op in reloader.get_reload_history(100) if op.trigger is Trigger.SIGNAL]
         assert [op.operation_id for op in signal_ops] == [follow_up.operation_id]
         assert reloader.count_operations(trigger="signal") == 1

@@ -146,7 +146,7 @@ async def apply_then_roll_back(service: Running, source: Path) -> tuple[str, str
     rollback = await service.reloader.rollback_config(actor="token:admin")
     assert rollback.success
     assert service.reloader.current_hash == rolled_back_to
-    return full_hash_of(variant(database__pool_size=42)), rolled_back_to
+    return full_hash_of(variant(database__pool_size=42), service.reloader.log), rolled_back_to
 
 
 def assert_refused(service: Running, operation: ReloadOperation, pinned: str) -> None:
@@ -207,7 +207,7 @@ async def test_new_content_after_a_rollback_applies_on_sighup(
         result = await service.sighup()
 
         assert result.success, result
-        assert service.reloader.current_hash == full_hash_of(fixed)
+        assert service.reloader.current_hash == full_hash_of(fixed, service.reloader.log)
         assert (await service.status())["source_state"]["differs_from_applied"] is False
         # The pin on H stays: only an apply of H lifts it, so a revert of the file is refused too.
         write_config(source, variant(database__pool_size=42))

@@ -21,7 +21,9 @@ def test_rollback_to_a_config_sealed_with_another_key_is_a_recorded_failure(
     shutil.copy(EXAMPLE, source)
     first_key = SecretCipher([SecretCipher.generate_key()])
 
-    log = EventLog(database_url, cipher=first_key)
+    # Links are signed with their own key here, so replacing the encryption key leaves the chain's key
+    # (derived from the encryption key otherwise) in place: only the secrets become unreadable.
+    log = EventLog(database_url, cipher=first_key, signing_key="a signing key of forty characters, or so")
 
     async def scenario() -> None:
         async with ConfigReloader(

@@ -259,7 +259,7 @@ def test_config_source_outside_the_allowed_dirs_is_403_recorded_and_never_loaded
     assert rejected.actor == "token:admin"
     assert shared.reloader.current_hash == current
     for name in ("outside", "sibling"):
-        assert not shared.log.has_config(full_hash_of(variant(app_name=name)))
+        assert not shared.log.has_config(full_hash_of(variant(app_name=name), shared.log))
 
 
 # (config_source, which file it names): inside the config's dir or a CONFLEDGER_SOURCE_DIRS entry.
@@ -522,7 +522,7 @@ def test_the_generated_encryption_key_file_is_0600_and_secrets_are_stored_sealed
 def test_a_lost_key_file_fails_start_up_with_a_clear_error(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'confledger.db'}"
     with serving(tmp_path, database_url) as service:
-        assert service.reloader.current_hash == full_hash_of(BASE)
+        assert service.reloader.current_hash == full_hash_of(BASE, service.log)
     (tmp_path / "confledger.db.key").unlink()
 
     with pytest.raises(SecretKeyError) as lost, serving(tmp_path, database_url):

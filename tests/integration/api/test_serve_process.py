@@ -33,6 +33,7 @@ from tests.integration.api.service_harness import (
     PREFIX,
     REPO,
     full_hash_of,
+    keys_beside,
     variant,
 )
 
@@ -225,7 +226,8 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         assert status["file_watching_enabled"] is False  # off by default, as in the seed
         assert (tmp_path / "confledger.db").exists()  # the default log: SQLite next to the config
         initial = server.get("/current")["full_hash"]
-        assert initial == full_hash_of(yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8")))
+        keys = keys_beside(tmp_path / "confledger.db")
+        assert initial == full_hash_of(yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8")), keys)
 
         # SIGHUP: one signal-triggered operation, recorded with the signal as its actor.
         server.process.send_signal(signal.SIGHUP)
@@ -251,17 +253,17 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         # Every version written; a hash applied by the watcher must be one of these, never a partial file.
         atomic_body = variant(database__pool_size=51)
         in_place_body = variant(database__pool_size=52, cache__ttl_seconds=120)
-        complete = {full_hash_of(atomic_body)[:16], full_hash_of(in_place_body)[:16]}
+        complete = {full_hash_of(atomic_body, keys)[:16], full_hash_of(in_place_body, keys)[:16]}
 
         replace_atomically(config, yaml.safe_dump(atomic_body, sort_keys=False))
         wait_for("the reload of the atomic replace", lambda: server.count("file_watch") == 1 or None)
         assert_quiet(server, "file_watch", 1)
-        assert server.get("/current")["full_hash"] == full_hash_of(atomic_body)
+        assert server.get("/current")["full_hash"] == full_hash_of(atomic_body, keys)
 
         write_in_place_slowly(config, yaml.safe_dump(in_place_body, sort_keys=False))
         wait_for("the reload of the in-place write", lambda: server.count("file_watch") == 2 or None)
         assert_quiet(server, "file_watch", 2)
-        assert server.get("/current")["full_hash"] == full_hash_of(in_place_body)
+        assert server.get("/current")["full_hash"] == full_hash_of(in_place_body, keys)
 
         # A symlink swap (how Kubernetes updates a mounted ConfigMap): config.yaml becomes a link to a
         # versioned file, then the link is replaced to point at the next version.
@@ -278,12 +280,12 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
                 lambda n=number: server.count("file_watch") == n or None,
             )
             assert_quiet(server, "file_watch", number)
-            assert server.get("/current")["full_hash"] == full_hash_of(body)
-        complete |= {full_hash_of(body)[:16] for body in swapped_bodies}
+            assert server.get("/current")["full_hash"] == full_hash_of(body, keys)
+        complete |= {full_hash_of(body, keys)[:16] for body in swapped_bodies}
 
         watched = server.operations("file_watch")
         assert [op["new_config_hash"] for op in reversed(watched)] == [
-            full_hash_of(body)[:16] for body in [atomic_body, in_place_body, *swapped_bodies]
+            full_hash_of(body, keys)[:16] for body in [atomic_body, in_place_body, *swapped_bodies]
         ]
         for op in watched:
             assert op["success"] is True, op

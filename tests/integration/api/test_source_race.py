@@ -153,8 +153,8 @@ def test_no_request_loads_a_file_swapped_in_from_outside(
     refused_by_name = [e.payload for e in events if isinstance(e.payload, OperationRejected)]
     # The outside file was never read: no load of its bytes, never applied, never current.
     assert all(payload.input_sha256 != outside_sha for payload in loaded)
-    assert full_hash_of(outside_body) not in applied
-    assert service.current_full_hash() != full_hash_of(outside_body)
+    assert full_hash_of(outside_body, service.log) not in applied
+    assert service.current_full_hash() != full_hash_of(outside_body, service.log)
     # Every request got a clean answer: the inside file (or not_found mid-swap), or a recorded 403.
     assert answers[500] == 0
     assert set(answers) <= {200, 403}

@@ -540,7 +540,9 @@ def raw_bodies(event_log: EventLog) -> list[str]:
 def test_secrets_are_sealed_at_rest_and_plain_to_the_key_holder(log: EventLog, open_log: Any) -> None:
     keyed = open_log(cipher=SecretCipher([SecretCipher.generate_key()]))
     full = keyed.put_config(SECRET_BODY, SECRET_PATHS)
-    assert full == config_hash(SECRET_BODY)  # the hash is over the plain values
+    # The hash covers the secrets only through keyed digests (hash scheme 2): not the plain sha256.
+    assert full == keyed.hash_config(SECRET_BODY, SECRET_PATHS)
+    assert full != config_hash(SECRET_BODY)
 
     (stored_text,) = raw_bodies(keyed)
     assert "correct-horse-battery" not in stored_text

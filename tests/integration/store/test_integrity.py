@@ -1,0 +1,265 @@
+"""A keyed log against someone who can write the database but does not hold the key (issue 13, items 2
+and 3): the guards dropped, rows rewritten with every hash recomputed, the tail deleted, checkpoints
+lowered, edited or dropped, a body edited. Each is found by ``verify`` and by start-up's
+``check_integrity`` (a fresh process opening the log), and a log that failed refuses appends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from confledger.store import Checkpoint, EventLog, NewEvent, SecretCipher
+from confledger.store.chain import chain_hash
+from confledger.store.errors import ConfigBodyMismatch, IntegrityFailed, IntegrityKeyError
+from confledger.store.events import ConfigApplied, InstanceStarted
+from confledger.store.integrity import LINK_HMAC, IntegrityKeys, config_hash_as
+from confledger.store.schema import config_versions, events, integrity_records, projection_checkpoints
+
+EVENTS_IN_LOG = 8
+TAMPERED = 5  # after the first and before the head
+SECRET_BODY = {"name": "shop", "database": {"host": "db", "password": "Summer2024!"}}
+SECRET_PATHS = [("database", "password")]
+
+
+def drop_guards(log: EventLog) -> None:
+    if log.dialect == "sqlite":
+        names = [
+            "events_refuse_update",
+            "events_refuse_delete",
+            "config_versions_refuse_update",
+            "config_versions_refuse_delete",
+            "integrity_key_refuse_update",
+            "integrity_key_refuse_delete",
+        ]
+        statements = [f"DROP TRIGGER {name}" for name in names]
+    else:
+        statements = [
+            "DROP TRIGGER events_refuse_change ON events",
+            "DROP TRIGGER config_versions_refuse_change ON config_versions",
+            "DROP TRIGGER integrity_key_refuse_change ON integrity",
+        ]
+    with log.engine.begin() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+
+
+@pytest.fixture
+def key() -> str:
+    return SecretCipher.generate_key()
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> Path:
+    return tmp_path / "outside-the-database.anchor"
+
+
+@pytest.fixture
+def open_keyed(database_url: str, key: str, anchor: Path) -> Iterator[Callable[..., EventLog]]:
+    """Opens the log as another process would: the same key and anchor file unless told otherwise."""
+    opened: list[EventLog] = []
+
+    def opener(**options: Any) -> EventLog:
+        settings = {"cipher": SecretCipher([key]), "anchor_path": anchor, "instance_id": "test", **options}
+        log = EventLog(database_url, **settings)
+        opened.append(log)
+        return log
+
+    yield opener
+    for log in opened:
+        log.close()
+
+
+@pytest.fixture
+def keyed(open_keyed: Callable[..., EventLog]) -> EventLog:
+    """A verified keyed log: a stored config with a secret, eight events, a checkpoint; guards dropped."""
+    log = open_keyed()
+    config = log.prepare_config(SECRET_BODY, SECRET_PATHS)
+    log.append(
+        [NewEvent(ConfigApplied(hash=config.hash, previous_hash=None))],
+        configs=[config],
+    )
+    for pid in range(EVENTS_IN_LOG - 1):
+        log.append([NewEvent(InstanceStarted(version="0.1.0", host="host", pid=pid))])
+    log.save_checkpoint(Checkpoint("stats", 1, EVENTS_IN_LOG, {"count": EVENTS_IN_LOG}))
+    assert log.verify().ok
+    assert log.check_integrity().ok
+    drop_guards(log)
+    return log
+
+
+def rows(log: EventLog) -> list[dict[str, Any]]:
+    with log.engine.connect() as connection:
+        return [row._asdict() for row in connection.execute(sa.select(events).order_by(events.c.position))]
+
+
+def assert_found(open_keyed: Callable[..., EventLog], keyed: EventLog, code: str) -> None:
+    """``verify`` names ``code``; a fresh process's start-up check does too and then refuses appends."""
+    report = keyed.verify()
+    assert not report.ok
+    assert report.code == code, report.reason
+    restarted = open_keyed()
+    at_start = restarted.check_integrity()
+    assert not at_start.ok
+    assert at_start.code == code, at_start.reason
+    with pytest.raises(IntegrityFailed) as refused:
+        restarted.append([NewEvent(InstanceStarted(version="0.1.0", host="h", pid=1))])
+    assert refused.value.code == "integrity_failed"
+    assert refused.value.reason == code
+
+
+def test_new_events_are_linked_with_an_hmac_under_the_link_key(keyed: EventLog, key: str) -> None:
+    stored = rows(keyed)
+    assert {row["link_version"] for row in stored} == {LINK_HMAC}
+    assert all(row["hash"] != chain_hash(row) for row in stored)  # not the public sha256
+
+
+# The forger rewrites the tail from TAMPERED on, recomputing every link with the public algorithm:
+# once under the old scheme's number (a downgrade), once still claiming the keyed scheme.
+@pytest.mark.parametrize(("claimed_version", "code"), [(1, "link_downgraded"), (LINK_HMAC, "link_mismatch")])
+def test_a_rewritten_tail_with_recomputed_keyless_hashes_is_found(
+    open_keyed: Callable[..., EventLog], keyed: EventLog, claimed_version: int, code: str
+) -> None:
+    stored = rows(keyed)
+    previous = stored[TAMPERED - 2]["hash"]
+    with keyed.engine.begin() as connection:
+        for row in stored[TAMPERED - 1 :]:
+            forged = {**row, "actor": "mallory", "prev_hash": previous, "link_version": claimed_version}
+            forged["hash"] = previous = chain_hash(forged)
+            connection.execute(
+                events.update()
+                .where(events.c.position == row["position"])
+                .values(
+                    actor="mallory",
+                    prev_hash=forged["prev_hash"],
+                    hash=forged["hash"],
+                    link_version=claimed_version,
+                )
+            )
+    report = keyed.verify()
+    assert report.first_broken_position == TAMPERED
+    assert_found(open_keyed, keyed, code)
+
+
+def test_a_deleted_tail_with_its_checkpoints_dropped_is_found_by_the_anchor(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    with keyed.engine.begin() as connection:
+        connection.execute(events.delete().where(events.c.position > EVENTS_IN_LOG - 3))
+        connection.execute(projection_checkpoints.delete())
+    assert_found(open_keyed, keyed, "truncated")
+
+
+def test_a_deleted_tail_with_lowered_checkpoints_is_found(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    cut = EVENTS_IN_LOG - 3
+    with keyed.engine.begin() as connection:
+        connection.execute(events.delete().where(events.c.position > cut))
+        connection.execute(projection_checkpoints.update().values(position=cut))
+    # The lowered checkpoint's MAC no longer holds: that is found first, before the anchor.
+    assert_found(open_keyed, keyed, "checkpoint_mac")
+
+
+def test_an_edited_checkpoint_is_found_and_never_restored(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    with keyed.engine.begin() as connection:
+        connection.execute(
+            projection_checkpoints.update()
+            .where(projection_checkpoints.c.name == "stats")
+            .values(state={"count": 1_000_000})
+        )
+    assert keyed.load_checkpoint("stats") is None  # the fold starts from 0 rather than from this
+    assert_found(open_keyed, keyed, "checkpoint_mac")
+
+
+def test_a_lowered_anchor_file_is_found(
+    open_keyed: Callable[..., EventLog], keyed: EventLog, anchor: Path
+) -> None:
+    anchor.write_text(anchor.read_text().replace(f'"position": {EVENTS_IN_LOG}', '"position": 2'))
+    assert_found(open_keyed, keyed, "anchor_mismatch")
+
+
+def test_an_edited_body_is_found_and_never_handed_out(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    with keyed.engine.connect() as connection:
+        (full_hash,) = connection.execute(sa.select(config_versions.c.hash)).one()
+        sealed = connection.execute(sa.select(config_versions.c.body)).scalar_one()
+    with keyed.engine.begin() as connection:
+        connection.execute(config_versions.update().values(body={**sealed, "name": "evil"}))
+    with pytest.raises(ConfigBodyMismatch) as refused:
+        keyed.get_config(full_hash)
+    assert refused.value.code == "config_body_mismatch"
+    report = keyed.verify()
+    assert report.config_hash == full_hash
+    assert report.first_broken_position == 1
+    # Start-up verified past position 1 already: its incremental check leaves the old body to restore,
+    # which re-hashes what it applies (tests/integration/api/test_integrity_service.py).
+    assert open_keyed().check_integrity().ok
+    assert report.code == "config_body_mismatch"
+
+
+def test_an_edited_key_record_is_found(open_keyed: Callable[..., EventLog], keyed: EventLog) -> None:
+    # Moving keyed_from past the head would let a forger write keyless links; its MAC stops that.
+    with keyed.engine.begin() as connection:
+        value = connection.execute(
+            sa.select(integrity_records.c.value).where(integrity_records.c.name == "key")
+        ).scalar_one()
+        connection.execute(
+            integrity_records.update()
+            .where(integrity_records.c.name == "key")
+            .values(value={**value, "keyed_from": 10_000})
+        )
+    assert_found(open_keyed, keyed, "key_record")
+
+
+def test_another_key_is_a_clear_error_naming_the_setting(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    other = open_keyed(cipher=SecretCipher([SecretCipher.generate_key()]))
+    with pytest.raises(IntegrityKeyError, match="CONFLEDGER_ENCRYPTION_KEY") as wrong:
+        other.check_integrity()
+    assert "same key" in str(wrong.value)
+    with pytest.raises(IntegrityKeyError, match="CONFLEDGER_SIGNING_KEY"):
+        open_keyed(signing_key="s" * 40).append([NewEvent(InstanceStarted(version="0", host="h", pid=1))])
+
+
+def test_a_rotated_key_list_still_finds_the_key_the_log_was_signed_with(
+    open_keyed: Callable[..., EventLog], keyed: EventLog, key: str
+) -> None:
+    rotated = open_keyed(cipher=SecretCipher([SecretCipher.generate_key(), key]))
+    rotated.append([NewEvent(InstanceStarted(version="0.2.0", host="h", pid=2))])
+    assert rotated.verify().ok
+
+
+def test_a_keyed_log_is_not_appended_to_without_its_key(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    keyless = open_keyed(cipher=None)
+    with pytest.raises(IntegrityKeyError, match="CONFLEDGER_ENCRYPTION_KEY or CONFLEDGER_SIGNING_KEY"):
+        keyless.append([NewEvent(InstanceStarted(version="0", host="h", pid=1))])
+    with pytest.raises(IntegrityKeyError):
+        keyless.verify()
+    assert keyless.head() == EVENTS_IN_LOG  # reading needs no key
+
+
+def test_start_up_verifies_only_the_tail_since_the_last_verified_position(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    keyed.append([NewEvent(InstanceStarted(version="0.1.0", host="host", pid=99))])
+    report = open_keyed().check_integrity()
+    assert report.ok
+    assert report.checked == 1  # positions 1-8 were verified by the fixture's check
+
+
+def test_the_config_hash_takes_secrets_only_as_keyed_digests(keyed: EventLog, key: str) -> None:
+    stored = keyed.get_config(keyed.read(limit=1)[0].payload.hash)  # type: ignore[attr-defined]
+    assert stored.body == SECRET_BODY
+    assert stored.hash == config_hash_as(SECRET_BODY, SECRET_PATHS, 2, keyed.integrity().keys)
+    other_key = IntegrityKeys(b"x" * 32, origin="guess")
+    assert stored.hash != config_hash_as(SECRET_BODY, SECRET_PATHS, 2, other_key)
