@@ -9,7 +9,10 @@ services' files then show how far the change got. A restart without the point mu
   reached the log stays absent; one whose outcome was committed keeps it;
 - serve the last applied config, and hand it to every service again (``notify_on_start``), so no
   service keeps a half-applied change;
-- keep the log whole (positions 1..N, ``verify``), and apply the next reload.
+- keep the log whole (positions 1..N, ``verify``), and apply the next reload;
+- and hold "nothing lost" (``tests.reliability.invariants``) on the dead process's log (an operation may
+  be open only because its writer is dead) and after the restart (every rule, the restarted service's
+  /status, /stats, /history and /backups against a fresh fold).
 
 The armed hit (``point:n``) counts the start-up too: an empty log's first start applies the initial
 config through the same path (one parse, one start append, two gaps between three callbacks, ...).
@@ -25,8 +28,17 @@ import pytest
 
 from confledger.store.events import OperationCompleted, OperationStarted, OperationStatus
 from confledger.store.failpoints import FAILPOINT_EXIT_CODE
+from tests.integration.api.service_harness import ADMIN_TOKEN
 from tests.reliability.crash_harness import Deployment, Serve, body_with
 from tests.reliability.crash_services import REFUSED_TTL, SERVICES
+from tests.reliability.invariants import (
+    HttpObserver,
+    Reply,
+    check_log,
+    check_nothing_lost,
+    reply_from_response,
+    wait_until_settled,
+)
 
 INITIAL, NEW, REFUSED, NEXT = 20, 21, 22, 23  # the pool sizes that mark each version of the config
 
@@ -82,11 +94,13 @@ def operations(deployment: Deployment) -> dict[str, OperationStatus | None]:
     return found
 
 
-def crash(serve: Serve, case: Case, deployment: Deployment) -> None:
+def crash(serve: Serve, case: Case, deployment: Deployment, replies: list[Reply]) -> None:
     """Ask for the case's operation; the process must die at the armed point without answering."""
     if case.action == "rollback":
         deployment.write_config(body_with(NEW))
-        assert serve.post("/reload").json()["success"] is True
+        first = serve.post("/reload")
+        replies.append(reply_from_response(first))
+        assert first.json()["success"] is True
         assert deployment.services() == dict.fromkeys(SERVICES, NEW)
         request = ("/rollback", {})
     elif case.action == "refused":
@@ -97,6 +111,7 @@ def crash(serve: Serve, case: Case, deployment: Deployment) -> None:
         request = ("/reload", {})
     with pytest.raises(httpx.TransportError):
         serve.post(*request)
+    replies.append(Reply(None))
     assert serve.wait_exit() == FAILPOINT_EXIT_CODE, serve.printed()
     assert f"crash point {case.failpoint.partition(':')[0]}" in serve.printed()
 
@@ -108,10 +123,14 @@ def test_a_crash_at_each_point_is_recovered_by_the_restart(
 ) -> None:
     deployment = Deployment(tmp_path, database_url, environment={"CONFLEDGER_ROLLBACK_THRESHOLD": "1.0"})
     deployment.write_config(body_with(INITIAL))
+    replies: list[Reply] = []
     with deployment.serving(failpoint=case.failpoint) as serve:
         assert deployment.services() == dict.fromkeys(SERVICES, INITIAL)
         before = operations(deployment)
-        crash(serve, case, deployment)
+        crash(serve, case, deployment, replies)
+    with deployment.open_log() as log:
+        left = check_log(log, replies, live_instances=())
+    assert left.open_operations == (1 if case.recorded == "interrupted" else 0)
 
     assert deployment.services() == dict(zip(SERVICES, case.at_crash, strict=True))
     crashed = {key: value for key, value in operations(deployment).items() if key not in before}
@@ -142,9 +161,15 @@ def test_a_crash_at_each_point_is_recovered_by_the_restart(
 
         # The next change works, on every service.
         deployment.write_config(body_with(NEXT))
-        answer = restarted.post("/reload").json()
-        assert answer["success"] is True, answer
+        answer = restarted.post("/reload")
+        replies.append(reply_from_response(answer))
+        assert answer.json()["success"] is True, answer.text
         assert restarted.pool_size() == NEXT
         assert deployment.services() == dict.fromkeys(SERVICES, NEXT)
+        with deployment.open_log() as log:
+            observer = HttpObserver(restarted.client, ADMIN_TOKEN)
+            wait_until_settled(observer, log, quiet=0.05)
+            report = check_nothing_lost(log, [observer], replies)
+        assert report.open_operations == 0
         restarted.stop()
     assert None not in operations(deployment).values()
