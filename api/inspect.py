@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confledger.api.schemas import (
@@ -30,6 +30,7 @@ from confledger.api.settings import Settings, anchor_file_path, existing_cipher,
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
+from confledger.projections.fleet import FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import restore_projections
 from confledger.projections.stats import StatsProjection
@@ -44,6 +45,7 @@ from confledger.store.events import (
     InstanceStopped,
     RecordedEvent,
 )
+from confledger.store.fleet import read_heartbeats
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
 from confledger.store.pins import RollbackPins
@@ -177,11 +179,13 @@ class LogInspector:
         self.history = HistoryProjection(window=history_window)
         self.stats = StatsProjection()
         self.backups_projection = BackupsProjection(DEFAULT_BACKUP_COUNT)
+        self.fleet_projection = FleetProjection()
         self.projections: list[Projection] = [
             self.current,
             self.history,
             self.stats,
             self.backups_projection,
+            self.fleet_projection,
         ]
         self.head = 0
         self.folded_events = 0
@@ -248,6 +252,18 @@ class LogInspector:
         return stats_document(self.stats.summary(), self.current_hash, len(self.backups_projection.backups))
 
     # --- status ------------------------------------------------------------------------------------
+
+    def fleet(self, heartbeat_interval: float) -> dict[str, Any]:
+        """The fleet view as ``GET /fleet`` gives it, from the log and the heartbeat rows (full hashes)."""
+        self.load()
+        heartbeats = read_heartbeats(self.log.engine)
+        return fleet_view(
+            self.fleet_projection,
+            heartbeats,
+            now=datetime.now(UTC),
+            default_interval_s=heartbeat_interval,
+            head=self.head,
+        )
 
     def status(self) -> dict[str, Any]:
         self.load()

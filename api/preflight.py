@@ -110,9 +110,15 @@ def check_log(settings: Settings, database_url: str) -> None:
 
     Opening migrates a new database's schema; it appends nothing.
     """
-    from confledger.api.settings import resolve_cipher, signing_key_of
+    from confledger.api.server import create_private_database_file
+    from confledger.api.settings import resolve_cipher, signing_key_of, sqlite_path
     from confledger.store.log import EventLog
 
+    # This is the first open of a new log: its file (and the -wal and -shm SQLite makes with its mode)
+    # must be 0600 from the start, not 0644 under the usual umask.
+    database = sqlite_path(database_url)
+    if database is not None and not database.exists():
+        create_private_database_file(database_url)
     log = EventLog(
         database_url,
         instance_id=settings.instance_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,15 @@ from confledger.api.settings import (
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
+from confledger.projections.fleet import FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
 from confledger.store.calls import UserCalls
 from confledger.store.events import FileWatchDisabled, FileWatchEnabled
+from confledger.store.fleet import read_heartbeats
+from confledger.store.follower import LogFollower
 from confledger.store.operations import OperationRunner
 from confledger.store.outcome import ReloadOperation, ReloadStatus, build_operation
 from confledger.store.services import ServiceCallback, ServiceRegistry
@@ -123,6 +127,7 @@ class ConfigReloader:
             notify_on_start=self.settings.notify_on_start,
             version=__version__,
             tracer=tracer,
+            fleet_lock_wait=self.settings.fleet_lock_wait,
         )
         self.current = None
         self._current = CurrentProjection(self._materialize)
@@ -132,7 +137,19 @@ class ConfigReloader:
         )
         self._stats = StatsProjection()
         self._backups = BackupsProjection(self.backup_count)
-        self.projections = ProjectionSet(self.log, [self._current, self._history, self._stats, self._backups])
+        self._fleet = FleetProjection()
+        self.projections = ProjectionSet(
+            self.log, [self._current, self._history, self._stats, self._backups, self._fleet]
+        )
+        # What other instances append reaches the projections through the follower (runner.follow).
+        self.runner.after_follow = self.projections.catch_up
+        self.follower = LogFollower(
+            self.runner,
+            poll_interval=self.settings.follow_poll_interval,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            version=__version__,
+        )
+        self._follower_scope: anyio.CancelScope | None = None
         self.started = False
         self._log_closed = False
         self.startup_operation: ReloadOperation | None = None
@@ -188,6 +205,7 @@ class ConfigReloader:
         # instance up for reads but refuses every write (the log's integrity_failure); a wrong key raises.
         report = await anyio.to_thread.run_sync(self.log.check_integrity)
         if not report.ok:
+            await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
             logger.error(
                 "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused "
                 "until an operator has looked (confledger verify)",
@@ -220,11 +238,18 @@ class ConfigReloader:
         stack.push_async_callback(self._shutdown)
         try:
             await self.start()
+            if self.settings.follow:
+                await self._task_group.start(self._follow)
         except BaseException:
             await stack.aclose()
             raise
         self._exit_stack = stack
         return self
+
+    async def _follow(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            self._follower_scope = scope
+            await self.follower.run(task_status=task_status)
 
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._exit_stack = self._exit_stack, None
@@ -233,6 +258,9 @@ class ConfigReloader:
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
+            if self._follower_scope is not None:
+                self._follower_scope.cancel()
+                self._follower_scope = None
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
@@ -480,6 +508,17 @@ class ConfigReloader:
         """Registered services whose last accepted config is not the current one."""
         drift = self._stats.drift(self.current_hash)
         return {name: running for name, running in drift.items() if name in self.services}
+
+    async def fleet(self) -> dict[str, Any]:
+        """The fleet's desired config and each instance's state (heartbeats read from the database)."""
+        heartbeats = await anyio.to_thread.run_sync(read_heartbeats, self.log.engine)
+        return fleet_view(
+            self._fleet,
+            heartbeats,
+            now=datetime.now(UTC),
+            default_interval_s=self.settings.heartbeat_interval,
+            head=self.projections.position,
+        )
 
     @property
     def stats_projection(self) -> StatsProjection:

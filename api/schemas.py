@@ -244,7 +244,7 @@ class StatusResponse(BaseModel):
     instance_id: str
     log_head: int = Field(
         description="the last log position this instance has folded into its projections: its own appends "
-        "at once, other instances' when it next appends (GET /events reads the log's own head)"
+        "at once, other instances' as its follower reaches them (GET /events reads the log's own head)"
     )
     running_operation_id: str | None
     service_drift: dict[str, str]
@@ -378,3 +378,49 @@ class TimelineResponse(BaseModel):
     operations: list[OperationOut]
     lifecycle: list[dict[str, Any]]
     config_changes: list[dict[str, Any]]
+
+
+class FleetServiceFailure(BaseModel):
+    service: str
+    outcome: str
+    error: str | None = None
+
+
+class FleetInstance(BaseModel):
+    instance_id: str
+    applied_hash: str | None = Field(description="the config this instance's services were last given")
+    state: str = Field(description="in_sync, lagging, drifted or gone")
+    outcome: str | None = Field(description="applied, failed or invalid: its answer to applied_hash")
+    role: str | None = Field(description="decided, followed or start: how it came to apply it")
+    lag_positions: int = Field(
+        description="how far in the log the config it last applied lies behind the desired one (0 in sync)"
+    )
+    last_seen: datetime = Field(description="its last heartbeat or event, whichever is newer")
+    followed_position: int | None = Field(
+        description="the log position its follower had reached at its last heartbeat"
+    )
+    host: str | None
+    pid: int | None
+    version: str | None
+    failures: list[FleetServiceFailure] = Field(description="the services that did not accept applied_hash")
+    errors: list[str] = Field(description="why its own validation refused applied_hash (outcome invalid)")
+
+
+class FleetResponse(BaseModel):
+    desired_hash: str | None = Field(description="the fleet's config: the newest config.applied")
+    desired_position: int
+    log_head: int
+    instances: list[FleetInstance]
+
+    @classmethod
+    def of(cls, view: dict[str, Any]) -> FleetResponse:
+        instances = [
+            FleetInstance.model_validate({**instance, "applied_hash": short(instance["applied_hash"])})
+            for instance in view["instances"]
+        ]
+        return cls(
+            desired_hash=short(view["desired_hash"]),
+            desired_position=view["desired_position"],
+            log_head=view["log_head"],
+            instances=instances,
+        )

@@ -116,6 +116,27 @@ class Settings(BaseSettings):
     shutdown_timeout: int = Field(
         10, ge=1, le=300, description="seconds serve waits for open requests when it stops"
     )
+    # A fleet on one log (several workers or hosts): how instances take turns and follow each other.
+    fleet_lock_wait: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="seconds an operation waits for the fleet's operation lock (held by another instance's "
+        "operation) before answering 409 with the holder's id",
+    )
+    follow: bool = Field(
+        True, description="follow the log: apply configs other instances decided (a fleet on one log)"
+    )
+    follow_poll_interval: float = Field(
+        0.5,
+        ge=0.001,
+        le=60.0,
+        description="seconds between looks at the log's head when no doorbell rings (SQLite always; "
+        "PostgreSQL's LISTEN/NOTIFY wakes a follower at once and this is its fallback)",
+    )
+    heartbeat_interval: float = Field(
+        30.0, ge=0.1, le=3600.0, description="seconds between heartbeats; not seen for 3 of them = gone"
+    )
     docs: bool = Field(
         True, description="serve /docs (Swagger UI, assets served locally) and /openapi.json (serve)"
     )

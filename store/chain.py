@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from confledger.store.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
 from confledger.store.errors import ChainBroken
 from confledger.store.integrity import LINK_HMAC, LINK_SHA256, IntegrityKeys
-from confledger.store.schema import events, projection_checkpoints
+from confledger.store.schema import events
 
 __all__ = [
     "HEAD",
@@ -32,7 +32,6 @@ __all__ = [
     "head_of",
     "link_message",
     "link_of",
-    "truncation",
     "verify_chain",
 ]
 
@@ -165,30 +164,3 @@ def verify_chain(
         if len(rows) < _VERIFY_BATCH:
             return VerifyReport(True, checked, head)
         after = int(rows[-1].position)
-
-
-def truncation(connection: Connection, report: VerifyReport) -> VerifyReport:
-    """``report``, unless the log now ends before a checkpoint once reached: then it was cut off.
-
-    A chain cannot show that its newest events were deleted; checkpoints remember how far the log once
-    reached. Both maxima are read in one statement, as a writer appending (and checkpointing) meanwhile
-    moves them together.
-    """
-    reached, now_head = connection.execute(
-        sa.select(
-            sa.select(sa.func.max(projection_checkpoints.c.position)).scalar_subquery(),
-            sa.select(sa.func.max(events.c.position)).scalar_subquery(),
-        )
-    ).one()
-    end = int(now_head or 0)
-    if reached is None or int(reached) <= end:
-        return report
-    return VerifyReport(
-        False,
-        report.checked,
-        report.head,
-        end + 1,
-        f"the log ends at position {end} but a projection was checkpointed at {int(reached)}: "
-        "the newest events were deleted",
-        "truncated",
-    )

@@ -93,6 +93,7 @@ def create_store_engine(
     sqlite_synchronous: SqliteSynchronous = "FULL",
     busy_timeout_ms: int = 10_000,
     connect_timeout_s: int = 5,
+    application_name: str = "confledger",
 ) -> Engine:
     common: dict[str, Any] = {
         "json_serializer": canonical_json,
@@ -108,7 +109,9 @@ def create_store_engine(
         return engine
     return sa.create_engine(
         url,
-        connect_args={"connect_timeout": connect_timeout_s, "application_name": "confledger"},
+        # Named per instance, so an operator (or a test) can tell the fleet's sessions apart in
+        # pg_stat_activity.
+        connect_args={"connect_timeout": connect_timeout_s, "application_name": application_name[:63]},
         pool_pre_ping=True,
         **common,
     )

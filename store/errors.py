@@ -19,7 +19,8 @@ The hierarchy::
     │   ├── IntegrityFailed         the log failed its integrity check: writes are refused
     │   ├── ConfigBodyMismatch      a stored config body no longer hashes to the hash it is stored under
     │   ├── EventSchemaError        a payload that its model (or its version) does not accept
-    │   └── ConcurrencyConflict     another ``config.applied`` landed since the caller's expected head
+    │   ├── ConcurrencyConflict     another ``config.applied`` landed since the caller's expected head
+    │   └── FleetLockBusy           another instance held the fleet's operation lock past the wait budget
     ├── SourceError                 a config source that cannot be read, parsed or hashed
     │   └── CanonicalizationError   a value with no canonical JSON form (NaN, Infinity, non-JSON types)
     ├── NotAllowed                  the caller, or the path it named, is not permitted
@@ -60,6 +61,7 @@ __all__ = [
     "ConfigLookupError",
     "ConfledgerError",
     "EventSchemaError",
+    "FleetLockBusy",
     "InitialConfigError",
     "IntegrityFailed",
     "IntegrityKeyError",
@@ -170,6 +172,19 @@ class ConcurrencyConflict(LogError):
         super().__init__(message)
         self.expected_head = expected_head
         self.conflicting_position = conflicting_position
+
+
+class FleetLockBusy(LogError):
+    """Another instance's operation held the fleet-wide lock for the whole wait budget.
+
+    ``holder`` names it (``<operation id>@<instance id>``) when the database could say; None otherwise.
+    """
+
+    code = "fleet_lock_busy"
+
+    def __init__(self, message: str, *, holder: str | None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 # --- config sources ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ __all__ = [
     "EventRegistry",
     "FileWatchDisabled",
     "FileWatchEnabled",
+    "InstanceApplied",
     "InstanceStarted",
     "InstanceStopped",
     "NewEvent",
@@ -39,6 +40,7 @@ __all__ = [
     "OperationStarted",
     "OperationStatus",
     "RecordedEvent",
+    "ServiceFailure",
     "ServiceNotified",
     "ServiceOutcome",
     "Trigger",
@@ -109,6 +111,37 @@ class InstanceStarted(EventPayload):
 class InstanceStopped(EventPayload):
     event_type: ClassVar[str] = "instance.stopped"
     reason: str = "shutdown"
+
+
+class ServiceFailure(BaseModel):
+    """One service that did not accept a config an instance applied (its error as recorded, clipped)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str
+    outcome: ServiceOutcome
+    error: str | None = None
+
+
+class InstanceApplied(EventPayload):
+    """What one instance did with a config the fleet decided (``config.applied`` at ``position``).
+
+    ``role``: ``decided`` (this instance made the change, recorded with its ``config.applied``),
+    ``followed`` (another instance decided it; this one saw it in the log), ``start`` (restored from
+    the log as this instance started). ``outcome``: ``applied`` (every service accepted), ``failed``
+    (a service refused or timed out: the instance is drifted; the fleet's desired config stays), or
+    ``invalid`` (this instance's own model or validators refused the body; its services were not told).
+    """
+
+    event_type: ClassVar[str] = "instance.applied"
+    hash: str
+    # The config.applied it answers; None for ``decided``: the one just before it in the same append.
+    position: int | None
+    operation_id: str | None = None
+    role: Literal["decided", "followed", "start"]
+    outcome: Literal["applied", "failed", "invalid"]
+    failures: tuple[ServiceFailure, ...] = ()
+    errors: tuple[str, ...] = ()
 
 
 # --- operations ---------------------------------------------------------------------------------------
@@ -339,6 +372,7 @@ DEFAULT_REGISTRY = EventRegistry()
 for _model in (
     InstanceStarted,
     InstanceStopped,
+    InstanceApplied,
     OperationStarted,
     ConfigLoaded,
     ConfigLoadFailed,

@@ -27,7 +27,8 @@ The points, in the order an operation meets them:
     an automatic rollback (or a conflict) is handing services their previous config back: met after each
     one got it, so the first hit is "one given back, the rest not yet"; nothing of it is recorded yet.
 ``mid_follow``
-    a follower instance has read a change another instance applied and not yet made it its current one.
+    a follower has told its services of a change another instance applied and recorded nothing of it
+    (no ``service.notified``, no ``instance.applied``) nor made it its current config.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ __all__ = [
     "LINK_SHA256",
     "MIN_SIGNING_KEY_LENGTH",
     "Anchor",
+    "AnchorFile",
+    "AnchorUnreadable",
     "IntegrityKeys",
     "KeyRecord",
     "candidate_keys",
@@ -239,46 +241,84 @@ class Anchor:
 
 
 class AnchorUnreadable(Exception):
-    """The anchor file exists but is not one this key wrote (edited, damaged or from another key)."""
+    """The anchor file exists but holds no anchor this key wrote (edited, damaged or from another key)."""
+
+
+# The file holds two fixed-size slots, written in turn in place (pwrite on a kept descriptor, no rename,
+# no fsync): a rename-over costs the append path an implicit flush on ext4 (measured +0.9 ms per append),
+# an in-place write of one slot a few microseconds. A write torn by a crash damages one slot; the other
+# still holds an older anchor, which is still a true lower bound.
+_SLOT = 512
+_SLOTS = 2
+
+
+def _slot_text(anchor: Anchor, keys: IntegrityKeys) -> bytes:
+    value = anchor.value()
+    text = json.dumps({**value, "mac": keys.record_mac("integrity.anchor", value)}, separators=(",", ":"))
+    return text.encode("utf-8").ljust(_SLOT - 1) + b"\n"
+
+
+def _parse_slot(raw: bytes, keys: IntegrityKeys) -> Anchor | None:
+    try:
+        stored = json.loads(raw.decode("utf-8"))
+        value = {key: stored[key] for key in ("format", "log_id", "position", "hash")}
+        anchor = Anchor(str(value["log_id"]), int(value["position"]), str(value["hash"]))
+        mac = stored["mac"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return anchor if keys.record_mac_holds("integrity.anchor", value, mac) else None
 
 
 def read_anchor(path: Path, keys: IntegrityKeys) -> Anchor | None:
-    """The anchor in ``path`` (None: no file); ``AnchorUnreadable`` when it is not intact."""
+    """The newest intact anchor in ``path`` (None: no file, or an empty one); ``AnchorUnreadable`` when
+    the file holds no slot this key wrote."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AnchorUnreadable(f"cannot read the anchor file {path}: {type(exc).__name__}") from exc
-    try:
-        stored = json.loads(text)
-        value = {key: stored[key] for key in ("format", "log_id", "position", "hash")}
-        anchor = Anchor(str(value["log_id"]), int(value["position"]), str(value["hash"]))
-        mac = stored["mac"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AnchorUnreadable(f"the anchor file {path} is damaged") from exc
-    if not keys.record_mac_holds("integrity.anchor", value, mac):
+    if not data.strip():
+        return None
+    slots = [data[index * _SLOT : (index + 1) * _SLOT] for index in range(_SLOTS)]
+    intact = [anchor for anchor in (_parse_slot(slot, keys) for slot in slots if slot.strip()) if anchor]
+    if not intact:
         raise AnchorUnreadable(
-            f"the anchor file {path} was not written with this key (its MAC does not hold)"
+            f"the anchor file {path} holds no anchor written with this key (edited, damaged, or another key's)"
         )
-    return anchor
+    return max(intact, key=lambda anchor: anchor.position)
+
+
+class AnchorFile:
+    """The anchor file kept open for writing: each ``write`` fills the other slot (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+        self._next_slot = 0
+
+    def write(self, anchor: Anchor, keys: IntegrityKeys) -> None:
+        if self._descriptor is None:
+            self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # Start with the slot that does not hold the newest anchor, so that one survives a torn write.
+            with contextlib.suppress(AnchorUnreadable, OSError):
+                newest = read_anchor(self.path, keys)
+                data = self.path.read_bytes()
+                if newest is not None and _parse_slot(data[:_SLOT], keys) == newest:
+                    self._next_slot = 1
+        os.pwrite(self._descriptor, _slot_text(anchor, keys), self._next_slot * _SLOT)
+        self._next_slot = (self._next_slot + 1) % _SLOTS
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            descriptor, self._descriptor = self._descriptor, None
+            os.close(descriptor)
 
 
 def write_anchor(path: Path, anchor: Anchor, keys: IntegrityKeys) -> None:
-    """Replace the anchor file at once (a temporary file renamed over it), mode 0600.
-
-    No fsync: after a power cut the file may hold an older position, which is still a true lower bound
-    (the database committed before the anchor was written), and an anchor never runs ahead of the log.
-    """
-    value = anchor.value()
-    text = json.dumps({**value, "mac": keys.record_mac("integrity.anchor", value)})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``anchor`` into ``path`` once (the log keeps an ``AnchorFile`` open instead)."""
+    anchor_file = AnchorFile(path)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+        anchor_file.write(anchor, keys)
+    finally:
+        anchor_file.close()

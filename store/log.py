@@ -66,13 +66,21 @@ from confledger.store.errors import (
     IntegrityFailed,
     IntegrityKeyError,
 )
-from confledger.store.events import DEFAULT_REGISTRY, ConfigApplied, EventRegistry, NewEvent, RecordedEvent
+from confledger.store.events import (
+    DEFAULT_REGISTRY,
+    ConfigApplied,
+    EventRegistry,
+    IntegrityCheckFailed,
+    NewEvent,
+    RecordedEvent,
+)
 from confledger.store.ids import uuid7_texts
 from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
     LINK_HMAC,
     LINK_SHA256,
     Anchor,
+    AnchorFile,
     AnchorUnreadable,
     IntegrityKeys,
     KeyRecord,
@@ -83,7 +91,6 @@ from confledger.store.integrity import (
     read_anchor,
     save_key_record,
     save_verified,
-    write_anchor,
 )
 from confledger.store.schema import events, projection_checkpoints
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -198,6 +205,7 @@ class EventLog:
         self._integrity_state: Integrity | None = None
         self.anchor_path = anchor_path if anchor_path is not None else default_anchor_path(self.url)
         self._anchor_lock = threading.Lock()
+        self._anchor_file: AnchorFile | None = None
         self._anchored = 0
         # Set when an integrity check failed: appends are refused from then on (IntegrityFailed).
         self.integrity_failure: VerifyReport | None = None
@@ -206,6 +214,7 @@ class EventLog:
             sqlite_synchronous=sqlite_synchronous,
             busy_timeout_ms=busy_timeout_ms,
             connect_timeout_s=connect_timeout_s,
+            application_name=f"confledger {self.instance_id}",
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         self._writer = LogWriter(self.engine)
@@ -252,6 +261,10 @@ class EventLog:
     def close(self) -> None:
         self._writer.close()
         self.engine.dispose()
+        with self._anchor_lock:
+            if self._anchor_file is not None:
+                self._anchor_file.close()
+                self._anchor_file = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -353,6 +366,8 @@ class EventLog:
                 store_config(connection, config, first_position=head_position + 1, created_at=now)
         positions = [row["position"] for row in rows]
         if keys is not None and integrity.record is not None:
+            # Published once committed: a batch rolled back leaves the key record to the next append.
+            self._integrity_state = integrity
             self._anchor(integrity.record, keys, positions[-1], str(previous))
         if not (recorded or self._listeners):
             return positions, []
@@ -360,6 +375,24 @@ class EventLog:
         for listener in list(self._listeners):
             listener(events_recorded)
         return positions, events_recorded
+
+    def record_integrity_failure(self, report: VerifyReport) -> None:
+        """Record a failed check as ``integrity.check_failed``, when it is one the chain itself survived
+        (a stored body that does not match its hash: the links verified). Nothing is chained onto a
+        broken, cut or rewritten chain."""
+        if report.code != "config_body_mismatch":
+            return
+        event = IntegrityCheckFailed(
+            reason=report.code,
+            message=report.reason or report.code,
+            config_hash=report.config_hash,
+            position=report.first_broken_position,
+        )
+        failure, self.integrity_failure = self.integrity_failure, None
+        try:
+            self._append([NewEvent(event)], None, (), recorded=False)
+        finally:
+            self.integrity_failure = failure if failure is not None else report
 
     def _writable(self, integrity: Integrity) -> IntegrityKeys | None:
         """The key appends sign with; raises when this log may not be appended to by this process."""
@@ -383,12 +416,7 @@ class EventLog:
             record = save_key_record(connection, keys, keyed_from=head_position + 1)
         elif record.check_value != keys.check_value:
             raise self._key_mismatch(keys)
-        integrity = Integrity(
-            keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac)
-        )
-        # Published once the transaction commits; a rollback leaves the next append to try again.
-        self._integrity_state = integrity
-        return integrity
+        return Integrity(keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac))
 
     @staticmethod
     def _key_mismatch(keys: IntegrityKeys) -> IntegrityKeyError:
@@ -405,7 +433,9 @@ class EventLog:
             if position <= self._anchored:
                 return
             try:
-                write_anchor(self.anchor_path, Anchor(record.log_id, position, head_hash), keys)
+                if self._anchor_file is None or self._anchor_file.path != self.anchor_path:
+                    self._anchor_file = AnchorFile(self.anchor_path)
+                self._anchor_file.write(Anchor(record.log_id, position, head_hash), keys)
             except OSError as exc:
                 logger.warning("cannot write the anchor file %s: %s", self.anchor_path, type(exc).__name__)
                 return
@@ -668,7 +698,18 @@ class EventLog:
         starts from position 0 rather than from an edited state."""
         keys = self.integrity().keys
         with self._read() as connection:
-            return load_checkpoint(connection, name, keys)
+            checkpoint = load_checkpoint(connection, name, keys)
+            if checkpoint is None and keys is not None:
+                stored = load_checkpoint(connection, name)
+                if stored is not None:
+                    # Said like the runner's own discards, so an operator sees every one alike.
+                    logger.warning(
+                        "checkpoint %r at position %d cannot be read (its MAC does not hold: changed outside "
+                        "confledger, or written before the log was keyed): discarded, folding from position 0",
+                        name,
+                        stored.position,
+                    )
+            return checkpoint
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
@@ -687,7 +728,7 @@ class EventLog:
         state = self._integrity_state
         if state is not None:
             return state
-        candidates = candidate_keys(self._signing_key, self._cipher)
+        candidates = candidate_keys(self._signing_key, self._cipher) or self._key_file_keys()
         with self._read() as connection:
             record = load_key_record(connection) if self._has_integrity_table(connection) else None
         if record is None:
@@ -704,6 +745,18 @@ class EventLog:
             )
         self._integrity_state = state
         return state
+
+    def _key_file_keys(self) -> list[IntegrityKeys]:
+        """With no key given, an SQLite log's links are checked with the key file ``serve`` keeps beside it
+        (``<db>.key``), read only: a plain ``EventLog(url)`` verifies what the service wrote."""
+        database = sqlite_path(self.url.render_as_string(hide_password=False))
+        key_file = None if database is None else database.with_name(database.name + ".key")
+        if key_file is None or not key_file.is_file():
+            return []
+        try:
+            return candidate_keys(None, SecretCipher.from_key_file(key_file, create=False))
+        except ConfledgerError:
+            return []  # unreadable or not a key: as if there were none (verify then asks for the key)
 
     @staticmethod
     def _has_integrity_table(connection: Connection) -> bool:

@@ -38,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from confledger.store.errors import (
     ConfigBodyMismatch,
     ConfigLookupError,
     ConfledgerError,
+    FleetLockBusy,
     InitialConfigError,
     IntegrityFailed,
     LogError,
@@ -69,9 +70,9 @@ from confledger.store.events import (
     ConfigRolledBack,
     ConfigUnchanged,
     EventPayload,
+    InstanceApplied,
     InstanceStarted,
     InstanceStopped,
-    IntegrityCheckFailed,
     NewEvent,
     OperationCompleted,
     OperationKind,
@@ -79,10 +80,12 @@ from confledger.store.events import (
     OperationStarted,
     OperationStatus,
     RecordedEvent,
+    ServiceFailure,
     Trigger,
     ValidationFailed,
     ValidationPassed,
 )
+from confledger.store.fleet import FleetLock, fleet_lock_for
 from confledger.store.ids import uuid7
 from confledger.store.log import EventLog, PreparedConfig, VerifyReport
 from confledger.store.operation_record import (
@@ -114,6 +117,21 @@ logger = logging.getLogger(__name__)
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
+FLEET_BUSY_REASON = "fleet_lock_busy"
+# A service's error as kept in instance.applied (the full text is in its service.notified event).
+_FAILURE_ERROR_CHARS = 200
+
+
+def _failures(results: Sequence[NotifyResult]) -> tuple[ServiceFailure, ...]:
+    return tuple(
+        ServiceFailure(
+            service=result.service,
+            outcome=result.outcome,
+            error=None if result.error is None else result.error[:_FAILURE_ERROR_CHARS],
+        )
+        for result in results
+        if not result.accepted
+    )
 
 
 class OperationRunner:
@@ -134,6 +152,8 @@ class OperationRunner:
         notify_on_start: bool,
         version: str,
         tracer: trace.Tracer | None = None,
+        fleet_lock: FleetLock | None = None,
+        fleet_lock_wait: float = 5.0,
     ) -> None:
         self.log = log
         self.pipeline = pipeline
@@ -162,8 +182,23 @@ class OperationRunner:
         # progress, which ``load_source`` waits out.
         self._had_content: dict[str, bool] = {}
         self.pins = RollbackPins()
+        self._restored_position = 0
         # The last reload that read the configured source (from the log at start, then this instance's).
         self._source_read: ReloadOperation | None = None
+        # --- the fleet (store.fleet, store.follower) ---
+        self.fleet_lock = fleet_lock if fleet_lock is not None else fleet_lock_for(log.engine)
+        self.fleet_lock_wait = fleet_lock_wait
+        # The last position this instance has followed: every config.applied up to it was applied here
+        # (or decided here, or superseded by the config restored at start).
+        self.followed = 0
+        # Following and deciding take turns: a change is decided only once every change before it has
+        # been applied here, and a followed change never reaches the services mid-operation.
+        self._apply_lock = anyio.Lock()
+        # Events of a followed change whose services were told but whose record failed (the database
+        # went away): written before anything else is followed, so no service hears a change twice.
+        self._unrecorded: list[NewEvent] = []
+        # Called (in a worker thread) after following moved on, so the projections fold what others wrote.
+        self.after_follow: Callable[[], object] | None = None
         # The closing of an operation whose outcome the log refused to take (the database went away
         # between its two commits): appended before anything else once the log takes writes again.
         self._unclosed: list[NewEvent] = []
@@ -230,7 +265,8 @@ class OperationRunner:
         if self.log.integrity_failure is not None:
             # Reads only: the config the log names is restored if its body still hashes to its hash,
             # and nothing is appended (no closing of operations, no instance.started).
-            with contextlib.suppress(ConfigBodyMismatch, SecretKeyError):
+            # A current body that does not match its hash raises: there is no config to serve.
+            with contextlib.suppress(SecretKeyError):
                 self.active = await anyio.to_thread.run_sync(self._restore_from_log)
             return None
         await self._close_interrupted()
@@ -239,7 +275,6 @@ class OperationRunner:
             self.active = await anyio.to_thread.run_sync(self._restore_from_log)
         except ConfigBodyMismatch as exc:
             await self._refuse_forged_body(exc)
-            return None
         restored = self.active
         if self.active is None and self.config_source is not None:
             result = await self.reload(Trigger.STARTUP, actor="system")
@@ -271,20 +306,11 @@ class OperationRunner:
 
     async def _refuse_forged_body(self, exc: ConfigBodyMismatch) -> None:
         """The current config's stored body was edited: recorded (the chain itself verified), not applied,
-        and from now on nothing more is appended."""
+        appends refused from now on, and the start fails: there is no config it could serve."""
         logger.error("integrity check failed at start-up: %s", exc.message)
-        await self._append(
-            [
-                NewEvent(
-                    IntegrityCheckFailed(
-                        reason=exc.code, message=exc.message, config_hash=exc.config_hash, position=None
-                    )
-                )
-            ]
-        )
-        self.log.integrity_failure = VerifyReport(
-            False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash
-        )
+        report = VerifyReport(False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash)
+        await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
+        raise exc
 
     async def _notify_at_start(self, restored: ActiveConfig) -> None:
         """Hand the restored config to each service that asks for it (old=None); it changes no config.
@@ -301,8 +327,20 @@ class OperationRunner:
                 restored.hash[:16],
                 refused.error,
             )
-        if results:
-            await self._append([NewEvent(notified(result, "start", restored.hash)) for result in results])
+        events = [NewEvent(notified(result, "start", restored.hash)) for result in results]
+        # The fleet view learns what this instance runs from here, whether or not a service asked.
+        events.append(
+            NewEvent(
+                InstanceApplied(
+                    hash=restored.hash,
+                    position=self._restored_position,
+                    role="start",
+                    outcome="failed" if any(not result.accepted for result in results) else "applied",
+                    failures=_failures(results),
+                )
+            )
+        )
+        await self._append(events)
 
     async def stop(self, reason: str = "shutdown") -> None:
         if self.log.integrity_failure is None:
@@ -313,13 +351,18 @@ class OperationRunner:
         await self._append([NewEvent(payload, actor=actor)])
 
     def _restore_from_log(self) -> ActiveConfig | None:
+        # The head first, the config.applied after: one that lands between the two reads is restored
+        # here, and following starts past it, so it is applied once, not twice.
         self._known_head = self.log.head()
+        self.followed = max(self.followed, self._known_head)
         self.pins.catch_up(self.log)
         if self._source_read is None:
             self._source_read = last_read(self.log, self.config_source)
         applied = self.log.last_of_type(ConfigApplied.event_type)
         if applied is None or not isinstance(applied.payload, ConfigApplied):
             return None
+        self._restored_position = applied.position
+        self.followed = max(self.followed, applied.position)
         stored = self.log.get_config(applied.payload.hash)
         config, normalised, errors = self.pipeline.parse(stored.body)
         if config is None or normalised is None:
@@ -474,25 +517,175 @@ class OperationRunner:
                     running_operation_id=self.running_operation_id,
                 )
             else:
+                operation_id = uuid7()
+                # The slot is taken with no await since the check above: two callers cannot both get it.
+                self._running, self._idle = operation_id, anyio.Event()
+                try:
+                    result = await self._operate_in_turn(operation_id, request, span)
+                finally:
+                    self._running, self._applying = None, None
+                    self._idle.set()
+            finish(span, result)
+            return result
+
+    async def _operate_in_turn(
+        self, operation_id: uuid.UUID, request: Request, span: trace.Span
+    ) -> ReloadOperation:
+        """Take the fleet's turn (its lock), apply whatever the fleet decided before it, then decide.
+
+        So changes through any instance happen in order: the second of two sequential changes starts
+        from the first, wherever each was made. 409 (``fleet_lock_busy``, naming the holder) only when
+        another operation held the turn past the wait budget.
+        """
+        holder = f"{operation_id}@{self.log.instance_id}"
+        try:
+            lease = await anyio.to_thread.run_sync(self.fleet_lock.acquire, holder, self.fleet_lock_wait)
+        except FleetLockBusy as busy:
+            held_by = busy.holder or ""
+            return await self.reject_request(
+                kind=request.kind,
+                trigger=request.trigger,
+                actor=request.actor,
+                reason=FLEET_BUSY_REASON,
+                message=f"{IN_PROGRESS_MESSAGE} in the fleet ({held_by or 'holder unknown'})",
+                source=request.source,
+                client=request.client,
+                running_operation_id=held_by.partition("@")[0] or None,
+            )
+        try:
+            async with self._apply_lock:
+                await self._follow_to_head()
                 operation = Operation(
-                    uuid7(),
+                    operation_id,
                     request,
                     trace_id=request.trace_id or trace_id_of(span),
                     previous=self.active,
                     expected_head=self._known_head,
                 )
-                # The slot is taken with no await since the check above: two callers cannot both get it.
-                self._running, self._idle = operation.id, anyio.Event()
-                try:
-                    await self._run(operation, span)
-                finally:
-                    self._running, self._applying = None, None
-                    self._idle.set()
-                result = build_operation(operation.recorded, listed=self.pipeline.max_items)
-                if request.kind is OperationKind.RELOAD and request.source == self.config_source:
-                    self._source_read = result
-            finish(span, result)
-            return result
+                await self._run(operation, span)
+        finally:
+            # The slot is free once the operation is recorded: the next one here then waits for the
+            # fleet lock (a moment) rather than being refused while this release makes its round trip.
+            self._running, self._applying = None, None
+            self._idle.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lease.release)
+        result = build_operation(operation.recorded, listed=self.pipeline.max_items)
+        if request.kind is OperationKind.RELOAD and request.source == self.config_source:
+            self._source_read = result
+        return result
+
+    # --- following the fleet -------------------------------------------------------------------------
+
+    async def follow(self) -> int:
+        """Apply here what other instances decided since the last call; returns the position followed to."""
+        async with self._apply_lock:
+            await self._follow_to_head()
+        return self.followed
+
+    def _applied_since(
+        self, after: int
+    ) -> tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]:
+        """The head, and each ``config.applied`` after ``after`` with its stored body put through this
+        instance's model (or why it could not be read): the reading part of following, in one thread hop.
+        """
+        head = self.log.head()
+        if head <= after:
+            return head, []
+        found: list[tuple[RecordedEvent, ModelResult | ConfledgerError]] = []
+        for event in self.log.read(after, types=(ConfigApplied.event_type,), until=head):
+            payload = event.payload
+            if event.instance_id == self.log.instance_id or not isinstance(payload, ConfigApplied):
+                found.append((event, ConfledgerError("decided here", code="own")))
+                continue
+            try:
+                found.append((event, self.pipeline.check_model(self.log.get_config(payload.hash).body)))
+            except (SecretKeyError, ConfigLookupError) as exc:
+                found.append((event, exc))
+        return head, found
+
+    async def _follow_to_head(self) -> None:
+        """Every ``config.applied`` after ``followed``, in order; then the projections (``after_follow``)
+        unless an append of this instance already folded them (its listener catches up on a gap)."""
+        appended = False
+        if self._unrecorded:
+            await self._append(self._unrecorded)
+            self._unrecorded, appended = [], True
+        head, applied = await anyio.to_thread.run_sync(self._applied_since, self.followed)
+        for event, model in applied:
+            if event.instance_id != self.log.instance_id:
+                await self._follow_one(event, model)
+                appended = True
+            self.followed = event.position
+        moved = head > self.followed
+        self.followed = max(self.followed, head)
+        self._known_head = max(self._known_head, head)
+        if (moved or applied) and not appended and self.after_follow is not None:
+            await anyio.to_thread.run_sync(self.after_follow)
+
+    async def _follow_one(self, event: RecordedEvent, model: ModelResult | ConfledgerError) -> None:
+        """Validate a change another instance decided with this instance's model, tell this instance's
+        services, record what they said (``service.notified``) and ``instance.applied``.
+
+        Services that refuse are not compensated and the fleet's desired config does not move: the
+        instance is drifted until a later change reaches all its services. A body this instance's own
+        model or validators refuse reaches no service (outcome ``invalid``).
+        """
+        payload = event.payload
+        assert isinstance(payload, ConfigApplied)
+        answer = functools.partial(
+            InstanceApplied,
+            hash=payload.hash,
+            position=event.position,
+            operation_id=None if event.operation_id is None else str(event.operation_id),
+            role="followed",
+        )
+        previous = self.active
+        if previous is not None and previous.hash == payload.hash:
+            await self._append([NewEvent(answer(outcome="applied"))])
+            return
+        if isinstance(model, ConfledgerError):
+            await self._append([NewEvent(answer(outcome="invalid", errors=(model.message,)))])
+            return
+        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
+        if not outcome.ok or outcome.body is None:
+            errors = outcome.errors[: self.pipeline.max_items] or ("the config model refused the body",)
+            logger.warning(
+                "config %s decided by %s does not pass this instance's validation: %s",
+                payload.hash[:16],
+                event.instance_id,
+                "; ".join(errors[:3]),
+            )
+            await self._append([NewEvent(answer(outcome="invalid", errors=errors))])
+            return
+        new = ActiveConfig(payload.hash, outcome.config, outcome.body, outcome.secret_paths)
+        secrets = [*new.secret_values(), *([] if previous is None else previous.secret_values())]
+        results = await self._notify(
+            self.services.ordered(),
+            None if previous is None else previous.config,
+            new.config,
+            secrets,
+            "forward",
+        )
+        failpoints.hit("mid_follow")
+        failures = _failures(results)
+        for failure in failures:
+            logger.warning(
+                "service %s did not accept config %s decided by %s: %s",
+                failure.service,
+                payload.hash[:16],
+                event.instance_id,
+                failure.error or failure.outcome.value,
+            )
+        # The services run it now (those that accepted): it is this instance's config from here on.
+        self.active = new
+        batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
+        batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
+        try:
+            await self._append(batch)
+        except BaseException:
+            self._unrecorded = batch
+            raise
 
     async def _run(self, operation: Operation, span: trace.Span) -> None:
         try:
@@ -827,6 +1020,7 @@ class OperationRunner:
             )
             events += [notified(result, "compensate", previous.hash) for result in compensations]
         previous_hash = None if previous is None else previous.hash
+        answers: list[NewEvent] = []
         if decision.automatic_rollback:
             events.append(
                 ConfigRolledBack(
@@ -848,6 +1042,21 @@ class OperationRunner:
                     changes_omitted=change.changes_omitted,
                 )
             )
+            # Beside the operation rather than in it (no operation_id on the envelope): the operation's
+            # own events stay what they were, and every instance's answer has the same shape.
+            answers.append(
+                NewEvent(
+                    InstanceApplied(
+                        hash=new.hash,
+                        position=None,
+                        operation_id=str(operation.id),
+                        role="decided",
+                        outcome="failed" if any(not result.accepted for result in results) else "applied",
+                        failures=_failures(results),
+                    ),
+                    actor=operation.request.actor,
+                )
+            )
             # The projections fold this append and take the typed config from here (config_for_hash).
             self._applying = new
         events.append(
@@ -861,7 +1070,7 @@ class OperationRunner:
         )
         failpoints.hit("before_outcome_commit")
         try:
-            await self._record(operation, *events, expected_head=operation.expected_head)
+            await self._record(operation, *events, expected_head=operation.expected_head, beside=answers)
         except ConcurrencyConflict:
             raise
         except LogError as lost:
@@ -926,14 +1135,21 @@ class OperationRunner:
         self._unclosed += [NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing]
 
     async def _record(
-        self, operation: Operation, *events: EventPayload, expected_head: int | None = None
+        self,
+        operation: Operation,
+        *events: EventPayload,
+        expected_head: int | None = None,
+        beside: Sequence[NewEvent] = (),
     ) -> None:
-        """Append the operation's pending events and ``events`` in one transaction."""
+        """Append the operation's pending events and ``events`` (and ``beside``, events outside the
+        operation that must commit with it) in one transaction."""
         batch = [
             NewEvent(payload, actor=operation.request.actor, operation_id=operation.id)
             for payload in (*operation.pending, *events)
         ]
-        recorded = await self._append(batch, expected_head=expected_head, configs=operation.configs)
+        recorded = await self._append(
+            [*batch, *beside], expected_head=expected_head, configs=operation.configs
+        )
         # Cleared only once written: a refused append (a conflict) is retried with the same start.
         operation.pending, operation.configs = [], []
-        operation.recorded += recorded
+        operation.recorded += recorded[: len(batch)]

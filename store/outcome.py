@@ -102,7 +102,8 @@ class ReloadOperation(BaseModel):
 
     @property
     def rejected(self) -> bool:
-        return self.reason == "operation_in_progress"
+        # Refused for another operation: running here, or holding the fleet's lock past the wait.
+        return self.reason in ("operation_in_progress", "fleet_lock_busy")
 
     @property
     def slowest_phase(self) -> str:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["config_versions", "events", "integrity_records", "metadata", "projection_checkpoints"]
+__all__ = [
+    "config_versions",
+    "events",
+    "fleet_instances",
+    "integrity_records",
+    "metadata",
+    "projection_checkpoints",
+]
 
 metadata = sa.MetaData(
     naming_convention={
@@ -74,4 +81,18 @@ integrity_records = sa.Table(
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("mac", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Heartbeats (migration 0003_fleet): one row per instance, updated in place; not part of the log.
+fleet_instances = sa.Table(
+    "fleet_instances",
+    metadata,
+    sa.Column("instance_id", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("followed_position", sa.BigInteger, nullable=False),
+    sa.Column("interval_s", sa.Float, nullable=False),
 )

@@ -172,6 +172,58 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
         out.print("service drift: none", highlight=False)
 
 
+@app.command("fleet")
+def fleet_command(
+    database: DatabaseOption = None,
+    as_json: JsonOption = False,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="CONFLEDGER_HEARTBEAT_INTERVAL",
+            min=0.1,
+            help="The fleet's heartbeat interval in seconds, for instances without a heartbeat row (gone "
+            "after 3).",
+        ),
+    ] = 30.0,
+) -> None:
+    """The fleet's desired config and each instance's state (in_sync, lagging, drifted, gone), from the log."""
+    from confledger.api.schemas import FleetResponse
+
+    view = inspect(database, lambda inspector: inspector.fleet(heartbeat_interval))
+    fleet = FleetResponse.of(view)
+    if as_json:
+        print_json(fleet.model_dump(mode="json"))
+        return
+    out.print(
+        key_values(
+            "confledger fleet",
+            [
+                ("desired config", fleet.desired_hash or "none applied"),
+                ("desired at position", fleet.desired_position),
+                ("log head", fleet.log_head),
+            ],
+        )
+    )
+    table = new_table("instances")
+    for column in ("instance", "state", "applied", "lag", "last seen", "failures"):
+        table.add_column(column, overflow="fold")
+    styles = {"in_sync": "green", "lagging": "yellow", "drifted": "red", "gone": "dim"}
+    for instance in fleet.instances:
+        failures = ", ".join(
+            f"{failure.service}: {failure.error or failure.outcome}" for failure in instance.failures
+        )
+        table.add_row(
+            cell(instance.instance_id),
+            Text(instance.state, style=styles.get(instance.state, "")),
+            cell(instance.applied_hash),
+            cell(instance.lag_positions),
+            cell(short_time(instance.last_seen)),
+            cell(failures or "; ".join(instance.errors)),
+        )
+    out.print(table)
+
+
 @app.command("show")
 def show_command(
     config_hash: Annotated[

@@ -1,9 +1,9 @@
 """Status, statistics and backups, served from the in-memory projections.
 
 No database round trip and no worker-thread hop per request: the projections fold every event this
-instance appends as it commits, so they are current for this instance's own operations. Appends by
-other instances (a fleet on one PostgreSQL log) are folded when this instance next appends;
-``log_head`` is the last position this instance has folded, and says so in the schema.
+instance appends as it commits, and the follower (``store/follower.py``) folds what other instances of
+a fleet append as it applies their changes; ``log_head`` is the last position this instance has folded.
+``/fleet`` alone reads the database per request (the heartbeat rows).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from fastapi import APIRouter, Query, Request
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.limits import GuardedRoute
-from confledger.api.schemas import BackupsResponse, ReloadStatistics, SourceStateOut, StatusResponse, short
+from confledger.api.schemas import (
+    BackupsResponse,
+    FleetResponse,
+    ReloadStatistics,
+    SourceStateOut,
+    StatusResponse,
+    short,
+)
 
 __all__ = ["router"]
 
@@ -81,3 +88,11 @@ async def get_stats(
 async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
     """The last N distinct configs before the current one (rollback can target any applied hash)."""
     return BackupsResponse.of(reloader.get_backups(), reloader.backup_count, reloader.current_hash)
+
+
+@router.get("/fleet", response_model=FleetResponse)
+async def get_fleet(reloader: ReloaderDep, _caller: ReaderCaller) -> FleetResponse:
+    """The fleet's desired config and, for each instance on this log, what it applied and its state
+    (in_sync, lagging, drifted, gone). Folded from the log by this instance's follower; liveness from
+    the heartbeat rows, read from the database per request."""
+    return FleetResponse.of(await reloader.fleet())

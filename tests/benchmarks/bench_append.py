@@ -12,6 +12,11 @@ and indexes), a sha256 link per row, and the head kept in a Python variable. Eve
 validates the payload (pydantic), reads the head under the write lock (so several processes can share
 the log), and goes through SQLAlchemy. The target: ours / raw >= 0.6 in events per second.
 
+EventLog runs twice per round: keyless (DESIGN.md's sha256 links, what every log was before keyed
+integrity) and keyed (an encryption key configured, as `serve` always has one: HMAC links, the key record,
+the anchor file rewritten after each append). "keyed/keyless" is the cost of the integrity work, measured
+in the same run against the same raw baseline.
+
 If PostgreSQL is reachable (CONFLEDGER_TEST_PG_URL, default the local test server) the same comparison
 runs there too, against raw psycopg inserts in a fresh schema each run.
 
@@ -37,11 +42,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from confledger.store import EventLog, NewEvent, ServiceOutcome
+from confledger.store import EventLog, NewEvent, SecretCipher, ServiceOutcome
 from confledger.store.events import ServiceNotified
 
 TARGET_RATIO = 0.6
@@ -108,14 +114,19 @@ def events_table_ddl(workdir: Path) -> list[str]:
     return [sql for (sql,) in rows]
 
 
-def run_ours_sqlite(workdir: Path, appends: int) -> tuple[list[int], int]:
+def keys_if(keyed: bool) -> dict[str, Any]:
+    """EventLog's options: keyed (an encryption key, which keys the links) or keyless (none)."""
+    return {"cipher": SecretCipher([SecretCipher.generate_key()])} if keyed else {}
+
+
+def run_ours_sqlite(workdir: Path, appends: int, keyed: bool = False) -> tuple[list[int], int]:
     path = workdir / f"ours-{uuid.uuid4().hex[:8]}.db"
-    log = EventLog(f"sqlite:///{path}", instance_id="bench", sqlite_synchronous="FULL")
+    log = EventLog(f"sqlite:///{path}", instance_id="bench", sqlite_synchronous="FULL", **keys_if(keyed))
     try:
         return timed(appends, lambda sequence: log.append([NewEvent(payload(sequence))]))
     finally:
         log.close()
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".anchor"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
@@ -196,14 +207,18 @@ class PgSchema:
         self.admin.dispose()
 
 
-def run_ours_postgres(base_url: str, appends: int) -> tuple[list[int], int]:
+def run_ours_postgres(
+    base_url: str, appends: int, workdir: Path, keyed: bool = False
+) -> tuple[list[int], int]:
     schema = PgSchema(base_url)
-    log = EventLog(schema.url, instance_id="bench")
+    anchor = workdir / f"pg-{uuid.uuid4().hex[:8]}.anchor"
+    log = EventLog(schema.url, instance_id="bench", anchor_path=anchor, **keys_if(keyed))
     try:
         return timed(appends, lambda sequence: log.append([NewEvent(payload(sequence))]))
     finally:
         log.close()
         schema.drop()
+        anchor.unlink(missing_ok=True)
 
 
 def run_raw_postgres(base_url: str, appends: int) -> tuple[list[int], int]:
@@ -281,6 +296,15 @@ def report(backend: str, ours: Series, raw: Series) -> float:
     return ratio
 
 
+def report_keyed(backend: str, keyed: Series, keyless: Series) -> None:
+    """The integrity work's cost: keyed against keyless EventLog, same run (1.0: no cost)."""
+    print(
+        f"{backend:<10} keyed/keyless speed: events/s {keyed.rate / keyless.rate:.2f}, per append median "
+        f"{keyless.percentile_ms(0.50) / keyed.percentile_ms(0.50):.2f}, "
+        f"p99 {keyless.percentile_ms(0.99) / keyed.percentile_ms(0.99):.2f}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2000, help="timed appends per run (default 2000)")
@@ -304,21 +328,27 @@ def main(argv: list[str] | None = None) -> int:
             "per-append latency, the comparison measures CPU overhead rather than durability cost.\n"
         )
         ddl = events_table_ddl(workdir)
-        ours, raw = Series("EventLog"), Series("raw sqlite3")
+        ours, keyed, raw = Series("EventLog"), Series("keyed"), Series("raw sqlite3")
         for _ in range(args.runs):
             ours.add_run(*run_ours_sqlite(workdir, args.events))
+            keyed.add_run(*run_ours_sqlite(workdir, args.events, keyed=True))
             raw.add_run(*run_raw_sqlite(workdir, args.events, ddl))
         ratios.append(report("sqlite", ours, raw))
+        ratios.append(report("sqlite", keyed, raw))
+        report_keyed("sqlite", keyed, ours)
 
         base_url = None if args.no_postgres else postgres_base_url()
         if base_url is None:
             print("postgresql skipped (not reachable or --no-postgres)")
         else:
-            ours, raw = Series("EventLog"), Series("raw psycopg")
+            ours, keyed, raw = Series("EventLog"), Series("keyed"), Series("raw psycopg")
             for _ in range(args.runs):
-                ours.add_run(*run_ours_postgres(base_url, args.events))
+                ours.add_run(*run_ours_postgres(base_url, args.events, workdir))
+                keyed.add_run(*run_ours_postgres(base_url, args.events, workdir, keyed=True))
                 raw.add_run(*run_raw_postgres(base_url, args.events))
             ratios.append(report("postgresql", ours, raw))
+            ratios.append(report("postgresql", keyed, raw))
+            report_keyed("postgresql", keyed, ours)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if args.check and min(ratios) < TARGET_RATIO else 0

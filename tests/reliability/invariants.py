@@ -24,9 +24,9 @@ service is dead, e.g. after a SIGKILL, before a restart closes its operations).
 
 Observed state comes from an ``Observer``: ``ReloaderObserver`` (in-process; the reloader's own
 projections, shaped as the routes shape them) or ``HttpObserver`` (a running service; the routes
-themselves). ``/fleet`` is read only over HTTP. Its expected shape (until the fleet helper's schema lands):
-``desired_config_hash`` (16 hex digits) and ``instances``, a list of objects with ``instance_id`` and
-``current_config_hash``; an instance not marked ``drifted`` must run the desired hash.
+themselves). ``/fleet`` is read only over HTTP (``FleetResponse``): ``desired_hash`` (16 hex digits) and
+``instances``, each with ``instance_id``, ``applied_hash`` and ``state``; an instance neither ``drifted`` nor
+``gone`` must run the desired hash.
 """
 
 from __future__ import annotations
@@ -503,13 +503,9 @@ def check_nothing_lost(
 
 
 def check_fleet(fleet: Mapping[str, Any], expected: Expected) -> None:
-    """The fleet's desired config is the last applied one; every instance not drifted runs it."""
+    """The fleet's desired config is the last applied one; every instance neither drifted nor gone runs it."""
     desired = short(expected.applied_hash)
-    assert fleet["desired_config_hash"] == desired, (
-        f"/fleet desired {fleet['desired_config_hash']}, log {desired}"
-    )
+    assert fleet["desired_hash"] == desired, f"/fleet desired {fleet['desired_hash']}, log {desired}"
     for instance in fleet["instances"]:
-        if not instance.get("drifted", False):
-            assert instance["current_config_hash"] == desired, (
-                f"/fleet instance {instance} is not on {desired}"
-            )
+        if instance["state"] not in ("drifted", "gone"):
+            assert instance["applied_hash"] == desired, f"/fleet instance {instance} is not on {desired}"

@@ -37,8 +37,10 @@ from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.history import HistoryProjection
 from confledger.projections.stats import StatsProjection
-from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
+from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
 from confledger.store.events import ConfigApplied, OperationStarted
+from confledger.store.integrity import CONFIG_HASH_KEYED, candidate_keys, config_hash_as
+from confledger.store.secrets import find_secret_paths
 from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
 
@@ -57,7 +59,10 @@ FLAKY = ("flaky_async", "flaky_sync")
 
 
 def hash_of(body: dict[str, Any]) -> str:
-    return config_hash(dump_revealed(AppConfig.model_validate(body)))
+    """The hash the log stores ``body`` under: its secrets as digests under the key derived from CIPHER."""
+    model = AppConfig.model_validate(body)
+    keys = candidate_keys(None, CIPHER)[0]
+    return config_hash_as(dump_revealed(model), find_secret_paths(model), CONFIG_HASH_KEYED, keys)
 
 
 def valid_body(ttl: int, pool_size: int, debug: bool, key: str) -> dict[str, Any]:

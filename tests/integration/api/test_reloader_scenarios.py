@@ -28,7 +28,13 @@ from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatu
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
 from confledger.store.errors import InitialConfigError
-from confledger.store.events import ConfigRolledBack, OperationCompleted, OperationStarted, ServiceNotified
+from confledger.store.events import (
+    ConfigApplied,
+    ConfigRolledBack,
+    OperationCompleted,
+    OperationStarted,
+    ServiceNotified,
+)
 from confledger.store.secrets import find_secret_paths
 from confledger.store.validation import dump_revealed
 
@@ -38,7 +44,8 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASE: dict[str, Any] = yaml.safe_load((EXAMPLES / "config.yaml").read_text(encoding="utf-8"))
 OPENAI_KEY = BASE["embedding"]["openai_api_key"]
 FIRECRAWL_KEY = BASE["crawl"]["firecrawl_api_key"]
-CIPHER = SecretCipher([SecretCipher.generate_key()])
+CIPHER_KEY = SecretCipher.generate_key()
+CIPHER = SecretCipher([CIPHER_KEY])
 
 RELOAD_WITH_SERVICES = [
     "operation.started",
@@ -1103,32 +1110,73 @@ async def test_an_open_operation_of_another_live_instance_is_left_alone(url: str
         ]
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync-service", "async-service"])
-async def test_a_stale_instance_gives_its_services_the_old_config_back(
-    url: str, tmp_path: Path, asynchronous: bool
+async def test_a_stale_instance_applies_what_the_fleet_decided_before_it_decides(
+    url: str, tmp_path: Path
 ) -> None:
-    # Sync services (worker threads) or an async one (on the loop): either way a conflict writes nothing
-    # applied and calls the services back.
+    # Another instance applied a config meanwhile: under the fleet lock the stale one first applies it
+    # (its service hears 3 -> 7), then decides its own change on top of it (7 -> 5), in order.
     source = write(tmp_path / "config.json", BASE)
     calls: list[tuple[int, int]] = []
 
+    def cache(old: AppConfig, new: AppConfig) -> bool:
+        calls.append((old.performance.max_retries, new.performance.max_retries))
+        return True
+
+    async with running(url, source, instance_id="stale") as stale:
+        stale.register_config_callback("cache", cache)
+        async with running(url, write(tmp_path / "other.json", variant(performance__max_retries=7))) as other:
+            applied = await other.reload_config()
+            assert applied.success
+
+        write(source, variant(performance__max_retries=5))
+        operation = await stale.reload_config()
+
+    assert operation.status is ReloadStatus.SUCCESS
+    assert operation.previous_config_hash == applied.new_config_hash
+    assert calls == [(3, 7), (7, 5)]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync-service", "async-service"])
+async def test_a_config_applied_past_the_fleet_lock_gives_the_services_the_old_config_back(
+    url: str, tmp_path: Path, asynchronous: bool
+) -> None:
+    # A writer that does not take the fleet lock (an older confledger on the same log) applies a config
+    # while the services hear of this one: the log refuses the stale append (concurrency_conflict) and the
+    # services get their previous config back. Sync services (worker threads) or an async one.
+    source = write(tmp_path / "config.json", BASE)
+    calls: list[tuple[int, int]] = []
+    outsider = open_log(url, "outsider")
+    outsider.cipher = CIPHER
+
+    def apply_past_the_lock() -> None:
+        body = dump_revealed(AppConfig.model_validate(variant(performance__max_retries=7)))
+        prepared = outsider.prepare_config(body)
+        current = outsider.last_of_type("config.applied")
+        assert current is not None
+        assert isinstance(current.payload, ConfigApplied)
+        outsider.append(
+            [NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=current.payload.hash))],
+            configs=[prepared],
+        )
+
     def sync_cache(old: AppConfig, new: AppConfig) -> bool:
         calls.append((old.performance.max_retries, new.performance.max_retries))
+        if len(calls) == 1:
+            apply_past_the_lock()
         return True
 
     async def async_cache(old: AppConfig, new: AppConfig) -> bool:
         return sync_cache(old, new)
 
-    async with running(url, source, instance_id="stale") as stale:
-        stale.register_config_callback(
-            "cache", async_cache if asynchronous else sync_cache, async_callback=asynchronous
-        )
-        async with running(url, write(tmp_path / "other.json", variant(performance__max_retries=7))) as other:
-            applied = await other.reload_config()  # another instance applies a config meanwhile
-            assert applied.success
-
-        write(source, variant(performance__max_retries=5))
-        operation = await stale.reload_config()
+    try:
+        async with running(url, source, instance_id="stale") as stale:
+            stale.register_config_callback(
+                "cache", async_cache if asynchronous else sync_cache, async_callback=asynchronous
+            )
+            write(source, variant(performance__max_retries=5))
+            operation = await stale.reload_config()
+    finally:
+        outsider.close()
 
     assert operation.status is ReloadStatus.FAILED
     assert operation.reason == "concurrency_conflict"
@@ -1152,7 +1200,9 @@ async def test_a_stale_instance_gives_its_services_the_old_config_back(
 async def test_a_plain_reloader_reads_the_services_settings(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = SecretCipher.generate_key()
+    # The key every log of this module is checked with afterwards (assert_log_sound): a log's links are
+    # keyed with it, so another key would make the log unverifiable to that check.
+    key = CIPHER_KEY
     monkeypatch.setenv("CONFLEDGER_ENCRYPTION_KEY", key)
     monkeypatch.setenv("CONFLEDGER_ROLLBACK_THRESHOLD", "1.0")
     monkeypatch.setenv("CONFLEDGER_CALLBACK_TIMEOUT", "0.05")

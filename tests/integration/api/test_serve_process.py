@@ -309,7 +309,8 @@ def test_serve_handles_sighup_file_changes_sigterm_and_restarts_with_history_int
         lifecycle = [
             e["type"] for e in restarted.get("/events", limit=1000)["events"] if e["operation_id"] is None
         ]
-        assert lifecycle[-2:] == ["instance.stopped", "instance.started"]
+        # ... and the restored config answered for the fleet view (instance.applied, role start).
+        assert lifecycle[-3:] == ["instance.stopped", "instance.started", "instance.applied"]
         # --watch is off; enabling it was a run-time choice of the first run
         assert restarted.get("/status")["file_watching_enabled"] is False
 

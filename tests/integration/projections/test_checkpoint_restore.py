@@ -44,6 +44,8 @@ VERSIONS = {
     for kind in (CurrentProjection, HistoryProjection, StatsProjection, BackupsProjection)
 }
 RUNNER_LOGGER = "confledger.projections.runner"
+# The log discards a checkpoint whose MAC does not hold before the runner sees it, and says so itself.
+LOG_LOGGER = "confledger.store.log"
 
 
 @pytest.fixture
@@ -52,7 +54,8 @@ def anyio_backend() -> str:
 
 
 class Warnings(logging.Handler):
-    """The runner's warnings, caught at its own logger (the CLI's logging setup stops propagation)."""
+    """The runner's and the log's warnings, caught at their own loggers (the CLI's logging setup stops
+    propagation)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -65,12 +68,14 @@ class Warnings(logging.Handler):
 @pytest.fixture
 def warnings() -> Iterator[Warnings]:
     handler = Warnings()
-    logger = logging.getLogger(RUNNER_LOGGER)
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in (RUNNER_LOGGER, LOG_LOGGER)]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def service_projections(log: EventLog) -> list[Projection]:

@@ -180,7 +180,14 @@ def test_an_edited_checkpoint_is_found_and_never_restored(
 def test_a_lowered_anchor_file_is_found(
     open_keyed: Callable[..., EventLog], keyed: EventLog, anchor: Path
 ) -> None:
-    anchor.write_text(anchor.read_text().replace(f'"position": {EVENTS_IN_LOG}', '"position": 2'))
+    # Both slots lowered (without the key their MACs cannot be redone): the file holds no intact anchor.
+    text = anchor.read_text()
+    anchor.write_text(
+        text.replace(f'"position":{EVENTS_IN_LOG}', '"position":2').replace(
+            f'"position":{EVENTS_IN_LOG - 1}', '"position":1'
+        )
+    )
+    assert anchor.read_text() != text
     assert_found(open_keyed, keyed, "anchor_mismatch")
 
 

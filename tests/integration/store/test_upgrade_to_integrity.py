@@ -126,7 +126,7 @@ def test_the_old_hash_is_the_oracle_the_issue_describes() -> None:
 
 def test_the_upgrade_rewrites_nothing_and_the_old_log_verifies(old_log: str, tmp_path: Path) -> None:
     with EventLog(old_log, cipher=SecretCipher([KEY]), anchor_path=tmp_path / "anchor") as log:
-        assert store_migrate.current_revision(log.engine) == "0002_integrity"
+        assert store_migrate.current_revision(log.engine) == store_migrate.HEAD_REVISION
         stored = log.read()
         assert [(event.position, event.hash) for event in stored] == [
             (row["position"], row["hash"]) for row in FIXTURE["events"]

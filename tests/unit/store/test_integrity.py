@@ -18,6 +18,7 @@ from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
     CONFIG_HASH_PLAIN,
     Anchor,
+    AnchorFile,
     AnchorUnreadable,
     IntegrityKeys,
     candidate_keys,
@@ -111,12 +112,43 @@ def test_the_anchor_file_round_trips_with_mode_0600(tmp_path: Path) -> None:
     keys = IntegrityKeys(b"k" * 32, origin="test")
     path = tmp_path / "confledger.db.anchor"
     assert read_anchor(path, keys) is None
-    write_anchor(path, Anchor("log-1", 12, "ab" * 32), keys)
-    assert read_anchor(path, keys) == Anchor("log-1", 12, "ab" * 32)
+    anchor_file = AnchorFile(path)
+    try:
+        for position in (12, 13, 14):
+            anchor_file.write(Anchor("log-1", position, f"{position:064x}"), keys)
+            assert read_anchor(path, keys) == Anchor("log-1", position, f"{position:064x}")
+    finally:
+        anchor_file.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-# Each way an anchor file stops being the one this key wrote.
+def test_a_torn_write_leaves_the_older_anchor(tmp_path: Path) -> None:
+    # A crash mid-write damages one slot: the other still holds an anchor, older and still true.
+    keys = IntegrityKeys(b"k" * 32, origin="test")
+    path = tmp_path / "anchor"
+    anchor_file = AnchorFile(path)
+    anchor_file.write(Anchor("log-1", 12, "ab" * 32), keys)
+    anchor_file.write(Anchor("log-1", 13, "cd" * 32), keys)
+    anchor_file.close()
+    data = bytearray(path.read_bytes())
+    data[512 + 40 : 512 + 60] = b"\x00" * 20  # the newer slot, half written
+    path.write_bytes(bytes(data))
+    assert read_anchor(path, keys) == Anchor("log-1", 12, "ab" * 32)
+
+
+def edit_every_slot(path: Path, edit: Any) -> None:
+    data = path.read_bytes()
+    slots = []
+    for index in range(2):
+        raw = data[index * 512 : (index + 1) * 512]
+        if raw.strip():
+            edited = edit(json.loads(raw))
+            raw = (edited if isinstance(edited, str) else json.dumps(edited)).encode().ljust(511) + b"\n"
+        slots.append(raw)
+    path.write_bytes(b"".join(slots))
+
+
+# Each way an anchor file stops being one this key wrote (every slot edited alike).
 @pytest.mark.parametrize(
     "edit",
     [
@@ -129,8 +161,11 @@ def test_the_anchor_file_round_trips_with_mode_0600(tmp_path: Path) -> None:
 def test_an_edited_anchor_file_is_refused(tmp_path: Path, edit: Any) -> None:
     keys = IntegrityKeys(b"k" * 32, origin="test")
     path = tmp_path / "anchor"
-    write_anchor(path, Anchor("log-1", 12, "ab" * 32), keys)
-    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    anchor_file = AnchorFile(path)
+    anchor_file.write(Anchor("log-1", 12, "ab" * 32), keys)
+    anchor_file.write(Anchor("log-1", 13, "cd" * 32), keys)
+    anchor_file.close()
+    edit_every_slot(path, edit)
     with pytest.raises(AnchorUnreadable):
         read_anchor(path, keys)
 
@@ -138,5 +173,5 @@ def test_an_edited_anchor_file_is_refused(tmp_path: Path, edit: Any) -> None:
 def test_an_anchor_written_with_another_key_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "anchor"
     write_anchor(path, Anchor("log-1", 12, "ab" * 32), IntegrityKeys(b"k" * 32, origin="one"))
-    with pytest.raises(AnchorUnreadable, match="MAC"):
+    with pytest.raises(AnchorUnreadable, match="another key"):
         read_anchor(path, IntegrityKeys(b"j" * 32, origin="two"))

@@ -1,0 +1,338 @@
+"""What a fleet of instances on one log shares besides the log: the operation lock, the doorbell, heartbeats.
+
+- ``FleetLock``: one operation at a time across every instance on the log. PostgreSQL: a session-level
+  advisory lock on a connection of its own, keyed by the log's schema (two logs in one database do not
+  block each other); SQLite: ``flock`` on a file beside the database (every process on the host that
+  opens the log sees it). The holder names itself (``<operation id>@<instance id>``) where the others can
+  read it: the lock connection's ``application_name`` / the lock file's content. A crashed holder's lock
+  dies with its session or file descriptor, so it never blocks the fleet.
+- ``Doorbell``: PostgreSQL ``LISTEN`` on the channel the events table's trigger (migration
+  ``0003_fleet``) notifies in every append transaction. It only says "look": a follower always reads the
+  log by position, and polls when the bell is silent, so a lost notification loses no event.
+- Heartbeats: ``fleet_instances`` rows rewritten in place (not events: see the migration's docstring).
+
+Every function here blocks on I/O; async callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from confledger.store.database import sqlite_path, translate_errors
+from confledger.store.errors import FleetLockBusy, StoreUnavailable
+from confledger.store.schema import fleet_instances
+
+__all__ = [
+    "DOORBELL_CHANNEL_SQL",
+    "Doorbell",
+    "FleetLease",
+    "FleetLock",
+    "Heartbeat",
+    "fleet_lock_for",
+    "read_heartbeats",
+    "record_heartbeat",
+]
+
+# The first key of the advisory lock (the second is the schema's hashtext): "cfl" + "fleet" in ASCII
+# would overflow an int4, so a fixed small number that no other confledger lock uses.
+_PG_FLEET_CLASS = 0x63666C
+_PG_SCHEMA_KEY = "hashtext(current_schema())"
+# The channel the events trigger rings; the same expression on both sides, so they always agree.
+DOORBELL_CHANNEL_SQL = "left('confledger.' || current_schema(), 63)"
+_APPLICATION_NAME = "confledger"
+
+
+class FleetLease(Protocol):
+    def release(self) -> None: ...
+
+
+class FleetLock(Protocol):
+    def acquire(self, holder: str, wait_s: float) -> FleetLease:
+        """Take the lock for ``holder`` within ``wait_s`` seconds, else ``FleetLockBusy`` naming the holder."""
+        ...
+
+
+def fleet_lock_for(engine: Engine) -> FleetLock:
+    """The fleet lock of the log on ``engine``: advisory (PostgreSQL), a lock file (SQLite), or, for an
+    in-memory SQLite log that no other process can open, a lock of this process."""
+    if engine.dialect.name == "postgresql":
+        return _AdvisoryLock(engine)
+    database = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if database is None:
+        return _ProcessLock()
+    return _FileLock(database.with_name(database.name + ".fleet-lock"))
+
+
+def _busy(holder: str | None, wait_s: float) -> FleetLockBusy:
+    named = f"operation {holder}" if holder else "another operation"
+    return FleetLockBusy(
+        f"{named} held the fleet's operation lock for the whole wait ({wait_s:g} s); retry when it is done",
+        holder=holder,
+    )
+
+
+class _AdvisoryLease:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def release(self) -> None:
+        connection = self._connection
+        try:
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_FLEET_CLASS}, {_PG_SCHEMA_KEY})")
+            # Back to the name the session was opened with (the instance's).
+            connection.exec_driver_sql("RESET application_name")
+            connection.close()
+        except Exception:
+            # Closing the session releases the lock on the server whatever state it was left in.
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
+class _AdvisoryLock:
+    """A session advisory lock, waited for by the server (``lock_timeout``): the next holder is granted
+    the lock the moment the last one lets go, without polling."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def acquire(self, holder: str, wait_s: float) -> FleetLease:
+        with translate_errors(self.engine.url):
+            connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            connection.exec_driver_sql(
+                "SELECT set_config('lock_timeout', %(wait)s, false)",
+                {"wait": f"{max(1, int(wait_s * 1000))}ms"},
+            )
+            try:
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_FLEET_CLASS}, {_PG_SCHEMA_KEY})")
+            except sa_exc.OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                connection.exec_driver_sql("SELECT set_config('lock_timeout', '0', false)")
+                raise _busy(self._holder(connection), wait_s) from None
+            # application_name is how the others learn who holds it (pg_stat_activity beside pg_locks).
+            connection.exec_driver_sql(
+                "SELECT set_config('lock_timeout', '0', false), set_config('application_name', %(name)s, false)",
+                {"name": f"{_APPLICATION_NAME}:{holder}"[:63]},
+            )
+        except FleetLockBusy:
+            connection.close()
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            with contextlib.suppress(Exception):
+                connection.close()
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                with translate_errors(self.engine.url):
+                    raise
+            raise
+        return _AdvisoryLease(connection)
+
+    @staticmethod
+    def _holder(connection: Connection) -> str | None:
+        row = connection.exec_driver_sql(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = {_PG_FLEET_CLASS} "
+            f"AND l.objid::bigint = ({_PG_SCHEMA_KEY}::bigint & 4294967295) LIMIT 1"
+        ).first()
+        if row is None or not row[0]:
+            return None
+        name = str(row[0])
+        prefix = f"{_APPLICATION_NAME}:"
+        return name[len(prefix) :] if name.startswith(prefix) else None
+
+
+class _FileLease:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+class _FileLock:
+    """``flock`` on a file beside the SQLite database: the kernel drops it with a crashed holder's fd."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def acquire(self, holder: str, wait_s: float) -> FleetLease:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open the fleet lock file {self.path}: {exc.strerror}") from None
+        deadline = time.monotonic() + wait_s
+        delay = 0.0005
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise _busy(self._holder(), wait_s) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode("utf-8"), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileLease(fd)
+
+    def _holder(self) -> str | None:
+        with contextlib.suppress(OSError):
+            text = self.path.read_text(encoding="utf-8", errors="replace").strip()
+            return text[:255] or None
+        return None
+
+
+class _ProcessLease:
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class _ProcessLock:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: str | None = None
+
+    def acquire(self, holder: str, wait_s: float) -> FleetLease:
+        if not self._lock.acquire(timeout=wait_s):
+            raise _busy(self._holder, wait_s)
+        self._holder = holder
+        return _ProcessLease(self._lock)
+
+
+class Doorbell:
+    """``LISTEN`` on the log's channel, on a connection of its own (PostgreSQL only)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._raw: Any = None
+        self._connection: Any = None  # the psycopg connection (typed Any: psycopg is loaded lazily)
+
+    def open(self) -> None:
+        with translate_errors(self.engine.url):
+            raw = self.engine.raw_connection()
+            connection: Any = raw.driver_connection
+            # Out of the pool for good: it sits in LISTEN, and closing it must really close it.
+            raw.detach()
+            try:
+                connection.autocommit = True
+                row = connection.execute(f"SELECT {DOORBELL_CHANNEL_SQL}").fetchone()
+                channel = str(row[0]).replace('"', '""')
+                connection.execute(f'LISTEN "{channel}"')
+            except BaseException:
+                raw.close()
+                raise
+        self._raw, self._connection = raw, connection
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection is not None
+
+    def wait(self, timeout: float) -> str | None:
+        """What rang within ``timeout`` seconds: ``"applied"`` (an append applied a config), ``"other"``
+        (appends, none applying a config), or None. Every ring so far is consumed."""
+        connection = self._connection
+        if connection is None:
+            raise StoreUnavailable("the doorbell is not open")
+        rang: str | None = None
+        with translate_errors(self.engine.url):
+            for notification in connection.notifies(timeout=timeout, stop_after=1):
+                rang = "applied" if notification.payload == "applied" else "other"
+            if rang is not None:
+                # Several appends while the follower was busy: one read covers them all.
+                for notification in connection.notifies(timeout=0):
+                    if notification.payload == "applied":
+                        rang = "applied"
+        return rang
+
+    def close(self) -> None:
+        raw, self._raw, self._connection = self._raw, None, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    instance_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen: datetime
+    followed_position: int
+    interval_s: float
+
+
+def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
+    """Write ``beat`` over the instance's row (or add it): one short transaction, not under the append lock."""
+    values = {
+        "host": beat.host[:255],
+        "pid": beat.pid,
+        "version": beat.version[:64],
+        "started_at": beat.started_at,
+        "last_seen": beat.last_seen,
+        "followed_position": beat.followed_position,
+        "interval_s": beat.interval_s,
+    }
+    with translate_errors(engine.url), engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # A write transaction from its first statement: waits for SQLite's write lock (busy timeout)
+            # rather than failing on the upgrade from a read.
+            connection.execution_options(confledger_sqlite_begin="IMMEDIATE")
+        with connection.begin():
+            updated = connection.execute(
+                fleet_instances.update()
+                .where(fleet_instances.c.instance_id == beat.instance_id)
+                .values(values)
+            )
+            if updated.rowcount == 0:
+                connection.execute(fleet_instances.insert().values(instance_id=beat.instance_id, **values))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def read_heartbeats(engine: Engine) -> dict[str, Heartbeat]:
+    with translate_errors(engine.url), engine.connect() as connection:
+        rows = connection.execute(sa.select(fleet_instances)).mappings().all()
+    return {
+        row["instance_id"]: Heartbeat(
+            instance_id=row["instance_id"],
+            host=row["host"],
+            pid=int(row["pid"]),
+            version=row["version"],
+            started_at=_as_utc(row["started_at"]),
+            last_seen=_as_utc(row["last_seen"]),
+            followed_position=int(row["followed_position"]),
+            interval_s=float(row["interval_s"]),
+        )
+        for row in rows
+    }

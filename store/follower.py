@@ -1,0 +1,151 @@
+"""``LogFollower``: one task per instance that keeps it on the fleet's config, and its heartbeat.
+
+It waits for the doorbell (PostgreSQL ``LISTEN``, ``store.fleet.Doorbell``) or the poll interval,
+whichever comes first, then has the runner apply every ``config.applied`` other instances recorded
+since its position (``OperationRunner.follow``). On SQLite, and whenever the doorbell's connection is
+down, it polls: one look at the head per interval. Nothing is lost to a dropped connection or a
+restarted database: the position is the truth, the bell only shortens the wait. Errors are logged
+(once per kind of failure until it clears) and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+
+import anyio
+import anyio.abc
+
+from confledger.store.errors import ConfledgerError
+from confledger.store.fleet import Doorbell, Heartbeat, record_heartbeat
+from confledger.store.operations import OperationRunner
+
+__all__ = ["LogFollower"]
+
+logger = logging.getLogger(__name__)
+
+
+class LogFollower:
+    def __init__(
+        self,
+        runner: OperationRunner,
+        *,
+        poll_interval: float,
+        heartbeat_interval: float,
+        version: str,
+        use_doorbell: bool = True,
+    ) -> None:
+        self.runner = runner
+        self.log = runner.log
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.version = version
+        self.use_doorbell = use_doorbell and self.log.dialect == "postgresql"
+        self.started_at = datetime.now(UTC)
+        self._doorbell: Doorbell | None = None
+        # The doorbell thread waits for most of its life: it gets a limiter of its own rather than one
+        # of the tokens that serve database calls and callbacks.
+        self._bell_limiter = anyio.CapacityLimiter(1)
+        self._failing: dict[str, str] = {}
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow and beat until cancelled."""
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._beat_forever)
+                task_status.started()
+                await self._follow_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_doorbell()
+
+    async def _follow_forever(self) -> None:
+        while True:
+            await self._wait()
+            try:
+                await self.runner.follow()
+            except Exception as exc:
+                # Any failure (a database away, a bug in a callback's surroundings) is retried at the
+                # next turn: a follower that died would leave the instance behind without a word.
+                self._report("follow", exc)
+            else:
+                self._recovered("follow")
+
+    async def _wait(self) -> None:
+        """Until a config is applied somewhere (the doorbell says so) or the poll interval is up.
+
+        Rings for other appends (answers, failed operations) are left to the interval's end: they change
+        no config, and acting on each would wake every follower once per instance per change.
+        """
+        if not self.use_doorbell:
+            await anyio.sleep(self.poll_interval)
+            return
+        if self._doorbell is None:
+            doorbell = Doorbell(self.log.engine)
+            try:
+                await anyio.to_thread.run_sync(doorbell.open, limiter=self._bell_limiter)
+            except Exception as exc:
+                self._report("doorbell", exc)
+                await anyio.sleep(self.poll_interval)
+                return
+            self._doorbell = doorbell
+            self._recovered("doorbell")
+            # Whatever landed while the bell was down is read now, not at the next ring.
+            return
+        doorbell = self._doorbell
+        deadline = anyio.current_time() + self.poll_interval
+        while (remaining := deadline - anyio.current_time()) > 0:
+            try:
+                rang = await anyio.to_thread.run_sync(doorbell.wait, remaining, limiter=self._bell_limiter)
+            except Exception as exc:
+                # The connection was terminated or the server restarted: reopen it at the next turn,
+                # and read the log now in case the ring that was lost was for an applied config.
+                self._report("doorbell", exc)
+                await self._close_doorbell()
+                return
+            if rang == "applied":
+                return
+
+    async def _close_doorbell(self) -> None:
+        doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None:
+            await anyio.to_thread.run_sync(doorbell.close, limiter=self._bell_limiter)
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            instance_id=self.log.instance_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=self.version,
+            started_at=self.started_at,
+            last_seen=datetime.now(UTC),
+            followed_position=self.runner.followed,
+            interval_s=self.heartbeat_interval,
+        )
+
+    async def beat(self) -> None:
+        await anyio.to_thread.run_sync(record_heartbeat, self.log.engine, self.heartbeat())
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except ConfledgerError as exc:
+                self._report("heartbeat", exc)
+            else:
+                self._recovered("heartbeat")
+            await anyio.sleep(self.heartbeat_interval)
+
+    def _report(self, what: str, exc: Exception) -> None:
+        # One warning per failure until it clears: a database down for a minute is not 600 log lines.
+        code = exc.code if isinstance(exc, ConfledgerError) else type(exc).__name__
+        if self._failing.get(what) != code:
+            self._failing[what] = code
+            message = exc.message if isinstance(exc, ConfledgerError) else str(exc)[:200]
+            logger.warning("fleet %s failed (%s): %s; retrying", what, code, message)
+
+    def _recovered(self, what: str) -> None:
+        if self._failing.pop(what, None) is not None:
+            logger.info("fleet %s works again", what)

@@ -1,0 +1,399 @@
+"""Propagation through a fleet: from the deciding commit to the last of N followers having applied it.
+
+    .venv/bin/python tests/benchmarks/bench_fleet.py [--changes 200] [--followers 2,4,8]
+                                                     [--backends postgres,sqlite] [--sqlite-poll 0.01]
+
+One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, one at a
+time, a short pause between them; N ``confledger serve`` processes follow the log, each with one no-op
+service callback (``tests/integration/api/fleet_service.py``, ``FLEET_NOOP=1``). Per change, the time is
+read from the log itself: the latest ``instance.applied`` of the N followers for that ``config.applied``,
+minus the ``config.applied`` event's ``occurred_at`` (both stamped under the append lock by processes on
+this host, one clock). So it covers the doorbell or the poll, the follower's read, its validation with
+its own model, the callback, and its own append and commit.
+
+The anchor, in the same run: the bare wake-up mechanism with nothing done on waking, for N listeners in
+threads of one process. PostgreSQL: NOTIFY on a connection, LISTEN on N others (send to the last
+receipt). SQLite: a commit, and N connections polling ``PRAGMA data_version`` at the followers' interval
+(commit to the last one that saw it). Printed as one table: p50 / p99 / max per backend and N, with the
+anchor's p50 / p99 and the ratio of the p99s. Target: PostgreSQL, N = 8, p99 < 10 ms.
+
+``measure(backend, followers, ...)`` runs one row; another benchmark's table can call it.
+PostgreSQL: ``CONFLEDGER_TEST_PG_URL`` (default the test database), in a schema of its own, dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFLEDGER = Path(sys.executable).parent / "confledger"
+MODEL = "tests.integration.api.fleet_service:FleetConfig"
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TARGET_PG_N8_P99_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Result:
+    backend: str
+    followers: int
+    changes: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    anchor_p50_ms: float
+    anchor_p99_ms: float
+    poll_interval_s: float
+
+    @property
+    def ratio_p99(self) -> float:
+        return self.p99_ms / self.anchor_p99_ms if self.anchor_p99_ms else float("inf")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _pg_base() -> str:
+    return os.environ.get("CONFLEDGER_TEST_PG_URL", DEFAULT_PG_URL)
+
+
+@contextmanager
+def _database(backend: str, workdir: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / 'fleet.db'}"
+        return
+    schema = f"bench_fleet_{uuid.uuid4().hex[:10]}"
+    base = sa.make_url(_pg_base())
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _write_level(path: Path, level: int) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"level": level}), encoding="utf-8")
+    temporary.replace(path)
+
+
+def _environment(database_url: str, key: str, instance_id: str, poll_interval: float) -> dict[str, str]:
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("CONFLEDGER_")}
+    environment.update(
+        {
+            "CONFLEDGER_ADMIN_TOKEN": "bench-admin-token-0123456789abcdef",
+            "CONFLEDGER_DATABASE_URL": database_url,
+            "CONFLEDGER_ENCRYPTION_KEY": key,
+            "CONFLEDGER_INSTANCE_ID": instance_id,
+            "CONFLEDGER_FOLLOW_POLL_INTERVAL": str(poll_interval),
+            "CONFLEDGER_LOG_LEVEL": os.environ.get("BENCH_FLEET_LOG_LEVEL", "warning"),
+            "FLEET_NOOP": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+    )
+    return environment
+
+
+def _start_followers(
+    stack: ExitStack, workdir: Path, config: Path, database_url: str, key: str, count: int, poll: float
+) -> list[str]:
+    names, waiting = [], []
+    for index in range(count):
+        name = f"bench-follower-{index}"
+        port = _free_port()
+        sink = (workdir / f"{name}.log").open("wb")
+        stack.callback(sink.close)
+        process = subprocess.Popen(
+            [
+                str(CONFLEDGER),
+                "serve",
+                "--config",
+                str(config),
+                "--model",
+                MODEL,
+                "--port",
+                str(port),
+            ],
+            cwd=workdir,
+            env=_environment(database_url, key, name, poll),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+        def stop(process: subprocess.Popen[bytes] = process) -> None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+        stack.callback(stop)
+        names.append(name)
+        waiting.append((process, port))
+    deadline = time.monotonic() + 120
+    for process, port in waiting:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"a follower exited at start: see {workdir}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("followers did not become ready")
+            time.sleep(0.1)
+    return names
+
+
+async def _decide(database_url: str, key: str, config: Path, changes: int, pause: float) -> None:
+    from confledger.api.reloader import ConfigReloader
+    from confledger.api.settings import Settings
+    from tests.integration.api.fleet_service import FleetConfig
+
+    settings = Settings(
+        database_url=database_url, encryption_key=key, instance_id="bench-decider", follow=False
+    )
+    async with ConfigReloader(config_model=FleetConfig, config_source=config, settings=settings) as decider:
+        for index in range(changes):
+            _write_level(config, 10_000 + index)
+            operation = await decider.reload_config()
+            if not operation.success:
+                raise RuntimeError(f"change {index} failed: {operation.message}")
+            await anyio.sleep(pause)
+
+
+def _latencies(database_url: str, followers: list[str], timeout: float = 120.0) -> list[float]:
+    from confledger.store import EventLog
+    from confledger.store.events import ConfigApplied, InstanceApplied
+
+    with EventLog(database_url, instance_id="bench-reader", migrate_on_open=False) as log:
+        deadline = time.monotonic() + timeout
+        while True:
+            applied = {
+                event.position: event.occurred_at
+                for event in log.read(types=[ConfigApplied.event_type])
+                if event.instance_id == "bench-decider"
+            }
+            answers: dict[int, dict[str, Any]] = {}
+            for event in log.read(types=[InstanceApplied.event_type]):
+                payload = event.payload
+                if isinstance(payload, InstanceApplied) and payload.role == "followed" and payload.position:
+                    answers.setdefault(payload.position, {})[event.instance_id] = event.occurred_at
+            last = max(applied)
+            if len(answers.get(last, {})) == len(followers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    # The first config was applied at the decider's start, before the followers existed.
+    measured = sorted(applied)[1:]
+    missing = [position for position in measured if len(answers.get(position, {})) != len(followers)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} change(s) not applied by every follower, first at {missing[0]}")
+    return [
+        (max(answers[position].values()) - applied[position]).total_seconds() * 1000 for position in measured
+    ]
+
+
+def _pg_anchor(database_url: str, listeners: int, changes: int, pause: float) -> list[float]:
+    import psycopg
+
+    conninfo = sa.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    channel = f"bench_anchor_{uuid.uuid4().hex[:8]}"
+    received: list[list[float]] = [[] for _ in range(listeners)]
+    ready = threading.Barrier(listeners + 1)
+    stop = threading.Event()
+
+    def listen(index: int) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f"LISTEN {channel}")
+            ready.wait()
+            while not stop.is_set():
+                for _ in connection.notifies(timeout=0.2):
+                    received[index].append(time.time())
+
+    threads = [threading.Thread(target=listen, args=(index,), daemon=True) for index in range(listeners)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    latencies = []
+    with psycopg.connect(conninfo, autocommit=True) as sender:
+        for index in range(changes):
+            sent = time.time()
+            sender.execute(f"NOTIFY {channel}")
+            while any(len(times) <= index for times in received):
+                time.sleep(0.0001)
+            latencies.append((max(times[index] for times in received) - sent) * 1000)
+            time.sleep(pause)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    return latencies
+
+
+def _sqlite_anchor(workdir: Path, listeners: int, changes: int, pause: float, poll: float) -> list[float]:
+    path = workdir / "anchor.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE IF NOT EXISTS beats (n INTEGER)")
+    seen: list[list[float]] = [[] for _ in range(listeners)]
+    ready = threading.Barrier(listeners + 1)
+    stop = threading.Event()
+
+    def poll_loop(index: int) -> None:
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        version = reader.execute("PRAGMA data_version").fetchone()[0]
+        ready.wait()
+        while not stop.is_set():
+            now = reader.execute("PRAGMA data_version").fetchone()[0]
+            if now != version:
+                version = now
+                seen[index].append(time.time())
+            time.sleep(poll)
+        reader.close()
+
+    threads = [threading.Thread(target=poll_loop, args=(index,), daemon=True) for index in range(listeners)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    latencies = []
+    for index in range(changes):
+        committed_before = time.time()
+        writer.execute("INSERT INTO beats VALUES (?)", (index,))
+        while any(len(times) <= index for times in seen):
+            time.sleep(0.0001)
+        latencies.append((max(times[index] for times in seen) - committed_before) * 1000)
+        time.sleep(pause)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    writer.close()
+    return latencies
+
+
+def measure(
+    backend: str,
+    followers: int,
+    *,
+    changes: int = 200,
+    pause: float = 0.03,
+    sqlite_poll: float = 0.01,
+    postgres_poll: float = 0.5,
+) -> Result:
+    """One row: ``followers`` serve processes following ``changes`` changes on ``backend``, and the anchor."""
+    from confledger.store import SecretCipher
+
+    poll = sqlite_poll if backend == "sqlite" else postgres_poll
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as directory, ExitStack() as stack:
+        # BENCH_FLEET_DIR keeps the followers' logs (and the SQLite file) for a look afterwards.
+        workdir = Path(os.environ.get("BENCH_FLEET_DIR") or directory)
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "config.json"
+        _write_level(config, 1)
+        key = SecretCipher.generate_key()
+        database_url = stack.enter_context(_database(backend, workdir))
+        # The decider starts first: it applies the initial config the followers then restore.
+        anyio.run(_decide, database_url, key, config, 0, 0.0)
+        names = _start_followers(stack, workdir, config, database_url, key, followers, poll)
+        time.sleep(1.0)  # let their start-up settle (first heartbeats, projections)
+        anyio.run(_decide, database_url, key, config, changes, pause)
+        latencies = _latencies(database_url, names)
+        if backend == "sqlite":
+            anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
+        else:
+            anchor = _pg_anchor(database_url, followers, changes, pause)
+    return Result(
+        backend=backend,
+        followers=followers,
+        changes=len(latencies),
+        p50_ms=statistics.median(latencies),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=max(latencies),
+        anchor_p50_ms=statistics.median(anchor),
+        anchor_p99_ms=percentile(anchor, 0.99),
+        poll_interval_s=poll,
+    )
+
+
+def print_table(results: list[Result]) -> None:
+    header = (
+        f"{'backend':<10} {'N':>3} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10}  wake-up"
+    )
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        wake = (
+            "LISTEN/NOTIFY" if result.backend == "postgres" else f"poll {result.poll_interval_s * 1000:g} ms"
+        )
+        print(
+            f"{result.backend:<10} {result.followers:>3} {result.changes:>7} {result.p50_ms:>8.2f} "
+            f"{result.p99_ms:>8.2f} {result.max_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
+            f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f}  {wake}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--followers", default="2,4,8")
+    parser.add_argument("--backends", default="postgres,sqlite")
+    parser.add_argument("--sqlite-poll", type=float, default=0.01)
+    parser.add_argument("--pause", type=float, default=0.03, help="seconds between two changes")
+    parser.add_argument("--check", action="store_true", help="exit 1 when PostgreSQL N=8 misses the target")
+    arguments = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    results = [
+        measure(
+            backend,
+            int(count),
+            changes=arguments.changes,
+            pause=arguments.pause,
+            sqlite_poll=arguments.sqlite_poll,
+        )
+        for backend in arguments.backends.split(",")
+        for count in arguments.followers.split(",")
+    ]
+    print_table(results)
+    target_rows = [r for r in results if r.backend == "postgres" and r.followers == 8]
+    missed = [r for r in target_rows if r.p99_ms >= TARGET_PG_N8_P99_MS]
+    verdict = "not measured" if not target_rows else "missed" if missed else "met"
+    print(f"target: PostgreSQL N=8 p99 < {TARGET_PG_N8_P99_MS:g} ms: {verdict}")
+    print(f"load average while measuring (1, 5, 15 min): {os.getloadavg()} on {os.cpu_count()} CPUs")
+    return 1 if arguments.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

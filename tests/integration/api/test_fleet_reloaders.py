@@ -1,0 +1,222 @@
+"""A fleet of ``ConfigReloader``s in one process on one log, both backends: following, the fleet lock,
+the fleet view. (Separate processes: tests/integration/api/test_fleet_processes.py.)
+
+Each reloader has its own instance id, its own services (which record what they were given) and its own
+connection pool, so they meet only through the database, as instances on different hosts do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from confledger.api.cli import app as cli_app
+from confledger.api.reloader import ConfigReloader
+from confledger.api.schemas import FleetResponse
+from confledger.api.settings import Settings
+from confledger.store import EventLog, SecretCipher
+from confledger.store.events import InstanceApplied
+from confledger.store.fleet import fleet_lock_for
+from tests.integration.api.service_harness import READ_TOKEN, serving
+
+pytestmark = pytest.mark.anyio
+
+KEY = SecretCipher.generate_key()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Small(BaseModel):
+    level: int
+    name: str = "fleet"
+
+
+def write(path: Path, level: int) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"level": level}), encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+class Member:
+    """One reloader of the fleet and what its service was handed."""
+
+    def __init__(self, reloader: ConfigReloader) -> None:
+        self.reloader = reloader
+        self.received: list[int] = []
+        self.refuse: set[int] = set()
+
+        def service(_old: Any, new: Small) -> bool:
+            self.received.append(new.level)
+            return new.level not in self.refuse
+
+        reloader.register_config_callback("recorder", service)
+
+    @property
+    def level(self) -> int | None:
+        current = self.reloader.current
+        return None if current is None else current.config.level
+
+
+@asynccontextmanager
+async def fleet(
+    tmp_path: Path, database_url: str, names: list[str], **settings: Any
+) -> AsyncIterator[list[Member]]:
+    source = write(tmp_path / "config.json", 1)
+    async with AsyncExitStack() as stack:
+        members = []
+        for name in names:
+            options = {
+                "database_url": database_url,
+                "encryption_key": KEY,
+                "instance_id": name,
+                "follow_poll_interval": 0.02,
+                "heartbeat_interval": 5.0,
+                **settings,
+            }
+            reloader = ConfigReloader(config_model=Small, config_source=source, settings=Settings(**options))
+            member = Member(reloader)
+            await stack.enter_async_context(reloader)
+            members.append(member)
+        yield members
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def states_become(member: Member, expected: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
+    """The member's fleet view once its states are ``expected`` (the follower folds others' answers as
+    they land); fails with the last view seen."""
+    view: dict[str, Any] = {}
+    with anyio.move_on_after(timeout):
+        while True:
+            view = await member.reloader.fleet()
+            if {i["instance_id"]: i["state"] for i in view["instances"]} == expected:
+                return view
+            await anyio.sleep(0.02)
+    raise AssertionError(f"states never became {expected}: {view}")
+
+
+def answers(log: EventLog) -> list[tuple[str, int | None, str, str]]:
+    """(instance, position answered, role, outcome) of every instance.applied, in log order."""
+    found = []
+    for event in log.read(types=[InstanceApplied.event_type]):
+        payload = event.payload
+        assert isinstance(payload, InstanceApplied)
+        found.append((event.instance_id, payload.position, payload.role, payload.outcome))
+    return found
+
+
+async def test_sequential_changes_through_different_instances_all_apply_everywhere(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b", "c"]) as (a, b, c):
+        source = Path(a.reloader.config_source or "")
+        # Through a, then (in sequence) through b, then back to the first config through c.
+        for member, level in ((a, 2), (b, 3)):
+            write(source, level)
+            operation = await member.reloader.reload_config()
+            assert operation.success, operation.message
+            await eventually(lambda level=level: all(m.level == level for m in (a, b, c)))
+        rollback = await c.reloader.rollback_config()
+        assert rollback.success, rollback.message
+        await eventually(lambda: all(m.level == 2 for m in (a, b, c)))
+        # Each service heard each change once: the start, 2, 3, and the rollback to 2.
+        for member in (a, b, c):
+            await eventually(lambda member=member: member.received == [1, 2, 3, 2])
+        view = await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
+        assert view["desired_hash"] == a.reloader.current_hash
+        log = a.reloader.log
+        roles = [(instance, role) for instance, _, role, _ in answers(log)]
+        # The first config decided by a at start; each later one decided by one and followed by two.
+        assert roles.count(("a", "decided")) == 2
+        assert roles.count(("b", "decided")) == 1
+        assert roles.count(("c", "decided")) == 1
+        assert (
+            sum(role == "followed" for _, role in roles) == 3 * 2
+        )  # three changes after the start, each followed by the two that did not decide it
+
+
+async def test_a_refusing_service_leaves_its_instance_drifted_and_the_desired_config_in_place(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b"]) as (a, b):
+        b.refuse.add(5)
+        write(Path(a.reloader.config_source or ""), 5)
+        operation = await a.reloader.reload_config()
+        assert operation.success
+        view = await states_become(b, {"a": "in_sync", "b": "drifted"})
+        drifted = next(i for i in view["instances"] if i["instance_id"] == "b")
+        assert drifted["failures"][0]["service"] == "recorder"
+        assert drifted["lag_positions"] == 0
+        assert view["desired_hash"] == a.reloader.current_hash == b.reloader.current_hash
+
+
+async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(tmp_path, database_url, ["a"], fleet_lock_wait=0.2) as (a,):
+        lease = fleet_lock_for(a.reloader.log.engine).acquire(
+            "0190e0e0-0000-7000-8000-000000000001@elsewhere", 1.0
+        )
+        try:
+            write(Path(a.reloader.config_source or ""), 7)
+            operation = await a.reloader.reload_config()
+        finally:
+            lease.release()
+        assert operation.rejected
+        assert operation.reason == "fleet_lock_busy"
+        assert operation.running_operation_id == "0190e0e0-0000-7000-8000-000000000001"
+        assert "elsewhere" in operation.message
+        # Released: the next one goes through.
+        assert (await a.reloader.reload_config()).success
+
+
+async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, database_url: str) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b"]) as (a, b):
+        b.refuse.add(9)
+        write(Path(a.reloader.config_source or ""), 9)
+        assert (await a.reloader.reload_config()).success
+        served = FleetResponse.of(await states_become(a, {"a": "in_sync", "b": "drifted"}))
+        result = CliRunner().invoke(cli_app, ["fleet", "--database", database_url, "--json"])
+        table = CliRunner().invoke(cli_app, ["fleet", "--database", database_url])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["desired_hash"] == served.desired_hash
+    # Both were running when the command read the log (heartbeats within 3 intervals).
+    assert {i["instance_id"]: (i["state"], i["applied_hash"]) for i in shown["instances"]} == {
+        i.instance_id: (i.state, i.applied_hash) for i in served.instances
+    }
+    [drifted] = [i for i in shown["instances"] if i["state"] == "drifted"]
+    assert drifted["failures"] == [
+        {"service": "recorder", "outcome": "failed", "error": "callback returned False"}
+    ]
+    assert table.exit_code == 0, table.output
+    assert "drifted" in table.output
+
+
+def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_url: str) -> None:
+    with serving(tmp_path, database_url) as service:
+        assert service.get("/fleet", token=None).status_code == 401
+        response = service.get("/fleet", token=READ_TOKEN)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["desired_hash"] == service.current_full_hash()[:16]  # type: ignore[index]
+        [instance] = body["instances"]
+        assert instance["instance_id"] == service.log.instance_id
+        assert instance["state"] == "in_sync"
+        assert instance["role"] == "decided"

@@ -1,0 +1,134 @@
+"""The service against someone who can write its database (issue 13, items 2 and 3), through the real app:
+an edited body is refused at start-up and by a rollback; a truncated log found at start-up leaves the
+instance serving reads but refusing writes, and /readyz says so; on both backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from confledger.store import EventLog, SecretCipher
+from confledger.store.errors import ConfigBodyMismatch
+from confledger.store.schema import config_versions, events
+from tests.integration.api.service_harness import (
+    Service,
+    clear_confledger_environment,
+    is_postgres,
+    serving,
+    variant,
+    write_config,
+)
+from tests.integration.store.test_integrity import drop_guards
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_confledger_environment(monkeypatch)
+
+
+@pytest.fixture
+def options(database_url: str) -> dict[str, Any]:
+    """One key for every start of the same log (on PostgreSQL it comes from the settings)."""
+    return {"encryption_key": SecretCipher.generate_key()} if is_postgres(database_url) else {}
+
+
+def apply(service: Service, **changes: Any) -> str:
+    write_config(service.source, variant(**changes))
+    answer = service.post("/reload", json={})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["success"], answer.text
+    current = service.current_full_hash()
+    assert current is not None
+    return current
+
+
+def edit_body(service: Service, full_hash: str) -> None:
+    """What someone with DDL rights does: the guards dropped, one stored body's plain field changed."""
+    drop_guards(service.log)
+    with service.log.engine.begin() as connection:
+        body = connection.execute(
+            sa.select(config_versions.c.body).where(config_versions.c.hash == full_hash)
+        ).scalar_one()
+        connection.execute(
+            config_versions.update()
+            .where(config_versions.c.hash == full_hash)
+            .values(body={**body, "app_name": "edited-in-the-database"})
+        )
+
+
+def assert_writes_refused(service: Service, reason: str) -> None:
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "integrity check failed", "reason": reason, "writes": "refused"}
+    for path, body in (("/reload", {"force": True}), ("/rollback", {})):
+        refused = service.post(path, json=body)
+        assert refused.status_code == 503, (path, refused.text)
+        assert refused.json()["code"] == "integrity_failed"
+
+
+def test_a_rollback_to_an_edited_body_is_refused_and_recorded(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    with serving(tmp_path, database_url, **options) as service:
+        first = service.current_full_hash()
+        assert first is not None
+        current = apply(service, database__pool_size=31)
+        edit_body(service, first)
+        refused = service.post("/rollback", json={"target_hash": first[:16]})
+        assert refused.status_code == 409, refused.text
+        answer = refused.json()
+        assert answer["success"] is False
+        assert "config_body_mismatch" in refused.text
+        assert service.current_full_hash() == current  # nothing applied
+        assert service.reloader.current is not None
+        assert service.reloader.current.config.app_name != "edited-in-the-database"
+        assert service.events_of(answer["operation_id"]) == ["operation.started", "operation.completed"]
+        report = service.get("/verify").json()
+        assert report["ok"] is False
+        assert report["code"] == "config_body_mismatch"
+        assert report["config_hash"] == first
+
+
+def test_an_edited_current_body_is_recorded_and_never_served(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    with serving(tmp_path, database_url, **options) as service:
+        current = apply(service, database__pool_size=32)
+        edit_body(service, current)
+    # There is no config the instance could serve under that hash: the start fails, saying why.
+    with pytest.raises(ConfigBodyMismatch, match=current[:16]), serving(tmp_path, database_url, **options):
+        pass
+    cipher = options.get("encryption_key")
+    with EventLog(database_url, cipher=None if cipher is None else SecretCipher([cipher])) as log:
+        failed = log.last_of_type("integrity.check_failed")
+    assert failed is not None
+    assert failed.payload.reason == "config_body_mismatch"  # type: ignore[attr-defined]
+    assert failed.payload.config_hash == current  # type: ignore[attr-defined]
+
+
+def test_a_truncated_log_is_found_at_start_up_and_reads_go_on(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    with serving(tmp_path, database_url, **options) as service:
+        apply(service, database__pool_size=33)
+        kept = service.current_full_hash()
+        apply(service, database__pool_size=34)
+        head = service.log.head()
+        drop_guards(service.log)
+    with serving(tmp_path, database_url, **options) as cut:
+        # The newest operation and the stop deleted, checkpoints dropped: the chain that is left holds.
+        with cut.log.engine.begin() as connection:
+            applied = connection.execute(
+                sa.select(sa.func.max(events.c.position)).where(events.c.type == "config.applied")
+            ).scalar_one()
+            connection.execute(events.delete().where(events.c.position >= applied - 3))
+            connection.execute(sa.text("DELETE FROM projection_checkpoints"))
+        assert cut.log.head() < head
+    with serving(tmp_path, database_url, **options) as restarted:
+        assert_writes_refused(restarted, "truncated")
+        assert restarted.reloader.current_hash == kept  # what the cut log names, still served for reads
+        assert restarted.get("/current").status_code == 200
+        assert restarted.get("/verify").json()["code"] == "truncated"

@@ -1,0 +1,108 @@
+"""The fleet's shared pieces on both backends: the operation lock, heartbeats, and the doorbell."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from confledger.store import EventLog
+from confledger.store.errors import FleetLockBusy
+from confledger.store.events import ConfigApplied, InstanceStopped, NewEvent
+from confledger.store.fleet import Doorbell, Heartbeat, fleet_lock_for, read_heartbeats, record_heartbeat
+
+HOLDER = "0190e0e0-0000-7000-8000-00000000000a@host-a:1"
+
+
+def test_a_held_lock_answers_busy_naming_its_holder_then_passes_when_released(log: EventLog) -> None:
+    lock = fleet_lock_for(log.engine)
+    lease = lock.acquire(HOLDER, 1.0)
+    try:
+        with pytest.raises(FleetLockBusy) as busy:
+            fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
+        assert busy.value.holder == HOLDER
+        assert busy.value.code == "fleet_lock_busy"
+    finally:
+        lease.release()
+    fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1).release()
+
+
+def test_a_waiter_gets_the_lock_as_soon_as_the_holder_lets_go(log: EventLog) -> None:
+    lease = fleet_lock_for(log.engine).acquire(HOLDER, 1.0)
+    releaser = threading.Timer(0.2, lease.release)
+    releaser.start()
+    started = time.monotonic()
+    fleet_lock_for(log.engine).acquire("second@host-b:2", 5.0).release()
+    releaser.join()
+    # Well within the budget: granted on release, not at its end.
+    assert time.monotonic() - started < 4.0
+
+
+def test_a_killed_holder_never_blocks_the_fleet(log: EventLog, database_url: str) -> None:
+    # Another process takes the lock and is killed with it held: its session (PostgreSQL) or file
+    # descriptor (SQLite) dies with it, and so does the lock.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from confledger.store import EventLog
+                from confledger.store.fleet import fleet_lock_for
+                log = EventLog({database_url!r}, instance_id="doomed")
+                fleet_lock_for(log.engine).acquire("doomed@elsewhere", 5.0)
+                print("held", flush=True)
+                time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(FleetLockBusy):
+            fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    fleet_lock_for(log.engine).acquire("second@host-b:2", 5.0).release()
+
+
+def test_heartbeats_are_rewritten_in_place(log: EventLog) -> None:
+    first = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    beat = Heartbeat("a", "host", 1, "0.1", first, first, 3, 30.0)
+    record_heartbeat(log.engine, beat)
+    later = first + timedelta(seconds=30)
+    record_heartbeat(log.engine, Heartbeat("a", "host", 1, "0.1", first, later, 9, 30.0))
+    record_heartbeat(log.engine, Heartbeat("b", "host", 2, "0.1", first, first, 0, 30.0))
+    beats = read_heartbeats(log.engine)
+    assert sorted(beats) == ["a", "b"]
+    assert beats["a"].last_seen == later
+    assert beats["a"].followed_position == 9
+    # Not events: the log is unchanged by a heartbeat.
+    assert log.head() == 0
+
+
+def test_the_doorbell_rings_for_an_append_says_whether_it_applied_a_config_and_is_silent_otherwise(
+    pg_schema_url: str,
+) -> None:
+    with EventLog(pg_schema_url, instance_id="writer") as log:
+        doorbell = Doorbell(log.engine)
+        doorbell.open()
+        try:
+            assert doorbell.wait(0.05) is None
+            threading.Timer(0.1, lambda: log.append([NewEvent(InstanceStopped())])).start()
+            assert doorbell.wait(5.0) == "other"
+            assert doorbell.wait(0.05) is None
+            applied = NewEvent(ConfigApplied(hash="a" * 64, previous_hash=None))
+            threading.Timer(0.1, lambda: log.append([NewEvent(InstanceStopped()), applied])).start()
+            assert doorbell.wait(5.0) == "applied"
+        finally:
+            doorbell.close()

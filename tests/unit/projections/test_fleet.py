@@ -1,0 +1,170 @@
+"""The fleet projection and view: desired config, per-instance answers, and the four states."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from confledger.projections.fleet import MAX_INSTANCES, FleetProjection, fleet_view
+from confledger.store.events import (
+    ConfigApplied,
+    EventPayload,
+    InstanceApplied,
+    InstanceStarted,
+    InstanceStopped,
+    RecordedEvent,
+    ServiceFailure,
+    ServiceOutcome,
+)
+from confledger.store.fleet import Heartbeat
+
+T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+H1, H2 = "1" * 64, "2" * 64
+OPERATION = uuid.UUID(int=7)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.events: list[RecordedEvent] = []
+
+    def add(self, instance: str, payload: EventPayload, operation: uuid.UUID | None = None) -> int:
+        position = len(self.events) + 1
+        self.events.append(
+            RecordedEvent(
+                position=position,
+                event_id=uuid.UUID(int=position),
+                occurred_at=T0 + timedelta(seconds=position),
+                type=payload.event_type,
+                schema_version=1,
+                operation_id=operation,
+                instance_id=instance,
+                actor="system",
+                payload=payload,
+                prev_hash="0" * 64,
+                hash=f"{position:064x}",
+            )
+        )
+        return position
+
+    def fold(self) -> FleetProjection:
+        projection = FleetProjection()
+        for event in self.events:
+            projection.apply(event)
+        return projection
+
+
+def started(log: Log, instance: str) -> None:
+    log.add(instance, InstanceStarted(version="1", host="h", pid=1))
+
+
+def decide(log: Log, instance: str, config: str) -> int:
+    """``config.applied`` by ``instance`` and its own answer beside it; returns the applied position."""
+    position = log.add(instance, ConfigApplied(hash=config, previous_hash=None), OPERATION)
+    log.add(
+        instance,
+        InstanceApplied(
+            hash=config, position=None, operation_id=str(OPERATION), role="decided", outcome="applied"
+        ),
+    )
+    return position
+
+
+def view(log: Log, now: datetime | None = None, **beats: Heartbeat) -> dict[str, dict[str, object]]:
+    shown = fleet_view(
+        log.fold(),
+        beats,
+        now=now or T0 + timedelta(seconds=len(log.events)),
+        default_interval_s=30.0,
+        head=len(log.events),
+    )
+    return {item["instance_id"]: item for item in shown["instances"]}
+
+
+def beat(instance: str, seen: datetime, interval: float = 30.0) -> Heartbeat:
+    return Heartbeat(instance, "h", 1, "1", T0, seen, 0, interval)
+
+
+@pytest.mark.parametrize(
+    ("answer", "state", "lag"),
+    [
+        # (what b did with the desired config, its state, lag_positions)
+        (None, "lagging", 4),  # b has not answered H2 yet: it still runs H1 (position 2 against 6)
+        ("applied", "in_sync", 0),
+        ("failed", "drifted", 0),
+        ("invalid", "drifted", 0),
+    ],
+)
+def test_an_instance_s_state_follows_its_answer_to_the_desired_config(
+    answer: str | None, state: str, lag: int
+) -> None:
+    log = Log()
+    started(log, "a")
+    first = decide(log, "a", H1)
+    started(log, "b")
+    log.add("b", InstanceApplied(hash=H1, position=first, role="start", outcome="applied"))
+    second = decide(log, "a", H2)
+    if answer is not None:
+        failures = (
+            () if answer != "failed" else (ServiceFailure(service="cache", outcome=ServiceOutcome.FAILED),)
+        )
+        log.add(
+            "b",
+            InstanceApplied(hash=H2, position=second, role="followed", outcome=answer, failures=failures),  # type: ignore[arg-type]
+        )
+    shown = view(log)
+    assert shown["a"]["state"] == "in_sync"
+    assert shown["b"]["state"] == state
+    assert shown["b"]["lag_positions"] == lag
+    if answer == "failed":
+        assert shown["b"]["failures"] == [{"service": "cache", "outcome": "failed", "error": None}]
+
+
+def test_stopped_or_silent_for_three_intervals_is_gone() -> None:
+    log = Log()
+    started(log, "a")
+    decide(log, "a", H1)
+    started(log, "b")
+    started(log, "c")
+    log.add("c", InstanceStopped())
+    now = T0 + timedelta(seconds=100)
+    shown = view(
+        log,
+        now,
+        a=beat("a", now - timedelta(seconds=2.9), interval=1.0),  # seen within 3 intervals
+        b=beat("b", now - timedelta(seconds=3.1), interval=1.0),  # not seen for more than 3
+    )
+    assert {name: item["state"] for name, item in shown.items()} == {"a": "in_sync", "b": "gone", "c": "gone"}
+
+
+def test_a_restart_after_a_stop_is_not_gone() -> None:
+    log = Log()
+    started(log, "a")
+    decide(log, "a", H1)
+    log.add("a", InstanceStopped())
+    started(log, "a")
+    assert view(log)["a"]["state"] == "in_sync"
+
+
+def test_the_checkpoint_state_restores_to_the_same_fold() -> None:
+    log = Log()
+    started(log, "a")
+    first = decide(log, "a", H1)
+    log.add("b", InstanceApplied(hash=H1, position=first, role="followed", outcome="failed"))
+    folded = log.fold()
+    restored = FleetProjection()
+    restored.restore(folded.snapshot())
+    assert FleetProjection.state_model is not None
+    FleetProjection.state_model.model_validate(folded.snapshot())
+    assert restored.snapshot() == folded.snapshot()
+
+
+def test_the_fold_keeps_the_most_recently_heard_of_instances() -> None:
+    log = Log()
+    for index in range(MAX_INSTANCES + 5):
+        started(log, f"host:{index}")
+    instances = log.fold().instances
+    assert len(instances) == MAX_INSTANCES
+    assert "host:0" not in instances
+    assert f"host:{MAX_INSTANCES + 4}" in instances
