@@ -31,6 +31,7 @@ from confledger.store import EventLog, SecretCipher
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO, variant
 from tests.reliability.crash_services import SERVICES_DIR_VARIABLE, state_of
 from tests.reliability.forkserver import ForkedProcess, ForkServer
+from tests.reliability.invariants import Expected, check_fleet
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 MODEL = "tests.reliability.crash_services:AppConfig"
@@ -56,6 +57,29 @@ def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 30.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def check_fleet_after_crashes(fleet: Mapping[str, Any], expected: Expected) -> None:
+    """``/fleet`` after crashes: a killed instance stays listed (``lagging``, on the config it ran) until
+    three heartbeat intervals pass without it, so only live processes are held to the desired config;
+    every other one listed must be a dead process (or one that said it stopped)."""
+    live = [
+        instance
+        for instance in fleet["instances"]
+        if instance["state"] != "gone"
+        and instance["host"] == socket.gethostname()
+        and pid_alive(instance["pid"])
+    ]
+    assert live, f"no live instance in /fleet: {fleet}"
+    check_fleet({**fleet, "instances": live}, expected)
 
 
 def child_environment() -> dict[str, str]:

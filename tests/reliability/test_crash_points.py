@@ -29,7 +29,7 @@ import pytest
 from confledger.store.events import OperationCompleted, OperationStarted, OperationStatus
 from confledger.store.failpoints import FAILPOINT_EXIT_CODE
 from tests.integration.api.service_harness import ADMIN_TOKEN
-from tests.reliability.crash_harness import Deployment, Serve, body_with
+from tests.reliability.crash_harness import Deployment, Serve, body_with, check_fleet_after_crashes
 from tests.reliability.crash_services import REFUSED_TTL, SERVICES
 from tests.reliability.invariants import (
     HttpObserver,
@@ -169,7 +169,7 @@ def test_a_crash_at_each_point_is_recovered_by_the_restart(
         with deployment.open_log() as log:
             observer = HttpObserver(restarted.client, ADMIN_TOKEN)
             wait_until_settled(observer, log, quiet=0.05)
-            report = check_nothing_lost(log, [observer], replies)
+            report = check_nothing_lost(log, [observer], replies, fleet_check=check_fleet_after_crashes)
         assert report.open_operations == 0
         restarted.stop()
     assert None not in operations(deployment).values()

@@ -32,7 +32,14 @@ import pytest
 
 from confledger.store.events import OperationStatus
 from tests.integration.api.service_harness import ADMIN_TOKEN
-from tests.reliability.crash_harness import SCALE, Deployment, Serve, body_with, child_environment
+from tests.reliability.crash_harness import (
+    SCALE,
+    Deployment,
+    Serve,
+    body_with,
+    check_fleet_after_crashes,
+    child_environment,
+)
 from tests.reliability.crash_services import REFUSED_TTL, SERVICES
 from tests.reliability.forkserver import ForkServer
 from tests.reliability.invariants import (
@@ -110,7 +117,7 @@ def test_random_sigkill_during_reloads_and_rollbacks_loses_nothing(
             with deployment.open_log() as log:
                 observer = HttpObserver(serve.client, ADMIN_TOKEN)
                 wait_until_settled(observer, log, quiet=0.05)
-                report = check_nothing_lost(log, [observer], replies)
+                report = check_nothing_lost(log, [observer], replies, fleet_check=check_fleet_after_crashes)
             assert report.open_operations == 0, f"loop {loop}: the restart left operations open"
             if left_open:
                 assert statuses(deployment, left_open) == {OperationStatus.INTERRUPTED}, f"loop {loop}"
