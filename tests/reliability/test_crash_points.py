@@ -29,7 +29,7 @@ import pytest
 from confledger.store.events import OperationCompleted, OperationStarted, OperationStatus
 from confledger.store.failpoints import FAILPOINT_EXIT_CODE
 from tests.integration.api.service_harness import ADMIN_TOKEN
-from tests.reliability.crash_harness import Deployment, Serve, body_with, check_fleet_after_crashes
+from tests.reliability.crash_harness import Deployment, Serve, body_with, check_fleet_after_crashes, wait_for
 from tests.reliability.crash_services import REFUSED_TTL, SERVICES
 from tests.reliability.invariants import (
     HttpObserver,
@@ -173,3 +173,45 @@ def test_a_crash_at_each_point_is_recovered_by_the_restart(
         assert report.open_operations == 0
         restarted.stop()
     assert None not in operations(deployment).values()
+
+
+@pytest.mark.slow
+def test_a_follower_that_dies_mid_follow_catches_up_on_restart(database_url: str, tmp_path: Path) -> None:
+    """Two instances on one log: ``b`` dies after its services heard ``a``'s change and before it recorded
+    anything of it; restarted, ``b`` runs the fleet's config on every service and follows the next change."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    deciding = Deployment(tmp_path / "a", database_url)
+    following = Deployment(tmp_path / "b", database_url, encryption_key=deciding.encryption_key)
+    for deployment in (deciding, following):
+        deployment.write_config(body_with(INITIAL))
+    replies: list[Reply] = []
+    with deciding.serving() as a:
+        with following.serving(failpoint="mid_follow") as b:
+            assert following.services() == dict.fromkeys(SERVICES, INITIAL)  # handed over at start
+            deciding.write_config(body_with(NEW))
+            answer = a.post("/reload")
+            replies.append(reply_from_response(answer))
+            assert answer.json()["success"] is True, answer.text
+            assert b.wait_exit() == FAILPOINT_EXIT_CODE, b.printed()
+            assert "crash point mid_follow" in b.printed()
+        # b's services heard of NEW; the log holds nothing of it from b.
+        assert following.services() == dict.fromkeys(SERVICES, NEW)
+        with following.serving() as restarted:
+            assert restarted.pool_size() == NEW
+            assert following.services() == dict.fromkeys(SERVICES, NEW)
+
+            deciding.write_config(body_with(NEXT))
+            answer = a.post("/reload")
+            replies.append(reply_from_response(answer))
+            assert answer.json()["success"] is True, answer.text
+            # Its services hear of it first, then it records what they said and serves it.
+            wait_for("b to follow", lambda: restarted.pool_size() == NEXT or None)
+            assert following.services() == dict.fromkeys(SERVICES, NEXT)
+            with deciding.open_log() as log:
+                observers = [HttpObserver(serve.client, ADMIN_TOKEN) for serve in (a, restarted)]
+                for observer in observers:
+                    wait_until_settled(observer, log, quiet=0.2)
+                check_nothing_lost(log, observers, replies, fleet_check=check_fleet_after_crashes)
+            restarted.stop()
+        a.stop()
