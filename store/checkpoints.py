@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from confledger.store.integrity import IntegrityKeys
 from confledger.store.schema import projection_checkpoints
 
-__all__ = ["Checkpoint", "checkpoint_holds", "forged_checkpoints", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "checkpoint_holds", "load_checkpoint", "save_checkpoint", "sorted_checkpoints"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +33,23 @@ class Checkpoint:
     state: Any
 
 
-def _mac_value(checkpoint: Checkpoint) -> dict[str, Any]:
+def _mac_value(checkpoint: Checkpoint, *, as_stored: bool) -> dict[str, Any]:
     return {
         "name": checkpoint.name,
         "version": checkpoint.version,
         "position": checkpoint.position,
-        # As the JSON column gives it back (a tuple as a list, an int key as text): the MAC made at save
-        # time must hold for the state read back.
-        "state": json.loads(json.dumps(checkpoint.state)),
+        # The MAC covers the state as the JSON column gives it back (a tuple as a list, an int key as
+        # text), so one made at save time holds for the state read back. A state read from the column is
+        # that form already: the round trip (two passes over a history window of hundreds of
+        # operations) is paid only on save.
+        "state": checkpoint.state if as_stored else json.loads(json.dumps(checkpoint.state)),
     }
 
 
 def checkpoint_holds(checkpoint: Checkpoint, mac: str | None, keys: IntegrityKeys | None) -> bool:
-    """Whether ``checkpoint`` may be used: always in a keyless log, else only when its MAC holds."""
-    return keys is None or keys.record_mac_holds("checkpoint", _mac_value(checkpoint), mac)
+    """Whether ``checkpoint``, as read from the database, may be used: always in a keyless log, else
+    only when its MAC holds."""
+    return keys is None or keys.record_mac_holds("checkpoint", _mac_value(checkpoint, as_stored=True), mac)
 
 
 def _checkpoint(name: str, row: Any) -> Checkpoint:
@@ -66,17 +69,23 @@ def load_checkpoint(
     return checkpoint if checkpoint_holds(checkpoint, row.mac, keys) else None
 
 
-def forged_checkpoints(connection: Connection, keys: IntegrityKeys, keyed_from: int) -> list[Checkpoint]:
-    """Checkpoints whose MAC does not hold, except those of before the log was keyed (no MAC, a position
-    below ``keyed_from``): those are a stale cache, not a forgery."""
-    found = []
+def sorted_checkpoints(
+    connection: Connection, keys: IntegrityKeys | None, keyed_from: int | None
+) -> tuple[list[Checkpoint], list[Checkpoint]]:
+    """Every checkpoint, sorted into those that may be used and those whose MAC does not hold (forged).
+
+    One pass, one MAC per checkpoint: start-up asks both questions of every checkpoint. Checkpoints of
+    before the log was keyed (no MAC, a position below ``keyed_from``) are in neither list: a stale
+    cache, not a forgery, and not usable either."""
+    usable: list[Checkpoint] = []
+    forged: list[Checkpoint] = []
     for row in connection.execute(sa.select(projection_checkpoints).order_by(projection_checkpoints.c.name)):
         checkpoint = _checkpoint(str(row.name), row)
-        if row.mac is None and checkpoint.position < keyed_from:
-            continue
-        if not checkpoint_holds(checkpoint, row.mac, keys):
-            found.append(checkpoint)
-    return found
+        if checkpoint_holds(checkpoint, row.mac, keys):
+            usable.append(checkpoint)
+        elif not (row.mac is None and keyed_from is not None and checkpoint.position < keyed_from):
+            forged.append(checkpoint)
+    return usable, forged
 
 
 def save_checkpoint(
@@ -88,7 +97,9 @@ def save_checkpoint(
         "position": checkpoint.position,
         "state": checkpoint.state,
         "updated_at": datetime.now(UTC),
-        "mac": None if keys is None else keys.record_mac("checkpoint", _mac_value(checkpoint)),
+        "mac": None
+        if keys is None
+        else keys.record_mac("checkpoint", _mac_value(checkpoint, as_stored=False)),
     }
     updated = connection.execute(
         projection_checkpoints.update()

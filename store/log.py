@@ -34,10 +34,9 @@ from confledger.store.canonical import GENESIS_HASH, config_hash
 from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
 from confledger.store.checkpoints import (
     Checkpoint,
-    checkpoint_holds,
-    forged_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    sorted_checkpoints,
 )
 from confledger.store.configs import (
     PreparedConfig,
@@ -92,7 +91,7 @@ from confledger.store.integrity import (
     save_key_record,
     save_verified,
 )
-from confledger.store.schema import events, projection_checkpoints
+from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
 
@@ -840,24 +839,13 @@ class EventLog:
         make the head read after them larger, never a false "cut off"."""
         keys = integrity.keys
         with self._read() as connection:
-            rows = connection.execute(sa.select(projection_checkpoints)).all()
-            if keys is not None and integrity.keyed_from is not None:
-                forged = forged_checkpoints(connection, keys, integrity.keyed_from)
-                if forged:
-                    names = ", ".join(checkpoint.name for checkpoint in forged[:5])
-                    reason = f"checkpoint(s) {names} were changed in the database (their MAC does not hold)"
-                    return VerifyReport(False, report.checked, report.head, None, reason, "checkpoint_mac")
+            usable, forged = sorted_checkpoints(connection, keys, integrity.keyed_from)
+            if keys is not None and integrity.keyed_from is not None and forged:
+                names = ", ".join(checkpoint.name for checkpoint in forged[:5])
+                reason = f"checkpoint(s) {names} were changed in the database (their MAC does not hold)"
+                return VerifyReport(False, report.checked, report.head, None, reason, "checkpoint_mac")
             end = head_of(connection)[0]
-        reached = max(
-            (
-                int(row.position)
-                for row in rows
-                if checkpoint_holds(
-                    Checkpoint(row.name, int(row.version), int(row.position), row.state), row.mac, keys
-                )
-            ),
-            default=None,
-        )
+        reached = max((checkpoint.position for checkpoint in usable), default=None)
         if reached is None or reached <= end:
             return None
         reason = (

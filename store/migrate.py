@@ -146,6 +146,35 @@ def downgrade(engine: Engine, revision: str) -> str | None:
         return _current(connection)
 
 
+def downgrade_target(engine: Engine, revision: str) -> str | None:
+    """The revision a downgrade to ``revision`` would end at (None: base, every table dropped).
+
+    Relative steps (``-1``) are counted down from the database's own revision, so a caller can tell
+    that one step down from the first revision drops the log as surely as ``base`` does.
+    """
+    if revision == "base":
+        return None
+    if not (revision.startswith("-") and revision[1:].isdigit()):
+        return revision
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    reached = current_revision(engine)
+    for _ in range(int(revision[1:])):
+        if reached is None:
+            break
+        found = script.get_revision(reached)
+        if found is None:
+            raise SchemaError(f"cannot downgrade from {reached!r}: this confledger does not know it")
+        down = found.down_revision
+        if down is not None and not isinstance(down, str):
+            raise SchemaError(
+                f"cannot count steps down from the merge revision {reached!r}: name the revision"
+            )
+        reached = down
+    return reached
+
+
 def schema_drift(engine: Engine) -> list[str]:
     """Differences between the tables in ``store.schema`` and the migrated database (empty: no drift)."""
     from alembic.autogenerate import compare_metadata

@@ -85,7 +85,7 @@ from confledger.store.events import (
     ValidationFailed,
     ValidationPassed,
 )
-from confledger.store.fleet import FleetLock, fleet_lock_for
+from confledger.store.fleet import FleetLease, FleetLock, fleet_lock_for
 from confledger.store.ids import uuid7
 from confledger.store.log import EventLog, PreparedConfig, VerifyReport
 from confledger.store.operation_record import (
@@ -106,7 +106,7 @@ from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
 from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.source_state import SourceState, describe_source, last_read
-from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source
+from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source, quiet_remaining
 from confledger.store.targets import resolve_target
 from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
 
@@ -117,7 +117,14 @@ logger = logging.getLogger(__name__)
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
+# A SIGHUP's reload waits until the config file has been still this long (the file watcher's settle
+# time), and reads a file that never stops changing after the longer bound (the watcher's too).
+SOURCE_QUIET_S = 0.1
+SOURCE_QUIET_MAX_S = 3.0
 FLEET_BUSY_REASON = "fleet_lock_busy"
+# The log's head, and each config.applied after the follower's position with its body through the
+# model (or why it could not be read).
+_Pending = tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]
 # A service's error as kept in instance.applied (the full text is in its service.notified event).
 _FAILURE_ERROR_CHARS = 200
 
@@ -416,17 +423,31 @@ class OperationRunner:
 
         If an operation is running, one follow-up reload is queued to run after it (later requests
         join that one and return None), so a change made during a reload is never missed and a
-        burst of 50 SIGHUPs costs at most two reloads.
+        burst of 50 SIGHUPs costs at most two reloads. A SIGHUP's reload also waits (queued the same
+        way) until the configured file has been still for ``SOURCE_QUIET_S``.
         """
         if self._followup_queued:
             return None
-        if self._running is not None:
-            self._followup_queued = True
-            try:
+        self._followup_queued = True
+        try:
+            deadline: float | None = None  # from the first look at the file, not from the request
+            while True:
                 while self._running is not None:
                     await self._idle.wait()
-            finally:
-                self._followup_queued = False
+                if trigger is not Trigger.SIGNAL or self.config_source is None:
+                    break
+                # A SIGHUP says the file changed, not that it is complete: one being rewritten in place
+                # is read once it has been still as long as the watcher waits. The wait holds no slot,
+                # so API requests meanwhile run; the slot is taken with no await after the last look.
+                if deadline is None:
+                    deadline = anyio.current_time() + SOURCE_QUIET_MAX_S
+                left = await anyio.to_thread.run_sync(quiet_remaining, self.config_source, SOURCE_QUIET_S)
+                if left > 0 and anyio.current_time() < deadline:
+                    await anyio.sleep(left)
+                elif self._running is None:
+                    break
+        finally:
+            self._followup_queued = False
         return await self.reload(trigger, actor=actor)
 
     # --- the two operations ----------------------------------------------------------------------------
@@ -538,23 +559,25 @@ class OperationRunner:
         another operation held the turn past the wait budget.
         """
         holder = f"{operation_id}@{self.log.instance_id}"
-        try:
-            lease = await anyio.to_thread.run_sync(self.fleet_lock.acquire, holder, self.fleet_lock_wait)
-        except FleetLockBusy as busy:
-            held_by = busy.holder or ""
-            return await self.reject_request(
-                kind=request.kind,
-                trigger=request.trigger,
-                actor=request.actor,
-                reason=FLEET_BUSY_REASON,
-                message=f"{IN_PROGRESS_MESSAGE} in the fleet ({held_by or 'holder unknown'})",
-                source=request.source,
-                client=request.client,
-                running_operation_id=held_by.partition("@")[0] or None,
-            )
-        try:
-            async with self._apply_lock:
-                await self._follow_to_head()
+        # The apply lock first: the fleet lock and the read of what to catch up on then share one
+        # thread hop, and this instance's follower waits rather than reading the same changes.
+        async with self._apply_lock:
+            try:
+                lease, pending = await anyio.to_thread.run_sync(self._take_turn, holder)
+            except FleetLockBusy as busy:
+                held_by = busy.holder or ""
+                return await self.reject_request(
+                    kind=request.kind,
+                    trigger=request.trigger,
+                    actor=request.actor,
+                    reason=FLEET_BUSY_REASON,
+                    message=f"{IN_PROGRESS_MESSAGE} in the fleet ({held_by or 'holder unknown'})",
+                    source=request.source,
+                    client=request.client,
+                    running_operation_id=held_by.partition("@")[0] or None,
+                )
+            try:
+                await self._follow_to_head(pending)
                 operation = Operation(
                     operation_id,
                     request,
@@ -563,16 +586,18 @@ class OperationRunner:
                     expected_head=self._known_head,
                 )
                 await self._run(operation, span)
-        finally:
-            # The slot is free once the operation is recorded: the next one here then waits for the
-            # fleet lock (a moment) rather than being refused while this release makes its round trip.
-            self._running, self._applying = None, None
-            self._idle.set()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lease.release)
-        result = build_operation(operation.recorded, listed=self.pipeline.max_items)
-        if request.kind is OperationKind.RELOAD and request.source == self.config_source:
-            self._source_read = result
+                # Settled before the release's await: whoever sees the operation in the projections
+                # sees the source state it left.
+                result = build_operation(operation.recorded, listed=self.pipeline.max_items)
+                if request.kind is OperationKind.RELOAD and request.source == self.config_source:
+                    self._source_read = result
+            finally:
+                # The slot is free once the operation is recorded: the next one here then waits for
+                # the fleet lock (a moment) rather than being refused while this release runs.
+                self._running, self._applying = None, None
+                self._idle.set()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(lease.release)
         return result
 
     # --- following the fleet -------------------------------------------------------------------------
@@ -604,14 +629,26 @@ class OperationRunner:
                 found.append((event, exc))
         return head, found
 
-    async def _follow_to_head(self) -> None:
-        """Every ``config.applied`` after ``followed``, in order; then the projections (``after_follow``)
-        unless an append of this instance already folded them (its listener catches up on a gap)."""
+    def _take_turn(self, holder: str) -> tuple[FleetLease, _Pending]:
+        """The fleet lock, then what the fleet decided since ``followed`` (blocking: one thread hop)."""
+        lease = self.fleet_lock.acquire(holder, self.fleet_lock_wait)
+        try:
+            return lease, self._applied_since(self.followed)
+        except BaseException:
+            lease.release()
+            raise
+
+    async def _follow_to_head(self, pending: _Pending | None = None) -> None:
+        """Every ``config.applied`` after ``followed`` (``pending``: as already read), in order; then
+        the projections (``after_follow``) unless an append of this instance already folded them (its
+        listener catches up on a gap)."""
         appended = False
         if self._unrecorded:
             await self._append(self._unrecorded)
             self._unrecorded, appended = [], True
-        head, applied = await anyio.to_thread.run_sync(self._applied_since, self.followed)
+        if pending is None:
+            pending = await anyio.to_thread.run_sync(self._applied_since, self.followed)
+        head, applied = pending
         for event, model in applied:
             if event.instance_id != self.log.instance_id:
                 await self._follow_one(event, model)
@@ -677,8 +714,11 @@ class OperationRunner:
                 event.instance_id,
                 failure.error or failure.outcome.value,
             )
-        # The services run it now (those that accepted): it is this instance's config from here on.
+        # The services run it now (those that accepted): it is this instance's config from here on,
+        # and this change is handled: if its record fails, ``_unrecorded`` writes it, never a second
+        # answer after a second look.
         self.active = new
+        self.followed = max(self.followed, event.position)
         batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
         batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
         try:
@@ -714,7 +754,9 @@ class OperationRunner:
         except ConcurrencyConflict as conflict:
             decision = self._decide(operation, change, results, conflict=conflict.message)
             await self._conclude(operation, change, services, results, decision, secrets, apply_started)
-            await self.refresh()
+            # A writer that skipped the fleet lock applied a config: this instance follows it now (its
+            # services hear of it), so the next operation starts from it.
+            await self._follow_to_head()
 
     # --- 1. the candidate ------------------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ def db_upgrade(
     out.print(f"database at revision {reached}")
 
 
-@db_app.command("downgrade")
+# A relative step (-1) is an argument, not an option: without this, click refuses it as "No such option".
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(
     revision: Annotated[
         str, typer.Argument(help="Target revision, e.g. -1 or base (base drops every table).")
@@ -53,16 +54,25 @@ def db_downgrade(
         err.print("[red]error[/red]: downgrading to base deletes the whole event log; add --yes to confirm")
         raise typer.Exit(2)
 
-    def run() -> str | None:
+    def run() -> tuple[bool, str | None]:
         from confledger.store import migrate as store_migrate
 
         engine = _engine(database)
         try:
-            return store_migrate.downgrade(engine, revision)
+            # One step down from the first revision is base too: it needs the same confirmation.
+            if not yes and store_migrate.downgrade_target(engine, revision) is None:
+                return False, None
+            return True, store_migrate.downgrade(engine, revision)
         finally:
             engine.dispose()
 
-    reached = fail_cleanly(run)
+    done, reached = fail_cleanly(run)
+    if not done:
+        err.print(
+            f"[red]error[/red]: downgrading to {revision} reaches base and deletes the whole event log; "
+            "add --yes to confirm"
+        )
+        raise typer.Exit(2)
     out.print(f"database at revision {reached or 'base'}")
 
 

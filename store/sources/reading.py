@@ -34,7 +34,7 @@ from confledger.store.sources.toml_source import parse_toml
 from confledger.store.sources.tree import check_tree
 from confledger.store.sources.yaml_source import parse_yaml
 
-__all__ = ["GuardedSource", "LoadedSource", "SourceGuard", "detect_format", "load_source"]
+__all__ = ["GuardedSource", "LoadedSource", "SourceGuard", "detect_format", "load_source", "quiet_remaining"]
 
 _BOM = b"\xef\xbb\xbf"
 _READ_CHUNK = 1 << 20
@@ -187,6 +187,21 @@ def _read_capped(path: str, max_bytes: int, shown: str, guard: SourceGuard | Non
         return data
     finally:
         os.close(fd)
+
+
+def quiet_remaining(path: str | os.PathLike[str], quiet_s: float) -> float:
+    """How much longer the file (through any symlink) must stay unchanged to have been still ``quiet_s``.
+
+    0 when it has been (or cannot be stat'ed: the read reports that). A file rewritten in place is
+    half-written between its writer's chunks, and a half-written YAML or env file is often a valid
+    config of its own (every line a complete key), so a reload that cannot know the write is done waits.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return 0.0
+    age_s = (time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns)) / 1e9
+    return max(0.0, quiet_s - age_s)
 
 
 def _is_blank(data: bytes) -> bool:

@@ -50,6 +50,11 @@ from sqlalchemy.engine import make_url
 from confledger.store import EventLog, NewEvent, SecretCipher, ServiceOutcome
 from confledger.store.events import ServiceNotified
 
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import pg_base_url
+
 TARGET_RATIO = 0.6
 WARMUP_APPENDS = 20
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -173,22 +178,47 @@ def run_raw_sqlite(workdir: Path, appends: int, ddl: list[str]) -> tuple[list[in
             path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-# --- PostgreSQL (optional) ------------------------------------------------------------------------------
+def run_eventsourcing_sqlite(workdir: Path, appends: int) -> tuple[list[int], int, int]:
+    """The ``eventsourcing`` library's SQLite application recorder (a totally ordered log, as ours is):
+    one event per ``insert_events`` call (one transaction each), the same JSON body as state. Returns the
+    timings and the ``PRAGMA synchronous`` the library's connections use (2 is FULL), so the row can say
+    whether both sides paid the same fsyncs. Needs ``pip install -e .[bench]``."""
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
+    path = workdir / f"eventsourcing-{uuid.uuid4().hex[:8]}.db"
+    datastore = SQLiteDatastore(str(path))
+    recorder = SQLiteApplicationRecorder(datastore)
+    recorder.create_table()
+    with datastore.transaction(commit=False) as cursor:
+        cursor.execute("PRAGMA synchronous")
+        synchronous = int(cursor.fetchone()[0])
+    originator = uuid.uuid4()
+    version = {"next": 1}
 
-def postgres_base_url() -> str | None:
-    url = make_url(os.environ.get("CONFLEDGER_TEST_PG_URL", DEFAULT_PG_URL)).set(
-        drivername="postgresql+psycopg"
-    )
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+    def append_one(sequence: int) -> None:
+        body = json.dumps(payload(sequence).model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        recorder.insert_events(
+            [
+                StoredEvent(
+                    originator_id=originator,
+                    originator_version=version["next"],
+                    topic="confledger:service.notified",
+                    state=body.encode(),
+                )
+            ]
+        )
+        version["next"] += 1
+
     try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.SQLAlchemyError:
-        return None
+        return (*timed(appends, append_one), synchronous)
     finally:
-        engine.dispose()
-    return url.render_as_string(hide_password=False)
+        datastore.close()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+# --- PostgreSQL (optional) ------------------------------------------------------------------------------
 
 
 class PgSchema:
@@ -337,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(report("sqlite", keyed, raw))
         report_keyed("sqlite", keyed, ours)
 
-        base_url = None if args.no_postgres else postgres_base_url()
+        base_url = None if args.no_postgres else pg_base_url()
         if base_url is None:
             print("postgresql skipped (not reachable or --no-postgres)")
         else:

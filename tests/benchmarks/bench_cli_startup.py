@@ -38,13 +38,12 @@ def _timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+FLOOR = "python -c pass (floor)"
+JUDGED = ("confledger history --help", "confledger verify")
 
+
+def measure(runs: int = 5) -> dict[str, list[float]]:
+    """Seconds per command, ``runs`` interleaved rounds after one warm-up, keyed by the command's name."""
     executable = Path(sys.executable)
     confledger = shutil.which("confledger", path=str(executable.parent)) or "confledger"
     workdir = Path(tempfile.mkdtemp(prefix="confledger-cli-bench-"))
@@ -52,7 +51,7 @@ def main() -> None:
         url = f"sqlite:///{workdir / 'bench.db'}"
         _build_log(url, 1_000)
         commands = {
-            "python -c pass (floor)": [str(executable), "-c", "pass"],
+            FLOOR: [str(executable), "-c", "pass"],
             "confledger --help": [confledger, "--help"],
             "confledger history --help": [confledger, "history", "--help"],
             "confledger verify": [confledger, "verify", "--database", url],
@@ -61,18 +60,27 @@ def main() -> None:
         for command in commands.values():  # warm the page cache and .pyc files
             _timed(command)
         times: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(args.runs):
+        for _ in range(runs):
             for name, command in commands.items():
                 times[name].append(_timed(command))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return times
 
-    floor = statistics.median(times["python -c pass (floor)"])
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    times = measure(args.runs)
+    floor = statistics.median(times[FLOOR])
     print(f"{'command':<28} {'median s':>9} {'max s':>7} {'above floor':>12}  target")
     for name, samples in times.items():
         median = statistics.median(samples)
         target = ""
-        if name in ("confledger history --help", "confledger verify"):
+        if name in JUDGED:
             target = f"< {TARGET_SECONDS} s: {'met' if median < TARGET_SECONDS else 'MISSED'}"
         print(f"{name:<28} {median:>9.3f} {max(samples):>7.3f} {median - floor:>12.3f}  {target}")
 

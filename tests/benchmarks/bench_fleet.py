@@ -3,13 +3,15 @@
     .venv/bin/python tests/benchmarks/bench_fleet.py [--changes 200] [--followers 2,4,8]
                                                      [--backends postgres,sqlite] [--sqlite-poll 0.01]
 
-One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, one at a
-time, a short pause between them; N ``confledger serve`` processes follow the log, each with one no-op
-service callback (``tests/integration/api/fleet_service.py``, ``FLEET_NOOP=1``). Per change, the time is
-read from the log itself: the latest ``instance.applied`` of the N followers for that ``config.applied``,
-minus the ``config.applied`` event's ``occurred_at`` (both stamped under the append lock by processes on
-this host, one clock). So it covers the doorbell or the poll, the follower's read, its validation with
-its own model, the callback, and its own append and commit.
+One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, each once
+every follower's service had the one before (a closed loop: what is measured is propagation, not a queue
+behind it); N ``confledger serve`` processes follow the log, each with one no-op service callback that
+notes when it was called (``tests/integration/api/fleet_service.py``, ``FLEET_NOOP=1``, ``FLEET_STAMPS``).
+Per change, from the ``config.applied`` event's ``occurred_at`` (stamped under the append lock, before
+its commit, by a process on this host: one clock) to the last follower's service having the config
+(p50 / p99 / max), and to the last follower's ``instance.applied`` recorded (``rec.``: the answers of N
+followers are N appends in a row under the log's one write lock). It covers the doorbell or the poll,
+the follower's read, its validation with its own model, and the callback.
 
 The anchor, in the same run: the bare wake-up mechanism with nothing done on waking, for N listeners in
 threads of one process. PostgreSQL: NOTIFY on a connection, LISTEN on N others (send to the last
@@ -60,6 +62,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    recorded_p50_ms: float
+    recorded_p99_ms: float
     anchor_p50_ms: float
     anchor_p99_ms: float
     poll_interval_s: float
@@ -110,7 +114,9 @@ def _write_level(path: Path, level: int) -> None:
     temporary.replace(path)
 
 
-def _environment(database_url: str, key: str, instance_id: str, poll_interval: float) -> dict[str, str]:
+def _environment(
+    database_url: str, key: str, instance_id: str, poll_interval: float, stamps: Path
+) -> dict[str, str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("CONFLEDGER_")}
     environment.update(
         {
@@ -121,6 +127,7 @@ def _environment(database_url: str, key: str, instance_id: str, poll_interval: f
             "CONFLEDGER_FOLLOW_POLL_INTERVAL": str(poll_interval),
             "CONFLEDGER_LOG_LEVEL": os.environ.get("BENCH_FLEET_LOG_LEVEL", "warning"),
             "FLEET_NOOP": "1",
+            "FLEET_STAMPS": str(stamps),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
     )
@@ -148,7 +155,7 @@ def _start_followers(
                 str(port),
             ],
             cwd=workdir,
-            env=_environment(database_url, key, name, poll),
+            env=_environment(database_url, key, name, poll, workdir / f"{name}.stamps"),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -179,7 +186,37 @@ def _start_followers(
     return names
 
 
-async def _decide(database_url: str, key: str, config: Path, changes: int, pause: float) -> None:
+class _Stamps:
+    """When each follower's no-op service was handed each level (its ``FLEET_STAMPS`` file)."""
+
+    def __init__(self, workdir: Path, names: list[str]) -> None:
+        self.files = {name: workdir / f"{name}.stamps" for name in names}
+        self.offsets = dict.fromkeys(names, 0)
+        self.seen: dict[int, dict[str, float]] = {}
+
+    def read(self) -> None:
+        for name, path in self.files.items():
+            if not path.exists():
+                continue
+            with path.open("rb") as source:
+                source.seek(self.offsets[name])
+                chunk = source.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self.offsets[name] += len(complete)
+            for line in complete.decode().splitlines():
+                level, moment = line.split()
+                self.seen.setdefault(int(level), {})[name] = float(moment)
+
+    def all_have(self, level: int) -> bool:
+        self.read()
+        return len(self.seen.get(level, {})) == len(self.files)
+
+
+async def _decide(
+    database_url: str, key: str, config: Path, changes: int, stamps: _Stamps | None, timeout: float = 60.0
+) -> None:
+    """Make ``changes`` changes one at a time; with ``stamps``, each only once every follower's service
+    had the one before (a closed loop: the time measured is propagation, not a queue behind it)."""
     from confledger.api.reloader import ConfigReloader
     from confledger.api.settings import Settings
     from tests.integration.api.fleet_service import FleetConfig
@@ -189,42 +226,44 @@ async def _decide(database_url: str, key: str, config: Path, changes: int, pause
     )
     async with ConfigReloader(config_model=FleetConfig, config_source=config, settings=settings) as decider:
         for index in range(changes):
-            _write_level(config, 10_000 + index)
+            level = 10_000 + index
+            _write_level(config, level)
             operation = await decider.reload_config()
             if not operation.success:
                 raise RuntimeError(f"change {index} failed: {operation.message}")
-            await anyio.sleep(pause)
+            if stamps is not None:
+                with anyio.fail_after(timeout):
+                    while not stamps.all_have(level):
+                        await anyio.sleep(0.0005)
 
 
-def _latencies(database_url: str, followers: list[str], timeout: float = 120.0) -> list[float]:
+def _latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], list[float]]:
+    """Per change: to the last follower's service having it, and to the last follower's answer recorded."""
     from confledger.store import EventLog
     from confledger.store.events import ConfigApplied, InstanceApplied
 
     with EventLog(database_url, instance_id="bench-reader", migrate_on_open=False) as log:
-        deadline = time.monotonic() + timeout
-        while True:
-            applied = {
-                event.position: event.occurred_at
-                for event in log.read(types=[ConfigApplied.event_type])
-                if event.instance_id == "bench-decider"
-            }
-            answers: dict[int, dict[str, Any]] = {}
-            for event in log.read(types=[InstanceApplied.event_type]):
-                payload = event.payload
-                if isinstance(payload, InstanceApplied) and payload.role == "followed" and payload.position:
-                    answers.setdefault(payload.position, {})[event.instance_id] = event.occurred_at
-            last = max(applied)
-            if len(answers.get(last, {})) == len(followers) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        applied: dict[int, tuple[int, Any]] = {}
+        for event in log.read(types=[ConfigApplied.event_type]):
+            if event.instance_id == "bench-decider" and isinstance(event.payload, ConfigApplied):
+                level = log.get_config(event.payload.hash).body["level"]
+                applied[event.position] = (int(level), event.occurred_at)
+        answers: dict[int, list[Any]] = {}
+        for event in log.read(types=[InstanceApplied.event_type]):
+            payload = event.payload
+            if isinstance(payload, InstanceApplied) and payload.role == "followed" and payload.position:
+                answers.setdefault(payload.position, []).append(event.occurred_at)
+    stamps.read()
+    to_service, to_answer = [], []
     # The first config was applied at the decider's start, before the followers existed.
-    measured = sorted(applied)[1:]
-    missing = [position for position in measured if len(answers.get(position, {})) != len(followers)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} change(s) not applied by every follower, first at {missing[0]}")
-    return [
-        (max(answers[position].values()) - applied[position]).total_seconds() * 1000 for position in measured
-    ]
+    for position in sorted(applied)[1:]:
+        level, decided = applied[position]
+        handed = stamps.seen.get(level, {})
+        if len(handed) != len(stamps.files) or len(answers.get(position, [])) != len(stamps.files):
+            raise RuntimeError(f"level {level} did not reach every follower")
+        to_service.append((max(handed.values()) - decided.timestamp()) * 1000)
+        to_answer.append((max(answers[position]) - decided).total_seconds() * 1000)
+    return to_service, to_answer
 
 
 def _pg_anchor(database_url: str, listeners: int, changes: int, pause: float) -> list[float]:
@@ -325,11 +364,12 @@ def measure(
         key = SecretCipher.generate_key()
         database_url = stack.enter_context(_database(backend, workdir))
         # The decider starts first: it applies the initial config the followers then restore.
-        anyio.run(_decide, database_url, key, config, 0, 0.0)
+        anyio.run(_decide, database_url, key, config, 0, None)
         names = _start_followers(stack, workdir, config, database_url, key, followers, poll)
         time.sleep(1.0)  # let their start-up settle (first heartbeats, projections)
-        anyio.run(_decide, database_url, key, config, changes, pause)
-        latencies = _latencies(database_url, names)
+        stamps = _Stamps(workdir, names)
+        anyio.run(_decide, database_url, key, config, changes, stamps)
+        latencies, recorded = _latencies(database_url, stamps)
         if backend == "sqlite":
             anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
         else:
@@ -341,6 +381,8 @@ def measure(
         p50_ms=statistics.median(latencies),
         p99_ms=percentile(latencies, 0.99),
         max_ms=max(latencies),
+        recorded_p50_ms=statistics.median(recorded),
+        recorded_p99_ms=percentile(recorded, 0.99),
         anchor_p50_ms=statistics.median(anchor),
         anchor_p99_ms=percentile(anchor, 0.99),
         poll_interval_s=poll,
@@ -350,7 +392,7 @@ def measure(
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'backend':<10} {'N':>3} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10}  wake-up"
+        f"{'rec. p50':>8} {'rec. p99':>8} {'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10}  wake-up"
     )
     print(header)
     print("-" * len(header))
@@ -360,7 +402,8 @@ def print_table(results: list[Result]) -> None:
         )
         print(
             f"{result.backend:<10} {result.followers:>3} {result.changes:>7} {result.p50_ms:>8.2f} "
-            f"{result.p99_ms:>8.2f} {result.max_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
+            f"{result.p99_ms:>8.2f} {result.max_ms:>8.2f} {result.recorded_p50_ms:>8.2f} "
+            f"{result.recorded_p99_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
             f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f}  {wake}"
         )
 
@@ -371,7 +414,7 @@ def main() -> int:
     parser.add_argument("--followers", default="2,4,8")
     parser.add_argument("--backends", default="postgres,sqlite")
     parser.add_argument("--sqlite-poll", type=float, default=0.01)
-    parser.add_argument("--pause", type=float, default=0.03, help="seconds between two changes")
+    parser.add_argument("--pause", type=float, default=0.03, help="seconds between two rings of the anchor")
     parser.add_argument("--check", action="store_true", help="exit 1 when PostgreSQL N=8 misses the target")
     arguments = parser.parse_args()
     sys.path.insert(0, str(ROOT))

@@ -23,7 +23,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import ROOT, free_port
+
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 FLOOD_CLIENT = ROOT / "tests" / "integration" / "api" / "flood_client.py"
 MODEL = "confledger.examples.app_config:AppConfig"
@@ -41,12 +44,6 @@ TOKEN = "bench-admin-token-0123456789abcdef"
 CURRENT = "/api/v1/config/current"
 RED_TEAM = ["unauthenticated 48 MB reload"]
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def memory(pid: int) -> dict[str, int]:

@@ -31,9 +31,7 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,10 +42,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import ROOT, TOKEN, free_port, percentile, run_wrk
+
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 MODEL = "confledger.examples.app_config:AppConfig"
-TOKEN = "bench-admin-token-0123456789abcdef"
 PREFIX = "/api/v1/config"
 SEED_OPERATIONS = 30
 
@@ -67,17 +68,6 @@ TOTAL_SHARE_TARGET = 0.5
 THROUGHPUT_RATIO_TARGET = 0.7
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 @dataclass
 class Server:
     """One ``confledger serve`` process, its config file and one keep-alive connection to it."""
@@ -93,6 +83,7 @@ class Server:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)
     total_duration_ms: list[float] = field(default_factory=list)
     beyond_total_ms: list[float] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)  # CONFLEDGER_* the server also gets
     requests_per_s: dict[str, list[float]] = field(default_factory=dict)
     wrk_p50_ms: dict[str, list[float]] = field(default_factory=dict)
 
@@ -101,7 +92,7 @@ class Server:
         return self.directory / "config.yaml"
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True)
+        self.directory.mkdir(parents=True, exist_ok=True)  # may hold a prebuilt log.db
         base = EXAMPLE_CONFIG.read_text(encoding="utf-8")
         # Two contents that differ in one value: every reload applies a change.
         self.contents = (base, base.replace("ttl_seconds: 3600", "ttl_seconds: 3601"))
@@ -110,6 +101,7 @@ class Server:
         self.port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CONFLEDGER_")}
         environment.update(CONFLEDGER_ADMIN_TOKEN=TOKEN, CONFLEDGER_SQLITE_SYNCHRONOUS="FULL")
+        environment.update(self.environment)
         command = [
             str(Path(self.python).parent / "confledger"),  # the console script beside the interpreter
             "serve",
@@ -227,29 +219,15 @@ def latency_rounds(group: list[Server], rounds: int, warmup: int, seed: int) -> 
                 server.beyond_total_ms.clear()
 
 
-_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_P50 = re.compile(r"^\s+50%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
 def wrk_run(server: Server, name: str, seconds: float) -> None:
     url = f"http://127.0.0.1:{server.port}{WRK_PATHS[name]}"
-    command = [
-        "wrk",
-        "-t2",
-        "-c32",
-        f"-d{seconds:g}s",
-        "--latency",
-        "-H",
-        f"Authorization: Bearer {TOKEN}",
-        url,
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps, p50 = _RPS.search(output), _P50.search(output)
-    if rps is None or p50 is None or "Non-2xx" in output:
-        raise RuntimeError(f"{server.name}: unexpected wrk output for {url}:\n{output}")
-    server.requests_per_s.setdefault(name, []).append(float(rps.group(1)))
-    server.wrk_p50_ms.setdefault(name, []).append(float(p50.group(1)) * _UNIT_MS[p50.group(2)])
+    result = run_wrk(url, seconds)
+    if result.failed:
+        raise RuntimeError(
+            f"{server.name}: {result.failed} failed requests from wrk on {url}:\n{result.output}"
+        )
+    server.requests_per_s.setdefault(name, []).append(result.requests_per_s)
+    server.wrk_p50_ms.setdefault(name, []).append(result.p50_ms)
 
 
 def throughput_rounds(group: list[Server], rounds: int, seconds: float, seed: int) -> None:

@@ -27,13 +27,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import timeit
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+if __package__ in (None, ""):  # run as a script: ``tests`` importable, after whichever confledger is first
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import ROOT, bench_dir, filesystem_of, percentile
+
 EXAMPLE = ROOT / "examples" / "config.yaml"
 LAYERS = ("store", "projections", "api", "migrations", "examples")
 TARGET_P50_MS = 3.0
@@ -42,26 +45,8 @@ TARGET_P99_MS = 10.0
 CONFIG: Any = None  # the hot-read baseline: a module global holding the config object
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def filesystem_of(path: Path) -> str:
-    best, kind = "", "?"
-    with open("/proc/mounts", encoding="utf-8") as mounts:
-        for line in mounts:
-            parts = line.split()
-            if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                best, kind = parts[1], parts[2]
-    return kind
-
-
 def work_dir(requested: str | None) -> Path:
-    base = Path(requested) if requested else Path(tempfile.gettempdir())
-    if filesystem_of(base.resolve()) in ("tmpfs", "ramfs") and not requested:
-        base = ROOT  # /tmp in RAM would make an fsync free: use the repository's disk instead
-    return Path(tempfile.mkdtemp(prefix="confledger-bench-reload-", dir=base))
+    return bench_dir("confledger-bench-reload-", requested)
 
 
 # --- one side, in its own process ---------------------------------------------------------------------
@@ -120,6 +105,73 @@ async def measure(
     import confledger.store
 
     return {"timings": timings, "cpu_ms": cpu_ms, "reads": reads, "tree": confledger.store.__file__}
+
+
+async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) -> dict[str, list[float]]:
+    """The table's reload row: a full forced reload on the log at ``url`` against a bare "read, validate,
+    swap" of the same files with no log (the guarded loader, the model, the two validators, the three no-op
+    callbacks called in line, a module global swapped), interleaved one for one in this process, so the
+    ratio is the cost of durability (the log's commit, its events and the thread hops around user code).
+    Returns the wall times in ms of both."""
+    from confledger.api.reloader import ConfigReloader
+    from confledger.examples.app_config import VALIDATORS, AppConfig
+    from confledger.store import EventLog, SecretCipher
+    from confledger.store.sources import load_source
+
+    global CONFIG
+    text = EXAMPLE.read_text(encoding="utf-8")
+    first, second = directory / "config.yaml", directory / "config-b.yaml"
+    first.write_text(text, encoding="utf-8")
+    second.write_text(text.replace("max_retries: 3", "max_retries: 4"), encoding="utf-8")
+    log = EventLog(
+        url,
+        sqlite_synchronous="FULL",
+        cipher=SecretCipher([SecretCipher.generate_key()]),
+        instance_id="bench-durability",
+    )
+
+    def noop(_old: Any, _new: Any) -> None:
+        return None
+
+    def bare(path: Path) -> None:
+        global CONFIG
+        config = AppConfig.model_validate(load_source(path).body)
+        for validator in VALIDATORS:
+            validator(config)
+        for _ in range(3):
+            noop(CONFIG, config)
+        CONFIG = config
+
+    reloader = ConfigReloader(log, config_model=AppConfig, validators=VALIDATORS, config_source=first)
+    timings: dict[str, list[float]] = {"ours": [], "bare": []}
+    await reloader.start()
+    for name, priority in (("cache", 30), ("search", 20), ("api", 10)):
+        reloader.register_config_callback(name, noop, priority=priority)
+    CONFIG = reloader.current.config if reloader.current is not None else None
+    try:
+        for index in range(warmup + reloads):
+            source = (first, second)[index % 2]
+            # Which side goes first alternates, so neither always follows the other's fsync.
+            if index % 2:
+                started = time.perf_counter()
+                bare(source)
+                bare_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            operation = await reloader.reload_config(config_source=source, force=True)
+            ours_ms = (time.perf_counter() - started) * 1000
+            if not index % 2:
+                started = time.perf_counter()
+                bare(source)
+                bare_ms = (time.perf_counter() - started) * 1000
+            if not operation.success or len(operation.services_notified) != 3:
+                raise RuntimeError(f"reload {index} failed: {operation.status} {operation.error_message}")
+            if index >= warmup:
+                timings["ours"].append(ours_ms)
+                timings["bare"].append(bare_ms)
+    finally:
+        await reloader.stop()
+        log.close()
+    return timings
 
 
 def read_costs(reloader: Any, number: int = 500_000, repeat: int = 5) -> dict[str, float]:

@@ -31,7 +31,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from confledger.api.reloader import ConfigReloader  # noqa: E402
 from confledger.examples.app_config import VALIDATORS, AppConfig  # noqa: E402
 from confledger.store import EventLog, SecretCipher  # noqa: E402
 from confledger.store.schema import projection_checkpoints  # noqa: E402
+from tests.benchmarks.common import bench_dir  # noqa: E402
 from tests.benchmarks.logbuilder import build_log  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -77,19 +77,6 @@ class Result:
     first_start_s: float
     warm: Series
     cold: Series
-
-
-def filesystem_of(path: Path) -> str:
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                    best, kind = parts[1], parts[2]
-    except OSError:
-        pass
-    return kind
 
 
 async def timed_start(url: str, cipher: SecretCipher, series: Series, expected_hash: str) -> None:
@@ -174,10 +161,7 @@ def pg_admin(base: str) -> sa.Engine:
 
 async def run(args: argparse.Namespace) -> int:
     cipher = SecretCipher([SecretCipher.generate_key()])
-    base = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
-    if filesystem_of(base.resolve()) in ("tmpfs", "ramfs") and not args.dir:
-        base = ROOT
-    directory = Path(tempfile.mkdtemp(prefix="confledger-bench-startup-", dir=base))
+    directory = bench_dir("confledger-bench-startup-", args.dir)
     results: list[Result] = []
     load_before = os.getloadavg()
     try:

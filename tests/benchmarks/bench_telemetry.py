@@ -50,6 +50,11 @@ from confledger.api.telemetry import Telemetry
 from confledger.store import EventLog, SecretCipher, Trigger
 from confledger.store.services import ServiceRegistry
 
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import percentile
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 TARGET_DELTA_MS = 0.5
@@ -162,12 +167,6 @@ def build_side(
         tel.bind(reloader)
     providers = [meter_provider] if tracer_provider is None else [tracer_provider, meter_provider]
     return Side(name, reloader, exporter, reader, tel, providers)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> bool:

@@ -103,8 +103,12 @@ def build_log(
     batch_events: int = 500,
     seed: int = 7,
     actor: str = "bench",
+    first_config_once: bool = False,
 ) -> BuiltLog:
-    """Append ``events`` (rounded down to whole operations) to an empty ``log``."""
+    """Append ``events`` (rounded down to whole operations) to an empty ``log``.
+
+    ``first_config_once``: the first config is applied by the first operation only, the others cycle
+    after it, so ``config_hashes[0]`` lies the whole log back (the far rollback target)."""
     if log.head() != 0:
         raise ValueError("build_log needs an empty log")
     rng = random.Random(seed)
@@ -125,7 +129,10 @@ def build_log(
     while done < operations:
         batch: list[NewEvent] = []
         for _ in range(min(per_batch, operations - done)):
-            target = done % distinct_configs
+            if first_config_once:
+                target = 0 if done == 0 else 1 + (done - 1) % (distinct_configs - 1)
+            else:
+                target = done % distinct_configs
             batch.extend(_operation(rng, done, previous, target, hashes, changes, head + len(batch), actor))
             previous = target
             done += 1

@@ -24,9 +24,9 @@ service is dead, e.g. after a SIGKILL, before a restart closes its operations).
 
 Observed state comes from an ``Observer``: ``ReloaderObserver`` (in-process; the reloader's own
 projections, shaped as the routes shape them) or ``HttpObserver`` (a running service; the routes
-themselves). ``/fleet`` is read only over HTTP (``FleetResponse``): ``desired_hash`` (16 hex digits) and
-``instances``, each with ``instance_id``, ``applied_hash`` and ``state``; an instance neither ``drifted`` nor
-``gone`` must run the desired hash.
+themselves). ``/fleet`` is read only over HTTP (``check_fleet``: its desired hash and position are the last
+``config.applied``'s, its log head the log's, and every instance still up is in sync on that hash or
+reports itself drifted, none lagging at rest).
 """
 
 from __future__ import annotations
@@ -239,6 +239,7 @@ class Expected:
     """What the service must report, folded from position 0 of the log (hashes shortened as shown)."""
 
     applied_hash: str | None  # full hash of the last config.applied
+    applied_position: int  # its position (0: none)
     head: int
     stats: dict[str, Any]
     history: list[dict[str, Any]]
@@ -258,11 +259,12 @@ def fold_log(
     recorded = list(log.iter_events()) if events is None else list(events)
     stats, backups = StatsProjection(), BackupsProjection(backup_count)
     applied_hash: str | None = None
+    applied_position = 0
     for event in recorded:
         stats.apply(event)
         backups.apply(event)
         if isinstance(event.payload, ConfigApplied):
-            applied_hash = event.payload.hash
+            applied_hash, applied_position = event.payload.hash, event.position
     for projection in (stats, backups):
         projection.settle()
     operations = [build_operation(group, listed=listed) for group in operations_of(recorded).values()]
@@ -273,6 +275,7 @@ def fold_log(
         live_config = redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
     return Expected(
         applied_hash=applied_hash,
+        applied_position=applied_position,
         head=len(recorded),
         stats=_plain(stats_document(stats.summary(), applied_hash, len(backups.backups))),
         history=[_plain(OperationOut.of(operation).model_dump(mode="json")) for operation in operations],
@@ -503,9 +506,19 @@ def check_nothing_lost(
 
 
 def check_fleet(fleet: Mapping[str, Any], expected: Expected) -> None:
-    """The fleet's desired config is the last applied one; every instance neither drifted nor gone runs it."""
+    """``GET /fleet`` at rest: the desired config is the last applied one (hash and position), the log
+    head is the log's, and every instance still up has caught up: in sync on the desired hash, or
+    drifted (its services refused it, which it reports), never lagging."""
     desired = short(expected.applied_hash)
     assert fleet["desired_hash"] == desired, f"/fleet desired {fleet['desired_hash']}, log {desired}"
+    assert fleet["desired_position"] == expected.applied_position, (
+        f"/fleet desired at {fleet['desired_position']}, last config.applied at {expected.applied_position}"
+    )
+    assert fleet["log_head"] == expected.head, f"/fleet log_head {fleet['log_head']}, log {expected.head}"
     for instance in fleet["instances"]:
-        if instance["state"] not in ("drifted", "gone"):
+        state = instance["state"]
+        if state == "gone":
+            continue
+        assert state in ("in_sync", "drifted"), f"/fleet instance at rest is {state}: {instance}"
+        if state == "in_sync":
             assert instance["applied_hash"] == desired, f"/fleet instance {instance} is not on {desired}"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
 from confledger import __version__
 from confledger.store import migrate as store_migrate
@@ -129,3 +130,23 @@ def test_bad_database_input_fails_with_one_clean_line(case: str, tmp_path: Path)
             assert word in lines[0], f"{shown}: {word!r} not in {lines[0]!r}"
         assert "hunter2" not in stderr, f"{shown} showed the password"
         assert stdout == ""
+
+
+def test_one_step_down_is_an_argument_and_needs_confirmation_when_it_reaches_base(
+    fresh_database_url: str,
+) -> None:
+    # "-1" as the help shows it (click once refused it as an unknown option); from the first revision it
+    # reaches base, which drops the log like "base" itself, so it asks for --yes the same way.
+    database = ("--database", fresh_database_url)
+    assert confledger("db", "upgrade", *database).returncode == 0
+    head = ScriptDirectory.from_config(store_migrate.alembic_config()).get_revision(HEAD)
+    assert head is not None
+    below_head = head.down_revision
+    stepped = confledger("db", "downgrade", "-1", *database)
+    if below_head is None:
+        assert stepped.returncode == 2, stepped.stderr
+        assert "--yes" in stepped.stderr
+        assert confledger("db", "current", *database).stdout.split()[:2] == ["current:", HEAD]
+        stepped = confledger("db", "downgrade", "-1", "--yes", *database)
+    assert stepped.returncode == 0, stepped.stderr
+    assert stepped.stdout.strip() == f"database at revision {below_head or 'base'}"

@@ -1181,7 +1181,8 @@ async def test_a_config_applied_past_the_fleet_lock_gives_the_services_the_old_c
     assert operation.status is ReloadStatus.FAILED
     assert operation.reason == "concurrency_conflict"
     assert operation.services_notified == ("cache:success",)
-    assert calls == [(3, 5), (5, 3)]  # notified, then given its previous config back
+    # Notified, given its previous config back, then handed the outsider's config as a follower.
+    assert calls == [(3, 5), (5, 3), (3, 7)]
     directions = [p.direction for p in payloads(stale, operation, ServiceNotified)]
     assert directions == ["forward", "compensate"]
     assert event_types(stale, operation) == [

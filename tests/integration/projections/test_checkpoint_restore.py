@@ -27,6 +27,7 @@ from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Projection
 from confledger.projections.current import CurrentProjection
+from confledger.projections.fleet import FleetProjection
 from confledger.projections.history import HistoryProjection
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
@@ -38,10 +39,10 @@ from tests.benchmarks.logbuilder import build_log
 pytestmark = pytest.mark.anyio
 
 CIPHER = SecretCipher([SecretCipher.generate_key()])
-NAMES = ("current", "history", "stats", "backups")
+NAMES = ("current", "history", "stats", "backups", "fleet")
 VERSIONS = {
     kind.name: kind.version
-    for kind in (CurrentProjection, HistoryProjection, StatsProjection, BackupsProjection)
+    for kind in (CurrentProjection, HistoryProjection, StatsProjection, BackupsProjection, FleetProjection)
 }
 RUNNER_LOGGER = "confledger.projections.runner"
 # The log discards a checkpoint whose MAC does not hold before the runner sees it, and says so itself.
@@ -79,12 +80,13 @@ def warnings() -> Iterator[Warnings]:
 
 
 def service_projections(log: EventLog) -> list[Projection]:
-    """The service's four projections, its current config materialised from the stored body."""
+    """The service's five projections, its current config materialised from the stored body."""
     return [
         CurrentProjection(lambda full_hash: log.get_config(full_hash).body),
         HistoryProjection(window=200),
         StatsProjection(),
         BackupsProjection(5),
+        FleetProjection(),
     ]
 
 
@@ -212,6 +214,10 @@ DAMAGED = [
         "a bucket index not a number",
     ),
     case("stats", lambda real: {**real, "open": {A_UUID: {"kind": "reload"}}}, "a start without its trigger"),
+    # fleet
+    case("fleet", lambda real: {**real, "instances": []}, "instances not an object"),
+    case("fleet", lambda real: {**real, "instances": {"a": {"stopped": "no"}}}, "an instance half there"),
+    case("fleet", lambda real: {**real, "desired_position": "7"}, "a position as text"),
 ]
 
 

@@ -85,20 +85,22 @@ async def test_start_replays_only_the_tail_and_equals_a_rebuild(built: tuple[str
         # The first start folds the whole log; stopping writes the checkpoints.
         first = reloader_on(log)
         await first.start()
-        assert first.projections.replayed_on_start == EVENTS + 1  # and its own instance.started
+        # ... and its own instance.started and instance.applied (the restored config, for the fleet view)
+        assert first.projections.replayed_on_start == EVENTS + 2
         await first.stop()
         checkpoint = log.load_checkpoint("history")
         assert checkpoint is not None
-        assert checkpoint.position == log.head() == EVENTS + 2
+        assert checkpoint.position == log.head() == EVENTS + 3
 
         log.append(tail_operation())
 
         restarted = reloader_on(log)
         await restarted.start()
         try:
-            # The three tail events and this start's instance.started: nothing before the checkpoint.
-            assert restarted.projections.replayed_on_start == 4
-            assert restarted.projections.position == log.head() == checkpoint.position + 4
+            # The three tail events and this start's instance.started and instance.applied: nothing
+            # before the checkpoint.
+            assert restarted.projections.replayed_on_start == 5
+            assert restarted.projections.position == log.head() == checkpoint.position + 5
             current = restarted.current
             assert current is not None
             assert current.hash == log_built.last_applied_hash
@@ -112,7 +114,7 @@ async def test_start_replays_only_the_tail_and_equals_a_rebuild(built: tuple[str
             await rebuilt.start()
             try:
                 rebuilt.projections.rebuild()
-                restarted.projections.catch_up()  # the second start's instance.started
+                restarted.projections.catch_up()  # the second start's instance.started and .applied
                 assert rebuilt.projections.position == restarted.projections.position == log.head()
                 assert state_of(restarted) == state_of(rebuilt)
             finally:
