@@ -192,8 +192,11 @@ class _FileLock:
                         raise _busy(self._holder(), wait_s) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder.encode("utf-8"), 0)
+            # The holder's name only tells a waiting instance who it waits for: a full disk must not
+            # turn taking the lock into an error (the log's own write then says what is wrong, a 503).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder.encode("utf-8"), 0)
         except BaseException:
             os.close(fd)
             raise

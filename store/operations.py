@@ -45,6 +45,7 @@ from typing import Any
 import anyio
 from opentelemetry import trace
 
+from confledger.store import failpoints
 from confledger.store.calls import UserCalls
 from confledger.store.decision import Decision, decide
 from confledger.store.diff import changed_paths
@@ -57,6 +58,7 @@ from confledger.store.errors import (
     FleetLockBusy,
     InitialConfigError,
     IntegrityFailed,
+    LogError,
     NotAllowed,
     SecretKeyError,
     SourceError,
@@ -72,6 +74,7 @@ from confledger.store.events import (
     InstanceStarted,
     InstanceStopped,
     NewEvent,
+    OperationCompleted,
     OperationKind,
     OperationRejected,
     OperationStarted,
@@ -203,6 +206,9 @@ class OperationRunner:
         self._unrecorded: list[NewEvent] = []
         # Called (in a worker thread) after following moved on, so the projections fold what others wrote.
         self.after_follow: Callable[[], object] | None = None
+        # The closing of an operation whose outcome the log refused to take (the database went away
+        # between its two commits): appended before anything else once the log takes writes again.
+        self._unclosed: list[NewEvent] = []
 
     @property
     def running_operation_id(self) -> str | None:
@@ -228,6 +234,8 @@ class OperationRunner:
         configs: Sequence[PreparedConfig] = (),
     ) -> list[RecordedEvent]:
         # Every database call goes to a worker thread: an fsync must never stall the event loop.
+        if self._unclosed:
+            await self._close_unrecorded()
         append = functools.partial(
             self.log.append_recorded, events, expected_head=expected_head, configs=configs
         )
@@ -236,6 +244,18 @@ class OperationRunner:
             self._known_head = max(self._known_head, recorded[-1].position)
             self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
         return recorded
+
+    async def _close_unrecorded(self) -> None:
+        """Append the closing an unrecorded outcome left waiting (raises while the log still refuses)."""
+        # Taken before the await: a second append meanwhile must not write the same closing again.
+        closing, self._unclosed = self._unclosed, []
+        try:
+            recorded = await anyio.to_thread.run_sync(functools.partial(self.log.append_recorded, closing))
+        except BaseException:
+            self._unclosed = closing + self._unclosed
+            raise
+        self._known_head = max(self._known_head, recorded[-1].position)
+        self.pins.appended(recorded)
 
     # --- start-up and shut-down ------------------------------------------------------------------------
 
@@ -684,6 +704,7 @@ class OperationRunner:
             secrets,
             "forward",
         )
+        failpoints.hit("mid_follow")
         failures = _failures(results)
         for failure in failures:
             logger.warning(
@@ -718,7 +739,9 @@ class OperationRunner:
             return
         services = self.services.ordered()
         if services:
+            failpoints.hit("before_start_append")
             await self._record(operation)  # durable before the first service hears of the change
+            failpoints.hit("after_start_append")
         previous = operation.previous
         secrets = [*change.active.secret_values(), *([] if previous is None else previous.secret_values())]
         apply_started = time.perf_counter()
@@ -837,6 +860,7 @@ class OperationRunner:
             source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
         )
         model = self.pipeline.check_model(loaded.body)
+        failpoints.hit("after_parse")
         if current is not None and model.hash not in (None, current):
             self.pins.catch_up(self.log)
         if model.body is None:
@@ -1086,9 +1110,71 @@ class OperationRunner:
                 apply_ms=elapsed_ms(apply_started),
             )
         )
-        await self._record(operation, *events, expected_head=operation.expected_head, beside=answers)
+        failpoints.hit("before_outcome_commit")
+        try:
+            await self._record(operation, *events, expected_head=operation.expected_head, beside=answers)
+        except ConcurrencyConflict:
+            raise
+        except LogError as lost:
+            await self._outcome_lost(operation, change, services, results, decision, secrets, events, lost)
+            raise
+        failpoints.hit("after_outcome_commit")
         if decision.applies:
             self.active = new
+
+    async def _outcome_lost(
+        self,
+        operation: Operation,
+        change: Change,
+        services: Sequence[ServiceSpec],
+        results: list[NotifyResult],
+        decision: Decision,
+        secrets: list[str],
+        events: list[EventPayload],
+        lost: LogError,
+    ) -> None:
+        """The log refused the outcome (the database went away after the start was recorded).
+
+        The change is not the current config, since the log does not say so: the services that took it
+        are given their previous config back, so none keeps running a config the log never applied
+        while this instance serves the previous one. What happened is kept as the operation's closing
+        (the notifications, those compensations, ``failed`` with the store's reason code), appended
+        before anything else once the log takes writes again; the caller still gets the error (a 503).
+        Before the start was recorded (no services: one transaction) the operation is simply absent.
+        """
+        self._applying = None
+        if not operation.recorded:
+            return
+        previous = operation.previous
+        closing = [
+            event
+            for event in events
+            if not isinstance(event, ConfigApplied | ConfigRolledBack | OperationCompleted)
+        ]
+        if decision.applies and previous is not None:
+            by_name = {spec.name: spec for spec in services}
+            accepted = [by_name[result.service] for result in reversed(results) if result.accepted]
+            compensations = await self._notify(
+                accepted, change.active.config, previous.config, secrets, "compensate"
+            )
+            closing += [notified(result, "compensate", previous.hash) for result in compensations]
+        closing.append(
+            operation.completed(
+                OperationStatus.FAILED,
+                f"{operation.noun} not applied: the event log could not record the outcome",
+                error="the event log was unavailable",
+                reason=lost.code,
+            )
+        )
+        logger.error(
+            "%s %s: the log refused its outcome (%s); services given their previous config back, its "
+            "closing is recorded once the log takes writes again",
+            operation.request.kind.value,
+            operation.id,
+            lost.code,
+        )
+        actor = operation.request.actor
+        self._unclosed += [NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing]
 
     async def _record(
         self,

@@ -21,6 +21,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from confledger.store import failpoints
 from confledger.store.calls import CallOutcome, UserCalls
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
@@ -129,8 +130,10 @@ async def notify_services(
 ) -> list[NotifyResult]:
     """Call each service in the given order with (old, new), one span each; one result per service."""
     secrets = list(secret_values)
-    results = []
+    results: list[NotifyResult] = []
     for spec in specs:
+        if results and direction == "forward":
+            failpoints.hit("between_callbacks")
         timeout = spec.timeout if spec.timeout is not None else default_timeout
         attributes: dict[str, str | int] = {
             "confledger.service": spec.name,
@@ -158,6 +161,8 @@ async def notify_services(
             if not result.accepted:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
         results.append(result)
+        if direction == "compensate":
+            failpoints.hit("mid_rollback")
     return results
 
 
