@@ -48,10 +48,12 @@ def apply(service: Service, **changes: Any) -> str:
 def edit_body(service: Service, full_hash: str) -> None:
     """What someone with DDL rights does: the guards dropped, one stored body's plain field changed."""
     drop_guards(service.log)
-    with service.log.engine.begin() as connection:
+    with service.log.engine.connect() as connection:
         body = connection.execute(
             sa.select(config_versions.c.body).where(config_versions.c.hash == full_hash)
         ).scalar_one()
+    # Written in a transaction of its own (see the truncation test: no read-then-write under a live writer).
+    with service.log.engine.begin() as connection:
         connection.execute(
             config_versions.update()
             .where(config_versions.c.hash == full_hash)
@@ -120,10 +122,13 @@ def test_a_truncated_log_is_found_at_start_up_and_reads_go_on(
         drop_guards(service.log)
     with serving(tmp_path, database_url, **options) as cut:
         # The newest operation and the stop deleted, checkpoints dropped: the chain that is left holds.
-        with cut.log.engine.begin() as connection:
+        with cut.log.engine.connect() as connection:
             applied = connection.execute(
                 sa.select(sa.func.max(events.c.position)).where(events.c.type == "config.applied")
             ).scalar_one()
+        # A transaction of its own that writes first: SQLite cannot turn a read transaction into a write
+        # while the running service writes (its heartbeat), and says "locked" at once instead of waiting.
+        with cut.log.engine.begin() as connection:
             connection.execute(events.delete().where(events.c.position >= applied - 3))
             connection.execute(sa.text("DELETE FROM projection_checkpoints"))
         assert cut.log.head() < head
