@@ -241,9 +241,17 @@ class OperationRunner:
         )
         recorded = await anyio.to_thread.run_sync(append)
         if recorded:
-            self._known_head = max(self._known_head, recorded[-1].position)
+            self._noted_own(recorded)
             self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
         return recorded
+
+    def _noted_own(self, recorded: Sequence[RecordedEvent]) -> None:
+        """Our own events hold nothing to follow: when they directly follow what was followed, following
+        moves past them, so the next operation's catch-up is one head read instead of re-reading and
+        decoding the previous operation's events (and refolding projections that already folded them)."""
+        self._known_head = max(self._known_head, recorded[-1].position)
+        if recorded[0].position == self.followed + 1:
+            self.followed = recorded[-1].position
 
     async def _close_unrecorded(self) -> None:
         """Append the closing an unrecorded outcome left waiting (raises while the log still refuses)."""
@@ -254,7 +262,7 @@ class OperationRunner:
         except BaseException:
             self._unclosed = closing + self._unclosed
             raise
-        self._known_head = max(self._known_head, recorded[-1].position)
+        self._noted_own(recorded)
         self.pins.appended(recorded)
 
     # --- start-up and shut-down ------------------------------------------------------------------------
