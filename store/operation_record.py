@@ -26,6 +26,7 @@ from confledger.store.events import (
     NewEvent,
     OperationCompleted,
     OperationKind,
+    OperationStarted,
     OperationStatus,
     RecordedEvent,
     ServiceNotified,
@@ -110,6 +111,21 @@ class Operation:
     pending: list[EventPayload] = field(default_factory=list)
     configs: list[PreparedConfig] = field(default_factory=list)
     recorded: list[RecordedEvent] = field(default_factory=list)
+
+    def started_event(self, **own: Any) -> OperationStarted:
+        """``operation.started`` with what every kind records; ``own`` adds what only this kind knows
+        (a reload's source and flags, a rollback's target)."""
+        request, previous = self.request, self.previous
+        return OperationStarted(
+            kind=request.kind,
+            trigger=request.trigger,
+            previous_hash=None if previous is None else previous.hash,
+            expected_head=self.expected_head,
+            client=request.client,
+            trace_id=self.trace_id,
+            started_at=self.started_at,
+            **own,
+        )
 
     @property
     def noun(self) -> str:

@@ -77,7 +77,6 @@ from confledger.store.events import (
     OperationCompleted,
     OperationKind,
     OperationRejected,
-    OperationStarted,
     OperationStatus,
     RecordedEvent,
     ServiceFailure,
@@ -771,18 +770,7 @@ class OperationRunner:
     async def _validate_source(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
         request, previous = operation.request, operation.previous
         operation.pending.append(
-            OperationStarted(
-                kind=OperationKind.RELOAD,
-                trigger=request.trigger,
-                source=request.source,
-                force=request.force,
-                dry_run=request.dry_run,
-                previous_hash=None if previous is None else previous.hash,
-                expected_head=operation.expected_head,
-                client=request.client,
-                trace_id=operation.trace_id,
-                started_at=operation.started_at,
-            )
+            operation.started_event(source=request.source, force=request.force, dry_run=request.dry_run)
         )
         source = request.source
         if source is None:
@@ -880,16 +868,7 @@ class OperationRunner:
 
     async def _validate_target(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
         request, previous = operation.request, operation.previous
-        started = functools.partial(
-            OperationStarted,
-            kind=OperationKind.ROLLBACK,
-            trigger=request.trigger,
-            previous_hash=None if previous is None else previous.hash,
-            expected_head=operation.expected_head,
-            client=request.client,
-            trace_id=operation.trace_id,
-            started_at=operation.started_at,
-        )
+        started = operation.started_event
         try:
             current = None if previous is None else previous.hash
             target = await anyio.to_thread.run_sync(resolve_target, self.log, request.target, current)
