@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -46,6 +45,11 @@ from typing import Any
 import anyio
 import httpx
 import sqlalchemy as sa
+
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import free_port, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFLEDGER = Path(sys.executable).parent / "confledger"
@@ -71,17 +75,6 @@ class Result:
     @property
     def ratio_p99(self) -> float:
         return self.p99_ms / self.anchor_p99_ms if self.anchor_p99_ms else float("inf")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _pg_base() -> str:
@@ -140,7 +133,7 @@ def _start_followers(
     names, waiting = [], []
     for index in range(count):
         name = f"bench-follower-{index}"
-        port = _free_port()
+        port = free_port()
         sink = (workdir / f"{name}.log").open("wb")
         stack.callback(sink.close)
         process = subprocess.Popen(

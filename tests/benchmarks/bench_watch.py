@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,18 +26,17 @@ from pathlib import Path
 import httpx
 import yaml
 
+if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 MODEL = "confledger.examples.app_config:AppConfig"
 TOKEN = "bench-admin-token-0123456789abcdef"
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 PREFIX = "/api/v1/config"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Client(threading.Thread):

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from cryptography.fernet import Fernet
 
 from confledger.store import EventLog, SecretCipher
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO, variant
+from tests.integration.api.test_serve_process import free_port
+from tests.integration.api.test_serve_process import wait_for as serve_wait_for
 from tests.reliability.crash_services import SERVICES_DIR_VARIABLE, state_of
 from tests.reliability.forkserver import ForkedProcess, ForkServer
 from tests.reliability.invariants import Expected, check_fleet
@@ -41,22 +42,10 @@ SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 30.0, every: float = 0.02) -> T:
-    """Poll ``probe`` until it returns something other than None (or fail after a generous timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
+def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float = 30.0) -> T:
+    """``test_serve_process.wait_for`` with the crash tests' longer timeout and shorter step (a restart
+    after a kill is timed against it)."""
+    return serve_wait_for(what, probe, timeout=timeout, every=0.02)
 
 
 def pid_alive(pid: int) -> bool:
