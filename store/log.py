@@ -784,10 +784,11 @@ class EventLog:
         if integrity.keys is None and integrity.record is None:
             return VerifyReport(True, 0, self.head())  # keyless: nothing a forger could not recompute
         report = self._check(after=self._verified_position(integrity))
-        if not report.ok and report.code == "link_downgraded" and integrity.record is None:
-            # A fleet's first start: another instance committed its key record and its first keyed
-            # events between this check's read of the record (none yet) and its read of the chain.
-            # Read both again; a record that is really missing fails the same way a second time.
+        if not report.ok and integrity.record is None:
+            # A fleet's first start: another instance committed its key record, its first keyed events
+            # and its anchor between this check's read of the record (none yet) and its reads of the
+            # chain and the anchor file. Read them all again; a record that is really missing fails the
+            # same way a second time.
             report = self._check(after=self._verified_position(self.integrity()))
         if not report.ok:
             self.integrity_failure = report
