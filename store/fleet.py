@@ -263,16 +263,18 @@ class Doorbell:
         connection = self._connection
         if connection is None:
             raise StoreUnavailable("the doorbell is not open")
-        rang: str | None = None
+        payloads: list[str] = []
         with translate_errors(self.engine.url):
-            for notification in connection.notifies(timeout=timeout, stop_after=1):
-                rang = "applied" if notification.payload == "applied" else "other"
-            if rang is not None:
+            # ``stop_after=1`` still yields every notification of the packet that carried the first:
+            # each is looked at, so an "applied" behind an "other" in one packet is not overlooked
+            # (it was, and the follower then slept its whole poll interval).
+            payloads.extend(n.payload for n in connection.notifies(timeout=timeout, stop_after=1))
+            if payloads:
                 # Several appends while the follower was busy: one read covers them all.
-                for notification in connection.notifies(timeout=0):
-                    if notification.payload == "applied":
-                        rang = "applied"
-        return rang
+                payloads.extend(n.payload for n in connection.notifies(timeout=0))
+        if not payloads:
+            return None
+        return "applied" if "applied" in payloads else "other"
 
     def close(self) -> None:
         raw, self._raw, self._connection = self._raw, None, None

@@ -231,7 +231,25 @@ async def _decide(
 
 
 def _latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], list[float]]:
-    """Per change: to the last follower's service having it, and to the last follower's answer recorded."""
+    """Per change: to the last follower's service having it, and to the last follower's answer recorded.
+
+    The decider stops once the services had the last change; the followers' answers to it may still be
+    on their way to the log, so the read is repeated for a few seconds until they are all there."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return _read_latencies(database_url, stamps)
+        except _Incomplete:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class _Incomplete(RuntimeError):
+    pass
+
+
+def _read_latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], list[float]]:
     from confledger.store import EventLog
     from confledger.store.events import ConfigApplied, InstanceApplied
 
@@ -253,7 +271,7 @@ def _latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], list[fl
         level, decided = applied[position]
         handed = stamps.seen.get(level, {})
         if len(handed) != len(stamps.files) or len(answers.get(position, [])) != len(stamps.files):
-            raise RuntimeError(f"level {level} did not reach every follower")
+            raise _Incomplete(f"level {level} did not reach every follower")
         to_service.append((max(handed.values()) - decided.timestamp()) * 1000)
         to_answer.append((max(answers[position]) - decided).total_seconds() * 1000)
     return to_service, to_answer

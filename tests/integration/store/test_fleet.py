@@ -106,3 +106,20 @@ def test_the_doorbell_rings_for_an_append_says_whether_it_applied_a_config_and_i
             assert doorbell.wait(5.0) == "applied"
         finally:
             doorbell.close()
+
+
+def test_an_applied_config_rung_while_nobody_listened_is_seen_behind_later_rings(pg_schema_url: str) -> None:
+    # A follower busy with one change misses nothing of the next: the rings wait in the socket, and
+    # the one read that takes them all finds the "applied" even when an "other" came after it.
+    with EventLog(pg_schema_url, instance_id="writer") as log:
+        doorbell = Doorbell(log.engine)
+        doorbell.open()
+        try:
+            log.append([NewEvent(ConfigApplied(hash="b" * 64, previous_hash=None))])
+            log.append([NewEvent(InstanceStopped())])
+            log.append([NewEvent(InstanceStopped(reason="again"))])
+            time.sleep(0.2)  # lets all three reach the listening connection before it reads once
+            assert doorbell.wait(5.0) == "applied"
+            assert doorbell.wait(0.05) is None
+        finally:
+            doorbell.close()
