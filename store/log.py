@@ -138,6 +138,28 @@ _HEAD_AND_APPLIED_SINCE = (
     .limit(1)
 )
 
+# What an event is read back from, in the order ``_decode`` takes it. The payload comes as its stored
+# JSON text, not through the JSON type's deserializer, so pydantic parses it into the payload's model
+# in one step (``EventRegistry.decode_json``); the CAST is a no-op on SQLite, and on PostgreSQL it
+# gives the ``json`` column's text as stored.
+_EVENT_COLUMNS = (
+    events.c.position,
+    events.c.event_id,
+    events.c.occurred_at,
+    events.c.type,
+    events.c.schema_version,
+    events.c.operation_id,
+    events.c.instance_id,
+    events.c.actor,
+    sa.cast(events.c.payload, sa.Text).label("payload"),
+    events.c.prev_hash,
+    events.c.hash,
+)
+
+
+def _select_events() -> sa.Select[Any]:
+    return sa.select(*_EVENT_COLUMNS)
+
 
 logger = logging.getLogger(__name__)
 
@@ -526,7 +548,7 @@ class EventLog:
         until: int | None = None,
     ) -> list[RecordedEvent]:
         """Events with position > ``after`` (and <= ``until``), oldest first."""
-        query = sa.select(events).where(events.c.position > after).order_by(events.c.position)
+        query = _select_events().where(events.c.position > after).order_by(events.c.position)
         if until is not None:
             query = query.where(events.c.position <= until)
         if types is not None:
@@ -539,7 +561,7 @@ class EventLog:
         self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
     ) -> list[RecordedEvent]:
         """Events with position < ``before``, newest first."""
-        query = sa.select(events).order_by(events.c.position.desc()).limit(limit)
+        query = _select_events().order_by(events.c.position.desc()).limit(limit)
         if before is not None:
             query = query.where(events.c.position < before)
         if types is not None:
@@ -560,14 +582,14 @@ class EventLog:
 
     def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
         return self._events(
-            sa.select(events)
+            _select_events()
             .where(events.c.operation_id == str(uuid.UUID(str(operation_id))))
             .order_by(events.c.position)
         )
 
     def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
         """Events whose ``occurred_at`` lies in [since, until], oldest first."""
-        query = sa.select(events).order_by(events.c.position)
+        query = _select_events().order_by(events.c.position)
         if since is not None:
             query = query.where(events.c.occurred_at >= _as_utc(since))
         if until is not None:
@@ -624,7 +646,7 @@ class EventLog:
                 [
                     self._decode(row)
                     for row in connection.execute(
-                        sa.select(events)
+                        _select_events()
                         .where(events.c.position.in_(sorted(open_at.values())))
                         .order_by(events.c.position)
                     )
@@ -649,22 +671,36 @@ class EventLog:
         with self._read() as connection:
             return [self._decode(row) for row in connection.execute(query)]
 
-    def _decode(self, row: Any) -> RecordedEvent:
-        occurred_at = row.occurred_at
+    def _decode(self, row: Sequence[Any]) -> RecordedEvent:
+        """The event of a row of ``_EVENT_COLUMNS``."""
+        (
+            position,
+            event_id,
+            occurred_at,
+            event_type,
+            schema_version,
+            operation_id,
+            instance_id,
+            actor,
+            payload,
+            prev_hash,
+            link,
+        ) = row
         if occurred_at.tzinfo is None:
             occurred_at = occurred_at.replace(tzinfo=UTC)
+        # The ids go to the model as text: pydantic parses a UUID in a fraction of uuid.UUID's time.
         return RecordedEvent(
-            position=int(row.position),
-            event_id=uuid.UUID(row.event_id),
+            position=position,
+            event_id=event_id,
             occurred_at=occurred_at.astimezone(UTC),
-            type=row.type,
-            schema_version=int(row.schema_version),
-            operation_id=None if row.operation_id is None else uuid.UUID(row.operation_id),
-            instance_id=row.instance_id,
-            actor=row.actor,
-            payload=self.registry.decode(row.type, int(row.schema_version), row.payload),
-            prev_hash=row.prev_hash,
-            hash=row.hash,
+            type=event_type,
+            schema_version=schema_version,
+            operation_id=operation_id,
+            instance_id=instance_id,
+            actor=actor,
+            payload=self.registry.decode_json(event_type, schema_version, payload),
+            prev_hash=prev_hash,
+            hash=link,
         )
 
     # --- configs --------------------------------------------------------------------------------------

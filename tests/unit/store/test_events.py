@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
-from confledger.store.events import DEFAULT_REGISTRY, OperationStarted
+import pytest
+
+from confledger.store.errors import EventSchemaError
+from confledger.store.events import DEFAULT_REGISTRY, OperationStarted, UnknownPayload
 
 V1_STARTED = {"kind": "reload", "trigger": "signal", "source": "/etc/app/config.yaml", "expected_head": 7}
 
@@ -23,3 +27,25 @@ def test_a_v2_operation_started_keeps_its_start_time() -> None:
     payload = DEFAULT_REGISTRY.decode("operation.started", 2, stored)
     assert isinstance(payload, OperationStarted)
     assert payload.started_at == moment
+
+
+def test_stored_json_text_reads_back_as_the_dict_does() -> None:
+    # The log hands payloads over as their stored text; each version must read as decode() reads it.
+    moment = datetime(2026, 12, 5, 12, 0, 0, 123456, tzinfo=UTC)
+    v2 = OperationStarted.model_validate({**V1_STARTED, "started_at": moment}).model_dump(mode="json")
+    for version, stored in ((1, V1_STARTED), (2, v2)):
+        text = json.dumps(stored, separators=(",", ":"), sort_keys=True)
+        expected = DEFAULT_REGISTRY.decode("operation.started", version, stored)
+        assert DEFAULT_REGISTRY.decode_json("operation.started", version, text) == expected
+
+
+def test_stored_json_text_keeps_the_version_rules() -> None:
+    with pytest.raises(EventSchemaError) as newer:
+        DEFAULT_REGISTRY.decode_json("operation.started", 3, json.dumps(V1_STARTED))
+    assert newer.value.code == "event_version_too_new"
+    with pytest.raises(EventSchemaError) as invalid:
+        DEFAULT_REGISTRY.decode_json("operation.started", 2, json.dumps({"kind": "explode"}))
+    assert invalid.value.code == "invalid_payload"
+    unknown = DEFAULT_REGISTRY.decode_json("test.unknown", 1, '{"size":3}')
+    assert isinstance(unknown, UnknownPayload)
+    assert unknown.model_dump() == {"size": 3}
