@@ -161,6 +161,20 @@ def _select_events() -> sa.Select[Any]:
     return sa.select(*_EVENT_COLUMNS)
 
 
+def _forward(
+    after: int, limit: int | None, *, types: Iterable[str] | None = None, until: int | None = None
+) -> sa.Select[Any]:
+    """Events with position > ``after`` (and <= ``until``), oldest first."""
+    query = _select_events().where(events.c.position > after).order_by(events.c.position)
+    if until is not None:
+        query = query.where(events.c.position <= until)
+    if types is not None:
+        query = query.where(events.c.type.in_(list(types)))
+    if limit is not None:
+        query = query.limit(limit)
+    return query
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -548,14 +562,7 @@ class EventLog:
         until: int | None = None,
     ) -> list[RecordedEvent]:
         """Events with position > ``after`` (and <= ``until``), oldest first."""
-        query = _select_events().where(events.c.position > after).order_by(events.c.position)
-        if until is not None:
-            query = query.where(events.c.position <= until)
-        if types is not None:
-            query = query.where(events.c.type.in_(list(types)))
-        if limit is not None:
-            query = query.limit(limit)
-        return self._events(query)
+        return self._events(_forward(after, limit, types=types, until=until))
 
     def read_reverse(
         self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
@@ -571,14 +578,21 @@ class EventLog:
     def iter_events(
         self, after: int = 0, *, until: int | None = None, batch: int = 5_000
     ) -> Iterator[RecordedEvent]:
-        """Stream events in position order without holding the whole log in memory."""
+        """Stream events in position order without holding the whole log in memory.
+
+        Rows are fetched ``batch`` at a time (one read transaction each, so no snapshot is held while
+        the caller works), and each is decoded only when it is asked for: an event the caller folds and
+        drops dies young, where a decoded batch would survive the collector's young generations and be
+        scanned again in the old one (that cost a whole-log fold about a quarter of its time).
+        """
         position = after
         while True:
-            chunk = self.read(position, batch, until=until)
-            yield from chunk
-            if len(chunk) < batch:
+            rows = self._rows(_forward(position, batch, until=until))
+            for row in rows:
+                yield self._decode(row)
+            if len(rows) < batch:
                 return
-            position = chunk[-1].position
+            position = rows[-1][0]
 
     def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
         return self._events(
@@ -668,8 +682,11 @@ class EventLog:
         return found
 
     def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
+        return [self._decode(row) for row in self._rows(query)]
+
+    def _rows(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
         with self._read() as connection:
-            return [self._decode(row) for row in connection.execute(query)]
+            return connection.execute(query).all()
 
     def _decode(self, row: Sequence[Any]) -> RecordedEvent:
         """The event of a row of ``_EVENT_COLUMNS``."""
