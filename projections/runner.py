@@ -11,7 +11,7 @@ from operator import attrgetter
 from pydantic import ValidationError
 
 from confledger.projections.base import Folder, Projection
-from confledger.store.events import ConfigApplied, RecordedEvent
+from confledger.store.events import ConfigApplied, EventPayload, RecordedEvent
 from confledger.store.log import Checkpoint, EventLog
 
 __all__ = ["ProjectionSet", "restore_projections"]
@@ -125,6 +125,9 @@ class ProjectionSet:
         self._unsubscribe: Callable[[], None] | None = None
         self.replayed_on_start = 0
         self.applied_listeners: list[Callable[[RecordedEvent], None]] = []
+        # Whether a payload type is a config.applied, asked once per type: isinstance on a pydantic
+        # model goes through ABCMeta, and with a listener every folded event is looked at.
+        self._applies_by_type: dict[type[EventPayload], bool] = {}
 
     @property
     def position(self) -> int:
@@ -164,9 +167,15 @@ class ProjectionSet:
         before = self.position
         applied: list[RecordedEvent] = []
 
+        applies_by_type = self._applies_by_type
+
         def noting_applies() -> Iterator[RecordedEvent]:
             for event in events:
-                if isinstance(event.payload, ConfigApplied):
+                payload_type = type(event.payload)
+                applies = applies_by_type.get(payload_type)
+                if applies is None:
+                    applies = applies_by_type[payload_type] = issubclass(payload_type, ConfigApplied)
+                if applies:
                     applied.append(event)
                 yield event
 
