@@ -272,10 +272,16 @@ class EventLog:
         self.close()
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, *, snapshot: bool = True) -> Iterator[Connection]:
         # One read transaction per call: SQLite and PostgreSQL both give it a consistent snapshot, so
         # verify() sees one state of the log even while writers append. Reads take no lock.
+        # ``snapshot=False``: a read of one statement (its own snapshot already), or of a stored config
+        # (its body never changes once written). On PostgreSQL it runs outside a transaction, which
+        # would cost two more round trips (BEGIN, and ROLLBACK on return to the pool) than the
+        # statement itself; the head read before every operation is one of these.
         with translate_errors(self.url), self.engine.connect() as connection:
+            if not snapshot and self.dialect == "postgresql":
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             yield connection
 
     # --- writing --------------------------------------------------------------------------------------
@@ -514,7 +520,7 @@ class EventLog:
 
     def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""
-        with self._read() as connection:
+        with self._read(snapshot=False) as connection:
             return head_of(connection)[0]
 
     def read(
@@ -646,7 +652,7 @@ class EventLog:
         return found
 
     def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
-        with self._read() as connection:
+        with self._read(snapshot=False) as connection:
             return [self._decode(row) for row in connection.execute(query)]
 
     def _decode(self, row: Any) -> RecordedEvent:
@@ -678,7 +684,7 @@ class EventLog:
         """The stored config for a hash or unique prefix, secrets decrypted (``reveal=False``: left sealed,
         which needs no key and is what a display path wants before redacting)."""
         keys = self.integrity().keys if reveal else None
-        with self._read() as connection:
+        with self._read(snapshot=False) as connection:
             full_hash = resolve_hash(connection, reference)
             return load_config(connection, full_hash, self.cipher, reveal=reveal, keys=keys)
 

@@ -357,8 +357,11 @@ class OperationRunner:
         await self._append(events)
 
     async def stop(self, reason: str = "shutdown") -> None:
-        if self.log.integrity_failure is None:
-            await self._append([NewEvent(InstanceStopped(reason=reason))])
+        try:
+            if self.log.integrity_failure is None:
+                await self._append([NewEvent(InstanceStopped(reason=reason))])
+        finally:
+            await anyio.to_thread.run_sync(self.fleet_lock.close)
 
     async def record(self, payload: EventPayload, *, actor: str = "system") -> None:
         """Append one event outside any operation (instance and file-watch lifecycle)."""

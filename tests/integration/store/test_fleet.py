@@ -123,3 +123,28 @@ def test_an_applied_config_rung_while_nobody_listened_is_seen_behind_later_rings
             assert doorbell.wait(0.05) is None
         finally:
             doorbell.close()
+
+
+def test_the_lock_survives_its_kept_session_being_terminated(pg_schema_url: str) -> None:
+    # The lock keeps one session between operations; a server restart or an operator's
+    # pg_terminate_backend kills it, and the next operation must take the lock on a new one.
+    with EventLog(pg_schema_url, instance_id="a") as log:
+        lock = fleet_lock_for(log.engine)
+        lease = lock.acquire(HOLDER, 1.0)
+        with log.engine.connect() as admin:
+            # The session that holds the fleet's advisory lock is the one the lock keeps.
+            pid = admin.exec_driver_sql(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 6514284 "
+                "AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295)"
+            ).scalar()
+            lease.release()
+            assert admin.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid}).scalar()
+            admin.commit()
+        lease = lock.acquire(HOLDER, 1.0)
+        try:
+            with pytest.raises(FleetLockBusy) as busy:
+                fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
+            assert busy.value.holder == HOLDER
+        finally:
+            lease.release()
+        lock.close()
