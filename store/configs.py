@@ -37,6 +37,7 @@ __all__ = [
     "check_body",
     "count_configs",
     "has_config",
+    "is_full_hash",
     "load_config",
     "prepare_config",
     "resolve_hash",
@@ -116,6 +117,11 @@ def store_config(
         connection.execute(_SET_FIRST_POSITION, {"config_hash": config.hash, "position": first_position})
 
 
+def is_full_hash(reference: str) -> bool:
+    """Whether ``reference`` is a whole hash (64 lowercase hex digits), which needs no lookup to resolve."""
+    return len(reference) == 64 and all(c in "0123456789abcdef" for c in reference)
+
+
 def resolve_hash(connection: Connection, reference: str) -> str:
     """The full hash for a full hash or a unique prefix of at least 7 hex digits."""
     prefix = reference.strip().lower()
@@ -154,7 +160,9 @@ def load_config(
     A revealed body is re-hashed under its own scheme first: ``ConfigBodyMismatch`` when it is not the
     body the hash names (edited in the database), so nothing applies or hands out a forged body.
     """
-    row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).one()
+    row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).first()
+    if row is None:
+        raise UnknownConfigHash(f"no stored config has the hash {full_hash[:64]}")
     created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     paths = frozenset(sealed_paths(row.body))
     version = int(row.hash_version)

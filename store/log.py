@@ -44,6 +44,7 @@ from confledger.store.configs import (
     body_mismatches,
     count_configs,
     has_config,
+    is_full_hash,
     load_config,
     prepare_config,
     resolve_hash,
@@ -685,7 +686,8 @@ class EventLog:
         which needs no key and is what a display path wants before redacting)."""
         keys = self.integrity().keys if reveal else None
         with self._read(snapshot=False) as connection:
-            full_hash = resolve_hash(connection, reference)
+            # Following the fleet and rolling back name configs by their whole hash: one statement then.
+            full_hash = reference if is_full_hash(reference) else resolve_hash(connection, reference)
             return load_config(connection, full_hash, self.cipher, reveal=reveal, keys=keys)
 
     def has_config(self, full_hash: str) -> bool:
