@@ -83,13 +83,18 @@ def prepare_config(
     secret_paths: Iterable[ConfigPath],
     cipher: SecretCipher | None,
     keys: IntegrityKeys | None = None,
+    *,
+    hashed: str | None = None,
 ) -> PreparedConfig:
-    """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage."""
+    """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage.
+
+    ``hashed``: the hash the caller already has for this body under this scheme and these keys (a
+    reload's model check computes it with ``EventLog.hash_config``), so it is not computed twice."""
     plain = dict(body)
     paths = list(secret_paths)
     sealed = seal(plain, paths, cipher)  # first: a secret with no key to seal it is refused as it was
     return PreparedConfig(
-        hash=config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
+        hash=hashed if hashed is not None else config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
         sealed_body=sealed,
         size_bytes=len(canonical_bytes(plain)),
         hash_version=CONFIG_HASH_KEYED,

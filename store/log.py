@@ -486,10 +486,11 @@ class EventLog:
         return int(position), str(head_hash)
 
     def prepare_config(
-        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
+        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = (), *, hashed: str | None = None
     ) -> PreparedConfig:
-        """Hash ``body`` (secrets plain) and seal its secrets for storage."""
-        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys)
+        """Hash ``body`` (secrets plain) and seal its secrets for storage; ``hashed``: its hash from
+        ``hash_config``, when the caller has it already."""
+        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys, hashed=hashed)
 
     def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests.

@@ -865,7 +865,9 @@ class OperationRunner:
         if model.body is None:
             return Candidate(loaded, model)
         try:
-            return Candidate(loaded, model, sealed=self.log.prepare_config(model.body, model.secret_paths))
+            # The model check hashed the body with this log's hash_config: not hashed again.
+            sealed = self.log.prepare_config(model.body, model.secret_paths, hashed=model.hash)
+            return Candidate(loaded, model, sealed=sealed)
         except SecretKeyError as exc:
             return Candidate(loaded, model, seal_error=exc)
 
