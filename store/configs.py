@@ -37,6 +37,7 @@ __all__ = [
     "check_body",
     "count_configs",
     "has_config",
+    "is_full_hash",
     "load_config",
     "prepare_config",
     "resolve_hash",
@@ -82,13 +83,18 @@ def prepare_config(
     secret_paths: Iterable[ConfigPath],
     cipher: SecretCipher | None,
     keys: IntegrityKeys | None = None,
+    *,
+    hashed: str | None = None,
 ) -> PreparedConfig:
-    """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage."""
+    """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage.
+
+    ``hashed``: the hash the caller already has for this body under this scheme and these keys (a
+    reload's model check computes it with ``EventLog.hash_config``), so it is not computed twice."""
     plain = dict(body)
     paths = list(secret_paths)
     sealed = seal(plain, paths, cipher)  # first: a secret with no key to seal it is refused as it was
     return PreparedConfig(
-        hash=config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
+        hash=hashed if hashed is not None else config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
         sealed_body=sealed,
         size_bytes=len(canonical_bytes(plain)),
         hash_version=CONFIG_HASH_KEYED,
@@ -114,6 +120,11 @@ def store_config(
         )
     elif existing.first_position is None and first_position is not None:
         connection.execute(_SET_FIRST_POSITION, {"config_hash": config.hash, "position": first_position})
+
+
+def is_full_hash(reference: str) -> bool:
+    """Whether ``reference`` is a whole hash (64 lowercase hex digits), which needs no lookup to resolve."""
+    return len(reference) == 64 and all(c in "0123456789abcdef" for c in reference)
 
 
 def resolve_hash(connection: Connection, reference: str) -> str:
@@ -154,7 +165,9 @@ def load_config(
     A revealed body is re-hashed under its own scheme first: ``ConfigBodyMismatch`` when it is not the
     body the hash names (edited in the database), so nothing applies or hands out a forged body.
     """
-    row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).one()
+    row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).first()
+    if row is None:
+        raise UnknownConfigHash(f"no stored config has the hash {full_hash[:64]}")
     created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     paths = frozenset(sealed_paths(row.body))
     version = int(row.hash_version)

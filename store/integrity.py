@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Connection
 
 from confledger.store.canonical import canonical_bytes, sha256_hex
@@ -78,6 +76,10 @@ _ANCHOR_FORMAT = 1
 
 
 def _derive(material: bytes, purpose: str) -> bytes:
+    # Loaded here, by the first keyed log, not by every import of the store (see SecretCipher).
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=purpose.encode("ascii")).derive(
         material
     )

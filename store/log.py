@@ -44,6 +44,7 @@ from confledger.store.configs import (
     body_mismatches,
     count_configs,
     has_config,
+    is_full_hash,
     load_config,
     prepare_config,
     resolve_hash,
@@ -308,10 +309,16 @@ class EventLog:
         self.close()
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, *, snapshot: bool = True) -> Iterator[Connection]:
         # One read transaction per call: SQLite and PostgreSQL both give it a consistent snapshot, so
         # verify() sees one state of the log even while writers append. Reads take no lock.
+        # ``snapshot=False``: a read of one statement (its own snapshot already), or of a stored config
+        # (its body never changes once written). On PostgreSQL it runs outside a transaction, which
+        # would cost two more round trips (BEGIN, and ROLLBACK on return to the pool) than the
+        # statement itself; the head read before every operation is one of these.
         with translate_errors(self.url), self.engine.connect() as connection:
+            if not snapshot and self.dialect == "postgresql":
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             yield connection
 
     # --- writing --------------------------------------------------------------------------------------
@@ -515,10 +522,11 @@ class EventLog:
         return int(position), str(head_hash)
 
     def prepare_config(
-        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
+        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = (), *, hashed: str | None = None
     ) -> PreparedConfig:
-        """Hash ``body`` (secrets plain) and seal its secrets for storage."""
-        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys)
+        """Hash ``body`` (secrets plain) and seal its secrets for storage; ``hashed``: its hash from
+        ``hash_config``, when the caller has it already."""
+        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys, hashed=hashed)
 
     def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests.
@@ -550,7 +558,7 @@ class EventLog:
 
     def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""
-        with self._read() as connection:
+        with self._read(snapshot=False) as connection:
             return head_of(connection)[0]
 
     def read(
@@ -685,7 +693,7 @@ class EventLog:
         return [self._decode(row) for row in self._rows(query)]
 
     def _rows(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
-        with self._read() as connection:
+        with self._read(snapshot=False) as connection:
             return connection.execute(query).all()
 
     def _decode(self, row: Sequence[Any]) -> RecordedEvent:
@@ -731,8 +739,9 @@ class EventLog:
         """The stored config for a hash or unique prefix, secrets decrypted (``reveal=False``: left sealed,
         which needs no key and is what a display path wants before redacting)."""
         keys = self.integrity().keys if reveal else None
-        with self._read() as connection:
-            full_hash = resolve_hash(connection, reference)
+        with self._read(snapshot=False) as connection:
+            # Following the fleet and rolling back name configs by their whole hash: one statement then.
+            full_hash = reference if is_full_hash(reference) else resolve_hash(connection, reference)
             return load_config(connection, full_hash, self.cipher, reveal=reveal, keys=keys)
 
     def has_config(self, full_hash: str) -> bool:

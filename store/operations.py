@@ -357,8 +357,11 @@ class OperationRunner:
         await self._append(events)
 
     async def stop(self, reason: str = "shutdown") -> None:
-        if self.log.integrity_failure is None:
-            await self._append([NewEvent(InstanceStopped(reason=reason))])
+        try:
+            if self.log.integrity_failure is None:
+                await self._append([NewEvent(InstanceStopped(reason=reason))])
+        finally:
+            await anyio.to_thread.run_sync(self.fleet_lock.close)
 
     async def record(self, payload: EventPayload, *, actor: str = "system") -> None:
         """Append one event outside any operation (instance and file-watch lifecycle)."""
@@ -862,7 +865,9 @@ class OperationRunner:
         if model.body is None:
             return Candidate(loaded, model)
         try:
-            return Candidate(loaded, model, sealed=self.log.prepare_config(model.body, model.secret_paths))
+            # The model check hashed the body with this log's hash_config: not hashed again.
+            sealed = self.log.prepare_config(model.body, model.secret_paths, hashed=model.hash)
+            return Candidate(loaded, model, sealed=sealed)
         except SecretKeyError as exc:
             return Candidate(loaded, model, seal_error=exc)
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from confledger.store.canonical import canonical_json
@@ -258,6 +257,11 @@ class SecretCipher:
     """Fernet encryption of secret values; several keys allow rotation (the first one encrypts)."""
 
     def __init__(self, keys: Iterable[str | bytes]) -> None:
+        # cryptography is loaded by the first cipher, not by importing this module: a log without
+        # secrets (and ``confledger verify`` on one) never pays for it.
+        from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+        self._refused = (InvalidToken, ValueError)
         fernets = []
         materials: list[bytes] = []
         for key in keys:
@@ -280,6 +284,8 @@ class SecretCipher:
 
     @staticmethod
     def generate_key() -> str:
+        from cryptography.fernet import Fernet
+
         return Fernet.generate_key().decode("ascii")
 
     @classmethod
@@ -308,7 +314,7 @@ class SecretCipher:
     def decrypt(self, token: str) -> Any:
         try:
             plain = self._fernet.decrypt(token.encode("ascii"))
-        except (InvalidToken, ValueError) as exc:
+        except self._refused as exc:
             raise SecretKeyError(
                 "a stored secret cannot be decrypted with the configured key(s): the key was changed or lost"
             ) from exc

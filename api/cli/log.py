@@ -31,6 +31,7 @@ from confledger.store.outcome import ReloadStatus
 
 if TYPE_CHECKING:
     from confledger.api.inspect import LogInspector
+    from confledger.store.chain import VerifyReport
 
 __all__ = ["inspect"]
 
@@ -312,9 +313,22 @@ def diff_command(
 @app.command("verify")
 def verify_command(database: DatabaseOption = None, as_json: JsonOption = False) -> None:
     """Recompute the hash chain; exit 1 naming the first broken position (2 if the log cannot be read)."""
-    report = inspect(database, lambda inspector: inspector.verify(), code=2)
+    # The log alone, not LogInspector: verify needs no projection and no response model, and an
+    # operator runs it in a hurry (it starts in about half the time).
+    from confledger.api.readonly import open_readonly_log
+
+    def run() -> VerifyReport:
+        log = open_readonly_log(resolve_database(database))
+        try:
+            return log.verify()
+        finally:
+            log.close()
+
+    report = fail_cleanly(run, code=2)
     if as_json:
-        print_json(report)
+        from confledger.api.schemas import VerifyResponse
+
+        print_json(VerifyResponse.of(report))
     elif report.ok:
         out.print(
             Text(f"ok: the chain holds ({report.checked} events verified, head {report.head})", style="green")
