@@ -49,7 +49,7 @@ import sqlalchemy as sa
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import free_port, percentile
+from tests.benchmarks.common import free_ports, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFLEDGER = Path(sys.executable).parent / "confledger"
@@ -131,9 +131,8 @@ def _start_followers(
     stack: ExitStack, workdir: Path, config: Path, database_url: str, key: str, count: int, poll: float
 ) -> list[str]:
     names, waiting = [], []
-    for index in range(count):
+    for index, port in enumerate(free_ports(count)):
         name = f"bench-follower-{index}"
-        port = free_port()
         sink = (workdir / f"{name}.log").open("wb")
         stack.callback(sink.close)
         process = subprocess.Popen(

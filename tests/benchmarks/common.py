@@ -29,6 +29,7 @@ __all__ = [
     "bench_dir",
     "filesystem_of",
     "free_port",
+    "free_ports",
     "median",
     "percentile",
     "pg_base_url",
@@ -78,9 +79,21 @@ def bench_dir(prefix: str, requested: str | Path | None = None) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports. Probed all at once, each probe held until the last is taken: ports
+    picked one by one for servers that bind later can come back twice (the first server has not
+    bound its port yet when the second is picked), and the second server then exits at start."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def rss_mb(pid: int) -> float:

@@ -98,6 +98,9 @@ class Fleet:
     tag: str
     stack: ExitStack
     instances: dict[str, Instance] = field(default_factory=dict)
+    # Every port handed out so far: a port is free until its server binds it, so probing for the next
+    # instance while the last one starts can return the same port (the second then exits at start).
+    ports: set[int] = field(default_factory=set)
 
     def instance_id(self, name: str) -> str:
         # Unique per test: PostgreSQL sessions are named after it (pg_stat_activity), and other tests
@@ -121,6 +124,9 @@ class Fleet:
             }
         )
         port = free_port()
+        while port in self.ports:
+            port = free_port()
+        self.ports.add(port)
         output = self.workdir / f"{name}-{port}.log"
         command = [
             str(CONFLEDGER),
