@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "LogWriter",
     "SqliteSynchronous",
+    "connection_lost",
     "create_store_engine",
     "describe_url",
     "normalize_url",
@@ -200,8 +201,8 @@ def _lock_for_writing(connection: Connection, lock: DriverStatement | None) -> T
     return transaction
 
 
-def _connection_lost(exc: Exception) -> bool:
-    """Whether ``exc``, raised by the lock statement, means the server dropped the connection."""
+def connection_lost(exc: Exception) -> bool:
+    """Whether ``exc``, raised by a statement on a kept connection, means the server dropped it."""
     if isinstance(exc, sa_exc.DBAPIError):
         return bool(exc.connection_invalidated)
     # The lock runs on the driver's cursor: psycopg reports a closed or broken connection as an
@@ -272,7 +273,7 @@ class LogWriter:
                 return connection, _lock_for_writing(connection, self._write_lock)
             except Exception as exc:
                 self._discard(connection)
-                if attempt == 1 and _connection_lost(exc):
+                if attempt == 1 and connection_lost(exc):
                     continue
                 raise
             except BaseException:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from confledger.store.database import sqlite_path, translate_errors
+from confledger.store.database import connection_lost, sqlite_path, translate_errors
 from confledger.store.errors import FleetLockBusy, StoreUnavailable
 from confledger.store.schema import fleet_instances
 
@@ -167,7 +167,7 @@ class _AdvisoryLock:
                 ).scalar()
             except Exception as exc:
                 self._drop()
-                if attempt == 1 and _session_lost(exc):
+                if attempt == 1 and connection_lost(exc):
                     continue
                 with translate_errors(self.engine.url):
                     raise
@@ -233,15 +233,6 @@ class _AdvisoryLock:
         name = str(row[0])
         prefix = f"{_APPLICATION_NAME}:"
         return name[len(prefix) :] if name.startswith(prefix) else None
-
-
-def _session_lost(exc: Exception) -> bool:
-    """Whether ``exc`` means the kept session is gone (the server restarted or terminated it)."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(
-            exc, sa_exc.OperationalError | sa_exc.InterfaceError
-        )
-    return False
 
 
 class _FileLease:
