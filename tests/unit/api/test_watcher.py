@@ -1,0 +1,195 @@
+"""The file watcher (``api/watcher.py``) on real files: each way a file changes reaches ``on_change`` once,
+with the file whole when it is read, and a writer that pauses longer than the settle time is waited for.
+
+Every case runs with inotify's own events (Linux) and with watchfiles polling, the two ways the watcher
+learns of a change; what ``on_change`` reads is recorded at the moment it is called, as a reload would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from confledger.api.watcher import FileWatcher
+
+pytestmark = pytest.mark.anyio
+
+WHOLE = b"name: whole\n" + b"".join(b"key_%d: %d\n" % (n, n) for n in range(40))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def in_place(path: Path) -> None:
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(WHOLE)
+
+
+def in_place_at_the_far_end(path: Path) -> None:
+    # Through the symlinks, in pieces: no event of the watched directory reaches the watcher.
+    with open(os.path.realpath(path), "r+b") as file:
+        file.truncate(0)
+        for start in range(0, len(WHOLE), 64):
+            file.write(WHOLE[start : start + 64])
+            file.flush()
+            time.sleep(0.01)
+
+
+def in_place_with_a_long_pause(path: Path) -> None:
+    # Paused four times the settle time between two halves, the file open all along: only its close
+    # says the write is done.
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(WHOLE[:100])
+        file.flush()
+        time.sleep(0.4)
+        file.write(WHOLE[100:])
+
+
+def renamed_over(path: Path) -> None:
+    spare = path.with_name(f".{path.name}.tmp")
+    spare.write_bytes(WHOLE)
+    os.replace(spare, path)
+
+
+def written_then_appended(path: Path) -> None:
+    # A script's ``echo ... > file`` then ``echo ... >> file``: two writers, one after the other.
+    half = WHOLE.index(b"key_20")
+    path.write_bytes(WHOLE[:half])
+    with open(path, "ab") as file:
+        file.write(WHOLE[half:])
+
+
+def deleted_and_recreated(path: Path) -> None:
+    path.unlink()
+    time.sleep(0.05)
+    path.write_bytes(WHOLE)
+
+
+def symlink_swapped(path: Path) -> None:
+    # A ConfigMap's ``..data`` link replaced by one to a fresh directory, atomically.
+    root = path.parent
+    fresh = root / "..2026_02"
+    fresh.mkdir()
+    (fresh / path.name).write_bytes(WHOLE)
+    (root / "..data_tmp").symlink_to(fresh.name)
+    os.replace(root / "..data_tmp", root / "..data")
+
+
+INOTIFY = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+
+CHANGES = [
+    # (case, the change, whether the watched file is a ConfigMap-style symlink, the watcher's modes)
+    ("in place", in_place, False, ("inotify", "polling")),
+    # Polling can only wait for the file to be still: a writer's pause longer than that is its limit.
+    ("in place, paused longer than the settle time", in_place_with_a_long_pause, False, ("inotify",)),
+    ("renamed over", renamed_over, False, ("inotify", "polling")),
+    ("written then appended", written_then_appended, False, ("inotify", "polling")),
+    ("deleted and recreated", deleted_and_recreated, False, ("inotify", "polling")),
+    ("ConfigMap symlink swap", symlink_swapped, True, ("inotify", "polling")),
+    ("ConfigMap, rewritten in place at its far end", in_place_at_the_far_end, True, ("inotify", "polling")),
+]
+
+CASES = [
+    pytest.param(
+        change,
+        configmap,
+        mode == "polling",
+        id=f"{case}-{mode}",
+        marks=[INOTIFY] if mode == "inotify" else [],
+    )
+    for case, change, configmap, modes in CHANGES
+    for mode in modes
+]
+
+
+def layout(directory: Path, configmap: bool) -> Path:
+    path = directory / "config.yaml"
+    if not configmap:
+        path.write_bytes(b"name: first\n")
+        return path
+    first = directory / "..2026_01"
+    first.mkdir()
+    (first / path.name).write_bytes(b"name: first\n")
+    (directory / "..data").symlink_to(first.name)
+    path.symlink_to(f"..data/{path.name}")
+    return path
+
+
+@pytest.mark.parametrize(("change", "configmap", "force_polling"), CASES)
+async def test_a_change_reaches_on_change_once_and_whole(
+    tmp_path: Path, change: Callable[[Path], None], configmap: bool, force_polling: bool
+) -> None:
+    path = layout(tmp_path, configmap)
+    read: list[bytes] = []
+    arrived = anyio.Event()
+
+    async def on_change() -> None:
+        read.append(path.read_bytes())
+        if read[-1] == WHOLE:
+            arrived.set()
+
+    watcher = FileWatcher(path, on_change, poll_interval=0.1, force_polling=force_polling)
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        await anyio.sleep(0.1)  # watchfiles arms its watch after ``run`` has started
+        writer = threading.Thread(target=change, args=(path,))
+        writer.start()
+        with anyio.fail_after(15):
+            await arrived.wait()
+        await anyio.to_thread.run_sync(writer.join)
+        await anyio.sleep(0.5)  # a second, late call would land here
+        watcher.stop()
+    assert read == [WHOLE]
+
+
+async def test_stop_ends_the_watch_at_once(tmp_path: Path) -> None:
+    path = layout(tmp_path, configmap=False)
+
+    async def on_change() -> None:
+        raise AssertionError("nothing changed")
+
+    # A recheck far away: only stop() can end the wait in time.
+    watcher = FileWatcher(path, on_change, poll_interval=60)
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as group:
+            await group.start(watcher.run)
+            await anyio.sleep(0.05)
+            watcher.stop()
+    assert not watcher.running
+
+
+async def test_a_directory_replaced_is_watched_afresh(tmp_path: Path) -> None:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    path = layout(directory, configmap=False)
+    seen = anyio.Event()
+
+    async def on_change() -> None:
+        if path.read_bytes() == WHOLE:
+            seen.set()
+
+    watcher = FileWatcher(path, on_change, poll_interval=0.5)
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        await anyio.sleep(0.05)
+        # Deleted and recreated under the same name: the old watch follows the old inode.
+        for entry in directory.iterdir():
+            entry.unlink()
+        directory.rmdir()
+        await anyio.sleep(0.1)
+        directory.mkdir()
+        (directory / "config.yaml").write_bytes(WHOLE)
+        with anyio.fail_after(15):
+            await seen.wait()
+        watcher.stop()
