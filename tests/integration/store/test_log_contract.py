@@ -32,9 +32,11 @@ from confledger.store import (
     SecretCipher,
     SecretKeyError,
     ServiceOutcome,
+    StoreUnavailable,
     Trigger,
     UnknownConfigHash,
     config_hash,
+    database,
 )
 from confledger.store.canonical import canonical_bytes, canonical_json
 from confledger.store.events import (
@@ -613,6 +615,51 @@ def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) ->
     assert log.append([started(2)]) == [2]
     assert log.append([started(3)]) == [3]
     assert log.verify().ok
+
+
+def _end_the_sessions_of(log: EventLog) -> int:
+    """Terminate every server session of ``log`` (its writer's and its pooled readers'), as a restart
+    would; returns how many there were."""
+    with sa.create_engine(log.engine.url, poolclass=sa.pool.NullPool).connect() as admin:
+        ended = admin.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": f"confledger {log.instance_id}"[:63]},
+        ).scalar()
+    return int(ended or 0)
+
+
+def test_a_pooled_connection_that_lay_idle_is_pinged_and_replaced(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if log.dialect != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    log.append([started(1)])
+    assert log.head() == 1  # a read connection now waits in the pool
+    assert _end_the_sessions_of(log) >= 1
+    # Idle past the threshold (here: any idle time at all), the read connection is pinged first.
+    monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 0.0)
+    assert log.head() == 1
+    assert log.append([started(2)]) == [2]
+
+
+def test_a_pooled_connection_used_a_moment_ago_fails_once_then_is_replaced(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if log.dialect != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    log.append([started(1)])
+    assert log.head() == 1
+    assert _end_the_sessions_of(log) >= 1
+    # Used a moment ago: not pinged, so the read that finds it gone fails, with a clear error...
+    monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 3600.0)
+    with pytest.raises(StoreUnavailable):
+        log.head()
+    # ...and the pool, invalidated by that failure, hands the next read a fresh connection.
+    assert log.head() == 1
+    assert log.append([started(2)]) == [2]
 
 
 def test_a_failed_append_leaves_the_writer_usable(log: EventLog) -> None:
