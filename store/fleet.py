@@ -55,6 +55,10 @@ _APPLICATION_NAME = "confledger"
 
 
 class FleetLease(Protocol):
+    # Whether letting go waits on anything but this process (a round trip to the server): such a
+    # release runs in a worker thread, the others on the caller's own (a file lock's is three syscalls).
+    release_waits: bool
+
     def release(self) -> None: ...
 
 
@@ -88,6 +92,8 @@ def _busy(holder: str | None, wait_s: float) -> FleetLockBusy:
 
 
 class _AdvisoryLease:
+    release_waits = True
+
     def __init__(self, lock: _AdvisoryLock, connection: Connection) -> None:
         self._lock: _AdvisoryLock | None = lock
         self._connection = connection
@@ -236,6 +242,8 @@ class _AdvisoryLock:
 
 
 class _FileLease:
+    release_waits = False
+
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
@@ -291,6 +299,8 @@ class _FileLock:
 
 
 class _ProcessLease:
+    release_waits = False
+
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
 

@@ -606,8 +606,11 @@ class OperationRunner:
                 # the fleet lock (a moment) rather than being refused while this release runs.
                 self._running, self._applying = None, None
                 self._idle.set()
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(lease.release)
+                if lease.release_waits:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(lease.release)
+                else:
+                    lease.release()
         return result
 
     # --- following the fleet -------------------------------------------------------------------------
