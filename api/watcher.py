@@ -216,6 +216,10 @@ class FileWatcher:
                         changed_at = changed_at if changed_at is not None else anyio.current_time()
                     continue
                 if changed_at is not None:  # quiet long enough: judge the change
+                    if fingerprint(self.path) is None and waited < self.settle_s:
+                        # Gone for the moment: a writer that removes the file (an editor moving it
+                        # to its backup name) mostly puts the new one there at once; it has settle_s.
+                        continue
                     changed_at = None
                     writing.clear()
                     last = await self._judge(last)

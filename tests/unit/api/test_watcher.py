@@ -76,6 +76,16 @@ def deleted_and_recreated(path: Path) -> None:
     path.write_bytes(WHOLE)
 
 
+def moved_to_a_backup_then_written(path: Path) -> None:
+    # An editor's save: the old file renamed to its backup name, a new one written in its place.
+    os.replace(path, path.with_name(path.name + "~"))
+    with open(path, "wb") as file:
+        file.write(WHOLE[:100])
+        file.flush()
+        time.sleep(0.02)
+        file.write(WHOLE[100:])
+
+
 def symlink_swapped(path: Path) -> None:
     # A ConfigMap's ``..data`` link replaced by one to a fresh directory, atomically.
     root = path.parent
@@ -96,6 +106,7 @@ CHANGES = [
     ("renamed over", renamed_over, False, ("inotify", "polling")),
     ("written then appended", written_then_appended, False, ("inotify", "polling")),
     ("deleted and recreated", deleted_and_recreated, False, ("inotify", "polling")),
+    ("moved to a backup, then written anew", moved_to_a_backup_then_written, False, ("inotify", "polling")),
     ("ConfigMap symlink swap", symlink_swapped, True, ("inotify", "polling")),
     ("ConfigMap, rewritten in place at its far end", in_place_at_the_far_end, True, ("inotify", "polling")),
 ]
@@ -128,7 +139,11 @@ def layout(directory: Path, configmap: bool) -> Path:
 
 @pytest.mark.parametrize(("change", "configmap", "force_polling"), CASES)
 async def test_a_change_reaches_on_change_once_and_whole(
-    tmp_path: Path, change: Callable[[Path], None], configmap: bool, force_polling: bool
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: Callable[[Path], None],
+    configmap: bool,
+    force_polling: bool,
 ) -> None:
     path = layout(tmp_path, configmap)
     read: list[bytes] = []
@@ -151,6 +166,8 @@ async def test_a_change_reaches_on_change_once_and_whole(
         await anyio.sleep(0.5)  # a second, late call would land here
         watcher.stop()
     assert read == [WHOLE]
+    # A file gone for a moment, on its way to being replaced, is not reported as gone.
+    assert "disappeared" not in caplog.text
 
 
 async def test_stop_ends_the_watch_at_once(tmp_path: Path) -> None:
