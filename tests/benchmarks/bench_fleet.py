@@ -163,10 +163,12 @@ def _start_followers(
         names.append(name)
         waiting.append((process, port))
     deadline = time.monotonic() + 120
-    for process, port in waiting:
+    for (process, port), name in zip(waiting, names, strict=True):
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"a follower exited at start: see {workdir}")
+                # The work directory goes with the run: its log's tail is the only trace left.
+                tail = (workdir / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"{name} exited at start:\n" + "\n".join(tail))
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
