@@ -162,6 +162,18 @@ def _select_events() -> sa.Select[Any]:
     return sa.select(*_EVENT_COLUMNS)
 
 
+# A page of ``iter_events``, a fold's whole read, run on the driver's cursor (store/statements.py):
+# through Connection.execute, building the statement, SQLAlchemy's per-execution work and its row
+# objects were about a tenth of a rebuild of every projection.
+_PAGE = (
+    _select_events()
+    .where(events.c.position > sa.bindparam("after"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("batch"))
+)
+_PAGE_UNTIL = _PAGE.where(events.c.position <= sa.bindparam("until"))
+
+
 def _forward(
     after: int, limit: int | None, *, types: Iterable[str] | None = None, until: int | None = None
 ) -> sa.Select[Any]:
@@ -258,6 +270,8 @@ class EventLog:
         self._head_statement = DriverStatement(HEAD, dialect)
         self._head_and_applied_since = DriverStatement(_HEAD_AND_APPLIED_SINCE, dialect)
         self._insert_events = DriverStatement(_INSERT_EVENTS, dialect)
+        self._page = DriverStatement(_PAGE, dialect)
+        self._page_until = DriverStatement(_PAGE_UNTIL, dialect)
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -598,9 +612,15 @@ class EventLog:
         SQLite a rebuild of 100,000 events ran about a fifth faster with pages of 500 than of 5,000,
         and the 200 statements instead of 20 cost a fraction of that.
         """
+        page, values = (
+            (self._page, {"batch": batch})
+            if until is None
+            else (self._page_until, {"batch": batch, "until": until})
+        )
         position = after
         while True:
-            rows = self._rows(_forward(position, batch, until=until))
+            with self._read(snapshot=False) as connection:
+                rows = page.all(connection, {**values, "after": position})
             for row in rows:
                 yield self._decode(row)
             if len(rows) < batch:
