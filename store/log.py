@@ -190,6 +190,10 @@ def _forward(
 
 logger = logging.getLogger(__name__)
 
+_validate_recorded: Callable[[dict[str, Any]], RecordedEvent] = (
+    RecordedEvent.__pydantic_validator__.validate_python
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Integrity:
@@ -739,18 +743,22 @@ class EventLog:
         if occurred_at.tzinfo is None:
             occurred_at = occurred_at.replace(tzinfo=UTC)
         # The ids go to the model as text: pydantic parses a UUID in a fraction of uuid.UUID's time.
-        return RecordedEvent(
-            position=position,
-            event_id=event_id,
-            occurred_at=occurred_at.astimezone(UTC),
-            type=event_type,
-            schema_version=schema_version,
-            operation_id=operation_id,
-            instance_id=instance_id,
-            actor=actor,
-            payload=self.registry.decode_json(event_type, schema_version, payload),
-            prev_hash=prev_hash,
-            hash=link,
+        # Validated by the model's own validator, as model_validate does, without model_validate's
+        # keyword handling or __init__'s copy of the keywords: each was a tenth of building an event.
+        return _validate_recorded(
+            {
+                "position": position,
+                "event_id": event_id,
+                "occurred_at": occurred_at.astimezone(UTC),
+                "type": event_type,
+                "schema_version": schema_version,
+                "operation_id": operation_id,
+                "instance_id": instance_id,
+                "actor": actor,
+                "payload": self.registry.decode_json(event_type, schema_version, payload),
+                "prev_hash": prev_hash,
+                "hash": link,
+            }
         )
 
     # --- configs --------------------------------------------------------------------------------------
