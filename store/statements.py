@@ -2,8 +2,9 @@
 
 A statement is built from the Core tables (``store/schema.py``) like any other, compiled once for the
 engine's dialect, and its parameters go through the bind processors SQLAlchemy itself would apply (the
-JSON serializer, SQLite's datetime text, psycopg's JSON wrapper): only SQLAlchemy's per-execution work
-is left out. The connection and its transaction stay SQLAlchemy's.
+JSON serializer, SQLite's datetime text, psycopg's JSON wrapper), the columns of its rows through the
+result processors (SQLite's datetime text read back): only SQLAlchemy's per-execution work and its row
+objects are left out. The connection and its transaction stay SQLAlchemy's.
 """
 
 from __future__ import annotations
