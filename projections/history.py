@@ -83,7 +83,9 @@ class HistoryProjection(Projection):
         if ends:
             del self._open[key]
             operations = self.operations
-            operations[str(operation_id)] = build_operation(events, listed=self.listed)
+            # Keyed by the id as the operation gives it: formatting the id once per operation is enough.
+            operation = build_operation(events, listed=self.listed)
+            operations[operation.operation_id] = operation
             while len(operations) > self.window:
                 operations.popitem(last=False)
 

@@ -101,7 +101,8 @@ class ProjectionSet:
 
     ``applied_listeners`` hear of each ``config.applied`` once it is folded (and the projections have
     settled on it), in position order, under the lock, whichever path folded it: this instance's own
-    append, a catch-up, or a follower reading what another instance decided. A listener must not block.
+    append, a catch-up, or a follower reading what another instance decided. Once only: a rebuild folds
+    the old applies again without telling them again. A listener must not block.
     """
 
     def __init__(
@@ -128,6 +129,10 @@ class ProjectionSet:
         # Whether a payload type is a config.applied, asked once per type: isinstance on a pydantic
         # model goes through ABCMeta, and with a listener every folded event is looked at.
         self._applies_by_type: dict[type[EventPayload], bool] = {}
+        # The newest position the applied-listeners have been told up to. A rebuild folds from 0 again:
+        # holding every old apply of the log until the fold ends, to tell nobody (they were told), cost
+        # a whole-log rebuild a fifth of its time, most of it the collector scanning them.
+        self._told = 0
 
     @property
     def position(self) -> int:
@@ -161,22 +166,27 @@ class ProjectionSet:
     def _fold(self, events: Iterable[RecordedEvent]) -> int:
         """Fold and settle ``events``; then tell the applied-listeners of the applies among them."""
         if not self.applied_listeners:
-            folded = self._folder.fold(events)
-            self._settle()
+            try:
+                folded = self._folder.fold(events)
+                self._settle()
+            finally:
+                # Folded with nobody listening: a listener added later hears only of applies after it.
+                self._told = max(self._told, self.position)
             return folded
-        before = self.position
+        before = max(self.position, self._told)
         applied: list[RecordedEvent] = []
 
         applies_by_type = self._applies_by_type
 
         def noting_applies() -> Iterator[RecordedEvent]:
             for event in events:
-                payload_type = type(event.payload)
-                applies = applies_by_type.get(payload_type)
-                if applies is None:
-                    applies = applies_by_type[payload_type] = issubclass(payload_type, ConfigApplied)
-                if applies:
-                    applied.append(event)
+                if event.position > before:
+                    payload_type = type(event.payload)
+                    applies = applies_by_type.get(payload_type)
+                    if applies is None:
+                        applies = applies_by_type[payload_type] = issubclass(payload_type, ConfigApplied)
+                    if applies:
+                        applied.append(event)
                 yield event
 
         try:
@@ -188,6 +198,7 @@ class ProjectionSet:
             for event in applied:
                 if before < event.position <= reached:
                     self._tell_applied(event)
+            self._told = max(before, reached)
         return folded
 
     def _tell_applied(self, event: RecordedEvent) -> None:

@@ -16,7 +16,7 @@ errors)``, so a log written before events were capped still answers a small hist
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -28,6 +28,7 @@ from confledger.store.events import (
     ConfigLoaded,
     ConfigLoadFailed,
     ConfigUnchanged,
+    EventPayload,
     OperationCompleted,
     OperationKind,
     OperationRejected,
@@ -143,6 +144,150 @@ def _listed(items: Sequence[str], omitted: int, limit: int, noun: str) -> tuple[
     return (*kept, f"(and {omitted} more {noun})") if omitted else kept
 
 
+class _Folding:
+    """One operation's answer while ``build_operation`` folds its events into it."""
+
+    __slots__ = ("compensated", "durations", "fields", "listed", "notified")
+
+    def __init__(self, fields: dict[str, Any], listed: int) -> None:
+        self.fields = fields
+        self.listed = listed
+        self.notified: list[str] = []
+        self.compensated: list[str] = []
+        self.durations: dict[str, float] = {}
+
+
+def _started(folding: _Folding, event: RecordedEvent, payload: OperationStarted) -> None:
+    folding.fields.update(
+        kind=payload.kind,
+        trigger=payload.trigger,
+        source=payload.source,
+        force=payload.force,
+        dry_run=payload.dry_run,
+        previous_config_hash=payload.previous_hash,
+        new_config_hash=payload.target_hash,
+        started_at=payload.started_at or event.occurred_at,
+        status=ReloadStatus.IN_PROGRESS,
+        client=payload.client,
+        trace_id=payload.trace_id,
+    )
+
+
+def _loaded(folding: _Folding, event: RecordedEvent, payload: ConfigLoaded) -> None:
+    fields = folding.fields
+    fields["new_config_hash"] = payload.hash or fields.get("new_config_hash")
+    fields["load_duration_ms"] = payload.load_ms
+
+
+def _load_failed(folding: _Folding, event: RecordedEvent, payload: ConfigLoadFailed) -> None:
+    folding.fields["reason"] = payload.reason
+    folding.fields["error_message"] = payload.message
+
+
+def _unchanged(folding: _Folding, event: RecordedEvent, payload: ConfigUnchanged) -> None:
+    folding.fields["new_config_hash"] = payload.hash
+
+
+def _passed(folding: _Folding, event: RecordedEvent, payload: ValidationPassed) -> None:
+    fields = folding.fields
+    fields["validation_warnings"] = _listed(
+        payload.warnings, payload.warnings_omitted, folding.listed, "warnings"
+    )
+    fields["validation_duration_ms"] = payload.duration_ms
+
+
+def _failed(folding: _Folding, event: RecordedEvent, payload: ValidationFailed) -> None:
+    fields, listed = folding.fields, folding.listed
+    fields["validation_errors"] = _listed(payload.errors, payload.errors_omitted, listed, "errors")
+    fields["validation_warnings"] = _listed(payload.warnings, payload.warnings_omitted, listed, "warnings")
+    fields["validation_duration_ms"] = payload.duration_ms
+
+
+def _notified(folding: _Folding, event: RecordedEvent, payload: ServiceNotified) -> None:
+    # ``_value_``: a plain attribute, where ``.value`` is a descriptor call four times slower.
+    label = f"{payload.service}:{payload.outcome._value_}"
+    if payload.direction == "forward":
+        folding.notified.append(label)
+        folding.durations[payload.service] = payload.duration_ms
+    else:
+        folding.compensated.append(label)
+
+
+def _applied(folding: _Folding, event: RecordedEvent, payload: ConfigApplied) -> None:
+    folding.fields["new_config_hash"] = payload.hash
+    folding.fields["changes_applied"] = _listed(
+        payload.changes, payload.changes_omitted, folding.listed, "changes"
+    )
+
+
+def _completed(folding: _Folding, event: RecordedEvent, payload: OperationCompleted) -> None:
+    fields = folding.fields
+    status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
+    fields.update(
+        status=status,
+        success=success,
+        message=payload.message,
+        error_message=payload.error_message or fields.get("error_message"),
+        reason=payload.reason or fields.get("reason"),
+        total_duration_ms=payload.total_ms,
+        validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
+        apply_duration_ms=payload.apply_ms,
+        completed_at=event.occurred_at,
+    )
+
+
+def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejected) -> None:
+    folding.fields.update(
+        kind=payload.kind,
+        trigger=payload.trigger,
+        status=ReloadStatus.FAILED,
+        success=False,
+        message=payload.message,
+        error_message=payload.message,
+        reason=payload.reason,
+        running_operation_id=payload.running_operation_id,
+        source=payload.source,
+        client=payload.client,
+        started_at=event.occurred_at,
+        completed_at=event.occurred_at,
+    )
+
+
+# Each step takes the payload of its own type (the table below pairs them); Any here, so one table
+# holds them all.
+_Step = Callable[[_Folding, RecordedEvent, Any], None]
+
+# In the order the payload types are asked for: a payload that is an instance of two of them (a
+# subclass of both) takes the first one's step, as an isinstance chain in this order would.
+_STEPS: tuple[tuple[type[EventPayload], _Step], ...] = (
+    (OperationStarted, _started),
+    (ConfigLoaded, _loaded),
+    (ConfigLoadFailed, _load_failed),
+    (ConfigUnchanged, _unchanged),
+    (ValidationPassed, _passed),
+    (ValidationFailed, _failed),
+    (ServiceNotified, _notified),
+    (ConfigApplied, _applied),
+    (OperationCompleted, _completed),
+    (OperationRejected, _rejected),
+)
+
+# The step of each payload type met so far (None: the type changes nothing of the answer). Asked once
+# per type: asking each event through isinstance (ABCMeta, for pydantic models) went down a chain of
+# up to ten checks, five on average in a reload's events, a sixth of folding the history of a log.
+_step_by_type: dict[type[EventPayload], _Step | None] = {}
+
+
+def _step_for(payload_type: type[EventPayload]) -> _Step | None:
+    try:
+        return _step_by_type[payload_type]
+    except KeyError:
+        pass
+    step = next((step for base, step in _STEPS if issubclass(payload_type, base)), None)
+    _step_by_type[payload_type] = step
+    return step
+
+
 def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LISTED) -> ReloadOperation:
     """Fold one operation's events (in position order) into its ``ReloadOperation``.
 
@@ -150,90 +295,24 @@ def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LI
     """
     if not events:
         raise ValueError("an operation has at least one event")
-    fields: dict[str, Any] = {
-        "operation_id": str(events[0].operation_id),
-        "first_position": events[0].position,
-        "last_position": events[-1].position,
-        "instance_id": events[0].instance_id,
-        "actor": events[0].actor,
-    }
-    notified: list[str] = []
-    compensated: list[str] = []
-    durations: dict[str, float] = {}
+    folding = _Folding(
+        {
+            "operation_id": str(events[0].operation_id),
+            "first_position": events[0].position,
+            "last_position": events[-1].position,
+            "instance_id": events[0].instance_id,
+            "actor": events[0].actor,
+        },
+        listed,
+    )
+    step_by_type = _step_by_type
     for event in events:
         payload = event.payload
-        if isinstance(payload, OperationStarted):
-            fields.update(
-                kind=payload.kind,
-                trigger=payload.trigger,
-                source=payload.source,
-                force=payload.force,
-                dry_run=payload.dry_run,
-                previous_config_hash=payload.previous_hash,
-                new_config_hash=payload.target_hash,
-                started_at=payload.started_at or event.occurred_at,
-                status=ReloadStatus.IN_PROGRESS,
-                client=payload.client,
-                trace_id=payload.trace_id,
-            )
-        elif isinstance(payload, ConfigLoaded):
-            fields["new_config_hash"] = payload.hash or fields.get("new_config_hash")
-            fields["load_duration_ms"] = payload.load_ms
-        elif isinstance(payload, ConfigLoadFailed):
-            fields["reason"] = payload.reason
-            fields["error_message"] = payload.message
-        elif isinstance(payload, ConfigUnchanged):
-            fields["new_config_hash"] = payload.hash
-        elif isinstance(payload, ValidationPassed):
-            fields["validation_warnings"] = _listed(
-                payload.warnings, payload.warnings_omitted, listed, "warnings"
-            )
-            fields["validation_duration_ms"] = payload.duration_ms
-        elif isinstance(payload, ValidationFailed):
-            fields["validation_errors"] = _listed(payload.errors, payload.errors_omitted, listed, "errors")
-            fields["validation_warnings"] = _listed(
-                payload.warnings, payload.warnings_omitted, listed, "warnings"
-            )
-            fields["validation_duration_ms"] = payload.duration_ms
-        elif isinstance(payload, ServiceNotified):
-            label = f"{payload.service}:{payload.outcome.value}"
-            if payload.direction == "forward":
-                notified.append(label)
-                durations[payload.service] = payload.duration_ms
-            else:
-                compensated.append(label)
-        elif isinstance(payload, ConfigApplied):
-            fields["new_config_hash"] = payload.hash
-            fields["changes_applied"] = _listed(payload.changes, payload.changes_omitted, listed, "changes")
-        elif isinstance(payload, OperationCompleted):
-            status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
-            fields.update(
-                status=status,
-                success=success,
-                message=payload.message,
-                error_message=payload.error_message or fields.get("error_message"),
-                reason=payload.reason or fields.get("reason"),
-                total_duration_ms=payload.total_ms,
-                validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
-                apply_duration_ms=payload.apply_ms,
-                completed_at=event.occurred_at,
-            )
-        elif isinstance(payload, OperationRejected):
-            fields.update(
-                kind=payload.kind,
-                trigger=payload.trigger,
-                status=ReloadStatus.FAILED,
-                success=False,
-                message=payload.message,
-                error_message=payload.message,
-                reason=payload.reason,
-                running_operation_id=payload.running_operation_id,
-                source=payload.source,
-                client=payload.client,
-                started_at=event.occurred_at,
-                completed_at=event.occurred_at,
-            )
-    fields["services_notified"] = tuple(notified)
-    fields["services_compensated"] = tuple(compensated)
-    fields["service_durations_ms"] = durations
+        step = step_by_type.get(type(payload)) or _step_for(type(payload))
+        if step is not None:
+            step(folding, event, payload)
+    fields = folding.fields
+    fields["services_notified"] = tuple(folding.notified)
+    fields["services_compensated"] = tuple(folding.compensated)
+    fields["service_durations_ms"] = folding.durations
     return ReloadOperation(**fields)

@@ -1,9 +1,10 @@
-"""Core statements compiled once and run on the driver's cursor, for the append path's hottest statements.
+"""Core statements compiled once and run on the driver's cursor, for the log's hottest statements.
 
 A statement is built from the Core tables (``store/schema.py``) like any other, compiled once for the
 engine's dialect, and its parameters go through the bind processors SQLAlchemy itself would apply (the
-JSON serializer, SQLite's datetime text, psycopg's JSON wrapper): only SQLAlchemy's per-execution work
-is left out. The connection and its transaction stay SQLAlchemy's.
+JSON serializer, SQLite's datetime text, psycopg's JSON wrapper), the columns of its rows through the
+result processors (SQLite's datetime text read back): only SQLAlchemy's per-execution work and its row
+objects are left out. The connection and its transaction stay SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import ReturnsRows
 
 __all__ = ["DriverStatement"]
 
@@ -24,7 +26,7 @@ _NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 class DriverStatement:
     """``statement`` compiled for ``dialect``, executed on a ``Connection``'s DBAPI cursor."""
 
-    __slots__ = ("_fixed", "_names", "_processors", "sql")
+    __slots__ = ("_fixed", "_names", "_processors", "_result_processors", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -42,6 +44,14 @@ class DriverStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors[name] = processor
+        # What SQLAlchemy would make of each column the driver returns (SQLite's datetime text), by
+        # position in the row; none for a statement that returns no rows.
+        self._result_processors: list[tuple[int, Callable[[Any], Any]]] = []
+        columns = statement.exported_columns if isinstance(statement, ReturnsRows) else ()
+        for index, column in enumerate(columns):
+            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if processor is not None:
+                self._result_processors.append((index, processor))
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed by bind name; literal binds fill themselves)."""
@@ -53,13 +63,35 @@ class DriverStatement:
         return tuple(params[name] for name in self._names)
 
     def first(self, connection: Connection, values: Mapping[str, Any] = _NO_VALUES) -> Any:
-        """The first row (a tuple) the statement returns, or None."""
+        """The first row the statement returns, or None."""
         cursor = connection.connection.cursor()
         try:
             cursor.execute(self.sql, self.parameters(values))
-            return cursor.fetchone()
+            row = cursor.fetchone()
         finally:
             cursor.close()
+        return None if row is None else self._processed(row)
+
+    def all(self, connection: Connection, values: Mapping[str, Any] = _NO_VALUES) -> Sequence[Sequence[Any]]:
+        """Every row the statement returns."""
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self.sql, self.parameters(values))
+            rows: Sequence[Sequence[Any]] = cursor.fetchall()
+        finally:
+            cursor.close()
+        if not self._result_processors:
+            return rows
+        return [self._processed(row) for row in rows]
+
+    def _processed(self, row: Sequence[Any]) -> Sequence[Any]:
+        """``row`` (the driver's tuple), each column as SQLAlchemy would have given it."""
+        if not self._result_processors:
+            return row
+        columns = list(row)
+        for index, processor in self._result_processors:
+            columns[index] = processor(columns[index])
+        return columns
 
     def run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute the statement once per row of values (one row: a plain execute)."""

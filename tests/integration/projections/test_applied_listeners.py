@@ -81,3 +81,24 @@ def test_every_apply_is_told_once_in_order_after_the_current_config_is_published
         r for r in caplog.records if r.levelno == logging.ERROR and "applied-listener" in r.getMessage()
     ]
     assert len(failures) == len(hashes)
+
+
+def test_a_rebuild_folds_old_applies_again_without_telling_them_again(log: EventLog) -> None:
+    first = apply(log, 0, None)
+    second = apply(log, 1, first)
+    current = CurrentProjection(lambda full_hash: {"materialized": full_hash})
+    projections = ProjectionSet(log, [current])
+    told: list[int] = []
+    projections.applied_listeners.append(lambda event: told.append(event.position))
+    projections.start()
+    try:
+        assert len(told) == 2
+        projections.rebuild()
+        assert len(told) == 2
+        assert current.value is not None
+        assert current.value.hash == second
+        apply(log, 2, second)  # after the rebuild: told, once
+        projections.rebuild()
+    finally:
+        projections.stop()
+    assert told == [1, 2, 3]

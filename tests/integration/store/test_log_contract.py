@@ -186,6 +186,10 @@ def test_append_recorded_returns_what_reading_back_gives(log: EventLog) -> None:
     ]
     recorded = [log.append_recorded(batch) for batch in batches]
     assert [event for batch in recorded for event in batch] == log.read()
+    # iter_events reads its pages on the driver's cursor, not through Connection.execute: alike.
+    assert list(log.iter_events()) == log.read()
+    assert list(log.iter_events(after=1, until=3, batch=2)) == log.read(after=1, until=3)
+    assert all(event.occurred_at.tzinfo is UTC for event in log.iter_events())
     assert seen == recorded
     assert recorded[2][0].operation_id == first
     assert len({event.event_id for event in log.read()}) == log.head()

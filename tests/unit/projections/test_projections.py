@@ -36,7 +36,7 @@ from confledger.store.events import (
     ValidationFailed,
     ValidationPassed,
 )
-from confledger.store.outcome import ReloadStatus
+from confledger.store.outcome import ReloadStatus, build_operation
 
 H1, H2, H3, H4 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -261,6 +261,28 @@ def test_history_shows_every_operation_newest_first() -> None:
     assert by_id[9].trigger is Trigger.FILE_WATCH
     assert history.in_progress() == [by_id[10]]
     assert history.oldest_position == by_id[1].first_position
+
+
+def test_an_operation_of_payload_subclasses_reads_as_one_of_their_bases() -> None:
+    class LateStarted(OperationStarted):
+        pass
+
+    class LateApplied(ConfigApplied):
+        pass
+
+    class LateCompleted(OperationCompleted):
+        pass
+
+    plain_log, late_log = LogBuilder(), LogBuilder()
+    for log, started_type, applied_type, completed_type in (
+        (plain_log, OperationStarted, ConfigApplied, OperationCompleted),
+        (late_log, LateStarted, LateApplied, LateCompleted),
+    ):
+        log.add(started_type(kind=RELOAD, trigger=Trigger.API, previous_hash=H1), 1)
+        log.add(applied_type(hash=H2, previous_hash=H1, changes=("a.b",)), 1)
+        log.add(completed_type(status=OperationStatus.SUCCESS, total_ms=3.0), 1)
+    assert build_operation(late_log.events) == build_operation(plain_log.events)
+    assert build_operation(late_log.events).changes_applied == ("a.b",)
 
 
 def test_history_keeps_a_window() -> None:
