@@ -178,11 +178,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--rollbacks", type=int, default=50)
-    parser.add_argument("--read-rounds", type=int, default=300)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--rollbacks", type=int, default=None)
+    parser.add_argument("--read-rounds", type=int, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="the table's --quick settings (10k and 100k events)"
+    )
     args = parser.parse_args()
-    found = measure(tuple(args.sizes), rollbacks=args.rollbacks, read_rounds=args.read_rounds)
+    from tests.benchmarks.rows import Sizes
+
+    # The table's own settings for its mode; a flag given overrides its part.
+    sizes = Sizes.for_mode(args.quick)
+    found = measure(
+        tuple(args.sizes) if args.sizes else sizes.log_sizes,
+        startup_runs=sizes.startup_runs,
+        rebuilds=sizes.rebuilds,
+        rollbacks=args.rollbacks if args.rollbacks is not None else sizes.rollbacks,
+        read_rounds=args.read_rounds if args.read_rounds is not None else sizes.read_rounds,
+    )
     for result in found["sizes"]:
         events = result["size"]
         print(
