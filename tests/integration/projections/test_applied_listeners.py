@@ -9,7 +9,6 @@ that raises never stops the projections. Both backends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,15 +22,6 @@ def apply(log: EventLog, number: int, previous: str | None) -> str:
     full_hash = log.put_config({"number": number})
     log.append([NewEvent(ConfigApplied(hash=full_hash, previous_hash=previous), actor="test")])
     return full_hash
-
-
-@pytest.fixture
-def other_instance(database_url: str) -> Iterator[EventLog]:
-    other = EventLog(database_url, instance_id="other-instance")
-    try:
-        yield other
-    finally:
-        other.close()
 
 
 def test_every_apply_is_told_once_in_order_after_the_current_config_is_published(

@@ -8,10 +8,7 @@ event back from the log in pages. Both must leave every projection with the same
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentProjection
@@ -22,15 +19,6 @@ from confledger.projections.stats import StatsProjection
 from confledger.store import EventLog, NewEvent
 from confledger.store.events import InstanceApplied, RecordedEvent
 from tests.unit.projections.test_projections import hand_built_log
-
-
-@pytest.fixture
-def other_instance(database_url: str) -> Iterator[EventLog]:
-    other = EventLog(database_url, instance_id="other-instance")
-    try:
-        yield other
-    finally:
-        other.close()
 
 
 def projection_set(log: EventLog) -> ProjectionSet:
