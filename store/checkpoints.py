@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from confledger.store.integrity import IntegrityKeys
 from confledger.store.schema import projection_checkpoints
+from confledger.store.upsert import upsert
 
 __all__ = ["Checkpoint", "checkpoint_holds", "load_checkpoint", "save_checkpoint", "sorted_checkpoints"]
 
@@ -101,19 +102,11 @@ def save_checkpoint(
         if keys is None
         else keys.record_mac("checkpoint", _mac_value(checkpoint, as_stored=False)),
     }
-    updated = connection.execute(
-        projection_checkpoints.update()
-        .where(
-            projection_checkpoints.c.name == checkpoint.name,
-            # Two processes folding concurrently: the one that is behind must not overwrite newer work.
-            projection_checkpoints.c.position <= checkpoint.position,
-        )
-        .values(**values)
-    ).rowcount
-    if updated:
-        return
-    exists = connection.execute(
-        sa.select(projection_checkpoints.c.name).where(projection_checkpoints.c.name == checkpoint.name)
-    ).first()
-    if exists is None:
-        connection.execute(projection_checkpoints.insert().values(name=checkpoint.name, **values))
+    upsert(
+        connection,
+        projection_checkpoints,
+        {"name": checkpoint.name, **values},
+        key="name",
+        # Two processes folding concurrently: the one that is behind must not overwrite newer work.
+        where=lambda offered: projection_checkpoints.c.position <= offered.position,
+    )

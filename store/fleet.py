@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from confledger.store.database import connection_lost, sqlite_path, translate_errors
 from confledger.store.errors import FleetLockBusy, StoreUnavailable
 from confledger.store.schema import fleet_instances
+from confledger.store.upsert import upsert
 
 __all__ = [
     "DOORBELL_CHANNEL_SQL",
@@ -419,13 +420,9 @@ def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
             # rather than failing on the upgrade from a read.
             connection.execution_options(confledger_sqlite_begin="IMMEDIATE")
         with connection.begin():
-            updated = connection.execute(
-                fleet_instances.update()
-                .where(fleet_instances.c.instance_id == beat.instance_id)
-                .values(values)
+            upsert(
+                connection, fleet_instances, {"instance_id": beat.instance_id, **values}, key="instance_id"
             )
-            if updated.rowcount == 0:
-                connection.execute(fleet_instances.insert().values(instance_id=beat.instance_id, **values))
 
 
 def _as_utc(moment: datetime) -> datetime:

@@ -35,6 +35,7 @@ from confledger.store.canonical import canonical_bytes, sha256_hex
 from confledger.store.errors import IntegrityKeyError
 from confledger.store.schema import integrity_records
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
+from confledger.store.upsert import upsert
 
 __all__ = [
     "CONFIG_HASH_KEYED",
@@ -219,11 +220,7 @@ def save_verified(connection: Connection, keys: IntegrityKeys, position: int, he
         "mac": keys.record_mac("integrity.verified", value),
         "updated_at": datetime.now(UTC),
     }
-    updated = connection.execute(
-        integrity_records.update().where(integrity_records.c.name == _VERIFIED_RECORD).values(**values)
-    ).rowcount
-    if not updated:
-        connection.execute(integrity_records.insert().values(name=_VERIFIED_RECORD, **values))
+    upsert(connection, integrity_records, {"name": _VERIFIED_RECORD, **values}, key="name")
 
 
 # --- the anchor file ---------------------------------------------------------------------------------

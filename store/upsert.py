@@ -1,0 +1,47 @@
+"""One statement that inserts a row or updates the one already there (``INSERT … ON CONFLICT``).
+
+Two instances writing the same named row for the first time (two fresh starts on one new log, each
+recording how far it verified, or checkpointing a projection) must not race: "update, and insert if
+nothing was updated" lets both find nothing and both insert, and on PostgreSQL the second then fails on
+the primary key. The database settles an upsert itself: the second waits for the first and updates.
+SQLite (3.24 and later) and PostgreSQL spell it alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+
+__all__ = ["upsert"]
+
+
+def upsert(
+    connection: Connection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    *,
+    key: str,
+    where: Callable[[Any], sa.ColumnElement[bool]] | None = None,
+) -> None:
+    """Insert ``values`` into ``table``, or, when a row with the same ``key`` exists, set its other
+    columns to them; with ``where``, only if ``where(excluded)`` holds (``excluded``: the row offered)."""
+    statement: PostgresqlInsert | SqliteInsert
+    # Imported here: the engine has loaded its own dialect's module already, and the other is never needed.
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        statement = postgresql.insert(table).values(**values)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        statement = sqlite.insert(table).values(**values)
+    changed = {name: statement.excluded[name] for name in values if name != key}
+    condition = None if where is None else where(statement.excluded)
+    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed, where=condition))
