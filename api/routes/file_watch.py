@@ -19,7 +19,15 @@ router = APIRouter(prefix="/file-watch", tags=["file watching"], route_class=Gua
 async def enable(
     reloader: ReloaderDep,
     _caller: AdminCaller,
-    poll_interval: Annotated[float, Query(ge=0.1, le=60.0)] = 1.0,
+    poll_interval: Annotated[
+        float,
+        Query(
+            ge=0.1,
+            le=60.0,
+            description="seconds between looks at the file when polling; with inotify, how often the "
+            "file is also checked by stat (at least 0.5 s), for changes no event reports",
+        ),
+    ] = 1.0,
     force_polling: Annotated[bool, Query(description="poll instead of inotify")] = False,
 ) -> FileWatchEnabledResponse:
     """Reload automatically whenever the config file changes."""
