@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
-from confledger.store.events import DEFAULT_REGISTRY, EventPayload, RecordedEvent
+from confledger.store.events import DEFAULT_REGISTRY, EventPayload, PayloadTable, RecordedEvent
 
 __all__ = [
     "ConfigHashText",
@@ -71,7 +71,7 @@ class Projection(ABC):
 
     def __init__(self) -> None:
         self.position = 0
-        self._handler_by_type: dict[type[EventPayload], Handler | None] = {}
+        self._dispatch: PayloadTable[Handler] | None = None
         self.reset()
 
     @abstractmethod
@@ -85,20 +85,15 @@ class Projection(ABC):
     def handler_for(self, payload_type: type[EventPayload]) -> Handler | None:
         """What folds a payload of this type (as ``isinstance`` matches: a subclass goes to its base's
         handler); None when this projection ignores the type."""
-        try:
-            return self._handler_by_type[payload_type]
-        except KeyError:
-            pass
-        table = self.handlers()
-        handler: Handler | None
-        if table is None:
-            if type(self).fold is Projection.fold:
-                raise TypeError(f"{type(self).__name__} overrides neither fold nor handlers")
-            handler = self.fold
-        else:
-            handler = next((table[base] for base in payload_type.__mro__ if base in table), None)
-        self._handler_by_type[payload_type] = handler
-        return handler
+        dispatch = self._dispatch
+        if dispatch is None:
+            table = self.handlers()
+            if table is None:
+                if type(self).fold is Projection.fold:
+                    raise TypeError(f"{type(self).__name__} overrides neither fold nor handlers")
+                table = {EventPayload: self.fold}  # every payload is an EventPayload
+            dispatch = self._dispatch = PayloadTable(table)
+        return dispatch.get(payload_type)
 
     def fold(self, event: RecordedEvent) -> None:
         """Apply one event; called once per event, in position order."""

@@ -11,10 +11,13 @@ from operator import attrgetter
 from pydantic import ValidationError
 
 from confledger.projections.base import Folder, Projection
-from confledger.store.events import ConfigApplied, EventPayload, RecordedEvent
+from confledger.store.events import ConfigApplied, PayloadTable, RecordedEvent
 from confledger.store.log import Checkpoint, EventLog
 
 __all__ = ["ProjectionSet", "restore_projections"]
+
+# With a listener, every folded event is asked whether it is a config.applied.
+_APPLIES: PayloadTable[bool] = PayloadTable({ConfigApplied: True})
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +129,6 @@ class ProjectionSet:
         self._unsubscribe: Callable[[], None] | None = None
         self.replayed_on_start = 0
         self.applied_listeners: list[Callable[[RecordedEvent], None]] = []
-        # Whether a payload type is a config.applied, asked once per type: isinstance on a pydantic
-        # model goes through ABCMeta, and with a listener every folded event is looked at.
-        self._applies_by_type: dict[type[EventPayload], bool] = {}
         # The newest position the applied-listeners have been told up to. A rebuild folds from 0 again:
         # holding every old apply of the log until the fold ends, to tell nobody (they were told), cost
         # a whole-log rebuild a fifth of its time, most of it the collector scanning them.
@@ -176,17 +176,10 @@ class ProjectionSet:
         before = max(self.position, self._told)
         applied: list[RecordedEvent] = []
 
-        applies_by_type = self._applies_by_type
-
         def noting_applies() -> Iterator[RecordedEvent]:
             for event in events:
-                if event.position > before:
-                    payload_type = type(event.payload)
-                    applies = applies_by_type.get(payload_type)
-                    if applies is None:
-                        applies = applies_by_type[payload_type] = issubclass(payload_type, ConfigApplied)
-                    if applies:
-                        applied.append(event)
+                if event.position > before and _APPLIES.get(type(event.payload)):
+                    applied.append(event)
                 yield event
 
         try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -40,6 +40,7 @@ __all__ = [
     "OperationRejected",
     "OperationStarted",
     "OperationStatus",
+    "PayloadTable",
     "RecordedEvent",
     "ServiceFailure",
     "ServiceNotified",
@@ -317,6 +318,34 @@ class RecordedEvent(BaseModel):
 
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+_Entry = TypeVar("_Entry")
+
+
+class PayloadTable(Generic[_Entry]):
+    """The entry of ``table`` a payload type takes, as ``isinstance`` would match it: its own type's,
+    else its nearest base's (by the MRO); None when no type of the table is among its bases.
+
+    Looked up once per payload type and kept: a fold asks for every event, and ``isinstance`` on a
+    pydantic model goes through ABCMeta (about 0.7 µs for a miss), where a dict hit is a few dozen ns.
+    """
+
+    __slots__ = ("_found", "_table")
+
+    def __init__(self, table: Mapping[type[EventPayload], _Entry]) -> None:
+        self._table = dict(table)
+        self._found: dict[type[EventPayload], _Entry | None] = {}
+
+    def get(self, payload_type: type[EventPayload]) -> _Entry | None:
+        try:
+            return self._found[payload_type]
+        except KeyError:
+            pass
+        table = self._table
+        entry = next((table[base] for base in payload_type.__mro__ if base in table), None)
+        self._found[payload_type] = entry
+        return entry
 
 
 @dataclass

@@ -28,12 +28,12 @@ from confledger.store.events import (
     ConfigLoaded,
     ConfigLoadFailed,
     ConfigUnchanged,
-    EventPayload,
     OperationCompleted,
     OperationKind,
     OperationRejected,
     OperationStarted,
     OperationStatus,
+    PayloadTable,
     RecordedEvent,
     ServiceNotified,
     Trigger,
@@ -257,35 +257,22 @@ def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejecte
 # holds them all.
 _Step = Callable[[_Folding, RecordedEvent, Any], None]
 
-# In the order the payload types are asked for: a payload that is an instance of two of them (a
-# subclass of both) takes the first one's step, as an isinstance chain in this order would.
-_STEPS: tuple[tuple[type[EventPayload], _Step], ...] = (
-    (OperationStarted, _started),
-    (ConfigLoaded, _loaded),
-    (ConfigLoadFailed, _load_failed),
-    (ConfigUnchanged, _unchanged),
-    (ValidationPassed, _passed),
-    (ValidationFailed, _failed),
-    (ServiceNotified, _notified),
-    (ConfigApplied, _applied),
-    (OperationCompleted, _completed),
-    (OperationRejected, _rejected),
+# The step of each payload type; a type not here (nor a subclass of one here) changes nothing of the
+# answer. Looked up once per type (an isinstance chain per event was a sixth of folding the history).
+_STEPS: PayloadTable[_Step] = PayloadTable(
+    {
+        OperationStarted: _started,
+        ConfigLoaded: _loaded,
+        ConfigLoadFailed: _load_failed,
+        ConfigUnchanged: _unchanged,
+        ValidationPassed: _passed,
+        ValidationFailed: _failed,
+        ServiceNotified: _notified,
+        ConfigApplied: _applied,
+        OperationCompleted: _completed,
+        OperationRejected: _rejected,
+    }
 )
-
-# The step of each payload type met so far (None: the type changes nothing of the answer). Asked once
-# per type: asking each event through isinstance (ABCMeta, for pydantic models) went down a chain of
-# up to ten checks, five on average in a reload's events, a sixth of folding the history of a log.
-_step_by_type: dict[type[EventPayload], _Step | None] = {}
-
-
-def _step_for(payload_type: type[EventPayload]) -> _Step | None:
-    try:
-        return _step_by_type[payload_type]
-    except KeyError:
-        pass
-    step = next((step for base, step in _STEPS if issubclass(payload_type, base)), None)
-    _step_by_type[payload_type] = step
-    return step
 
 
 def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LISTED) -> ReloadOperation:
@@ -305,10 +292,9 @@ def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LI
         },
         listed,
     )
-    step_by_type = _step_by_type
     for event in events:
         payload = event.payload
-        step = step_by_type.get(type(payload)) or _step_for(type(payload))
+        step = _STEPS.get(type(payload))
         if step is not None:
             step(folding, event, payload)
     fields = folding.fields
