@@ -5,12 +5,13 @@ old one, or swap a symlink (Kubernetes ConfigMaps). Watching the file's inode mi
 directory is watched and every change is judged by the file's own fingerprint (what ``stat`` says
 through any symlink). A change is reloaded only once it is finished, so a half-written file is never read.
 
-On Linux the kernel says when that is: inotify reports a writer closing the file (``IN_CLOSE_WRITE``) and
-a rename or symlink swap landing (``IN_MOVED_TO``), which watchfiles sees but does not pass on. So there
-the directory is watched through ``inotify_simple`` and a finished change is judged after ``closed_quiet_s``
-(5 ms, so a script's ``echo >`` then ``echo >>`` is one change), while a file still open for writing is
-waited for until its writer closes it (at most ``max_settle_s``), however long it pauses between writes. Elsewhere, and for polling
-(network filesystems), watchfiles reports changes and each one waits ``settle_s`` for the file to be still.
+On Linux the kernel says when that is: inotify reports a writer closing the file (``IN_CLOSE_WRITE``)
+and a rename or symlink swap landing (``IN_MOVED_TO``), which watchfiles sees but does not pass on. So
+there the directory is watched through ``inotify_simple``, and a finished change is judged
+``closed_quiet_s`` after its last event (5 ms, so a script's ``echo >`` then ``echo >>`` is one change);
+a file still open for writing is waited for until its writer closes it (at most ``max_settle_s``),
+however long it pauses between writes. Elsewhere, and for polling (network filesystems), watchfiles
+reports changes and each one waits ``settle_s`` for the file to be still.
 """
 
 from __future__ import annotations
@@ -135,21 +136,12 @@ class FileWatcher:
                 recursive=False,
             ):
                 if not changes:
-                    if _identity(directory) != watched or os.path.realpath(self.path.parent) != str(
-                        directory
-                    ):
+                    if self._replaced(directory, watched):
                         break
                     if fingerprint(self.path) == last:
                         continue
-                current = await self._settled()
-                if current == last:
-                    continue
-                previous, last = last, current
-                if current is None:
-                    logger.warning("config file %s disappeared; keeping the current config", self.path)
-                    continue
-                if not await self._notify():
-                    last = previous  # not reloaded: the next recheck sees the change again and retries
+                await self._settled()
+                last = await self._judge(last)
         except OSError as exc:
             # The directory vanished between the check and the watch being armed: look again shortly.
             logger.debug("watching %s failed (%s); retrying", directory, exc)
@@ -158,16 +150,16 @@ class FileWatcher:
         current = fingerprint(self.path)
         if current != last and current is not None and not self._stop.is_set():
             # Changed while the old directory was being replaced: that is a change like any other.
-            current = await self._settled()
-            if current != last and current is not None and await self._notify():
-                last = current
+            await self._settled()
+            last = await self._judge(last)
         return last
 
     async def _watch_kernel(
         self, directory: Path, watched: tuple[int, int], last: Fingerprint
     ) -> Fingerprint:
-        """``_watch`` with inotify's own events: a change is judged ``closed_quiet_s`` after the last event,
-        once nothing it touched is still open for writing (or ``max_settle_s`` after it began). Returns when the directory is replaced or removed, or the watcher stops."""
+        """``_watch`` with inotify's own events: a change is judged ``closed_quiet_s`` after the last
+        event, once nothing it touched is still open for writing (or ``max_settle_s`` after it began).
+        Returns when the directory is replaced or removed, or the watcher stops."""
         from inotify_simple import INotify, flags
 
         # What changes the directory's entries; opens and reads (IN_OPEN, IN_ACCESS) are left out.
@@ -224,7 +216,7 @@ class FileWatcher:
                     writing.clear()
                     last = await self._judge(last)
                     continue
-                if _identity(directory) != watched or os.path.realpath(self.path.parent) != str(directory):
+                if self._replaced(directory, watched):
                     break
                 if fingerprint(self.path) != last:
                     # Changed where no event of this directory reaches (the far end of a symlink, written
@@ -243,6 +235,10 @@ class FileWatcher:
             return None
         events: list[Event] = inotify.read(timeout=0)
         return events
+
+    def _replaced(self, directory: Path, watched: tuple[int, int]) -> bool:
+        """Whether the watched directory is gone or another now stands at the file's parent path."""
+        return _identity(directory) != watched or os.path.realpath(self.path.parent) != str(directory)
 
     async def _judge(self, last: Fingerprint) -> Fingerprint:
         """Reload if the file is not what was last reloaded; the fingerprint now counted as reloaded."""
