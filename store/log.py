@@ -162,22 +162,15 @@ def _select_events() -> sa.Select[Any]:
     return sa.select(*_EVENT_COLUMNS)
 
 
-# A page of ``iter_events``, a fold's whole read, run on the driver's cursor (store/statements.py):
-# through Connection.execute, building the statement, SQLAlchemy's per-execution work and its row
-# objects were about a tenth of a rebuild of every projection.
-_PAGE = (
-    _select_events()
-    .where(events.c.position > sa.bindparam("after"))
-    .order_by(events.c.position)
-    .limit(sa.bindparam("batch"))
-)
-_PAGE_UNTIL = _PAGE.where(events.c.position <= sa.bindparam("until"))
-
-
 def _forward(
-    after: int, limit: int | None, *, types: Iterable[str] | None = None, until: int | None = None
+    after: int | sa.BindParameter[int],
+    limit: int | sa.BindParameter[int] | None,
+    *,
+    types: Iterable[str] | None = None,
+    until: int | sa.BindParameter[int] | None = None,
 ) -> sa.Select[Any]:
-    """Events with position > ``after`` (and <= ``until``), oldest first."""
+    """Events with position > ``after`` (and <= ``until``), oldest first; each bound now or, given as a
+    bind parameter, at every run of a statement compiled once."""
     query = _select_events().where(events.c.position > after).order_by(events.c.position)
     if until is not None:
         query = query.where(events.c.position <= until)
@@ -187,6 +180,16 @@ def _forward(
         query = query.limit(limit)
     return query
 
+
+# A page of ``iter_events``, a fold's whole read, run on the driver's cursor (store/statements.py):
+# through Connection.execute, building the statement, SQLAlchemy's per-execution work and its row
+# objects were about a tenth of a rebuild of every projection.
+_PAGE = _forward(sa.bindparam("after", type_=sa.BigInteger), sa.bindparam("batch", type_=sa.Integer))
+_PAGE_UNTIL = _forward(
+    sa.bindparam("after", type_=sa.BigInteger),
+    sa.bindparam("batch", type_=sa.Integer),
+    until=sa.bindparam("until", type_=sa.BigInteger),
+)
 
 logger = logging.getLogger(__name__)
 
