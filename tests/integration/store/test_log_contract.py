@@ -635,14 +635,20 @@ def _end_the_sessions_of(log: EventLog) -> int:
     return int(ended or 0)
 
 
-def test_a_pooled_connection_that_lay_idle_is_pinged_and_replaced(
-    log: EventLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _drop_a_pooled_read_connection(log: EventLog) -> None:
+    """One event, read back (a read connection then waits in the pool), and every session of ``log``
+    ended by the server. PostgreSQL only."""
     if log.dialect != "postgresql":
         pytest.skip("only a server can drop a connection")
     log.append([started(1)])
-    assert log.head() == 1  # a read connection now waits in the pool
+    assert log.head() == 1
     assert _end_the_sessions_of(log) >= 1
+
+
+def test_a_pooled_connection_that_lay_idle_is_pinged_and_replaced(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _drop_a_pooled_read_connection(log)
     # Idle past the threshold (here: any idle time at all), the read connection is pinged first.
     monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 0.0)
     assert log.head() == 1
@@ -652,11 +658,7 @@ def test_a_pooled_connection_that_lay_idle_is_pinged_and_replaced(
 def test_a_pooled_connection_used_a_moment_ago_fails_once_then_is_replaced(
     log: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if log.dialect != "postgresql":
-        pytest.skip("only a server can drop a connection")
-    log.append([started(1)])
-    assert log.head() == 1
-    assert _end_the_sessions_of(log) >= 1
+    _drop_a_pooled_read_connection(log)
     # Used a moment ago: not pinged, so the read that finds it gone fails, with a clear error...
     monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 3600.0)
     with pytest.raises(StoreUnavailable):
