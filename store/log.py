@@ -3,7 +3,7 @@
 Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
 worker thread, so the event loop never waits on the database. The chain's links are made and checked
 in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``; keys,
-MACs and the anchor file ``store.integrity``.
+MACs and the anchor file ``store.integrity``; the statements on the events table ``store.queries``.
 
 A log with a key (``signing_key``, or else the ``cipher``'s encryption key) is keyed: its links are
 HMACs, its checkpoints MACed, its config hashes take secrets only as keyed digests, and an anchor file
@@ -92,6 +92,14 @@ from confledger.store.integrity import (
     save_key_record,
     save_verified,
 )
+from confledger.store.queries import (
+    HEAD_AND_APPLIED_SINCE,
+    INSERT_EVENTS,
+    PAGE,
+    PAGE_UNTIL,
+    forward,
+    select_events,
+)
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
@@ -111,85 +119,6 @@ _OPEN_OPERATIONS = "store.open_operations"
 _OPEN_OPERATIONS_VERSION = 1
 _OPEN_OPERATIONS_REFOLD = 256
 _LIFECYCLE = ("operation.started", "operation.completed")
-
-# The append path's statements, built from the tables once. They run on the driver's cursor of the
-# writer's connection (store/statements.py), compiled once with SQLAlchemy's own bind processing:
-# through Connection.execute an SQLite append measured 0.49-0.50x raw sqlite3 in events/s (target 0.6),
-# on the cursor 0.76-0.82x (median per append 0.66-0.73x); tests/benchmarks/bench_append.py, 2,000
-# single-event appends x 3 runs, interleaved with raw sqlite3 on this machine.
-_INSERT_EVENTS = events.insert()
-_applied = events.alias("applied")
-# The head, and the first config.applied after a position, in one statement (on PostgreSQL one round
-# trip fewer per append that applies a config). An empty log has no row, and nothing in it can conflict.
-_HEAD_AND_APPLIED_SINCE = (
-    sa.select(
-        events.c.position,
-        events.c.hash,
-        sa.select(_applied.c.position)
-        .where(
-            _applied.c.type == ConfigApplied.event_type,
-            _applied.c.position > sa.bindparam("expected_head"),
-        )
-        .order_by(_applied.c.position)
-        .limit(1)
-        .scalar_subquery()
-        .label("applied_since"),
-    )
-    .order_by(events.c.position.desc())
-    .limit(1)
-)
-
-# What an event is read back from, in the order ``_decode`` takes it. The payload comes as its stored
-# JSON text, not through the JSON type's deserializer, so pydantic parses it into the payload's model
-# in one step (``EventRegistry.decode_json``); the CAST is a no-op on SQLite, and on PostgreSQL it
-# gives the ``json`` column's text as stored.
-_EVENT_COLUMNS = (
-    events.c.position,
-    events.c.event_id,
-    events.c.occurred_at,
-    events.c.type,
-    events.c.schema_version,
-    events.c.operation_id,
-    events.c.instance_id,
-    events.c.actor,
-    sa.cast(events.c.payload, sa.Text).label("payload"),
-    events.c.prev_hash,
-    events.c.hash,
-)
-
-
-def _select_events() -> sa.Select[Any]:
-    return sa.select(*_EVENT_COLUMNS)
-
-
-def _forward(
-    after: int | sa.BindParameter[int],
-    limit: int | sa.BindParameter[int] | None,
-    *,
-    types: Iterable[str] | None = None,
-    until: int | sa.BindParameter[int] | None = None,
-) -> sa.Select[Any]:
-    """Events with position > ``after`` (and <= ``until``), oldest first; each bound now or, given as a
-    bind parameter, at every run of a statement compiled once."""
-    query = _select_events().where(events.c.position > after).order_by(events.c.position)
-    if until is not None:
-        query = query.where(events.c.position <= until)
-    if types is not None:
-        query = query.where(events.c.type.in_(list(types)))
-    if limit is not None:
-        query = query.limit(limit)
-    return query
-
-
-# A page of ``iter_events``, a fold's whole read, run on the driver's cursor (store/statements.py):
-# through Connection.execute, building the statement, SQLAlchemy's per-execution work and its row
-# objects were about a tenth of a rebuild of every projection.
-_PAGE = _forward(sa.bindparam("after", type_=sa.BigInteger), sa.bindparam("batch", type_=sa.Integer))
-_PAGE_UNTIL = _forward(
-    sa.bindparam("after", type_=sa.BigInteger),
-    sa.bindparam("batch", type_=sa.Integer),
-    until=sa.bindparam("until", type_=sa.BigInteger),
-)
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +204,10 @@ class EventLog:
         self._writer = LogWriter(self.engine)
         dialect = self.engine.dialect
         self._head_statement = DriverStatement(HEAD, dialect)
-        self._head_and_applied_since = DriverStatement(_HEAD_AND_APPLIED_SINCE, dialect)
-        self._insert_events = DriverStatement(_INSERT_EVENTS, dialect)
-        self._page = DriverStatement(_PAGE, dialect)
-        self._page_until = DriverStatement(_PAGE_UNTIL, dialect)
+        self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
+        self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
+        self._page = DriverStatement(PAGE, dialect)
+        self._page_until = DriverStatement(PAGE_UNTIL, dialect)
         try:
             if migrate_on_open:
                 migrate.upgrade(self.engine)
@@ -591,13 +520,13 @@ class EventLog:
         until: int | None = None,
     ) -> list[RecordedEvent]:
         """Events with position > ``after`` (and <= ``until``), oldest first."""
-        return self._events(_forward(after, limit, types=types, until=until))
+        return self._events(forward(after, limit, types=types, until=until))
 
     def read_reverse(
         self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
     ) -> list[RecordedEvent]:
         """Events with position < ``before``, newest first."""
-        query = _select_events().order_by(events.c.position.desc()).limit(limit)
+        query = select_events().order_by(events.c.position.desc()).limit(limit)
         if before is not None:
             query = query.where(events.c.position < before)
         if types is not None:
@@ -636,14 +565,14 @@ class EventLog:
 
     def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
         return self._events(
-            _select_events()
+            select_events()
             .where(events.c.operation_id == str(uuid.UUID(str(operation_id))))
             .order_by(events.c.position)
         )
 
     def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
         """Events whose ``occurred_at`` lies in [since, until], oldest first."""
-        query = _select_events().order_by(events.c.position)
+        query = select_events().order_by(events.c.position)
         if since is not None:
             query = query.where(events.c.occurred_at >= _as_utc(since))
         if until is not None:
@@ -700,7 +629,7 @@ class EventLog:
                 [
                     self._decode(row)
                     for row in connection.execute(
-                        _select_events()
+                        select_events()
                         .where(events.c.position.in_(sorted(open_at.values())))
                         .order_by(events.c.position)
                     )
@@ -729,7 +658,7 @@ class EventLog:
             return connection.execute(query).all()
 
     def _decode(self, row: Sequence[Any]) -> RecordedEvent:
-        """The event of a row of ``_EVENT_COLUMNS``."""
+        """The event of a row of ``store.queries.EVENT_COLUMNS``."""
         (
             position,
             event_id,
