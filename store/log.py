@@ -92,6 +92,7 @@ from confledger.store.integrity import (
     save_key_record,
     save_verified,
 )
+from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
     HEAD_AND_APPLIED_SINCE,
     INSERT_EVENTS,
@@ -113,12 +114,6 @@ __all__ = [
     "VerifyReport",
     "default_instance_id",
 ]
-
-# The open-operations fold is checkpointed once the tail it had to read holds this many lifecycle events.
-_OPEN_OPERATIONS = "store.open_operations"
-_OPEN_OPERATIONS_VERSION = 1
-_OPEN_OPERATIONS_REFOLD = 256
-_LIFECYCLE = ("operation.started", "operation.completed")
 
 logger = logging.getLogger(__name__)
 
@@ -612,42 +607,11 @@ class EventLog:
         from position 0.
         """
         with self._read() as connection:
-            after, open_at = _open_operations_at(load_checkpoint(connection, _OPEN_OPERATIONS))
-            tail = connection.execute(
-                sa.select(events.c.position, events.c.type, events.c.operation_id)
-                .where(events.c.type.in_(_LIFECYCLE), events.c.position > after)
-                .order_by(events.c.position)
-            ).all()
-            for position, event_type, operation_id in tail:
-                if operation_id is None:
-                    continue
-                if event_type == "operation.started":
-                    open_at[str(operation_id)] = int(position)
-                else:
-                    open_at.pop(str(operation_id), None)
-            found = (
-                [
-                    self._decode(row)
-                    for row in connection.execute(
-                        select_events()
-                        .where(events.c.position.in_(sorted(open_at.values())))
-                        .order_by(events.c.position)
-                    )
-                ]
-                if open_at
-                else []
-            )
-        if len(tail) >= _OPEN_OPERATIONS_REFOLD:
+            found, refolded = read_open_operations(connection, self._decode)
+        if refolded is not None:
             # A cache, not the log: failing to write it (a read-only replica) only costs the next caller time.
             with contextlib.suppress(ConfledgerError):
-                self.save_checkpoint(
-                    Checkpoint(
-                        name=_OPEN_OPERATIONS,
-                        version=_OPEN_OPERATIONS_VERSION,
-                        position=int(tail[-1].position),
-                        state={"open": open_at},
-                    )
-                )
+                self.save_checkpoint(refolded)
         return found
 
     def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
@@ -935,15 +899,3 @@ class EventLog:
                 False, report.checked, report.head, anchor.position, reason, "anchor_mismatch"
             )
         return None
-
-
-def _open_operations_at(checkpoint: Checkpoint | None) -> tuple[int, dict[str, int]]:
-    """The position the open-operations checkpoint was folded to, and the operations open there (by id,
-    with the position of each one's start); ``(0, {})`` when there is none it can read."""
-    if checkpoint is None or checkpoint.version != _OPEN_OPERATIONS_VERSION:
-        return 0, {}
-    state = checkpoint.state
-    opened = state.get("open") if isinstance(state, dict) else None
-    if not isinstance(opened, dict) or not all(type(value) is int for value in opened.values()):
-        return 0, {}
-    return checkpoint.position, {str(key): value for key, value in opened.items()}
