@@ -3,7 +3,9 @@
 Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
 worker thread, so the event loop never waits on the database. The chain's links are made and checked
 in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``; keys,
-MACs and the anchor file ``store.integrity``; the statements on the events table ``store.queries``.
+MACs and the anchor file ``store.integrity``; the statements on the events table ``store.queries``; the
+open-operations fold ``store.open_operations``; the key state and the checks ``verify`` runs beyond the
+links ``store.verification``.
 
 A log with a key (``signing_key``, or else the ``cipher``'s encryption key) is keyed: its links are
 HMACs, its checkpoints MACed, its config hashes take secrets only as keyed digests, and an anchor file
@@ -21,7 +23,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,10 @@ from confledger.store.checkpoints import (
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
-    sorted_checkpoints,
 )
 from confledger.store.configs import (
     PreparedConfig,
     StoredConfig,
-    body_mismatches,
     count_configs,
     has_config,
     is_full_hash,
@@ -81,14 +80,10 @@ from confledger.store.integrity import (
     LINK_SHA256,
     Anchor,
     AnchorFile,
-    AnchorUnreadable,
     IntegrityKeys,
     KeyRecord,
-    candidate_keys,
     config_hash_as,
     load_key_record,
-    load_verified,
-    read_anchor,
     save_key_record,
     save_verified,
 )
@@ -104,6 +99,16 @@ from confledger.store.queries import (
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
+from confledger.store.verification import (
+    Integrity,
+    anchor_failure,
+    body_failure,
+    checkpoint_failure,
+    key_mismatch,
+    needs_key,
+    read_integrity,
+    verified_position,
+)
 
 __all__ = [
     "Checkpoint",
@@ -120,22 +125,6 @@ logger = logging.getLogger(__name__)
 _validate_recorded: Callable[[dict[str, Any]], RecordedEvent] = (
     RecordedEvent.__pydantic_validator__.validate_python
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Integrity:
-    """The key this process signs with (None: keyless) and the log's key record (None: not keyed yet).
-
-    ``record_intact``: the record's MAC holds under ``keys`` (an edited record is reported, not trusted).
-    """
-
-    keys: IntegrityKeys | None
-    record: KeyRecord | None
-    record_intact: bool = True
-
-    @property
-    def keyed_from(self) -> int | None:
-        return None if self.record is None else self.record.keyed_from
 
 
 def default_anchor_path(url: URL) -> Path | None:
@@ -402,15 +391,8 @@ class EventLog:
         if record is None:
             record = save_key_record(connection, keys, keyed_from=head_position + 1)
         elif record.check_value != keys.check_value:
-            raise self._key_mismatch(keys)
+            raise key_mismatch(keys)
         return Integrity(keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac))
-
-    @staticmethod
-    def _key_mismatch(keys: IntegrityKeys) -> IntegrityKeyError:
-        return IntegrityKeyError(
-            f"the key from {keys.origin} is not the key this log was written with (its key check value "
-            "differs): every instance sharing a log needs the same key"
-        )
 
     def _anchor(self, record: KeyRecord, keys: IntegrityKeys, position: int, head_hash: str) -> None:
         """Move the anchor file to ``position`` (never back); a failure to write it fails no append."""
@@ -718,48 +700,9 @@ class EventLog:
         state = self._integrity_state
         if state is not None:
             return state
-        candidates = candidate_keys(self._signing_key, self._cipher) or self._key_file_keys()
-        with self._read() as connection:
-            record = load_key_record(connection) if self._has_integrity_table(connection) else None
-        if record is None:
-            state = Integrity(candidates[0] if candidates else None, None)
-        elif not candidates:
-            state = Integrity(None, record, record_intact=False)
-        else:
-            matching = [keys for keys in candidates if keys.check_value == record.check_value]
-            if not matching:
-                raise self._key_mismatch(candidates[0])
-            keys = matching[0]
-            state = Integrity(
-                keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac)
-            )
+        state = read_integrity(self._read, self._signing_key, self._cipher, self.url)
         self._integrity_state = state
         return state
-
-    def _key_file_keys(self) -> list[IntegrityKeys]:
-        """With no key given, an SQLite log's links are checked with the key file ``serve`` keeps beside it
-        (``<db>.key``), read only: a plain ``EventLog(url)`` verifies what the service wrote."""
-        database = sqlite_path(self.url.render_as_string(hide_password=False))
-        key_file = None if database is None else database.with_name(database.name + ".key")
-        if key_file is None or not key_file.is_file():
-            return []
-        try:
-            return candidate_keys(None, SecretCipher.from_key_file(key_file, create=False))
-        except ConfledgerError:
-            return []  # unreadable or not a key: as if there were none (verify then asks for the key)
-
-    @staticmethod
-    def _has_integrity_table(connection: Connection) -> bool:
-        # A read-only inspector may open a log migrated only to 0001: it has no integrity records.
-        return connection.dialect.has_table(connection, "integrity")
-
-    def _needs_key(self, integrity: Integrity) -> IntegrityKeys | None:
-        if integrity.record is not None and integrity.keys is None:
-            raise IntegrityKeyError(
-                "this log is keyed: checking it needs the key it was written with "
-                "(CONFLEDGER_ENCRYPTION_KEY, the key file beside an SQLite log, or CONFLEDGER_SIGNING_KEY)"
-            )
-        return integrity.keys
 
     def verify(self) -> VerifyReport:
         """Everything that can be checked: every link under its own scheme, every stored body re-hashed,
@@ -774,30 +717,21 @@ class EventLog:
         integrity = self.integrity()
         if integrity.keys is None and integrity.record is None:
             return VerifyReport(True, 0, self.head())  # keyless: nothing a forger could not recompute
-        report = self._check(after=self._verified_position(integrity))
+        report = self._check(after=verified_position(self._read, integrity))
         if not report.ok and integrity.record is None:
             # A fleet's first start: another instance committed its key record, its first keyed events
             # and its anchor between this check's read of the record (none yet) and its reads of the
             # chain and the anchor file. Read them all again; a record that is really missing fails the
             # same way a second time.
-            report = self._check(after=self._verified_position(self.integrity()))
+            report = self._check(after=verified_position(self._read, self.integrity()))
         if not report.ok:
             self.integrity_failure = report
         return report
 
-    def _verified_position(self, integrity: Integrity) -> tuple[int, str]:
-        keys = self._needs_key(integrity)
-        if keys is None:
-            return 0, GENESIS_HASH
-        with self._read() as connection:
-            if not self._has_integrity_table(connection):
-                return 0, GENESIS_HASH
-            return load_verified(connection, keys) or (0, GENESIS_HASH)
-
     def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
         self._integrity_state = None  # the key record as the database holds it now, not as first read
         integrity = self.integrity()
-        keys = self._needs_key(integrity)
+        keys = needs_key(integrity)
         record = integrity.record
         start, previous = after if after is not None else (0, GENESIS_HASH)
         with self._read() as connection:
@@ -816,9 +750,9 @@ class EventLog:
         if not report.ok:
             return report
         for failure in (
-            self._checkpoint_failure(integrity, report),
-            self._body_failure(keys, report, since=start if after is not None else None),
-            self._anchor_failure(integrity, report),
+            checkpoint_failure(self._read, integrity, report),
+            body_failure(self._read, self.cipher, keys, report, since=start if after is not None else None),
+            anchor_failure(self._read, self.anchor_path, integrity, report),
         ):
             if failure is not None:
                 return failure
@@ -828,74 +762,3 @@ class EventLog:
             if head:
                 self._anchor(record, keys, head, head_hash)
         return report
-
-    def _checkpoint_failure(self, integrity: Integrity, report: VerifyReport) -> VerifyReport | None:
-        """A checkpoint whose MAC does not hold, or one beyond the log's end (its tail was deleted).
-
-        Checkpoints are read before the head: a writer appending and checkpointing meanwhile can only
-        make the head read after them larger, never a false "cut off"."""
-        keys = integrity.keys
-        with self._read() as connection:
-            usable, forged = sorted_checkpoints(connection, keys, integrity.keyed_from)
-            if keys is not None and integrity.keyed_from is not None and forged:
-                names = ", ".join(checkpoint.name for checkpoint in forged[:5])
-                reason = f"checkpoint(s) {names} were changed in the database (their MAC does not hold)"
-                return VerifyReport(False, report.checked, report.head, None, reason, "checkpoint_mac")
-            end = head_of(connection)[0]
-        reached = max((checkpoint.position for checkpoint in usable), default=None)
-        if reached is None or reached <= end:
-            return None
-        reason = (
-            f"the log ends at position {end} but a projection was checkpointed at {reached}: "
-            "the newest events were deleted"
-        )
-        return VerifyReport(False, report.checked, report.head, end + 1, reason, "truncated")
-
-    def _body_failure(
-        self, keys: IntegrityKeys | None, report: VerifyReport, *, since: int | None
-    ) -> VerifyReport | None:
-        """The first stored body that does not hash to its hash (``since``: only bodies first named after
-        that position, and those no event names yet)."""
-        with self._read() as connection:
-            for full_hash, first, why in body_mismatches(connection, self.cipher, keys, since=since):
-                reason = f"config {full_hash[:16]}: {why}"
-                return VerifyReport(
-                    False, report.checked, report.head, first, reason, "config_body_mismatch", full_hash
-                )
-        return None
-
-    def _anchor_failure(self, integrity: Integrity, report: VerifyReport) -> VerifyReport | None:
-        """The anchor file outside the database names an event the log must still hold, unchanged."""
-        keys, record = integrity.keys, integrity.record
-        if keys is None or self.anchor_path is None:
-            return None
-        try:
-            anchor = read_anchor(self.anchor_path, keys)
-        except AnchorUnreadable as exc:
-            return VerifyReport(False, report.checked, report.head, None, str(exc), "anchor_mismatch")
-        if anchor is None:
-            return None
-        if record is None or anchor.log_id != record.log_id:
-            reason = (
-                f"the anchor file {self.anchor_path} belongs to another log, or this log's key record was "
-                "removed (if this database was replaced on purpose, move the anchor file away)"
-            )
-            return VerifyReport(False, report.checked, report.head, None, reason, "anchor_mismatch")
-        with self._read() as connection:
-            stored = connection.execute(
-                sa.select(events.c.hash).where(events.c.position == anchor.position)
-            ).scalar()
-        if stored is None:
-            reason = (
-                f"the anchor file says the log reached position {anchor.position}, but it ends at "
-                f"{report.head}: the newest events were deleted"
-            )
-            return VerifyReport(False, report.checked, report.head, report.head + 1, reason, "truncated")
-        if stored != anchor.hash:
-            reason = (
-                f"event {anchor.position} is not the one the anchor file recorded: the tail was rewritten"
-            )
-            return VerifyReport(
-                False, report.checked, report.head, anchor.position, reason, "anchor_mismatch"
-            )
-        return None
