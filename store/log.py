@@ -3,9 +3,9 @@
 Every method is synchronous and may block on I/O (an fsync, a lock wait); async callers run it in a
 worker thread, so the event loop never waits on the database. The chain's links are made and checked
 in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``; keys,
-MACs and the anchor file ``store.integrity``; the statements on the events table ``store.queries``; the
-open-operations fold ``store.open_operations``; the key state and the checks ``verify`` runs beyond the
-links ``store.verification``.
+MACs and the anchor file ``store.integrity``; the statements on the events table and the decoding of
+their rows ``store.queries``; the open-operations fold ``store.open_operations``; the key state and the
+checks ``verify`` runs beyond the links ``store.verification``.
 
 A log with a key (``signing_key``, or else the ``cipher``'s encryption key) is keyed: its links are
 HMACs, its checkpoints MACed, its config hashes take secrets only as keyed digests, and an anchor file
@@ -93,6 +93,7 @@ from confledger.store.queries import (
     INSERT_EVENTS,
     PAGE,
     PAGE_UNTIL,
+    decode_event,
     forward,
     select_events,
 )
@@ -121,10 +122,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_validate_recorded: Callable[[dict[str, Any]], RecordedEvent] = (
-    RecordedEvent.__pydantic_validator__.validate_python
-)
 
 
 def default_anchor_path(url: URL) -> Path | None:
@@ -535,7 +532,7 @@ class EventLog:
             with self._read(snapshot=False) as connection:
                 rows = page.all(connection, {**values, "after": position})
             for row in rows:
-                yield self._decode(row)
+                yield decode_event(self.registry, row)
             if len(rows) < batch:
                 return
             position = rows[-1][0]
@@ -589,7 +586,7 @@ class EventLog:
         from position 0.
         """
         with self._read() as connection:
-            found, refolded = read_open_operations(connection, self._decode)
+            found, refolded = read_open_operations(connection, self.registry)
         if refolded is not None:
             # A cache, not the log: failing to write it (a read-only replica) only costs the next caller time.
             with contextlib.suppress(ConfledgerError):
@@ -597,47 +594,11 @@ class EventLog:
         return found
 
     def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
-        return [self._decode(row) for row in self._rows(query)]
+        return [decode_event(self.registry, row) for row in self._rows(query)]
 
     def _rows(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
         with self._read(snapshot=False) as connection:
             return connection.execute(query).all()
-
-    def _decode(self, row: Sequence[Any]) -> RecordedEvent:
-        """The event of a row of ``store.queries.EVENT_COLUMNS``."""
-        (
-            position,
-            event_id,
-            occurred_at,
-            event_type,
-            schema_version,
-            operation_id,
-            instance_id,
-            actor,
-            payload,
-            prev_hash,
-            link,
-        ) = row
-        if occurred_at.tzinfo is None:
-            occurred_at = occurred_at.replace(tzinfo=UTC)
-        # The ids go to the model as text: pydantic parses a UUID in a fraction of uuid.UUID's time.
-        # Validated by the model's own validator, as model_validate does, without model_validate's
-        # keyword handling or __init__'s copy of the keywords: each was a tenth of building an event.
-        return _validate_recorded(
-            {
-                "position": position,
-                "event_id": event_id,
-                "occurred_at": occurred_at.astimezone(UTC),
-                "type": event_type,
-                "schema_version": schema_version,
-                "operation_id": operation_id,
-                "instance_id": instance_id,
-                "actor": actor,
-                "payload": self.registry.decode_json(event_type, schema_version, payload),
-                "prev_hash": prev_hash,
-                "hash": link,
-            }
-        )
 
     # --- configs --------------------------------------------------------------------------------------
 

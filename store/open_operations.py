@@ -7,15 +7,12 @@ ever run; it is kept apart from ``store.log``, which reads and writes events and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from confledger.store.checkpoints import Checkpoint, load_checkpoint
-from confledger.store.events import RecordedEvent
-from confledger.store.queries import select_events
+from confledger.store.events import EventRegistry, RecordedEvent
+from confledger.store.queries import decode_event, select_events
 from confledger.store.schema import events
 
 __all__ = ["read_open_operations"]
@@ -28,10 +25,10 @@ _LIFECYCLE = ("operation.started", "operation.completed")
 
 
 def read_open_operations(
-    connection: Connection, decode: Callable[[Sequence[Any]], RecordedEvent]
+    connection: Connection, registry: EventRegistry
 ) -> tuple[list[RecordedEvent], Checkpoint | None]:
-    """The ``operation.started`` of each operation open in ``connection``'s snapshot (rows made events by
-    ``decode``), and the checkpoint to save when the tail after the last one was long (else None).
+    """The ``operation.started`` of each operation open in ``connection``'s snapshot (payloads decoded by
+    ``registry``), and the checkpoint to save when the tail after the last one was long (else None).
 
     Only the started/completed events after the checkpoint are read; without a usable checkpoint (none,
     another version, a state it cannot read) the fold starts from position 0.
@@ -51,7 +48,7 @@ def read_open_operations(
             open_at.pop(str(operation_id), None)
     found = (
         [
-            decode(row)
+            decode_event(registry, row)
             for row in connection.execute(
                 select_events()
                 .where(events.c.position.in_(sorted(open_at.values())))
