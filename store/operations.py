@@ -26,12 +26,13 @@ the events the operation appended (``store.outcome``), with the same function hi
 
 At start, the services registered with ``notify_on_start`` get the config restored from the log
 (``old=None``), recorded as ``service.notified`` with direction ``start`` outside any operation.
+
+Step 1, reading and judging the candidate, is ``store.candidate.CandidateReader``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -47,8 +48,8 @@ from opentelemetry import trace
 
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
+from confledger.store.candidate import CandidateReader
 from confledger.store.decision import Decision, decide
-from confledger.store.diff import changed_paths
 from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
@@ -59,16 +60,11 @@ from confledger.store.errors import (
     InitialConfigError,
     IntegrityFailed,
     LogError,
-    NotAllowed,
     SecretKeyError,
-    SourceError,
 )
 from confledger.store.events import (
     ConfigApplied,
-    ConfigLoaded,
-    ConfigLoadFailed,
     ConfigRolledBack,
-    ConfigUnchanged,
     EventPayload,
     InstanceApplied,
     InstanceStarted,
@@ -81,15 +77,12 @@ from confledger.store.events import (
     RecordedEvent,
     ServiceFailure,
     Trigger,
-    ValidationFailed,
-    ValidationPassed,
 )
 from confledger.store.fleet import FleetLease, FleetLock, fleet_lock_for
 from confledger.store.ids import uuid7
 from confledger.store.log import EventLog, PreparedConfig, VerifyReport
 from confledger.store.operation_record import (
     ActiveConfig,
-    Candidate,
     Change,
     Ended,
     Operation,
@@ -101,20 +94,17 @@ from confledger.store.operation_record import (
     trace_id_of,
 )
 from confledger.store.outcome import ReloadOperation, build_operation
-from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
+from confledger.store.pins import RollbackPins
 from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.source_state import SourceState, describe_source, last_read
-from confledger.store.sources.reading import GuardedSource, SourceGuard, load_source, quiet_remaining
-from confledger.store.targets import resolve_target
-from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
+from confledger.store.sources.reading import GuardedSource, quiet_remaining
+from confledger.store.validation import ModelResult, ValidationPipeline
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
 logger = logging.getLogger(__name__)
 
-INITIAL_CHANGE = "initial_configuration"
-NO_CHANGES_MESSAGE = "No configuration changes detected"
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
 # A SIGHUP's reload waits until the config file has been still this long (the file watcher's settle
 # time), and reads a file that never stops changing after the longer bound (the watcher's too).
@@ -184,10 +174,17 @@ class OperationRunner:
         self._idle = anyio.Event()
         self._idle.set()
         self._followup_queued = False
-        # Sources that had content when last read: an empty read of one is most likely a rewrite in
-        # progress, which ``load_source`` waits out.
-        self._had_content: dict[str, bool] = {}
         self.pins = RollbackPins()
+        # Step 1, the candidate: read, validated, and judged against the current config.
+        self._candidates = CandidateReader(
+            log,
+            pipeline=pipeline,
+            services=services,
+            calls=calls,
+            pins=self.pins,
+            tracer=self.tracer,
+            max_source_bytes=max_source_bytes,
+        )
         self._restored_position = 0
         # The last reload that read the configured source (from the log at start, then this instance's).
         self._source_read: ReloadOperation | None = None
@@ -742,11 +739,12 @@ class OperationRunner:
 
     async def _run(self, operation: Operation, span: trace.Span) -> None:
         try:
+            candidates = self._candidates
             if operation.request.kind is OperationKind.RELOAD:
-                outcome = await self._validate_source(operation, span)
+                outcome = await candidates.validate_source(operation, span)
             else:
-                outcome = await self._validate_target(operation, span)
-            change = self._change(operation, outcome, self._pin_for(operation, outcome))
+                outcome = await candidates.validate_target(operation, span)
+            change = candidates.change(operation, outcome, candidates.pin_for(operation, outcome))
         except Ended as ended:
             await self._record(operation, *ended.events)
             return
@@ -770,234 +768,6 @@ class OperationRunner:
             # A writer that skipped the fleet lock applied a config: this instance follows it now (its
             # services hear of it), so the next operation starts from it.
             await self._follow_to_head()
-
-    # --- 1. the candidate ------------------------------------------------------------------------------
-
-    async def _validate_source(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
-        request, previous = operation.request, operation.previous
-        operation.pending.append(
-            operation.started_event(source=request.source, force=request.force, dry_run=request.dry_run)
-        )
-        source = request.source
-        if source is None:
-            raise Ended(
-                ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
-                operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
-            )
-        current = None if previous is None or request.force else previous.hash
-        read = functools.partial(
-            self._read_source, source, self._had_content.get(source, False), request.guard, current
-        )
-        try:
-            candidate = await anyio.to_thread.run_sync(read)
-        except (SourceError, NotAllowed) as exc:
-            # NotAllowed: the file opened for a client lies outside the allowed directories.
-            span.add_event("confledger.load", {"confledger.source": source, "confledger.reason": exc.code})
-            raise Ended(
-                ConfigLoadFailed(
-                    reason=exc.code,
-                    message=exc.message,
-                    source=source,
-                    input_sha256=getattr(exc, "input_sha256", None),
-                    size_bytes=getattr(exc, "size_bytes", None),
-                ),
-                operation.completed(
-                    OperationStatus.FAILED,
-                    "Configuration could not be loaded",
-                    error=exc.message,
-                    reason=exc.code,
-                ),
-            ) from None
-        loaded = candidate.loaded
-        self._had_content[source] = loaded.size_bytes > 0
-        span.add_event(
-            "confledger.load",
-            {
-                "confledger.source": source,
-                "confledger.size_bytes": loaded.size_bytes,
-                "confledger.format": loaded.format,
-            },
-        )
-        outcome = await self._validate(operation, candidate.model, span)
-        operation.pending.append(
-            ConfigLoaded(
-                hash=outcome.hash,
-                source=source,
-                size_bytes=loaded.size_bytes,
-                load_ms=loaded.load_ms,
-                input_sha256=loaded.raw_sha256,
-                format=loaded.format,
-            )
-        )
-        if candidate.seal_error is not None:
-            # Secrets with no key to seal them cannot be stored: a recorded failure.
-            raise Ended(
-                ValidationFailed(
-                    hash=outcome.hash,
-                    errors=(candidate.seal_error.message,),
-                    warnings=outcome.warnings,
-                    duration_ms=outcome.duration_ms,
-                ),
-                operation.completed(
-                    OperationStatus.FAILED,
-                    "Configuration could not be stored",
-                    error=candidate.seal_error.message,
-                    reason=candidate.seal_error.code,
-                ),
-            )
-        if candidate.sealed is not None:
-            # A body is stored in the transaction of the first event that names its hash.
-            operation.configs.append(candidate.sealed)
-        return outcome
-
-    def _read_source(
-        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None
-    ) -> Candidate:
-        """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread.
-
-        A config other than ``current`` (None: forced, or nothing applied) may be pinned: the pins are
-        read up to the log's head here, in the same thread, since another instance may have rolled back.
-        """
-        loaded = load_source(
-            source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
-        )
-        model = self.pipeline.check_model(loaded.body)
-        failpoints.hit("after_parse")
-        if current is not None and model.hash not in (None, current):
-            self.pins.catch_up(self.log)
-        if model.body is None:
-            return Candidate(loaded, model)
-        try:
-            # The model check hashed the body with this log's hash_config: not hashed again.
-            sealed = self.log.prepare_config(model.body, model.secret_paths, hashed=model.hash)
-            return Candidate(loaded, model, sealed=sealed)
-        except SecretKeyError as exc:
-            return Candidate(loaded, model, seal_error=exc)
-
-    async def _validate_target(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
-        request, previous = operation.request, operation.previous
-        started = operation.started_event
-        try:
-            current = None if previous is None else previous.hash
-            target = await anyio.to_thread.run_sync(resolve_target, self.log, request.target, current)
-        except ConfigLookupError as exc:
-            reference = None if request.target is None else request.target[:80]
-            operation.pending.append(started(target_hash=None, source=reference))
-            raise Ended(
-                operation.completed(
-                    OperationStatus.FAILED, "Rollback failed", error=exc.message, reason=exc.code
-                )
-            ) from None
-        operation.pending.append(started(target_hash=target, source=f"log:{target[:16]}"))
-        if previous is not None and target == previous.hash:
-            raise Ended(
-                ConfigUnchanged(hash=target),
-                operation.completed(OperationStatus.SUCCESS, f"Configuration is already {target[:16]}"),
-            )
-        try:
-            # Reading the stored body unseals its secrets: that needs the key they were sealed with. It
-            # is re-hashed too: a body edited in the database is refused, the current config unchanged.
-            model = await anyio.to_thread.run_sync(self._read_stored, target)
-            if model.body is not None and model.hash is not None and model.hash != target:
-                # The model made another config of the stored body (the model changed since): that is
-                # what would apply, so it is stored under its own hash, as a reloaded config would be.
-                operation.configs.append(
-                    await anyio.to_thread.run_sync(self.log.prepare_config, model.body, model.secret_paths)
-                )
-        except (SecretKeyError, ConfigBodyMismatch) as exc:
-            raise Ended(
-                operation.completed(
-                    OperationStatus.FAILED, "Rollback failed", error=exc.message, reason=exc.code
-                )
-            ) from None
-        return await self._validate(operation, model, span)
-
-    def _read_stored(self, target: str) -> ModelResult:
-        """The stored body of ``target``, re-hashed before anything uses it (``ConfigBodyMismatch``), then
-        through the model. A body the model leaves as it is keeps the hash it is stored under, whatever
-        that hash's scheme (an old log's plain hashes roll back to themselves)."""
-        stored = self.log.get_config(target)
-        model = self.pipeline.check_model(stored.body)
-        if model.body is not None and model.hash != target:
-            again = self.log.hash_config_as(model.body, model.secret_paths, stored.hash_version)
-            if again == target:
-                model = dataclasses.replace(model, hash=target)
-        return model
-
-    async def _validate(
-        self, operation: Operation, model: ModelResult, span: trace.Span
-    ) -> ValidationOutcome:
-        # The model's verdict is an event on the operation span; each custom validator has its own span.
-        span.add_event("confledger.model", {"confledger.errors": len(model.errors)})
-        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
-        operation.validation_ms = outcome.duration_ms
-        found = {
-            "confledger.validation.errors": len(outcome.errors),
-            "confledger.validation.warnings": len(outcome.warnings),
-        }
-        span.set_attributes({key: count for key, count in found.items() if count})
-        return outcome
-
-    def _pin_for(self, operation: Operation, outcome: ValidationOutcome) -> Pin | None:
-        """The rollback pin on the config a reload (not forced) would apply (pins read by _read_source)."""
-        request = operation.request
-        if request.kind is not OperationKind.RELOAD or request.force or not outcome.ok:
-            return None
-        return self.pins.get(outcome.hash)
-
-    def _change(self, operation: Operation, outcome: ValidationOutcome, pin: Pin | None) -> Change:
-        """The validated change, or ``Ended`` when the validation failed, nothing changed, the config
-        was rolled back away from (``pin``), or a dry run."""
-        if not outcome.ok or outcome.hash is None or outcome.body is None:
-            raise Ended(
-                ValidationFailed(
-                    hash=outcome.hash,
-                    errors=outcome.errors,
-                    warnings=outcome.warnings,
-                    duration_ms=outcome.duration_ms,
-                    errors_omitted=outcome.errors_omitted,
-                    warnings_omitted=outcome.warnings_omitted,
-                ),
-                operation.completed(
-                    OperationStatus.FAILED,
-                    f"{operation.noun} validation failed",
-                    error=f"validation failed: {outcome.error_count} error(s)",
-                    reason="validation_failed",
-                ),
-            )
-        request, previous = operation.request, operation.previous
-        unchanged = previous is not None and outcome.hash == previous.hash
-        if request.kind is OperationKind.RELOAD and unchanged and not request.force:
-            raise Ended(
-                ConfigUnchanged(hash=outcome.hash),
-                operation.completed(OperationStatus.SUCCESS, NO_CHANGES_MESSAGE),
-            )
-        operation.pending.append(
-            ValidationPassed(
-                hash=outcome.hash,
-                warnings=outcome.warnings,
-                duration_ms=outcome.duration_ms,
-                warnings_omitted=outcome.warnings_omitted,
-            )
-        )
-        if pin is not None:
-            refusal = pin.refusal()
-            raise Ended(
-                operation.completed(OperationStatus.FAILED, refusal, error=refusal, reason=PINNED_REASON)
-            )
-        paths = [INITIAL_CHANGE] if previous is None else changed_paths(previous.body, outcome.body)
-        changes, omitted = capped(paths, self.pipeline.max_items)
-        if request.dry_run:
-            names = ", ".join(self.services.names()) or "no services"
-            listed = ", ".join(clip(path, 100) for path in changes[:20])
-            raise Ended(
-                operation.completed(
-                    OperationStatus.SUCCESS,
-                    f"Dry run: {len(paths)} change(s) ({listed}); would notify {names}",
-                )
-            )
-        active = ActiveConfig(outcome.hash, outcome.config, outcome.body, outcome.secret_paths)
-        return Change(active, changes, omitted)
 
     # --- 3. notifying, 4. deciding, 5. recording the outcome -----------------------------------------
 
