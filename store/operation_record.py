@@ -13,6 +13,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from confledger.store.events import (
     OperationStarted,
     OperationStatus,
     RecordedEvent,
+    ServiceFailure,
     ServiceNotified,
     Trigger,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "Request",
     "closings_of_interrupted",
     "default_actor",
+    "failures_of",
     "finish",
     "notified",
     "owner_is_gone",
@@ -194,6 +197,23 @@ def notified(
         error=result.error,
         direction=direction,
         config_hash=config_hash,
+    )
+
+
+# A service's error as kept in instance.applied (the full text is in its service.notified event).
+_FAILURE_ERROR_CHARS = 200
+
+
+def failures_of(results: Sequence[NotifyResult]) -> tuple[ServiceFailure, ...]:
+    """The services that did not accept, as ``instance.applied`` lists them."""
+    return tuple(
+        ServiceFailure(
+            service=result.service,
+            outcome=result.outcome,
+            error=None if result.error is None else result.error[:_FAILURE_ERROR_CHARS],
+        )
+        for result in results
+        if not result.accepted
     )
 
 

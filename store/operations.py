@@ -75,7 +75,6 @@ from confledger.store.events import (
     OperationRejected,
     OperationStatus,
     RecordedEvent,
-    ServiceFailure,
     Trigger,
 )
 from confledger.store.fleet import FleetLease, FleetLock, fleet_lock_for
@@ -89,6 +88,7 @@ from confledger.store.operation_record import (
     Request,
     closings_of_interrupted,
     default_actor,
+    failures_of,
     finish,
     notified,
     trace_id_of,
@@ -114,20 +114,6 @@ FLEET_BUSY_REASON = "fleet_lock_busy"
 # The log's head, and each config.applied after the follower's position with its body through the
 # model (or why it could not be read).
 _Pending = tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]
-# A service's error as kept in instance.applied (the full text is in its service.notified event).
-_FAILURE_ERROR_CHARS = 200
-
-
-def _failures(results: Sequence[NotifyResult]) -> tuple[ServiceFailure, ...]:
-    return tuple(
-        ServiceFailure(
-            service=result.service,
-            outcome=result.outcome,
-            error=None if result.error is None else result.error[:_FAILURE_ERROR_CHARS],
-        )
-        for result in results
-        if not result.accepted
-    )
 
 
 class OperationRunner:
@@ -347,7 +333,7 @@ class OperationRunner:
                     position=self._restored_position,
                     role="start",
                     outcome="failed" if any(not result.accepted for result in results) else "applied",
-                    failures=_failures(results),
+                    failures=failures_of(results),
                 )
             )
         )
@@ -715,7 +701,7 @@ class OperationRunner:
             "forward",
         )
         failpoints.hit("mid_follow")
-        failures = _failures(results)
+        failures = failures_of(results)
         for failure in failures:
             logger.warning(
                 "service %s did not accept config %s decided by %s: %s",
@@ -859,7 +845,7 @@ class OperationRunner:
                         operation_id=str(operation.id),
                         role="decided",
                         outcome="failed" if any(not result.accepted for result in results) else "applied",
-                        failures=_failures(results),
+                        failures=failures_of(results),
                     ),
                     actor=operation.request.actor,
                 )
