@@ -27,7 +27,9 @@ the events the operation appended (``store.outcome``), with the same function hi
 At start, the services registered with ``notify_on_start`` get the config restored from the log
 (``old=None``), recorded as ``service.notified`` with direction ``start`` outside any operation.
 
-Step 1, reading and judging the candidate, is ``store.candidate.CandidateReader``.
+Step 1, reading and judging the candidate, is ``store.candidate.CandidateReader``; following the fleet
+(what other instances decided, and an operation's catch-up before it decides) is
+``store.following.FleetFollowing``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
-    ConfigLookupError,
     ConfledgerError,
     FleetLockBusy,
     InitialConfigError,
@@ -77,7 +78,8 @@ from confledger.store.events import (
     RecordedEvent,
     Trigger,
 )
-from confledger.store.fleet import FleetLease, FleetLock, fleet_lock_for
+from confledger.store.fleet import FleetLock, fleet_lock_for
+from confledger.store.following import FleetFollowing
 from confledger.store.ids import uuid7
 from confledger.store.log import EventLog, PreparedConfig, VerifyReport
 from confledger.store.operation_record import (
@@ -99,7 +101,7 @@ from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.source_state import SourceState, describe_source, last_read
 from confledger.store.sources.reading import GuardedSource, quiet_remaining
-from confledger.store.validation import ModelResult, ValidationPipeline
+from confledger.store.validation import ValidationPipeline
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
@@ -111,12 +113,9 @@ IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
 SOURCE_QUIET_S = 0.1
 SOURCE_QUIET_MAX_S = 3.0
 FLEET_BUSY_REASON = "fleet_lock_busy"
-# The log's head, and each config.applied after the follower's position with its body through the
-# model (or why it could not be read).
-_Pending = tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]
 
 
-class OperationRunner:
+class OperationRunner(FleetFollowing):
     """Runs reloads and rollbacks one at a time (one slot for both) and records every step in ``log``."""
 
     def __init__(
@@ -595,133 +594,6 @@ class OperationRunner:
                 else:
                     lease.release()
         return result
-
-    # --- following the fleet -------------------------------------------------------------------------
-
-    async def follow(self) -> int:
-        """Apply here what other instances decided since the last call; returns the position followed to."""
-        async with self._apply_lock:
-            await self._follow_to_head()
-        return self.followed
-
-    def _applied_since(
-        self, after: int
-    ) -> tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]:
-        """The head, and each ``config.applied`` after ``after`` with its stored body put through this
-        instance's model (or why it could not be read): the reading part of following, in one thread hop.
-        """
-        head = self.log.head()
-        if head <= after:
-            return head, []
-        found: list[tuple[RecordedEvent, ModelResult | ConfledgerError]] = []
-        for event in self.log.read(after, types=(ConfigApplied.event_type,), until=head):
-            payload = event.payload
-            if event.instance_id == self.log.instance_id or not isinstance(payload, ConfigApplied):
-                found.append((event, ConfledgerError("decided here", code="own")))
-                continue
-            try:
-                found.append((event, self.pipeline.check_model(self.log.get_config(payload.hash).body)))
-            except (SecretKeyError, ConfigLookupError) as exc:
-                found.append((event, exc))
-        return head, found
-
-    def _take_turn(self, holder: str) -> tuple[FleetLease, _Pending]:
-        """The fleet lock, then what the fleet decided since ``followed`` (blocking: one thread hop)."""
-        lease = self.fleet_lock.acquire(holder, self.fleet_lock_wait)
-        try:
-            return lease, self._applied_since(self.followed)
-        except BaseException:
-            lease.release()
-            raise
-
-    async def _follow_to_head(self, pending: _Pending | None = None) -> None:
-        """Every ``config.applied`` after ``followed`` (``pending``: as already read), in order; then
-        the projections (``after_follow``) unless an append of this instance already folded them (its
-        listener catches up on a gap)."""
-        appended = False
-        if self._unrecorded:
-            await self._append(self._unrecorded)
-            self._unrecorded, appended = [], True
-        if pending is None:
-            pending = await anyio.to_thread.run_sync(self._applied_since, self.followed)
-        head, applied = pending
-        for event, model in applied:
-            if event.instance_id != self.log.instance_id:
-                await self._follow_one(event, model)
-                appended = True
-            self.followed = event.position
-        moved = head > self.followed
-        self.followed = max(self.followed, head)
-        self._known_head = max(self._known_head, head)
-        if (moved or applied) and not appended and self.after_follow is not None:
-            await anyio.to_thread.run_sync(self.after_follow)
-
-    async def _follow_one(self, event: RecordedEvent, model: ModelResult | ConfledgerError) -> None:
-        """Validate a change another instance decided with this instance's model, tell this instance's
-        services, record what they said (``service.notified``) and ``instance.applied``.
-
-        Services that refuse are not compensated and the fleet's desired config does not move: the
-        instance is drifted until a later change reaches all its services. A body this instance's own
-        model or validators refuse reaches no service (outcome ``invalid``).
-        """
-        payload = event.payload
-        assert isinstance(payload, ConfigApplied)
-        answer = functools.partial(
-            InstanceApplied,
-            hash=payload.hash,
-            position=event.position,
-            operation_id=None if event.operation_id is None else str(event.operation_id),
-            role="followed",
-        )
-        previous = self.active
-        if previous is not None and previous.hash == payload.hash:
-            await self._append([NewEvent(answer(outcome="applied"))])
-            return
-        if isinstance(model, ConfledgerError):
-            await self._append([NewEvent(answer(outcome="invalid", errors=(model.message,)))])
-            return
-        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
-        if not outcome.ok or outcome.body is None:
-            errors = outcome.errors[: self.pipeline.max_items] or ("the config model refused the body",)
-            logger.warning(
-                "config %s decided by %s does not pass this instance's validation: %s",
-                payload.hash[:16],
-                event.instance_id,
-                "; ".join(errors[:3]),
-            )
-            await self._append([NewEvent(answer(outcome="invalid", errors=errors))])
-            return
-        new = ActiveConfig(payload.hash, outcome.config, outcome.body, outcome.secret_paths)
-        secrets = [*new.secret_values(), *([] if previous is None else previous.secret_values())]
-        results = await self._notify(
-            self.services.ordered(),
-            None if previous is None else previous.config,
-            new.config,
-            secrets,
-            "forward",
-        )
-        failpoints.hit("mid_follow")
-        failures = failures_of(results)
-        for failure in failures:
-            logger.warning(
-                "service %s did not accept config %s decided by %s: %s",
-                failure.service,
-                payload.hash[:16],
-                event.instance_id,
-                failure.error or failure.outcome.value,
-            )
-        # The services run it now (those that accepted): it is this instance's config from here on,
-        # and this change is handled: if its record fails, ``_unrecorded`` writes it, never a second
-        # answer after a second look.
-        self.active = new
-        self.followed = max(self.followed, event.position)
-        batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
-        batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
-        try:
-            await self._append(batch)
-        except BaseException:
-            self._unrecorded = batch
-            raise
 
     async def _run(self, operation: Operation, span: trace.Span) -> None:
         try:
