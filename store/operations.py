@@ -29,7 +29,8 @@ At start, the services registered with ``notify_on_start`` get the config restor
 
 Step 1, reading and judging the candidate, is ``store.candidate.CandidateReader``; following the fleet
 (what other instances decided, and an operation's catch-up before it decides) is
-``store.following.FleetFollowing``.
+``store.following.FleetFollowing``; compensating as decided and recording the outcome (steps 4 and 5)
+is ``store.concluding.Concluding``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from opentelemetry import trace
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
 from confledger.store.candidate import CandidateReader
+from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, decide
-from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
@@ -60,21 +61,17 @@ from confledger.store.errors import (
     FleetLockBusy,
     InitialConfigError,
     IntegrityFailed,
-    LogError,
     SecretKeyError,
 )
 from confledger.store.events import (
     ConfigApplied,
-    ConfigRolledBack,
     EventPayload,
     InstanceApplied,
     InstanceStarted,
     InstanceStopped,
     NewEvent,
-    OperationCompleted,
     OperationKind,
     OperationRejected,
-    OperationStatus,
     RecordedEvent,
     Trigger,
 )
@@ -115,7 +112,7 @@ SOURCE_QUIET_MAX_S = 3.0
 FLEET_BUSY_REASON = "fleet_lock_busy"
 
 
-class OperationRunner(FleetFollowing):
+class OperationRunner(FleetFollowing, Concluding):
     """Runs reloads and rollbacks one at a time (one slot for both) and records every step in ``log``."""
 
     def __init__(
@@ -660,144 +657,6 @@ class OperationRunner(FleetFollowing):
             has_previous=operation.previous is not None,
             conflict=conflict,
         )
-
-    async def _conclude(
-        self,
-        operation: Operation,
-        change: Change,
-        services: Sequence[ServiceSpec],
-        results: list[NotifyResult],
-        decision: Decision,
-        secrets: list[str],
-        apply_started: float,
-    ) -> None:
-        """Compensate the services ``decision`` names, then record the outcome (raises on a conflict)."""
-        new, previous = change.active, operation.previous
-        events: list[EventPayload] = [notified(result, "forward", new.hash) for result in results]
-        if decision.compensate and previous is not None:
-            by_name = {spec.name: spec for spec in services}
-            compensations = await self._notify(
-                [by_name[name] for name in decision.compensate],
-                new.config,
-                previous.config,
-                secrets,
-                "compensate",
-            )
-            events += [notified(result, "compensate", previous.hash) for result in compensations]
-        previous_hash = None if previous is None else previous.hash
-        answers: list[NewEvent] = []
-        if decision.automatic_rollback:
-            events.append(
-                ConfigRolledBack(
-                    from_hash=new.hash,
-                    to_hash=previous_hash,
-                    reason="automatic",
-                    success_ratio=decision.success_ratio,
-                    threshold=self.rollback_threshold,
-                )
-            )
-        if decision.applies:
-            if operation.request.kind is OperationKind.ROLLBACK:
-                events.append(ConfigRolledBack(from_hash=previous_hash, to_hash=new.hash, reason="manual"))
-            events.append(
-                ConfigApplied(
-                    hash=new.hash,
-                    previous_hash=previous_hash,
-                    changes=change.changes,
-                    changes_omitted=change.changes_omitted,
-                )
-            )
-            # Beside the operation rather than in it (no operation_id on the envelope): the operation's
-            # own events stay what they were, and every instance's answer has the same shape.
-            answers.append(
-                NewEvent(
-                    InstanceApplied(
-                        hash=new.hash,
-                        position=None,
-                        operation_id=str(operation.id),
-                        role="decided",
-                        outcome="failed" if any(not result.accepted for result in results) else "applied",
-                        failures=failures_of(results),
-                    ),
-                    actor=operation.request.actor,
-                )
-            )
-            # The projections fold this append and take the typed config from here (config_for_hash).
-            self._applying = new
-        events.append(
-            operation.completed(
-                decision.status,
-                decision.message,
-                error=decision.error,
-                reason=decision.reason,
-                apply_ms=elapsed_ms(apply_started),
-            )
-        )
-        failpoints.hit("before_outcome_commit")
-        try:
-            await self._record(operation, *events, expected_head=operation.expected_head, beside=answers)
-        except ConcurrencyConflict:
-            raise
-        except LogError as lost:
-            await self._outcome_lost(operation, change, services, results, decision, secrets, events, lost)
-            raise
-        failpoints.hit("after_outcome_commit")
-        if decision.applies:
-            self.active = new
-
-    async def _outcome_lost(
-        self,
-        operation: Operation,
-        change: Change,
-        services: Sequence[ServiceSpec],
-        results: list[NotifyResult],
-        decision: Decision,
-        secrets: list[str],
-        events: list[EventPayload],
-        lost: LogError,
-    ) -> None:
-        """The log refused the outcome (the database went away after the start was recorded).
-
-        The change is not the current config, since the log does not say so: the services that took it
-        are given their previous config back, so none keeps running a config the log never applied
-        while this instance serves the previous one. What happened is kept as the operation's closing
-        (the notifications, those compensations, ``failed`` with the store's reason code), appended
-        before anything else once the log takes writes again; the caller still gets the error (a 503).
-        Before the start was recorded (no services: one transaction) the operation is simply absent.
-        """
-        self._applying = None
-        if not operation.recorded:
-            return
-        previous = operation.previous
-        closing = [
-            event
-            for event in events
-            if not isinstance(event, ConfigApplied | ConfigRolledBack | OperationCompleted)
-        ]
-        if decision.applies and previous is not None:
-            by_name = {spec.name: spec for spec in services}
-            accepted = [by_name[result.service] for result in reversed(results) if result.accepted]
-            compensations = await self._notify(
-                accepted, change.active.config, previous.config, secrets, "compensate"
-            )
-            closing += [notified(result, "compensate", previous.hash) for result in compensations]
-        closing.append(
-            operation.completed(
-                OperationStatus.FAILED,
-                f"{operation.noun} not applied: the event log could not record the outcome",
-                error="the event log was unavailable",
-                reason=lost.code,
-            )
-        )
-        logger.error(
-            "%s %s: the log refused its outcome (%s); services given their previous config back, its "
-            "closing is recorded once the log takes writes again",
-            operation.request.kind.value,
-            operation.id,
-            lost.code,
-        )
-        actor = operation.request.actor
-        self._unclosed += [NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing]
 
     async def _record(
         self,
