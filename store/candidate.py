@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import anyio
 from opentelemetry import trace
@@ -37,14 +38,25 @@ from confledger.store.events import (
     ValidationPassed,
 )
 from confledger.store.log import EventLog
-from confledger.store.operation_record import ActiveConfig, Candidate, Change, Ended, Operation
+from confledger.store.operation_record import (
+    ActiveConfig,
+    Candidate,
+    Change,
+    Ended,
+    Operation,
+    Request,
+)
 from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
 from confledger.store.services import ServiceRegistry
 from confledger.store.sources.reading import SourceGuard, load_source
 from confledger.store.targets import resolve_target
 from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
 
-__all__ = ["CandidateReader"]
+__all__ = ["CandidateReader", "Fetch", "Fetched"]
+
+# A reload's source as read: the candidate, or why it could not be read.
+Fetched = Candidate | SourceError | NotAllowed
+Fetch = Callable[[int], Fetched]
 
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
@@ -75,7 +87,20 @@ class CandidateReader:
         # progress, which ``load_source`` waits out.
         self._had_content: dict[str, bool] = {}
 
-    async def validate_source(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
+    def prefetch(self, request: Request, previous: ActiveConfig | None) -> Fetch | None:
+        """A reload's blocking read of its source (given the log's head, for the pins), for a thread hop
+        that has other work: the operation's turn takes the fleet lock in one and reads the source in
+        the same hop when nothing decided elsewhere is to be followed first. None for anything else."""
+        if request.kind is not OperationKind.RELOAD or request.source is None:
+            return None
+        current = None if previous is None or request.force else previous.hash
+        expect_content = self._had_content.get(request.source, False)
+        return functools.partial(self._fetch, request.source, expect_content, request.guard, current)
+
+    async def validate_source(
+        self, operation: Operation, span: trace.Span, fetched: Fetched | None = None
+    ) -> ValidationOutcome:
+        """``fetched``: the source as ``prefetch``'s read already gave it (read here otherwise)."""
         request, previous = operation.request, operation.previous
         operation.pending.append(
             operation.started_event(source=request.source, force=request.force, dry_run=request.dry_run)
@@ -86,14 +111,13 @@ class CandidateReader:
                 ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
                 operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
             )
-        current = None if previous is None or request.force else previous.hash
-        read = functools.partial(
-            self._read_source, source, self._had_content.get(source, False), request.guard, current
-        )
-        try:
-            candidate = await anyio.to_thread.run_sync(read)
-        except (SourceError, NotAllowed) as exc:
+        if fetched is None:
+            fetch = self.prefetch(request, previous)
+            assert fetch is not None  # a reload with a source
+            fetched = await anyio.to_thread.run_sync(fetch, operation.expected_head)
+        if isinstance(fetched, SourceError | NotAllowed):
             # NotAllowed: the file opened for a client lies outside the allowed directories.
+            exc = fetched
             span.add_event("confledger.load", {"confledger.source": source, "confledger.reason": exc.code})
             raise Ended(
                 ConfigLoadFailed(
@@ -109,7 +133,8 @@ class CandidateReader:
                     error=exc.message,
                     reason=exc.code,
                 ),
-            ) from None
+            )
+        candidate = fetched
         loaded = candidate.loaded
         self._had_content[source] = loaded.size_bytes > 0
         span.add_event(
@@ -152,13 +177,23 @@ class CandidateReader:
             operation.configs.append(candidate.sealed)
         return outcome
 
+    def _fetch(
+        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None, head: int
+    ) -> Fetched:
+        """``_read_source``, with a source that cannot be read returned rather than raised (its refusal
+        is recorded as the load's)."""
+        try:
+            return self._read_source(source, expect_content, guard, current, head)
+        except (SourceError, NotAllowed) as exc:
+            return exc
+
     def _read_source(
-        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None
+        self, source: str, expect_content: bool, guard: SourceGuard | None, current: str | None, head: int
     ) -> Candidate:
         """Read, parse, model-check and seal a source: the blocking part of a reload, in one thread.
 
         A config other than ``current`` (None: forced, or nothing applied) may be pinned: the pins are
-        read up to the log's head here, in the same thread, since another instance may have rolled back.
+        folded here up to ``head``, the head read under the fleet lock this operation holds.
         """
         loaded = load_source(
             source, max_bytes=self.max_source_bytes, expect_content=expect_content, guard=guard
@@ -166,7 +201,7 @@ class CandidateReader:
         model = self.pipeline.check_model(loaded.body)
         failpoints.hit("after_parse")
         if current is not None and model.hash not in (None, current):
-            self.pins.catch_up(self.log)
+            self.pins.catch_up(self.log, head=head)
         if model.body is None:
             return Candidate(loaded, model)
         try:

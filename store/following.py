@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
+from confledger.store.candidate import Fetch, Fetched
 from confledger.store.errors import ConfigLookupError, ConfledgerError, SecretKeyError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
 from confledger.store.fleet import FleetLease, FleetLock
@@ -84,11 +85,9 @@ class FleetFollowing:
         """The head, and each ``config.applied`` after ``after`` with its stored body put through this
         instance's model (or why it could not be read): the reading part of following, in one thread hop.
         """
-        head = self.log.head()
-        if head <= after:
-            return head, []
+        head, applied = self.log.applied_to_head(after)
         found: list[tuple[RecordedEvent, ModelResult | ConfledgerError]] = []
-        for event in self.log.read(after, types=(ConfigApplied.event_type,), until=head):
+        for event in applied:
             payload = event.payload
             if event.instance_id == self.log.instance_id or not isinstance(payload, ConfigApplied):
                 found.append((event, ConfledgerError("decided here", code="own")))
@@ -99,11 +98,21 @@ class FleetFollowing:
                 found.append((event, exc))
         return head, found
 
-    def _take_turn(self, holder: str) -> tuple[FleetLease, _Pending]:
-        """The fleet lock, then what the fleet decided since ``followed`` (blocking: one thread hop)."""
+    def _take_turn(
+        self, holder: str, prefetch: Fetch | None = None
+    ) -> tuple[FleetLease, _Pending, Fetched | None]:
+        """The fleet lock, then what the fleet decided since ``followed`` (blocking: one thread hop).
+
+        ``prefetch`` (a reload's read of its source) runs in the same hop, given the head just read,
+        unless a change decided elsewhere is to be followed first: that could change the config the
+        reload starts from, so the source is then read after it (None returned)."""
         lease = self.fleet_lock.acquire(holder, self.fleet_lock_wait)
         try:
-            return lease, self._applied_since(self.followed)
+            pending = self._applied_since(self.followed)
+            head, applied = pending
+            if prefetch is None or any(event.instance_id != self.log.instance_id for event, _ in applied):
+                return lease, pending, None
+            return lease, pending, prefetch(head)
         except BaseException:
             lease.release()
             raise

@@ -89,6 +89,7 @@ from confledger.store.integrity import (
 )
 from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
+    APPLIED_TO_HEAD,
     HEAD_AND_APPLIED_SINCE,
     INSERT_EVENTS,
     PAGE,
@@ -186,6 +187,7 @@ class EventLog:
         dialect = self.engine.dialect
         self._head_statement = DriverStatement(HEAD, dialect)
         self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
+        self._applied_to_head = DriverStatement(APPLIED_TO_HEAD, dialect)
         self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
@@ -483,7 +485,15 @@ class EventLog:
     def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""
         with self._read(snapshot=False) as connection:
-            return head_of(connection)[0]
+            row = self._head_statement.first(connection)
+        return 0 if row is None else int(row[0])
+
+    def applied_to_head(self, after: int) -> tuple[int, list[RecordedEvent]]:
+        """The head, and each ``config.applied`` after ``after`` up to it (one statement: one snapshot)."""
+        with self._read(snapshot=False) as connection:
+            rows = self._applied_to_head.all(connection, {"after": after})
+        head = int(rows[0][0] or 0) if rows else 0
+        return head, [decode_event(self.registry, row[1:]) for row in rows if row[1] is not None]
 
     def read(
         self,

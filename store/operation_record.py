@@ -95,6 +95,10 @@ class Request:
     force: bool = False
     dry_run: bool = False
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
+    # When it was asked for: an operation's total time counts from here, so the wait for the fleet's
+    # turn and the catch-up before it are inside total_duration_ms, as they are inside a caller's wait.
+    received: float = field(default_factory=time.perf_counter)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -106,10 +110,6 @@ class Operation:
     trace_id: str | None
     previous: ActiveConfig | None
     expected_head: int
-    started: float = field(default_factory=time.perf_counter)
-    # Wall-clock start, recorded in operation.started: the event's own occurred_at is the commit's time,
-    # which for an operation written in one transaction is also its completion's.
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     validation_ms: float = 0.0
     pending: list[EventPayload] = field(default_factory=list)
     configs: list[PreparedConfig] = field(default_factory=list)
@@ -126,7 +126,9 @@ class Operation:
             expected_head=self.expected_head,
             client=request.client,
             trace_id=self.trace_id,
-            started_at=self.started_at,
+            # Wall-clock start: the event's own occurred_at is the commit's time, which for an operation
+            # written in one transaction is also its completion's.
+            started_at=self.request.received_at,
             **own,
         )
 
@@ -148,7 +150,7 @@ class Operation:
             message=message,
             error_message=error,
             reason=reason,
-            total_ms=elapsed_ms(self.started),
+            total_ms=elapsed_ms(self.request.received),
             validation_ms=self.validation_ms,
             apply_ms=apply_ms,
         )

@@ -51,7 +51,7 @@ from opentelemetry import trace
 
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
-from confledger.store.candidate import CandidateReader
+from confledger.store.candidate import CandidateReader, Fetched
 from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, decide
 from confledger.store.errors import (
@@ -551,8 +551,10 @@ class OperationRunner(FleetFollowing, Concluding):
         # The apply lock first: the fleet lock and the read of what to catch up on then share one
         # thread hop, and this instance's follower waits rather than reading the same changes.
         async with self._apply_lock:
+            # A reload's source is read in the same hop, unless the catch-up below has to come first.
+            prefetch = self._candidates.prefetch(request, self.active)
             try:
-                lease, pending = await anyio.to_thread.run_sync(self._take_turn, holder)
+                lease, pending, fetched = await anyio.to_thread.run_sync(self._take_turn, holder, prefetch)
             except FleetLockBusy as busy:
                 held_by = busy.holder or ""
                 return await self.reject_request(
@@ -574,7 +576,7 @@ class OperationRunner(FleetFollowing, Concluding):
                     previous=self.active,
                     expected_head=self._known_head,
                 )
-                await self._run(operation, span)
+                await self._run(operation, span, fetched)
                 # Settled before the release's await: whoever sees the operation in the projections
                 # sees the source state it left.
                 result = build_operation(operation.recorded, listed=self.pipeline.max_items)
@@ -592,11 +594,11 @@ class OperationRunner(FleetFollowing, Concluding):
                     lease.release()
         return result
 
-    async def _run(self, operation: Operation, span: trace.Span) -> None:
+    async def _run(self, operation: Operation, span: trace.Span, fetched: Fetched | None = None) -> None:
         try:
             candidates = self._candidates
             if operation.request.kind is OperationKind.RELOAD:
-                outcome = await candidates.validate_source(operation, span)
+                outcome = await candidates.validate_source(operation, span, fetched)
             else:
                 outcome = await candidates.validate_target(operation, span)
             change = candidates.change(operation, outcome, candidates.pin_for(operation, outcome))

@@ -104,15 +104,20 @@ class RollbackPins:
             if follows:
                 self.position = max(self.position, events[-1].position)
 
-    def catch_up(self, log: EventLog, *, save: bool = True) -> None:
-        """Fold what the log holds after ``position`` (from the checkpoint on the first call).
+    def catch_up(self, log: EventLog, *, head: int | None = None, save: bool = True) -> None:
+        """Fold what the log holds after ``position`` (from the checkpoint on the first call) up to
+        ``head``, or else up to the head it reads.
+
+        A caller that has just read the head under the fleet lock passes it: pins move only by what an
+        operation records, which takes that lock, so nothing after it can pin or unpin a config, and
+        with nothing to fold the catch-up costs no read at all.
 
         Blocking (database reads): async callers run it in a worker thread. ``save=False`` for a
         read-only log (the CLI).
         """
         if not self._loaded:
             self._restore(log)
-        head, after = log.head(), self.position
+        head, after = (log.head() if head is None else head), self.position
         if head <= after:
             return
         tail = log.read(after, types=_TYPES, until=head)

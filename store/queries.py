@@ -19,6 +19,7 @@ from confledger.store.events import ConfigApplied, EventRegistry, RecordedEvent
 from confledger.store.schema import events
 
 __all__ = [
+    "APPLIED_TO_HEAD",
     "EVENT_COLUMNS",
     "HEAD_AND_APPLIED_SINCE",
     "INSERT_EVENTS",
@@ -96,6 +97,26 @@ def forward(
     if limit is not None:
         query = query.limit(limit)
     return query
+
+
+_head = sa.select(sa.func.max(events.c.position).label("head")).subquery("head")
+# The head, and every config.applied after a position up to it, in one statement: what a follower (and
+# an operation taking its turn) looks at, one round trip where the head and then the events took two.
+# Always at least one row: an empty log's head is NULL, and with nothing new the event columns are.
+APPLIED_TO_HEAD = (
+    sa.select(_head.c.head, *EVENT_COLUMNS)
+    .select_from(
+        _head.outerjoin(
+            events,
+            sa.and_(
+                events.c.type == ConfigApplied.event_type,
+                events.c.position > sa.bindparam("after", type_=sa.BigInteger),
+                events.c.position <= _head.c.head,
+            ),
+        )
+    )
+    .order_by(events.c.position)
+)
 
 
 # A page of ``iter_events``, a fold's whole read, run on the driver's cursor (store/statements.py):
