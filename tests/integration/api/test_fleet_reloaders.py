@@ -8,6 +8,7 @@ connection pool, so they meet only through the database, as instances on differe
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from confledger.api.reloader import ConfigReloader
 from confledger.api.schemas import FleetResponse
 from confledger.api.settings import Settings
 from confledger.store import EventLog, SecretCipher
-from confledger.store.events import InstanceApplied
+from confledger.store.events import ConfigApplied, InstanceApplied
 from confledger.store.fleet import fleet_lock_for
 from tests.integration.api.service_harness import READ_TOKEN, serving
 
@@ -184,6 +185,41 @@ async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
         assert "elsewhere" in operation.message
         # Released: the next one goes through.
         assert (await a.reloader.reload_config()).success
+
+
+async def test_total_duration_counts_the_wait_for_the_fleets_turn(tmp_path: Path, database_url: str) -> None:
+    # total_duration_ms runs from the request: a reload that waited for another instance's turn says so.
+    async with fleet(tmp_path, database_url, ["a"], fleet_lock_wait=10.0) as (a,):
+        lease = fleet_lock_for(a.reloader.log.engine).acquire(
+            "0190e0e0-0000-7000-8000-000000000002@elsewhere", 1.0
+        )
+        releaser = threading.Timer(0.3, lease.release)
+        releaser.start()
+        try:
+            write(Path(a.reloader.config_source or ""), 8)
+            operation = await a.reloader.reload_config()
+        finally:
+            releaser.join()
+        assert operation.success, operation.message
+        assert operation.total_duration_ms >= 300
+
+
+async def test_a_reload_that_must_follow_first_reads_its_source_after_following(
+    tmp_path: Path, database_url: str
+) -> None:
+    # b follows nothing on its own here. Its reload takes the fleet's turn, finds a's change to follow
+    # and applies it, and only then reads the file, which holds that same change: nothing to apply
+    # again. (Read before following, it would have looked like a change from 1 to 2 a second time.)
+    async with fleet(tmp_path, database_url, ["a", "b"], follow=False) as (a, b):
+        write(Path(a.reloader.config_source or ""), 2)
+        assert (await a.reloader.reload_config()).success
+        operation = await b.reloader.reload_config()
+        assert operation.success, operation.message
+        assert operation.new_config_hash in (None, a.reloader.current_hash)
+        assert b.received == [1, 2]
+        assert b.level == 2
+        deciders = [event.instance_id for event in a.reloader.log.read(types=[ConfigApplied.event_type])]
+        assert deciders == ["a", "a"]  # the first config and a's change; b applied nothing new
 
 
 async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, database_url: str) -> None:

@@ -215,6 +215,32 @@ def test_read_filters_by_after_until_limit_and_type(log: EventLog) -> None:
     assert log.read(after=6) == []
 
 
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (0, [2, 5]),  # every config.applied up to the head
+        (2, [5]),  # only those after the position given
+        (5, []),  # the last one: nothing new, the head still comes back
+        (7, []),  # at the head
+    ],
+)
+def test_applied_to_head_is_the_head_and_the_applies_after_a_position(
+    log: EventLog, after: int, expected: list[int]
+) -> None:
+    log.append([started(1), applied("a" * 64)])
+    log.append([started(2), started(3), applied("b" * 64, "a" * 64)])
+    log.append([started(4), started(5)])
+    # positions: 1 started; 2 applied a; 3, 4 started; 5 applied b; 6, 7 started
+    head, found = log.applied_to_head(after)
+    assert head == 7
+    assert [event.position for event in found] == expected
+    assert found == [event for event in log.read(after, types=["config.applied"])]
+
+
+def test_applied_to_head_on_an_empty_log(log: EventLog) -> None:
+    assert log.applied_to_head(0) == (0, [])
+
+
 def test_read_reverse_is_newest_first(log: EventLog) -> None:
     log.append([started(pid) for pid in range(5)])
     log.append([applied("a" * 64)])

@@ -97,6 +97,27 @@ def test_own_appends_that_follow_the_fold_need_no_read(
     assert reads == []  # the head was already folded: one look at it, no read
 
 
+def test_a_catch_up_to_a_head_already_read_folds_up_to_it_and_reads_no_head(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operation reads the head under the fleet lock and hands it over: the pins fold up to that head
+    # and no further (a rollback after it is the next catch-up's), and nothing asks for the head again.
+    append(log, [applied(G), applied(H, G), *rolled_back(H, G)])
+    known = log.head()
+    append(log, [*rolled_back(G, F)])  # after the head the caller read
+    heads: list[int] = []
+    head = log.head
+    monkeypatch.setattr(log, "head", lambda: heads.append(1) or head())
+    pins = RollbackPins()
+    pins.catch_up(log, head=known)
+    assert (set(pins.pins), pins.position, heads) == ({H}, known, [])
+    reads = count_reads(log, monkeypatch)
+    pins.catch_up(log, head=known)
+    assert reads == []  # folded up to that head already: no read at all
+    pins.catch_up(log)
+    assert set(pins.pins) == {H, G}
+
+
 @pytest.mark.parametrize("own_fold", ["during the catch-up's read", "after the catch-up"])
 def test_own_appends_and_a_catch_up_in_either_order_end_as_the_log_says(
     log: EventLog, monkeypatch: pytest.MonkeyPatch, own_fold: str
