@@ -9,7 +9,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,6 +255,34 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def _begin_locked_reading(
+    connection: Connection, lock: DriverStatement, first: DriverStatement, values: Mapping[str, Any]
+) -> Sequence[Any] | None:
+    """PostgreSQL: BEGIN, the write lock and ``first``'s read as one simple query, one round trip where
+    psycopg's own BEGIN and the two statements took three; ``first``'s first row.
+
+    The driver connection is in autocommit mode so that psycopg sends no BEGIN of its own: the BEGIN in
+    the query opens the transaction, and psycopg's commit() and rollback() end it (they act whenever the
+    server is inside one). Each statement of the query takes its own snapshot (READ COMMITTED), so
+    ``first`` reads what was committed before the lock was granted to this writer, as it did when it ran
+    as a statement of its own. The parameters are bound client-side (a ClientCursor): the extended
+    protocol carries one statement per message.
+    """
+    psycopg = _psycopg()
+    driver = connection.connection.driver_connection
+    assert psycopg is not None
+    assert driver is not None
+    if not driver.autocommit:
+        driver.autocommit = True  # only between transactions, which is when a transaction begins
+    query = f"BEGIN ISOLATION LEVEL READ COMMITTED; {lock.sql}; {first.sql}"
+    with psycopg.ClientCursor(driver) as cursor:
+        cursor.execute(query, {**lock.parameters({}), **first.parameters(values)})
+        cursor.nextset()  # past BEGIN's and the lock's results
+        cursor.nextset()
+        row = cursor.fetchone()
+    return None if row is None else first.processed(row)
+
+
 class LogWriter:
     """The log's write path: transactions under the write lock on one connection kept for them.
 
@@ -281,10 +309,20 @@ class LogWriter:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection inside a transaction that holds the log's write lock; commits on success."""
+        with self.transaction_reading() as (connection, _):
+            yield connection
+
+    @contextlib.contextmanager
+    def transaction_reading(
+        self, first: DriverStatement | None = None, values: Mapping[str, Any] | None = None
+    ) -> Iterator[tuple[Connection, Sequence[Any] | None]]:
+        """``transaction``, and the first row of ``first`` read in it once the lock is held (None when it
+        returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
+        lock (``_begin_locked_reading``)."""
         with self._lock, translate_errors(self.engine.url):
-            connection, transaction = self._begin()
+            connection, transaction, row = self._begin(first, values or {})
             try:
-                yield connection
+                yield connection, row
             except BaseException:
                 # The body's exception is the one to report, even when the rollback fails too.
                 with contextlib.suppress(Exception):
@@ -300,13 +338,31 @@ class LogWriter:
             if self._kept is not None:
                 kept, self._kept = self._kept, None
                 with contextlib.suppress(Exception):
+                    # Back to the pool as the pool handed it out: readers rely on psycopg's own BEGIN.
+                    driver = kept.connection.driver_connection
+                    if self.engine.dialect.name == "postgresql" and driver is not None:
+                        driver.autocommit = False
+                with contextlib.suppress(Exception):
                     kept.close()
 
-    def _begin(self) -> tuple[Connection, Transaction]:
+    def _begin(
+        self, first: DriverStatement | None, values: Mapping[str, Any]
+    ) -> tuple[Connection, Transaction, Sequence[Any] | None]:
         for attempt in (1, 2):
             connection = self._connection()
             try:
-                return connection, _lock_for_writing(connection, self._write_lock)
+                if first is not None and self._write_lock is not None and self._keep:
+                    # Only on the kept connection: it never goes back to the pool in autocommit mode.
+                    begun = connection.begin()
+                    try:
+                        row = _begin_locked_reading(connection, self._write_lock, first, values)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            begun.rollback()
+                        raise
+                    return connection, begun, row
+                locked = _lock_for_writing(connection, self._write_lock)
+                return connection, locked, None if first is None else first.first(connection, values)
             except Exception as exc:
                 self._discard(connection)
                 if attempt == 1 and connection_lost(exc):

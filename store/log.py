@@ -303,11 +303,17 @@ class EventLog:
         payloads = [event.payload.model_dump(mode="json") for event in new_events]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         event_ids = uuid7_texts(len(new_events))
-        with self._writer.transaction() as connection:
-            if expected_head is not None and applies:
-                head_position, previous = self._head_unless_applied_since(connection, expected_head)
+        # The head is read as the write lock is taken (on PostgreSQL in the same round trip).
+        checks_applies = expected_head is not None and applies
+        first, values = (
+            (self._head_and_applied_since, {"expected_head": expected_head})
+            if checks_applies
+            else (self._head_statement, {})
+        )
+        with self._writer.transaction_reading(first, values) as (connection, head):
+            if expected_head is not None and checks_applies:
+                head_position, previous = self._head_unless_applied_since(head, expected_head)
             else:
-                head = self._head_statement.first(connection)
                 head_position, previous = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
             if keys is not None and integrity.record is None:
                 integrity = self._key_the_log(connection, keys, head_position)
@@ -431,9 +437,10 @@ class EventLog:
             for row, event in zip(rows, new_events, strict=True)
         ]
 
-    def _head_unless_applied_since(self, connection: Connection, expected_head: int) -> tuple[int, str]:
-        """The head, unless a ``config.applied`` landed after ``expected_head``: ConcurrencyConflict."""
-        row = self._head_and_applied_since.first(connection, {"expected_head": expected_head})
+    @staticmethod
+    def _head_unless_applied_since(row: Sequence[Any] | None, expected_head: int) -> tuple[int, str]:
+        """The head (``row`` of ``HEAD_AND_APPLIED_SINCE``), unless a ``config.applied`` landed after
+        ``expected_head``: ConcurrencyConflict."""
         if row is None:
             return 0, GENESIS_HASH
         position, head_hash, applied_since = row

@@ -84,6 +84,10 @@ class DriverStatement:
             return rows
         return [self._processed(row) for row in rows]
 
+    def processed(self, row: Sequence[Any]) -> Sequence[Any]:
+        """A row of this statement that the driver returned elsewhere (a query of several statements)."""
+        return self._processed(row)
+
     def _processed(self, row: Sequence[Any]) -> Sequence[Any]:
         """``row`` (the driver's tuple), each column as SQLAlchemy would have given it."""
         if not self._result_processors:
