@@ -28,8 +28,10 @@ from confledger.store.errors import (
 from confledger.store.integrity import CONFIG_HASH_KEYED, CONFIG_HASH_PLAIN, IntegrityKeys, config_hash_as
 from confledger.store.schema import config_versions
 from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
+from confledger.store.statements import DriverStatement
 
 __all__ = [
+    "CONFIG_ROW",
     "MIN_PREFIX",
     "PreparedConfig",
     "StoredConfig",
@@ -50,6 +52,16 @@ MIN_PREFIX = 7
 _FIRST_POSITION = sa.select(config_versions.c.first_position).where(
     config_versions.c.hash == sa.bindparam("config_hash")
 )
+# A stored config's row, in the order ``load_config`` unpacks it. Built once: the log runs it on the
+# driver's cursor (store/statements.py), where SQLAlchemy's per-execution work was most of a follower's
+# read of the config it is about to apply.
+CONFIG_ROW = sa.select(
+    config_versions.c.body,
+    config_versions.c.size_bytes,
+    config_versions.c.first_position,
+    config_versions.c.created_at,
+    config_versions.c.hash_version,
+).where(config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String))
 _SET_FIRST_POSITION = (
     config_versions.update()
     .where(config_versions.c.hash == sa.bindparam("config_hash"))
@@ -159,28 +171,36 @@ def load_config(
     *,
     reveal: bool,
     keys: IntegrityKeys | None = None,
+    statement: DriverStatement | None = None,
 ) -> StoredConfig:
     """The stored config ``full_hash``, secrets decrypted (``reveal=False``: left sealed, for display).
 
     A revealed body is re-hashed under its own scheme first: ``ConfigBodyMismatch`` when it is not the
     body the hash names (edited in the database), so nothing applies or hands out a forged body.
+    ``statement``: ``CONFIG_ROW`` compiled for the connection's dialect, run on its driver's cursor.
     """
-    row = connection.execute(sa.select(config_versions).where(config_versions.c.hash == full_hash)).first()
+    values = {"config_hash": full_hash}
+    row = (
+        connection.execute(CONFIG_ROW, values).first()
+        if statement is None
+        else statement.first(connection, values)
+    )
     if row is None:
         raise UnknownConfigHash(f"no stored config has the hash {full_hash[:64]}")
-    created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-    paths = frozenset(sealed_paths(row.body))
-    version = int(row.hash_version)
+    stored_body, size_bytes, first_position, created_at, hash_version = row
+    created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+    paths = frozenset(sealed_paths(stored_body))
+    version = int(hash_version)
     if reveal:
-        body = unseal(row.body, cipher)
+        body = unseal(stored_body, cipher)
         check_body(full_hash, body, paths, version, keys)
     else:
-        body = dict(row.body)
+        body = dict(stored_body)
     return StoredConfig(
         hash=full_hash,
         body=body,
-        size_bytes=int(row.size_bytes),
-        first_position=None if row.first_position is None else int(row.first_position),
+        size_bytes=int(size_bytes),
+        first_position=None if first_position is None else int(first_position),
         created_at=created_at,
         secret_paths=paths,
         hash_version=version,

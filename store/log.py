@@ -39,6 +39,7 @@ from confledger.store.checkpoints import (
     save_checkpoint,
 )
 from confledger.store.configs import (
+    CONFIG_ROW,
     PreparedConfig,
     StoredConfig,
     count_configs,
@@ -188,6 +189,7 @@ class EventLog:
         self._head_statement = DriverStatement(HEAD, dialect)
         self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
         self._applied_to_head = DriverStatement(APPLIED_TO_HEAD, dialect)
+        self._config_row = DriverStatement(CONFIG_ROW, dialect)
         self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
@@ -631,7 +633,14 @@ class EventLog:
         with self._read(snapshot=False) as connection:
             # Following the fleet and rolling back name configs by their whole hash: one statement then.
             full_hash = reference if is_full_hash(reference) else resolve_hash(connection, reference)
-            return load_config(connection, full_hash, self.cipher, reveal=reveal, keys=keys)
+            return load_config(
+                connection,
+                full_hash,
+                self.cipher,
+                reveal=reveal,
+                keys=keys,
+                statement=self._config_row,
+            )
 
     def has_config(self, full_hash: str) -> bool:
         with self._read() as connection:
