@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, timedelta, timezone
@@ -240,38 +239,6 @@ def test_applied_to_head_is_the_head_and_the_applies_after_a_position(
 
 def test_applied_to_head_on_an_empty_log(log: EventLog) -> None:
     assert log.applied_to_head(0) == (0, [])
-
-
-def test_writers_of_several_instances_appending_at_once_leave_one_unbroken_chain(
-    log: EventLog, database_url: str
-) -> None:
-    # Each EventLog has its own writer connection, as each instance of a fleet does. The head an append
-    # builds on is read once its write lock is granted (on PostgreSQL in the query that takes the lock):
-    # read before, a writer that waited would reuse a position and fail on the primary key.
-    writers = [EventLog(database_url, instance_id=f"writer-{n}") for n in range(4)]
-    failures: list[BaseException] = []
-    start = threading.Barrier(len(writers))
-
-    def append_many(writer: EventLog) -> None:
-        try:
-            start.wait()
-            for pid in range(25):
-                writer.append([started(pid), started(pid)])
-        except BaseException as exc:  # reported below, with the writer's thread gone
-            failures.append(exc)
-
-    threads = [threading.Thread(target=append_many, args=(writer,)) for writer in writers]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-    finally:
-        for writer in writers:
-            writer.close()
-    assert failures == []
-    assert [event.position for event in log.read()] == list(range(1, 4 * 25 * 2 + 1))
-    assert log.verify().ok
 
 
 def test_read_reverse_is_newest_first(log: EventLog) -> None:
