@@ -29,6 +29,7 @@ from confledger.store.integrity import CONFIG_HASH_KEYED, CONFIG_HASH_PLAIN, Int
 from confledger.store.schema import config_versions
 from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
 from confledger.store.statements import DriverStatement
+from confledger.store.upsert import insert_for
 
 __all__ = [
     "CONFIG_ROW",
@@ -48,10 +49,6 @@ __all__ = [
 
 MIN_PREFIX = 7
 
-# Bound names differ from the column names: an UPDATE reserves those for its SET clause.
-_FIRST_POSITION = sa.select(config_versions.c.first_position).where(
-    config_versions.c.hash == sa.bindparam("config_hash")
-)
 # A stored config's row, in the order ``load_config`` unpacks it. Built once: the log runs it on the
 # driver's cursor (store/statements.py), where SQLAlchemy's per-execution work was most of a follower's
 # read of the config it is about to apply.
@@ -62,11 +59,6 @@ CONFIG_ROW = sa.select(
     config_versions.c.created_at,
     config_versions.c.hash_version,
 ).where(config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String))
-_SET_FIRST_POSITION = (
-    config_versions.update()
-    .where(config_versions.c.hash == sa.bindparam("config_hash"))
-    .values(first_position=sa.bindparam("position"))
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,22 +108,31 @@ def prepare_config(
 def store_config(
     connection: Connection, config: PreparedConfig, *, first_position: int | None, created_at: datetime
 ) -> None:
-    """Store a body by content (once); ``first_position`` is the append that first names it."""
-    existing = connection.execute(_FIRST_POSITION, {"config_hash": config.hash}).first()
-    if existing is None:
-        connection.execute(
-            config_versions.insert(),
-            {
-                "hash": config.hash,
-                "body": config.sealed_body,
-                "size_bytes": config.size_bytes,
-                "first_position": first_position,
-                "created_at": created_at,
-                "hash_version": config.hash_version,
-            },
+    """Store a body by content (once); ``first_position`` is the append that first names it.
+
+    One statement (``INSERT … ON CONFLICT``): a body already stored keeps its row, and gets its first
+    position if it had none (put ahead of the append that names it). On PostgreSQL that is one round trip
+    where a look for the row and then the insert took two for every new config.
+    """
+    values = {
+        "hash": config.hash,
+        "body": config.sealed_body,
+        "size_bytes": config.size_bytes,
+        "first_position": first_position,
+        "created_at": created_at,
+        "hash_version": config.hash_version,
+    }
+    statement = insert_for(connection, config_versions, values)
+    if first_position is None:
+        connection.execute(statement.on_conflict_do_nothing(index_elements=["hash"]))
+        return
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["hash"],
+            set_={"first_position": statement.excluded.first_position},
+            where=config_versions.c.first_position.is_(None),
         )
-    elif existing.first_position is None and first_position is not None:
-        connection.execute(_SET_FIRST_POSITION, {"config_hash": config.hash, "position": first_position})
+    )
 
 
 def is_full_hash(reference: str) -> bool:

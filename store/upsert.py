@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
     from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
-__all__ = ["upsert"]
+__all__ = ["insert_for", "upsert"]
 
 
 def upsert(
@@ -32,16 +32,21 @@ def upsert(
 ) -> None:
     """Insert ``values`` into ``table``, or, when a row with the same ``key`` exists, set its other
     columns to them; with ``where``, only if ``where(excluded)`` holds (``excluded``: the row offered)."""
-    statement: PostgresqlInsert | SqliteInsert
+    statement = insert_for(connection, table, values)
+    changed = {name: statement.excluded[name] for name in values if name != key}
+    condition = None if where is None else where(statement.excluded)
+    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed, where=condition))
+
+
+def insert_for(
+    connection: Connection, table: sa.Table, values: Mapping[str, Any]
+) -> PostgresqlInsert | SqliteInsert:
+    """``INSERT`` of ``values`` into ``table`` in the connection's dialect, which can say ``ON CONFLICT``."""
     # Imported here: the engine has loaded its own dialect's module already, and the other is never needed.
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        statement = postgresql.insert(table).values(**values)
-    else:
-        from sqlalchemy.dialects import sqlite
+        return postgresql.insert(table).values(**values)
+    from sqlalchemy.dialects import sqlite
 
-        statement = sqlite.insert(table).values(**values)
-    changed = {name: statement.excluded[name] for name in values if name != key}
-    condition = None if where is None else where(statement.excluded)
-    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed, where=condition))
+    return sqlite.insert(table).values(**values)
