@@ -24,7 +24,7 @@ from confledger.api.reloader import ConfigReloader
 from confledger.api.schemas import FleetResponse
 from confledger.api.settings import Settings
 from confledger.store import EventLog, SecretCipher
-from confledger.store.events import ConfigApplied, InstanceApplied
+from confledger.store.events import InstanceApplied
 from confledger.store.fleet import fleet_lock_for
 from tests.integration.api.service_harness import READ_TOKEN, serving
 
@@ -204,22 +204,27 @@ async def test_total_duration_counts_the_wait_for_the_fleets_turn(tmp_path: Path
         assert operation.total_duration_ms >= 300
 
 
-async def test_a_reload_that_must_follow_first_reads_its_source_after_following(
+async def test_a_reload_that_must_follow_a_rollback_first_still_honours_its_pin(
     tmp_path: Path, database_url: str
 ) -> None:
-    # b follows nothing on its own here. Its reload takes the fleet's turn, finds a's change to follow
-    # and applies it, and only then reads the file, which holds that same change: nothing to apply
-    # again. (Read before following, it would have looked like a change from 1 to 2 a second time.)
+    # b follows only when told. It is on 2 when a rolls back from 2 to 1, which pins 2. b's reload of the
+    # file, which still holds 2, takes the fleet's turn and follows the rollback first (b is then on 1),
+    # and only then judges the file: 2 is a change from 1, and a pinned one, so it is refused. Had the
+    # file been read before following, it would have been judged against b's old config (2: no change,
+    # so no look at the pins), and then applied as a change from 1, undoing the rollback.
     async with fleet(tmp_path, database_url, ["a", "b"], follow=False) as (a, b):
-        write(Path(a.reloader.config_source or ""), 2)
+        source = Path(a.reloader.config_source or "")
+        write(source, 2)
         assert (await a.reloader.reload_config()).success
-        operation = await b.reloader.reload_config()
-        assert operation.success, operation.message
-        assert operation.new_config_hash in (None, a.reloader.current_hash)
-        assert b.received == [1, 2]
+        await b.reloader.runner.follow()
         assert b.level == 2
-        deciders = [event.instance_id for event in a.reloader.log.read(types=[ConfigApplied.event_type])]
-        assert deciders == ["a", "a"]  # the first config and a's change; b applied nothing new
+        rollback = await a.reloader.rollback_config()
+        assert rollback.success, rollback.message
+        operation = await b.reloader.reload_config()
+        assert not operation.success
+        assert operation.reason == "rolled_back_hash"
+        assert (a.level, b.level) == (1, 1)
+        assert b.received == [1, 2, 1]
 
 
 async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, database_url: str) -> None:
