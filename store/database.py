@@ -256,10 +256,13 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def _begin_locked_reading(
-    connection: Connection, lock: DriverStatement, first: DriverStatement, values: Mapping[str, Any]
+    connection: Connection,
+    lock: DriverStatement,
+    first: DriverStatement | None,
+    values: Mapping[str, Any],
 ) -> Sequence[Any] | None:
     """PostgreSQL: BEGIN, the write lock and ``first``'s read as one simple query, one round trip where
-    psycopg's own BEGIN and the two statements took three; ``first``'s first row.
+    psycopg's own BEGIN and the two statements took three; ``first``'s first row (None without one).
 
     The driver connection is in autocommit mode so that psycopg sends no BEGIN of its own: the BEGIN in
     the query opens the transaction, and psycopg's commit() and rollback() end it (they act whenever the
@@ -274,9 +277,15 @@ def _begin_locked_reading(
     assert driver is not None
     if not driver.autocommit:
         driver.autocommit = True  # only between transactions, which is when a transaction begins
-    query = f"BEGIN ISOLATION LEVEL READ COMMITTED; {lock.sql}; {first.sql}"
+    statements = ["BEGIN ISOLATION LEVEL READ COMMITTED", lock.sql]
+    parameters = dict(lock.parameters({}))
+    if first is not None:
+        statements.append(first.sql)
+        parameters.update(first.parameters(values))
     with psycopg.ClientCursor(driver) as cursor:
-        cursor.execute(query, {**lock.parameters({}), **first.parameters(values)})
+        cursor.execute("; ".join(statements), parameters)
+        if first is None:
+            return None
         cursor.nextset()  # past BEGIN's and the lock's results
         cursor.nextset()
         row = cursor.fetchone()
@@ -351,8 +360,9 @@ class LogWriter:
         for attempt in (1, 2):
             connection = self._connection()
             try:
-                if first is not None and self._write_lock is not None and self._keep:
+                if self._write_lock is not None and self._keep:
                     # Only on the kept connection: it never goes back to the pool in autocommit mode.
+                    # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
                     begun = connection.begin()
                     try:
                         row = _begin_locked_reading(connection, self._write_lock, first, values)

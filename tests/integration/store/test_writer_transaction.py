@@ -5,6 +5,7 @@ writer's lock is free for the next append. Run against SQLite and PostgreSQL (th
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -105,3 +106,38 @@ def test_a_begin_failing_otherwise_comes_out_as_itself(
     assert caught.value is error
     monkeypatch.undo()
     assert_nothing_written_and_writer_free(log, head=1)
+
+
+@pytest.mark.parametrize("after_an_append", [False, True])
+def test_every_write_transaction_holds_the_lock_and_rolls_back_whole(
+    log: EventLog, after_an_append: bool
+) -> None:
+    # On PostgreSQL the kept writer connection runs in autocommit between transactions (an append sends
+    # its own BEGIN with the lock and the head): a transaction without a head read, such as put_config's,
+    # must still be one transaction under the lock, not statements committed one by one.
+    if after_an_append:
+        log.append([started()])
+    head = log.head()
+    held: list[int] = []
+
+    def write_then_fail() -> None:
+        with log._writer.transaction() as connection:
+            event_log.store_config(
+                connection,
+                log.prepare_config({"level": 1}),
+                first_position=None,
+                created_at=datetime.now(UTC),
+            )
+            if log.dialect == "postgresql":
+                held.append(
+                    connection.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                    ).scalar()
+                )
+            raise RuntimeError("after the insert, before the commit")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert held == ([1] if log.dialect == "postgresql" else [])
+    assert log.config_count() == 0
+    assert_nothing_written_and_writer_free(log, head)
