@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import CallOutcome, UserCalls
+from confledger.store.calls import CallOutcome, TurnCall, UserCalls, in_own_span
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
 
@@ -128,42 +129,115 @@ async def notify_services(
     direction: str = "forward",
     secret_values: Iterable[str] = (),
 ) -> list[NotifyResult]:
-    """Call each service in the given order with (old, new), one span each; one result per service."""
+    """Call each service in the given order with (old, new), one span each; one result per service.
+
+    Consecutive sync callbacks share one worker thread (one hop for them all), each within its own
+    timeout; an async callback runs on the loop between them."""
     secrets = list(secret_values)
     results: list[NotifyResult] = []
-    for spec in specs:
-        if results and direction == "forward":
-            failpoints.hit("between_callbacks")
-        timeout = spec.timeout if spec.timeout is not None else default_timeout
-        attributes: dict[str, str | int] = {
+    for is_async, group in itertools.groupby(specs, key=lambda spec: spec.async_callback):
+        run = list(group)
+        notifications = [
+            _Notification(spec, old, new, direction, first=not results and index == 0, tracer=tracer)
+            for index, spec in enumerate(run)
+        ]
+        if is_async or len(run) == 1:  # a turn's bookkeeping costs more than it saves for one call
+            for notification in notifications:
+                notification.before()
+                with notification.span_opened() as span:
+                    outcome = await calls.call(
+                        notification.key,
+                        notification.callback,
+                        timeout=notification.timeout(default_timeout),
+                        in_thread=not is_async,
+                    )
+                    results.append(notification.finish(span, outcome, default_timeout, secrets))
+                notification.after()
+            continue
+        opened: list[trace.Span | None] = [None] * len(run)
+        outcomes = await calls.call_in_turn(
+            [
+                TurnCall(
+                    notification.key,
+                    in_own_span(
+                        tracer,
+                        _SPAN,
+                        notification.attributes,
+                        notification.in_thread,
+                        opened,
+                        index,
+                    ),
+                    notification.timeout(default_timeout),
+                )
+                for index, notification in enumerate(notifications)
+            ]
+        )
+        for notification, outcome, span in zip(notifications, outcomes, opened, strict=True):
+            if span is None:  # never started (its previous call still runs): its span says so
+                span = tracer.start_span(_SPAN, attributes=notification.attributes)
+            results.append(notification.finish(span, outcome, default_timeout, secrets))
+            span.end()
+    return results
+
+
+_SPAN = "confledger.service_callback"
+
+
+class _Notification:
+    """One service's call of one notification: its span's attributes, and the crash points around it."""
+
+    def __init__(
+        self, spec: ServiceSpec, old: Any, new: Any, direction: str, *, first: bool, tracer: trace.Tracer
+    ) -> None:
+        self.spec = spec
+        self.key = f"service:{spec.name}"
+        self.callback = functools.partial(spec.callback, old, new)
+        self.direction = direction
+        self.first = first
+        self.tracer = tracer
+        self.attributes: dict[str, str | int] = {
             "confledger.service": spec.name,
             "confledger.priority": spec.priority,
             "confledger.direction": direction,
         }
-        # The span is current while the callback runs (anyio copies the context into the worker thread),
-        # so spans the callback opens, an HTTP client's or a driver's, nest under it.
-        with tracer.start_as_current_span(
-            "confledger.service_callback", attributes=attributes, record_exception=False
-        ) as span:
-            outcome = await calls.call(
-                f"service:{spec.name}",
-                functools.partial(spec.callback, old, new),
-                timeout=timeout,
-                in_thread=not spec.async_callback,
-            )
-            result = _result_of(spec, timeout, outcome, secrets)
-            span.set_attributes(
-                {
-                    "confledger.outcome": result.outcome.value,
-                    "confledger.duration_ms": round(result.duration_ms, 3),
-                }
-            )
-            if not result.accepted:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
-        results.append(result)
-        if direction == "compensate":
+
+    def timeout(self, default: float) -> float:
+        return self.spec.timeout if self.spec.timeout is not None else default
+
+    def before(self) -> None:
+        if not self.first and self.direction == "forward":
+            failpoints.hit("between_callbacks")
+
+    def after(self) -> None:
+        if self.direction == "compensate":
             failpoints.hit("mid_rollback")
-    return results
+
+    def in_thread(self) -> object:
+        """The callback with its crash points, as a worker thread runs it (one after another)."""
+        self.before()
+        try:
+            return self.callback()
+        finally:
+            self.after()
+
+    def span_opened(self) -> Any:
+        # The span is current while the callback runs, so spans it opens (an HTTP client's, a driver's)
+        # nest under it; in a worker thread ``in_own_span`` does the same.
+        return self.tracer.start_as_current_span(_SPAN, attributes=self.attributes, record_exception=False)
+
+    def finish(
+        self, span: trace.Span, outcome: CallOutcome, default_timeout: float, secrets: list[str]
+    ) -> NotifyResult:
+        result = _result_of(self.spec, self.timeout(default_timeout), outcome, secrets)
+        span.set_attributes(
+            {
+                "confledger.outcome": result.outcome.value,
+                "confledger.duration_ms": round(result.duration_ms, 3),
+            }
+        )
+        if not result.accepted:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, result.outcome.value))
+        return result
 
 
 def _result_of(spec: ServiceSpec, timeout: float, outcome: CallOutcome, secrets: list[str]) -> NotifyResult:

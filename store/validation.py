@@ -1,7 +1,8 @@
 """Validating a loaded config: the user's pydantic model, then custom validators, sync or async.
 
 The model runs in a worker thread (it walks the whole config, and hashing follows); each custom validator
-runs through ``store.calls`` under its own timeout, with a span of its own. A validator that raises or
+runs through ``store.calls`` under its own timeout, with a span of its own (consecutive sync validators in
+one worker thread, ``UserCalls.call_in_turn``). A validator that raises or
 overruns its timeout produces an error, never a crash: a reload must end in a recorded outcome whatever
 user code does.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from confledger.store.calls import CallOutcome, UserCalls
+from confledger.store.calls import CallOutcome, TurnCall, UserCalls, in_own_span
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.secrets import ConfigPath, find_secret_paths
@@ -287,11 +289,18 @@ class ValidationPipeline:
         warnings: list[str] = []
         validator_ms: dict[str, float] = {}
         if model.config is not None:
-            for spec in self.validators:
-                found_errors, found_warnings, elapsed = await self._run(spec, model.config, calls, tracer)
-                errors += found_errors
-                warnings += found_warnings
-                validator_ms[spec.name] = elapsed
+            # Consecutive sync validators share one worker thread (one hop), each with its own deadline;
+            # one alone is called on its own (a turn's bookkeeping costs more than it saves for one).
+            for is_async, group in itertools.groupby(self.validators, key=lambda spec: spec.is_async):
+                specs = list(group)
+                if is_async or len(specs) == 1:
+                    found = [await self._run(spec, model.config, calls, tracer) for spec in specs]
+                else:
+                    found = await self._run_in_turn(specs, model.config, calls, tracer)
+                for spec, (found_errors, found_warnings, elapsed) in zip(specs, found, strict=True):
+                    errors += found_errors
+                    warnings += found_warnings
+                    validator_ms[spec.name] = elapsed
         secrets = values_at(model.body, model.secret_paths)
         limit = self.max_items
         return ValidationOutcome(
@@ -311,27 +320,72 @@ class ValidationPipeline:
             warnings_omitted=max(len(warnings) - limit, 0),
         )
 
+    def _timeout(self, spec: ValidatorSpec) -> float:
+        return spec.timeout if spec.timeout is not None else self.validator_timeout
+
     async def _run(
         self, spec: ValidatorSpec, config: Any, calls: UserCalls, tracer: trace.Tracer
     ) -> tuple[list[str], list[str], float]:
-        timeout = spec.timeout if spec.timeout is not None else self.validator_timeout
+        timeout = self._timeout(spec)
         with tracer.start_as_current_span(
             "confledger.validator", attributes={"confledger.validator": spec.name}, record_exception=False
         ) as span:
             outcome = await calls.call(
-                # The function's identity too: validators given as lambdas share one name.
-                f"validator:{spec.name}:{id(spec.function)}",
+                _key(spec),
                 functools.partial(spec.function, config),
                 timeout=timeout,
                 in_thread=not spec.is_async,
             )
             errors, warnings = _findings(spec, timeout, outcome)
-            # Only what was found: a clean validator's span carries its name alone.
-            counts = {"confledger.errors": len(errors), "confledger.warnings": len(warnings)}
-            span.set_attributes({key: count for key, count in counts.items() if count})
-            if errors:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
+            _mark(span, errors, warnings)
         return errors, warnings, outcome.duration_ms
+
+    async def _run_in_turn(
+        self, specs: Sequence[ValidatorSpec], config: Any, calls: UserCalls, tracer: trace.Tracer
+    ) -> list[tuple[list[str], list[str], float]]:
+        """Sync validators in one worker thread, in order; each span opens as its validator starts."""
+        opened: list[trace.Span | None] = [None] * len(specs)
+        outcomes = await calls.call_in_turn(
+            [
+                TurnCall(
+                    _key(spec),
+                    in_own_span(
+                        tracer,
+                        "confledger.validator",
+                        {"confledger.validator": spec.name},
+                        functools.partial(spec.function, config),
+                        opened,
+                        index,
+                    ),
+                    self._timeout(spec),
+                )
+                for index, spec in enumerate(specs)
+            ]
+        )
+        found = []
+        for spec, outcome, span in zip(specs, outcomes, opened, strict=True):
+            errors, warnings = _findings(spec, self._timeout(spec), outcome)
+            if span is None:  # never started (its previous call still runs): its span says so
+                span = tracer.start_span(
+                    "confledger.validator", attributes={"confledger.validator": spec.name}
+                )
+            _mark(span, errors, warnings)
+            span.end()
+            found.append((errors, warnings, outcome.duration_ms))
+        return found
+
+
+def _key(spec: ValidatorSpec) -> str:
+    # The function's identity too: validators given as lambdas share one name.
+    return f"validator:{spec.name}:{id(spec.function)}"
+
+
+def _mark(span: trace.Span, errors: list[str], warnings: list[str]) -> None:
+    # Only what was found: a clean validator's span carries its name alone.
+    counts = {"confledger.errors": len(errors), "confledger.warnings": len(warnings)}
+    span.set_attributes({key: count for key, count in counts.items() if count})
+    if errors:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "validation_failed"))
 
 
 def _ms_since(started: float) -> float:
