@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from confledger.store.canonical import canonical_bytes
 from confledger.store.errors import (
@@ -34,6 +34,7 @@ from confledger.store.upsert import insert_for
 __all__ = [
     "CONFIG_ROW",
     "MIN_PREFIX",
+    "ConfigWrites",
     "PreparedConfig",
     "StoredConfig",
     "body_mismatches",
@@ -105,8 +106,38 @@ def prepare_config(
     )
 
 
+class ConfigWrites:
+    """``store_config``'s two statements, built and compiled once for ``dialect``, run on the driver's
+    cursor: built per call, SQLAlchemy's construction of an ``INSERT … ON CONFLICT`` cost ten times the
+    look-up it replaced (200 against 18 us for a body already stored, SQLite)."""
+
+    __slots__ = ("if_new", "naming")
+
+    def __init__(self, dialect: Dialect) -> None:
+        # Bound names differ from the column names: an INSERT reserves those for its VALUES clause.
+        values = {
+            name: sa.bindparam(f"config_{name}", type_=config_versions.c[name].type)
+            for name in ("hash", "body", "size_bytes", "first_position", "created_at", "hash_version")
+        }
+        insert = insert_for(dialect, config_versions, values)
+        self.if_new = DriverStatement(insert.on_conflict_do_nothing(index_elements=["hash"]), dialect)
+        self.naming = DriverStatement(
+            insert.on_conflict_do_update(
+                index_elements=["hash"],
+                set_={"first_position": insert.excluded.first_position},
+                where=config_versions.c.first_position.is_(None),
+            ),
+            dialect,
+        )
+
+
 def store_config(
-    connection: Connection, config: PreparedConfig, *, first_position: int | None, created_at: datetime
+    connection: Connection,
+    config: PreparedConfig,
+    *,
+    first_position: int | None,
+    created_at: datetime,
+    writes: ConfigWrites,
 ) -> None:
     """Store a body by content (once); ``first_position`` is the append that first names it.
 
@@ -115,24 +146,14 @@ def store_config(
     where a look for the row and then the insert took two for every new config.
     """
     values = {
-        "hash": config.hash,
-        "body": config.sealed_body,
-        "size_bytes": config.size_bytes,
-        "first_position": first_position,
-        "created_at": created_at,
-        "hash_version": config.hash_version,
+        "config_hash": config.hash,
+        "config_body": config.sealed_body,
+        "config_size_bytes": config.size_bytes,
+        "config_first_position": first_position,
+        "config_created_at": created_at,
+        "config_hash_version": config.hash_version,
     }
-    statement = insert_for(connection, config_versions, values)
-    if first_position is None:
-        connection.execute(statement.on_conflict_do_nothing(index_elements=["hash"]))
-        return
-    connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["hash"],
-            set_={"first_position": statement.excluded.first_position},
-            where=config_versions.c.first_position.is_(None),
-        )
-    )
+    (writes.if_new if first_position is None else writes.naming).run(connection, [values])
 
 
 def is_full_hash(reference: str) -> bool:

@@ -40,6 +40,7 @@ from confledger.store.checkpoints import (
 )
 from confledger.store.configs import (
     CONFIG_ROW,
+    ConfigWrites,
     PreparedConfig,
     StoredConfig,
     count_configs,
@@ -190,6 +191,7 @@ class EventLog:
         self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
         self._applied_to_head = DriverStatement(APPLIED_TO_HEAD, dialect)
         self._config_row = DriverStatement(CONFIG_ROW, dialect)
+        self._config_writes = ConfigWrites(dialect)
         self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
@@ -346,7 +348,13 @@ class EventLog:
                 rows.append(row)
             self._insert_events.run(connection, rows)
             for config in configs:
-                store_config(connection, config, first_position=head_position + 1, created_at=now)
+                store_config(
+                    connection,
+                    config,
+                    first_position=head_position + 1,
+                    created_at=now,
+                    writes=self._config_writes,
+                )
         positions = [row["position"] for row in rows]
         if keys is not None and integrity.record is not None:
             # Published once committed: a batch rolled back leaves the key record to the next append.
@@ -486,7 +494,13 @@ class EventLog:
         """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
         prepared = self.prepare_config(body, secret_paths)
         with self._writer.transaction() as connection:
-            store_config(connection, prepared, first_position=None, created_at=datetime.now(UTC))
+            store_config(
+                connection,
+                prepared,
+                first_position=None,
+                created_at=datetime.now(UTC),
+                writes=self._config_writes,
+            )
         return prepared.hash
 
     # --- reading --------------------------------------------------------------------------------------

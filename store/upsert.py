@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
@@ -32,18 +32,18 @@ def upsert(
 ) -> None:
     """Insert ``values`` into ``table``, or, when a row with the same ``key`` exists, set its other
     columns to them; with ``where``, only if ``where(excluded)`` holds (``excluded``: the row offered)."""
-    statement = insert_for(connection, table, values)
+    statement = insert_for(connection.dialect, table, values)
     changed = {name: statement.excluded[name] for name in values if name != key}
     condition = None if where is None else where(statement.excluded)
     connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed, where=condition))
 
 
 def insert_for(
-    connection: Connection, table: sa.Table, values: Mapping[str, Any]
+    dialect: Dialect, table: sa.Table, values: Mapping[str, Any]
 ) -> PostgresqlInsert | SqliteInsert:
-    """``INSERT`` of ``values`` into ``table`` in the connection's dialect, which can say ``ON CONFLICT``."""
+    """``INSERT`` of ``values`` into ``table`` in ``dialect``, which can say ``ON CONFLICT``."""
     # Imported here: the engine has loaded its own dialect's module already, and the other is never needed.
-    if connection.dialect.name == "postgresql":
+    if dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert(table).values(**values)

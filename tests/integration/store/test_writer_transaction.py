@@ -127,6 +127,7 @@ def test_every_write_transaction_holds_the_lock_and_rolls_back_whole(
                 log.prepare_config({"level": 1}),
                 first_position=None,
                 created_at=datetime.now(UTC),
+                writes=log._config_writes,
             )
             if log.dialect == "postgresql":
                 held.append(
