@@ -26,10 +26,11 @@ out), the thread starts nothing more, and the calls after it go on in a new turn
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -38,7 +39,7 @@ from opentelemetry import trace
 
 from confledger.store.durations import elapsed_ms
 
-__all__ = ["CallOutcome", "TurnCall", "UserCalls", "in_own_span"]
+__all__ = ["CallOutcome", "TurnCall", "UserCalls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +56,14 @@ class CallOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TurnCall:
-    """One sync call of a turn: its key (one call in flight per key), the function, its own deadline."""
+    """One sync call of a turn: its key (one call in flight per key), the function, its own deadline,
+    and the span it runs in."""
 
     key: str
     function: Callable[[], object]
     timeout: float
+    span_name: str = "confledger.call"
+    span_attributes: Mapping[str, str | int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -140,11 +144,33 @@ class UserCalls:
         duration_ms = elapsed_ms(started)
         return CallOutcome(value, error, deadline.cancelled_caught, False, duration_ms)
 
-    async def call_in_turn(self, calls: Sequence[TurnCall]) -> list[CallOutcome]:
+    async def call_in_turn(
+        self, calls: Sequence[TurnCall], tracer: trace.Tracer
+    ) -> list[tuple[CallOutcome, trace.Span]]:
         """Call each of ``calls`` in order in one worker thread, each within its own deadline (see the
-        module docstring); one outcome per call, in order."""
-        if not calls:
-            return []
+        module docstring): one outcome per call, in order, each with its span.
+
+        A call's span opens in the worker thread as the call starts, so spans the function opens nest
+        under it; a call never started gets one opened now. The caller records what the outcome means
+        on the span and ends it (a timed-out call's at its deadline, though its thread still runs). A
+        lone call goes through ``call``, whose bookkeeping costs less than a turn's for one.
+        """
+        opened: list[trace.Span | None] = [None] * len(calls)
+        spanned = [
+            dataclasses.replace(call, function=_in_own_span(tracer, call, opened, index))
+            for index, call in enumerate(calls)
+        ]
+        if len(spanned) == 1:
+            [call] = spanned
+            outcomes = [await self.call(call.key, call.function, timeout=call.timeout, in_thread=True)]
+        else:
+            outcomes = await self._turn(spanned)
+        return [
+            (outcome, span or tracer.start_span(call.span_name, attributes=call.span_attributes))
+            for call, outcome, span in zip(calls, outcomes, opened, strict=True)
+        ]
+
+    async def _turn(self, calls: Sequence[TurnCall]) -> list[CallOutcome]:
         turn = _Turn(calls, [None] * len(calls))
         finished = anyio.Event()
 
@@ -175,7 +201,7 @@ class UserCalls:
         rest = [index for index, outcome in enumerate(outcomes) if outcome is None]
         if rest:
             # The calls after an abandoned one were never started: they get a thread of their own.
-            for index, outcome in zip(rest, await self.call_in_turn([calls[i] for i in rest]), strict=True):
+            for index, outcome in zip(rest, await self._turn([calls[i] for i in rest]), strict=True):
                 outcomes[index] = outcome
         return [await self._settled(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
 
@@ -247,22 +273,16 @@ class UserCalls:
         return run
 
 
-def in_own_span(
-    tracer: trace.Tracer,
-    name: str,
-    attributes: dict[str, str | int],
-    function: Callable[[], object],
-    opened: list[trace.Span | None],
-    index: int,
+def _in_own_span(
+    tracer: trace.Tracer, call: TurnCall, opened: list[trace.Span | None], index: int
 ) -> Callable[[], object]:
-    """``function``, made to open a span of its own as it starts (in its worker thread, so that the spans
-    it opens nest under it) and leave it in ``opened[index]`` for the caller to finish once the call's
-    outcome is known (a timed-out call's span ends at its deadline, as it would around an awaited call)."""
+    """``call``'s function, made to open its span as it starts (in its worker thread) and leave it in
+    ``opened[index]`` for the caller to finish once the outcome is known."""
 
     def run() -> object:
-        span = tracer.start_span(name, attributes=attributes, record_exception=False)
+        span = tracer.start_span(call.span_name, attributes=call.span_attributes, record_exception=False)
         opened[index] = span
         with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            return function()
+            return call.function()
 
     return run

@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import CallOutcome, TurnCall, UserCalls, in_own_span
+from confledger.store.calls import CallOutcome, TurnCall, UserCalls
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
 
@@ -141,7 +141,7 @@ async def notify_services(
             _Notification(spec, old, new, direction, first=not results and index == 0, tracer=tracer)
             for index, spec in enumerate(run)
         ]
-        if is_async or len(run) == 1:  # a turn's bookkeeping costs more than it saves for one call
+        if is_async:
             for notification in notifications:
                 notification.before()
                 with notification.span_opened() as span:
@@ -149,32 +149,25 @@ async def notify_services(
                         notification.key,
                         notification.callback,
                         timeout=notification.timeout(default_timeout),
-                        in_thread=not is_async,
+                        in_thread=False,
                     )
                     results.append(notification.finish(span, outcome, default_timeout, secrets))
                 notification.after()
             continue
-        opened: list[trace.Span | None] = [None] * len(run)
         outcomes = await calls.call_in_turn(
             [
                 TurnCall(
                     notification.key,
-                    in_own_span(
-                        tracer,
-                        _SPAN,
-                        notification.attributes,
-                        notification.in_thread,
-                        opened,
-                        index,
-                    ),
+                    notification.in_thread,
                     notification.timeout(default_timeout),
+                    _SPAN,
+                    notification.attributes,
                 )
-                for index, notification in enumerate(notifications)
-            ]
+                for notification in notifications
+            ],
+            tracer,
         )
-        for notification, outcome, span in zip(notifications, outcomes, opened, strict=True):
-            if span is None:  # never started (its previous call still runs): its span says so
-                span = tracer.start_span(_SPAN, attributes=notification.attributes)
+        for notification, (outcome, span) in zip(notifications, outcomes, strict=True):
             results.append(notification.finish(span, outcome, default_timeout, secrets))
             span.end()
     return results
@@ -222,7 +215,7 @@ class _Notification:
 
     def span_opened(self) -> Any:
         # The span is current while the callback runs, so spans it opens (an HTTP client's, a driver's)
-        # nest under it; in a worker thread ``in_own_span`` does the same.
+        # nest under it; in a worker thread ``UserCalls.call_in_turn`` does the same.
         return self.tracer.start_as_current_span(_SPAN, attributes=self.attributes, record_exception=False)
 
     def finish(

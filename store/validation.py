@@ -23,7 +23,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from confledger.store.calls import CallOutcome, TurnCall, UserCalls, in_own_span
+from confledger.store.calls import CallOutcome, TurnCall, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.secrets import ConfigPath, find_secret_paths
@@ -289,11 +289,10 @@ class ValidationPipeline:
         warnings: list[str] = []
         validator_ms: dict[str, float] = {}
         if model.config is not None:
-            # Consecutive sync validators share one worker thread (one hop), each with its own deadline;
-            # one alone is called on its own (a turn's bookkeeping costs more than it saves for one).
+            # Consecutive sync validators share one worker thread (one hop), each with its own deadline.
             for is_async, group in itertools.groupby(self.validators, key=lambda spec: spec.is_async):
                 specs = list(group)
-                if is_async or len(specs) == 1:
+                if is_async:
                     found = [await self._run(spec, model.config, calls, tracer) for spec in specs]
                 else:
                     found = await self._run_in_turn(specs, model.config, calls, tracer)
@@ -331,10 +330,7 @@ class ValidationPipeline:
             "confledger.validator", attributes={"confledger.validator": spec.name}, record_exception=False
         ) as span:
             outcome = await calls.call(
-                _key(spec),
-                functools.partial(spec.function, config),
-                timeout=timeout,
-                in_thread=not spec.is_async,
+                _key(spec), functools.partial(spec.function, config), timeout=timeout, in_thread=False
             )
             errors, warnings = _findings(spec, timeout, outcome)
             _mark(span, errors, warnings)
@@ -343,32 +339,23 @@ class ValidationPipeline:
     async def _run_in_turn(
         self, specs: Sequence[ValidatorSpec], config: Any, calls: UserCalls, tracer: trace.Tracer
     ) -> list[tuple[list[str], list[str], float]]:
-        """Sync validators in one worker thread, in order; each span opens as its validator starts."""
-        opened: list[trace.Span | None] = [None] * len(specs)
+        """Sync validators in one worker thread, in order, each in its span."""
         outcomes = await calls.call_in_turn(
             [
                 TurnCall(
                     _key(spec),
-                    in_own_span(
-                        tracer,
-                        "confledger.validator",
-                        {"confledger.validator": spec.name},
-                        functools.partial(spec.function, config),
-                        opened,
-                        index,
-                    ),
+                    functools.partial(spec.function, config),
                     self._timeout(spec),
+                    "confledger.validator",
+                    {"confledger.validator": spec.name},
                 )
-                for index, spec in enumerate(specs)
-            ]
+                for spec in specs
+            ],
+            tracer,
         )
         found = []
-        for spec, outcome, span in zip(specs, outcomes, opened, strict=True):
+        for spec, (outcome, span) in zip(specs, outcomes, strict=True):
             errors, warnings = _findings(spec, self._timeout(spec), outcome)
-            if span is None:  # never started (its previous call still runs): its span says so
-                span = tracer.start_span(
-                    "confledger.validator", attributes={"confledger.validator": spec.name}
-                )
             _mark(span, errors, warnings)
             span.end()
             found.append((errors, warnings, outcome.duration_ms))

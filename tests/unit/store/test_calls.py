@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry import trace
 
 from confledger.store.calls import CallOutcome, TurnCall, UserCalls
 
@@ -150,6 +151,15 @@ def test_at_least_one_thread() -> None:
 # --- several sync calls in one worker thread (call_in_turn) ------------------------------------------
 
 
+async def in_turn(calls: UserCalls, turn: list[TurnCall]) -> list[CallOutcome]:
+    """The outcomes of ``calls.call_in_turn`` (each call's span ended, as a caller ends it)."""
+    outcomes = []
+    for outcome, span in await calls.call_in_turn(turn, trace.get_tracer("test")):
+        span.end()
+        outcomes.append(outcome)
+    return outcomes
+
+
 @pytest.mark.parametrize(
     ("functions", "values", "errors"),
     [
@@ -162,8 +172,8 @@ def test_at_least_one_thread() -> None:
 async def test_a_turn_gives_one_outcome_per_call_in_order(
     functions: list[Any], values: list[object], errors: list[type[Exception] | None]
 ) -> None:
-    outcomes = await UserCalls(2).call_in_turn(
-        [TurnCall(f"k{index}", function, 1.0) for index, function in enumerate(functions)]
+    outcomes = await in_turn(
+        UserCalls(2), [TurnCall(f"k{index}", function, 1.0) for index, function in enumerate(functions)]
     )
     assert [outcome.value for outcome in outcomes] == values
     assert [type(outcome.error) if outcome.error else None for outcome in outcomes] == errors
@@ -173,11 +183,12 @@ async def test_a_turn_gives_one_outcome_per_call_in_order(
 async def test_a_turn_runs_its_calls_one_after_another_in_one_thread_off_the_loop() -> None:
     seen: list[tuple[int, str]] = []
     REQUEST.set("request-8")
-    await UserCalls(4).call_in_turn(
+    await in_turn(
+        UserCalls(4),
         [
             TurnCall(f"k{n}", lambda: seen.append((threading.get_ident(), REQUEST.get())), 1.0)
             for n in range(3)
-        ]
+        ],
     )
     assert len({thread for thread, _ in seen}) == 1
     assert seen[0][0] != threading.get_ident()
@@ -189,12 +200,13 @@ async def test_only_the_late_call_of_a_turn_times_out_and_the_rest_go_on() -> No
     ran: list[str] = []
     calls = UserCalls(4)
     try:
-        outcomes = await calls.call_in_turn(
+        outcomes = await in_turn(
+            calls,
             [
                 TurnCall("first", lambda: ran.append("first"), 5.0),
                 TurnCall("hung", lambda: release.wait(10), 0.05),
                 TurnCall("after", lambda: ran.append("after"), 5.0),
-            ]
+            ],
         )
         # The hung call keeps its thread and its key until it returns; the one after it ran meanwhile.
         assert calls.in_flight() == {"hung"}
@@ -205,15 +217,16 @@ async def test_only_the_late_call_of_a_turn_times_out_and_the_rest_go_on() -> No
     with anyio.fail_after(5):
         while calls.in_flight():
             await anyio.sleep(0.01)
-    again = await calls.call_in_turn([TurnCall("hung", returns, 1.0)])
+    again = await in_turn(calls, [TurnCall("hung", returns, 1.0)])
     assert again[0].value == "value"  # called again once its abandoned call returned
 
 
 async def test_each_deadline_counts_from_its_own_calls_start() -> None:
     # 0.15 s of a 2 s budget, then a call with a 0.1 s budget: neither is late, though the second
     # finishes more than 0.1 s after the turn began.
-    outcomes = await UserCalls(2).call_in_turn(
-        [TurnCall("slow", lambda: threading.Event().wait(0.15), 2.0), TurnCall("quick", returns, 0.1)]
+    outcomes = await in_turn(
+        UserCalls(2),
+        [TurnCall("slow", lambda: threading.Event().wait(0.15), 2.0), TurnCall("quick", returns, 0.1)],
     )
     assert [outcome.timed_out for outcome in outcomes] == [False, False]
     assert outcomes[1].value == "value"
@@ -224,8 +237,8 @@ async def test_a_key_whose_abandoned_call_still_runs_is_not_called_in_a_turn() -
     calls = UserCalls(4)
     try:
         first = await calls.call("service:hung", lambda: release.wait(10), timeout=0.02, in_thread=True)
-        outcomes = await calls.call_in_turn(
-            [TurnCall("service:hung", returns, 1.0), TurnCall("service:other", returns, 1.0)]
+        outcomes = await in_turn(
+            calls, [TurnCall("service:hung", returns, 1.0), TurnCall("service:other", returns, 1.0)]
         )
     finally:
         release.set()
@@ -244,11 +257,12 @@ async def test_a_turn_given_up_while_waiting_for_a_thread_never_runs_its_late_ca
         group.start_soon(
             lambda: anyio.to_thread.run_sync(lambda: threading.Event().wait(0.2) or release.set())
         )
-        outcomes = await calls.call_in_turn(
+        outcomes = await in_turn(
+            calls,
             [
                 TurnCall("queued", lambda: ran.append("queued"), 0.05),
                 TurnCall("next", lambda: ran.append("next"), 5.0),
-            ]
+            ],
         )
     assert [outcome.timed_out for outcome in outcomes] == [True, False]
     assert ran == ["next"]  # the late one never ran; the next one did, once a thread was free
