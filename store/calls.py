@@ -76,6 +76,7 @@ class _Turn:
     current: int = 0  # the call running, or the next to start
     since: float = field(default_factory=time.perf_counter)  # when it started, or the one before ended
     given_up: bool = False  # the waiting side has moved on: start nothing more
+    finished: threading.Event = field(default_factory=threading.Event)  # the thread is done with it
 
     def deadline(self) -> float:
         """When the call under way (or next to start) is late."""
@@ -88,6 +89,11 @@ class _Turn:
         timeout from now, whichever comes first, and then looks again."""
         later = [call.timeout for call in self.calls[self.current + 1 :]]
         return min(self.deadline(), now + min(later)) if later else self.deadline()
+
+
+def _loop_time_of(moment: float) -> float:
+    """``moment`` (a ``time.perf_counter`` reading) on the event loop's clock, for a cancel scope."""
+    return anyio.current_time() + (moment - time.perf_counter())
 
 
 class _State(Enum):
@@ -172,28 +178,18 @@ class UserCalls:
 
     async def _turn(self, calls: Sequence[TurnCall]) -> list[CallOutcome]:
         turn = _Turn(calls, [None] * len(calls))
-        finished = anyio.Event()
-
-        async def run() -> None:
-            try:
+        try:
+            # The thread is awaited in this task, under a deadline at the first moment a call could be
+            # late: a task to run it beside a watcher costs the loop three more turns for each group of
+            # calls, and on a busy loop each turn waits behind every request ready to run.
+            with self._lock:
+                first_look = turn.wake_at(time.perf_counter())
+            with anyio.CancelScope(deadline=_loop_time_of(first_look)) as scope:
                 await anyio.to_thread.run_sync(
                     self._run_turn, turn, abandon_on_cancel=True, limiter=self.limiter
                 )
-            finally:
-                finished.set()
-
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(run)
-                while not finished.is_set():
-                    with self._lock:
-                        wake_at = turn.wake_at(time.perf_counter())
-                    with anyio.move_on_after(wake_at - time.perf_counter()):
-                        await finished.wait()
-                    if finished.is_set() or not self._give_up_if_late(turn):
-                        continue
-                    group.cancel_scope.cancel()  # abandons the thread, still in the late call
-                    break
+            if scope.cancelled_caught:
+                await self._watch(turn)
         finally:
             with self._lock:
                 turn.given_up = True  # cancelled from outside too: the thread starts nothing more
@@ -204,6 +200,19 @@ class UserCalls:
             for index, outcome in zip(rest, await self._turn([calls[i] for i in rest]), strict=True):
                 outcomes[index] = outcome
         return [await self._settled(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
+
+    async def _watch(self, turn: _Turn) -> None:
+        """Wait for a turn that outlived its first look: until it finishes, or until the call under way
+        is late (then it is abandoned and the turn given up).
+
+        anyio has abandoned the thread at that first look, so from here on it runs without a limiter
+        token (its calls are still keyed: the bound on threads in the module docstring holds). It is
+        waited for from a second thread, one look at a time, each look at the next moment a call
+        could be late."""
+        while not turn.finished.is_set() and not self._give_up_if_late(turn):
+            with self._lock:
+                wait = turn.wake_at(time.perf_counter()) - time.perf_counter()
+            await anyio.to_thread.run_sync(turn.finished.wait, max(0.0, wait), abandon_on_cancel=True)
 
     def _give_up_if_late(self, turn: _Turn) -> bool:
         """Whether the call under way (or not yet started) is past its own deadline; if so it is recorded
@@ -217,6 +226,12 @@ class UserCalls:
             return True
 
     def _run_turn(self, turn: _Turn) -> None:
+        try:
+            self._make_calls(turn)
+        finally:
+            turn.finished.set()
+
+    def _make_calls(self, turn: _Turn) -> None:
         for index, call in enumerate(turn.calls):
             with self._lock:
                 if turn.given_up:
