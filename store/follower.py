@@ -10,6 +10,7 @@ restarted database: the position is the truth, the bell only shortens the wait. 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ import anyio.abc
 
 from confledger.store.errors import ConfledgerError
 from confledger.store.fleet import Doorbell, Heartbeat, record_heartbeat
+from confledger.store.following import ReadAhead
 from confledger.store.operations import OperationRunner
 
 __all__ = ["LogFollower"]
@@ -63,9 +65,9 @@ class LogFollower:
 
     async def _follow_forever(self) -> None:
         while True:
-            await self._wait()
+            ahead = await self._wait()
             try:
-                await self.runner.follow()
+                await self.runner.follow(ahead)
             except Exception as exc:
                 # Any failure (a database away, a bug in a callback's surroundings) is retried at the
                 # next turn: a follower that died would leave the instance behind without a word.
@@ -73,15 +75,18 @@ class LogFollower:
             else:
                 self._recovered("follow")
 
-    async def _wait(self) -> None:
+    async def _wait(self) -> ReadAhead | None:
         """Until a config is applied somewhere (the doorbell says so) or the poll interval is up.
 
         Rings for other appends (answers, failed operations) are left to the interval's end: they change
-        no config, and acting on each would wake every follower once per instance per change.
+        no config, and acting on each would wake every follower once per instance per change. On an
+        "applied" ring the doorbell's thread reads what was decided before it hands back (returned):
+        every follower of the fleet wakes at once for it, on machines often busier than their cores,
+        and each hop between threads is one more wait for a core before the services hear of it.
         """
         if not self.use_doorbell:
             await anyio.sleep(self.poll_interval)
-            return
+            return None
         if self._doorbell is None:
             doorbell = Doorbell(self.log.engine)
             try:
@@ -93,20 +98,34 @@ class LogFollower:
             self._doorbell = doorbell
             self._recovered("doorbell")
             # Whatever landed while the bell was down is read now, not at the next ring.
-            return
+            return None
         doorbell = self._doorbell
         deadline = anyio.current_time() + self.poll_interval
         while (remaining := deadline - anyio.current_time()) > 0:
+            wait = functools.partial(self._ring_then_read, doorbell, remaining, self.runner.followed)
             try:
-                rang = await anyio.to_thread.run_sync(doorbell.wait, remaining, limiter=self._bell_limiter)
+                rang, ahead = await anyio.to_thread.run_sync(wait, limiter=self._bell_limiter)
             except Exception as exc:
                 # The connection was terminated or the server restarted: reopen it at the next turn,
                 # and read the log now in case the ring that was lost was for an applied config.
                 self._report("doorbell", exc)
                 await self._close_doorbell()
-                return
+                return None
             if rang == "applied":
-                return
+                return ahead
+        return None
+
+    def _ring_then_read(
+        self, doorbell: Doorbell, timeout: float, after: int
+    ) -> tuple[str | None, ReadAhead | None]:
+        """The doorbell's wait and, when it rang for an applied config, the read of what was decided."""
+        rang = doorbell.wait(timeout)
+        if rang != "applied":
+            return rang, None
+        try:
+            return rang, self.runner.read_ahead(after)
+        except ConfledgerError:
+            return rang, None  # the turn reads again itself, and says what failed
 
     async def _close_doorbell(self) -> None:
         doorbell, self._doorbell = self._doorbell, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,7 +31,7 @@ from confledger.store.operation_record import ActiveConfig, failures_of, notifie
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec
 from confledger.store.validation import ModelResult, ValidationPipeline
 
-__all__ = ["FleetFollowing"]
+__all__ = ["FleetFollowing", "ReadAhead"]
 
 # What it logs is the runner's, under the runner's logger as before it moved here.
 logger = logging.getLogger("confledger.store.operations")
@@ -38,6 +39,14 @@ logger = logging.getLogger("confledger.store.operations")
 # The log's head, and each config.applied after the follower's position with its body through the
 # model (or why it could not be read).
 _Pending = tuple[int, list[tuple[RecordedEvent, ModelResult | ConfledgerError]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """What the fleet decided after position ``after``, read before the turn to follow it began."""
+
+    after: int
+    pending: _Pending
 
 
 class FleetFollowing:
@@ -73,11 +82,21 @@ class FleetFollowing:
             self, services: Sequence[ServiceSpec], old: Any, new: Any, secrets: list[str], direction: str
         ) -> list[NotifyResult]: ...
 
-    async def follow(self) -> int:
-        """Apply here what other instances decided since the last call; returns the position followed to."""
+    async def follow(self, ahead: ReadAhead | None = None) -> int:
+        """Apply here what other instances decided since the last call; returns the position followed to.
+
+        ``ahead``: ``read_ahead``'s result, taken by the doorbell's thread as it woke (so the turn saves
+        the thread hop of its own read). It stands only if nothing was followed since it was read: an
+        operation of this instance that ran meanwhile has followed those changes itself.
+        """
         async with self._apply_lock:
-            await self._follow_to_head()
+            pending = ahead.pending if ahead is not None and ahead.after == self.followed else None
+            await self._follow_to_head(pending)
         return self.followed
+
+    def read_ahead(self, after: int) -> ReadAhead:
+        """What the fleet decided after ``after`` (blocking: for a thread that is awake anyway)."""
+        return ReadAhead(after, self._applied_since(after))
 
     def _applied_since(
         self, after: int

@@ -227,6 +227,38 @@ async def test_a_reload_that_must_follow_a_rollback_first_still_honours_its_pin(
         assert b.received == [1, 2, 1]
 
 
+async def test_a_read_ahead_is_followed_once_and_only_while_nothing_was_followed_since(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The doorbell's thread reads what was decided as it wakes (read_ahead). The turn uses that read
+    # instead of its own; but if an operation of this instance followed those changes in between, the
+    # read is stale and following it would tell b's service of 2 a second time.
+    async with fleet(tmp_path, database_url, ["a", "b"], follow=False) as (a, b):
+        source = Path(a.reloader.config_source or "")
+        write(source, 2)
+        assert (await a.reloader.reload_config()).success
+        stale = b.reloader.runner.read_ahead(b.reloader.runner.followed)
+        assert (await b.reloader.reload_config()).success  # its turn follows a's 2 first
+        assert (b.level, b.received) == (2, [1, 2])
+        await b.reloader.runner.follow(stale)
+        assert b.received == [1, 2]
+        followed = [
+            answer for answer in answers(b.reloader.log) if answer[:1] == ("b",) and answer[2] == "followed"
+        ]
+        assert len(followed) == 1  # a's 2, answered once
+
+        write(source, 3)
+        assert (await a.reloader.reload_config()).success
+        ahead = b.reloader.runner.read_ahead(b.reloader.runner.followed)
+        reads: list[int] = []
+        read = b.reloader.runner._applied_since
+        monkeypatch.setattr(
+            b.reloader.runner, "_applied_since", lambda after: reads.append(after) or read(after)
+        )
+        await b.reloader.runner.follow(ahead)
+        assert (b.level, b.received, reads) == (3, [1, 2, 3], [])  # followed from the read ahead alone
+
+
 async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, database_url: str) -> None:
     async with fleet(tmp_path, database_url, ["a", "b"]) as (a, b):
         b.refuse.add(9)
