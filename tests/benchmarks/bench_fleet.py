@@ -17,7 +17,9 @@ The anchor, in the same run: the bare wake-up mechanism with nothing done on wak
 threads of one process. PostgreSQL: NOTIFY on a connection, LISTEN on N others (send to the last
 receipt). SQLite: a commit, and N connections polling ``PRAGMA data_version`` at the followers' interval
 (commit to the last one that saw it). Printed as one table: p50 / p99 / max per backend and N, with the
-anchor's p50 / p99 and the ratio of the p99s. Target: PostgreSQL, N = 8, p99 < 10 ms.
+anchor's p50 / p99, the ratio of the p99s, and ``CPU/chg``: the CPU one follower process spent per change
+(the median follower; /proc). N followers share the machine's cores: N x that / cores is about as soon
+as the last of them can be done, whatever the code does between them. Target: PostgreSQL, N = 8, p99 < 10 ms.
 
 ``measure(backend, followers, ...)`` runs one row; another benchmark's table can call it.
 PostgreSQL: ``CONFLEDGER_TEST_PG_URL`` (default the test database), in a schema of its own, dropped after.
@@ -71,6 +73,9 @@ class Result:
     anchor_p50_ms: float
     anchor_p99_ms: float
     poll_interval_s: float
+    # CPU (user + system) one follower process spent per change while the changes ran (the median
+    # follower): N of them share the machine's cores, which bounds how soon the last can be done.
+    follower_cpu_ms: float = float("nan")
 
     @property
     def ratio_p99(self) -> float:
@@ -127,9 +132,18 @@ def _environment(
     return environment
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc; NaN where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _start_followers(
     stack: ExitStack, workdir: Path, config: Path, database_url: str, key: str, count: int, poll: float
-) -> list[str]:
+) -> tuple[list[str], list[int]]:
     names, waiting = [], []
     for index, port in enumerate(free_ports(count)):
         name = f"bench-follower-{index}"
@@ -177,7 +191,7 @@ def _start_followers(
             if time.monotonic() > deadline:
                 raise RuntimeError("followers did not become ready")
             time.sleep(0.1)
-    return names
+    return names, [process.pid for process, _port in waiting]
 
 
 class _Stamps:
@@ -377,10 +391,12 @@ def measure(
         database_url = stack.enter_context(_database(backend, workdir))
         # The decider starts first: it applies the initial config the followers then restore.
         anyio.run(_decide, database_url, key, config, 0, None)
-        names = _start_followers(stack, workdir, config, database_url, key, followers, poll)
+        names, pids = _start_followers(stack, workdir, config, database_url, key, followers, poll)
         time.sleep(1.0)  # let their start-up settle (first heartbeats, projections)
         stamps = _Stamps(workdir, names)
+        cpu_before = [_cpu_s(pid) for pid in pids]
         anyio.run(_decide, database_url, key, config, changes, stamps)
+        cpu_spent = [_cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
         latencies, recorded = _latencies(database_url, stamps)
         if backend == "sqlite":
             anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
@@ -398,13 +414,15 @@ def measure(
         anchor_p50_ms=statistics.median(anchor),
         anchor_p99_ms=percentile(anchor, 0.99),
         poll_interval_s=poll,
+        follower_cpu_ms=statistics.median(cpu_spent) * 1000 / max(1, changes),
     )
 
 
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'backend':<10} {'N':>3} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'rec. p50':>8} {'rec. p99':>8} {'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10}  wake-up"
+        f"{'rec. p50':>8} {'rec. p99':>8} {'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10} "
+        f"{'CPU/chg':>8}  wake-up"
     )
     print(header)
     print("-" * len(header))
@@ -416,7 +434,7 @@ def print_table(results: list[Result]) -> None:
             f"{result.backend:<10} {result.followers:>3} {result.changes:>7} {result.p50_ms:>8.2f} "
             f"{result.p99_ms:>8.2f} {result.max_ms:>8.2f} {result.recorded_p50_ms:>8.2f} "
             f"{result.recorded_p99_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
-            f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f}  {wake}"
+            f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f} {result.follower_cpu_ms:>8.2f}  {wake}"
         )
 
 
