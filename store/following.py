@@ -23,7 +23,7 @@ from opentelemetry import trace
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
 from confledger.store.candidate import Fetch, Fetched
-from confledger.store.errors import ConfigLookupError, ConfledgerError, SecretKeyError
+from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
 from confledger.store.fleet import FleetLease, FleetLock
 from confledger.store.log import EventLog, PreparedConfig
@@ -104,17 +104,15 @@ class FleetFollowing:
         """The head, and each ``config.applied`` after ``after`` with its stored body put through this
         instance's model (or why it could not be read): the reading part of following, in one thread hop.
         """
-        head, applied = self.log.applied_to_head(after)
+        head, decided = self.log.decided_elsewhere(after)
         found: list[tuple[RecordedEvent, ModelResult | ConfledgerError]] = []
-        for event in applied:
-            payload = event.payload
-            if event.instance_id == self.log.instance_id or not isinstance(payload, ConfigApplied):
+        for event, stored in decided:
+            if stored is None:
                 found.append((event, ConfledgerError("decided here", code="own")))
-                continue
-            try:
-                found.append((event, self.pipeline.check_model(self.log.get_config(payload.hash).body)))
-            except (SecretKeyError, ConfigLookupError) as exc:
-                found.append((event, exc))
+            elif isinstance(stored, ConfledgerError):
+                found.append((event, stored))
+            else:
+                found.append((event, self.pipeline.check_model(stored.body)))
         return head, found
 
     def _take_turn(

@@ -32,6 +32,7 @@ from confledger.store import (
     SecretCipher,
     SecretKeyError,
     ServiceOutcome,
+    StoredConfig,
     StoreUnavailable,
     Trigger,
     UnknownConfigHash,
@@ -239,6 +240,29 @@ def test_applied_to_head_is_the_head_and_the_applies_after_a_position(
 
 def test_applied_to_head_on_an_empty_log(log: EventLog) -> None:
     assert log.applied_to_head(0) == (0, [])
+
+
+def test_decided_elsewhere_reads_the_configs_other_instances_applied(
+    log: EventLog, database_url: str
+) -> None:
+    elsewhere = EventLog(database_url, instance_id="elsewhere")
+    try:
+        stored = elsewhere.put_config(BODY)
+        elsewhere.append([applied(stored)])
+        log.append([applied("a" * 64, stored)])
+        elsewhere.append([started(2), applied("b" * 64, "a" * 64)])
+        # positions: 1 applied by elsewhere; 2 applied here; 3 started; 4 applied elsewhere, no body
+        head, found = log.decided_elsewhere(0)
+    finally:
+        elsewhere.close()
+    assert head == 4
+    assert [event.position for event, _ in found] == [1, 2, 4]
+    (_, first), (_, own), (_, missing) = found
+    assert isinstance(first, StoredConfig)
+    assert (first.hash, first.body) == (stored, BODY)
+    assert own is None  # decided here: nothing to read
+    assert isinstance(missing, UnknownConfigHash)
+    assert log.decided_elsewhere(4) == (4, [])
 
 
 def test_read_reverse_is_newest_first(log: EventLog) -> None:
