@@ -94,7 +94,7 @@ class LogFollower:
             except Exception as exc:
                 self._report("doorbell", exc)
                 await anyio.sleep(self.poll_interval)
-                return
+                return None
             self._doorbell = doorbell
             self._recovered("doorbell")
             # Whatever landed while the bell was down is read now, not at the next ring.
