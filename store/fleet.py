@@ -6,9 +6,10 @@
   opens the log sees it). The holder names itself (``<operation id>@<instance id>``) where the others can
   read it: the lock connection's ``application_name`` / the lock file's content. A crashed holder's lock
   dies with its session or file descriptor, so it never blocks the fleet.
-- ``Doorbell``: PostgreSQL ``LISTEN`` on the channel the events table's trigger (migration
-  ``0003_fleet``) notifies in every append transaction. It only says "look": a follower always reads the
-  log by position, and polls when the bell is silent, so a lost notification loses no event.
+- ``Doorbell``: PostgreSQL ``LISTEN`` on the channel the events table's trigger (migrations
+  ``0003_fleet``, ``0004_applied_rings_only``) notifies in every append transaction that applies a
+  config. It only says "look": a follower always reads the log by position, and polls when the bell is
+  silent, so a lost notification loses no event.
 - Heartbeats: ``fleet_instances`` rows rewritten in place (not events: see the migration's docstring).
 
 Every function here blocks on I/O; async callers run it in a worker thread.
@@ -354,12 +355,12 @@ class Doorbell:
 
     def wait(self, timeout: float) -> str | None:
         """Until a ring says an append applied a config (``"applied"``, at once) or ``timeout`` seconds
-        are up: then ``"other"`` when only other appends rang, None when nothing did. Every ring so far
+        are up: then ``"other"`` when only other rings came, None when nothing did. Every ring so far
         is consumed.
 
-        Other rings are taken and dropped here, in the waiting thread: each append of every instance
-        rings every follower, and handing each of those to the event loop cost a thread hop per ring
-        per follower for nothing (at eight followers, about ninety per change).
+        Since ``0004_applied_rings_only`` the log rings for nothing else; a database still at
+        ``0003_fleet`` (an instance of the previous release migrated it, and this one has not yet) rings
+        for every append, and those rings are taken and dropped here, in the waiting thread.
         """
         connection = self._connection
         if connection is None:
