@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -193,6 +193,11 @@ def _install_sqlite_hooks(engine: Engine, synchronous: str, busy_timeout_ms: int
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        if driver.in_transaction:
+            # The log's writer began this transaction on the driver (``_SqliteTransaction``): a statement
+            # run through Connection.execute inside it joins it, and the writer's commit ends both.
+            return
         mode = connection.get_execution_options().get("confledger_sqlite_begin", "DEFERRED")
         # On the driver's cursor rather than through exec_driver_sql: that machinery cost the append path
         # about 20 us per transaction, a fifth of its CPU time (BEGIN has no parameters or result).
@@ -292,6 +297,46 @@ def _begin_locked_reading(
     return None if row is None else first.processed(row)
 
 
+class _Transaction(Protocol):
+    """What the writer ends a transaction with: SQLAlchemy's ``Transaction``, or ``_SqliteTransaction``."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class _SqliteTransaction:
+    """An SQLite write transaction begun and ended on the driver connection (``BEGIN IMMEDIATE``, then
+    the driver's commit or rollback), under a ``Connection`` that stays SQLAlchemy's for the statements.
+
+    Begun this way, not by ``Connection.begin``: SQLAlchemy's transaction object, its ``begin`` event and
+    the commit through the dialect cost an SQLite append about 7 us of CPU on a warm machine, twice that
+    when every append waits on an fsync and starts cold (bench_append.py), where the transaction itself
+    needs two driver calls. A statement of the body that still goes through ``Connection.execute`` (the
+    key record, written once per log) makes SQLAlchemy begin a transaction of its own on this one: the
+    begin hook sees the driver inside a transaction and sends nothing, and ending it here ends that too.
+    """
+
+    __slots__ = ("_connection", "_driver")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._driver: Any = connection.connection.driver_connection
+        self._driver.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        if self._connection.in_transaction():
+            self._connection.commit()
+        else:
+            self._driver.commit()
+
+    def rollback(self) -> None:
+        if self._connection.in_transaction():
+            self._connection.rollback()
+        else:
+            self._driver.rollback()
+
+
 class LogWriter:
     """The log's write path: transactions under the write lock on one connection kept for them.
 
@@ -310,6 +355,7 @@ class LogWriter:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = _write_lock(engine.dialect)
         self._keep = not isinstance(engine.pool, StaticPool)
         self._lock = threading.Lock()
@@ -339,7 +385,7 @@ class LogWriter:
                 raise
             self._end(connection, lambda: self.commit(transaction))
 
-    def commit(self, transaction: Transaction) -> None:
+    def commit(self, transaction: _Transaction) -> None:
         transaction.commit()
 
     def close(self) -> None:
@@ -356,10 +402,21 @@ class LogWriter:
 
     def _begin(
         self, first: DriverStatement | None, values: Mapping[str, Any]
-    ) -> tuple[Connection, Transaction, Sequence[Any] | None]:
+    ) -> tuple[Connection, _Transaction, Sequence[Any] | None]:
         for attempt in (1, 2):
             connection = self._connection()
             try:
+                if self._sqlite:
+                    # BEGIN IMMEDIATE takes the database's one RESERVED lock, waiting up to the busy
+                    # timeout: whoever holds it appends next.
+                    begun = _SqliteTransaction(connection)
+                    try:
+                        row = None if first is None else first.first(connection, values)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            begun.rollback()
+                        raise
+                    return connection, begun, row
                 if self._write_lock is not None and self._keep:
                     # Only on the kept connection: it never goes back to the pool in autocommit mode.
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
