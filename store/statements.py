@@ -26,7 +26,7 @@ _NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 class DriverStatement:
     """``statement`` compiled for ``dialect``, executed on a ``Connection``'s DBAPI cursor."""
 
-    __slots__ = ("_fixed", "_names", "_processors", "_result_processors", "sql")
+    __slots__ = ("_fixed", "_names", "_order", "_processors", "_result_processors", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -44,6 +44,13 @@ class DriverStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors[name] = processor
+        # A positional statement with nothing fixed (an INSERT of a row's values) builds its tuple in
+        # one pass over the names, each with its processor: no merged dict, no second pass.
+        self._order: Sequence[tuple[str, Callable[[Any], Any] | None]] | None = (
+            None
+            if self._names is None or self._fixed
+            else [(name, self._processors.get(name)) for name in self._names]
+        )
         # What SQLAlchemy would make of each column the driver returns (SQLite's datetime text), by
         # position in the row; none for a statement that returns no rows.
         self._result_processors: list[tuple[int, Callable[[Any], Any]]] = []
@@ -55,6 +62,10 @@ class DriverStatement:
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed by bind name; literal binds fill themselves)."""
+        if self._order is not None:
+            return tuple(
+                [values[name] if process is None else process(values[name]) for name, process in self._order]
+            )
         params = {**self._fixed, **values}
         for name, processor in self._processors.items():
             params[name] = processor(params[name])
