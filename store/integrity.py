@@ -92,20 +92,25 @@ class IntegrityKeys:
     __slots__ = ("_link", "_record", "_secret", "check_value", "origin")
 
     def __init__(self, material: bytes, *, origin: str) -> None:
-        self._link = _derive(material, "confledger/link/v2")
-        self._record = _derive(material, "confledger/record/v1")
+        # The link and record keys are kept as HMACs already keyed: every event's link and every anchor
+        # copies one (the key's padding is hashed once, not again per MAC as hmac.new would).
+        self._link = hmac.new(_derive(material, "confledger/link/v2"), digestmod=hashlib.sha256)
+        self._record = hmac.new(_derive(material, "confledger/record/v1"), digestmod=hashlib.sha256)
         self._secret = _derive(material, "confledger/secret-digest/v1")
         check = _derive(material, "confledger/check/v1")
         self.check_value = hmac.new(check, _CHECK_TEXT, hashlib.sha256).hexdigest()[:32]
         self.origin = origin
 
     def link_mac(self, message: bytes) -> str:
-        return hmac.new(self._link, message, hashlib.sha256).hexdigest()
+        mac = self._link.copy()
+        mac.update(message)
+        return mac.hexdigest()
 
     def record_mac(self, purpose: str, value: Any) -> str:
         # The purpose is MACed too: a checkpoint's MAC can never be passed off as the anchor's.
-        message = purpose.encode("ascii") + b"\x00" + canonical_bytes(value)
-        return hmac.new(self._record, message, hashlib.sha256).hexdigest()
+        mac = self._record.copy()
+        mac.update(purpose.encode("ascii") + b"\x00" + canonical_bytes(value))
+        return mac.hexdigest()
 
     def record_mac_holds(self, purpose: str, value: Any, mac: str | None) -> bool:
         return mac is not None and hmac.compare_digest(self.record_mac(purpose, value), str(mac))
@@ -253,8 +258,11 @@ _SLOTS = 2
 
 def _slot_text(anchor: Anchor, keys: IntegrityKeys) -> bytes:
     value = anchor.value()
-    text = json.dumps({**value, "mac": keys.record_mac("integrity.anchor", value)}, separators=(",", ":"))
-    return text.encode("utf-8").ljust(_SLOT - 1) + b"\n"
+    # Canonical JSON, the encoder the MAC already uses (json.dumps with separators builds an encoder per
+    # call); the reader takes the fields by name, so slots written in json.dumps's order still read.
+    return (
+        canonical_bytes({**value, "mac": keys.record_mac("integrity.anchor", value)}).ljust(_SLOT - 1) + b"\n"
+    )
 
 
 def _parse_slot(raw: bytes, keys: IntegrityKeys) -> Anchor | None:
