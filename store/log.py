@@ -303,8 +303,12 @@ class EventLog:
         integrity = self.integrity()
         keys = self._writable(integrity)
         link_version = LINK_SHA256 if keys is None else LINK_HMAC
-        # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it.
-        payloads = [event.payload.model_dump(mode="json") for event in new_events]
+        # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it;
+        # by the model's own serializer, as model_dump(mode="json") does, without its keyword layer.
+        payloads = [
+            type(event.payload).__pydantic_serializer__.to_python(event.payload, mode="json")
+            for event in new_events
+        ]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         event_ids = uuid7_texts(len(new_events))
         # The head is read as the write lock is taken (on PostgreSQL in the same round trip).
