@@ -47,9 +47,14 @@ def hashed_timestamp(moment: datetime) -> str:
     Both backends keep microseconds; PostgreSQL hands a value back in the session's time zone and
     SQLite without a zone (it is stored in UTC), so every value is normalised to UTC first.
     """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    if moment.year < 1000:
+        # strftime leaves such a year unpadded, and links made that way must still verify.
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The text strftime("%Y-%m-%dT%H:%M:%S.%fZ") writes, made by isoformat: strftime parses its format
+    # on every call, and every append and every verified event formats one.
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 def link_message(envelope: Mapping[str, Any]) -> bytes:
