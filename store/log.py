@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
-from confledger.store.canonical import GENESIS_HASH, config_hash
+from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
 from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
 from confledger.store.checkpoints import (
     Checkpoint,
@@ -192,7 +192,8 @@ class EventLog:
         self._applied_to_head = DriverStatement(APPLIED_TO_HEAD, dialect)
         self._config_row = DriverStatement(CONFIG_ROW, dialect)
         self._config_writes = ConfigWrites(dialect)
-        self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
+        # The payload is bound as its canonical JSON text, the text its link covers (encoded once).
+        self._insert_events = DriverStatement(INSERT_EVENTS, dialect, encoded=("payload",))
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
         try:
@@ -303,10 +304,11 @@ class EventLog:
         integrity = self.integrity()
         keys = self._writable(integrity)
         link_version = LINK_SHA256 if keys is None else LINK_HMAC
-        # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it;
-        # by the model's own serializer, as model_dump(mode="json") does, without its keyword layer.
+        # Dumped and encoded before the lock is taken, so nothing of the payloads' own work is done while
+        # holding it: by the model's own serializer (model_dump(mode="json") without its keyword layer),
+        # then to the canonical text that the row stores and its link covers.
         payloads = [
-            type(event.payload).__pydantic_serializer__.to_python(event.payload, mode="json")
+            canonical_json(type(event.payload).__pydantic_serializer__.to_python(event.payload, mode="json"))
             for event in new_events
         ]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
@@ -345,7 +347,7 @@ class EventLog:
                     "prev_hash": previous,
                     "link_version": link_version,
                 }
-                link = link_of(row, link_version, keys)
+                link = link_of(row, link_version, keys, payload)
                 if link is None:  # pragma: no cover - keys is set whenever link_version is LINK_HMAC
                     raise IntegrityKeyError("no key to make a keyed link with")
                 row["hash"] = previous = link

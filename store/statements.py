@@ -9,7 +9,7 @@ objects are left out. The connection and its transaction stay SQLAlchemy's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -28,7 +28,9 @@ class DriverStatement:
 
     __slots__ = ("_fixed", "_names", "_order", "_processors", "_result_processors", "sql")
 
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+    def __init__(self, statement: ClauseElement, dialect: Dialect, *, encoded: Collection[str] = ()) -> None:
+        """``encoded``: binds whose values the caller gives as the driver takes them, their processor not
+        applied (a JSON column's value given as its text: what SQLite stores, what PostgreSQL's cast reads)."""
         compiled = statement.compile(dialect=dialect)
         if not isinstance(compiled, SQLCompiler):  # pragma: no cover - DDL is not run this way
             raise TypeError(f"{type(statement).__name__} does not compile to a SQL statement")
@@ -42,7 +44,7 @@ class DriverStatement:
         self._processors: dict[str, Callable[[Any], Any]] = {}
         for name, bind in compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
+            if processor is not None and name not in encoded:
                 self._processors[name] = processor
         # A positional statement with nothing fixed (an INSERT of a row's values) builds its tuple in
         # one pass over the names, each with its processor: no merged dict, no second pass.
