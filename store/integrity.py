@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from confledger.store.canonical import canonical_bytes, sha256_hex
+from confledger.store.canonical import canonical_bytes, canonical_json, sha256_hex
 from confledger.store.errors import IntegrityKeyError
 from confledger.store.schema import integrity_records
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -107,9 +107,13 @@ class IntegrityKeys:
         return mac.hexdigest()
 
     def record_mac(self, purpose: str, value: Any) -> str:
+        return self.record_mac_of_text(purpose, canonical_json(value))
+
+    def record_mac_of_text(self, purpose: str, text: str) -> str:
+        """``record_mac`` of the value whose canonical JSON is ``text``."""
         # The purpose is MACed too: a checkpoint's MAC can never be passed off as the anchor's.
         mac = self._record.copy()
-        mac.update(purpose.encode("ascii") + b"\x00" + canonical_bytes(value))
+        mac.update(purpose.encode("ascii") + b"\x00" + text.encode())
         return mac.hexdigest()
 
     def record_mac_holds(self, purpose: str, value: Any, mac: str | None) -> bool:
@@ -256,13 +260,19 @@ _SLOT = 512
 _SLOTS = 2
 
 
+# In a slot's canonical JSON the MAC's member sorts right before this text ("format", "hash", "log_id",
+# "mac", "position"), which occurs once: the other values are a number and texts, whose quotes are escaped.
+_AFTER_MAC = ',"position":'
+
+
 def _slot_text(anchor: Anchor, keys: IntegrityKeys) -> bytes:
-    value = anchor.value()
-    # Canonical JSON, the encoder the MAC already uses (json.dumps with separators builds an encoder per
-    # call); the reader takes the fields by name, so slots written in json.dumps's order still read.
-    return (
-        canonical_bytes({**value, "mac": keys.record_mac("integrity.anchor", value)}).ljust(_SLOT - 1) + b"\n"
-    )
+    # One encoding of the value serves both the MAC and the slot: the slot is the value's canonical JSON
+    # with the MAC's member set in (canonical JSON nests as it stands alone). The reader takes the fields
+    # by name, so slots written by json.dumps, in its order, still read.
+    text = canonical_json(anchor.value())
+    mac = keys.record_mac_of_text("integrity.anchor", text)
+    before, after_mac, after = text.partition(_AFTER_MAC)
+    return f'{before},"mac":"{mac}"{after_mac}{after}'.encode().ljust(_SLOT - 1) + b"\n"
 
 
 def _parse_slot(raw: bytes, keys: IntegrityKeys) -> Anchor | None:
