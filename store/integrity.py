@@ -55,6 +55,7 @@ __all__ = [
     "read_anchor",
     "save_key_record",
     "save_verified",
+    "seal_anchor",
     "write_anchor",
 ]
 
@@ -265,7 +266,8 @@ _SLOTS = 2
 _AFTER_MAC = ',"position":'
 
 
-def _slot_text(anchor: Anchor, keys: IntegrityKeys) -> bytes:
+def seal_anchor(anchor: Anchor, keys: IntegrityKeys) -> bytes:
+    """The slot that records ``anchor``: its value and MAC, padded to a slot."""
     # One encoding of the value serves both the MAC and the slot: the slot is the value's canonical JSON
     # with the MAC's member set in (canonical JSON nests as it stands alone). The reader takes the fields
     # by name, so slots written by json.dumps, in its order, still read.
@@ -315,6 +317,10 @@ class AnchorFile:
         self._next_slot = 0
 
     def write(self, anchor: Anchor, keys: IntegrityKeys) -> None:
+        self.write_sealed(seal_anchor(anchor, keys), keys)
+
+    def write_sealed(self, slot: bytes, keys: IntegrityKeys) -> None:
+        """Write a slot ``seal_anchor`` made (``keys`` read the file when it is first opened)."""
         if self._descriptor is None:
             self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             # Start with the slot that does not hold the newest anchor, so that one survives a torn write.
@@ -323,7 +329,7 @@ class AnchorFile:
                 data = self.path.read_bytes()
                 if newest is not None and _parse_slot(data[:_SLOT], keys) == newest:
                     self._next_slot = 1
-        os.pwrite(self._descriptor, _slot_text(anchor, keys), self._next_slot * _SLOT)
+        os.pwrite(self._descriptor, slot, self._next_slot * _SLOT)
         self._next_slot = (self._next_slot + 1) % _SLOTS
 
     def close(self) -> None:

@@ -83,11 +83,11 @@ from confledger.store.integrity import (
     Anchor,
     AnchorFile,
     IntegrityKeys,
-    KeyRecord,
     config_hash_as,
     load_key_record,
     save_key_record,
     save_verified,
+    seal_anchor,
 )
 from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
@@ -352,6 +352,11 @@ class EventLog:
                     raise IntegrityKeyError("no key to make a keyed link with")
                 row["hash"] = previous = link
                 rows.append(row)
+            # The anchor's slot is sealed now, while the link's encoder and MAC are warm in the cache; it
+            # is written only once the batch has committed (it must never name an event the log lacks).
+            sealed = None
+            if keys is not None and integrity.record is not None and self.anchor_path is not None:
+                sealed = seal_anchor(Anchor(integrity.record.log_id, rows[-1]["position"], previous), keys)
             self._insert_events.run(connection, rows)
             for config in configs:
                 store_config(
@@ -365,7 +370,8 @@ class EventLog:
         if keys is not None and integrity.record is not None:
             # Published once committed: a batch rolled back leaves the key record to the next append.
             self._integrity_state = integrity
-            self._anchor(integrity.record, keys, positions[-1], str(previous))
+            if sealed is not None:
+                self._anchor(positions[-1], sealed, keys)
         if not (recorded or self._listeners):
             return positions, []
         events_recorded = self._recorded(rows, new_events)
@@ -415,8 +421,15 @@ class EventLog:
             raise key_mismatch(keys)
         return Integrity(keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac))
 
-    def _anchor(self, record: KeyRecord, keys: IntegrityKeys, position: int, head_hash: str) -> None:
-        """Move the anchor file to ``position`` (never back); a failure to write it fails no append."""
+    def _anchor(self, position: int, sealed: bytes, keys: IntegrityKeys) -> None:
+        """Move the anchor file to ``position``, whose slot ``sealed`` is (never back); a failure to write
+        it fails no append.
+
+        No fsync: the anchor is a lower bound on the log, and one written after each commit without its own
+        sync costs a few microseconds where a synced one would cost as much as the commit. A power cut can
+        lose its last writes (it then names an older position, still a true bound), never make it name an
+        event the log lacks: it is written after the commit that made the event durable.
+        """
         if self.anchor_path is None:
             return
         with self._anchor_lock:
@@ -425,7 +438,7 @@ class EventLog:
             try:
                 if self._anchor_file is None or self._anchor_file.path != self.anchor_path:
                     self._anchor_file = AnchorFile(self.anchor_path)
-                self._anchor_file.write(Anchor(record.log_id, position, head_hash), keys)
+                self._anchor_file.write_sealed(sealed, keys)
             except OSError as exc:
                 logger.warning("cannot write the anchor file %s: %s", self.anchor_path, type(exc).__name__)
                 return
@@ -767,5 +780,5 @@ class EventLog:
             with translate_errors(self.url), self.engine.begin() as connection:
                 save_verified(connection, keys, head, head_hash)
             if head:
-                self._anchor(record, keys, head, head_hash)
+                self._anchor(head, seal_anchor(Anchor(record.log_id, head, head_hash), keys), keys)
         return report
