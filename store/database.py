@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -374,16 +375,23 @@ class LogWriter:
         """``transaction``, and the first row of ``first`` read in it once the lock is held (None when it
         returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
         lock (``_begin_locked_reading``)."""
-        with self._lock, translate_errors(self.engine.url):
-            connection, transaction, row = self._begin(first, values or {})
+        with self._lock:
+            # translate_errors, inline: every append passes here, and a second generator-based context
+            # manager around each one cost more than the translation's own check.
             try:
-                yield connection, row
-            except BaseException:
-                # The body's exception is the one to report, even when the rollback fails too.
-                with contextlib.suppress(Exception):
-                    self._end(connection, transaction.rollback)
-                raise
-            self._end(connection, lambda: self.commit(transaction))
+                connection, transaction, row = self._begin(first, values or {})
+                try:
+                    yield connection, row
+                except BaseException:
+                    # The body's exception is the one to report, even when the rollback fails too.
+                    with contextlib.suppress(Exception):
+                        self._end(connection, transaction.rollback)
+                    raise
+                self._end(connection, partial(self.commit, transaction))
+            except Exception as exc:
+                if not isinstance(exc, _driver_errors()):
+                    raise
+                raise _translated(self.engine.url, exc) from exc
 
     def commit(self, transaction: _Transaction) -> None:
         transaction.commit()
