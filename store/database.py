@@ -321,9 +321,10 @@ class _SqliteTransaction:
     __slots__ = ("_connection", "_driver")
 
     def __init__(self, connection: Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE")
         self._connection = connection
-        self._driver: Any = connection.connection.driver_connection
-        self._driver.execute("BEGIN IMMEDIATE")
+        self._driver = driver
 
     def commit(self) -> None:
         if self._connection.in_transaction():
@@ -417,14 +418,14 @@ class LogWriter:
                 if self._sqlite:
                     # BEGIN IMMEDIATE takes the database's one RESERVED lock, waiting up to the busy
                     # timeout: whoever holds it appends next.
-                    begun = _SqliteTransaction(connection)
+                    sqlite = _SqliteTransaction(connection)
                     try:
                         row = None if first is None else first.first(connection, values)
                     except BaseException:
                         with contextlib.suppress(Exception):
-                            begun.rollback()
+                            sqlite.rollback()
                         raise
-                    return connection, begun, row
+                    return connection, sqlite, row
                 if self._write_lock is not None and self._keep:
                     # Only on the kept connection: it never goes back to the pool in autocommit mode.
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
