@@ -4,7 +4,8 @@ A statement is built from the Core tables (``store/schema.py``) like any other, 
 engine's dialect, and its parameters go through the bind processors SQLAlchemy itself would apply (the
 JSON serializer, SQLite's datetime text, psycopg's JSON wrapper), the columns of its rows through the
 result processors (SQLite's datetime text read back): only SQLAlchemy's per-execution work and its row
-objects are left out. The connection and its transaction stay SQLAlchemy's.
+objects are left out. The connection stays SQLAlchemy's (and so does its transaction, but for the
+SQLite log writer's, begun and ended on the driver: ``store.database._SqliteTransaction``).
 """
 
 from __future__ import annotations
