@@ -311,9 +311,9 @@ class _SqliteTransaction:
     the driver's commit or rollback), under a ``Connection`` that stays SQLAlchemy's for the statements.
 
     Begun this way, not by ``Connection.begin``: SQLAlchemy's transaction object, its ``begin`` event and
-    the commit through the dialect cost an SQLite append about 7 us of CPU on a warm machine, twice that
-    when every append waits on an fsync and starts cold (bench_append.py), where the transaction itself
-    needs two driver calls. A statement of the body that still goes through ``Connection.execute`` (the
+    the commit through the dialect cost about 7 us of CPU per transaction on a warm machine (more when
+    every append waits on an fsync and starts with cold caches, as bench_append.py's do), where the
+    transaction itself needs two driver calls. A statement of the body that still goes through ``Connection.execute`` (the
     key record, written once per log) makes SQLAlchemy begin a transaction of its own on this one: the
     begin hook sees the driver inside a transaction and sends nothing, and ending it here ends that too.
     """

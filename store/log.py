@@ -425,10 +425,11 @@ class EventLog:
         """Move the anchor file to ``position``, whose slot ``sealed`` is (never back); a failure to write
         it fails no append.
 
-        No fsync: the anchor is a lower bound on the log, and one written after each commit without its own
-        sync costs a few microseconds where a synced one would cost as much as the commit. A power cut can
-        lose its last writes (it then names an older position, still a true bound), never make it name an
-        event the log lacks: it is written after the commit that made the event durable.
+        No fsync of its own: the anchor is a lower bound on the log, and a slot written in place after each
+        commit costs a few microseconds where a synced one would cost about what the commit does. A power
+        cut can lose its last writes (it then names an older position, still a true bound); it cannot make
+        the anchor name an event the log lacks, since the slot is written only after the commit that made
+        the event durable (a synced commit: SQLite's synchronous FULL, as serve runs it, or PostgreSQL).
         """
         if self.anchor_path is None:
             return
