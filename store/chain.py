@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from confledger.store.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from confledger.store.canonical import GENESIS_HASH, canonical_json, sha256_hex
 from confledger.store.errors import ChainBroken
 from confledger.store.integrity import LINK_HMAC, LINK_SHA256, IntegrityKeys
 from confledger.store.schema import events
@@ -47,16 +47,30 @@ def hashed_timestamp(moment: datetime) -> str:
     Both backends keep microseconds; PostgreSQL hands a value back in the session's time zone and
     SQLite without a zone (it is stored in UTC), so every value is normalised to UTC first.
     """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    if moment.year < 1000:
+        # strftime leaves such a year unpadded, and links made that way must still verify.
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The text strftime("%Y-%m-%dT%H:%M:%S.%fZ") writes, made by isoformat: strftime parses its format
+    # on every call, and every append and every verified event formats one.
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
-def link_message(envelope: Mapping[str, Any]) -> bytes:
+# In an envelope's canonical JSON the keys sort as ..., "operation_id", "payload", "position", ...: the
+# payload's member goes right before this text. It occurs once: every "position" inside a string value
+# has its quote marks escaped, and no other key begins with "position".
+_AFTER_PAYLOAD = ',"position":'
+
+
+def link_message(envelope: Mapping[str, Any], payload_text: str | None = None) -> bytes:
     """What a link covers: ``prev_hash`` followed by the canonical JSON of the envelope without its hash.
 
     ``envelope`` holds the event's fields as stored or about to be: ids as UUIDs or their text,
-    ``occurred_at`` as a datetime, the payload as its JSON value.
+    ``occurred_at`` as a datetime, the payload as its JSON value. ``payload_text`` is the payload's
+    canonical JSON when the caller has it already: an append stores that same text in the row, so each
+    payload is encoded once. The message is the canonical JSON of the whole envelope either way: canonical
+    JSON is the same text nested as alone, so the payload's member is set into the other members' text.
     """
     operation_id = envelope["operation_id"]
     fields = {
@@ -68,10 +82,13 @@ def link_message(envelope: Mapping[str, Any]) -> bytes:
         "operation_id": None if operation_id is None else str(operation_id),
         "instance_id": envelope["instance_id"],
         "actor": envelope["actor"],
-        "payload": envelope["payload"],
         "prev_hash": envelope["prev_hash"],
     }
-    return str(envelope["prev_hash"]).encode("ascii") + canonical_bytes(fields)
+    prefix = str(envelope["prev_hash"]).encode("ascii")
+    before, after_payload, after = canonical_json(fields).partition(_AFTER_PAYLOAD)
+    if payload_text is None:
+        payload_text = canonical_json(envelope["payload"])
+    return prefix + f'{before},"payload":{payload_text}{after_payload}{after}'.encode()
 
 
 def chain_hash(envelope: Mapping[str, Any]) -> str:
@@ -79,12 +96,15 @@ def chain_hash(envelope: Mapping[str, Any]) -> str:
     return sha256_hex(link_message(envelope))
 
 
-def link_of(envelope: Mapping[str, Any], version: int, keys: IntegrityKeys | None) -> str | None:
-    """The link of ``envelope`` under scheme ``version``; None when it cannot be made (no key, unknown)."""
+def link_of(
+    envelope: Mapping[str, Any], version: int, keys: IntegrityKeys | None, payload_text: str | None = None
+) -> str | None:
+    """The link of ``envelope`` under scheme ``version``; None when it cannot be made (no key, unknown).
+    ``payload_text``: the payload's canonical JSON, when the caller has it (``link_message``)."""
     if version == LINK_SHA256:
-        return chain_hash(envelope)
+        return sha256_hex(link_message(envelope, payload_text))
     if version == LINK_HMAC and keys is not None:
-        return keys.link_mac(link_message(envelope))
+        return keys.link_mac(link_message(envelope, payload_text))
     return None
 
 

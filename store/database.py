@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -193,6 +194,11 @@ def _install_sqlite_hooks(engine: Engine, synchronous: str, busy_timeout_ms: int
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        if driver.in_transaction:
+            # The log's writer began this transaction on the driver (``_SqliteTransaction``): a statement
+            # run through Connection.execute inside it joins it, and the writer's commit ends both.
+            return
         mode = connection.get_execution_options().get("confledger_sqlite_begin", "DEFERRED")
         # On the driver's cursor rather than through exec_driver_sql: that machinery cost the append path
         # about 20 us per transaction, a fifth of its CPU time (BEGIN has no parameters or result).
@@ -292,6 +298,47 @@ def _begin_locked_reading(
     return None if row is None else first.processed(row)
 
 
+class _Transaction(Protocol):
+    """What the writer ends a transaction with: SQLAlchemy's ``Transaction``, or ``_SqliteTransaction``."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class _SqliteTransaction:
+    """An SQLite write transaction begun and ended on the driver connection (``BEGIN IMMEDIATE``, then
+    the driver's commit or rollback), under a ``Connection`` that stays SQLAlchemy's for the statements.
+
+    Begun this way, not by ``Connection.begin``: SQLAlchemy's transaction object, its ``begin`` event and
+    the commit through the dialect cost about 7 us of CPU per transaction on a warm machine (more when
+    every append waits on an fsync and starts with cold caches, as bench_append.py's do), where the
+    transaction itself needs two driver calls. A statement of the body that still goes through ``Connection.execute`` (the
+    key record, written once per log) makes SQLAlchemy begin a transaction of its own on this one: the
+    begin hook sees the driver inside a transaction and sends nothing, and ending it here ends that too.
+    """
+
+    __slots__ = ("_connection", "_driver")
+
+    def __init__(self, connection: Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE")
+        self._connection = connection
+        self._driver = driver
+
+    def commit(self) -> None:
+        if self._connection.in_transaction():
+            self._connection.commit()
+        else:
+            self._driver.commit()
+
+    def rollback(self) -> None:
+        if self._connection.in_transaction():
+            self._connection.rollback()
+        else:
+            self._driver.rollback()
+
+
 class LogWriter:
     """The log's write path: transactions under the write lock on one connection kept for them.
 
@@ -310,6 +357,7 @@ class LogWriter:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = _write_lock(engine.dialect)
         self._keep = not isinstance(engine.pool, StaticPool)
         self._lock = threading.Lock()
@@ -328,18 +376,25 @@ class LogWriter:
         """``transaction``, and the first row of ``first`` read in it once the lock is held (None when it
         returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
         lock (``_begin_locked_reading``)."""
-        with self._lock, translate_errors(self.engine.url):
-            connection, transaction, row = self._begin(first, values or {})
+        with self._lock:
+            # translate_errors, inline: every append passes here, and a second generator-based context
+            # manager around each one cost more than the translation's own check.
             try:
-                yield connection, row
-            except BaseException:
-                # The body's exception is the one to report, even when the rollback fails too.
-                with contextlib.suppress(Exception):
-                    self._end(connection, transaction.rollback)
-                raise
-            self._end(connection, lambda: self.commit(transaction))
+                connection, transaction, row = self._begin(first, values or {})
+                try:
+                    yield connection, row
+                except BaseException:
+                    # The body's exception is the one to report, even when the rollback fails too.
+                    with contextlib.suppress(Exception):
+                        self._end(connection, transaction.rollback)
+                    raise
+                self._end(connection, partial(self.commit, transaction))
+            except Exception as exc:
+                if not isinstance(exc, _driver_errors()):
+                    raise
+                raise _translated(self.engine.url, exc) from exc
 
-    def commit(self, transaction: Transaction) -> None:
+    def commit(self, transaction: _Transaction) -> None:
         transaction.commit()
 
     def close(self) -> None:
@@ -356,10 +411,21 @@ class LogWriter:
 
     def _begin(
         self, first: DriverStatement | None, values: Mapping[str, Any]
-    ) -> tuple[Connection, Transaction, Sequence[Any] | None]:
+    ) -> tuple[Connection, _Transaction, Sequence[Any] | None]:
         for attempt in (1, 2):
             connection = self._connection()
             try:
+                if self._sqlite:
+                    # BEGIN IMMEDIATE takes the database's one RESERVED lock, waiting up to the busy
+                    # timeout: whoever holds it appends next.
+                    sqlite = _SqliteTransaction(connection)
+                    try:
+                        row = None if first is None else first.first(connection, values)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            sqlite.rollback()
+                        raise
+                    return connection, sqlite, row
                 if self._write_lock is not None and self._keep:
                     # Only on the kept connection: it never goes back to the pool in autocommit mode.
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.

@@ -32,9 +32,34 @@ _COUNTER_SEED_MAX = 0x7FF
 _MS_MASK = 0xFFFF_FFFF_FFFF
 _VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
+# Random bits come from the OS a pool at a time: an append made an id in a new millisecond each time, and
+# drew twice (its 62 bits and the millisecond's counter seed), two getrandom calls for a few bytes.
+_POOL_BYTES = 4096
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_pool = b""
+_pool_at = 0
+
+
+def _forget_pool() -> None:
+    # A forked child must not hand out the bits its parent does: it draws a pool of its own.
+    global _pool, _pool_at
+    _pool, _pool_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _random_bytes(count: int) -> bytes:
+    """``count`` bytes from the OS's random source (the caller holds ``_lock``)."""
+    global _pool, _pool_at
+    if _pool_at + count > len(_pool):
+        _pool, _pool_at = os.urandom(max(_POOL_BYTES, count)), 0
+    drawn = _pool[_pool_at : _pool_at + count]
+    _pool_at += count
+    return drawn
 
 
 def _next_slots(count: int) -> list[tuple[int, int]]:
@@ -47,7 +72,7 @@ def _next_slots(count: int) -> list[tuple[int, int]]:
         for _ in range(count):
             if now_ms > _last_ms:
                 _last_ms = now_ms
-                _counter = int.from_bytes(os.urandom(2), "big") & _COUNTER_SEED_MAX
+                _counter = int.from_bytes(_random_bytes(2), "big") & _COUNTER_SEED_MAX
             else:
                 # The same millisecond, or the clock stepped back: count up; past the counter's range,
                 # borrow the next millisecond rather than wrap (the order matters more than the clock).
@@ -62,7 +87,8 @@ def _next_slots(count: int) -> list[tuple[int, int]]:
 def uuid7() -> uuid.UUID:
     """A new version 7 UUID, sorting after every id this process made before it."""
     [(ms, counter)] = _next_slots(1)
-    random_62 = int.from_bytes(os.urandom(8), "big") & _RANDOM_62
+    with _lock:
+        random_62 = int.from_bytes(_random_bytes(8), "big") & _RANDOM_62
     return uuid.UUID(int=(ms & _MS_MASK) << 80 | _VERSION_BITS | counter << 64 | _VARIANT_BITS | random_62)
 
 
@@ -72,7 +98,8 @@ def uuid7_texts(count: int) -> list[str]:
     Written as text directly: the append path stores and hashes the text, and building a UUID per event
     only to format it costs more than the rest of making the id.
     """
-    random_hex = os.urandom(8 * count).hex()
+    with _lock:
+        random_hex = _random_bytes(8 * count).hex()
     texts: list[str] = []
     for index, (ms, counter) in enumerate(_next_slots(count)):
         time_hex = f"{ms & _MS_MASK:012x}"

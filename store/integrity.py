@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from confledger.store.canonical import canonical_bytes, sha256_hex
+from confledger.store.canonical import canonical_bytes, canonical_json, sha256_hex
 from confledger.store.errors import IntegrityKeyError
 from confledger.store.schema import integrity_records
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -55,6 +55,7 @@ __all__ = [
     "read_anchor",
     "save_key_record",
     "save_verified",
+    "seal_anchor",
     "write_anchor",
 ]
 
@@ -92,20 +93,29 @@ class IntegrityKeys:
     __slots__ = ("_link", "_record", "_secret", "check_value", "origin")
 
     def __init__(self, material: bytes, *, origin: str) -> None:
-        self._link = _derive(material, "confledger/link/v2")
-        self._record = _derive(material, "confledger/record/v1")
+        # The link and record keys are kept as HMACs already keyed: every event's link and every anchor
+        # copies one (the key's padding is hashed once, not again per MAC as hmac.new would).
+        self._link = hmac.new(_derive(material, "confledger/link/v2"), digestmod=hashlib.sha256)
+        self._record = hmac.new(_derive(material, "confledger/record/v1"), digestmod=hashlib.sha256)
         self._secret = _derive(material, "confledger/secret-digest/v1")
         check = _derive(material, "confledger/check/v1")
         self.check_value = hmac.new(check, _CHECK_TEXT, hashlib.sha256).hexdigest()[:32]
         self.origin = origin
 
     def link_mac(self, message: bytes) -> str:
-        return hmac.new(self._link, message, hashlib.sha256).hexdigest()
+        mac = self._link.copy()
+        mac.update(message)
+        return mac.hexdigest()
 
     def record_mac(self, purpose: str, value: Any) -> str:
+        return self.record_mac_of_text(purpose, canonical_json(value))
+
+    def record_mac_of_text(self, purpose: str, text: str) -> str:
+        """``record_mac`` of the value whose canonical JSON is ``text``."""
         # The purpose is MACed too: a checkpoint's MAC can never be passed off as the anchor's.
-        message = purpose.encode("ascii") + b"\x00" + canonical_bytes(value)
-        return hmac.new(self._record, message, hashlib.sha256).hexdigest()
+        mac = self._record.copy()
+        mac.update(purpose.encode("ascii") + b"\x00" + text.encode())
+        return mac.hexdigest()
 
     def record_mac_holds(self, purpose: str, value: Any, mac: str | None) -> bool:
         return mac is not None and hmac.compare_digest(self.record_mac(purpose, value), str(mac))
@@ -251,10 +261,20 @@ _SLOT = 512
 _SLOTS = 2
 
 
-def _slot_text(anchor: Anchor, keys: IntegrityKeys) -> bytes:
-    value = anchor.value()
-    text = json.dumps({**value, "mac": keys.record_mac("integrity.anchor", value)}, separators=(",", ":"))
-    return text.encode("utf-8").ljust(_SLOT - 1) + b"\n"
+# In a slot's canonical JSON the MAC's member sorts right before this text ("format", "hash", "log_id",
+# "mac", "position"), which occurs once: the other values are a number and texts, whose quotes are escaped.
+_AFTER_MAC = ',"position":'
+
+
+def seal_anchor(anchor: Anchor, keys: IntegrityKeys) -> bytes:
+    """The slot that records ``anchor``: its value and MAC, padded to a slot."""
+    # One encoding of the value serves both the MAC and the slot: the slot is the value's canonical JSON
+    # with the MAC's member set in (canonical JSON nests as it stands alone). The reader takes the fields
+    # by name, so slots written by json.dumps, in its order, still read.
+    text = canonical_json(anchor.value())
+    mac = keys.record_mac_of_text("integrity.anchor", text)
+    before, after_mac, after = text.partition(_AFTER_MAC)
+    return f'{before},"mac":"{mac}"{after_mac}{after}'.encode().ljust(_SLOT - 1) + b"\n"
 
 
 def _parse_slot(raw: bytes, keys: IntegrityKeys) -> Anchor | None:
@@ -297,6 +317,10 @@ class AnchorFile:
         self._next_slot = 0
 
     def write(self, anchor: Anchor, keys: IntegrityKeys) -> None:
+        self.write_sealed(seal_anchor(anchor, keys), keys)
+
+    def write_sealed(self, slot: bytes, keys: IntegrityKeys) -> None:
+        """Write a slot ``seal_anchor`` made (``keys`` read the file when it is first opened)."""
         if self._descriptor is None:
             self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             # Start with the slot that does not hold the newest anchor, so that one survives a torn write.
@@ -305,7 +329,7 @@ class AnchorFile:
                 data = self.path.read_bytes()
                 if newest is not None and _parse_slot(data[:_SLOT], keys) == newest:
                     self._next_slot = 1
-        os.pwrite(self._descriptor, _slot_text(anchor, keys), self._next_slot * _SLOT)
+        os.pwrite(self._descriptor, slot, self._next_slot * _SLOT)
         self._next_slot = (self._next_slot + 1) % _SLOTS
 
     def close(self) -> None:

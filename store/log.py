@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
-from confledger.store.canonical import GENESIS_HASH, config_hash
+from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
 from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
 from confledger.store.checkpoints import (
     Checkpoint,
@@ -85,11 +85,11 @@ from confledger.store.integrity import (
     Anchor,
     AnchorFile,
     IntegrityKeys,
-    KeyRecord,
     config_hash_as,
     load_key_record,
     save_key_record,
     save_verified,
+    seal_anchor,
 )
 from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
@@ -194,7 +194,8 @@ class EventLog:
         self._applied_to_head = DriverStatement(APPLIED_TO_HEAD, dialect)
         self._config_row = DriverStatement(CONFIG_ROW, dialect)
         self._config_writes = ConfigWrites(dialect)
-        self._insert_events = DriverStatement(INSERT_EVENTS, dialect)
+        # The payload is bound as its canonical JSON text, the text its link covers (encoded once).
+        self._insert_events = DriverStatement(INSERT_EVENTS, dialect, encoded=("payload",))
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
         try:
@@ -305,8 +306,13 @@ class EventLog:
         integrity = self.integrity()
         keys = self._writable(integrity)
         link_version = LINK_SHA256 if keys is None else LINK_HMAC
-        # Dumped before the lock is taken, so nothing of the payloads' own work is done while holding it.
-        payloads = [event.payload.model_dump(mode="json") for event in new_events]
+        # Dumped and encoded before the lock is taken, so nothing of the payloads' own work is done while
+        # holding it: by the model's own serializer (model_dump(mode="json") without its keyword layer),
+        # then to the canonical text that the row stores and its link covers.
+        payloads = [
+            canonical_json(type(event.payload).__pydantic_serializer__.to_python(event.payload, mode="json"))
+            for event in new_events
+        ]
         applies = any(event.payload.event_type == ConfigApplied.event_type for event in new_events)
         event_ids = uuid7_texts(len(new_events))
         # The head is read as the write lock is taken (on PostgreSQL in the same round trip).
@@ -343,11 +349,16 @@ class EventLog:
                     "prev_hash": previous,
                     "link_version": link_version,
                 }
-                link = link_of(row, link_version, keys)
+                link = link_of(row, link_version, keys, payload)
                 if link is None:  # pragma: no cover - keys is set whenever link_version is LINK_HMAC
                     raise IntegrityKeyError("no key to make a keyed link with")
                 row["hash"] = previous = link
                 rows.append(row)
+            # The anchor's slot is sealed now, while the link's encoder and MAC are warm in the cache; it
+            # is written only once the batch has committed (it must never name an event the log lacks).
+            sealed = None
+            if keys is not None and integrity.record is not None and self.anchor_path is not None:
+                sealed = seal_anchor(Anchor(integrity.record.log_id, rows[-1]["position"], previous), keys)
             self._insert_events.run(connection, rows)
             for config in configs:
                 store_config(
@@ -361,7 +372,8 @@ class EventLog:
         if keys is not None and integrity.record is not None:
             # Published once committed: a batch rolled back leaves the key record to the next append.
             self._integrity_state = integrity
-            self._anchor(integrity.record, keys, positions[-1], str(previous))
+            if sealed is not None:
+                self._anchor(positions[-1], sealed, keys)
         if not (recorded or self._listeners):
             return positions, []
         events_recorded = self._recorded(rows, new_events)
@@ -411,8 +423,16 @@ class EventLog:
             raise key_mismatch(keys)
         return Integrity(keys, record, keys.record_mac_holds("integrity.key", record.value(), record.mac))
 
-    def _anchor(self, record: KeyRecord, keys: IntegrityKeys, position: int, head_hash: str) -> None:
-        """Move the anchor file to ``position`` (never back); a failure to write it fails no append."""
+    def _anchor(self, position: int, sealed: bytes, keys: IntegrityKeys) -> None:
+        """Move the anchor file to ``position``, whose slot ``sealed`` is (never back); a failure to write
+        it fails no append.
+
+        No fsync of its own: the anchor is a lower bound on the log, and a slot written in place after each
+        commit costs a few microseconds where a synced one would cost about what the commit does. A power
+        cut can lose its last writes (it then names an older position, still a true bound); it cannot make
+        the anchor name an event the log lacks, since the slot is written only after the commit that made
+        the event durable (a synced commit: SQLite's synchronous FULL, as serve runs it, or PostgreSQL).
+        """
         if self.anchor_path is None:
             return
         with self._anchor_lock:
@@ -421,7 +441,7 @@ class EventLog:
             try:
                 if self._anchor_file is None or self._anchor_file.path != self.anchor_path:
                     self._anchor_file = AnchorFile(self.anchor_path)
-                self._anchor_file.write(Anchor(record.log_id, position, head_hash), keys)
+                self._anchor_file.write_sealed(sealed, keys)
             except OSError as exc:
                 logger.warning("cannot write the anchor file %s: %s", self.anchor_path, type(exc).__name__)
                 return
@@ -798,5 +818,5 @@ class EventLog:
             with translate_errors(self.url), self.engine.begin() as connection:
                 save_verified(connection, keys, head, head_hash)
             if head:
-                self._anchor(record, keys, head, head_hash)
+                self._anchor(head, seal_anchor(Anchor(record.log_id, head, head_hash), keys), keys)
         return report

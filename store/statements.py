@@ -4,12 +4,13 @@ A statement is built from the Core tables (``store/schema.py``) like any other, 
 engine's dialect, and its parameters go through the bind processors SQLAlchemy itself would apply (the
 JSON serializer, SQLite's datetime text, psycopg's JSON wrapper), the columns of its rows through the
 result processors (SQLite's datetime text read back): only SQLAlchemy's per-execution work and its row
-objects are left out. The connection and its transaction stay SQLAlchemy's.
+objects are left out. The connection stays SQLAlchemy's (and so does its transaction, but for the
+SQLite log writer's, begun and ended on the driver: ``store.database._SqliteTransaction``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -26,9 +27,11 @@ _NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 class DriverStatement:
     """``statement`` compiled for ``dialect``, executed on a ``Connection``'s DBAPI cursor."""
 
-    __slots__ = ("_fixed", "_names", "_processors", "_result_processors", "sql")
+    __slots__ = ("_fixed", "_names", "_order", "_processors", "_result_processors", "sql")
 
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+    def __init__(self, statement: ClauseElement, dialect: Dialect, *, encoded: Collection[str] = ()) -> None:
+        """``encoded``: binds whose values the caller gives as the driver takes them, their processor not
+        applied (a JSON column's value given as its text: what SQLite stores, what PostgreSQL's cast reads)."""
         compiled = statement.compile(dialect=dialect)
         if not isinstance(compiled, SQLCompiler):  # pragma: no cover - DDL is not run this way
             raise TypeError(f"{type(statement).__name__} does not compile to a SQL statement")
@@ -42,8 +45,15 @@ class DriverStatement:
         self._processors: dict[str, Callable[[Any], Any]] = {}
         for name, bind in compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
+            if processor is not None and name not in encoded:
                 self._processors[name] = processor
+        # A positional statement with nothing fixed (an INSERT of a row's values) builds its tuple in
+        # one pass over the names, each with its processor: no merged dict, no second pass.
+        self._order: Sequence[tuple[str, Callable[[Any], Any] | None]] | None = (
+            None
+            if self._names is None or self._fixed
+            else [(name, self._processors.get(name)) for name in self._names]
+        )
         # What SQLAlchemy would make of each column the driver returns (SQLite's datetime text), by
         # position in the row; none for a statement that returns no rows.
         self._result_processors: list[tuple[int, Callable[[Any], Any]]] = []
@@ -55,6 +65,10 @@ class DriverStatement:
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed by bind name; literal binds fill themselves)."""
+        if self._order is not None:
+            return tuple(
+                [values[name] if process is None else process(values[name]) for name, process in self._order]
+            )
         params = {**self._fixed, **values}
         for name, processor in self._processors.items():
             params[name] = processor(params[name])

@@ -69,6 +69,30 @@ def test_chain_hash_is_deterministic(envelope: dict[str, Any]) -> None:
     assert len(chain_hash(envelope)) == 64
 
 
+@given(
+    envelope=envelopes,
+    # Text that looks like the members around the payload's place, quotes and all.
+    actor=st.text(min_size=1, max_size=20)
+    | st.sampled_from([',"position":1', '","payload":{}', '"position"']),
+)
+def test_the_message_is_prev_hash_then_the_canonical_json_of_the_whole_envelope(
+    envelope: dict[str, Any], actor: str
+) -> None:
+    envelope = {**envelope, "actor": actor, "instance_id": actor}
+    fields = {
+        **{key: envelope[key] for key in ("position", "type", "schema_version", "instance_id", "actor")},
+        "event_id": str(envelope["event_id"]),
+        "occurred_at": envelope["occurred_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "operation_id": None if envelope["operation_id"] is None else str(envelope["operation_id"]),
+        "payload": envelope["payload"],
+        "prev_hash": envelope["prev_hash"],
+    }
+    whole = envelope["prev_hash"].encode("ascii") + canonical_json(fields).encode("utf-8")
+    assert link_message(envelope) == whole
+    # The append hands over the payload's text it stores: the same message.
+    assert link_message(envelope, canonical_json(envelope["payload"])) == whole
+
+
 @given(envelope=envelopes, offset_minutes=st.integers(min_value=-14 * 60, max_value=14 * 60))
 def test_chain_hash_depends_on_the_instant_not_the_time_zone_it_is_written_in(
     envelope: dict[str, Any], offset_minutes: int

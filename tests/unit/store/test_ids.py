@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -66,3 +67,19 @@ def test_threads_never_share_an_id() -> None:
     assert len(set(every)) == len(every) == 8000
     for batch in found:
         assert batch == sorted(batch)
+
+
+def test_a_forked_child_draws_random_bits_of_its_own() -> None:
+    uuid7_texts(1)  # the parent holds a pool of random bits now
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(writing, ",".join(uuid7_texts(8)).encode())
+        os._exit(0)
+    os.close(writing)
+    os.waitpid(pid, 0)
+    with os.fdopen(reading) as pipe:
+        child = pipe.read().split(",")
+    parent = uuid7_texts(8)
+    # The last 62 bits of each id are random: the child's are not the parent's next ones.
+    assert {text[-12:] for text in child}.isdisjoint(text[-12:] for text in parent)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from confledger.store import SecretCipher
-from confledger.store.canonical import config_hash
+from confledger.store.canonical import canonical_bytes, config_hash
 from confledger.store.errors import IntegrityKeyError
 from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
@@ -120,6 +120,27 @@ def test_the_anchor_file_round_trips_with_mode_0600(tmp_path: Path) -> None:
     finally:
         anchor_file.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("log_id", ["log-1", 'a "quoted",\n"position":1 id', "é"])
+def test_a_slot_is_the_canonical_json_of_the_anchor_and_its_mac(tmp_path: Path, log_id: str) -> None:
+    keys = IntegrityKeys(b"k" * 32, origin="test")
+    path = tmp_path / "anchor"
+    anchor = Anchor(log_id, 12, "ab" * 32)
+    write_anchor(path, anchor, keys)
+    value = anchor.value()
+    expected = canonical_bytes({**value, "mac": keys.record_mac("integrity.anchor", value)})
+    assert path.read_bytes() == expected.ljust(511) + b"\n"
+    assert read_anchor(path, keys) == anchor
+
+
+def test_a_slot_json_dumps_wrote_still_reads(tmp_path: Path) -> None:
+    keys = IntegrityKeys(b"k" * 32, origin="test")
+    path = tmp_path / "anchor"
+    value = Anchor("log-1", 12, "ab" * 32).value()
+    text = json.dumps({**value, "mac": keys.record_mac("integrity.anchor", value)}, separators=(",", ":"))
+    path.write_bytes(text.encode().ljust(511) + b"\n")
+    assert read_anchor(path, keys) == Anchor("log-1", 12, "ab" * 32)
 
 
 def test_a_torn_write_leaves_the_older_anchor(tmp_path: Path) -> None:
