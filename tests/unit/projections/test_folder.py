@@ -283,7 +283,7 @@ def test_a_checkpoint_is_written_every_so_many_events_and_restores_to_the_same_s
 
 def test_only_projections_with_a_settle_of_their_own_are_settled_per_batch() -> None:
     projections = projection_set(ListLog(EVENTS))
-    assert [p.name for p in projections._settling] == ["current"]
+    assert [p.name for p in projections._settling] == ["current", "history"]
 
 
 # --- the per-projection shortcuts ------------------------------------------------------------------------
