@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Annotated, Any
@@ -26,7 +26,7 @@ from confledger.store.events import (
     RecordedEvent,
 )
 from confledger.store.log import EventLog
-from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation
+from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation, operation_fields
 
 __all__ = ["HistoryProjection", "history_page", "window_page"]
 
@@ -60,12 +60,15 @@ class HistoryProjection(Projection):
         # Events of operations still running, keyed by the id's integer (hashing it is far cheaper
         # than formatting the id as text, and this runs for every event).
         self._open: dict[int, list[RecordedEvent]] = {}
-        # Operations that ended since the last ``settle``, in the order they ended, at most a window of
-        # them: their answers are built at ``settle``, once per batch, so a fold of many operations (a
-        # rebuild folds the whole log in one batch) builds only those that end up in the window.
-        # Building every operation of the log to keep the last few hundred was three quarters of the
-        # history's share of a rebuild. Readers see them meanwhile (``finished``).
-        self._ended: dict[int, list[RecordedEvent]] = {}
+        # Operations that ended since the last ``settle``, in the order they ended: the fields of their
+        # answers (``operation_fields``), made into models at ``settle``, once per batch, so a fold of
+        # many operations (a rebuild folds the whole log in one batch) makes models only of those left
+        # in the window. Making one for every operation of the log to keep the last few hundred was
+        # three quarters of the history's share of a rebuild. The fields, not the events: a window of
+        # operations' events (hundreds of objects each) held until they fall off cost a rebuild more
+        # in cache misses and collections than the fold it saved. Readers see them meanwhile
+        # (``finished``). Beyond a window, the oldest falls off: ``settle`` would drop it anyway.
+        self._ended: deque[dict[str, Any]] = deque(maxlen=self.window)
         # Each operation's checkpoint form, kept while it is in the window: a finished operation never
         # changes, so a checkpoint dumps only those that finished since the last one.
         self._dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
@@ -82,37 +85,33 @@ class HistoryProjection(Projection):
             events.append(event)
         if _ENDS.get(type(event.payload)):
             del self._open[key]
-            ended = self._ended
-            ended[key] = events
-            if len(ended) > self.window:
-                # A window of operations ended after it: the window would drop it at ``settle`` anyway.
-                del ended[next(iter(ended))]
+            self._ended.append(operation_fields(events, listed=self.listed))
 
     def settle(self) -> None:
         ended = self._ended
         if not ended:
             return
         operations = self.operations
-        for events in ended.values():
+        for fields in ended:
             # Keyed by the id as the operation gives it: formatting the id once per operation is enough.
-            operation = build_operation(events, listed=self.listed)
+            operation = ReloadOperation(**fields)
             operations[operation.operation_id] = operation
         while len(operations) > self.window:
             operations.popitem(last=False)
-        # A new dict, not clear(): a reader holding the old one still finds these (``finished``).
-        self._ended = {}
+        # A new deque, not clear(): a reader holding the old one still finds these (``finished``).
+        self._ended = deque(maxlen=self.window)
 
     def finished(self) -> list[ReloadOperation]:
         """The finished operations of the window, oldest first (in the order they finished): those
         settled, then those that ended since (built here, for this reader, not kept)."""
         # Ended first: an operation settled after this read is then in ``operations`` read below, and
         # one settled before it is not among these, so none is missed and none is listed twice.
-        ended = list(self._ended.values())
+        ended = list(self._ended)
         settled = list(self.operations.values())
         if not ended:
             return settled
         known = {operation.operation_id for operation in settled[-len(ended) :]}
-        built = (build_operation(events, listed=self.listed) for events in ended)
+        built = (ReloadOperation(**fields) for fields in ended)
         return [*settled, *(operation for operation in built if operation.operation_id not in known)]
 
     def in_progress(self) -> list[ReloadOperation]:
