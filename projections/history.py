@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Annotated, Any
@@ -26,7 +26,7 @@ from confledger.store.events import (
     RecordedEvent,
 )
 from confledger.store.log import EventLog
-from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation
+from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation, operation_fields
 
 __all__ = ["HistoryProjection", "history_page", "window_page"]
 
@@ -60,6 +60,15 @@ class HistoryProjection(Projection):
         # Events of operations still running, keyed by the id's integer (hashing it is far cheaper
         # than formatting the id as text, and this runs for every event).
         self._open: dict[int, list[RecordedEvent]] = {}
+        # Operations that ended since the last ``settle``, in the order they ended: the fields of their
+        # answers (``operation_fields``), made into models at ``settle``, once per batch, so a fold of
+        # many operations (a rebuild folds the whole log in one batch) makes models only of those left
+        # in the window. Making one for every operation of the log to keep the last few hundred was
+        # three quarters of the history's share of a rebuild. The fields, not the events: a window of
+        # operations' events (hundreds of objects each) held until they fall off cost a rebuild more
+        # in cache misses and collections than the fold it saved. Readers see them meanwhile
+        # (``finished``). Beyond a window, the oldest falls off: ``settle`` would drop it anyway.
+        self._ended: deque[dict[str, Any]] = deque(maxlen=self.window)
         # Each operation's checkpoint form, kept while it is in the window: a finished operation never
         # changes, so a checkpoint dumps only those that finished since the last one.
         self._dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
@@ -76,12 +85,34 @@ class HistoryProjection(Projection):
             events.append(event)
         if _ENDS.get(type(event.payload)):
             del self._open[key]
-            operations = self.operations
+            self._ended.append(operation_fields(events, listed=self.listed))
+
+    def settle(self) -> None:
+        ended = self._ended
+        if not ended:
+            return
+        operations = self.operations
+        for fields in ended:
             # Keyed by the id as the operation gives it: formatting the id once per operation is enough.
-            operation = build_operation(events, listed=self.listed)
+            operation = ReloadOperation(**fields)
             operations[operation.operation_id] = operation
-            while len(operations) > self.window:
-                operations.popitem(last=False)
+        while len(operations) > self.window:
+            operations.popitem(last=False)
+        # A new deque, not clear(): a reader holding the old one still finds these (``finished``).
+        self._ended = deque(maxlen=self.window)
+
+    def finished(self) -> list[ReloadOperation]:
+        """The finished operations of the window, oldest first (in the order they finished): those
+        settled, then those that ended since (built here, for this reader, not kept)."""
+        # Ended first: an operation settled after this read is then in ``operations`` read below, and
+        # one settled before it is not among these, so none is missed and none is listed twice.
+        ended = list(self._ended)
+        settled = list(self.operations.values())
+        if not ended:
+            return settled
+        known = {operation.operation_id for operation in settled[-len(ended) :]}
+        built = (ReloadOperation(**fields) for fields in ended)
+        return [*settled, *(operation for operation in built if operation.operation_id not in known)]
 
     def in_progress(self) -> list[ReloadOperation]:
         # list() copies in one step, so a fold on another thread cannot change the dict mid-iteration.
@@ -90,17 +121,21 @@ class HistoryProjection(Projection):
     def recent(self) -> list[ReloadOperation]:
         """Every operation in the window, newest first, including any still running."""
         running = self.in_progress()
-        done = list(reversed(self.operations.values()))
+        done = list(reversed(self.finished()))
         return sorted([*running, *done], key=lambda op: op.first_position, reverse=True)
 
     @property
     def oldest_position(self) -> int:
         """First position of the oldest operation in the window (0 when the window is empty)."""
-        if not self.operations:
+        finished = self.finished()
+        if not finished:
             return 0
-        return next(iter(self.operations.values())).first_position
+        return finished[0].first_position
 
     def snapshot(self) -> dict[str, Any]:
+        # Operations ended since the last settle (a fold that failed part-way is not settled) go into
+        # the window first: the checkpoint's position is past their ends, so "open" must not hold them.
+        self.settle()
         dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
         for key, operation in self.operations.items():
             cached = self._dumped.get(key)
@@ -153,7 +188,7 @@ def window_page(
     """The page ``history_page`` gives, when the in-memory window holds all of it; None when it reaches
     past the window (then only ``history_page`` can answer, reading the log). Never does I/O."""
     found = _newest(history, limit, _matching(before, trigger, status))
-    if len(found) >= limit or len(history.operations) < history.window:
+    if len(found) >= limit or len(history.finished()) < history.window:
         return found
     return None
 
@@ -173,7 +208,7 @@ def _newest(
     found = [op for op in history.in_progress() if keep(op)]
     firsts = heapq.nlargest(limit, (op.first_position for op in found))
     heapq.heapify(firsts)  # the first positions of the newest matches so far; firsts[0] is the oldest
-    for op in reversed(history.operations.values()):
+    for op in reversed(history.finished()):
         if len(firsts) >= limit and op.last_position < firsts[0]:
             break
         if not keep(op):

@@ -41,7 +41,14 @@ from confledger.store.events import (
     ValidationPassed,
 )
 
-__all__ = ["DEFAULT_LISTED", "ReloadOperation", "ReloadStatus", "build_operation", "reported_status"]
+__all__ = [
+    "DEFAULT_LISTED",
+    "ReloadOperation",
+    "ReloadStatus",
+    "build_operation",
+    "operation_fields",
+    "reported_status",
+]
 
 # Items of each list an answer shows when its caller does not say (``CONFLEDGER_MAX_RECORDED_ITEMS``).
 DEFAULT_LISTED = 50
@@ -280,6 +287,13 @@ def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LI
 
     ``listed``: how many validation errors, warnings and changed paths the answer shows, each.
     """
+    return ReloadOperation(**operation_fields(events, listed=listed))
+
+
+def operation_fields(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LISTED) -> dict[str, Any]:
+    """The fields ``build_operation`` makes its answer of: what a reader that may never need the answer
+    keeps instead of the events (a few dozen objects where eight events are hundreds), so the model is
+    made only if it is asked for."""
     if not events:
         raise ValueError("an operation has at least one event")
     folding = _Folding(
@@ -301,4 +315,4 @@ def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LI
     fields["services_notified"] = tuple(folding.notified)
     fields["services_compensated"] = tuple(folding.compensated)
     fields["service_durations_ms"] = folding.durations
-    return ReloadOperation(**fields)
+    return fields

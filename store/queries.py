@@ -10,7 +10,7 @@ Core tables once at import; nothing here touches a connection (the log compiles 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -135,6 +135,9 @@ _validate_recorded: Callable[[dict[str, Any]], RecordedEvent] = (
 )
 
 
+_combine = datetime.combine
+
+
 def decode_event(registry: EventRegistry, row: Sequence[Any]) -> RecordedEvent:
     """The event of a row of ``EVENT_COLUMNS`` (``registry`` decodes its payload)."""
     (
@@ -150,8 +153,14 @@ def decode_event(registry: EventRegistry, row: Sequence[Any]) -> RecordedEvent:
         prev_hash,
         link,
     ) = row
-    if occurred_at.tzinfo is None:
-        occurred_at = occurred_at.replace(tzinfo=UTC)
+    # SQLite gives the UTC time it stored without its zone, PostgreSQL an aware time in the session's.
+    # The zone is attached by combine(): replace(tzinfo=...) parses its keywords, five times the cost
+    # (0.74 against 0.14 us), and the astimezone after it made a third datetime per row for nothing.
+    tzinfo = occurred_at.tzinfo
+    if tzinfo is None:
+        occurred_at = _combine(occurred_at.date(), occurred_at.time(), UTC)
+    elif tzinfo is not UTC:
+        occurred_at = occurred_at.astimezone(UTC)
     # The ids go to the model as text: pydantic parses a UUID in a fraction of uuid.UUID's time.
     # Validated by the model's own validator, as model_validate does, without model_validate's
     # keyword handling or __init__'s copy of the keywords: each was a tenth of building an event.
@@ -159,7 +168,7 @@ def decode_event(registry: EventRegistry, row: Sequence[Any]) -> RecordedEvent:
         {
             "position": position,
             "event_id": event_id,
-            "occurred_at": occurred_at.astimezone(UTC),
+            "occurred_at": occurred_at,
             "type": event_type,
             "schema_version": schema_version,
             "operation_id": operation_id,

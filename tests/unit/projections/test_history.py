@@ -48,7 +48,7 @@ steps = st.lists(
 )
 
 
-def fold(schedule: list[Step], window: int) -> HistoryProjection:
+def fold(schedule: list[Step], window: int, *, settle: bool = True) -> HistoryProjection:
     log = LogBuilder()
     open_operations: list[int] = []
     for number, step in enumerate(schedule, start=1):
@@ -69,6 +69,8 @@ def fold(schedule: list[Step], window: int) -> HistoryProjection:
     history = HistoryProjection(window=window)
     for event in log.events:
         history.apply(event)
+    if settle:  # the schedule is one batch
+        history.settle()
     return history
 
 
@@ -102,6 +104,10 @@ def test_a_window_page_is_the_newest_matches_of_the_whole_window(
     history = fold(schedule, window)
     page = window_page(history, limit, before=before, trigger=trigger, status=status)
     assert page == expected_page(history, limit, before, trigger, status)
+    # Before the batch is settled, readers already see the operations that ended in it.
+    unsettled = fold(schedule, window, settle=False)
+    assert window_page(unsettled, limit, before=before, trigger=trigger, status=status) == page
+    assert unsettled.recent() == history.recent()
 
 
 @pytest.mark.parametrize(
