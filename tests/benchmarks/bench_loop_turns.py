@@ -32,9 +32,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: ``tests`` importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import ROOT, bench_dir
-
-EXAMPLE = ROOT / "examples" / "config.yaml"
+from tests.benchmarks.bench_reload import example_files, example_log
+from tests.benchmarks.common import bench_dir
 
 
 class BusyLoop:
@@ -82,18 +81,9 @@ async def count(
 async def reload_shape(directory: Path, with_user_code: bool, reloads: int, turn_ms: float) -> dict[str, Any]:
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
-    from confledger.store import EventLog, SecretCipher
 
-    text = EXAMPLE.read_text(encoding="utf-8")
-    first, second = directory / "config.yaml", directory / "config-b.yaml"
-    first.write_text(text, encoding="utf-8")
-    second.write_text(text.replace("max_retries: 3", "max_retries: 4"), encoding="utf-8")
-    log = EventLog(
-        f"sqlite:///{directory / 'turns.db'}",
-        sqlite_synchronous="FULL",
-        cipher=SecretCipher([SecretCipher.generate_key()]),
-        instance_id="bench-turns",
-    )
+    first, second = example_files(directory)
+    log = example_log(f"sqlite:///{directory / 'turns.db'}", "bench-turns")
     reloader = ConfigReloader(
         log, config_model=AppConfig, validators=VALIDATORS if with_user_code else [], config_source=first
     )

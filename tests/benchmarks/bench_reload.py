@@ -49,6 +49,28 @@ def work_dir(requested: str | None) -> Path:
     return bench_dir("confledger-bench-reload-", requested)
 
 
+def example_files(directory: Path) -> tuple[Path, Path]:
+    """``examples/config.yaml`` and a copy with one value changed, in ``directory``: reloading them in
+    turn changes the config every time."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    first, second = directory / "config.yaml", directory / "config-b.yaml"
+    first.write_text(text, encoding="utf-8")
+    second.write_text(text.replace("max_retries: 3", "max_retries: 4"), encoding="utf-8")
+    return first, second
+
+
+def example_log(url: str, instance_id: str) -> Any:
+    """A keyed log at ``url`` with synchronous=FULL, as ``serve`` opens one."""
+    from confledger.store import EventLog, SecretCipher
+
+    return EventLog(
+        url,
+        sqlite_synchronous="FULL",
+        cipher=SecretCipher([SecretCipher.generate_key()]),
+        instance_id=instance_id,
+    )
+
+
 # --- one side, in its own process ---------------------------------------------------------------------
 
 
@@ -57,18 +79,9 @@ async def measure(
 ) -> dict[str, Any]:
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
-    from confledger.store import EventLog, SecretCipher
 
-    text = EXAMPLE.read_text(encoding="utf-8")
-    first, second = directory / "config.yaml", directory / "config-b.yaml"
-    first.write_text(text, encoding="utf-8")
-    second.write_text(text.replace("max_retries: 3", "max_retries: 4"), encoding="utf-8")
-    log = EventLog(
-        f"sqlite:///{directory / 'bench.db'}",
-        sqlite_synchronous="FULL",
-        cipher=SecretCipher([SecretCipher.generate_key()]),
-        instance_id="bench-reload",
-    )
+    first, second = example_files(directory)
+    log = example_log(f"sqlite:///{directory / 'bench.db'}", "bench-reload")
 
     def noop(_old: Any, _new: Any) -> None:
         return None
@@ -115,20 +128,11 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
     Returns the wall times in ms of both."""
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
-    from confledger.store import EventLog, SecretCipher
     from confledger.store.sources import load_source
 
     global CONFIG
-    text = EXAMPLE.read_text(encoding="utf-8")
-    first, second = directory / "config.yaml", directory / "config-b.yaml"
-    first.write_text(text, encoding="utf-8")
-    second.write_text(text.replace("max_retries: 3", "max_retries: 4"), encoding="utf-8")
-    log = EventLog(
-        url,
-        sqlite_synchronous="FULL",
-        cipher=SecretCipher([SecretCipher.generate_key()]),
-        instance_id="bench-durability",
-    )
+    first, second = example_files(directory)
+    log = example_log(url, "bench-durability")
 
     def noop(_old: Any, _new: Any) -> None:
         return None
