@@ -187,14 +187,18 @@ def window_page(
 ) -> list[ReloadOperation] | None:
     """The page ``history_page`` gives, when the in-memory window holds all of it; None when it reaches
     past the window (then only ``history_page`` can answer, reading the log). Never does I/O."""
-    found = _newest(history, limit, _matching(before, trigger, status))
-    if len(found) >= limit or len(history.finished()) < history.window:
+    finished = history.finished()  # once: it copies the window
+    found = _newest(history, finished, limit, _matching(before, trigger, status))
+    if len(found) >= limit or len(finished) < history.window:
         return found
     return None
 
 
 def _newest(
-    history: HistoryProjection, limit: int, keep: Callable[[ReloadOperation], bool]
+    history: HistoryProjection,
+    finished: list[ReloadOperation],
+    limit: int,
+    keep: Callable[[ReloadOperation], bool],
 ) -> list[ReloadOperation]:
     """The ``limit`` newest matching operations of the window (by first position), as ``recent()`` would
     order them, without sorting the whole window for each page.
@@ -208,7 +212,7 @@ def _newest(
     found = [op for op in history.in_progress() if keep(op)]
     firsts = heapq.nlargest(limit, (op.first_position for op in found))
     heapq.heapify(firsts)  # the first positions of the newest matches so far; firsts[0] is the oldest
-    for op in reversed(history.finished()):
+    for op in reversed(finished):
         if len(firsts) >= limit and op.last_position < firsts[0]:
             break
         if not keep(op):
