@@ -533,22 +533,20 @@ class EventLog:
             row = self._head_statement.first(connection)
         return 0 if row is None else int(row[0])
 
-    def applied_to_head(self, after: int) -> tuple[int, list[RecordedEvent]]:
-        """The head, and each ``config.applied`` after ``after`` up to it (one statement: one snapshot)."""
-        with self._read(snapshot=False) as connection:
-            return self._applied_to_head_on(connection, after)
-
     def decided_elsewhere(
         self, after: int
     ) -> tuple[int, list[tuple[RecordedEvent, StoredConfig | ConfledgerError | None]]]:
-        """``applied_to_head``, each ``config.applied`` another instance decided with its stored config
-        (secrets decrypted), or the error that kept it from being read; None for this instance's own.
+        """The head, and each ``config.applied`` after ``after`` up to it (one statement: one snapshot),
+        each with its stored config (secrets decrypted) when another instance decided it, or the error
+        that kept it from being read; None for this instance's own.
 
         What a follower reads, on one connection: the bodies are read after the head's snapshot, but a
         body is written in the transaction of the event that first names it and never changes."""
         keys = self.integrity().keys
         with self._read(snapshot=False) as connection:
-            head, applied = self._applied_to_head_on(connection, after)
+            rows = self._applied_to_head.all(connection, {"after": after})
+            head = int(rows[0][0] or 0) if rows else 0
+            applied = [decode_event(self.registry, row[1:]) for row in rows if row[1] is not None]
             found: list[tuple[RecordedEvent, StoredConfig | ConfledgerError | None]] = []
             for event in applied:
                 payload = event.payload
@@ -569,11 +567,6 @@ class EventLog:
                 else:
                     found.append((event, stored))
         return head, found
-
-    def _applied_to_head_on(self, connection: Connection, after: int) -> tuple[int, list[RecordedEvent]]:
-        rows = self._applied_to_head.all(connection, {"after": after})
-        head = int(rows[0][0] or 0) if rows else 0
-        return head, [decode_event(self.registry, row[1:]) for row in rows if row[1] is not None]
 
     def read(
         self,

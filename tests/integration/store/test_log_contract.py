@@ -225,21 +225,22 @@ def test_read_filters_by_after_until_limit_and_type(log: EventLog) -> None:
         (7, []),  # at the head
     ],
 )
-def test_applied_to_head_is_the_head_and_the_applies_after_a_position(
+def test_decided_elsewhere_is_the_head_and_the_applies_after_a_position(
     log: EventLog, after: int, expected: list[int]
 ) -> None:
     log.append([started(1), applied("a" * 64)])
     log.append([started(2), started(3), applied("b" * 64, "a" * 64)])
     log.append([started(4), started(5)])
     # positions: 1 started; 2 applied a; 3, 4 started; 5 applied b; 6, 7 started
-    head, found = log.applied_to_head(after)
+    head, decided = log.decided_elsewhere(after)
+    found = [event for event, stored in decided if stored is None]  # all decided here: no body read
     assert head == 7
     assert [event.position for event in found] == expected
     assert found == [event for event in log.read(after, types=["config.applied"])]
 
 
-def test_applied_to_head_on_an_empty_log(log: EventLog) -> None:
-    assert log.applied_to_head(0) == (0, [])
+def test_decided_elsewhere_on_an_empty_log(log: EventLog) -> None:
+    assert log.decided_elsewhere(0) == (0, [])
 
 
 def test_decided_elsewhere_reads_the_configs_other_instances_applied(
