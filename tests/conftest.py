@@ -18,6 +18,12 @@ from sqlalchemy.engine import make_url
 
 from confledger.store import EventLog
 
+# pytest-xdist hands its workers the controller's terminal size as COLUMNS/LINES. The CLI's Rich consoles
+# are made at import, and a COLUMNS seen then pins their width for the whole process, past the width each
+# CLI test asks for; without these a worker would lay tables out as the controller's terminal does.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
+
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgres"]
 
