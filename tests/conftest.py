@@ -111,7 +111,9 @@ def database_url(backend: str, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def log(database_url: str) -> Iterator[EventLog]:
-    event_log = EventLog(database_url, instance_id="test-instance")
+    # Unique per test: PostgreSQL sessions are named after it, and a test that ends its log's sessions
+    # by that name must not end those of a test running beside it in another worker.
+    event_log = EventLog(database_url, instance_id=f"test-instance-{uuid.uuid4().hex[:8]}")
     try:
         yield event_log
     finally:
