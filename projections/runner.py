@@ -231,15 +231,17 @@ class ProjectionSet:
 
     def checkpoint(self) -> None:
         with self._lock:
-            for projection in self.projections:
-                self.log.save_checkpoint(
+            self.log.save_checkpoint(
+                *(
                     Checkpoint(
                         name=projection.name,
                         version=projection.version,
                         position=projection.position,
                         state=projection.snapshot(),
                     )
+                    for projection in self.projections
                 )
+            )
             self._last_checkpoint_position = self.position
             self._last_checkpoint_time = time.monotonic()
 

@@ -734,11 +734,15 @@ class EventLog:
                     )
             return checkpoint
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Upsert a projection checkpoint. Not part of the log: a checkpoint is a cache of a fold."""
+    def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
+        """Upsert projection checkpoints, all in one transaction. Not part of the log: a checkpoint is a
+        cache of a fold."""
         keys = self.integrity().keys
+        # One commit for a runner's whole set: on SQLite with synchronous=FULL each commit is an fsync,
+        # and the set is saved from an append's listener, on the path of the operation that tipped it.
         with translate_errors(self.url), self.engine.begin() as connection:
-            save_checkpoint(connection, checkpoint, keys)
+            for checkpoint in checkpoints:
+                save_checkpoint(connection, checkpoint, keys)
 
     # --- integrity ------------------------------------------------------------------------------------
 

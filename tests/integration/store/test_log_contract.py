@@ -20,6 +20,7 @@ from confledger.store import (
     Checkpoint,
     ConcurrencyConflict,
     ConfigLookupError,
+    ConfledgerError,
     EventLog,
     EventPayload,
     EventRegistry,
@@ -150,7 +151,7 @@ def test_events_come_back_as_recorded_with_typed_frozen_payloads(log: EventLog) 
     assert fourth.operation_id is None
     assert first.actor == "token:ops"
     assert second.actor == "system"
-    assert {event.instance_id for event in (first, second, third, fourth)} == {"test-instance"}
+    assert {event.instance_id for event in (first, second, third, fourth)} == {log.instance_id}
     assert len({event.event_id for event in (first, second, third, fourth)}) == 4
     assert all(event.occurred_at.utcoffset() == timedelta(0) for event in (first, second, third, fourth))
 
@@ -752,3 +753,17 @@ def test_checkpoints_round_trip_and_never_move_backwards(log: EventLog) -> None:
     log.save_checkpoint(Checkpoint("history", version=1, position=1, state={}))
     assert log.load_checkpoint("history") == Checkpoint("history", 1, 1, {})
     assert log.load_checkpoint("stats") == Checkpoint("stats", 3, 12, {"total": 4, "rebuilt": True})
+
+
+def test_checkpoints_saved_together_commit_together(log: EventLog) -> None:
+    # A runner saves its whole set in one call: one transaction (one fsync on SQLite FULL), so a set
+    # that fails part way leaves every checkpoint as it was.
+    log.save_checkpoint(Checkpoint("stats", 1, 5, {"total": 1}), Checkpoint("history", 1, 5, {"ops": []}))
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 1, 5, {"total": 1})
+    assert log.load_checkpoint("history") == Checkpoint("history", 1, 5, {"ops": []})
+
+    unstorable = Checkpoint("current", 1, 9, {"at": object()})  # no JSON for it: its MAC or upsert fails
+    with pytest.raises(ConfledgerError):
+        log.save_checkpoint(Checkpoint("stats", 1, 9, {"total": 2}), unstorable)
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 1, 5, {"total": 1})
+    assert log.load_checkpoint("current") is None

@@ -212,11 +212,12 @@ class ListLog:
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         return self.checkpoints.get(name)
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+    def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
         # Stored as JSON, as the log does: a state shares its dicts with the live projection.
-        self.checkpoints[checkpoint.name] = Checkpoint(
-            checkpoint.name, checkpoint.version, checkpoint.position, plain(checkpoint.state)
-        )
+        for checkpoint in checkpoints:
+            self.checkpoints[checkpoint.name] = Checkpoint(
+                checkpoint.name, checkpoint.version, checkpoint.position, plain(checkpoint.state)
+            )
 
     def get_config(self, reference: str, *, reveal: bool = True) -> Any:
         @dataclass
