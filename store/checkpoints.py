@@ -9,7 +9,7 @@ are dropped quietly, once, as a stale cache.
 
 from __future__ import annotations
 
-import json
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from confledger.store.canonical import canonical_json
 from confledger.store.integrity import IntegrityKeys
 from confledger.store.schema import projection_checkpoints
 from confledger.store.upsert import upsert
@@ -34,23 +35,30 @@ class Checkpoint:
     state: Any
 
 
-def _mac_value(checkpoint: Checkpoint, *, as_stored: bool) -> dict[str, Any]:
-    return {
-        "name": checkpoint.name,
-        "version": checkpoint.version,
-        "position": checkpoint.position,
-        # The MAC covers the state as the JSON column gives it back (a tuple as a list, an int key as
-        # text), so one made at save time holds for the state read back. A state read from the column is
-        # that form already: the round trip (two passes over a history window of hundreds of
-        # operations) is paid only on save.
-        "state": checkpoint.state if as_stored else json.loads(json.dumps(checkpoint.state)),
-    }
+def _mac_text(checkpoint: Checkpoint, state_text: str) -> str:
+    """The canonical JSON of ``{name, position, state, version}``, with the state's canonical text set in.
+
+    The MAC covers the state as the JSON column gives it back, so one made at save time holds for the
+    state read back. The column stores the state's canonical JSON (the engine's serializer), and canonical
+    JSON parsed and encoded again is the same text: so the saved state's own canonical text is the text
+    of the state as read back (a tuple is a list in both), and a save encodes the state once for its
+    MAC, where a JSON round trip and a second encoding cost three passes over a history window of
+    hundreds of operations. Canonical JSON nests as it stands alone, so the text is set in among the
+    other members' (sorted keys: ``state`` comes before ``version``, the last member).
+    """
+    head, separator, version = canonical_json(
+        {"name": checkpoint.name, "position": checkpoint.position, "version": checkpoint.version}
+    ).rpartition(',"version":')
+    return f'{head},"state":{state_text}{separator}{version}'
 
 
 def checkpoint_holds(checkpoint: Checkpoint, mac: str | None, keys: IntegrityKeys | None) -> bool:
     """Whether ``checkpoint``, as read from the database, may be used: always in a keyless log, else
     only when its MAC holds."""
-    return keys is None or keys.record_mac_holds("checkpoint", _mac_value(checkpoint, as_stored=True), mac)
+    if keys is None:
+        return True
+    expected = keys.record_mac_of_text("checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state)))
+    return mac is not None and hmac.compare_digest(expected, str(mac))
 
 
 def _checkpoint(name: str, row: Any) -> Checkpoint:
@@ -100,7 +108,7 @@ def save_checkpoint(
         "updated_at": datetime.now(UTC),
         "mac": None
         if keys is None
-        else keys.record_mac("checkpoint", _mac_value(checkpoint, as_stored=False)),
+        else keys.record_mac_of_text("checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state))),
     }
     upsert(
         connection,
