@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 REQUEST_TIMEOUT = 1.0
 MARGIN = 2.0  # scheduling slack on a shared two-core machine
 FLOOD_SECONDS = 4.0
-P99_BOUND = 0.050  # seconds
+P99_BOUND = 0.100  # seconds: a stall (11.5 s before the fix) by a wide margin; test workers share the cores
 STALL_BOUND = 0.5  # seconds
 RSS_GROWTH_BOUND = 16 * MB  # the bodies the flood has in flight at once total over 200 MB
 
