@@ -125,8 +125,12 @@ def test_a_trickle_of_bytes_does_not_hold_the_connection_open(port: int) -> None
 
 def test_a_request_received_in_time_is_answered_however_long_it_runs(port: int) -> None:
     with _connect(port) as connection:
+        # Timed from before the send: the server (a thread of this process) can read the request and
+        # start its three deadlines before this thread is scheduled again after sendall.
+        started = time.monotonic()
         connection.sendall(_request("/slow"))
-        received, waited = _read_until_closed_after_response(connection)
+        received, _ = _read_until_closed_after_response(connection)
+        waited = time.monotonic() - started
     assert received.endswith(b"done")
     assert waited >= DEADLINE * 3
 
