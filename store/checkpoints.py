@@ -35,6 +35,18 @@ class Checkpoint:
     state: Any
 
 
+class _EncodedJSON(sa.types.TypeDecorator[str]):
+    """A JSON column's value given as its canonical text, bound as it is: the column's own serializer
+    (the engine's ``json_serializer``, canonical JSON) would encode the state a second time. SQLite stores
+    the text; PostgreSQL reads it into its ``json`` type (psycopg sends a ``str`` untyped)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> None:
+        return None
+
+
 def _mac_text(checkpoint: Checkpoint, state_text: str) -> str:
     """The canonical JSON of ``{name, position, state, version}``, with the state's canonical text set in.
 
@@ -101,14 +113,16 @@ def save_checkpoint(
     connection: Connection, checkpoint: Checkpoint, keys: IntegrityKeys | None = None
 ) -> None:
     """Upsert ``checkpoint`` in the caller's transaction; never moves a checkpoint backwards."""
+    # Encoded once: the text the MAC covers is the text the column stores.
+    state_text = canonical_json(checkpoint.state)
     values = {
         "version": checkpoint.version,
         "position": checkpoint.position,
-        "state": checkpoint.state,
+        "state": sa.type_coerce(state_text, _EncodedJSON()),
         "updated_at": datetime.now(UTC),
         "mac": None
         if keys is None
-        else keys.record_mac_of_text("checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state))),
+        else keys.record_mac_of_text("checkpoint", _mac_text(checkpoint, state_text)),
     }
     upsert(
         connection,
