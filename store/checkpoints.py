@@ -9,7 +9,6 @@ are dropped quietly, once, as a stale cache.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +37,8 @@ class Checkpoint:
 class _EncodedJSON(sa.types.TypeDecorator[str]):
     """A JSON column's value given as its canonical text, bound as it is: the column's own serializer
     (the engine's ``json_serializer``, canonical JSON) would encode the state a second time. SQLite stores
-    the text; PostgreSQL reads it into its ``json`` type (psycopg sends a ``str`` untyped)."""
+    the text; PostgreSQL reads it into its ``json`` type (psycopg sends a ``str`` untyped). The Core-statement
+    form of ``DriverStatement``'s ``encoded`` binds, which the event insert uses at the driver."""
 
     impl = sa.JSON
     cache_ok = True
@@ -69,8 +69,9 @@ def checkpoint_holds(checkpoint: Checkpoint, mac: str | None, keys: IntegrityKey
     only when its MAC holds."""
     if keys is None:
         return True
-    expected = keys.record_mac_of_text("checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state)))
-    return mac is not None and hmac.compare_digest(expected, str(mac))
+    return keys.record_mac_of_text_holds(
+        "checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state)), mac
+    )
 
 
 def _checkpoint(name: str, row: Any) -> Checkpoint:

@@ -118,7 +118,11 @@ class IntegrityKeys:
         return mac.hexdigest()
 
     def record_mac_holds(self, purpose: str, value: Any, mac: str | None) -> bool:
-        return mac is not None and hmac.compare_digest(self.record_mac(purpose, value), str(mac))
+        return self.record_mac_of_text_holds(purpose, canonical_json(value), mac)
+
+    def record_mac_of_text_holds(self, purpose: str, text: str, mac: str | None) -> bool:
+        """``record_mac_holds`` of the value whose canonical JSON is ``text``."""
+        return mac is not None and hmac.compare_digest(self.record_mac_of_text(purpose, text), str(mac))
 
     def secret_digest(self, value: Any) -> str:
         return hmac.new(self._secret, canonical_bytes(value), hashlib.sha256).hexdigest()
