@@ -5,21 +5,18 @@ Step 1 of ``OperationRunner``'s straight line (``store.operations``): a reload r
 through the model and the validators (``validation.passed`` | ``validation.failed``); ``change`` then
 says whether there is a change to tell the services of, or raises ``Ended`` with the events that close
 the operation (validation failed, no change, a pinned config, a dry run). Kept apart from the runner
-because it needs none of its operation slot or fleet state: only the log, the pipeline, the pins and
-what the validators are called with.
+because it needs none of its operation slot or fleet state: only the log, the pipeline and the pins.
+Reading is blocking code, run in the operation's worker thread (``store.steps``); it yields only to
+have the custom validators called.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 
-import anyio
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import UserCalls
 from confledger.store.diff import changed_paths
 from confledger.store.errors import (
     ConfigBodyMismatch,
@@ -44,19 +41,18 @@ from confledger.store.operation_record import (
     Change,
     Ended,
     Operation,
-    Request,
 )
 from confledger.store.pins import PINNED_REASON, Pin, RollbackPins
 from confledger.store.services import ServiceRegistry
 from confledger.store.sources.reading import SourceGuard, load_source
+from confledger.store.steps import Steps, validated
 from confledger.store.targets import resolve_target
 from confledger.store.validation import ModelResult, ValidationOutcome, ValidationPipeline, capped, clip
 
-__all__ = ["CandidateReader", "Fetch", "Fetched"]
+__all__ = ["CandidateReader", "Fetched"]
 
 # A reload's source as read: the candidate, or why it could not be read.
 Fetched = Candidate | SourceError | NotAllowed
-Fetch = Callable[[int], Fetched]
 
 INITIAL_CHANGE = "initial_configuration"
 NO_CHANGES_MESSAGE = "No configuration changes detected"
@@ -71,36 +67,21 @@ class CandidateReader:
         *,
         pipeline: ValidationPipeline,
         services: ServiceRegistry,
-        calls: UserCalls,
         pins: RollbackPins,
-        tracer: trace.Tracer,
         max_source_bytes: int,
     ) -> None:
         self.log = log
         self.pipeline = pipeline
         self.services = services
-        self.calls = calls
         self.pins = pins
-        self.tracer = tracer
         self.max_source_bytes = max_source_bytes
         # Sources that had content when last read: an empty read of one is most likely a rewrite in
         # progress, which ``load_source`` waits out.
         self._had_content: dict[str, bool] = {}
 
-    def prefetch(self, request: Request, previous: ActiveConfig | None) -> Fetch | None:
-        """A reload's blocking read of its source (given the log's head, for the pins), for a thread hop
-        that has other work: the operation's turn takes the fleet lock in one and reads the source in
-        the same hop when nothing decided elsewhere is to be followed first. None for anything else."""
-        if request.kind is not OperationKind.RELOAD or request.source is None:
-            return None
-        current = None if previous is None or request.force else previous.hash
-        expect_content = self._had_content.get(request.source, False)
-        return functools.partial(self._fetch, request.source, expect_content, request.guard, current)
-
-    async def validate_source(
-        self, operation: Operation, span: trace.Span, fetched: Fetched | None = None
-    ) -> ValidationOutcome:
-        """``fetched``: the source as ``prefetch``'s read already gave it (read here otherwise)."""
+    def source_steps(self, operation: Operation, span: trace.Span) -> Steps[ValidationOutcome]:
+        """A reload's candidate: its source read (with the pins folded up to the head the operation
+        started from), parsed, and through the model and the validators."""
         request, previous = operation.request, operation.previous
         operation.pending.append(
             operation.started_event(source=request.source, force=request.force, dry_run=request.dry_run)
@@ -111,10 +92,9 @@ class CandidateReader:
                 ConfigLoadFailed(reason="no_source", message="no config source configured or given"),
                 operation.completed(OperationStatus.FAILED, "No config source", error="no config source"),
             )
-        if fetched is None:
-            fetch = self.prefetch(request, previous)
-            assert fetch is not None  # a reload with a source
-            fetched = await anyio.to_thread.run_sync(fetch, operation.expected_head)
+        current = None if previous is None or request.force else previous.hash
+        expect_content = self._had_content.get(source, False)
+        fetched = self._fetch(source, expect_content, request.guard, current, operation.expected_head)
         if isinstance(fetched, SourceError | NotAllowed):
             # NotAllowed: the file opened for a client lies outside the allowed directories.
             exc = fetched
@@ -145,7 +125,7 @@ class CandidateReader:
                 "confledger.format": loaded.format,
             },
         )
-        outcome = await self._validate(operation, candidate.model, span)
+        outcome = yield from self._validate(operation, candidate.model, span)
         operation.pending.append(
             ConfigLoaded(
                 hash=outcome.hash,
@@ -211,12 +191,13 @@ class CandidateReader:
         except SecretKeyError as exc:
             return Candidate(loaded, model, seal_error=exc)
 
-    async def validate_target(self, operation: Operation, span: trace.Span) -> ValidationOutcome:
+    def target_steps(self, operation: Operation, span: trace.Span) -> Steps[ValidationOutcome]:
+        """A rollback's candidate: the stored body of its target, through the model and the validators."""
         request, previous = operation.request, operation.previous
         started = operation.started_event
         try:
             current = None if previous is None else previous.hash
-            target = await anyio.to_thread.run_sync(resolve_target, self.log, request.target, current)
+            target = resolve_target(self.log, request.target, current)
         except ConfigLookupError as exc:
             reference = None if request.target is None else request.target[:80]
             operation.pending.append(started(target_hash=None, source=reference))
@@ -234,20 +215,18 @@ class CandidateReader:
         try:
             # Reading the stored body unseals its secrets: that needs the key they were sealed with. It
             # is re-hashed too: a body edited in the database is refused, the current config unchanged.
-            model = await anyio.to_thread.run_sync(self._read_stored, target)
+            model = self._read_stored(target)
             if model.body is not None and model.hash is not None and model.hash != target:
                 # The model made another config of the stored body (the model changed since): that is
                 # what would apply, so it is stored under its own hash, as a reloaded config would be.
-                operation.configs.append(
-                    await anyio.to_thread.run_sync(self.log.prepare_config, model.body, model.secret_paths)
-                )
+                operation.configs.append(self.log.prepare_config(model.body, model.secret_paths))
         except (SecretKeyError, ConfigBodyMismatch) as exc:
             raise Ended(
                 operation.completed(
                     OperationStatus.FAILED, "Rollback failed", error=exc.message, reason=exc.code
                 )
             ) from None
-        return await self._validate(operation, model, span)
+        return (yield from self._validate(operation, model, span))
 
     def _read_stored(self, target: str) -> ModelResult:
         """The stored body of ``target``, re-hashed before anything uses it (``ConfigBodyMismatch``), then
@@ -261,12 +240,12 @@ class CandidateReader:
                 model = dataclasses.replace(model, hash=target)
         return model
 
-    async def _validate(
+    def _validate(
         self, operation: Operation, model: ModelResult, span: trace.Span
-    ) -> ValidationOutcome:
+    ) -> Steps[ValidationOutcome]:
         # The model's verdict is an event on the operation span; each custom validator has its own span.
         span.add_event("confledger.model", {"confledger.errors": len(model.errors)})
-        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
+        outcome = yield from validated(self.pipeline, model)
         operation.validation_ms = outcome.duration_ms
         found = {
             "confledger.validation.errors": len(outcome.errors),

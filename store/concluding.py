@@ -13,8 +13,9 @@ and records through the runner.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confledger.store import failpoints
 from confledger.store.decision import Decision
@@ -32,6 +33,7 @@ from confledger.store.events import (
 )
 from confledger.store.operation_record import ActiveConfig, Change, Operation, failures_of, notified
 from confledger.store.services import NotifyResult, ServiceSpec
+from confledger.store.steps import Notify, Steps
 
 __all__ = ["Concluding"]
 
@@ -48,14 +50,11 @@ class Concluding:
     active: ActiveConfig | None
     _applying: ActiveConfig | None
     _unclosed: list[NewEvent]
+    _unclosed_lock: threading.Lock
 
     if TYPE_CHECKING:
 
-        async def _notify(
-            self, services: Sequence[ServiceSpec], old: Any, new: Any, secrets: list[str], direction: str
-        ) -> list[NotifyResult]: ...
-
-        async def _record(
+        def _record_now(
             self,
             operation: Operation,
             *events: EventPayload,
@@ -63,7 +62,7 @@ class Concluding:
             beside: Sequence[NewEvent] = (),
         ) -> None: ...
 
-    async def _conclude(
+    def _conclude(
         self,
         operation: Operation,
         change: Change,
@@ -72,13 +71,13 @@ class Concluding:
         decision: Decision,
         secrets: list[str],
         apply_started: float,
-    ) -> None:
+    ) -> Steps[None]:
         """Compensate the services ``decision`` names, then record the outcome (raises on a conflict)."""
         new, previous = change.active, operation.previous
         events: list[EventPayload] = [notified(result, "forward", new.hash) for result in results]
         if decision.compensate and previous is not None:
             by_name = {spec.name: spec for spec in services}
-            compensations = await self._notify(
+            compensations = yield Notify(
                 [by_name[name] for name in decision.compensate],
                 new.config,
                 previous.config,
@@ -137,17 +136,19 @@ class Concluding:
         )
         failpoints.hit("before_outcome_commit")
         try:
-            await self._record(operation, *events, expected_head=operation.expected_head, beside=answers)
+            self._record_now(operation, *events, expected_head=operation.expected_head, beside=answers)
         except ConcurrencyConflict:
             raise
         except LogError as lost:
-            await self._outcome_lost(operation, change, services, results, decision, secrets, events, lost)
+            yield from self._outcome_lost(
+                operation, change, services, results, decision, secrets, events, lost
+            )
             raise
         failpoints.hit("after_outcome_commit")
         if decision.applies:
             self.active = new
 
-    async def _outcome_lost(
+    def _outcome_lost(
         self,
         operation: Operation,
         change: Change,
@@ -157,7 +158,7 @@ class Concluding:
         secrets: list[str],
         events: list[EventPayload],
         lost: LogError,
-    ) -> None:
+    ) -> Steps[None]:
         """The log refused the outcome (the database went away after the start was recorded).
 
         The change is not the current config, since the log does not say so: the services that took it
@@ -179,7 +180,7 @@ class Concluding:
         if decision.applies and previous is not None:
             by_name = {spec.name: spec for spec in services}
             accepted = [by_name[result.service] for result in reversed(results) if result.accepted]
-            compensations = await self._notify(
+            compensations = yield Notify(
                 accepted, change.active.config, previous.config, secrets, "compensate"
             )
             closing += [notified(result, "compensate", previous.hash) for result in compensations]
@@ -199,4 +200,7 @@ class Concluding:
             lost.code,
         )
         actor = operation.request.actor
-        self._unclosed += [NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing]
+        with self._unclosed_lock:
+            self._unclosed += [
+                NewEvent(payload, actor=actor, operation_id=operation.id) for payload in closing
+            ]

@@ -3,8 +3,9 @@
 ``store.follower.LogFollower`` decides when to follow (the doorbell, the poll interval); this is what a
 turn does: every ``config.applied`` after the runner's position (``followed``), in order, put through
 this instance's model and validators, handed to its services and answered with ``instance.applied``.
-An operation takes the same turn (``_take_turn``: the fleet lock, then what to catch up on) before it
-decides. A mixin of ``OperationRunner`` rather than a collaborator: following reads and moves the
+An operation follows the same way, holding the fleet lock, before it decides. Following is blocking
+code run in a worker thread (``store.steps``) that yields only to have validators and services called.
+A mixin of ``OperationRunner`` rather than a collaborator: following reads and moves the
 runner's current config (``active``), its position and known head, and shares its apply lock, its
 append path and its notifications, which is most of the runner's state.
 """
@@ -22,13 +23,13 @@ from opentelemetry import trace
 
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
-from confledger.store.candidate import Fetch, Fetched
 from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
-from confledger.store.fleet import FleetLease, FleetLock
+from confledger.store.fleet import FleetLock
 from confledger.store.log import EventLog, PreparedConfig
 from confledger.store.operation_record import ActiveConfig, failures_of, notified
-from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec
+from confledger.store.services import ServiceRegistry
+from confledger.store.steps import Notify, Steps, Work, drive, validated
 from confledger.store.validation import ModelResult, ValidationPipeline
 
 __all__ = ["FleetFollowing", "ReadAhead"]
@@ -70,7 +71,7 @@ class FleetFollowing:
 
     if TYPE_CHECKING:
 
-        async def _append(
+        def _append_now(
             self,
             events: Sequence[NewEvent],
             *,
@@ -78,9 +79,7 @@ class FleetFollowing:
             configs: Sequence[PreparedConfig] = (),
         ) -> list[RecordedEvent]: ...
 
-        async def _notify(
-            self, services: Sequence[ServiceSpec], old: Any, new: Any, secrets: list[str], direction: str
-        ) -> list[NotifyResult]: ...
+        async def _perform(self, work: Work) -> Any: ...
 
     async def follow(self, ahead: ReadAhead | None = None) -> int:
         """Apply here what other instances decided since the last call; returns the position followed to.
@@ -91,7 +90,7 @@ class FleetFollowing:
         """
         async with self._apply_lock:
             pending = ahead.pending if ahead is not None and ahead.after == self.followed else None
-            await self._follow_to_head(pending)
+            await drive(self._follow_to_head(pending), self._perform)
         return self.followed
 
     def read_ahead(self, after: int) -> ReadAhead:
@@ -115,48 +114,29 @@ class FleetFollowing:
                 found.append((event, self.pipeline.check_model(stored.body)))
         return head, found
 
-    def _take_turn(
-        self, holder: str, prefetch: Fetch | None = None
-    ) -> tuple[FleetLease, _Pending, Fetched | None]:
-        """The fleet lock, then what the fleet decided since ``followed`` (blocking: one thread hop).
-
-        ``prefetch`` (a reload's read of its source) runs in the same hop, given the head just read,
-        unless a change decided elsewhere is to be followed first: that could change the config the
-        reload starts from, so the source is then read after it (None returned)."""
-        lease = self.fleet_lock.acquire(holder, self.fleet_lock_wait)
-        try:
-            pending = self._applied_since(self.followed)
-            head, applied = pending
-            if prefetch is None or any(event.instance_id != self.log.instance_id for event, _ in applied):
-                return lease, pending, None
-            return lease, pending, prefetch(head)
-        except BaseException:
-            lease.release()
-            raise
-
-    async def _follow_to_head(self, pending: _Pending | None = None) -> None:
+    def _follow_to_head(self, pending: _Pending | None = None) -> Steps[None]:
         """Every ``config.applied`` after ``followed`` (``pending``: as already read), in order; then
         the projections (``after_follow``) unless an append of this instance already folded them (its
         listener catches up on a gap)."""
         appended = False
         if self._unrecorded:
-            await self._append(self._unrecorded)
+            self._append_now(self._unrecorded)
             self._unrecorded, appended = [], True
         if pending is None:
-            pending = await anyio.to_thread.run_sync(self._applied_since, self.followed)
+            pending = self._applied_since(self.followed)
         head, applied = pending
         for event, model in applied:
             if event.instance_id != self.log.instance_id:
-                await self._follow_one(event, model)
+                yield from self._follow_one(event, model)
                 appended = True
             self.followed = event.position
         moved = head > self.followed
         self.followed = max(self.followed, head)
         self._known_head = max(self._known_head, head)
         if (moved or applied) and not appended and self.after_follow is not None:
-            await anyio.to_thread.run_sync(self.after_follow)
+            self.after_follow()
 
-    async def _follow_one(self, event: RecordedEvent, model: ModelResult | ConfledgerError) -> None:
+    def _follow_one(self, event: RecordedEvent, model: ModelResult | ConfledgerError) -> Steps[None]:
         """Validate a change another instance decided with this instance's model, tell this instance's
         services, record what they said (``service.notified``) and ``instance.applied``.
 
@@ -175,12 +155,12 @@ class FleetFollowing:
         )
         previous = self.active
         if previous is not None and previous.hash == payload.hash:
-            await self._append([NewEvent(answer(outcome="applied"))])
+            self._append_now([NewEvent(answer(outcome="applied"))])
             return
         if isinstance(model, ConfledgerError):
-            await self._append([NewEvent(answer(outcome="invalid", errors=(model.message,)))])
+            self._append_now([NewEvent(answer(outcome="invalid", errors=(model.message,)))])
             return
-        outcome = await self.pipeline.run_validators(model, calls=self.calls, tracer=self.tracer)
+        outcome = yield from validated(self.pipeline, model)
         if not outcome.ok or outcome.body is None:
             errors = outcome.errors[: self.pipeline.max_items] or ("the config model refused the body",)
             logger.warning(
@@ -189,17 +169,13 @@ class FleetFollowing:
                 event.instance_id,
                 "; ".join(errors[:3]),
             )
-            await self._append([NewEvent(answer(outcome="invalid", errors=errors))])
+            self._append_now([NewEvent(answer(outcome="invalid", errors=errors))])
             return
         new = ActiveConfig(payload.hash, outcome.config, outcome.body, outcome.secret_paths)
         secrets = [*new.secret_values(), *([] if previous is None else previous.secret_values())]
-        results = await self._notify(
-            self.services.ordered(),
-            None if previous is None else previous.config,
-            new.config,
-            secrets,
-            "forward",
-        )
+        services = self.services.ordered()
+        old = None if previous is None else previous.config
+        results = (yield Notify(services, old, new.config, secrets, "forward")) if services else []
         failpoints.hit("mid_follow")
         failures = failures_of(results)
         for failure in failures:
@@ -218,7 +194,7 @@ class FleetFollowing:
         batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
         batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
         try:
-            await self._append(batch)
+            self._append_now(batch)
         except BaseException:
             self._unrecorded = batch
             raise

@@ -40,6 +40,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ from opentelemetry import trace
 
 from confledger.store import failpoints
 from confledger.store.calls import UserCalls
-from confledger.store.candidate import CandidateReader, Fetched
+from confledger.store.candidate import CandidateReader
 from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, decide
 from confledger.store.errors import (
@@ -98,6 +99,7 @@ from confledger.store.secrets import find_secret_paths
 from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
 from confledger.store.source_state import SourceState, describe_source, last_read
 from confledger.store.sources.reading import GuardedSource, quiet_remaining
+from confledger.store.steps import Notify, RunValidators, Steps, Work, drive
 from confledger.store.validation import ValidationPipeline
 
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
@@ -162,9 +164,7 @@ class OperationRunner(FleetFollowing, Concluding):
             log,
             pipeline=pipeline,
             services=services,
-            calls=calls,
             pins=self.pins,
-            tracer=self.tracer,
             max_source_bytes=max_source_bytes,
         )
         self._restored_position = 0
@@ -189,6 +189,8 @@ class OperationRunner(FleetFollowing, Concluding):
         # The closing of an operation whose outcome the log refused to take (the database went away
         # between its two commits): appended before anything else once the log takes writes again.
         self._unclosed: list[NewEvent] = []
+        self._unclosed_lock = threading.Lock()
+        self._positions_lock = threading.Lock()
 
     @property
     def running_operation_id(self) -> str | None:
@@ -214,36 +216,48 @@ class OperationRunner(FleetFollowing, Concluding):
         configs: Sequence[PreparedConfig] = (),
     ) -> list[RecordedEvent]:
         # Every database call goes to a worker thread: an fsync must never stall the event loop.
+        append = functools.partial(self._append_now, events, expected_head=expected_head, configs=configs)
+        return await anyio.to_thread.run_sync(append)
+
+    def _append_now(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        expected_head: int | None = None,
+        configs: Sequence[PreparedConfig] = (),
+    ) -> list[RecordedEvent]:
+        """Append ``events`` (blocking), after any closing an unrecorded outcome left waiting."""
         if self._unclosed:
-            await self._close_unrecorded()
-        append = functools.partial(
-            self.log.append_recorded, events, expected_head=expected_head, configs=configs
-        )
-        recorded = await anyio.to_thread.run_sync(append)
+            self._close_unrecorded()
+        recorded = self.log.append_recorded(events, expected_head=expected_head, configs=configs)
         if recorded:
             self._noted_own(recorded)
-            self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
         return recorded
 
     def _noted_own(self, recorded: Sequence[RecordedEvent]) -> None:
         """Our own events hold nothing to follow: when they directly follow what was followed, following
         moves past them, so the next operation's catch-up is one head read instead of re-reading and
         decoding the previous operation's events (and refolding projections that already folded them)."""
-        self._known_head = max(self._known_head, recorded[-1].position)
-        if recorded[0].position == self.followed + 1:
-            self.followed = recorded[-1].position
+        # Appends run in worker threads (an operation's, and an event recorded beside it): the
+        # read-then-move of the positions is one step under the lock.
+        with self._positions_lock:
+            self._known_head = max(self._known_head, recorded[-1].position)
+            if recorded[0].position == self.followed + 1:
+                self.followed = recorded[-1].position
+        self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
 
-    async def _close_unrecorded(self) -> None:
+    def _close_unrecorded(self) -> None:
         """Append the closing an unrecorded outcome left waiting (raises while the log still refuses)."""
-        # Taken before the await: a second append meanwhile must not write the same closing again.
-        closing, self._unclosed = self._unclosed, []
+        # Taken under the lock: a second append meanwhile must not write the same closing again.
+        with self._unclosed_lock:
+            closing, self._unclosed = self._unclosed, []
         try:
-            recorded = await anyio.to_thread.run_sync(functools.partial(self.log.append_recorded, closing))
+            recorded = self.log.append_recorded(closing)
         except BaseException:
-            self._unclosed = closing + self._unclosed
+            with self._unclosed_lock:
+                self._unclosed = closing + self._unclosed
             raise
         self._noted_own(recorded)
-        self.pins.appended(recorded)
 
     # --- start-up and shut-down ------------------------------------------------------------------------
 
@@ -531,32 +545,27 @@ class OperationRunner(FleetFollowing, Concluding):
             else:
                 operation_id = uuid7()
                 # The slot is taken with no await since the check above: two callers cannot both get it.
-                self._running, self._idle = operation_id, anyio.Event()
+                idle = anyio.Event()
+                self._running, self._idle = operation_id, idle
                 try:
                     result = await self._operate_in_turn(operation_id, request, span)
                 finally:
-                    self._running, self._applying = None, None
-                    self._idle.set()
+                    self._free_slot(operation_id)
+                    idle.set()
             finish(span, result)
             return result
 
     async def _operate_in_turn(
         self, operation_id: uuid.UUID, request: Request, span: trace.Span
     ) -> ReloadOperation:
-        """Take the fleet's turn (its lock), apply whatever the fleet decided before it, then decide.
+        """Run the operation's straight line (``_steps``) under this instance's apply lock.
 
-        So changes through any instance happen in order: the second of two sequential changes starts
-        from the first, wherever each was made. 409 (``fleet_lock_busy``, naming the holder) only when
-        another operation held the turn past the wait budget.
+        409 (``fleet_lock_busy``, naming the holder) only when another operation held the fleet's turn
+        past the wait budget.
         """
-        holder = f"{operation_id}@{self.log.instance_id}"
-        # The apply lock first: the fleet lock and the read of what to catch up on then share one
-        # thread hop, and this instance's follower waits rather than reading the same changes.
         async with self._apply_lock:
-            # A reload's source is read in the same hop, unless the catch-up below has to come first.
-            prefetch = self._candidates.prefetch(request, self.active)
             try:
-                lease, pending, fetched = await anyio.to_thread.run_sync(self._take_turn, holder, prefetch)
+                return await drive(self._steps(operation_id, request, span), self._perform)
             except FleetLockBusy as busy:
                 held_by = busy.holder or ""
                 return await self.reject_request(
@@ -569,66 +578,84 @@ class OperationRunner(FleetFollowing, Concluding):
                     client=request.client,
                     running_operation_id=held_by.partition("@")[0] or None,
                 )
-            try:
-                await self._follow_to_head(pending)
-                operation = Operation(
-                    operation_id,
-                    request,
-                    trace_id=request.trace_id or trace_id_of(span),
-                    previous=self.active,
-                    expected_head=self._known_head,
-                )
-                await self._run(operation, span, fetched)
-                # Settled before the release's await: whoever sees the operation in the projections
-                # sees the source state it left.
-                result = build_operation(operation.recorded, listed=self.pipeline.max_items)
-                if request.kind is OperationKind.RELOAD and request.source == self.config_source:
-                    self._source_read = result
-            finally:
-                # The slot is free once the operation is recorded: the next one here then waits for
-                # the fleet lock (a moment) rather than being refused while this release runs.
-                self._running, self._applying = None, None
-                self._idle.set()
-                if lease.release_waits:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(lease.release)
-                else:
-                    lease.release()
-        return result
 
-    async def _run(self, operation: Operation, span: trace.Span, fetched: Fetched | None = None) -> None:
+    def _steps(self, operation_id: uuid.UUID, request: Request, span: trace.Span) -> Steps[ReloadOperation]:
+        """The operation from start to end, as blocking code (``store.steps``): take the fleet's turn
+        (its lock), apply whatever the fleet decided before it, then read, validate, notify, decide
+        and record.
+
+        So changes through any instance happen in order: the second of two sequential changes starts
+        from the first, wherever each was made.
+        """
+        lease = self.fleet_lock.acquire(f"{operation_id}@{self.log.instance_id}", self.fleet_lock_wait)
+        try:
+            yield from self._follow_to_head()
+            operation = Operation(
+                operation_id,
+                request,
+                trace_id=request.trace_id or trace_id_of(span),
+                previous=self.active,
+                expected_head=self._known_head,
+            )
+            yield from self._run(operation, span)
+            result = build_operation(operation.recorded, listed=self.pipeline.max_items)
+            if request.kind is OperationKind.RELOAD and request.source == self.config_source:
+                self._source_read = result
+            # Free once recorded, as whoever sees the operation in the projections may already ask for
+            # the next: that one then waits for the apply lock (a moment), not refused while the fleet
+            # lock is released and the answer travels back to the loop.
+            self._free_slot(operation_id)
+            return result
+        finally:
+            lease.release()
+
+    def _free_slot(self, operation_id: uuid.UUID) -> None:
+        """Give up the operation slot if ``operation_id`` still holds it (from its thread or the loop).
+
+        The check and the clear need no lock: the loop takes the slot only when it is free, so between
+        them no other operation can have taken it."""
+        if self._running == operation_id:
+            self._running, self._applying = None, None
+
+    def _run(self, operation: Operation, span: trace.Span) -> Steps[None]:
         try:
             candidates = self._candidates
             if operation.request.kind is OperationKind.RELOAD:
-                outcome = await candidates.validate_source(operation, span, fetched)
+                outcome = yield from candidates.source_steps(operation, span)
             else:
-                outcome = await candidates.validate_target(operation, span)
+                outcome = yield from candidates.target_steps(operation, span)
             change = candidates.change(operation, outcome, candidates.pin_for(operation, outcome))
         except Ended as ended:
-            await self._record(operation, *ended.events)
+            self._record_now(operation, *ended.events)
             return
         services = self.services.ordered()
         if services:
             failpoints.hit("before_start_append")
-            await self._record(operation)  # durable before the first service hears of the change
+            self._record_now(operation)  # durable before the first service hears of the change
             failpoints.hit("after_start_append")
         previous = operation.previous
         secrets = [*change.active.secret_values(), *([] if previous is None else previous.secret_values())]
         apply_started = time.perf_counter()
-        results = await self._notify(
-            services, None if previous is None else previous.config, change.active.config, secrets, "forward"
-        )
+        old = None if previous is None else previous.config
+        forward = Notify(services, old, change.active.config, secrets, "forward")
+        results: list[NotifyResult] = (yield forward) if services else []
         decision = self._decide(operation, change, results)
         try:
-            await self._conclude(operation, change, services, results, decision, secrets, apply_started)
+            yield from self._conclude(operation, change, services, results, decision, secrets, apply_started)
         except ConcurrencyConflict as conflict:
             decision = self._decide(operation, change, results, conflict=conflict.message)
-            await self._conclude(operation, change, services, results, decision, secrets, apply_started)
+            yield from self._conclude(operation, change, services, results, decision, secrets, apply_started)
             # A writer that skipped the fleet lock applied a config: this instance follows it now (its
             # services hear of it), so the next operation starts from it.
-            await self._follow_to_head()
+            yield from self._follow_to_head()
 
     # --- 3. notifying, 4. deciding, 5. recording the outcome -----------------------------------------
+
+    async def _perform(self, work: Work) -> Any:
+        """Run the user code a straight line yielded for: validators, or a notification of services."""
+        if isinstance(work, RunValidators):
+            return await self.pipeline.call_validators(work.model, calls=self.calls, tracer=self.tracer)
+        return await self._notify(work.services, work.old, work.new, work.secrets, work.direction)
 
     async def _notify(
         self, services: Sequence[ServiceSpec], old: Any, new: Any, secrets: list[str], direction: str
@@ -662,7 +689,7 @@ class OperationRunner(FleetFollowing, Concluding):
             conflict=conflict,
         )
 
-    async def _record(
+    def _record_now(
         self,
         operation: Operation,
         *events: EventPayload,
@@ -675,9 +702,7 @@ class OperationRunner(FleetFollowing, Concluding):
             NewEvent(payload, actor=operation.request.actor, operation_id=operation.id)
             for payload in (*operation.pending, *events)
         ]
-        recorded = await self._append(
-            [*batch, *beside], expected_head=expected_head, configs=operation.configs
-        )
+        recorded = self._append_now([*batch, *beside], expected_head=expected_head, configs=operation.configs)
         # Cleared only once written: a refused append (a conflict) is retried with the same start.
         operation.pending, operation.configs = [], []
         operation.recorded += recorded[: len(batch)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -88,13 +88,13 @@ class RollbackPins:
         self.pins: dict[str, Pin] = {}
         self.position = 0
         self._loaded = False
-        # Held only to fold (never across a database read): the event loop folds appends under it.
+        # Held only to fold (never across a database read): appending threads fold their events under it.
         self._lock = threading.Lock()
 
     def get(self, full_hash: str | None) -> Pin | None:
         return None if full_hash is None else self.pins.get(full_hash)
 
-    def appended(self, events: list[RecordedEvent]) -> None:
+    def appended(self, events: Sequence[RecordedEvent]) -> None:
         """Fold events this instance just appended (in position order)."""
         if not events:
             return

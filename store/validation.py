@@ -31,6 +31,7 @@ from confledger.store.secrets import ConfigPath, find_secret_paths
 __all__ = [
     "MAX_ITEM_CHARS",
     "ConfigValidator",
+    "Findings",
     "ValidationOutcome",
     "ValidationPipeline",
     "ValidatorSpec",
@@ -149,6 +150,16 @@ class ValidatorSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.function))
+
+
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """What one custom validator found, and how long it took."""
+
+    validator: str
+    errors: list[str]
+    warnings: list[str]
+    duration_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,23 +294,39 @@ class ValidationPipeline:
         self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
     ) -> ValidationOutcome:
         """Each custom validator in order on what the model accepted; the outcome of the whole validation."""
-        tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         started = time.perf_counter()
+        found = await self.call_validators(model, calls=calls, tracer=tracer) if self.calls_for(model) else []
+        return self.outcome(model, found, started)
+
+    def calls_for(self, model: ModelResult) -> bool:
+        """Whether validating ``model`` calls any custom validator (none runs on what the model refused)."""
+        return model.config is not None and bool(self.validators)
+
+    async def call_validators(
+        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
+    ) -> list[Findings]:
+        """What each custom validator found in ``model``'s config, in order."""
+        tracer = tracer if tracer is not None else trace.get_tracer("confledger")
+        findings: list[Findings] = []
+        # Consecutive sync validators share one worker thread (one hop), each with its own deadline.
+        for is_async, group in itertools.groupby(self.validators, key=lambda spec: spec.is_async):
+            specs = list(group)
+            if is_async:
+                found = [await self._run(spec, model.config, calls, tracer) for spec in specs]
+            else:
+                found = await self._run_in_turn(specs, model.config, calls, tracer)
+            findings += [Findings(spec.name, *each) for spec, each in zip(specs, found, strict=True)]
+        return findings
+
+    def outcome(self, model: ModelResult, findings: Sequence[Findings], started: float) -> ValidationOutcome:
+        """The outcome of validating ``model``, given what its validators found (since ``started``)."""
         errors = list(model.errors)
         warnings: list[str] = []
         validator_ms: dict[str, float] = {}
-        if model.config is not None:
-            # Consecutive sync validators share one worker thread (one hop), each with its own deadline.
-            for is_async, group in itertools.groupby(self.validators, key=lambda spec: spec.is_async):
-                specs = list(group)
-                if is_async:
-                    found = [await self._run(spec, model.config, calls, tracer) for spec in specs]
-                else:
-                    found = await self._run_in_turn(specs, model.config, calls, tracer)
-                for spec, (found_errors, found_warnings, elapsed) in zip(specs, found, strict=True):
-                    errors += found_errors
-                    warnings += found_warnings
-                    validator_ms[spec.name] = elapsed
+        for found in findings:
+            errors += found.errors
+            warnings += found.warnings
+            validator_ms[found.validator] = found.duration_ms
         secrets = values_at(model.body, model.secret_paths)
         limit = self.max_items
         return ValidationOutcome(
