@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
-from confledger.store.chain import HEAD, VerifyReport, head_of, link_of, verify_chain
+from confledger.store.chain import HEAD, VerifyReport, link_of
 from confledger.store.checkpoints import (
     Checkpoint,
     load_checkpoint,
@@ -107,11 +107,8 @@ from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
 from confledger.store.statements import DriverStatement
 from confledger.store.verification import (
     Integrity,
-    anchor_failure,
-    body_failure,
-    checkpoint_failure,
+    check_log,
     key_mismatch,
-    needs_key,
     read_integrity,
     verified_position,
 )
@@ -786,32 +783,9 @@ class EventLog:
     def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
         self._integrity_state = None  # the key record as the database holds it now, not as first read
         integrity = self.integrity()
-        keys = needs_key(integrity)
-        record = integrity.record
-        start, previous = after if after is not None else (0, GENESIS_HASH)
-        with self._read() as connection:
-            head, head_hash = head_of(connection)
-            if record is not None and not integrity.record_intact:
-                reason = "the log's key record was changed (its MAC does not hold)"
-                return VerifyReport(False, 0, head, None, reason, "key_record")
-            if start:
-                stored = connection.execute(
-                    sa.select(events.c.hash).where(events.c.position == start)
-                ).scalar()
-                if stored != previous:
-                    # Changed since it was verified: the whole chain is checked, to name where.
-                    start, previous = 0, GENESIS_HASH
-            report = verify_chain(connection, keys, integrity.keyed_from, after=start, previous=previous)
-        if not report.ok:
-            return report
-        for failure in (
-            checkpoint_failure(self._read, integrity, report),
-            body_failure(self._read, self.cipher, keys, report, since=start if after is not None else None),
-            anchor_failure(self._read, self.anchor_path, integrity, report),
-        ):
-            if failure is not None:
-                return failure
-        if after is not None and keys is not None and record is not None:
+        report, head, head_hash = check_log(self._read, integrity, self.cipher, self.anchor_path, after=after)
+        keys, record = integrity.keys, integrity.record
+        if report.ok and after is not None and keys is not None and record is not None:
             with translate_errors(self.url), self.engine.begin() as connection:
                 save_verified(connection, keys, head, head_hash)
             if head:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
 from confledger.store.canonical import GENESIS_HASH
-from confledger.store.chain import VerifyReport, head_of
+from confledger.store.chain import VerifyReport, head_of, verify_chain
 from confledger.store.checkpoints import sorted_checkpoints
 from confledger.store.configs import body_mismatches
 from confledger.store.database import sqlite_path
@@ -39,6 +39,7 @@ __all__ = [
     "Integrity",
     "anchor_failure",
     "body_failure",
+    "check_log",
     "checkpoint_failure",
     "has_integrity_table",
     "key_file_keys",
@@ -208,3 +209,39 @@ def anchor_failure(
         reason = f"event {anchor.position} is not the one the anchor file recorded: the tail was rewritten"
         return VerifyReport(False, report.checked, report.head, anchor.position, reason, "anchor_mismatch")
     return None
+
+
+def check_log(
+    read: Read,
+    integrity: Integrity,
+    cipher: SecretCipher | None,
+    anchor_path: Path | None,
+    *,
+    after: tuple[int, str] | None,
+) -> tuple[VerifyReport, int, str]:
+    """What ``EventLog.verify`` (``after`` None) and its start-up check (``after``: the position last
+    verified and its hash) check, in order: the key record, the links, the checkpoints, the stored
+    bodies, the anchor file. The first failure, or the chain's report; with the head read and its hash."""
+    keys = needs_key(integrity)
+    start, previous = after if after is not None else (0, GENESIS_HASH)
+    with read() as connection:
+        head, head_hash = head_of(connection)
+        if integrity.record is not None and not integrity.record_intact:
+            reason = "the log's key record was changed (its MAC does not hold)"
+            return VerifyReport(False, 0, head, None, reason, "key_record"), head, head_hash
+        if start:
+            stored = connection.execute(sa.select(events.c.hash).where(events.c.position == start)).scalar()
+            if stored != previous:
+                # Changed since it was verified: the whole chain is checked, to name where.
+                start, previous = 0, GENESIS_HASH
+        report = verify_chain(connection, keys, integrity.keyed_from, after=start, previous=previous)
+    if not report.ok:
+        return report, head, head_hash
+    for failure in (
+        checkpoint_failure(read, integrity, report),
+        body_failure(read, cipher, keys, report, since=start if after is not None else None),
+        anchor_failure(read, anchor_path, integrity, report),
+    ):
+        if failure is not None:
+            return failure, head, head_hash
+    return report, head, head_hash
