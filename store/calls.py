@@ -27,19 +27,21 @@ out), the thread starts nothing more, and the calls after it go on in a new turn
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import anyio
 from opentelemetry import trace
 
 from confledger.store.durations import elapsed_ms
 
-__all__ = ["CallOutcome", "TurnCall", "UserCalls"]
+__all__ = ["CallOutcome", "Then", "TurnCall", "UserCalls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,51 @@ class TurnCall:
     span_attributes: Mapping[str, str | int] = field(default_factory=dict)
 
 
+class Then:
+    """The rest of an operation's straight line (``store.steps``), offered to a turn's worker thread.
+
+    Run there right after the turn's last call, when every call ended on time with a plain value, it
+    saves the operation a hop back to the loop and out again. Given the turn's answer (what ``function``
+    makes of the outcomes); what it returns or raises is kept for the loop (``result``). It runs at most
+    once; when it did not run, the caller runs the rest itself with the answer the turn returned.
+    """
+
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self._function = function
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._started = False
+        self._done = threading.Event()
+
+    @property
+    def ran(self) -> bool:
+        return self._started
+
+    @property
+    def running(self) -> bool:
+        """Started in a turn's thread and not yet ended (the waiting side was cancelled meanwhile)."""
+        return self._started and not self._done.is_set()
+
+    def run(self, answer: Any) -> None:
+        self._started = True
+        try:
+            self._value = self._function(answer)
+        except BaseException as exc:  # handed to the loop as it is, as an awaited call would raise it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        """Until a run that started has ended (blocking)."""
+        if self._started:
+            self._done.wait()
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @dataclass(slots=True)
 class _Turn:
     """Calls made one after another in one worker thread, shared with the side waiting for them (under
@@ -77,6 +124,10 @@ class _Turn:
     since: float = field(default_factory=time.perf_counter)  # when it started, or the one before ended
     given_up: bool = False  # the waiting side has moved on: start nothing more
     finished: threading.Event = field(default_factory=threading.Event)  # the thread is done with it
+    # Run in the thread after the last call when all ended on time (``Then``); ``continuing`` once it has
+    # started: from then on no call can be late, and the waiting side waits for the thread to finish.
+    then: Callable[[], None] | None = None
+    continuing: bool = False
 
     def deadline(self) -> float:
         """When the call under way (or next to start) is late."""
@@ -151,7 +202,10 @@ class UserCalls:
         return CallOutcome(value, error, deadline.cancelled_caught, False, duration_ms)
 
     async def call_in_turn(
-        self, calls: Sequence[TurnCall], tracer: trace.Tracer
+        self,
+        calls: Sequence[TurnCall],
+        tracer: trace.Tracer,
+        then: Callable[[list[tuple[CallOutcome, trace.Span]]], None] | None = None,
     ) -> list[tuple[CallOutcome, trace.Span]]:
         """Call each of ``calls`` in order in one worker thread, each within its own deadline (see the
         module docstring): one outcome per call, in order, each with its span.
@@ -159,25 +213,43 @@ class UserCalls:
         A call's span opens in the worker thread as the call starts, so spans the function opens nest
         under it; a call never started gets one opened now. The caller records what the outcome means
         on the span and ends it (a timed-out call's at its deadline, though its thread still runs). A
-        lone call goes through ``call``, whose bookkeeping costs less than a turn's for one.
+        lone call goes through ``call``, whose bookkeeping costs less than a turn's for one, unless
+        there is a ``then``: it is given the outcomes with their spans in the thread, after the last call,
+        when every call ended on time with a plain value (the caller then finds it has run).
         """
         opened: list[trace.Span | None] = [None] * len(calls)
         spanned = [
             dataclasses.replace(call, function=_in_own_span(tracer, call, opened, index))
             for index, call in enumerate(calls)
         ]
-        if len(spanned) == 1:
+        if len(spanned) == 1 and then is None:
             [call] = spanned
             outcomes = [await self.call(call.key, call.function, timeout=call.timeout, in_thread=True)]
         else:
-            outcomes = await self._turn(spanned)
+            continuation = None
+            if then is not None:
+                after = then
+
+                def continuation(turn: _Turn) -> None:
+                    pairs: list[tuple[CallOutcome, trace.Span]] = []
+                    for call, outcome, span in zip(calls, turn.outcomes, opened, strict=True):
+                        assert outcome is not None  # the turn is over: every call has its outcome
+                        # A call not made (its previous call still runs) gets its span now.
+                        pairs.append((outcome, span or _span_of(tracer, call)))
+                    after(pairs)
+
+            outcomes = await self._turn(spanned, continuation)
         return [
-            (outcome, span or tracer.start_span(call.span_name, attributes=call.span_attributes))
+            (outcome, span or _span_of(tracer, call))
             for call, outcome, span in zip(calls, outcomes, opened, strict=True)
         ]
 
-    async def _turn(self, calls: Sequence[TurnCall]) -> list[CallOutcome]:
+    async def _turn(
+        self, calls: Sequence[TurnCall], then: Callable[[_Turn], None] | None = None
+    ) -> list[CallOutcome]:
         turn = _Turn(calls, [None] * len(calls))
+        if then is not None:
+            turn.then = functools.partial(then, turn)
         try:
             # The thread is awaited in this task, under a deadline at the first moment a call could be
             # late: a task to run it beside a watcher costs the loop three more turns for each group of
@@ -211,14 +283,16 @@ class UserCalls:
         could be late."""
         while not turn.finished.is_set() and not self._give_up_if_late(turn):
             with self._lock:
-                wait = turn.wake_at(time.perf_counter()) - time.perf_counter()
-            await anyio.to_thread.run_sync(turn.finished.wait, max(0.0, wait), abandon_on_cancel=True)
+                wait = None if turn.continuing else turn.wake_at(time.perf_counter()) - time.perf_counter()
+            await anyio.to_thread.run_sync(
+                turn.finished.wait, None if wait is None else max(0.0, wait), abandon_on_cancel=True
+            )
 
     def _give_up_if_late(self, turn: _Turn) -> bool:
         """Whether the call under way (or not yet started) is past its own deadline; if so it is recorded
         as timed out and the turn is given up. False when it is not (the turn may have moved on)."""
         with self._lock:
-            if time.perf_counter() < turn.deadline():
+            if turn.continuing or time.perf_counter() < turn.deadline():
                 return False
             turn.given_up = True
             if turn.outcomes[turn.current] is None:
@@ -254,6 +328,13 @@ class UserCalls:
                         turn.outcomes[index] = CallOutcome(value, error, False, False, elapsed_ms(turn.since))
                     if not turn.given_up and index + 1 < len(turn.calls):
                         turn.current, turn.since = index + 1, time.perf_counter()
+        with self._lock:
+            if turn.then is None or turn.given_up:
+                return
+            if any(outcome is None or inspect.isawaitable(outcome.value) for outcome in turn.outcomes):
+                return  # an awaitable is awaited on the loop: the rest waits for it there
+            turn.continuing = True
+        turn.then()
 
     async def _settled(self, call: TurnCall, outcome: CallOutcome | None) -> CallOutcome:
         """``outcome``, with an awaitable a sync function handed back awaited here, on the loop, within
@@ -286,6 +367,11 @@ class UserCalls:
                     self._in_flight.discard(key)
 
         return run
+
+
+def _span_of(tracer: trace.Tracer, call: TurnCall) -> trace.Span:
+    """The span of a call that was never made, opened when its outcome is known."""
+    return tracer.start_span(call.span_name, attributes=call.span_attributes)
 
 
 def _in_own_span(

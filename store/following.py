@@ -22,7 +22,7 @@ import anyio
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import UserCalls
+from confledger.store.calls import Then, UserCalls
 from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
 from confledger.store.fleet import FleetLock
@@ -79,7 +79,7 @@ class FleetFollowing:
             configs: Sequence[PreparedConfig] = (),
         ) -> list[RecordedEvent]: ...
 
-        async def _perform(self, work: Work) -> Any: ...
+        async def _perform(self, work: Work, then: Then | None = None) -> Any: ...
 
     async def follow(self, ahead: ReadAhead | None = None) -> int:
         """Apply here what other instances decided since the last call; returns the position followed to.

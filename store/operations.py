@@ -51,7 +51,7 @@ import anyio
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import UserCalls
+from confledger.store.calls import Then, UserCalls
 from confledger.store.candidate import CandidateReader
 from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, decide
@@ -651,14 +651,23 @@ class OperationRunner(FleetFollowing, Concluding):
 
     # --- 3. notifying, 4. deciding, 5. recording the outcome -----------------------------------------
 
-    async def _perform(self, work: Work) -> Any:
-        """Run the user code a straight line yielded for: validators, or a notification of services."""
+    async def _perform(self, work: Work, then: Then | None = None) -> Any:
+        """Run the user code a straight line yielded for (validators, or a notification of services),
+        offering it the rest of the line (``then``: see ``store.steps.drive``)."""
         if isinstance(work, RunValidators):
-            return await self.pipeline.call_validators(work.model, calls=self.calls, tracer=self.tracer)
-        return await self._notify(work.services, work.old, work.new, work.secrets, work.direction)
+            return await self.pipeline.call_validators(
+                work.model, calls=self.calls, tracer=self.tracer, then=then
+            )
+        return await self._notify(work.services, work.old, work.new, work.secrets, work.direction, then)
 
     async def _notify(
-        self, services: Sequence[ServiceSpec], old: Any, new: Any, secrets: list[str], direction: str
+        self,
+        services: Sequence[ServiceSpec],
+        old: Any,
+        new: Any,
+        secrets: list[str],
+        direction: str,
+        then: Then | None = None,
     ) -> list[NotifyResult]:
         return await notify_services(
             services,
@@ -669,6 +678,7 @@ class OperationRunner(FleetFollowing, Concluding):
             tracer=self.tracer,
             direction=direction,
             secret_values=secrets,
+            then=then,
         )
 
     def _decide(

@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import CallOutcome, TurnCall, UserCalls
+from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
 
@@ -128,15 +128,18 @@ async def notify_services(
     tracer: trace.Tracer,
     direction: str = "forward",
     secret_values: Iterable[str] = (),
+    then: Then | None = None,
 ) -> list[NotifyResult]:
     """Call each service in the given order with (old, new), one span each; one result per service.
 
     Consecutive sync callbacks share one worker thread (one hop for them all), each within its own
-    timeout; an async callback runs on the loop between them."""
+    timeout; an async callback runs on the loop between them. ``then`` (the rest of an operation) is
+    run with the results in the last callbacks' thread when they are sync and all end on time; the
+    results returned are then the same."""
     secrets = list(secret_values)
     results: list[NotifyResult] = []
-    for is_async, group in itertools.groupby(specs, key=lambda spec: spec.async_callback):
-        run = list(group)
+    groups = [(is_async, list(group)) for is_async, group in itertools.groupby(specs, key=_is_async)]
+    for number, (is_async, run) in enumerate(groups):
         notifications = [
             _Notification(spec, old, new, direction, first=not results and index == 0, tracer=tracer)
             for index, spec in enumerate(run)
@@ -154,6 +157,12 @@ async def notify_services(
                     results.append(notification.finish(span, outcome, default_timeout, secrets))
                 notification.after()
             continue
+
+        finish = functools.partial(_finished, notifications, default_timeout, secrets)
+        handed: list[NotifyResult] = []
+        carry_on = None
+        if then is not None and number == len(groups) - 1:
+            carry_on = _handing_on(then, list(results), finish, handed)
         outcomes = await calls.call_in_turn(
             [
                 TurnCall(
@@ -166,11 +175,46 @@ async def notify_services(
                 for notification in notifications
             ],
             tracer,
+            carry_on,
         )
-        for notification, (outcome, span) in zip(notifications, outcomes, strict=True):
-            results.append(notification.finish(span, outcome, default_timeout, secrets))
-            span.end()
+        if then is not None and then.ran:
+            return handed  # built, and their spans ended, in the thread that ran ``then``
+        results += finish(outcomes)
     return results
+
+
+_Pairs = list[tuple[CallOutcome, trace.Span]]
+
+
+def _finished(
+    notifications: list[_Notification], default_timeout: float, secrets: list[str], pairs: _Pairs
+) -> list[NotifyResult]:
+    """The results of a turn's calls, their spans ended."""
+    done = []
+    for notification, (outcome, span) in zip(notifications, pairs, strict=True):
+        done.append(notification.finish(span, outcome, default_timeout, secrets))
+        span.end()
+    return done
+
+
+def _handing_on(
+    then: Then,
+    earlier: list[NotifyResult],
+    finish: Callable[[_Pairs], list[NotifyResult]],
+    handed: list[NotifyResult],
+) -> Callable[[_Pairs], None]:
+    """What the last turn's thread runs after its calls: every result (kept in ``handed`` for the
+    caller too), then ``then`` with them."""
+
+    def carry_on(pairs: _Pairs) -> None:
+        handed.extend([*earlier, *finish(pairs)])
+        then.run(list(handed))
+
+    return carry_on
+
+
+def _is_async(spec: ServiceSpec) -> bool:
+    return spec.async_callback
 
 
 _SPAN = "confledger.service_callback"

@@ -3,21 +3,24 @@
 A reload, a rollback, and following one change another instance decided are each written as a generator
 of plain blocking code: take the fleet's turn, read and check the source, append to the log. It yields
 only where user code has to run (:class:`RunValidators`, :class:`Notify`), and gets back what that code
-said. ``drive`` runs the generator in anyio worker threads, one hop for each stretch between two yields,
-and runs the user code each yield asks for as it always ran: sync functions in their worker-thread turn,
-under their own deadlines, async ones on the loop (``store.calls``).
+said. ``drive`` runs the generator in anyio worker threads and runs the user code each yield asks for as it
+always ran: sync functions in their worker-thread turn, under their own deadlines, async ones on the
+loop (``store.calls``). When a yield's user code is sync and ends on time, the thread that ran it runs the
+next stretch too (``store.calls.Then``); otherwise that stretch gets a hop of its own.
 
 Why a generator rather than async code with a thread hop per blocking step: on a busy event loop each
 hop waits behind every ready request several times (anyio's checkpoint, its limiter's checkpoint, the
 result's callback, the task's wake-up), and under load that waiting, not the work, is most of an
 operation's time. Here the hops are set by the user code alone: an operation with no validator and no
-service is one hop whatever it writes; one with both is three, plus the turns of the user code itself.
+service is one hop whatever it writes; one with sync validators and sync services is three (the first
+stretch, the validators with the next, the services with the last).
 The straight line stays one path, read top to bottom, whichever thread runs each stretch; a generator is
 never resumed by two threads at once (``drive`` waits for each stretch before the next).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -26,6 +29,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from confledger.store.calls import Then
 from confledger.store.services import ServiceSpec
 from confledger.store.validation import Findings, ModelResult, ValidationOutcome, ValidationPipeline
 
@@ -64,28 +68,41 @@ def validated(pipeline: ValidationPipeline, model: ModelResult) -> Steps[Validat
     return pipeline.outcome(model, findings, started)
 
 
-async def drive(steps: Steps[T], perform: Callable[[Work], Awaitable[Any]]) -> T:
+async def drive(steps: Steps[T], perform: Callable[[Work, Then], Awaitable[Any]]) -> T:
     """Run ``steps`` to its end: each stretch in a worker thread, each yield's user code by ``perform``.
 
-    An exception ``perform`` raises is thrown into the generator at its yield, as an awaited call would
-    raise it there. If the caller is cancelled between two stretches, the generator is closed in a
-    worker thread (shielded), so its ``finally`` clauses (releasing the fleet's turn) run off the loop.
+    ``perform`` is offered the next stretch as a ``Then``: when the user code ends in sync calls that
+    all end on time, their worker thread runs the stretch straight after them (one hop for both).
+    Otherwise the stretch gets a hop of its own, sent what ``perform`` returned. An exception ``perform``
+    raises is thrown into the generator at its yield, as an awaited call would raise it there. If the
+    caller is cancelled between two stretches, the generator is closed in a worker thread (shielded),
+    so its ``finally`` clauses (releasing the fleet's turn) run off the loop.
     """
-    sent: Any = None
-    thrown: Exception | None = None
+    then: Then | None = None
     try:
+        advanced = await anyio.to_thread.run_sync(_advance, steps, None, None)
         while True:
-            done, value = await anyio.to_thread.run_sync(_advance, steps, sent, thrown)
+            done, value = advanced
             if done:
                 return value  # type: ignore[no-any-return]
-            sent, thrown = None, None
+            then = Then(functools.partial(_advance, steps, thrown=None))
             try:
-                sent = await perform(value)
+                answer = await perform(value, then)
             except Exception as exc:
-                thrown = exc
+                if then.ran:  # the stretch ran already: its outcome is the one that counts
+                    raise
+                advanced = await anyio.to_thread.run_sync(_advance, steps, None, exc)
+                continue
+            if then.ran:
+                advanced = then.result()
+            else:
+                advanced = await anyio.to_thread.run_sync(_advance, steps, answer, None)
     finally:
-        if inspect.getgeneratorstate(steps) != inspect.GEN_CLOSED:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if then is not None and then.running:
+                # Cancelled while the user code's thread ran the stretch: it is not to be closed under it.
+                await anyio.to_thread.run_sync(then.wait)
+            if inspect.getgeneratorstate(steps) != inspect.GEN_CLOSED:
                 await anyio.to_thread.run_sync(steps.close)
 
 

@@ -23,7 +23,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
-from confledger.store.calls import CallOutcome, TurnCall, UserCalls
+from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.secrets import ConfigPath, find_secret_paths
@@ -303,19 +303,35 @@ class ValidationPipeline:
         return model.config is not None and bool(self.validators)
 
     async def call_validators(
-        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
+        self,
+        model: ModelResult,
+        *,
+        calls: UserCalls,
+        tracer: trace.Tracer | None = None,
+        then: Then | None = None,
     ) -> list[Findings]:
-        """What each custom validator found in ``model``'s config, in order."""
+        """What each custom validator found in ``model``'s config, in order. ``then`` (the rest of an
+        operation) is run with them in the last validators' thread when they are sync and all end on
+        time; the findings returned are then the same."""
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         findings: list[Findings] = []
         # Consecutive sync validators share one worker thread (one hop), each with its own deadline.
-        for is_async, group in itertools.groupby(self.validators, key=lambda spec: spec.is_async):
-            specs = list(group)
+        groups = [
+            (is_async, list(group)) for is_async, group in itertools.groupby(self.validators, key=_is_async)
+        ]
+        for number, (is_async, specs) in enumerate(groups):
             if is_async:
-                found = [await self._run(spec, model.config, calls, tracer) for spec in specs]
-            else:
-                found = await self._run_in_turn(specs, model.config, calls, tracer)
-            findings += [Findings(spec.name, *each) for spec, each in zip(specs, found, strict=True)]
+                for spec in specs:
+                    findings.append(Findings(spec.name, *await self._run(spec, model.config, calls, tracer)))
+                continue
+            handed: list[Findings] = []
+            carry_on = None
+            if then is not None and number == len(groups) - 1:
+                carry_on = functools.partial(self._hand_on, then, specs, list(findings), handed)
+            found = await self._run_in_turn(specs, model.config, calls, tracer, carry_on)
+            if then is not None and then.ran:
+                return handed  # made, and their spans ended, in the thread that ran ``then``
+            findings += found
         return findings
 
     def outcome(self, model: ModelResult, findings: Sequence[Findings], started: float) -> ValidationOutcome:
@@ -364,8 +380,13 @@ class ValidationPipeline:
         return errors, warnings, outcome.duration_ms
 
     async def _run_in_turn(
-        self, specs: Sequence[ValidatorSpec], config: Any, calls: UserCalls, tracer: trace.Tracer
-    ) -> list[tuple[list[str], list[str], float]]:
+        self,
+        specs: Sequence[ValidatorSpec],
+        config: Any,
+        calls: UserCalls,
+        tracer: trace.Tracer,
+        then: Callable[[list[tuple[CallOutcome, trace.Span]]], None] | None = None,
+    ) -> list[Findings]:
         """Sync validators in one worker thread, in order, each in its span."""
         outcomes = await calls.call_in_turn(
             [
@@ -379,14 +400,38 @@ class ValidationPipeline:
                 for spec in specs
             ],
             tracer,
+            then,
         )
+        return self._found(specs, outcomes)
+
+    def _found(
+        self, specs: Sequence[ValidatorSpec], outcomes: list[tuple[CallOutcome, trace.Span]]
+    ) -> list[Findings]:
+        """What a turn's validators found, their spans marked and ended."""
         found = []
         for spec, (outcome, span) in zip(specs, outcomes, strict=True):
             errors, warnings = _findings(spec, self._timeout(spec), outcome)
             _mark(span, errors, warnings)
             span.end()
-            found.append((errors, warnings, outcome.duration_ms))
+            found.append(Findings(spec.name, errors, warnings, outcome.duration_ms))
         return found
+
+    def _hand_on(
+        self,
+        then: Then,
+        specs: Sequence[ValidatorSpec],
+        earlier: list[Findings],
+        handed: list[Findings],
+        outcomes: list[tuple[CallOutcome, trace.Span]],
+    ) -> None:
+        """What the last turn's thread runs after its validators: every finding (kept in ``handed`` for
+        the caller too), then ``then`` with them."""
+        handed.extend([*earlier, *self._found(specs, outcomes)])
+        then.run(list(handed))
+
+
+def _is_async(spec: ValidatorSpec) -> bool:
+    return spec.is_async
 
 
 def _key(spec: ValidatorSpec) -> str:

@@ -267,3 +267,71 @@ async def test_a_turn_given_up_while_waiting_for_a_thread_never_runs_its_late_ca
     assert [outcome.timed_out for outcome in outcomes] == [True, False]
     assert ran == ["next"]  # the late one never ran; the next one did, once a thread was free
     assert calls.in_flight() == frozenset()
+
+
+# --- then: the rest of an operation, run in the turn's thread ---------------------------------------
+
+
+class Rest:
+    """A ``then`` that notes where it ran and what it was given."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.thread: int | None = None
+        self.values: list[object] = []
+
+    def __call__(self, pairs: list[tuple[CallOutcome, trace.Span]]) -> None:
+        self.thread = threading.get_ident()
+        self.values = [outcome.value for outcome, _span in pairs]
+        threading.Event().wait(self.seconds)
+
+
+async def test_then_runs_in_the_turns_thread_right_after_its_calls() -> None:
+    threads: list[int] = []
+    rest = Rest()
+    tracer = trace.get_tracer("test")
+    outcomes = await UserCalls(2).call_in_turn(
+        [TurnCall(f"k{n}", lambda n=n: threads.append(threading.get_ident()) or n, 1.0) for n in range(2)],
+        tracer,
+        rest,
+    )
+    assert rest.thread == threads[0] == threads[1] != threading.get_ident()
+    assert rest.values == [0, 1] == [outcome.value for outcome, _span in outcomes]
+
+
+async def test_a_lone_call_with_then_goes_through_a_turn() -> None:
+    rest = Rest()
+    await UserCalls(2).call_in_turn([TurnCall("k", returns, 1.0)], trace.get_tracer("test"), rest)
+    assert rest.values == ["value"]
+
+
+@pytest.mark.parametrize(
+    ("function", "timeout"),
+    [
+        (lambda: threading.Event().wait(0.3), 0.05),  # late: abandoned, the rest is the caller's
+        (hands_back_a_coroutine, 1.0),  # an awaitable is awaited on the loop: the rest waits there
+    ],
+)
+async def test_then_does_not_run_unless_every_call_ended_on_time_with_a_plain_value(
+    function: Any, timeout: float
+) -> None:
+    rest = Rest()
+    calls = UserCalls(2)
+    await calls.call_in_turn(
+        [TurnCall("first", returns, 1.0), TurnCall("second", function, timeout)],
+        trace.get_tracer("test"),
+        rest,
+    )
+    with anyio.fail_after(5):
+        while calls.in_flight():
+            await anyio.sleep(0.01)
+    assert rest.thread is None
+
+
+async def test_a_then_slower_than_the_calls_deadlines_is_waited_for_not_abandoned() -> None:
+    rest = Rest(seconds=0.3)
+    outcomes = await UserCalls(2).call_in_turn(
+        [TurnCall("quick", returns, 0.05)], trace.get_tracer("test"), rest
+    )
+    assert rest.values == ["value"]
+    assert not outcomes[0][0].timed_out

@@ -51,11 +51,14 @@ async def runner_on(
     instance: str = "unit",
     services: ServiceRegistry | None = None,
     notify_on_start: bool = True,
+    validators: list[Callable[[Any], Any]] | None = None,
 ) -> AsyncIterator[OperationRunner]:
     log = EventLog(f"sqlite:///{tmp_path / 'log.db'}", instance_id=instance, cipher=CIPHER)
     runner = OperationRunner(
         log,
-        pipeline=ValidationPipeline(None, [no_region], validator_timeout=5.0, max_items=50),
+        pipeline=ValidationPipeline(
+            None, [no_region] if validators is None else validators, validator_timeout=5.0, max_items=50
+        ),
         services=services if services is not None else ServiceRegistry(),
         calls=UserCalls(4),
         config_source=source,
@@ -177,6 +180,36 @@ async def test_one_reload_records_its_steps_in_order(
         applied = "config.applied" in events
         assert (runner.active is not before) is applied
         assert runner.running_operation_id is None
+
+
+@pytest.mark.parametrize(
+    ("validators", "services", "hops"),
+    [
+        ([], 0, 1),  # no user code: the whole reload, its reads and its commit, is one thread hop
+        ([no_region], 0, 2),  # the validators' turn, whose thread then runs the rest of the line
+        ([no_region], 2, 3),  # the first stretch, the validators' turn, the services' turn
+    ],
+)
+async def test_a_reload_takes_one_thread_hop_and_one_per_turn_of_user_code(
+    tmp_path: Path, validators: list[Callable[[Any], Any]], services: int, hops: int
+) -> None:
+    source = write(tmp_path / "config.json", {"region": "eu"})
+    async with runner_on(tmp_path, source, validators=validators) as runner:
+        for index in range(services):
+            runner.services.register(f"s{index}", accept)
+        made: list[str] = []
+        original = anyio.to_thread.run_sync
+
+        async def counting(function: Any, *args: Any, **kwargs: Any) -> Any:
+            made.append(getattr(function, "__name__", repr(function)))
+            return await original(function, *args, **kwargs)
+
+        write(source, {"region": "us"})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(anyio.to_thread, "run_sync", counting)
+            operation = await runner.reload()
+        assert operation.success
+        assert len(made) == hops, made
 
 
 async def test_the_start_is_durable_before_the_first_service_hears_of_the_change(tmp_path: Path) -> None:
