@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ class FleetFollowing:
     fleet_lock_wait: float
     after_follow: Callable[[], object] | None
     _apply_lock: anyio.Lock
+    _positions_lock: threading.Lock
     _known_head: int
     _unrecorded: list[NewEvent]
 
@@ -114,6 +116,11 @@ class FleetFollowing:
                 found.append((event, self.pipeline.check_model(stored.body)))
         return head, found
 
+    def _followed_to(self, position: int) -> None:
+        # Under the lock the appending threads move the positions with (``_noted_own``): never back.
+        with self._positions_lock:
+            self.followed = max(self.followed, position)
+
     def _follow_to_head(self, pending: _Pending | None = None) -> Steps[None]:
         """Every ``config.applied`` after ``followed`` (``pending``: as already read), in order; then
         the projections (``after_follow``) unless an append of this instance already folded them (its
@@ -129,10 +136,11 @@ class FleetFollowing:
             if event.instance_id != self.log.instance_id:
                 yield from self._follow_one(event, model)
                 appended = True
-            self.followed = event.position
-        moved = head > self.followed
-        self.followed = max(self.followed, head)
-        self._known_head = max(self._known_head, head)
+            self._followed_to(event.position)
+        with self._positions_lock:
+            moved = head > self.followed
+            self.followed = max(self.followed, head)
+            self._known_head = max(self._known_head, head)
         if (moved or applied) and not appended and self.after_follow is not None:
             self.after_follow()
 
@@ -190,7 +198,7 @@ class FleetFollowing:
         # and this change is handled: if its record fails, ``_unrecorded`` writes it, never a second
         # answer after a second look.
         self.active = new
-        self.followed = max(self.followed, event.position)
+        self._followed_to(event.position)
         batch = [NewEvent(notified(result, "forward", new.hash)) for result in results]
         batch.append(NewEvent(answer(outcome="failed" if failures else "applied", failures=failures)))
         try:

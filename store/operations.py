@@ -243,7 +243,7 @@ class OperationRunner(FleetFollowing, Concluding):
         with self._positions_lock:
             self._known_head = max(self._known_head, recorded[-1].position)
             if recorded[0].position == self.followed + 1:
-                self.followed = recorded[-1].position
+                self.followed = max(self.followed, recorded[-1].position)
         self.pins.appended(recorded)  # a rollback pins its config at once, before any catch-up
 
     def _close_unrecorded(self) -> None:
