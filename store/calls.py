@@ -72,13 +72,15 @@ class Then:
     """The rest of an operation's straight line (``store.steps``), offered to a turn's worker thread.
 
     Run there right after the turn's last call, when every call ended on time with a plain value, it
-    saves the operation a hop back to the loop and out again. Given the turn's answer (what ``function``
-    makes of the outcomes); what it returns or raises is kept for the loop (``result``). It runs at most
-    once; when it did not run, the caller runs the rest itself with the answer the turn returned.
+    saves the operation a hop back to the loop and out again. Given the caller's answer (``after``
+    makes it from the turn's outcomes and keeps it as ``answer``); what it returns or raises is kept for
+    the loop (``result``). It runs at most once; when it did not run, the caller runs the rest itself
+    with the answer the turn returned.
     """
 
     def __init__(self, function: Callable[[Any], Any]) -> None:
         self._function = function
+        self.answer: list[Any] = []
         self._value: Any = None
         self._error: BaseException | None = None
         self._started = False
@@ -92,6 +94,18 @@ class Then:
     def running(self) -> bool:
         """Started in a turn's thread and not yet ended (the waiting side was cancelled meanwhile)."""
         return self._started and not self._done.is_set()
+
+    def after(
+        self, earlier: Sequence[Any], finish: Callable[[list[tuple[CallOutcome, trace.Span]]], list[Any]]
+    ) -> Callable[[list[tuple[CallOutcome, trace.Span]]], None]:
+        """What a turn's thread runs after its calls: the caller's whole answer (``earlier``, then what
+        ``finish`` makes of this turn's outcomes), kept as ``answer``, then the rest with it."""
+
+        def carry_on(pairs: list[tuple[CallOutcome, trace.Span]]) -> None:
+            self.answer = [*earlier, *finish(pairs)]
+            self.run(self.answer)
+
+        return carry_on
 
     def run(self, answer: Any) -> None:
         self._started = True

@@ -57,10 +57,7 @@ _APPLICATION_NAME = "confledger"
 
 
 class FleetLease(Protocol):
-    # Whether letting go waits on anything but this process (a round trip to the server): such a
-    # release runs in a worker thread, the others on the caller's own (a file lock's is three syscalls).
-    release_waits: bool
-
+    # Released by the operation's worker thread, at the end of its straight line (``store.steps``).
     def release(self) -> None: ...
 
 
@@ -94,8 +91,6 @@ def _busy(holder: str | None, wait_s: float) -> FleetLockBusy:
 
 
 class _AdvisoryLease:
-    release_waits = True
-
     def __init__(self, lock: _AdvisoryLock, connection: Connection) -> None:
         self._lock: _AdvisoryLock | None = lock
         self._connection = connection
@@ -244,8 +239,6 @@ class _AdvisoryLock:
 
 
 class _FileLease:
-    release_waits = False
-
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
@@ -301,8 +294,6 @@ class _FileLock:
 
 
 class _ProcessLease:
-    release_waits = False
-
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
 

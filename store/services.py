@@ -159,10 +159,8 @@ async def notify_services(
             continue
 
         finish = functools.partial(_finished, notifications, default_timeout, secrets)
-        handed: list[NotifyResult] = []
-        carry_on = None
-        if then is not None and number == len(groups) - 1:
-            carry_on = _handing_on(then, list(results), finish, handed)
+        last = number == len(groups) - 1
+        carry_on = then.after(list(results), finish) if then is not None and last else None
         outcomes = await calls.call_in_turn(
             [
                 TurnCall(
@@ -178,7 +176,7 @@ async def notify_services(
             carry_on,
         )
         if then is not None and then.ran:
-            return handed  # built, and their spans ended, in the thread that ran ``then``
+            return then.answer  # built, and their spans ended, in the thread that ran ``then``
         results += finish(outcomes)
     return results
 
@@ -195,22 +193,6 @@ def _finished(
         done.append(notification.finish(span, outcome, default_timeout, secrets))
         span.end()
     return done
-
-
-def _handing_on(
-    then: Then,
-    earlier: list[NotifyResult],
-    finish: Callable[[_Pairs], list[NotifyResult]],
-    handed: list[NotifyResult],
-) -> Callable[[_Pairs], None]:
-    """What the last turn's thread runs after its calls: every result (kept in ``handed`` for the
-    caller too), then ``then`` with them."""
-
-    def carry_on(pairs: _Pairs) -> None:
-        handed.extend([*earlier, *finish(pairs)])
-        then.run(list(handed))
-
-    return carry_on
 
 
 def _is_async(spec: ServiceSpec) -> bool:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import anyio
 from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
@@ -283,21 +282,6 @@ class ValidationPipeline:
         digest = self.hasher(normalised, secret_paths)
         return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
 
-    async def validate(
-        self, body: Mapping[str, Any], *, calls: UserCalls, tracer: trace.Tracer | None = None
-    ) -> ValidationOutcome:
-        """Validate ``body``: the model first (in a worker thread), then each validator in order."""
-        model = await anyio.to_thread.run_sync(self.check_model, body)
-        return await self.run_validators(model, calls=calls, tracer=tracer)
-
-    async def run_validators(
-        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
-    ) -> ValidationOutcome:
-        """Each custom validator in order on what the model accepted; the outcome of the whole validation."""
-        started = time.perf_counter()
-        found = await self.call_validators(model, calls=calls, tracer=tracer) if self.calls_for(model) else []
-        return self.outcome(model, found, started)
-
     def calls_for(self, model: ModelResult) -> bool:
         """Whether validating ``model`` calls any custom validator (none runs on what the model refused)."""
         return model.config is not None and bool(self.validators)
@@ -324,13 +308,12 @@ class ValidationPipeline:
                 for spec in specs:
                     findings.append(Findings(spec.name, *await self._run(spec, model.config, calls, tracer)))
                 continue
-            handed: list[Findings] = []
-            carry_on = None
-            if then is not None and number == len(groups) - 1:
-                carry_on = functools.partial(self._hand_on, then, specs, list(findings), handed)
+            last = number == len(groups) - 1
+            finish = functools.partial(self._found, specs)
+            carry_on = then.after(list(findings), finish) if then is not None and last else None
             found = await self._run_in_turn(specs, model.config, calls, tracer, carry_on)
             if then is not None and then.ran:
-                return handed  # made, and their spans ended, in the thread that ran ``then``
+                return then.answer  # made, and their spans ended, in the thread that ran ``then``
             findings += found
         return findings
 
@@ -415,19 +398,6 @@ class ValidationPipeline:
             span.end()
             found.append(Findings(spec.name, errors, warnings, outcome.duration_ms))
         return found
-
-    def _hand_on(
-        self,
-        then: Then,
-        specs: Sequence[ValidatorSpec],
-        earlier: list[Findings],
-        handed: list[Findings],
-        outcomes: list[tuple[CallOutcome, trace.Span]],
-    ) -> None:
-        """What the last turn's thread runs after its validators: every finding (kept in ``handed`` for
-        the caller too), then ``then`` with them."""
-        handed.extend([*earlier, *self._found(specs, outcomes)])
-        then.run(list(handed))
 
 
 def _is_async(spec: ValidatorSpec) -> bool:

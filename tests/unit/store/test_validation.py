@@ -18,9 +18,11 @@ from pydantic import BaseModel, RootModel, SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
 from confledger.store import config_hash
-from confledger.store.calls import UserCalls
+from confledger.store.calls import Then, UserCalls
+from confledger.store.steps import RunValidators, Steps, Work, drive, validated
 from confledger.store.validation import (
     MAX_ITEM_CHARS,
+    ValidationOutcome,
     ValidationPipeline,
     ValidatorSpec,
     _reveal,
@@ -65,7 +67,17 @@ def make_pipeline(
 
 
 async def validate(pipeline: ValidationPipeline, body: dict[str, Any]) -> Any:
-    return await pipeline.validate(body, calls=UserCalls(4))
+    """``body`` through the model and the validators, as an operation's straight line validates it."""
+    calls = UserCalls(4)
+
+    async def perform(work: Work, then: Then) -> Any:
+        assert isinstance(work, RunValidators)
+        return await pipeline.call_validators(work.model, calls=calls, then=then)
+
+    def line() -> Steps[ValidationOutcome]:
+        return (yield from validated(pipeline, pipeline.check_model(body)))
+
+    return await drive(line(), perform)
 
 
 # --- the model ---------------------------------------------------------------------------------------
