@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import Then, UserCalls
+from confledger.store.calls import Then
 from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
-from confledger.store.fleet import FleetLock
 from confledger.store.log import EventLog, PreparedConfig
 from confledger.store.operation_record import ActiveConfig, failures_of, notified
 from confledger.store.services import ServiceRegistry
@@ -59,12 +57,8 @@ class FleetFollowing:
     log: EventLog
     pipeline: ValidationPipeline
     services: ServiceRegistry
-    calls: UserCalls
-    tracer: trace.Tracer
     active: ActiveConfig | None
     followed: int
-    fleet_lock: FleetLock
-    fleet_lock_wait: float
     after_follow: Callable[[], object] | None
     _apply_lock: anyio.Lock
     _positions_lock: threading.Lock
