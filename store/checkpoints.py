@@ -9,6 +9,7 @@ are dropped quietly, once, as a stale cache.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,14 @@ from confledger.store.integrity import IntegrityKeys
 from confledger.store.schema import projection_checkpoints
 from confledger.store.upsert import upsert
 
-__all__ = ["Checkpoint", "checkpoint_holds", "load_checkpoint", "save_checkpoint", "sorted_checkpoints"]
+__all__ = [
+    "Checkpoint",
+    "StoredCheckpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+    "sorted_checkpoints",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +55,12 @@ class _EncodedJSON(sa.types.TypeDecorator[str]):
         return None
 
 
-def _mac_text(checkpoint: Checkpoint, state_text: str) -> str:
+def _mac_text(checkpoint: Checkpoint | StoredCheckpoint, state_text: str) -> str:
     """The canonical JSON of ``{name, position, state, version}``, with the state's canonical text set in.
 
-    The MAC covers the state as the JSON column gives it back, so one made at save time holds for the
-    state read back. The column stores the state's canonical JSON (the engine's serializer), and canonical
-    JSON parsed and encoded again is the same text: so the saved state's own canonical text is the text
-    of the state as read back (a tuple is a list in both), and a save encodes the state once for its
-    MAC, where a JSON round trip and a second encoding cost three passes over a history window of
-    hundreds of operations. Canonical JSON nests as it stands alone, so the text is set in among the
-    other members' (sorted keys: ``state`` comes before ``version``, the last member).
+    A save MACs the text it stores: the state is encoded once, and canonical JSON nests as it stands
+    alone, so the text is set in among the other members' (sorted keys: ``state`` comes before
+    ``version``, the last member).
     """
     head, separator, version = canonical_json(
         {"name": checkpoint.name, "position": checkpoint.position, "version": checkpoint.version}
@@ -64,49 +68,94 @@ def _mac_text(checkpoint: Checkpoint, state_text: str) -> str:
     return f'{head},"state":{state_text}{separator}{version}'
 
 
-def checkpoint_holds(checkpoint: Checkpoint, mac: str | None, keys: IntegrityKeys | None) -> bool:
-    """Whether ``checkpoint``, as read from the database, may be used: always in a keyless log, else
-    only when its MAC holds."""
-    if keys is None:
-        return True
-    return keys.record_mac_of_text_holds(
-        "checkpoint", _mac_text(checkpoint, canonical_json(checkpoint.state)), mac
-    )
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint row as the database holds it, its state still the text of the column."""
+
+    name: str
+    version: int
+    position: int
+    state_text: str
+    mac: str | None
+
+    def holds(self, keys: IntegrityKeys | None) -> bool:
+        """Whether it may be used: always in a keyless log, else only when its MAC holds.
+
+        The MAC is checked on the stored text as it is. A save MACs the very text it stores, and
+        PostgreSQL's ``json`` keeps the text it was given, so the state (a history window can be half a
+        megabyte) is neither parsed nor encoded again to check it: doing so twice per checkpoint was
+        most of a start-up. Text that is not the canonical text it holds (spaced by hand, or written by
+        a release that let another serializer write the column) is checked as its canonical encoding;
+        an edited state fails both ways.
+        """
+        if keys is None:
+            return True
+        if keys.record_mac_of_text_holds("checkpoint", _mac_text(self, self.state_text), self.mac):
+            return True
+        try:
+            canonical = canonical_json(json.loads(self.state_text))
+        except ValueError:
+            return False
+        return canonical != self.state_text and keys.record_mac_of_text_holds(
+            "checkpoint", _mac_text(self, canonical), self.mac
+        )
+
+    def decoded(self) -> Checkpoint:
+        """The checkpoint with its state parsed; ``ValueError`` when the text is not JSON."""
+        return Checkpoint(self.name, self.version, self.position, json.loads(self.state_text))
 
 
-def _checkpoint(name: str, row: Any) -> Checkpoint:
-    return Checkpoint(name=name, version=int(row.version), position=int(row.position), state=row.state)
+# The state read as the text the column holds (``holds``): a CAST, because psycopg parses a ``json``
+# value it is handed, and SQLite's text comes back as it is either way.
+_STORED = sa.select(
+    projection_checkpoints.c.name,
+    projection_checkpoints.c.version,
+    projection_checkpoints.c.position,
+    sa.cast(projection_checkpoints.c.state, sa.Text).label("state_text"),
+    projection_checkpoints.c.mac,
+)
+
+
+def _stored(row: Any) -> StoredCheckpoint:
+    return StoredCheckpoint(str(row.name), int(row.version), int(row.position), str(row.state_text), row.mac)
+
+
+def read_checkpoint(connection: Connection, name: str) -> StoredCheckpoint | None:
+    """The checkpoint row ``name`` as stored, unchecked; None when there is none."""
+    row = connection.execute(_STORED.where(projection_checkpoints.c.name == name)).first()
+    return None if row is None else _stored(row)
 
 
 def load_checkpoint(
     connection: Connection, name: str, keys: IntegrityKeys | None = None
 ) -> Checkpoint | None:
-    """The checkpoint ``name``; None when there is none or (in a keyed log) its MAC does not hold."""
-    row = connection.execute(
-        sa.select(projection_checkpoints).where(projection_checkpoints.c.name == name)
-    ).first()
-    if row is None:
+    """The checkpoint ``name``; None when there is none, when (in a keyed log) its MAC does not hold, or
+    when its state is not JSON (a damaged row: a cache to fold again, not a reason to fail)."""
+    stored = read_checkpoint(connection, name)
+    if stored is None or not stored.holds(keys):
         return None
-    checkpoint = _checkpoint(name, row)
-    return checkpoint if checkpoint_holds(checkpoint, row.mac, keys) else None
+    try:
+        return stored.decoded()
+    except ValueError:
+        return None
 
 
 def sorted_checkpoints(
     connection: Connection, keys: IntegrityKeys | None, keyed_from: int | None
-) -> tuple[list[Checkpoint], list[Checkpoint]]:
+) -> tuple[list[StoredCheckpoint], list[StoredCheckpoint]]:
     """Every checkpoint, sorted into those that may be used and those whose MAC does not hold (forged).
 
-    One pass, one MAC per checkpoint: start-up asks both questions of every checkpoint. Checkpoints of
-    before the log was keyed (no MAC, a position below ``keyed_from``) are in neither list: a stale
-    cache, not a forgery, and not usable either."""
-    usable: list[Checkpoint] = []
-    forged: list[Checkpoint] = []
-    for row in connection.execute(sa.select(projection_checkpoints).order_by(projection_checkpoints.c.name)):
-        checkpoint = _checkpoint(str(row.name), row)
-        if checkpoint_holds(checkpoint, row.mac, keys):
-            usable.append(checkpoint)
-        elif not (row.mac is None and keyed_from is not None and checkpoint.position < keyed_from):
-            forged.append(checkpoint)
+    One pass, one MAC per checkpoint, no state parsed: start-up asks both questions of every
+    checkpoint. Checkpoints of before the log was keyed (no MAC, a position below ``keyed_from``) are in
+    neither list: a stale cache, not a forgery, and not usable either."""
+    usable: list[StoredCheckpoint] = []
+    forged: list[StoredCheckpoint] = []
+    for row in connection.execute(_STORED.order_by(projection_checkpoints.c.name)):
+        stored = _stored(row)
+        if stored.holds(keys):
+            usable.append(stored)
+        elif not (stored.mac is None and keyed_from is not None and stored.position < keyed_from):
+            forged.append(stored)
     return usable, forged
 
 

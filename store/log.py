@@ -33,11 +33,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
 from confledger.store.chain import HEAD, VerifyReport, link_of
-from confledger.store.checkpoints import (
-    Checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from confledger.store.checkpoints import Checkpoint, read_checkpoint, save_checkpoint
 from confledger.store.configs import (
     CONFIG_ROW,
     ConfigWrites,
@@ -714,22 +710,33 @@ class EventLog:
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
-        """The checkpoint ``name``; None also when (in a keyed log) its MAC does not hold: the fold then
-        starts from position 0 rather than from an edited state."""
+        """The checkpoint ``name``; None also when (in a keyed log) its MAC does not hold or its state is
+        not JSON: the fold then starts from position 0 rather than from an edited or damaged state."""
         keys = self.integrity().keys
         with self._read() as connection:
-            checkpoint = load_checkpoint(connection, name, keys)
-            if checkpoint is None and keys is not None:
-                stored = load_checkpoint(connection, name)
-                if stored is not None:
-                    # Said like the runner's own discards, so an operator sees every one alike.
-                    logger.warning(
-                        "checkpoint %r at position %d cannot be read (its MAC does not hold: changed outside "
-                        "confledger, or written before the log was keyed): discarded, folding from position 0",
-                        name,
-                        stored.position,
-                    )
-            return checkpoint
+            stored = read_checkpoint(connection, name)
+        if stored is None:
+            return None
+        # Each discard said like the runner's own, so an operator sees every one alike.
+        if not stored.holds(keys):
+            logger.warning(
+                "checkpoint %r at position %d cannot be read (its MAC does not hold: changed outside "
+                "confledger, or written before the log was keyed): discarded, folding from position 0",
+                name,
+                stored.position,
+            )
+            return None
+        try:
+            return stored.decoded()
+        except ValueError as exc:
+            logger.warning(
+                "checkpoint %r at position %d cannot be read (its state is not JSON: %s): discarded, "
+                "folding from position 0",
+                name,
+                stored.position,
+                exc,
+            )
+            return None
 
     def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
         """Upsert projection checkpoints, all in one transaction. Not part of the log: a checkpoint is a

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.store import Checkpoint, EventLog, NewEvent, OperationKind, SecretCipher, Trigger
 from confledger.store.canonical import canonical_json
-from confledger.store.events import OperationStarted
+from confledger.store.events import InstanceStarted, OperationStarted
 from tests.benchmarks.logbuilder import build_log
 
 pytestmark = pytest.mark.anyio
@@ -243,6 +244,29 @@ async def test_a_damaged_checkpoint_is_discarded_by_the_service_and_the_cli_alik
     head = folded.log.head()
     assert service == states(folded_from_zero(folded.log, until=next(iter(service.values()))[0]))
     assert cli == states(folded_from_zero(folded.log, until=head))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_checkpoint_whose_stored_text_is_not_json_is_discarded_in_a_keyless_log(
+    database_url: str, warnings: Warnings, name: str
+) -> None:
+    # Keyless, so no MAC catches it first (a keyed log reports it as changed: test_integrity.py).
+    if database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's json type refuses text that is not JSON")
+    with EventLog(database_url, instance_id="keyless") as log:
+        for pid in range(3):
+            log.append([NewEvent(InstanceStarted(version="0.1.0", host="h", pid=pid))])
+        ProjectionSet(log, service_projections(log)).stop()  # stopping checkpoints every projection
+        with log.engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE projection_checkpoints SET state = '{\"cut\": [1, 2' WHERE name = :name"),
+                {"name": name},
+            )
+        projections = service_projections(log)
+        ProjectionSet(log, projections).start()
+        assert discarded(warnings, name) == 1
+        assert any("not JSON" in message for message in warnings.messages)
+        assert states(projections) == states(folded_from_zero(log, until=log.head()))
 
 
 def discarded(warnings: Warnings, name: str) -> int:

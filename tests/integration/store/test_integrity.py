@@ -177,6 +177,49 @@ def test_an_edited_checkpoint_is_found_and_never_restored(
     assert_found(open_keyed, keyed, "checkpoint_mac")
 
 
+def stored_state(log: EventLog, name: str) -> str:
+    with log.engine.connect() as connection:
+        return str(
+            connection.execute(
+                sa.select(sa.cast(projection_checkpoints.c.state, sa.Text)).where(
+                    projection_checkpoints.c.name == name
+                )
+            ).scalar_one()
+        )
+
+
+def set_stored_state(log: EventLog, name: str, text: str) -> None:
+    # As text, past the column's serializer: what is in the row is exactly ``text``.
+    with log.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE projection_checkpoints SET state = :text WHERE name = :name"),
+            {"text": text, "name": name},
+        )
+
+
+def test_a_checkpoint_whose_state_is_not_json_is_found_and_never_restored(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    if keyed.dialect == "postgresql":
+        pytest.skip("PostgreSQL's json type refuses text that is not JSON")
+    set_stored_state(keyed, "stats", '{"count": 8')  # cut short, as a torn write leaves it
+    assert keyed.load_checkpoint("stats") is None
+    assert_found(open_keyed, keyed, "checkpoint_mac")
+
+
+def test_a_checkpoint_stored_with_other_spacing_still_holds(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    # The same state, spaced as another serializer writes it (an older release let the column's own
+    # serializer write the text): its MAC holds for its canonical encoding, and it is restored.
+    canonical = stored_state(keyed, "stats")
+    set_stored_state(keyed, "stats", canonical.replace(":", ": ").replace(",", ", "))
+    assert stored_state(keyed, "stats") != canonical
+    assert keyed.load_checkpoint("stats") == Checkpoint("stats", 1, EVENTS_IN_LOG, {"count": EVENTS_IN_LOG})
+    reopened = open_keyed()
+    assert reopened.check_integrity().ok
+
+
 def test_a_lowered_anchor_file_is_found(
     open_keyed: Callable[..., EventLog], keyed: EventLog, anchor: Path
 ) -> None:
