@@ -210,6 +210,14 @@ def load_config(
     if row is None:
         raise UnknownConfigHash(f"no stored config has the hash {full_hash[:64]}")
     stored_body, size_bytes, first_position, created_at, hash_version = row
+    if not isinstance(stored_body, dict):
+        # A body is always stored as an object: anything else (other JSON, or text that is not JSON,
+        # ``UnreadableJSON``) was written into the row by hand.
+        raise ConfigBodyMismatch(
+            f"the stored body of config {full_hash[:16]} is not a JSON object: it was changed in the "
+            "database; it is not applied",
+            config_hash=full_hash,
+        )
     created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
     paths = frozenset(sealed_paths(stored_body))
     version = int(hash_version)

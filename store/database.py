@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "LogWriter",
     "SqliteSynchronous",
+    "UnreadableJSON",
     "connection_lost",
     "create_store_engine",
     "describe_url",
@@ -85,6 +86,26 @@ def _redact_url_text(text: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", text)
 
 
+class UnreadableJSON(str):
+    """A JSON column's stored text that is not JSON (a row edited by hand, or torn), handed on as that
+    text instead of raised from the row's decoding.
+
+    Every reader of a JSON column checks what it got (a MAC, a hash, an object where one belongs) and
+    reports a row that does not hold, with its reason code, like any other edited row: ``verify`` and
+    start-up's check say ``config_body_mismatch`` or ``key_record`` rather than stopping at a bare
+    ``JSONDecodeError``. Only SQLite can hold such text: PostgreSQL's ``json`` refuses it.
+    """
+
+    __slots__ = ()
+
+
+def _json_or_unreadable(text: str | bytes) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return UnreadableJSON(text if isinstance(text, str) else text.decode("utf-8", "replace"))
+
+
 def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
@@ -99,7 +120,7 @@ def create_store_engine(
 ) -> Engine:
     common: dict[str, Any] = {
         "json_serializer": canonical_json,
-        "json_deserializer": json.loads,
+        "json_deserializer": _json_or_unreadable,
     }
     if url.get_backend_name() == "sqlite":
         connect_args: dict[str, Any] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}

@@ -254,6 +254,21 @@ def test_an_edited_body_is_found_and_never_handed_out(
     assert report.code == "config_body_mismatch"
 
 
+def test_a_stored_body_that_is_not_json_is_found_and_never_handed_out(keyed: EventLog) -> None:
+    if keyed.dialect == "postgresql":
+        pytest.skip("PostgreSQL's json type refuses text that is not JSON")
+    with keyed.engine.connect() as connection:
+        (full_hash,) = connection.execute(sa.select(config_versions.c.hash)).one()
+    with keyed.engine.begin() as connection:
+        connection.execute(sa.text('UPDATE config_versions SET body = \'{"name": "sh\''))
+    for reveal in (True, False):  # applying it, and showing it sealed
+        with pytest.raises(ConfigBodyMismatch) as refused:
+            keyed.get_config(full_hash, reveal=reveal)
+        assert refused.value.code == "config_body_mismatch"
+    report = keyed.verify()  # a report naming the body, not a JSONDecodeError
+    assert (report.ok, report.code, report.config_hash) == (False, "config_body_mismatch", full_hash)
+
+
 def test_an_edited_key_record_is_found(open_keyed: Callable[..., EventLog], keyed: EventLog) -> None:
     # Moving keyed_from past the head would let a forger write keyless links; its MAC stops that.
     with keyed.engine.begin() as connection:
