@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from confledger.store import Checkpoint, EventLog, NewEvent, SecretCipher
 from confledger.store.chain import chain_hash
-from confledger.store.errors import ConfigBodyMismatch, IntegrityFailed, IntegrityKeyError
+from confledger.store.errors import ConfigBodyMismatch, EventSchemaError, IntegrityFailed, IntegrityKeyError
 from confledger.store.events import ConfigApplied, InstanceStarted
 from confledger.store.integrity import LINK_HMAC, IntegrityKeys, config_hash_as
 from confledger.store.schema import config_versions, events, integrity_records, projection_checkpoints
@@ -142,6 +142,18 @@ def test_a_rewritten_tail_with_recomputed_keyless_hashes_is_found(
     report = keyed.verify()
     assert report.first_broken_position == TAMPERED
     assert_found(open_keyed, keyed, code)
+
+
+def test_an_event_payload_that_is_not_json_is_found_where_it_is(keyed: EventLog) -> None:
+    if keyed.dialect == "postgresql":
+        pytest.skip("PostgreSQL's json type refuses text that is not JSON")
+    with keyed.engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE events SET payload = '{{\"pid\": 1' WHERE position = {TAMPERED}"))
+    report = keyed.verify()  # a broken link at that event, not a JSONDecodeError out of the row
+    assert (report.code, report.first_broken_position) == ("link_mismatch", TAMPERED)
+    with pytest.raises(EventSchemaError) as refused:  # and reading it is refused with a reason code
+        keyed.read(TAMPERED - 1, limit=1)
+    assert refused.value.code == "invalid_payload"
 
 
 def test_a_deleted_tail_with_its_checkpoints_dropped_is_found_by_the_anchor(
