@@ -334,10 +334,17 @@ def verify_command(database: DatabaseOption = None, as_json: JsonOption = False)
             Text(f"ok: the chain holds ({report.checked} events verified, head {report.head})", style="green")
         )
     if not report.ok:
+        # The reason code beside the words: it is what the runbook, /readyz and the service's log name.
+        broken = report.first_broken_position
+        where, verified = (
+            ("integrity check failed", "verified")
+            if broken is None
+            else (f"chain broken at position {broken}", "verified before it")
+        )
         err.print(
             Text(
-                f"chain broken at position {report.first_broken_position}: {report.reason} "
-                f"({report.checked} events verified before it, head {report.head})",
+                f"{where} ({report.code}): {report.reason} "
+                f"({report.checked} events {verified}, head {report.head})",
                 style="red",
             ),
             soft_wrap=True,

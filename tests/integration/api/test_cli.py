@@ -529,7 +529,7 @@ def test_verify_names_the_first_tampered_position(sqlite_url: str, tmp_path: Pat
     assert report["ok"] is False
     assert report["first_broken_position"] == 4
     assert report["checked"] == 3
-    assert "chain broken at position 4" in result.stderr
+    assert f"chain broken at position 4 ({report['code']}):" in result.stderr
     table = invoke("verify", *story.db())
     assert table.exit_code == 1
     assert "position 4" in table.stderr
