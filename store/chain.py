@@ -11,6 +11,7 @@ scheme and recompute it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,6 +129,34 @@ class VerifyReport:
             )
 
 
+# Every column as stored, the payload as the text the column holds (``_link_holds``): a CAST, because
+# psycopg parses a ``json`` value, and PostgreSQL's ``json`` keeps the text it was given.
+_STORED_ROWS = sa.select(
+    *(
+        sa.cast(column, sa.Text).label(column.name) if column is events.c.payload else column
+        for column in events.columns
+    )
+)
+
+
+def _link_holds(row: Mapping[str, Any], version: int, keys: IntegrityKeys | None) -> bool:
+    """Whether the stored hash is the link of the row, its payload given as the text the column holds.
+
+    An append stores the very text its link covers (``link_message``'s ``payload_text``), so the
+    stored text is linked as it is: no parsing and encoding again of every payload of the log. Text that
+    is not the canonical text it holds (spaced by hand, or written by a release whose serializer spaced
+    it) is linked as its canonical encoding; an edited payload fails both ways.
+    """
+    stored = row["payload"]
+    if link_of(row, version, keys, stored) == row["hash"]:
+        return True
+    try:
+        canonical = canonical_json(json.loads(stored))
+    except ValueError:
+        return False  # not JSON at all (SQLite takes any text): the row was edited
+    return canonical != stored and link_of(row, version, keys, canonical) == row["hash"]
+
+
 def head_of(connection: Connection) -> tuple[int, str]:
     """The newest position and its hash; ``(0, GENESIS_HASH)`` for an empty log."""
     row = connection.execute(HEAD).first()
@@ -153,10 +182,7 @@ def verify_chain(
     head = head_of(connection)[0]
     while True:
         rows = connection.execute(
-            sa.select(events)
-            .where(events.c.position > after)
-            .order_by(events.c.position)
-            .limit(_VERIFY_BATCH)
+            _STORED_ROWS.where(events.c.position > after).order_by(events.c.position).limit(_VERIFY_BATCH)
         ).all()
         for row in rows:
             position = int(row.position)
@@ -174,7 +200,7 @@ def verify_chain(
                 )
             elif version == LINK_HMAC and keyed_from is None:
                 failure = ("link_downgraded", "a keyed link in a log that has no key record")
-            elif link_of(row._asdict(), version, keys) != row.hash:
+            elif not _link_holds(row._asdict(), version, keys):
                 failure = ("link_mismatch", "stored hash does not match the event's contents")
             if failure is not None:
                 return VerifyReport(False, checked, head, position, failure[1], failure[0])

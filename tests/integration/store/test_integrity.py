@@ -5,6 +5,7 @@ lowered, edited or dropped, a body edited. Each is found by ``verify`` and by st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,33 @@ def test_an_event_payload_that_is_not_json_is_found_where_it_is(keyed: EventLog)
     with pytest.raises(EventSchemaError) as refused:  # and reading it is refused with a reason code
         keyed.read(TAMPERED - 1, limit=1)
     assert refused.value.code == "invalid_payload"
+
+
+def test_an_event_payload_stored_with_other_spacing_still_verifies(keyed: EventLog) -> None:
+    # The same payload spaced as another serializer writes it (an older release's rows): the link is
+    # checked on the stored text first, then on its canonical encoding, which is what it covers.
+    with keyed.engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(sa.cast(events.c.payload, sa.Text)).where(events.c.position == TAMPERED)
+        ).scalar_one()
+    respaced = json.dumps(json.loads(stored), indent=1)
+    assert respaced != stored
+    with keyed.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE events SET payload = :text WHERE position = :position"),
+            {"text": respaced, "position": TAMPERED},
+        )
+    assert keyed.verify().ok
+    # A changed value under the same spacing is still a broken link.
+    edited = respaced.replace(f'"pid": {TAMPERED - 2}', '"pid": 99')
+    assert edited != respaced
+    with keyed.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE events SET payload = :text WHERE position = :position"),
+            {"text": edited, "position": TAMPERED},
+        )
+    report = keyed.verify()
+    assert (report.code, report.first_broken_position) == ("link_mismatch", TAMPERED)
 
 
 def test_a_deleted_tail_with_its_checkpoints_dropped_is_found_by_the_anchor(
