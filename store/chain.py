@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from confledger.store.canonical import GENESIS_HASH, canonical_json, sha256_hex
+from confledger.store.database import StoredTime
 from confledger.store.errors import ChainBroken
 from confledger.store.integrity import LINK_HMAC, LINK_SHA256, IntegrityKeys
 from confledger.store.schema import events
@@ -131,9 +132,15 @@ class VerifyReport:
 
 # Every column as stored, the payload as the text the column holds (``_link_holds``): a CAST, because
 # psycopg parses a ``json`` value, and PostgreSQL's ``json`` keeps the text it was given.
+# A time that is none (SQLite keeps any text in any column) comes back as ``UnreadableTime``: its row's
+# link then cannot hold, and is reported at its position rather than raised out of the whole batch.
 _STORED_ROWS = sa.select(
     *(
-        sa.cast(column, sa.Text).label(column.name) if column is events.c.payload else column
+        sa.cast(column, sa.Text).label(column.name)
+        if column is events.c.payload
+        else sa.type_coerce(column, StoredTime()).label(column.name)
+        if column is events.c.occurred_at
+        else column
         for column in events.columns
     )
 )
@@ -147,14 +154,16 @@ def _link_holds(row: Mapping[str, Any], version: int, keys: IntegrityKeys | None
     is not the canonical text it holds (spaced by hand, or written by a release whose serializer spaced
     it) is linked as its canonical encoding; an edited payload fails both ways.
     """
-    stored = row["payload"]
-    if link_of(row, version, keys, stored) == row["hash"]:
-        return True
+    stored: str = row["payload"]
+    expected: str = row["hash"]
     try:
+        if link_of(row, version, keys, stored) == expected:
+            return True
         canonical = canonical_json(json.loads(stored))
-    except ValueError:
-        return False  # not JSON at all (SQLite takes any text): the row was edited
-    return canonical != stored and link_of(row, version, keys, canonical) == row["hash"]
+        return canonical != stored and link_of(row, version, keys, canonical) == expected
+    except (AttributeError, TypeError, ValueError):
+        # Not JSON, or a value not of its column's type (SQLite keeps any text): the row was edited.
+        return False
 
 
 def head_of(connection: Connection) -> tuple[int, str]:
@@ -186,8 +195,11 @@ def verify_chain(
         ).all()
         for row in rows:
             position = int(row.position)
-            version = int(row.link_version)
             failure: tuple[str, str] | None = None
+            try:
+                version = int(row.link_version)
+            except (TypeError, ValueError):
+                version = -1  # not a scheme at all (SQLite keeps any text): no link can hold
             if position != expected_position:
                 reason = f"event {expected_position} is missing (next stored position is {position})"
                 return VerifyReport(False, checked, head, expected_position, reason, "event_missing")

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -28,7 +29,9 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "LogWriter",
     "SqliteSynchronous",
+    "StoredTime",
     "UnreadableJSON",
+    "UnreadableTime",
     "connection_lost",
     "create_store_engine",
     "describe_url",
@@ -97,6 +100,35 @@ class UnreadableJSON(str):
     """
 
     __slots__ = ()
+
+
+class UnreadableTime(str):
+    """A timestamp column's stored value that is not a time (SQLite keeps any text in a ``DATETIME``
+    column), handed on as its text instead of raised from the row's decoding: the reader refuses the
+    event with a reason code (``verify``: ``link_mismatch`` at its position; a read: ``invalid_event``)."""
+
+    __slots__ = ()
+
+
+class StoredTime(sa.types.TypeDecorator[datetime]):
+    """``occurred_at`` as the readers select it: the column's own type, but a value it cannot parse comes
+    back as ``UnreadableTime`` rather than a ``ValueError`` out of the whole batch of rows."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        process = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
+        if process is None:
+            return None
+
+        def leniently(value: Any) -> Any:
+            try:
+                return process(value)
+            except (ValueError, TypeError):
+                return UnreadableTime(value)
+
+        return leniently
 
 
 def _json_or_unreadable(text: str | bytes) -> Any:

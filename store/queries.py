@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from confledger.store.database import StoredTime
+from confledger.store.errors import EventSchemaError
 from confledger.store.events import ConfigApplied, EventRegistry, RecordedEvent
 from confledger.store.schema import events
 
@@ -64,7 +66,7 @@ HEAD_AND_APPLIED_SINCE = (
 EVENT_COLUMNS = (
     events.c.position,
     events.c.event_id,
-    events.c.occurred_at,
+    sa.type_coerce(events.c.occurred_at, StoredTime()).label("occurred_at"),
     events.c.type,
     events.c.schema_version,
     events.c.operation_id,
@@ -139,7 +141,25 @@ _combine = datetime.combine
 
 
 def decode_event(registry: EventRegistry, row: Sequence[Any]) -> RecordedEvent:
-    """The event of a row of ``EVENT_COLUMNS`` (``registry`` decodes its payload)."""
+    """The event of a row of ``EVENT_COLUMNS`` (``registry`` decodes its payload).
+
+    ``EventSchemaError`` (``invalid_event``) for a row whose values are not of their columns' types: SQLite
+    keeps any text in any column (a time that is none, ``UnreadableTime``; an id that is no UUID), so such
+    a row was written by hand, and its readers get a reason code rather than a driver's or pydantic's own
+    error."""
+    try:
+        return _decoded(registry, row)
+    except EventSchemaError:
+        raise
+    except (AttributeError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise EventSchemaError(
+            f"stored event at position {row[0]} is not an event as written ({type(exc).__name__}): "
+            "it was changed in the database",
+            code="invalid_event",
+        ) from exc
+
+
+def _decoded(registry: EventRegistry, row: Sequence[Any]) -> RecordedEvent:
     (
         position,
         event_id,

@@ -157,6 +157,35 @@ def test_an_event_payload_that_is_not_json_is_found_where_it_is(keyed: EventLog)
     assert refused.value.code == "invalid_payload"
 
 
+# (column, stored value, verify's code, a read's code or None when the read does not take that column).
+# SQLite keeps any text in any column; each such row is reported at its position with a reason code.
+NOT_OF_ITS_TYPE = [
+    ("occurred_at", "'noon'", "link_mismatch", "invalid_event"),  # a time that is none
+    ("schema_version", "'two'", "link_mismatch", "invalid_event"),  # a version that is no number
+    ("event_id", "'zzz'", "link_mismatch", "invalid_event"),  # an id that is no UUID
+    ("operation_id", "'not-a-uuid'", "link_mismatch", "invalid_event"),
+    ("link_version", "'x'", "link_downgraded", None),  # a link scheme that is none
+]
+
+
+@pytest.mark.parametrize(("column", "value", "verify_code", "read_code"), NOT_OF_ITS_TYPE)
+def test_a_value_not_of_its_columns_type_is_reported_where_it_is(
+    keyed: EventLog, column: str, value: str, verify_code: str, read_code: str | None
+) -> None:
+    if keyed.dialect == "postgresql":
+        pytest.skip("PostgreSQL's columns refuse a value of another type")
+    with keyed.engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE events SET {column} = {value} WHERE position = {TAMPERED}"))
+    report = keyed.verify()  # a report, not a ValueError out of the rows
+    assert (report.code, report.first_broken_position) == (verify_code, TAMPERED)
+    if read_code is None:
+        assert len(keyed.read(0)) == EVENTS_IN_LOG
+        return
+    with pytest.raises(EventSchemaError) as refused:
+        keyed.read(TAMPERED - 1, limit=1)
+    assert refused.value.code == read_code
+
+
 def test_an_event_payload_stored_with_other_spacing_still_verifies(keyed: EventLog) -> None:
     # The same payload spaced as another serializer writes it (an older release's rows): the link is
     # checked on the stored text first, then on its canonical encoding, which is what it covers.
