@@ -21,6 +21,7 @@ __all__ = [
     "GENESIS_HASH",
     "canonical_bytes",
     "canonical_json",
+    "checked_as_stored",
     "config_hash",
     "sha256_hex",
 ]
@@ -140,6 +141,24 @@ def _utf8_checked(text: str) -> str:
             f"string holds a lone surrogate {text[exc.start]!r}, which has no UTF-8 form"
         ) from exc
     return text
+
+
+def checked_as_stored(text: str, check: Callable[[str], bool]) -> bool:
+    """Whether ``check`` accepts the stored JSON ``text`` as it is, or else its canonical encoding.
+
+    What confledger stores is canonical JSON, and a MAC or a link covers that very text, so a value is
+    checked as stored, neither parsed nor encoded again (a checkpoint's state can be half a megabyte,
+    and ``verify`` checks every payload of the log). Text that is not canonical (spaced by hand, or
+    written by a release whose serializer spaced it) is checked as its canonical encoding, which is what
+    was covered; an edited value fails both ways, and text that is not JSON fails.
+    """
+    if check(text):
+        return True
+    try:
+        canonical = canonical_json(json.loads(text))
+    except ValueError:  # CanonicalizationError is one too (a NaN parsed from the text)
+        return False
+    return canonical != text and check(canonical)
 
 
 def canonical_bytes(value: Any) -> bytes:

@@ -11,7 +11,6 @@ scheme and recompute it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +19,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from confledger.store.canonical import GENESIS_HASH, canonical_json, sha256_hex
-from confledger.store.database import StoredTime
+from confledger.store.canonical import GENESIS_HASH, canonical_json, checked_as_stored, sha256_hex
 from confledger.store.errors import ChainBroken
 from confledger.store.integrity import LINK_HMAC, LINK_SHA256, IntegrityKeys
+from confledger.store.queries import as_read
 from confledger.store.schema import events
 
 __all__ = [
@@ -130,37 +129,20 @@ class VerifyReport:
             )
 
 
-# Every column as stored, the payload as the text the column holds (``_link_holds``): a CAST, because
-# psycopg parses a ``json`` value, and PostgreSQL's ``json`` keeps the text it was given.
-# A time that is none (SQLite keeps any text in any column) comes back as ``UnreadableTime``: its row's
-# link then cannot hold, and is reported at its position rather than raised out of the whole batch.
-_STORED_ROWS = sa.select(
-    *(
-        sa.cast(column, sa.Text).label(column.name)
-        if column is events.c.payload
-        else sa.type_coerce(column, StoredTime()).label(column.name)
-        if column is events.c.occurred_at
-        else column
-        for column in events.columns
-    )
-)
+# Every column, each as readers select it (``queries.as_read``): the payload as its stored text, a time
+# that is none as ``UnreadableTime`` (its link then cannot hold, and is reported at its position).
+_STORED_ROWS = sa.select(*(as_read(column) for column in events.columns))
 
 
 def _link_holds(row: Mapping[str, Any], version: int, keys: IntegrityKeys | None) -> bool:
     """Whether the stored hash is the link of the row, its payload given as the text the column holds.
 
-    An append stores the very text its link covers (``link_message``'s ``payload_text``), so the
-    stored text is linked as it is: no parsing and encoding again of every payload of the log. Text that
-    is not the canonical text it holds (spaced by hand, or written by a release whose serializer spaced
-    it) is linked as its canonical encoding; an edited payload fails both ways.
+    An append stores the very text its link covers (``link_message``'s ``payload_text``), so the link is
+    checked on the stored text (``checked_as_stored``): no payload of the log is parsed and encoded again.
     """
-    stored: str = row["payload"]
     expected: str = row["hash"]
     try:
-        if link_of(row, version, keys, stored) == expected:
-            return True
-        canonical = canonical_json(json.loads(stored))
-        return canonical != stored and link_of(row, version, keys, canonical) == expected
+        return checked_as_stored(row["payload"], lambda text: link_of(row, version, keys, text) == expected)
     except (AttributeError, TypeError, ValueError):
         # Not JSON, or a value not of its column's type (SQLite keeps any text): the row was edited.
         return False

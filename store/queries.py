@@ -27,6 +27,7 @@ __all__ = [
     "INSERT_EVENTS",
     "PAGE",
     "PAGE_UNTIL",
+    "as_read",
     "decode_event",
     "forward",
     "select_events",
@@ -59,22 +60,40 @@ HEAD_AND_APPLIED_SINCE = (
     .limit(1)
 )
 
-# What an event is read back from, in the order ``decode_event`` takes it. The payload comes as its
-# stored JSON text, not through the JSON type's deserializer, so pydantic parses it into the payload's
-# model in one step (``EventRegistry.decode_json``); the CAST is a no-op on SQLite, and on PostgreSQL it
-# gives the ``json`` column's text as stored.
-EVENT_COLUMNS = (
-    events.c.position,
-    events.c.event_id,
-    sa.type_coerce(events.c.occurred_at, StoredTime()).label("occurred_at"),
-    events.c.type,
-    events.c.schema_version,
-    events.c.operation_id,
-    events.c.instance_id,
-    events.c.actor,
-    sa.cast(events.c.payload, sa.Text).label("payload"),
-    events.c.prev_hash,
-    events.c.hash,
+
+def as_read(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """How a reader selects ``column`` of the events table (every reader: the reads, ``verify``).
+
+    The payload comes as its stored JSON text, not through the JSON type's deserializer: pydantic parses
+    it into the payload's model in one step (``EventRegistry.decode_json``), and ``verify`` checks the
+    link on the text the append linked. The CAST is a no-op on SQLite; on PostgreSQL it gives the
+    ``json`` column's text as stored. ``occurred_at`` comes through ``StoredTime``: a value that is no
+    time (SQLite keeps any text in any column) is handed on as ``UnreadableTime``, for the reader to
+    refuse with a reason code, rather than raised out of the whole batch of rows.
+    """
+    if column is events.c.payload:
+        return sa.cast(column, sa.Text).label(column.name)
+    if column is events.c.occurred_at:
+        return sa.type_coerce(column, StoredTime()).label(column.name)
+    return column
+
+
+# What an event is read back from, in the order ``decode_event`` takes it.
+EVENT_COLUMNS = tuple(
+    as_read(column)
+    for column in (
+        events.c.position,
+        events.c.event_id,
+        events.c.occurred_at,
+        events.c.type,
+        events.c.schema_version,
+        events.c.operation_id,
+        events.c.instance_id,
+        events.c.actor,
+        events.c.payload,
+        events.c.prev_hash,
+        events.c.hash,
+    )
 )
 
 
