@@ -1,10 +1,10 @@
-"""YAML: PyYAML's safe loader, guarded while it composes and before it constructs anything.
+"""YAML: PyYAML's safe loader, with the node graph inspected before anything is constructed.
 
 One loader, :class:`GuardedLoader`: ``yaml.CSafeLoader`` where PyYAML was built with libyaml, the pure
-``yaml.SafeLoader`` otherwise. Either way PyYAML's Python composer turns the parser's events into nodes,
-so the depth and alias guards in :meth:`GuardedLoader.compose_node` see every node as it is made;
-the node graph is then inspected once (expansion through aliases, self-reference, tags, keys) before
-SafeConstructor builds any value, with constructors that refuse what JSON cannot hold.
+``yaml.SafeLoader`` otherwise. Composing is the loader's own (in C with libyaml): an alias becomes a second
+reference to its anchor's node, never a copy, so composing costs what the text costs however the aliases
+multiply. The graph is then inspected once (aliases, expansion through them, self-reference, depth, tags,
+keys) before SafeConstructor builds any value, with constructors that refuse what JSON cannot hold.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import yaml
-from yaml.composer import Composer
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -43,8 +42,8 @@ _KEY_TAGS = frozenset({_YAML + "str", _YAML + "value"})
 _SAFE_TAG = re.compile(r"[A-Za-z0-9_.:/!\-]{1,80}")
 
 if TYPE_CHECKING:
-    # CSafeLoader is SafeLoader with libyaml's reader, scanner and parser (and composer, replaced below);
-    # the stubs do not say so, so type checkers are shown the pure loader, whose methods are the ones used.
+    # CSafeLoader is SafeLoader with libyaml's reader, scanner, parser and composer; the stubs do not say
+    # so, so type checkers are shown the pure loader, whose constructor methods are the ones used.
     _SafeLoader = yaml.SafeLoader
 else:
     _SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
@@ -56,45 +55,8 @@ def _line(node: Node) -> str:
 
 
 class GuardedLoader(_SafeLoader):
-    """The safe loader with limits applied while composing, before any Python object is built."""
-
-    # CSafeLoader composes in C, past compose_node's guards: PyYAML's Python composer over libyaml's
-    # events instead. (On the pure-Python loader these are the methods it has anyway.)
-    check_node = Composer.check_node
-    get_node = Composer.get_node
-    get_single_node = Composer.get_single_node
-    compose_document = Composer.compose_document
-    compose_scalar_node = Composer.compose_scalar_node
-    compose_sequence_node = Composer.compose_sequence_node
-    compose_mapping_node = Composer.compose_mapping_node
-
-    def __init__(self, stream: str) -> None:
-        self._depth = 0
-        self._aliases = 0
-        super().__init__(stream)
-        Composer.__init__(self)  # the Python composer's anchors, which libyaml's loader does not set up
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise Refusal("alias_bomb", f"YAML document uses more than {MAX_YAML_ALIASES} aliases")
-            return Composer.compose_node(self, parent, index)
-        # The composer recurses per container; counting here refuses a deep document before the
-        # recursion gets anywhere near Python's limit (or libyaml's own nesting limit of 1000).
-        container = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
-        if container:
-            self._depth += 1
-            if self._depth > MAX_DEPTH:
-                # The next event is the container's start; libyaml's parser keeps no current_event.
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                where = f"line {mark.line + 1}, column {mark.column + 1}"
-                raise Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels at {where}")
-        try:
-            return Composer.compose_node(self, parent, index)
-        finally:
-            if container:
-                self._depth -= 1
+    """The safe loader whose constructors refuse what JSON cannot hold; ``_load`` inspects the composed
+    graph before any Python object is built."""
 
 
 def _inspect_graph(root: Node) -> None:
@@ -108,6 +70,7 @@ def _inspect_graph(root: Node) -> None:
     size: dict[int, int] = {}
     height: dict[int, int] = {}
     in_progress: set[int] = set()
+    edges = 0
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -131,9 +94,15 @@ def _inspect_graph(root: Node) -> None:
             continue
         in_progress.add(node_id)
         stack.append((node, True))
-        stack.extend((child, False) for child in _children(node))
+        children = _children(node)
+        edges += len(children)
+        stack.extend((child, False) for child in children)
 
     distinct = len(size)
+    # Every node but the root is reached once by the edge that made it; each further edge is an alias.
+    aliases = edges - (distinct - 1)
+    if aliases > MAX_YAML_ALIASES:
+        raise Refusal("alias_bomb", f"YAML document uses more than {MAX_YAML_ALIASES} aliases")
     expanded = size[id(root)]
     limit = max(YAML_EXPANSION_FACTOR * distinct, YAML_EXPANSION_FLOOR)
     if expanded > limit:
@@ -142,7 +111,18 @@ def _inspect_graph(root: Node) -> None:
             f"YAML aliases would expand {distinct} nodes to {expanded} (at most {limit} allowed)",
         )
     if height[id(root)] > MAX_DEPTH:
-        raise Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels once aliases are expanded")
+        raise Refusal(
+            "too_deep", f"YAML nests deeper than {MAX_DEPTH} levels at {_line(_too_deep(root, height))}"
+        )
+
+
+def _too_deep(root: Node, height: dict[int, int]) -> Node:
+    """The first container past MAX_DEPTH on the deepest path (aliases expanded): where to look."""
+    node, depth = root, 1
+    while depth <= MAX_DEPTH:
+        node = max(_children(node), key=lambda child: height[id(child)])
+        depth += 1
+    return node
 
 
 def _children(node: Node) -> list[Node]:
@@ -252,8 +232,8 @@ for _tag in _NON_JSON_TAGS:
 GuardedLoader.add_constructor(None, _refuse_tag)
 
 
-# libyaml's scanner stops at 1000 open collections, and in flow style it scans that far ahead before the
-# first event reaches compose_node's own guard: past our limit either way.
+# libyaml's scanner stops at 1000 open collections, before any node of them is composed: past our limit,
+# so that document is too deep as well (and its composer never recurses further than that).
 _LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"
 
 
@@ -275,6 +255,9 @@ def parse_yaml(text: str) -> object:
     except ConstructorError as exc:
         # e.g. a merge key whose value is not a mapping, or a tag on the wrong kind of node.
         raise Refusal("invalid_value", f"YAML value{_where(exc)} cannot be constructed") from None
+    except RecursionError:
+        # The pure-Python composer recurses per container; libyaml stops at 1000 (below).
+        raise Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as exc:
         if isinstance(exc, yaml.MarkedYAMLError) and exc.problem == _LIBYAML_TOO_DEEP:
             raise Refusal("too_deep", f"YAML nests deeper than {MAX_DEPTH} levels{_where(exc)}") from None

@@ -174,6 +174,8 @@ YAML_REFUSALS = [
     ("a: *nope\n", "syntax_error"),
     ("a: &x 1\nb: &x 2\n", "syntax_error"),
     ("a: &a {b: [1, {c: *a}]}\n", "alias_bomb"),
+    # one alias more than the cap, each of a scalar (nothing to expand): counted on the composed graph
+    ("x: &x 1\nl: [" + ", ".join(["*x"] * (MAX_YAML_ALIASES + 1)) + "]\n", "alias_bomb"),
     # one key written two ways; a sequence as a key
     ("'=': 1\n=: 2\n", "duplicate_key"),
     ("? [a]\n: 1\n", "non_string_key"),
@@ -223,6 +225,22 @@ def test_yaml_refusals(tmp_path: Path, text: str, code: str) -> None:
 )
 def test_limits_at_their_edge_load(tmp_path: Path, text: str, expected: dict[str, Any]) -> None:
     assert loaded(tmp_path, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # by indentation: the 65th mapping opens on line 65 (one line per level), after 64 spaces
+        (nested_block(MAX_DEPTH + 1), "line 65, column 65"),
+        # through an alias: root, 31 levels of y, then the anchor's 33 brackets (from column 7): the 33rd
+        ("x: &x " + "[" * 33 + "]" * 33 + "\ny: " + "[" * 31 + "*x" + "]" * 31 + "\n", "line 1, column 39"),
+    ],
+    ids=["block", "alias"],
+)
+def test_too_deep_says_where_the_limit_is_passed(tmp_path: Path, text: str, where: str) -> None:
+    refused_with = refusal(write(tmp_path, "a.yaml", text))
+    assert refused_with.code == "too_deep"
+    assert where in str(refused_with)
 
 
 def test_merges_that_copy_too_much_are_an_alias_bomb(tmp_path: Path) -> None:
