@@ -24,6 +24,7 @@ import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from confledger.api.pages import RenderedPages
 from confledger.api.reloader import ConfigReloader, set_config_reloader
 from confledger.api.security import Tokens, load_or_create_token_file
 from confledger.api.settings import (
@@ -124,6 +125,8 @@ class ConfigLifecycle:
         self.poll_interval = settings.poll_interval
         self.force_polling = settings.force_polling
         self.reloader: ConfigReloader | None = None
+        # Read pages as served, kept while the reloader's projections stay where they were.
+        self.pages: RenderedPages | None = None
         self.signal_handler_enabled = False
         self.token_file: Path | None = None
         self.token_created = False
@@ -181,6 +184,7 @@ class ConfigLifecycle:
                     stack.callback(self.telemetry.unbind)
             await stack.enter_async_context(reloader)
             self.reloader = reloader
+            self.pages = RenderedPages(reloader.projections)
             set_config_reloader(reloader)
             _active_lifecycle = self
             task_group = await stack.enter_async_context(anyio.create_task_group())
@@ -191,7 +195,7 @@ class ConfigLifecycle:
                 await reloader.enable_file_watching(self.poll_interval, force_polling=self.force_polling)
         except BaseException:
             await stack.aclose()
-            self.reloader = None
+            self.reloader, self.pages = None, None
             raise
         self._stack = stack
         return self

@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from confledger.api.deps import CurrentConfigDep
+from confledger.api.routes import operations
 from tests.integration.api.service_harness import (
     Service,
     clear_confledger_environment,
@@ -184,3 +185,34 @@ def test_status_shows_the_same_statistics_as_stats(service: Service) -> None:
 
     assert shown == {key: stats[key] for key in ("total_operations", "success_rate", "average_duration_ms")}
     assert 0 < shown["success_rate"] < 1
+
+
+def test_a_history_page_is_rendered_once_until_the_projections_move(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply(service, database__pool_size=81)
+    built: list[int] = []
+    original = operations.operations_out
+
+    def counting(found: Any) -> Any:
+        built.append(1)
+        return original(found)
+
+    monkeypatch.setattr(operations, "operations_out", counting)
+    first = service.get("/history", params={"limit": 2})
+    again = service.get("/history", params={"limit": 2})
+    assert again.content == first.content
+    assert len(built) == 1
+    # Another query is another page: a filter, or a page of the window further back.
+    failed_only = get(service, "/history", limit=2, status="failed")
+    assert failed_only["operations"] == []
+    assert len(built) == 2
+
+    # A reload moves the projections: the next read shows it, and counts it.
+    write_config(service.source, variant(database__pool_size=0))  # refused by the model: a failed operation
+    refused = service.post("/reload", json={})
+    assert refused.json()["success"] is False
+    after = get(service, "/history", limit=2)
+    assert after["operations"][0]["operation_id"] == refused.json()["operation_id"]
+    assert after["total_count"] == first.json()["total_count"] + 1
+    assert get(service, "/history", limit=2, status="failed")["total_count"] == 1
