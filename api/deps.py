@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.security import HTTPBearer
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
@@ -29,6 +29,7 @@ __all__ = [
     "BearerCaller",
     "Caller",
     "CurrentConfigDep",
+    "IfNoneMatch",
     "LifecycleDep",
     "ReaderCaller",
     "ReloaderDep",
@@ -65,6 +66,16 @@ async def _reloader(request: Request) -> ConfigReloader:
 
 
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
+
+# A conditional read: the ETag of the page the caller holds (or several, comma-separated, or ``*``).
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        max_length=2048,
+        description="answer 304 with no body if the ETag is one of these",
+    ),
+]
 
 
 _CLI_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")

@@ -1,38 +1,87 @@
-"""Rendered pages: the JSON of a read, kept while the projections it was built from stay where they were.
+"""Rendered pages: the JSON of a read, kept while what it shows stays as it was, and its entity tag.
 
 A history page is the same bytes until the log moves: the projections fold every event in position
 order and publish immutable values, so the positions they have reached name what any page built from
 them holds. A dashboard polling ``/history`` between two reloads is then served the page it was given
 before, instead of building and encoding 20 operations (about 15 KB) again for each request.
+
+Each rendered body carries a strong entity tag (``ETag``, a digest of the body), and a request whose
+``If-None-Match`` names it is answered ``304 Not Modified`` with no body: a service or sidecar polling
+``/current`` learns that nothing changed without being sent the config again (RFC 9110, 13.1.2).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
+
+from fastapi import Response, status
 
 from confledger.projections.runner import ProjectionSet
 
-__all__ = ["RenderedPages"]
+__all__ = ["NOT_MODIFIED", "Rendered", "RenderedPages", "conditional_response", "not_modified", "rendered"]
+
+# How a conditional read is documented in each route's OpenAPI.
+NOT_MODIFIED: dict[int | str, dict[str, object]] = {
+    304: {"description": "If-None-Match named this ETag: nothing changed, no body"}
+}
+# Clients revalidate every time (a config is never served stale from a cache), and no shared cache keeps
+# an answer given to a token.
+_CACHE_CONTROL = "private, no-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A response body as served, and its strong entity tag."""
+
+    body: bytes
+    tag: str
+
+
+def rendered(body: bytes) -> Rendered:
+    """``body`` with its entity tag: the first 128 bits of its SHA-256, quoted. The tag names the bytes,
+    so two instances serving the same page give the same tag."""
+    return Rendered(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
+def not_modified(if_none_match: str | None, tag: str) -> bool:
+    """Whether ``If-None-Match`` names ``tag`` (weak comparison: ``W/`` is ignored) or is ``*``."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # Splitting on commas misreads only a tag with a comma inside its quotes, which is never one of ours:
+    # such a tag does not match, as it would not anyway.
+    return any(candidate.strip().removeprefix("W/") == tag for candidate in if_none_match.split(","))
+
+
+def conditional_response(page: Rendered, if_none_match: str | None) -> Response:
+    """``page`` as JSON with its ``ETag``, or 304 with no body when ``If-None-Match`` names it."""
+    headers = {"ETag": page.tag, "Cache-Control": _CACHE_CONTROL}
+    if not_modified(if_none_match, page.tag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(page.body, media_type="application/json", headers=headers)
 
 
 class RenderedPages:
     """A bounded cache of rendered responses, keyed by the request's query and the projections' positions.
 
-    Used from the event loop only (no lock): a fold on an appending thread may move the projections
-    while a page is built, so a page is kept only when the positions after building it are the ones it
-    was built at.
+    Used from the event loop only (no lock). The projections fold on appending threads and write their
+    positions once a batch is folded: a page built mid-batch is kept under the positions before the
+    batch, which they never return to, and a page during which they moved is not kept at all.
     """
 
     def __init__(self, projections: ProjectionSet, *, size: int = 64) -> None:
         self._projections = projections
         self._size = size
-        self._pages: OrderedDict[Hashable, tuple[tuple[int, ...], bytes]] = OrderedDict()
+        self._pages: OrderedDict[Hashable, tuple[tuple[int, ...], Rendered]] = OrderedDict()
 
     def _positions(self) -> tuple[int, ...]:
         return tuple(projection.position for projection in self._projections.projections)
 
-    def get(self, query: Hashable) -> tuple[tuple[int, ...], bytes | None]:
+    def get(self, query: Hashable) -> tuple[tuple[int, ...], Rendered | None]:
         """The projections' positions now, and the page for ``query`` if it was rendered at them."""
         positions = self._positions()
         kept = self._pages.get(query)
@@ -41,7 +90,7 @@ class RenderedPages:
         self._pages.move_to_end(query)
         return positions, kept[1]
 
-    def keep(self, query: Hashable, positions: tuple[int, ...], page: bytes) -> None:
+    def keep(self, query: Hashable, positions: tuple[int, ...], page: Rendered) -> None:
         """Keep ``page``, built from projections at ``positions``, unless they have moved since."""
         if self._positions() != positions:
             return

@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
-from confledger.api.deps import AdminCaller, ReaderCaller, ReloaderDep, lifecycle_of
+from confledger.api.deps import AdminCaller, IfNoneMatch, ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.errors import STATUS_BY_CODE
 from confledger.api.limits import GuardedRoute
+from confledger.api.pages import NOT_MODIFIED, conditional_response, rendered
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
     MAX_POSITION,
@@ -156,11 +157,12 @@ async def rollback(
     return OperationOut.of(operation)
 
 
-@router.get("/history", response_model=HistoryResponse)
+@router.get("/history", response_model=HistoryResponse, responses=NOT_MODIFIED)
 async def history(
     request: Request,
     reloader: ReloaderDep,
     _caller: ReaderCaller,
+    if_none_match: IfNoneMatch = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_POSITION, description="position cursor from next_before")
@@ -168,7 +170,7 @@ async def history(
     trigger: Annotated[Trigger | None, Query()] = None,
     status_: Annotated[ReloadStatus | None, Query(alias="status")] = None,
 ) -> Response:
-    """Operations newest first, paged with `before`, filtered by trigger and status."""
+    """Operations newest first, paged with `before`, filtered by trigger and status (ETag: 304 if unchanged)."""
     trigger_value = None if trigger is None else trigger.value
     status_value = None if status_ is None else status_.value
 
@@ -178,7 +180,7 @@ async def history(
     query = ("history", limit, before, trigger_value, status_value)
     positions, kept = (None, None) if pages is None else pages.get(query)
     if kept is not None:
-        return Response(kept, media_type="application/json")
+        return conditional_response(kept, if_none_match)
     window = reloader.projections.get(HistoryProjection.name)
     assert isinstance(window, HistoryProjection)
     operations = window_page(window, limit, before=before, trigger=trigger_value, status=status_value)
@@ -196,10 +198,10 @@ async def history(
     )
     # Built and checked above: encoded as is, where FastAPI's response_model would dump, validate again
     # and serialize (0.14 ms against 0.04 ms for a page of 20).
-    body = page.model_dump_json().encode()
+    shown = rendered(page.model_dump_json().encode())
     if from_window and pages is not None and positions is not None:
-        pages.keep(query, positions, body)
-    return Response(body, media_type="application/json")
+        pages.keep(query, positions, shown)
+    return conditional_response(shown, if_none_match)
 
 
 @router.get(

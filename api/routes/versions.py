@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.deps import IfNoneMatch, ReaderCaller, ReloaderDep
 from confledger.api.errors import http_error
 from confledger.api.limits import GuardedRoute
+from confledger.api.pages import NOT_MODIFIED, Rendered, conditional_response, rendered
 from confledger.api.schemas import (
     ChangeOut,
     CurrentResponse,
@@ -41,31 +42,36 @@ HashPath = Annotated[str, PathParam(min_length=1, max_length=64)]
 # The last /current body rendered, with the snapshot it shows: a snapshot never changes, so its body is
 # made once per applied config, not once per request (the dump and the secret walk were most of the
 # route's time). Swapped in one assignment; a request holding the old pair still answers consistently.
-_rendered: tuple[CurrentConfig, bytes] | None = None
+_rendered: tuple[CurrentConfig, Rendered] | None = None
 
 
-def _current_body(value: CurrentConfig) -> bytes:
+def _current_page(value: CurrentConfig) -> Rendered:
     global _rendered
-    rendered = _rendered
-    if rendered is not None and rendered[0] is value:
-        return rendered[1]
+    kept = _rendered
+    if kept is not None and kept[0] is value:
+        return kept[1]
     body = CurrentResponse(
         hash=value.short_hash,
         full_hash=value.hash,
         applied_at=value.applied_at,
         config=redact(dump_revealed(value.config), find_secret_paths(value.config)),
     ).model_dump_json()
-    _rendered = (value, body.encode())
-    return _rendered[1]
+    page = rendered(body.encode())
+    _rendered = (value, page)
+    return page
 
 
-@router.get("/current", response_model=CurrentResponse, responses={404: {"model": ErrorResponse}})
-async def current(reloader: ReloaderDep, _caller: ReaderCaller) -> Response:
-    """The current config (secrets shown as **********)."""
+@router.get(
+    "/current", response_model=CurrentResponse, responses={**NOT_MODIFIED, 404: {"model": ErrorResponse}}
+)
+async def current(
+    reloader: ReloaderDep, _caller: ReaderCaller, if_none_match: IfNoneMatch = None
+) -> Response:
+    """The current config (secrets shown as **********; ETag: 304 if unchanged)."""
     value = reloader.current
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
-    return Response(_current_body(value), media_type="application/json")
+    return conditional_response(_current_page(value), if_none_match)
 
 
 @router.get("/versions/{config_hash}", response_model=VersionResponse, responses=_LOOKUP_ERRORS)

@@ -143,7 +143,7 @@ class Service:
         return self.reloader.log
 
     def get(self, path: str, *, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> Response:
-        return self.client.get(_url(path), headers=_auth(token), **kwargs)
+        return self.client.get(_url(path), headers={**_auth(token), **kwargs.pop("headers", {})}, **kwargs)
 
     def post(self, path: str, *, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> Response:
         return self.client.post(_url(path), headers=_auth(token), **kwargs)

@@ -216,3 +216,29 @@ def test_a_history_page_is_rendered_once_until_the_projections_move(
     assert after["operations"][0]["operation_id"] == refused.json()["operation_id"]
     assert after["total_count"] == first.json()["total_count"] + 1
     assert get(service, "/history", limit=2, status="failed")["total_count"] == 1
+
+
+@pytest.mark.parametrize("path", ["/current", "/history"])
+def test_a_read_answers_304_while_what_it_shows_is_unchanged(service: Service, path: str) -> None:
+    apply(service, database__pool_size=91)
+    first = service.get(path)
+    tag = first.headers["ETag"]
+
+    unchanged = service.get(path, headers={"If-None-Match": tag})
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    assert unchanged.headers["ETag"] == tag
+
+    apply(service, database__pool_size=92)
+    changed = service.get(path, headers={"If-None-Match": tag})
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != tag
+    assert changed.json() != first.json()
+
+
+def test_each_history_page_has_its_own_tag(service: Service) -> None:
+    apply(service, database__pool_size=93)
+    tags = {
+        service.get("/history", params=params).headers["ETag"]
+        for params in ({}, {"limit": 1}, {"status": "failed"}, {"trigger": "api"})
+    }
+    assert len(tags) == 4
