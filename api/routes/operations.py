@@ -9,7 +9,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
-from confledger.api.deps import AdminCaller, IfNoneMatch, ReaderCaller, ReloaderDep, lifecycle_of
+from confledger.api.deps import (
+    CONDITIONAL,
+    AdminCaller,
+    ReaderCaller,
+    ReloaderDep,
+    if_none_match,
+    lifecycle_of,
+)
 from confledger.api.errors import STATUS_BY_CODE
 from confledger.api.limits import GuardedRoute
 from confledger.api.pages import NOT_MODIFIED, conditional_response, rendered
@@ -157,12 +164,11 @@ async def rollback(
     return OperationOut.of(operation)
 
 
-@router.get("/history", response_model=HistoryResponse, responses=NOT_MODIFIED)
+@router.get("/history", response_model=HistoryResponse, responses=NOT_MODIFIED, openapi_extra=CONDITIONAL)
 async def history(
     request: Request,
     reloader: ReloaderDep,
     _caller: ReaderCaller,
-    if_none_match: IfNoneMatch = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_POSITION, description="position cursor from next_before")
@@ -180,7 +186,7 @@ async def history(
     query = ("history", limit, before, trigger_value, status_value)
     positions, kept = (None, None) if pages is None else pages.get(query)
     if kept is not None:
-        return conditional_response(kept, if_none_match)
+        return conditional_response(kept, if_none_match(request))
     window = reloader.projections.get(HistoryProjection.name)
     assert isinstance(window, HistoryProjection)
     operations = window_page(window, limit, before=before, trigger=trigger_value, status=status_value)
@@ -201,7 +207,7 @@ async def history(
     shown = rendered(page.model_dump_json().encode())
     if from_window and pages is not None and positions is not None:
         pages.keep(query, positions, shown)
-    return conditional_response(shown, if_none_match)
+    return conditional_response(shown, if_none_match(request))
 
 
 @router.get(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from confledger.api.deps import IfNoneMatch, ReaderCaller, ReloaderDep
+from confledger.api.deps import CONDITIONAL, ReaderCaller, ReloaderDep, if_none_match
 from confledger.api.errors import http_error
 from confledger.api.limits import GuardedRoute
 from confledger.api.pages import NOT_MODIFIED, Rendered, conditional_response, rendered
@@ -62,16 +62,17 @@ def _current_page(value: CurrentConfig) -> Rendered:
 
 
 @router.get(
-    "/current", response_model=CurrentResponse, responses={**NOT_MODIFIED, 404: {"model": ErrorResponse}}
+    "/current",
+    response_model=CurrentResponse,
+    responses={**NOT_MODIFIED, 404: {"model": ErrorResponse}},
+    openapi_extra=CONDITIONAL,
 )
-async def current(
-    reloader: ReloaderDep, _caller: ReaderCaller, if_none_match: IfNoneMatch = None
-) -> Response:
+async def current(request: Request, reloader: ReloaderDep, _caller: ReaderCaller) -> Response:
     """The current config (secrets shown as **********; ETag: 304 if unchanged)."""
     value = reloader.current
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
-    return conditional_response(_current_page(value), if_none_match)
+    return conditional_response(_current_page(value), if_none_match(request))
 
 
 @router.get("/versions/{config_hash}", response_model=VersionResponse, responses=_LOOKUP_ERRORS)
