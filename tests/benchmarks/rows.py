@@ -135,6 +135,7 @@ def http_rows(sizes: Sizes) -> list[Row]:
         THROUGHPUT_RATIO_TARGET,
         TOTAL_SHARE_TARGET,
         WRK_PATHS,
+        WRK_TARGETS,
         latency_rounds,
         servers,
         throughput_rounds,
@@ -207,7 +208,10 @@ def http_rows(sizes: Sizes) -> list[Row]:
                 anchor_figure=f"{base:,.0f} req/s",
                 ratio=rps / base,
                 ratio_of="throughput",
-                checks=(Check("throughput ratio", rps / base, ">=", THROUGHPUT_RATIO_TARGET, "x"),),
+                # /history under wrk is a dashboard polling between changes: shown, not judged.
+                checks=(Check("throughput ratio", rps / base, ">=", THROUGHPUT_RATIO_TARGET, "x"),)
+                if name in WRK_TARGETS
+                else (),
                 figures={"requests_per_s": rps, "anchor_requests_per_s": base},
             )
         )
