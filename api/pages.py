@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from fastapi import Response, status
@@ -66,7 +66,8 @@ def conditional_response(page: Rendered, if_none_match: str | None) -> Response:
 
 
 class RenderedPages:
-    """A bounded cache of rendered responses, keyed by the request's query and the projections' positions.
+    """A lifecycle's rendered reads: pages keyed by the request's query and the projections' positions
+    (a bounded cache), and the page of the current config, keyed by its snapshot.
 
     Used from the event loop only (no lock). The projections fold on appending threads and write their
     positions once a batch is folded: a page built mid-batch is kept under the positions before the
@@ -77,6 +78,19 @@ class RenderedPages:
         self._projections = projections
         self._size = size
         self._pages: OrderedDict[Hashable, tuple[tuple[int, ...], Rendered]] = OrderedDict()
+        self._of_snapshot: tuple[object, Rendered] | None = None
+
+    def of_snapshot(self, snapshot: object, render: Callable[[], bytes]) -> Rendered:
+        """The page showing ``snapshot``, an immutable value a projection published (the current config):
+        rendered once per snapshot, not per position, since events that leave it as it is do not
+        change the page. Swapped in one assignment: a request holding the old pair answers consistently.
+        """
+        kept = self._of_snapshot
+        if kept is not None and kept[0] is snapshot:
+            return kept[1]
+        page = rendered(render())
+        self._of_snapshot = (snapshot, page)
+        return page
 
     def _positions(self) -> tuple[int, ...]:
         return tuple(projection.position for projection in self._projections.projections)

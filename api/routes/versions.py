@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from confledger.api.deps import CONDITIONAL, ReaderCaller, ReloaderDep, if_none_match
+from confledger.api.deps import CONDITIONAL, ReaderCaller, ReloaderDep, if_none_match, lifecycle_of
 from confledger.api.errors import http_error
 from confledger.api.limits import GuardedRoute
-from confledger.api.pages import NOT_MODIFIED, Rendered, conditional_response, rendered
+from confledger.api.pages import NOT_MODIFIED, conditional_response, rendered
 from confledger.api.schemas import (
     ChangeOut,
     CurrentResponse,
@@ -39,26 +39,18 @@ _LOOKUP_ERRORS: dict[int | str, dict[str, object]] = {
 HashPath = Annotated[str, PathParam(min_length=1, max_length=64)]
 
 
-# The last /current body rendered, with the snapshot it shows: a snapshot never changes, so its body is
-# made once per applied config, not once per request (the dump and the secret walk were most of the
-# route's time). Swapped in one assignment; a request holding the old pair still answers consistently.
-_rendered: tuple[CurrentConfig, Rendered] | None = None
-
-
-def _current_page(value: CurrentConfig) -> Rendered:
-    global _rendered
-    kept = _rendered
-    if kept is not None and kept[0] is value:
-        return kept[1]
-    body = CurrentResponse(
-        hash=value.short_hash,
-        full_hash=value.hash,
-        applied_at=value.applied_at,
-        config=redact(dump_revealed(value.config), find_secret_paths(value.config)),
-    ).model_dump_json()
-    page = rendered(body.encode())
-    _rendered = (value, page)
-    return page
+def _current_body(value: CurrentConfig) -> bytes:
+    # The dump and the secret walk were most of the route's time: done once per applied config.
+    return (
+        CurrentResponse(
+            hash=value.short_hash,
+            full_hash=value.hash,
+            applied_at=value.applied_at,
+            config=redact(dump_revealed(value.config), find_secret_paths(value.config)),
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 @router.get(
@@ -72,7 +64,13 @@ async def current(request: Request, reloader: ReloaderDep, _caller: ReaderCaller
     value = reloader.current
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
-    return conditional_response(_current_page(value), if_none_match(request))
+    pages = lifecycle_of(request).pages
+    page = (
+        rendered(_current_body(value))
+        if pages is None
+        else pages.of_snapshot(value, lambda: _current_body(value))
+    )
+    return conditional_response(page, if_none_match(request))
 
 
 @router.get("/versions/{config_hash}", response_model=VersionResponse, responses=_LOOKUP_ERRORS)

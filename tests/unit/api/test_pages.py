@@ -116,3 +116,20 @@ def test_if_none_match(if_none_match: str | None, unchanged: bool) -> None:
     assert answer.headers["ETag"] == TAG
     assert answer.headers["Cache-Control"] == "private, no-cache"
     assert (answer.status_code, bytes(answer.body)) == ((304, b"") if unchanged else (200, PAGE.body))
+
+
+def test_the_page_of_a_snapshot_is_rendered_once_per_snapshot() -> None:
+    pages = pages_over(Standing())
+    renders: list[object] = []
+
+    def render(snapshot: object) -> bytes:
+        renders.append(snapshot)
+        return repr(snapshot).encode()
+
+    first, second = object(), object()
+    shown = [
+        pages.of_snapshot(snapshot, lambda s=snapshot: render(s))
+        for snapshot in (first, first, second, first)
+    ]
+    assert renders == [first, second, first]
+    assert shown[0] == shown[1] == shown[3] != shown[2]
