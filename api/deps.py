@@ -24,7 +24,6 @@ from confledger.api.security import Role
 from confledger.store import Trigger
 
 __all__ = [
-    "CONDITIONAL",
     "CREDENTIAL_PARAMETER",
     "AdminCaller",
     "BearerCaller",
@@ -36,7 +35,6 @@ __all__ = [
     "authenticate",
     "credential_in_query",
     "get_current_config",
-    "if_none_match",
     "lifecycle_of",
 ]
 
@@ -67,27 +65,6 @@ async def _reloader(request: Request) -> ConfigReloader:
 
 
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
-
-
-def if_none_match(request: Request) -> str | None:
-    """The ETags a conditional read names (``If-None-Match``), read off the request as is: as a header
-    parameter FastAPI would convert and validate it on every read (18 against 7 us a request on a bare
-    route, for a comparison of about 1 us). ``CONDITIONAL`` documents it."""
-    return request.headers.get("if-none-match")
-
-
-# ``openapi_extra`` of a route that honours If-None-Match.
-CONDITIONAL: dict[str, Any] = {
-    "parameters": [
-        {
-            "name": "If-None-Match",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "the ETag of the page the caller holds (several comma-separated, or *): 304 if unchanged",
-        }
-    ]
-}
 
 
 _CLI_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")

@@ -16,20 +16,51 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Response, status
+from fastapi import Request, Response, status
 
 from confledger.projections.runner import ProjectionSet
 
-__all__ = ["NOT_MODIFIED", "Rendered", "RenderedPages", "conditional_response", "not_modified", "rendered"]
+__all__ = [
+    "CONDITIONAL",
+    "NOT_MODIFIED",
+    "Rendered",
+    "RenderedPages",
+    "conditional_response",
+    "if_none_match",
+    "not_modified",
+    "rendered",
+]
 
-# How a conditional read is documented in each route's OpenAPI.
+# How a conditional read is documented in each route's OpenAPI: its answer with no body, and the header
+# (``openapi_extra``; see ``if_none_match`` for why it is no header parameter).
 NOT_MODIFIED: dict[int | str, dict[str, object]] = {
     304: {"description": "If-None-Match named this ETag: nothing changed, no body"}
 }
 # Clients revalidate every time (a config is never served stale from a cache), and no shared cache keeps
 # an answer given to a token.
 _CACHE_CONTROL = "private, no-cache"
+
+
+def if_none_match(request: Request) -> str | None:
+    """The ETags a conditional read names (``If-None-Match``), read off the request as is: as a header
+    parameter FastAPI would convert and validate it on every read (18 against 7 us a request on a bare
+    route, for a comparison of about 1 us). ``CONDITIONAL`` documents it."""
+    return request.headers.get("if-none-match")
+
+
+CONDITIONAL: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "the ETag of the page the caller holds (several comma-separated, or *): 304 if unchanged",
+        }
+    ]
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
 from confledger.api.deps import (
-    CONDITIONAL,
     AdminCaller,
     ReaderCaller,
     ReloaderDep,
-    if_none_match,
     lifecycle_of,
 )
 from confledger.api.errors import STATUS_BY_CODE
 from confledger.api.limits import GuardedRoute
-from confledger.api.pages import NOT_MODIFIED, conditional_response, rendered
+from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
     MAX_POSITION,

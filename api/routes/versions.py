@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from confledger.api.deps import CONDITIONAL, ReaderCaller, ReloaderDep, if_none_match, lifecycle_of
+from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
 from confledger.api.errors import http_error
 from confledger.api.limits import GuardedRoute
-from confledger.api.pages import NOT_MODIFIED, conditional_response, rendered
+from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
 from confledger.api.schemas import (
     ChangeOut,
     CurrentResponse,
