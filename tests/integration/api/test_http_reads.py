@@ -242,3 +242,18 @@ def test_each_history_page_has_its_own_tag(service: Service) -> None:
         for params in ({}, {"limit": 1}, {"status": "failed"}, {"trigger": "api"})
     }
     assert len(tags) == 4
+
+
+@pytest.mark.parametrize(
+    "if_none_match",
+    [
+        # bytes no entity tag is made of, as a client may send them: compared, never matched, never a 5xx
+        "\x80".encode("latin-1"),
+        '"é", W/'.encode(),
+        b"*,",
+    ],
+)
+def test_an_if_none_match_of_any_bytes_is_answered(service: Service, if_none_match: bytes) -> None:
+    answer = service.get("/current", headers={"If-None-Match": if_none_match})
+    assert answer.status_code == 200
+    assert answer.headers["ETag"]
