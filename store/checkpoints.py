@@ -96,6 +96,19 @@ class StoredCheckpoint:
         """The checkpoint with its state parsed; ``ValueError`` when the text is not JSON."""
         return Checkpoint(self.name, self.version, self.position, json.loads(self.state_text))
 
+    def restorable(self, keys: IntegrityKeys | None) -> tuple[Checkpoint | None, str | None]:
+        """The checkpoint with its state parsed, or None and why it may not be restored from: its MAC
+        does not hold (``holds``), or its state is not JSON (a damaged row: a cache to fold again, not a
+        reason to fail)."""
+        if not self.holds(keys):
+            return None, (
+                "its MAC does not hold: changed outside confledger, or written before the log was keyed"
+            )
+        try:
+            return self.decoded(), None
+        except ValueError as exc:
+            return None, f"its state is not JSON: {exc}"
+
 
 # The state read as the text the column holds (``holds``): a CAST, because psycopg parses a ``json``
 # value it is handed, and SQLite's text comes back as it is either way.
@@ -121,15 +134,9 @@ def read_checkpoint(connection: Connection, name: str) -> StoredCheckpoint | Non
 def load_checkpoint(
     connection: Connection, name: str, keys: IntegrityKeys | None = None
 ) -> Checkpoint | None:
-    """The checkpoint ``name``; None when there is none, when (in a keyed log) its MAC does not hold, or
-    when its state is not JSON (a damaged row: a cache to fold again, not a reason to fail)."""
+    """The checkpoint ``name``; None when there is none or it may not be restored from (``restorable``)."""
     stored = read_checkpoint(connection, name)
-    if stored is None or not stored.holds(keys):
-        return None
-    try:
-        return stored.decoded()
-    except ValueError:
-        return None
+    return None if stored is None else stored.restorable(keys)[0]
 
 
 def sorted_checkpoints(

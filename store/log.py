@@ -717,26 +717,16 @@ class EventLog:
             stored = read_checkpoint(connection, name)
         if stored is None:
             return None
-        # Each discard said like the runner's own, so an operator sees every one alike.
-        if not stored.holds(keys):
+        checkpoint, why_not = stored.restorable(keys)
+        if why_not is not None:
+            # Said like the runner's own discards, so an operator sees every one alike.
             logger.warning(
-                "checkpoint %r at position %d cannot be read (its MAC does not hold: changed outside "
-                "confledger, or written before the log was keyed): discarded, folding from position 0",
+                "checkpoint %r at position %d cannot be read (%s): discarded, folding from position 0",
                 name,
                 stored.position,
+                why_not,
             )
-            return None
-        try:
-            return stored.decoded()
-        except ValueError as exc:
-            logger.warning(
-                "checkpoint %r at position %d cannot be read (its state is not JSON: %s): discarded, "
-                "folding from position 0",
-                name,
-                stored.position,
-                exc,
-            )
-            return None
+        return checkpoint
 
     def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
         """Upsert projection checkpoints, all in one transaction. Not part of the log: a checkpoint is a
