@@ -257,3 +257,30 @@ def test_an_if_none_match_of_any_bytes_is_answered(service: Service, if_none_mat
     answer = service.get("/current", headers={"If-None-Match": if_none_match})
     assert answer.status_code == 200
     assert answer.headers["ETag"]
+
+
+@pytest.mark.parametrize("path", ["/current", "/history"])
+def test_a_conditional_read_without_a_token_learns_nothing(service: Service, path: str) -> None:
+    tag = service.get(path).headers["ETag"]
+    # Without a token, or with a wrong one, the tag neither gets a 304 nor is sent back.
+    for token in (None, "not-the-token-0123456789abcdefghij"):
+        refused = service.get(path, token=token, headers={"If-None-Match": tag})
+        assert refused.status_code == 401
+        assert "etag" not in refused.headers
+
+
+def test_two_instances_showing_the_same_config_give_it_the_same_tag(
+    service: Service, tmp_path: Path, database_url: str
+) -> None:
+    key = service.lifecycle.encryption_key
+    with serving(tmp_path, database_url, instance_id="other-instance", encryption_key=key) as other:
+        other_hash = apply(other, database__pool_size=94)
+        deadline = time.monotonic() + 10
+        while get(service, "/current")["full_hash"] != other_hash:
+            assert time.monotonic() < deadline, "the other instance's change was never followed"
+            time.sleep(0.02)
+        mine, theirs = service.get("/current"), other.get("/current")
+        assert mine.content == theirs.content
+        assert mine.headers["ETag"] == theirs.headers["ETag"]
+        # So a poller sent to either by a load balancer keeps its 304.
+        assert service.get("/current", headers={"If-None-Match": theirs.headers["ETag"]}).status_code == 304
