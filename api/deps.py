@@ -19,6 +19,7 @@ from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
 from confledger.api.lifecycle import ConfigLifecycle
+from confledger.api.pages import RenderedPages
 from confledger.api.reloader import ConfigReloader
 from confledger.api.security import Role
 from confledger.store import Trigger
@@ -36,6 +37,7 @@ __all__ = [
     "credential_in_query",
     "get_current_config",
     "lifecycle_of",
+    "pages_of",
 ]
 
 _bearer = HTTPBearer(auto_error=False, description="CONFLEDGER_ADMIN_TOKEN, or CONFLEDGER_READ_TOKEN for GET")
@@ -48,6 +50,15 @@ def lifecycle_of(request: Request) -> ConfigLifecycle:
     if not isinstance(lifecycle, ConfigLifecycle):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app")
     return lifecycle
+
+
+def pages_of(request: Request) -> RenderedPages:
+    """The app's rendered reads (``api.pages``), by a plain call like ``lifecycle_of``. They are set as
+    the reloader starts, so a route that got ``ReloaderDep`` always finds them."""
+    pages = lifecycle_of(request).pages
+    if pages is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running")
+    return pages
 
 
 async def _lifecycle(request: Request) -> ConfigLifecycle:

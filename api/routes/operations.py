@@ -14,6 +14,7 @@ from confledger.api.deps import (
     ReaderCaller,
     ReloaderDep,
     lifecycle_of,
+    pages_of,
 )
 from confledger.api.errors import STATUS_BY_CODE
 from confledger.api.limits import GuardedRoute
@@ -180,9 +181,9 @@ async def history(
 
     # A page of the in-memory window is kept as rendered until the projections move; a page beyond it
     # is read from the log on a worker thread each time (so it says when the log is unreachable).
-    pages = lifecycle_of(request).pages
+    pages = pages_of(request)
     query = ("history", limit, before, trigger_value, status_value)
-    positions, kept = (None, None) if pages is None else pages.get(query)
+    positions, kept = pages.get(query)
     if kept is not None:
         return conditional_response(kept, if_none_match(request))
     window = reloader.projections.get(HistoryProjection.name)
@@ -203,7 +204,7 @@ async def history(
     # Built and checked above: encoded as is, where FastAPI's response_model would dump, validate again
     # and serialize (0.14 ms against 0.04 ms for a page of 20).
     shown = rendered(page.model_dump_json().encode())
-    if from_window and pages is not None and positions is not None:
+    if from_window:
         pages.keep(query, positions, shown)
     return conditional_response(shown, if_none_match(request))
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
+from confledger.api.deps import ReaderCaller, ReloaderDep, pages_of
 from confledger.api.errors import http_error
 from confledger.api.limits import GuardedRoute
-from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
+from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match
 from confledger.api.schemas import (
     ChangeOut,
     CurrentResponse,
@@ -64,12 +64,7 @@ async def current(request: Request, reloader: ReloaderDep, _caller: ReaderCaller
     value = reloader.current
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
-    pages = lifecycle_of(request).pages
-    page = (
-        rendered(_current_body(value))
-        if pages is None
-        else pages.of_snapshot(value, lambda: _current_body(value))
-    )
+    page = pages_of(request).of_snapshot(value, lambda: _current_body(value))
     return conditional_response(page, if_none_match(request))
 
 
