@@ -319,9 +319,11 @@ def _begin_locked_reading(
     lock: DriverStatement,
     first: DriverStatement | None,
     values: Mapping[str, Any],
+    durable: bool = True,
 ) -> Sequence[Any] | None:
     """PostgreSQL: BEGIN, the write lock and ``first``'s read as one simple query, one round trip where
     psycopg's own BEGIN and the two statements took three; ``first``'s first row (None without one).
+    Not ``durable``: the query also sets ``synchronous_commit`` off for this transaction alone.
 
     The driver connection is in autocommit mode so that psycopg sends no BEGIN of its own: the BEGIN in
     the query opens the transaction, and psycopg's commit() and rollback() end it (they act whenever the
@@ -337,6 +339,8 @@ def _begin_locked_reading(
     if not driver.autocommit:
         driver.autocommit = True  # only between transactions, which is when a transaction begins
     statements = ["BEGIN ISOLATION LEVEL READ COMMITTED", lock.sql]
+    if not durable:
+        statements.append("SET LOCAL synchronous_commit TO off")
     parameters = dict(lock.parameters({}))
     if first is not None:
         statements.append(first.sql)
@@ -345,8 +349,8 @@ def _begin_locked_reading(
         cursor.execute("; ".join(statements), parameters)
         if first is None:
             return None
-        cursor.nextset()  # past BEGIN's and the lock's results
-        cursor.nextset()
+        for _ in range(len(statements) - 1):  # past the results of BEGIN, the lock and the SET
+            cursor.nextset()
         row = cursor.fetchone()
     return None if row is None else first.processed(row)
 
@@ -371,25 +375,48 @@ class _SqliteTransaction:
     begin hook sees the driver inside a transaction and sends nothing, and ending it here ends that too.
     """
 
-    __slots__ = ("_connection", "_driver")
+    __slots__ = ("_connection", "_driver", "_restore")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, relaxed_from: str | None = None) -> None:
+        """``relaxed_from``: the connection's synchronous level, when this transaction is to commit
+        without waiting for the disk (``NORMAL``) and the level is put back after it. SQLite refuses to
+        change the level inside a transaction, so it is set before the BEGIN."""
         driver: Any = connection.connection.driver_connection
-        driver.execute("BEGIN IMMEDIATE")
+        if relaxed_from is not None:
+            driver.execute("PRAGMA synchronous=NORMAL")
         self._connection = connection
         self._driver = driver
+        self._restore = relaxed_from
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restored()
+            raise
 
     def commit(self) -> None:
-        if self._connection.in_transaction():
-            self._connection.commit()
-        else:
-            self._driver.commit()
+        try:
+            if self._connection.in_transaction():
+                self._connection.commit()
+            else:
+                self._driver.commit()
+        finally:
+            self._restored()
 
     def rollback(self) -> None:
-        if self._connection.in_transaction():
-            self._connection.rollback()
-        else:
-            self._driver.rollback()
+        try:
+            if self._connection.in_transaction():
+                self._connection.rollback()
+            else:
+                self._driver.rollback()
+        finally:
+            self._restored()
+
+    def _restored(self) -> None:
+        # A connection whose level could not be put back is discarded by the writer (its _end), so no
+        # later transaction on it commits at the relaxed level by mistake.
+        if self._restore is not None:
+            level, self._restore = self._restore, None
+            self._driver.execute(f"PRAGMA synchronous={level}")
 
 
 class LogWriter:
@@ -408,9 +435,14 @@ class LogWriter:
     out and back in instead of keeping it.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sqlite_synchronous: SqliteSynchronous = "FULL") -> None:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        # What a transaction that need not wait for the disk relaxes from (None: it waits for nothing
+        # already, or it is not SQLite).
+        self._sqlite_relaxed_from: str | None = (
+            sqlite_synchronous if self._sqlite and sqlite_synchronous in ("FULL", "EXTRA") else None
+        )
         self._write_lock = _write_lock(engine.dialect)
         self._keep = not isinstance(engine.pool, StaticPool)
         self._lock = threading.Lock()
@@ -424,16 +456,26 @@ class LogWriter:
 
     @contextlib.contextmanager
     def transaction_reading(
-        self, first: DriverStatement | None = None, values: Mapping[str, Any] | None = None
+        self,
+        first: DriverStatement | None = None,
+        values: Mapping[str, Any] | None = None,
+        *,
+        durable: bool = True,
     ) -> Iterator[tuple[Connection, Sequence[Any] | None]]:
         """``transaction``, and the first row of ``first`` read in it once the lock is held (None when it
         returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
-        lock (``_begin_locked_reading``)."""
+        lock (``_begin_locked_reading``).
+
+        ``durable=False``: the commit does not wait for the disk (SQLite ``synchronous=NORMAL`` for this
+        transaction, PostgreSQL ``synchronous_commit=off``). The transaction survives a crash of this
+        process, not of the machine, until the next durable commit on the log, which makes it durable
+        too: SQLite's WAL and PostgreSQL's WAL are each one sequence, flushed up to that later commit.
+        """
         with self._lock:
             # translate_errors, inline: every append passes here, and a second generator-based context
             # manager around each one cost more than the translation's own check.
             try:
-                connection, transaction, row = self._begin(first, values or {})
+                connection, transaction, row = self._begin(first, values or {}, durable)
                 try:
                     yield connection, row
                 except BaseException:
@@ -463,7 +505,7 @@ class LogWriter:
                     kept.close()
 
     def _begin(
-        self, first: DriverStatement | None, values: Mapping[str, Any]
+        self, first: DriverStatement | None, values: Mapping[str, Any], durable: bool = True
     ) -> tuple[Connection, _Transaction, Sequence[Any] | None]:
         for attempt in (1, 2):
             connection = self._connection()
@@ -471,7 +513,7 @@ class LogWriter:
                 if self._sqlite:
                     # BEGIN IMMEDIATE takes the database's one RESERVED lock, waiting up to the busy
                     # timeout: whoever holds it appends next.
-                    sqlite = _SqliteTransaction(connection)
+                    sqlite = _SqliteTransaction(connection, None if durable else self._sqlite_relaxed_from)
                     try:
                         row = None if first is None else first.first(connection, values)
                     except BaseException:
@@ -484,7 +526,7 @@ class LogWriter:
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
                     begun = connection.begin()
                     try:
-                        row = _begin_locked_reading(connection, self._write_lock, first, values)
+                        row = _begin_locked_reading(connection, self._write_lock, first, values, durable)
                     except BaseException:
                         with contextlib.suppress(Exception):
                             begun.rollback()

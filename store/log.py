@@ -180,7 +180,7 @@ class EventLog:
             application_name=f"confledger {self.instance_id}",
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
-        self._writer = LogWriter(self.engine)
+        self._writer = LogWriter(self.engine, sqlite_synchronous)
         dialect = self.engine.dialect
         self._head_statement = DriverStatement(HEAD, dialect)
         self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
@@ -262,14 +262,19 @@ class EventLog:
         *,
         expected_head: int | None = None,
         configs: Iterable[PreparedConfig] = (),
+        durable: bool = True,
     ) -> list[int]:
         """Append ``new_events`` (and store ``configs``) in one transaction; return their positions.
 
         ``expected_head`` is the head the caller's operation started from: if the batch applies a config
         and another ``config.applied`` has landed since, nothing is written and ``ConcurrencyConflict``
         is raised, so a decision made on stale state never silently overwrites a newer one.
+
+        ``durable=False`` commits without waiting for the disk: the batch survives this process
+        crashing, and is made durable by the next durable append (``LogWriter.transaction_reading``).
+        For a batch that a later one of the same operation completes, and that answers nobody.
         """
-        positions, _ = self._append(new_events, expected_head, configs, recorded=False)
+        positions, _ = self._append(new_events, expected_head, configs, recorded=False, durable=durable)
         return positions
 
     def append_recorded(
@@ -278,10 +283,11 @@ class EventLog:
         *,
         expected_head: int | None = None,
         configs: Iterable[PreparedConfig] = (),
+        durable: bool = True,
     ) -> list[RecordedEvent]:
         """``append``, returning the events as recorded (what reading them back would give), so a caller
         can fold what it just wrote without a round trip to the database."""
-        _, recorded = self._append(new_events, expected_head, configs, recorded=True)
+        _, recorded = self._append(new_events, expected_head, configs, recorded=True, durable=durable)
         return recorded
 
     def _append(
@@ -291,6 +297,7 @@ class EventLog:
         configs: Iterable[PreparedConfig],
         *,
         recorded: bool,
+        durable: bool = True,
     ) -> tuple[list[int], list[RecordedEvent]]:
         """Write the batch; its positions, and the events as recorded when asked for or listened to
         (listeners hear of the batch after the commit)."""
@@ -315,7 +322,7 @@ class EventLog:
             if checks_applies
             else (self._head_statement, {})
         )
-        with self._writer.transaction_reading(first, values) as (connection, head):
+        with self._writer.transaction_reading(first, values, durable=durable) as (connection, head):
             if expected_head is not None and checks_applies:
                 head_position, previous = self._head_unless_applied_since(head, expected_head)
             else:

@@ -225,11 +225,14 @@ class OperationRunner(FleetFollowing, Concluding):
         *,
         expected_head: int | None = None,
         configs: Sequence[PreparedConfig] = (),
+        durable: bool = True,
     ) -> list[RecordedEvent]:
         """Append ``events`` (blocking), after any closing an unrecorded outcome left waiting."""
         if self._unclosed:
             self._close_unrecorded()
-        recorded = self.log.append_recorded(events, expected_head=expected_head, configs=configs)
+        recorded = self.log.append_recorded(
+            events, expected_head=expected_head, configs=configs, durable=durable
+        )
         if recorded:
             self._noted_own(recorded)
         return recorded
@@ -631,7 +634,12 @@ class OperationRunner(FleetFollowing, Concluding):
         services = self.services.ordered()
         if services:
             failpoints.hit("before_start_append")
-            self._record_now(operation)  # durable before the first service hears of the change
+            # Committed before the first service hears of the change, so a crash of this process from
+            # here on leaves an open operation that the next start closes as interrupted. Not waited
+            # onto the disk: the outcome's commit, which every caller waits for, makes both durable.
+            # A power cut before it loses the start with everything the operation did (its services
+            # run in this process), and answered nobody.
+            self._record_now(operation, durable=False)
             failpoints.hit("after_start_append")
         previous = operation.previous
         secrets = [*change.active.secret_values(), *([] if previous is None else previous.secret_values())]
@@ -705,6 +713,7 @@ class OperationRunner(FleetFollowing, Concluding):
         *events: EventPayload,
         expected_head: int | None = None,
         beside: Sequence[NewEvent] = (),
+        durable: bool = True,
     ) -> None:
         """Append the operation's pending events and ``events`` (and ``beside``, events outside the
         operation that must commit with it) in one transaction."""
@@ -712,7 +721,9 @@ class OperationRunner(FleetFollowing, Concluding):
             NewEvent(payload, actor=operation.request.actor, operation_id=operation.id)
             for payload in (*operation.pending, *events)
         ]
-        recorded = self._append_now([*batch, *beside], expected_head=expected_head, configs=operation.configs)
+        recorded = self._append_now(
+            [*batch, *beside], expected_head=expected_head, configs=operation.configs, durable=durable
+        )
         # Cleared only once written: a refused append (a conflict) is retried with the same start.
         operation.pending, operation.configs = [], []
         operation.recorded += recorded[: len(batch)]

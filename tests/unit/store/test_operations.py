@@ -212,7 +212,7 @@ async def test_a_reload_takes_one_thread_hop_and_one_per_turn_of_user_code(
         assert len(made) == hops, made
 
 
-async def test_the_start_is_durable_before_the_first_service_hears_of_the_change(tmp_path: Path) -> None:
+async def test_the_start_is_committed_before_the_first_service_hears_of_the_change(tmp_path: Path) -> None:
     source = write(tmp_path / "config.json", {"region": "eu"})
     seen: list[list[str]] = []
     async with runner_on(tmp_path, source) as runner:
@@ -230,6 +230,38 @@ async def test_the_start_is_durable_before_the_first_service_hears_of_the_change
         operation = await runner.reload()
     assert seen == [START]
     assert operation.success
+
+
+@pytest.mark.parametrize(
+    ("body", "services", "durable"),
+    [
+        # services to tell: the start commits without waiting for the disk, the outcome makes both durable
+        ({"region": "us"}, 2, [False, True]),
+        # nobody to tell: the start and the outcome are one durable commit
+        ({"region": "us"}, 0, [True]),
+        # refused by a validator: the refusal is the outcome, durable
+        ({"zone": "a"}, 2, [True]),
+    ],
+)
+async def test_only_the_outcome_waits_for_the_disk(
+    tmp_path: Path, body: dict[str, Any], services: int, durable: list[bool]
+) -> None:
+    source = write(tmp_path / "config.json", {"region": "eu"})
+    async with runner_on(tmp_path, source) as runner:
+        for index in range(services):
+            runner.services.register(f"s{index}", accept)
+        appended: list[bool] = []
+        original = runner.log.append_recorded
+
+        def noting(*args: Any, durable: bool = True, **kwargs: Any) -> Any:
+            appended.append(durable)
+            return original(*args, durable=durable, **kwargs)
+
+        write(source, body)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(runner.log, "append_recorded", noting)
+            await runner.reload()
+        assert appended == durable
 
 
 async def test_a_crash_mid_notification_leaves_an_interrupted_operation(tmp_path: Path) -> None:
