@@ -447,6 +447,7 @@ class LogWriter:
         self._keep = not isinstance(engine.pool, StaticPool)
         self._lock = threading.Lock()
         self._kept: Connection | None = None
+        self._kept_serial = 0  # which kept connection this is: a data version belongs to one
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -560,7 +561,27 @@ class LogWriter:
             return self.engine.connect()
         if self._kept is None:
             self._kept = self.engine.connect()
+            self._kept_serial += 1
         return self._kept
+
+    def data_version(self) -> tuple[int, int] | None:
+        """SQLite: a token that stays the same until a connection other than this writer's commits to
+        the database (``PRAGMA data_version`` on the writer's connection, with which connection it is);
+        None on PostgreSQL and for in-memory SQLite. The writer's own commits leave it as it was."""
+        if not (self._sqlite and self._keep):
+            return None
+        with self._lock:
+            try:
+                connection = self._connection()
+                driver: Any = connection.connection.driver_connection
+                version = int(driver.execute("PRAGMA data_version").fetchone()[0])
+            except Exception as exc:
+                if self._kept is not None:
+                    self._discard(self._kept)
+                if not isinstance(exc, _driver_errors()):
+                    raise
+                raise _translated(self.engine.url, exc) from exc
+            return self._kept_serial, version
 
     def _discard(self, connection: Connection) -> None:
         with contextlib.suppress(Exception):

@@ -91,7 +91,6 @@ from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
     APPLIED_TO_HEAD,
     HEAD_AND_APPLIED_SINCE,
-    INSERT_EVENTS,
     PAGE,
     PAGE_UNTIL,
     decode_event,
@@ -100,7 +99,7 @@ from confledger.store.queries import (
 )
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
-from confledger.store.statements import DriverStatement
+from confledger.store.statements import DriverStatement, InsertRows
 from confledger.store.verification import (
     Integrity,
     check_log,
@@ -181,6 +180,9 @@ class EventLog:
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         self._writer = LogWriter(self.engine, sqlite_synchronous)
+        # The writer's data version before the last read of what was decided elsewhere, and the head
+        # that read found (``decided_elsewhere``).
+        self._quiet: tuple[tuple[int, int], int] | None = None
         dialect = self.engine.dialect
         self._head_statement = DriverStatement(HEAD, dialect)
         self._head_and_applied_since = DriverStatement(HEAD_AND_APPLIED_SINCE, dialect)
@@ -188,7 +190,7 @@ class EventLog:
         self._config_row = DriverStatement(CONFIG_ROW, dialect)
         self._config_writes = ConfigWrites(dialect)
         # The payload is bound as its canonical JSON text, the text its link covers (encoded once).
-        self._insert_events = DriverStatement(INSERT_EVENTS, dialect, encoded=("payload",))
+        self._insert_events = InsertRows(events, dialect, encoded=("payload",))
         self._page = DriverStatement(PAGE, dialect)
         self._page_until = DriverStatement(PAGE_UNTIL, dialect)
         try:
@@ -541,11 +543,24 @@ class EventLog:
         that kept it from being read; None for this instance's own.
 
         What a follower reads, on one connection: the bodies are read after the head's snapshot, but a
-        body is written in the transaction of the event that first names it and never changes."""
+        body is written in the transaction of the event that first names it and never changes.
+
+        On SQLite the log is not read when no other connection has committed since a read that found a
+        head at or before ``after`` (``LogWriter.data_version``): then every event after ``after`` is
+        this log's own, none decided elsewhere, and ``after`` is given back as the head (a position the
+        head is at or past). Before every operation and at every poll of a follower, that read was a
+        pooled connection's checkout, a statement and the connection's reset.
+        """
+        version = self._writer.data_version()
+        quiet = self._quiet
+        if version is not None and quiet is not None and quiet[0] == version and after >= quiet[1]:
+            return after, []
         keys = self.integrity().keys
         with self._read(snapshot=False) as connection:
             rows = self._applied_to_head.all(connection, {"after": after})
             head = int(rows[0][0] or 0) if rows else 0
+            # Taken before the read: whatever was committed elsewhere after it changes the version.
+            self._quiet = None if version is None else (version, head)
             applied = [decode_event(self.registry, row[1:]) for row in rows if row[1] is not None]
             found: list[tuple[RecordedEvent, StoredConfig | ConfledgerError | None]] = []
             for event in applied:

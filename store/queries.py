@@ -24,7 +24,6 @@ __all__ = [
     "APPLIED_TO_HEAD",
     "EVENT_COLUMNS",
     "HEAD_AND_APPLIED_SINCE",
-    "INSERT_EVENTS",
     "PAGE",
     "PAGE_UNTIL",
     "as_read",
@@ -37,8 +36,8 @@ __all__ = [
 # writer's connection (store/statements.py), compiled once with SQLAlchemy's own bind processing:
 # through Connection.execute an SQLite append measured 0.49-0.50x raw sqlite3 in events/s (target 0.6),
 # on the cursor 0.76-0.82x (median per append 0.66-0.73x); tests/benchmarks/bench_append.py, 2,000
-# single-event appends x 3 runs, interleaved with raw sqlite3 on this machine.
-INSERT_EVENTS = events.insert()
+# single-event appends x 3 runs, interleaved with raw sqlite3 on this machine. (The insert of a batch's
+# rows is ``store.statements.InsertRows``, compiled per row count.)
 _applied = events.alias("applied")
 # The head, and the first config.applied after a position, in one statement (on PostgreSQL one round
 # trip fewer per append that applies a config). An empty log has no row, and nothing in it can conflict.

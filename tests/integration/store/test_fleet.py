@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,66 @@ def test_a_waiter_gets_the_lock_as_soon_as_the_holder_lets_go(log: EventLog) -> 
     releaser.join()
     # Well within the budget: granted on release, not at its end.
     assert time.monotonic() - started < 4.0
+
+
+def test_threads_sharing_one_lock_take_turns(log: EventLog) -> None:
+    # One lock object, as a runner keeps it: a second thread waits for the first, whatever the backend
+    # (one open lock file, or one lock connection, is shared by every thread that uses it).
+    lock = fleet_lock_for(log.engine)
+    lease = lock.acquire(HOLDER, 1.0)
+    refused: list[FleetLockBusy] = []
+
+    def second() -> None:
+        try:
+            lock.acquire("second@host-a:1", 0.2).release()
+        except FleetLockBusy as busy:
+            refused.append(busy)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join()
+    lease.release()
+    assert [busy.holder for busy in refused] == [HOLDER]
+    lock.acquire("third@host-a:1", 0.2).release()
+    lock.close()
+
+
+def test_a_holder_is_named_as_it_wrote_itself_after_a_longer_name(log: EventLog) -> None:
+    lock = fleet_lock_for(log.engine)
+    lock.acquire("a-much-longer-holder-name@" + "x" * 100, 1.0).release()
+    lease = lock.acquire(HOLDER, 1.0)
+    try:
+        with pytest.raises(FleetLockBusy) as busy:
+            fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
+        assert busy.value.holder == HOLDER
+    finally:
+        lease.release()
+        lock.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_does_not_share_its_parents_lock_file(log: EventLog) -> None:
+    # The child inherits the parent's lock object, open file and all: it must still wait its turn.
+    # (SQLite only: a child must not touch its parent's PostgreSQL connection at all.)
+    if log.dialect != "sqlite":
+        pytest.skip("the lock file is SQLite's")
+    lock = fleet_lock_for(log.engine)
+    lease = lock.acquire(HOLDER, 1.0)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports by its exit code
+            try:
+                lock.acquire("child@host-a:2", 0.2).release()
+                os._exit(1)  # granted while the parent holds it
+            except FleetLockBusy:
+                os._exit(0)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        lease.release()
+        lock.close()
 
 
 def test_a_killed_holder_never_blocks_the_fleet(log: EventLog, database_url: str) -> None:

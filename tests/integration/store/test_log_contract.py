@@ -114,11 +114,15 @@ def test_appending_nothing_writes_nothing(log: EventLog) -> None:
 
 def test_positions_run_from_one_to_n_across_batches(log: EventLog) -> None:
     returned: list[int] = []
-    for batch_size in (1, 3, 1, 5, 2):
+    # 64 rows to an INSERT (store.statements.InsertRows): batches of one statement, of one full
+    # statement, and of three statements, the last one short.
+    sizes = (1, 3, 1, 5, 2, 64, 150)
+    for batch_size in sizes:
         returned += log.append([started(pid) for pid in range(batch_size)])
-    assert returned == list(range(1, 13))
+    assert returned == list(range(1, sum(sizes) + 1))
     assert [event.position for event in log.read()] == returned
-    assert log.head() == 12
+    assert [event.payload.pid for event in log.read(after=76)] == list(range(150))  # type: ignore[attr-defined]
+    assert log.head() == sum(sizes)
     assert log.verify().ok
 
 
@@ -265,6 +269,42 @@ def test_decided_elsewhere_reads_the_configs_other_instances_applied(
     assert own is None  # decided here: nothing to read
     assert isinstance(missing, UnknownConfigHash)
     assert log.decided_elsewhere(4) == (4, [])
+
+
+def test_decided_elsewhere_reads_the_log_again_only_after_a_commit_elsewhere(
+    log: EventLog, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite skips the read while no other connection has committed since the last one that found a
+    # head at or before ``after`` (PRAGMA data_version); PostgreSQL reads every time.
+    reads: list[int] = []
+    read = log._read
+
+    def counted(**options: Any) -> Any:
+        reads.append(1)
+        return read(**options)
+
+    def asked(after: int) -> tuple[int, list[int], bool]:
+        """The head, the positions found, and whether the log was read."""
+        before = len(reads)
+        with monkeypatch.context() as patch:
+            patch.setattr(log, "_read", counted)
+            head, found = log.decided_elsewhere(after)
+        return head, [event.position for event, _ in found], len(reads) > before
+
+    skips = log.dialect == "sqlite"
+    elsewhere = EventLog(database_url, instance_id="elsewhere")
+    try:
+        log.append([started(1)])
+        assert asked(0) == (1, [], True)
+        log.append([applied("a" * 64)])  # this log's own: it leaves the data version as it was
+        assert asked(1) == ((1, [], False) if skips else (2, [2], True))
+        elsewhere.append([started(2)])  # another connection commits: read again
+        assert asked(2) == (3, [], True)
+        # A caller behind the head the last read found is read for, whatever the version says.
+        assert asked(1) == (3, [2], True)
+        assert asked(3) == (3, [], not skips)
+    finally:
+        elsewhere.close()
 
 
 def test_read_reverse_is_newest_first(log: EventLog) -> None:
