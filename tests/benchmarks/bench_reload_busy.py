@@ -120,6 +120,7 @@ def parent(args: argparse.Namespace) -> int:
     # Each side runs this file in a process of its own; the anchor's confledger comes first on its path.
     paths: dict[str, Path | None] = {"this": None}
     if args.anchor:
+        (directory / "anchor").mkdir()
         paths[args.anchor] = anchor_tree(args.anchor, directory / "anchor")
     results: dict[str, dict[str, list[float]]] = {name: {"quiet": [], "busy": []} for name in paths}
     try:
