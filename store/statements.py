@@ -125,20 +125,22 @@ class DriverStatement:
 
 
 class InsertRows:
-    """Rows of ``table`` inserted by one ``INSERT … VALUES (…), (…)`` per batch of up to ``ROWS`` rows.
+    """Rows of ``table`` inserted in one round trip of few driver calls, as each driver does that best.
 
-    One statement rather than ``executemany``: the driver runs it once, where executemany runs and
-    resets the statement once per row, and each of those calls lets go of the GIL. A worker thread that
-    lets go while the event loop's thread is busy waits up to a switch interval (5 ms) to have it back,
-    so under load an append paid that per row: with this and the kept lock file (``store.fleet``), a
-    reload under ``wrk`` took a median 45-47 ms against 67-78 ms (bench_zero_downtime.py, 5 s runs).
+    SQLite: one ``INSERT … VALUES (…), (…)`` per batch of up to ``ROWS`` rows, rather than
+    ``executemany``, which runs and resets the statement once per row, each call letting go of the GIL.
+    A worker thread that lets go while the event loop's thread is busy waits up to a switch interval
+    (5 ms) to have it back, so under load an append paid that per row (``bench_reload_busy.py``).
+    PostgreSQL: ``executemany`` of the one-row statement, which psycopg sends as one pipeline (one round
+    trip, one wait on the socket); a statement of many rows is longer than psycopg caches the conversion
+    and the preparation of, and cost more CPU than the pipeline (a reload's two appends, py-spy).
     """
 
     # 64 rows of the events table's 12 columns stay under 999 parameters, SQLite's oldest limit; the
     # statements compiled (one per row count) stay few.
     ROWS = 64
 
-    __slots__ = ("_columns", "_dialect", "_encoded", "_statements", "_table")
+    __slots__ = ("_columns", "_dialect", "_encoded", "_one_row", "_statements", "_table")
 
     def __init__(self, table: sa.Table, dialect: Dialect, *, encoded: Collection[str] = ()) -> None:
         """``encoded``: columns whose values the caller gives as the driver takes them (``DriverStatement``)."""
@@ -147,9 +149,13 @@ class InsertRows:
         self._columns = [column.name for column in table.columns]
         self._encoded = frozenset(encoded)
         self._statements: dict[int, DriverStatement] = {}
+        self._one_row = DriverStatement(table.insert(), dialect, encoded=encoded)
 
     def run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (each keyed by column name, every column given)."""
+        if len(rows) == 1 or self._dialect.name != "sqlite":
+            self._one_row.run(connection, rows)
+            return
         for start in range(0, len(rows), self.ROWS):
             batch = rows[start : start + self.ROWS]
             values = {
