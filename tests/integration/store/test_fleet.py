@@ -28,14 +28,19 @@ from confledger.store.fleet import (
 HOLDER = "0190e0e0-0000-7000-8000-00000000000a@host-a:1"
 
 
+def assert_held_by(log: EventLog, holder: str) -> FleetLockBusy:
+    """Another lock on the log is refused within its wait, naming ``holder``."""
+    with pytest.raises(FleetLockBusy) as busy:
+        fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
+    assert busy.value.holder == holder
+    return busy.value
+
+
 def test_a_held_lock_answers_busy_naming_its_holder_then_passes_when_released(log: EventLog) -> None:
     lock = fleet_lock_for(log.engine)
     lease = lock.acquire(HOLDER, 1.0)
     try:
-        with pytest.raises(FleetLockBusy) as busy:
-            fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
-        assert busy.value.holder == HOLDER
-        assert busy.value.code == "fleet_lock_busy"
+        assert assert_held_by(log, HOLDER).code == "fleet_lock_busy"
     finally:
         lease.release()
     fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1).release()
@@ -79,9 +84,7 @@ def test_a_holder_is_named_as_it_wrote_itself_after_a_longer_name(log: EventLog)
     lock.acquire("a-much-longer-holder-name@" + "x" * 100, 1.0).release()
     lease = lock.acquire(HOLDER, 1.0)
     try:
-        with pytest.raises(FleetLockBusy) as busy:
-            fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
-        assert busy.value.holder == HOLDER
+        assert_held_by(log, HOLDER)
     finally:
         lease.release()
         lock.close()
@@ -224,9 +227,7 @@ def test_the_lock_survives_its_kept_session_being_terminated(pg_schema_url: str)
             admin.commit()
         lease = lock.acquire(HOLDER, 1.0)
         try:
-            with pytest.raises(FleetLockBusy) as busy:
-                fleet_lock_for(log.engine).acquire("second@host-b:2", 0.1)
-            assert busy.value.holder == HOLDER
+            assert_held_by(log, HOLDER)
         finally:
             lease.release()
         lock.close()
