@@ -319,11 +319,9 @@ def _begin_locked_reading(
     lock: DriverStatement,
     first: DriverStatement | None,
     values: Mapping[str, Any],
-    durable: bool = True,
 ) -> Sequence[Any] | None:
     """PostgreSQL: BEGIN, the write lock and ``first``'s read as one simple query, one round trip where
     psycopg's own BEGIN and the two statements took three; ``first``'s first row (None without one).
-    Not ``durable``: the query also sets ``synchronous_commit`` off for this transaction alone.
 
     The driver connection is in autocommit mode so that psycopg sends no BEGIN of its own: the BEGIN in
     the query opens the transaction, and psycopg's commit() and rollback() end it (they act whenever the
@@ -339,8 +337,6 @@ def _begin_locked_reading(
     if not driver.autocommit:
         driver.autocommit = True  # only between transactions, which is when a transaction begins
     statements = ["BEGIN ISOLATION LEVEL READ COMMITTED", lock.sql]
-    if not durable:
-        statements.append("SET LOCAL synchronous_commit TO off")
     parameters = dict(lock.parameters({}))
     if first is not None:
         statements.append(first.sql)
@@ -349,8 +345,8 @@ def _begin_locked_reading(
         cursor.execute("; ".join(statements), parameters)
         if first is None:
             return None
-        for _ in range(len(statements) - 1):  # past the results of BEGIN, the lock and the SET
-            cursor.nextset()
+        cursor.nextset()  # past BEGIN's and the lock's results
+        cursor.nextset()
         row = cursor.fetchone()
     return None if row is None else first.processed(row)
 
@@ -467,10 +463,11 @@ class LogWriter:
         returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
         lock (``_begin_locked_reading``).
 
-        ``durable=False``: the commit does not wait for the disk (SQLite ``synchronous=NORMAL`` for this
-        transaction, PostgreSQL ``synchronous_commit=off``). The transaction survives a crash of this
-        process, not of the machine, until the next durable commit on the log, which makes it durable
-        too: SQLite's WAL and PostgreSQL's WAL are each one sequence, flushed up to that later commit.
+        ``durable=False``: the commit need not wait for the disk where losing it would mean losing this
+        process with it. On SQLite, a file of this machine, it commits at ``synchronous=NORMAL``: it
+        survives a crash of this process, not of the machine, until the next durable commit, which makes
+        it durable too (the WAL is one sequence, synced up to that later commit). PostgreSQL is a server
+        that can crash while this process lives on, so there every commit waits for its disk.
         """
         with self._lock:
             # translate_errors, inline: every append passes here, and a second generator-based context
@@ -527,7 +524,7 @@ class LogWriter:
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
                     begun = connection.begin()
                     try:
-                        row = _begin_locked_reading(connection, self._write_lock, first, values, durable)
+                        row = _begin_locked_reading(connection, self._write_lock, first, values)
                     except BaseException:
                         with contextlib.suppress(Exception):
                             begun.rollback()

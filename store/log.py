@@ -272,9 +272,10 @@ class EventLog:
         and another ``config.applied`` has landed since, nothing is written and ``ConcurrencyConflict``
         is raised, so a decision made on stale state never silently overwrites a newer one.
 
-        ``durable=False`` commits without waiting for the disk: the batch survives this process
-        crashing, and is made durable by the next durable append (``LogWriter.transaction_reading``).
-        For a batch that a later one of the same operation completes, and that answers nobody.
+        ``durable=False``: on SQLite, commit without waiting for the disk; the batch survives this
+        process crashing and is made durable by the next durable append. On PostgreSQL, a server that
+        can crash on its own, it changes nothing (``LogWriter.transaction_reading``). For a batch that a
+        later one of the same operation completes, and that answers nobody.
         """
         positions, _ = self._append(new_events, expected_head, configs, recorded=False, durable=durable)
         return positions

@@ -635,10 +635,12 @@ class OperationRunner(FleetFollowing, Concluding):
         if services:
             failpoints.hit("before_start_append")
             # Committed before the first service hears of the change, so a crash of this process from
-            # here on leaves an open operation that the next start closes as interrupted. Not waited
-            # onto the disk: the outcome's commit, which every caller waits for, makes both durable.
-            # A power cut before it loses the start with everything the operation did (its services
-            # run in this process), and answered nobody.
+            # here on leaves an open operation that the next start closes as interrupted. On SQLite not
+            # waited onto the disk: the outcome's commit, which every caller waits for, makes both
+            # durable, and a power cut before it loses the start with everything the operation did (its
+            # services run on this machine) and answered nobody. PostgreSQL can lose a commit while
+            # this process lives on (its outcome, queued until the log takes writes again, would then
+            # close an operation the log never saw start): there it is durable at once.
             self._record_now(operation, durable=False)
             failpoints.hit("after_start_append")
         previous = operation.previous
