@@ -250,11 +250,12 @@ class _FileLock:
     """``flock`` on a file beside the SQLite database: the kernel drops it with a crashed holder's fd.
 
     The file stays open between operations, and each holder writes its name over the last one's in a
-    fixed width: taking and giving back the lock is two ``flock`` calls and one write, where opening,
-    truncating, writing, truncating and closing the file each time took seven system calls. Each lets go
-    of the GIL, and a worker thread that lets go while the event loop's thread is busy waits up to a
-    switch interval (5 ms) to have it back. Threads of this process first take turns on a lock of their
-    own: every thread using the one open file would share its ``flock``.
+    fixed width: taking and giving back the lock is two ``flock`` calls, a ``stat`` (the path must still
+    name the open file: one removed or replaced is let go of and the new one taken) and one write, where
+    opening, truncating, writing, truncating and closing the file each time took seven system calls.
+    Each lets go of the GIL, and a worker thread that lets go while the event loop's thread is busy
+    waits up to a switch interval (5 ms) to have it back. Threads of this process first take turns on a
+    lock of their own: every thread using the one open file would share its ``flock``.
     """
 
     NAME_BYTES = 256
@@ -263,6 +264,7 @@ class _FileLock:
         self.path = path
         self._threads = threading.Lock()
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # the open file's device and inode
         self._pid = os.getpid()
 
     def acquire(self, holder: str, wait_s: float) -> FleetLease:
@@ -282,7 +284,13 @@ class _FileLock:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    if self._still_the_file():
+                        break
+                    # The file was removed or replaced since it was opened: the others lock the one at
+                    # the path now, so this one is let go of and that one taken.
+                    self._close_file()
+                    fd = self._file()
+                    continue
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise _busy(self._holder(), wait_s) from None
@@ -311,12 +319,22 @@ class _FileLock:
     def _file(self) -> int:
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise StoreUnavailable(
                     f"cannot open the fleet lock file {self.path}: {exc.strerror}"
                 ) from None
+            opened = os.fstat(fd)
+            self._fd, self._identity = fd, (opened.st_dev, opened.st_ino)
         return self._fd
+
+    def _still_the_file(self) -> bool:
+        """Whether the path still names the file this lock holds open (one ``stat``)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == self._identity
 
     def _close_file(self) -> None:
         fd, self._fd = self._fd, None

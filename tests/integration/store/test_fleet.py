@@ -90,6 +90,28 @@ def test_a_holder_is_named_as_it_wrote_itself_after_a_longer_name(log: EventLog)
         lock.close()
 
 
+def test_a_lock_file_removed_meanwhile_is_given_up_for_the_new_one(log: EventLog) -> None:
+    # A lock keeps its file open between operations. Once the file is removed, another instance locks
+    # the new one at the path: the kept file must not let this one in beside it.
+    if log.dialect != "sqlite":
+        pytest.skip("the lock file is SQLite's")
+    kept = fleet_lock_for(log.engine)
+    kept.acquire("first@host-a:1", 1.0).release()
+    path = kept.path  # type: ignore[attr-defined]
+    path.unlink()
+    other = fleet_lock_for(log.engine)
+    lease = other.acquire(HOLDER, 1.0)
+    try:
+        with pytest.raises(FleetLockBusy) as busy:
+            kept.acquire("first@host-a:1", 0.2)
+        assert busy.value.holder == HOLDER
+    finally:
+        lease.release()
+        other.close()
+    kept.acquire("first@host-a:1", 1.0).release()  # and takes the new file once it is free
+    kept.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_forked_child_does_not_share_its_parents_lock_file(log: EventLog) -> None:
     # The child inherits the parent's lock object, open file and all: it must still wait its turn.
