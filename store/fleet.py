@@ -239,11 +239,15 @@ class _AdvisoryLock:
 
 
 class _FileLease:
-    def __init__(self, lock: _FileLock) -> None:
+    def __init__(self, lock: _FileLock, turn: FleetLease) -> None:
         self._lock = lock
+        self._turn = turn
 
     def release(self) -> None:
-        self._lock.release()
+        try:
+            self._lock.unlock()
+        finally:
+            self._turn.release()
 
 
 class _FileLock:
@@ -254,15 +258,15 @@ class _FileLock:
     name the open file: one removed or replaced is let go of and the new one taken) and one write, where
     opening, truncating, writing, truncating and closing the file each time took seven system calls.
     Each lets go of the GIL, and a worker thread that lets go while the event loop's thread is busy
-    waits up to a switch interval (5 ms) to have it back. Threads of this process first take turns on a
-    lock of their own: every thread using the one open file would share its ``flock``.
+    waits up to a switch interval (5 ms) to have it back. Threads of this process first take their turn
+    on a ``_ProcessLock``: every thread using the one open file would share its ``flock``.
     """
 
     NAME_BYTES = 256
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._threads = threading.Lock()
+        self._turns = _ProcessLock()
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None  # the open file's device and inode
         self._pid = os.getpid()
@@ -274,10 +278,9 @@ class _FileLock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
-            self._fd, self._pid, self._threads = None, os.getpid(), threading.Lock()
+            self._fd, self._pid, self._turns = None, os.getpid(), _ProcessLock()
         deadline = time.monotonic() + wait_s
-        if not self._threads.acquire(timeout=max(wait_s, 0.0)):
-            raise _busy(self._holder(), wait_s)
+        turn = self._turns.acquire(holder, wait_s)
         try:
             fd = self._file()
             delay = 0.0005
@@ -301,20 +304,17 @@ class _FileLock:
             with contextlib.suppress(OSError):
                 os.pwrite(fd, holder.encode("utf-8")[: self.NAME_BYTES].ljust(self.NAME_BYTES), 0)
         except BaseException:
-            self._threads.release()
+            turn.release()
             raise
-        return _FileLease(self)
+        return _FileLease(self, turn)
 
-    def release(self) -> None:
-        try:
-            if self._fd is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                except OSError:
-                    # Closing the file lets go of the lock whatever went wrong; the next turn reopens it.
-                    self._close_file()
-        finally:
-            self._threads.release()
+    def unlock(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                # Closing the file lets go of the lock whatever went wrong; the next turn reopens it.
+                self._close_file()
 
     def _file(self) -> int:
         if self._fd is None:
