@@ -391,21 +391,20 @@ class _SqliteTransaction:
 
     def commit(self) -> None:
         try:
-            if self._connection.in_transaction():
-                self._connection.commit()
-            else:
-                self._driver.commit()
+            self._ending().commit()
         finally:
             self._restored()
 
     def rollback(self) -> None:
         try:
-            if self._connection.in_transaction():
-                self._connection.rollback()
-            else:
-                self._driver.rollback()
+            self._ending().rollback()
         finally:
             self._restored()
+
+    def _ending(self) -> Any:
+        """What ends the transaction: SQLAlchemy's, when a statement of the body began one on this one
+        (see above), else the driver's."""
+        return self._connection if self._connection.in_transaction() else self._driver
 
     def _restored(self) -> None:
         # A connection whose level could not be put back is discarded by the writer (its _end), so no
