@@ -152,7 +152,7 @@ class ProjectionSet:
             self._last_checkpoint_position = self.position
             self.replayed_on_start = self._catch_up()
             self._last_checkpoint_time = time.monotonic()
-        self._unsubscribe = self.log.subscribe(self.on_appended)
+        self._unsubscribe = self.log.subscribe(self.on_appended, folded_to=lambda: self.position)
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -216,7 +216,14 @@ class ProjectionSet:
         if not events:
             return
         with self._lock:
-            if events[0].position > self.position + 1:
+            # A batch starts with what others appended since the position the log was told (subscribe's
+            # folded_to), which another thread's append may have folded since.
+            position = self.position
+            if events[0].position <= position:
+                events = [event for event in events if event.position > position]
+                if not events:
+                    return
+            if events[0].position > position + 1:
                 self._catch_up()
             else:
                 self._fold(events)

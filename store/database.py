@@ -318,10 +318,12 @@ def _begin_locked_reading(
     connection: Connection,
     lock: DriverStatement,
     first: DriverStatement | None,
+    then: DriverStatement | None,
     values: Mapping[str, Any],
-) -> Sequence[Any] | None:
-    """PostgreSQL: BEGIN, the write lock and ``first``'s read as one simple query, one round trip where
-    psycopg's own BEGIN and the two statements took three; ``first``'s first row (None without one).
+) -> tuple[Sequence[Any] | None, Sequence[Sequence[Any]] | None]:
+    """PostgreSQL: BEGIN, the write lock and ``first``'s and ``then``'s reads as one simple query, one
+    round trip where psycopg's own BEGIN and the statements took one each; ``first``'s first row (None
+    without one) and ``then``'s rows (None without it).
 
     The driver connection is in autocommit mode so that psycopg sends no BEGIN of its own: the BEGIN in
     the query opens the transaction, and psycopg's commit() and rollback() end it (they act whenever the
@@ -338,17 +340,25 @@ def _begin_locked_reading(
         driver.autocommit = True  # only between transactions, which is when a transaction begins
     statements = ["BEGIN ISOLATION LEVEL READ COMMITTED", lock.sql]
     parameters = dict(lock.parameters({}))
-    if first is not None:
-        statements.append(first.sql)
-        parameters.update(first.parameters(values))
+    reads = [statement for statement in (first, then) if statement is not None]
+    for statement in reads:
+        statements.append(statement.sql)
+        parameters.update(statement.parameters(values))
+    row: Sequence[Any] | None = None
+    rows: Sequence[Sequence[Any]] | None = None
     with psycopg.ClientCursor(driver) as cursor:
         cursor.execute("; ".join(statements), parameters)
-        if first is None:
-            return None
+        if not reads:
+            return None, None
         cursor.nextset()  # past BEGIN's and the lock's results
-        cursor.nextset()
-        row = cursor.fetchone()
-    return None if row is None else first.processed(row)
+        if first is not None:
+            cursor.nextset()
+            found = cursor.fetchone()
+            row = None if found is None else first.processed(found)
+        if then is not None:
+            cursor.nextset()
+            rows = [then.processed(found) for found in cursor.fetchall()]
+    return row, rows
 
 
 class _Transaction(Protocol):
@@ -447,7 +457,7 @@ class LogWriter:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection inside a transaction that holds the log's write lock; commits on success."""
-        with self.transaction_reading() as (connection, _):
+        with self.transaction_reading() as (connection, *_):
             yield connection
 
     @contextlib.contextmanager
@@ -456,10 +466,12 @@ class LogWriter:
         first: DriverStatement | None = None,
         values: Mapping[str, Any] | None = None,
         *,
+        then: DriverStatement | None = None,
         durable: bool = True,
-    ) -> Iterator[tuple[Connection, Sequence[Any] | None]]:
-        """``transaction``, and the first row of ``first`` read in it once the lock is held (None when it
-        returns no row, or no statement was given). On PostgreSQL the read travels with the BEGIN and the
+    ) -> Iterator[tuple[Connection, Sequence[Any] | None, Sequence[Sequence[Any]] | None]]:
+        """``transaction``, the first row of ``first`` read in it once the lock is held (None when it
+        returns no row, or no statement was given), and every row of ``then`` read after it (None without
+        one; both take their binds from ``values``). On PostgreSQL the reads travel with the BEGIN and the
         lock (``_begin_locked_reading``).
 
         ``durable=False``: the commit need not wait for the disk where losing it would mean losing this
@@ -472,9 +484,9 @@ class LogWriter:
             # translate_errors, inline: every append passes here, and a second generator-based context
             # manager around each one cost more than the translation's own check.
             try:
-                connection, transaction, row = self._begin(first, values or {}, durable)
+                connection, transaction, row, rows = self._begin(first, then, values or {}, durable)
                 try:
-                    yield connection, row
+                    yield connection, row, rows
                 except BaseException:
                     # The body's exception is the one to report, even when the rollback fails too.
                     with contextlib.suppress(Exception):
@@ -502,8 +514,12 @@ class LogWriter:
                     kept.close()
 
     def _begin(
-        self, first: DriverStatement | None, values: Mapping[str, Any], durable: bool = True
-    ) -> tuple[Connection, _Transaction, Sequence[Any] | None]:
+        self,
+        first: DriverStatement | None,
+        then: DriverStatement | None,
+        values: Mapping[str, Any],
+        durable: bool = True,
+    ) -> tuple[Connection, _Transaction, Sequence[Any] | None, Sequence[Sequence[Any]] | None]:
         for attempt in (1, 2):
             connection = self._connection()
             try:
@@ -513,24 +529,30 @@ class LogWriter:
                     sqlite = _SqliteTransaction(connection, None if durable else self._sqlite_relaxed_from)
                     try:
                         row = None if first is None else first.first(connection, values)
+                        rows = None if then is None else then.all(connection, values)
                     except BaseException:
                         with contextlib.suppress(Exception):
                             sqlite.rollback()
                         raise
-                    return connection, sqlite, row
+                    return connection, sqlite, row, rows
                 if self._write_lock is not None and self._keep:
                     # Only on the kept connection: it never goes back to the pool in autocommit mode.
                     # Every transaction on it begins this way: psycopg, in autocommit, would send no BEGIN.
                     begun = connection.begin()
                     try:
-                        row = _begin_locked_reading(connection, self._write_lock, first, values)
+                        row, rows = _begin_locked_reading(connection, self._write_lock, first, then, values)
                     except BaseException:
                         with contextlib.suppress(Exception):
                             begun.rollback()
                         raise
-                    return connection, begun, row
+                    return connection, begun, row, rows
                 locked = _lock_for_writing(connection, self._write_lock)
-                return connection, locked, None if first is None else first.first(connection, values)
+                return (
+                    connection,
+                    locked,
+                    None if first is None else first.first(connection, values),
+                    None if then is None else then.all(connection, values),
+                )
             except Exception as exc:
                 self._discard(connection)
                 if attempt == 1 and connection_lost(exc):

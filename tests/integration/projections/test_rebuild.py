@@ -1,14 +1,17 @@
 """A rebuild from the log lands exactly where folding each append as it happened landed. Both backends.
 
 Live folding takes the events as the append recorded them (``EventLog.append_recorded``'s rows, through
-the log's subscription) or, after another instance's append, from a catch-up read; a rebuild reads every
-event back from the log in pages. Both must leave every projection with the same state and views.
+the log's subscription), with what other instances appended before them (read in the append's own
+transaction), or from a catch-up read; a rebuild reads every event back from the log in pages. Both must
+leave every projection with the same state and views.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import pytest
 
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentProjection
@@ -99,5 +102,39 @@ def test_a_rebuild_equals_the_state_folded_append_by_append(log: EventLog, other
         assert told == told_before  # the rebuild told nobody anything again
         assert folded["current"] is not None
         assert len(folded["history"]) == 4 + len(folded["in_progress"])
+    finally:
+        projections.stop()
+
+
+def test_others_appends_are_folded_from_this_instances_next_append_without_a_read(
+    log: EventLog, other_instance: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fleet's instances append in turn: what the others appended reaches the projections with the next
+    # batch of this instance (read under its append's lock), in order, with no catch-up read of the log.
+    projections = projection_set(log)
+    told: list[int] = []
+    projections.applied_listeners.append(lambda event: told.append(event.position))
+    projections.start()
+    reads: list[int] = []
+    read = log.iter_events
+    monkeypatch.setattr(log, "iter_events", lambda *a, **k: (reads.append(1), read(*a, **k))[1])
+    try:
+        events = hand_built_log()
+        for index, event in enumerate(events):
+            if index % 3:
+                other_instance.append([as_new(event)])
+            else:
+                log.append([as_new(event)])
+        log.append([as_new(events[0])])  # the others' last ones, then this
+        assert reads == []
+        assert projections.position == log.head()
+        folded = state_of(projections)
+        told_live = list(told)
+
+        projections.rebuild()
+
+        assert state_of(projections) == folded
+        applies = [e.position for e in log.read() if e.type == "config.applied"]
+        assert told_live == applies  # every apply told once, in order, whoever appended it
     finally:
         projections.stop()

@@ -307,6 +307,72 @@ def test_decided_elsewhere_reads_the_log_again_only_after_a_commit_elsewhere(
         elsewhere.close()
 
 
+# What an in-order listener (``subscribe(..., folded_to=...)``) is handed with a batch of this log's:
+# the events appended elsewhere after the position it says it has folded to, then the batch.
+@pytest.mark.parametrize(
+    ("others", "behind", "expected"),
+    [
+        # others' events, how far behind the head the listener says it is, what it gets (offsets past
+        # the head before the others appended; the batch is the last)
+        (3, 0, [1, 2, 3, 4]),  # all the others appended, then the batch
+        (0, 0, [1]),  # nothing elsewhere: the batch alone
+        (2, 2, [-1, 0, 1, 2, 3]),  # behind already: from where it is
+        (3, -3, [4]),  # says it has folded them (another thread's read did): the batch alone
+    ],
+)
+def test_an_in_order_listener_gets_what_others_appended_before_its_batch(
+    log: EventLog, open_log: Any, others: int, behind: int, expected: list[int]
+) -> None:
+    elsewhere = open_log()
+    log.append([started(n) for n in range(4)])
+    head = log.head()
+    heard: list[list[int]] = []
+    plain: list[list[int]] = []
+    log.subscribe(
+        lambda batch: heard.append([e.position - head for e in batch]), folded_to=lambda: head - behind
+    )
+    log.subscribe(lambda batch: plain.append([e.position - head for e in batch]))
+    for n in range(others):
+        elsewhere.append([started(10 + n)])
+    reads: list[int] = []
+    read = log._read
+    log._read = lambda **options: (reads.append(1), read(**options))[1]  # type: ignore[method-assign]
+    try:
+        recorded = log.append_recorded([started(99)])
+    finally:
+        log._read = read  # type: ignore[method-assign]
+    assert heard == [expected]
+    assert plain == [[others + 1]]  # a listener without a position gets the batch alone
+    assert [e.position for e in recorded] == [head + others + 1]  # and so does the caller
+    assert reads == []  # read in the append's transaction, not by a read of its own
+    # What the listener got is what reading the log gives.
+    assert log.read(after=head + min(expected) - 1) == [
+        e for e in log.read() if e.position - head in expected
+    ]
+
+
+def test_an_in_order_listener_gets_the_batch_alone_when_the_rest_is_not_all_there(
+    open_log: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Further behind than GAP_ROWS, or behind an event this code cannot decode: the listener gets its
+    # batch alone (it reads the log itself on the gap, and meets the error there) and the append stands.
+    import confledger.store.log as log_module
+
+    monkeypatch.setattr(log_module, "GAP_ROWS", 2)
+    listening = open_log(registry=registry_with(WidgetResizedV1))
+    elsewhere = open_log(registry=registry_with(WidgetResizedV2))
+    heard: list[list[int]] = []
+    listening.subscribe(lambda batch: heard.append([e.position for e in batch]), folded_to=lambda: 0)
+    elsewhere.append([started(1), started(2), started(3)])
+    listening.append([started(4)])  # three behind: more than GAP_ROWS
+    assert heard == [[4]]
+    monkeypatch.setattr(log_module, "GAP_ROWS", 256)
+    elsewhere.append([NewEvent(WidgetResizedV2(width=1, height=2))])  # newer than the listener's code
+    listening.append([started(6)])
+    assert heard[-1] == [6]
+    assert listening.head() == 6
+
+
 def test_read_reverse_is_newest_first(log: EventLog) -> None:
     log.append([started(pid) for pid in range(5)])
     log.append([applied("a" * 64)])

@@ -53,13 +53,13 @@ def test_a_transaction_commits_at_its_level_and_the_next_is_back_at_the_logs(
     seen: list[str] = []
     with (
         pytest.raises(RuntimeError) if fails else contextlib.nullcontext(),
-        log._writer.transaction_reading(durable=durable) as (connection, _),
+        log._writer.transaction_reading(durable=durable) as (connection, *_),
     ):
         seen.append(level(connection))
         if fails:
             raise RuntimeError("the body failed")
     assert seen == [strict(log) if durable else relaxed(log)]
-    with log._writer.transaction_reading() as (connection, _):
+    with log._writer.transaction_reading() as (connection, *_):
         assert level(connection) == strict(log)
     assert log.head() == 1
 
@@ -75,5 +75,5 @@ def test_a_log_that_never_waits_for_the_disk_is_left_as_configured(tmp_path: Any
     with EventLog(f"sqlite:///{tmp_path / 'log.db'}", sqlite_synchronous="NORMAL") as log:
         log.append([started()])
         for durable in (False, True):
-            with log._writer.transaction_reading(durable=durable) as (connection, _):
+            with log._writer.transaction_reading(durable=durable) as (connection, *_):
                 assert level(connection) == "NORMAL"

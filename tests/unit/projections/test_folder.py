@@ -200,7 +200,7 @@ class ListLog:
         self.events = events
         self.checkpoints: dict[str, Checkpoint] = {}
 
-    def subscribe(self, listener: Any) -> Any:
+    def subscribe(self, listener: Any, *, folded_to: Any = None) -> Any:
         return lambda: None
 
     def head(self) -> int:
