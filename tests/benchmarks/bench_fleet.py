@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_fleet.py [--changes 200] [--followers 2,4,8]
                                                      [--backends postgres,sqlite] [--sqlite-poll 0.01]
+                                                     [--anchor REV [--rounds 3]]
 
 One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, each once
 every follower's service had the one before (a closed loop: what is measured is propagation, not a queue
@@ -21,6 +22,10 @@ anchor's p50 / p99, the ratio of the p99s, and ``CPU/chg``: the CPU one follower
 (the median follower; /proc). N followers share the machine's cores: N x that / cores is about as soon
 as the last of them can be done, whatever the code does between them. Target: PostgreSQL, N = 8, p99 < 10 ms.
 
+``--anchor REV``: each row is run for this tree and for commit REV (exported with ``git archive``, its
+decider and followers importing it first), in turns, ``--rounds`` times, which goes first alternating;
+printed as the medians over the rounds of each side and their ratios (this / REV).
+
 ``measure(backend, followers, ...)`` runs one row; another benchmark's table can call it.
 PostgreSQL: ``CONFLEDGER_TEST_PG_URL`` (default the test database), in a schema of its own, dropped after.
 """
@@ -28,6 +33,7 @@ PostgreSQL: ``CONFLEDGER_TEST_PG_URL`` (default the test database), in a schema 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
@@ -126,7 +132,8 @@ def _environment(
             "CONFLEDGER_LOG_LEVEL": os.environ.get("BENCH_FLEET_LOG_LEVEL", "warning"),
             "FLEET_NOOP": "1",
             "FLEET_STAMPS": str(stamps),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            # The caller's path first: an anchor's tree (--anchor) is imported before this one.
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
         }
     )
     return environment
@@ -438,6 +445,76 @@ def print_table(results: list[Result]) -> None:
         )
 
 
+def _run_side(importable: Path | None, backend: str, followers: int, arguments: argparse.Namespace) -> Result:
+    """One row in a process of its own, importing ``importable``'s tree first when given."""
+    environment = dict(os.environ)
+    if importable is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(importable), os.environ.get("PYTHONPATH")])
+        )
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--json",
+        "--backends",
+        backend,
+        "--followers",
+        str(followers),
+        "--changes",
+        str(arguments.changes),
+        "--pause",
+        str(arguments.pause),
+        "--sqlite-poll",
+        str(arguments.sqlite_poll),
+    ]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"a side failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def compare(arguments: argparse.Namespace) -> None:
+    """Every row for this tree and for ``--anchor``, interleaved; medians over the rounds, and ratios."""
+    from tests.benchmarks.bench_reload import anchor_tree
+
+    anchor = arguments.anchor
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-anchor-") as directory:
+        importable = anchor_tree(anchor, Path(directory))
+        header = (
+            f"{'backend':<10} {'N':>3} {'side':<10} {'p50 ms':>8} {'p99 ms':>8} {'rec. p50':>8} "
+            f"{'CPU/chg':>8}   per round p99"
+        )
+        print(header)
+        print("-" * len(header))
+        for backend in arguments.backends.split(","):
+            for count in (int(n) for n in arguments.followers.split(",")):
+                sides: dict[str, list[Result]] = {"this": [], anchor: []}
+                for round_index in range(arguments.rounds):
+                    order = ("this", anchor) if round_index % 2 == 0 else (anchor, "this")
+                    for side in order:
+                        path = None if side == "this" else importable
+                        sides[side].append(_run_side(path, backend, count, arguments))
+                medians = {}
+                for side, results in sides.items():
+                    medians[side] = [
+                        statistics.median(getattr(r, name) for r in results)
+                        for name in ("p50_ms", "p99_ms", "recorded_p50_ms", "follower_cpu_ms")
+                    ]
+                    rounds = " ".join(f"{r.p99_ms:.1f}" for r in results)
+                    p50, p99, recorded, cpu = medians[side]
+                    print(
+                        f"{backend:<10} {count:>3} {side:<10} {p50:>8.2f} {p99:>8.2f} {recorded:>8.2f} "
+                        f"{cpu:>8.2f}   {rounds}"
+                    )
+                ratios = [this / other for this, other in zip(medians["this"], medians[anchor], strict=True)]
+                print(
+                    f"{backend:<10} {count:>3} {'ratio':<10} "
+                    + " ".join(f"{ratio:>8.2f}" for ratio in ratios)
+                    + f"   (this / {anchor})"
+                )
+    print(f"load average at the end (1, 5, 15 min): {os.getloadavg()} on {os.cpu_count()} CPUs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=200)
@@ -446,8 +523,16 @@ def main() -> int:
     parser.add_argument("--sqlite-poll", type=float, default=0.01)
     parser.add_argument("--pause", type=float, default=0.03, help="seconds between two rings of the anchor")
     parser.add_argument("--check", action="store_true", help="exit 1 when PostgreSQL N=8 misses the target")
+    parser.add_argument("--anchor", help="a commit to compare with, row by row, in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each side per row (--anchor)")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one side of --anchor
     arguments = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        # After the caller's path: an anchor's tree (--anchor) is imported before this one.
+        sys.path.append(str(ROOT))
+    if arguments.anchor:
+        compare(arguments)
+        return 0
     results = [
         measure(
             backend,
@@ -459,6 +544,10 @@ def main() -> int:
         for backend in arguments.backends.split(",")
         for count in arguments.followers.split(",")
     ]
+    if arguments.json:
+        for result in results:
+            print(json.dumps(dataclasses.asdict(result)))
+        return 0
     print_table(results)
     target_rows = [r for r in results if r.backend == "postgres" and r.followers == 8]
     missed = [r for r in target_rows if r.p99_ms >= TARGET_PG_N8_P99_MS]
