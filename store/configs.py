@@ -9,7 +9,7 @@ transaction as the append that first names it, and never changed after; whoever 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ from confledger.store.statements import DriverStatement
 from confledger.store.upsert import insert_for
 
 __all__ = [
+    "CONFIG_COLUMNS",
     "CONFIG_ROW",
     "MIN_PREFIX",
     "ConfigWrites",
@@ -46,6 +47,7 @@ __all__ = [
     "prepare_config",
     "resolve_hash",
     "store_config",
+    "stored_config",
 ]
 
 MIN_PREFIX = 7
@@ -53,13 +55,17 @@ MIN_PREFIX = 7
 # A stored config's row, in the order ``load_config`` unpacks it. Built once: the log runs it on the
 # driver's cursor (store/statements.py), where SQLAlchemy's per-execution work was most of a follower's
 # read of the config it is about to apply.
-CONFIG_ROW = sa.select(
+# What a stored config is read back from, in the order ``stored_config`` takes it.
+CONFIG_COLUMNS = (
     config_versions.c.body,
     config_versions.c.size_bytes,
     config_versions.c.first_position,
     config_versions.c.created_at,
     config_versions.c.hash_version,
-).where(config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String))
+)
+CONFIG_ROW = sa.select(*CONFIG_COLUMNS).where(
+    config_versions.c.hash == sa.bindparam("config_hash", type_=sa.String)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +215,19 @@ def load_config(
     )
     if row is None:
         raise UnknownConfigHash(f"no stored config has the hash {full_hash[:64]}")
+    return stored_config(full_hash, row, cipher, reveal=reveal, keys=keys)
+
+
+def stored_config(
+    full_hash: str,
+    row: Sequence[Any],
+    cipher: SecretCipher | None,
+    *,
+    reveal: bool,
+    keys: IntegrityKeys | None = None,
+) -> StoredConfig:
+    """The stored config ``full_hash`` of ``row`` (``CONFIG_COLUMNS``, as read by a statement of its own
+    or beside the event that names it), checked and revealed as ``load_config`` says."""
     stored_body, size_bytes, first_position, created_at, hash_version = row
     if not isinstance(stored_body, dict):
         # A body is always stored as an object: anything else (other JSON, or text that is not JSON,

@@ -46,6 +46,7 @@ from confledger.store.configs import (
     prepare_config,
     resolve_hash,
     store_config,
+    stored_config,
 )
 from confledger.store.database import (
     DEFAULT_DATABASE_URL,
@@ -91,6 +92,7 @@ from confledger.store.integrity import (
 from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
     APPLIED_TO_HEAD,
+    EVENT_COLUMNS,
     HEAD_AND_APPLIED_SINCE,
     PAGE,
     PAGE_UNTIL,
@@ -125,6 +127,9 @@ logger = logging.getLogger(__name__)
 # change are two or three per instance. A listener further behind than this (back from an outage, after
 # a bulk import elsewhere) reads the log itself, in pages.
 GAP_ROWS = 256
+
+# Where the config's columns start in a row of ``APPLIED_TO_HEAD`` (after the head and the event's).
+_APPLIED_CONFIG = 1 + len(EVENT_COLUMNS)
 
 
 def default_anchor_path(url: URL) -> Path | None:
@@ -591,8 +596,8 @@ class EventLog:
         each with its stored config (secrets decrypted) when another instance decided it, or the error
         that kept it from being read; None for this instance's own.
 
-        What a follower reads, on one connection: the bodies are read after the head's snapshot, but a
-        body is written in the transaction of the event that first names it and never changes.
+        What a follower reads, in one statement: the events with the bodies they name (a body is written
+        in the transaction of the event that first names it, and never changes).
 
         On SQLite the log is not read when no other connection has committed since a read that found a
         head at or before ``after`` (``LogWriter.data_version``): then every event after ``after`` is
@@ -610,21 +615,29 @@ class EventLog:
             head = int(rows[0][0] or 0) if rows else 0
             # Taken before the read: whatever was committed elsewhere after it changes the version.
             self._quiet = None if version is None else (version, head)
-            applied = [decode_event(self.registry, row[1:]) for row in rows if row[1] is not None]
             found: list[tuple[RecordedEvent, StoredConfig | ConfledgerError | None]] = []
-            for event in applied:
+            for row in rows:
+                if row[1] is None:
+                    continue  # nothing applied after ``after``: the head alone
+                event = decode_event(self.registry, row[1:_APPLIED_CONFIG])
                 payload = event.payload
                 if event.instance_id == self.instance_id or not isinstance(payload, ConfigApplied):
                     found.append((event, None))
                     continue
                 try:
-                    stored = load_config(
-                        connection,
-                        payload.hash,
-                        self.cipher,
-                        reveal=True,
-                        keys=keys,
-                        statement=self._config_row,
+                    columns = row[_APPLIED_CONFIG:]
+                    stored = (
+                        stored_config(payload.hash, columns, self.cipher, reveal=True, keys=keys)
+                        if columns[0] is not None
+                        # No stored config by that hash: the lookup of its own says so, as for any hash.
+                        else load_config(
+                            connection,
+                            payload.hash,
+                            self.cipher,
+                            reveal=True,
+                            keys=keys,
+                            statement=self._config_row,
+                        )
                     )
                 except (SecretKeyError, ConfigLookupError) as exc:
                     found.append((event, exc))

@@ -15,10 +15,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from confledger.store.configs import CONFIG_COLUMNS
 from confledger.store.database import StoredTime
 from confledger.store.errors import EventSchemaError
 from confledger.store.events import ConfigApplied, EventRegistry, RecordedEvent
-from confledger.store.schema import events
+from confledger.store.schema import config_versions, events
 
 __all__ = [
     "APPLIED_TO_HEAD",
@@ -120,11 +121,12 @@ def forward(
 
 
 _head = sa.select(sa.func.max(events.c.position).label("head")).subquery("head")
-# The head, and every config.applied after a position up to it, in one statement: what a follower (and
-# an operation taking its turn) looks at, one round trip where the head and then the events took two.
-# Always at least one row: an empty log's head is NULL, and with nothing new the event columns are.
+# The head, and every config.applied after a position up to it with the config it names, in one
+# statement: what a follower (and an operation taking its turn) looks at, one round trip where the head,
+# the events and each body took one each. Always at least one row: an empty log's head is NULL, and with
+# nothing new the event columns are; a config the log lacks leaves its columns NULL (the body is never).
 APPLIED_TO_HEAD = (
-    sa.select(_head.c.head, *EVENT_COLUMNS)
+    sa.select(_head.c.head, *EVENT_COLUMNS, *CONFIG_COLUMNS)
     .select_from(
         _head.outerjoin(
             events,
@@ -133,7 +135,7 @@ APPLIED_TO_HEAD = (
                 events.c.position > sa.bindparam("after", type_=sa.BigInteger),
                 events.c.position <= _head.c.head,
             ),
-        )
+        ).outerjoin(config_versions, config_versions.c.hash == events.c.payload["hash"].as_string())
     )
     .order_by(events.c.position)
 )

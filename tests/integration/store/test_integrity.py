@@ -314,6 +314,10 @@ def test_an_edited_body_is_found_and_never_handed_out(
     with pytest.raises(ConfigBodyMismatch) as refused:
         keyed.get_config(full_hash)
     assert refused.value.code == "config_body_mismatch"
+    # Nor to another instance following the log (the body read with the event that applied it): its
+    # read fails as the lookup does, and it stays on the config it has.
+    with pytest.raises(ConfigBodyMismatch):
+        open_keyed(instance_id="follower").decided_elsewhere(0)
     report = keyed.verify()
     assert report.config_hash == full_hash
     assert report.first_broken_position == 1

@@ -258,9 +258,23 @@ def test_decided_elsewhere_reads_the_configs_other_instances_applied(
         log.append([applied("a" * 64, stored)])
         elsewhere.append([started(2), applied("b" * 64, "a" * 64)])
         # positions: 1 applied by elsewhere; 2 applied here; 3 started; 4 applied elsewhere, no body
-        head, found = log.decided_elsewhere(0)
+        looked_up: list[str] = []
+        lookup = log._config_row
+
+        class CountedLookup:
+            def first(self, connection: Any, values: Any) -> Any:
+                looked_up.append(values["config_hash"])
+                return lookup.first(connection, values)
+
+        log._config_row = CountedLookup()  # type: ignore[assignment]
+        try:
+            head, found = log.decided_elsewhere(0)
+        finally:
+            log._config_row = lookup
     finally:
         elsewhere.close()
+    # The bodies come with the events; only a hash the log has no body for is looked up on its own.
+    assert looked_up == ["b" * 64]
     assert head == 4
     assert [event.position for event, _ in found] == [1, 2, 4]
     (_, first), (_, own), (_, missing) = found
