@@ -340,7 +340,8 @@ class EventLog:
         )
         # What the in-order listeners lack before this batch is read under the lock too (``subscribe``):
         # on PostgreSQL in the BEGIN's round trip, on SQLite only when the head shows it is there.
-        since = min((folded_to() for folded_to in self._folded_to.values()), default=None)
+        # (A copy first: another thread may subscribe or unsubscribe meanwhile.)
+        since = min((folded_to() for folded_to in list(self._folded_to.values())), default=None)
         then = None
         if since is not None:
             values = {**values, "after": since, "batch": GAP_ROWS}
