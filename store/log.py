@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
 from confledger.store.chain import HEAD, VerifyReport, link_of
-from confledger.store.checkpoints import Checkpoint, read_checkpoint, save_checkpoint
+from confledger.store.checkpoints import Checkpoint, read_checkpoint, save_checkpoints
 from confledger.store.configs import (
     CONFIG_ROW,
     ConfigWrites,
@@ -826,8 +826,7 @@ class EventLog:
         # One commit for a runner's whole set: on SQLite with synchronous=FULL each commit is an fsync,
         # and the set is saved from an append's listener, on the path of the operation that tipped it.
         with translate_errors(self.url), self.engine.begin() as connection:
-            for checkpoint in checkpoints:
-                save_checkpoint(connection, checkpoint, keys)
+            save_checkpoints(connection, *checkpoints, keys=keys)
 
     # --- integrity ------------------------------------------------------------------------------------
 

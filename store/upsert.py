@@ -9,7 +9,7 @@ SQLite (3.24 and later) and PostgreSQL spell it alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -25,28 +25,31 @@ __all__ = ["insert_for", "upsert"]
 def upsert(
     connection: Connection,
     table: sa.Table,
-    values: Mapping[str, Any],
+    values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     key: str,
     where: Callable[[Any], sa.ColumnElement[bool]] | None = None,
 ) -> None:
-    """Insert ``values`` into ``table``, or, when a row with the same ``key`` exists, set its other
-    columns to them; with ``where``, only if ``where(excluded)`` holds (``excluded``: the row offered)."""
-    statement = insert_for(connection.dialect, table, values)
-    changed = {name: statement.excluded[name] for name in values if name != key}
+    """Insert ``values`` (a row, or rows with the same columns and distinct ``key``s, in one statement)
+    into ``table``, or, where a row with the same ``key`` exists, set its other columns to them; with
+    ``where``, only if ``where(excluded)`` holds (``excluded``: the row offered)."""
+    rows = [values] if isinstance(values, Mapping) else list(values)
+    statement = insert_for(connection.dialect, table, rows)
+    changed = {name: statement.excluded[name] for name in rows[0] if name != key}
     condition = None if where is None else where(statement.excluded)
     connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed, where=condition))
 
 
 def insert_for(
-    dialect: Dialect, table: sa.Table, values: Mapping[str, Any]
+    dialect: Dialect, table: sa.Table, values: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 ) -> PostgresqlInsert | SqliteInsert:
-    """``INSERT`` of ``values`` into ``table`` in ``dialect``, which can say ``ON CONFLICT``."""
+    """``INSERT`` of ``values`` (a row, or rows) into ``table`` in ``dialect``, which can say ``ON CONFLICT``."""
+    rows = dict(values) if isinstance(values, Mapping) else list(values)
     # Imported here: the engine has loaded its own dialect's module already, and the other is never needed.
     if dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        return postgresql.insert(table).values(**values)
+        return postgresql.insert(table).values(rows)
     from sqlalchemy.dialects import sqlite
 
-    return sqlite.insert(table).values(**values)
+    return sqlite.insert(table).values(rows)

@@ -875,6 +875,19 @@ def test_checkpoints_round_trip_and_never_move_backwards(log: EventLog) -> None:
     assert log.load_checkpoint("stats") == Checkpoint("stats", 3, 12, {"total": 4, "rebuilt": True})
 
 
+def test_a_set_saved_in_one_statement_moves_each_checkpoint_by_its_own_position(log: EventLog) -> None:
+    log.save_checkpoint(Checkpoint("stats", 1, 10, {"total": 3}), Checkpoint("history", 1, 10, {"n": 1}))
+    log.save_checkpoint(
+        Checkpoint("stats", 1, 7, {"total": 2}),  # behind: stays at 10
+        Checkpoint("history", 1, 12, {"n": 2}),  # ahead: moves
+        Checkpoint("fleet", 1, 12, {}),  # new
+        Checkpoint("fleet", 1, 13, {"last": True}),  # the same name twice: the last one given
+    )
+    assert log.load_checkpoint("stats") == Checkpoint("stats", 1, 10, {"total": 3})
+    assert log.load_checkpoint("history") == Checkpoint("history", 1, 12, {"n": 2})
+    assert log.load_checkpoint("fleet") == Checkpoint("fleet", 1, 13, {"last": True})
+
+
 def test_checkpoints_saved_together_commit_together(log: EventLog) -> None:
     # A runner saves its whole set in one call: one transaction (one fsync on SQLite FULL), so a set
     # that fails part way leaves every checkpoint as it was.

@@ -17,14 +17,14 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from confledger.store import Checkpoint, EventLog
-from confledger.store.checkpoints import save_checkpoint
+from confledger.store.checkpoints import save_checkpoints
 from confledger.store.integrity import IntegrityKeys, load_verified, save_verified
 
 KEYS = IntegrityKeys(b"k" * 32, origin="test")
 
 
 def checkpoint_at(position: int) -> Callable[[Connection], None]:
-    return lambda connection: save_checkpoint(connection, Checkpoint("stats", 1, position, {"at": position}))
+    return lambda connection: save_checkpoints(connection, Checkpoint("stats", 1, position, {"at": position}))
 
 
 def verified_at(position: int) -> Callable[[Connection], None]:
