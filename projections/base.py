@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
+from confledger.store.canonical import canonical_json
 from confledger.store.events import DEFAULT_REGISTRY, EventPayload, PayloadTable, RecordedEvent
 
 __all__ = [
@@ -104,6 +105,13 @@ class Projection(ABC):
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy of the state, for a checkpoint."""
+
+    def encoded_snapshot(self) -> tuple[dict[str, Any], str]:
+        """``snapshot()`` and its canonical JSON. A projection whose state is mostly parts that never
+        change once made keeps their text and joins it (history), where encoding the whole state again
+        at every checkpoint was most of the checkpoint's cost."""
+        state = self.snapshot()
+        return state, canonical_json(state)
 
     @abstractmethod
     def restore(self, state: dict[str, Any]) -> None:

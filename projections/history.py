@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from confledger.projections.base import Projection, StateModel, UuidText, event_from_state, event_to_state
+from confledger.store.canonical import canonical_json
 from confledger.store.events import (
     OperationCompleted,
     OperationRejected,
@@ -69,9 +70,10 @@ class HistoryProjection(Projection):
         # in cache misses and collections than the fold it saved. Readers see them meanwhile
         # (``finished``). Beyond a window, the oldest falls off: ``settle`` would drop it anyway.
         self._ended: deque[dict[str, Any]] = deque(maxlen=self.window)
-        # Each operation's checkpoint form, kept while it is in the window: a finished operation never
-        # changes, so a checkpoint dumps only those that finished since the last one.
-        self._dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
+        # Each operation's checkpoint form and its canonical JSON, kept while it is in the window: a
+        # finished operation never changes, so a checkpoint dumps and encodes only those that finished
+        # since the last one (``encoded_snapshot``).
+        self._dumped: dict[str, tuple[ReloadOperation, dict[str, Any], str]] = {}
 
     def fold(self, event: RecordedEvent) -> None:
         operation_id = event.operation_id
@@ -133,24 +135,37 @@ class HistoryProjection(Projection):
         return finished[0].first_position
 
     def snapshot(self) -> dict[str, Any]:
+        return self._parts()[0]
+
+    def encoded_snapshot(self) -> tuple[dict[str, Any], str]:
+        state, texts = self._parts()
+        # Canonical JSON nests as it stands alone (sorted keys, the same separators): the whole is its
+        # members' texts joined, "open" sorting before "operations".
+        open_text = canonical_json(state["open"])
+        return state, '{"open":' + open_text + ',"operations":[' + ",".join(texts) + "]}"
+
+    def _parts(self) -> tuple[dict[str, Any], list[str]]:
+        """The state, and each operation's canonical JSON in the order of its ``operations``."""
         # Operations ended since the last settle (a fold that failed part-way is not settled) go into
         # the window first: the checkpoint's position is past their ends, so "open" must not hold them.
         self.settle()
-        dumped: dict[str, tuple[ReloadOperation, dict[str, Any]]] = {}
+        dumped: dict[str, tuple[ReloadOperation, dict[str, Any], str]] = {}
         for key, operation in self.operations.items():
             cached = self._dumped.get(key)
             if cached is None or cached[0] is not operation:
-                cached = (operation, operation.model_dump(mode="json", exclude_defaults=True))
+                dump = operation.model_dump(mode="json", exclude_defaults=True)
+                cached = (operation, dump, canonical_json(dump))
             dumped[key] = cached
         # Rebuilt from the window each time, so it never holds more than the window does.
         self._dumped = dumped
-        return {
-            "operations": [state for _, state in dumped.values()],
+        state = {
+            "operations": [dump for _, dump, _ in dumped.values()],
             "open": {
                 str(events[0].operation_id): [event_to_state(e) for e in events]
                 for events in self._open.values()
             },
         }
+        return state, [text for _, _, text in dumped.values()]
 
     def restore(self, state: dict[str, Any]) -> None:
         self.reset()

@@ -272,17 +272,13 @@ class ProjectionSet:
 
     def checkpoint(self) -> None:
         with self._lock:
-            self.log.save_checkpoint(
-                *(
-                    Checkpoint(
-                        name=projection.name,
-                        version=projection.version,
-                        position=projection.position,
-                        state=projection.snapshot(),
-                    )
-                    for projection in self.projections
+            checkpoints = []
+            for projection in self.projections:
+                state, encoded = projection.encoded_snapshot()
+                checkpoints.append(
+                    Checkpoint(projection.name, projection.version, projection.position, state, encoded)
                 )
-            )
+            self.log.save_checkpoint(*checkpoints)
             self._last_checkpoint_position = self.position
             self._last_checkpoint_time = time.monotonic()
 

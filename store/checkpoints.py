@@ -10,7 +10,7 @@ are dropped quietly, once, as a stale cache.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,9 @@ class Checkpoint:
     # JSON as stored: a dict when a fold wrote it, anything when the row was damaged. Whoever restores
     # from it checks it first (projections.runner.restore_projections).
     state: Any
+    # The state's canonical JSON, when the projection that made it kept the text of its parts
+    # (``Projection.encoded_snapshot``); saved as given, else encoded from ``state``.
+    encoded: str | None = field(default=None, compare=False, repr=False)
 
 
 class _EncodedJSON(sa.types.TypeDecorator[str]):
@@ -171,7 +174,9 @@ def save_checkpoints(
     rows = []
     for checkpoint in latest.values():
         # Encoded once: the text the MAC covers is the text the column stores.
-        state_text = canonical_json(checkpoint.state)
+        state_text = (
+            checkpoint.encoded if checkpoint.encoded is not None else canonical_json(checkpoint.state)
+        )
         rows.append(
             {
                 "name": checkpoint.name,

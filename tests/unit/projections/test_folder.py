@@ -4,6 +4,7 @@ start from different checkpoints, when events come twice or out of order, and wh
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from confledger.projections.history import HistoryProjection
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.projections.timeline import as_of
+from confledger.store.canonical import canonical_json
 from confledger.store.errors import StoreUnavailable
 from confledger.store.events import (
     ConfigApplied,
@@ -340,11 +342,29 @@ def test_history_checkpoints_reuse_the_dumps_of_unchanged_operations_and_stay_wi
         if split:
             history.apply(EVENTS[split - 1])
         assert plain(history.snapshot()) == plain(fresh.snapshot()), split
+        # The text joined from the kept parts is the state's own canonical JSON.
+        state, encoded = history.encoded_snapshot()
+        assert encoded == canonical_json(state) == canonical_json(fresh.snapshot()), split
         assert len(history._dumped) <= 3
     # An operation replaced under the same id (folded again after a restore) is dumped anew.
     key = next(iter(history.operations))
     history.operations[key] = history.operations[key].model_copy(update={"message": "changed"})
     assert history.snapshot()["operations"][0]["message"] == "changed"
+    state, encoded = history.encoded_snapshot()
+    assert encoded == canonical_json(state)
+    assert '"message":"changed"' in encoded
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_projections_encoded_snapshot_is_its_snapshots_canonical_json(name: str) -> None:
+    # What a checkpoint stores (and MACs) is this text: it must be the state's, whatever the projection
+    # kept to make it.
+    projection = FACTORIES[name]()
+    for event in EVENTS:
+        projection.apply(event)
+        state, encoded = projection.encoded_snapshot()
+        assert encoded == canonical_json(state)
+        assert json.loads(encoded) == plain(state)
 
 
 def reference_entries(applied: list[str], kept: int) -> list[str]:
