@@ -53,6 +53,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How often a running reloader looks whether its projections' checkpoint is due (``_save_checkpoints``).
+CHECKPOINT_LOOK_S = 1.0
+
 ReloadTrigger = Trigger
 
 
@@ -151,6 +154,7 @@ class ConfigReloader:
             version=__version__,
         )
         self._follower_scope: anyio.CancelScope | None = None
+        self._checkpoint_scope: anyio.CancelScope | None = None
         # Told of each applied change as the projections fold it, whoever decided it (GET /watch).
         self.changes = ChangeFeed(self.settings.watch_queue_size)
         self.projections.applied_listeners.append(self.changes.on_applied)
@@ -243,6 +247,7 @@ class ConfigReloader:
         stack.push_async_callback(self._shutdown)
         try:
             await self.start()
+            await self._task_group.start(self._save_checkpoints)
             if self.settings.follow:
                 await self._task_group.start(self._follow)
         except BaseException:
@@ -256,6 +261,40 @@ class ConfigReloader:
             self._follower_scope = scope
             await self.follower.run(task_status=task_status)
 
+    async def _save_checkpoints(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Save the projections' checkpoint when one is due, in a worker thread, off every append's path.
+
+        Saving a set (encoding the states, MACing and writing them) took about 10 ms of CPU on a busy
+        two-core machine. On the thread of the append that made it due, it held up the operation that
+        tipped it; in a fleet that was the follower's next change, and most of the propagation
+        benchmark's p99 (30 ms with it, 20 ms without). Looked for once a second: a checkpoint is a
+        cache that falls due every few seconds at most, and the look reads two numbers.
+        """
+        with anyio.CancelScope() as scope:
+            self._checkpoint_scope = scope
+            self.projections.checkpoint_on_append = False
+            task_status.started()
+            failing: str | None = None
+            try:
+                while True:
+                    await anyio.sleep(CHECKPOINT_LOOK_S)
+                    try:
+                        await anyio.to_thread.run_sync(self.projections.checkpoint_if_due)
+                    except ConfledgerError as exc:
+                        # A cache: a failed save costs the next start a longer fold. Said once per kind
+                        # of failure until a save works again.
+                        if failing != exc.code:
+                            logger.warning(
+                                "saving the projections' checkpoint failed (%s); retrying", exc.code
+                            )
+                        failing = exc.code
+                    else:
+                        failing = None
+            finally:
+                self.projections.checkpoint_on_append = True
+
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._exit_stack = self._exit_stack, None
         if stack is not None:
@@ -266,6 +305,9 @@ class ConfigReloader:
             if self._follower_scope is not None:
                 self._follower_scope.cancel()
                 self._follower_scope = None
+            if self._checkpoint_scope is not None:
+                self._checkpoint_scope.cancel()
+                self._checkpoint_scope = None
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None

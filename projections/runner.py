@@ -126,7 +126,9 @@ class ProjectionSet:
         self._lock = threading.RLock()
         self._last_checkpoint_position = 0
         self._last_checkpoint_time = 0.0
-        self._saver: threading.Thread | None = None
+        # Whether the append that makes a checkpoint due saves it, on its own thread. Turned off while a
+        # caller saves them off every append's path (``checkpoint_if_due``: the reloader's task).
+        self.checkpoint_on_append = True
         self._unsubscribe: Callable[[], None] | None = None
         self.replayed_on_start = 0
         self.applied_listeners: list[Callable[[RecordedEvent], None]] = []
@@ -159,14 +161,7 @@ class ProjectionSet:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self.wait_for_checkpoint()
         self.checkpoint()
-
-    def wait_for_checkpoint(self) -> None:
-        """Until a checkpoint being saved in the background (``_checkpoint_in_background``) is written."""
-        saver = self._saver
-        if saver is not None:
-            saver.join()
 
     def _catch_up(self) -> int:
         return self._fold(self.log.iter_events(self.position))
@@ -238,37 +233,23 @@ class ProjectionSet:
             self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
-        if self.position - self._last_checkpoint_position < self.checkpoint_every:
-            return
-        if time.monotonic() - self._last_checkpoint_time < self.checkpoint_min_interval_s:
-            return
-        self._checkpoint_in_background()
-
-    def _checkpoint_in_background(self) -> None:
-        """(Under the lock.) Save the set's checkpoint from a thread of its own.
-
-        Saving a set is encoding every projection's state (the history window's is the largest, a few
-        hundred KB), MACing it and writing it: about 10 ms of CPU on a busy two-core machine. Saved on
-        the append's thread, it held up whatever came next on the path of the operation that tipped it:
-        in a fleet, the follower's next change (the propagation benchmark's p99 was 30 ms with it, 20
-        ms without). Its own thread still takes the lock to snapshot and encode (the states share
-        structures that later folds change), but the operation goes on to its next change meanwhile.
-        """
-        if self._saver is not None and self._saver.is_alive():
-            return
-        # Counted as taken now: the appends while it is saved do not start a second one.
-        self._last_checkpoint_position = self.position
-        self._last_checkpoint_time = time.monotonic()
-        self._saver = threading.Thread(target=self._save_quietly, name="confledger-checkpoint", daemon=True)
-        self._saver.start()
-
-    def _save_quietly(self) -> None:
-        try:
+        if self.checkpoint_on_append and self.checkpoint_due():
             self.checkpoint()
-        except Exception as exc:
-            # A checkpoint is a cache: a failed save costs the next start a longer fold, and the next
-            # save is due checkpoint_every events from here.
-            logger.warning("saving the projections' checkpoint failed (%s); the next is due later", exc)
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every`` events were folded since the last checkpoint, and at least
+        ``checkpoint_min_interval_s`` has passed."""
+        if self.position - self._last_checkpoint_position < self.checkpoint_every:
+            return False
+        return time.monotonic() - self._last_checkpoint_time >= self.checkpoint_min_interval_s
+
+    def checkpoint_if_due(self) -> bool:
+        """Save the checkpoint if one is due (blocking); whether it was."""
+        with self._lock:
+            if not self.checkpoint_due():
+                return False
+            self.checkpoint()
+            return True
 
     def checkpoint(self) -> None:
         with self._lock:

@@ -52,10 +52,9 @@ __all__ = [
 
 MIN_PREFIX = 7
 
-# A stored config's row, in the order ``load_config`` unpacks it. Built once: the log runs it on the
-# driver's cursor (store/statements.py), where SQLAlchemy's per-execution work was most of a follower's
-# read of the config it is about to apply.
-# What a stored config is read back from, in the order ``stored_config`` takes it.
+# What a stored config is read back from, in the order ``stored_config`` takes it. ``CONFIG_ROW`` is
+# built once: the log runs it on the driver's cursor (store/statements.py), where SQLAlchemy's
+# per-execution work was most of a follower's read of the config it is about to apply.
 CONFIG_COLUMNS = (
     config_versions.c.body,
     config_versions.c.size_bytes,

@@ -823,8 +823,7 @@ class EventLog:
         """Upsert projection checkpoints, all in one transaction. Not part of the log: a checkpoint is a
         cache of a fold."""
         keys = self.integrity().keys
-        # One commit for a runner's whole set: on SQLite with synchronous=FULL each commit is an fsync,
-        # and the set is saved from an append's listener, on the path of the operation that tipped it.
+        # One commit for a runner's whole set: on SQLite with synchronous=FULL each commit is an fsync.
         with translate_errors(self.url), self.engine.begin() as connection:
             save_checkpoints(connection, *checkpoints, keys=keys)
 

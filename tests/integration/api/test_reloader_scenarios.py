@@ -1242,3 +1242,38 @@ async def test_a_start_that_cannot_apply_the_initial_config_raises(url: str, tmp
         ]
     assert isinstance(completed.payload, OperationCompleted)
     assert completed.payload.reason == "validation_failed"
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+async def test_a_running_reloader_saves_due_checkpoints_off_the_reload_path(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import confledger.api.reloader as reloader_module
+
+    monkeypatch.setattr(reloader_module, "CHECKPOINT_LOOK_S", 0.05)
+    source = write(tmp_path / "app.json", BASE)
+    reloader = ConfigReloader(url, config_model=AppConfig, config_source=source, cipher=CIPHER)
+    reloader.projections.checkpoint_every = 1
+    reloader.projections.checkpoint_min_interval_s = 0.0
+    saved_on: list[str] = []
+    checkpoint = reloader.projections.checkpoint
+
+    def noting_thread() -> None:
+        saved_on.append(threading.current_thread().name)
+        checkpoint()
+
+    reloader.projections.checkpoint = noting_thread  # type: ignore[method-assign]
+    async with reloader:
+        assert not reloader.projections.checkpoint_on_append  # its task saves them
+        write(source, variant(database__pool_size=40))
+        reloaded = await reloader.reload_config()
+        assert reloaded.success
+        with anyio.fail_after(10):
+            while (found := reloader.log.load_checkpoint("history")) is None or (
+                found.position < reloader.log.head()
+            ):
+                await anyio.sleep(0.02)
+        assert saved_on  # by the task, in a worker thread
+    assert reloader.projections.checkpoint_on_append  # stopped: an append saves its own again

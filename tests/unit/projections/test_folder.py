@@ -5,7 +5,6 @@ start from different checkpoints, when events come twice or out of order, and wh
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.projections.timeline import as_of
 from confledger.store.canonical import canonical_json
-from confledger.store.errors import StoreUnavailable
 from confledger.store.events import (
     ConfigApplied,
     EventPayload,
@@ -279,50 +277,28 @@ def test_a_checkpoint_is_written_every_so_many_events_and_restores_to_the_same_s
     saved: list[int] = []
     for start in range(0, len(EVENTS), 7):
         projections.on_appended(EVENTS[start : start + 7])
-        # Saved in a thread of its own, as of the moment it is saved (never before it was due).
-        projections.wait_for_checkpoint()
         saved.extend(sorted({c.position for c in log.checkpoints.values()} - set(saved)))
     # Batches end at 7, 14, ..., 48: written at 14, 28 and 42, not at 48 (only 6 events after 42).
     assert saved == [14, 28, 42]
     assert {c.position for c in log.checkpoints.values()} == {42}
-    assert all(not thread.name.startswith("confledger-checkpoint") for thread in threading.enumerate())
     restarted = projection_set(log)
     restarted.start()
     assert restarted.replayed_on_start == len(EVENTS) - 42
     assert observe(restarted.projections) == full_fold()
 
 
-class SlowSavingLog(ListLog):
-    """A log whose checkpoint save waits until the test lets it finish (or fails when told to)."""
-
-    def __init__(self, events: list[RecordedEvent], *, fails: bool = False) -> None:
-        super().__init__(events)
-        self.saving = threading.Event()
-        self.finish = threading.Event()
-        self.fails = fails
-
-    def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
-        self.saving.set()
-        assert self.finish.wait(10)
-        if self.fails:
-            raise StoreUnavailable("the database went away")
-        super().save_checkpoint(*checkpoints)
-
-
-@pytest.mark.parametrize("fails", [False, True])  # saved; failed (a cache: logged, appends unaffected)
-def test_the_append_that_makes_a_checkpoint_due_does_not_wait_for_it(fails: bool) -> None:
-    log = SlowSavingLog(EVENTS, fails=fails)
-    projections = projection_set(cast(ListLog, log), checkpoint_every=10, checkpoint_min_interval_s=0.0)
-    projections.on_appended(EVENTS[:12])  # due: it returns while the save is under way
-    assert log.saving.wait(10)
+def test_with_checkpoints_off_the_append_path_a_due_one_waits_for_checkpoint_if_due() -> None:
+    log = ListLog(EVENTS)
+    projections = projection_set(log, checkpoint_every=10, checkpoint_min_interval_s=0.0)
+    projections.checkpoint_on_append = False
+    assert not projections.checkpoint_if_due()  # nothing folded yet
+    projections.on_appended(EVENTS[:12])  # due, but not saved by the append
     assert log.checkpoints == {}
-    log.finish.set()
-    projections.wait_for_checkpoint()
-    assert {c.position for c in log.checkpoints.values()} == (set() if fails else {12})
-    projections.on_appended(EVENTS[12:20])  # not due again until 10 events after the last one taken
-    projections.wait_for_checkpoint()
-    assert projections.position == 20
-    assert {c.position for c in log.checkpoints.values()} == (set() if fails else {12})
+    assert projections.checkpoint_if_due()
+    assert {c.position for c in log.checkpoints.values()} == {12}
+    projections.on_appended(EVENTS[12:20])  # 8 more: not due again
+    assert not projections.checkpoint_if_due()
+    assert {c.position for c in log.checkpoints.values()} == {12}
 
 
 def test_only_projections_with_a_settle_of_their_own_are_settled_per_batch() -> None:
