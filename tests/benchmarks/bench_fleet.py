@@ -19,8 +19,12 @@ threads of one process. PostgreSQL: NOTIFY on a connection, LISTEN on N others (
 receipt). SQLite: a commit, and N connections polling ``PRAGMA data_version`` at the followers' interval
 (commit to the last one that saw it). Printed as one table: p50 / p99 / max per backend and N, with the
 anchor's p50 / p99, the ratio of the p99s, and ``CPU/chg``: the CPU one follower process spent per change
-(the median follower; /proc). N followers share the machine's cores: N x that / cores is about as soon
-as the last of them can be done, whatever the code does between them. Target: PostgreSQL, N = 8, p99 < 10 ms.
+(the median follower; /proc). N followers share the machine's cores: N x that / cores (``floor``) is
+about as soon as the last of them can be done, whatever the code does between them. Beside it, from /proc
+over the same window: ``busy``, the cores busy on average (every process on the machine), and the CPU per
+change of the PostgreSQL server's processes and of the decider with this harness, which share those
+cores. With ``busy`` near the core count the row measures CPU, not waiting. Target: PostgreSQL, N = 8,
+p99 < 10 ms.
 
 ``--anchor REV``: each row is run for this tree and for commit REV (exported with ``git archive``, its
 decider and followers importing it first), in turns, ``--rounds`` times, which goes first alternating;
@@ -82,6 +86,18 @@ class Result:
     # CPU (user + system) one follower process spent per change while the changes ran (the median
     # follower): N of them share the machine's cores, which bounds how soon the last can be done.
     follower_cpu_ms: float = float("nan")
+    # While the changes ran: how many of the machine's cores were busy on average (anything running), and
+    # the CPU per change of the PostgreSQL server's processes and of this process (the decider and the
+    # harness polling the stamps). With the cores near full, the p50 is about what the CPU allows.
+    busy_cores: float = float("nan")
+    postgres_cpu_ms: float = float("nan")
+    decider_cpu_ms: float = float("nan")
+
+    @property
+    def cpu_floor_ms(self) -> float:
+        """N followers' CPU for one change spread over every core: the soonest the last could be done
+        if they shared the cores perfectly and nothing else ran."""
+        return self.followers * self.follower_cpu_ms / (os.cpu_count() or 1)
 
     @property
     def ratio_p99(self) -> float:
@@ -146,6 +162,34 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent not idle so far, over all cores (/proc/stat)."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_s() -> dict[int, float]:
+    """User + system CPU seconds so far of each process named ``postgres`` on this machine (the server
+    the followers use runs here: its backends do their statements' work on the same cores)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, _, rest = stat.partition(" (")[2].rpartition(")")
+        if name == "postgres":
+            fields = rest.split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def _start_followers(
@@ -402,8 +446,16 @@ def measure(
         time.sleep(1.0)  # let their start-up settle (first heartbeats, projections)
         stamps = _Stamps(workdir, names)
         cpu_before = [_cpu_s(pid) for pid in pids]
+        postgres_before, own_before = _postgres_cpu_s(), time.process_time()
+        busy_before, started = _busy_s(), time.monotonic()
         anyio.run(_decide, database_url, key, config, changes, stamps)
+        busy, elapsed = _busy_s() - busy_before, time.monotonic() - started
+        own = time.process_time() - own_before
+        postgres_after = _postgres_cpu_s()
         cpu_spent = [_cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+        postgres = sum(
+            postgres_after[pid] - postgres_before[pid] for pid in postgres_after.keys() & postgres_before
+        )
         latencies, recorded = _latencies(database_url, stamps)
         if backend == "sqlite":
             anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
@@ -422,6 +474,9 @@ def measure(
         anchor_p99_ms=percentile(anchor, 0.99),
         poll_interval_s=poll,
         follower_cpu_ms=statistics.median(cpu_spent) * 1000 / max(1, changes),
+        busy_cores=busy / elapsed if elapsed > 0 else float("nan"),
+        postgres_cpu_ms=postgres * 1000 / max(1, changes) if backend == "postgres" else float("nan"),
+        decider_cpu_ms=own * 1000 / max(1, changes),
     )
 
 
@@ -429,7 +484,7 @@ def print_table(results: list[Result]) -> None:
     header = (
         f"{'backend':<10} {'N':>3} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'rec. p50':>8} {'rec. p99':>8} {'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10} "
-        f"{'CPU/chg':>8}  wake-up"
+        f"{'CPU/chg':>8} {'floor':>6} {'busy':>5} {'PG/chg':>7} {'dec/chg':>7}  wake-up"
     )
     print(header)
     print("-" * len(header))
@@ -441,8 +496,16 @@ def print_table(results: list[Result]) -> None:
             f"{result.backend:<10} {result.followers:>3} {result.changes:>7} {result.p50_ms:>8.2f} "
             f"{result.p99_ms:>8.2f} {result.max_ms:>8.2f} {result.recorded_p50_ms:>8.2f} "
             f"{result.recorded_p99_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
-            f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f} {result.follower_cpu_ms:>8.2f}  {wake}"
+            f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f} {result.follower_cpu_ms:>8.2f} "
+            f"{result.cpu_floor_ms:>6.1f} {result.busy_cores:>5.2f} {result.postgres_cpu_ms:>7.2f} "
+            f"{result.decider_cpu_ms:>7.2f}  {wake}"
         )
+    print(
+        "CPU/chg: one follower's CPU per change (the median follower); floor: N x that / the machine's "
+        f"{os.cpu_count()} cores; busy: cores busy on average while the changes ran (all processes); "
+        "PG/chg and dec/chg: the CPU per change of the PostgreSQL server's processes and of the decider "
+        "with this harness."
+    )
 
 
 def _run_side(importable: Path | None, backend: str, followers: int, arguments: argparse.Namespace) -> Result:

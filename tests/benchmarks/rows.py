@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -504,10 +505,15 @@ def fleet_row(result: Any) -> Row:
     anchor_p50, anchor_p99 = _figure(result, "anchor_p50_ms"), _figure(result, "anchor_p99_ms")
     named = result.get("anchor") if isinstance(result, Mapping) else getattr(result, "anchor", None)
     has_anchor = not math.isnan(anchor_p99)
+    ours = f"p50 {p50:.2f} / p99 {p99:.2f} ms"
+    busy, floor = _figure(result, "busy_cores"), _figure(result, "cpu_floor_ms")
+    if not (math.isnan(busy) or math.isnan(floor)):
+        # Whether the row measured waiting or the cores: 8 followers share them with the server.
+        ours += f"; {busy:.2f} of {os.cpu_count()} cores busy, followers' CPU floor {floor:.1f} ms"
     return Row(
         "fleet",
         FLEET_LABEL,
-        ours=f"p50 {p50:.2f} / p99 {p99:.2f} ms",
+        ours=ours,
         anchor=str(named or "bench_fleet's anchor (the bare wake-up)") if has_anchor else "(none given)",
         anchor_figure=f"p50 {anchor_p50:.2f} / p99 {anchor_p99:.2f} ms" if has_anchor else "",
         ratio=p99 / anchor_p99 if has_anchor and anchor_p99 > 0 else None,

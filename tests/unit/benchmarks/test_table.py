@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -229,3 +230,39 @@ def test_bench_fleet_gets_the_arguments_its_signature_names() -> None:
         raise AssertionError("only its signature is read")
 
     assert fleet_arguments(measure, 50) == {"backend": "postgres", "followers": 8, "changes": 50}
+
+
+@pytest.mark.parametrize(
+    ("busy", "follower_cpu_ms", "shown"),
+    [
+        # the cores near full: the row says so, with the floor N followers' CPU puts under the p50
+        (1.87, 4.0, True),
+        # an older result without the machine's figures: the row shows the latencies alone
+        (float("nan"), 4.0, False),
+    ],
+)
+def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms: float, shown: bool) -> None:
+    from tests.benchmarks.bench_fleet import Result
+
+    result = Result(
+        backend="postgres",
+        followers=8,
+        changes=200,
+        p50_ms=15.0,
+        p99_ms=25.0,
+        max_ms=30.0,
+        recorded_p50_ms=30.0,
+        recorded_p99_ms=50.0,
+        anchor_p50_ms=1.2,
+        anchor_p99_ms=1.8,
+        poll_interval_s=0.5,
+        follower_cpu_ms=follower_cpu_ms,
+        busy_cores=busy,
+    )
+    row = fleet_row(result)
+    assert row.ours.startswith("p50 15.00 / p99 25.00 ms")
+    floor = 8 * follower_cpu_ms / (os.cpu_count() or 1)
+    assert result.cpu_floor_ms == pytest.approx(floor)
+    assert (
+        f"{busy:.2f} of {os.cpu_count()} cores busy, followers' CPU floor {floor:.1f} ms" in row.ours
+    ) is shown
