@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, timedelta, timezone
@@ -838,6 +839,35 @@ def test_a_pooled_connection_used_a_moment_ago_fails_once_then_is_replaced(
     # ...and the pool, invalidated by that failure, hands the next read a fresh connection.
     assert log.head() == 1
     assert log.append([started(2)]) == [2]
+
+
+def test_a_reader_that_reads_more_often_than_the_idle_limit_is_never_pinged(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a follower polls: however many connections the pool grew to, the one read next is the one
+    returned last, used a moment ago, so each read is its statement alone, never a ping before it."""
+    if log.dialect != "postgresql":
+        pytest.skip("only a PostgreSQL connection is pinged")
+    log.append([started(1)])
+    # Four readers at once (an HTTP read, the doorbell's read, a heartbeat, a checkpoint): four in the pool.
+    held = [log.engine.connect() for _ in range(4)]
+    for connection in held:
+        connection.close()
+    pings = 0
+    ping = log.engine.dialect.do_ping
+
+    def counted(dbapi_connection: object) -> bool:
+        nonlocal pings
+        pings += 1
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(log.engine.dialect, "do_ping", counted)
+    # Handed out in turn, each of the four would lie idle 4 x 0.3 s between its reads, past the limit.
+    monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 0.8)
+    for _ in range(6):
+        assert log.head() == 1
+        time.sleep(0.3)
+    assert pings == 0
 
 
 def test_a_failed_append_leaves_the_writer_usable(log: EventLog) -> None:
