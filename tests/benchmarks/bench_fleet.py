@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_fleet.py [--changes 200] [--followers 2,4,8]
                                                      [--backends postgres,sqlite] [--sqlite-poll 0.01]
-                                                     [--anchor REV [--rounds 3]]
+                                                     [--spacing 0] [--anchor REV [--rounds 3]]
 
 One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, each once
 every follower's service had the one before (a closed loop: what is measured is propagation, not a queue
@@ -25,6 +25,10 @@ over the same window: ``busy``, the cores busy on average (every process on the 
 change of the PostgreSQL server's processes and of the decider with this harness, which share those
 cores. With ``busy`` near the core count the row measures CPU, not waiting. Target: PostgreSQL, N = 8,
 p99 < 10 ms.
+
+``--spacing S``: S seconds between a change reaching every follower and the next, as a fleet in
+production sees a change now and then, with the followers' polls between (the closed loop's changes
+come back to back: the connections they use are always warm).
 
 ``--anchor REV``: each row is run for this tree and for commit REV (exported with ``git archive``, its
 decider and followers importing it first), in turns, ``--rounds`` times, which goes first alternating;
@@ -272,10 +276,17 @@ class _Stamps:
 
 
 async def _decide(
-    database_url: str, key: str, config: Path, changes: int, stamps: _Stamps | None, timeout: float = 60.0
+    database_url: str,
+    key: str,
+    config: Path,
+    changes: int,
+    stamps: _Stamps | None,
+    spacing: float = 0.0,
+    timeout: float = 60.0,
 ) -> None:
     """Make ``changes`` changes one at a time; with ``stamps``, each only once every follower's service
-    had the one before (a closed loop: the time measured is propagation, not a queue behind it)."""
+    had the one before (a closed loop: the time measured is propagation, not a queue behind it), and
+    ``spacing`` seconds after that."""
     from confledger.api.reloader import ConfigReloader
     from confledger.api.settings import Settings
     from tests.integration.api.fleet_service import FleetConfig
@@ -294,6 +305,7 @@ async def _decide(
                 with anyio.fail_after(timeout):
                     while not stamps.all_have(level):
                         await anyio.sleep(0.0005)
+                await anyio.sleep(spacing)
 
 
 def _latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], list[float]]:
@@ -427,8 +439,13 @@ def measure(
     pause: float = 0.03,
     sqlite_poll: float = 0.01,
     postgres_poll: float = 0.5,
+    spacing: float = 0.0,
 ) -> Result:
-    """One row: ``followers`` serve processes following ``changes`` changes on ``backend``, and the anchor."""
+    """One row: ``followers`` serve processes following ``changes`` changes on ``backend``, and the anchor.
+
+    ``spacing``: seconds between a change reaching every follower and the next (0: at once). A fleet in
+    production sees a change now and then, with the followers' polls in between; back to back, what is
+    warm stays warm."""
     from confledger.store import SecretCipher
 
     poll = sqlite_poll if backend == "sqlite" else postgres_poll
@@ -448,7 +465,7 @@ def measure(
         cpu_before = [_cpu_s(pid) for pid in pids]
         postgres_before, own_before = _postgres_cpu_s(), time.process_time()
         busy_before, started = _busy_s(), time.monotonic()
-        anyio.run(_decide, database_url, key, config, changes, stamps)
+        anyio.run(_decide, database_url, key, config, changes, stamps, spacing)
         busy, elapsed = _busy_s() - busy_before, time.monotonic() - started
         own = time.process_time() - own_before
         postgres_after = _postgres_cpu_s()
@@ -529,6 +546,8 @@ def _run_side(importable: Path | None, backend: str, followers: int, arguments: 
         str(arguments.pause),
         "--sqlite-poll",
         str(arguments.sqlite_poll),
+        "--spacing",
+        str(arguments.spacing),
     ]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -585,6 +604,9 @@ def main() -> int:
     parser.add_argument("--backends", default="postgres,sqlite")
     parser.add_argument("--sqlite-poll", type=float, default=0.01)
     parser.add_argument("--pause", type=float, default=0.03, help="seconds between two rings of the anchor")
+    parser.add_argument(
+        "--spacing", type=float, default=0.0, help="seconds between one change reaching all and the next"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when PostgreSQL N=8 misses the target")
     parser.add_argument("--anchor", help="a commit to compare with, row by row, in turns")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each side per row (--anchor)")
@@ -603,6 +625,7 @@ def main() -> int:
             changes=arguments.changes,
             pause=arguments.pause,
             sqlite_poll=arguments.sqlite_poll,
+            spacing=arguments.spacing,
         )
         for backend in arguments.backends.split(",")
         for count in arguments.followers.split(",")
