@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sqlite3
 import statistics
@@ -183,16 +184,12 @@ def _postgres_cpu_s() -> dict[int, float]:
     the followers use runs here: its backends do their statements' work on the same cores)."""
     found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            stat = (entry / "stat").read_text()
+            named = entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres"
         except OSError:
-            continue
-        name, _, rest = stat.partition(" (")[2].rpartition(")")
-        if name == "postgres":
-            fields = rest.split()
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            continue  # gone meanwhile
+        if named:
+            found[int(entry.name)] = _cpu_s(int(entry.name))
     return found
 
 
@@ -470,9 +467,10 @@ def measure(
         own = time.process_time() - own_before
         postgres_after = _postgres_cpu_s()
         cpu_spent = [_cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
-        postgres = sum(
+        spent_by_postgres = (
             postgres_after[pid] - postgres_before[pid] for pid in postgres_after.keys() & postgres_before
         )
+        postgres = sum(spent for spent in spent_by_postgres if not math.isnan(spent))  # NaN: gone
         latencies, recorded = _latencies(database_url, stamps)
         if backend == "sqlite":
             anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
