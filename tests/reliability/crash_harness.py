@@ -36,8 +36,6 @@ from tests.reliability.invariants import Expected, check_fleet
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 MODEL = "tests.reliability.crash_services:AppConfig"
-# CI runs at 1; the full size is 200 kill loops per backend, CONFLEDGER_TEST_SCALE=6.67.
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 
 T = TypeVar("T")
 

@@ -23,7 +23,6 @@ full scale is 10 (500 of each).
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import Counter
@@ -39,8 +38,8 @@ from confledger.store.events import OperationRejected, OperationStarted, Recorde
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, full_hash_of, variant, write_config
 from tests.reliability.invariants import Reply, check_no_interleaving, operations_of, reply_from_response
 from tests.reliability.serve_harness import Served, running_serve
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 TRIGGERS_EACH = max(3, round(50 * SCALE))
 API_CONNECTIONS = 8
 INSTANCE_COUNTS = [

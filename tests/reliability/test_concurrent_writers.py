@@ -6,16 +6,16 @@ Size knob: ``CONFLEDGER_TEST_SCALE`` (float, default 1.0) multiplies the appends
 from __future__ import annotations
 
 import multiprocessing
-import os
 from multiprocessing.synchronize import Barrier
 
 import pytest
 
 from confledger.store import EventLog, NewEvent
 from confledger.store.events import InstanceStarted
+from tests.scale import scaled
 
 WRITERS = 4
-APPENDS_PER_WRITER = max(1, round(500 * float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))))
+APPENDS_PER_WRITER = scaled(500)
 
 
 def append_many(url: str, writer: int, appends: int, start: Barrier) -> None:

@@ -44,8 +44,8 @@ from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
 from tests.integration.api.service_harness import BASE
 from tests.reliability.invariants import ReloaderObserver, check_nothing_lost, wait_until_settled
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 EXAMPLES = max(10, round(100 * SCALE))
 FORMATS = ["yaml", "json", "toml", "env"]
 FILE_NAMES = {"yaml": "config.yaml", "json": "config.json", "toml": "config.toml", "env": "config.env"}

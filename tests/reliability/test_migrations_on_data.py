@@ -46,8 +46,8 @@ from confledger.store import migrate as store_migrate
 from tests.benchmarks.logbuilder import build_log
 from tests.integration.api.service_harness import variant
 from tests.reliability.invariants import ReloaderObserver, check_nothing_lost, fold_log
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 EVENTS = max(800, round(10_000 * SCALE))
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 CIPHER_KEY = SecretCipher.generate_key()

@@ -33,7 +33,6 @@ import pytest
 from confledger.store.events import OperationStatus
 from tests.integration.api.service_harness import ADMIN_TOKEN
 from tests.reliability.crash_harness import (
-    SCALE,
     Deployment,
     Serve,
     body_with,
@@ -51,8 +50,9 @@ from tests.reliability.invariants import (
     reply_from_response,
     wait_until_settled,
 )
+from tests.scale import scaled
 
-KILL_LOOPS = max(1, round(30 * SCALE))
+KILL_LOOPS = scaled(30)
 # The kill lands this long after the client starts: an operation takes some 10-40 ms here, so the
 # window covers a few of them and every phase of one (parse, start commit, callbacks, outcome commit).
 KILL_AFTER_SECONDS = (0.02, 0.4)

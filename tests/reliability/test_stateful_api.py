@@ -25,7 +25,6 @@ full scale is 20 (300 per backend).
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,8 @@ from tests.integration.api.service_harness import (
 )
 from tests.integration.api.test_schemathesis import CHECKS, OPENAPI, send
 from tests.reliability.invariants import HttpObserver, check_nothing_lost, wait_until_settled
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 SCENARIOS = max(3, round(15 * SCALE))
 STEPS = 8
 RUNS = 4  # a run cut short by FlakyStrategyDefinition is continued this many times at most

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -43,8 +42,8 @@ from confledger.store.integrity import CONFIG_HASH_KEYED, candidate_keys, config
 from confledger.store.secrets import find_secret_paths
 from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 MAX_EXAMPLES = max(1, round(20 * SCALE))
 STEP_COUNT = max(2, round(15 * SCALE))
 TIMEOUT_S = 0.1  # short, with room for a worker thread to start on a busy machine

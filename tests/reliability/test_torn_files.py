@@ -40,8 +40,8 @@ from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgre
 from tests.integration.api.service_harness import EXAMPLE_CONFIG, full_hash_of, variant
 from tests.reliability.invariants import reply_from_response
 from tests.reliability.serve_harness import Served, running_serve
+from tests.scale import SCALE
 
-SCALE = float(os.environ.get("CONFLEDGER_TEST_SCALE", "1.0"))
 ROUNDS = max(1, round(SCALE))
 PIECE = 64  # bytes per in-place write: the example config takes about 15 pieces
 PIECE_GAP_S = 0.02  # well under the service's settle time, so a slow write is one change in progress

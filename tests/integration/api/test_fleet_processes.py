@@ -38,10 +38,10 @@ from confledger.store.events import ConfigApplied, InstanceApplied
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO
 from tests.integration.api.test_serve_process import free_port, wait_for
 from tests.private_postgres import PrivatePostgres
+from tests.scale import scaled
 
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 MODEL = "tests.integration.api.fleet_service:FleetConfig"
-SCALE = max(1, int(os.environ.get("CONFLEDGER_TEST_SCALE", "1")))
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX processes")
 
@@ -338,7 +338,7 @@ def test_an_instance_killed_mid_change_catches_up_and_applies_the_desired_config
 def test_two_instances_racing_changes_at_each_other_stay_in_order_and_agree(
     tmp_path: Path, database_url: str
 ) -> None:
-    changes_each = 50 * SCALE
+    changes_each = scaled(50)
     with fleet_on(tmp_path, database_url) as fleet:
         fleet.start("a", "b")
         answers: dict[str, list[httpx.Response]] = {"a": [], "b": []}
@@ -414,7 +414,7 @@ def test_two_instances_racing_changes_at_each_other_stay_in_order_and_agree(
 def test_followers_whose_connections_are_terminated_end_on_the_last_config(
     tmp_path: Path, pg_schema_url: str
 ) -> None:
-    changes = 6 * SCALE
+    changes = scaled(6)
     with fleet_on(tmp_path, pg_schema_url) as fleet:
         names = ["a", "b", "c"]
         fleet.start(*names)
@@ -453,7 +453,7 @@ def test_a_postgresql_restart_during_a_sequence_of_changes_loses_nothing(
     tmp_path: Path, private_postgres: PrivatePostgres
 ) -> None:
     # On a cluster of the test's own: the shared server is never restarted.
-    changes = 6 * SCALE
+    changes = scaled(6)
     restart_after = changes // 2
     with fleet_on(tmp_path, private_postgres.url) as fleet:
         names = ["a", "b", "c"]
