@@ -282,14 +282,19 @@ class ConfigReloader:
                     await anyio.sleep(CHECKPOINT_LOOK_S)
                     try:
                         await anyio.to_thread.run_sync(self.projections.checkpoint_if_due)
-                    except ConfledgerError as exc:
-                        # A cache: a failed save costs the next start a longer fold. Said once per kind
-                        # of failure until a save works again.
-                        if failing != exc.code:
+                    except Exception as exc:
+                        # A cache: a failed save costs the next start a longer fold, never the service
+                        # (an exception out of this task would end the reloader's task group). Said
+                        # once per kind of failure until a save works again; one that is no store
+                        # error is a bug, logged with its traceback.
+                        code = exc.code if isinstance(exc, ConfledgerError) else type(exc).__name__
+                        if failing != code:
                             logger.warning(
-                                "saving the projections' checkpoint failed (%s); retrying", exc.code
+                                "saving the projections' checkpoint failed (%s); retrying",
+                                code,
+                                exc_info=not isinstance(exc, ConfledgerError),
                             )
-                        failing = exc.code
+                        failing = code
                     else:
                         failing = None
             finally:

@@ -1277,3 +1277,33 @@ async def test_a_running_reloader_saves_due_checkpoints_off_the_reload_path(
                 await anyio.sleep(0.02)
         assert saved_on  # by the task, in a worker thread
     assert reloader.projections.checkpoint_on_append  # stopped: an append saves its own again
+
+
+async def test_a_checkpoint_save_that_fails_leaves_the_reloader_serving(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import confledger.api.reloader as reloader_module
+
+    monkeypatch.setattr(reloader_module, "CHECKPOINT_LOOK_S", 0.02)
+    source = write(tmp_path / "app.json", BASE)
+    reloader = ConfigReloader(url, config_model=AppConfig, config_source=source, cipher=CIPHER)
+    attempts = 0
+
+    def failing() -> bool:
+        # Not a store error: what a bug in a projection's snapshot would raise.
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("a snapshot that cannot be made")
+
+    reloader.projections.checkpoint_if_due = failing  # type: ignore[method-assign]
+    async with reloader:
+        with anyio.fail_after(10):
+            while attempts < 3:
+                await anyio.sleep(0.02)
+        write(source, variant(database__pool_size=40))
+        reloaded = await reloader.reload_config()
+        assert reloaded.success
+        assert reloader.current.config.database.pool_size == 40
+    failures = [r for r in caplog.records if "checkpoint failed (RuntimeError)" in r.getMessage()]
+    assert len(failures) == 1  # said once while it keeps failing, with its traceback
+    assert failures[0].exc_info is not None
