@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Annotated, Any
@@ -56,8 +56,10 @@ class HistoryProjection(Projection):
         super().__init__()
 
     def reset(self) -> None:
-        # Keyed by operation id, in order of each operation's first event.
-        self.operations: OrderedDict[str, ReloadOperation] = OrderedDict()
+        # Keyed by operation id, in order of each operation's first event. A plain dict, which keeps
+        # that order too: every page of the window copies it (``finished``), and copying an OrderedDict
+        # walks its linked list (22 us for a window of 500, against 2 us).
+        self.operations: dict[str, ReloadOperation] = {}
         # Events of operations still running, keyed by the id's integer (hashing it is far cheaper
         # than formatting the id as text, and this runs for every event).
         self._open: dict[int, list[RecordedEvent]] = {}
@@ -99,7 +101,7 @@ class HistoryProjection(Projection):
             operation = ReloadOperation(**fields)
             operations[operation.operation_id] = operation
         while len(operations) > self.window:
-            operations.popitem(last=False)
+            del operations[next(iter(operations))]
         # A new deque, not clear(): a reader holding the old one still finds these (``finished``).
         self._ended = deque(maxlen=self.window)
 

@@ -29,7 +29,7 @@ from confledger.api.schemas import (
     OperationOut,
     ReloadRequest,
     RollbackRequest,
-    operations_out,
+    history_json,
 )
 from confledger.api.telemetry import caller_trace_context
 from confledger.projections.history import HistoryProjection, window_page
@@ -195,15 +195,15 @@ async def history(
             limit, before=before, trigger=trigger_value, status=status_value
         )
     total = reloader.count_operations(trigger=trigger_value, status=status_value)
-    page = HistoryResponse(
-        operations=operations_out(operations),
+    # Encoded from each operation's kept JSON, where a HistoryResponse would build and dump all of them
+    # again after every change (FastAPI's response_model would also validate them once more).
+    page = history_json(
+        operations,
         total_count=max(total, len(operations)),
         limit=limit,
         next_before=operations[-1].first_position if len(operations) == limit else None,
     )
-    # Built and checked above: encoded as is, where FastAPI's response_model would dump, validate again
-    # and serialize (0.14 ms against 0.04 ms for a page of 20).
-    shown = rendered(page.model_dump_json().encode())
+    shown = rendered(page)
     if from_window:
         pages.keep(query, positions, shown)
     return conditional_response(shown, if_none_match(request))

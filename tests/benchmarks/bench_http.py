@@ -17,9 +17,10 @@ reloads are recorded first, so ``/history?limit=20`` has a full page to show. Th
    /healthz, /current, /status and /history?limit=20 (a dashboard polling between changes), in
    interleaved runs: median requests per second, ratio to /healthz, and wrk's p50 latency.
 
-With ``--anchor-python`` (the interpreter of another checkout's venv, e.g. main's) a second server from
-that checkout runs beside the first, and every round and wrk run alternates between the two, so the
-before/after comparison is made under the same machine load. The table states each target and whether
+With ``--anchor REV`` a second server runs commit REV (exported with ``git archive``, imported first
+through ``PYTHONPATH``, on this venv's packages), or with ``--anchor-python`` the interpreter of another
+checkout's venv; every round and wrk run alternates between the two, so the before/after comparison is
+made under the same machine load. The table states each target and whether
 it holds: each read p50 <= 1.5x /healthz; reload p50 <= /healthz + 2.5 ms; ``total_duration_ms`` >= half
 of what the client waited beyond /healthz; /current and /status throughput >= 0.7x /healthz.
 """
@@ -192,11 +193,12 @@ class Server:
 
 
 @contextmanager
-def servers(pythons: list[tuple[str, str]], directory: Path) -> Iterator[list[Server]]:
+def servers(pythons: list[tuple[str, str, dict[str, str]]], directory: Path) -> Iterator[list[Server]]:
+    """A started server per (name, interpreter, extra environment), stopped on leaving."""
     with ExitStack() as stack:
         started: list[Server] = []
-        for name, python in pythons:
-            server = Server(name, python, directory / name)
+        for name, python, environment in pythons:
+            server = Server(name, python, directory / name, environment=environment)
             stack.callback(server.stop)
             server.start()
             started.append(server)
@@ -301,6 +303,7 @@ def main() -> None:
         "--python", default=sys.executable, help="interpreter (of a venv) whose confledger serves"
     )
     parser.add_argument("--anchor-python", default=None, help="a second checkout's interpreter, interleaved")
+    parser.add_argument("--anchor", default=None, metavar="REV", help="a commit served beside this tree")
     parser.add_argument("--no-wrk", action="store_true", help="latency only")
     parser.add_argument("--seed", type=int, default=12)
     args = parser.parse_args()
@@ -310,14 +313,34 @@ def main() -> None:
     with_wrk = not args.no_wrk
     if with_wrk and shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk), or pass --no-wrk")
-    pythons = [("this", args.python)]
-    if args.anchor_python:
-        pythons.append(("anchor", args.anchor_python))
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, servers(pythons, Path(tmp)) as group:
-        latency_rounds(group, rounds, warmup=max(5, rounds // 20), seed=args.seed)
-        if with_wrk:
-            throughput_rounds(group, wrk_rounds, wrk_seconds, seed=args.seed)
-        report(group, with_wrk)
+    if args.anchor and args.anchor_python:
+        sys.exit("--anchor and --anchor-python: one anchor at a time")
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        pythons: list[tuple[str, str, dict[str, str]]] = [("this", args.python, {})]
+        if args.anchor_python:
+            pythons.append(("anchor", args.anchor_python, {}))
+        if args.anchor:
+            from tests.benchmarks.bench_reload import anchor_tree
+
+            (Path(tmp) / "anchor-tree").mkdir()
+            importable = anchor_tree(args.anchor, Path(tmp) / "anchor-tree")
+            pythons.append((f"anchor {args.anchor}", args.python, {"PYTHONPATH": str(importable)}))
+        with servers(pythons, Path(tmp)) as group:
+            run(group, args, rounds, wrk_rounds, wrk_seconds, with_wrk)
+
+
+def run(
+    group: list[Server],
+    args: argparse.Namespace,
+    rounds: int,
+    wrk_rounds: int,
+    wrk_seconds: float,
+    with_wrk: bool,
+) -> None:
+    latency_rounds(group, rounds, warmup=max(5, rounds // 20), seed=args.seed)
+    if with_wrk:
+        throughput_rounds(group, wrk_rounds, wrk_seconds, seed=args.seed)
+    report(group, with_wrk)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def http_rows(sizes: Sizes) -> list[Row]:
         return [Row("http", "HTTP reads and reload vs /healthz", skipped="skipped: wrk not installed")]
     with (
         tempfile.TemporaryDirectory(prefix="table-http-") as tmp,
-        servers([("this", sys.executable)], Path(tmp)) as group,
+        servers([("this", sys.executable, {})], Path(tmp)) as group,
     ):
         latency_rounds(group, sizes.http_rounds, warmup=max(5, sizes.http_rounds // 20), seed=12)
         throughput_rounds(group, sizes.wrk_rounds, sizes.wrk_seconds, seed=12)

@@ -192,13 +192,13 @@ def test_a_history_page_is_rendered_once_until_the_projections_move(
 ) -> None:
     apply(service, database__pool_size=81)
     built: list[int] = []
-    original = operations.operations_out
+    original = operations.history_json
 
-    def counting(found: Any) -> Any:
+    def counting(found: Any, **page: Any) -> Any:
         built.append(1)
-        return original(found)
+        return original(found, **page)
 
-    monkeypatch.setattr(operations, "operations_out", counting)
+    monkeypatch.setattr(operations, "history_json", counting)
     first = service.get("/history", params={"limit": 2})
     again = service.get("/history", params={"limit": 2})
     assert again.content == first.content
