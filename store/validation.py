@@ -311,10 +311,10 @@ class ValidationPipeline:
             last = number == len(groups) - 1
             finish = functools.partial(self._found, specs)
             carry_on = then.after(list(findings), finish) if then is not None and last else None
-            found = await self._run_in_turn(specs, model.config, calls, tracer, carry_on)
+            outcomes = await self._run_in_turn(specs, model.config, calls, tracer, carry_on)
             if then is not None and then.ran:
                 return then.answer  # made, and their spans ended, in the thread that ran ``then``
-            findings += found
+            findings += self._found(specs, outcomes)
         return findings
 
     def outcome(self, model: ModelResult, findings: Sequence[Findings], started: float) -> ValidationOutcome:
@@ -369,9 +369,10 @@ class ValidationPipeline:
         calls: UserCalls,
         tracer: trace.Tracer,
         then: Callable[[list[tuple[CallOutcome, trace.Span]]], None] | None = None,
-    ) -> list[Findings]:
-        """Sync validators in one worker thread, in order, each in its span."""
-        outcomes = await calls.call_in_turn(
+    ) -> list[tuple[CallOutcome, trace.Span]]:
+        """Sync validators in one worker thread, in order, each in its span: their outcomes, the spans
+        still open unless ``then`` ran (it ended them; ending a span twice is an error the SDK logs)."""
+        return await calls.call_in_turn(
             [
                 TurnCall(
                     _key(spec),
@@ -385,7 +386,6 @@ class ValidationPipeline:
             tracer,
             then,
         )
-        return self._found(specs, outcomes)
 
     def _found(
         self, specs: Sequence[ValidatorSpec], outcomes: list[tuple[CallOutcome, trace.Span]]

@@ -168,6 +168,38 @@ def test_spans_a_callback_opens_nest_under_its_span(tmp_path: Path, asynchronous
         assert span.context.trace_id == callbacks[span.parent.span_id].context.trace_id
 
 
+def accepting_services(registry: ServiceRegistry) -> None:
+    registry.register("cache", lambda _old, _new: True, priority=20)
+    registry.register("api", lambda _old, _new: True, priority=10)
+
+
+@pytest.mark.parametrize(
+    "register",
+    [
+        # Sync validators and sync services that all end on time: the rest of the operation runs in
+        # their worker thread after them, and their spans are ended there.
+        accepting_services,
+        # A service that refuses and one that overruns: the operation is decided back on the loop.
+        functools.partial(three_services, stuck=threading.Event()),
+    ],
+    ids=["services-carry-on-in-their-thread", "services-decided-on-the-loop"],
+)
+def test_every_span_is_ended_once_and_marked_before_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, register: Callable[[ServiceRegistry], None]
+) -> None:
+    tracer, exporter = sdk_tracer()
+    with caplog.at_level("WARNING", logger="opentelemetry"):
+        try:
+            anyio.run(one_reload, tmp_path, tracer, register)
+        finally:
+            if isinstance(register, functools.partial):
+                register.keywords["stuck"].set()
+    # The SDK ignores a second end() and attributes set after the first, and says so in the log.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+    validators = [s for s in exporter.get_finished_spans() if s.name == "confledger.validator"]
+    assert len(validators) == 4  # two validators, the start-up reload's and this one's
+
+
 def test_a_tracer_switched_off_makes_no_spans_and_the_reload_still_runs(tmp_path: Path) -> None:
     tracer, exporter = sdk_tracer(ALWAYS_OFF)
     released = threading.Event()
