@@ -5,8 +5,8 @@
 Each command runs as a fresh process (what an operator types), interleaved with `python -c pass` (the
 floor no command can go under) in every round, after a warm-up run of each that writes the `.pyc` files
 (as an operator's first run would, whatever `PYTHONDONTWRITEBYTECODE` says here). A log of 1,000 events
-is built first so `verify` does real work. Printed: the median and the max per command, and the median above the floor. Target: `history
---help` and `verify` each under 0.5 s.
+is built first so `verify` does real work. Printed: the median and the max per command, and the median
+above the floor. Target: `history --help` and `verify` each under 0.5 s.
 """
 
 from __future__ import annotations

@@ -326,21 +326,10 @@ def main() -> None:
             importable = anchor_tree(args.anchor, Path(tmp) / "anchor-tree")
             pythons.append((f"anchor {args.anchor}", args.python, {"PYTHONPATH": str(importable)}))
         with servers(pythons, Path(tmp)) as group:
-            run(group, args, rounds, wrk_rounds, wrk_seconds, with_wrk)
-
-
-def run(
-    group: list[Server],
-    args: argparse.Namespace,
-    rounds: int,
-    wrk_rounds: int,
-    wrk_seconds: float,
-    with_wrk: bool,
-) -> None:
-    latency_rounds(group, rounds, warmup=max(5, rounds // 20), seed=args.seed)
-    if with_wrk:
-        throughput_rounds(group, wrk_rounds, wrk_seconds, seed=args.seed)
-    report(group, with_wrk)
+            latency_rounds(group, rounds, warmup=max(5, rounds // 20), seed=args.seed)
+            if with_wrk:
+                throughput_rounds(group, wrk_rounds, wrk_seconds, seed=args.seed)
+            report(group, with_wrk)
 
 
 if __name__ == "__main__":
