@@ -506,6 +506,27 @@ class LogWriter:
     def commit(self, transaction: _Transaction) -> None:
         transaction.commit()
 
+    @contextlib.contextmanager
+    def last_writes(self, connection: Connection) -> Iterator[None]:
+        """Around a transaction's last statements (their results unread): on PostgreSQL they and the
+        COMMIT travel as one pipeline, one round trip where each statement and the COMMIT took one; the
+        transaction's own commit then finds nothing left to do. Elsewhere the statements run as given and
+        the transaction commits as before.
+
+        A statement that fails is reported as the block ends (the server skips what follows it, COMMIT
+        included), and the transaction is rolled back as for any error of its body. Nothing in the
+        block may read a result: in a pipeline it is not there until the round trip.
+        """
+        if self._sqlite or self._write_lock is None or not self._keep:
+            yield
+            return
+        driver: Any = connection.connection.driver_connection
+        with driver.pipeline():
+            yield
+            with driver.cursor() as cursor:
+                # The BEGIN was a statement of ours (``_begin_locked_reading``), so the COMMIT is one too.
+                cursor.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             if self._kept is not None:

@@ -395,15 +395,16 @@ class EventLog:
             sealed = None
             if keys is not None and integrity.record is not None and self.anchor_path is not None:
                 sealed = seal_anchor(Anchor(integrity.record.log_id, rows[-1]["position"], previous), keys)
-            self._insert_events.run(connection, rows)
-            for config in configs:
-                store_config(
-                    connection,
-                    config,
-                    first_position=head_position + 1,
-                    created_at=now,
-                    writes=self._config_writes,
-                )
+            with self._writer.last_writes(connection):
+                self._insert_events.run(connection, rows)
+                for config in configs:
+                    store_config(
+                        connection,
+                        config,
+                        first_position=head_position + 1,
+                        created_at=now,
+                        writes=self._config_writes,
+                    )
         positions = [row["position"] for row in rows]
         if keys is not None and integrity.record is not None:
             # Published once committed: a batch rolled back leaves the key record to the next append.

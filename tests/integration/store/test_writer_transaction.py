@@ -4,8 +4,11 @@ writer's lock is free for the next append. Run against SQLite and PostgreSQL (th
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -41,16 +44,74 @@ def assert_nothing_written_and_writer_free(log: EventLog, head: int) -> None:
     assert log.verify().ok
 
 
+@contextlib.contextmanager
+def commits_failing(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every commit fails while inside, as the database would fail it."""
+    if log.dialect == "sqlite":
+        with monkeypatch.context() as patched:
+            patched.setattr(log._writer, "commit", failing(driver_error(log)))
+            yield
+        return
+    # On PostgreSQL an append's COMMIT travels in one pipeline with its INSERTs: the server itself is
+    # made to refuse it, by a constraint trigger that runs at commit.
+    with log.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+        )
+        connection.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+        )
+    try:
+        yield
+    finally:
+        with log.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER refuse_at_commit ON events")
+            connection.exec_driver_sql("DROP FUNCTION refuse_at_commit()")
+
+
 def test_a_failed_commit_is_rolled_back_and_translated(
     log: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log.append([started()])
-    monkeypatch.setattr(log._writer, "commit", failing(driver_error(log)))
-    with pytest.raises(StoreUnavailable) as caught:
-        log.append([started(2), started(3)])
+    prepared = log.prepare_config({"v": 1})
+    with commits_failing(log, monkeypatch), pytest.raises(StoreUnavailable) as caught:
+        log.append(
+            [NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None)), started(3)], configs=[prepared]
+        )
     assert isinstance(caught.value.__cause__, sqlite3.Error | psycopg.Error)
-    monkeypatch.undo()
+    assert not log.has_config(prepared.hash)
     assert_nothing_written_and_writer_free(log, head=1)
+
+
+def test_an_append_on_postgresql_is_two_round_trips(log: EventLog, tmp_path: Path) -> None:
+    """BEGIN with the lock and the head in one; the events, the config and the COMMIT in the other."""
+    if log.dialect != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    log.append([started()])  # the writer's connection is kept from here on
+    kept = log._writer._kept
+    assert kept is not None
+    pgconn = kept.connection.driver_connection.pgconn  # type: ignore[union-attr]
+    prepared = log.prepare_config({"v": 2})
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as sink:
+        pgconn.trace(sink.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            log.append(
+                [NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None)), started(2)],
+                configs=[prepared],
+            )
+        finally:
+            pgconn.untrace()
+    # libpq's trace: one line per protocol message, "F" for those sent; each round trip ends with a
+    # Query (simple protocol) or a Sync (extended protocol, a pipeline's end).
+    sent = [line.split("\t")[2] for line in trace.read_text().splitlines() if line.startswith("F\t")]
+    assert sent.count("Query") + sent.count("Sync") == 2, sent
+    assert log.has_config(prepared.hash)
+    assert log.head() == 3
+    assert log.verify().ok
 
 
 def test_a_driver_error_inside_the_transaction_is_rolled_back_and_translated(
