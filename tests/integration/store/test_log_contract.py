@@ -794,6 +794,38 @@ def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) ->
     assert log.verify().ok
 
 
+def test_a_session_dropped_before_the_commit_loses_the_batch_whole(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the writer's session after the BEGIN, as the INSERTs and the COMMIT are about to
+    go (one pipeline): the append fails with a clear error, nothing of it is written, and the next
+    append gets a new connection."""
+    if log.dialect != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    log.append([started(1)])
+    kept = log._writer._kept
+    assert kept is not None
+    writer_pid = kept.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    insert = type(log._insert_events).run
+
+    def dropped_first(statement: Any, connection: Any, rows: Any) -> None:
+        with sa.create_engine(log.engine.url, poolclass=sa.pool.NullPool).connect() as admin:
+            # The timeout: terminate waits until the session is gone.
+            assert admin.execute(sa.select(sa.func.pg_terminate_backend(writer_pid, 5000))).scalar()
+        insert(statement, connection, rows)
+
+    monkeypatch.setattr(type(log._insert_events), "run", dropped_first)
+    prepared = log.prepare_config({"dropped": True})
+    with pytest.raises(StoreUnavailable):
+        log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
+    monkeypatch.undo()
+    assert not log._writer._lock.locked()
+    assert log.head() == 1
+    assert not log.has_config(prepared.hash)
+    assert log.append([started(2)]) == [2]
+    assert log.verify().ok
+
+
 def _end_the_sessions_of(log: EventLog) -> int:
     """Terminate every server session of ``log`` (its writer's and its pooled readers'), as a restart
     would; returns how many there were."""
