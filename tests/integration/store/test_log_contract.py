@@ -777,15 +777,20 @@ def test_postgres_refuses_truncate(log: EventLog) -> None:
     assert log.head() == 1
 
 
-def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) -> None:
+def _writer_session_after_one_append(log: EventLog) -> int:
+    """One event appended, and the server process of the writer's kept connection. PostgreSQL only."""
     if log.dialect != "postgresql":
         pytest.skip("only a server can drop a connection")
     log.append([started(1)])
-    # The append path keeps its own connection: the server ends that session, as a restart or a failover
-    # would. Only this log's writer: the database is shared with whatever else runs against it.
     kept = log._writer._kept
     assert kept is not None
-    writer_pid = kept.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    return int(kept.connection.dbapi_connection.info.backend_pid)  # type: ignore[union-attr]
+
+
+def test_the_writer_connection_survives_the_server_dropping_it(log: EventLog) -> None:
+    # The append path keeps its own connection: the server ends that session, as a restart or a failover
+    # would. Only this log's writer: the database is shared with whatever else runs against it.
+    writer_pid = _writer_session_after_one_append(log)
     with log.engine.connect() as connection:
         ended = connection.execute(sa.select(sa.func.pg_terminate_backend(writer_pid))).scalar()
     assert ended
@@ -800,12 +805,7 @@ def test_a_session_dropped_before_the_commit_loses_the_batch_whole(
     """The server ends the writer's session after the BEGIN, as the INSERTs and the COMMIT are about to
     go (one pipeline): the append fails with a clear error, nothing of it is written, and the next
     append gets a new connection."""
-    if log.dialect != "postgresql":
-        pytest.skip("only a server can drop a connection")
-    log.append([started(1)])
-    kept = log._writer._kept
-    assert kept is not None
-    writer_pid = kept.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    writer_pid = _writer_session_after_one_append(log)
     insert = type(log._insert_events).run
 
     def dropped_first(statement: Any, connection: Any, rows: Any) -> None:
