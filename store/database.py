@@ -511,13 +511,20 @@ class LogWriter:
         """Around a transaction's last statements (their results unread): on PostgreSQL they and the
         COMMIT travel as one pipeline, one round trip where each statement and the COMMIT took one; the
         transaction's own commit then finds nothing left to do. Elsewhere the statements run as given and
-        the transaction commits as before.
+        the transaction commits as before, as it does on a psycopg whose libpq is older than pipelines
+        (14): ``psycopg[binary]`` brings its own, but psycopg's C build links the system's.
 
         A statement that fails is reported as the block ends (the server skips what follows it, COMMIT
         included), and the transaction is rolled back as for any error of its body. Nothing in the
         block may read a result: in a pipeline it is not there until the round trip.
         """
-        if self._sqlite or self._write_lock is None or not self._keep:
+        psycopg = None if self._sqlite else _psycopg()
+        if (
+            psycopg is None
+            or self._write_lock is None
+            or not self._keep
+            or not psycopg.Pipeline.is_supported()
+        ):
             yield
             return
         driver: Any = connection.connection.driver_connection

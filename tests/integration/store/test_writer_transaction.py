@@ -85,10 +85,9 @@ def test_a_failed_commit_is_rolled_back_and_translated(
     assert_nothing_written_and_writer_free(log, head=1)
 
 
-def test_an_append_on_postgresql_is_two_round_trips(log: EventLog, tmp_path: Path) -> None:
-    """BEGIN with the lock and the head in one; the events, the config and the COMMIT in the other."""
-    if log.dialect != "postgresql":
-        pytest.skip("SQLite has no round trips")
+def _messages_sent_by_an_append(log: EventLog, tmp_path: Path) -> list[str]:
+    """The protocol messages the writer's connection sends for an append of two events and a new config
+    (from libpq's trace: one line per message, "F" for those sent); the append is checked as written."""
     log.append([started()])  # the writer's connection is kept from here on
     kept = log._writer._kept
     assert kept is not None
@@ -105,13 +104,31 @@ def test_an_append_on_postgresql_is_two_round_trips(log: EventLog, tmp_path: Pat
             )
         finally:
             pgconn.untrace()
-    # libpq's trace: one line per protocol message, "F" for those sent; each round trip ends with a
-    # Query (simple protocol) or a Sync (extended protocol, a pipeline's end).
-    sent = [line.split("\t")[2] for line in trace.read_text().splitlines() if line.startswith("F\t")]
-    assert sent.count("Query") + sent.count("Sync") == 2, sent
     assert log.has_config(prepared.hash)
     assert log.head() == 3
     assert log.verify().ok
+    return [line.split("\t")[2] for line in trace.read_text().splitlines() if line.startswith("F\t")]
+
+
+def test_an_append_on_postgresql_is_two_round_trips(log: EventLog, tmp_path: Path) -> None:
+    """BEGIN with the lock and the head in one; the events, the config and the COMMIT in the other."""
+    if log.dialect != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    sent = _messages_sent_by_an_append(log, tmp_path)
+    # Each round trip ends with a Query (simple protocol) or a Sync (extended protocol, a pipeline's end).
+    assert sent.count("Query") + sent.count("Sync") == 2, sent
+
+
+def test_an_append_without_pipelines_commits_on_its_own(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg's C build on a libpq older than 14: the same transaction, its statements and its COMMIT
+    each on their own."""
+    if log.dialect != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda _cls: False))
+    sent = _messages_sent_by_an_append(log, tmp_path)
+    assert sent.count("Query") == 2, sent  # the BEGIN with the lock and the head, and the COMMIT
 
 
 def test_a_driver_error_inside_the_transaction_is_rolled_back_and_translated(
