@@ -162,17 +162,18 @@ class HistoryResponse(BaseModel):
 def history_json(
     operations: Sequence[ReloadOperation], *, total_count: int, limit: int, next_before: int | None
 ) -> bytes:
-    """The page ``HistoryResponse`` describes, as its ``model_dump_json`` writes it (the same keys in
-    the same order, no spaces): each operation's JSON as ``operation_json`` keeps it, joined, so only an
-    operation not shown before is built and encoded."""
+    """The page ``HistoryResponse`` describes, as its ``model_dump_json`` writes it: the model writes the
+    envelope around an empty list (1.6 us), and each operation's JSON as ``operation_json`` keeps it is
+    set into that list, so only an operation not shown before is built and encoded."""
+    envelope = HistoryResponse(
+        operations=[], total_count=total_count, limit=limit, next_before=next_before
+    ).model_dump_json()
     members = b",".join(operation_json(operation) for operation in operations)
-    after = b"null" if next_before is None else b"%d" % next_before
-    return b'{"operations":[%s],"total_count":%d,"limit":%d,"next_before":%s}' % (
-        members,
-        total_count,
-        limit,
-        after,
-    )
+    # The list is the model's first field and the others are numbers: its text occurs once, first.
+    return envelope.encode().replace(_EMPTY_OPERATIONS, b'"operations":[' + members + b"]", 1)
+
+
+_EMPTY_OPERATIONS = b'"operations":[]'
 
 
 class BackupEntry(BaseModel):
