@@ -4,8 +4,9 @@ Every method is synchronous and may block on I/O (an fsync, a lock wait); async 
 worker thread, so the event loop never waits on the database. The chain's links are made and checked
 in ``store.chain``; checkpoints are ``store.checkpoints``; stored config bodies ``store.configs``; keys,
 MACs and the anchor file ``store.integrity``; the statements on the events table and the decoding of
-their rows ``store.queries``; the open-operations fold ``store.open_operations``; the key state and the
-checks ``verify`` runs beyond the links ``store.verification``.
+their rows ``store.queries``; the audit and replay reads (by position, operation, time, type)
+``store.log_reads``, a base of ``EventLog``; the open-operations fold ``store.open_operations``; the key
+state and the checks ``verify`` runs beyond the links ``store.verification``.
 
 A log with a key (``signing_key``, or else the ``cipher``'s encryption key) is keyed: its links are
 HMACs, its checkpoints MACed, its config hashes take secrets only as keyed digests, and an anchor file
@@ -21,13 +22,11 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
@@ -89,6 +88,7 @@ from confledger.store.integrity import (
     save_verified,
     seal_anchor,
 )
+from confledger.store.log_reads import LogReads
 from confledger.store.open_operations import read_open_operations
 from confledger.store.queries import (
     APPLIED_TO_HEAD,
@@ -97,8 +97,6 @@ from confledger.store.queries import (
     PAGE,
     PAGE_UNTIL,
     decode_event,
-    forward,
-    select_events,
 )
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -142,16 +140,7 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _as_utc(moment: datetime) -> datetime:
-    # occurred_at is stored in UTC, and SQLite keeps it as text without a zone, so a bound value in
-    # another zone would be compared by its wall clock: every bound is normalised to UTC first
-    # (a naive value is taken to be UTC already, as stored ones are).
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-class EventLog:
+class EventLog(LogReads):
     """Open (and migrate to head) the log at ``url``; one instance is shared by a whole process."""
 
     def __init__(
@@ -653,97 +642,6 @@ class EventLog:
                     found.append((event, stored))
         return head, found
 
-    def read(
-        self,
-        after: int = 0,
-        limit: int | None = None,
-        *,
-        types: Iterable[str] | None = None,
-        until: int | None = None,
-    ) -> list[RecordedEvent]:
-        """Events with position > ``after`` (and <= ``until``), oldest first."""
-        return self._events(forward(after, limit, types=types, until=until))
-
-    def read_reverse(
-        self, before: int | None = None, limit: int = 100, *, types: Iterable[str] | None = None
-    ) -> list[RecordedEvent]:
-        """Events with position < ``before``, newest first."""
-        query = select_events().order_by(events.c.position.desc()).limit(limit)
-        if before is not None:
-            query = query.where(events.c.position < before)
-        if types is not None:
-            query = query.where(events.c.type.in_(list(types)))
-        return self._events(query)
-
-    def iter_events(
-        self, after: int = 0, *, until: int | None = None, batch: int = 500
-    ) -> Iterator[RecordedEvent]:
-        """Stream events in position order without holding the whole log in memory.
-
-        Rows are fetched ``batch`` at a time (one read transaction each, so no snapshot is held while
-        the caller works), and each is decoded only when it is asked for: an event the caller folds and
-        drops dies young, where a decoded batch would survive the collector's young generations and be
-        scanned again in the old one (that cost a whole-log fold about a quarter of its time). The rows
-        are such objects too: a page of 5,000 outlived the young generations while it was folded, so
-        every row of the log reached the old one. A page under the youngest generation's threshold
-        (700 allocations by default) is mostly folded and freed before a collection finds it; on
-        SQLite a rebuild of 100,000 events ran about a fifth faster with pages of 500 than of 5,000,
-        and the 200 statements instead of 20 cost a fraction of that.
-        """
-        page, values = (
-            (self._page, {"batch": batch})
-            if until is None
-            else (self._page_until, {"batch": batch, "until": until})
-        )
-        position = after
-        while True:
-            with self._read(snapshot=False) as connection:
-                rows = page.all(connection, {**values, "after": position})
-            for row in rows:
-                yield decode_event(self.registry, row)
-            if len(rows) < batch:
-                return
-            position = rows[-1][0]
-
-    def read_operation(self, operation_id: uuid.UUID | str) -> list[RecordedEvent]:
-        return self._events(
-            select_events()
-            .where(events.c.operation_id == str(uuid.UUID(str(operation_id))))
-            .order_by(events.c.position)
-        )
-
-    def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
-        """Events whose ``occurred_at`` lies in [since, until], oldest first."""
-        query = select_events().order_by(events.c.position)
-        if since is not None:
-            query = query.where(events.c.occurred_at >= _as_utc(since))
-        if until is not None:
-            query = query.where(events.c.occurred_at <= _as_utc(until))
-        return self._events(query)
-
-    def position_at(self, moment: datetime) -> int:
-        """The newest position whose event occurred at or before ``moment`` (0 if none)."""
-        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= _as_utc(moment))
-        with self._read() as connection:
-            value = connection.execute(query).scalar()
-        return int(value or 0)
-
-    def last_of_type(self, event_type: str) -> RecordedEvent | None:
-        found = self.read_reverse(limit=1, types=[event_type])
-        return found[0] if found else None
-
-    def was_applied(self, full_hash: str) -> bool:
-        """Whether any ``config.applied`` ever named ``full_hash`` (rollback may target only those)."""
-        query = (
-            sa.select(events.c.position)
-            .where(
-                events.c.type == ConfigApplied.event_type, events.c.payload["hash"].as_string() == full_hash
-            )
-            .limit(1)
-        )
-        with self._read() as connection:
-            return connection.execute(query).first() is not None
-
     def open_operations(self) -> list[RecordedEvent]:
         """``operation.started`` events with no ``operation.completed``: running elsewhere, or interrupted.
 
@@ -760,13 +658,6 @@ class EventLog:
             with contextlib.suppress(ConfledgerError):
                 self.save_checkpoint(refolded)
         return found
-
-    def _events(self, query: sa.Select[Any]) -> list[RecordedEvent]:
-        return [decode_event(self.registry, row) for row in self._rows(query)]
-
-    def _rows(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
-        with self._read(snapshot=False) as connection:
-            return connection.execute(query).all()
 
     # --- configs --------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The style and typing rules, run by the default suite so CI holds them: ruff everywhere, mypy (strict
-for ``confledger.store`` and ``confledger.projections``, as ``pyproject.toml`` says) over the package.
+for ``confledger.store`` and ``confledger.projections``, as ``pyproject.toml`` says) over the package,
+and no production module longer than a reader can hold (``MAX_MODULE_LINES``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("store", "projections", "api", "migrations", "examples")
+# A module past this is doing more than one thing: split it by concept, as store/log_reads.py was.
+MAX_MODULE_LINES = 800
 
 
 def _run(*command: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -50,3 +53,14 @@ def test_mypy_passes(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_production_module_is_over_the_line_limit() -> None:
+    modules = [path for layer in (*LAYERS, "confledger") for path in (ROOT / layer).rglob("*.py")]
+    assert len(modules) > 50  # the layers were found
+    too_long = {
+        str(path.relative_to(ROOT)): lines
+        for path in modules
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, f"over {MAX_MODULE_LINES} lines: {too_long}"
