@@ -27,6 +27,7 @@ from confledger.api.schemas import (
     VersionResponse,
     short,
 )
+from confledger.api.settings import Settings
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
@@ -68,7 +69,9 @@ __all__ = [
 ]
 
 CANNOT_COMPARE = "(secret: cannot compare without the key)"
-DEFAULT_BACKUP_COUNT = 5
+# The one default is the settings model's (CONFLEDGER_BACKUP_COUNT), so an offline reader lists what
+# a serving instance keeps.
+DEFAULT_BACKUP_COUNT: int = Settings.model_fields["backup_count"].default
 _SCAN_BATCH = 500
 
 Progress = Callable[[int, int], None]

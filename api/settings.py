@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from confledger.store import EventLog, SecretCipher, SecretKeyError
 from confledger.store.canonical import sha256_hex
 from confledger.store.database import normalize_url, sqlite_path
+from confledger.store.sources.limits import DEFAULT_MAX_BYTES
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
@@ -77,7 +78,9 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="roll back when fewer than this share of services accept"
     )
     automatic_rollback: bool = True
-    max_source_bytes: int = Field(1_048_576, ge=1, description="the largest config source read, in bytes")
+    max_source_bytes: int = Field(
+        DEFAULT_MAX_BYTES, ge=1, description="the largest config source read, in bytes"
+    )
     callback_timeout: float = Field(30.0, gt=0, description="seconds a service callback may take")
     validator_timeout: float = Field(5.0, gt=0, description="seconds a custom validator may take")
     worker_threads: int = Field(

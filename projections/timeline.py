@@ -68,7 +68,7 @@ def as_of(
     log: EventLog,
     position: int,
     *,
-    backup_count: int = 5,
+    backup_count: int,
     history_window: int = 100,
     progress: Callable[[int, int], None] | None = None,
 ) -> AsOf:

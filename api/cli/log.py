@@ -355,11 +355,18 @@ def verify_command(database: DatabaseOption = None, as_json: JsonOption = False)
 @app.command("backups")
 def backups_command(
     database: DatabaseOption = None,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, max=1000, help="How many backups.")] = 5,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count", "-n", min=1, max=1000, help="How many backups [default: what serve keeps by default]."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The last N distinct configs applied before the current one (rollback targets)."""
-    result = inspect(database, lambda inspector: inspector.backups(count))
+    result = inspect(
+        database, lambda inspector: inspector.backups() if count is None else inspector.backups(count)
+    )
     if as_json:
         print_json(result)
         return

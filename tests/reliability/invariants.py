@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from confledger.api.inspect import stats_document
+from confledger.api.inspect import DEFAULT_BACKUP_COUNT, stats_document
 from confledger.api.reloader import ConfigReloader
 from confledger.api.schemas import BackupsResponse, OperationOut, short
 from confledger.projections.backups import BackupsProjection
@@ -70,7 +70,6 @@ __all__ = [
     "wait_until_settled",
 ]
 
-DEFAULT_BACKUP_COUNT = 5
 PREFIX = "/api/v1/config"
 _TERMINAL = ("operation.completed", "operation.rejected")
 _HISTORY_PAGE = 100  # the route's largest page
