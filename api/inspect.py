@@ -72,6 +72,8 @@ CANNOT_COMPARE = "(secret: cannot compare without the key)"
 # The one default is the settings model's (CONFLEDGER_BACKUP_COUNT), so an offline reader lists what
 # a serving instance keeps.
 DEFAULT_BACKUP_COUNT: int = Settings.model_fields["backup_count"].default
+DEFAULT_HISTORY_WINDOW: int = Settings.model_fields["history_window"].default
+DEFAULT_HEARTBEAT_INTERVAL: float = Settings.model_fields["heartbeat_interval"].default
 _SCAN_BATCH = 500
 
 Progress = Callable[[int, int], None]
@@ -88,7 +90,7 @@ def _materialize_nothing(_full_hash: str) -> None:
 class LogInspector:
     """Projections folded from an open log: checkpoints restored, the tail folded, nothing written."""
 
-    def __init__(self, log: EventLog, *, history_window: int = 500) -> None:
+    def __init__(self, log: EventLog, *, history_window: int = DEFAULT_HISTORY_WINDOW) -> None:
         self.log = log
         self.current = CurrentProjection(_materialize_nothing)
         self.history = HistoryProjection(window=history_window)
@@ -168,7 +170,7 @@ class LogInspector:
 
     # --- status ------------------------------------------------------------------------------------
 
-    def fleet(self, heartbeat_interval: float) -> dict[str, Any]:
+    def fleet(self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> dict[str, Any]:
         """The fleet view as ``GET /fleet`` gives it, from the log and the heartbeat rows (full hashes)."""
         self.load()
         heartbeats = read_heartbeats(self.log.engine)

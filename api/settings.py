@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from confledger.store import EventLog, SecretCipher, SecretKeyError
 from confledger.store.canonical import sha256_hex
 from confledger.store.database import normalize_url, sqlite_path
+from confledger.store.outcome import DEFAULT_LISTED
 from confledger.store.sources.limits import DEFAULT_MAX_BYTES
 
 __all__ = [
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
     )
     history_window: int = Field(500, ge=1, description="recent operations history serves from memory")
     max_recorded_items: int = Field(
-        50,
+        DEFAULT_LISTED,
         ge=1,
         le=10_000,
         description="validation errors, warnings and changed paths recorded (and answered) per operation, "

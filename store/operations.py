@@ -133,7 +133,7 @@ class OperationRunner(FleetFollowing, Concluding):
         version: str,
         tracer: trace.Tracer | None = None,
         fleet_lock: FleetLock | None = None,
-        fleet_lock_wait: float = 5.0,
+        fleet_lock_wait: float,
     ) -> None:
         self.log = log
         self.pipeline = pipeline

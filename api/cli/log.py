@@ -178,20 +178,25 @@ def fleet_command(
     database: DatabaseOption = None,
     as_json: JsonOption = False,
     heartbeat_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--heartbeat-interval",
             envvar="CONFLEDGER_HEARTBEAT_INTERVAL",
             min=0.1,
             help="The fleet's heartbeat interval in seconds, for instances without a heartbeat row (gone "
-            "after 3).",
+            "after 3) [default: serve's default].",
         ),
-    ] = 30.0,
+    ] = None,
 ) -> None:
     """The fleet's desired config and each instance's state (in_sync, lagging, drifted, gone), from the log."""
     from confledger.api.schemas import FleetResponse
 
-    view = inspect(database, lambda inspector: inspector.fleet(heartbeat_interval))
+    view = inspect(
+        database,
+        lambda inspector: (
+            inspector.fleet() if heartbeat_interval is None else inspector.fleet(heartbeat_interval)
+        ),
+    )
     fleet = FleetResponse.of(view)
     if as_json:
         print_json(fleet.model_dump(mode="json"))

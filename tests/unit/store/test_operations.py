@@ -68,6 +68,7 @@ async def runner_on(
         callback_timeout=5.0,
         notify_on_start=notify_on_start,
         version="test",
+        fleet_lock_wait=5.0,
     )
     try:
         await runner.start()
