@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPBearer
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
+from confledger.api.errors import ApiError
 from confledger.api.lifecycle import ConfigLifecycle
 from confledger.api.pages import RenderedPages
 from confledger.api.reloader import ConfigReloader
@@ -48,7 +49,9 @@ def lifecycle_of(request: Request) -> ConfigLifecycle:
     besides the reloader) saves the dependency FastAPI would resolve for every request."""
     lifecycle = getattr(request.app.state, "confledger", None)
     if not isinstance(lifecycle, ConfigLifecycle):
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app")
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "confledger is not set up on this app", "not_set_up"
+        )
     return lifecycle
 
 
@@ -57,7 +60,9 @@ def pages_of(request: Request) -> RenderedPages:
     the reloader starts, so a route that got ``ReloaderDep`` always finds them."""
     pages = lifecycle_of(request).pages
     if pages is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running")
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running", "reloader_not_running"
+        )
     return pages
 
 
@@ -71,7 +76,9 @@ LifecycleDep = Annotated[ConfigLifecycle, Depends(_lifecycle)]
 async def _reloader(request: Request) -> ConfigReloader:
     reloader = lifecycle_of(request).reloader
     if reloader is None or not reloader.started:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running")
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the config reloader is not running", "reloader_not_running"
+        )
     return reloader
 
 
@@ -113,8 +120,8 @@ class Caller:
         return Trigger.CLI if self.cli_user else Trigger.API
 
 
-def _unauthorized(detail: str = "missing or invalid bearer token") -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+def _unauthorized(detail: str = "missing or invalid bearer token", code: str = "unauthorized") -> ApiError:
+    return ApiError(status.HTTP_401_UNAUTHORIZED, detail, code, headers={"WWW-Authenticate": "Bearer"})
 
 
 def credential_in_query(request: Request) -> bool:
@@ -129,7 +136,7 @@ def authenticate(request: Request, *, admin_only: bool) -> Role:
     Reads headers only: the request guard calls it before a body is read, the dependency after.
     """
     if credential_in_query(request):
-        raise _unauthorized(URL_CREDENTIAL_REFUSAL)
+        raise _unauthorized(URL_CREDENTIAL_REFUSAL, "credential_in_url")
     authorization = request.headers.get("authorization")
     scheme, credentials = get_authorization_scheme_param(authorization)
     if not credentials or scheme.lower() != "bearer":
@@ -138,7 +145,9 @@ def authenticate(request: Request, *, admin_only: bool) -> Role:
     if role is None:
         raise _unauthorized()
     if admin_only and role is not Role.ADMIN:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token")
+        raise ApiError(
+            status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token", "admin_token_required"
+        )
     return role
 
 
@@ -172,7 +181,9 @@ async def get_current_config(request: Request) -> Any:
     lifecycle = lifecycle_of(request)
     current = None if lifecycle.reloader is None else lifecycle.reloader.current
     if current is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no configuration has been applied yet")
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "no configuration has been applied yet", "no_config_applied"
+        )
     return current.config
 
 

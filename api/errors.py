@@ -1,4 +1,12 @@
-"""Errors as HTTP answers: a stable ``detail`` and ``code``, never a traceback, never the input back."""
+"""Errors as HTTP answers: a stable ``detail`` and ``code``, never a traceback, never the input back.
+
+Every error confledger answers carries a ``code`` a client can branch on (the English ``detail`` may be
+reworded): ``ApiError`` for what a route or dependency refuses (handled by ``api_error_handler``, which
+``setup_configuration_lifecycle`` registers for that class alone, so the host app's own
+``HTTPException``s answer as they always did), ``store_error_handler`` for a ``ConfledgerError`` a route
+did not handle, ``validation_error_response`` (``invalid_request``) for a request FastAPI refused, and
+the request guard's own answers (``api.limits``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ from confledger.store import ConfledgerError
 
 __all__ = [
     "STATUS_BY_CODE",
+    "ApiError",
+    "api_error_handler",
     "error_response",
     "http_error",
     "store_error_handler",
@@ -54,9 +64,25 @@ def _status_and_detail(exc: ConfledgerError) -> tuple[int, str]:
     return code, _PUBLIC_DETAIL.get(exc.code, _INTERNAL_DETAIL)
 
 
-def http_error(exc: ConfledgerError) -> HTTPException:
-    code, detail = _status_and_detail(exc)
-    return HTTPException(code, detail=detail)
+class ApiError(HTTPException):
+    """A refusal with its ``code``: answered as ``{"detail", "code"}`` (``ErrorResponse``)."""
+
+    def __init__(
+        self, status_code: int, detail: str, code: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code, detail=detail, headers=dict(headers) if headers else None)
+        self.code = code
+
+
+async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """``ApiError`` as JSON ``{"detail", "code"}``, with its headers (a 401's ``WWW-Authenticate``)."""
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, str(exc.detail), exc.code, headers=exc.headers)
+
+
+def http_error(exc: ConfledgerError) -> ApiError:
+    status_code, detail = _status_and_detail(exc)
+    return ApiError(status_code, detail, exc.code)
 
 
 async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -356,9 +356,13 @@ def setup_configuration_lifecycle(
 
     app.router.lifespan_context = lifespan
     # Imported here: the routes depend on this module (through api.deps), not the other way round.
+    from confledger.api.errors import ApiError, api_error_handler
     from confledger.api.routes import build_config_router, health
     from confledger.api.routes import metrics as metrics_routes
 
+    # For confledger's own refusals only (the app's HTTPExceptions answer as before): every one carries
+    # its code, from the routes and from CurrentConfigDep in the app's own routes alike.
+    app.add_exception_handler(ApiError, api_error_handler)
     if include_router:
         from confledger.api.errors import store_error_handler
         from confledger.store import ConfledgerError

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
-from fastapi import HTTPException, Request, Response, status
+from fastapi import Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from confledger.api.deps import BearerCaller, authenticate, lifecycle_of
-from confledger.api.errors import error_response, validation_error_response
+from confledger.api.errors import ApiError, error_response, validation_error_response
 
 __all__ = ["GuardedRoute", "json_refusal"]
 
@@ -158,9 +158,13 @@ class GuardedRoute(APIRoute):
             if takes_body and bearer is not None:
                 try:
                     authenticate(request, admin_only=bearer.admin_only)
-                except HTTPException as refused:
+                except ApiError as refused:
                     return error_response(
-                        refused.status_code, str(refused.detail), close=True, headers=refused.headers
+                        refused.status_code,
+                        str(refused.detail),
+                        refused.code,
+                        close=True,
+                        headers=refused.headers,
                     )
             announced = _content_length(request)
             if announced is not None and announced > limit:

@@ -52,7 +52,7 @@ def short(full_hash: str | None) -> str | None:
 
 class ErrorResponse(BaseModel):
     detail: str
-    code: str | None = None
+    code: str = Field(description="stable reason code to branch on (the detail's wording may change)")
     running_operation_id: str | None = None
     operation_id: str | None = Field(None, description="the operation this refused request recorded, if any")
 

@@ -111,12 +111,16 @@ def _detail(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.reason_phrase or "no detail"
-    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return response.reason_phrase or "no detail"
+    detail = body.get("detail")
     if isinstance(detail, list):  # a 422 from request validation
-        return "; ".join(
+        detail = "; ".join(
             str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail
         )
-    return str(detail or response.reason_phrase or "no detail")
+    text = str(detail or response.reason_phrase or "no detail")
+    code = body.get("code")
+    return f"{text} [{code}]" if isinstance(code, str) and code else text
 
 
 def _call_service(url: str, path: str, body: dict[str, Any], token: str, timeout: float) -> dict[str, Any]:

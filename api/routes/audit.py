@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 
 from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.errors import ApiError
 from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import (
     MAX_POSITION,
@@ -61,7 +62,7 @@ async def timeline(
     """Incident replay: operations in a time window with per-service outcomes and config changes."""
     since, until = _in_utc("since", since), _in_utc("until", until)
     if since is not None and until is not None and since > until:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
+        raise ApiError(status.HTTP_400_BAD_REQUEST, "since is after until", "invalid_time_window")
     incident = await anyio.to_thread.run_sync(lambda: incident_replay(reloader.log, since, until))
     return TimelineResponse(
         since=since,
@@ -85,6 +86,8 @@ def _in_utc(name: str, moment: datetime | None) -> datetime | None:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, f"{name} is out of range once converted to UTC"
+        raise ApiError(
+            status.HTTP_400_BAD_REQUEST,
+            f"{name} is out of range once converted to UTC",
+            "invalid_time_window",
         ) from None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 
 from confledger.api.deps import AdminCaller, ReloaderDep
+from confledger.api.errors import ApiError
 from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import ErrorResponse, FileWatchDisabledResponse, FileWatchEnabledResponse
 
@@ -34,7 +35,7 @@ async def enable(
     try:
         await reloader.enable_file_watching(poll_interval, force_polling=force_polling)
     except (ValueError, RuntimeError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        raise ApiError(status.HTTP_400_BAD_REQUEST, str(exc), "file_watch_refused") from None
     return FileWatchEnabledResponse(
         file_watching_enabled=True,
         poll_interval_seconds=poll_interval,

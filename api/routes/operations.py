@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
@@ -16,7 +16,7 @@ from confledger.api.deps import (
     lifecycle_of,
     pages_of,
 )
-from confledger.api.errors import STATUS_BY_CODE
+from confledger.api.errors import STATUS_BY_CODE, ApiError
 from confledger.api.limits import GuardedRoute
 from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
 from confledger.api.paths import resolve_source
@@ -53,7 +53,7 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
         return None
     body = ErrorResponse(
         detail=detail,
-        code=operation.reason,
+        code=operation.reason or "operation_rejected",  # a refusal always records its reason
         running_operation_id=operation.running_operation_id,
         operation_id=operation.operation_id,
     )
@@ -97,7 +97,7 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
                 source=request.config_source[:200],
                 client=caller.client,
             )
-            raise HTTPException(status.HTTP_403_FORBIDDEN, exc.message) from None
+            raise ApiError(status.HTTP_403_FORBIDDEN, exc.message, exc.code) from None
     with caller_trace_context(http.headers):
         operation = await reloader.reload_config(
             caller.trigger,
@@ -112,7 +112,9 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
         return conflict
     if operation.reason == SourceNotAllowed.code:  # the opened file lay outside (a swapped symlink)
         refused = ErrorResponse(
-            detail=operation.error_message or "", code=operation.reason, operation_id=operation.operation_id
+            detail=operation.error_message or "",
+            code=SourceNotAllowed.code,
+            operation_id=operation.operation_id,
         )
         return JSONResponse(refused.model_dump(mode="json"), status_code=status.HTTP_403_FORBIDDEN)
     return OperationOut.of(operation)
@@ -221,9 +223,9 @@ async def operation_detail(
     try:
         events = await anyio.to_thread.run_sync(reloader.log.read_operation, operation_id)
     except ValueError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such operation") from None
+        raise ApiError(status.HTTP_404_NOT_FOUND, "no such operation", "unknown_operation") from None
     if not events:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such operation")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "no such operation", "unknown_operation")
     return OperationDetail(
         operation=OperationOut.of(build_operation(events)), events=[EventOut.of(event) for event in events]
     )

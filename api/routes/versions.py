@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, pages_of
-from confledger.api.errors import http_error
+from confledger.api.errors import ApiError, http_error
 from confledger.api.limits import GuardedRoute
 from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match
 from confledger.api.schemas import (
@@ -63,7 +63,9 @@ async def current(request: Request, reloader: ReloaderDep, _caller: ReaderCaller
     """The current config (secrets shown as **********; ETag: 304 if unchanged)."""
     value = reloader.current
     if value is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no configuration has been applied yet")
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND, "no configuration has been applied yet", "no_config_applied"
+        )
     page = pages_of(request).of_snapshot(value, lambda: _current_body(value))
     return conditional_response(page, if_none_match(request))
 

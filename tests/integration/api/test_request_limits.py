@@ -92,7 +92,7 @@ def test_a_refused_caller_is_answered_before_a_byte_of_its_body_is_read(
     assert response.status_code == code
     assert body.pulled == 0
     assert response.headers["connection"] == "close"  # the rest is not drained from the socket
-    assert set(response.json()) == {"detail"}
+    assert set(response.json()) == {"detail", "code"}
     assert service.log.head() == head
 
 

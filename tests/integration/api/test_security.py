@@ -191,7 +191,7 @@ def test_every_protected_endpoint_refuses_a_missing_or_wrong_token_with_401(
         response = _request(shared, method, path, headers)
         assert response.status_code == 401, (headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json() == {"detail": "missing or invalid bearer token"}
+        assert response.json() == {"detail": "missing or invalid bearer token", "code": "unauthorized"}
     assert shared.log.head() == head  # a refused caller changes nothing
 
 
@@ -202,8 +202,53 @@ def test_the_read_token_is_refused_on_every_mutating_endpoint_with_403(
     head = shared.log.head()
     response = _request(shared, method, path, {"Authorization": f"Bearer {READ_TOKEN}"})
     assert response.status_code == 403
-    assert response.json()["detail"] == "this endpoint needs the admin token"
+    assert response.json() == {
+        "detail": "this endpoint needs the admin token",
+        "code": "admin_token_required",
+    }
     assert shared.log.head() == head
+
+
+# Every refusal answers {"detail", "code"}: the code is what a client branches on.
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READER = {"Authorization": f"Bearer {READ_TOKEN}"}
+REFUSALS = [
+    # (method, path, headers, body: JSON text or None, status, code)
+    ("GET", "/current", {}, None, 401, "unauthorized"),  # no token
+    ("GET", "/current?access_token=x", ADMIN, None, 401, "credential_in_url"),  # a token in the URL
+    ("POST", "/reload", READER, "{}", 403, "admin_token_required"),  # refused before the body is read
+    ("POST", "/reload", ADMIN, "{not json", 400, "invalid_json"),
+    ("POST", "/reload", ADMIN, '{"force": "sometimes"}', 422, "invalid_request"),
+    ("POST", "/reload", ADMIN, '{"config_source": "/etc/passwd"}', 403, "source_not_allowed"),
+    ("GET", f"/operations/{uuid.UUID(int=0)}", ADMIN, None, 404, "unknown_operation"),
+    ("GET", "/versions/zzz", ADMIN, None, 400, "invalid_hash_prefix"),
+    ("GET", "/versions/0000000", ADMIN, None, 404, "unknown_config_hash"),
+    ("GET", "/diff?from=0000000&to=1111111", ADMIN, None, 404, "unknown_config_hash"),
+    (
+        "GET",
+        "/timeline?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+        ADMIN,
+        None,
+        400,
+        "invalid_time_window",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status", "code"), REFUSALS)
+def test_every_refusal_names_its_code(
+    shared: Service, method: str, path: str, headers: dict[str, str], body: str | None, status: int, code: str
+) -> None:
+    head = shared.log.head()
+    content = None if body is None else body.encode()
+    sent = {**headers, "Content-Type": "application/json"} if content is not None else headers
+    response = shared.client.request(method, PREFIX + path, headers=sent, content=content)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["code"] == code, answer
+    assert answer["detail"]
+    if code != "source_not_allowed":  # the refused source is recorded as a rejected operation
+        assert shared.log.head() == head
 
 
 @pytest.mark.parametrize(("method", "path"), READING + PROTECTED_OUTSIDE)
