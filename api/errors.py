@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from confledger.api.schemas import ErrorResponse, InvalidField, ValidationErrorResponse
 from confledger.store import ConfledgerError
 
 __all__ = [
@@ -100,16 +100,14 @@ async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
 def error_response(
     status_code: int,
     detail: str,
-    code: str | None = None,
+    code: str,
     *,
     close: bool = False,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The ``ErrorResponse`` shape. ``close`` ends the connection after the answer, so a body the
-    service refused to read is not drained from the socket afterwards."""
-    content: dict[str, Any] = {"detail": detail}
-    if code is not None:
-        content["code"] = code
+    """An ``ErrorResponse``. ``close`` ends the connection after the answer, so a body the service
+    refused to read is not drained from the socket afterwards."""
+    content = ErrorResponse(detail=detail, code=code).model_dump(exclude_none=True)
     answer_headers = dict(headers or {})
     if close:
         answer_headers["Connection"] = "close"
@@ -133,16 +131,15 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     ``ctx``, each part bounded, at most ``MAX_REPORTED_ERRORS`` errors; ``code`` is ``invalid_request``."""
     errors = exc.errors()
     detail = [
-        {
-            "type": _bounded(error.get("type", "invalid"), MAX_LOCATION_PART),
-            "loc": [
+        InvalidField(
+            type=_bounded(error.get("type", "invalid"), MAX_LOCATION_PART),
+            loc=[
                 part if isinstance(part, int) else _bounded(part, MAX_LOCATION_PART)
                 for part in error.get("loc", ())
             ],
-            "msg": _bounded(error.get("msg", ""), MAX_MESSAGE),
-        }
+            msg=_bounded(error.get("msg", ""), MAX_MESSAGE),
+        )
         for error in errors[:MAX_REPORTED_ERRORS]
     ]
-    return JSONResponse(
-        {"detail": detail, "code": "invalid_request"}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
-    )
+    answer = ValidationErrorResponse(detail=detail, code="invalid_request")
+    return JSONResponse(answer.model_dump(), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)

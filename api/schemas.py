@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,7 @@ __all__ = [
     "FileWatchDisabledResponse",
     "FileWatchEnabledResponse",
     "HistoryResponse",
+    "InvalidField",
     "OperationDetail",
     "OperationOut",
     "ReloadRequest",
@@ -33,6 +34,7 @@ __all__ = [
     "SourceStateOut",
     "StatusResponse",
     "TimelineResponse",
+    "ValidationErrorResponse",
     "VerifyResponse",
     "VersionResponse",
     "history_json",
@@ -55,6 +57,19 @@ class ErrorResponse(BaseModel):
     code: str = Field(description="stable reason code to branch on (the detail's wording may change)")
     running_operation_id: str | None = None
     operation_id: str | None = Field(None, description="the operation this refused request recorded, if any")
+
+
+class InvalidField(BaseModel):
+    type: str = Field(description="what was wrong, as pydantic names it")
+    loc: list[str | int] = Field(description="where: the request part, then the field's path")
+    msg: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """A request that does not fit the schema (422): what was wrong where, never the input back."""
+
+    detail: list[InvalidField] = Field(description="at most 20, each part bounded")
+    code: Literal["invalid_request"]
 
 
 class ReloadRequest(BaseModel):

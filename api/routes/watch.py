@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from confledger.api.deps import ReaderCaller, ReloaderDep
 from confledger.api.limits import GuardedRoute
 from confledger.api.reloader import ConfigReloader
-from confledger.api.schemas import MAX_POSITION, ErrorResponse
+from confledger.api.schemas import MAX_POSITION, ValidationErrorResponse
 from confledger.api.watch import AppliedChange, replay_changes
 
 __all__ = ["WatchEvent", "router"]
@@ -69,7 +69,7 @@ _STREAM_DESCRIPTION = (
                 }
             },
         },
-        422: {"model": ErrorResponse, "description": "Last-Event-ID is not a log position"},
+        422: {"model": ValidationErrorResponse, "description": "Last-Event-ID is not a log position"},
     },
 )
 async def watch(
