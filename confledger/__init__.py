@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from confledger.api.deps import CurrentConfigDep
+    from confledger.api.errors import ApiError
     from confledger.api.lifecycle import (
         register_config_callback,
         setup_configuration_lifecycle,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 # Where each public name lives; ``__getattr__`` imports the module the first time a name is asked for.
 _HOMES: dict[str, str] = {
+    "ApiError": "confledger.api.errors",
     "ConfigReloader": "confledger.api.reloader",
     "CurrentConfigDep": "confledger.api.deps",
     "EventLog": "confledger.store.log",
@@ -102,6 +104,7 @@ _HOMES: dict[str, str] = {
 
 __all__ = [
     "AmbiguousHashPrefix",
+    "ApiError",
     "CanonicalizationError",
     "ChainBroken",
     "ConcurrencyConflict",

@@ -20,6 +20,7 @@ PUBLIC = {
     "ReloadTrigger",
     "get_config_reloader",
     # embedding in FastAPI
+    "ApiError",
     "CurrentConfigDep",
     "register_config_callback",
     "setup_configuration_lifecycle",
@@ -79,7 +80,12 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_every_error_is_a_confledger_error_with_its_own_code() -> None:
-    errors = [getattr(confledger, name) for name in confledger.__all__ if name.endswith(("Error", "Found"))]
+    # ApiError is not a failure of the store but the HTTP answer to one (an HTTPException with a code).
+    errors = [
+        getattr(confledger, name)
+        for name in confledger.__all__
+        if name.endswith(("Error", "Found")) and name != "ApiError"
+    ]
     errors += [confledger.ChainBroken, confledger.ConcurrencyConflict, confledger.NotAllowed]
     errors += [confledger.ReadOnlyStore, confledger.SchemaTooNew, confledger.StoreUnavailable]
     errors += [confledger.SourceNotAllowed, confledger.UnknownConfigHash, confledger.AmbiguousHashPrefix]
@@ -100,3 +106,15 @@ def test_importing_confledger_or_its_store_does_not_load_the_web_stack() -> None
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_api_error_is_the_http_answer_with_a_code() -> None:
+    from fastapi import HTTPException
+
+    refusal = confledger.ApiError(404, "no such operation", "unknown_operation")
+    assert isinstance(refusal, HTTPException)
+    assert (refusal.status_code, refusal.detail, refusal.code) == (
+        404,
+        "no such operation",
+        "unknown_operation",
+    )

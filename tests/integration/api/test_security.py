@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from confledger import ApiError
 from confledger.api.lifecycle import setup_configuration_lifecycle
 from confledger.api.security import TokenError
 from confledger.examples.app_config import VALIDATORS, AppConfig
@@ -249,6 +251,28 @@ def test_every_refusal_names_its_code(
     assert answer["detail"]
     if code != "source_not_allowed":  # the refused source is recorded as a rejected operation
         assert shared.log.head() == head
+
+
+def test_the_host_apps_errors_keep_their_shape_and_confledgers_can_be_reshaped(
+    tmp_path: Path, database_url: str
+) -> None:
+    app, _lifecycle, _source, _services = build_app(tmp_path, database_url)
+
+    @app.get("/own")
+    async def own() -> None:
+        raise HTTPException(418, "the app's own")
+
+    async def reshaped(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse({"error": {"reason": exc.code}}, status_code=exc.status_code)
+
+    # Registered after setup_configuration_lifecycle's own handler, before the app starts: it wins.
+    app.add_exception_handler(ApiError, reshaped)
+    with TestClient(app) as client:
+        assert client.get("/own").json() == {"detail": "the app's own"}  # no code forced on it
+        refused = client.get(PREFIX + "/current")
+        assert refused.status_code == 401
+        assert refused.json() == {"error": {"reason": "unauthorized"}}
 
 
 @pytest.mark.parametrize(("method", "path"), READING + PROTECTED_OUTSIDE)
