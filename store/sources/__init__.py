@@ -50,6 +50,9 @@ Value choices the caller should know
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from confledger.store.sources.limits import (
     DEFAULT_MAX_BYTES,
     MAX_DEPTH,
@@ -60,7 +63,23 @@ from confledger.store.sources.limits import (
     YAML_EXPANSION_FACTOR,
     YAML_EXPANSION_FLOOR,
 )
-from confledger.store.sources.reading import LoadedSource, detect_format, load_source
+
+if TYPE_CHECKING:
+    from confledger.store.sources.reading import LoadedSource, detect_format, load_source
+
+# The reader and its parsers (PyYAML, tomllib) are imported on first use: the settings model names
+# DEFAULT_MAX_BYTES, and a command line that never reads a source (``confledger verify``) would
+# otherwise pay for every parser at start-up.
+_READING = frozenset({"LoadedSource", "detect_format", "load_source"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _READING:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module("confledger.store.sources.reading"), name)
+    globals()[name] = value  # later lookups are plain module attributes
+    return value
+
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -108,6 +108,19 @@ def test_importing_confledger_or_its_store_does_not_load_the_web_stack() -> None
     assert result.stdout.strip() == ""
 
 
+def test_the_settings_model_does_not_load_the_config_parsers() -> None:
+    # Every CLI command reads the settings; only those that read a source need PyYAML and tomllib.
+    probe = (
+        "import sys, confledger.api.settings, confledger.store.sources; "
+        "print(','.join(sorted(m for m in ('yaml', 'tomllib') if m in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+    from confledger.store.sources import load_source  # still there, loaded on first use
+
+    assert callable(load_source)
+
+
 def test_the_api_error_is_the_http_answer_with_a_code() -> None:
     from fastapi import HTTPException
 
