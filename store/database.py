@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -32,6 +32,7 @@ __all__ = [
     "StoredTime",
     "UnreadableJSON",
     "UnreadableTime",
+    "as_utc",
     "connection_lost",
     "create_store_engine",
     "describe_url",
@@ -108,6 +109,16 @@ class UnreadableTime(str):
     event with a reason code (``verify``: ``link_mismatch`` at its position; a read: ``invalid_event``)."""
 
     __slots__ = ()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, as the log stores every time; a naive one is taken to be UTC already.
+
+    SQLite keeps times as text without a zone, so a bound in another zone would be compared by its wall
+    clock: every time bound to a statement or read from a row without a zone goes through here."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 class StoredTime(sa.types.TypeDecorator[datetime]):

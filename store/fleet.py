@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from confledger.store.database import connection_lost, sqlite_path, translate_errors
+from confledger.store.database import as_utc, connection_lost, sqlite_path, translate_errors
 from confledger.store.errors import FleetLockBusy, StoreUnavailable
 from confledger.store.schema import fleet_instances
 from confledger.store.upsert import upsert
@@ -478,10 +478,6 @@ def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
             )
 
 
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def read_heartbeats(engine: Engine) -> dict[str, Heartbeat]:
     with translate_errors(engine.url), engine.connect() as connection:
         rows = connection.execute(sa.select(fleet_instances)).mappings().all()
@@ -491,8 +487,8 @@ def read_heartbeats(engine: Engine) -> dict[str, Heartbeat]:
             host=row["host"],
             pid=int(row["pid"]),
             version=row["version"],
-            started_at=_as_utc(row["started_at"]),
-            last_seen=_as_utc(row["last_seen"]),
+            started_at=as_utc(row["started_at"]),
+            last_seen=as_utc(row["last_seen"]),
             followed_position=int(row["followed_position"]),
             interval_s=float(row["interval_s"]),
         )

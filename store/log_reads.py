@@ -12,27 +12,19 @@ import abc
 import contextlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from confledger.store.database import as_utc
 from confledger.store.events import ConfigApplied, EventRegistry, RecordedEvent
 from confledger.store.queries import decode_event, forward, select_events
 from confledger.store.schema import events
 from confledger.store.statements import DriverStatement
 
 __all__ = ["LogReads"]
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # occurred_at is stored in UTC, and SQLite keeps it as text without a zone, so a bound value in
-    # another zone would be compared by its wall clock: every bound is normalised to UTC first
-    # (a naive value is taken to be UTC already, as stored ones are).
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 class LogReads(abc.ABC):
@@ -110,14 +102,14 @@ class LogReads(abc.ABC):
         """Events whose ``occurred_at`` lies in [since, until], oldest first."""
         query = select_events().order_by(events.c.position)
         if since is not None:
-            query = query.where(events.c.occurred_at >= _as_utc(since))
+            query = query.where(events.c.occurred_at >= as_utc(since))
         if until is not None:
-            query = query.where(events.c.occurred_at <= _as_utc(until))
+            query = query.where(events.c.occurred_at <= as_utc(until))
         return self._events(query)
 
     def position_at(self, moment: datetime) -> int:
         """The newest position whose event occurred at or before ``moment`` (0 if none)."""
-        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= _as_utc(moment))
+        query = sa.select(sa.func.max(events.c.position)).where(events.c.occurred_at <= as_utc(moment))
         with self._read() as connection:
             value = connection.execute(query).scalar()
         return int(value or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import anyio
@@ -21,6 +21,7 @@ from confledger.api.schemas import (
     VerifyResponse,
 )
 from confledger.projections.timeline import incident_replay
+from confledger.store.database import as_utc
 
 __all__ = ["router"]
 
@@ -81,10 +82,8 @@ def _in_utc(name: str, moment: datetime | None) -> datetime | None:
     """
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
     try:
-        return moment.astimezone(UTC)
+        return as_utc(moment)
     except OverflowError:
         raise ApiError(
             status.HTTP_400_BAD_REQUEST,
