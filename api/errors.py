@@ -94,7 +94,7 @@ async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
     code, detail = _status_and_detail(exc)
     if code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
         logger.error("%s %s failed (%s): %s", request.method, request.url.path, exc.code, exc.message)
-    return JSONResponse({"detail": detail, "code": exc.code}, status_code=code)
+    return error_response(code, detail, exc.code)
 
 
 def error_response(
@@ -104,10 +104,14 @@ def error_response(
     *,
     close: bool = False,
     headers: Mapping[str, str] | None = None,
+    **operations: str | None,
 ) -> JSONResponse:
     """An ``ErrorResponse``. ``close`` ends the connection after the answer, so a body the service
-    refused to read is not drained from the socket afterwards."""
-    content = ErrorResponse(detail=detail, code=code).model_dump(exclude_none=True)
+    refused to read is not drained from the socket afterwards. ``operations``: the ``operation_id`` the
+    refusal recorded and the ``running_operation_id`` it met, answered (null too) when given."""
+    content = ErrorResponse(detail=detail, code=code, **operations).model_dump(
+        mode="json", exclude_unset=True
+    )
     answer_headers = dict(headers or {})
     if close:
         answer_headers["Connection"] = "close"

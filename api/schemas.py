@@ -53,6 +53,8 @@ def short(full_hash: str | None) -> str | None:
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     detail: str
     code: str = Field(description="stable reason code to branch on (the detail's wording may change)")
     running_operation_id: str | None = None

@@ -16,7 +16,7 @@ from confledger.api.deps import (
     lifecycle_of,
     pages_of,
 )
-from confledger.api.errors import STATUS_BY_CODE, ApiError
+from confledger.api.errors import STATUS_BY_CODE, ApiError, error_response
 from confledger.api.limits import GuardedRoute
 from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
 from confledger.api.paths import resolve_source
@@ -51,13 +51,13 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
         detail = "; ".join(filter(None, [operation.message, operation.error_message]))
     else:
         return None
-    body = ErrorResponse(
-        detail=detail,
-        code=operation.reason or "operation_rejected",  # a refusal always records its reason
+    return error_response(
+        status.HTTP_409_CONFLICT,
+        detail,
+        operation.reason or "operation_rejected",  # a refusal always records its reason
         running_operation_id=operation.running_operation_id,
         operation_id=operation.operation_id,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_409_CONFLICT)
 
 
 @router.post(
@@ -111,12 +111,12 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
     if conflict is not None:
         return conflict
     if operation.reason == SourceNotAllowed.code:  # the opened file lay outside (a swapped symlink)
-        refused = ErrorResponse(
-            detail=operation.error_message or "",
-            code=SourceNotAllowed.code,
+        return error_response(
+            status.HTTP_403_FORBIDDEN,
+            operation.error_message or "",
+            SourceNotAllowed.code,
             operation_id=operation.operation_id,
         )
-        return JSONResponse(refused.model_dump(mode="json"), status_code=status.HTTP_403_FORBIDDEN)
     return OperationOut.of(operation)
 
 
