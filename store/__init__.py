@@ -6,8 +6,9 @@ models, the errors) does not load SQLAlchemy, Alembic and the database drivers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from confledger.store.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash, sha256_hex
@@ -144,13 +145,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'confledger.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

@@ -50,9 +50,9 @@ Value choices the caller should know
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from confledger.store.lazy import lazy_exports
 from confledger.store.sources.limits import (
     DEFAULT_MAX_BYTES,
     MAX_DEPTH,
@@ -70,15 +70,10 @@ if TYPE_CHECKING:
 # The reader and its parsers (PyYAML, tomllib) are imported on first use: the settings model names
 # DEFAULT_MAX_BYTES, and a command line that never reads a source (``confledger verify``) would
 # otherwise pay for every parser at start-up.
-_READING = frozenset({"LoadedSource", "detect_format", "load_source"})
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _READING:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module("confledger.store.sources.reading"), name)
-    globals()[name] = value  # later lookups are plain module attributes
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    dict.fromkeys(("LoadedSource", "detect_format", "load_source"), "confledger.store.sources.reading"),
+)
 
 
 __all__ = [
