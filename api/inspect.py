@@ -170,7 +170,7 @@ class LogInspector:
 
     # --- status ------------------------------------------------------------------------------------
 
-    def fleet(self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> dict[str, Any]:
+    def fleet(self, heartbeat_interval: float | None = None) -> dict[str, Any]:
         """The fleet view as ``GET /fleet`` gives it, from the log and the heartbeat rows (full hashes)."""
         self.load()
         heartbeats = read_heartbeats(self.log.engine)
@@ -178,7 +178,9 @@ class LogInspector:
             self.fleet_projection,
             heartbeats,
             now=datetime.now(UTC),
-            default_interval_s=heartbeat_interval,
+            default_interval_s=DEFAULT_HEARTBEAT_INTERVAL
+            if heartbeat_interval is None
+            else heartbeat_interval,
             head=self.head,
         )
 
@@ -283,12 +285,14 @@ class LogInspector:
             "changes": changes,
         }
 
-    def backups(self, count: int = DEFAULT_BACKUP_COUNT) -> BackupsResponse:
-        """The last ``count`` distinct configs applied before the current one, newest first.
+    def backups(self, count: int | None = None) -> BackupsResponse:
+        """The last ``count`` (None: as many as serve keeps) distinct configs applied before the current
+        one, newest first.
 
         Folded by ``BackupsProjection`` over just the ``config.applied`` events it needs (found newest
         first), so any count is answered without replaying the whole log.
         """
+        count = DEFAULT_BACKUP_COUNT if count is None else count
         projection = BackupsProjection(count)
         for operation_start, applied in self._recent_distinct_applies(count + 1):
             if operation_start is not None:

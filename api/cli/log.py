@@ -191,12 +191,7 @@ def fleet_command(
     """The fleet's desired config and each instance's state (in_sync, lagging, drifted, gone), from the log."""
     from confledger.api.schemas import FleetResponse
 
-    view = inspect(
-        database,
-        lambda inspector: (
-            inspector.fleet() if heartbeat_interval is None else inspector.fleet(heartbeat_interval)
-        ),
-    )
+    view = inspect(database, lambda inspector: inspector.fleet(heartbeat_interval))
     fleet = FleetResponse.of(view)
     if as_json:
         print_json(fleet.model_dump(mode="json"))
@@ -369,9 +364,7 @@ def backups_command(
     as_json: JsonOption = False,
 ) -> None:
     """The last N distinct configs applied before the current one (rollback targets)."""
-    result = inspect(
-        database, lambda inspector: inspector.backups() if count is None else inspector.backups(count)
-    )
+    result = inspect(database, lambda inspector: inspector.backups(count))
     if as_json:
         print_json(result)
         return
