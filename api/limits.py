@@ -15,6 +15,9 @@ config route is a ``GuardedRoute``, whose handler, before FastAPI's own:
   echo of the input fail as a plain-text 500);
 * turns a 422 into one that names what was wrong without echoing what was sent.
 
+It also notes when the whole request had arrived (``arrived``), where an operation's
+``total_duration_ms`` starts: the caller waits through its parsing as through the operation.
+
 It is a route class rather than middleware so that it guards the config API wherever it is mounted,
 in ``confledger serve`` or in a service's own app, and touches none of that app's other routes. The
 limits are read per request from the lifecycle's settings; FastAPI's ``max_body_size`` is fixed when
@@ -24,6 +27,7 @@ the route is built, and the routes are built once for every app in the process.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -38,9 +42,19 @@ from starlette.types import Message, Receive
 from confledger.api.deps import BearerCaller, authenticate, lifecycle_of
 from confledger.api.errors import ApiError, error_response, validation_error_response
 
-__all__ = ["GuardedRoute", "json_refusal"]
+__all__ = ["GuardedRoute", "arrived", "json_refusal"]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+# In the request's state (the scope's, which the endpoint's ``Request`` shares).
+_ARRIVED = "confledger_arrived"
+
+
+def arrived(request: Request) -> float | None:
+    """When the request, body included, was in its ``GuardedRoute``'s hands (``time.perf_counter()``), if
+    it went through one."""
+    value = getattr(request.state, _ARRIVED, None)
+    return value if isinstance(value, float) else None
 
 
 class _NotJsonNumber(ValueError):
@@ -153,6 +167,8 @@ class GuardedRoute(APIRoute):
         bearer = _bearer_of(self.dependant)
 
         async def guarded(request: Request) -> Response:
+            # Received once the whole request is in hand: a slow client's upload is not the service's time.
+            in_hand = time.perf_counter()
             settings = lifecycle_of(request).settings
             limit = settings.max_request_bytes
             if takes_body and bearer is not None:
@@ -186,10 +202,12 @@ class GuardedRoute(APIRoute):
                     )
                 if body is None:
                     return _too_large(limit)
+                in_hand = time.perf_counter()
                 refusal = json_refusal(body)
                 if refusal is not None:
                     return error_response(status.HTTP_400_BAD_REQUEST, refusal, "invalid_json")
                 request = Request(request.scope, _replaying(body, request.receive))
+            setattr(request.state, _ARRIVED, in_hand)
             try:
                 return await handler(request)
             except RequestValidationError as exc:

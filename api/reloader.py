@@ -419,12 +419,15 @@ class ConfigReloader:
         actor: str | None = None,
         client: str | None = None,
         trace_id: str | None = None,
+        received: float | None = None,
     ) -> ReloadOperation:
         """Load, validate, notify services and apply; every step is an event. Never raises for bad input.
 
         A config rolled back away from is not applied again unless ``force`` (reason
         ``rolled_back_hash``); a ``GuardedSource`` (``api.paths.resolve_source``) is read only if the
-        file opened lies inside its allowed directories (reason ``source_not_allowed``)."""
+        file opened lies inside its allowed directories (reason ``source_not_allowed``). ``received``:
+        ``time.perf_counter()`` when the request asking for it arrived, where ``total_duration_ms``
+        starts (default: now)."""
         return await self.runner.reload(
             Trigger(trigger),
             config_source=config_source,
@@ -433,6 +436,7 @@ class ConfigReloader:
             actor=actor,
             client=client,
             trace_id=trace_id,
+            received=received,
         )
 
     async def request_reload(self, trigger: Trigger, *, actor: str | None = None) -> ReloadOperation | None:
@@ -447,10 +451,17 @@ class ConfigReloader:
         actor: str | None = None,
         client: str | None = None,
         trace_id: str | None = None,
+        received: float | None = None,
     ) -> ReloadOperation:
-        """Return to ``target_hash`` (any unique 7+ hex prefix of an applied hash) or the previous config."""
+        """Return to ``target_hash`` (any unique 7+ hex prefix of an applied hash) or the previous config;
+        ``received`` as for ``reload_config``."""
         return await self.runner.rollback(
-            target_hash, trigger=Trigger(trigger), actor=actor, client=client, trace_id=trace_id
+            target_hash,
+            trigger=Trigger(trigger),
+            actor=actor,
+            client=client,
+            trace_id=trace_id,
+            received=received,
         )
 
     def register_config_callback(

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from opentelemetry import trace
@@ -49,6 +49,7 @@ __all__ = [
     "Ended",
     "Operation",
     "Request",
+    "arrival",
     "closings_of_interrupted",
     "default_actor",
     "failures_of",
@@ -97,8 +98,22 @@ class Request:
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
     # When it was asked for: an operation's total time counts from here, so the wait for the fleet's
     # turn and the catch-up before it are inside total_duration_ms, as they are inside a caller's wait.
+    # Over HTTP that is the request's arrival at the config API (``arrival``), before its token check
+    # and body parse, which the caller waits through too.
     received: float = field(default_factory=time.perf_counter)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def arrival(received: float | None) -> dict[str, Any]:
+    """``Request``'s ``received`` and ``received_at`` for a request that arrived at ``received`` (a
+    ``time.perf_counter()`` reading), or none to take the defaults (now)."""
+    if received is None:
+        return {}
+    # One clock reading each, and the wall-clock moment placed by the monotonic interval since.
+    return {
+        "received": received,
+        "received_at": datetime.now(UTC) - timedelta(seconds=time.perf_counter() - received),
+    }
 
 
 @dataclass

@@ -86,6 +86,7 @@ from confledger.store.operation_record import (
     Ended,
     Operation,
     Request,
+    arrival,
     closings_of_interrupted,
     default_actor,
     failures_of,
@@ -470,13 +471,15 @@ class OperationRunner(FleetFollowing, Concluding):
         actor: str | None = None,
         client: str | None = None,
         trace_id: str | None = None,
+        received: float | None = None,
     ) -> ReloadOperation:
         """Reload from ``config_source`` (default: the configured source).
 
         A ``GuardedSource`` (a client named the file: ``api.paths.resolve_source``) is read only if the
         file opened lies inside its allowed directories; otherwise the load fails with
         ``source_not_allowed``. Without ``force``, a config rolled back away from is not applied again
-        (reason ``rolled_back_hash``).
+        (reason ``rolled_back_hash``). ``received``: when the request arrived (``time.perf_counter()``;
+        default now), where ``total_duration_ms`` starts.
         """
         source = str(config_source) if config_source is not None else self.config_source
         request = Request(
@@ -489,6 +492,7 @@ class OperationRunner(FleetFollowing, Concluding):
             guard=config_source.guard if isinstance(config_source, GuardedSource) else None,
             force=force,
             dry_run=dry_run,
+            **arrival(received),
         )
         attributes = {
             "confledger.force": force,
@@ -505,6 +509,7 @@ class OperationRunner(FleetFollowing, Concluding):
         actor: str | None = None,
         client: str | None = None,
         trace_id: str | None = None,
+        received: float | None = None,
     ) -> ReloadOperation:
         """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config."""
         request = Request(
@@ -514,6 +519,7 @@ class OperationRunner(FleetFollowing, Concluding):
             client,
             trace_id,
             target=target_hash,
+            **arrival(received),
         )
         return await self._operate(request, {"confledger.target": (target_hash or "")[:64]})
 

@@ -17,7 +17,7 @@ from confledger.api.deps import (
     pages_of,
 )
 from confledger.api.errors import STATUS_BY_CODE, ApiError, error_response
-from confledger.api.limits import GuardedRoute
+from confledger.api.limits import GuardedRoute, arrived
 from confledger.api.pages import CONDITIONAL, NOT_MODIFIED, conditional_response, if_none_match, rendered
 from confledger.api.paths import resolve_source
 from confledger.api.schemas import (
@@ -106,6 +106,7 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
             dry_run=request.dry_run,
             actor=caller.actor,
             client=caller.client,
+            received=arrived(http),
         )
     conflict = _conflict(operation)
     if conflict is not None:
@@ -152,6 +153,7 @@ async def rollback(
             trigger=caller.trigger,
             actor=caller.actor,
             client=caller.client,
+            received=arrived(http),
         )
     conflict = _conflict(operation)
     if conflict is not None:

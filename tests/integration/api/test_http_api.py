@@ -161,6 +161,36 @@ def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -
     assert service.current_full_hash() == full_hash_of(body, service.log)
 
 
+def test_an_operation_over_http_counts_from_the_request_in_hand(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real runner, watched: when it is asked, and from when the route says the request was there.
+    runner = service.reloader.runner
+    asked: list[tuple[float | None, float]] = []
+
+    def watched(real: Any) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            asked.append((kwargs.get("received"), time.perf_counter()))
+            return await real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(runner, "reload", watched(runner.reload))
+    monkeypatch.setattr(runner, "rollback", watched(runner.rollback))
+    write_config(service.source, variant(database__pool_size=22))
+    sent = time.perf_counter()  # TestClient runs the app in this process: one clock
+
+    assert reload(service)["success"] is True
+    assert service.post("/rollback", json={}).json()["success"] is True
+
+    # Received after the client sent it and before the runner was asked: the token check, the body's
+    # parse and the route's own work are inside total_duration_ms.
+    assert len(asked) == 2
+    for received, runner_asked in asked:
+        assert received is not None
+        assert sent <= received <= runner_asked
+
+
 # Bodies that fail validation, and a fragment each failure must name (never the value itself).
 INVALID_BODIES = [
     # a custom validator's error: openai selected without its key; also trips a performance warning

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -833,6 +834,25 @@ async def test_a_full_cycle_from_a_file_records_durations(url: str, tmp_path: Pa
         [history_entry, *_] = reloader.get_reload_history(limit=1)
         assert history_entry == operation
         assert event_types(reloader, operation) == RELOAD_WITH_SERVICES
+
+
+async def test_the_total_duration_counts_from_when_the_request_arrived(url: str, tmp_path: Path) -> None:
+    source = write(tmp_path / "config.json", BASE)
+    async with running(url, source) as reloader:
+        write(source, variant(database__pool_size=31))
+        # A request that arrived two seconds before the reloader was asked (an HTTP route passes the
+        # moment its request was in hand): its total and its start count from then.
+        arrived = time.perf_counter() - 2.0
+
+        operation = await reloader.reload_config(received=arrived)
+        rollback = await reloader.rollback_config(received=time.perf_counter() - 2.0)
+
+    for counted in (operation, rollback):
+        assert counted.success
+        assert counted.total_duration_ms >= 2000
+        assert counted.started_at is not None
+        assert counted.completed_at is not None
+        assert (counted.completed_at - counted.started_at).total_seconds() >= 1.99
 
 
 async def test_a_dry_run_notifies_nobody_and_applies_nothing(url: str, tmp_path: Path) -> None:
