@@ -101,9 +101,12 @@ class OperationOut(BaseModel):
     reason: str | None
     actor: str
     dry_run: bool
-    started_at: datetime | None
-    completed_at: datetime | None
-    total_duration_ms: float
+    started_at: datetime | None = Field(description="when the request was received")
+    completed_at: datetime | None = Field(description="when the outcome was recorded")
+    total_duration_ms: float = Field(
+        description="from the request's receipt (over HTTP: once its body had arrived) to its outcome "
+        "ready to be recorded; the outcome's own commit comes after"
+    )
     validation_duration_ms: float
     apply_duration_ms: float
     previous_config_hash: str | None
