@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -193,15 +194,25 @@ async def test_total_duration_counts_the_wait_for_the_fleets_turn(tmp_path: Path
         lease = fleet_lock_for(a.reloader.log.engine).acquire(
             "0190e0e0-0000-7000-8000-000000000002@elsewhere", 1.0
         )
-        releaser = threading.Timer(0.3, lease.release)
+        releasing: list[float] = []
+
+        def release() -> None:
+            releasing.append(time.perf_counter())  # before: the turn cannot be had until after it
+            lease.release()
+
+        write(Path(a.reloader.config_source or ""), 8)
+        releaser = threading.Timer(0.3, release)
+        asked = time.perf_counter()
         releaser.start()
         try:
-            write(Path(a.reloader.config_source or ""), 8)
-            operation = await a.reloader.reload_config()
+            # Asked at ``asked``: the wait from then until the holder let go is inside the total.
+            operation = await a.reloader.reload_config(received=asked)
         finally:
             releaser.join()
         assert operation.success, operation.message
-        assert operation.total_duration_ms >= 300
+        waited_ms = (releasing[0] - asked) * 1000
+        assert waited_ms >= 300
+        assert operation.total_duration_ms > waited_ms
 
 
 async def test_a_reload_that_must_follow_a_rollback_first_still_honours_its_pin(
