@@ -109,10 +109,13 @@ def arrival(received: float | None) -> dict[str, Any]:
     ``time.perf_counter()`` reading), or none to take the defaults (now)."""
     if received is None:
         return {}
-    # One clock reading each, and the wall-clock moment placed by the monotonic interval since.
+    # Never later than now: a caller's reading from the future would make a negative duration.
+    now = time.perf_counter()
+    received = min(received, now)
+    # The wall-clock moment placed by the monotonic interval since.
     return {
         "received": received,
-        "received_at": datetime.now(UTC) - timedelta(seconds=time.perf_counter() - received),
+        "received_at": datetime.now(UTC) - timedelta(seconds=now - received),
     }
 
 
