@@ -98,25 +98,20 @@ class Request:
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
     # When it was asked for: an operation's total time counts from here, so the wait for the fleet's
     # turn and the catch-up before it are inside total_duration_ms, as they are inside a caller's wait.
-    # Over HTTP that is the request's arrival at the config API (``arrival``), before its token check
-    # and body parse, which the caller waits through too.
+    # Over HTTP that is when the config API had the whole request (``api.limits.arrived``, through
+    # ``arrival``): its JSON check, parse and token dependency are waited through by the caller too.
     received: float = field(default_factory=time.perf_counter)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def arrival(received: float | None) -> dict[str, Any]:
+def arrival(received: float | None) -> tuple[float, datetime]:
     """``Request``'s ``received`` and ``received_at`` for a request that arrived at ``received`` (a
-    ``time.perf_counter()`` reading), or none to take the defaults (now)."""
-    if received is None:
-        return {}
-    # Never later than now: a caller's reading from the future would make a negative duration.
+    ``time.perf_counter()`` reading; None: now)."""
     now = time.perf_counter()
-    received = min(received, now)
+    # Never later than now: a caller's reading from the future would make a negative duration.
+    received = now if received is None else min(received, now)
     # The wall-clock moment placed by the monotonic interval since.
-    return {
-        "received": received,
-        "received_at": datetime.now(UTC) - timedelta(seconds=now - received),
-    }
+    return received, datetime.now(UTC) - timedelta(seconds=now - received)
 
 
 @dataclass

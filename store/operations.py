@@ -482,6 +482,7 @@ class OperationRunner(FleetFollowing, Concluding):
         default now), where ``total_duration_ms`` starts.
         """
         source = str(config_source) if config_source is not None else self.config_source
+        received, received_at = arrival(received)
         request = Request(
             OperationKind.RELOAD,
             trigger,
@@ -492,7 +493,8 @@ class OperationRunner(FleetFollowing, Concluding):
             guard=config_source.guard if isinstance(config_source, GuardedSource) else None,
             force=force,
             dry_run=dry_run,
-            **arrival(received),
+            received=received,
+            received_at=received_at,
         )
         attributes = {
             "confledger.force": force,
@@ -512,6 +514,7 @@ class OperationRunner(FleetFollowing, Concluding):
         received: float | None = None,
     ) -> ReloadOperation:
         """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config."""
+        received, received_at = arrival(received)
         request = Request(
             OperationKind.ROLLBACK,
             trigger,
@@ -519,7 +522,8 @@ class OperationRunner(FleetFollowing, Concluding):
             client,
             trace_id,
             target=target_hash,
-            **arrival(received),
+            received=received,
+            received_at=received_at,
         )
         return await self._operate(request, {"confledger.target": (target_hash or "")[:64]})
 

@@ -27,8 +27,15 @@ def test_a_request_counts_from_when_it_arrived_and_never_from_the_future(
     wall_before = datetime.now(UTC)
     asked = time.perf_counter()
 
+    received, received_at = arrival(asked + offset_s)
     request = Request(
-        OperationKind.RELOAD, Trigger.API, "token:admin", None, None, **arrival(asked + offset_s)
+        OperationKind.RELOAD,
+        Trigger.API,
+        "token:admin",
+        None,
+        None,
+        received=received,
+        received_at=received_at,
     )
 
     after = time.perf_counter()
@@ -46,5 +53,14 @@ def test_a_request_counts_from_when_it_arrived_and_never_from_the_future(
 
 def test_without_an_arrival_a_request_counts_from_its_creation() -> None:
     before = time.perf_counter()
-    request = Request(OperationKind.ROLLBACK, Trigger.MANUAL, "operator", None, None, **arrival(None))
+    received, received_at = arrival(None)
+    request = Request(
+        OperationKind.ROLLBACK,
+        Trigger.MANUAL,
+        "operator",
+        None,
+        None,
+        received=received,
+        received_at=received_at,
+    )
     assert before <= request.received <= time.perf_counter()
