@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from socket import socket
 from typing import TYPE_CHECKING, Annotated
@@ -103,8 +104,8 @@ def serve(
         err.print(
             f"[yellow]warning[/yellow]: {config} does not exist yet; serving without a config until it does"
         )
-    if lifecycle.token_created:
-        # Printed this once; afterwards it lives only in the 0600 file.
+    if lifecycle.token_created and _on_a_terminal():
+        # Shown this once to the operator who started it; afterwards it lives only in the 0600 file.
         out.print(
             f"admin token (shown once; kept in {lifecycle.token_file}): {lifecycle.tokens.admin}",
             highlight=False,
@@ -114,6 +115,7 @@ def serve(
         out.print(
             f"admin token: in {lifecycle.token_file}; send it as 'Authorization: Bearer <token>'",
             highlight=False,
+            soft_wrap=True,
         )
     # The access log shows query values only for the API's own parameters (a token there is refused
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
@@ -172,3 +174,13 @@ def _serve_with_workers(
     supervisor.run()
     if supervisor.failed:
         raise typer.Exit(1)
+
+
+def _on_a_terminal() -> bool:
+    """Whether standard output is a terminal. Elsewhere (systemd's journal, a container's log, a file
+    under nohup) what ``serve`` prints is kept and read by more people than the token is meant for.
+    Asked of the stream itself: Rich's ``is_terminal`` answers yes to ``FORCE_COLOR``, which CI sets."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except ValueError:  # closed
+        return False

@@ -360,3 +360,71 @@ def test_serve_exposes_metrics_by_default_behind_a_token_and_not_when_turned_off
         anonymous = httpx.get(server.client.base_url.join("/metrics"), timeout=10)
         assert anonymous.status_code == 401
         stop(server)
+
+
+def _read_terminal(leader: int) -> bytes:
+    """Everything written to a pseudo-terminal until its last writer closed it (Linux says EIO then)."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# (where serve's output goes, whether the admin token it generates is printed there)
+TOKEN_OUTPUTS = [
+    # the terminal of the operator who started it: shown this once, with the file that keeps it
+    ("terminal", True),
+    # a file, as under systemd's journal, a container's log or nohup: only the file that keeps it
+    ("file", False),
+]
+
+
+@pytest.mark.parametrize(("destination", "shown"), TOKEN_OUTPUTS)
+def test_a_generated_admin_token_is_printed_to_a_terminal_only(
+    tmp_path: Path, destination: str, shown: bool
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    token_file = tmp_path / "confledger.db.admin-token"
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    environment.pop("FORCE_COLOR", None)
+    command = [str(CONFLEDGER), "serve", "--config", str(config), "--port", str(port)]
+    command += ["--model", "confledger.examples.app_config:AppConfig"]
+    leader, follower = os.openpty() if destination == "terminal" else (-1, -1)
+    log_file = tmp_path / "serve.log"
+    with log_file.open("wb") as sink:
+        stream: int | Any = follower if destination == "terminal" else sink
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=stream, stderr=stream)
+    if destination == "terminal":
+        os.close(follower)  # the child holds the only writer: reading ends when it exits
+    try:
+
+        def ready() -> bool | None:
+            assert process.poll() is None, "confledger serve exited early"
+            if not token_file.exists():
+                return None
+            token = token_file.read_text(encoding="utf-8").strip()
+            headers = {"Authorization": f"Bearer {token}"}
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}{PREFIX}/status", headers=headers, timeout=5)
+            except httpx.TransportError:
+                return None
+            return True if answer.status_code == 200 else None
+
+        wait_for("the service with its generated token", ready, timeout=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    printed = (_read_terminal(leader) if destination == "terminal" else log_file.read_bytes()).decode()
+    if destination == "terminal":
+        os.close(leader)
+    token = token_file.read_text(encoding="utf-8").strip()
+    assert (token in printed) is shown, printed
+    assert str(token_file) in printed  # where it is, either way
