@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from confledger.api.cli.app import app, err, out, settings_error
+from confledger.api.cli.setting_options import with_setting_options
 from confledger.store.errors import ConfledgerError
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ __all__: list[str] = []
 
 
 @app.command("serve")
+@with_setting_options
 def serve(
     config: Annotated[Path, typer.Option("--config", "-c", envvar="CONFLEDGER_CONFIG", help="Config file.")],
     model: Annotated[
@@ -46,8 +48,15 @@ def serve(
             help="Worker processes sharing the socket, each an instance on the one log.",
         ),
     ] = 1,
+    *,
+    settings_given: dict[str, object] | None = None,
 ) -> None:
-    """Run the config service (FastAPI under uvicorn) on CONFIG, recording everything in the log."""
+    """Run the config service (FastAPI under uvicorn) on CONFIG, recording everything in the log.
+
+    Every setting is an option; one not given takes its CONFLEDGER_* variable, else its default
+    (confledger.api.settings.Settings). Tokens and keys are variables only: a command line is seen by
+    every user of the host.
+    """
     import logging
 
     import uvicorn
@@ -80,6 +89,7 @@ def serve(
     }
     if database is not None:
         overrides["database_url"] = database
+    overrides.update(settings_given or {})  # the rest of the settings, where given as options
     # Every start-up mistake is one line and a non-zero exit, found before anything is appended to the
     # log: the port is bound before the log is opened, and the log is opened (then closed) before
     # uvicorn starts the service on that port.

@@ -428,3 +428,20 @@ def test_a_generated_admin_token_is_printed_to_a_terminal_only(
     token = token_file.read_text(encoding="utf-8").strip()
     assert (token in printed) is shown, printed
     assert str(token_file) in printed  # where it is, either way
+
+
+def test_a_setting_given_as_an_option_wins_over_its_variable(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    with confledger_serve(
+        tmp_path,
+        config,
+        free_port(),
+        1,
+        arguments=["--backup-count", "2", "--no-docs"],
+        variables={"CONFLEDGER_BACKUP_COUNT": "9", "CONFLEDGER_HISTORY_WINDOW": "7"},
+    ) as server:
+        assert server.get("/backups")["max_backups"] == 2  # the option, not the variable's 9
+        assert server.client.get("/docs").status_code == 404
+        assert server.client.get("/openapi.json").status_code == 404
+        stop(server)

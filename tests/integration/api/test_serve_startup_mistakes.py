@@ -196,6 +196,14 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
             env={"CONFLEDGER_ADMIN_TOKEN": "short"},
         ),
     ),
+    # a setting given as an option, out of its model's range
+    (
+        "setting option out of range",
+        lambda w, port: Case(
+            ["--config", "config.yaml", "--model", MODEL, "--port", str(port), "--rollback-threshold", "1.5"],
+            "rollback_threshold",
+        ),
+    ),
 ]
 
 
