@@ -14,6 +14,7 @@ from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from confledger import __version__
+from confledger.api.fleet_judge import FleetJudge
 from confledger.api.settings import (
     Settings,
     anchor_file_path,
@@ -163,6 +164,7 @@ class ConfigReloader:
         self.startup_operation: ReloadOperation | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._watcher: FileWatcher | None = None
+        self._judge: FleetJudge | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
 
     def _open_log(
@@ -250,6 +252,17 @@ class ConfigReloader:
             await self._task_group.start(self._save_checkpoints)
             if self.settings.follow:
                 await self._task_group.start(self._follow)
+                threshold = self.settings.fleet_rollback_threshold
+                if threshold is not None:
+                    self._judge = FleetJudge(
+                        self.runner,
+                        self.fleet,
+                        self._task_group,
+                        threshold=threshold,
+                        wait=self.settings.fleet_answer_wait,
+                        look_every=self.settings.follow_poll_interval,
+                    )
+                    self.runner.on_applied = self._judge.judge_later
         except BaseException:
             await stack.aclose()
             raise
@@ -307,6 +320,10 @@ class ConfigReloader:
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
+            if self._judge is not None:
+                self.runner.on_applied = None
+                self._judge.stop()
+                self._judge = None
             if self._follower_scope is not None:
                 self._follower_scope.cancel()
                 self._follower_scope = None

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from confledger.store import EventLog, SecretCipher, SecretKeyError
@@ -128,6 +128,20 @@ class Settings(BaseSettings):
         description="seconds an operation waits for the fleet's operation lock (held by another instance's "
         "operation) before answering 409 with the holder's id",
     )
+    fleet_rollback_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="roll the fleet back when fewer than this share of its live instances applied a change "
+        "this instance decided (every service took it) within fleet_answer_wait; unset: off",
+    )
+    fleet_answer_wait: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="seconds the fleet threshold waits for the instances' answers to a change; one that has "
+        "not answered by then counts as not applied",
+    )
     follow: bool = Field(
         True, description="follow the log: apply configs other instances decided (a fleet on one log)"
     )
@@ -163,6 +177,14 @@ class Settings(BaseSettings):
         le=64,
         description="worker processes of `confledger serve` sharing its socket, each an instance",
     )
+
+    @model_validator(mode="after")
+    def _judged_fleets_follow(self) -> Settings:
+        # The judge reads the others' answers from the fleet view its follower folds: without following,
+        # none would ever arrive and every change would be rolled back at the wait's end.
+        if self.fleet_rollback_threshold is not None and not self.follow:
+            raise ValueError("fleet_rollback_threshold needs follow on (the answers come by following)")
+        return self
 
     @field_validator("source_dirs", mode="before")
     @classmethod

@@ -207,6 +207,17 @@ class CandidateReader:
                 )
             ) from None
         operation.pending.append(started(target_hash=target, source=f"log:{target[:16]}"))
+        verdict = request.fleet_verdict
+        if verdict is not None and (previous is None or previous.hash != verdict.hash):
+            # Checked here, under the fleet's lock and caught up: a change after the verdict stands.
+            raise Ended(
+                operation.completed(
+                    OperationStatus.FAILED,
+                    "Rollback not made",
+                    error=f"the fleet's config is no longer {verdict.hash[:16]}: a change came after the verdict",
+                    reason="fleet_moved_on",
+                )
+            )
         if previous is not None and target == previous.hash:
             raise Ended(
                 ConfigUnchanged(hash=target),

@@ -99,7 +99,20 @@ class Concluding:
             )
         if decision.applies:
             if operation.request.kind is OperationKind.ROLLBACK:
-                events.append(ConfigRolledBack(from_hash=previous_hash, to_hash=new.hash, reason="manual"))
+                verdict = operation.request.fleet_verdict
+                events.append(
+                    ConfigRolledBack(from_hash=previous_hash, to_hash=new.hash, reason="manual")
+                    if verdict is None
+                    # Automatic, so it pins nothing (``store.pins``): the instances that refused the
+                    # config may take it later, as a service that refused it in one instance may.
+                    else ConfigRolledBack(
+                        from_hash=previous_hash,
+                        to_hash=new.hash,
+                        reason="automatic",
+                        success_ratio=verdict.share,
+                        threshold=verdict.threshold,
+                    )
+                )
             events.append(
                 ConfigApplied(
                     hash=new.hash,

@@ -1,20 +1,26 @@
-"""What the services' answers add up to: applied, failed, or rolled back. The rollback threshold lives here.
+"""What the answers to a change add up to. Both rollback thresholds live here.
 
 ``decide`` is pure: given what each notified service answered (and whether the log refused the outcome
 because another instance applied a config meanwhile), it says what the operation records and which
 services get their previous config back. The runner calls it once per notified change, and once more if
 the log refuses the applied outcome.
+
+``judge_fleet`` is pure too: given what each live instance of a fleet made of a change one of them
+decided (applied, failed, not answered yet), it says whether the fleet keeps the change, rolls it back,
+or must wait for more answers. The deciding instance asks it as the answers land
+(``api.reloader.ConfigReloader``, setting ``fleet_rollback_threshold``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from confledger.store.events import OperationKind, OperationStatus
 from confledger.store.services import NotifyResult
 
-__all__ = ["Decision", "decide"]
+__all__ = ["Decision", "FleetAnswer", "FleetVerdict", "decide", "judge_fleet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,7 @@ def decide(
     automatic_rollback: bool,
     has_previous: bool,
     conflict: str | None = None,
+    fleet_verdict: FleetVerdict | None = None,
 ) -> Decision:
     """The outcome of a change that ``results`` answered; ``conflict`` is the log's refusal, if any.
 
@@ -46,7 +53,8 @@ def decide(
     previous config back (in reverse order) and the operation is rolled back; with it off, the operation
     fails and those services keep the new config (drift, visible in the stats). A conflict fails the
     operation and compensates every service that accepted. With no previous config there is nothing to
-    give back.
+    give back. ``fleet_verdict``: the fleet threshold's, when it asked for this rollback (said in the
+    message).
     """
     accepted = [result.service for result in results if result.accepted]
     ratio = len(accepted) / len(results) if results else 1.0
@@ -69,6 +77,8 @@ def decide(
             if kind is OperationKind.ROLLBACK
             else "Configuration reloaded successfully"
         )
+        if fleet_verdict is not None:
+            message += f": {fleet_verdict.describe()}"
         if len(accepted) < len(results):
             message += f" ({len(accepted)}/{len(results)} services accepted)"
         return Decision(
@@ -102,3 +112,70 @@ def decide(
         error=f"services failed: {failed}",
         reason="services_below_threshold",
     )
+
+
+class FleetAnswer(StrEnum):
+    """What one live instance made of a change, as its ``/fleet`` state says."""
+
+    APPLIED = "applied"  # in_sync: every one of its services took it
+    FAILED = "failed"  # drifted: a service, or its own model, refused it
+    WAITING = "waiting"  # lagging: no answer yet
+
+
+@dataclass(frozen=True, slots=True)
+class FleetVerdict:
+    """The fleet's answers to the change to ``hash``, against ``threshold`` (a share of live instances)."""
+
+    hash: str
+    applied: int
+    failed: int
+    waiting: int
+    threshold: float
+
+    @property
+    def live(self) -> int:
+        return self.applied + self.failed + self.waiting
+
+    @property
+    def share(self) -> float:
+        """Of the live instances, the share that applied the change (an instance still waiting has not)."""
+        return self.applied / self.live if self.live else 1.0
+
+    @property
+    def roll_back(self) -> bool:
+        return self.share < self.threshold
+
+    def describe(self) -> str:
+        unanswered = f", {self.waiting} without an answer" if self.waiting else ""
+        return (
+            f"{self.applied} of {self.live} instances applied {self.hash[:16]}{unanswered} "
+            f"(fleet threshold {self.threshold:g})"
+        )
+
+
+def judge_fleet(
+    config_hash: str, answers: Iterable[FleetAnswer], threshold: float, *, time_is_up: bool
+) -> FleetVerdict | None:
+    """The fleet's verdict on the change to ``config_hash`` from its live instances' ``answers``, or None
+    while it is still open.
+
+    Settled as soon as the waiting instances can no longer change it: when those that applied already
+    make ``threshold`` (kept, whatever the rest answer), or when they could not make it even if every
+    waiting instance applied (rolled back at once). Otherwise it waits for answers until ``time_is_up``;
+    then an instance that has not answered counts as one that did not apply. No live instance: kept
+    (there is nobody to roll back for).
+    """
+    counted = {answer: 0 for answer in FleetAnswer}
+    for answer in answers:
+        counted[answer] += 1
+    verdict = FleetVerdict(
+        config_hash,
+        counted[FleetAnswer.APPLIED],
+        counted[FleetAnswer.FAILED],
+        counted[FleetAnswer.WAITING],
+        threshold,
+    )
+    if verdict.waiting == 0 or time_is_up or not verdict.roll_back:
+        return verdict
+    at_best = (verdict.applied + verdict.waiting) / verdict.live
+    return verdict if at_best < threshold else None

@@ -60,6 +60,8 @@ class Trigger(StrEnum):
     SCHEDULED = "scheduled"
     CLI = "cli"
     STARTUP = "startup"
+    # The fleet threshold: too few of the fleet's instances applied a change this instance decided.
+    FLEET_THRESHOLD = "fleet_threshold"
 
 
 class OperationKind(StrEnum):

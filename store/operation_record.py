@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from opentelemetry import trace
 
+from confledger.store.decision import FleetVerdict
 from confledger.store.durations import elapsed_ms
 from confledger.store.errors import SecretKeyError
 from confledger.store.events import (
@@ -96,6 +97,9 @@ class Request:
     force: bool = False
     dry_run: bool = False
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
+    # A rollback the fleet threshold asked for: recorded as automatic, and made only while the fleet's
+    # config is still the change judged (another may have come since the verdict).
+    fleet_verdict: FleetVerdict | None = None
     # When it was asked for: an operation's total time counts from here, so the wait for the fleet's
     # turn and the catch-up before it are inside total_duration_ms, as they are inside a caller's wait.
     # Over HTTP that is when the config API had the whole request (``api.limits.arrived``, through

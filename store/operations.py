@@ -54,7 +54,7 @@ from confledger.store import failpoints
 from confledger.store.calls import Then, UserCalls
 from confledger.store.candidate import CandidateReader
 from confledger.store.concluding import Concluding
-from confledger.store.decision import Decision, decide
+from confledger.store.decision import Decision, FleetVerdict, decide
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
@@ -160,6 +160,9 @@ class OperationRunner(FleetFollowing, Concluding):
         self._idle.set()
         self._followup_queued = False
         self.pins = RollbackPins()
+        # Called on the loop with each operation of this instance that changed the fleet's config (its
+        # ``config.applied`` recorded): the fleet threshold judges the change from there.
+        self.on_applied: Callable[[ReloadOperation], None] | None = None
         # Step 1, the candidate: read, validated, and judged against the current config.
         self._candidates = CandidateReader(
             log,
@@ -512,8 +515,10 @@ class OperationRunner(FleetFollowing, Concluding):
         client: str | None = None,
         trace_id: str | None = None,
         received: float | None = None,
+        fleet_verdict: FleetVerdict | None = None,
     ) -> ReloadOperation:
-        """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config."""
+        """Return to ``target_hash`` (any unique prefix of any applied hash) or the previous config;
+        ``fleet_verdict``: the fleet threshold's, for the rollback it asks for."""
         received, received_at = arrival(received)
         request = Request(
             OperationKind.ROLLBACK,
@@ -522,6 +527,7 @@ class OperationRunner(FleetFollowing, Concluding):
             client,
             trace_id,
             target=target_hash,
+            fleet_verdict=fleet_verdict,
             received=received,
             received_at=received_at,
         )
@@ -566,7 +572,10 @@ class OperationRunner(FleetFollowing, Concluding):
                     self._free_slot(operation_id)
                     idle.set()
             finish(span, result)
-            return result
+        changed = result.new_config_hash is not None and result.new_config_hash != result.previous_config_hash
+        if self.on_applied is not None and result.success and changed and not result.dry_run:
+            self.on_applied(result)
+        return result
 
     async def _operate_in_turn(
         self, operation_id: uuid.UUID, request: Request, span: trace.Span
@@ -717,6 +726,7 @@ class OperationRunner(FleetFollowing, Concluding):
             automatic_rollback=self.enable_automatic_rollback,
             has_previous=operation.previous is not None,
             conflict=conflict,
+            fleet_verdict=operation.request.fleet_verdict,
         )
 
     def _record_now(

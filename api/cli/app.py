@@ -78,6 +78,8 @@ def settings_error(exc: Exception) -> str:
 
     assert isinstance(exc, ValidationError)
     first = exc.errors(include_url=False, include_input=False)[0]
+    if not first["loc"]:  # a rule over two settings names them itself
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
     return f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 

@@ -99,6 +99,12 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
     SettingOption("follow", bool, "Apply the configs other instances on the log decide."),
     SettingOption("follow_poll_interval", float, "Seconds between looks at the log when no doorbell rings."),
     SettingOption("fleet_lock_wait", float, "Seconds an operation waits for the fleet's lock before 409."),
+    SettingOption(
+        "fleet_rollback_threshold", float, "Roll the fleet back below this share of instances applying."
+    ),
+    SettingOption(
+        "fleet_answer_wait", float, "Seconds the fleet threshold waits for the instances' answers."
+    ),
     SettingOption("heartbeat_interval", float, "Seconds between heartbeats; 3 missed = gone."),
     # GET /watch
     SettingOption("watch_queue_size", int, "Changes queued per /watch client."),

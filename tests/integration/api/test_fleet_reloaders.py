@@ -8,16 +8,19 @@ connection pool, so they meet only through the database, as instances on differe
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from typer.testing import CliRunner
 
 from confledger.api.cli import app as cli_app
@@ -25,8 +28,9 @@ from confledger.api.reloader import ConfigReloader
 from confledger.api.schemas import FleetResponse
 from confledger.api.settings import Settings
 from confledger.store import EventLog, SecretCipher
-from confledger.store.events import InstanceApplied
-from confledger.store.fleet import fleet_lock_for
+from confledger.store.decision import FleetVerdict
+from confledger.store.events import ConfigRolledBack, InstanceApplied, Trigger
+from confledger.store.fleet import Heartbeat, fleet_lock_for, record_heartbeat
 from tests.integration.api.service_harness import READ_TOKEN, serving
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +308,99 @@ def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_
         assert instance["instance_id"] == service.log.instance_id
         assert instance["state"] == "in_sync"
         assert instance["role"] == "decided"
+
+
+def rollbacks_recorded(log: EventLog) -> list[ConfigRolledBack]:
+    found = []
+    for event in log.read(types=[ConfigRolledBack.event_type]):
+        assert isinstance(event.payload, ConfigRolledBack)
+        found.append(event.payload)
+    return found
+
+
+async def test_a_change_too_few_instances_applied_is_rolled_back_fleet_wide(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b", "c"], fleet_rollback_threshold=1.0) as (a, b, c):
+        c.refuse.add(5)
+        write(Path(a.reloader.config_source or ""), 5)
+        operation = await a.reloader.reload_config()
+        assert operation.success, operation.message  # a's own services took it
+        # c's answer (drifted) makes 2 of 3 < 1.0: a rolls the fleet back, and every instance follows.
+        await eventually(lambda: all(m.level == 1 for m in (a, b, c)))
+        for member in (a, b):
+            await eventually(lambda member=member: member.received == [1, 5, 1])
+        [rollback] = a.reloader.get_reload_history(1)
+        assert (rollback.kind, rollback.trigger, rollback.actor) == ("rollback", "fleet_threshold", "system")
+        assert rollback.success
+        # Settled by c's refusal alone: whether b's answer had landed by then is the machine's timing.
+        assert re.search(r"[12] of 3 instances applied", rollback.message), rollback.message
+        [automatic] = rollbacks_recorded(a.reloader.log)
+        assert (automatic.reason, automatic.threshold) == ("automatic", 1.0)
+        assert automatic.success_ratio in (pytest.approx(1 / 3), pytest.approx(2 / 3))
+        assert automatic.from_hash == operation.new_config_hash
+        await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
+        # Automatic, so nothing is pinned: once c takes it, the same file applies again, and stays.
+        c.refuse.clear()
+        again = await a.reloader.reload_config()
+        assert again.success, again.message
+        await eventually(lambda: all(m.level == 5 for m in (a, b, c)))
+        await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
+        assert len(rollbacks_recorded(a.reloader.log)) == 1
+
+
+async def test_a_change_enough_instances_applied_stands(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="confledger.api.fleet_judge")
+    async with fleet(tmp_path, database_url, ["a", "b", "c"], fleet_rollback_threshold=0.5) as (a, b, c):
+        c.refuse.add(5)
+        write(Path(a.reloader.config_source or ""), 5)
+        assert (await a.reloader.reload_config()).success
+        await eventually(lambda: any("fleet threshold met" in r.getMessage() for r in caplog.records))
+        assert "2 of 3 instances applied" in caplog.text
+        assert rollbacks_recorded(a.reloader.log) == []
+        assert [m.level for m in (a, b, c)] == [5, 5, 5]
+
+
+async def test_an_instance_silent_past_the_wait_counts_as_not_applied(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(
+        tmp_path, database_url, ["a", "b"], fleet_rollback_threshold=1.0, fleet_answer_wait=2.0
+    ) as (a, b):
+        # A live instance (its heartbeat is fresh) that never answers: hung, or partitioned from the log.
+        now = datetime.now(UTC)
+        ghost = Heartbeat("ghost", "elsewhere", 1, "0", now, now, 0, 60.0)
+        record_heartbeat(a.reloader.log.engine, ghost)
+        write(Path(a.reloader.config_source or ""), 6)
+        assert (await a.reloader.reload_config()).success
+        await eventually(lambda: all(m.level == 1 for m in (a, b)))
+        [automatic] = rollbacks_recorded(a.reloader.log)
+        # The ghost never answered; b's answer lands well inside the wait on any machine this runs on.
+        assert automatic.success_ratio == pytest.approx(2 / 3)
+        [rollback] = a.reloader.get_reload_history(1)
+        assert "2 of 3 instances applied" in rollback.message
+        assert "1 without an answer" in rollback.message
+
+
+async def test_a_fleet_threshold_without_following_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="fleet_rollback_threshold needs follow"):
+        Settings(fleet_rollback_threshold=0.5, follow=False)
+
+
+async def test_a_fleet_rollback_after_a_later_change_is_not_made(tmp_path: Path, database_url: str) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b"]) as (a, b):
+        source = Path(a.reloader.config_source or "")
+        judged = await a.reloader.reload_config(config_source=str(write(source, 2)))
+        later = await b.reloader.reload_config(config_source=str(write(source, 3)))
+        assert judged.success
+        assert later.success
+        # A verdict on 2, arriving once 3 is the fleet's config: checked under the lock, it stands down.
+        verdict = FleetVerdict(judged.new_config_hash or "", applied=1, failed=1, waiting=0, threshold=1.0)
+        refused = await a.reloader.runner.rollback(
+            judged.previous_config_hash, trigger=Trigger.FLEET_THRESHOLD, fleet_verdict=verdict
+        )
+        assert (refused.success, refused.reason) == (False, "fleet_moved_on")
+        assert a.level == 3
+        assert rollbacks_recorded(a.reloader.log) == []

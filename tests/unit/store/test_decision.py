@@ -1,10 +1,11 @@
-"""store.decision.decide: what the services' answers add up to, the one place the threshold is applied."""
+"""store.decision: what the services' answers add up to (``decide``, the service threshold) and what the
+fleet's instances' answers add up to (``judge_fleet``, the fleet threshold)."""
 
 from __future__ import annotations
 
 import pytest
 
-from confledger.store.decision import decide
+from confledger.store.decision import FleetAnswer, FleetVerdict, decide, judge_fleet
 from confledger.store.events import OperationKind, OperationStatus, ServiceOutcome
 from confledger.store.services import NotifyResult
 
@@ -207,3 +208,65 @@ def test_a_conflict_fails_and_compensates_every_service_that_accepted(
     assert decision.reason == "concurrency_conflict"
     assert decision.error == "another instance applied position 9"
     assert decision.message == "Configuration not applied: another instance applied a config meanwhile"
+
+
+APPLIED, FAILED, WAITING = FleetAnswer.APPLIED, FleetAnswer.FAILED, FleetAnswer.WAITING
+
+
+@pytest.mark.parametrize(
+    ("answers_of_instances", "threshold", "time_is_up", "settled", "roll_back"),
+    [
+        # every instance applied: kept
+        ((APPLIED, APPLIED, APPLIED), 1.0, False, True, False),
+        # one drifted of three, threshold 1: rolled back as soon as it is known, not at the wait's end
+        ((APPLIED, APPLIED, FAILED), 1.0, False, True, True),
+        # one drifted of three, threshold 0.5: 2/3 is enough
+        ((APPLIED, APPLIED, FAILED), 0.5, False, True, False),
+        # exactly at the threshold (2 of 4 at 0.5) keeps it: "below" is strict, as for services
+        ((APPLIED, APPLIED, FAILED, FAILED), 0.5, False, True, False),
+        # enough applied already: the stragglers cannot undo it, no need to wait for them
+        ((APPLIED, APPLIED, WAITING), 0.6, False, True, False),
+        # too many failed already: even if the straggler applies, 2/4 < 0.75, rolled back at once
+        ((APPLIED, FAILED, FAILED, WAITING), 0.75, False, True, True),
+        # could still go either way: wait for more answers
+        ((APPLIED, WAITING, WAITING), 0.6, False, False, False),
+        # the same when the wait is over: a silent instance has not applied, 1/3 < 0.6
+        ((APPLIED, WAITING, WAITING), 0.6, True, True, True),
+        # nobody answered yet but the decider, threshold 0: nothing is below it
+        ((APPLIED, WAITING), 0.0, False, True, False),
+        # no live instance at all: kept (nobody to roll back for)
+        ((), 1.0, False, True, False),
+    ],
+)
+def test_the_fleet_threshold_rule(
+    answers_of_instances: tuple[FleetAnswer, ...],
+    threshold: float,
+    time_is_up: bool,
+    settled: bool,
+    roll_back: bool,
+) -> None:
+    verdict = judge_fleet(TARGET, answers_of_instances, threshold, time_is_up=time_is_up)
+    assert (verdict is not None) is settled
+    if verdict is not None:
+        assert verdict.roll_back is roll_back
+        assert verdict.live == len(answers_of_instances)
+        assert verdict.share == (
+            answers_of_instances.count(APPLIED) / len(answers_of_instances) if answers_of_instances else 1.0
+        )
+
+
+def test_a_fleet_rollback_says_why_in_its_message() -> None:
+    verdict = FleetVerdict(TARGET, applied=1, failed=1, waiting=1, threshold=0.75)
+    decision = decide(
+        kind=OperationKind.ROLLBACK,
+        target_hash="cd" * 32,
+        results=answers(OK),
+        threshold=0.5,
+        automatic_rollback=True,
+        has_previous=True,
+        fleet_verdict=verdict,
+    )
+    assert decision.message == (
+        f"Rolled back to {'cd' * 8}: 1 of 3 instances applied {'ab' * 8}, 1 without an answer "
+        "(fleet threshold 0.75)"
+    )
