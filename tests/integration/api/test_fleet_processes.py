@@ -303,6 +303,37 @@ def test_four_instances_follow_changes_made_through_any_of_them(tmp_path: Path, 
         assert_projections_equal_a_fresh_fold(fleet, names)
 
 
+def test_a_change_one_instance_refuses_is_rolled_back_by_the_fleet_threshold(
+    tmp_path: Path, database_url: str
+) -> None:
+    names = ["a", "b", "c"]
+    judged = {"CONFLEDGER_FLEET_ROLLBACK_THRESHOLD": "1.0"}
+    with fleet_on(tmp_path, database_url) as fleet:
+        fleet.start(*names, variables={"a": judged, "b": judged, "c": {**judged, "FLEET_REJECT_LEVEL": "2"}})
+        all_receive(fleet, names, 1)
+        decided = reload_through(fleet["a"], fleet.config, 2)
+        # c refuses 2: a rolls the fleet back to 1, and every instance's service is handed 1 again.
+        for name in names:
+            wait_for(
+                f"{name} back on 1", lambda name=name: True if fleet[name].received() == [1, 2, 1] else None
+            )
+        [rollback] = fleet["b"].get("/history", limit=1)["operations"]
+        assert (rollback["kind"], rollback["trigger"], rollback["actor"]) == (
+            "rollback",
+            "fleet_threshold",
+            "system",
+        )
+        assert rollback["previous_config_hash"] == decided["new_config_hash"]
+        wait_for(
+            "all in sync on 1",
+            lambda: True if set(states(fleet["c"]).values()) == {"in_sync"} else None,
+        )
+        hashes = {fleet[name].get("/current")["hash"] for name in names}
+        assert hashes == {decided["previous_config_hash"]}
+        verify_passes(database_url, fleet.key)
+        assert_projections_equal_a_fresh_fold(fleet, names)
+
+
 def test_an_instance_killed_mid_change_catches_up_and_applies_the_desired_config_once(
     tmp_path: Path, database_url: str
 ) -> None:
