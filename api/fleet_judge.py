@@ -13,7 +13,8 @@ instances that refused may take the config later.
 
 The judgement is the deciding instance's alone (a second verdict recorded later, under the lock, as the
 log already allows), so it needs that instance alive until the change settles: if it stops first, the
-change stands. Only reloads are judged; an operator's rollback, and this one's, are not second-guessed.
+change stands. A rollback already under way when it is told to stop is finished first. Only reloads are
+judged; an operator's rollback, and this one's, are not second-guessed.
 """
 
 from __future__ import annotations
@@ -65,16 +66,23 @@ class FleetJudge:
         self.wait = wait
         self.look_every = look_every
         self._judging: set[anyio.CancelScope] = set()
+        # Held while a rollback runs: stopping waits for it rather than cutting a fleet-wide change off
+        # halfway (its services told, its outcome not recorded).
+        self._rolling_back = anyio.Lock()
+        self._stopped = False
 
     def judge_later(self, decided: ReloadOperation) -> None:
         """The runner's ``on_applied``: judge ``decided`` in the background if it is a reload."""
         if decided.kind is OperationKind.RELOAD and decided.previous_config_hash is not None:
             self._task_group.start_soon(self._judge, decided)
 
-    def stop(self) -> None:
-        """Stop judging: changes still open stand."""
+    async def stop(self) -> None:
+        """Stop judging: changes still open stand; a rollback under way is finished first."""
+        self._stopped = True
         for scope in self._judging:
             scope.cancel()
+        async with self._rolling_back:
+            pass
 
     async def _judge(self, decided: ReloadOperation) -> None:
         with anyio.CancelScope() as scope:
@@ -107,10 +115,14 @@ class FleetJudge:
             if not verdict.roll_back:
                 logger.info("fleet threshold met: %s", verdict.describe())
                 return
-            logger.warning("fleet threshold missed, rolling the fleet back: %s", verdict.describe())
-            result = await self._runner.rollback(
-                previous, trigger=Trigger.FLEET_THRESHOLD, actor="system", fleet_verdict=verdict
-            )
+            with anyio.CancelScope(shield=True):
+                async with self._rolling_back:
+                    if self._stopped:
+                        return
+                    logger.warning("fleet threshold missed, rolling the fleet back: %s", verdict.describe())
+                    result = await self._runner.rollback(
+                        previous, trigger=Trigger.FLEET_THRESHOLD, actor="system", fleet_verdict=verdict
+                    )
             if result.reason not in _BUSY:
                 return
             await anyio.sleep(self.look_every)  # another operation ran: look again (it may be a newer change)

@@ -322,7 +322,7 @@ class ConfigReloader:
         with anyio.CancelScope(shield=True):
             if self._judge is not None:
                 self.runner.on_applied = None
-                self._judge.stop()
+                await self._judge.stop()
                 self._judge = None
             if self._follower_scope is not None:
                 self._follower_scope.cancel()

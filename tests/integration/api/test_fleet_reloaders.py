@@ -29,7 +29,13 @@ from confledger.api.schemas import FleetResponse
 from confledger.api.settings import Settings
 from confledger.store import EventLog, SecretCipher
 from confledger.store.decision import FleetVerdict
-from confledger.store.events import ConfigRolledBack, InstanceApplied, Trigger
+from confledger.store.events import (
+    ConfigRolledBack,
+    InstanceApplied,
+    OperationCompleted,
+    OperationStatus,
+    Trigger,
+)
 from confledger.store.fleet import Heartbeat, fleet_lock_for, record_heartbeat
 from tests.integration.api.service_harness import READ_TOKEN, serving
 
@@ -62,9 +68,12 @@ class Member:
         self.reloader = reloader
         self.received: list[int] = []
         self.refuse: set[int] = set()
+        self.slow: set[int] = set()  # levels the service takes half a second over
 
         def service(_old: Any, new: Small) -> bool:
             self.received.append(new.level)
+            if new.level in self.slow:
+                time.sleep(0.5)
             return new.level not in self.refuse
 
         reloader.register_config_callback("recorder", service)
@@ -404,3 +413,22 @@ async def test_a_fleet_rollback_after_a_later_change_is_not_made(tmp_path: Path,
         assert (refused.success, refused.reason) == (False, "fleet_moved_on")
         assert a.level == 3
         assert rollbacks_recorded(a.reloader.log) == []
+
+
+async def test_stopping_during_a_fleet_rollback_finishes_it_first(tmp_path: Path, database_url: str) -> None:
+    async with fleet(tmp_path, database_url, ["a", "b"], fleet_rollback_threshold=1.0) as (a, b):
+        b.refuse.add(5)
+        a.slow.add(1)  # the rollback's config: a's service is still busy with it when a is told to stop
+        write(Path(a.reloader.config_source or ""), 5)
+        assert (await a.reloader.reload_config()).success
+        await eventually(lambda: a.received == [1, 5, 1])
+    # Stopped (b, then a) while a's rollback was under way: it was finished, not left open.
+    with EventLog(database_url, cipher=SecretCipher.from_env_value(KEY), instance_id="reader") as log:
+        assert log.open_operations() == []
+        [rolled] = log.read(types=[ConfigRolledBack.event_type])
+        completed = [
+            event.payload
+            for event in log.read(types=[OperationCompleted.event_type])
+            if event.operation_id == rolled.operation_id
+        ]
+        assert [payload.status for payload in completed] == [OperationStatus.SUCCESS]  # type: ignore[union-attr]
