@@ -7,9 +7,10 @@ decided a reload watches the answers land in its fleet view (``/fleet``: each li
 drifted or lagging) and asks ``store.decision.judge_fleet`` whether the change is settled. Kept: nothing
 more happens. Below the threshold: this instance rolls the fleet back to the config before the change,
 an ordinary rollback through the fleet's lock (trigger ``fleet_threshold``, actor ``system``) that every
-instance follows, recorded with ``config.rolled_back`` reason ``automatic`` and the share and threshold
-in it. Being automatic it pins nothing, as a rollback by the service threshold pins nothing: the
-instances that refused may take the config later.
+instance follows, recorded with ``config.rolled_back`` reason ``fleet_threshold`` and the share and
+threshold in it. It pins the config as a manual rollback does (``store.pins``): the file that held it
+still does, and a stray SIGHUP must not hand the whole fleet back what it just refused; a forced reload
+applies it again once the refusing instances are fixed.
 
 The judgement is the deciding instance's alone (a second verdict recorded later, under the lock, as the
 log already allows), so it needs that instance alive until the change settles: if it stops first, the

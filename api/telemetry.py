@@ -225,7 +225,7 @@ class Telemetry:
         meter.create_observable_counter(
             "config_rollbacks_total",
             callbacks=[self._observe_rollbacks],
-            description="Rollbacks by reason: manual or automatic (from the log)",
+            description="Rollbacks by reason: manual, automatic or fleet_threshold (from the log)",
         )
         meter.create_observable_gauge(
             "config_services_detected",
@@ -303,8 +303,8 @@ class Telemetry:
         stats = self._stats()
         if stats is None:
             return []
-        # Both reasons are always reported (0 until the first), so dashboards and alerts see the series.
-        counts = {"manual": 0, "automatic": 0, **stats.rollbacks}
+        # Every reason is always reported (0 until the first), so dashboards and alerts see the series.
+        counts = {"manual": 0, "automatic": 0, "fleet_threshold": 0, **stats.rollbacks}
         return [Observation(count, {"reason": reason}) for reason, count in counts.items()]
 
     def _observe_services(self, _options: CallbackOptions) -> Iterable[Observation]:

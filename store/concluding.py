@@ -103,12 +103,12 @@ class Concluding:
                 events.append(
                     ConfigRolledBack(from_hash=previous_hash, to_hash=new.hash, reason="manual")
                     if verdict is None
-                    # Automatic, so it pins nothing (``store.pins``): the instances that refused the
-                    # config may take it later, as a service that refused it in one instance may.
+                    # It pins the config as a manual rollback does (``store.pins``): a stray SIGHUP
+                    # must not hand the whole fleet back what most of it just refused.
                     else ConfigRolledBack(
                         from_hash=previous_hash,
                         to_hash=new.hash,
-                        reason="automatic",
+                        reason="fleet_threshold",
                         success_ratio=verdict.share,
                         threshold=verdict.threshold,
                     )

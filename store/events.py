@@ -239,7 +239,9 @@ class ConfigRolledBack(EventPayload):
     event_type: ClassVar[str] = "config.rolled_back"
     from_hash: str | None
     to_hash: str | None
-    reason: Literal["manual", "automatic"]
+    # automatic: the service threshold (inside a reload, nothing applied); fleet_threshold: too few of the
+    # fleet's instances applied a change (a rollback operation, which applies the config before it).
+    reason: Literal["manual", "automatic", "fleet_threshold"]
     success_ratio: float | None = None
     threshold: float | None = None
 

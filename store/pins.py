@@ -3,8 +3,10 @@
 After a manual rollback away from hash H the file still holds H, so the next SIGHUP (logrotate's
 postrotate sends one), file change or CLI reload would re-apply what was just rolled back. H is pinned
 from that rollback until a later ``config.applied`` names H again (a forced reload, or a rollback to H):
-a reload that would apply H without ``force`` is refused with reason ``rolled_back_hash``. An automatic
-rollback pins nothing: its services refused H, and the next reload may find them ready.
+a reload that would apply H without ``force`` is refused with reason ``rolled_back_hash``. A rollback by
+the fleet threshold pins H the same way: re-applied, it would reach every instance again, and most of
+the fleet has just refused it. An automatic rollback by the service threshold pins nothing: H never
+applied, its services refused it in this instance alone, and the next reload may find them ready.
 
 The pins are a fold of the log (``config.rolled_back`` and ``config.applied``), so they survive a
 restart. Like ``EventLog.open_operations``, the fold keeps a checkpoint (``store.rollback_pins``) so a
@@ -35,11 +37,12 @@ _VERSION = 1
 # A start that folded at least this many events saves the checkpoint, so the next start reads less.
 _REFOLD = 256
 _TYPES = (ConfigRolledBack.event_type, ConfigApplied.event_type)
+_PINNING = frozenset({"manual", "fleet_threshold"})
 
 
 @dataclass(frozen=True, slots=True)
 class Pin:
-    """A manual rollback away from ``hash``: when, by whom, in which operation."""
+    """A rollback away from ``hash`` (manual, or by the fleet threshold): when, by whom, in which operation."""
 
     hash: str
     at: datetime
@@ -141,7 +144,7 @@ class RollbackPins:
                 self.pins.pop(payload.hash, None)
             elif (
                 isinstance(payload, ConfigRolledBack)
-                and payload.reason == "manual"
+                and payload.reason in _PINNING
                 and payload.from_hash is not None
             ):
                 self.pins[payload.from_hash] = Pin(

@@ -344,14 +344,18 @@ async def test_a_change_too_few_instances_applied_is_rolled_back_fleet_wide(
         assert rollback.success
         # Settled by c's refusal alone: whether b's answer had landed by then is the machine's timing.
         assert re.search(r"[12] of 3 instances applied", rollback.message), rollback.message
-        [automatic] = rollbacks_recorded(a.reloader.log)
-        assert (automatic.reason, automatic.threshold) == ("automatic", 1.0)
-        assert automatic.success_ratio in (pytest.approx(1 / 3), pytest.approx(2 / 3))
-        assert automatic.from_hash == operation.new_config_hash
+        [recorded] = rollbacks_recorded(a.reloader.log)
+        assert (recorded.reason, recorded.threshold) == ("fleet_threshold", 1.0)
+        assert recorded.success_ratio in (pytest.approx(1 / 3), pytest.approx(2 / 3))
+        assert recorded.from_hash == operation.new_config_hash
         await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
-        # Automatic, so nothing is pinned: once c takes it, the same file applies again, and stays.
+        # Pinned, as after a manual rollback: the file still holds 5, and a reload does not bring it back...
+        refused = await a.reloader.reload_config()
+        assert (refused.success, refused.reason) == (False, "rolled_back_hash")
+        assert "by system" in (refused.error_message or "")
+        # ...until c takes it and the operator says so.
         c.refuse.clear()
-        again = await a.reloader.reload_config()
+        again = await a.reloader.reload_config(force=True)
         assert again.success, again.message
         await eventually(lambda: all(m.level == 5 for m in (a, b, c)))
         await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
@@ -385,9 +389,9 @@ async def test_an_instance_silent_past_the_wait_counts_as_not_applied(
         write(Path(a.reloader.config_source or ""), 6)
         assert (await a.reloader.reload_config()).success
         await eventually(lambda: all(m.level == 1 for m in (a, b)))
-        [automatic] = rollbacks_recorded(a.reloader.log)
+        [recorded] = rollbacks_recorded(a.reloader.log)
         # The ghost never answered; b's answer lands well inside the wait on any machine this runs on.
-        assert automatic.success_ratio == pytest.approx(2 / 3)
+        assert recorded.success_ratio == pytest.approx(2 / 3)
         [rollback] = a.reloader.get_reload_history(1)
         assert "2 of 3 instances applied" in rollback.message
         assert "1 without an answer" in rollback.message

@@ -360,7 +360,11 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
         assert dict(compensation.attributes or {})["confledger.outcome"] == "success"
 
         metrics = svc.metrics()
-        assert series(metrics, "config_rollbacks_total", "reason") == {("manual",): 0, ("automatic",): 1}
+        assert series(metrics, "config_rollbacks_total", "reason") == {
+            ("manual",): 0,
+            ("automatic",): 1,
+            ("fleet_threshold",): 0,
+        }
         assert series(metrics, "config_services_detected") == {(): 3}
 
         # --- a failed validation: ERROR with the reason code, down to the validator that refused
@@ -425,7 +429,11 @@ def test_reload_span_tree_metrics_rollbacks_and_restart(workdir: Path) -> None:
             ("reload", "services_below_threshold"): 1,
             ("reload", "validation_failed"): 1,
         }
-        assert series(metrics, "config_rollbacks_total", "reason") == {("manual",): 1, ("automatic",): 1}
+        assert series(metrics, "config_rollbacks_total", "reason") == {
+            ("manual",): 1,
+            ("automatic",): 1,
+            ("fleet_threshold",): 0,
+        }
         assert series(metrics, "config_services_detected") == {(): 3}
         assert series(
             metrics, "config_service_callback_outcomes_total", "service", "outcome", "direction"
@@ -773,7 +781,7 @@ def test_metrics_endpoint_parses_and_names_every_metric(workdir: Path) -> None:
         [info] = families["config_info"].samples
         assert info.labels["hash"] == first_hash[:16]
         rollbacks = {s.labels["reason"]: s.value for s in families["config_rollbacks"].samples}
-        assert rollbacks == {"manual": 1.0, "automatic": 1.0}
+        assert rollbacks == {"manual": 1.0, "automatic": 1.0, "fleet_threshold": 0.0}
         assert [s.value for s in families["config_services_detected"].samples] == [3.0]
         errors = {
             (s.labels["operation"], s.labels["reason"]): s.value

@@ -30,9 +30,10 @@ def applied(full_hash: str, previous: str | None = None) -> ConfigApplied:
 
 
 def rolled_back(away_from: str, to: str, reason: str = "manual") -> list[EventPayload]:
-    """A rollback as the runner records it: the rollback, then (manual only) the target applied."""
+    """A rollback as the runner records it: the rollback, then (not for the service threshold's) the
+    target applied."""
     back = ConfigRolledBack(from_hash=away_from, to_hash=to, reason=reason)  # type: ignore[arg-type]
-    return [back, applied(to, away_from)] if reason == "manual" else [back]
+    return [back] if reason == "automatic" else [back, applied(to, away_from)]
 
 
 def append(log: EventLog, payloads: list[EventPayload], actor: str = "token:admin") -> None:
@@ -46,6 +47,8 @@ def append(log: EventLog, payloads: list[EventPayload], actor: str = "token:admi
         ([applied(G), applied(H, G), *rolled_back(H, G)], {H}),
         # an automatic rollback pins nothing: the services refused H, a later reload may find them ready
         ([applied(G), *rolled_back(H, G, reason="automatic")], set()),
+        # the fleet threshold's rollback pins H as a manual one does: most of the fleet refused it
+        ([applied(G), applied(H, G), *rolled_back(H, G, reason="fleet_threshold")], {H}),
         # applying H again (a forced reload) lifts the pin
         ([applied(G), applied(H, G), *rolled_back(H, G), applied(H, G)], set()),
         # so does a rollback to H
