@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 
 from confledger.store.decision import FleetAnswer, judge_fleet
+from confledger.store.errors import ConfledgerError, StoreUnavailable
 from confledger.store.events import OperationKind, Trigger
 from confledger.store.operations import FLEET_BUSY_REASON, OperationRunner
 from confledger.store.outcome import ReloadOperation
@@ -99,7 +100,13 @@ class FleetJudge:
         assert previous is not None
         deadline = anyio.current_time() + self.wait
         while True:
-            view = await self._fleet()
+            try:
+                view = await self._fleet()
+            except StoreUnavailable as exc:
+                # The database is away: the answers, and a rollback, wait for it to come back.
+                logger.warning("fleet threshold: the fleet cannot be read (%s); looking again", exc)
+                await anyio.sleep(self.look_every)
+                continue
             if view["desired_hash"] != config_hash:
                 return  # a later change decides now, and is judged itself
             answers = [
@@ -121,9 +128,19 @@ class FleetJudge:
                     if self._stopped:
                         return
                     logger.warning("fleet threshold missed, rolling the fleet back: %s", verdict.describe())
-                    result = await self._runner.rollback(
-                        previous, trigger=Trigger.FLEET_THRESHOLD, actor="system", fleet_verdict=verdict
-                    )
-            if result.reason not in _BUSY:
+                    try:
+                        result = await self._runner.rollback(
+                            previous, trigger=Trigger.FLEET_THRESHOLD, actor="system", fleet_verdict=verdict
+                        )
+                    except StoreUnavailable as exc:
+                        logger.warning("fleet threshold: the rollback waits for the database (%s)", exc)
+                        result = None
+                    except ConfledgerError as exc:
+                        # The log refuses writes (a failed integrity check): said once, not retried. Raised
+                        # on, it would end the reloader's other tasks with it.
+                        logger.error("fleet threshold: the fleet cannot be rolled back: %s", exc)
+                        return
+            if result is not None and result.reason not in _BUSY:
                 return
-            await anyio.sleep(self.look_every)  # another operation ran: look again (it may be a newer change)
+            # Another operation ran, or the database was away: look again (there may be a newer change).
+            await anyio.sleep(self.look_every)
