@@ -21,7 +21,10 @@ judged; an operator's rollback, and this one's, are not second-guessed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -33,7 +36,7 @@ from confledger.store.events import OperationKind, Trigger
 from confledger.store.operations import FLEET_BUSY_REASON, OperationRunner
 from confledger.store.outcome import ReloadOperation
 
-__all__ = ["FleetJudge"]
+__all__ = ["FleetJudge", "Judging"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,17 @@ _ANSWER_OF_STATE = {
 }
 # Answers that say "not now", not "no": the judgement is made again a moment later.
 _BUSY = frozenset({"operation_in_progress", FLEET_BUSY_REASON})
+
+
+@dataclass(frozen=True, slots=True)
+class Judging:
+    """A change whose answers are still coming in, as of the judge's last look (``GET /status``)."""
+
+    config_hash: str
+    applied: int
+    failed: int
+    waiting: int
+    until: datetime  # when an instance that has not answered counts as one that did not apply
 
 
 class FleetJudge:
@@ -68,6 +82,7 @@ class FleetJudge:
         self.wait = wait
         self.look_every = look_every
         self._judging: set[anyio.CancelScope] = set()
+        self.open: dict[str, Judging] = {}  # by config hash
         # Held while a rollback runs: stopping waits for it rather than cutting a fleet-wide change off
         # halfway (its services told, its outcome not recorded).
         self._rolling_back = anyio.Lock()
@@ -93,12 +108,14 @@ class FleetJudge:
                 await self._until_settled(decided)
             finally:
                 self._judging.discard(scope)
+                self.open.pop(decided.new_config_hash or "", None)
 
     async def _until_settled(self, decided: ReloadOperation) -> None:
         config_hash, previous = decided.new_config_hash, decided.previous_config_hash
         assert config_hash is not None  # judge_later took only changes with both
         assert previous is not None
         deadline = anyio.current_time() + self.wait
+        until = datetime.now(UTC) + timedelta(seconds=self.wait)
         while True:
             try:
                 view = await self._fleet()
@@ -118,8 +135,17 @@ class FleetJudge:
                 config_hash, answers, self.threshold, time_is_up=anyio.current_time() >= deadline
             )
             if verdict is None:
+                counted = Counter(answers)
+                self.open[config_hash] = Judging(
+                    config_hash,
+                    counted[FleetAnswer.APPLIED],
+                    counted[FleetAnswer.FAILED],
+                    counted[FleetAnswer.WAITING],
+                    until,
+                )
                 await anyio.sleep(self.look_every)
                 continue
+            self.open.pop(config_hash, None)
             if not verdict.roll_back:
                 logger.info("fleet threshold met: %s", verdict.describe())
                 return

@@ -601,6 +601,11 @@ class ConfigReloader:
         )
 
     @property
+    def fleet_judge(self) -> FleetJudge | None:
+        """The fleet threshold's judge while this reloader runs with one (``fleet_rollback_threshold``)."""
+        return self._judge
+
+    @property
     def stats_projection(self) -> StatsProjection:
         return self._stats
 

@@ -269,6 +269,22 @@ class SourceStateOut(BaseModel):
         )
 
 
+class FleetJudgingOut(BaseModel):
+    config_hash: str
+    applied: int = Field(description="live instances whose every service took the change")
+    failed: int = Field(description="live instances that refused it (drifted)")
+    waiting: int = Field(description="live instances that have not answered yet")
+    until: datetime = Field(description="when an instance that has not answered counts as not applied")
+
+
+class FleetThresholdOut(BaseModel):
+    threshold: float = Field(description="the share of live instances that must apply a change")
+    answer_wait_s: float
+    judging: list[FleetJudgingOut] = Field(
+        description="changes this instance decided whose answers are still coming in"
+    )
+
+
 class StatusResponse(BaseModel):
     config_reloader_enabled: bool
     current_config_hash: str | None
@@ -287,6 +303,9 @@ class StatusResponse(BaseModel):
     service_drift: dict[str, str]
     source_state: SourceStateOut | None = Field(
         None, description="the config source as last read, and why it differs from the applied config"
+    )
+    fleet_threshold: FleetThresholdOut | None = Field(
+        None, description="the fleet threshold (fleet_rollback_threshold) and what it is judging; null: off"
     )
 
 

@@ -13,10 +13,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from confledger.api.deps import ReaderCaller, ReloaderDep, lifecycle_of
+from confledger.api.fleet_judge import FleetJudge
 from confledger.api.limits import GuardedRoute
 from confledger.api.schemas import (
     BackupsResponse,
+    FleetJudgingOut,
     FleetResponse,
+    FleetThresholdOut,
     ReloadStatistics,
     SourceStateOut,
     StatusResponse,
@@ -30,8 +33,9 @@ router = APIRouter(tags=["status"], route_class=GuardedRoute)
 
 @router.get("/status", response_model=StatusResponse)
 async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCaller) -> StatusResponse:
-    """The reloader's state: current hash, listeners, backups, watching, signals, drift, and the source
-    as last read (``source_state``: whether it differs from the applied config, and why)."""
+    """The reloader's state: current hash, listeners, backups, watching, signals, drift, the source as
+    last read (``source_state``: whether it differs from the applied config, and why) and the fleet
+    threshold's open judgements."""
     # The three figures straight from the stats projection, rounded as its summary rounds them: the
     # whole summary (percentiles, per trigger and per service) was a fifth of this route's time.
     stats = reloader.stats_projection
@@ -53,7 +57,24 @@ async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCal
         running_operation_id=reloader.running_operation_id,
         service_drift={name: short(running) or "" for name, running in reloader.service_drift().items()},
         source_state=SourceStateOut.of(reloader.source_state()),
+        fleet_threshold=_fleet_threshold(reloader.fleet_judge),
     )
+
+
+def _fleet_threshold(judge: FleetJudge | None) -> FleetThresholdOut | None:
+    if judge is None:
+        return None
+    judging = [
+        FleetJudgingOut(
+            config_hash=short(open_.config_hash) or "",
+            applied=open_.applied,
+            failed=open_.failed,
+            waiting=open_.waiting,
+            until=open_.until,
+        )
+        for open_ in list(judge.open.values())
+    ]
+    return FleetThresholdOut(threshold=judge.threshold, answer_wait_s=judge.wait, judging=judging)
 
 
 @router.get("/stats")

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +317,7 @@ def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_
         assert instance["instance_id"] == service.log.instance_id
         assert instance["state"] == "in_sync"
         assert instance["role"] == "decided"
+        assert service.get("/status").json()["fleet_threshold"] is None  # off unless set
 
 
 def rollbacks_recorded(log: EventLog) -> list[ConfigRolledBack]:
@@ -436,3 +437,39 @@ async def test_stopping_during_a_fleet_rollback_finishes_it_first(tmp_path: Path
             if event.operation_id == rolled.operation_id
         ]
         assert [payload.status for payload in completed] == [OperationStatus.SUCCESS]  # type: ignore[union-attr]
+
+
+def test_get_status_shows_what_the_fleet_threshold_is_judging(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (
+        ("FLEET_ROLLBACK_THRESHOLD", "1.0"),
+        ("FLEET_ANSWER_WAIT", "60"),
+        ("FOLLOW_POLL_INTERVAL", "0.02"),
+    ):
+        monkeypatch.setenv(f"CONFLEDGER_{name}", value)
+    with serving(tmp_path, database_url) as service:
+        # A live instance that has not answered keeps the judgement open for the whole wait.
+        now = datetime.now(UTC)
+        record_heartbeat(service.log.engine, Heartbeat("ghost", "elsewhere", 1, "0", now, now, 0, 60.0))
+        service.source.write_text(service.source.read_text().replace("pool_size: 20", "pool_size: 21"))
+        reloaded = service.post("/reload", json={}).json()
+        assert reloaded["success"], reloaded
+
+        def judging() -> list[dict[str, Any]]:
+            return list(service.get("/status").json()["fleet_threshold"]["judging"])
+
+        deadline = time.monotonic() + 10
+        while not judging():
+            assert time.monotonic() < deadline, "the judgement never showed"
+            time.sleep(0.02)
+        status = service.get("/status").json()["fleet_threshold"]
+        assert (status["threshold"], status["answer_wait_s"]) == (1.0, 60.0)
+        [open_] = status["judging"]
+        assert open_["config_hash"] == reloaded["new_config_hash"]
+        assert (open_["applied"], open_["failed"], open_["waiting"]) == (1, 0, 1)
+        until = datetime.fromisoformat(open_["until"].replace("Z", "+00:00"))
+        assert until - datetime.now(UTC) > timedelta(seconds=50)
+    # Stopped with the judgement open: the change stands, nothing was rolled back.
+    with EventLog(database_url, cipher=None, instance_id="reader") as log:
+        assert rollbacks_recorded(log) == []
