@@ -116,14 +116,20 @@ class FleetJudge:
         assert previous is not None
         deadline = anyio.current_time() + self.wait
         until = datetime.now(UTC) + timedelta(seconds=self.wait)
+        away = False  # said once per outage, not at every look
         while True:
             try:
                 view = await self._fleet()
             except StoreUnavailable as exc:
                 # The database is away: the answers, and a rollback, wait for it to come back.
-                logger.warning("fleet threshold: the fleet cannot be read (%s); looking again", exc)
+                if not away:
+                    logger.warning("fleet threshold: the fleet cannot be read (%s); waiting for it", exc)
+                away = True
                 await anyio.sleep(self.look_every)
                 continue
+            if away:
+                logger.info("fleet threshold: the fleet can be read again")
+                away = False
             if view["desired_hash"] != config_hash:
                 return  # a later change decides now, and is judged itself
             answers = [

@@ -38,6 +38,8 @@ from confledger.store.events import (
 )
 from confledger.store.fleet import Heartbeat, fleet_lock_for, record_heartbeat
 from tests.integration.api.service_harness import READ_TOKEN, serving
+from tests.private_postgres import PrivatePostgres, private_postgres  # noqa: F401 (the fixture)
+from tests.reliability.test_database_down import private_database
 
 pytestmark = pytest.mark.anyio
 
@@ -473,3 +475,34 @@ def test_get_status_shows_what_the_fleet_threshold_is_judging(
     # Stopped with the judgement open: the change stands, nothing was rolled back.
     with EventLog(database_url, cipher=None, instance_id="reader") as log:
         assert rollbacks_recorded(log) == []
+
+
+async def test_the_fleet_threshold_waits_out_a_database_outage(
+    tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="confledger.api.fleet_judge")
+    server: PrivatePostgres = request.getfixturevalue("private_postgres")
+    with private_database(server) as url:
+        async with fleet(tmp_path, url, ["a", "b"], fleet_rollback_threshold=1.0, fleet_answer_wait=1.0) as (
+            a,
+            b,
+        ):
+            now = datetime.now(UTC)
+            record_heartbeat(
+                a.reloader.log.engine, Heartbeat("ghost", "elsewhere", 1, "0", now, now, 0, 60.0)
+            )
+            write(Path(a.reloader.config_source or ""), 7)
+            assert (await a.reloader.reload_config()).success
+            # The database goes away before the wait is over: the judge can neither read the answers
+            # nor roll back until it is back, and then it does.
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.sleep(2.0)
+            await anyio.to_thread.run_sync(server.start)
+            await eventually(lambda: all(m.level == 1 for m in (a, b)), timeout=30)
+            [recorded] = rollbacks_recorded(a.reloader.log)
+            assert recorded.reason == "fleet_threshold"
+    said = [record.getMessage() for record in caplog.records if record.name == "confledger.api.fleet_judge"]
+    # The outage met and its end, each said once per outage, not at every look (a hundred looks in 2 s;
+    # a connection the pool still held from before may add one more pair as it is found dead).
+    assert 1 <= sum("cannot be read" in line for line in said) <= 2, said
+    assert 1 <= sum("can be read again" in line for line in said) <= 2, said
