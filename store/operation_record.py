@@ -97,8 +97,8 @@ class Request:
     force: bool = False
     dry_run: bool = False
     target: str | None = None  # rollback: a hash or prefix; None for the previous config
-    # A rollback the fleet threshold asked for: recorded as automatic, and made only while the fleet's
-    # config is still the change judged (another may have come since the verdict).
+    # A rollback the fleet threshold asked for: recorded with reason fleet_threshold, and made only while
+    # the fleet's config is still the change judged (another may have come since the verdict).
     fleet_verdict: FleetVerdict | None = None
     # When it was asked for: an operation's total time counts from here, so the wait for the fleet's
     # turn and the catch-up before it are inside total_duration_ms, as they are inside a caller's wait.

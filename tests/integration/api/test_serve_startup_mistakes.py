@@ -196,6 +196,17 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
             env={"CONFLEDGER_ADMIN_TOKEN": "short"},
         ),
     ),
+    # two settings that do not go together: the one-line error names the rule, not a single setting
+    (
+        "fleet threshold without following",
+        lambda w, port: Case(
+            [
+                *("--config", "config.yaml", "--model", MODEL, "--port", str(port)),
+                *("--fleet-rollback-threshold", "0.5", "--no-follow"),
+            ],
+            "invalid settings: fleet_rollback_threshold needs follow",
+        ),
+    ),
     # a setting given as an option, out of its model's range
     (
         "setting option out of range",
