@@ -21,7 +21,6 @@ judged; an operator's rollback, and this one's, are not second-guessed.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from confledger.store.decision import FleetAnswer, judge_fleet
+from confledger.store.decision import FleetAnswer, FleetVerdict, judge_fleet
 from confledger.store.errors import ConfledgerError, StoreUnavailable
 from confledger.store.events import OperationKind, Trigger
 from confledger.store.operations import FLEET_BUSY_REASON, OperationRunner
@@ -55,10 +54,7 @@ _BUSY = frozenset({"operation_in_progress", FLEET_BUSY_REASON})
 class Judging:
     """A change whose answers are still coming in, as of the judge's last look (``GET /status``)."""
 
-    config_hash: str
-    applied: int
-    failed: int
-    waiting: int
+    answers: FleetVerdict  # not settled yet
     until: datetime  # when an instance that has not answered counts as one that did not apply
 
 
@@ -140,15 +136,8 @@ class FleetJudge:
             verdict = judge_fleet(
                 config_hash, answers, self.threshold, time_is_up=anyio.current_time() >= deadline
             )
-            if verdict is None:
-                counted = Counter(answers)
-                self.open[config_hash] = Judging(
-                    config_hash,
-                    counted[FleetAnswer.APPLIED],
-                    counted[FleetAnswer.FAILED],
-                    counted[FleetAnswer.WAITING],
-                    until,
-                )
+            if not verdict.settled:
+                self.open[config_hash] = Judging(verdict, until)
                 await anyio.sleep(self.look_every)
                 continue
             self.open.pop(config_hash, None)

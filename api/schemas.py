@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +13,9 @@ from confledger.store.log import StoredConfig, VerifyReport
 from confledger.store.outcome import ReloadOperation, ReloadStatus
 from confledger.store.secrets import find_secret_paths, redact
 from confledger.store.source_state import SourceState
+
+if TYPE_CHECKING:
+    from confledger.api.fleet_judge import Judging
 
 __all__ = [
     "MAX_POSITION",
@@ -275,6 +278,17 @@ class FleetJudgingOut(BaseModel):
     failed: int = Field(description="live instances that refused it (drifted)")
     waiting: int = Field(description="live instances that have not answered yet")
     until: datetime = Field(description="when an instance that has not answered counts as not applied")
+
+    @classmethod
+    def of(cls, judging: Judging) -> FleetJudgingOut:
+        answers = judging.answers
+        return cls(
+            config_hash=short(answers.hash) or "",
+            applied=answers.applied,
+            failed=answers.failed,
+            waiting=answers.waiting,
+            until=judging.until,
+        )
 
 
 class FleetThresholdOut(BaseModel):

@@ -13,6 +13,7 @@ or must wait for more answers. The deciding instance asks it as the answers land
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -124,13 +125,15 @@ class FleetAnswer(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FleetVerdict:
-    """The fleet's answers to the change to ``hash``, against ``threshold`` (a share of live instances)."""
+    """The fleet's answers to the change to ``hash``, against ``threshold`` (a share of live instances);
+    ``settled`` once the answers still missing cannot change the outcome (``judge_fleet``)."""
 
     hash: str
     applied: int
     failed: int
     waiting: int
     threshold: float
+    settled: bool = True
 
     @property
     def live(self) -> int:
@@ -155,9 +158,9 @@ class FleetVerdict:
 
 def judge_fleet(
     config_hash: str, answers: Iterable[FleetAnswer], threshold: float, *, time_is_up: bool
-) -> FleetVerdict | None:
-    """The fleet's verdict on the change to ``config_hash`` from its live instances' ``answers``, or None
-    while it is still open.
+) -> FleetVerdict:
+    """The fleet's verdict on the change to ``config_hash`` from its live instances' ``answers``: the
+    answers so far, and whether they settle it (``settled``; until then ``roll_back`` means nothing).
 
     Settled as soon as the waiting instances can no longer change it: when those that applied already
     make ``threshold`` (kept, whatever the rest answer), or when they could not make it even if every
@@ -178,4 +181,4 @@ def judge_fleet(
     if verdict.waiting == 0 or time_is_up or not verdict.roll_back:
         return verdict
     at_best = (verdict.applied + verdict.waiting) / verdict.live
-    return verdict if at_best < threshold else None
+    return verdict if at_best < threshold else dataclasses.replace(verdict, settled=False)

@@ -64,16 +64,7 @@ async def get_status(request: Request, reloader: ReloaderDep, _caller: ReaderCal
 def _fleet_threshold(judge: FleetJudge | None) -> FleetThresholdOut | None:
     if judge is None:
         return None
-    judging = [
-        FleetJudgingOut(
-            config_hash=short(open_.config_hash) or "",
-            applied=open_.applied,
-            failed=open_.failed,
-            waiting=open_.waiting,
-            until=open_.until,
-        )
-        for open_ in list(judge.open.values())
-    ]
+    judging = [FleetJudgingOut.of(judging) for judging in list(judge.open.values())]
     return FleetThresholdOut(threshold=judge.threshold, answer_wait_s=judge.wait, judging=judging)
 
 

@@ -246,8 +246,8 @@ def test_the_fleet_threshold_rule(
     roll_back: bool,
 ) -> None:
     verdict = judge_fleet(TARGET, answers_of_instances, threshold, time_is_up=time_is_up)
-    assert (verdict is not None) is settled
-    if verdict is not None:
+    assert verdict.settled is settled
+    if verdict.settled:
         assert verdict.roll_back is roll_back
         assert verdict.live == len(answers_of_instances)
         assert verdict.share == (
