@@ -20,7 +20,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from confledger.store.events import (
+    ConfigRolledBack,
     OperationCompleted,
     OperationKind,
     OperationStarted,
@@ -41,6 +42,9 @@ from confledger.store.events import (
     ValidationPassed,
 )
 from confledger.store.outcome import reported_status
+
+# The reasons a config.rolled_back can give, read from its model: a reason added there is a series here.
+ROLLBACK_REASONS: tuple[str, ...] = get_args(ConfigRolledBack.model_fields["reason"].annotation)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -304,7 +308,7 @@ class Telemetry:
         if stats is None:
             return []
         # Every reason is always reported (0 until the first), so dashboards and alerts see the series.
-        counts = {"manual": 0, "automatic": 0, "fleet_threshold": 0, **stats.rollbacks}
+        counts = {**dict.fromkeys(ROLLBACK_REASONS, 0), **stats.rollbacks}
         return [Observation(count, {"reason": reason}) for reason, count in counts.items()]
 
     def _observe_services(self, _options: CallbackOptions) -> Iterable[Observation]:
