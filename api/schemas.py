@@ -78,7 +78,9 @@ class ValidationErrorResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a body that says "yes" or 1 for force is a client's mistake; lax mode would quietly read
+    # it as true and force a reload the caller may not have meant. The OpenAPI schema says boolean.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     force: bool = False
     config_source: str | None = Field(None, max_length=4096)
@@ -86,7 +88,7 @@ class ReloadRequest(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     target_hash: str | None = Field(None, max_length=64)
 

@@ -365,6 +365,10 @@ def test_reload_from_another_file_in_the_config_dir_is_allowed(service: Service)
 # Request bodies the schema refuses before anything runs: 422, and not one event.
 INVALID_RELOAD_REQUESTS = [
     {"force": "sometimes"},  # not a boolean
+    {"force": "yes"},  # a word pydantic's lax mode would read as true: the schema says boolean
+    {"force": 1},  # nor a number for one
+    {"dry_run": "false"},  # a string that reads as false is still not a boolean
+    {"config_source": 7},  # a path is a string
     {"unknown": True},  # extra keys are forbidden
     {"config_source": "x" * 5000},  # longer than any path
 ]
