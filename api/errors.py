@@ -5,7 +5,8 @@ reworded): ``ApiError`` for what a route or dependency refuses (handled by ``api
 ``setup_configuration_lifecycle`` registers for that class alone, so the host app's own
 ``HTTPException``s answer as they always did), ``store_error_handler`` for a ``ConfledgerError`` a route
 did not handle, ``validation_error_response`` (``invalid_request``) for a request FastAPI refused, and
-the request guard's own answers (``api.limits``).
+the request guard's own answers (``api.limits``). In the app ``confledger serve`` runs, where every route
+is confledger's, ``routing_error_handler`` gives the router's own 404 and 405 their codes too.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import logging
 from collections.abc import Mapping
 
 from fastapi import HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confledger.api.schemas import ErrorResponse, InvalidField, ValidationErrorResponse
 from confledger.store import ConfledgerError
@@ -26,6 +29,7 @@ __all__ = [
     "api_error_handler",
     "error_response",
     "http_error",
+    "routing_error_handler",
     "store_error_handler",
     "validation_error_response",
 ]
@@ -78,6 +82,26 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """``ApiError`` as JSON ``{"detail", "code"}``, with its headers (a 401's ``WWW-Authenticate``)."""
     assert isinstance(exc, ApiError)
     return error_response(exc.status_code, str(exc.detail), exc.code, headers=exc.headers)
+
+
+# The router's own refusals: a path no route has (a typo in a client's URL), a method the path does not take.
+_ROUTING_CODES = {
+    status.HTTP_404_NOT_FOUND: "not_found",
+    status.HTTP_405_METHOD_NOT_ALLOWED: "method_not_allowed",
+}
+
+
+async def routing_error_handler(request: Request, exc: Exception) -> Response:
+    """The router's 404 and 405 (and the docs' missing files) as ``{"detail", "code"}``, the 405 with
+    its ``Allow``; any other ``HTTPException`` as FastAPI answers it.
+
+    Registered only by ``create_app``: an app that embeds confledger keeps its own answers to its own
+    paths."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = _ROUTING_CODES.get(exc.status_code)
+    if code is None:
+        return await http_exception_handler(request, exc)
+    return error_response(exc.status_code, str(exc.detail), code, headers=exc.headers)
 
 
 def http_error(exc: ConfledgerError) -> ApiError:

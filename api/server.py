@@ -12,9 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confledger import __version__
 from confledger.api.docs import add_index, add_offline_docs
+from confledger.api.errors import routing_error_handler
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.api.settings import Settings, sqlite_path
 from confledger.store.errors import ModelImportError
@@ -118,6 +120,8 @@ def create_app(
         sqlite_synchronous=settings.sqlite_synchronous,
         metrics=settings.metrics,
     )
+    # Every path of this app is confledger's, so the router's own 404 and 405 carry a code as well.
+    app.add_exception_handler(StarletteHTTPException, routing_error_handler)
     # After the set-up, which has refused a malformed URL; before start-up, which opens the log.
     create_private_database_file(lifecycle.database_url)
     return app, lifecycle

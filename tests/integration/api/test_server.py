@@ -130,3 +130,45 @@ def test_docs_load_nothing_from_the_network(tmp_path: Path) -> None:
     assert "/docs/assets/swagger-ui-bundle.js" in page
     assert "http://" not in page
     assert "https://" not in page
+
+
+# (method, path, status, code): the router's own refusals, in the app serve runs, carry a code as well
+ROUTING_REFUSALS = [
+    ("GET", f"{PREFIX}/histroy", 404, "not_found"),  # a typo under the API's prefix
+    ("GET", "/nowhere", 404, "not_found"),  # outside it
+    ("GET", "/docs/assets/missing.js", 404, "not_found"),  # a docs file that is not there
+    ("GET", f"{PREFIX}/reload", 405, "method_not_allowed"),  # reload is a POST
+    ("DELETE", f"{PREFIX}/status", 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), ROUTING_REFUSALS)
+def test_the_routers_own_refusals_carry_a_code(
+    tmp_path: Path, method: str, path: str, status: int, code: str
+) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+    with TestClient(app) as client:
+        response = client.request(method, path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == status
+    assert response.json() == {"detail": response.json()["detail"], "code": code}
+    if status == 405:
+        assert response.headers["allow"]  # which methods the path does take
+
+
+def test_an_embedding_apps_own_404_is_left_as_it_was(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+
+    from confledger.api.lifecycle import setup_configuration_lifecycle
+
+    app = FastAPI()
+    setup_configuration_lifecycle(
+        app,
+        config_source=_config(tmp_path),
+        admin_token=ADMIN_TOKEN,
+        enable_signal_handler=False,
+    )
+    with TestClient(app) as client:
+        response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}  # the host app's answer, not confledger's
