@@ -27,7 +27,7 @@ from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
-from confledger.projections.fleet import FleetProjection, fleet_view
+from confledger.projections.fleet import GONE_AFTER_INTERVALS, FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
@@ -261,8 +261,12 @@ class ConfigReloader:
                         threshold=threshold,
                         wait=self.settings.fleet_answer_wait,
                         look_every=self.settings.follow_poll_interval,
+                        instance_id=self.log.instance_id,
+                        desired=self._fleet.desired_change,
+                        gone_after=GONE_AFTER_INTERVALS * self.settings.heartbeat_interval,
                     )
                     self.runner.on_applied = self._judge.judge_later
+                    self._judge.start()
         except BaseException:
             await stack.aclose()
             raise

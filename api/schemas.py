@@ -478,9 +478,26 @@ class FleetInstance(BaseModel):
     errors: list[str] = Field(description="why its own validation refused applied_hash (outcome invalid)")
 
 
+class FleetKeptOut(BaseModel):
+    """The fleet threshold's answers when it kept the desired change (``fleet.change_kept``)."""
+
+    applied: int
+    failed: int
+    waiting: int
+    threshold: float
+
+
 class FleetResponse(BaseModel):
     desired_hash: str | None = Field(description="the fleet's config: the newest config.applied")
     desired_position: int
+    desired_operation_id: str | None = Field(None, description="the operation that applied it")
+    desired_decided_by: str | None = Field(None, description="the instance that recorded that operation")
+    desired_kind: str | None = Field(None, description="reload or rollback: how it came to be desired")
+    fleet_threshold_kept: FleetKeptOut | None = Field(
+        None,
+        description="the fleet threshold judged the change and kept it, with the answers it counted; null: "
+        "not judged (the threshold is off, or the answers are still coming in)",
+    )
     log_head: int
     instances: list[FleetInstance]
 
@@ -490,9 +507,19 @@ class FleetResponse(BaseModel):
             FleetInstance.model_validate({**instance, "applied_hash": short(instance["applied_hash"])})
             for instance in view["instances"]
         ]
+        change = view.get("desired_change")
+        kept = (
+            None
+            if change is None or change.kept is None
+            else FleetKeptOut.model_validate(change.kept, from_attributes=True)
+        )
         return cls(
             desired_hash=short(view["desired_hash"]),
             desired_position=view["desired_position"],
+            desired_operation_id=None if change is None else change.operation_id,
+            desired_decided_by=None if change is None else change.decided_by,
+            desired_kind=None if change is None else change.kind,
+            fleet_threshold_kept=kept,
             log_head=view["log_head"],
             instances=instances,
         )

@@ -1,6 +1,7 @@
 """The fleet: the desired config (the newest ``config.applied``) and what each instance did with it.
 
-Folded from the log alone (``instance.applied``, ``instance.started``, ``instance.stopped``); liveness
+Folded from the log alone (``instance.applied``, ``instance.started``, ``instance.stopped``, and for the
+desired change who decided it, whether it was a rollback and whether the fleet threshold kept it); liveness
 comes from the heartbeat rows (``store.fleet.read_heartbeats``) when the view is built, since a heartbeat
 is not an event. ``fleet_view`` combines the two:
 
@@ -14,13 +15,16 @@ is not an event. ``fleet_view`` combines the two:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from confledger.projections.base import Handler, IsoTimeText, Projection, StateModel
 from confledger.store.events import (
     ConfigApplied,
+    ConfigRolledBack,
     EventPayload,
+    FleetChangeKept,
     InstanceApplied,
     InstanceStarted,
     InstanceStopped,
@@ -28,7 +32,14 @@ from confledger.store.events import (
 )
 from confledger.store.fleet import Heartbeat
 
-__all__ = ["GONE_AFTER_INTERVALS", "MAX_INSTANCES", "FleetProjection", "fleet_view"]
+__all__ = [
+    "GONE_AFTER_INTERVALS",
+    "MAX_INSTANCES",
+    "DesiredChange",
+    "FleetProjection",
+    "KeptVerdict",
+    "fleet_view",
+]
 
 GONE_AFTER_INTERVALS = 3
 # Instances are named host:pid by default, so a long-lived log meets a new one at every restart: the
@@ -55,11 +66,47 @@ class _Instance(StateModel):
     stopped: bool
 
 
+class _Kept(StateModel):
+    applied: int
+    failed: int
+    waiting: int
+    threshold: float
+
+
 class _State(StateModel):
     desired_hash: str | None
     desired_position: int
     desired_operation_id: str | None
+    desired_previous_hash: str | None
+    desired_by: str | None
+    desired_at: IsoTimeText | None
+    desired_kind: Literal["reload", "rollback"] | None
+    desired_kept: _Kept | None
+    rollback_operation_id: str | None
     instances: dict[str, _Instance]
+
+
+@dataclass(frozen=True, slots=True)
+class KeptVerdict:
+    """The fleet threshold's answers when it kept a change (``fleet.change_kept``)."""
+
+    applied: int
+    failed: int
+    waiting: int
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredChange:
+    """The change that made the desired config: what the fleet threshold judges, from any instance."""
+
+    operation_id: str
+    hash: str
+    previous_hash: str | None
+    kind: Literal["reload", "rollback"]
+    decided_by: str  # the instance that recorded it
+    decided_at: datetime
+    kept: KeptVerdict | None  # judged and kept; a change judged and refused is no longer desired
 
 
 def _new_instance(at: datetime) -> dict[str, Any]:
@@ -79,22 +126,55 @@ def _new_instance(at: datetime) -> dict[str, Any]:
 
 class FleetProjection(Projection):
     name = "fleet"
-    version = 1
+    version = 2  # 2: the desired change's decider, kind and kept verdict
     state_model = _State
 
     def reset(self) -> None:
         self.desired_hash: str | None = None
         self.desired_position = 0
         self.desired_operation_id: str | None = None
+        self.desired_previous_hash: str | None = None
+        self.desired_by: str | None = None
+        self.desired_at: str | None = None
+        self.desired_kind: Literal["reload", "rollback"] | None = None
+        self.desired_kept: dict[str, Any] | None = None
+        # A rollback records config.rolled_back before its config.applied, in the same operation.
+        self.rollback_operation_id: str | None = None
         self.instances: dict[str, dict[str, Any]] = {}
+        self._desired_change: DesiredChange | None = None
 
     def handlers(self) -> Mapping[type[EventPayload], Handler]:
         return {
             ConfigApplied: self._applied,
+            ConfigRolledBack: self._rolled_back,
+            FleetChangeKept: self._kept,
             InstanceApplied: self._answered,
             InstanceStarted: self._started,
             InstanceStopped: self._stopped,
         }
+
+    def desired_change(self) -> DesiredChange | None:
+        """The change that made the desired config (None before the first, or for one recorded outside
+        an operation). Built when folded and replaced whole, so a reader on another thread never sees
+        one change's decider with another's verdict."""
+        return self._desired_change
+
+    def _publish(self) -> None:
+        self._desired_change = self._built_change()
+
+    def _built_change(self) -> DesiredChange | None:
+        if self.desired_hash is None or self.desired_operation_id is None or self.desired_at is None:
+            return None
+        kept = self.desired_kept
+        return DesiredChange(
+            operation_id=self.desired_operation_id,
+            hash=self.desired_hash,
+            previous_hash=self.desired_previous_hash,
+            kind=self.desired_kind or "reload",
+            decided_by=self.desired_by or "",
+            decided_at=datetime.fromisoformat(self.desired_at),
+            kept=None if kept is None else KeptVerdict(**kept),
+        )
 
     def _instance(self, event: RecordedEvent) -> dict[str, Any]:
         instance = self.instances.pop(event.instance_id, None)
@@ -114,6 +194,30 @@ class FleetProjection(Projection):
         self.desired_hash = payload.hash
         self.desired_position = event.position
         self.desired_operation_id = None if event.operation_id is None else str(event.operation_id)
+        self.desired_previous_hash = payload.previous_hash
+        self.desired_by = event.instance_id
+        self.desired_at = event.occurred_at.isoformat()
+        rollback = (
+            self.desired_operation_id is not None and self.desired_operation_id == self.rollback_operation_id
+        )
+        self.desired_kind = "rollback" if rollback else "reload"
+        self.desired_kept = None
+        self._publish()
+
+    def _rolled_back(self, event: RecordedEvent) -> None:
+        self.rollback_operation_id = None if event.operation_id is None else str(event.operation_id)
+
+    def _kept(self, event: RecordedEvent) -> None:
+        payload = event.payload
+        assert isinstance(payload, FleetChangeKept)
+        if payload.operation_id == self.desired_operation_id:
+            self.desired_kept = {
+                "applied": payload.applied,
+                "failed": payload.failed,
+                "waiting": payload.waiting,
+                "threshold": payload.threshold,
+            }
+            self._publish()
 
     def _answered(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -145,6 +249,12 @@ class FleetProjection(Projection):
             "desired_hash": self.desired_hash,
             "desired_position": self.desired_position,
             "desired_operation_id": self.desired_operation_id,
+            "desired_previous_hash": self.desired_previous_hash,
+            "desired_by": self.desired_by,
+            "desired_at": self.desired_at,
+            "desired_kind": self.desired_kind,
+            "desired_kept": None if self.desired_kept is None else dict(self.desired_kept),
+            "rollback_operation_id": self.rollback_operation_id,
             "instances": {name: dict(instance) for name, instance in self.instances.items()},
         }
 
@@ -152,6 +262,14 @@ class FleetProjection(Projection):
         self.desired_hash = state["desired_hash"]
         self.desired_position = int(state["desired_position"])
         self.desired_operation_id = state["desired_operation_id"]
+        self.desired_previous_hash = state["desired_previous_hash"]
+        self.desired_by = state["desired_by"]
+        self.desired_at = state["desired_at"]
+        self.desired_kind = state["desired_kind"]
+        kept = state["desired_kept"]
+        self.desired_kept = None if kept is None else dict(kept)
+        self.rollback_operation_id = state["rollback_operation_id"]
+        self._publish()
         self.instances = {name: dict(instance) for name, instance in state["instances"].items()}
 
 
@@ -215,6 +333,7 @@ def fleet_view(
     return {
         "desired_hash": projection.desired_hash,
         "desired_position": projection.desired_position,
+        "desired_change": projection.desired_change(),
         "log_head": head,
         "instances": instances,
     }

@@ -29,6 +29,7 @@ from confledger.store.events import (
     ConfigLoaded,
     ConfigLoadFailed,
     ConfigUnchanged,
+    FleetChangeKept,
     OperationKind,
     OperationStatus,
     ValidationFailed,
@@ -218,6 +219,17 @@ class CandidateReader:
                     reason="fleet_moved_on",
                 )
             )
+        if verdict is not None and verdict.operation_id is not None and self._kept(verdict.operation_id):
+            # Another instance judged the change first (one standing in for a decider it took for gone, or
+            # the decider itself, slow but alive) and kept it: one verdict per change, the first recorded.
+            raise Ended(
+                operation.completed(
+                    OperationStatus.FAILED,
+                    "Rollback not made",
+                    error=f"the change to {verdict.hash[:16]} was judged and kept by the fleet threshold",
+                    reason="fleet_change_kept",
+                )
+            )
         if previous is not None and target == previous.hash:
             raise Ended(
                 ConfigUnchanged(hash=target),
@@ -238,6 +250,15 @@ class CandidateReader:
                 )
             ) from None
         return (yield from self._validate(operation, model, span))
+
+    def _kept(self, operation_id: str) -> bool:
+        """Whether ``fleet.change_kept`` was recorded for the change ``operation_id`` made."""
+        kept = self.log.last_of_type(FleetChangeKept.event_type)
+        return (
+            kept is not None
+            and isinstance(kept.payload, FleetChangeKept)
+            and (kept.payload.operation_id == operation_id)
+        )
 
     def _read_stored(self, target: str) -> ModelResult:
         """The stored body of ``target``, re-hashed before anything uses it (``ConfigBodyMismatch``), then

@@ -126,7 +126,9 @@ class FleetAnswer(StrEnum):
 @dataclass(frozen=True, slots=True)
 class FleetVerdict:
     """The fleet's answers to the change to ``hash``, against ``threshold`` (a share of live instances);
-    ``settled`` once the answers still missing cannot change the outcome (``judge_fleet``)."""
+    ``settled`` once the answers still missing cannot change the outcome (``judge_fleet``);
+    ``operation_id``: the reload that made the change, when known (a rollback for this verdict is refused
+    once the change was judged and kept)."""
 
     hash: str
     applied: int
@@ -134,6 +136,7 @@ class FleetVerdict:
     waiting: int
     threshold: float
     settled: bool = True
+    operation_id: str | None = None
 
     @property
     def live(self) -> int:
@@ -157,7 +160,12 @@ class FleetVerdict:
 
 
 def judge_fleet(
-    config_hash: str, answers: Iterable[FleetAnswer], threshold: float, *, time_is_up: bool
+    config_hash: str,
+    answers: Iterable[FleetAnswer],
+    threshold: float,
+    *,
+    time_is_up: bool,
+    operation_id: str | None = None,
 ) -> FleetVerdict:
     """The fleet's verdict on the change to ``config_hash`` from its live instances' ``answers``: the
     answers so far, and whether they settle it (``settled``; until then ``roll_back`` means nothing).
@@ -177,6 +185,7 @@ def judge_fleet(
         counted[FleetAnswer.FAILED],
         counted[FleetAnswer.WAITING],
         threshold,
+        operation_id=operation_id,
     )
     if verdict.waiting == 0 or time_is_up or not verdict.roll_back:
         return verdict

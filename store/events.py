@@ -31,6 +31,7 @@ __all__ = [
     "EventRegistry",
     "FileWatchDisabled",
     "FileWatchEnabled",
+    "FleetChangeKept",
     "InstanceApplied",
     "InstanceStarted",
     "InstanceStopped",
@@ -246,6 +247,24 @@ class ConfigRolledBack(EventPayload):
     threshold: float | None = None
 
 
+class FleetChangeKept(EventPayload):
+    """The fleet threshold kept a change: enough of the fleet's live instances applied it.
+
+    Recorded outside any operation by the instance that judged it (the one that decided the change, or
+    one standing in for it), so that every instance knows the change was judged: without it, an instance
+    could not tell a change still being judged from one judged and kept. A change the threshold refused
+    needs no such event: its rollback (``config.rolled_back`` reason ``fleet_threshold``) says so.
+    """
+
+    event_type: ClassVar[str] = "fleet.change_kept"
+    hash: str
+    operation_id: str  # the reload that made the change
+    applied: int
+    failed: int
+    waiting: int
+    threshold: float
+
+
 class OperationCompleted(EventPayload):
     event_type: ClassVar[str] = "operation.completed"
     status: OperationStatus
@@ -439,6 +458,7 @@ for _model in (
     ServiceNotified,
     ConfigApplied,
     ConfigRolledBack,
+    FleetChangeKept,
     OperationCompleted,
     OperationRejected,
     FileWatchEnabled,

@@ -31,6 +31,7 @@ from confledger.store.outcome import ReloadStatus
 
 if TYPE_CHECKING:
     from confledger.api.inspect import LogInspector
+    from confledger.api.schemas import FleetKeptOut
     from confledger.store.chain import VerifyReport
 
 __all__ = ["inspect"]
@@ -202,6 +203,8 @@ def fleet_command(
             [
                 ("desired config", fleet.desired_hash or "none applied"),
                 ("desired at position", fleet.desired_position),
+                ("decided by", fleet.desired_decided_by or "-"),
+                ("fleet threshold", _kept_line(fleet.fleet_threshold_kept)),
                 ("log head", fleet.log_head),
             ],
         )
@@ -223,6 +226,13 @@ def fleet_command(
             cell(failures or "; ".join(instance.errors)),
         )
     out.print(table)
+
+
+def _kept_line(kept: FleetKeptOut | None) -> str:
+    if kept is None:
+        return "not judged"
+    live = kept.applied + kept.failed + kept.waiting
+    return f"kept: {kept.applied} of {live} instances applied (threshold {kept.threshold:g})"
 
 
 @app.command("show")

@@ -31,6 +31,7 @@ from confledger.store import EventLog, SecretCipher
 from confledger.store.decision import FleetVerdict
 from confledger.store.events import (
     ConfigRolledBack,
+    FleetChangeKept,
     InstanceApplied,
     OperationCompleted,
     OperationStatus,
@@ -372,11 +373,83 @@ async def test_a_change_enough_instances_applied_stands(
     async with fleet(tmp_path, database_url, ["a", "b", "c"], fleet_rollback_threshold=0.5) as (a, b, c):
         c.refuse.add(5)
         write(Path(a.reloader.config_source or ""), 5)
-        assert (await a.reloader.reload_config()).success
+        operation = await a.reloader.reload_config()
+        assert operation.success
         await eventually(lambda: any("fleet threshold met" in r.getMessage() for r in caplog.records))
         assert "2 of 3 instances applied" in caplog.text
         assert rollbacks_recorded(a.reloader.log) == []
         assert [m.level for m in (a, b, c)] == [5, 5, 5]
+        # The verdict is in the log (appended once it is said), so every instance knows it was kept.
+        await eventually(lambda: len(a.reloader.log.read(types=[FleetChangeKept.event_type])) > 0)
+        [kept] = a.reloader.log.read(types=[FleetChangeKept.event_type])
+        assert kept.instance_id == "a"
+        assert kept.payload == FleetChangeKept(
+            hash=operation.new_config_hash or "",
+            operation_id=operation.operation_id,
+            applied=2,
+            failed=1,
+            waiting=0,
+            threshold=0.5,
+        )
+        await eventually(
+            lambda: (
+                b.reloader.log.head() >= kept.position and b.reloader.projections.position >= kept.position
+            )
+        )
+        seen = FleetResponse.of(await b.reloader.fleet())
+        assert (seen.desired_decided_by, seen.desired_kind) == ("a", "reload")
+        assert seen.desired_operation_id == operation.operation_id
+        assert seen.fleet_threshold_kept is not None
+        assert (seen.fleet_threshold_kept.applied, seen.fleet_threshold_kept.failed) == (2, 1)
+        # A second judge's rollback, however it came to its verdict, is refused under the lock.
+        late = FleetVerdict(
+            operation.new_config_hash or "", 1, 2, 0, 0.5, operation_id=operation.operation_id
+        )
+        refused = await b.reloader.runner.rollback(
+            operation.previous_config_hash, trigger=Trigger.FLEET_THRESHOLD, fleet_verdict=late
+        )
+        assert (refused.success, refused.reason) == (False, "fleet_change_kept")
+        assert [m.level for m in (a, b, c)] == [5, 5, 5]
+
+
+async def test_a_change_whose_decider_stopped_before_judging_it_is_judged_by_the_next_in_line(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="confledger.api.fleet_judge")
+    async with fleet(
+        # a entered last, so that it can leave first (each reloader holds a task group of its own).
+        tmp_path,
+        database_url,
+        ["b", "c", "a"],
+        fleet_rollback_threshold=1.0,
+        fleet_answer_wait=1.0,
+    ) as (b, c, a):
+        # A live instance that never answers keeps the change open until the wait is over...
+        now = datetime.now(UTC)
+        record_heartbeat(a.reloader.log.engine, Heartbeat("ghost", "elsewhere", 1, "0", now, now, 0, 60.0))
+        write(Path(a.reloader.config_source or ""), 6)
+        operation = await a.reloader.reload_config()
+        assert operation.success
+        # ...and the decider stops before it is (a rolling restart, say): it is gone at once.
+        await a.reloader.__aexit__(None, None, None)
+        assert b.reloader.log.read(types=[FleetChangeKept.event_type, ConfigRolledBack.event_type]) == []
+        # b, the live instance with the smallest id, stands in: c's and b's answers against the ghost's
+        # silence, a not counted.
+        await eventually(lambda: b.received == [1, 6, 1] and c.received == [1, 6, 1])
+        [recorded] = rollbacks_recorded(b.reloader.log)
+        assert (recorded.reason, recorded.from_hash) == ("fleet_threshold", operation.new_config_hash)
+        assert recorded.success_ratio == pytest.approx(2 / 3)
+        [rollback] = b.reloader.get_reload_history(1)
+        assert (rollback.trigger, rollback.actor, rollback.success) == ("fleet_threshold", "system", True)
+        [event] = b.reloader.log.read(types=[ConfigRolledBack.event_type])
+        assert event.instance_id == "b"
+        assert "which a decided and did not judge" in caplog.text
+        # c stood by and left it to b: one rollback, and no refused attempt beside it.
+        await anyio.sleep(0.5)
+        assert [op.kind for op in c.reloader.get_reload_history(3)] == ["rollback", "reload", "reload"][
+            : len(c.reloader.get_reload_history(3))
+        ]
+        assert len(rollbacks_recorded(c.reloader.log)) == 1
 
 
 async def test_an_instance_silent_past_the_wait_counts_as_not_applied(

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from confledger.projections.fleet import MAX_INSTANCES, FleetProjection, fleet_view
+from confledger.projections.fleet import MAX_INSTANCES, FleetProjection, KeptVerdict, fleet_view
 from confledger.store.events import (
     ConfigApplied,
+    ConfigRolledBack,
     EventPayload,
+    FleetChangeKept,
     InstanceApplied,
     InstanceStarted,
     InstanceStopped,
@@ -152,6 +154,7 @@ def test_the_checkpoint_state_restores_to_the_same_fold() -> None:
     started(log, "a")
     first = decide(log, "a", H1)
     log.add("b", InstanceApplied(hash=H1, position=first, role="followed", outcome="failed"))
+    kept(log, "a", H1, OPERATION)
     folded = log.fold()
     restored = FleetProjection()
     restored.restore(folded.snapshot())
@@ -168,3 +171,52 @@ def test_the_fold_keeps_the_most_recently_heard_of_instances() -> None:
     assert len(instances) == MAX_INSTANCES
     assert "host:0" not in instances
     assert f"host:{MAX_INSTANCES + 4}" in instances
+
+
+RELOAD, ROLLBACK, LATER = uuid.UUID(int=11), uuid.UUID(int=12), uuid.UUID(int=13)
+
+
+def kept(log: Log, instance: str, config: str, operation: uuid.UUID) -> None:
+    log.add(
+        instance,
+        FleetChangeKept(
+            hash=config, operation_id=str(operation), applied=2, failed=1, waiting=0, threshold=0.5
+        ),
+    )
+
+
+def test_the_desired_change_names_its_decider_its_kind_and_whether_it_was_kept() -> None:
+    log = Log()
+    assert log.fold().desired_change() is None  # nothing applied yet
+    at = log.add("a", ConfigApplied(hash=H2, previous_hash=H1), RELOAD)
+    change = log.fold().desired_change()
+    assert change is not None
+    assert (change.operation_id, change.hash, change.previous_hash) == (str(RELOAD), H2, H1)
+    assert (change.kind, change.decided_by, change.kept) == ("reload", "a", None)
+    assert change.decided_at == T0 + timedelta(seconds=at)
+
+    kept(log, "b", H2, RELOAD)  # kept by another instance standing in for a: the verdict is the change's
+    assert log.fold().desired_change().kept == KeptVerdict(applied=2, failed=1, waiting=0, threshold=0.5)  # type: ignore[union-attr]
+
+    # A rollback records config.rolled_back before its config.applied: the change it makes is a rollback,
+    # and the verdict on the change before it is no longer the desired change's.
+    log.add("b", ConfigRolledBack(from_hash=H2, to_hash=H1, reason="manual"), ROLLBACK)
+    log.add("b", ConfigApplied(hash=H1, previous_hash=H2), ROLLBACK)
+    change = log.fold().desired_change()
+    assert change is not None
+    assert (change.kind, change.decided_by, change.kept) == ("rollback", "b", None)
+
+    # A verdict on a change that is no longer desired (recorded late) is not the new change's.
+    log.add("c", ConfigApplied(hash=H2, previous_hash=H1), LATER)
+    kept(log, "a", H1, ROLLBACK)
+    change = log.fold().desired_change()
+    assert change is not None
+    assert (change.kind, change.kept) == ("reload", None)
+
+
+def test_a_service_threshold_rollback_inside_a_reload_does_not_make_the_next_change_a_rollback() -> None:
+    log = Log()
+    # config.rolled_back reason automatic: the reload applied nothing, so no config.applied follows it.
+    log.add("a", ConfigRolledBack(from_hash=H1, to_hash=H1, reason="automatic"), RELOAD)
+    log.add("a", ConfigApplied(hash=H2, previous_hash=H1), LATER)
+    assert log.fold().desired_change().kind == "reload"  # type: ignore[union-attr]
