@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from confledger.projections.fleet import FleetProjection
 from confledger.projections.history import HistoryProjection
 from confledger.projections.stats import StatsProjection
 from confledger.store import EventLog, SecretCipher
-from confledger.store.events import ConfigApplied, InstanceApplied
+from confledger.store.events import ConfigApplied, ConfigRolledBack, InstanceApplied
+from confledger.store.fleet import Heartbeat, record_heartbeat
 from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, REPO
 from tests.integration.api.test_serve_process import free_port, wait_for
 from tests.private_postgres import PrivatePostgres
@@ -246,6 +248,9 @@ def assert_projections_equal_a_fresh_fold(fleet: Fleet, names: list[str]) -> Non
         assert [entry["full_hash"] for entry in instance.get("/backups")["backups"]] == expected_backups
         view = instance.get("/fleet")
         assert view["desired_hash"] == (fleet_projection.desired_hash or "")[:16]
+        change = fleet_projection.desired_change()
+        assert view["desired_decided_by"] == (None if change is None else change.decided_by)
+        assert view["desired_kind"] == (None if change is None else change.kind)
         shown = {
             item["instance_id"]: item["applied_hash"]
             for item in view["instances"]
@@ -332,6 +337,45 @@ def test_a_change_one_instance_refuses_is_rolled_back_by_the_fleet_threshold(
         assert hashes == {decided["previous_config_hash"]}
         verify_passes(database_url, fleet.key)
         assert_projections_equal_a_fresh_fold(fleet, names)
+
+
+def test_a_change_whose_decider_is_killed_before_judging_it_is_judged_by_the_next_in_line(
+    tmp_path: Path, database_url: str
+) -> None:
+    names = ["a", "b"]
+    judged = {"CONFLEDGER_FLEET_ROLLBACK_THRESHOLD": "1.0", "CONFLEDGER_FLEET_ANSWER_WAIT": "2"}
+    with fleet_on(tmp_path, database_url) as fleet:
+        fleet.start(*names, variables={"a": judged, "b": judged})
+        all_receive(fleet, names, 1)
+        # A live instance that never answers (its heartbeat is fresh for a minute) keeps the change open
+        # until the wait is over, so the decider can be killed before it judges it.
+        now = datetime.now(UTC)
+        ghost = Heartbeat(fleet.instance_id("ghost"), "elsewhere", 1, "0", now, now, 0, 60.0)
+        record_heartbeat(fleet.log().engine, ghost)
+        decided = reload_through(fleet["a"], fleet.config, 2)
+        fleet["a"].process.send_signal(signal.SIGKILL)
+        fleet["a"].process.wait(timeout=10)
+        # b sees a gone after three of its heartbeats (1 s) and judges: b applied, the ghost silent.
+        wait_for("b back on 1", lambda: True if fleet["b"].received() == [1, 2, 1] else None, timeout=30)
+        [rollback] = fleet["b"].get("/history", limit=1)["operations"]
+        assert (rollback["kind"], rollback["trigger"], rollback["actor"], rollback["success"]) == (
+            "rollback",
+            "fleet_threshold",
+            "system",
+            True,
+        )
+        assert rollback["previous_config_hash"] == decided["new_config_hash"]
+        assert "1 of 2 instances applied" in rollback["message"]
+        log = fleet.log()
+        [rolled_back] = log.read(types=[ConfigRolledBack.event_type])
+        assert rolled_back.instance_id == fleet.instance_id("b")
+        assert (
+            "which " + fleet.instance_id("a") + " decided and did not judge" in fleet["b"].output.read_text()
+        )
+        view = fleet["b"].get("/fleet")
+        assert (view["desired_decided_by"], view["desired_kind"]) == (fleet.instance_id("b"), "rollback")
+        verify_passes(database_url, fleet.key)
+        assert_projections_equal_a_fresh_fold(fleet, ["b"])
 
 
 def test_an_instance_killed_mid_change_catches_up_and_applies_the_desired_config_once(
