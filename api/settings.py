@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -103,7 +103,9 @@ class Settings(BaseSettings):
     signal_handler: bool = True
     metrics: bool = True
     log_format: str = Field("text", pattern="^(text|json)$")
-    log_level: str = "INFO"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="the service's and uvicorn's log level (any case)"
+    )
     # What one HTTP client may cost the service. A reload or rollback body is a few hundred bytes.
     max_request_bytes: int = Field(
         65_536, ge=1_024, description="the largest request body the config API reads; larger is 413"
@@ -185,6 +187,11 @@ class Settings(BaseSettings):
         if self.fleet_rollback_threshold is not None and not self.follow:
             raise ValueError("fleet_rollback_threshold needs follow on (the answers come by following)")
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("source_dirs", mode="before")
     @classmethod

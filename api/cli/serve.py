@@ -38,7 +38,10 @@ def serve(
     poll_interval: Annotated[float, typer.Option(envvar="CONFLEDGER_POLL_INTERVAL", min=0.1, max=60.0)] = 1.0,
     app_dir: Annotated[Path, typer.Option("--app-dir", envvar="CONFLEDGER_APP_DIR")] = Path("."),
     metrics: Annotated[bool, typer.Option("--metrics/--no-metrics", envvar="CONFLEDGER_METRICS")] = True,
-    log_level: Annotated[str, typer.Option(envvar="CONFLEDGER_LOG_LEVEL")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(envvar="CONFLEDGER_LOG_LEVEL", help="critical, error, warning, info or debug."),
+    ] = "info",
     workers: Annotated[
         int,
         typer.Option(
@@ -85,6 +88,7 @@ def serve(
         "poll_interval": poll_interval,
         "app_dir": app_dir,
         "metrics": metrics,
+        "log_level": log_level,
         "workers": workers,
     }
     if database is not None:
@@ -96,7 +100,7 @@ def serve(
     sock = None
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
-        configure_logging(settings.log_format, log_level)
+        configure_logging(settings.log_format, settings.log_level)
         config_model = import_model(settings.model, settings.app_dir) if settings.model else None
         check_config_directory(config)
         database_url = settings.database_url or default_database_url(config)
@@ -131,14 +135,14 @@ def serve(
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))
     if settings.workers > 1:
-        _serve_with_workers(settings, overrides, log_level, sock)
+        _serve_with_workers(settings, overrides, sock)
         return
     guarded = OneLineStartupFailure(fastapi_app)
     server_config = uvicorn.Config(
         guarded,
         host=settings.host,
         port=settings.port,
-        log_level=log_level.lower(),
+        log_level=settings.log_level,
         # Every request must arrive whole within the deadline; idle connections close after the
         # keep-alive timeout; request line and headers are capped; stopping waits this long at most.
         http=with_request_deadline(settings.request_timeout),
@@ -152,9 +156,7 @@ def serve(
         raise typer.Exit(1)
 
 
-def _serve_with_workers(
-    settings: Settings, overrides: dict[str, object], log_level: str, sock: socket
-) -> None:
+def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: socket) -> None:
     """N workers on the socket bound above, under uvicorn's supervisor (``confledger.api.workers``)."""
     import os
 
@@ -166,13 +168,13 @@ def _serve_with_workers(
                 # One watcher for the file: a change is one reload decided by worker 0, which the other
                 # workers follow, not one reload per worker racing for the fleet's lock.
                 overrides=overrides if index == 0 else {**overrides, "watch": False},
-                log_level=log_level,
+                log_level=settings.log_level,
                 instance_id=worker_instance_id(settings.instance_id, os.getpid(), index),
             ),
             request_timeout=settings.request_timeout,
             host=settings.host,
             port=settings.port,
-            log_level=log_level.lower(),
+            log_level=settings.log_level,
             timeout_keep_alive=settings.keep_alive_timeout,
             h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_graceful_shutdown=settings.shutdown_timeout,

@@ -207,6 +207,23 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
             "invalid settings: fleet_rollback_threshold needs follow",
         ),
     ),
+    # a log level that is none (it was a multi-screen traceback from the logging module)
+    (
+        "unknown log level",
+        lambda w, port: Case(
+            ["--config", "config.yaml", "--model", MODEL, "--port", str(port), "--log-level", "bogus"],
+            "invalid setting log_level",
+        ),
+    ),
+    # the same from its variable
+    (
+        "unknown log level variable",
+        lambda w, port: Case(
+            ["--config", "config.yaml", "--model", MODEL, "--port", str(port)],
+            "invalid setting log_level",
+            env={"CONFLEDGER_LOG_LEVEL": "loud"},
+        ),
+    ),
     # a setting given as an option, out of its model's range
     (
         "setting option out of range",
