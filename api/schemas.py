@@ -32,6 +32,7 @@ __all__ = [
     "InvalidField",
     "OperationDetail",
     "OperationOut",
+    "RefusedOperationOut",
     "ReloadRequest",
     "RollbackRequest",
     "SourceStateOut",
@@ -413,6 +414,20 @@ class EventsResponse(BaseModel):
     events: list[EventOut]
     next_after: int
     head: int
+
+
+class RefusedOperationOut(OperationOut):
+    """A rollback that failed, answered with a 4xx: the operation as recorded (the seed's shape), with the
+    ``detail`` and ``code`` every error answer carries."""
+
+    detail: str
+    code: str = Field(description="the operation's reason: a stable code to branch on")
+
+    @classmethod
+    def refused(cls, operation: ReloadOperation) -> RefusedOperationOut:
+        shown = OperationOut.of(operation).model_dump()
+        detail = operation.error_message or operation.message
+        return cls(**shown, detail=detail, code=operation.reason or "operation_failed")
 
 
 class OperationDetail(BaseModel):

@@ -27,6 +27,7 @@ from confledger.api.schemas import (
     HistoryResponse,
     OperationDetail,
     OperationOut,
+    RefusedOperationOut,
     ReloadRequest,
     RollbackRequest,
     history_json,
@@ -127,16 +128,16 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
     responses={
         400: {
             # A refused rollback is an operation; a body that is not JSON never became one.
-            "model": OperationOut | ErrorResponse,
+            "model": RefusedOperationOut | ErrorResponse,
             "description": "the rollback failed (or the prefix is ambiguous), or the body is not JSON text",
         },
         408: {
             "model": ErrorResponse,
             "description": "the body did not arrive within CONFLEDGER_REQUEST_TIMEOUT",
         },
-        404: {"model": OperationOut, "description": "no applied config has that hash"},
+        404: {"model": RefusedOperationOut, "description": "no applied config has that hash"},
         409: {
-            "model": OperationOut | ErrorResponse,
+            "model": RefusedOperationOut | ErrorResponse,
             "description": "another operation is running, another instance applied a config meanwhile, or "
             "the target's stored body no longer matches its hash (config_body_mismatch)",
         },
@@ -163,7 +164,7 @@ async def rollback(
         # 409 config_body_mismatch: the stored body was edited in the database, nothing was applied.
         if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST, status.HTTP_409_CONFLICT):
             code = status.HTTP_400_BAD_REQUEST
-        return JSONResponse(OperationOut.of(operation).model_dump(mode="json"), status_code=code)
+        return JSONResponse(RefusedOperationOut.refused(operation).model_dump(mode="json"), status_code=code)
     return OperationOut.of(operation)
 
 

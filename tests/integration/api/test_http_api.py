@@ -443,6 +443,9 @@ def test_rollback_errors_404_400_and_nothing_changes(service: Service) -> None:
         assert result["success"] is False
         assert result["reason"] == reason
         assert result["status"] == "failed"
+        # An error answer like any other as well: detail and code beside the recorded operation.
+        assert result["code"] == reason
+        assert result["detail"] == result["error_message"]
         assert service.events_of(result["operation_id"]) == ROLLBACK_REFUSED
         assert service.current_full_hash() == current
 
@@ -453,7 +456,7 @@ def test_rollback_errors_404_400_and_nothing_changes(service: Service) -> None:
 def test_rollback_with_no_previous_config_is_400(service: Service) -> None:
     response = service.post("/rollback", json={})
     assert response.status_code == 400
-    assert response.json()["reason"] == "no_previous_config"
+    assert response.json()["reason"] == response.json()["code"] == "no_previous_config"
     assert service.events_of(response.json()["operation_id"]) == ROLLBACK_REFUSED
 
 
