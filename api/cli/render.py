@@ -140,6 +140,9 @@ def print_stats(stats: dict[str, Any], title: str = "reload statistics") -> None
                 ("successful", stats["successful_operations"]),
                 ("failed", stats["failed_operations"]),
                 ("success rate", f"{stats['success_rate']:.1%}"),
+                # Refused before they ran (another operation was running, a source not allowed): history
+                # lists them, the totals above do not.
+                ("refused requests", stats.get("rejected_requests", 0)),
                 ("average ms", stats["average_duration_ms"]),
                 (
                     "p50 / p95 / p99 ms",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import getpass
 import json
+import re
 import socket
 import threading
 import time
@@ -304,6 +305,7 @@ def test_stats_and_status_read_the_projections(story: Story) -> None:
     assert table.exit_code == 0, table.stderr
     assert "by trigger" in table.stdout
     assert "search_index" in table.stdout
+    assert re.search(rf"refused requests\s+{stats['rejected_requests']}\b", table.stdout)
     status_table = invoke("status", *story.db())
     assert status_table.exit_code == 0, status_table.stderr
     assert story.hashes["pool"][:16] in status_table.stdout
