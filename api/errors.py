@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confledger.api.schemas import ErrorResponse, InvalidField, ValidationErrorResponse
 from confledger.store import ConfledgerError
+from confledger.store.errors import IntegrityFailed
 
 __all__ = [
     "STATUS_BY_CODE",
@@ -55,8 +56,8 @@ STATUS_BY_CODE = {
 _PUBLIC_DETAIL = {
     "store_unavailable": "the event log is unavailable; retry later",
     "store_read_only": "the event log is read-only; retry later",
-    "integrity_failed": "the event log failed its integrity check: reloads and rollbacks are refused "
-    "until an operator has run confledger verify",
+    "integrity_failed": "the event log failed its integrity check: reloads and rollbacks are refused; "
+    + IntegrityFailed.RECOVERY,
 }
 _INTERNAL_DETAIL = "internal error in the configuration store"
 

@@ -33,6 +33,7 @@ from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
 from confledger.store.calls import UserCalls
+from confledger.store.errors import IntegrityFailed
 from confledger.store.events import FileWatchDisabled, FileWatchEnabled
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
@@ -217,10 +218,10 @@ class ConfigReloader:
         if not report.ok:
             await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
             logger.error(
-                "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused "
-                "until an operator has looked (confledger verify)",
+                "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused: %s",
                 report.code,
                 report.reason,
+                IntegrityFailed.RECOVERY,
             )
         self.startup_operation = await self.runner.start()
         await anyio.to_thread.run_sync(self.projections.start)

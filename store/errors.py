@@ -142,9 +142,15 @@ class IntegrityFailed(LogError):
     """The log did not pass its integrity check (a link, a MAC, the anchor, a body): no more appends.
 
     ``reason`` is the check's own reason code (``link_mismatch``, ``truncated``, ``anchor_mismatch``…).
+    ``RECOVERY`` is what an operator does about it, said wherever the refusal is: running ``verify`` shows
+    what changed but clears nothing (a record that was changed stays changed).
     """
 
     code = "integrity_failed"
+    RECOVERY = (
+        "confledger verify names what changed; restore the database from a backup taken before that "
+        "(moving its anchor file away if the backup is older than the anchor), then restart"
+    )
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)

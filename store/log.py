@@ -441,8 +441,8 @@ class EventLog(LogReads):
         """The key appends sign with; raises when this log may not be appended to by this process."""
         if self.integrity_failure is not None:
             raise IntegrityFailed(
-                f"the log failed its integrity check ({self.integrity_failure.reason}); "
-                "nothing is appended until an operator has looked (confledger verify)",
+                f"the log failed its integrity check ({self.integrity_failure.reason}); nothing is "
+                f"appended: {IntegrityFailed.RECOVERY}",
                 reason=self.integrity_failure.code or "integrity_failed",
             )
         if integrity.record is not None and integrity.keys is None:

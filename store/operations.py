@@ -540,7 +540,7 @@ class OperationRunner(FleetFollowing, Concluding):
             # answer (503 integrity_failed), in /readyz and in the service's log instead.
             raise IntegrityFailed(
                 f"{request.kind.value} refused: the log failed its integrity check ({failure.code}); "
-                "run confledger verify",
+                + IntegrityFailed.RECOVERY,
                 reason=failure.code or "integrity_failed",
             )
         # The operation span is current while it runs: the validator and callback spans nest under it,

@@ -69,6 +69,8 @@ def assert_writes_refused(service: Service, reason: str) -> None:
         refused = service.post(path, json=body)
         assert refused.status_code == 503, (path, refused.text)
         assert refused.json()["code"] == "integrity_failed"
+        # Says what to do about it: verify shows what changed, a backup restored (and a restart) clears it.
+        assert "restore the database from a backup" in refused.json()["detail"]
 
 
 def test_a_rollback_to_an_edited_body_is_refused_and_recorded(
