@@ -7,11 +7,17 @@ any bytes it trickles in cancel the keep-alive timer. This protocol gives every 
 from the moment the connection opens, or the previous response ends, the client has
 ``CONFLEDGER_REQUEST_TIMEOUT`` seconds to deliver the request line, the headers and the whole body.
 A request received in time is never cut off while the service works on it or answers it.
+
+It also holds the request line and headers to ``CONFLEDGER_MAX_HEADER_BYTES`` (uvicorn's
+``h11_max_incomplete_event_size``): h11 applies that cap only to a head still arriving, so a whole
+100 KB head in one read was parsed and served. A complete head over the cap is answered 431
+(``headers_too_large``) and the connection closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, ClassVar
 
@@ -35,6 +41,41 @@ class RequestDeadlineProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._request_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        limit = self.config.h11_max_incomplete_event_size
+        if limit is not None and self.conn.their_state is h11.IDLE and self._head_too_large(data, limit):
+            self._refuse_head(limit)
+            return
+        super().data_received(data)
+
+    def _head_too_large(self, data: bytes, limit: int) -> bool:
+        """Whether the request head that ``data`` completes (with what h11 holds of it) passes ``limit``;
+        a head still incomplete is h11's to cap."""
+        held = self.conn.trailing_data[0]
+        pending = held + data if held else data
+        end = pending.find(b"\r\n\r\n")
+        return end >= 0 and end + 4 > limit
+
+    def _refuse_head(self, limit: int) -> None:
+        # Written raw: h11 lets a server answer only a request it has parsed, and this one is not parsed.
+        body = json.dumps(
+            {
+                "detail": f"the request line and headers are larger than {limit} bytes",
+                "code": "headers_too_large",
+            }
+        ).encode()
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        logger.info(
+            "refused a request from %s whose head is larger than %d bytes",
+            self.client[0] if self.client else "an unknown client",
+            limit,
+        )
+        self.transport.write(head + body)
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -117,7 +117,10 @@ class Settings(BaseSettings):
         5, ge=1, le=300, description="seconds an idle keep-alive connection stays open (serve)"
     )
     max_header_bytes: int = Field(
-        16_384, ge=4_096, le=1_048_576, description="the largest request line and headers (serve)"
+        16_384,
+        ge=4_096,
+        le=1_048_576,
+        description="the largest request line and headers; larger is 431 (serve)",
     )
     shutdown_timeout: int = Field(
         10, ge=1, le=300, description="seconds serve waits for open requests when it stops"

@@ -93,7 +93,7 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
     SettingOption("max_request_bytes", int, "The largest request body read; larger is 413."),
     SettingOption("request_timeout", float, "Seconds a client has to send a whole request."),
     SettingOption("keep_alive_timeout", int, "Seconds an idle keep-alive connection stays open."),
-    SettingOption("max_header_bytes", int, "The largest request line and headers."),
+    SettingOption("max_header_bytes", int, "The largest request line and headers; larger is 431."),
     SettingOption("shutdown_timeout", int, "Seconds serve waits for open requests when it stops."),
     # the fleet
     SettingOption("follow", bool, "Apply the configs other instances on the log decide."),

@@ -1,4 +1,5 @@
-"""``RequestDeadlineProtocol`` under a real uvicorn server: what it closes, and what it must not.
+"""``RequestDeadlineProtocol`` under a real uvicorn server: what it closes, and what it must not; and the
+cap on a request's head.
 
 A small ASGI app (it reads the body, answers, and on ``/slow`` takes three deadlines to do so) runs
 under uvicorn in a thread, with the protocol and a short deadline, and raw sockets play the clients.
@@ -21,6 +22,7 @@ from tests.integration.api.test_serve_process import free_port, wait_for
 
 DEADLINE = 0.6
 MARGIN = 1.5  # scheduling slack on a shared machine
+HEAD_LIMIT = 8_192  # the request line and headers (CONFLEDGER_MAX_HEADER_BYTES)
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -48,6 +50,7 @@ def port() -> Iterator[int]:
         lifespan="off",
         log_level="warning",
         timeout_keep_alive=30,  # longer than the deadline: what closes an idle connection here is ours
+        h11_max_incomplete_event_size=HEAD_LIMIT,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -165,3 +168,43 @@ def _read_until_closed_after_response(connection: socket.socket) -> tuple[bytes,
             break
         received += chunk
     return received, time.monotonic() - started
+
+
+def _head(size: int) -> bytes:
+    """A GET whose request line and headers, their blank line included, are ``size`` bytes."""
+    bare = b"GET / HTTP/1.1\r\nHost: test\r\nX-Pad: \r\n\r\n"
+    return bare.replace(b"X-Pad: ", b"X-Pad: " + b"p" * (size - len(bare)))
+
+
+# (the head's size, the writes it is sent in, the status answered)
+HEADS = [
+    (HEAD_LIMIT * 6, 1, 431),  # whole in one write, far over the cap: h11 alone parsed and served it
+    (HEAD_LIMIT + 1, 1, 431),  # one byte over
+    (HEAD_LIMIT + 1_000, 2, 431),  # completed by a second write
+    (HEAD_LIMIT, 1, 200),  # exactly the cap: served
+    (HEAD_LIMIT - 500, 2, 200),  # under it, in two writes
+]
+
+
+@pytest.mark.parametrize(("size", "writes", "status"), HEADS)
+def test_a_request_head_over_the_cap_is_431_however_it_arrives(
+    port: int, size: int, writes: int, status: int
+) -> None:
+    head = _head(size)
+    assert len(head) == size
+    connection = _connect(port)
+    try:
+        half = len(head) // 2 if writes == 2 else len(head)
+        connection.sendall(head[:half])
+        if writes == 2:
+            time.sleep(0.1)  # two reads on the server's side
+            connection.sendall(head[half:])
+        if status == 431:
+            received, _ = _read_until_closed(connection)  # and the connection is closed
+        else:
+            received = connection.recv(65_536)
+    finally:
+        connection.close()
+    assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:100]
+    if status == 431:
+        assert received.endswith(b'"code": "headers_too_large"}')
