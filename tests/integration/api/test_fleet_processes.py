@@ -208,6 +208,20 @@ def states(instance: Instance) -> dict[str, str]:
     }
 
 
+def newest_rollback(instance: Instance) -> dict[str, Any]:
+    """The newest operation in ``instance``'s history once it is a finished rollback: a service is handed
+    a config before its operation's outcome is recorded, and a follower folds the outcome after that."""
+
+    def finished() -> dict[str, Any] | None:
+        [newest] = instance.get("/history", limit=1)["operations"]
+        return newest if newest["kind"] == "rollback" and newest["completed_at"] is not None else None
+
+    found: dict[str, Any] = wait_for(
+        f"{instance.name}'s newest operation to be a finished rollback", finished
+    )
+    return found
+
+
 def reload_through(instance: Instance, config: Path, level: int) -> dict[str, Any]:
     write_level(config, level)
     response = instance.post("/reload")
@@ -322,7 +336,7 @@ def test_a_change_one_instance_refuses_is_rolled_back_by_the_fleet_threshold(
             wait_for(
                 f"{name} back on 1", lambda name=name: True if fleet[name].received() == [1, 2, 1] else None
             )
-        [rollback] = fleet["b"].get("/history", limit=1)["operations"]
+        rollback = newest_rollback(fleet["b"])
         assert (rollback["kind"], rollback["trigger"], rollback["actor"]) == (
             "rollback",
             "fleet_threshold",
@@ -357,7 +371,7 @@ def test_a_change_whose_decider_is_killed_before_judging_it_is_judged_by_the_nex
         fleet["a"].process.wait(timeout=10)
         # b sees a gone after three of its heartbeats (1 s) and judges: b applied, the ghost silent.
         wait_for("b back on 1", lambda: True if fleet["b"].received() == [1, 2, 1] else None, timeout=30)
-        [rollback] = fleet["b"].get("/history", limit=1)["operations"]
+        rollback = newest_rollback(fleet["b"])
         assert (rollback["kind"], rollback["trigger"], rollback["actor"], rollback["success"]) == (
             "rollback",
             "fleet_threshold",

@@ -383,14 +383,15 @@ async def test_a_change_enough_instances_applied_stands(
         await eventually(lambda: len(a.reloader.log.read(types=[FleetChangeKept.event_type])) > 0)
         [kept] = a.reloader.log.read(types=[FleetChangeKept.event_type])
         assert kept.instance_id == "a"
-        assert kept.payload == FleetChangeKept(
-            hash=operation.new_config_hash or "",
-            operation_id=operation.operation_id,
-            applied=2,
-            failed=1,
-            waiting=0,
-            threshold=0.5,
+        assert isinstance(kept.payload, FleetChangeKept)
+        assert (kept.payload.hash, kept.payload.operation_id, kept.payload.threshold) == (
+            operation.new_config_hash,
+            operation.operation_id,
+            0.5,
         )
+        # Kept once a and b applied it: c's refusal may have landed by then, or not yet.
+        assert kept.payload.applied == 2
+        assert kept.payload.failed + kept.payload.waiting == 1
         await eventually(
             lambda: (
                 b.reloader.log.head() >= kept.position and b.reloader.projections.position >= kept.position
@@ -400,7 +401,7 @@ async def test_a_change_enough_instances_applied_stands(
         assert (seen.desired_decided_by, seen.desired_kind) == ("a", "reload")
         assert seen.desired_operation_id == operation.operation_id
         assert seen.fleet_threshold_kept is not None
-        assert (seen.fleet_threshold_kept.applied, seen.fleet_threshold_kept.failed) == (2, 1)
+        assert seen.fleet_threshold_kept.applied == 2
         # A second judge's rollback, however it came to its verdict, is refused under the lock.
         late = FleetVerdict(
             operation.new_config_hash or "", 1, 2, 0, 0.5, operation_id=operation.operation_id
