@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from confledger.api.pages import RenderedPages
-from confledger.api.reloader import ConfigReloader, set_config_reloader
+from confledger.api.reloader import ConfigReloader, WatchGroup, set_config_reloader
 from confledger.api.security import Tokens, load_or_create_token_file
 from confledger.api.settings import (
     Settings,
@@ -38,6 +38,7 @@ from confledger.api.settings import (
     token_file_path,
 )
 from confledger.api.telemetry import Telemetry, otlp_configured
+from confledger.projections.fleet import group_of
 from confledger.store import EventLog, Trigger
 from confledger.store.database import normalize_url
 from confledger.store.services import ServiceCallback, ServiceRegistry
@@ -130,6 +131,8 @@ class ConfigLifecycle:
         self.signal_handler_enabled = False
         self.token_file: Path | None = None
         self.token_created = False
+        # Set by ``serve --workers`` (``api.workers``): this process's index among the service's workers.
+        self.worker_index: int | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     @property
@@ -176,6 +179,8 @@ class ConfigLifecycle:
                 tracer=None if self.telemetry is None else self.telemetry.tracer,
                 settings=self.settings,
             )
+            if self.worker_index is not None:
+                reloader.watch_group = WatchGroup(group_of(log.instance_id), owner=self.worker_index == 0)
             if self.telemetry is not None:
                 # Bound before start so the start-up operation is measured like any other.
                 self.telemetry.bind(reloader)

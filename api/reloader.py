@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
-from confledger.projections.fleet import GONE_AFTER_INTERVALS, FleetProjection, fleet_view
+from confledger.projections.fleet import GONE_AFTER_INTERVALS, FileWatchState, FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
@@ -49,6 +50,7 @@ __all__ = [
     "ReloadOperation",
     "ReloadStatus",
     "ReloadTrigger",
+    "WatchGroup",
     "get_config_reloader",
     "set_config_reloader",
 ]
@@ -59,6 +61,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_LOOK_S = 1.0
 
 ReloadTrigger = Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class WatchGroup:
+    """The workers of one ``serve --workers`` service (``projections.fleet.group_of`` of their ids): one
+    file, watched by worker 0 (``owner``) whichever worker was asked to turn watching on or off."""
+
+    root: str
+    owner: bool
 
 
 class ConfigReloader:
@@ -165,6 +176,11 @@ class ConfigReloader:
         self.startup_operation: ReloadOperation | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._watcher: FileWatcher | None = None
+        # Under ``serve --workers``: the workers of one service watch one file through worker 0 (set by
+        # the lifecycle before the start). Toggles made since ``_watch_since`` are the group's.
+        self.watch_group: WatchGroup | None = None
+        self._watch_since = 0
+        self._group_watch_scope: anyio.CancelScope | None = None
         self._judge: FleetJudge | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
 
@@ -251,6 +267,10 @@ class ConfigReloader:
         try:
             await self.start()
             await self._task_group.start(self._save_checkpoints)
+            if self.watch_group is not None:
+                self._watch_since = self.projections.position
+                if self.watch_group.owner:
+                    self._task_group.start_soon(self._watch_for_the_group)
             if self.settings.follow:
                 await self._task_group.start(self._follow)
                 threshold = self.settings.fleet_rollback_threshold
@@ -335,6 +355,9 @@ class ConfigReloader:
             if self._checkpoint_scope is not None:
                 self._checkpoint_scope.cancel()
                 self._checkpoint_scope = None
+            if self._group_watch_scope is not None:
+                self._group_watch_scope.cancel()
+                self._group_watch_scope = None
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
@@ -345,15 +368,75 @@ class ConfigReloader:
 
     @property
     def file_watching_enabled(self) -> bool:
-        return self._watcher is not None
+        """Whether the config file is watched: by this instance, or under ``--workers`` by its group."""
+        wanted = self._group_watch()
+        return wanted.enabled if wanted is not None else self._watcher is not None
 
     @property
     def file_watch_mode(self) -> str | None:
+        wanted = self._group_watch()
+        if wanted is not None:
+            return wanted.mode
         return None if self._watcher is None else self._watcher.mode
 
     @property
     def poll_interval(self) -> float | None:
+        wanted = self._group_watch()
+        if wanted is not None:
+            return wanted.poll_interval
         return None if self._watcher is None else self._watcher.poll_interval
+
+    def _group_watch(self) -> FileWatchState | None:
+        """Under ``--workers``: the group's last toggle since this instance started (None: none, or not a
+        worker)."""
+        if self.watch_group is None:
+            return None
+        state = self._fleet.file_watch_of(self.watch_group.root)
+        return state if state is not None and state.position > self._watch_since else None
+
+    async def _watch_for_the_group(self) -> None:
+        """Worker 0's: watch the file as its group's last toggle says, whichever worker was asked.
+
+        The toggle is in the log (``file_watch.enabled``/``.disabled``); this instance's projections fold
+        it within a follow interval. Started or stopped here without recording it again.
+        """
+        assert self._task_group is not None
+        with anyio.CancelScope() as scope:
+            self._group_watch_scope = scope
+            await self._follow_group_toggles()
+
+    async def _follow_group_toggles(self) -> None:
+        assert self._task_group is not None
+        while True:
+            await anyio.sleep(self.settings.follow_poll_interval)
+            wanted = self._group_watch()
+            if wanted is None or self.config_source is None:
+                continue
+            current = self._watcher
+            if not wanted.enabled:
+                if current is not None:
+                    current.stop()
+                    self._watcher = None
+                continue
+            if current is not None and (current.poll_interval, current.mode) == (
+                wanted.poll_interval,
+                wanted.mode,
+            ):
+                continue
+            watcher = self._new_watcher(wanted.poll_interval or 1.0, force_polling=wanted.mode == "polling")
+            if current is not None:
+                current.stop()
+            self._watcher = watcher
+            await self._task_group.start(watcher.run)
+
+    def _new_watcher(self, poll_interval: float, *, force_polling: bool) -> FileWatcher:
+        assert self.config_source is not None
+        return FileWatcher(
+            Path(self.config_source),
+            lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
+            poll_interval=poll_interval,
+            force_polling=force_polling,
+        )
 
     async def enable_file_watching(self, poll_interval: float = 1.0, *, force_polling: bool = False) -> None:
         """Reload (coalesced, trigger ``file_watch``) whenever the config source changes."""
@@ -365,34 +448,34 @@ class ConfigReloader:
             raise RuntimeError(
                 "file watching needs a running task group: use `async with reloader` or the lifecycle"
             )
-        current = self._watcher
-        if current is not None and (current.poll_interval, current.force_polling) == (
-            poll_interval,
-            force_polling,
-        ):
-            return
-        watcher = FileWatcher(
-            Path(self.config_source),
-            lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
-            poll_interval=poll_interval,
-            force_polling=force_polling,
-        )
+        group = self.watch_group
+        if group is None or group.owner:
+            current = self._watcher
+            if current is not None and (current.poll_interval, current.force_polling) == (
+                poll_interval,
+                force_polling,
+            ):
+                return
+        watcher = self._new_watcher(poll_interval, force_polling=force_polling)
         # Recorded first: if the log refuses the event, nothing changes and the caller gets the error,
         # so the log never disagrees with what the instance actually does.
         await self.runner.record(
             FileWatchEnabled(source=self.config_source, poll_interval=poll_interval, mode=watcher.mode)
         )
+        if group is not None and not group.owner:
+            return  # worker 0 watches for the group: it follows the event just recorded
         if self._watcher is not None:
             self._watcher.stop()
         self._watcher = watcher
         await self._task_group.start(watcher.run)
 
     async def disable_file_watching(self) -> None:
-        if self._watcher is None:
+        if not self.file_watching_enabled:
             return
         await self.runner.record(FileWatchDisabled(source=self.config_source))
-        self._watcher.stop()
-        self._watcher = None
+        if self._watcher is not None:  # elsewhere than worker 0 there is none: it follows the event
+            self._watcher.stop()
+            self._watcher = None
 
     def _materialize(self, full_hash: str) -> Any:
         cached = self.runner.config_for_hash(full_hash)

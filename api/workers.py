@@ -61,6 +61,7 @@ class WorkerPlan:
     overrides: dict[str, Any]
     log_level: str
     instance_id: str
+    index: int = 0
 
 
 def build_worker_app(plan: WorkerPlan) -> Any:
@@ -74,10 +75,14 @@ def build_worker_app(plan: WorkerPlan) -> Any:
     # Until the lifecycle takes SIGHUP over (once started), a SIGHUP must not end the worker (its default
     # action is to terminate); the supervisor sends it only to a worker that has started.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return service_app(Settings(**{**plan.overrides, "instance_id": plan.instance_id}), plan.log_level)
+    return service_app(
+        Settings(**{**plan.overrides, "instance_id": plan.instance_id}),
+        plan.log_level,
+        worker_index=plan.index,
+    )
 
 
-def service_app(settings: Any, log_level: str) -> Any:
+def service_app(settings: Any, log_level: str, *, worker_index: int | None = None) -> Any:
     """The app ``confledger serve`` runs, built from ``settings`` (in a worker: its own instance id)."""
     from confledger.api.access_log import QueryRedaction, query_parameter_names
     from confledger.api.logs import configure_logging
@@ -86,7 +91,9 @@ def service_app(settings: Any, log_level: str) -> Any:
 
     configure_logging(settings.log_format, log_level)
     model = import_model(settings.model, settings.app_dir) if settings.model else None
-    app, _ = create_app(settings, model=model)
+    app, lifecycle = create_app(settings, model=model)
+    # The workers of one service watch its one file through worker 0, whichever worker is asked.
+    lifecycle.worker_index = worker_index
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(app)))
     return OneLineStartupFailure(app)
 

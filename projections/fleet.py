@@ -14,8 +14,9 @@ is not an event. ``fleet_view`` combines the two:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
     EventPayload,
+    FileWatchDisabled,
+    FileWatchEnabled,
     FleetChangeKept,
     InstanceApplied,
     InstanceStarted,
@@ -36,9 +39,11 @@ __all__ = [
     "GONE_AFTER_INTERVALS",
     "MAX_INSTANCES",
     "DesiredChange",
+    "FileWatchState",
     "FleetProjection",
     "KeptVerdict",
     "fleet_view",
+    "group_of",
 ]
 
 GONE_AFTER_INTERVALS = 3
@@ -73,6 +78,13 @@ class _Kept(StateModel):
     threshold: float
 
 
+class _Watching(StateModel):
+    enabled: bool
+    poll_interval: float | None
+    mode: str | None
+    position: int
+
+
 class _State(StateModel):
     desired_hash: str | None
     desired_position: int
@@ -84,6 +96,27 @@ class _State(StateModel):
     desired_kept: _Kept | None
     rollback_operation_id: str | None
     instances: dict[str, _Instance]
+    watching: dict[str, _Watching]
+
+
+# The suffix ``confledger serve --workers`` gives each worker's instance id (``api.workers``).
+_WORKER_SUFFIX = re.compile(r"/w\d+$")
+
+
+def group_of(instance_id: str) -> str:
+    """The instance id without a ``--workers`` suffix (``web-1/w3`` -> ``web-1``): the workers of one
+    service, which watch one file."""
+    return _WORKER_SUFFIX.sub("", instance_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FileWatchState:
+    """A group's last file-watch toggle (``file_watch.enabled`` or ``.disabled`` by any of its workers)."""
+
+    enabled: bool
+    poll_interval: float | None
+    mode: str | None
+    position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +174,8 @@ class FleetProjection(Projection):
         # A rollback records config.rolled_back before its config.applied, in the same operation.
         self.rollback_operation_id: str | None = None
         self.instances: dict[str, dict[str, Any]] = {}
+        # By group (``group_of``): under --workers, what worker 0 watches for all of them.
+        self.watching: dict[str, FileWatchState] = {}
         self._desired_change: DesiredChange | None = None
 
     def handlers(self) -> Mapping[type[EventPayload], Handler]:
@@ -148,10 +183,17 @@ class FleetProjection(Projection):
             ConfigApplied: self._applied,
             ConfigRolledBack: self._rolled_back,
             FleetChangeKept: self._kept,
+            FileWatchEnabled: self._watch_toggled,
+            FileWatchDisabled: self._watch_toggled,
             InstanceApplied: self._answered,
             InstanceStarted: self._started,
             InstanceStopped: self._stopped,
         }
+
+    def file_watch_of(self, group: str) -> FileWatchState | None:
+        """``group``'s last file-watch toggle, if it made one (a value replaced whole, safe to read from
+        any thread)."""
+        return self.watching.get(group)
 
     def desired_change(self) -> DesiredChange | None:
         """The change that made the desired config (None before the first, or for one recorded outside
@@ -203,6 +245,20 @@ class FleetProjection(Projection):
         self.desired_kind = "rollback" if rollback else "reload"
         self.desired_kept = None
         self._publish()
+
+    def _watch_toggled(self, event: RecordedEvent) -> None:
+        payload = event.payload
+        enabled = isinstance(payload, FileWatchEnabled)
+        group = group_of(event.instance_id)
+        self.watching.pop(group, None)
+        if len(self.watching) >= MAX_INSTANCES:
+            del self.watching[min(self.watching, key=lambda name: self.watching[name].position)]
+        self.watching[group] = FileWatchState(
+            enabled=enabled,
+            poll_interval=payload.poll_interval if isinstance(payload, FileWatchEnabled) else None,
+            mode=payload.mode if isinstance(payload, FileWatchEnabled) else None,
+            position=event.position,
+        )
 
     def _rolled_back(self, event: RecordedEvent) -> None:
         self.rollback_operation_id = None if event.operation_id is None else str(event.operation_id)
@@ -256,6 +312,7 @@ class FleetProjection(Projection):
             "desired_kept": None if self.desired_kept is None else dict(self.desired_kept),
             "rollback_operation_id": self.rollback_operation_id,
             "instances": {name: dict(instance) for name, instance in self.instances.items()},
+            "watching": {group: asdict(state) for group, state in self.watching.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -271,6 +328,7 @@ class FleetProjection(Projection):
         self.rollback_operation_id = state["rollback_operation_id"]
         self._publish()
         self.instances = {name: dict(instance) for name, instance in state["instances"].items()}
+        self.watching = {group: FileWatchState(**value) for group, value in state["watching"].items()}
 
 
 def _state_of(instance: Mapping[str, Any], desired_hash: str | None, desired_position: int) -> str:

@@ -170,6 +170,7 @@ def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: 
                 overrides=overrides if index == 0 else {**overrides, "watch": False},
                 log_level=settings.log_level,
                 instance_id=worker_instance_id(settings.instance_id, os.getpid(), index),
+                index=index,
             ),
             request_timeout=settings.request_timeout,
             host=settings.host,

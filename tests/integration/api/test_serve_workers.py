@@ -364,3 +364,70 @@ def test_with_watch_only_worker_0_watches_the_file_and_a_change_is_one_reload(tm
             for pid in children_of(server.process.pid):
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _statuses(port: int, connections: int = 12) -> dict[str, bool]:
+    """``file_watching_enabled`` as each worker that answers one of ``connections`` fresh ones says it."""
+    seen: dict[str, bool] = {}
+    for _ in range(connections):
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as client:
+            status = client.get(PREFIX + "/status").json()
+            seen[status["instance_id"]] = status["file_watching_enabled"]
+    return seen
+
+
+def _toggle(port: int, action: str) -> str:
+    """POST /file-watch/<action> on a fresh connection; the instance id of the worker that answered."""
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as client:
+        response = client.post(PREFIX + f"/file-watch/{action}", params={"poll_interval": 0.2})
+        assert response.status_code == 200, response.text
+        answered = client.get(PREFIX + "/status").json()["instance_id"]
+    return str(answered)
+
+
+def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_all(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    database = tmp_path / "confledger.db"
+    port = free_port()
+    reloads = (
+        "SELECT instance_id FROM events WHERE type = 'operation.started' "
+        "AND json_extract(payload, '$.trigger') = 'file_watch'"
+    )
+    with confledger_serve(tmp_path, config, port, run=1, arguments=["--workers", "2"]) as server:
+        try:
+            wait_for(
+                "two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90
+            )
+            worker_0 = f"{os.uname().nodename}:{server.process.pid}/w0"
+            both = [worker_0, worker_0[:-1] + "1"]
+            # Asked three times on fresh connections (whichever worker takes each): on for both workers.
+            for _ in range(3):
+                _toggle(port, "enable")
+            wait_for(
+                "both workers to say it is on", lambda: _statuses(port) == dict.fromkeys(both, True) or None
+            )
+
+            replace_atomically(config, yaml.safe_dump(variant(database__pool_size=64), sort_keys=False))
+            wait_for("the file's reload", lambda: rows(database, reloads) or None)
+            time.sleep(1.5)  # a second watcher, had one started, would have reloaded by now
+            assert rows(database, reloads) == [(worker_0,)]  # one reload, by the one watcher
+
+            _toggle(port, "disable")
+            wait_for(
+                "both workers to say it is off", lambda: set(_statuses(port).values()) == {False} or None
+            )
+            time.sleep(1.0)  # worker 0 follows the toggle within a follow interval (0.5 s)
+            replace_atomically(config, yaml.safe_dump(variant(database__pool_size=65), sort_keys=False))
+            time.sleep(1.5)
+            assert rows(database, reloads) == [(worker_0,)]  # watched by nobody now
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=30) in GRACEFUL_EXITS
+        finally:
+            for pid in children_of(server.process.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -7,11 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from confledger.projections.fleet import MAX_INSTANCES, FleetProjection, KeptVerdict, fleet_view
+from confledger.projections.fleet import (
+    MAX_INSTANCES,
+    FileWatchState,
+    FleetProjection,
+    KeptVerdict,
+    fleet_view,
+    group_of,
+)
 from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
     EventPayload,
+    FileWatchDisabled,
+    FileWatchEnabled,
     FleetChangeKept,
     InstanceApplied,
     InstanceStarted,
@@ -220,3 +229,36 @@ def test_a_service_threshold_rollback_inside_a_reload_does_not_make_the_next_cha
     log.add("a", ConfigRolledBack(from_hash=H1, to_hash=H1, reason="automatic"), RELOAD)
     log.add("a", ConfigApplied(hash=H2, previous_hash=H1), LATER)
     assert log.fold().desired_change().kind == "reload"  # type: ignore[union-attr]
+
+
+# (instance id, its group): the workers of one serve --workers service share one
+GROUPS = [
+    ("web-1:4242/w0", "web-1:4242"),
+    ("web-1:4242/w13", "web-1:4242"),
+    ("web-1", "web-1"),  # not a worker: its own group
+    ("web/w1/x", "web/w1/x"),  # a suffix only at the end
+]
+
+
+@pytest.mark.parametrize(("instance", "group"), GROUPS)
+def test_a_worker_belongs_to_its_service_s_group(instance: str, group: str) -> None:
+    assert group_of(instance) == group
+
+
+def test_a_group_s_last_file_watch_toggle_is_kept_whichever_worker_made_it() -> None:
+    log = Log()
+    log.add("svc/w1", FileWatchEnabled(source="c.yaml", poll_interval=0.5, mode="polling"))
+    on = log.fold().file_watch_of("svc")
+    assert on is not None
+    assert (on.enabled, on.poll_interval, on.mode) == (True, 0.5, "polling")
+    at = log.add("svc/w0", FileWatchDisabled(source="c.yaml"))
+    log.add("other", FileWatchEnabled(source="d.yaml", poll_interval=1.0))
+    folded = log.fold()
+    assert folded.file_watch_of("svc") == FileWatchState(
+        enabled=False, poll_interval=None, mode=None, position=at
+    )
+    assert folded.file_watch_of("other").enabled  # type: ignore[union-attr]
+    assert folded.file_watch_of("nobody") is None
+    restored = FleetProjection()
+    restored.restore(folded.snapshot())
+    assert restored.file_watch_of("svc") == folded.file_watch_of("svc")
