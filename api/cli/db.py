@@ -82,8 +82,13 @@ def db_current(database: DatabaseOption = None) -> None:
 
     def run() -> str | None:
         from confledger.store import migrate as store_migrate
+        from confledger.store.database import sqlite_path
 
-        engine = _engine(database)
+        engine = _engine(database)  # refuses a malformed URL or a missing directory, connecting to nothing
+        path = sqlite_path(engine.url.render_as_string(hide_password=False))
+        if path is not None and not path.exists() and path.parent.is_dir():
+            engine.dispose()
+            return None  # base, and asking must not create the file (connecting would)
         try:
             return store_migrate.current_revision(engine)
         finally:

@@ -59,6 +59,8 @@ def test_db_upgrade_current_downgrade_and_check(fresh_database_url: str) -> None
     current = confledger("db", "current", *database)
     assert current.returncode == 0, current.stderr
     assert current.stdout.split() == ["current:", "base", "(empty)", "head:", HEAD]
+    if fresh_database_url.startswith("sqlite"):
+        assert not Path(fresh_database_url.removeprefix("sqlite:///")).exists()  # asking created nothing
 
     upgraded = confledger("db", "upgrade", *database)
     assert upgraded.returncode == 0, upgraded.stderr
