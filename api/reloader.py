@@ -485,7 +485,7 @@ class ConfigReloader:
         config, _, errors = self.pipeline.parse(stored.body)
         if config is None:
             raise ConfledgerError(
-                f"config {full_hash[:16]} no longer passes the model: {'; '.join(errors[:3])}",
+                f"config {full_hash[:16]} does not pass this instance's model: {'; '.join(errors[:3])}",
                 code="current_config_invalid",
             )
         return config

@@ -99,7 +99,11 @@ class Settings(BaseSettings):
         True,
         description="hand each service callback the config restored from the log when the service restarts",
     )
-    sqlite_synchronous: str = Field("FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
+    sqlite_synchronous: str = Field(
+        "FULL",
+        pattern="^(OFF|NORMAL|FULL|EXTRA)$",
+        description="FULL or EXTRA; NORMAL and OFF may lose the newest operations to a power cut",
+    )
     signal_handler: bool = True
     metrics: bool = True
     log_format: str = Field("text", pattern="^(text|json)$")

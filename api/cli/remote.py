@@ -80,12 +80,13 @@ def _token_file_candidates(database: str | None, config: Path | None) -> list[Pa
     return list(dict.fromkeys(candidates))
 
 
-def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> str:
-    """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote."""
+def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> tuple[str, str]:
+    """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote; and
+    where it came from, for the answer to a refusal."""
     if token_file is None:
         from_env = os.environ.get("CONFLEDGER_ADMIN_TOKEN", "").strip()
         if from_env:
-            return from_env
+            return from_env, "CONFLEDGER_ADMIN_TOKEN"
         candidates = _token_file_candidates(database, config)
         token_file = next((path for path in candidates if path.exists()), None)
         if token_file is None:
@@ -103,7 +104,7 @@ def _admin_token(token_file: Path | None, database: str | None, config: Path | N
         _service_error(f"cannot read the token file {token_file}: {type(exc).__name__}")
     if not token:
         _service_error(f"the token file {token_file} is empty")
-    return token
+    return token, f"the token file {token_file}"
 
 
 def _detail(response: httpx.Response) -> str:
@@ -123,11 +124,13 @@ def _detail(response: httpx.Response) -> str:
     return f"{text} [{code}]" if isinstance(code, str) and code else text
 
 
-def _call_service(url: str, path: str, body: dict[str, Any], token: str, timeout: float) -> dict[str, Any]:
+def _call_service(
+    url: str, path: str, body: dict[str, Any], token: tuple[str, str], timeout: float
+) -> dict[str, Any]:
     """POST to the service; anything but an operation result is one stderr line and exit code 2."""
     endpoint = url.rstrip("/") + API_PREFIX + path
     headers = {
-        "Authorization": f"Bearer {token}",
+        "Authorization": f"Bearer {token[0]}",
         "User-Agent": f"confledger-cli/{__version__}",
         # Recorded as trigger "cli" and actor "cli:<user>" (the token still decides what is allowed).
         "X-Confledger-Client": "cli",
@@ -145,7 +148,11 @@ def _call_service(url: str, path: str, body: dict[str, Any], token: str, timeout
         _service_error(f"cannot reach confledger at {url}: {reason}")
     status = response.status_code
     if status == 401:
-        _service_error(f"the service refused the token (401): {_detail(response)}")
+        # A token file left from before the service was given CONFLEDGER_ADMIN_TOKEN is the usual cause.
+        _service_error(
+            f"the service refused the token from {token[1]} (401): {_detail(response)}; the service may "
+            "use another one: set CONFLEDGER_ADMIN_TOKEN, or pass --token-file"
+        )
     if status == 403:
         _service_error(f"forbidden (403): {_detail(response)}")
     if status == 409:

@@ -70,7 +70,12 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
     # the log and the instance
     SettingOption("instance_id", str, "This instance's id in the log (default host:pid)."),
     SettingOption("anchor_file", Path, "File outside the database keeping the log's anchor."),
-    SettingOption("sqlite_synchronous", str, "SQLite's synchronous level for the log (FULL or EXTRA)."),
+    SettingOption(
+        "sqlite_synchronous",
+        str,
+        "SQLite's synchronous level for the log: FULL (default) or EXTRA; NORMAL and OFF may lose the "
+        "newest operations to a power cut.",
+    ),
     SettingOption("backup_count", int, "Distinct applied configs kept as backups."),
     SettingOption("history_window", int, "Recent operations /history serves from memory."),
     SettingOption("max_recorded_items", int, "Validation errors, warnings and changed paths recorded."),

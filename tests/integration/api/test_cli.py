@@ -750,8 +750,15 @@ def test_connection_and_token_errors_exit_2(service: Service, tmp_path: Path) ->
     assert wrong.exit_code == 2
     assert "401" in wrong.stderr
     assert "[unauthorized]" in wrong.stderr  # the code, to branch on
+    assert "from CONFLEDGER_ADMIN_TOKEN" in wrong.stderr  # where the refused token came from
     assert wrong.stderr.count("\n") == 1
     assert wrong.stdout == ""
+    # A token file left from before the service was given a token of its own: named in the refusal.
+    stale = tmp_path / "stale.admin-token"
+    stale.write_text("y" * 32, encoding="utf-8")
+    refused = invoke("reload", "--url", service.url, "--token-file", str(stale))
+    assert refused.exit_code == 2
+    assert f"from the token file {stale}" in refused.stderr
 
     closed = invoke(
         "rollback", "--url", f"http://127.0.0.1:{free_port()}", env={"CONFLEDGER_ADMIN_TOKEN": service.token}
