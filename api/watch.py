@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import TypeAdapter
 
 from confledger.store.events import ConfigApplied, RecordedEvent
 from confledger.store.log import EventLog
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Hashes are shown as their first 16 hex digits everywhere in the API.
 _SHORT = 16
+# Times as every other answer of the API writes them (pydantic's JSON: ...Z), not isoformat's +00:00.
+_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _REPLAY_PAGE = 500
 
 
@@ -69,7 +72,7 @@ class AppliedChange:
             "position": self.position,
             "hash": self.hash[:_SHORT],
             "previous_hash": None if self.previous_hash is None else self.previous_hash[:_SHORT],
-            "applied_at": self.applied_at.isoformat(),
+            "applied_at": _TIME.dump_python(self.applied_at, mode="json"),
             "changed_paths": list(self.changed_paths),
             "changes_omitted": self.changes_omitted,
             "actor": self.actor,

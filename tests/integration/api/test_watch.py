@@ -161,6 +161,8 @@ def test_changes_arrive_in_order_and_a_reconnect_gets_every_later_change_once(
         assert [e["data"]["applied_at"] for e in received] == sorted(
             e["data"]["applied_at"] for e in received
         )
+        # Written as every other answer writes a time (/history's completed_at, say): UTC, with Z.
+        assert all(e["data"]["applied_at"].endswith("Z") for e in received)
         text = "\n".join(live.raw)
         for secret in SECRETS:
             assert secret not in text
