@@ -119,6 +119,23 @@ def serving_workers(workdir: Path, config: Path, port: int) -> Iterator[Server]:
             os.kill(pid, signal.SIGKILL)
 
 
+@contextmanager
+def stopped_gracefully_after(
+    workdir: Path, config: Path, port: int, arguments: list[str]
+) -> Iterator[Server]:
+    """``serve`` with ``arguments``; once the block is done, SIGTERM must stop it gracefully. Whatever
+    happens, no worker is left behind."""
+    with confledger_serve(workdir, config, port, run=1, arguments=arguments) as server:
+        try:
+            yield server
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=30) in GRACEFUL_EXITS
+        finally:
+            for pid in children_of(server.process.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def answering_instance(port: int) -> str:
     """The instance id of whichever worker accepts a fresh connection."""
     with httpx.Client(
@@ -338,32 +355,23 @@ def test_with_watch_only_worker_0_watches_the_file_and_a_change_is_one_reload(tm
     database = tmp_path / "confledger.db"
     port = free_port()
     arguments = ["--workers", "2", "--watch", "--poll-interval", "0.2"]
-    with confledger_serve(tmp_path, config, port, run=1, arguments=arguments) as server:
-        try:
-            wait_for(
-                "two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90
-            )
-            main = server.process.pid
-            watching = rows(database, "SELECT instance_id FROM events WHERE type = 'file_watch.enabled'")
-            assert watching == [(f"{os.uname().nodename}:{main}/w0",)]
+    with stopped_gracefully_after(tmp_path, config, port, arguments) as server:
+        wait_for("two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90)
+        main = server.process.pid
+        watching = rows(database, "SELECT instance_id FROM events WHERE type = 'file_watch.enabled'")
+        assert watching == [(f"{os.uname().nodename}:{main}/w0",)]
 
-            changed = variant(database__pool_size=63)
-            replace_atomically(config, yaml.safe_dump(changed, sort_keys=False))
-            reloads = (
-                "SELECT instance_id FROM events WHERE type = 'operation.started' "
-                "AND json_extract(payload, '$.trigger') = 'file_watch'"
-            )
-            wait_for("the file's reload", lambda: rows(database, reloads) or None)
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                assert rows(database, reloads) == [(f"{os.uname().nodename}:{main}/w0",)]
-                time.sleep(0.1)
-            server.process.send_signal(signal.SIGTERM)
-            assert server.process.wait(timeout=30) in GRACEFUL_EXITS
-        finally:
-            for pid in children_of(server.process.pid):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        changed = variant(database__pool_size=63)
+        replace_atomically(config, yaml.safe_dump(changed, sort_keys=False))
+        reloads = (
+            "SELECT instance_id FROM events WHERE type = 'operation.started' "
+            "AND json_extract(payload, '$.trigger') = 'file_watch'"
+        )
+        wait_for("the file's reload", lambda: rows(database, reloads) or None)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert rows(database, reloads) == [(f"{os.uname().nodename}:{main}/w0",)]
+            time.sleep(0.1)
 
 
 def _statuses(port: int, connections: int = 12) -> dict[str, bool]:
@@ -398,36 +406,25 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         "SELECT instance_id FROM events WHERE type = 'operation.started' "
         "AND json_extract(payload, '$.trigger') = 'file_watch'"
     )
-    with confledger_serve(tmp_path, config, port, run=1, arguments=["--workers", "2"]) as server:
-        try:
-            wait_for(
-                "two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90
-            )
-            worker_0 = f"{os.uname().nodename}:{server.process.pid}/w0"
-            both = [worker_0, worker_0[:-1] + "1"]
-            # Asked three times on fresh connections (whichever worker takes each): on for both workers.
-            for _ in range(3):
-                _toggle(port, "enable")
-            wait_for(
-                "both workers to say it is on", lambda: _statuses(port) == dict.fromkeys(both, True) or None
-            )
+    with stopped_gracefully_after(tmp_path, config, port, ["--workers", "2"]) as server:
+        wait_for("two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90)
+        worker_0 = f"{os.uname().nodename}:{server.process.pid}/w0"
+        both = [worker_0, worker_0[:-1] + "1"]
+        # Asked three times on fresh connections (whichever worker takes each): on for both workers.
+        for _ in range(3):
+            _toggle(port, "enable")
+        wait_for("both workers to say it is on", lambda: _statuses(port) == dict.fromkeys(both, True) or None)
 
-            replace_atomically(config, yaml.safe_dump(variant(database__pool_size=64), sort_keys=False))
-            wait_for("the file's reload", lambda: rows(database, reloads) or None)
-            time.sleep(1.5)  # a second watcher, had one started, would have reloaded by now
-            assert rows(database, reloads) == [(worker_0,)]  # one reload, by the one watcher
+        replace_atomically(config, yaml.safe_dump(variant(database__pool_size=64), sort_keys=False))
+        wait_for("the file's reload", lambda: rows(database, reloads) or None)
+        time.sleep(1.5)  # a second watcher, had one started, would have reloaded by now
+        assert rows(database, reloads) == [(worker_0,)]  # one reload, by the one watcher
 
-            _toggle(port, "disable")
-            wait_for(
-                "both workers to say it is off", lambda: set(_statuses(port).values()) == {False} or None
-            )
-            time.sleep(1.0)  # worker 0 follows the toggle within a follow interval (0.5 s)
-            replace_atomically(config, yaml.safe_dump(variant(database__pool_size=65), sort_keys=False))
-            time.sleep(1.5)
-            assert rows(database, reloads) == [(worker_0,)]  # watched by nobody now
-            server.process.send_signal(signal.SIGTERM)
-            assert server.process.wait(timeout=30) in GRACEFUL_EXITS
-        finally:
-            for pid in children_of(server.process.pid):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _toggle(port, "disable")
+        wait_for(
+            "both workers to say it is off", lambda: _statuses(port) == dict.fromkeys(both, False) or None
+        )
+        time.sleep(1.0)  # worker 0 follows the toggle within a follow interval (0.5 s)
+        replace_atomically(config, yaml.safe_dump(variant(database__pool_size=65), sort_keys=False))
+        time.sleep(1.5)
+        assert rows(database, reloads) == [(worker_0,)]  # watched by nobody now

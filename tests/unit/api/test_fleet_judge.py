@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from confledger.api.fleet_judge import FleetJudge
@@ -71,6 +72,11 @@ class Runner:
         return result
 
 
+def judge_in(task_group: anyio.abc.TaskGroup, runner: Runner, fleet: Any, **options: Any) -> FleetJudge:
+    """A judge at threshold 1.0 that looks every 10 ms, over the stand-ins."""
+    return FleetJudge(runner, fleet, task_group, threshold=1.0, look_every=0.01, **options)  # type: ignore[arg-type]
+
+
 # (what the fleet view answers, look by look; what the rollback answers, call by call; rollbacks asked)
 SCRIPTS = [
     # the database away at the first look: looked at again, then rolled back
@@ -99,15 +105,7 @@ async def test_the_judge_waits_for_the_database_and_never_raises(
     )
     with anyio.fail_after(10):
         async with anyio.create_task_group() as task_group:
-            judge = FleetJudge(
-                runner,  # type: ignore[arg-type]
-                view,
-                task_group,
-                threshold=1.0,
-                wait=5.0,
-                look_every=0.01,
-            )
-            judge.judge_later(decided)
+            judge_in(task_group, runner, view, wait=5.0).judge_later(decided)
     assert len(runner.verdicts) == asked
     [verdict, *_] = runner.verdicts
     assert verdict is not None
@@ -170,13 +168,11 @@ async def test_an_instance_stands_in_for_a_decider_gone_before_judging(
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as task_group:
-            judge = FleetJudge(
-                runner,  # type: ignore[arg-type]
-                fleet,
+            judge = judge_in(
                 task_group,
-                threshold=1.0,
+                runner,
+                fleet,
                 wait=WAIT,
-                look_every=0.01,
                 instance_id="b",
                 desired=lambda: desired,
                 gone_after=GONE_AFTER,
