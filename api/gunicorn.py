@@ -38,6 +38,9 @@ worker_class = "confledger.api.gunicorn.UvicornWorker"
 _APP_REFERENCE = "confledger.api.gunicorn:app"
 # CONFLEDGER_INSTANCE_ID as the master found it; each worker adds its slot.
 _base_instance_id: str | None = None
+# In a worker (set by post_fork): its slot, so that confledger's own service groups its workers' file
+# watching as ``serve --workers`` does (worker 0 watches for all, whichever worker is asked).
+_worker_slot: int | None = None
 
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no types
@@ -89,6 +92,8 @@ def pre_fork(server: Any, worker: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     """In the worker, before the app is loaded: its instance id; the file watcher in slot 0 alone (a
     change is one reload the others follow, not one per worker racing for the fleet's lock)."""
+    global _worker_slot
+    _worker_slot = worker.confledger_slot
     os.environ["CONFLEDGER_INSTANCE_ID"] = worker_instance_id(
         _base_instance_id, server.pid, worker.confledger_slot
     )
@@ -165,4 +170,4 @@ def app() -> Any:
     from confledger.api.workers import service_app
 
     settings = Settings()
-    return service_app(settings, settings.log_level)
+    return service_app(settings, settings.log_level, worker_index=_worker_slot)

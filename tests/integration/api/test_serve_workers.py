@@ -239,6 +239,32 @@ def test_four_workers_share_the_socket_reload_once_on_sighup_and_stop_together(t
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
 
+def start_gunicorn(workdir: Path, config: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    """gunicorn with confledger's config module and ``workers`` workers serving ``app()`` on ``config``."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
+    environment |= {
+        "CONFLEDGER_CONFIG": str(config),
+        "CONFLEDGER_MODEL": "confledger.examples.app_config:AppConfig",
+        "CONFLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    output = workdir / "gunicorn.log"
+    command = [
+        str(GUNICORN),
+        "-c",
+        "python:confledger.api.gunicorn",
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--control-socket",
+        str(workdir / "gunicorn.ctl"),
+        "confledger.api.gunicorn:app()",
+    ]
+    with output.open("wb") as sink:
+        return subprocess.Popen(command, cwd=workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+
+
 def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_no_worker(
     tmp_path: Path,
 ) -> None:
@@ -248,30 +274,7 @@ def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_
     config.write_bytes(EXAMPLE_CONFIG.read_bytes())
     database = tmp_path / "confledger.db"
     port = free_port()
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
-    environment |= {
-        "CONFLEDGER_CONFIG": str(config),
-        "CONFLEDGER_MODEL": "confledger.examples.app_config:AppConfig",
-        "CONFLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    output = tmp_path / "gunicorn.log"
-    command = [
-        str(GUNICORN),
-        "-c",
-        "python:confledger.api.gunicorn",
-        "-w",
-        str(WORKERS),
-        "-b",
-        f"127.0.0.1:{port}",
-        "--control-socket",
-        str(tmp_path / "gunicorn.ctl"),
-        "confledger.api.gunicorn:app()",
-    ]
-    with output.open("wb") as sink:
-        master = subprocess.Popen(
-            command, cwd=tmp_path, env=environment, stdout=sink, stderr=subprocess.STDOUT
-        )
+    master = start_gunicorn(tmp_path, config, port, WORKERS)
     workers: set[int] = set()
     try:
         wait_for(
@@ -397,7 +400,43 @@ def _toggle(port: int, action: str) -> str:
     return str(answered)
 
 
-def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_all(tmp_path: Path) -> None:
+@contextmanager
+def two_workers(launcher: str, workdir: Path, config: Path, port: int) -> Iterator[int]:
+    """Two workers of one service, under ``serve --workers`` or gunicorn with confledger's config module,
+    until both have started; the main process's pid. Stopped gracefully after the block."""
+    database = workdir / "confledger.db"
+
+    def both_started() -> bool | None:
+        return len([i for i, _ in started_instances(database) if "/w" in i]) == 2 or None
+
+    if launcher == "serve":
+        with stopped_gracefully_after(workdir, config, port, ["--workers", "2"]) as server:
+            wait_for("two workers to start", both_started, timeout=90)
+            yield server.process.pid
+        return
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("uvicorn_worker")
+    master = start_gunicorn(workdir, config, port, 2)
+    workers: set[int] = set()
+    try:
+        wait_for("two workers to start", both_started, timeout=90)
+        workers = children_of(master.pid)
+        yield master.pid
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=30) == 0
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait(timeout=10)
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
+def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_all(
+    tmp_path: Path, launcher: str
+) -> None:
     config = tmp_path / "config.yaml"
     config.write_bytes(EXAMPLE_CONFIG.read_bytes())
     database = tmp_path / "confledger.db"
@@ -406,9 +445,8 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         "SELECT instance_id FROM events WHERE type = 'operation.started' "
         "AND json_extract(payload, '$.trigger') = 'file_watch'"
     )
-    with stopped_gracefully_after(tmp_path, config, port, ["--workers", "2"]) as server:
-        wait_for("two workers to start", lambda: len(started_instances(database)) == 2 or None, timeout=90)
-        worker_0 = f"{os.uname().nodename}:{server.process.pid}/w0"
+    with two_workers(launcher, tmp_path, config, port) as main:
+        worker_0 = f"{os.uname().nodename}:{main}/w0"
         both = [worker_0, worker_0[:-1] + "1"]
         # Asked three times on fresh connections (whichever worker takes each): on for both workers.
         for _ in range(3):
