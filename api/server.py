@@ -100,25 +100,14 @@ def create_app(
     if docs:
         add_offline_docs(app)
     add_index(app, docs=docs)
+    # The settings whole: every one of them is a serve option, and one left out here would be read from
+    # the environment again, the option given on the command line dropped.
     lifecycle = setup_configuration_lifecycle(
         app,
         config_model=model,
         config_source=settings.config,
-        database_url=settings.database_url,
         validators=import_validators(model) if model is not None else [],
-        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
-        read_token=settings.read_token.get_secret_value() if settings.read_token else None,
-        encryption_key=settings.encryption_key.get_secret_value() if settings.encryption_key else None,
-        instance_id=settings.instance_id,
-        backup_count=settings.backup_count,
-        enable_automatic_rollback=settings.automatic_rollback,
-        rollback_threshold=settings.rollback_threshold,
-        enable_signal_handler=settings.signal_handler,
-        enable_file_watching=settings.watch,
-        poll_interval=settings.poll_interval,
-        force_polling=settings.force_polling,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        metrics=settings.metrics,
+        settings=settings,
     )
     # Every path of this app is confledger's, so the router's own 404 and 405 carry a code as well.
     app.add_exception_handler(StarletteHTTPException, routing_error_handler)

@@ -172,3 +172,32 @@ def test_an_embedding_apps_own_404_is_left_as_it_was(tmp_path: Path) -> None:
         response = client.get("/nowhere")
     assert response.status_code == 404
     assert response.json() == {"detail": "Not Found"}  # the host app's answer, not confledger's
+
+
+def test_every_setting_given_reaches_the_service_not_the_environment_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What serve builds from its options (an option wins over its variable): each must reach the service.
+    # The variables say otherwise, so a setting read from the environment again shows.
+    monkeypatch.setenv("CONFLEDGER_VALIDATOR_TIMEOUT", "9")
+    monkeypatch.setenv("CONFLEDGER_HEARTBEAT_INTERVAL", "9")
+    given = Settings(
+        config=_config(tmp_path),
+        model=MODEL,
+        signal_handler=False,
+        admin_token=ADMIN_TOKEN,
+        validator_timeout=1.5,
+        heartbeat_interval=2.0,
+        anchor_file=tmp_path / "elsewhere.anchor",
+        max_request_bytes=2_048,
+        max_source_bytes=1_000,
+        history_window=50,
+        callback_timeout=4.0,
+        follow_poll_interval=0.25,
+        fleet_rollback_threshold=0.5,
+        fleet_answer_wait=3.0,
+        source_dirs=[tmp_path / "more"],
+    )
+    _, lifecycle = create_app(given)
+    for name in given.model_fields_set:
+        assert getattr(lifecycle.settings, name) == getattr(given, name), name
