@@ -32,13 +32,18 @@ def test_the_token_file_serve_wrote_is_found_from_the_config(
 ) -> None:
     config = tmp_path / "config.yaml"
     (tmp_path / written).write_text("a-token-of-thirty-two-characters\n")
-    assert _admin_token(None, database, config) == "a-token-of-thirty-two-characters"
+    token, source = _admin_token(None, database, config)
+    assert token == "a-token-of-thirty-two-characters"
+    assert source == f"the token file {tmp_path / written}"  # named when the service refuses it
 
 
 def test_the_environment_wins_over_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "confledger.admin-token").write_text("from-the-file-000000000000000000\n")
     monkeypatch.setenv("CONFLEDGER_ADMIN_TOKEN", "from-the-environment-00000000000")
-    assert _admin_token(None, None, tmp_path / "config.yaml") == "from-the-environment-00000000000"
+    assert _admin_token(None, None, tmp_path / "config.yaml") == (
+        "from-the-environment-00000000000",
+        "CONFLEDGER_ADMIN_TOKEN",
+    )
 
 
 def test_no_token_anywhere_names_every_place_looked(
