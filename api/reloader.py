@@ -34,7 +34,7 @@ from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
 from confledger.store.calls import UserCalls
-from confledger.store.errors import IntegrityFailed
+from confledger.store.errors import ConfigRefusedHere, IntegrityFailed
 from confledger.store.events import FileWatchDisabled, FileWatchEnabled
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
@@ -484,9 +484,8 @@ class ConfigReloader:
         stored = self.log.get_config(full_hash)
         config, _, errors = self.pipeline.parse(stored.body)
         if config is None:
-            raise ConfledgerError(
-                f"config {full_hash[:16]} does not pass this instance's model: {'; '.join(errors[:3])}",
-                code="current_config_invalid",
+            raise ConfigRefusedHere(
+                f"config {full_hash[:16]} does not pass this instance's model: {'; '.join(errors[:3])}"
             )
         return config
 

@@ -475,7 +475,10 @@ class FleetServiceFailure(BaseModel):
 
 class FleetInstance(BaseModel):
     instance_id: str
-    applied_hash: str | None = Field(description="the config this instance's services were last given")
+    applied_hash: str | None = Field(
+        description="the config this instance last answered for; with outcome invalid its own model refused "
+        "it, no service was given it, and the instance runs the config before (its /current)"
+    )
     state: str = Field(description="in_sync, lagging, drifted or gone")
     outcome: str | None = Field(description="applied, failed or invalid: its answer to applied_hash")
     role: str | None = Field(description="decided, followed or start: how it came to apply it")

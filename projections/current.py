@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from confledger.projections.base import ConfigHashText, Handler, IsoTimeText, Projection, StateModel
+from confledger.store.errors import ConfigRefusedHere
 from confledger.store.events import ConfigApplied, EventPayload, RecordedEvent
 
 __all__ = ["CurrentConfig", "CurrentProjection"]
@@ -46,6 +47,10 @@ class CurrentProjection(Projection):
 
     Materialising a typed config needs its body from the log, so the fold only notes the newest applied
     hash and ``settle`` builds the object once per batch: replaying 10,000 applies builds one object.
+
+    A config this instance's model refuses (``ConfigRefusedHere``: the fleet decided it elsewhere) is
+    not published: the instance runs what it ran, and ``value`` says so. It is tried once per position,
+    not at every batch the follower folds after it.
     """
 
     name = "current"
@@ -70,6 +75,7 @@ class CurrentProjection(Projection):
         # restored (the state is only built from the event when a checkpoint or a reader asks).
         self._applied_event: RecordedEvent | None = None
         self._applied: dict[str, Any] | None = None
+        self._refused_position = 0
         self._publish(None)
 
     def handlers(self) -> Mapping[type[EventPayload], Handler]:
@@ -96,38 +102,36 @@ class CurrentProjection(Projection):
     def settle(self) -> None:
         event = self._applied_event
         if event is not None:
-            if self.value is not None and self.value.position == event.position:
-                return
             payload = event.payload
             assert isinstance(payload, ConfigApplied)
-            # Built completely before the single assignment that publishes it.
-            self._publish(
-                CurrentConfig(
-                    hash=payload.hash,
-                    config=self._materialize(payload.hash),
-                    applied_at=event.occurred_at,
-                    position=event.position,
-                    actor=event.actor,
-                    instance_id=event.instance_id,
-                )
-            )
+            self._settle_on(payload.hash, event.occurred_at, event.position, event.actor, event.instance_id)
             return
         applied = self._applied
         if applied is None:
             self._publish(None)
             return
-        if self.value is not None and self.value.position == applied["position"]:
-            return
-        self._publish(
-            CurrentConfig(
-                hash=applied["hash"],
-                config=self._materialize(applied["hash"]),
-                applied_at=datetime.fromisoformat(applied["applied_at"]),
-                position=int(applied["position"]),
-                actor=applied["actor"],
-                instance_id=applied["instance_id"],
-            )
+        self._settle_on(
+            applied["hash"],
+            datetime.fromisoformat(applied["applied_at"]),
+            int(applied["position"]),
+            applied["actor"],
+            applied["instance_id"],
         )
+
+    def _settle_on(
+        self, config_hash: str, applied_at: datetime, position: int, actor: str, instance: str
+    ) -> None:
+        if self.value is not None and self.value.position == position:
+            return
+        if position == self._refused_position:
+            return
+        try:
+            config = self._materialize(config_hash)
+        except ConfigRefusedHere:
+            self._refused_position = position
+            return
+        # Built completely before the single assignment that publishes it.
+        self._publish(CurrentConfig(config_hash, config, applied_at, position, actor, instance))
 
     @property
     def hash(self) -> str | None:

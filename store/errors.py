@@ -29,6 +29,7 @@ The hierarchy::
     │   ├── InvalidHashPrefix       not hex, or shorter than 7 digits
     │   ├── UnknownConfigHash       no stored config matches
     │   └── AmbiguousHashPrefix     more than one stored config matches
+    ├── ConfigRefusedHere           a config the log holds as applied that this instance's model refuses
     ├── SecretKeyError              encrypted secrets exist but the key is missing or wrong
     │   └── IntegrityKeyError       the key is not the one the log's links and MACs were made with
     └── SetupError                  a setting or argument the service cannot start with
@@ -59,6 +60,7 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigBodyMismatch",
     "ConfigLookupError",
+    "ConfigRefusedHere",
     "ConfledgerError",
     "EventSchemaError",
     "FleetLockBusy",
@@ -97,6 +99,14 @@ class ConfledgerError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else self.code
+
+
+class ConfigRefusedHere(ConfledgerError):
+    """A config the log holds as applied that this instance's model refuses: the fleet decided it
+    elsewhere (its follower answered ``invalid``, ``/fleet`` says drifted), or the model changed since.
+    This instance keeps running what it ran."""
+
+    code = "current_config_invalid"
 
 
 # --- the log and its database ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from typer.testing import CliRunner
 
 from confledger.api.cli import app as cli_app
@@ -182,6 +182,41 @@ async def test_a_refusing_service_leaves_its_instance_drifted_and_the_desired_co
         assert drifted["failures"][0]["service"] == "recorder"
         assert drifted["lag_positions"] == 0
         assert view["desired_hash"] == a.reloader.current_hash == b.reloader.current_hash
+
+
+class Strict(Small):
+    level: int = Field(le=5)  # this instance's model refuses what the others take
+
+
+async def test_a_config_an_instance_s_model_refuses_is_answered_once_and_it_keeps_its_own(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with fleet(tmp_path, database_url, ["a"]) as (a,):
+        source = Path(a.reloader.config_source or "")
+        settings = Settings(
+            database_url=database_url,
+            encryption_key=KEY,
+            instance_id="strict",
+            follow_poll_interval=0.02,
+            heartbeat_interval=5.0,
+        )
+        async with ConfigReloader(config_model=Strict, config_source=source, settings=settings) as strict:
+            operation = await a.reloader.reload_config(config_source=str(write(source, 7)))
+            assert operation.success
+            await states_become(a, {"a": "in_sync", "strict": "drifted"})
+            await anyio.sleep(0.5)  # 25 follow turns: the refusal is not answered again at each
+            refusals = [answer for answer in answers(a.reloader.log) if answer[0] == "strict"]
+            assert refusals[-1:] == [("strict", refusals[-1][1], "followed", "invalid")]
+            assert len([r for r in refusals if r[3] == "invalid"]) == 1
+            # It runs what it ran, and says so.
+            assert strict.current is not None
+            assert strict.current.config.level == 1
+            assert a.reloader.current is not None
+            assert strict.current.hash != a.reloader.current.hash
+            # The next change it can take, it takes.
+            assert (await a.reloader.reload_config(config_source=str(write(source, 4)))).success
+            await eventually(lambda: strict.current is not None and strict.current.config.level == 4)
+            await states_become(a, {"a": "in_sync", "strict": "in_sync"})
 
 
 async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
