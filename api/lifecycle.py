@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import stat
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from confledger.api.settings import (
     resolve_cipher,
     settings_with,
     signing_key_of,
+    sqlite_path,
     token_file_path,
 )
 from confledger.api.telemetry import Telemetry, otlp_configured
@@ -273,6 +276,26 @@ def _tokens_for(
     return Tokens(token, read_token or None), path, created
 
 
+def create_private_database_file(database_url: str) -> Path | None:
+    """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
+    create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
+    the database file's mode. An existing file keeps its mode: a warning says if others may read it.
+    Returns the file (None for PostgreSQL or in-memory)."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            logger.warning("the event log %s may be read by other users; chmod 600 it", path)
+        return path
+    except FileNotFoundError:
+        return path  # no such directory: SQLite's own error says so when the log is opened
+    os.close(descriptor)
+    return path
+
+
 def setup_configuration_lifecycle(
     app: FastAPI,
     *,
@@ -351,6 +374,9 @@ def setup_configuration_lifecycle(
     )
     lifecycle.token_file = token_path
     lifecycle.token_created = created
+    # After the URL was checked; before start-up, which opens the log (and SQLite would create it 0644):
+    # the log holds the whole config history, embedded or under serve.
+    create_private_database_file(url)
     app.state.confledger = lifecycle
     original = app.router.lifespan_context
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from confledger import __version__
 from confledger.api.docs import add_index, add_offline_docs
 from confledger.api.errors import routing_error_handler
-from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
-from confledger.api.settings import Settings, sqlite_path
+from confledger.api.lifecycle import (
+    ConfigLifecycle,
+    create_private_database_file,
+    setup_configuration_lifecycle,
+)
+from confledger.api.settings import Settings
 from confledger.store.errors import ModelImportError
 
 __all__ = [
@@ -61,26 +63,6 @@ def import_validators(model: type[BaseModel]) -> list[Any]:
     return list(validators) if validators else []
 
 
-def create_private_database_file(database_url: str) -> Path | None:
-    """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
-    create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
-    the database file's mode. An existing file keeps its mode: a warning says if others may read it.
-    Returns the file (None for PostgreSQL or in-memory)."""
-    path = sqlite_path(database_url)
-    if path is None:
-        return None
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
-            logger.warning("the event log %s may be read by other users; chmod 600 it", path)
-        return path
-    except FileNotFoundError:
-        return path  # no such directory: SQLite's own error says so when the log is opened
-    os.close(descriptor)
-    return path
-
-
 def create_app(
     settings: Settings, *, model: type[BaseModel] | None = None
 ) -> tuple[FastAPI, ConfigLifecycle]:
@@ -111,6 +93,4 @@ def create_app(
     )
     # Every path of this app is confledger's, so the router's own 404 and 405 carry a code as well.
     app.add_exception_handler(StarletteHTTPException, routing_error_handler)
-    # After the set-up, which has refused a malformed URL; before start-up, which opens the log.
-    create_private_database_file(lifecycle.database_url)
     return app, lifecycle

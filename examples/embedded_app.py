@@ -1,9 +1,9 @@
 """A small FastAPI service that embeds confledger the way a user would.
 
-Run it (from the repository root)::
+Run it on a directory of its own (its log and token file go beside its config)::
 
-    CONFLEDGER_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))') \\
-        uvicorn confledger.examples.embedded_app:app --port 8001
+    confledger init embedded
+    CONFLEDGER_CONFIG=embedded/config.yaml uvicorn confledger.examples.embedded_app:app --port 8001
 
 It reads its config per request through the ``CurrentConfigDep`` dependency (one reference per request,
 never a half-applied config) and registers two real callbacks: one resizes a connection pool, one clears

@@ -201,3 +201,17 @@ def test_every_setting_given_reaches_the_service_not_the_environment_s(
     _, lifecycle = create_app(given)
     for name in given.model_fields_set:
         assert getattr(lifecycle.settings, name) == getattr(given, name), name
+
+
+def test_an_embedding_app_s_log_is_0600_too(tmp_path: Path, usual_umask: None) -> None:
+    from fastapi import FastAPI
+
+    from confledger.api.lifecycle import setup_configuration_lifecycle
+
+    app = FastAPI()
+    setup_configuration_lifecycle(
+        app, config_source=_config(tmp_path), admin_token=ADMIN_TOKEN, enable_signal_handler=False
+    )
+    with TestClient(app):
+        modes = {name: _mode(tmp_path / name) for name in ("confledger.db", "confledger.db-wal")}
+    assert modes == {"confledger.db": 0o600, "confledger.db-wal": 0o600}  # the whole config history
