@@ -203,7 +203,12 @@ def fleet_command(
             [
                 ("desired config", fleet.desired_hash or "none applied"),
                 ("desired at position", fleet.desired_position),
-                ("decided by", fleet.desired_decided_by or "-"),
+                (
+                    "decided by",
+                    "-"
+                    if fleet.desired_decided_by is None
+                    else f"{fleet.desired_decided_by} ({fleet.desired_kind})",
+                ),
                 ("fleet threshold", _kept_line(fleet.fleet_threshold_kept)),
                 ("log head", fleet.log_head),
             ],

@@ -342,6 +342,7 @@ async def test_confledger_fleet_shows_what_get_fleet_shows(tmp_path: Path, datab
     ]
     assert table.exit_code == 0, table.output
     assert "drifted" in table.output
+    assert "a (reload)" in table.output  # who decided the desired config, and how
 
 
 def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_url: str) -> None:
