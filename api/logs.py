@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "OneLineDriverErrors", "configure_logging"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,6 +33,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class OneLineDriverErrors(logging.Filter):
+    """SQLAlchemy's pool logs a connection it could not reset (PostgreSQL terminated it, or restarted)
+    with the whole traceback, once per pooled connection: a dozen multi-line tracebacks for one event
+    that confledger already reports in one line (and recovers from). Kept, as one line with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {cause}".rstrip(": ")
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -43,3 +59,11 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     logger.handlers = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    # A logger's own filters never see its children's records (the pool logs through
+    # sqlalchemy.pool.impl.QueuePool); a handler of its own here does, with the filter on it.
+    pool_handler = logging.StreamHandler()
+    pool_handler.setFormatter(handler.formatter)
+    pool_handler.addFilter(OneLineDriverErrors())
+    pool = logging.getLogger("sqlalchemy.pool")
+    pool.handlers = [pool_handler]
+    pool.propagate = False
