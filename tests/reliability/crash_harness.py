@@ -54,6 +54,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_of(instance: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """Where an instance of /fleet runs: its heartbeat's host and pid, or, before its first heartbeat is
+    written (just after its start), what its default id ``host:pid`` says."""
+    if instance["host"] is not None:
+        return instance["host"], instance["pid"]
+    host, _, pid = str(instance["instance_id"]).rpartition(":")
+    return (host, int(pid)) if pid.isdigit() else (None, None)
+
+
+def _alive_here(host: str | None, pid: int | None) -> bool:
+    return host == socket.gethostname() and pid is not None and pid_alive(pid)
+
+
 def check_fleet_after_crashes(fleet: Mapping[str, Any], expected: Expected) -> None:
     """``/fleet`` after crashes: a killed instance stays listed (``lagging``, on the config it ran) until
     three heartbeat intervals pass without it, so only live processes are held to the desired config;
@@ -61,9 +74,7 @@ def check_fleet_after_crashes(fleet: Mapping[str, Any], expected: Expected) -> N
     live = [
         instance
         for instance in fleet["instances"]
-        if instance["state"] != "gone"
-        and instance["host"] == socket.gethostname()
-        and pid_alive(instance["pid"])
+        if instance["state"] != "gone" and _alive_here(*_process_of(instance))
     ]
     assert live, f"no live instance in /fleet: {fleet}"
     check_fleet({**fleet, "instances": live}, expected)
