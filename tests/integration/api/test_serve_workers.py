@@ -239,8 +239,15 @@ def test_four_workers_share_the_socket_reload_once_on_sighup_and_stop_together(t
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
 
-def start_gunicorn(workdir: Path, config: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
-    """gunicorn with confledger's config module and ``workers`` workers serving ``app()`` on ``config``."""
+@contextmanager
+def gunicorn_serving(
+    workdir: Path, config: Path, port: int, workers: int
+) -> Iterator[tuple[subprocess.Popen[bytes], list[tuple[str, int]]]]:
+    """gunicorn with confledger's config module and ``workers`` workers serving ``app()`` on ``config``,
+    until every worker has started: the master and the workers' (instance id, pid). Whatever happens,
+    neither the master nor a worker is left behind."""
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("uvicorn_worker")
     environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFLEDGER_")}
     environment |= {
         "CONFLEDGER_CONFIG": str(config),
@@ -262,27 +269,36 @@ def start_gunicorn(workdir: Path, config: Path, port: int, workers: int) -> subp
         "confledger.api.gunicorn:app()",
     ]
     with output.open("wb") as sink:
-        return subprocess.Popen(command, cwd=workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+        master = subprocess.Popen(
+            command, cwd=workdir, env=environment, stdout=sink, stderr=subprocess.STDOUT
+        )
+    database = workdir / "confledger.db"
+    started: list[tuple[str, int]] = []
+    try:
+        wait_for(
+            f"{workers} workers to start",
+            lambda: len({i for i, _ in started_instances(database) if "/w" in i}) == workers or None,
+            timeout=90,
+        )
+        started = [(i, pid) for i, pid in started_instances(database) if "/w" in i]
+        yield master, started
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait(timeout=10)
+        for _, pid in started:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_no_worker(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("gunicorn")
-    pytest.importorskip("uvicorn_worker")
     config = tmp_path / "config.yaml"
     config.write_bytes(EXAMPLE_CONFIG.read_bytes())
     database = tmp_path / "confledger.db"
     port = free_port()
-    master = start_gunicorn(tmp_path, config, port, WORKERS)
-    workers: set[int] = set()
-    try:
-        wait_for(
-            "four workers to start",
-            lambda: len({i for i, _ in started_instances(database) if "/w" in i}) == WORKERS or None,
-            timeout=90,
-        )
-        started = [(i, pid) for i, pid in started_instances(database) if "/w" in i]
+    with gunicorn_serving(tmp_path, config, port, WORKERS) as (master, started):
         workers = {pid for _, pid in started}
         assert sorted(i for i, _ in started) == [
             f"{os.uname().nodename}:{master.pid}/w{n}" for n in range(WORKERS)
@@ -343,13 +359,6 @@ def test_under_gunicorn_with_the_config_module_sighup_reloads_once_and_restarts_
             "SELECT instance_id FROM events WHERE type = 'instance.stopped' AND instance_id LIKE '%/w%'",
         )
         assert sorted(str(i) for (i,) in stopped) == sorted(i for i, _ in started)
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait(timeout=10)
-        for pid in workers:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_with_watch_only_worker_0_watches_the_file_and_a_change_is_one_reload(tmp_path: Path) -> None:
@@ -414,23 +423,10 @@ def two_workers(launcher: str, workdir: Path, config: Path, port: int) -> Iterat
             wait_for("two workers to start", both_started, timeout=90)
             yield server.process.pid
         return
-    pytest.importorskip("gunicorn")
-    pytest.importorskip("uvicorn_worker")
-    master = start_gunicorn(workdir, config, port, 2)
-    workers: set[int] = set()
-    try:
-        wait_for("two workers to start", both_started, timeout=90)
-        workers = children_of(master.pid)
+    with gunicorn_serving(workdir, config, port, 2) as (master, _):
         yield master.pid
         master.send_signal(signal.SIGTERM)
         assert master.wait(timeout=30) == 0
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait(timeout=10)
-        for pid in workers:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
