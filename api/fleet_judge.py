@@ -181,6 +181,7 @@ class FleetJudge:
             change = self._desired()
             if (
                 change is not None
+                and change.operation_id is not None
                 and change.kind == "reload"
                 and change.previous_hash is not None
                 and change.kept is None

@@ -283,7 +283,7 @@ class ConfigReloader:
                         wait=self.settings.fleet_answer_wait,
                         look_every=self.settings.follow_poll_interval,
                         instance_id=self.log.instance_id,
-                        desired=self._fleet.desired_change,
+                        desired=lambda: self._fleet.desired,
                         gone_after=GONE_AFTER_INTERVALS * self.settings.heartbeat_interval,
                     )
                     self.runner.on_applied = self._judge.judge_later

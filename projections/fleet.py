@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -85,15 +85,19 @@ class _Watching(StateModel):
     position: int
 
 
+class _Decided(StateModel):
+    previous_hash: str | None
+    kind: Literal["reload", "rollback"]
+    decided_by: str
+    decided_at: IsoTimeText
+    kept: _Kept | None
+
+
 class _State(StateModel):
     desired_hash: str | None
     desired_position: int
     desired_operation_id: str | None
-    desired_previous_hash: str | None
-    desired_by: str | None
-    desired_at: IsoTimeText | None
-    desired_kind: Literal["reload", "rollback"] | None
-    desired_kept: _Kept | None
+    desired_decided: _Decided | None  # the rest of the desired change (``DesiredChange``)
     rollback_operation_id: str | None
     instances: dict[str, _Instance]
     watching: dict[str, _Watching]
@@ -131,15 +135,46 @@ class KeptVerdict:
 
 @dataclass(frozen=True, slots=True)
 class DesiredChange:
-    """The change that made the desired config: what the fleet threshold judges, from any instance."""
+    """The change that made the desired config (the newest ``config.applied``): what the fleet threshold
+    judges, from any instance. Replaced whole as it is folded, so a reader on another thread never sees
+    one change's decider with another's verdict."""
 
-    operation_id: str
     hash: str
+    position: int
+    operation_id: str | None  # None only for a config.applied recorded outside an operation
     previous_hash: str | None
     kind: Literal["reload", "rollback"]
     decided_by: str  # the instance that recorded it
     decided_at: datetime
     kept: KeptVerdict | None  # judged and kept; a change judged and refused is no longer desired
+
+    def decided_state(self) -> dict[str, Any]:
+        """The checkpoint's ``desired_decided``: all but the hash, position and operation, which the
+        checkpoint keeps as fields of their own."""
+        return {
+            "previous_hash": self.previous_hash,
+            "kind": self.kind,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at.isoformat(),
+            "kept": None if self.kept is None else asdict(self.kept),
+        }
+
+    @classmethod
+    def of_state(cls, state: Mapping[str, Any]) -> DesiredChange | None:
+        decided = state["desired_decided"]
+        if state["desired_hash"] is None or decided is None:
+            return None
+        kept = decided["kept"]
+        return cls(
+            hash=state["desired_hash"],
+            position=int(state["desired_position"]),
+            operation_id=state["desired_operation_id"],
+            previous_hash=decided["previous_hash"],
+            kind=decided["kind"],
+            decided_by=decided["decided_by"],
+            decided_at=datetime.fromisoformat(decided["decided_at"]),
+            kept=None if kept is None else KeptVerdict(**kept),
+        )
 
 
 def _new_instance(at: datetime) -> dict[str, Any]:
@@ -163,20 +198,20 @@ class FleetProjection(Projection):
     state_model = _State
 
     def reset(self) -> None:
-        self.desired_hash: str | None = None
-        self.desired_position = 0
-        self.desired_operation_id: str | None = None
-        self.desired_previous_hash: str | None = None
-        self.desired_by: str | None = None
-        self.desired_at: str | None = None
-        self.desired_kind: Literal["reload", "rollback"] | None = None
-        self.desired_kept: dict[str, Any] | None = None
+        self.desired: DesiredChange | None = None
         # A rollback records config.rolled_back before its config.applied, in the same operation.
         self.rollback_operation_id: str | None = None
         self.instances: dict[str, dict[str, Any]] = {}
         # By group (``group_of``): under --workers, what worker 0 watches for all of them.
         self.watching: dict[str, FileWatchState] = {}
-        self._desired_change: DesiredChange | None = None
+
+    @property
+    def desired_hash(self) -> str | None:
+        return None if self.desired is None else self.desired.hash
+
+    @property
+    def desired_position(self) -> int:
+        return 0 if self.desired is None else self.desired.position
 
     def handlers(self) -> Mapping[type[EventPayload], Handler]:
         return {
@@ -195,29 +230,6 @@ class FleetProjection(Projection):
         any thread)."""
         return self.watching.get(group)
 
-    def desired_change(self) -> DesiredChange | None:
-        """The change that made the desired config (None before the first, or for one recorded outside
-        an operation). Built when folded and replaced whole, so a reader on another thread never sees
-        one change's decider with another's verdict."""
-        return self._desired_change
-
-    def _publish(self) -> None:
-        self._desired_change = self._built_change()
-
-    def _built_change(self) -> DesiredChange | None:
-        if self.desired_hash is None or self.desired_operation_id is None or self.desired_at is None:
-            return None
-        kept = self.desired_kept
-        return DesiredChange(
-            operation_id=self.desired_operation_id,
-            hash=self.desired_hash,
-            previous_hash=self.desired_previous_hash,
-            kind=self.desired_kind or "reload",
-            decided_by=self.desired_by or "",
-            decided_at=datetime.fromisoformat(self.desired_at),
-            kept=None if kept is None else KeptVerdict(**kept),
-        )
-
     def _instance(self, event: RecordedEvent) -> dict[str, Any]:
         instance = self.instances.pop(event.instance_id, None)
         if instance is None:
@@ -233,18 +245,18 @@ class FleetProjection(Projection):
     def _applied(self, event: RecordedEvent) -> None:
         payload = event.payload
         assert isinstance(payload, ConfigApplied)
-        self.desired_hash = payload.hash
-        self.desired_position = event.position
-        self.desired_operation_id = None if event.operation_id is None else str(event.operation_id)
-        self.desired_previous_hash = payload.previous_hash
-        self.desired_by = event.instance_id
-        self.desired_at = event.occurred_at.isoformat()
-        rollback = (
-            self.desired_operation_id is not None and self.desired_operation_id == self.rollback_operation_id
+        operation_id = None if event.operation_id is None else str(event.operation_id)
+        rollback = operation_id is not None and operation_id == self.rollback_operation_id
+        self.desired = DesiredChange(
+            hash=payload.hash,
+            position=event.position,
+            operation_id=operation_id,
+            previous_hash=payload.previous_hash,
+            kind="rollback" if rollback else "reload",
+            decided_by=event.instance_id,
+            decided_at=event.occurred_at,
+            kept=None,
         )
-        self.desired_kind = "rollback" if rollback else "reload"
-        self.desired_kept = None
-        self._publish()
 
     def _watch_toggled(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -266,14 +278,10 @@ class FleetProjection(Projection):
     def _kept(self, event: RecordedEvent) -> None:
         payload = event.payload
         assert isinstance(payload, FleetChangeKept)
-        if payload.operation_id == self.desired_operation_id:
-            self.desired_kept = {
-                "applied": payload.applied,
-                "failed": payload.failed,
-                "waiting": payload.waiting,
-                "threshold": payload.threshold,
-            }
-            self._publish()
+        desired = self.desired
+        if desired is not None and payload.operation_id == desired.operation_id:
+            kept = KeptVerdict(payload.applied, payload.failed, payload.waiting, payload.threshold)
+            self.desired = replace(desired, kept=kept)
 
     def _answered(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -282,7 +290,12 @@ class FleetProjection(Projection):
         position = payload.position
         if position is None:
             # decided: its config.applied is the one just folded, of the same operation.
-            position = self.desired_position if payload.operation_id == self.desired_operation_id else 0
+            desired = self.desired
+            position = (
+                desired.position
+                if desired is not None and payload.operation_id == desired.operation_id
+                else 0
+            )
         instance.update(
             applied_hash=payload.hash,
             applied_position=position,
@@ -304,29 +317,16 @@ class FleetProjection(Projection):
         return {
             "desired_hash": self.desired_hash,
             "desired_position": self.desired_position,
-            "desired_operation_id": self.desired_operation_id,
-            "desired_previous_hash": self.desired_previous_hash,
-            "desired_by": self.desired_by,
-            "desired_at": self.desired_at,
-            "desired_kind": self.desired_kind,
-            "desired_kept": None if self.desired_kept is None else dict(self.desired_kept),
+            "desired_operation_id": None if self.desired is None else self.desired.operation_id,
+            "desired_decided": None if self.desired is None else self.desired.decided_state(),
             "rollback_operation_id": self.rollback_operation_id,
             "instances": {name: dict(instance) for name, instance in self.instances.items()},
             "watching": {group: asdict(state) for group, state in self.watching.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.desired_hash = state["desired_hash"]
-        self.desired_position = int(state["desired_position"])
-        self.desired_operation_id = state["desired_operation_id"]
-        self.desired_previous_hash = state["desired_previous_hash"]
-        self.desired_by = state["desired_by"]
-        self.desired_at = state["desired_at"]
-        self.desired_kind = state["desired_kind"]
-        kept = state["desired_kept"]
-        self.desired_kept = None if kept is None else dict(kept)
+        self.desired = DesiredChange.of_state(state)
         self.rollback_operation_id = state["rollback_operation_id"]
-        self._publish()
         self.instances = {name: dict(instance) for name, instance in state["instances"].items()}
         self.watching = {group: FileWatchState(**value) for group, value in state["watching"].items()}
 
@@ -391,7 +391,7 @@ def fleet_view(
     return {
         "desired_hash": projection.desired_hash,
         "desired_position": projection.desired_position,
-        "desired_change": projection.desired_change(),
+        "desired_change": projection.desired,
         "log_head": head,
         "instances": instances,
     }

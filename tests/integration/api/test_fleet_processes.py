@@ -262,7 +262,7 @@ def assert_projections_equal_a_fresh_fold(fleet: Fleet, names: list[str]) -> Non
         assert [entry["full_hash"] for entry in instance.get("/backups")["backups"]] == expected_backups
         view = instance.get("/fleet")
         assert view["desired_hash"] == (fleet_projection.desired_hash or "")[:16]
-        change = fleet_projection.desired_change()
+        change = fleet_projection.desired
         assert view["desired_decided_by"] == (None if change is None else change.decided_by)
         assert view["desired_kind"] == (None if change is None else change.kind)
         shown = {

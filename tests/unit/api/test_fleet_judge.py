@@ -118,7 +118,16 @@ WAIT = 5.0
 def change(decided_by: str, kept: KeptVerdict | None = None, *, ago: float = WAIT) -> DesiredChange:
     """The desired change, decided ``ago`` seconds before now (by default its wait is just over)."""
     decided_at = datetime.now(UTC) - timedelta(seconds=ago)
-    return DesiredChange("reload-1", NEW, OLD, "reload", decided_by, decided_at, kept)
+    return DesiredChange(
+        hash=NEW,
+        position=7,
+        operation_id="reload-1",
+        previous_hash=OLD,
+        kind="reload",
+        decided_by=decided_by,
+        decided_at=decided_at,
+        kept=kept,
+    )
 
 
 def fleet_of(**states: str) -> dict[str, Any]:

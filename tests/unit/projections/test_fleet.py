@@ -196,29 +196,29 @@ def kept(log: Log, instance: str, config: str, operation: uuid.UUID) -> None:
 
 def test_the_desired_change_names_its_decider_its_kind_and_whether_it_was_kept() -> None:
     log = Log()
-    assert log.fold().desired_change() is None  # nothing applied yet
+    assert log.fold().desired is None  # nothing applied yet
     at = log.add("a", ConfigApplied(hash=H2, previous_hash=H1), RELOAD)
-    change = log.fold().desired_change()
+    change = log.fold().desired
     assert change is not None
     assert (change.operation_id, change.hash, change.previous_hash) == (str(RELOAD), H2, H1)
     assert (change.kind, change.decided_by, change.kept) == ("reload", "a", None)
     assert change.decided_at == T0 + timedelta(seconds=at)
 
     kept(log, "b", H2, RELOAD)  # kept by another instance standing in for a: the verdict is the change's
-    assert log.fold().desired_change().kept == KeptVerdict(applied=2, failed=1, waiting=0, threshold=0.5)  # type: ignore[union-attr]
+    assert log.fold().desired.kept == KeptVerdict(applied=2, failed=1, waiting=0, threshold=0.5)  # type: ignore[union-attr]
 
     # A rollback records config.rolled_back before its config.applied: the change it makes is a rollback,
     # and the verdict on the change before it is no longer the desired change's.
     log.add("b", ConfigRolledBack(from_hash=H2, to_hash=H1, reason="manual"), ROLLBACK)
     log.add("b", ConfigApplied(hash=H1, previous_hash=H2), ROLLBACK)
-    change = log.fold().desired_change()
+    change = log.fold().desired
     assert change is not None
     assert (change.kind, change.decided_by, change.kept) == ("rollback", "b", None)
 
     # A verdict on a change that is no longer desired (recorded late) is not the new change's.
     log.add("c", ConfigApplied(hash=H2, previous_hash=H1), LATER)
     kept(log, "a", H1, ROLLBACK)
-    change = log.fold().desired_change()
+    change = log.fold().desired
     assert change is not None
     assert (change.kind, change.kept) == ("reload", None)
 
@@ -228,7 +228,7 @@ def test_a_service_threshold_rollback_inside_a_reload_does_not_make_the_next_cha
     # config.rolled_back reason automatic: the reload applied nothing, so no config.applied follows it.
     log.add("a", ConfigRolledBack(from_hash=H1, to_hash=H1, reason="automatic"), RELOAD)
     log.add("a", ConfigApplied(hash=H2, previous_hash=H1), LATER)
-    assert log.fold().desired_change().kind == "reload"  # type: ignore[union-attr]
+    assert log.fold().desired.kind == "reload"  # type: ignore[union-attr]
 
 
 # (instance id, its group): the workers of one serve --workers service share one
