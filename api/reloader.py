@@ -403,31 +403,29 @@ class ConfigReloader:
         assert self._task_group is not None
         with anyio.CancelScope() as scope:
             self._group_watch_scope = scope
-            await self._follow_group_toggles()
-
-    async def _follow_group_toggles(self) -> None:
-        assert self._task_group is not None
-        while True:
-            await anyio.sleep(self.settings.follow_poll_interval)
-            wanted = self._group_watch()
-            if wanted is None or self.config_source is None:
-                continue
-            current = self._watcher
-            if not wanted.enabled:
+            while True:
+                await anyio.sleep(self.settings.follow_poll_interval)
+                wanted = self._group_watch()
+                if wanted is None or self.config_source is None:
+                    continue
+                current = self._watcher
+                if not wanted.enabled:
+                    if current is not None:
+                        current.stop()
+                        self._watcher = None
+                    continue
+                if current is not None and (current.poll_interval, current.mode) == (
+                    wanted.poll_interval,
+                    wanted.mode,
+                ):
+                    continue
+                watcher = self._new_watcher(
+                    wanted.poll_interval or 1.0, force_polling=wanted.mode == "polling"
+                )
                 if current is not None:
                     current.stop()
-                    self._watcher = None
-                continue
-            if current is not None and (current.poll_interval, current.mode) == (
-                wanted.poll_interval,
-                wanted.mode,
-            ):
-                continue
-            watcher = self._new_watcher(wanted.poll_interval or 1.0, force_polling=wanted.mode == "polling")
-            if current is not None:
-                current.stop()
-            self._watcher = watcher
-            await self._task_group.start(watcher.run)
+                self._watcher = watcher
+                await self._task_group.start(watcher.run)
 
     def _new_watcher(self, poll_interval: float, *, force_polling: bool) -> FileWatcher:
         assert self.config_source is not None

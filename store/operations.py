@@ -58,7 +58,7 @@ from confledger.store.decision import Decision, FleetVerdict, decide
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
-    ConfledgerError,
+    ConfigRefusedHere,
     FleetLockBusy,
     InitialConfigError,
     IntegrityFailed,
@@ -385,10 +385,9 @@ class OperationRunner(FleetFollowing, Concluding):
         stored = self.log.get_config(applied.payload.hash)
         config, normalised, errors = self.pipeline.parse(stored.body)
         if config is None or normalised is None:
-            raise ConfledgerError(
+            raise ConfigRefusedHere(
                 f"the current config {applied.payload.hash[:16]} in the log no longer passes the config model "
-                f"({'; '.join(errors[:3])}); fix the model or roll back with the CLI",
-                code="current_config_invalid",
+                f"({'; '.join(errors[:3])}); fix the model or roll back with the CLI"
             )
         return ActiveConfig(applied.payload.hash, config, normalised, frozenset(find_secret_paths(config)))
 
