@@ -110,8 +110,8 @@ def check_log(settings: Settings, database_url: str) -> None:
 
     Opening migrates a new database's schema; it appends nothing.
     """
-    from confledger.api.server import create_private_database_file
-    from confledger.api.settings import resolve_cipher, signing_key_of, sqlite_path
+    from confledger.api.lifecycle import create_private_database_file
+    from confledger.api.settings import resolve_cipher, signing_key_of
     from confledger.store.log import EventLog
 
     # This is the first open of a new log: its file (and the -wal and -shm SQLite makes with its mode)

@@ -15,18 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from confledger import __version__
 from confledger.api.docs import add_index, add_offline_docs
 from confledger.api.errors import routing_error_handler
-from confledger.api.lifecycle import (
-    ConfigLifecycle,
-    create_private_database_file,
-    setup_configuration_lifecycle,
-)
+from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.api.settings import Settings
 from confledger.store.errors import ModelImportError
 
 __all__ = [
     "ModelImportError",
     "create_app",
-    "create_private_database_file",
     "import_model",
     "import_validators",
 ]
