@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from confledger.projections.base import Handler, IsoTimeText, Projection, StateModel
+from confledger.store.decision import FleetVerdict
 from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
@@ -41,7 +42,6 @@ __all__ = [
     "DesiredChange",
     "FileWatchState",
     "FleetProjection",
-    "KeptVerdict",
     "fleet_view",
     "group_of",
 ]
@@ -124,16 +124,6 @@ class FileWatchState:
 
 
 @dataclass(frozen=True, slots=True)
-class KeptVerdict:
-    """The fleet threshold's answers when it kept a change (``fleet.change_kept``)."""
-
-    applied: int
-    failed: int
-    waiting: int
-    threshold: float
-
-
-@dataclass(frozen=True, slots=True)
 class DesiredChange:
     """The change that made the desired config (the newest ``config.applied``): what the fleet threshold
     judges, from any instance. Replaced whole as it is folded, so a reader on another thread never sees
@@ -146,7 +136,7 @@ class DesiredChange:
     kind: Literal["reload", "rollback"]
     decided_by: str  # the instance that recorded it
     decided_at: datetime
-    kept: KeptVerdict | None  # judged and kept; a change judged and refused is no longer desired
+    kept: FleetVerdict | None  # judged and kept; a change judged and refused is no longer desired
 
     def decided_state(self) -> dict[str, Any]:
         """The checkpoint's ``desired_decided``: all but the hash, position and operation, which the
@@ -156,7 +146,14 @@ class DesiredChange:
             "kind": self.kind,
             "decided_by": self.decided_by,
             "decided_at": self.decided_at.isoformat(),
-            "kept": None if self.kept is None else asdict(self.kept),
+            "kept": None
+            if self.kept is None
+            else {
+                "applied": self.kept.applied,
+                "failed": self.kept.failed,
+                "waiting": self.kept.waiting,
+                "threshold": self.kept.threshold,
+            },
         }
 
     @classmethod
@@ -173,7 +170,9 @@ class DesiredChange:
             kind=decided["kind"],
             decided_by=decided["decided_by"],
             decided_at=datetime.fromisoformat(decided["decided_at"]),
-            kept=None if kept is None else KeptVerdict(**kept),
+            kept=None
+            if kept is None
+            else FleetVerdict(state["desired_hash"], **kept, operation_id=state["desired_operation_id"]),
         )
 
 
@@ -280,7 +279,14 @@ class FleetProjection(Projection):
         assert isinstance(payload, FleetChangeKept)
         desired = self.desired
         if desired is not None and payload.operation_id == desired.operation_id:
-            kept = KeptVerdict(payload.applied, payload.failed, payload.waiting, payload.threshold)
+            kept = FleetVerdict(
+                payload.hash,
+                payload.applied,
+                payload.failed,
+                payload.waiting,
+                payload.threshold,
+                operation_id=payload.operation_id,
+            )
             self.desired = replace(desired, kept=kept)
 
     def _answered(self, event: RecordedEvent) -> None:

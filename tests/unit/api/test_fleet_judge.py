@@ -17,7 +17,7 @@ import anyio.abc
 import pytest
 
 from confledger.api.fleet_judge import FleetJudge
-from confledger.projections.fleet import DesiredChange, KeptVerdict
+from confledger.projections.fleet import DesiredChange
 from confledger.store.decision import FleetVerdict
 from confledger.store.errors import IntegrityFailed, StoreUnavailable
 from confledger.store.events import EventPayload, FleetChangeKept, OperationKind, Trigger
@@ -115,7 +115,7 @@ async def test_the_judge_waits_for_the_database_and_never_raises(
 WAIT = 5.0
 
 
-def change(decided_by: str, kept: KeptVerdict | None = None, *, ago: float = WAIT) -> DesiredChange:
+def change(decided_by: str, kept: FleetVerdict | None = None, *, ago: float = WAIT) -> DesiredChange:
     """The desired change, decided ``ago`` seconds before now (by default its wait is just over)."""
     decided_at = datetime.now(UTC) - timedelta(seconds=ago)
     return DesiredChange(
@@ -155,7 +155,7 @@ STANDING_BY = [
     # b decided it itself, in an earlier life (restarted under the same id): its own to judge
     ("b", None, WAIT, fleet_of(b="in_sync", c="drifted"), "rolled back"),
     # already judged and kept (by the decider, or another stand-in): nothing to do, nothing read
-    ("a", KeptVerdict(2, 0, 0, 1.0), WAIT, AWAY, "nothing"),
+    ("a", FleetVerdict(NEW, 2, 0, 0, 1.0, operation_id="reload-1"), WAIT, AWAY, "nothing"),
     # first seen long after it was due (b started since, or turned the threshold on): it stood
     ("a", None, 3600.0, fleet_of(a="gone", b="in_sync", c="drifted"), "nothing"),
 ]
@@ -164,7 +164,7 @@ GONE_AFTER = 0.1
 
 @pytest.mark.parametrize(("decided_by", "kept", "ago", "view", "expected"), STANDING_BY)
 async def test_an_instance_stands_in_for_a_decider_gone_before_judging(
-    decided_by: str, kept: KeptVerdict | None, ago: float, view: Any, expected: str
+    decided_by: str, kept: FleetVerdict | None, ago: float, view: Any, expected: str
 ) -> None:
     runner = Runner([DONE])
     desired = change(decided_by, kept, ago=ago)

@@ -11,10 +11,10 @@ from confledger.projections.fleet import (
     MAX_INSTANCES,
     FileWatchState,
     FleetProjection,
-    KeptVerdict,
     fleet_view,
     group_of,
 )
+from confledger.store.decision import FleetVerdict
 from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
@@ -205,7 +205,7 @@ def test_the_desired_change_names_its_decider_its_kind_and_whether_it_was_kept()
     assert change.decided_at == T0 + timedelta(seconds=at)
 
     kept(log, "b", H2, RELOAD)  # kept by another instance standing in for a: the verdict is the change's
-    assert log.fold().desired.kept == KeptVerdict(applied=2, failed=1, waiting=0, threshold=0.5)  # type: ignore[union-attr]
+    assert log.fold().desired.kept == FleetVerdict(H2, 2, 1, 0, 0.5, operation_id=str(RELOAD))  # type: ignore[union-attr]
 
     # A rollback records config.rolled_back before its config.applied: the change it makes is a rollback,
     # and the verdict on the change before it is no longer the desired change's.
