@@ -6,7 +6,7 @@ import contextlib
 import getpass
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
 
 import typer
 from rich.text import Text
@@ -80,13 +80,17 @@ def _token_file_candidates(database: str | None, config: Path | None) -> list[Pa
     return list(dict.fromkeys(candidates))
 
 
-def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> tuple[str, str]:
-    """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote; and
-    where it came from, for the answer to a refusal."""
+class AdminToken(NamedTuple):
+    value: str
+    source: str  # where it came from, for the answer to a refusal
+
+
+def _admin_token(token_file: Path | None, database: str | None, config: Path | None) -> AdminToken:
+    """The admin token: --token-file, else CONFLEDGER_ADMIN_TOKEN, else the 0600 file `serve` wrote."""
     if token_file is None:
         from_env = os.environ.get("CONFLEDGER_ADMIN_TOKEN", "").strip()
         if from_env:
-            return from_env, "CONFLEDGER_ADMIN_TOKEN"
+            return AdminToken(from_env, "CONFLEDGER_ADMIN_TOKEN")
         candidates = _token_file_candidates(database, config)
         token_file = next((path for path in candidates if path.exists()), None)
         if token_file is None:
@@ -104,7 +108,7 @@ def _admin_token(token_file: Path | None, database: str | None, config: Path | N
         _service_error(f"cannot read the token file {token_file}: {type(exc).__name__}")
     if not token:
         _service_error(f"the token file {token_file} is empty")
-    return token, f"the token file {token_file}"
+    return AdminToken(token, f"the token file {token_file}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -125,12 +129,12 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _call_service(
-    url: str, path: str, body: dict[str, Any], token: tuple[str, str], timeout: float
+    url: str, path: str, body: dict[str, Any], token: AdminToken, timeout: float
 ) -> dict[str, Any]:
     """POST to the service; anything but an operation result is one stderr line and exit code 2."""
     endpoint = url.rstrip("/") + API_PREFIX + path
     headers = {
-        "Authorization": f"Bearer {token[0]}",
+        "Authorization": f"Bearer {token.value}",
         "User-Agent": f"confledger-cli/{__version__}",
         # Recorded as trigger "cli" and actor "cli:<user>" (the token still decides what is allowed).
         "X-Confledger-Client": "cli",
@@ -150,7 +154,7 @@ def _call_service(
     if status == 401:
         # A token file left from before the service was given CONFLEDGER_ADMIN_TOKEN is the usual cause.
         _service_error(
-            f"the service refused the token from {token[1]} (401): {_detail(response)}; the service may "
+            f"the service refused the token from {token.source} (401): {_detail(response)}; the service may "
             "use another one: set CONFLEDGER_ADMIN_TOKEN, or pass --token-file"
         )
     if status == 403:
