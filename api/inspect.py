@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confledger.api.readonly import CLI_INSTANCE_ID, diff_cipher, open_readonly_log
@@ -74,6 +74,7 @@ CANNOT_COMPARE = "(secret: cannot compare without the key)"
 DEFAULT_BACKUP_COUNT: int = Settings.model_fields["backup_count"].default
 DEFAULT_HISTORY_WINDOW: int = Settings.model_fields["history_window"].default
 DEFAULT_HEARTBEAT_INTERVAL: float = Settings.model_fields["heartbeat_interval"].default
+DEFAULT_GONE_SHOWN_FOR: float = Settings.model_fields["fleet_gone_shown_for"].default
 _SCAN_BATCH = 500
 
 Progress = Callable[[int, int], None]
@@ -170,8 +171,16 @@ class LogInspector:
 
     # --- status ------------------------------------------------------------------------------------
 
-    def fleet(self, heartbeat_interval: float | None = None) -> dict[str, Any]:
-        """The fleet view as ``GET /fleet`` gives it, from the log and the heartbeat rows (full hashes)."""
+    def fleet(
+        self,
+        heartbeat_interval: float | None = None,
+        gone_shown_for: float | None = None,
+        *,
+        all_instances: bool = False,
+    ) -> dict[str, Any]:
+        """The fleet view as ``GET /fleet`` gives it, from the log and the heartbeat rows (full hashes);
+        None for either setting is serve's default; ``all_instances`` lists the long gone too."""
+        shown_for = DEFAULT_GONE_SHOWN_FOR if gone_shown_for is None else gone_shown_for
         self.load()
         heartbeats = read_heartbeats(self.log.engine)
         return fleet_view(
@@ -182,6 +191,7 @@ class LogInspector:
             if heartbeat_interval is None
             else heartbeat_interval,
             head=self.head,
+            gone_shown_for=None if all_instances else timedelta(seconds=shown_for),
         )
 
     def status(self) -> dict[str, Any]:

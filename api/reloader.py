@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -674,8 +674,9 @@ class ConfigReloader:
         drift = self._stats.drift(self.current_hash)
         return {name: running for name, running in drift.items() if name in self.services}
 
-    async def fleet(self) -> dict[str, Any]:
-        """The fleet's desired config and each instance's state (heartbeats read from the database)."""
+    async def fleet(self, *, all_instances: bool = False) -> dict[str, Any]:
+        """The fleet's desired config and each instance's state (heartbeats read from the database);
+        instances gone longer than ``fleet_gone_shown_for`` are only counted unless ``all_instances``."""
         heartbeats = await anyio.to_thread.run_sync(read_heartbeats, self.log.engine)
         return fleet_view(
             self._fleet,
@@ -683,6 +684,7 @@ class ConfigReloader:
             now=datetime.now(UTC),
             default_interval_s=self.settings.heartbeat_interval,
             head=self.projections.position,
+            gone_shown_for=None if all_instances else timedelta(seconds=self.settings.fleet_gone_shown_for),
         )
 
     @property

@@ -518,6 +518,11 @@ class FleetResponse(BaseModel):
     )
     log_head: int
     instances: list[FleetInstance]
+    gone_hidden: int = Field(
+        0,
+        description="instances gone longer than CONFLEDGER_FLEET_GONE_SHOWN_FOR, not listed (?all=true lists "
+        "them)",
+    )
 
     @classmethod
     def of(cls, view: dict[str, Any]) -> FleetResponse:
@@ -540,4 +545,5 @@ class FleetResponse(BaseModel):
             fleet_threshold_kept=kept,
             log_head=view["log_head"],
             instances=instances,
+            gone_hidden=view["gone_hidden"],
         )

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(
         30.0, ge=0.1, le=3600.0, description="seconds between heartbeats; not seen for 3 of them = gone"
     )
+    fleet_gone_shown_for: float = Field(
+        86400.0,
+        ge=0.0,
+        description="seconds /fleet and confledger fleet keep listing an instance after it went (stopped or "
+        "silent); older ones are only counted (gone_hidden), and ?all=true lists them",
+    )
     docs: bool = Field(
         True, description="serve /docs (Swagger UI, assets served locally) and /openapi.json (serve)"
     )

@@ -10,6 +10,10 @@ is not an event. ``fleet_view`` combines the two:
   config it last applied lies behind the desired one);
 - ``drifted``: it answered the desired config and a service refused it, or its own model did;
 - ``gone``: it stopped, or has not been seen for three heartbeat intervals.
+
+An instance gone longer than the view's ``gone_shown_for`` is left out and counted (``gone_hidden``):
+instances are named ``host:pid`` by default, so every restart and every replaced pod is a new one, and
+after a few deploys the gone would bury the live.
 """
 
 from __future__ import annotations
@@ -354,10 +358,15 @@ def fleet_view(
     now: datetime,
     default_interval_s: float,
     head: int,
+    gone_shown_for: timedelta | None = None,
 ) -> dict[str, Any]:
-    """The fleet as ``GET /fleet`` and ``confledger fleet`` show it (full hashes; callers shorten them)."""
+    """The fleet as ``GET /fleet`` and ``confledger fleet`` show it (full hashes; callers shorten them).
+
+    An instance gone and last seen more than ``gone_shown_for`` ago is not listed, only counted
+    (``gone_hidden``); None lists every instance the log and the heartbeat rows know."""
     names: Iterable[str] = dict.fromkeys([*projection.instances, *heartbeats])
     instances: list[dict[str, Any]] = []
+    gone_hidden = 0
     for name in names:
         folded = projection.instances.get(name)
         beat = heartbeats.get(name)
@@ -374,6 +383,9 @@ def fleet_view(
             if stopped or silent
             else _state_of(instance, projection.desired_hash, projection.desired_position)
         )
+        if state == "gone" and gone_shown_for is not None and now - last_seen > gone_shown_for:
+            gone_hidden += 1
+            continue
         in_sync = instance["applied_hash"] == projection.desired_hash and instance["outcome"] == "applied"
         lag = 0 if in_sync else max(0, projection.desired_position - int(instance["applied_position"]))
         instances.append(
@@ -400,4 +412,5 @@ def fleet_view(
         "desired_change": projection.desired,
         "log_head": head,
         "instances": instances,
+        "gone_hidden": gone_hidden,
     }

@@ -188,11 +188,27 @@ def fleet_command(
             "after 3) [default: serve's default].",
         ),
     ] = None,
+    gone_shown_for: Annotated[
+        float | None,
+        typer.Option(
+            "--gone-shown-for",
+            envvar="CONFLEDGER_FLEET_GONE_SHOWN_FOR",
+            min=0,
+            help="Seconds an instance that went stays listed; older ones are only counted [default: "
+            "serve's default, a day].",
+        ),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every instance the log knows, however long gone.")
+    ] = False,
 ) -> None:
     """The fleet's desired config and each instance's state (in_sync, lagging, drifted, gone), from the log."""
     from confledger.api.schemas import FleetResponse
 
-    view = inspect(database, lambda inspector: inspector.fleet(heartbeat_interval))
+    view = inspect(
+        database,
+        lambda inspector: inspector.fleet(heartbeat_interval, gone_shown_for, all_instances=show_all),
+    )
     fleet = FleetResponse.of(view)
     if as_json:
         print_json(fleet.model_dump(mode="json"))
@@ -211,6 +227,11 @@ def fleet_command(
                 ),
                 ("fleet threshold", _kept_line(fleet.fleet_threshold_kept)),
                 ("log head", fleet.log_head),
+                *(
+                    [("gone long ago", f"{fleet.gone_hidden} instances not listed (--all lists them)")]
+                    if fleet.gone_hidden
+                    else []
+                ),
             ],
         )
     )

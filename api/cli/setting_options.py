@@ -111,6 +111,7 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
         "fleet_answer_wait", float, "Seconds the fleet threshold waits for the instances' answers."
     ),
     SettingOption("heartbeat_interval", float, "Seconds between heartbeats; 3 missed = gone."),
+    SettingOption("fleet_gone_shown_for", float, "Seconds /fleet keeps listing an instance that went."),
     # GET /watch
     SettingOption("watch_queue_size", int, "Changes queued per /watch client."),
     SettingOption("watch_ping_interval", float, "Seconds between keep-alive comments on an idle /watch."),

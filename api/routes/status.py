@@ -103,8 +103,19 @@ async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsRe
 
 
 @router.get("/fleet", response_model=FleetResponse)
-async def get_fleet(reloader: ReloaderDep, _caller: ReaderCaller) -> FleetResponse:
+async def get_fleet(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    all_instances: Annotated[
+        bool,
+        Query(
+            alias="all",
+            description="also list instances gone longer than CONFLEDGER_FLEET_GONE_SHOWN_FOR "
+            "(otherwise only counted in gone_hidden)",
+        ),
+    ] = False,
+) -> FleetResponse:
     """The fleet's desired config and, for each instance on this log, what it applied and its state
     (in_sync, lagging, drifted, gone). Folded from the log by this instance's follower; liveness from
     the heartbeat rows, read from the database per request."""
-    return FleetResponse.of(await reloader.fleet())
+    return FleetResponse.of(await reloader.fleet(all_instances=all_instances))

@@ -357,6 +357,38 @@ def test_get_fleet_needs_a_token_and_answers_the_fleet(tmp_path: Path, database_
         assert instance["state"] == "in_sync"
         assert instance["role"] == "decided"
         assert service.get("/status").json()["fleet_threshold"] is None  # off unless set
+        assert body["gone_hidden"] == 0
+
+
+def test_instances_gone_longer_than_a_day_are_counted_and_listed_on_asking(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Every restart under ``host:pid`` is a new instance: a week's deploys must not bury the live one."""
+    with serving(tmp_path, database_url) as service:
+        long_ago = datetime.now(UTC) - timedelta(days=3)
+        for pid in (101, 102):
+            record_heartbeat(
+                service.log.engine,
+                Heartbeat(f"old-host:{pid}", "old-host", pid, "1", long_ago, long_ago, 1, 30.0),
+            )
+        default = service.get("/fleet", token=READ_TOKEN).json()
+        every = service.get("/fleet?all=true", token=READ_TOKEN).json()
+        url = service.database_url
+    assert [i["instance_id"] for i in default["instances"]] == [service.log.instance_id]
+    assert default["gone_hidden"] == 2
+    assert {i["instance_id"]: i["state"] for i in every["instances"]} == {
+        service.log.instance_id: "in_sync",
+        "old-host:101": "gone",
+        "old-host:102": "gone",
+    }
+    assert every["gone_hidden"] == 0
+    table = CliRunner().invoke(cli_app, ["fleet", "--database", url])
+    assert table.exit_code == 0, table.output
+    assert "2 instances not listed" in table.output
+    assert "old-host" not in table.output
+    listed = CliRunner().invoke(cli_app, ["fleet", "--database", url, "--all", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert len(json.loads(listed.output)["instances"]) == 3
 
 
 def rollbacks_recorded(log: EventLog) -> list[ConfigRolledBack]:

@@ -149,6 +149,34 @@ def test_stopped_or_silent_for_three_intervals_is_gone() -> None:
     assert {name: item["state"] for name, item in shown.items()} == {"a": "in_sync", "b": "gone", "c": "gone"}
 
 
+@pytest.mark.parametrize(
+    ("shown_for", "listed", "hidden"),
+    [
+        # (gone_shown_for, the instances listed, gone_hidden); a runs, b went an hour ago, c a week ago
+        (timedelta(days=1), {"a", "b"}, 1),
+        (timedelta(minutes=30), {"a"}, 2),  # a live instance is listed however short the window
+        (timedelta(0), {"a"}, 2),
+        (None, {"a", "b", "c"}, 0),  # ?all=true / --all
+    ],
+)
+def test_an_instance_gone_longer_than_the_window_is_counted_not_listed(
+    shown_for: timedelta | None, listed: set[str], hidden: int
+) -> None:
+    log = Log()
+    for name in ("a", "b", "c"):
+        started(log, name)
+    decide(log, "a", H1)
+    now = T0 + timedelta(days=10)
+    beats = {
+        "a": beat("a", now - timedelta(seconds=1)),
+        "b": beat("b", now - timedelta(hours=1)),
+        "c": beat("c", now - timedelta(days=7)),
+    }
+    shown = fleet_view(log.fold(), beats, now=now, default_interval_s=30.0, head=4, gone_shown_for=shown_for)
+    assert {item["instance_id"] for item in shown["instances"]} == listed
+    assert shown["gone_hidden"] == hidden
+
+
 def test_a_restart_after_a_stop_is_not_gone() -> None:
     log = Log()
     started(log, "a")
