@@ -13,7 +13,7 @@ import functools
 import inspect
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,12 +104,39 @@ def _jsonable(value: Any) -> Any:
 
 
 def format_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem: where and what, never the offending value (it may be a secret)."""
+    """One line per problem: where and what, never the offending value (it may be a secret).
+
+    The value is left out, and taken out of the message too: a model's own ``field_validator`` or
+    ``model_validator`` is user code and may echo what it refused (``f"must start with sk- (got
+    {v.get_secret_value()})"``), and a model that refused its config declared no secrets to scrub by.
+    Every text in the offending input, the whole config for a model-level error, is scrubbed."""
     lines = []
-    for item in error.errors(include_url=False, include_input=False):
+    for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"{location}: {item['msg']}")
+        lines.append(scrub(f"{location}: {item['msg']}", _texts_in(item.get("input"))))
     return lines
+
+
+def _texts_in(value: Any) -> Iterator[str]:
+    """Every text inside ``value`` (a refused input), secret ones revealed so they can be scrubbed."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, bytes | SecretBytes):
+        raw = value.get_secret_value() if isinstance(value, SecretBytes) else value
+        yield raw.decode("utf-8", "replace")
+    elif isinstance(value, Mapping):
+        for child in value.values():
+            yield from _texts_in(child)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for child in value:
+            yield from _texts_in(child)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _texts_in(getattr(value, name, None))
+    elif value is not None and not isinstance(value, bool | int | float):
+        yield str(value)
 
 
 # The longest message, or listed item, an event records: user code and user input write them.

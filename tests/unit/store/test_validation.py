@@ -14,7 +14,15 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, RootModel, SecretBytes, SecretStr
+from pydantic import (
+    BaseModel,
+    RootModel,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from confledger.store import config_hash
@@ -426,6 +434,52 @@ def test_format_validation_error_gives_one_line_per_problem() -> None:
     assert len(lines) == 2
     assert lines[0] == "name: Field required"
     assert lines[1].startswith("database.pool_size: ")
+
+
+class _Echoing(BaseModel):
+    """A model whose own validators echo what they refuse, secrets included (user code does)."""
+
+    api_key: SecretStr
+    upstream: dict[str, str] = {}
+
+    @field_validator("api_key")
+    @classmethod
+    def _prefixed(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("sk-"):
+            raise ValueError(f"must start with sk- (got {value.get_secret_value()})")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> _Echoing:
+        if self.upstream.get("token") == self.api_key.get_secret_value():
+            raise ValueError(f"upstream token {self.upstream['token']} repeats the api key")
+        return self
+
+
+@pytest.mark.parametrize(
+    ("body", "secret", "kept"),
+    [
+        # (the config, the text no line may hold, what the line still says)
+        ({"api_key": "xx-SUPERSECRET-2222"}, "SUPERSECRET", "api_key: Value error, must start with sk- (got"),
+        (
+            {"api_key": "sk-SUPERSECRET-2222", "upstream": {"token": "sk-SUPERSECRET-2222"}},
+            "SUPERSECRET",
+            "(root): Value error, upstream token",  # a model-level error: the whole config is the input
+        ),
+    ],
+)
+def test_a_model_s_own_validator_cannot_put_the_value_it_refused_into_an_error(
+    body: dict[str, Any], secret: str, kept: str
+) -> None:
+    try:
+        _Echoing.model_validate(body)
+    except ValidationError as exc:
+        [line] = format_validation_error(exc)
+    else:  # pragma: no cover
+        raise AssertionError("expected a ValidationError")
+    assert secret not in line
+    assert line.startswith(kept)
+    assert "**********" in line
 
 
 # --- dump_revealed: plain parts copied in place, the rest as to_jsonable_python(_reveal(...)) -----------
