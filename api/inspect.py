@@ -51,7 +51,6 @@ from confledger.store.pins import RollbackPins
 from confledger.store.secrets import (
     ConfigPath,
     SecretCipher,
-    dotted,
     find_secret_paths,
     is_sealed,
     redact,
@@ -279,15 +278,30 @@ class LogInspector:
             secret_paths |= find_secret_paths(old_body) | find_secret_paths(new_body)
             changes = [c.as_dict() for c in diff_bodies(old_body, new_body, secret_paths=secret_paths)]
         else:
-            old_body, new_body = _sealed_as_leaves(old.body), _sealed_as_leaves(new.body)
             secret_paths |= find_secret_paths(old.body) | find_secret_paths(new.body)
-            both_sealed = _dotted_set(old.secret_paths) & _dotted_set(new.secret_paths)
+            # Two walks: one that tells every sealed value apart (each is sealed afresh, so two seals of
+            # one secret differ) finds every path that may have changed; one that takes them all as
+            # equal finds what visibly changed. A path only the first finds differs in sealed values
+            # alone: a secret, or a list holding one (lists are compared whole), that cannot be compared.
+            visible = {
+                change.path: change
+                for change in diff_bodies(
+                    _sealed_as_leaves(old.body, tell_apart=False),
+                    _sealed_as_leaves(new.body, tell_apart=False),
+                    secret_paths=secret_paths,
+                )
+            }
             changes = []
-            for change in diff_bodies(old_body, new_body, secret_paths=secret_paths):
-                entry = change.as_dict()
-                if change.path in both_sealed and change.kind == "changed":
-                    entry.update(kind="unknown", old=CANNOT_COMPARE, new=CANNOT_COMPARE)
-                changes.append(entry)
+            for change in diff_bodies(
+                _sealed_as_leaves(old.body), _sealed_as_leaves(new.body), secret_paths=secret_paths
+            ):
+                seen = visible.get(change.path)
+                if seen is not None:
+                    changes.append(seen.as_dict())
+                else:
+                    changes.append(
+                        {**change.as_dict(), "kind": "unknown", "old": CANNOT_COMPARE, "new": CANNOT_COMPARE}
+                    )
         return {
             "from_hash": old.hash[:16],
             "to_hash": new.hash[:16],
@@ -470,16 +484,13 @@ def _lifecycle_entry(event: RecordedEvent | None) -> dict[str, Any] | None:
     return entry
 
 
-def _sealed_as_leaves(body: Any) -> Any:
-    """Sealed values as plain strings, so a diff compares them as leaves (never as nested objects)."""
+def _sealed_as_leaves(body: Any, *, tell_apart: bool = True) -> Any:
+    """Sealed values as plain strings, so a diff compares them as leaves (never as nested objects): each
+    its own (``tell_apart``), or all one."""
     if is_sealed(body):
-        return "sealed:" + str(next(iter(body.values())))
+        return "sealed:" + str(next(iter(body.values()))) if tell_apart else "sealed"
     if isinstance(body, dict):
-        return {key: _sealed_as_leaves(child) for key, child in body.items()}
+        return {key: _sealed_as_leaves(child, tell_apart=tell_apart) for key, child in body.items()}
     if isinstance(body, list):
-        return [_sealed_as_leaves(child) for child in body]
+        return [_sealed_as_leaves(child, tell_apart=tell_apart) for child in body]
     return body
-
-
-def _dotted_set(paths: Any) -> set[str]:
-    return {dotted(path) for path in paths}
