@@ -37,7 +37,7 @@ __all__ = [
 
 # The newest revision in migrations/versions. A new revision must change it: the migration tests hold it
 # equal to the head Alembic computes from the scripts (``script_head``).
-HEAD_REVISION = "0004_applied_rings_only"
+HEAD_REVISION = "0005_audit_view_times"
 
 _VERSION_TABLE = "alembic_version"
 

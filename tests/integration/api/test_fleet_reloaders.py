@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+import sqlalchemy as sa
 from pydantic import BaseModel, Field, ValidationError
 from typer.testing import CliRunner
 
@@ -418,6 +419,13 @@ async def test_a_change_too_few_instances_applied_is_rolled_back_fleet_wide(
         assert re.search(r"[12] of 3 instances applied", rollback.message), rollback.message
         [recorded] = rollbacks_recorded(a.reloader.log)
         assert (recorded.reason, recorded.threshold) == ("fleet_threshold", 1.0)
+        # And an auditor's SQL says which rollback it was.
+        with a.reloader.log.engine.connect() as connection:
+            reasons = connection.execute(
+                sa.text("SELECT reason FROM config_history WHERE operation_id = :id"),
+                {"id": str(rollback.operation_id)},
+            ).scalars()
+            assert list(reasons) == ["fleet threshold rollback"]
         assert recorded.success_ratio in (pytest.approx(1 / 3), pytest.approx(2 / 3))
         assert recorded.from_hash == operation.new_config_hash
         await states_become(a, {"a": "in_sync", "b": "in_sync", "c": "in_sync"})
