@@ -198,7 +198,11 @@ class CandidateReader:
         started = operation.started_event
         try:
             current = None if previous is None else previous.hash
-            target = resolve_target(self.log, request.target, current)
+            if request.target is None:
+                self.pins.catch_up(self.log)  # "the previous config" skips those rolled back away from
+            target = resolve_target(
+                self.log, request.target, current, lambda found: self.pins.get(found) is not None
+            )
         except ConfigLookupError as exc:
             reference = None if request.target is None else request.target[:80]
             operation.pending.append(started(target_hash=None, source=reference))

@@ -179,7 +179,8 @@ class ReloaderMachine(RuleBasedStateMachine):
         assert self.reloader.current_hash == self.current
 
     def _previous_distinct(self) -> str | None:
-        return next((h for h in reversed(self.applied) if h != self.current), None)
+        # The newest earlier config not rolled back away from: a second rollback goes further back.
+        return next((h for h in reversed(self.applied) if h != self.current and h not in self.pinned), None)
 
     # --- rules --------------------------------------------------------------------------------------------
 

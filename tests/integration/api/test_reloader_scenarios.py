@@ -633,6 +633,34 @@ async def test_rollback_to_previous_and_to_a_given_hash(url: str, tmp_path: Path
         assert event_types(reloader, same) == ["operation.started", "config.unchanged", "operation.completed"]
 
 
+async def test_rolling_back_again_goes_further_back_and_never_returns_what_it_undid(
+    url: str, tmp_path: Path
+) -> None:
+    source = write(tmp_path / "config.json", BASE)
+    async with running(url, source) as reloader:
+        first = reloader.current_hash
+        write(source, variant(cache__ttl_seconds=10))
+        second = (await reloader.reload_config()).new_config_hash
+        write(source, variant(cache__ttl_seconds=20))
+        third = (await reloader.reload_config()).new_config_hash
+        assert len({first, second, third}) == 3
+        # Like undo: third -> second -> first, not third -> second -> third.
+        assert (await reloader.rollback_config()).new_config_hash == second
+        assert (await reloader.rollback_config()).new_config_hash == first
+        # Every earlier config was rolled back away from: "the previous one" names none of them.
+        nothing = await reloader.rollback_config()
+        assert (nothing.success, nothing.reason) == (False, "no_previous_config")
+        assert reloader.current_hash == first
+        # Named, a config rolled back away from is still a rollback away, and unpinned by it; the one
+        # left is pinned in turn, so "the previous one" is named, not guessed.
+        assert third is not None
+        assert (await reloader.rollback_config(target_hash=third)).success
+        again = await reloader.rollback_config()
+        assert (again.success, again.reason) == (False, "no_previous_config")
+        assert "name its hash" in (again.error_message or "")
+        assert (await reloader.rollback_config(target_hash=second or "")).new_config_hash == second
+
+
 async def test_rollback_restores_secrets_from_the_log(url: str, tmp_path: Path) -> None:
     source = write(tmp_path / "config.json", BASE)
     async with running(url, source) as reloader:
