@@ -445,6 +445,9 @@ class VerifyResponse(BaseModel):
     # config_body_mismatch, …) and, for a body, the config it concerns.
     code: str | None = None
     config_hash: str | None = None
+    # The anchor file the log's end was checked against; null: none was (events cut off the end of the
+    # log would then go unseen).
+    anchor_checked: str | None = None
 
     @classmethod
     def of(cls, report: VerifyReport) -> VerifyResponse:
@@ -456,6 +459,7 @@ class VerifyResponse(BaseModel):
             reason=report.reason,
             code=report.code,
             config_hash=report.config_hash,
+            anchor_checked=report.anchor_checked,
         )
 
 

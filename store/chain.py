@@ -120,6 +120,9 @@ class VerifyReport:
     # link_downgraded, config_body_mismatch, checkpoint_mac, truncated, anchor_mismatch, key_record.
     code: str | None = None
     config_hash: str | None = None
+    # The anchor file the log's end was checked against; None when none was (a keyless log has none,
+    # and a keyed one's may be on another machine: its newest events could then be cut off unseen).
+    anchor_checked: str | None = None
 
     def raise_for_break(self) -> None:
         if not self.ok and self.first_broken_position is not None:

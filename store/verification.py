@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -244,4 +244,7 @@ def check_log(
     ):
         if failure is not None:
             return failure, head, head_hash
+    if keys is not None and anchor_path is not None and read_anchor(anchor_path, keys) is not None:
+        # anchor_failure found it and it held (an unreadable one failed there).
+        report = replace(report, anchor_checked=str(anchor_path))
     return report, head, head_hash

@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -347,15 +348,48 @@ def diff_command(
 
 
 @app.command("verify")
-def verify_command(database: DatabaseOption = None, as_json: JsonOption = False) -> None:
+def verify_command(
+    database: DatabaseOption = None,
+    as_json: JsonOption = False,
+    anchor_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchor-file",
+            help="The anchor file to check the log's end against [default: CONFLEDGER_ANCHOR_FILE, else "
+            "beside an SQLite log, else (PostgreSQL) beside --config].",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The service's config file: a PostgreSQL log's anchor lies beside it [default: "
+            "CONFLEDGER_CONFIG].",
+        ),
+    ] = None,
+) -> None:
     """Recompute the hash chain; exit 1 naming the first broken position (2 if the log cannot be read)."""
     # The log alone, not LogInspector: verify needs no projection and no response model, and an
     # operator runs it in a hurry (it starts in about half the time).
     from confledger.api.readonly import open_readonly_log
 
+    keyed = False
+
     def run() -> VerifyReport:
-        log = open_readonly_log(resolve_database(database))
+        nonlocal keyed
+        url = resolve_database(database)
+        log = open_readonly_log(url)
         try:
+            if anchor_file is not None or config is not None:
+                from confledger.api.settings import Settings, anchor_file_path
+
+                settings = Settings()
+                log.anchor_path = (
+                    anchor_file.absolute()
+                    if anchor_file is not None
+                    else anchor_file_path(settings, url, config)
+                )
+            keyed = log.integrity().record is not None
             return log.verify()
         finally:
             log.close()
@@ -369,6 +403,18 @@ def verify_command(database: DatabaseOption = None, as_json: JsonOption = False)
         out.print(
             Text(f"ok: the chain holds ({report.checked} events verified, head {report.head})", style="green")
         )
+        if report.anchor_checked is not None:
+            out.print(Text(f"its end matches the anchor file {report.anchor_checked}", style="green"))
+        elif keyed:
+            err.print(
+                Text(
+                    "no anchor file was checked: events cut off the end of the log would go unseen. A "
+                    "PostgreSQL log's anchor lies beside the service's config (--config) or where "
+                    "CONFLEDGER_ANCHOR_FILE says (--anchor-file); an SQLite log's beside the database.",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
     if not report.ok:
         # The reason code beside the words: it is what the runbook, /readyz and the service's log name.
         broken = report.first_broken_position

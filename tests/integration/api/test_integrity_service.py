@@ -4,12 +4,15 @@ instance serving reads but refusing writes, and /readyz says so; on both backend
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
+from confledger.api.cli import app as cli_app
 from confledger.store import EventLog, SecretCipher
 from confledger.store.errors import ConfigBodyMismatch
 from confledger.store.schema import config_versions, events
@@ -139,3 +142,41 @@ def test_a_truncated_log_is_found_at_start_up_and_reads_go_on(
         assert restarted.reloader.current_hash == kept  # what the cut log names, still served for reads
         assert restarted.get("/current").status_code == 200
         assert restarted.get("/verify").json()["code"] == "truncated"
+    # From the command line too, given where the anchor is (a PostgreSQL log's lies beside the config).
+    key = options.get("encryption_key")
+    environment = {} if key is None else {"CONFLEDGER_ENCRYPTION_KEY": key}
+    found = CliRunner().invoke(
+        cli_app, ["verify", "--database", database_url, "--config", str(restarted.source)], env=environment
+    )
+    assert found.exit_code == 1, found.output
+    assert "(truncated)" in found.stderr
+
+
+def test_verify_says_which_anchor_it_checked_and_when_it_checked_none(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    with serving(tmp_path, database_url, **options) as service:
+        apply(service, database__pool_size=35)
+        source = service.source
+    key = options.get("encryption_key")
+    environment = {} if key is None else {"CONFLEDGER_ENCRYPTION_KEY": key}
+
+    def verify(*extra: str) -> tuple[dict[str, Any], str]:
+        done = CliRunner().invoke(cli_app, ["verify", "--database", database_url, *extra], env=environment)
+        assert done.exit_code == 0, done.output
+        as_json = CliRunner().invoke(
+            cli_app, ["verify", "--database", database_url, "--json", *extra], env=environment
+        )
+        return json.loads(as_json.stdout), done.stderr
+
+    given, said = verify("--config", str(source))
+    assert given["anchor_checked"] is not None
+    assert Path(given["anchor_checked"]).parent == source.parent or not is_postgres(database_url)
+    assert "no anchor file was checked" not in said
+    alone, said = verify()
+    if is_postgres(database_url):
+        # Nothing says where the service's config is: the chain holds, and verify says what it left out.
+        assert alone["anchor_checked"] is None
+        assert "no anchor file was checked" in said
+    else:
+        assert alone["anchor_checked"] == given["anchor_checked"]  # beside the database
