@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -99,6 +100,18 @@ async def _events(reloader: ConfigReloader, after: int | None) -> AsyncIterator[
     with reloader.changes.subscribe() as subscription:
         last = 0
         if after is not None:
+            head = await anyio.to_thread.run_sync(reloader.log.head)
+            if after > head:
+                # A position past the log's end: the database was restored from a backup, or the client
+                # watched another log. What it took for current may not be: it is sent the change that
+                # made the current config, then every later one (skipping to the head would leave it
+                # blind until the log passes its old position).
+                current = reloader.current
+                yield ServerSentEvent(
+                    comment=f"reset: Last-Event-ID {after} is past the log's end ({head}); "
+                    "resuming from the current config"
+                )
+                after = 0 if current is None else current.position - 1
             last = after
             async for change in replay_changes(reloader.log, after):
                 yield _event(change)

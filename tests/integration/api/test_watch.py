@@ -185,6 +185,24 @@ def test_changes_arrive_in_order_and_a_reconnect_gets_every_later_change_once(
         assert everything == applied_positions(service)
 
 
+def test_a_position_past_the_log_s_end_resumes_from_the_current_config(
+    tmp_path: Path, database_url: str
+) -> None:
+    """After a restore from a backup the clients' positions lie past the log's end: they are told, sent
+    the change that made the current config, and then every later one, rather than nothing for ever."""
+    with serving(tmp_path, database_url) as service:
+        current = change(service, BODIES[0])
+        with watching(service, last_event_id=service.log.head() + 1000) as client:
+            resent = client.next()
+            assert int(resent["id"]) == applied_positions(service)[-1]
+            assert resent["data"]["hash"] == current["new_config_hash"]
+            later = change(service, BODIES[1])
+            following = client.next()
+            assert following["data"]["hash"] == later["new_config_hash"]
+            assert client.events.empty()
+        assert any(line.startswith(": reset: Last-Event-ID") for line in client.raw)
+
+
 def test_a_change_another_instance_decided_arrives_through_the_follower(
     tmp_path: Path, database_url: str
 ) -> None:
