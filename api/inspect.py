@@ -31,7 +31,7 @@ from confledger.api.settings import Settings
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
-from confledger.projections.fleet import FleetProjection, fleet_view
+from confledger.projections.fleet import GONE_AFTER_INTERVALS, FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import restore_projections
 from confledger.projections.stats import StatsProjection
@@ -243,17 +243,28 @@ class LogInspector:
         return None if state is None else state.model_dump(mode="json")
 
     def _instances(self, scan: int = 200, keep: int = 10) -> list[dict[str, Any]]:
-        """Each recently seen instance with its last lifecycle event: ``up`` (or crashed) / ``stopped``."""
+        """Each recently seen instance with its last lifecycle event: ``up``, ``stopped``, or ``gone``
+        (started, never stopped, and silent for three heartbeats: killed, or its host lost)."""
         latest: dict[str, RecordedEvent] = {}
         for event in self.log.read_reverse(
             limit=scan, types=[InstanceStarted.event_type, InstanceStopped.event_type]
         ):
             latest.setdefault(event.instance_id, event)
+        heartbeats = read_heartbeats(self.log.engine)
+        now = datetime.now(UTC)
         entries = []
         for instance_id, event in list(latest.items())[:keep]:
             entry = _lifecycle_entry(event) or {}
             entry["instance_id"] = instance_id
-            entry["state"] = "up" if isinstance(event.payload, InstanceStarted) else "stopped"
+            if not isinstance(event.payload, InstanceStarted):
+                entry["state"] = "stopped"
+            else:
+                # As /fleet says it: seen last by its heartbeat row, or else by its start.
+                beat = heartbeats.get(instance_id)
+                seen = event.occurred_at if beat is None else max(beat.last_seen, event.occurred_at)
+                interval = DEFAULT_HEARTBEAT_INTERVAL if beat is None else beat.interval_s
+                silent = now - seen > timedelta(seconds=GONE_AFTER_INTERVALS * interval)
+                entry["state"] = "gone" if silent else "up"
             entries.append(entry)
         return entries
 

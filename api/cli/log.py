@@ -155,7 +155,9 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
         for column in ("instance", "state", "since", "version"):
             table.add_column(column, overflow="fold")
         for instance in status["instances"]:
-            state = Text(instance["state"], style="green" if instance["state"] == "up" else "dim")
+            state = Text(
+                instance["state"], style={"up": "green", "gone": "yellow"}.get(instance["state"], "dim")
+            )
             table.add_row(
                 cell(instance["instance_id"]),
                 state,

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from confledger.api.lifecycle import resolve_cipher, setup_configuration_lifecyc
 from confledger.api.reloader import ConfigReloader
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
-from confledger.store.events import OperationStarted
+from confledger.store.events import InstanceStarted, OperationStarted
+from confledger.store.fleet import Heartbeat, record_heartbeat
 from confledger.store.schema import events, projection_checkpoints
 from confledger.store.services import ServiceRegistry
 
@@ -339,6 +341,25 @@ def test_status_lists_an_operation_left_open(story: Story) -> None:
     assert history["operations"][0]["operation_id"] == str(operation_id)
     table = invoke("status", *story.db())
     assert "open operations (running or interrupted)" in table.stdout
+
+
+def test_status_calls_an_instance_that_stopped_beating_gone(story: Story) -> None:
+    """Killed -9, an instance records no stop: its silent heartbeat says it is gone, as /fleet says."""
+    cipher = None if story.key is None else SecretCipher.from_env_value(story.key)
+    now = datetime.now(UTC)
+    with EventLog(story.url, instance_id="killed", cipher=cipher) as log:
+        if cipher is None:
+            log.cipher = resolve_cipher(None, story.url, log)
+        for name in ("killed", "alive"):
+            log.instance_id = name
+            log.append([NewEvent(InstanceStarted(version="1", host="h", pid=1))])
+        # The killed one beat every 0.1 s and then no more; the live one beats every 30 s.
+        record_heartbeat(log.engine, Heartbeat("killed", "h", 1, "1", now, now, 0, 0.1))
+        record_heartbeat(log.engine, Heartbeat("alive", "h", 2, "1", now, now, 0, 30.0))
+    time.sleep(0.5)
+    status = as_json(invoke("status", *story.db(), "--json"))
+    states = {entry["instance_id"]: entry["state"] for entry in status["instances"]}
+    assert states == {"killed": "gone", "alive": "up", "cli-test": "stopped"}
 
 
 # --- configs: show, diff, backups ---------------------------------------------------------------------
