@@ -276,10 +276,11 @@ def _tokens_for(
     return Tokens(token, read_token or None), path, created
 
 
-def create_private_database_file(database_url: str) -> Path | None:
+def create_private_database_file(database_url: str, *, warn_if_shared: bool = True) -> Path | None:
     """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
     create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
-    the database file's mode. An existing file keeps its mode: a warning says if others may read it.
+    the database file's mode. An existing file keeps its mode: a warning says if others may read it
+    (unless not ``warn_if_shared``: a one-off command leaves that to the service).
     Returns the file (None for PostgreSQL or in-memory)."""
     path = sqlite_path(database_url)
     if path is None:
@@ -287,7 +288,7 @@ def create_private_database_file(database_url: str) -> Path | None:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        if warn_if_shared and stat.S_IMODE(path.stat().st_mode) & 0o077:
             logger.warning("the event log %s may be read by other users; chmod 600 it", path)
         return path
     except FileNotFoundError:

@@ -28,10 +28,13 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
 
     def run() -> str | None:
+        from confledger.api.lifecycle import create_private_database_file
         from confledger.store import migrate as store_migrate
 
-        engine = _engine(database)
+        engine = _engine(database)  # the URL is checked here, before any file is made for it
         try:
+            # Run ahead of a deploy, this may be what creates an SQLite log: private, as serve makes it.
+            create_private_database_file(resolve_database(database), warn_if_shared=False)
             return store_migrate.upgrade(engine, revision)
         finally:
             engine.dispose()
@@ -105,10 +108,15 @@ def db_check(database: DatabaseOption = None) -> None:
     """Migrate, then compare the tables with the models; exit 1 on any drift."""
 
     def run() -> list[str]:
+        from confledger.api.lifecycle import create_private_database_file
         from confledger.store import migrate as store_migrate
+        from confledger.store.database import normalize_url
         from confledger.store.log import EventLog
 
-        log = EventLog(resolve_database(database))
+        url = resolve_database(database)
+        normalize_url(url)  # the URL is checked before any file is made for it
+        create_private_database_file(url, warn_if_shared=False)
+        log = EventLog(url)
         try:
             return store_migrate.schema_drift(log.engine)
         finally:

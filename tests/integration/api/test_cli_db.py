@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,10 @@ def test_db_upgrade_current_downgrade_and_check(fresh_database_url: str) -> None
     upgraded = confledger("db", "upgrade", *database)
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout.strip() == f"database at revision {HEAD}"
+    if fresh_database_url.startswith("sqlite"):
+        # Made ahead of a deploy, the log is as private as the one serve makes.
+        made = Path(fresh_database_url.removeprefix("sqlite:///"))
+        assert stat.S_IMODE(made.stat().st_mode) == 0o600
 
     current = confledger("db", "current", *database)
     assert current.stdout.split() == ["current:", HEAD, "head:", HEAD]
