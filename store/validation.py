@@ -476,11 +476,18 @@ def _normalise_result(name: str, result: Any) -> tuple[list[str], list[str]]:
         unknown = set(result) - _RESULT_KEYS
         if unknown:
             return [f"validator {name} returned unknown keys {sorted(unknown)}"], []
-        return [str(e) for e in result.get("errors", ()) or ()], [
-            str(w) for w in result.get("warnings", ()) or ()
-        ]
+        return _items(result.get("errors")), _items(result.get("warnings"))
     if isinstance(result, tuple) and len(result) == 2:
-        return [str(e) for e in result[0] or ()], [str(w) for w in result[1] or ()]
+        return _items(result[0]), _items(result[1])
     return [
         f"validator {name} returned {type(result).__name__}, expected {{'errors': [...], 'warnings': [...]}}"
     ], []
+
+
+def _items(found: Any) -> list[str]:
+    """Errors or warnings as listed: a lone text is one item, not one per character."""
+    if not found:
+        return []
+    if isinstance(found, str):
+        return [found]
+    return [str(item) for item in found]

@@ -260,6 +260,25 @@ async def test_a_validator_returning_the_wrong_shape_is_an_error(result: Any, ex
     assert outcome.errors == (expected,)
 
 
+@pytest.mark.parametrize(
+    ("result", "errors", "warnings"),
+    [
+        # (what the validator returned, the errors and the warnings it found)
+        ({"errors": "n too big"}, ("n too big",), ()),  # a lone text is one error, not nine
+        ({"errors": ["a", "b"], "warnings": "w"}, ("a", "b"), ("w",)),
+        (("one error", None), ("one error",), ()),  # the (errors, warnings) pair
+        ({"errors": None, "warnings": []}, (), ()),
+    ],
+)
+async def test_a_validator_s_findings_are_read_as_meant(
+    result: Any, errors: tuple[str, ...], warnings: tuple[str, ...]
+) -> None:
+    pipeline = make_pipeline(Service)
+    pipeline.add(lambda config: result, name="odd")
+    outcome = await validate(pipeline, BODY)
+    assert (outcome.errors, outcome.warnings) == (errors, warnings)
+
+
 async def test_a_validator_that_raises_is_an_error_not_a_crash() -> None:
     def broken(config: Service) -> None:
         raise ValueError("cannot reach the schema registry")
