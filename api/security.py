@@ -38,6 +38,12 @@ class Tokens:
     def __post_init__(self) -> None:
         _check("CONFLEDGER_ADMIN_TOKEN", self.admin)
         _check("CONFLEDGER_READ_TOKEN", self.read)
+        if self.read is not None and hmac.compare_digest(self.read.encode(), self.admin.encode()):
+            # Every holder of the read token (dashboards, sidecars) could reload and roll back.
+            raise TokenError(
+                "CONFLEDGER_READ_TOKEN is the admin token: whoever holds it could change the config; "
+                "give readers a token of their own"
+            )
 
     def __repr__(self) -> str:
         return f"Tokens(admin=<{len(self.admin)} chars>, read={'<set>' if self.read else None})"

@@ -558,6 +558,23 @@ def test_tokens_shorter_than_16_characters_are_refused_at_set_up(
         assert value not in str(refused.value)
 
 
+def test_a_read_token_that_is_the_admin_token_is_refused_at_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFLEDGER_READ_TOKEN", ADMIN_TOKEN)
+    with pytest.raises(TokenError, match="READ_TOKEN is the admin token") as refused:
+        setup_configuration_lifecycle(
+            FastAPI(),
+            config_model=AppConfig,
+            config_source=tmp_path / "config.yaml",
+            database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
+            services=ServiceRegistry(),
+            enable_signal_handler=False,
+            admin_token=ADMIN_TOKEN,
+        )
+    assert ADMIN_TOKEN not in str(refused.value)
+
+
 def test_a_generated_admin_token_is_kept_0600_works_and_is_never_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
