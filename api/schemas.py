@@ -469,6 +469,11 @@ class TimelineResponse(BaseModel):
     operations: list[OperationOut]
     lifecycle: list[dict[str, Any]]
     config_changes: list[dict[str, Any]]
+    truncated: bool = Field(
+        False,
+        description="the window holds more events than one answer is made from: its newest are given; "
+        "narrow it with since and until",
+    )
 
 
 class FleetServiceFailure(BaseModel):

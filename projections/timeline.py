@@ -48,6 +48,8 @@ class Incident:
     operations: list[ReloadOperation]
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     config_changes: list[dict[str, Any]] = field(default_factory=list)
+    # The window held more events than were read: the oldest of it are not here.
+    truncated: bool = False
 
 
 def position_of_hash(log: EventLog, reference: str) -> int:
@@ -115,9 +117,15 @@ def diff_configs(log: EventLog, from_reference: str, to_reference: str) -> list[
     return diff_bodies(old.body, new.body, secret_paths=old.secret_paths | new.secret_paths)
 
 
-def incident_replay(log: EventLog, since: datetime | None, until: datetime | None) -> Incident:
-    """Operations that ran in [since, until] with their per-service outcomes, and lifecycle events."""
-    events = log.read_between(since, until)
+def incident_replay(
+    log: EventLog, since: datetime | None, until: datetime | None, *, max_events: int | None = None
+) -> Incident:
+    """Operations that ran in [since, until] with their per-service outcomes, and lifecycle events;
+    with ``max_events``, from the newest that many events of the window (``truncated`` if it held more)."""
+    events = log.read_between(since, until, newest=None if max_events is None else max_events + 1)
+    truncated = max_events is not None and len(events) > max_events
+    if truncated:
+        events = events[1:]
     grouped: dict[str, list[RecordedEvent]] = {}
     lifecycle: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
@@ -154,4 +162,4 @@ def incident_replay(log: EventLog, since: datetime | None, until: datetime | Non
             operation_events = log.read_operation(operation_id)
         operations.append(build_operation(operation_events))
     operations.sort(key=lambda op: op.first_position)
-    return Incident(since, until, operations, lifecycle, changes)
+    return Incident(since, until, operations, lifecycle, changes, truncated)

@@ -98,14 +98,19 @@ class LogReads(abc.ABC):
             .order_by(events.c.position)
         )
 
-    def read_between(self, since: datetime | None, until: datetime | None) -> list[RecordedEvent]:
-        """Events whose ``occurred_at`` lies in [since, until], oldest first."""
-        query = select_events().order_by(events.c.position)
+    def read_between(
+        self, since: datetime | None, until: datetime | None, *, newest: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events whose ``occurred_at`` lies in [since, until], oldest first; with ``newest``, only the
+        newest that many of them."""
+        query = select_events()
         if since is not None:
             query = query.where(events.c.occurred_at >= as_utc(since))
         if until is not None:
             query = query.where(events.c.occurred_at <= as_utc(until))
-        return self._events(query)
+        if newest is None:
+            return self._events(query.order_by(events.c.position))
+        return self._events(query.order_by(events.c.position.desc()).limit(newest))[::-1]
 
     def position_at(self, moment: datetime) -> int:
         """The newest position whose event occurred at or before ``moment`` (0 if none)."""

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from confledger.api.lifecycle import setup_configuration_lifecycle
+from confledger.api.routes import audit as audit_routes
 from confledger.examples.app_config import AppConfig
 from confledger.store.outcome import build_operation
 from confledger.store.schema import config_versions
@@ -827,6 +828,20 @@ def test_timeline_replays_operations_in_a_window(service: Service) -> None:
     inverted = service.get("/timeline", params={"since": later.isoformat(), "until": middle["started_at"]})
     assert inverted.status_code == 400
     assert service.get("/timeline", params={"since": "yesterday"}).status_code == 422
+    assert everything.json()["truncated"] is False
+
+
+def test_a_timeline_too_long_for_one_answer_gives_its_newest_part_and_says_so(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = reload(service, force=True)
+    last = reload(service, force=True)
+    monkeypatch.setattr(audit_routes, "MAX_TIMELINE_EVENTS", 3)  # fewer than one reload's events
+    body = service.get("/timeline").json()
+    ids = [op["operation_id"] for op in body["operations"]]
+    assert body["truncated"] is True
+    assert last["operation_id"] in ids
+    assert first["operation_id"] not in ids
 
 
 # --- /healthz, /readyz -----------------------------------------------------------------------------
