@@ -445,9 +445,9 @@ class VerifyResponse(BaseModel):
     # config_body_mismatch, …) and, for a body, the config it concerns.
     code: str | None = None
     config_hash: str | None = None
-    # The anchor file the log's end was checked against; null: none was (events cut off the end of the
-    # log would then go unseen).
-    anchor_checked: str | None = None
+    # Whether the log's end was checked against an anchor file (without one, events cut off the end
+    # would go unseen). Where that file is stays on the server: the CLI names it.
+    anchor_checked: bool = False
 
     @classmethod
     def of(cls, report: VerifyReport) -> VerifyResponse:
@@ -459,7 +459,7 @@ class VerifyResponse(BaseModel):
             reason=report.reason,
             code=report.code,
             config_hash=report.config_hash,
-            anchor_checked=report.anchor_checked,
+            anchor_checked=report.anchor_checked is not None,
         )
 
 

@@ -78,8 +78,11 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
         503: {"model": ErrorResponse, "description": "the log failed its integrity check (integrity_failed)"},
     },
 )
-async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller) -> object:
-    """Reload the configuration; a failed validation answers 200 with success false."""
+async def reload(
+    http: Request, reloader: ReloaderDep, caller: AdminCaller, request: ReloadRequest | None = None
+) -> object:
+    """Reload the configuration (no body: as `{}`); a failed validation answers 200 with success false."""
+    request = request or ReloadRequest()
     source: GuardedSource | None = None
     if request.config_source is not None:
         lifecycle = lifecycle_of(http)
@@ -145,9 +148,10 @@ async def reload(request: ReloadRequest, http: Request, reloader: ReloaderDep, c
     },
 )
 async def rollback(
-    request: RollbackRequest, http: Request, reloader: ReloaderDep, caller: AdminCaller
+    http: Request, reloader: ReloaderDep, caller: AdminCaller, request: RollbackRequest | None = None
 ) -> object:
-    """Roll back to the previous config, or to any applied hash (a unique prefix of 7+ hex digits)."""
+    """Roll back to the previous config (no body, or `{}`) or to any applied hash (a unique 7+ hex prefix)."""
+    request = request or RollbackRequest()
     with caller_trace_context(http.headers):
         operation = await reloader.rollback_config(
             request.target_hash,

@@ -383,6 +383,21 @@ def test_malformed_reload_request_is_422_and_records_nothing(service: Service, b
     assert head(service) == head_before
 
 
+def test_a_post_with_no_body_is_a_plain_reload_and_a_rollback_to_the_previous_config(
+    service: Service,
+) -> None:
+    """``curl -X POST …/reload``: what an operator types first, read as ``{}``."""
+    first = service.current_full_hash()
+    write_config(service.source, variant(database__pool_size=29))
+    reloaded = service.post("/reload")
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["success"] is True
+    assert service.current_full_hash() != first
+    back = service.post("/rollback")
+    assert back.status_code == 200, back.text
+    assert service.current_full_hash() == first
+
+
 # --- POST /rollback --------------------------------------------------------------------------------
 
 
@@ -801,6 +816,7 @@ def test_verify_checks_the_whole_chain(service: Service) -> None:
         "reason": None,
         "code": None,
         "config_hash": None,
+        "anchor_checked": True,  # beside the SQLite log, beside the config for PostgreSQL
     }
 
 
