@@ -97,9 +97,19 @@ async def get_stats(
 
 
 @router.get("/backups", response_model=BackupsResponse)
-async def get_backups(reloader: ReloaderDep, _caller: ReaderCaller) -> BackupsResponse:
+async def get_backups(
+    reloader: ReloaderDep,
+    _caller: ReaderCaller,
+    count: Annotated[
+        int | None,
+        Query(
+            ge=1, le=10_000, description="list only the newest this many (at most CONFLEDGER_BACKUP_COUNT)"
+        ),
+    ] = None,
+) -> BackupsResponse:
     """The last N distinct configs before the current one (rollback can target any applied hash)."""
-    return BackupsResponse.of(reloader.get_backups(), reloader.backup_count, reloader.current_hash)
+    kept = reloader.get_backups()
+    return BackupsResponse.of(kept[:count], reloader.backup_count, reloader.current_hash)
 
 
 @router.get("/fleet", response_model=FleetResponse)

@@ -653,6 +653,10 @@ def test_backups_list_earlier_configs_newest_first(service: Service) -> None:
         assert datetime.fromisoformat(entry["created_at"]).tzinfo is not None
         assert entry["operation_id"]
     assert [entry["trigger"] for entry in body["backups"]] == ["api", "startup"]
+    newest = service.get("/backups", params={"count": 1}).json()
+    assert [entry["full_hash"] for entry in newest["backups"]] == [second]
+    assert newest["backup_count"] == 1
+    assert service.get("/backups", params={"count": 0}).status_code == 422
 
 
 # --- POST /file-watch/enable and /disable ----------------------------------------------------------
