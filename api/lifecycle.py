@@ -123,6 +123,10 @@ class ConfigLifecycle:
         self.tokens = tokens
         self.services = services
         self.source_dirs = list(settings.source_dirs)
+        for directory in self.source_dirs:
+            if not directory.is_dir():
+                # Allowed, and perhaps made later (a volume mounted after start): said, not refused.
+                logger.warning("CONFLEDGER_SOURCE_DIRS names %s, which is not a directory (yet)", directory)
         self.encryption_key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
         self.enable_signal_handler = settings.signal_handler
         self.watch_on_start = settings.watch

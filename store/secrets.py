@@ -342,9 +342,14 @@ class SecretCipher:
             with os.fdopen(descriptor, "w", encoding="ascii") as handle:
                 handle.write(key + "\n")
         try:
-            return cls.from_env_value(path.read_text(encoding="ascii"))
+            text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             raise SecretKeyError(f"cannot read encryption key file {path}: {type(exc).__name__}") from exc
+        try:
+            return cls.from_env_value(text)
+        except SecretKeyError as exc:
+            # Said of the file, not of CONFLEDGER_ENCRYPTION_KEY: the operator must know which to fix.
+            raise SecretKeyError(f"encryption key file {path}: {exc}") from exc
 
     def encrypt(self, value: Any) -> str:
         return self._fernet.encrypt(canonical_json(value).encode("utf-8")).decode("ascii")

@@ -558,6 +558,23 @@ def test_tokens_shorter_than_16_characters_are_refused_at_set_up(
         assert value not in str(refused.value)
 
 
+def test_an_allowed_source_directory_that_does_not_exist_is_a_warning_at_set_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="confledger.api.lifecycle")
+    setup_configuration_lifecycle(
+        FastAPI(),
+        config_model=AppConfig,
+        config_source=tmp_path / "config.yaml",
+        database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
+        services=ServiceRegistry(),
+        enable_signal_handler=False,
+        admin_token=ADMIN_TOKEN,
+        source_dirs=[tmp_path / "not-made"],
+    )
+    assert any("not-made, which is not a directory" in record.getMessage() for record in caplog.records)
+
+
 def test_a_read_token_that_is_the_admin_token_is_refused_at_set_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

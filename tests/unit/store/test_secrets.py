@@ -208,6 +208,13 @@ def test_invalid_keys_are_refused(keys: list[str]) -> None:
         SecretCipher(keys)
 
 
+def test_a_key_file_that_holds_no_key_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "confledger.db.key"
+    path.write_text("not-a-fernet-key\n", encoding="ascii")
+    with pytest.raises(SecretKeyError, match=f"encryption key file {path}: .*not a valid Fernet key"):
+        SecretCipher.from_key_file(path, create=False)
+
+
 def test_key_file_is_created_private_and_read_back(tmp_path: Path) -> None:
     path = tmp_path / "confledger.key"
     with pytest.raises(SecretKeyError, match="does not exist"):
