@@ -8,12 +8,13 @@ Loggers are named after the module that logs (``confledger.store.operations``, `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "OneLineDriverErrors", "configure_logging"]
+__all__ = ["JsonFormatter", "OneLineDriverErrors", "configure_logging", "uvicorn_log_config"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,3 +68,15 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     pool = logging.getLogger("sqlalchemy.pool")
     pool.handlers = [pool_handler]
     pool.propagate = False
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's own logging set-up (its access and error lines), as JSON lines too when ``log_format`` is
+    json: one format per process, so a log shipper parses every line the same way."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        for name in config["formatters"]:
+            config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
+    return config

@@ -67,7 +67,7 @@ def serve(
 
     from confledger.api.access_log import QueryRedaction, query_parameter_names
     from confledger.api.connections import with_request_deadline
-    from confledger.api.logs import configure_logging
+    from confledger.api.logs import configure_logging, uvicorn_log_config
     from confledger.api.preflight import (
         OneLineStartupFailure,
         bind_listening_socket,
@@ -149,6 +149,7 @@ def serve(
         timeout_keep_alive=settings.keep_alive_timeout,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=settings.shutdown_timeout,
+        log_config=uvicorn_log_config(settings.log_format),
     )
     server = uvicorn.Server(server_config)
     server.run(sockets=[sock])
@@ -160,6 +161,7 @@ def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: 
     """N workers on the socket bound above, under uvicorn's supervisor (``confledger.api.workers``)."""
     import os
 
+    from confledger.api.logs import uvicorn_log_config
     from confledger.api.workers import WorkerConfig, WorkerPlan, WorkerSupervisor, worker_instance_id
 
     configs = [
@@ -180,6 +182,7 @@ def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: 
             h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_graceful_shutdown=settings.shutdown_timeout,
             workers=settings.workers,
+            log_config=uvicorn_log_config(settings.log_format),
         )
         for index in range(settings.workers)
     ]

@@ -8,6 +8,7 @@ again, and checks that what the log says survived the restart unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -360,6 +361,21 @@ def test_serve_exposes_metrics_by_default_behind_a_token_and_not_when_turned_off
         anonymous = httpx.get(server.client.base_url.join("/metrics"), timeout=10)
         assert anonymous.status_code == 401
         stop(server)
+
+
+def test_with_json_logs_every_log_line_is_one_json_object_uvicorn_s_included(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    with confledger_serve(tmp_path, config, free_port(), 1, arguments=("--log-format", "json")) as server:
+        assert server.client.get("/healthz").status_code == 200
+        assert server.client.post("/api/v1/config/reload", json={"force": True}).status_code == 200
+        stop(server)
+    lines = [line for line in server.output.read_text(errors="replace").splitlines() if line.strip()]
+    # Every line is a log line (the token comes from the environment: serve prints nothing of its own).
+    logged = [json.loads(line) for line in lines]
+    loggers = {entry["logger"] for entry in logged}
+    assert {"uvicorn.access", "uvicorn.error", "confledger.store.operations"} <= loggers
+    assert any("GET /healthz" in entry["message"] for entry in logged if entry["logger"] == "uvicorn.access")
 
 
 def _read_terminal(leader: int) -> bytes:
