@@ -78,7 +78,7 @@ class StatsProjection(Projection):
     """
 
     name = "stats"
-    version = 4
+    version = 5  # 5: a service that refused the first config it was offered runs none
     state_model = _State
 
     def reset(self) -> None:
@@ -164,8 +164,9 @@ class StatsProjection(Projection):
             sketch.add(payload.duration_ms)
         if outcome == "success" and payload.config_hash is not None:
             self.service_hashes[service] = payload.config_hash
-        elif payload.direction == "start":
-            # Refused the restored config as its instance started: it runs no config the log knows of.
+        elif payload.direction == "start" or service not in self.service_hashes:
+            # Refused the restored config as its instance started, or refused the first config it was
+            # ever offered (registered after start-up): it runs no config the log knows of.
             self.service_hashes[service] = ""
 
     def _rolled_back(self, event: RecordedEvent) -> None:

@@ -383,7 +383,9 @@ async def test_below_threshold_with_automatic_rollback_compensates_the_services_
         # Forward with (old, new), then only the service that accepted, with (new, old).
         assert calls == [("accepts", 3600, 60), ("refuses", 3600, 60), ("accepts", 60, 3600)]
         assert reloader.current is before
-        assert reloader.service_drift() == {}
+        # The one that accepted got the current config back; the two that refused the first config
+        # they were ever offered (registered after start-up) run none the log knows of.
+        assert reloader.service_drift() == {"refuses": "", "raises": ""}
         [rolled] = payloads(reloader, operation, ConfigRolledBack)
         assert rolled.reason == "automatic"
         assert rolled.from_hash == hash_of(abandoned, reloader.log)
@@ -424,8 +426,13 @@ async def test_below_threshold_without_automatic_rollback_fails_and_shows_the_dr
         assert operation.services_compensated == ()
         assert calls == ["accepts"]  # called once: no compensation
         assert reloader.current is before
-        # The service that accepted still runs the config that was abandoned: status can show it.
-        assert reloader.service_drift() == {"accepts": hash_of(abandoned, reloader.log)}
+        # The service that accepted still runs the config that was abandoned: status can show it; the two
+        # that refused the first config they were offered run none the log knows of.
+        assert reloader.service_drift() == {
+            "accepts": hash_of(abandoned, reloader.log),
+            "refuses": "",
+            "refuses_too": "",
+        }
         assert event_types(reloader, operation) == [
             "operation.started",
             "config.loaded",

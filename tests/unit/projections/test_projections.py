@@ -330,8 +330,9 @@ def test_stats_count_and_break_down() -> None:
     assert services["b"]["outcomes"] == {"failed": 1, "success": 1, "timeout": 1}
     assert services["b"]["failure_rate"] == pytest.approx(2 / 3)
     assert services["c"]["outcomes"] == {"error": 1}
-    assert services["c"]["running_hash"] is None
-    assert stats.drift(H4) == {"a": H1, "b": H1}
+    # c refused the one config it was offered: it runs none the log knows of, and shows as drift.
+    assert services["c"]["running_hash"] == ""
+    assert stats.drift(H4) == {"a": H1, "b": H1, "c": ""}
     # Counted by the status history shows, so a filtered history page and its total agree.
     assert stats.count_matching(trigger="manual", status="success") == 1
     assert stats.count_matching(trigger="manual", status="rolled_back") == 2  # one automatic, one manual
