@@ -120,9 +120,14 @@ class WorkerConfig(uvicorn.Config):
 class WorkerSupervisor(Multiprocess):
     """uvicorn's ``Multiprocess`` with one config per worker (its instance id) and SIGHUP forwarded."""
 
-    def __init__(self, configs: list[WorkerConfig], sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, configs: list[WorkerConfig], sockets: list[socket.socket], *, reload_on_hup: bool = True
+    ) -> None:
         super().__init__(configs[0], sockets)
         self.configs = configs
+        # With the signal handler off (--no-signal-handler) a worker would not act on a SIGHUP sent to
+        # it: the supervisor says so rather than claim a reload that never happens.
+        self.reload_on_hup = reload_on_hup
         self.processes_num = len(configs)
         self.failed = False
 
@@ -164,6 +169,9 @@ class WorkerSupervisor(Multiprocess):
 
     def handle_hup(self) -> None:
         """One reload for the whole service: the first ready worker reloads, the others follow the log."""
+        if not self.reload_on_hup:
+            logger.warning("Received SIGHUP, but the signal handler is off (--no-signal-handler); ignored.")
+            return
         for index, process in enumerate(self.processes):
             if process.pid is not None and process.is_ready(timeout=1):
                 logger.info("Received SIGHUP: reloading through worker %d [%s].", index, process.pid)

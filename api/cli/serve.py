@@ -186,7 +186,7 @@ def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: 
         )
         for index in range(settings.workers)
     ]
-    supervisor = WorkerSupervisor(configs, [sock])
+    supervisor = WorkerSupervisor(configs, [sock], reload_on_hup=settings.signal_handler)
     supervisor.run()
     if supervisor.failed:
         raise typer.Exit(1)
