@@ -58,21 +58,24 @@ class RequestDeadlineProtocol(H11Protocol):
         return end >= 0 and end + 4 > limit
 
     def _refuse_head(self, limit: int) -> None:
-        # Written raw: h11 lets a server answer only a request it has parsed, and this one is not parsed.
-        body = json.dumps(
-            {
-                "detail": f"the request line and headers are larger than {limit} bytes",
-                "code": "headers_too_large",
-            }
-        ).encode()
-        head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
-        )
         logger.info(
             "refused a request from %s whose head is larger than %d bytes",
             self.client[0] if self.client else "an unknown client",
             limit,
+        )
+        self._answer_and_close(
+            b"431 Request Header Fields Too Large",
+            f"the request line and headers are larger than {limit} bytes",
+            "headers_too_large",
+        )
+
+    def _answer_and_close(self, status_line: bytes, detail: str, code: str) -> None:
+        # Written raw: h11 lets a server answer only a request it has parsed and not yet answered, and
+        # this one is not whole (or not parsed at all).
+        body = json.dumps({"detail": detail, "code": code}).encode()
+        head = (
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % (status_line, len(body))
         )
         self.transport.write(head + body)
         self.transport.close()
@@ -108,6 +111,16 @@ class RequestDeadlineProtocol(H11Protocol):
             self.client[0] if self.client else "an unknown client",
             self.request_timeout,
         )
+        started = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
+        if started and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            # Part of a request came, and nothing has been answered: the client is told why it is cut
+            # off (an idle keep-alive connection is closed silently, as every server does).
+            self._answer_and_close(
+                b"408 Request Timeout",
+                f"the request did not arrive whole within {self.request_timeout:g} s",
+                "request_timeout",
+            )
+            return
         self.transport.close()
 
 

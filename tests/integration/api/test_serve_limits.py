@@ -178,7 +178,8 @@ def test_a_refused_request_is_answered_before_its_body_is_sent(
     assert b"connection: close" in answer.lower()
 
 
-# (what the client sends before it stops, what it is): each disconnected within the deadline
+# (what the client sends before it stops, what it is): each disconnected within the deadline, and told
+# why (408 request_timeout) once it has sent part of a request
 SLOW_CLIENTS = [
     (b"", "connects and sends nothing"),
     (f"GET {PREFIX}/sta".encode(), "half a request line"),
@@ -192,18 +193,24 @@ SLOW_CLIENTS = [
 def test_a_slow_client_is_disconnected_within_the_request_deadline(
     server: Server, sent: bytes, what: str
 ) -> None:
+    answer = b""
     with socket.create_connection(
         ("127.0.0.1", _port(server)), timeout=REQUEST_TIMEOUT + MARGIN + 5
     ) as connection:
         connection.sendall(sent)
         started = time.monotonic()
         try:
-            while connection.recv(4096):
-                pass
+            while chunk := connection.recv(4096):
+                answer += chunk
         except ConnectionResetError:
             pass
         waited = time.monotonic() - started
     assert waited < REQUEST_TIMEOUT + MARGIN, what
+    if sent:
+        assert answer.startswith(b"HTTP/1.1 408 "), (what, answer[:200])
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "request_timeout"
+    else:
+        assert answer == b"", what  # an idle connection is closed without a word
     assert _status(server)["config_reloader_enabled"] is True
 
 
