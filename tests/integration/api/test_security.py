@@ -538,6 +538,19 @@ SHORT_TOKENS = [
 ]
 
 
+def set_up(tmp_path: Path, **options: Any) -> None:
+    """The lifecycle's set-up on an SQLite log in ``tmp_path``: where a start-up mistake is refused."""
+    setup_configuration_lifecycle(
+        FastAPI(),
+        config_model=AppConfig,
+        config_source=tmp_path / "config.yaml",
+        database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
+        services=ServiceRegistry(),
+        enable_signal_handler=False,
+        **options,
+    )
+
+
 @pytest.mark.parametrize(("arguments", "environment"), SHORT_TOKENS)
 def test_tokens_shorter_than_16_characters_are_refused_at_set_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: dict[str, str], environment: dict[str, str]
@@ -545,15 +558,7 @@ def test_tokens_shorter_than_16_characters_are_refused_at_set_up(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(TokenError, match="shorter than 16 characters") as refused:
-        setup_configuration_lifecycle(
-            FastAPI(),
-            config_model=AppConfig,
-            config_source=tmp_path / "config.yaml",
-            database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
-            services=ServiceRegistry(),
-            enable_signal_handler=False,
-            **arguments,
-        )
+        set_up(tmp_path, **arguments)
     for value in [*arguments.values(), *environment.values()]:
         assert value not in str(refused.value)
 
@@ -562,16 +567,7 @@ def test_an_allowed_source_directory_that_does_not_exist_is_a_warning_at_set_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="confledger.api.lifecycle")
-    setup_configuration_lifecycle(
-        FastAPI(),
-        config_model=AppConfig,
-        config_source=tmp_path / "config.yaml",
-        database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
-        services=ServiceRegistry(),
-        enable_signal_handler=False,
-        admin_token=ADMIN_TOKEN,
-        source_dirs=[tmp_path / "not-made"],
-    )
+    set_up(tmp_path, admin_token=ADMIN_TOKEN, source_dirs=[tmp_path / "not-made"])
     assert any("not-made, which is not a directory" in record.getMessage() for record in caplog.records)
 
 
@@ -580,15 +576,7 @@ def test_a_read_token_that_is_the_admin_token_is_refused_at_set_up(
 ) -> None:
     monkeypatch.setenv("CONFLEDGER_READ_TOKEN", ADMIN_TOKEN)
     with pytest.raises(TokenError, match="READ_TOKEN is the admin token") as refused:
-        setup_configuration_lifecycle(
-            FastAPI(),
-            config_model=AppConfig,
-            config_source=tmp_path / "config.yaml",
-            database_url=f"sqlite:///{tmp_path / 'confledger.db'}",
-            services=ServiceRegistry(),
-            enable_signal_handler=False,
-            admin_token=ADMIN_TOKEN,
-        )
+        set_up(tmp_path, admin_token=ADMIN_TOKEN)
     assert ADMIN_TOKEN not in str(refused.value)
 
 
