@@ -31,7 +31,6 @@ __all__ = [
     "digest_secrets",
     "dotted",
     "find_secret_paths",
-    "holds_credentials",
     "is_sealed",
     "looks_secret",
     "redact",
@@ -61,23 +60,8 @@ _SECRET_PARTS = {
     "credential",
     "credentials",
     "apikey",
-    "apikeys",
-    "tokens",
-    "authorization",
 }
-# Keys that sign, encrypt or authenticate, singular and plural ("api_keys", "signing_key", "hmac_key").
-_SECRET_PAIRS = {
-    (first, key)
-    for first in ("api", "private", "access", "secret", "auth", "signing", "encryption", "hmac", "master")
-    for key in ("key", "keys")
-} | {(first, "tokens") for first in ("access", "refresh", "auth", "api", "bearer", "session")}
-# A name with one of these counts or bounds something ("max_tokens", "token_limit", "password_min_length"):
-# it holds a number about secrets, not one.
-_QUANTITY_PARTS = {"max", "min", "num", "count", "limit", "total"}
-# A URL with a password in it ("postgresql://app:s3cret@db/app", "redis://:s3cret@cache"): whatever the
-# name it is held under ("dsn", "database_url" describe where, yet the value carries the password), it
-# is sealed and redacted whole.
-_CREDENTIAL_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:[^/?#@\s]+@")
+_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("auth", "key")}
 
 
 def _name_parts(name: str) -> list[str]:
@@ -108,16 +92,9 @@ def looks_secret(name: str) -> bool:
     parts = _name_parts(name)
     if parts and parts[-1] in _DESCRIBING_SUFFIXES:
         return False
-    if any(part in _QUANTITY_PARTS for part in parts):
-        return False
     if any(part in _SECRET_PARTS for part in parts):
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
-
-
-def holds_credentials(text: str) -> bool:
-    """Whether ``text`` is a URL with a password in it (a secret whatever its name)."""
-    return "@" in text and "://" in text and _CREDENTIAL_URL.match(text) is not None
 
 
 def dotted(path: ConfigPath) -> str:
@@ -161,9 +138,7 @@ def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: se
     # branches at the end, in the order that decides what a value is.
     kind = type(value)
     if kind in _LEAVES:
-        if (named_secret and value is not None and kind is not bool) or (
-            kind is str and holds_credentials(value)
-        ):
+        if named_secret and value is not None and kind is not bool:
             found.add(path)
         return
     if kind is SecretStr or kind is SecretBytes:
@@ -181,15 +156,11 @@ def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: se
                     _collect_secrets(child, (*path, name), looks_secret(name), found)
                 elif child is not None and type(child) is not bool and looks_secret(name):
                     found.add((*path, name))
-                elif type(child) is str and holds_credentials(child):
-                    found.add((*path, name))
         else:
             # Items of a list are secret only by what they are: a list under a secret name was taken whole.
             for index, child in enumerate(value):
                 if type(child) not in _LEAVES:
                     _collect_secrets(child, (*path, index), False, found)
-                elif type(child) is str and holds_credentials(child):
-                    found.add((*path, index))
         return
     cached = _PLANS.get(kind)
     if cached is not None and cached[0] is getattr(kind, "__pydantic_fields__", None):
@@ -201,9 +172,7 @@ def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: se
             child = getattr(value, name)
             if type(child) not in _LEAVES:
                 _collect_secrets(child, (*path, name), secret, found)
-            elif (secret and child is not None and type(child) is not bool) or (
-                type(child) is str and holds_credentials(child)
-            ):
+            elif secret and child is not None and type(child) is not bool:
                 found.add((*path, name))
     elif isinstance(value, SecretStr | SecretBytes):
         found.add(path)
@@ -220,13 +189,6 @@ def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: se
             _collect_secrets(child, (*path, index), named_secret, found)
     elif named_secret and value is not None and not isinstance(value, bool):
         found.add(path)
-    elif (isinstance(value, str) or _is_url(value)) and holds_credentials(str(value)):
-        found.add(path)
-
-
-def _is_url(value: Any) -> bool:
-    """A pydantic URL (``AnyUrl``, ``PostgresDsn``): its text is what the body holds."""
-    return hasattr(value, "scheme") and hasattr(value, "unicode_string")
 
 
 def _get(body: Any, path: ConfigPath) -> tuple[bool, Any]:
