@@ -242,8 +242,21 @@ def values_at(body: Mapping[str, Any] | None, paths: Iterable[ConfigPath]) -> li
                 node = None
                 break
         if node is not None:
-            values.append(str(node))
+            values.extend(_secret_texts(node))
     return values
+
+
+def _secret_texts(node: Any) -> Iterator[str]:
+    """The texts a secret ``node`` could be quoted by: each leaf inside a list or mapping under a secret
+    name (and each key of such a mapping: it is part of the secret too), besides the whole."""
+    yield str(node)
+    if isinstance(node, Mapping):
+        for key, child in node.items():
+            yield str(key)
+            yield from _secret_texts(child)
+    elif isinstance(node, list | tuple):
+        for child in node:
+            yield from _secret_texts(child)
 
 
 def _plain_hash(body: Mapping[str, Any], _secret_paths: frozenset[ConfigPath]) -> str:

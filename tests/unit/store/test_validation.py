@@ -443,6 +443,16 @@ def test_values_at_skips_paths_that_are_missing() -> None:
     assert values_at(None, [("a",)]) == []
 
 
+def test_a_message_quoting_a_part_of_a_secret_list_or_mapping_is_scrubbed() -> None:
+    """A secret name holds a whole list or mapping: a validator quoting one item of it (or one key of it)
+    must not get that item through."""
+    body = {"credentials": {"user": "u", "pass": "SECRET-H1-pass"}, "tokens": ["SECRET-H2-token"]}
+    secrets = values_at(body, [("credentials",), ("tokens",)])
+    line = scrub("credential pass SECRET-H1-pass is revoked; token SECRET-H2-token too", secrets)
+    assert "SECRET" not in line
+    assert "pass" in secrets  # the mapping's own keys are part of the secret (too short to be scrubbed)
+
+
 def test_format_validation_error_gives_one_line_per_problem() -> None:
     try:
         Service.model_validate({"database": {"pool_size": "x"}})
