@@ -337,7 +337,11 @@ class CandidateReader:
             raise Ended(
                 operation.completed(OperationStatus.FAILED, refusal, error=refusal, reason=PINNED_REASON)
             )
-        paths = [INITIAL_CHANGE] if previous is None else changed_paths(previous.body, outcome.body)
+        paths = (
+            [INITIAL_CHANGE]
+            if previous is None
+            else changed_paths(previous.body, outcome.body, previous.secret_paths | outcome.secret_paths)
+        )
         changes, omitted = capped(paths, self.pipeline.max_items)
         if request.dry_run:
             names = ", ".join(self.services.names()) or "no services"

@@ -9,7 +9,7 @@ from typing import Any
 
 from confledger.store.canonical import canonical_json
 from confledger.store.errors import CanonicalizationError
-from confledger.store.secrets import REDACTED, ConfigPath, dotted, redact
+from confledger.store.secrets import REDACTED, ConfigPath, dotted, get_path, redact, replace_path
 
 __all__ = ["Change", "changed_paths", "diff_bodies"]
 
@@ -148,10 +148,11 @@ def diff_bodies(
     *,
     secret_paths: Iterable[ConfigPath] = (),
 ) -> list[Change]:
-    """Every leaf that differs; values under a secret path are shown as ``**********``."""
-    raw: list[tuple[ConfigPath, Any, Any]] = []
-    _walk(old if old is not None else {}, new, (), raw)
+    """Every leaf that differs; values under a secret path are shown as ``**********``, and a secret
+    list or mapping is one leaf (its keys are never paths)."""
     secrets = set(secret_paths)
+    raw: list[tuple[ConfigPath, Any, Any]] = []
+    _walk(_secrets_whole(old if old is not None else {}, secrets), _secrets_whole(new, secrets), (), raw)
 
     def shown(path: ConfigPath, value: Any) -> Any:
         if value is _MISSING:
@@ -175,11 +176,33 @@ def diff_bodies(
     return changes
 
 
-def changed_paths(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
-    """Dotted paths of what changed: what ``changes_applied`` lists (never a value)."""
+def changed_paths(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()
+) -> list[str]:
+    """Dotted paths of what changed: what ``changes_applied`` lists (never a value, nor a key inside a
+    secret list or mapping: a secret changed is its own path)."""
+    secrets = set(secret_paths)
     out: list[str] = []
-    _changed(old if old is not None else {}, new, "", out)
+    _changed(_secrets_whole(old if old is not None else {}, secrets), _secrets_whole(new, secrets), "", out)
     return out
+
+
+def _secrets_whole(body: Mapping[str, Any], secret_paths: set[ConfigPath]) -> Mapping[str, Any]:
+    """``body`` with each secret list or mapping made one leaf (its canonical text), so a walk compares
+    it whole and names its path, not the keys inside it (an API key used as a key is a secret too)."""
+    result: Mapping[str, Any] = body
+    for path in secret_paths:
+        present, value = get_path(result, path)
+        if present and isinstance(value, Mapping | list):
+            result = replace_path(result, path, "secret:" + _text_of(value))
+    return result
+
+
+def _text_of(value: Any) -> str:
+    try:
+        return canonical_json(value)
+    except CanonicalizationError:
+        return repr(value)
 
 
 # Exactly these types: two of one type have one text exactly when they are equal (floats differ in that).

@@ -31,9 +31,11 @@ __all__ = [
     "digest_secrets",
     "dotted",
     "find_secret_paths",
+    "get_path",
     "is_sealed",
     "looks_secret",
     "redact",
+    "replace_path",
     "seal",
     "sealed_paths",
     "unseal",
@@ -191,7 +193,8 @@ def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: se
         found.add(path)
 
 
-def _get(body: Any, path: ConfigPath) -> tuple[bool, Any]:
+def get_path(body: Any, path: ConfigPath) -> tuple[bool, Any]:
+    """Whether ``path`` is in ``body``, and the value there."""
     node = body
     for part in path:
         if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
@@ -203,17 +206,18 @@ def _get(body: Any, path: ConfigPath) -> tuple[bool, Any]:
     return True, node
 
 
-def _replace(body: Any, path: ConfigPath, new: Any) -> Any:
+def replace_path(body: Any, path: ConfigPath, new: Any) -> Any:
+    """A copy of ``body`` with the value at ``path`` replaced by ``new`` (the parts on the way copied)."""
     if not path:
         return new
     head, rest = path[0], path[1:]
     if isinstance(body, Mapping):
         copy = dict(body)
-        copy[str(head)] = _replace(copy[str(head)], rest, new)
+        copy[str(head)] = replace_path(copy[str(head)], rest, new)
         return copy
     if isinstance(body, list):
         items = list(body)
-        items[int(head)] = _replace(items[int(head)], rest, new)
+        items[int(head)] = replace_path(items[int(head)], rest, new)
         return items
     return body
 
@@ -222,9 +226,9 @@ def redact(body: Mapping[str, Any], secret_paths: Iterable[ConfigPath]) -> dict[
     """A copy with each secret (and each still-sealed value) shown as ``**********``."""
     result: Any = _redact_sealed(body)
     for path in secret_paths:
-        present, value = _get(result, path)
+        present, value = get_path(result, path)
         if present and value is not None:
-            result = _replace(result, path, REDACTED)
+            result = replace_path(result, path, REDACTED)
     return dict(result)
 
 
@@ -332,7 +336,7 @@ def seal(
     """Replace each secret value with ``{"$confledger_sealed": token}``; refuses to store secrets plain."""
     result: Any = dict(body)
     for path in sorted(secret_paths, key=lambda p: tuple(str(part) for part in p)):
-        present, value = _get(result, path)
+        present, value = get_path(result, path)
         if not present or value is None or is_sealed(value):
             continue
         if cipher is None:
@@ -340,7 +344,7 @@ def seal(
                 f"config has a secret at {dotted(path)} but no encryption key is configured "
                 "(set CONFLEDGER_ENCRYPTION_KEY)"
             )
-        result = _replace(result, path, {SEALED_MARKER: cipher.encrypt(value)})
+        result = replace_path(result, path, {SEALED_MARKER: cipher.encrypt(value)})
     return dict(result)
 
 
@@ -354,9 +358,9 @@ def digest_secrets(
     """
     result: Any = dict(body)
     for path in secret_paths:
-        present, value = _get(result, path)
+        present, value = get_path(result, path)
         if present and value is not None:
-            result = _replace(result, path, {SECRET_DIGEST_MARKER: digest(value)})
+            result = replace_path(result, path, {SECRET_DIGEST_MARKER: digest(value)})
     return dict(result)
 
 

@@ -371,3 +371,27 @@ def test_changed_paths_gives_what_walking_every_key_gave(old: dict[str, Any], da
 def test_changed_paths_odd_cases(old: Any, new: Any) -> None:
     assert changed_paths(old, new) == _reference_changed_paths(old, new)
     assert changed_paths(old, new)  # each case has a change
+
+
+# A secret mapping under a secret name: its keys are part of the secret (an API key used as a key).
+KEYED = {"app": "docs", "credentials": {"sk-live-OLDKEY-1111": "service-a"}}
+SECRET_PATHS = [("credentials",)]
+
+
+@pytest.mark.parametrize(
+    ("new", "expected"),
+    [
+        # (the new body, the changed paths): the secret mapping is one path whatever changed inside it
+        ({**KEYED, "credentials": {"sk-live-NEWKEY-2222": "service-a"}}, ["credentials"]),
+        ({**KEYED, "credentials": {"sk-live-OLDKEY-1111": "service-b"}}, ["credentials"]),
+        ({**KEYED, "app": "other"}, ["app"]),
+        (KEYED, []),
+    ],
+)
+def test_a_secret_mapping_changes_as_one_path_and_its_keys_never_show(
+    new: dict[str, Any], expected: list[str]
+) -> None:
+    assert changed_paths(KEYED, new, SECRET_PATHS) == expected
+    changes = diff_bodies(KEYED, new, secret_paths=SECRET_PATHS)
+    assert [change.path for change in changes] == expected
+    assert "KEY" not in json.dumps([change.as_dict() for change in changes])
