@@ -32,7 +32,7 @@ from confledger.projections.fleet import GONE_AFTER_INTERVALS, FileWatchState, F
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
-from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger
+from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger, VerifyReport
 from confledger.store.calls import UserCalls
 from confledger.store.errors import ConfigRefusedHere, IntegrityFailed
 from confledger.store.events import FileWatchDisabled, FileWatchEnabled
@@ -673,6 +673,25 @@ class ConfigReloader:
         """Registered services whose last accepted config is not the current one."""
         drift = self._stats.drift(self.current_hash)
         return {name: running for name, running in drift.items() if name in self.services}
+
+    async def verify(self) -> VerifyReport:
+        """The whole log checked (``EventLog.verify``). A keyed log that fails it is treated as one that
+        failed its start-up check: reads go on, writes are refused until it is restored and restarted
+        (an event edited below the position start-up verified is found here, not at start-up)."""
+        report = await anyio.to_thread.run_sync(self.log.verify)
+        if report.ok or self.log.integrity_failure is not None:
+            return report
+        if (await anyio.to_thread.run_sync(self.log.integrity)).record is None:
+            return report  # keyless: nothing a forger could not recompute, as at start-up
+        self.log.integrity_failure = report
+        await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
+        logger.error(
+            "the event log failed a full integrity check (%s): %s; reloads and rollbacks are refused: %s",
+            report.code,
+            report.reason,
+            IntegrityFailed.RECOVERY,
+        )
+        return report
 
     async def fleet(self, *, all_instances: bool = False) -> dict[str, Any]:
         """The fleet's desired config and each instance's state (heartbeats read from the database);

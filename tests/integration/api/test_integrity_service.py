@@ -152,6 +152,24 @@ def test_a_truncated_log_is_found_at_start_up_and_reads_go_on(
     assert "(truncated)" in found.stderr
 
 
+def test_an_edit_below_the_verified_position_found_by_verify_stops_writes(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    """Start-up checks the tail since the position it last verified; an older event edited since is
+    found by the full check of GET /verify, which then refuses writes as a failed start-up check does."""
+    with serving(tmp_path, database_url, **options) as service:
+        apply(service, database__pool_size=36)
+        drop_guards(service.log)
+    with serving(tmp_path, database_url, **options) as restarted:
+        # Below the position the last start verified: the actor of the first event, edited in place.
+        with restarted.log.engine.begin() as connection:
+            connection.execute(events.update().where(events.c.position == 1).values(actor="forged"))
+        assert restarted.client.get("/readyz").status_code == 200  # start-up did not look there
+        report = restarted.get("/verify").json()
+        assert (report["ok"], report["first_broken_position"]) == (False, 1)
+        assert_writes_refused(restarted, report["code"])
+
+
 def test_verify_says_which_anchor_it_checked_and_when_it_checked_none(
     tmp_path: Path, database_url: str, options: dict[str, Any]
 ) -> None:
