@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +15,9 @@ from pathlib import Path
 from confledger.api.settings import MIN_TOKEN_LENGTH
 from confledger.store.errors import TokenError
 
-__all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file"]
+__all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file", "warn_if_readable_by_others"]
+
+logger = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -62,6 +67,13 @@ class Tokens:
         return None
 
 
+def warn_if_readable_by_others(path: Path, what: str) -> None:
+    """A warning when a file that holds a secret may be read by other users (it was made 0600)."""
+    with contextlib.suppress(OSError):
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            logger.warning("the %s %s may be read by other users; chmod 600 it", what, path)
+
+
 def load_or_create_token_file(path: Path) -> tuple[str, bool]:
     """The admin token kept in ``path`` (mode 0600), generating one if the file is missing.
 
@@ -69,6 +81,7 @@ def load_or_create_token_file(path: Path) -> tuple[str, bool]:
     """
     try:
         if path.exists():
+            warn_if_readable_by_others(path, "admin token file")
             token = path.read_text(encoding="utf-8").strip()
             return _check(f"token file {path}", token) or "", False
         token = secrets.token_urlsafe(32)

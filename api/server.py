@@ -73,6 +73,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # A trailing slash is a 404 like any other unknown path: Starlette would answer 307, before any
+        # token is asked for, to a Location it builds from the client's own Host header.
+        redirect_slashes=False,
     )
     if docs:
         add_offline_docs(app)

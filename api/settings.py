@@ -295,4 +295,8 @@ def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog)
             f"the log at {database} holds configs but its key file {key_file} is missing: restore the key "
             "file or set CONFLEDGER_ENCRYPTION_KEY; without it stored secrets cannot be restored"
         )
+    if key_file.exists():
+        from confledger.api.security import warn_if_readable_by_others
+
+        warn_if_readable_by_others(key_file, "encryption key file")
     return SecretCipher.from_key_file(key_file, create=True)

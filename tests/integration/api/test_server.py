@@ -139,6 +139,7 @@ ROUTING_REFUSALS = [
     ("GET", "/docs/assets/missing.js", 404, "not_found"),  # a docs file that is not there
     ("GET", f"{PREFIX}/reload", 405, "method_not_allowed"),  # reload is a POST
     ("DELETE", f"{PREFIX}/status", 405, "method_not_allowed"),
+    ("GET", f"{PREFIX}/current/", 404, "not_found"),  # no redirect to a Location the Host header names
 ]
 
 
