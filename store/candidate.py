@@ -105,7 +105,8 @@ class CandidateReader:
                     reason=exc.code,
                     message=exc.message,
                     source=source,
-                    input_sha256=getattr(exc, "input_sha256", None),
+                    # A file that did not load may hold secrets nobody found: see _input_digest.
+                    input_sha256=None if self._keyed() else getattr(exc, "input_sha256", None),
                     size_bytes=getattr(exc, "size_bytes", None),
                 ),
                 operation.completed(
@@ -133,7 +134,7 @@ class CandidateReader:
                 source=source,
                 size_bytes=loaded.size_bytes,
                 load_ms=loaded.load_ms,
-                input_sha256=loaded.raw_sha256,
+                input_sha256=self._input_digest(loaded.raw_sha256, outcome),
                 format=loaded.format,
             )
         )
@@ -275,6 +276,19 @@ class CandidateReader:
             if again == target:
                 model = dataclasses.replace(model, hash=target)
         return model
+
+    def _keyed(self) -> bool:
+        # The key, not the key record: a log's first keyed append writes the record, and it may be this one.
+        return self.log.integrity().keys is not None
+
+    def _input_digest(self, raw_sha256: str, outcome: ValidationOutcome) -> str | None:
+        """The file's sha256 as ``config.loaded`` records it, unless the file holds secrets (or may: its
+        model refused it) on a keyed log. Anyone who can read the log knows the rest of such a file from
+        the config shown, and a plain digest of its bytes would let them test guesses at the secrets
+        offline, which the config's own hash (secrets as keyed digests) was made not to allow."""
+        if self._keyed() and (outcome.hash is None or outcome.secret_paths):
+            return None
+        return raw_sha256
 
     def _validate(
         self, operation: Operation, model: ModelResult, span: trace.Span

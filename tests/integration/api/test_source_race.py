@@ -152,7 +152,9 @@ def test_no_request_loads_a_file_swapped_in_from_outside(
     ]
     refused_by_name = [e.payload for e in events if isinstance(e.payload, OperationRejected)]
     # The outside file was never read: no load of its bytes, never applied, never current.
+    # (Its bytes' digest is left out of config.loaded for a config with secrets: its config hash says it.)
     assert all(payload.input_sha256 != outside_sha for payload in loaded)
+    assert full_hash_of(outside_body, service.log) not in {payload.hash for payload in loaded}
     assert full_hash_of(outside_body, service.log) not in applied
     assert service.current_full_hash() != full_hash_of(outside_body, service.log)
     # Every request got a clean answer: the inside file (or not_found mid-swap), or a recorded 403.
