@@ -35,7 +35,7 @@ from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger, VerifyReport
 from confledger.store.calls import UserCalls
 from confledger.store.errors import ConfigRefusedHere, IntegrityFailed
-from confledger.store.events import FileWatchDisabled, FileWatchEnabled
+from confledger.store.events import ConfigApplied, FileWatchDisabled, FileWatchEnabled
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
 from confledger.store.operations import OperationRunner
@@ -233,6 +233,7 @@ class ConfigReloader:
         report = await anyio.to_thread.run_sync(self.log.check_integrity)
         if not report.ok:
             await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
+            await self._refuse_an_untrusted_current_config(report)
             logger.error(
                 "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused: %s",
                 report.code,
@@ -673,6 +674,23 @@ class ConfigReloader:
         """Registered services whose last accepted config is not the current one."""
         drift = self._stats.drift(self.current_hash)
         return {name: running for name, running in drift.items() if name in self.services}
+
+    async def _refuse_an_untrusted_current_config(self, report: VerifyReport) -> None:
+        """Reads go on after a failed check (a log cut off at its end still names its current config),
+        but not when the chain breaks at or before the ``config.applied`` the instance would restore:
+        that event may have been edited to point the service at another stored config (one refused once,
+        say), and there is then no config it could serve."""
+        broken = report.first_broken_position
+        if broken is None or report.code == "config_body_mismatch":
+            return  # a stored body, not the chain: the restore re-hashes the body it would serve
+        applied = await anyio.to_thread.run_sync(self.log.last_of_type, ConfigApplied.event_type)
+        if applied is not None and broken <= applied.position:
+            raise IntegrityFailed(
+                f"the log's chain breaks at position {broken} ({report.code}: {report.reason}), at or before "
+                f"the config.applied at {applied.position} this instance would serve, so there is no config "
+                f"it can trust: {IntegrityFailed.RECOVERY}",
+                reason=report.code or "integrity_failed",
+            )
 
     async def verify(self) -> VerifyReport:
         """The whole log checked (``EventLog.verify``). A keyed log that fails it is treated as one that

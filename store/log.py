@@ -747,16 +747,28 @@ class EventLog(LogReads):
         integrity = self.integrity()
         if integrity.keys is None and integrity.record is None:
             return VerifyReport(True, 0, self.head())  # keyless: nothing a forger could not recompute
-        report = self._check(after=verified_position(self._read, integrity))
+        report = self._check(after=self._start_check_from(integrity))
         if not report.ok and integrity.record is None:
             # A fleet's first start: another instance committed its key record, its first keyed events
             # and its anchor between this check's read of the record (none yet) and its reads of the
             # chain and the anchor file. Read them all again; a record that is really missing fails the
             # same way a second time.
-            report = self._check(after=verified_position(self._read, self.integrity()))
+            report = self._check(after=self._start_check_from(self.integrity()))
         if not report.ok:
             self.integrity_failure = report
         return report
+
+    def _start_check_from(self, integrity: Integrity) -> tuple[int, str]:
+        """Where start-up's check begins: after the position last verified, or before the newest
+        ``config.applied`` if that lies earlier. The instance restores the config that event names, so
+        an edit of it (pointing the service at another stored config) must be found before it is served,
+        whenever it was made; the events before it are left to ``verify``. The event's own ``prev_hash``
+        is where the chain is taken up: its link covers that field, so an edit there is found too."""
+        verified = verified_position(self._read, integrity)
+        applied = self.last_of_type(ConfigApplied.event_type)
+        if applied is None or applied.position > verified[0]:
+            return verified
+        return applied.position - 1, applied.prev_hash
 
     def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
         self._integrity_state = None  # the key record as the database holds it now, not as first read

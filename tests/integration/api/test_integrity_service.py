@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from confledger.api.cli import app as cli_app
 from confledger.store import EventLog, SecretCipher
-from confledger.store.errors import ConfigBodyMismatch
+from confledger.store.errors import ConfigBodyMismatch, IntegrityFailed
 from confledger.store.schema import config_versions, events
 from tests.integration.api.service_harness import (
     Service,
@@ -168,6 +168,29 @@ def test_an_edit_below_the_verified_position_found_by_verify_stops_writes(
         report = restarted.get("/verify").json()
         assert (report["ok"], report["first_broken_position"]) == (False, 1)
         assert_writes_refused(restarted, report["code"])
+
+
+def test_a_current_config_pointed_elsewhere_below_the_verified_position_is_never_served(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    """The newest config.applied names the config a start restores: edited to name another stored config
+    (after a start verified past it, checkpoints dropped), it is found at start-up, which refuses to serve."""
+    with serving(tmp_path, database_url, **options) as service:
+        first = service.current_full_hash()
+        apply(service, database__pool_size=37)
+        drop_guards(service.log)
+    with serving(tmp_path, database_url, **options) as again:  # this start verifies up to the head
+        applied = again.log.last_of_type("config.applied")
+        assert applied is not None
+    with again.log.engine.begin() as connection:
+        payload = {**applied.payload.model_dump(mode="json"), "hash": first}
+        connection.execute(
+            events.update().where(events.c.position == applied.position).values(payload=payload)
+        )
+        connection.execute(sa.text("DELETE FROM projection_checkpoints"))
+    refused = pytest.raises(IntegrityFailed, match=f"at or before the config.applied at {applied.position}")
+    with refused, serving(tmp_path, database_url, **options):
+        pass
 
 
 def test_verify_says_which_anchor_it_checked_and_when_it_checked_none(

@@ -321,10 +321,11 @@ def test_an_edited_body_is_found_and_never_handed_out(
     report = keyed.verify()
     assert report.config_hash == full_hash
     assert report.first_broken_position == 1
-    # Start-up verified past position 1 already: its incremental check leaves the old body to restore,
-    # which re-hashes what it applies (tests/integration/api/test_integrity_service.py).
-    assert open_keyed().check_integrity().ok
     assert report.code == "config_body_mismatch"
+    # Start-up verified past position 1 already, but its check always takes in the newest config.applied
+    # (the config it would restore) and the bodies named from there: it finds the edit too.
+    at_start = open_keyed().check_integrity()
+    assert (at_start.ok, at_start.code, at_start.config_hash) == (False, "config_body_mismatch", full_hash)
 
 
 def test_a_stored_body_that_is_not_json_is_found_and_never_handed_out(keyed: EventLog) -> None:
@@ -390,9 +391,13 @@ def test_start_up_verifies_only_the_tail_since_the_last_verified_position(
     open_keyed: Callable[..., EventLog], keyed: EventLog
 ) -> None:
     keyed.append([NewEvent(InstanceStarted(version="0.1.0", host="host", pid=99))])
+    applied = keyed.last_of_type("config.applied")
+    assert applied is not None
     report = open_keyed().check_integrity()
     assert report.ok
-    assert report.checked == 1  # positions 1-8 were verified by the fixture's check
+    # Positions 1-8 were verified by the fixture's check: what is checked again is the newest
+    # config.applied (the config a start restores) and what follows it, not the whole log.
+    assert report.checked == keyed.head() - applied.position + 1
 
 
 def test_the_config_hash_takes_secrets_only_as_keyed_digests(keyed: EventLog, key: str) -> None:
