@@ -16,11 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
+from pydantic_core.core_schema import ErrorType
 
 from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
 from confledger.store.canonical import config_hash
@@ -103,40 +104,70 @@ def _jsonable(value: Any) -> Any:
     return to_jsonable_python(_reveal(value))
 
 
-def format_validation_error(error: ValidationError) -> list[str]:
+def format_validation_error(
+    error: ValidationError, body: Mapping[str, Any] | None = None, model: type[BaseModel] | None = None
+) -> list[str]:
     """One line per problem: where and what, never the offending value (it may be a secret).
 
-    The value is left out, and taken out of the message too: a model's own ``field_validator`` or
-    ``model_validator`` is user code and may echo what it refused (``f"must start with sk- (got
-    {v.get_secret_value()})"``), and a model that refused its config declared no secrets to scrub by.
-    Every text in the offending input, the whole config for a model-level error, is scrubbed."""
+    pydantic's own messages never quote the input (it is left out here). A model's own
+    ``field_validator`` or ``model_validator`` is user code and may (``f"must start with sk- (got
+    {v.get_secret_value()})"``): its messages are scrubbed of ``body``'s secrets, the values ``model``
+    types ``SecretStr``/``SecretBytes`` and those under secret-looking names, found here because a model
+    that refused its config made no config to find them in."""
+    secrets: list[str] | None = None
     lines = []
-    for item in error.errors(include_url=False):
+    for item in error.errors(include_url=False, include_input=False):
         location = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(scrub(f"{location}: {item['msg']}", _texts_in(item.get("input"))))
+        message = item["msg"]
+        if item["type"] not in _PYDANTIC_OWN_ERRORS:
+            if secrets is None:
+                secrets = secret_texts_of(body, model)
+            message = scrub(message, secrets)
+        lines.append(f"{location}: {message}")
     return lines
 
 
-def _texts_in(value: Any) -> Iterator[str]:
-    """Every text inside ``value`` (a refused input), secret ones revealed so they can be scrubbed."""
-    if isinstance(value, SecretStr):
-        yield value.get_secret_value()
-    elif isinstance(value, str):
-        yield value
-    elif isinstance(value, bytes | SecretBytes):
-        raw = value.get_secret_value() if isinstance(value, SecretBytes) else value
-        yield raw.decode("utf-8", "replace")
-    elif isinstance(value, Mapping):
+# pydantic's own error types, whose messages say what was expected, never what was given. The rest
+# (value_error, assertion_error, a PydanticCustomError's own type) come from the model's validators.
+_PYDANTIC_OWN_ERRORS = frozenset(get_args(ErrorType)) - {"value_error", "assertion_error"}
+
+
+def secret_texts_of(body: Mapping[str, Any] | None, model: type[BaseModel] | None) -> list[str]:
+    """The texts of ``body``'s secrets before any model made a config of it: values under
+    secret-looking names, and the values ``model``'s ``SecretStr``/``SecretBytes`` fields would hold."""
+    if body is None:
+        return []
+    texts = values_at(body, find_secret_paths(dict(body)))
+    if model is not None:
+        _typed_secret_texts(model, body, texts, 0)
+    return texts
+
+
+def _typed_secret_texts(annotation: Any, value: Any, texts: list[str], depth: int) -> None:
+    """Walk ``value`` (raw input) along ``annotation`` (a field's type), collecting what a secret type
+    would hold. Unions and containers are looked through; anything else is not a secret by type."""
+    if value is None or depth > 32:
+        return
+    if annotation in (SecretStr, SecretBytes):
+        texts.extend(_secret_texts(value))
+        return
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(value, Mapping):
+            for name, field_info in annotation.model_fields.items():
+                key = field_info.alias if field_info.alias in value else name
+                _typed_secret_texts(field_info.annotation, value.get(key), texts, depth + 1)
+    elif origin in (list, tuple, set, frozenset, Sequence) and isinstance(value, list | tuple):
+        for argument in get_args(annotation):
+            for child in value:
+                _typed_secret_texts(argument, child, texts, depth + 1)
+    elif origin in (dict, Mapping) and isinstance(value, Mapping):
+        arguments = get_args(annotation)
         for child in value.values():
-            yield from _texts_in(child)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for child in value:
-            yield from _texts_in(child)
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _texts_in(getattr(value, name, None))
-    elif value is not None and not isinstance(value, bool | int | float):
-        yield str(value)
+            _typed_secret_texts(arguments[-1] if arguments else Any, child, texts, depth + 1)
+    elif origin is not None:  # a union, Optional, Annotated: any of its types may apply
+        for argument in get_args(annotation):
+            _typed_secret_texts(argument, value, texts, depth + 1)
 
 
 # The longest message, or listed item, an event records: user code and user input write them.
@@ -309,7 +340,7 @@ class ValidationPipeline:
         try:
             config = self.model.model_validate(dict(body))
         except ValidationError as exc:
-            return None, None, format_validation_error(exc)
+            return None, None, format_validation_error(exc, body, self.model)
         return config, dump_revealed(config), []
 
     def check_model(self, body: Mapping[str, Any]) -> ModelResult:

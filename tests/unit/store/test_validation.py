@@ -8,7 +8,7 @@ import enum
 import threading
 import uuid
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -503,12 +503,38 @@ def test_a_model_s_own_validator_cannot_put_the_value_it_refused_into_an_error(
     try:
         _Echoing.model_validate(body)
     except ValidationError as exc:
-        [line] = format_validation_error(exc)
+        [line] = format_validation_error(exc, body, _Echoing)
     else:  # pragma: no cover
         raise AssertionError("expected a ValidationError")
     assert secret not in line
     assert line.startswith(kept)
     assert "**********" in line
+
+
+class _Plain(BaseModel):
+    provider: Literal["crawl4ai", "firecrawl"] = "crawl4ai"
+    pool_size: int = 5
+    database: str = "primary"
+
+    @model_validator(mode="after")
+    def _small(self) -> _Plain:
+        if self.pool_size > 50:
+            raise ValueError(f"pool_size {self.pool_size} too big for {self.database}")
+        return self
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        # (the config, the line): what is not a secret is said as it is, the location included
+        ({"provider": "crawl"}, "provider: Input should be 'crawl4ai' or 'firecrawl'"),
+        ({"pool_size": 70}, "(root): Value error, pool_size 70 too big for primary"),
+    ],
+)
+def test_a_refusal_that_quotes_no_secret_is_left_as_it_is(body: dict[str, Any], line: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        _Plain.model_validate(body)
+    assert format_validation_error(refused.value, body, _Plain) == [line]
 
 
 # --- dump_revealed: plain parts copied in place, the rest as to_jsonable_python(_reveal(...)) -----------
