@@ -684,11 +684,16 @@ class ConfigReloader:
         if broken is None or report.code == "config_body_mismatch":
             return  # a stored body, not the chain: the restore re-hashes the body it would serve
         applied = await anyio.to_thread.run_sync(self.log.last_of_type, ConfigApplied.event_type)
-        if applied is not None and broken <= applied.position:
+        if applied is None or broken > applied.position:
+            return  # the break lies after it: the config it names stands
+        # A break before it (an old event edited) leaves the event itself to be judged on its own link.
+        if broken == applied.position or not await anyio.to_thread.run_sync(
+            self.log.event_link_holds, applied
+        ):
             raise IntegrityFailed(
-                f"the log's chain breaks at position {broken} ({report.code}: {report.reason}), at or before "
-                f"the config.applied at {applied.position} this instance would serve, so there is no config "
-                f"it can trust: {IntegrityFailed.RECOVERY}",
+                f"the config.applied at {applied.position}, which names the config this instance would "
+                f"serve, was changed in the database ({report.code}: {report.reason}), so there is no "
+                f"config it can trust: {IntegrityFailed.RECOVERY}",
                 reason=report.code or "integrity_failed",
             )
 
@@ -703,8 +708,11 @@ class ConfigReloader:
             return report  # keyless: nothing a forger could not recompute, as at start-up
         self.log.integrity_failure = report
         await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
+        # Every instance of the log (other workers, other hosts) finds it at its next start, this one too.
+        await anyio.to_thread.run_sync(self.log.forget_verified)
         logger.error(
-            "the event log failed a full integrity check (%s): %s; reloads and rollbacks are refused: %s",
+            "the event log failed a full integrity check (%s): %s; reloads and rollbacks are refused here, "
+            "and by every instance of this log from its next start: %s",
             report.code,
             report.reason,
             IntegrityFailed.RECOVERY,

@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
-from confledger.store.chain import HEAD, VerifyReport, link_of
+from confledger.store.chain import HEAD, VerifyReport, link_of, verify_chain
 from confledger.store.checkpoints import Checkpoint, read_checkpoint, save_checkpoints
 from confledger.store.configs import (
     CONFIG_ROW,
@@ -757,6 +757,30 @@ class EventLog(LogReads):
         if not report.ok:
             self.integrity_failure = report
         return report
+
+    def event_link_holds(self, event: RecordedEvent) -> bool:
+        """Whether ``event``'s own link holds (taken up at its stored ``prev_hash``, which the link
+        covers): an edit of that one event is found whatever the events before it hold."""
+        integrity = self.integrity()
+        with self._read() as connection:
+            report = verify_chain(
+                connection,
+                integrity.keys,
+                integrity.keyed_from,
+                after=event.position - 1,
+                previous=event.prev_hash,
+            )
+        return report.first_broken_position != event.position
+
+    def forget_verified(self) -> None:
+        """Move start-up's verified position back to the start of the log: a break found by ``verify``
+        below it is then found again by every instance's next start-up, which refuses writes (a restart
+        must not lift what a full check found). No-op on a keyless log."""
+        keys = self.integrity().keys
+        if keys is None:
+            return
+        with translate_errors(self.url), self.engine.begin() as connection:
+            save_verified(connection, keys, 0, GENESIS_HASH)
 
     def _start_check_from(self, integrity: Integrity) -> tuple[int, str]:
         """Where start-up's check begins: after the position last verified, or before the newest
