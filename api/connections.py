@@ -72,7 +72,7 @@ class RequestDeadlineProtocol(H11Protocol):
     def _answer_and_close(self, status_line: bytes, detail: str, code: str) -> None:
         # Written raw: h11 lets a server answer only a request it has parsed and not yet answered, and
         # this one is not whole (or not parsed at all).
-        body = json.dumps({"detail": detail, "code": code}).encode()
+        body = json.dumps({"detail": detail, "code": code}, separators=(",", ":")).encode()
         head = (
             b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n" % (status_line, len(body))

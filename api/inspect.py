@@ -244,7 +244,7 @@ class LogInspector:
 
     def _instances(self, scan: int = 200, keep: int = 10) -> list[dict[str, Any]]:
         """Each recently seen instance with its last lifecycle event: ``up``, ``stopped``, or ``gone``
-        (started, never stopped, and silent for three heartbeats: killed, or its host lost)."""
+        (started, never stopped, and its heartbeat silent for three intervals: killed, or its host lost)."""
         latest: dict[str, RecordedEvent] = {}
         for event in self.log.read_reverse(
             limit=scan, types=[InstanceStarted.event_type, InstanceStopped.event_type]
@@ -259,11 +259,12 @@ class LogInspector:
             if not isinstance(event.payload, InstanceStarted):
                 entry["state"] = "stopped"
             else:
-                # As /fleet says it: seen last by its heartbeat row, or else by its start.
+                # Gone only by a heartbeat row gone silent: an instance that does not follow the log
+                # (--no-follow) writes none, and its start alone says nothing about whether it still runs.
                 beat = heartbeats.get(instance_id)
-                seen = event.occurred_at if beat is None else max(beat.last_seen, event.occurred_at)
-                interval = DEFAULT_HEARTBEAT_INTERVAL if beat is None else beat.interval_s
-                silent = now - seen > timedelta(seconds=GONE_AFTER_INTERVALS * interval)
+                silent = beat is not None and now - max(beat.last_seen, event.occurred_at) > timedelta(
+                    seconds=GONE_AFTER_INTERVALS * beat.interval_s
+                )
                 entry["state"] = "gone" if silent else "up"
             entries.append(entry)
         return entries

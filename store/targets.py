@@ -35,8 +35,8 @@ def resolve_target(
         found = _previous_distinct_hash(log, current_hash, rolled_back_from)
         if found is None:
             raise ConfigLookupError(
-                "no previous configuration to roll back to (every earlier one was rolled back away from: "
-                "name its hash to return to it)",
+                "no previous configuration to roll back to: none was applied before the current one but "
+                "those rolled back away from (name its hash to return to one of them)",
                 code="no_previous_config",
             )
         return found

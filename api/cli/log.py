@@ -374,6 +374,7 @@ def verify_command(
     # The log alone, not LogInspector: verify needs no projection and no response model, and an
     # operator runs it in a hurry (it starts in about half the time).
     from confledger.api.readonly import open_readonly_log
+    from confledger.store.errors import LogNotFound
 
     keyed = False
 
@@ -382,6 +383,9 @@ def verify_command(
         url = resolve_database(database)
         log = open_readonly_log(url)
         try:
+            if anchor_file is not None and not anchor_file.is_file():
+                # Named, it must be there: checking nothing and exiting 0 would read as a clean bill.
+                raise LogNotFound(f"no anchor file at {anchor_file}")
             if anchor_file is not None or config is not None:
                 from confledger.api.settings import Settings, anchor_file_path
 

@@ -350,7 +350,7 @@ def test_status_calls_an_instance_that_stopped_beating_gone(story: Story) -> Non
     with EventLog(story.url, instance_id="killed", cipher=cipher) as log:
         if cipher is None:
             log.cipher = resolve_cipher(None, story.url, log)
-        for name in ("killed", "alive"):
+        for name in ("killed", "alive", "not-following"):
             log.instance_id = name
             log.append([NewEvent(InstanceStarted(version="1", host="h", pid=1))])
         # The killed one beat every 0.1 s and then no more; the live one beats every 30 s.
@@ -359,7 +359,8 @@ def test_status_calls_an_instance_that_stopped_beating_gone(story: Story) -> Non
     time.sleep(0.5)
     status = as_json(invoke("status", *story.db(), "--json"))
     states = {entry["instance_id"]: entry["state"] for entry in status["instances"]}
-    assert states == {"killed": "gone", "alive": "up", "cli-test": "stopped"}
+    # One that does not follow (--no-follow) writes no heartbeat: nothing says it went.
+    assert states == {"killed": "gone", "alive": "up", "not-following": "up", "cli-test": "stopped"}
 
 
 # --- configs: show, diff, backups ---------------------------------------------------------------------

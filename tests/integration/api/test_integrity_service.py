@@ -228,3 +228,11 @@ def test_verify_says_which_anchor_it_checked_and_when_it_checked_none(
         assert "no anchor file was checked" in said
     else:
         assert alone["anchor_checked"] is True  # beside the database
+    # An anchor file named and not there is an error, not a check of nothing that exits 0.
+    missing = CliRunner().invoke(
+        cli_app,
+        ["verify", "--database", database_url, "--anchor-file", str(tmp_path / "nowhere.anchor")],
+        env=environment,
+    )
+    assert missing.exit_code == 2, missing.output
+    assert "no anchor file at" in missing.stderr
