@@ -76,14 +76,15 @@ def apply(service: Service, **changes: Any) -> str:
 @pytest.fixture
 def worker_thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The name of each function sent to a worker thread through anyio (as FastAPI and Starlette do),
-    leaving out the fleet follower's own background tasks (its doorbell, polls and heartbeats run
-    whatever a request does)."""
+    leaving out the reloader's own background tasks (the follower's doorbell, polls and heartbeats, and
+    the checkpoint saver's look once a second run whatever a request does)."""
     hops: list[str] = []
     original: Callable[..., Any] = anyio.to_thread.run_sync
 
     async def counting(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         task = anyio.get_current_task().name
-        if not any(part in task for part in ("ConfigReloader._follow", "LogFollower.")):
+        background = ("ConfigReloader._follow", "LogFollower.", "ConfigReloader._save_checkpoints")
+        if not any(part in task for part in background):
             hops.append(getattr(function, "__name__", repr(function)))
         return await original(function, *args, **kwargs)
 
