@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store import migrate
 from confledger.store.canonical import GENESIS_HASH, canonical_json, config_hash
-from confledger.store.chain import HEAD, VerifyReport, link_of, verify_chain
+from confledger.store.chain import HEAD, VerifyReport, link_of
 from confledger.store.checkpoints import Checkpoint, read_checkpoint, save_checkpoints
 from confledger.store.configs import (
     CONFIG_ROW,
@@ -104,9 +104,11 @@ from confledger.store.statements import DriverStatement, InsertRows
 from confledger.store.verification import (
     Integrity,
     check_log,
+    event_link_holds,
+    forget_verified,
     key_mismatch,
     read_integrity,
-    verified_position,
+    start_check_from,
 )
 
 __all__ = [
@@ -759,40 +761,15 @@ class EventLog(LogReads):
         return report
 
     def event_link_holds(self, event: RecordedEvent) -> bool:
-        """Whether ``event``'s own link holds (taken up at its stored ``prev_hash``, which the link
-        covers): an edit of that one event is found whatever the events before it hold."""
-        integrity = self.integrity()
-        with self._read() as connection:
-            report = verify_chain(
-                connection,
-                integrity.keys,
-                integrity.keyed_from,
-                after=event.position - 1,
-                previous=event.prev_hash,
-            )
-        return report.first_broken_position != event.position
+        """Whether ``event``'s own link holds, whatever the events before it hold."""
+        return event_link_holds(self._read, self.integrity(), event)
 
     def forget_verified(self) -> None:
-        """Move start-up's verified position back to the start of the log: a break found by ``verify``
-        below it is then found again by every instance's next start-up, which refuses writes (a restart
-        must not lift what a full check found). No-op on a keyless log."""
-        keys = self.integrity().keys
-        if keys is None:
-            return
-        with translate_errors(self.url), self.engine.begin() as connection:
-            save_verified(connection, keys, 0, GENESIS_HASH)
+        """Start-up's verified position back to 0 (``verification.forget_verified``)."""
+        forget_verified(self.engine, self.integrity())
 
     def _start_check_from(self, integrity: Integrity) -> tuple[int, str]:
-        """Where start-up's check begins: after the position last verified, or before the newest
-        ``config.applied`` if that lies earlier. The instance restores the config that event names, so
-        an edit of it (pointing the service at another stored config) must be found before it is served,
-        whenever it was made; the events before it are left to ``verify``. The event's own ``prev_hash``
-        is where the chain is taken up: its link covers that field, so an edit there is found too."""
-        verified = verified_position(self._read, integrity)
-        applied = self.last_of_type(ConfigApplied.event_type)
-        if applied is None or applied.position > verified[0]:
-            return verified
-        return applied.position - 1, applied.prev_hash
+        return start_check_from(self._read, integrity, self.last_of_type(ConfigApplied.event_type))
 
     def _check(self, *, after: tuple[int, str] | None) -> VerifyReport:
         self._integrity_state = None  # the key record as the database holds it now, not as first read

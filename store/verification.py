@@ -15,14 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, Engine
 
 from confledger.store.canonical import GENESIS_HASH
 from confledger.store.chain import VerifyReport, head_of, verify_chain
 from confledger.store.checkpoints import sorted_checkpoints
 from confledger.store.configs import body_mismatches
-from confledger.store.database import sqlite_path
+from confledger.store.database import sqlite_path, translate_errors
 from confledger.store.errors import ConfledgerError, IntegrityKeyError
+from confledger.store.events import RecordedEvent
 from confledger.store.integrity import (
     AnchorUnreadable,
     IntegrityKeys,
@@ -31,6 +32,7 @@ from confledger.store.integrity import (
     load_key_record,
     load_verified,
     read_anchor,
+    save_verified,
 )
 from confledger.store.schema import events
 from confledger.store.secrets import SecretCipher
@@ -41,11 +43,14 @@ __all__ = [
     "body_failure",
     "check_log",
     "checkpoint_failure",
+    "event_link_holds",
+    "forget_verified",
     "has_integrity_table",
     "key_file_keys",
     "key_mismatch",
     "needs_key",
     "read_integrity",
+    "start_check_from",
     "verified_position",
 ]
 
@@ -132,6 +137,42 @@ def verified_position(read: Read, integrity: Integrity) -> tuple[int, str]:
         if not has_integrity_table(connection):
             return 0, GENESIS_HASH
         return load_verified(connection, keys) or (0, GENESIS_HASH)
+
+
+def start_check_from(read: Read, integrity: Integrity, applied: RecordedEvent | None) -> tuple[int, str]:
+    """Where start-up's check begins: after the position last verified, or before ``applied`` (the
+    newest ``config.applied``) if that lies earlier. The instance restores the config that event names,
+    so an edit of it (pointing the service at another stored config) must be found before it is served,
+    whenever it was made; the events before it are left to ``verify``. The event's own ``prev_hash`` is
+    where the chain is taken up: its link covers that field, so an edit there is found too."""
+    verified = verified_position(read, integrity)
+    if applied is None or applied.position > verified[0]:
+        return verified
+    return applied.position - 1, applied.prev_hash
+
+
+def event_link_holds(read: Read, integrity: Integrity, event: RecordedEvent) -> bool:
+    """Whether ``event``'s own link holds, taken up at its stored ``prev_hash`` (which the link covers):
+    an edit of that one event is found whatever the events before it hold."""
+    with read() as connection:
+        report = verify_chain(
+            connection,
+            integrity.keys,
+            integrity.keyed_from,
+            after=event.position - 1,
+            previous=event.prev_hash,
+        )
+    return report.first_broken_position != event.position
+
+
+def forget_verified(engine: Engine, integrity: Integrity) -> None:
+    """Move start-up's verified position back to the start of the log: a break ``verify`` found below it
+    is then found again by every instance's next start-up, which refuses writes (a restart must not lift
+    what a full check found). No-op on a keyless log."""
+    if integrity.keys is None:
+        return
+    with translate_errors(engine.url), engine.begin() as connection:
+        save_verified(connection, integrity.keys, 0, GENESIS_HASH)
 
 
 def checkpoint_failure(read: Read, integrity: Integrity, report: VerifyReport) -> VerifyReport | None:
