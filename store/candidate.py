@@ -26,6 +26,7 @@ from confledger.store.errors import (
     SourceError,
 )
 from confledger.store.events import (
+    ConfigApplied,
     ConfigLoaded,
     ConfigLoadFailed,
     ConfigUnchanged,
@@ -197,8 +198,12 @@ class CandidateReader:
         """A rollback's candidate: the stored body of its target, through the model and the validators."""
         request, previous = operation.request, operation.previous
         started = operation.started_event
+        # A rollback moves the fleet: "current" and "previous" are the fleet's, the newest config.applied
+        # (read under the fleet's lock, caught up), which this instance runs unless its own model refused
+        # it. From what such an instance runs, "the previous config" would be the very one it refused, and
+        # a rollback to what it runs would change nothing for the fleet.
+        current = self._fleet_current(None if previous is None else previous.hash)
         try:
-            current = None if previous is None else previous.hash
             if request.target is None:
                 self.pins.catch_up(self.log)  # "the previous config" skips those rolled back away from
             target = resolve_target(
@@ -214,7 +219,7 @@ class CandidateReader:
             ) from None
         operation.pending.append(started(target_hash=target, source=f"log:{target[:16]}"))
         verdict = request.fleet_verdict
-        if verdict is not None and (previous is None or previous.hash != verdict.hash):
+        if verdict is not None and current != verdict.hash:
             # Checked here, under the fleet's lock and caught up: a change after the verdict stands.
             raise Ended(
                 operation.completed(
@@ -235,7 +240,7 @@ class CandidateReader:
                     reason="fleet_change_kept",
                 )
             )
-        if previous is not None and target == previous.hash:
+        if target == current:
             raise Ended(
                 ConfigUnchanged(hash=target),
                 operation.completed(OperationStatus.SUCCESS, f"Configuration is already {target[:16]}"),
@@ -255,6 +260,15 @@ class CandidateReader:
                 )
             ) from None
         return (yield from self._validate(operation, model, span))
+
+    def _fleet_current(self, running: str | None) -> str | None:
+        """The hash of the newest ``config.applied`` (``running``, what this instance runs, if none)."""
+        newest = self.log.last_of_type(ConfigApplied.event_type)
+        return (
+            newest.payload.hash
+            if newest is not None and isinstance(newest.payload, ConfigApplied)
+            else running
+        )
 
     def _kept(self, operation_id: str) -> bool:
         """Whether ``fleet.change_kept`` was recorded for the change ``operation_id`` made."""

@@ -220,6 +220,31 @@ async def test_a_config_an_instance_s_model_refuses_is_answered_once_and_it_keep
             await states_become(a, {"a": "in_sync", "strict": "in_sync"})
 
 
+async def test_a_rollback_through_an_instance_that_refused_the_change_rolls_the_fleet_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A rollback moves the fleet: "the previous config" is the one before the newest config.applied, even
+    on the instance whose model refused that one and still runs the config before it."""
+    async with fleet(tmp_path, database_url, ["a"]) as (a,):
+        source = Path(a.reloader.config_source or "")
+        settings = Settings(
+            database_url=database_url,
+            encryption_key=KEY,
+            instance_id="strict",
+            follow_poll_interval=0.02,
+            heartbeat_interval=5.0,
+        )
+        async with ConfigReloader(config_model=Strict, config_source=source, settings=settings) as strict:
+            before = a.reloader.current_hash
+            assert (await a.reloader.reload_config(config_source=str(write(source, 7)))).success
+            await states_become(a, {"a": "in_sync", "strict": "drifted"})
+            back = await strict.rollback_config()
+            assert back.success, back.error_message
+            assert back.new_config_hash == before
+            await eventually(lambda: a.level == 1)
+            await states_become(a, {"a": "in_sync", "strict": "in_sync"})
+
+
 async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
     tmp_path: Path, database_url: str
 ) -> None:
