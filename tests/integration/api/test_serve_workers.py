@@ -448,6 +448,10 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         for _ in range(3):
             _toggle(port, "enable")
         wait_for("both workers to say it is on", lambda: _statuses(port) == dict.fromkeys(both, True) or None)
+        # "On" is the group's toggle as every worker folds it; worker 0's watcher then starts (its inotify
+        # watch is set from a thread of its own), and a change made before that is one no watcher sees,
+        # as with any watcher that starts after a file changed. Give it the moment it takes.
+        time.sleep(1.0)
 
         replace_atomically(config, yaml.safe_dump(variant(database__pool_size=64), sort_keys=False))
         wait_for("the file's reload", lambda: rows(database, reloads) or None)
