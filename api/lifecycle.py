@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydantic import BaseModel
 
 from confledger.api.pages import RenderedPages
 from confledger.api.reloader import ConfigReloader, WatchGroup, set_config_reloader
-from confledger.api.security import Tokens, load_or_create_token_file
+from confledger.api.security import Tokens, load_or_create_token_file, warn_if_readable_by_others
 from confledger.api.settings import (
     Settings,
     absolute,
@@ -292,8 +291,8 @@ def create_private_database_file(database_url: str, *, warn_if_shared: bool = Tr
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        if warn_if_shared and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            logger.warning("the event log %s may be read by other users; chmod 600 it", path)
+        if warn_if_shared:
+            warn_if_readable_by_others(path, "event log")
         return path
     except FileNotFoundError:
         return path  # no such directory: SQLite's own error says so when the log is opened

@@ -574,7 +574,7 @@ def test_an_allowed_source_directory_that_does_not_exist_is_a_warning_at_set_up(
 def test_a_token_or_key_file_others_may_read_is_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="confledger.api.security")
+    caplog.set_level(logging.WARNING, logger="confledger.api")
     database_url = f"sqlite:///{tmp_path / 'confledger.db'}"
     app, lifecycle, _, _ = build_app(tmp_path, database_url, admin_token=None, read_token=None)
     with TestClient(app):  # made 0600, then loosened by someone
@@ -582,12 +582,14 @@ def test_a_token_or_key_file_others_may_read_is_a_warning(
     assert lifecycle.token_file is not None
     lifecycle.token_file.chmod(0o644)
     (tmp_path / "confledger.db.key").chmod(0o640)
+    (tmp_path / "confledger.db").chmod(0o644)
     app, _, _, _ = build_app(tmp_path, database_url, admin_token=None, read_token=None)
     with TestClient(app):
         pass
     said = " ".join(record.getMessage() for record in caplog.records)
     assert "admin token file" in said
     assert "encryption key file" in said
+    assert "event log" in said
 
 
 def test_a_read_token_that_is_the_admin_token_is_refused_at_set_up(
