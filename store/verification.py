@@ -39,7 +39,7 @@ from confledger.store.secrets import SecretCipher
 
 __all__ = [
     "Integrity",
-    "anchor_failure",
+    "anchor_check",
     "body_failure",
     "check_log",
     "checkpoint_failure",
@@ -217,19 +217,20 @@ def body_failure(
     return None
 
 
-def anchor_failure(
+def anchor_check(
     read: Read, anchor_path: Path | None, integrity: Integrity, report: VerifyReport
-) -> VerifyReport | None:
-    """The anchor file outside the database names an event the log must still hold, unchanged."""
+) -> VerifyReport:
+    """The anchor file outside the database names an event the log must still hold, unchanged: the
+    failure if it does not, else ``report``, naming the anchor file when there was one to check."""
     keys, record = integrity.keys, integrity.record
     if keys is None or anchor_path is None:
-        return None
+        return report
     try:
         anchor = read_anchor(anchor_path, keys)
     except AnchorUnreadable as exc:
         return VerifyReport(False, report.checked, report.head, None, str(exc), "anchor_mismatch")
     if anchor is None:
-        return None
+        return report
     if record is None or anchor.log_id != record.log_id:
         reason = (
             f"the anchor file {anchor_path} belongs to another log, or this log's key record was "
@@ -249,7 +250,7 @@ def anchor_failure(
     if stored != anchor.hash:
         reason = f"event {anchor.position} is not the one the anchor file recorded: the tail was rewritten"
         return VerifyReport(False, report.checked, report.head, anchor.position, reason, "anchor_mismatch")
-    return None
+    return replace(report, anchor_checked=str(anchor_path))
 
 
 def check_log(
@@ -281,11 +282,7 @@ def check_log(
     for failure in (
         checkpoint_failure(read, integrity, report),
         body_failure(read, cipher, keys, report, since=start if after is not None else None),
-        anchor_failure(read, anchor_path, integrity, report),
     ):
         if failure is not None:
             return failure, head, head_hash
-    if keys is not None and anchor_path is not None and read_anchor(anchor_path, keys) is not None:
-        # anchor_failure found it and it held (an unreadable one failed there).
-        report = replace(report, anchor_checked=str(anchor_path))
-    return report, head, head_hash
+    return anchor_check(read, anchor_path, integrity, report), head, head_hash
