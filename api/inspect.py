@@ -31,7 +31,7 @@ from confledger.api.settings import Settings
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.base import Folder, Projection
 from confledger.projections.current import CurrentProjection
-from confledger.projections.fleet import GONE_AFTER_INTERVALS, FleetProjection, fleet_view
+from confledger.projections.fleet import FleetProjection, fleet_view, is_silent
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import restore_projections
 from confledger.projections.stats import StatsProjection
@@ -262,8 +262,8 @@ class LogInspector:
                 # Gone only by a heartbeat row gone silent: an instance that does not follow the log
                 # (--no-follow) writes none, and its start alone says nothing about whether it still runs.
                 beat = heartbeats.get(instance_id)
-                silent = beat is not None and now - max(beat.last_seen, event.occurred_at) > timedelta(
-                    seconds=GONE_AFTER_INTERVALS * beat.interval_s
+                silent = beat is not None and is_silent(
+                    max(beat.last_seen, event.occurred_at), beat.interval_s, now
                 )
                 entry["state"] = "gone" if silent else "up"
             entries.append(entry)

@@ -48,6 +48,7 @@ __all__ = [
     "FleetProjection",
     "fleet_view",
     "group_of",
+    "is_silent",
 ]
 
 GONE_AFTER_INTERVALS = 3
@@ -351,6 +352,11 @@ def _state_of(instance: Mapping[str, Any], desired_hash: str | None, desired_pos
     return "lagging"
 
 
+def is_silent(last_seen: datetime, interval_s: float, now: datetime) -> bool:
+    """Not seen for ``GONE_AFTER_INTERVALS`` heartbeat intervals: gone (killed, or its host lost)."""
+    return now - last_seen > timedelta(seconds=GONE_AFTER_INTERVALS * interval_s)
+
+
 def fleet_view(
     projection: FleetProjection,
     heartbeats: Mapping[str, Heartbeat],
@@ -377,7 +383,7 @@ def fleet_view(
         last_seen = max(seen)
         interval = beat.interval_s if beat is not None else default_interval_s
         stopped = bool(instance["stopped"]) and (beat is None or beat.last_seen <= last_seen)
-        silent = now - last_seen > timedelta(seconds=GONE_AFTER_INTERVALS * interval)
+        silent = is_silent(last_seen, interval, now)
         state = (
             "gone"
             if stopped or silent
