@@ -189,19 +189,24 @@ class Strict(Small):
     level: int = Field(le=5)  # this instance's model refuses what the others take
 
 
+def strict_member(database_url: str, source: Path) -> ConfigReloader:
+    """One more instance of the fleet on ``source``, whose own model refuses levels above 5."""
+    settings = Settings(
+        database_url=database_url,
+        encryption_key=KEY,
+        instance_id="strict",
+        follow_poll_interval=0.02,
+        heartbeat_interval=5.0,
+    )
+    return ConfigReloader(config_model=Strict, config_source=source, settings=settings)
+
+
 async def test_a_config_an_instance_s_model_refuses_is_answered_once_and_it_keeps_its_own(
     tmp_path: Path, database_url: str
 ) -> None:
     async with fleet(tmp_path, database_url, ["a"]) as (a,):
         source = Path(a.reloader.config_source or "")
-        settings = Settings(
-            database_url=database_url,
-            encryption_key=KEY,
-            instance_id="strict",
-            follow_poll_interval=0.02,
-            heartbeat_interval=5.0,
-        )
-        async with ConfigReloader(config_model=Strict, config_source=source, settings=settings) as strict:
+        async with strict_member(database_url, source) as strict:
             operation = await a.reloader.reload_config(config_source=str(write(source, 7)))
             assert operation.success
             await states_become(a, {"a": "in_sync", "strict": "drifted"})
@@ -227,14 +232,7 @@ async def test_a_rollback_through_an_instance_that_refused_the_change_rolls_the_
     on the instance whose model refused that one and still runs the config before it."""
     async with fleet(tmp_path, database_url, ["a"]) as (a,):
         source = Path(a.reloader.config_source or "")
-        settings = Settings(
-            database_url=database_url,
-            encryption_key=KEY,
-            instance_id="strict",
-            follow_poll_interval=0.02,
-            heartbeat_interval=5.0,
-        )
-        async with ConfigReloader(config_model=Strict, config_source=source, settings=settings) as strict:
+        async with strict_member(database_url, source) as strict:
             before = a.reloader.current_hash
             assert (await a.reloader.reload_config(config_source=str(write(source, 7)))).success
             await states_become(a, {"a": "in_sync", "strict": "drifted"})
