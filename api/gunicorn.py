@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from uvicorn_worker import UvicornWorker as _UvicornWorker
@@ -41,6 +42,9 @@ _base_instance_id: str | None = None
 # In a worker (set by post_fork): its slot, so that confledger's own service groups its workers' file
 # watching as ``serve --workers`` does (worker 0 watches for all, whichever worker is asked).
 _worker_slot: int | None = None
+# When the master started (wall-clock seconds; inherited by every worker it forks): a file-watch toggle
+# recorded before then belongs to an earlier run of the service.
+_started_at: float | None = None
 
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no types
@@ -63,8 +67,9 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker shi
 
 def on_starting(server: Any) -> None:
     """In the master, before any worker: SIGHUP goes to one worker; serve's checks run once for ``app()``."""
-    global _base_instance_id
+    global _base_instance_id, _started_at
     _base_instance_id = os.environ.get("CONFLEDGER_INSTANCE_ID") or None
+    _started_at = time.time()
     server.handle_hup = lambda: _reload_through_one_worker(server)
     if str(getattr(server.app, "app_uri", None) or server.cfg.wsgi_app or "").startswith(_APP_REFERENCE):
         _check_service(server)
@@ -170,4 +175,6 @@ def app() -> Any:
     from confledger.api.workers import service_app
 
     settings = Settings()
-    return service_app(settings, settings.log_level, worker_index=_worker_slot)
+    return service_app(
+        settings, settings.log_level, worker_index=_worker_slot, workers_started_at=_started_at
+    )

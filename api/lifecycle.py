@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,11 @@ class ConfigLifecycle:
         self.signal_handler_enabled = False
         self.token_file: Path | None = None
         self.token_created = False
-        # Set by ``serve --workers`` (``api.workers``): this process's index among the service's workers.
+        # Set by ``serve --workers`` (``api.workers``): this process's index among the service's workers,
+        # and when the service's supervisor started (wall-clock seconds): a file-watch toggle its workers
+        # recorded before then belongs to an earlier run of the service.
         self.worker_index: int | None = None
+        self.workers_started_at: float | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     @property
@@ -186,7 +190,14 @@ class ConfigLifecycle:
                 settings=self.settings,
             )
             if self.worker_index is not None:
-                reloader.watch_group = WatchGroup(group_of(log.instance_id), owner=self.worker_index == 0)
+                started_at = self.workers_started_at
+                reloader.watch_group = WatchGroup(
+                    group_of(log.instance_id),
+                    owner=self.worker_index == 0,
+                    since=datetime.now(UTC)
+                    if started_at is None
+                    else datetime.fromtimestamp(started_at, UTC),
+                )
             if self.telemetry is not None:
                 # Bound before start so the start-up operation is measured like any other.
                 self.telemetry.bind(reloader)

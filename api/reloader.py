@@ -25,7 +25,7 @@ from confledger.api.settings import (
     signing_key_of,
 )
 from confledger.api.watch import ChangeFeed
-from confledger.api.watcher import FileWatcher
+from confledger.api.watcher import FileWatcher, changed_since
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
 from confledger.projections.fleet import GONE_AFTER_INTERVALS, FileWatchState, FleetProjection, fleet_view
@@ -70,6 +70,10 @@ class WatchGroup:
 
     root: str
     owner: bool
+    # When the service started: a toggle recorded before it was an earlier run's (an instance id, and so
+    # the group's name, is often the same from run to run), while one since it is this run's, even for a
+    # worker 0 started again after it died.
+    since: datetime
 
 
 class ConfigReloader:
@@ -177,9 +181,8 @@ class ConfigReloader:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._watcher: FileWatcher | None = None
         # Under ``serve --workers``: the workers of one service watch one file through worker 0 (set by
-        # the lifecycle before the start). Toggles made since ``_watch_since`` are the group's.
+        # the lifecycle before the start).
         self.watch_group: WatchGroup | None = None
-        self._watch_since = 0
         self._group_watch_scope: anyio.CancelScope | None = None
         self._judge: FleetJudge | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
@@ -268,10 +271,8 @@ class ConfigReloader:
         try:
             await self.start()
             await self._task_group.start(self._save_checkpoints)
-            if self.watch_group is not None:
-                self._watch_since = self.projections.position
-                if self.watch_group.owner:
-                    self._task_group.start_soon(self._watch_for_the_group)
+            if self.watch_group is not None and self.watch_group.owner:
+                self._task_group.start_soon(self._watch_for_the_group)
             if self.settings.follow:
                 await self._task_group.start(self._follow)
                 threshold = self.settings.fleet_rollback_threshold
@@ -388,12 +389,13 @@ class ConfigReloader:
         return None if self._watcher is None else self._watcher.poll_interval
 
     def _group_watch(self) -> FileWatchState | None:
-        """Under ``--workers``: the group's last toggle since this instance started (None: none, or not a
+        """Under ``--workers``: the group's last toggle in this run of the service (None: none, or not a
         worker)."""
-        if self.watch_group is None:
+        group = self.watch_group
+        if group is None:
             return None
-        state = self._fleet.file_watch_of(self.watch_group.root)
-        return state if state is not None and state.position > self._watch_since else None
+        state = self._fleet.file_watch_of(group.root)
+        return state if state is not None and state.toggled_at >= group.since else None
 
     async def _watch_for_the_group(self) -> None:
         """Worker 0's: watch the file as its group's last toggle says, whichever worker was asked.
@@ -427,12 +429,35 @@ class ConfigReloader:
                     current.stop()
                 self._watcher = watcher
                 await self._task_group.start(watcher.run)
+                # The toggle was answered (by whichever worker) before this watcher existed: a change
+                # made in between is one no watcher saw, so it is looked for now.
+                source = Path(self.config_source)
+                if current is None and await anyio.to_thread.run_sync(
+                    changed_since, source, wanted.toggled_at
+                ):
+                    self._task_group.start_soon(self._reload_for_the_group)
+
+    async def _reload_for_the_group(self) -> None:
+        """Worker 0's watcher saw the file change: reload, unless the group turned watching off.
+
+        Worker 0 folds a toggle within a follow interval, so its watcher can outlive an answered "off"
+        by that long: the log is read up to its head first, and a change seen after the toggle is left.
+        """
+        await self.runner.follow()
+        wanted = self._group_watch()
+        if wanted is not None and not wanted.enabled:
+            logger.info("file change not reloaded: file watching was turned off (by another worker)")
+            return
+        await self.request_reload(Trigger.FILE_WATCH, actor="file_watch")
 
     def _new_watcher(self, poll_interval: float, *, force_polling: bool) -> FileWatcher:
         assert self.config_source is not None
+        group = self.watch_group
         return FileWatcher(
             Path(self.config_source),
-            lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
+            self._reload_for_the_group
+            if group is not None
+            else lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
             poll_interval=poll_interval,
             force_polling=force_polling,
         )
@@ -469,6 +494,9 @@ class ConfigReloader:
         await self._task_group.start(watcher.run)
 
     async def disable_file_watching(self) -> None:
+        if self.watch_group is not None:
+            # Turned on by another worker a moment ago, perhaps: this one may not have folded that yet.
+            await self.runner.follow()
         if not self.file_watching_enabled:
             return
         await self.runner.record(FileWatchDisabled(source=self.config_source))

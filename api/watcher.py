@@ -23,6 +23,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from watchfiles import awatch
 if TYPE_CHECKING:
     from inotify_simple import Event, INotify
 
-__all__ = ["FileWatcher", "Fingerprint", "fingerprint"]
+__all__ = ["FileWatcher", "Fingerprint", "changed_since", "fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,29 @@ def fingerprint(path: Path) -> Fingerprint:
     except OSError:
         return None
     return (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+# The kernel stamps a file's change time from a clock that ticks every few milliseconds, so a change
+# made just after a moment can carry a time just before it.
+_FILE_CLOCK_SLACK = timedelta(milliseconds=50)
+
+
+def changed_since(path: Path, moment: datetime) -> bool:
+    """Whether the file, or the link that names it, changed at or after ``moment`` (same host's clock).
+
+    Wrong only the safe way: a change made in the few milliseconds before ``moment`` counts as one
+    after it (a reload that may find nothing to do). A symlink swapped further up the path (Kubernetes
+    swaps ``..data``) is seen through the file it now points at, made for that swap.
+    """
+    found = fingerprint(path)
+    if found is None:
+        return False
+    try:
+        link_changed_ns = os.lstat(path).st_ctime_ns
+    except OSError:
+        link_changed_ns = 0
+    changed = datetime.fromtimestamp(max(found[4], link_changed_ns) / 1e9, UTC)
+    return changed >= moment - _FILE_CLOCK_SLACK
 
 
 @dataclass

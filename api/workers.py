@@ -62,6 +62,7 @@ class WorkerPlan:
     log_level: str
     instance_id: str
     index: int = 0
+    started_at: float | None = None  # the supervisor's start (wall-clock seconds): the run's file watch
 
 
 def build_worker_app(plan: WorkerPlan) -> Any:
@@ -79,11 +80,15 @@ def build_worker_app(plan: WorkerPlan) -> Any:
         Settings(**{**plan.overrides, "instance_id": plan.instance_id}),
         plan.log_level,
         worker_index=plan.index,
+        workers_started_at=plan.started_at,
     )
 
 
-def service_app(settings: Any, log_level: str, *, worker_index: int | None = None) -> Any:
-    """The app ``confledger serve`` runs, built from ``settings`` (in a worker: its own instance id)."""
+def service_app(
+    settings: Any, log_level: str, *, worker_index: int | None = None, workers_started_at: float | None = None
+) -> Any:
+    """The app ``confledger serve`` runs, built from ``settings`` (in a worker: its own instance id, and
+    when the workers' supervisor started)."""
     from confledger.api.access_log import QueryRedaction, query_parameter_names
     from confledger.api.logs import configure_logging
     from confledger.api.preflight import OneLineStartupFailure
@@ -94,6 +99,7 @@ def service_app(settings: Any, log_level: str, *, worker_index: int | None = Non
     app, lifecycle = create_app(settings, model=model)
     # The workers of one service watch its one file through worker 0, whichever worker is asked.
     lifecycle.worker_index = worker_index
+    lifecycle.workers_started_at = workers_started_at
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(app)))
     return OneLineStartupFailure(app)
 

@@ -88,6 +88,7 @@ class _Watching(StateModel):
     poll_interval: float | None
     mode: str | None
     position: int
+    toggled_at: IsoTimeText
 
 
 class _Decided(StateModel):
@@ -126,6 +127,14 @@ class FileWatchState:
     poll_interval: float | None
     mode: str | None
     position: int
+    toggled_at: datetime  # when it was recorded: a change of the file since then is one to reload
+
+    def state(self) -> dict[str, Any]:
+        return {**asdict(self), "toggled_at": self.toggled_at.isoformat()}
+
+    @classmethod
+    def of_state(cls, state: Mapping[str, Any]) -> FileWatchState:
+        return cls(**{**state, "toggled_at": datetime.fromisoformat(state["toggled_at"])})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +207,7 @@ def _new_instance(at: datetime) -> dict[str, Any]:
 
 class FleetProjection(Projection):
     name = "fleet"
-    version = 2  # 2: the desired change's decider, kind and kept verdict
+    version = 3  # 2: the desired change's decider, kind and kept verdict; 3: when watching was toggled
     state_model = _State
 
     def reset(self) -> None:
@@ -274,6 +283,7 @@ class FleetProjection(Projection):
             poll_interval=payload.poll_interval if isinstance(payload, FileWatchEnabled) else None,
             mode=payload.mode if isinstance(payload, FileWatchEnabled) else None,
             position=event.position,
+            toggled_at=event.occurred_at,
         )
 
     def _rolled_back(self, event: RecordedEvent) -> None:
@@ -332,14 +342,14 @@ class FleetProjection(Projection):
             "desired_decided": None if self.desired is None else self.desired.decided_state(),
             "rollback_operation_id": self.rollback_operation_id,
             "instances": {name: dict(instance) for name, instance in self.instances.items()},
-            "watching": {group: asdict(state) for group, state in self.watching.items()},
+            "watching": {group: state.state() for group, state in self.watching.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.desired = DesiredChange.of_state(state)
         self.rollback_operation_id = state["rollback_operation_id"]
         self.instances = {name: dict(instance) for name, instance in state["instances"].items()}
-        self.watching = {group: FileWatchState(**value) for group, value in state["watching"].items()}
+        self.watching = {group: FileWatchState.of_state(value) for group, value in state["watching"].items()}
 
 
 def _state_of(instance: Mapping[str, Any], desired_hash: str | None, desired_position: int) -> str:

@@ -160,10 +160,12 @@ def serve(
 def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: socket) -> None:
     """N workers on the socket bound above, under uvicorn's supervisor (``confledger.api.workers``)."""
     import os
+    import time
 
     from confledger.api.logs import uvicorn_log_config
     from confledger.api.workers import WorkerConfig, WorkerPlan, WorkerSupervisor, worker_instance_id
 
+    started_at = time.time()
     configs = [
         WorkerConfig(
             WorkerPlan(
@@ -173,6 +175,7 @@ def _serve_with_workers(settings: Settings, overrides: dict[str, object], sock: 
                 log_level=settings.log_level,
                 instance_id=worker_instance_id(settings.instance_id, os.getpid(), index),
                 index=index,
+                started_at=started_at,
             ),
             request_timeout=settings.request_timeout,
             host=settings.host,

@@ -448,11 +448,8 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         for _ in range(3):
             _toggle(port, "enable")
         wait_for("both workers to say it is on", lambda: _statuses(port) == dict.fromkeys(both, True) or None)
-        # "On" is the group's toggle as every worker folds it; worker 0's watcher then starts (its inotify
-        # watch is set from a thread of its own), and a change made before that is one no watcher sees,
-        # as with any watcher that starts after a file changed. Give it the moment it takes.
-        time.sleep(1.0)
-
+        # Changed at once: worker 0 folds the toggle within a follow interval and starts its watcher then,
+        # so this change may come before that watcher exists: it is looked for as the watcher starts.
         replace_atomically(config, yaml.safe_dump(variant(database__pool_size=64), sort_keys=False))
         wait_for("the file's reload", lambda: rows(database, reloads) or None)
         time.sleep(1.5)  # a second watcher, had one started, would have reloaded by now
@@ -462,7 +459,8 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         wait_for(
             "both workers to say it is off", lambda: _statuses(port) == dict.fromkeys(both, False) or None
         )
-        time.sleep(1.0)  # worker 0 follows the toggle within a follow interval (0.5 s)
+        # Changed at once: worker 0's watcher may still be running, but what it sees is not reloaded
+        # once the log says watching is off.
         replace_atomically(config, yaml.safe_dump(variant(database__pool_size=65), sort_keys=False))
         time.sleep(1.5)
         assert rows(database, reloads) == [(worker_0,)]  # watched by nobody now

@@ -12,12 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 
-from confledger.api.watcher import FileWatcher
+from confledger.api.watcher import FileWatcher, changed_since
 
 pytestmark = pytest.mark.anyio
 
@@ -210,3 +211,28 @@ async def test_a_directory_replaced_is_watched_afresh(tmp_path: Path) -> None:
         with anyio.fail_after(15):
             await seen.wait()
         watcher.stop()
+
+
+def test_changed_since_counts_a_change_at_or_after_the_moment_and_one_just_before_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("a: 1\n")
+    written = datetime.fromtimestamp(config.stat().st_ctime_ns / 1e9, UTC)
+    assert changed_since(config, written)
+    assert changed_since(config, written + timedelta(milliseconds=20))  # the kernel's clock is coarse
+    assert not changed_since(config, written + timedelta(seconds=1))
+    assert not changed_since(tmp_path / "missing.yaml", written)
+
+
+def test_changed_since_sees_a_symlink_swapped_to_a_file_made_before_the_moment(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("a: 1\n")
+    new.write_text("a: 2\n")
+    link = tmp_path / "config.yaml"
+    link.symlink_to(old)
+    swapped = tmp_path / ".config.yaml.tmp"
+    swapped.symlink_to(new)
+    time.sleep(0.2)  # both files are older than the moment by more than the clock's slack
+    moment = datetime.now(UTC)
+    assert not changed_since(link, moment)
+    os.replace(swapped, link)  # the swap is the change: the file it now names is as old as before
+    assert changed_since(link, moment)

@@ -283,7 +283,7 @@ def test_a_group_s_last_file_watch_toggle_is_kept_whichever_worker_made_it() -> 
     log.add("other", FileWatchEnabled(source="d.yaml", poll_interval=1.0))
     folded = log.fold()
     assert folded.file_watch_of("svc") == FileWatchState(
-        enabled=False, poll_interval=None, mode=None, position=at
+        enabled=False, poll_interval=None, mode=None, position=at, toggled_at=T0 + timedelta(seconds=at)
     )
     assert folded.file_watch_of("other").enabled  # type: ignore[union-attr]
     assert folded.file_watch_of("nobody") is None
