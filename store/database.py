@@ -33,6 +33,7 @@ __all__ = [
     "UnreadableJSON",
     "UnreadableTime",
     "as_utc",
+    "checkpoint_wal",
     "connection_lost",
     "create_store_engine",
     "describe_url",
@@ -187,6 +188,26 @@ def create_store_engine(
     )
     _ping_when_idle(engine)
     return engine
+
+
+def checkpoint_wal(engine: Engine) -> None:
+    """SQLite: copy the write-ahead log's committed pages into the database file (a PASSIVE checkpoint,
+    which waits for no reader or writer); nothing on PostgreSQL or in memory. Blocking.
+
+    Left to SQLite, the commit that takes the WAL past 1,000 pages does this itself, and its caller waits
+    for the copy and the database file's fsync: with a reload writing some 20 pages, one reload in 50
+    took several times the median. Called off every append's path (the reloader's once-a-second task),
+    the WAL starts over before it grows that far; SQLite's own stays as the backstop for a log written
+    faster than that, or by a process that runs no such task. On a pooled connection, not the writer's:
+    an append need not wait for it.
+    """
+    if engine.dialect.name != "sqlite" or _is_memory(engine.url):
+        return
+    with translate_errors(engine.url), engine.connect() as connection:
+        # On the driver: through SQLAlchemy the statement would open a transaction first, and SQLite
+        # refuses a checkpoint from a connection inside one.
+        driver: Any = connection.connection.driver_connection
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 # A pooled PostgreSQL connection is pinged before use only after it has lain idle this long.
