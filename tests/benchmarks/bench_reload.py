@@ -3,15 +3,17 @@
     .venv/bin/python tests/benchmarks/bench_reload.py [--anchor c06ff0c] [--rounds R] [--reloads N]
                                                       [--async-callbacks] [--unforced] [--dir DIR] [--check]
 
-Each reload loads ``examples/config.yaml`` (alternating with a copy with one value changed, ``force=True``,
-so every one is a full operation: load, validate with the example model and validators, notify three no-op
-sync callbacks, apply, commit; ``--unforced`` drops ``force``, so each reload also reads the rollback pins
-up to the log's head before it applies, as a reload of a changed file does) on SQLite with synchronous=FULL on a real disk (never tmpfs: a commit there
-would cost no fsync). Each side runs in a subprocess of its own, ``--rounds`` times, the two sides taking
-turns (which goes first alternates), so both share the machine's noise. The anchor is exported with
-``git archive`` and made importable as ``confledger`` through a temporary directory holding its
-``confledger/__init__.py`` and symlinks to its ``store``, ``projections``, ``api``, ``migrations`` and
-``examples`` (as ``tests/unit/test_code_quality.py`` shows mypy the installed shape).
+Each reload loads ``examples/config.yaml`` (alternating with a copy with one value changed, ``force=True``, so
+every one is a full operation: load, validate with the example model and validators, notify three no-op sync
+callbacks, apply, commit; ``--unforced`` drops ``force``, so each reload also reads the rollback pins up to
+the log's head before it applies, as a reload of a changed file does) on SQLite with synchronous=FULL on a
+real disk (never tmpfs: a commit there would cost no fsync), the reloader run as a service runs it
+(``async with``: its own task saves the projections' and the WAL's checkpoints, off the reloads). Each side runs in a
+subprocess of its own, ``--rounds`` times, the two sides taking turns (which goes first alternates), so both
+share the machine's noise. The anchor is exported with ``git archive`` and made importable as ``confledger``
+through a temporary directory holding its ``confledger/__init__.py`` and symlinks to its ``store``,
+``projections``, ``api``, ``migrations`` and ``examples`` (as ``tests/unit/test_code_quality.py`` shows mypy
+the installed shape).
 
 Printed: p50 / p99 / mean per side over all rounds, the ratio of the medians (this tree / anchor), CPU per
 reload, and the cost of reading the current config (``reloader.current.config``) against a module global.
@@ -21,6 +23,7 @@ Targets for this tree: p50 < 3 ms, p99 < 10 ms. ``--check`` exits 1 when one is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -90,7 +93,9 @@ async def measure(
         return None
 
     reloader = ConfigReloader(log, config_model=AppConfig, validators=VALIDATORS, config_source=first)
-    await reloader.start()
+    # Run as a service runs it (``async with``): its own task saves the checkpoints, off the reloads.
+    running = contextlib.AsyncExitStack()
+    await running.enter_async_context(reloader)
     for name, priority in (("cache", 30), ("search", 20), ("api", 10)):
         reloader.register_config_callback(
             name, anoop if async_callbacks else noop, priority=priority, async_callback=async_callbacks
@@ -113,7 +118,7 @@ async def measure(
         cpu_ms = (time.process_time() - cpu_started) * 1000 / reloads
         reads = read_costs(reloader)
     finally:
-        await reloader.stop()
+        await running.aclose()
         log.close()
     import confledger.store
 
@@ -148,7 +153,9 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
 
     reloader = ConfigReloader(log, config_model=AppConfig, validators=VALIDATORS, config_source=first)
     timings: dict[str, list[float]] = {"ours": [], "bare": []}
-    await reloader.start()
+    # Run as a service runs it (``async with``): its own task saves the checkpoints, off the reloads.
+    running = contextlib.AsyncExitStack()
+    await running.enter_async_context(reloader)
     for name, priority in (("cache", 30), ("search", 20), ("api", 10)):
         reloader.register_config_callback(name, noop, priority=priority)
     CONFIG = reloader.current.config if reloader.current is not None else None
@@ -173,7 +180,7 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
                 timings["ours"].append(ours_ms)
                 timings["bare"].append(bare_ms)
     finally:
-        await reloader.stop()
+        await running.aclose()
         log.close()
     return timings
 
