@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from json.encoder import encode_basestring
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confledger.store.errors import CanonicalizationError
@@ -57,26 +56,12 @@ def _reject_non_finite(value: Any) -> None:
             stack.extend((f"{path}[{index}]", depth + 1, child) for index, child in enumerate(item))
 
 
-# json.JSONEncoder.encode builds its C encoder (and a closure it never uses) on every call; this makes
-# the same C encoder with the same options directly. A fresh ``markers`` dict per call keeps json's
-# circular-reference check: the C encoder does not clear it when it fails half-way.
-_default = json.JSONEncoder().default  # the TypeError json raises for a value with no JSON form
-_make_encoder: Callable[..., Callable[[Any, int], Sequence[str]]] | None = getattr(
-    json.encoder, "c_make_encoder", None
-)
-_encode: Callable[[Any], str]
-if _make_encoder is not None:
-    _new_c_encoder = _make_encoder
-
-    def _encode(value: Any) -> str:
-        return "".join(
-            _new_c_encoder({}, _default, encode_basestring, None, ":", ",", True, False, False)(value, 0)
-        )
-
-else:  # pragma: no cover - CPython always has the C encoder
-    _encode = json.JSONEncoder(
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode
+# One encoder, made once; its encode() is safe to share between threads (each call makes its own state).
+# Reaching past it for json's C encoder saved about 0.2 us a call (3.0 against 3.2 us for an event's
+# payload): nothing a reload would notice, for a private name of json's to depend on.
+_encode: Callable[[Any], str] = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 _CONTAINERS = frozenset({dict, list, tuple})
 _SCALARS = frozenset({str, int, float, bool, type(None)})
