@@ -31,6 +31,7 @@ from confledger.api.schemas import (
     ReloadRequest,
     RollbackRequest,
     history_json,
+    operation_json,
 )
 from confledger.api.telemetry import caller_trace_context
 from confledger.projections.history import HistoryProjection, window_page
@@ -59,6 +60,14 @@ def _conflict(operation: ReloadOperation) -> JSONResponse | None:
         running_operation_id=operation.running_operation_id,
         operation_id=operation.operation_id,
     )
+
+
+def _answer(operation: ReloadOperation) -> Response:
+    """The operation as ``OperationOut`` describes it, rendered once: the bytes ``operation_json`` keeps
+    for the history pages that show it next, where FastAPI would validate the model again and encode it
+    through ``jsonable_encoder`` and ``json.dumps`` (the model stays the route's ``response_model``, for
+    OpenAPI)."""
+    return Response(operation_json(operation), media_type="application/json")
 
 
 @router.post(
@@ -122,7 +131,7 @@ async def reload(
             SourceNotAllowed.code,
             operation_id=operation.operation_id,
         )
-    return OperationOut.of(operation)
+    return _answer(operation)
 
 
 @router.post(
@@ -169,7 +178,7 @@ async def rollback(
         if code not in (status.HTTP_404_NOT_FOUND, status.HTTP_400_BAD_REQUEST, status.HTTP_409_CONFLICT):
             code = status.HTTP_400_BAD_REQUEST
         return JSONResponse(RefusedOperationOut.refused(operation).model_dump(mode="json"), status_code=code)
-    return OperationOut.of(operation)
+    return _answer(operation)
 
 
 @router.get("/history", response_model=HistoryResponse, responses=NOT_MODIFIED, openapi_extra=CONDITIONAL)

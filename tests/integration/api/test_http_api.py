@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from confledger.api.lifecycle import setup_configuration_lifecycle
 from confledger.api.routes import audit as audit_routes
+from confledger.api.schemas import OperationOut
 from confledger.examples.app_config import AppConfig
 from confledger.store.outcome import build_operation
 from confledger.store.schema import config_versions
@@ -160,6 +161,18 @@ def test_reload_applies_a_changed_file_and_records_each_step(service: Service) -
     assert forced["services_notified"] == ["cache:success"]
     assert service.events_of(forced["operation_id"]) == RELOAD_APPLIED_WITH_SERVICE
     assert service.current_full_hash() == full_hash_of(body, service.log)
+
+
+def test_a_reloads_reply_is_the_operation_as_the_model_and_the_history_show_it(service: Service) -> None:
+    write_config(service.source, variant(database__pool_size=23))
+    response = service.post("/reload", json={})
+    assert response.headers["content-type"] == "application/json"
+    reply = response.json()
+    recorded = build_operation(service.log.read_operation(reply["operation_id"]))
+    assert reply == OperationOut.of(recorded).model_dump(mode="json")
+    assert service.get("/history", params={"limit": 1}).json()["operations"] == [reply]
+    rolled_back = service.post("/rollback", json={}).json()
+    assert service.get("/history", params={"limit": 1}).json()["operations"] == [rolled_back]
 
 
 def test_an_operation_over_http_counts_from_the_request_in_hand(
