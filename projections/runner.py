@@ -248,8 +248,8 @@ class ProjectionSet:
         with self._lock:
             if not self.checkpoint_due():
                 return False
-            self.checkpoint()
-            return True
+        self.checkpoint()
+        return True
 
     def checkpoint(self) -> None:
         with self._lock:
@@ -259,8 +259,13 @@ class ProjectionSet:
                 checkpoints.append(
                     Checkpoint(projection.name, projection.version, projection.position, state, encoded)
                 )
-            self.log.save_checkpoint(*checkpoints)
-            self._last_checkpoint_position = self.position
+            position = self.position
+        # Written once the lock is let go: the set was taken whole under it, and a save never moves a
+        # checkpoint backwards, so an append folding meanwhile waits for the encoding alone, not for the
+        # write and its fsync as well.
+        self.log.save_checkpoint(*checkpoints)
+        with self._lock:
+            self._last_checkpoint_position = max(self._last_checkpoint_position, position)
             self._last_checkpoint_time = time.monotonic()
 
     def rebuild(self) -> None:

@@ -5,6 +5,7 @@ start from different checkpoints, when events come twice or out of order, and wh
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -299,6 +300,42 @@ def test_with_checkpoints_off_the_append_path_a_due_one_waits_for_checkpoint_if_
     projections.on_appended(EVENTS[12:20])  # 8 more: not due again
     assert not projections.checkpoint_if_due()
     assert {c.position for c in log.checkpoints.values()} == {12}
+
+
+class SlowSaveLog(ListLog):
+    """A log whose checkpoint write waits until the test lets it finish (an fsync that takes its time)."""
+
+    def __init__(self, events: list[RecordedEvent]) -> None:
+        super().__init__(events)
+        self.saving = threading.Event()
+        self.finish = threading.Event()
+
+    def save_checkpoint(self, *checkpoints: Checkpoint) -> None:
+        self.saving.set()
+        assert self.finish.wait(10)
+        super().save_checkpoint(*checkpoints)
+
+
+def test_an_append_folds_while_a_checkpoint_off_its_path_is_being_written() -> None:
+    log = SlowSaveLog(EVENTS)
+    projections = projection_set(log, checkpoint_every=10, checkpoint_min_interval_s=0.0)
+    projections.checkpoint_on_append = False
+    projections.on_appended(EVENTS[:12])
+    saver = threading.Thread(target=projections.checkpoint_if_due)
+    saver.start()
+    try:
+        assert log.saving.wait(10)
+        folded = threading.Thread(target=projections.on_appended, args=(EVENTS[12:20],))
+        folded.start()
+        folded.join(10)
+        assert not folded.is_alive()  # it did not wait for the write
+        assert projections.position == EVENTS[19].position
+    finally:
+        log.finish.set()
+        saver.join(10)
+    # What was written is the set as it stood when it was taken, whole.
+    assert {c.position for c in log.checkpoints.values()} == {12}
+    assert not projections.checkpoint_if_due()  # counted from 12: 8 more is not due
 
 
 def test_only_projections_with_a_settle_of_their_own_are_settled_per_batch() -> None:
