@@ -190,6 +190,22 @@ class DesiredChange:
         )
 
 
+def _change_of(event: RecordedEvent, rollback: bool) -> DesiredChange:
+    """The change a folded ``config.applied`` made desired (``rollback``: a rollback's operation made it)."""
+    payload = event.payload
+    assert isinstance(payload, ConfigApplied)
+    return DesiredChange(
+        hash=payload.hash,
+        position=event.position,
+        operation_id=None if event.operation_id is None else str(event.operation_id),
+        previous_hash=payload.previous_hash,
+        kind="rollback" if rollback else "reload",
+        decided_by=event.instance_id,
+        decided_at=event.occurred_at,
+        kept=None,
+    )
+
+
 def _new_instance(at: datetime) -> dict[str, Any]:
     return {
         "applied_hash": None,
@@ -211,7 +227,12 @@ class FleetProjection(Projection):
     state_model = _State
 
     def reset(self) -> None:
-        self.desired: DesiredChange | None = None
+        self._desired: DesiredChange | None = None
+        # The newest config.applied folded since the last ``settle``, with whether a rollback made it:
+        # its ``DesiredChange`` is made when asked for (a reader, a threshold verdict) or once per batch,
+        # not at every apply. A rebuild folds the whole log as one batch, and a change made for every
+        # apply of the log, each replaced by the next, was a thirtieth of the rebuild.
+        self._applied: tuple[RecordedEvent, bool] | None = None
         # A rollback records config.rolled_back before its config.applied, in the same operation.
         self.rollback_operation_id: str | None = None
         self.instances: dict[str, dict[str, Any]] = {}
@@ -219,16 +240,39 @@ class FleetProjection(Projection):
         self.watching: dict[str, FileWatchState] = {}
 
     @property
+    def desired(self) -> DesiredChange | None:
+        """The change that made the desired config (safe to read from any thread: a folded apply not
+        yet settled is read first, and ``settle`` publishes its change before letting go of it)."""
+        applied = self._applied
+        if applied is not None:
+            return _change_of(*applied)
+        return self._desired
+
+    @property
     def desired_hash(self) -> str | None:
-        return None if self.desired is None else self.desired.hash
+        applied = self._applied
+        if applied is not None:
+            payload = applied[0].payload
+            assert isinstance(payload, ConfigApplied)
+            return payload.hash
+        return None if self._desired is None else self._desired.hash
 
     @property
     def desired_position(self) -> int:
-        return 0 if self.desired is None else self.desired.position
+        applied = self._applied
+        if applied is not None:
+            return applied[0].position
+        return 0 if self._desired is None else self._desired.position
+
+    def settle(self) -> None:
+        applied = self._applied
+        if applied is not None:
+            self._desired = _change_of(*applied)
+            self._applied = None
 
     def handlers(self) -> Mapping[type[EventPayload], Handler]:
         return {
-            ConfigApplied: self._applied,
+            ConfigApplied: self._folded_applied,
             ConfigRolledBack: self._rolled_back,
             FleetChangeKept: self._kept,
             FileWatchEnabled: self._watch_toggled,
@@ -255,20 +299,11 @@ class FleetProjection(Projection):
         self.instances[event.instance_id] = instance
         return instance
 
-    def _applied(self, event: RecordedEvent) -> None:
-        payload = event.payload
-        assert isinstance(payload, ConfigApplied)
-        operation_id = None if event.operation_id is None else str(event.operation_id)
-        rollback = operation_id is not None and operation_id == self.rollback_operation_id
-        self.desired = DesiredChange(
-            hash=payload.hash,
-            position=event.position,
-            operation_id=operation_id,
-            previous_hash=payload.previous_hash,
-            kind="rollback" if rollback else "reload",
-            decided_by=event.instance_id,
-            decided_at=event.occurred_at,
-            kept=None,
+    def _folded_applied(self, event: RecordedEvent) -> None:
+        rollback = self.rollback_operation_id
+        self._applied = (
+            event,
+            rollback is not None and event.operation_id is not None and str(event.operation_id) == rollback,
         )
 
     def _watch_toggled(self, event: RecordedEvent) -> None:
@@ -292,7 +327,8 @@ class FleetProjection(Projection):
     def _kept(self, event: RecordedEvent) -> None:
         payload = event.payload
         assert isinstance(payload, FleetChangeKept)
-        desired = self.desired
+        self.settle()  # the verdict replaces the change as made
+        desired = self._desired
         if desired is not None and payload.operation_id == desired.operation_id:
             kept = FleetVerdict(
                 payload.hash,
@@ -302,7 +338,7 @@ class FleetProjection(Projection):
                 payload.threshold,
                 operation_id=payload.operation_id,
             )
-            self.desired = replace(desired, kept=kept)
+            self._desired = replace(desired, kept=kept)
 
     def _answered(self, event: RecordedEvent) -> None:
         payload = event.payload
@@ -311,7 +347,8 @@ class FleetProjection(Projection):
         position = payload.position
         if position is None:
             # decided: its config.applied is the one just folded, of the same operation.
-            desired = self.desired
+            self.settle()
+            desired = self._desired
             position = (
                 desired.position
                 if desired is not None and payload.operation_id == desired.operation_id
@@ -335,18 +372,21 @@ class FleetProjection(Projection):
         self._instance(event)["stopped"] = True
 
     def snapshot(self) -> dict[str, Any]:
+        # The checkpoint's position is past the pending apply: its change is made first.
+        self.settle()
         return {
             "desired_hash": self.desired_hash,
             "desired_position": self.desired_position,
-            "desired_operation_id": None if self.desired is None else self.desired.operation_id,
-            "desired_decided": None if self.desired is None else self.desired.decided_state(),
+            "desired_operation_id": None if self._desired is None else self._desired.operation_id,
+            "desired_decided": None if self._desired is None else self._desired.decided_state(),
             "rollback_operation_id": self.rollback_operation_id,
             "instances": {name: dict(instance) for name, instance in self.instances.items()},
             "watching": {group: state.state() for group, state in self.watching.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.desired = DesiredChange.of_state(state)
+        self._applied = None
+        self._desired = DesiredChange.of_state(state)
         self.rollback_operation_id = state["rollback_operation_id"]
         self.instances = {name: dict(instance) for name, instance in state["instances"].items()}
         self.watching = {group: FileWatchState.of_state(value) for group, value in state["watching"].items()}
