@@ -94,7 +94,7 @@ class Projection(ABC):
                     raise TypeError(f"{type(self).__name__} overrides neither fold nor handlers")
                 table = {EventPayload: self.fold}  # every payload is an EventPayload
             dispatch = self._dispatch = PayloadTable(table)
-        return dispatch.get(payload_type)
+        return dispatch[payload_type]
 
     def fold(self, event: RecordedEvent) -> None:
         """Apply one event; called once per event, in position order."""

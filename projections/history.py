@@ -87,7 +87,7 @@ class HistoryProjection(Projection):
             events = self._open[key] = [event]
         else:
             events.append(event)
-        if _ENDS.get(type(event.payload)):
+        if _ENDS[type(event.payload)]:
             del self._open[key]
             self._ended.append(operation_fields(events, listed=self.listed))
 

@@ -181,7 +181,7 @@ class ProjectionSet:
 
         def noting_applies() -> Iterator[RecordedEvent]:
             for event in events:
-                if event.position > before and _APPLIES.get(type(event.payload)):
+                if event.position > before and _APPLIES[type(event.payload)]:
                     applied.append(event)
                 yield event
 

@@ -308,7 +308,7 @@ def operation_fields(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_L
     )
     for event in events:
         payload = event.payload
-        step = _STEPS.get(type(payload))
+        step = _STEPS[type(payload)]
         if step is not None:
             step(folding, event, payload)
     fields = folding.fields

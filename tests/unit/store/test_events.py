@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from confledger.store.errors import EventSchemaError
-from confledger.store.events import DEFAULT_REGISTRY, OperationStarted, UnknownPayload
+from confledger.store.events import (
+    DEFAULT_REGISTRY,
+    ConfigApplied,
+    EventPayload,
+    OperationStarted,
+    PayloadTable,
+    UnknownPayload,
+)
 
 V1_STARTED = {"kind": "reload", "trigger": "signal", "source": "/etc/app/config.yaml", "expected_head": 7}
 
@@ -49,3 +56,15 @@ def test_stored_json_text_keeps_the_version_rules() -> None:
     unknown = DEFAULT_REGISTRY.decode_json("test.unknown", 1, '{"size":3}')
     assert isinstance(unknown, UnknownPayload)
     assert unknown.model_dump() == {"size": 3}
+
+
+def test_a_payload_table_answers_as_isinstance_would_by_subscript_and_by_get() -> None:
+    class LateApplied(ConfigApplied):
+        pass
+
+    table = PayloadTable({ConfigApplied: "applied", EventPayload: "any"})
+    # get() before any subscript: a type not looked up yet still gets its base's entry, not None.
+    assert table.get(LateApplied) == "applied"
+    assert table[ConfigApplied] == "applied"
+    assert table[OperationStarted] == "any"
+    assert PayloadTable({ConfigApplied: 1})[OperationStarted] is None
