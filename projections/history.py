@@ -27,7 +27,13 @@ from confledger.store.events import (
     RecordedEvent,
 )
 from confledger.store.log import EventLog
-from confledger.store.outcome import DEFAULT_LISTED, ReloadOperation, build_operation, operation_fields
+from confledger.store.outcome import (
+    DEFAULT_LISTED,
+    ReloadOperation,
+    build_operation,
+    operation_fields,
+    operation_of,
+)
 
 __all__ = ["HistoryProjection", "history_page", "window_page"]
 
@@ -98,7 +104,7 @@ class HistoryProjection(Projection):
         operations = self.operations
         for fields in ended:
             # Keyed by the id as the operation gives it: formatting the id once per operation is enough.
-            operation = ReloadOperation(**fields)
+            operation = operation_of(fields)
             operations[operation.operation_id] = operation
         while len(operations) > self.window:
             del operations[next(iter(operations))]
@@ -115,7 +121,7 @@ class HistoryProjection(Projection):
         if not ended:
             return settled
         known = {operation.operation_id for operation in settled[-len(ended) :]}
-        built = (ReloadOperation(**fields) for fields in ended)
+        built = (operation_of(fields) for fields in ended)
         return [*settled, *(operation for operation in built if operation.operation_id not in known)]
 
     def in_progress(self) -> list[ReloadOperation]:

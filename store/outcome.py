@@ -16,7 +16,7 @@ errors)``, so a log written before events were capped still answers a small hist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "ReloadStatus",
     "build_operation",
     "operation_fields",
+    "operation_of",
     "reported_status",
 ]
 
@@ -136,16 +137,31 @@ _STATUS = {
     OperationStatus.INTERRUPTED: ReloadStatus.INTERRUPTED,
 }
 
+# The members the fold of every operation reads, read off their classes once: in Python 3.11 a member
+# read as ``OperationStatus.SUCCESS`` goes through EnumType's ``__getattr__`` hook, about three times
+# the cost of a global, and ``reported_status`` read three per call (history and stats each call it
+# for every operation of a rebuild).
+_SUCCEEDED = OperationStatus.SUCCESS
+_RELOAD = OperationKind.RELOAD
+_ROLLBACK = OperationKind.ROLLBACK
+_IN_PROGRESS = ReloadStatus.IN_PROGRESS
+_SUCCESS = ReloadStatus.SUCCESS
+_ROLLED_BACK = ReloadStatus.ROLLED_BACK
+_FAILED = ReloadStatus.FAILED
 
-def reported_status(kind: OperationKind, status: OperationStatus) -> tuple[ReloadStatus, bool]:
-    """(status, success) of an operation of ``kind`` whose ``operation.completed`` says ``status``."""
-    if status is OperationStatus.SUCCESS:
-        return (ReloadStatus.ROLLED_BACK if kind is OperationKind.ROLLBACK else ReloadStatus.SUCCESS), True
+
+def reported_status(kind: str, status: OperationStatus) -> tuple[ReloadStatus, bool]:
+    """(status, success) of an operation of ``kind`` (an ``OperationKind`` or its value, as a stats
+    checkpoint keeps it) whose ``operation.completed`` says ``status``."""
+    if status is _SUCCEEDED:
+        return (_ROLLED_BACK if kind == _ROLLBACK else _SUCCESS), True
     return _STATUS[status], False
 
 
 def _listed(items: Sequence[str], omitted: int, limit: int, noun: str) -> tuple[str, ...]:
     """The first ``limit`` items, and a last line counting the rest (omitted in the event or here)."""
+    if not omitted and len(items) <= limit:
+        return tuple(items)  # the common case: nothing to cut or count (a payload's tuple, as it is)
     omitted += max(len(items) - limit, 0)
     kept = tuple(items[:limit])
     return (*kept, f"(and {omitted} more {noun})") if omitted else kept
@@ -165,19 +181,20 @@ class _Folding:
 
 
 def _started(folding: _Folding, event: RecordedEvent, payload: OperationStarted) -> None:
-    folding.fields.update(
-        kind=payload.kind,
-        trigger=payload.trigger,
-        source=payload.source,
-        force=payload.force,
-        dry_run=payload.dry_run,
-        previous_config_hash=payload.previous_hash,
-        new_config_hash=payload.target_hash,
-        started_at=payload.started_at or event.occurred_at,
-        status=ReloadStatus.IN_PROGRESS,
-        client=payload.client,
-        trace_id=payload.trace_id,
-    )
+    # Set one by one: update() with keywords builds a dict of them first, twice the cost, and this
+    # runs for every operation of a rebuild.
+    fields = folding.fields
+    fields["kind"] = payload.kind
+    fields["trigger"] = payload.trigger
+    fields["source"] = payload.source
+    fields["force"] = payload.force
+    fields["dry_run"] = payload.dry_run
+    fields["previous_config_hash"] = payload.previous_hash
+    fields["new_config_hash"] = payload.target_hash
+    fields["started_at"] = payload.started_at or event.occurred_at
+    fields["status"] = _IN_PROGRESS
+    fields["client"] = payload.client
+    fields["trace_id"] = payload.trace_id
 
 
 def _loaded(folding: _Folding, event: RecordedEvent, payload: ConfigLoaded) -> None:
@@ -229,25 +246,21 @@ def _applied(folding: _Folding, event: RecordedEvent, payload: ConfigApplied) ->
 
 def _completed(folding: _Folding, event: RecordedEvent, payload: OperationCompleted) -> None:
     fields = folding.fields
-    status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
-    fields.update(
-        status=status,
-        success=success,
-        message=payload.message,
-        error_message=payload.error_message or fields.get("error_message"),
-        reason=payload.reason or fields.get("reason"),
-        total_duration_ms=payload.total_ms,
-        validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
-        apply_duration_ms=payload.apply_ms,
-        completed_at=event.occurred_at,
-    )
+    fields["status"], fields["success"] = reported_status(fields.get("kind", _RELOAD), payload.status)
+    fields["message"] = payload.message
+    fields["error_message"] = payload.error_message or fields.get("error_message")
+    fields["reason"] = payload.reason or fields.get("reason")
+    fields["total_duration_ms"] = payload.total_ms
+    fields["validation_duration_ms"] = payload.validation_ms or fields.get("validation_duration_ms", 0.0)
+    fields["apply_duration_ms"] = payload.apply_ms
+    fields["completed_at"] = event.occurred_at
 
 
 def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejected) -> None:
     folding.fields.update(
         kind=payload.kind,
         trigger=payload.trigger,
-        status=ReloadStatus.FAILED,
+        status=_FAILED,
         success=False,
         message=payload.message,
         error_message=payload.message,
@@ -287,18 +300,27 @@ def build_operation(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LI
 
     ``listed``: how many validation errors, warnings and changed paths the answer shows, each.
     """
-    return ReloadOperation(**operation_fields(events, listed=listed))
+    return operation_of(operation_fields(events, listed=listed))
+
+
+def operation_of(fields: Mapping[str, Any]) -> ReloadOperation:
+    """The answer made of ``operation_fields``' fields, its id formatted as text here."""
+    return ReloadOperation(**{**fields, "operation_id": str(fields["operation_id"])})
 
 
 def operation_fields(events: Sequence[RecordedEvent], *, listed: int = DEFAULT_LISTED) -> dict[str, Any]:
-    """The fields ``build_operation`` makes its answer of: what a reader that may never need the answer
-    keeps instead of the events (a few dozen objects where eight events are hundreds), so the model is
-    made only if it is asked for."""
+    """The fields ``build_operation`` makes its answer of (``operation_of``): what a reader that may
+    never need the answer keeps instead of the events (a few dozen objects where eight events are
+    hundreds), so the model is made only if it is asked for.
+
+    The id stays the event's UUID until the answer is made: formatting it (``UUID.__str__``, Python)
+    was a tenth of an operation's fields, and a rebuild makes the fields of every operation in the
+    log to answer for the last few hundred."""
     if not events:
         raise ValueError("an operation has at least one event")
     folding = _Folding(
         {
-            "operation_id": str(events[0].operation_id),
+            "operation_id": events[0].operation_id,
             "first_position": events[0].position,
             "last_position": events[-1].position,
             "instance_id": events[0].instance_id,
