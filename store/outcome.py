@@ -137,24 +137,12 @@ _STATUS = {
     OperationStatus.INTERRUPTED: ReloadStatus.INTERRUPTED,
 }
 
-# The members the fold of every operation reads, read off their classes once: in Python 3.11 a member
-# read as ``OperationStatus.SUCCESS`` goes through EnumType's ``__getattr__`` hook, about three times
-# the cost of a global, and ``reported_status`` read three per call (history and stats each call it
-# for every operation of a rebuild).
-_SUCCEEDED = OperationStatus.SUCCESS
-_RELOAD = OperationKind.RELOAD
-_ROLLBACK = OperationKind.ROLLBACK
-_IN_PROGRESS = ReloadStatus.IN_PROGRESS
-_SUCCESS = ReloadStatus.SUCCESS
-_ROLLED_BACK = ReloadStatus.ROLLED_BACK
-_FAILED = ReloadStatus.FAILED
-
 
 def reported_status(kind: str, status: OperationStatus) -> tuple[ReloadStatus, bool]:
     """(status, success) of an operation of ``kind`` (an ``OperationKind`` or its value, as a stats
     checkpoint keeps it) whose ``operation.completed`` says ``status``."""
-    if status is _SUCCEEDED:
-        return (_ROLLED_BACK if kind == _ROLLBACK else _SUCCESS), True
+    if status is OperationStatus.SUCCESS:
+        return (ReloadStatus.ROLLED_BACK if kind == OperationKind.ROLLBACK else ReloadStatus.SUCCESS), True
     return _STATUS[status], False
 
 
@@ -192,7 +180,7 @@ def _started(folding: _Folding, event: RecordedEvent, payload: OperationStarted)
     fields["previous_config_hash"] = payload.previous_hash
     fields["new_config_hash"] = payload.target_hash
     fields["started_at"] = payload.started_at or event.occurred_at
-    fields["status"] = _IN_PROGRESS
+    fields["status"] = ReloadStatus.IN_PROGRESS
     fields["client"] = payload.client
     fields["trace_id"] = payload.trace_id
 
@@ -246,7 +234,9 @@ def _applied(folding: _Folding, event: RecordedEvent, payload: ConfigApplied) ->
 
 def _completed(folding: _Folding, event: RecordedEvent, payload: OperationCompleted) -> None:
     fields = folding.fields
-    fields["status"], fields["success"] = reported_status(fields.get("kind", _RELOAD), payload.status)
+    fields["status"], fields["success"] = reported_status(
+        fields.get("kind", OperationKind.RELOAD), payload.status
+    )
     fields["message"] = payload.message
     fields["error_message"] = payload.error_message or fields.get("error_message")
     fields["reason"] = payload.reason or fields.get("reason")
@@ -260,7 +250,7 @@ def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejecte
     folding.fields.update(
         kind=payload.kind,
         trigger=payload.trigger,
-        status=_FAILED,
+        status=ReloadStatus.FAILED,
         success=False,
         message=payload.message,
         error_message=payload.message,
