@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="FULL or EXTRA; NORMAL and OFF may lose the newest operations to a power cut",
     )
     signal_handler: bool = True
+    gc_freeze: bool = Field(
+        True,
+        description="once started, leave the objects made so far out of the garbage collector's full "
+        "passes (gc.freeze): such a pass over them paused the whole service for some 50 ms",
+    )
     metrics: bool = True
     log_format: str = Field("text", pattern="^(text|json)$")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

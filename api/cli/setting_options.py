@@ -92,6 +92,7 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
     SettingOption("worker_threads", int, "Worker threads for sync validators and callbacks."),
     # the process
     SettingOption("signal_handler", bool, "Reload on SIGHUP."),
+    SettingOption("gc_freeze", bool, "Once started, leave start-up's objects out of full GC passes."),
     SettingOption("log_format", str, "Log lines as text or json."),
     SettingOption("docs", bool, "Serve /docs and /openapi.json."),
     # requests and connections

@@ -8,12 +8,13 @@ every one is a full operation: load, validate with the example model and validat
 callbacks, apply, commit; ``--unforced`` drops ``force``, so each reload also reads the rollback pins up to
 the log's head before it applies, as a reload of a changed file does) on SQLite with synchronous=FULL on a
 real disk (never tmpfs: a commit there would cost no fsync), the reloader run as a service runs it
-(``async with``: its own task saves the projections' and the WAL's checkpoints, off the reloads). Each side runs in a
-subprocess of its own, ``--rounds`` times, the two sides taking turns (which goes first alternates), so both
-share the machine's noise. The anchor is exported with ``git archive`` and made importable as ``confledger``
-through a temporary directory holding its ``confledger/__init__.py`` and symlinks to its ``store``,
-``projections``, ``api``, ``migrations`` and ``examples`` (as ``tests/unit/test_code_quality.py`` shows mypy
-the installed shape).
+(``async with``: its own task saves the projections' and the WAL's checkpoints, off the reloads) and its
+start-up objects frozen out of the collector's full passes, as the lifecycle does (``gc.freeze``). Each side
+runs in a subprocess of its own, ``--rounds`` times, the two sides taking turns (which goes first alternates),
+so both share the machine's noise. The anchor is exported with ``git archive`` and made importable as
+``confledger`` through a temporary directory holding its ``confledger/__init__.py`` and symlinks to its
+``store``, ``projections``, ``api``, ``migrations`` and ``examples`` (as ``tests/unit/test_code_quality.py``
+shows mypy the installed shape).
 
 Printed: p50 / p99 / mean per side over all rounds, the ratio of the medians (this tree / anchor), CPU per
 reload, and the cost of reading the current config (``reloader.current.config``) against a module global.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -96,6 +98,7 @@ async def measure(
     # Run as a service runs it (``async with``): its own task saves the checkpoints, off the reloads.
     running = contextlib.AsyncExitStack()
     await running.enter_async_context(reloader)
+    gc.freeze()  # as the lifecycle does once started (CONFLEDGER_GC_FREEZE)
     for name, priority in (("cache", 30), ("search", 20), ("api", 10)):
         reloader.register_config_callback(
             name, anoop if async_callbacks else noop, priority=priority, async_callback=async_callbacks
@@ -119,6 +122,7 @@ async def measure(
         reads = read_costs(reloader)
     finally:
         await running.aclose()
+        gc.unfreeze()
         log.close()
     import confledger.store
 
@@ -156,6 +160,7 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
     # Run as a service runs it (``async with``): its own task saves the checkpoints, off the reloads.
     running = contextlib.AsyncExitStack()
     await running.enter_async_context(reloader)
+    gc.freeze()  # as the lifecycle does once started (CONFLEDGER_GC_FREEZE)
     for name, priority in (("cache", 30), ("search", 20), ("api", 10)):
         reloader.register_config_callback(name, noop, priority=priority)
     CONFIG = reloader.current.config if reloader.current is not None else None
@@ -181,6 +186,7 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
                 timings["bare"].append(bare_ms)
     finally:
         await running.aclose()
+        gc.unfreeze()
         log.close()
     return timings
 

@@ -6,6 +6,7 @@ beside it (the default), and runs it with Starlette's TestClient.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import stat
@@ -216,3 +217,20 @@ def test_an_embedding_app_s_log_is_0600_too(tmp_path: Path, usual_umask: None) -
     with TestClient(app):
         modes = {name: _mode(tmp_path / name) for name in ("confledger.db", "confledger.db-wal")}
     assert modes == {"confledger.db": 0o600, "confledger.db-wal": 0o600}  # the whole config history
+
+
+@pytest.mark.parametrize(
+    ("gc_freeze", "frozen_while_serving"),
+    [
+        (True, True),  # the default: start-up's objects left out of later full passes
+        (False, False),  # CONFLEDGER_GC_FREEZE=false: the process's collector as it was
+    ],
+)
+def test_start_up_s_objects_are_frozen_while_serving_and_handed_back_at_stop(
+    tmp_path: Path, gc_freeze: bool, frozen_while_serving: bool
+) -> None:
+    before = gc.get_freeze_count()
+    app, _ = create_app(Settings(config=_config(tmp_path), gc_freeze=gc_freeze))
+    with TestClient(app):
+        assert (gc.get_freeze_count() > before) is frozen_while_serving
+    assert gc.get_freeze_count() == (0 if frozen_while_serving else before)
