@@ -25,7 +25,7 @@ from confledger.api.settings import (
     signing_key_of,
 )
 from confledger.api.watch import ChangeFeed
-from confledger.api.watcher import FileWatcher, changed_since
+from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
 from confledger.projections.fleet import GONE_AFTER_INTERVALS, FileWatchState, FleetProjection, fleet_view
@@ -428,20 +428,17 @@ class ConfigReloader:
                     wanted.mode,
                 ):
                     continue
+                # The toggle was answered (by whichever worker) before this watcher existed: unless
+                # another watcher ran meanwhile, a change made in between is one nobody saw.
                 watcher = self._new_watcher(
-                    wanted.poll_interval or 1.0, force_polling=wanted.mode == "polling"
+                    wanted.poll_interval or 1.0,
+                    force_polling=wanted.mode == "polling",
+                    changed_after=wanted.toggled_at if current is None else None,
                 )
                 if current is not None:
                     current.stop()
                 self._watcher = watcher
                 await self._task_group.start(watcher.run)
-                # The toggle was answered (by whichever worker) before this watcher existed: a change
-                # made in between is one no watcher saw, so it is looked for now.
-                source = Path(self.config_source)
-                if current is None and await anyio.to_thread.run_sync(
-                    changed_since, source, wanted.toggled_at
-                ):
-                    self._task_group.start_soon(self._reload_for_the_group)
 
     async def _reload_for_the_group(self) -> None:
         """Worker 0's watcher saw the file change: reload, unless the group turned watching off.
@@ -456,7 +453,9 @@ class ConfigReloader:
             return
         await self.request_reload(Trigger.FILE_WATCH, actor="file_watch")
 
-    def _new_watcher(self, poll_interval: float, *, force_polling: bool) -> FileWatcher:
+    def _new_watcher(
+        self, poll_interval: float, *, force_polling: bool, changed_after: datetime | None = None
+    ) -> FileWatcher:
         assert self.config_source is not None
         group = self.watch_group
         return FileWatcher(
@@ -466,6 +465,7 @@ class ConfigReloader:
             else lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
             poll_interval=poll_interval,
             force_polling=force_polling,
+            changed_after=changed_after,
         )
 
     async def enable_file_watching(self, poll_interval: float = 1.0, *, force_polling: bool = False) -> None:

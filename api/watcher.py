@@ -82,6 +82,9 @@ class FileWatcher:
     settle_s: float = 0.1
     max_settle_s: float = 3.0
     closed_quiet_s: float = 0.005
+    # Watch from this moment, not from the start: a change made since then, before this watcher existed,
+    # is reloaded as it starts (``changed_since``), and retried as any failed reload is.
+    changed_after: datetime | None = None
 
     def __post_init__(self) -> None:
         self._stop = anyio.Event()
@@ -123,6 +126,8 @@ class FileWatcher:
         self.running = True
         task_status.started()
         try:
+            if self.changed_after is not None and changed_since(self.path, self.changed_after):
+                last = await self._judge(None)
             while not self._stop.is_set():
                 directory = Path(os.path.realpath(self.path.parent))
                 watched = _identity(directory)

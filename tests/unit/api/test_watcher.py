@@ -213,6 +213,36 @@ async def test_a_directory_replaced_is_watched_afresh(tmp_path: Path) -> None:
         watcher.stop()
 
 
+@pytest.mark.parametrize(
+    ("asked_before_the_change", "fails_first", "reloads"),
+    [
+        (True, False, 1),  # changed after the moment it was asked to watch from: reloaded as it starts
+        (True, True, 2),  # that reload failed: retried at the next check, as any failed reload is
+        (False, False, 0),  # changed before that moment: not this watcher's to reload
+    ],
+)
+async def test_a_watcher_reloads_a_change_made_since_the_moment_it_watches_from(
+    tmp_path: Path, asked_before_the_change: bool, fails_first: bool, reloads: int
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(WHOLE)
+    moment = datetime.now(UTC) + (timedelta(seconds=-5) if asked_before_the_change else timedelta(seconds=5))
+    calls: list[bytes] = []
+
+    async def on_change() -> None:
+        calls.append(path.read_bytes())
+        if fails_first and len(calls) == 1:
+            raise RuntimeError("the log is away")
+
+    # No change happens while it runs: only the one made before it started can be reloaded.
+    watcher = FileWatcher(path, on_change, poll_interval=0.5, changed_after=moment)
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        await anyio.sleep(1.5)  # three rechecks
+        watcher.stop()
+    assert calls == [WHOLE] * reloads
+
+
 def test_changed_since_counts_a_change_at_or_after_the_moment_and_one_just_before_it(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("a: 1\n")
