@@ -1,6 +1,7 @@
 """Zero downtime under load: wrk on an app that reads the config on every request while it changes.
 
     .venv/bin/python -m tests.benchmarks.bench_zero_downtime [--seconds 20] [--rounds 2] [--rate 20]
+                                                              [--anchor REV]
 
 ``tests/benchmarks/zero_downtime_app.py`` runs under uvicorn (the embedded lifecycle, SQLite with
 synchronous=FULL, access log off). ``wrk -t2 -c32`` drives ``GET /work`` with
@@ -10,6 +11,12 @@ the reload announced for it). Runs alternate between "changing" (the app rewrite
 reloads it ``--rate`` times a second, each a new version: see the app's docstring for why in-process)
 and "quiet" (the same load, no change).
 Judged: failed requests 0, mixed responses 0, p99 changing / quiet < 1.2.
+
+``--anchor REV``: a second app runs commit REV's confledger (exported with ``git archive``, imported first
+through ``PYTHONPATH``: ``bench_reload.anchor_tree``), and each round's changing/quiet pair runs on one app
+then the other (which goes first alternating), so both sides share the machine's noise. Printed: each
+side's figures and the ratio of their p99s under changes (this / anchor). The ratio changing / quiet is
+the noisiest figure of the table on a shared VM: most of its swing is the quiet run's p99.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Run:
 @dataclass
 class App:
     directory: Path
+    importable: Path | None = None  # another tree's confledger, imported first (``--anchor``)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     announced: dict[int, str] = field(default_factory=dict)  # version -> hash from the reload reply
@@ -95,13 +103,18 @@ class App:
         environment.update(
             BENCH_ZD_CONFIG=str(self.config), BENCH_ZD_DATABASE=f"sqlite:///{self.directory / 'log.db'}"
         )
+        # Run from ROOT, ``confledger`` would be this tree's folder there, ahead of any PYTHONPATH.
+        working = ROOT
+        if self.importable is not None:
+            environment["PYTHONPATH"] = os.pathsep.join([str(self.importable), str(ROOT)])
+            working = self.directory
         command = [
             sys.executable, "-m", "uvicorn", "tests.benchmarks.zero_downtime_app:app",
             "--port", str(self.port), "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         with (self.directory / "app.log").open("wb") as output:
             self.process = subprocess.Popen(
-                command, env=environment, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
+                command, env=environment, stdout=output, stderr=subprocess.STDOUT, cwd=working
             )
         deadline = time.monotonic() + 60
         while True:
@@ -198,11 +211,52 @@ def measure(seconds: float = 20.0, rounds: int = 2, rate: float = 20.0) -> dict[
         app.start()
         one_run(app, min(2.0, seconds), changing=False, rate=rate)  # warm-up, not counted
         for index in range(rounds):
-            for changing in (True, False) if index % 2 == 0 else (False, True):
-                runs.append(one_run(app, seconds, changing, rate))
+            runs.extend(one_pair(app, seconds, rate, changing_first=index % 2 == 0))
     finally:
         app.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    return figures(runs, seconds, rounds)
+
+
+def one_pair(app: App, seconds: float, rate: float, *, changing_first: bool) -> list[Run]:
+    return [
+        one_run(app, seconds, changing, rate)
+        for changing in ((True, False) if changing_first else (False, True))
+    ]
+
+
+def measure_against(
+    anchor: str, seconds: float = 20.0, rounds: int = 2, rate: float = 20.0
+) -> dict[str, Any]:
+    """``measure`` for this tree and for commit ``anchor``, their pairs of runs taking turns."""
+    from tests.benchmarks.bench_reload import anchor_tree
+
+    directory = bench_dir("confledger-bench-zd-")
+    (directory / "anchor-tree").mkdir()
+    importable = anchor_tree(anchor, directory / "anchor-tree")
+    apps = {"this": App(directory / "this"), f"anchor {anchor}": App(directory / "anchor", importable)}
+    runs: dict[str, list[Run]] = {name: [] for name in apps}
+    try:
+        for app in apps.values():
+            app.directory.mkdir()
+            app.start()
+            one_run(app, min(2.0, seconds), changing=False, rate=rate)  # warm-up, not counted
+        for index in range(rounds):
+            order = list(apps) if index % 2 == 0 else list(reversed(apps))
+            for name in order:
+                runs[name].extend(one_pair(apps[name], seconds, rate, changing_first=index % 2 == 0))
+    finally:
+        for app in apps.values():
+            app.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    found: dict[str, Any] = {name: figures(side, seconds, rounds) for name, side in runs.items()}
+    this, other = (found[name]["changing"]["p99_ms"] for name in apps)
+    found["changing_p99_this_over_anchor"] = this / other
+    return found
+
+
+def figures(runs: list[Run], seconds: float, rounds: int) -> dict[str, Any]:
+    """The figures of one app's runs: each side's, the reloads', and the ratio of the p99s."""
     changing_runs = [run for run in runs if run.changing]
     quiet_runs = [run for run in runs if not run.changing]
 
@@ -240,10 +294,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="per wrk run (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="changing/quiet pairs (default 2)")
     parser.add_argument("--rate", type=float, default=20.0, help="config changes per second (default 20)")
+    parser.add_argument("--anchor", default=None, metavar="REV", help="a commit run beside this tree")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
-    print(json.dumps(measure(args.seconds, args.rounds, args.rate), indent=2))
+    if args.anchor:
+        found = measure_against(args.anchor, args.seconds, args.rounds, args.rate)
+    else:
+        found = measure(args.seconds, args.rounds, args.rate)
+    print(json.dumps(found, indent=2))
     return 0
 
 
