@@ -250,19 +250,13 @@ class FleetProjection(Projection):
 
     @property
     def desired_hash(self) -> str | None:
-        applied = self._applied
-        if applied is not None:
-            payload = applied[0].payload
-            assert isinstance(payload, ConfigApplied)
-            return payload.hash
-        return None if self._desired is None else self._desired.hash
+        desired = self.desired
+        return None if desired is None else desired.hash
 
     @property
     def desired_position(self) -> int:
-        applied = self._applied
-        if applied is not None:
-            return applied[0].position
-        return 0 if self._desired is None else self._desired.position
+        desired = self.desired
+        return 0 if desired is None else desired.position
 
     def settle(self) -> None:
         applied = self._applied

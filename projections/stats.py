@@ -26,10 +26,6 @@ from confledger.store.outcome import reported_status
 __all__ = ["StatsProjection"]
 
 
-# Read off its class once: a member read as ``OperationStatus.INTERRUPTED`` goes through EnumType's
-# ``__getattr__`` hook in Python 3.11, and this is compared for every operation.
-_INTERRUPTED = OperationStatus.INTERRUPTED
-
 # What an operation whose start was never folded counts as (the start predates a lost checkpoint).
 _UNKNOWN_START = {"kind": "reload", "trigger": "manual"}
 
@@ -141,7 +137,7 @@ class StatsProjection(Projection):
         # member of it again (OperationKind(...)) cost more than the rest of the rule.
         status, success = reported_status(started["kind"], payload.status)
         self._count(started["kind"], started["trigger"], status._value_, success, payload.reason)
-        if payload.status is not _INTERRUPTED:
+        if payload.status is not OperationStatus.INTERRUPTED:
             self.durations.add(payload.total_ms)
             self.validation_durations.add(payload.validation_ms)
             self.apply_durations.add(payload.apply_ms)

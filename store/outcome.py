@@ -169,20 +169,19 @@ class _Folding:
 
 
 def _started(folding: _Folding, event: RecordedEvent, payload: OperationStarted) -> None:
-    # Set one by one: update() with keywords builds a dict of them first, twice the cost, and this
-    # runs for every operation of a rebuild.
-    fields = folding.fields
-    fields["kind"] = payload.kind
-    fields["trigger"] = payload.trigger
-    fields["source"] = payload.source
-    fields["force"] = payload.force
-    fields["dry_run"] = payload.dry_run
-    fields["previous_config_hash"] = payload.previous_hash
-    fields["new_config_hash"] = payload.target_hash
-    fields["started_at"] = payload.started_at or event.occurred_at
-    fields["status"] = ReloadStatus.IN_PROGRESS
-    fields["client"] = payload.client
-    fields["trace_id"] = payload.trace_id
+    folding.fields.update(
+        kind=payload.kind,
+        trigger=payload.trigger,
+        source=payload.source,
+        force=payload.force,
+        dry_run=payload.dry_run,
+        previous_config_hash=payload.previous_hash,
+        new_config_hash=payload.target_hash,
+        started_at=payload.started_at or event.occurred_at,
+        status=ReloadStatus.IN_PROGRESS,
+        client=payload.client,
+        trace_id=payload.trace_id,
+    )
 
 
 def _loaded(folding: _Folding, event: RecordedEvent, payload: ConfigLoaded) -> None:
@@ -234,16 +233,18 @@ def _applied(folding: _Folding, event: RecordedEvent, payload: ConfigApplied) ->
 
 def _completed(folding: _Folding, event: RecordedEvent, payload: OperationCompleted) -> None:
     fields = folding.fields
-    fields["status"], fields["success"] = reported_status(
-        fields.get("kind", OperationKind.RELOAD), payload.status
+    status, success = reported_status(fields.get("kind", OperationKind.RELOAD), payload.status)
+    fields.update(
+        status=status,
+        success=success,
+        message=payload.message,
+        error_message=payload.error_message or fields.get("error_message"),
+        reason=payload.reason or fields.get("reason"),
+        total_duration_ms=payload.total_ms,
+        validation_duration_ms=payload.validation_ms or fields.get("validation_duration_ms", 0.0),
+        apply_duration_ms=payload.apply_ms,
+        completed_at=event.occurred_at,
     )
-    fields["message"] = payload.message
-    fields["error_message"] = payload.error_message or fields.get("error_message")
-    fields["reason"] = payload.reason or fields.get("reason")
-    fields["total_duration_ms"] = payload.total_ms
-    fields["validation_duration_ms"] = payload.validation_ms or fields.get("validation_duration_ms", 0.0)
-    fields["apply_duration_ms"] = payload.apply_ms
-    fields["completed_at"] = event.occurred_at
 
 
 def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejected) -> None:
