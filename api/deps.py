@@ -35,6 +35,7 @@ __all__ = [
     "ReaderCaller",
     "ReloaderDep",
     "authenticate",
+    "authenticated",
     "credential_in_query",
     "get_current_config",
     "lifecycle_of",
@@ -130,10 +131,17 @@ def credential_in_query(request: Request) -> bool:
     return any(CREDENTIAL_PARAMETER.search(name) for name in request.query_params)
 
 
+# Where a route's request guard (``api.limits.GuardedRoute``) leaves the role it found before reading the
+# body, so the route's dependency does not compare the token a second time. In the request's scope, which
+# only the server and this package write to: a client cannot put a role there.
+_AUTHENTICATED = "confledger_role"
+
+
 def authenticate(request: Request, *, admin_only: bool) -> Role:
     """The role of the bearer token in the ``Authorization`` header, or the 401/403 to answer.
 
-    Reads headers only: the request guard calls it before a body is read, the dependency after.
+    Reads headers only. A route that takes a body has it checked by its request guard, before the body
+    is read; the dependency then takes the role the guard found (``authenticated``).
     """
     if credential_in_query(request):
         raise _unauthorized(URL_CREDENTIAL_REFUSAL, "credential_in_url")
@@ -148,7 +156,16 @@ def authenticate(request: Request, *, admin_only: bool) -> Role:
         raise ApiError(
             status.HTTP_403_FORBIDDEN, "this endpoint needs the admin token", "admin_token_required"
         )
+    setattr(request.state, _AUTHENTICATED, (role, admin_only))
     return role
+
+
+def authenticated(request: Request, *, admin_only: bool) -> Role:
+    """The role ``authenticate`` found for this request under the same demand, else ``authenticate``."""
+    found = getattr(request.state, _AUTHENTICATED, None)
+    if found is not None and (found[1] or not admin_only):
+        return found[0]  # type: ignore[no-any-return]
+    return authenticate(request, admin_only=admin_only)
 
 
 class BearerCaller(SecurityBase):
@@ -164,7 +181,7 @@ class BearerCaller(SecurityBase):
         self.admin_only = admin_only
 
     async def __call__(self, request: Request) -> Caller:
-        role = authenticate(request, admin_only=self.admin_only)
+        role = authenticated(request, admin_only=self.admin_only)
         cli_user = None
         if request.headers.get("x-confledger-client", "").lower() == "cli":
             claimed = request.headers.get("x-confledger-user", "unknown")

@@ -6,7 +6,8 @@ unauthenticated 48 MB reloads took a process to 1.8 GB and stalled every client 
 config route is a ``GuardedRoute``, whose handler, before FastAPI's own:
 
 * checks the token of a route that takes a body, from the headers alone, so an unauthenticated or
-  read-token caller is answered 401/403 without a byte of its body read;
+  read-token caller is answered 401/403 without a byte of its body read (the route's dependency then
+  takes the role found here: ``deps.authenticated``);
 * answers 413 when ``Content-Length`` or the bytes received pass ``CONFLEDGER_MAX_REQUEST_BYTES``,
   and 408 when the body takes longer than ``CONFLEDGER_REQUEST_TIMEOUT`` to arrive; both close the
   connection, so the rest of a refused body is not drained from the socket;

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from httpx import Response
 
 from confledger.api.errors import MAX_REPORTED_ERRORS
+from confledger.api.security import Role, Tokens
 from confledger.api.settings import Settings
 from tests.integration.api.service_harness import (
     ADMIN_TOKEN,
@@ -339,3 +340,23 @@ def test_the_refusals_are_documented_in_the_schema(service: Service) -> None:
         for code in ("400", "408", "413"):
             assert "ErrorResponse" in json.dumps(responses[code]), (path, code)
     assert "413" in paths[f"{PREFIX}/current"]["get"]["responses"]
+
+
+def test_the_token_of_a_request_with_a_body_is_compared_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guard compares it before the body is read; the route's dependency takes the role it found.
+    compared: list[str] = []
+    role_of = Tokens.role_of
+
+    def counting(tokens: Tokens, presented: str) -> Role | None:
+        compared.append(presented)
+        return role_of(tokens, presented)
+
+    monkeypatch.setattr(Tokens, "role_of", counting)
+    write_config(service.source, variant(cache__ttl_seconds=78))
+
+    response = _post(service, "/reload", b"{}")
+
+    assert response.status_code == 200, response.text
+    assert compared == [ADMIN_TOKEN]
