@@ -21,7 +21,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.benchmarks.common import bench_dir
+from tests.benchmarks.common import bench_dir, unwind_on_sigterm
 from tests.benchmarks.rows import GROUPS, Sizes
 from tests.benchmarks.table import Row, render_json, render_markdown, render_text
 
@@ -40,6 +40,7 @@ def fsync_cost() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks",
         description=__doc__,

@@ -66,7 +66,7 @@ import sqlalchemy as sa
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import free_ports, percentile
+from tests.benchmarks.common import free_ports, percentile, unwind_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFLEDGER = Path(sys.executable).parent / "confledger"
@@ -596,6 +596,7 @@ def compare(arguments: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--followers", default="2,4,8")

@@ -35,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import ROOT, free_port
+from tests.benchmarks.common import ROOT, free_port, unwind_on_sigterm
 
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 FLOOD_CLIENT = ROOT / "tests" / "integration" / "api" / "flood_client.py"
@@ -160,6 +160,7 @@ class Server:
 
 
 def main() -> None:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)

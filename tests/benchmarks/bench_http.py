@@ -46,7 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import ROOT, TOKEN, free_port, percentile, run_wrk
+from tests.benchmarks.common import ROOT, TOKEN, free_port, percentile, run_wrk, unwind_on_sigterm
 
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 MODEL = "confledger.examples.app_config:AppConfig"
@@ -292,6 +292,7 @@ def report(group: list[Server], with_wrk: bool) -> None:
 
 
 def main() -> None:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -29,7 +29,7 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import free_port
+from tests.benchmarks.common import free_port, unwind_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
@@ -106,6 +106,7 @@ def measure(
 
 
 def main() -> None:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100, help="per row; rows x changes below 500")
     parser.add_argument("--clients", default="1,10,50")

@@ -36,7 +36,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tests.benchmarks.common import ROOT, TOKEN, WrkResult, bench_dir, free_port, median, percentile, run_wrk
+from tests.benchmarks.common import (
+    ROOT,
+    TOKEN,
+    WrkResult,
+    bench_dir,
+    free_port,
+    median,
+    percentile,
+    run_wrk,
+    unwind_on_sigterm,
+)
 
 VALUES = 64
 
@@ -288,6 +298,7 @@ def figures(runs: list[Run], seconds: float, rounds: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ __all__ = [
     "pg_schema",
     "rss_mb",
     "run_wrk",
+    "unwind_on_sigterm",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,3 +217,15 @@ def pg_schema(base_url: str) -> Iterator[str]:
                 connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
     finally:
         admin.dispose()
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``) unwind the benchmark as Ctrl-C does, so the ``finally`` blocks and
+    exit stacks that stop its ``confledger serve`` processes and drop its schemas run. Left to the default
+    action, the benchmark died at once and the servers it started ran on, orphaned, taking the cores
+    that the next measurement shares."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
