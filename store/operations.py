@@ -278,6 +278,16 @@ class OperationRunner(FleetFollowing, Concluding):
         Restoring never reads the source: the log is the truth. A restored config is then handed to the
         services that want it at start (``notify_on_start``), after ``instance.started``.
         """
+        try:
+            return await self._start()
+        except BaseException:
+            # The start's reload took the fleet's lock, which keeps its file (or session) open between
+            # operations; no stop() follows a start that raised, so each retried start kept one more.
+            with anyio.CancelScope(shield=True):  # a cancelled start lets go of it too
+                await anyio.to_thread.run_sync(self.fleet_lock.close)
+            raise
+
+    async def _start(self) -> ReloadOperation | None:
         if self.log.integrity_failure is not None:
             # Reads only: the config the log names is restored if its body still hashes to its hash,
             # and nothing is appended (no closing of operations, no instance.started).

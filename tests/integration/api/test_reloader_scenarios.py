@@ -1299,6 +1299,19 @@ async def test_a_start_that_cannot_apply_the_initial_config_raises(url: str, tmp
     assert completed.payload.reason == "validation_failed"
 
 
+async def test_a_start_that_raises_lets_go_of_the_fleet_lock(url: str, tmp_path: Path) -> None:
+    # The start's reload takes the fleet's lock, which keeps its file (SQLite) or session (PostgreSQL)
+    # open between operations; a start that raised left it open, one more for every retried start.
+    source = write(tmp_path / "config.json", variant(database__pool_size=-1))
+    reloader = ConfigReloader(url, config_model=AppConfig, config_source=source, cipher=CIPHER)
+    with pytest.raises(InitialConfigError):
+        async with reloader:
+            pass
+    lock = reloader.runner.fleet_lock
+    assert getattr(lock, "_fd", None) is None
+    assert getattr(lock, "_connection", None) is None
+
+
 # --- checkpoints --------------------------------------------------------------------------------------
 
 
