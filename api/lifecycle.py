@@ -65,7 +65,13 @@ DEFAULT_PREFIX = "/api/v1/config"
 # Callbacks registered before any lifecycle exists wait here; the next lifecycle adopts them, so
 # register_config_callback() works at import time, before start-up and after it alike.
 _default_services = ServiceRegistry()
-_active_lifecycle: ConfigLifecycle | None = None
+# Running lifecycles, oldest first. The newest is the active one (get_config_reloader, the registry
+# above's replacement); one stopping hands that back to the newest still running, not to nobody.
+_running: list[ConfigLifecycle] = []
+
+
+def _active_registry() -> ServiceRegistry:
+    return _running[-1].services if _running else _default_services
 
 
 def register_config_callback(
@@ -81,8 +87,7 @@ def register_config_callback(
     ``timeout`` None: ``CONFLEDGER_CALLBACK_TIMEOUT`` (30 s unless set). ``notify_on_start``: when the
     service restarts with a config restored from the log, call ``callback(None, restored)`` as on the
     first start (None: ``CONFLEDGER_NOTIFY_ON_START``, on unless set)."""
-    registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
-    registry.register(
+    _active_registry().register(
         name,
         callback,
         priority=priority,
@@ -93,8 +98,7 @@ def register_config_callback(
 
 
 def unregister_config_callback(name: str) -> bool:
-    registry = _active_lifecycle.services if _active_lifecycle is not None else _default_services
-    return registry.unregister(name)
+    return _active_registry().unregister(name)
 
 
 def _freeze_start_up_objects() -> None:
@@ -186,7 +190,6 @@ class ConfigLifecycle:
         return log
 
     async def __aenter__(self) -> ConfigLifecycle:
-        global _active_lifecycle
         stack = contextlib.AsyncExitStack()
         try:
             log = await anyio.to_thread.run_sync(self._open_log)
@@ -223,7 +226,8 @@ class ConfigLifecycle:
             self.reloader = reloader
             self.pages = RenderedPages(reloader.projections)
             set_config_reloader(reloader)
-            _active_lifecycle = self
+            _running.append(self)
+            stack.callback(self._step_down)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)
             if self.enable_signal_handler:
@@ -246,16 +250,19 @@ class ConfigLifecycle:
             self.telemetry = None
             self._owns_telemetry = False
 
+    def _step_down(self) -> None:
+        """No longer the active lifecycle: the newest other one still running is, if any."""
+        if self in _running:
+            _running.remove(self)
+        set_config_reloader(_running[-1].reloader if _running else None)
+
     async def __aexit__(self, *exc_info: object) -> None:
-        global _active_lifecycle
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
                 await stack.aclose()
         finally:
-            if _active_lifecycle is self:
-                _active_lifecycle = None
-                set_config_reloader(None)
+            self._step_down()
             self.signal_handler_enabled = False
 
     def _install_sighup(self, task_group: anyio.abc.TaskGroup, stack: contextlib.AsyncExitStack) -> bool:

@@ -234,3 +234,36 @@ def test_start_up_s_objects_are_frozen_while_serving_and_handed_back_at_stop(
     with TestClient(app):
         assert (gc.get_freeze_count() > before) is frozen_while_serving
     assert gc.get_freeze_count() == (0 if frozen_while_serving else before)
+
+
+def test_two_embedding_apps_in_one_process_each_stop_leaves_the_other_in_charge(tmp_path: Path) -> None:
+    # The process-wide reloader (get_config_reloader) and the registry register_config_callback adds
+    # to belong to the lifecycle started last; the second app stopping while the first still ran left
+    # neither: get_config_reloader raised, and a callback went to a registry no running app reads.
+    from fastapi import FastAPI
+
+    from confledger import get_config_reloader, register_config_callback
+    from confledger.api.lifecycle import setup_configuration_lifecycle
+    from confledger.store.services import ServiceRegistry
+
+    def app_in(directory: Path) -> tuple[FastAPI, ServiceRegistry]:
+        directory.mkdir()
+        app, services = FastAPI(), ServiceRegistry()
+        setup_configuration_lifecycle(
+            app,
+            config_source=_config(directory),
+            admin_token=ADMIN_TOKEN,
+            enable_signal_handler=False,
+            services=services,
+        )
+        return app, services
+
+    (first, first_services), (second, _) = app_in(tmp_path / "a"), app_in(tmp_path / "b")
+    with TestClient(first):
+        with TestClient(second):
+            assert get_config_reloader() is second.state.confledger.reloader
+        assert get_config_reloader() is first.state.confledger.reloader
+        register_config_callback("late", lambda old, new: True)
+        assert "late" in first_services
+    with pytest.raises(RuntimeError, match="no ConfigReloader"):
+        get_config_reloader()
