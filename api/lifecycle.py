@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import FastAPI
 from pydantic import BaseModel
 
@@ -72,6 +73,19 @@ _running: list[ConfigLifecycle] = []
 
 def _active_registry() -> ServiceRegistry:
     return _running[-1].services if _running else _default_services
+
+
+# SIGHUP asks every running lifecycle of the process to reload, through one handler on the loop: a loop
+# keeps one handler per signal, so a second app's replaced the first's, and its removal at stop left
+# the first app with none. The handler the first found is put back when the last one stops.
+_sighup_listeners: list[MemoryObjectSendStream[None]] = []
+_sighup_previous: Any = None
+
+
+def _on_sighup() -> None:
+    for send in list(_sighup_listeners):
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            send.send_nowait(None)
 
 
 def register_config_callback(
@@ -275,11 +289,6 @@ class ConfigLifecycle:
             return False
         # One slot: a burst of signals while a reload runs leaves exactly one follow-up queued.
         send, receive = anyio.create_memory_object_stream[None](max_buffer_size=1)
-        previous = signal.getsignal(signal.SIGHUP)
-
-        def on_sighup() -> None:
-            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                send.send_nowait(None)
 
         async def consume() -> None:
             async with receive:
@@ -293,12 +302,18 @@ class ConfigLifecycle:
                         # keep listening, so the next SIGHUP can try again.
                         logger.error("reload on SIGHUP failed: %s", exc)
 
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        global _sighup_previous
+        if not _sighup_listeners:
+            _sighup_previous = signal.getsignal(signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, _on_sighup)
+        _sighup_listeners.append(send)
 
         def restore() -> None:
-            loop.remove_signal_handler(signal.SIGHUP)
-            signal.signal(signal.SIGHUP, previous)
+            _sighup_listeners.remove(send)
             send.close()
+            if not _sighup_listeners:
+                loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, _sighup_previous)
 
         stack.callback(restore)
         task_group.start_soon(consume)
