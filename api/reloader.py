@@ -35,7 +35,7 @@ from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger, VerifyReport
 from confledger.store.calls import UserCalls
 from confledger.store.database import checkpoint_wal
-from confledger.store.errors import ConfigRefusedHere, IntegrityFailed
+from confledger.store.errors import ConfigLookupError, ConfigRefusedHere, IntegrityFailed
 from confledger.store.events import ConfigApplied, FileWatchDisabled, FileWatchEnabled
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
@@ -536,7 +536,7 @@ class ConfigReloader:
     def get_config(self) -> Any:
         value = self.current
         if value is None:
-            raise LookupError("no configuration has been applied yet")
+            raise ConfigLookupError("no configuration has been applied yet", code="no_config_applied")
         return value.config
 
     @property

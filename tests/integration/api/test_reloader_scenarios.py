@@ -28,7 +28,7 @@ from anyio import wait_all_tasks_blocked
 from confledger.api.reloader import ConfigReloader, ReloadOperation, ReloadStatus, ReloadTrigger
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger, config_hash
-from confledger.store.errors import InitialConfigError
+from confledger.store.errors import ConfigLookupError, InitialConfigError
 from confledger.store.events import (
     ConfigApplied,
     ConfigRolledBack,
@@ -186,6 +186,11 @@ async def test_a_log_started_without_a_source_takes_its_first_config_from_a_manu
     async with running(url) as reloader:
         assert reloader.startup_operation is None
         assert reloader.current is None
+        # A confledger error with its reason code, as every other refusal (and still a LookupError).
+        with pytest.raises(ConfigLookupError) as raised:
+            reloader.get_config()
+        assert raised.value.code == "no_config_applied"
+        assert isinstance(raised.value, LookupError)
         operation = await reloader.reload_config(config_source=write(tmp_path / "c.json", BASE))
         assert operation.success
         assert operation.changes_applied == ("initial_configuration",)
