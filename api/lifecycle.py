@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +29,7 @@ from pydantic import BaseModel
 
 from confledger.api.pages import RenderedPages
 from confledger.api.reloader import ConfigReloader, WatchGroup, set_config_reloader
-from confledger.api.security import Tokens, load_or_create_token_file, warn_if_readable_by_others
+from confledger.api.security import Tokens, create_private_database_file, load_or_create_token_file
 from confledger.api.settings import (
     Settings,
     absolute,
@@ -39,7 +38,6 @@ from confledger.api.settings import (
     resolve_cipher,
     settings_with,
     signing_key_of,
-    sqlite_path,
     token_file_path,
 )
 from confledger.api.telemetry import Telemetry, otlp_configured
@@ -328,27 +326,6 @@ def _tokens_for(
     path = token_file_path(database_url, config_source)
     token, created = load_or_create_token_file(path)
     return Tokens(token, read_token or None), path, created
-
-
-def create_private_database_file(database_url: str, *, warn_if_shared: bool = True) -> Path | None:
-    """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
-    create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
-    the database file's mode. An existing file keeps its mode: a warning says if others may read it
-    (unless not ``warn_if_shared``: a one-off command leaves that to the service).
-    Returns the file (None for PostgreSQL or in-memory)."""
-    path = sqlite_path(database_url)
-    if path is None:
-        return None
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if warn_if_shared:
-            warn_if_readable_by_others(path, "event log")
-        return path
-    except FileNotFoundError:
-        return path  # no such directory: SQLite's own error says so when the log is opened
-    os.close(descriptor)
-    return path
 
 
 def setup_configuration_lifecycle(

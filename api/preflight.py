@@ -110,7 +110,7 @@ def check_log(settings: Settings, database_url: str) -> None:
 
     Opening migrates a new database's schema; it appends nothing.
     """
-    from confledger.api.lifecycle import create_private_database_file
+    from confledger.api.security import create_private_database_file
     from confledger.api.settings import resolve_cipher, signing_key_of
     from confledger.store.log import EventLog
 

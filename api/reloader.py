@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from confledger import __version__
 from confledger.api.fleet_judge import FleetJudge
+from confledger.api.security import create_private_database_file
 from confledger.api.settings import (
     Settings,
     anchor_file_path,
@@ -193,6 +194,8 @@ class ConfigReloader:
     ) -> EventLog:
         settings = self.settings
         database_url = url or settings.database_url or default_database_url(config_source)
+        # SQLite would create it 0644, and it holds every config (the lifecycle warns of a shared one).
+        create_private_database_file(database_url, warn_if_shared=False)
         log = EventLog(
             database_url,
             instance_id=settings.instance_id,

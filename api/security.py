@@ -13,9 +13,17 @@ from enum import StrEnum
 from pathlib import Path
 
 from confledger.api.settings import MIN_TOKEN_LENGTH
+from confledger.store.database import sqlite_path
 from confledger.store.errors import TokenError
 
-__all__ = ["Role", "TokenError", "Tokens", "load_or_create_token_file", "warn_if_readable_by_others"]
+__all__ = [
+    "Role",
+    "TokenError",
+    "Tokens",
+    "create_private_database_file",
+    "load_or_create_token_file",
+    "warn_if_readable_by_others",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +102,24 @@ def load_or_create_token_file(path: Path) -> tuple[str, bool]:
             f"cannot use the admin token file {path} ({reason}): fix the directory, or set CONFLEDGER_ADMIN_TOKEN"
         ) from None
     return token, True
+
+
+def create_private_database_file(database_url: str, *, warn_if_shared: bool = True) -> Path | None:
+    """Create an SQLite log's file empty with mode 0600 before SQLite first opens it (which would
+    create it 0644 under the usual umask); SQLite then creates the ``-wal`` and ``-shm`` files with
+    the database file's mode. An existing file keeps its mode: a warning says if others may read it
+    (unless not ``warn_if_shared``: a one-off command leaves that to the service).
+    Returns the file (None for PostgreSQL or in-memory)."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if warn_if_shared:
+            warn_if_readable_by_others(path, "event log")
+        return path
+    except FileNotFoundError:
+        return path  # no such directory: SQLite's own error says so when the log is opened
+    os.close(descriptor)
+    return path

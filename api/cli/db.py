@@ -28,7 +28,7 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
 
     def run() -> str | None:
-        from confledger.api.lifecycle import create_private_database_file
+        from confledger.api.security import create_private_database_file
         from confledger.store import migrate as store_migrate
 
         engine = _engine(database)  # the URL is checked here, before any file is made for it
@@ -108,7 +108,7 @@ def db_check(database: DatabaseOption = None) -> None:
     """Migrate, then compare the tables with the models; exit 1 on any drift."""
 
     def run() -> list[str]:
-        from confledger.api.lifecycle import create_private_database_file
+        from confledger.api.security import create_private_database_file
         from confledger.store import migrate as store_migrate
         from confledger.store.database import normalize_url
         from confledger.store.log import EventLog

@@ -13,6 +13,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -217,6 +218,17 @@ def test_an_embedding_app_s_log_is_0600_too(tmp_path: Path, usual_umask: None) -
     with TestClient(app):
         modes = {name: _mode(tmp_path / name) for name in ("confledger.db", "confledger.db-wal")}
     assert modes == {"confledger.db": 0o600, "confledger.db-wal": 0o600}  # the whole config history
+
+
+def test_a_bare_reloader_s_log_is_0600_too(tmp_path: Path, usual_umask: None) -> None:
+    from confledger import ConfigReloader
+
+    async def run() -> None:
+        async with ConfigReloader(f"sqlite:///{tmp_path / 'app.db'}", config_source=_config(tmp_path)):
+            pass
+
+    anyio.run(run)
+    assert _mode(tmp_path / "app.db") == 0o600
 
 
 @pytest.mark.parametrize(
