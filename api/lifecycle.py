@@ -248,7 +248,7 @@ class ConfigLifecycle:
                 await reloader.enable_file_watching(self.poll_interval, force_polling=self.force_polling)
             if self.settings.gc_freeze:
                 _freeze_start_up_objects()
-                stack.callback(gc.unfreeze)
+                stack.callback(self._thaw)
         except BaseException:
             await stack.aclose()
             self.reloader, self.pages = None, None
@@ -261,6 +261,12 @@ class ConfigLifecycle:
             self.telemetry.shutdown()
             self.telemetry = None
             self._owns_telemetry = False
+
+    def _thaw(self) -> None:
+        """``gc.unfreeze`` once no other lifecycle of the process runs: the freeze is process-wide, and
+        another app still running would have its own start-up objects handed back to the full passes."""
+        if all(other is self for other in _running):
+            gc.unfreeze()
 
     def _step_down(self) -> None:
         """No longer the active lifecycle: the newest other one still running is, if any."""

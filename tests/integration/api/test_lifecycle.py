@@ -3,6 +3,7 @@ that embed it, started through their real lifespans on a real SQLite log."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -73,3 +74,12 @@ async def test_sighup_reloads_every_running_app_and_outlives_the_one_that_stops(
             await sighup_reaches(first, second)
         await sighup_reaches(first)
     assert signal.getsignal(signal.SIGHUP) == previous
+
+
+async def test_an_app_stopping_leaves_another_running_app_frozen(tmp_path: Path) -> None:
+    # gc.freeze is process-wide: the first app to stop unfroze the other's start-up objects too.
+    async with serving(tmp_path / "a"):
+        async with serving(tmp_path / "b"):
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
