@@ -84,11 +84,14 @@ def normalize_url(url: str | URL) -> URL:
 
 def describe_url(url: URL) -> str:
     """The URL as it may appear in messages and logs: never with its password."""
-    return url.render_as_string(hide_password=True)
+    return _redact_url_text(url.render_as_string(hide_password=True))
 
 
 def _redact_url_text(text: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", text)
+    text = re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", text)
+    # libpq takes a password from the query as well (postgresql://app@db/x?password=...): the driver
+    # hands query parameters on as connection keywords.
+    return re.sub(r"([?&](?:ssl)?password=)[^&\s'\"]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 class UnreadableJSON(str):

@@ -103,6 +103,11 @@ BAD_DATABASES = {
         lambda tmp: "postgresql+psycopg://confledger:hunter2@127.0.0.1:1/test",
         ["cannot reach PostgreSQL", "127.0.0.1:1"],
     ),
+    # libpq takes the password as a query parameter too; it is as secret there as after the user name.
+    "unreachable-postgres-password-in-query": (
+        lambda tmp: "postgresql+psycopg://confledger@127.0.0.1:1/test?password=hunter2&connect_timeout=5",
+        ["cannot reach PostgreSQL", "127.0.0.1:1", "connect_timeout=5"],
+    ),
     "malformed-url": (lambda tmp: "not a url", ["cannot parse database URL", "not a url"]),
     "unsupported-scheme": (
         lambda tmp: "mysql://user@localhost/confledger",
