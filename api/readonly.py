@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from confledger.api.settings import Settings, anchor_file_path, existing_cipher, signing_key_of
+from confledger.api.settings import anchor_file_path, environment_settings, existing_cipher, signing_key_of
 from confledger.store import migrate
 from confledger.store.database import describe_url, normalize_url, sqlite_path
 from confledger.store.errors import LogNotFound, SchemaError, SchemaTooNew, SecretKeyError
@@ -51,7 +51,7 @@ def open_readonly_log(url: str) -> EventLog:
 def _use_existing_keys(log: EventLog, url: str) -> None:
     """The keys ``verify`` and ``show`` need, if this machine has them (never made here): a keyed log's
     links, bodies and anchor are checked with them; without them a keyed log's check says so."""
-    settings = Settings()
+    settings = environment_settings()
     log.signing_key = signing_key_of(settings)
     log.cipher = existing_cipher(settings, url)
     log.anchor_path = anchor_file_path(settings, url, settings.config)

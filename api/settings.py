@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from confledger.store import EventLog, SecretCipher, SecretKeyError
 from confledger.store.canonical import sha256_hex
 from confledger.store.database import normalize_url, sqlite_path
+from confledger.store.errors import SetupError
 from confledger.store.outcome import DEFAULT_LISTED
 from confledger.store.sources.limits import DEFAULT_MAX_BYTES
 
@@ -26,8 +27,10 @@ __all__ = [
     "Settings",
     "anchor_file_path",
     "default_database_url",
+    "environment_settings",
     "existing_cipher",
     "resolve_cipher",
+    "settings_error_message",
     "settings_with",
     "signing_key_of",
     "sqlite_path",
@@ -217,6 +220,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [Path(part) for part in value.split(os.pathsep) if part.strip()]
         return value
+
+
+def settings_error_message(exc: ValidationError) -> str:
+    """A settings ValidationError as one line naming the setting (never the value: it may be a key)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    if not first["loc"]:  # a rule over two settings names them itself
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    return f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
+def environment_settings() -> Settings:
+    """The settings a command that only reads takes from the environment (its keys, the anchor's place).
+
+    The host's environment may carry serve's variables too: one of them out of range is a SetupError
+    naming it, a line on stderr, rather than a ValidationError's traceback out of every read command."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SetupError(settings_error_message(exc)) from None
 
 
 def settings_with(settings: Settings | None, **overrides: Any) -> Settings:

@@ -76,11 +76,10 @@ def settings_error(exc: Exception) -> str:
     """A pydantic-settings ValidationError as one line naming the setting."""
     from pydantic import ValidationError
 
+    from confledger.api.settings import settings_error_message
+
     assert isinstance(exc, ValidationError)
-    first = exc.errors(include_url=False, include_input=False)[0]
-    if not first["loc"]:  # a rule over two settings names them itself
-        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
-    return f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return settings_error_message(exc)
 
 
 def _version_callback(value: bool) -> None:

@@ -387,9 +387,9 @@ def verify_command(
                 # Named, it must be there: checking nothing and exiting 0 would read as a clean bill.
                 raise LogNotFound(f"no anchor file at {anchor_file}")
             if anchor_file is not None or config is not None:
-                from confledger.api.settings import Settings, anchor_file_path
+                from confledger.api.settings import anchor_file_path, environment_settings
 
-                settings = Settings()
+                settings = environment_settings()
                 log.anchor_path = (
                     anchor_file.absolute()
                     if anchor_file is not None

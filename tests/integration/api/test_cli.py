@@ -609,6 +609,17 @@ def test_an_empty_postgres_schema_is_refused(pg_schema_url: str) -> None:
         engine.dispose()
 
 
+def test_an_invalid_service_setting_in_the_environment_is_one_line_not_a_traceback(story: Story) -> None:
+    # A read command reads the keys and the anchor's place from the CONFLEDGER_* settings; on a host whose
+    # environment also carries serve's variables, a bad one is named, as serve names it.
+    for command, code in (("history", 1), ("status", 1), ("verify", 2)):
+        result = invoke(command, *story.db(), env={**story.keys(), "CONFLEDGER_PORT": "eighty"})
+        assert result.exit_code == code, (command, result.stderr, result.exception)
+        assert isinstance(result.exception, SystemExit), (command, result.exception)
+        assert "invalid setting port" in result.stderr, command
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_the_environment_names_the_database(story: Story) -> None:
     result = invoke("history", "--json", env={"CONFLEDGER_DATABASE_URL": story.url})
     assert len(as_json(result)["operations"]) == 6
