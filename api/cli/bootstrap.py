@@ -39,8 +39,17 @@ def init_command(
         if target.exists():
             out.print(f"kept {target} (already there)", highlight=False)
             continue
-        with resources.as_file(examples / name) as source:
-            shutil.copyfile(source, target)
+        try:
+            with resources.as_file(examples / name) as source:
+                shutil.copyfile(source, target)
+        except OSError as exc:
+            # An existing directory the user may not write in (/etc/app without sudo).
+            err.print(
+                f"[red]error[/red]: cannot write {target}: {exc.strerror or type(exc).__name__}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
         out.print(f"wrote {target}", highlight=False)
     out.print(
         f"next: confledger serve --config {directory / 'config.yaml'} --model {EXAMPLE_MODEL}",

@@ -37,6 +37,19 @@ def test_init_into_a_path_that_cannot_be_a_directory_is_one_line(tmp_path: Path)
     assert "Traceback" not in result.output
 
 
+def test_init_into_a_directory_it_cannot_write_in_is_one_line(tmp_path: Path) -> None:
+    # What an operator without write access to an existing directory (/etc/app) meets. We run as root,
+    # which no mode keeps out: the starter file's name is a link into a directory that is not there.
+    target = tmp_path / "demo"
+    target.mkdir()
+    (target / "config.yaml").symlink_to(tmp_path / "gone" / "config.yaml")
+    result = runner.invoke(cli.app, ["init", str(target)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"cannot write {target / 'config.yaml'}" in result.stderr
+    assert "next:" not in result.stdout
+
+
 def test_keygen_prints_a_key_the_cipher_accepts() -> None:
     result = runner.invoke(cli.app, ["keygen"])
     assert result.exit_code == 0, result.output
