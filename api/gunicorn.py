@@ -111,7 +111,13 @@ def _check_service(server: Any) -> None:
     from pydantic import ValidationError
 
     from confledger.api.cli.app import settings_error
-    from confledger.api.preflight import check_config_directory, check_database_location, check_log, one_line
+    from confledger.api.preflight import (
+        check_anchor_location,
+        check_config_directory,
+        check_database_location,
+        check_log,
+        one_line,
+    )
     from confledger.api.server import create_app, import_model
     from confledger.api.settings import Settings, default_database_url
     from confledger.store.errors import ConfledgerError, SetupError
@@ -124,6 +130,7 @@ def _check_service(server: Any) -> None:
         check_config_directory(settings.config)
         database_url = settings.database_url or default_database_url(settings.config)
         check_database_location(database_url)
+        check_anchor_location(settings.anchor_file)
         check_log(settings, database_url)
         _, lifecycle = create_app(settings, model=model)
         _first_load(settings, model)

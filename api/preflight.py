@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "bind_listening_socket",
+    "check_anchor_location",
     "check_config_directory",
     "check_database_location",
     "check_log",
@@ -74,6 +75,32 @@ def check_database_location(database_url: str) -> None:
         raise ReadOnlyStore(
             f"cannot create the database in {directory}: the directory is not writable by this user; "
             "fix its permissions or pass another --database"
+        )
+
+
+def check_anchor_location(anchor_file: Path | None) -> None:
+    """The operator's anchor file can be written where it is named.
+
+    The log would go on without it (a warning at each append), but then nothing outside the database
+    keeps the log's end, which is what the operator named the file for."""
+    if anchor_file is None:
+        return
+    directory = anchor_file.absolute().parent
+    named = f"the anchor file {anchor_file} (--anchor-file or CONFLEDGER_ANCHOR_FILE)"
+    if not directory.is_dir():
+        raise SetupError(
+            f"the anchor file's directory {directory} does not exist: create it, or fix --anchor-file "
+            "or CONFLEDGER_ANCHOR_FILE",
+            code="anchor_directory_missing",
+        )
+    if anchor_file.exists() and not os.access(anchor_file, os.R_OK | os.W_OK):
+        raise SetupError(
+            f"{named} is not writable by this user: fix its permissions", code="anchor_not_writable"
+        )
+    if not anchor_file.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        raise SetupError(
+            f"cannot create {named}: its directory {directory} is not writable by this user",
+            code="anchor_not_writable",
         )
 
 

@@ -71,6 +71,7 @@ def serve(
     from confledger.api.preflight import (
         OneLineStartupFailure,
         bind_listening_socket,
+        check_anchor_location,
         check_config_directory,
         check_database_location,
         check_log,
@@ -105,6 +106,7 @@ def serve(
         check_config_directory(config)
         database_url = settings.database_url or default_database_url(config)
         check_database_location(database_url)
+        check_anchor_location(settings.anchor_file)
         sock = bind_listening_socket(settings.host, settings.port)
         check_log(settings, database_url)
         fastapi_app, lifecycle = create_app(settings, model=config_model)

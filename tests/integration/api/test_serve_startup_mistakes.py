@@ -130,6 +130,27 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
             "/proc",
         ),
     ),
+    # --anchor-file in a directory that does not exist: it was never written (a warning per append),
+    # so nothing outside the database kept the log's end while the service ran
+    (
+        "anchor directory missing",
+        lambda w, port: Case(
+            [
+                *("--config", "config.yaml", "--model", MODEL, "--port", str(port)),
+                *("--anchor-file", str(w / "nowhere" / "log.anchor")),
+            ],
+            "anchor file's directory",
+        ),
+    ),
+    # the same from its variable
+    (
+        "anchor directory missing variable",
+        lambda w, port: Case(
+            ["--config", "config.yaml", "--model", MODEL, "--port", str(port)],
+            "CONFLEDGER_ANCHOR_FILE",
+            env={"CONFLEDGER_ANCHOR_FILE": str(w / "nowhere" / "log.anchor")},
+        ),
+    ),
     # a URL SQLAlchemy cannot parse
     (
         "bad database URL",
