@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
 
@@ -128,6 +129,12 @@ def _detail(response: httpx.Response) -> str:
     return f"{text} [{code}]" if isinstance(code, str) and code else text
 
 
+def _shown(text: str) -> str:
+    """``text`` with the user part of any URL in it masked: a proxy or a basic-auth front may have put a
+    credential there, and an error line ends up in terminals, CI logs and tickets."""
+    return re.sub(r"//[^/@\s]*@", "//***@", text)
+
+
 def _call_service(
     url: str, path: str, body: dict[str, Any], token: AdminToken, timeout: float
 ) -> dict[str, Any]:
@@ -146,10 +153,10 @@ def _call_service(
         with httpx.Client(timeout=timeout) as client:
             response = client.post(endpoint, json=body, headers=headers)
     except httpx.TimeoutException:
-        _service_error(f"confledger at {url} did not answer within {timeout:g} s")
+        _service_error(f"confledger at {_shown(url)} did not answer within {timeout:g} s")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _service_error(f"cannot reach confledger at {url}: {reason}")
+        _service_error(f"cannot reach confledger at {_shown(url)}: {_shown(reason)}")
     status = response.status_code
     if status == 401:
         # A token file left from before the service was given CONFLEDGER_ADMIN_TOKEN is the usual cause.

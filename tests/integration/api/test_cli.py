@@ -799,6 +799,16 @@ def test_connection_and_token_errors_exit_2(service: Service, tmp_path: Path) ->
     assert closed.exit_code == 2
     assert "cannot reach confledger" in closed.stderr
     assert "Traceback" not in closed.stderr
+    # A credential in the URL's user part (a basic-auth front) is not echoed into the error line.
+    behind_auth = invoke(
+        "reload",
+        "--url",
+        f"http://ops:hunter2-basic@127.0.0.1:{free_port()}",
+        env={"CONFLEDGER_ADMIN_TOKEN": service.token},
+    )
+    assert behind_auth.exit_code == 2
+    assert "hunter2" not in behind_auth.stderr
+    assert "//***@127.0.0.1" in behind_auth.stderr
 
     no_token = invoke("reload", "--url", service.url, "--database", f"sqlite:///{tmp_path / 'other.db'}")
     assert no_token.exit_code == 2
