@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = Field(
         "FULL",
         pattern="^(OFF|NORMAL|FULL|EXTRA)$",
-        description="FULL or EXTRA; NORMAL and OFF may lose the newest operations to a power cut",
+        description="FULL or EXTRA (any case); NORMAL and OFF may lose the newest operations to a power cut",
     )
     signal_handler: bool = True
     gc_freeze: bool = Field(
@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper_synchronous(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value  # as SQLite's own PRAGMA takes it
 
     @field_validator("source_dirs", mode="before")
     @classmethod

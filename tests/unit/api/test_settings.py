@@ -1,0 +1,38 @@
+"""``api.settings.Settings``: the values an operator types, as the service takes them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from confledger.api.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CONFLEDGER_"):
+            monkeypatch.delenv(name)
+
+
+# (setting, as typed, as taken): the enumerated settings take any case, as their docs say
+ANY_CASE = [
+    ("sqlite_synchronous", "normal", "NORMAL"),
+    ("sqlite_synchronous", "Extra", "EXTRA"),
+    ("sqlite_synchronous", "FULL", "FULL"),
+    ("log_level", "DEBUG", "debug"),
+    ("log_level", "Warning", "warning"),
+]
+
+
+@pytest.mark.parametrize(("name", "typed", "taken"), ANY_CASE)
+def test_an_enumerated_setting_takes_any_case(name: str, typed: str, taken: str) -> None:
+    assert getattr(Settings(**{name: typed}), name) == taken
+
+
+@pytest.mark.parametrize(("name", "typed"), [("sqlite_synchronous", "fast"), ("log_level", "loud")])
+def test_a_value_outside_the_choices_is_refused(name: str, typed: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{name: typed})
