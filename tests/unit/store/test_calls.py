@@ -48,21 +48,31 @@ def hands_back_a_coroutine() -> Any:
     return returns_async()
 
 
+# Only the row that must time out gets a short deadline: under a loaded machine's scheduling a worker
+# thread's first call alone took longer than 0.2 s, and a row meant to finish "timed out".
+QUICK, SHORT = 30.0, 0.2
+
+
 @pytest.mark.parametrize(
-    ("function", "in_thread", "value", "error", "timed_out"),
+    ("function", "in_thread", "timeout", "value", "error", "timed_out"),
     [
-        (returns, True, "value", None, False),  # sync, in a worker thread
-        (raises, True, None, KeyError, False),  # sync, raising: the error is kept, not raised here
-        (hands_back_a_coroutine, True, "value", None, False),  # sync returning a coroutine: awaited
-        (returns_async, False, "value", None, False),  # async, on the loop
-        (raises_async, False, None, KeyError, False),
-        (sleeps_async, False, None, None, True),  # async past the deadline: cancelled
+        (returns, True, QUICK, "value", None, False),  # sync, in a worker thread
+        (raises, True, QUICK, None, KeyError, False),  # sync, raising: the error is kept, not raised here
+        (hands_back_a_coroutine, True, QUICK, "value", None, False),  # sync returning a coroutine: awaited
+        (returns_async, False, QUICK, "value", None, False),  # async, on the loop
+        (raises_async, False, QUICK, None, KeyError, False),
+        (sleeps_async, False, SHORT, None, None, True),  # async past the deadline: cancelled
     ],
 )
 async def test_outcomes(
-    function: Any, in_thread: bool, value: object, error: type[Exception] | None, timed_out: bool
+    function: Any,
+    in_thread: bool,
+    timeout: float,
+    value: object,
+    error: type[Exception] | None,
+    timed_out: bool,
 ) -> None:
-    outcome = await UserCalls(2).call("key", function, timeout=0.2, in_thread=in_thread)
+    outcome = await UserCalls(2).call("key", function, timeout=timeout, in_thread=in_thread)
     assert outcome.value == value
     assert (type(outcome.error) if outcome.error else None) is error
     assert outcome.timed_out is timed_out
