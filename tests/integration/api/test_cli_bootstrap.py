@@ -69,3 +69,7 @@ def test_keygen_writes_a_private_file_and_never_overwrites_it(tmp_path: Path) ->
     assert refused.exit_code == 1
     assert "never overwritten" in refused.stderr
     assert key_file.read_text().strip() == key
+
+    directory = runner.invoke(cli.app, ["keygen", "--file", str(tmp_path)])
+    assert directory.exit_code == 1
+    assert "is a directory: name the key file in it" in directory.stderr
