@@ -23,7 +23,7 @@ from confledger.store.checkpoints import sorted_checkpoints
 from confledger.store.configs import body_mismatches
 from confledger.store.database import sqlite_path, translate_errors
 from confledger.store.errors import ConfledgerError, IntegrityKeyError
-from confledger.store.events import RecordedEvent
+from confledger.store.events import ConfigApplied, RecordedEvent
 from confledger.store.integrity import (
     AnchorUnreadable,
     IntegrityKeys,
@@ -34,7 +34,7 @@ from confledger.store.integrity import (
     read_anchor,
     save_verified,
 )
-from confledger.store.schema import events
+from confledger.store.schema import config_versions, events
 from confledger.store.secrets import SecretCipher
 
 __all__ = [
@@ -205,16 +205,57 @@ def body_failure(
     report: VerifyReport,
     *,
     since: int | None,
+    keyed_from: int | None = None,
 ) -> VerifyReport | None:
-    """The first stored body that does not hash to its hash (``since``: only bodies first named after
-    that position, and those no event names yet)."""
+    """The first config applied on the keyed log (from ``keyed_from``) whose body is gone, else the first
+    stored body that does not hash to its hash (``since``: only configs applied, and bodies first named,
+    after that position, and bodies no event names yet)."""
     with read() as connection:
+        missing = None if keyed_from is None else _first_missing_body(connection, keyed_from, since=since)
+        if missing is not None:
+            full_hash, position = missing
+            reason = (
+                f"config {full_hash[:16]}, applied at position {position}, has no stored body: its row "
+                "was deleted in the database; it cannot be restored or rolled back to"
+            )
+            return VerifyReport(
+                False, report.checked, report.head, position, reason, "config_body_mismatch", full_hash
+            )
         for full_hash, first, why in body_mismatches(connection, cipher, keys, since=since):
             reason = f"config {full_hash[:16]}: {why}"
             return VerifyReport(
                 False, report.checked, report.head, first, reason, "config_body_mismatch", full_hash
             )
     return None
+
+
+def _first_missing_body(
+    connection: Connection, keyed_from: int, *, since: int | None
+) -> tuple[str, int] | None:
+    """The first ``config.applied`` (from ``keyed_from``, after ``since``) naming a hash with no row in
+    ``config_versions``.
+
+    The re-hash of the stored bodies cannot see a row that is not there. Only the keyed part of a log is
+    looked at: ``EventLog.append`` lets a caller of its own append a ``config.applied`` with no body, and
+    a keyless chain shows accidents, not a forger; a keyed log is written by a service, which stores the
+    body in the append that names it, and the table refuses deletes, so only a hand that dropped the
+    guard leaves an applied config there without one."""
+    named = events.c.payload["hash"].as_string()
+    query = (
+        sa.select(named, events.c.position)
+        .select_from(events.outerjoin(config_versions, config_versions.c.hash == named))
+        .where(
+            events.c.type == ConfigApplied.event_type,
+            events.c.position >= keyed_from,
+            config_versions.c.hash.is_(None),
+        )
+        .order_by(events.c.position)
+        .limit(1)
+    )
+    if since is not None:
+        query = query.where(events.c.position > since)
+    row = connection.execute(query).first()
+    return None if row is None else (str(row[0]), int(row[1]))
 
 
 def anchor_check(
@@ -281,7 +322,14 @@ def check_log(
         return report, head, head_hash
     for failure in (
         checkpoint_failure(read, integrity, report),
-        body_failure(read, cipher, keys, report, since=start if after is not None else None),
+        body_failure(
+            read,
+            cipher,
+            keys,
+            report,
+            since=start if after is not None else None,
+            keyed_from=None if keys is None else integrity.keyed_from,
+        ),
     ):
         if failure is not None:
             return failure, head, head_hash

@@ -328,6 +328,23 @@ def test_an_edited_body_is_found_and_never_handed_out(
     assert (at_start.ok, at_start.code, at_start.config_hash) == (False, "config_body_mismatch", full_hash)
 
 
+def test_a_deleted_body_of_an_applied_config_is_found(
+    open_keyed: Callable[..., EventLog], keyed: EventLog
+) -> None:
+    # The row of a config the log applied is gone: nothing can restore or roll back to it, and `show`
+    # says no such config. The chain itself holds, so only the bodies' check can see it.
+    with keyed.engine.connect() as connection:
+        (full_hash,) = connection.execute(sa.select(config_versions.c.hash)).one()
+    with keyed.engine.begin() as connection:
+        connection.execute(config_versions.delete())
+    report = keyed.verify()
+    assert (report.ok, report.code, report.config_hash) == (False, "config_body_mismatch", full_hash)
+    assert report.first_broken_position == 1  # the config.applied that names it
+    assert "deleted" in (report.reason or "")
+    at_start = open_keyed().check_integrity()
+    assert (at_start.ok, at_start.code, at_start.config_hash) == (False, "config_body_mismatch", full_hash)
+
+
 def test_a_stored_body_that_is_not_json_is_found_and_never_handed_out(keyed: EventLog) -> None:
     if keyed.dialect == "postgresql":
         pytest.skip("PostgreSQL's json type refuses text that is not JSON")
