@@ -424,19 +424,18 @@ def verify_command(
     if not report.ok:
         # The reason code beside the words: it is what the runbook, /readyz and the service's log name.
         broken = report.first_broken_position
-        where, verified = (
-            ("integrity check failed", "verified")
-            if broken is None
-            else (f"chain broken at position {broken}", "verified before it")
-        )
-        err.print(
-            Text(
-                f"{where} ({report.code}): {report.reason} "
-                f"({report.checked} events {verified}, head {report.head})",
-                style="red",
-            ),
-            soft_wrap=True,
-        )
+        tally = f"{report.checked} events verified, head {report.head}"
+        if report.code == "config_body_mismatch" and report.config_hash is not None:
+            # Every link held: what failed is a stored config (edited or deleted), not an event. Its
+            # position is the event that names it, which an auditor must not go looking at as edited.
+            where = f"stored config {report.config_hash[:16]} failed its check (named at position {broken})"
+            tally = f"the chain holds: {tally}"
+        elif broken is None:
+            where = "integrity check failed"
+        else:
+            where = f"chain broken at position {broken}"
+            tally = f"{report.checked} events verified before it, head {report.head}"
+        err.print(Text(f"{where} ({report.code}): {report.reason} ({tally})", style="red"), soft_wrap=True)
         raise typer.Exit(1)
 
 

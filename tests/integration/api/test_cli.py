@@ -559,6 +559,35 @@ def test_verify_names_the_first_tampered_position(sqlite_url: str, tmp_path: Pat
     assert "position 4" in table.stderr
 
 
+def test_verify_names_an_edited_body_as_a_body_not_a_broken_chain(sqlite_url: str, tmp_path: Path) -> None:
+    # Every link holds; only a stored config was edited. "chain broken at position N" with every event
+    # "verified before it" sent an auditor looking for an edited event that is not there.
+    story = build_story(sqlite_url, tmp_path)
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER config_versions_refuse_update"))
+            connection.execute(
+                sa.text(
+                    "UPDATE config_versions SET body = json_set(body, '$.database.pool_size', 7) "
+                    "WHERE hash = :hash"
+                ),
+                {"hash": story.hashes["pool"]},
+            )
+    finally:
+        engine.dispose()
+    result = invoke("verify", *story.db(), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert (report["code"], report["config_hash"]) == ("config_body_mismatch", story.hashes["pool"])
+    assert report["checked"] == report["head"]
+    table = invoke("verify", *story.db())
+    assert table.exit_code == 1
+    assert "chain broken" not in table.stderr
+    assert f"stored config {story.hashes['pool'][:16]} failed its check" in table.stderr
+    assert f"the chain holds: {report['checked']} events verified" in table.stderr
+
+
 def test_read_commands_never_write_to_the_log(story: Story) -> None:
     before = log_fingerprint(story.url)
     for args in (
