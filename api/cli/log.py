@@ -470,7 +470,14 @@ def _parse_moment(value: str | None, option: str) -> datetime | None:
         raise typer.BadParameter(
             f"{value!r} is not an ISO 8601 time (e.g. 2026-01-31T14:05:00Z)", param_hint=option
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # In UTC, as the log's times and the timeline's rows are (and as GET /timeline answers its bounds):
+    # a bound kept in its own offset was printed as that offset's wall clock beside UTC rows.
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise typer.BadParameter(
+            f"{value!r} is out of range once converted to UTC", param_hint=option
+        ) from None
 
 
 @contextlib.contextmanager

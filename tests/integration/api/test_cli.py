@@ -513,6 +513,27 @@ def test_replay_window_lists_the_incident(story: Story) -> None:
     assert_no_secrets(table)
 
 
+def test_replay_window_bounds_are_shown_in_utc_as_its_rows_are(story: Story) -> None:
+    # The rows are UTC; a window given in another offset was printed in that offset's wall clock, with
+    # no zone, so an operation inside the window looked hours outside it.
+    result = as_json(
+        invoke(
+            "replay", *story.db(), "--since", "2000-01-01T00:00:00-05:00", "--until", "2100-01-01", "--json"
+        )
+    )
+    assert (result["since"], result["until"]) == ("2000-01-01T05:00:00+00:00", "2100-01-01T00:00:00+00:00")
+    assert len(result["operations"]) == 6
+    table = invoke("replay", *story.db(), "--since", "2000-01-01T00:00:00-05:00")
+    assert table.exit_code == 0, table.stderr
+    assert "incident timeline 2000-01-01 05:00:00 .. now" in table.stdout
+    # A bound that exists in its own offset but not in UTC is a bad option, not a traceback.
+    for bound in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-14:00"):
+        refused = invoke("replay", *story.db(), "--since", bound)
+        assert refused.exit_code == 2, (bound, refused.stderr)
+        assert "Traceback" not in refused.stderr
+        assert "out of range" in refused.stderr
+
+
 def test_long_replays_show_progress_on_stderr_only(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(log_commands, "PROGRESS_MIN_EVENTS", 0)
     monkeypatch.setattr(log_commands, "err", Console(stderr=True, force_terminal=True, width=100))
