@@ -63,6 +63,7 @@ from confledger.store.errors import (
     InitialConfigError,
     IntegrityFailed,
     SecretKeyError,
+    UnknownConfigHash,
 )
 from confledger.store.events import (
     ConfigApplied,
@@ -392,7 +393,16 @@ class OperationRunner(FleetFollowing, Concluding):
             return None
         self._restored_position = applied.position
         self.followed = max(self.followed, applied.position)
-        stored = self.log.get_config(applied.payload.hash)
+        try:
+            stored = self.log.get_config(applied.payload.hash)
+        except UnknownConfigHash as exc:
+            # The table refuses deletes: a hand that dropped that guard took the body the log names as
+            # the config to serve. As for an edited body, there is none this instance can trust.
+            raise ConfigBodyMismatch(
+                f"the current config {applied.payload.hash[:16]}, applied at position {applied.position}, "
+                "has no stored body: its row was deleted in the database",
+                config_hash=applied.payload.hash,
+            ) from exc
         config, normalised, errors = self.pipeline.parse(stored.body)
         if config is None or normalised is None:
             raise ConfigRefusedHere(

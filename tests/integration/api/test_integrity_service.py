@@ -116,6 +116,25 @@ def test_an_edited_current_body_is_recorded_and_never_served(
     assert failed.payload.config_hash == current  # type: ignore[attr-defined]
 
 
+def test_a_deleted_current_body_is_recorded_and_never_served(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    with serving(tmp_path, database_url, **options) as service:
+        current = apply(service, database__pool_size=35)
+        drop_guards(service.log)
+        with service.log.engine.begin() as connection:
+            connection.execute(config_versions.delete().where(config_versions.c.hash == current))
+    # Refused as an edited body is, naming the config, rather than a lookup error out of the restore.
+    with pytest.raises(ConfigBodyMismatch, match=current[:16]), serving(tmp_path, database_url, **options):
+        pass
+    cipher = options.get("encryption_key")
+    with EventLog(database_url, cipher=None if cipher is None else SecretCipher([cipher])) as log:
+        failed = log.last_of_type("integrity.check_failed")
+    assert failed is not None
+    assert failed.payload.reason == "config_body_mismatch"  # type: ignore[attr-defined]
+    assert failed.payload.config_hash == current  # type: ignore[attr-defined]
+
+
 def test_a_truncated_log_is_found_at_start_up_and_reads_go_on(
     tmp_path: Path, database_url: str, options: dict[str, Any]
 ) -> None:
