@@ -555,19 +555,24 @@ def test_verify_passes_on_a_sound_log(story: Story) -> None:
     assert "the chain holds" in table.stdout
 
 
-def test_verify_names_the_first_tampered_position(sqlite_url: str, tmp_path: Path) -> None:
-    story = build_story(sqlite_url, tmp_path)
-    engine = sa.create_engine(sqlite_url)
+def tamper(url: str, *statements: str, **values: Any) -> None:
+    """What someone with DDL rights does to the log: ``statements`` in one transaction, bound to ``values``."""
+    engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(sa.text("DROP TRIGGER events_refuse_update"))
-            connection.execute(
-                sa.text(
-                    "UPDATE events SET payload = json_set(payload, '$.reason', 'edited') WHERE position = 4"
-                )
-            )
+            for statement in statements:
+                connection.execute(sa.text(statement), values)
     finally:
         engine.dispose()
+
+
+def test_verify_names_the_first_tampered_position(sqlite_url: str, tmp_path: Path) -> None:
+    story = build_story(sqlite_url, tmp_path)
+    tamper(
+        sqlite_url,
+        "DROP TRIGGER events_refuse_update",
+        "UPDATE events SET payload = json_set(payload, '$.reason', 'edited') WHERE position = 4",
+    )
     result = invoke("verify", *story.db(), "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
@@ -584,19 +589,12 @@ def test_verify_names_an_edited_body_as_a_body_not_a_broken_chain(sqlite_url: st
     # Every link holds; only a stored config was edited. "chain broken at position N" with every event
     # "verified before it" sent an auditor looking for an edited event that is not there.
     story = build_story(sqlite_url, tmp_path)
-    engine = sa.create_engine(sqlite_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(sa.text("DROP TRIGGER config_versions_refuse_update"))
-            connection.execute(
-                sa.text(
-                    "UPDATE config_versions SET body = json_set(body, '$.database.pool_size', 7) "
-                    "WHERE hash = :hash"
-                ),
-                {"hash": story.hashes["pool"]},
-            )
-    finally:
-        engine.dispose()
+    tamper(
+        sqlite_url,
+        "DROP TRIGGER config_versions_refuse_update",
+        "UPDATE config_versions SET body = json_set(body, '$.database.pool_size', 7) WHERE hash = :hash",
+        hash=story.hashes["pool"],
+    )
     result = invoke("verify", *story.db(), "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
