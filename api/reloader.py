@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from confledger import __version__
+from confledger.api.file_watching import FileWatching, WatchGroup
 from confledger.api.fleet_judge import FleetJudge
 from confledger.api.security import create_private_database_file
 from confledger.api.settings import (
@@ -29,7 +29,7 @@ from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
 from confledger.projections.current import CurrentConfig, CurrentProjection
-from confledger.projections.fleet import GONE_AFTER_INTERVALS, FileWatchState, FleetProjection, fleet_view
+from confledger.projections.fleet import GONE_AFTER_INTERVALS, FleetProjection, fleet_view
 from confledger.projections.history import HistoryProjection, history_page
 from confledger.projections.runner import ProjectionSet
 from confledger.projections.stats import StatsProjection
@@ -37,7 +37,7 @@ from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger, V
 from confledger.store.calls import UserCalls
 from confledger.store.database import checkpoint_wal
 from confledger.store.errors import ConfigLookupError, ConfigRefusedHere, IntegrityFailed
-from confledger.store.events import ConfigApplied, FileWatchDisabled, FileWatchEnabled
+from confledger.store.events import ConfigApplied
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
 from confledger.store.operations import OperationRunner
@@ -65,20 +65,7 @@ CHECKPOINT_LOOK_S = 1.0
 ReloadTrigger = Trigger
 
 
-@dataclass(frozen=True, slots=True)
-class WatchGroup:
-    """The workers of one ``serve --workers`` service (``projections.fleet.group_of`` of their ids): one
-    file, watched by worker 0 (``owner``) whichever worker was asked to turn watching on or off."""
-
-    root: str
-    owner: bool
-    # When the service started: a toggle recorded before it was an earlier run's (an instance id, and so
-    # the group's name, is often the same from run to run), while one since it is this run's, even for a
-    # worker 0 started again after it died.
-    since: datetime
-
-
-class ConfigReloader:
+class ConfigReloader(FileWatching):
     """Zero-downtime reloading with every step recorded in the log.
 
     ``await reloader.start()`` restores the current config from the log (or loads the source into an
@@ -374,144 +361,6 @@ class ConfigReloader:
                 self._watcher = None
             await self.stop()
             self._task_group = None
-
-    # --- file watching -------------------------------------------------------------------------------
-
-    @property
-    def file_watching_enabled(self) -> bool:
-        """Whether the config file is watched: by this instance, or under ``--workers`` by its group."""
-        wanted = self._group_watch()
-        return wanted.enabled if wanted is not None else self._watcher is not None
-
-    @property
-    def file_watch_mode(self) -> str | None:
-        wanted = self._group_watch()
-        if wanted is not None:
-            return wanted.mode
-        return None if self._watcher is None else self._watcher.mode
-
-    @property
-    def poll_interval(self) -> float | None:
-        wanted = self._group_watch()
-        if wanted is not None:
-            return wanted.poll_interval
-        return None if self._watcher is None else self._watcher.poll_interval
-
-    def _group_watch(self) -> FileWatchState | None:
-        """Under ``--workers``: the group's last toggle in this run of the service (None: none, or not a
-        worker)."""
-        group = self.watch_group
-        if group is None:
-            return None
-        state = self._fleet.file_watch_of(group.root)
-        return state if state is not None and state.toggled_at >= group.since else None
-
-    async def _watch_for_the_group(self) -> None:
-        """Worker 0's: watch the file as its group's last toggle says, whichever worker was asked.
-
-        The toggle is in the log (``file_watch.enabled``/``.disabled``); this instance's projections fold
-        it within a follow interval. Started or stopped here without recording it again.
-        """
-        assert self._task_group is not None
-        with anyio.CancelScope() as scope:
-            self._group_watch_scope = scope
-            while True:
-                await anyio.sleep(self.settings.follow_poll_interval)
-                wanted = self._group_watch()
-                if wanted is None or self.config_source is None:
-                    continue
-                current = self._watcher
-                if not wanted.enabled:
-                    if current is not None:
-                        current.stop()
-                        self._watcher = None
-                    continue
-                if current is not None and (current.poll_interval, current.mode) == (
-                    wanted.poll_interval,
-                    wanted.mode,
-                ):
-                    continue
-                # The toggle was answered (by whichever worker) before this watcher existed: unless
-                # another watcher ran meanwhile, a change made in between is one nobody saw.
-                watcher = self._new_watcher(
-                    wanted.poll_interval or 1.0,
-                    force_polling=wanted.mode == "polling",
-                    changed_after=wanted.toggled_at if current is None else None,
-                )
-                if current is not None:
-                    current.stop()
-                self._watcher = watcher
-                await self._task_group.start(watcher.run)
-
-    async def _reload_for_the_group(self) -> None:
-        """Worker 0's watcher saw the file change: reload, unless the group turned watching off.
-
-        Worker 0 folds a toggle within a follow interval, so its watcher can outlive an answered "off"
-        by that long: the log is read up to its head first, and a change seen after the toggle is left.
-        """
-        await self.runner.follow()
-        wanted = self._group_watch()
-        if wanted is not None and not wanted.enabled:
-            logger.info("file change not reloaded: file watching was turned off (by another worker)")
-            return
-        await self.request_reload(Trigger.FILE_WATCH, actor="file_watch")
-
-    def _new_watcher(
-        self, poll_interval: float, *, force_polling: bool, changed_after: datetime | None = None
-    ) -> FileWatcher:
-        assert self.config_source is not None
-        group = self.watch_group
-        return FileWatcher(
-            Path(self.config_source),
-            self._reload_for_the_group
-            if group is not None
-            else lambda: self.request_reload(Trigger.FILE_WATCH, actor="file_watch"),
-            poll_interval=poll_interval,
-            force_polling=force_polling,
-            changed_after=changed_after,
-        )
-
-    async def enable_file_watching(self, poll_interval: float = 1.0, *, force_polling: bool = False) -> None:
-        """Reload (coalesced, trigger ``file_watch``) whenever the config source changes."""
-        if not 0.1 <= poll_interval <= 60.0:
-            raise ValueError("poll_interval must be between 0.1 and 60 seconds")
-        if self.config_source is None:
-            raise ValueError("no config source to watch")
-        if self._task_group is None:
-            raise RuntimeError(
-                "file watching needs a running task group: use `async with reloader` or the lifecycle"
-            )
-        group = self.watch_group
-        if group is None or group.owner:
-            current = self._watcher
-            if current is not None and (current.poll_interval, current.force_polling) == (
-                poll_interval,
-                force_polling,
-            ):
-                return
-        watcher = self._new_watcher(poll_interval, force_polling=force_polling)
-        # Recorded first: if the log refuses the event, nothing changes and the caller gets the error,
-        # so the log never disagrees with what the instance actually does.
-        await self.runner.record(
-            FileWatchEnabled(source=self.config_source, poll_interval=poll_interval, mode=watcher.mode)
-        )
-        if group is not None and not group.owner:
-            return  # worker 0 watches for the group: it follows the event just recorded
-        if self._watcher is not None:
-            self._watcher.stop()
-        self._watcher = watcher
-        await self._task_group.start(watcher.run)
-
-    async def disable_file_watching(self) -> None:
-        if self.watch_group is not None:
-            # Turned on by another worker a moment ago, perhaps: this one may not have folded that yet.
-            await self.runner.follow()
-        if not self.file_watching_enabled:
-            return
-        await self.runner.record(FileWatchDisabled(source=self.config_source))
-        if self._watcher is not None:  # elsewhere than worker 0 there is none: it follows the event
-            self._watcher.stop()
-            self._watcher = None
 
     def _materialize(self, full_hash: str) -> Any:
         cached = self.runner.config_for_hash(full_hash)
