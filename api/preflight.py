@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from confledger.store.database import normalize_url, sqlite_path
 from confledger.store.errors import ConfledgerError, InvalidDatabaseURL, ReadOnlyStore, SetupError
@@ -62,16 +62,17 @@ def check_database_location(database_url: str) -> None:
     if path is None:
         return
     directory = path.absolute().parent
-    if not directory.is_dir():
+    problem = _unwritable(path)
+    if problem == "no directory":
         raise SetupError(
             f"the database directory {directory} does not exist: create it or pass another --database",
             code="database_directory_missing",
         )
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+    if problem == "file":
         raise ReadOnlyStore(
             f"the database {path} is not writable by this user: fix its permissions or pass another --database"
         )
-    if not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
+    if problem == "directory":
         raise ReadOnlyStore(
             f"cannot create the database in {directory}: the directory is not writable by this user; "
             "fix its permissions or pass another --database"
@@ -87,21 +88,33 @@ def check_anchor_location(anchor_file: Path | None) -> None:
         return
     directory = anchor_file.absolute().parent
     named = f"the anchor file {anchor_file} (--anchor-file or CONFLEDGER_ANCHOR_FILE)"
-    if not directory.is_dir():
+    problem = _unwritable(anchor_file)
+    if problem == "no directory":
         raise SetupError(
             f"the anchor file's directory {directory} does not exist: create it, or fix --anchor-file "
             "or CONFLEDGER_ANCHOR_FILE",
             code="anchor_directory_missing",
         )
-    if anchor_file.exists() and not os.access(anchor_file, os.R_OK | os.W_OK):
+    if problem == "file":
         raise SetupError(
             f"{named} is not writable by this user: fix its permissions", code="anchor_not_writable"
         )
-    if not anchor_file.exists() and not os.access(directory, os.W_OK | os.X_OK):
+    if problem == "directory":
         raise SetupError(
             f"cannot create {named}: its directory {directory} is not writable by this user",
             code="anchor_not_writable",
         )
+
+
+def _unwritable(path: Path) -> Literal["no directory", "file", "directory"] | None:
+    """Why this user could not keep writing the file at ``path``: its directory is missing, the file is
+    there but not readable and writable, or it is not there and its directory refuses a new one."""
+    directory = path.absolute().parent
+    if not directory.is_dir():
+        return "no directory"
+    if path.exists():
+        return None if os.access(path, os.R_OK | os.W_OK) else "file"
+    return None if os.access(directory, os.W_OK | os.X_OK) else "directory"
 
 
 def bind_listening_socket(host: str, port: int) -> socket.socket:
