@@ -79,18 +79,12 @@ def keygen_command(
         # O_EXCL: a key that already protects a log is never replaced by accident.
         descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        if file.is_dir():
-            err.print(
-                f"[red]error[/red]: {file} is a directory: name the key file in it",
-                highlight=False,
-                soft_wrap=True,
-            )
-        else:
-            err.print(
-                f"[red]error[/red]: {file} exists; a key in use is never overwritten",
-                highlight=False,
-                soft_wrap=True,
-            )
+        why = (
+            "is a directory: name the key file in it"
+            if file.is_dir()
+            else "exists; a key in use is never overwritten"
+        )
+        err.print(f"[red]error[/red]: {file} {why}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         err.print(

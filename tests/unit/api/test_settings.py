@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from pydantic import ValidationError
 
 from confledger.api.settings import Settings
+from tests.integration.api.service_harness import clear_confledger_environment
 
 
 @pytest.fixture(autouse=True)
 def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("CONFLEDGER_"):
-            monkeypatch.delenv(name)
+    clear_confledger_environment(monkeypatch)
 
 
 # (setting, as typed, as taken): the enumerated settings take any case, as their docs say
