@@ -16,7 +16,6 @@ __all__ = [
     "YAML_EXPANSION_FACTOR",
     "YAML_EXPANSION_FLOOR",
     "Refusal",
-    "bracket_depth_exceeds",
     "is_int_limit_error",
     "json_kind",
     "safe_name",
@@ -110,22 +109,3 @@ def is_int_limit_error(exc: ValueError) -> bool:
     # CPython's wording for sys.int_info.str_digits_check_threshold; the limit itself may be set lower
     # than ours (-X int_max_str_digits), so a parser can hit it before our own check does.
     return "Exceeds the limit" in str(exc) and "digits" in str(exc)
-
-
-def bracket_depth_exceeds(text: str, token: re.Pattern[str], base: int) -> bool:
-    """Whether the brackets ``token`` finds (strings and comments it matches whole) nest past MAX_DEPTH.
-
-    json and tomllib recurse once per container with no limit of their own: this scan runs first, so a
-    100000-deep document is a clean refusal rather than a RecursionError (or worse, on a thread with a
-    small stack).
-    """
-    depth = base
-    for match in token.finditer(text):
-        char = match.group()
-        if char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        elif char in "]}":
-            depth = max(depth - 1, base)
-    return False

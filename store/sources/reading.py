@@ -296,14 +296,11 @@ def _parse(data: bytes, fmt: str) -> dict[str, Any]:
     try:
         body = _PARSERS[fmt](text)
     except RecursionError:
-        # The depth guards should make this unreachable; kept so a parser's recursion can never escape
-        # as an internal error.
+        # json and tomllib recurse once per nested container: a document nested past their recursion
+        # limit (hundreds of levels, far past MAX_DEPTH) ends here; anything shallower is check_tree's.
         raise Refusal("too_deep", f"{fmt.upper()} document nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(body, dict):
         kind = "empty (null)" if body is None else f"a {json_kind(body)}"
         raise Refusal("not_a_mapping", f"the top level of the config is {kind}; expected a mapping")
-    if fmt != "json":
-        # json's hooks refuse all check_tree would (NaN, infinities, long integers; its keys are strings,
-        # it has no dates) and its pre-scan bounds the depth: a second walk would find nothing.
-        check_tree(body)
+    check_tree(body)
     return body

@@ -1,34 +1,19 @@
-"""TOML: the standard library's ``tomllib``, with a depth scan ahead of it and its errors in our words."""
+"""TOML: the standard library's ``tomllib``, with its errors in our words.
+
+Depth, NaN and infinities are ``check_tree``'s after the parse, as for every format; tomllib recurses per
+nested array or inline table, and ``reading._parse`` turns an absurd depth's ``RecursionError`` into
+``too_deep``.
+"""
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 
-from confledger.store.sources.limits import (
-    MAX_DEPTH,
-    MAX_INT_DIGITS,
-    Refusal,
-    bracket_depth_exceeds,
-    is_int_limit_error,
-)
+from confledger.store.sources.limits import MAX_INT_DIGITS, Refusal, is_int_limit_error
 
 __all__ = ["parse_toml"]
 
-# Comments and all four string kinds are skipped so only real array/inline-table brackets count. Table
-# headers ([a], [[a]]) count briefly too, which only makes the guard a little stricter.
-_DEPTH_TOKEN = re.compile(
-    r"""
-      \#[^\n]*+
-    | \"\"\"(?:[^"\\]++|\\.?|"(?!""))*+(?:\"\"\"|\Z)
-    | '''(?:[^']++|'(?!''))*+(?:'''|\Z)
-    | "(?:[^"\\\n]++|\\.?)*+(?:"|\Z|(?=\n))
-    | '[^'\n]*+(?:'|\Z|(?=\n))
-    | [\[\]{}]
-    """,
-    re.VERBOSE | re.DOTALL,
-)
 _POSITION = re.compile(r" \(at line (\d+), column (\d+)\)$| \(at end of document\)$")
 _DUPLICATE_MARKERS = ("twice", "Cannot overwrite", "Cannot mutate", "Cannot redefine", "Duplicate")
 # tomllib's problems, only these known ones repeated, in our words (some of its messages quote the
@@ -49,20 +34,9 @@ _PROBLEMS = {
 }
 
 
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise Refusal("non_finite_number", "TOML contains nan or inf, which JSON cannot represent")
-    return value
-
-
 def parse_toml(text: str) -> object:
-    # tomllib (3.11) recurses per nested array/inline table and has no depth limit of its own. Tables
-    # nested through dotted keys are left to check_tree, which walks without recursing.
-    if bracket_depth_exceeds(text, _DEPTH_TOKEN, base=1):
-        raise Refusal("too_deep", f"TOML document nests deeper than {MAX_DEPTH} levels")
     try:
-        return tomllib.loads(text, parse_float=_float)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raw = str(exc)
         position = _POSITION.search(raw)

@@ -419,6 +419,12 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path: Path, name: str, content: 
         ("a.yaml", "a: 1\nb: 2\na: 3\n", "line 3, column 1"),  # duplicate key, YAML knows where
         ("a.toml", "a = 1\nb = 2\na = 3\n", "line 3"),
         (".env", "A=1\nB=2\nA=3\n", "lines 1 and 3"),
+        # Numbers JSON cannot hold and nesting past MAX_DEPTH: every format names the path to them.
+        ("a.json", '{"perf": {"ratio": NaN}}', "$.perf.ratio"),
+        ("a.json", '{"perf": [1, 1e400]}', "$.perf[1]"),
+        ("a.toml", "[perf]\nratio = inf\n", "$.perf.ratio"),
+        ("a.json", '{"a": ' + "[" * 70 + "]" * 70 + "}", "levels (at ..."),
+        ("a.toml", "a = " + "[" * 70 + "]" * 70 + "\n", "levels (at ..."),
     ],
 )
 def test_errors_name_where(tmp_path: Path, name: str, content: str, where: str) -> None:
