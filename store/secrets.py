@@ -89,8 +89,23 @@ _DESCRIBING_SUFFIXES = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
+# Every secret part above contains one of these, and every secret pair ends in "key": a name holding
+# none of them cannot be secret, and most names of a config hold none. Answering those without the
+# regular expressions keeps the cache for the rest, so a config of more distinct names than the cache
+# holds (a feature-flag file of thousands) does not miss on every name of every reload.
+_SECRET_HINTS = ("pass", "pwd", "secret", "token", "credential", "key")
+
+
 def looks_secret(name: str) -> bool:
+    lowered = name.lower()
+    for hint in _SECRET_HINTS:
+        if hint in lowered:
+            return _looks_secret(name)
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _looks_secret(name: str) -> bool:
     parts = _name_parts(name)
     if parts and parts[-1] in _DESCRIBING_SUFFIXES:
         return False
