@@ -37,6 +37,8 @@ import timeit
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 if __package__ in (None, ""):  # run as a script: ``tests`` importable, after whichever confledger is first
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
@@ -129,18 +131,52 @@ async def measure(
     return {"timings": timings, "cpu_ms": cpu_ms, "reads": reads, "tree": confledger.store.__file__}
 
 
-async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) -> dict[str, list[float]]:
+class FlagsConfig(BaseModel):
+    """A feature-flag file: the shape of the large configs people keep (``flag_files``)."""
+
+    flags: dict[str, dict[str, int | str | bool]]
+
+
+def flag_files(directory: Path, flags: int) -> tuple[Path, Path]:
+    """Two JSON files of ``flags`` flags (three fields each, 58 KiB per 1,000), every flag's switch
+    flipped between them: reloading them in turn changes the config every time."""
+    paths = directory / "flags.json", directory / "flags-b.json"
+    for flip, path in enumerate(paths):
+        body = {
+            "flags": {
+                f"flag_{index}": {
+                    "on": (index + flip) % 2 == 0,
+                    "rollout": index % 100,
+                    "owner": f"team{index % 17}",
+                }
+                for index in range(flags)
+            }
+        }
+        path.write_text(json.dumps(body), encoding="utf-8")
+    return paths
+
+
+async def durability_cost(
+    url: str, directory: Path, reloads: int, warmup: int, flags: int = 0
+) -> dict[str, list[float]]:
     """The table's reload row: a full forced reload on the log at ``url`` against a bare "read, validate,
     swap" of the same files with no log (the guarded loader, the model, the two validators, the three no-op
     callbacks called in line, a module global swapped), interleaved one for one in this process, so the
     ratio is the cost of durability (the log's commit, its events and the thread hops around user code).
-    Returns the wall times in ms of both."""
+    ``flags``: reload ``flag_files`` of that many flags with ``FlagsConfig`` (no validators) instead of
+    the example. Returns the wall times in ms of both."""
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
     from confledger.store.sources import load_source
 
     global CONFIG
-    first, second = example_files(directory)
+    model: type[BaseModel] = AppConfig
+    validators: list[Any] = list(VALIDATORS)
+    if flags:
+        model, validators = FlagsConfig, []
+        first, second = flag_files(directory, flags)
+    else:
+        first, second = example_files(directory)
     log = example_log(url, "bench-durability")
 
     def noop(_old: Any, _new: Any) -> None:
@@ -148,14 +184,14 @@ async def durability_cost(url: str, directory: Path, reloads: int, warmup: int) 
 
     def bare(path: Path) -> None:
         global CONFIG
-        config = AppConfig.model_validate(load_source(path).body)
-        for validator in VALIDATORS:
+        config = model.model_validate(load_source(path).body)
+        for validator in validators:
             validator(config)
         for _ in range(3):
             noop(CONFIG, config)
         CONFIG = config
 
-    reloader = ConfigReloader(log, config_model=AppConfig, validators=VALIDATORS, config_source=first)
+    reloader = ConfigReloader(log, config_model=model, validators=validators, config_source=first)
     timings: dict[str, list[float]] = {"ours": [], "bare": []}
     # Run as a service runs it (``async with``): its own task saves the checkpoints, off the reloads.
     running = contextlib.AsyncExitStack()

@@ -119,7 +119,42 @@ def reload_rows(sizes: Sizes) -> list[Row]:
                 },
             )
         )
+    rows.append(_large_config_row(sizes))
     return rows
+
+
+LARGE_CONFIG_FLAGS = 1_000
+
+
+def _large_config_row(sizes: Sizes) -> Row:
+    """The same reload with a large config: what a reload costs as the config grows (no target)."""
+    from tests.benchmarks.bench_reload import durability_cost
+    from tests.benchmarks.common import bench_dir
+
+    directory = bench_dir("confledger-table-reload-flags-")
+    try:
+        found = anyio.run(
+            durability_cost,
+            f"sqlite:///{directory / 'log.db'}",
+            directory,
+            max(sizes.reloads // 2, 20),
+            10,
+            LARGE_CONFIG_FLAGS,
+        )
+        size_kib = (directory / "flags.json").stat().st_size / 1024
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    ours, bare = found["ours"], found["bare"]
+    return Row(
+        "reload",
+        f"reload in-process, SQLite FULL, {LARGE_CONFIG_FLAGS:,} flags in JSON ({size_kib:.0f} KiB)",
+        ours=_ms(ours),
+        anchor="read, validate, swap (no log)",
+        anchor_figure=_ms(bare),
+        ratio=median(ours) / median(bare),
+        ratio_of="p50: the cost of durability",
+        figures={"p50_ms": median(ours), "p99_ms": percentile(ours, 0.99), "anchor_p50_ms": median(bare)},
+    )
 
 
 # --- HTTP, one confledger serve -----------------------------------------------------------------------
