@@ -123,6 +123,11 @@ class OperationOut(BaseModel):
     validation_errors: list[str]
     validation_warnings: list[str]
     trace_id: str | None = None
+    first_position: int | None = Field(
+        None,
+        description="where the operation starts in the log: pass as `before` for the operations older than "
+        "it; null while nothing of it is in the log yet",
+    )
 
     @classmethod
     def of(cls, operation: ReloadOperation) -> OperationOut:
@@ -150,6 +155,7 @@ class OperationOut(BaseModel):
             validation_errors=list(operation.validation_errors),
             validation_warnings=list(operation.validation_warnings),
             trace_id=operation.trace_id,
+            first_position=operation.first_position or None,
         )
 
 

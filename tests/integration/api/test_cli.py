@@ -258,10 +258,18 @@ def test_history_lists_operations_newest_first_with_filters_and_paging(story: St
     assert [op["operation_id"] for op in failed["operations"]] == [story.operation_ids["invalid"]]
     assert "database.pool_size" in failed["operations"][0]["validation_errors"][0]
 
+    # Each operation says where it starts in the log: the cursor that pages past it, shown in the table.
+    positions = [op["first_position"] for op in operations]
+    assert all(isinstance(position, int) and position > 0 for position in positions)
+    assert positions == sorted(positions, reverse=True)
+    assert first["next_before"] == first["operations"][-1]["first_position"]
+
     table = invoke("history", *story.db())
     assert table.exit_code == 0, table.stderr
     assert "history: 6 of 6 operations" in table.stdout
     assert "rolled_back" in table.stdout
+    rollback_row = next(line for line in table.stdout.splitlines() if "rollback/" in line)
+    assert re.search(rf"\s{positions[0]}\s+rollback/", rollback_row), rollback_row
     bad = invoke("history", *story.db(), "--trigger", "nonsense")
     assert bad.exit_code == 2
     assert_no_secrets(table, bad)
