@@ -249,12 +249,18 @@ def fleet_command(
         table.add_row(
             cell(instance.instance_id),
             Text(instance.state, style=styles.get(instance.state, "")),
-            cell(instance.applied_hash),
+            cell(_answered(instance.applied_hash, instance.outcome)),
             cell(instance.lag_positions),
             cell(short_time(instance.last_seen)),
             cell(failures or "; ".join(instance.errors)),
         )
     out.print(table)
+
+
+def _answered(config_hash: str | None, outcome: str | None) -> str | None:
+    # An instance whose own model refused the desired config still runs the one before it: shown bare
+    # under "applied", the refused hash would read as the config it runs.
+    return f"{config_hash} (refused)" if outcome == "invalid" and config_hash else config_hash
 
 
 def _kept_line(kept: FleetKeptOut | None) -> str:

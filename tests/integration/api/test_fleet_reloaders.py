@@ -219,6 +219,9 @@ async def test_a_config_an_instance_s_model_refuses_is_answered_once_and_it_keep
             assert strict.current.config.level == 1
             assert a.reloader.current is not None
             assert strict.current.hash != a.reloader.current.hash
+            table = CliRunner().invoke(cli_app, ["fleet", "--database", database_url], env={"COLUMNS": "200"})
+            [strict_row] = [line for line in table.output.splitlines() if line.strip().startswith("strict")]
+            assert f"{a.reloader.current.hash[:16]} (refused)" in strict_row
             # The next change it can take, it takes.
             assert (await a.reloader.reload_config(config_source=str(write(source, 4)))).success
             await eventually(lambda: strict.current is not None and strict.current.config.level == 4)
