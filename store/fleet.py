@@ -463,8 +463,12 @@ class Heartbeat:
     interval_s: float
 
 
-def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
-    """Write ``beat`` over the instance's row (or add it): one short transaction, not under the append lock."""
+def record_heartbeat(engine: Engine, beat: Heartbeat) -> tuple[str, int] | None:
+    """Write ``beat`` over the instance's row (or add it): one short transaction, not under the append lock.
+
+    Returns who wrote the row before, ``(host, pid)``, or None for a new row: an instance that finds
+    another process's beat between two of its own shares its id with that process.
+    """
     values = {
         "host": beat.host[:255],
         "pid": beat.pid,
@@ -480,9 +484,15 @@ def record_heartbeat(engine: Engine, beat: Heartbeat) -> None:
             # rather than failing on the upgrade from a read.
             connection.execution_options(confledger_sqlite_begin="IMMEDIATE")
         with connection.begin():
+            previous = connection.execute(
+                sa.select(fleet_instances.c.host, fleet_instances.c.pid).where(
+                    fleet_instances.c.instance_id == beat.instance_id
+                )
+            ).first()
             upsert(
                 connection, fleet_instances, {"instance_id": beat.instance_id, **values}, key="instance_id"
             )
+    return None if previous is None else (str(previous.host), int(previous.pid))
 
 
 def read_heartbeats(engine: Engine) -> dict[str, Heartbeat]:

@@ -51,6 +51,8 @@ class LogFollower:
         # of the tokens that serve database calls and callbacks.
         self._bell_limiter = anyio.CapacityLimiter(1)
         self._failing: dict[str, str] = {}
+        self._beaten = False
+        self._twins_reported: set[tuple[str, int]] = set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow and beat until cancelled."""
@@ -145,7 +147,23 @@ class LogFollower:
         )
 
     async def beat(self) -> None:
-        await anyio.to_thread.run_sync(record_heartbeat, self.log.engine, self.heartbeat())
+        beat = self.heartbeat()
+        previous = await anyio.to_thread.run_sync(record_heartbeat, self.log.engine, beat)
+        # The first beat may well overwrite another pid's: this instance's own earlier run, restarted
+        # under the same id. After that, the row holds another process's beat only if that process
+        # beats as this instance too, and the fleet view would show the two as one.
+        twin = self._beaten and previous is not None and previous != (beat.host[:255], beat.pid)
+        if twin and previous is not None and previous not in self._twins_reported:
+            self._twins_reported.add(previous)
+            logger.warning(
+                "fleet heartbeat: another process (host %s, pid %s) runs as instance %s too "
+                "(duplicate_instance_id); give every instance its own CONFLEDGER_INSTANCE_ID, or the "
+                "fleet view shows the two as one",
+                previous[0],
+                previous[1],
+                self.log.instance_id,
+            )
+        self._beaten = True
 
     async def _beat_forever(self) -> None:
         while True:

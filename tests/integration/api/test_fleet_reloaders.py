@@ -685,3 +685,28 @@ async def test_the_fleet_threshold_waits_out_a_database_outage(
     # a connection the pool still held from before may add one more pair as it is found dead).
     assert 1 <= sum("cannot be read" in line for line in said) <= 2, said
     assert 1 <= sum("can be read again" in line for line in said) <= 2, said
+
+
+async def test_an_instance_warns_once_when_another_process_beats_under_its_id(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes given one CONFLEDGER_INSTANCE_ID overwrite each other's heartbeat and show as one
+    instance; the one that finds the other's beat between two of its own says so. A predecessor's row,
+    found by the first beat of a restart under the same id, is no such twin."""
+    now = datetime.now(UTC)
+    with EventLog(database_url, instance_id="setup") as log:
+        record_heartbeat(log.engine, Heartbeat("a", "old-host", 1, "0", now, now, 0, 0.05))
+    caplog.set_level(logging.WARNING, logger="confledger.store.follower")
+    async with fleet(tmp_path, database_url, ["a"], heartbeat_interval=0.1) as (a,):
+        await anyio.sleep(0.4)  # a few beats over the predecessor's row
+        assert "duplicate_instance_id" not in caplog.text
+        for _ in range(3):  # the twin keeps beating: one warning, not one per beat
+            record_heartbeat(a.reloader.log.engine, Heartbeat("a", "twin-host", 4242, "0", now, now, 0, 0.05))
+            await eventually(lambda: "twin-host" in caplog.text)
+            await anyio.sleep(0.25)
+    warnings = [
+        record.getMessage() for record in caplog.records if "duplicate_instance_id" in record.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "host twin-host, pid 4242" in warnings[0]
+    assert "instance a " in warnings[0]
