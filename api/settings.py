@@ -300,10 +300,22 @@ def signing_key_of(settings: Settings) -> str | None:
     return settings.signing_key.get_secret_value() if settings.signing_key else None
 
 
+def configured_cipher(encryption_key: str) -> SecretCipher:
+    """The cipher of the ``CONFLEDGER_ENCRYPTION_KEY`` setting."""
+    try:
+        return SecretCipher.from_env_value(encryption_key)
+    except SecretKeyError as exc:
+        # Said of the setting, as a key file's fault is said of the file: a fleet's operator must know
+        # which of the keys in play to fix.
+        raise SecretKeyError(
+            f"CONFLEDGER_ENCRYPTION_KEY: {exc} (make one with `confledger keygen`)", code=exc.code
+        ) from exc
+
+
 def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | None:
     """The key a read-only command may use: the configured one or an SQLite log's key file; never made."""
     if settings.encryption_key:
-        return SecretCipher.from_env_value(settings.encryption_key.get_secret_value())
+        return configured_cipher(settings.encryption_key.get_secret_value())
     database = sqlite_path(database_url)
     if database is None:
         return None
@@ -314,7 +326,7 @@ def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | Non
 def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:
     """The key for secrets at rest: the configured one, or a 0600 key file beside an SQLite log."""
     if encryption_key:
-        return SecretCipher.from_env_value(encryption_key)
+        return configured_cipher(encryption_key)
     database = sqlite_path(database_url)
     if database is None:
         raise SecretKeyError(

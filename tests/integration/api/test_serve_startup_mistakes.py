@@ -204,7 +204,8 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
         "malformed key",
         lambda w, port: Case(
             ["--config", "config.yaml", "--model", MODEL, "--port", str(port)],
-            "key",
+            # which setting to fix, and how to make a good key
+            "CONFLEDGER_ENCRYPTION_KEY: encryption key is not a valid Fernet key",
             env={"CONFLEDGER_ENCRYPTION_KEY": "not-a-key"},
         ),
     ),
