@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any
@@ -163,7 +162,9 @@ def _first_load(settings: Any, model: Any) -> None:
             config_source=settings.config,
             validators=import_validators(model) if model is not None else [],
             settings=settings,
-            instance_id=_base_instance_id or f"{socket.gethostname()}:{os.getpid()}",
+            # As worker 0, which loads it under ``serve --workers``: under a name of its own, the master
+            # stayed in the fleet view as an instance gone (a day; "web-1" beside "web-1/w0", …).
+            instance_id=worker_instance_id(_base_instance_id, os.getpid(), 0),
         ):
             pass
 
