@@ -29,7 +29,7 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
-from confledger.api.workers import worker_instance_id
+from confledger.api.workers import stop_when_orphaned, worker_instance_id
 
 __all__ = ["UvicornWorker", "app", "on_starting", "post_fork", "pre_fork", "worker_class"]
 
@@ -48,7 +48,8 @@ _started_at: float | None = None
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no types
     """uvicorn-worker's worker with confledger's request deadline and header cap, ignoring SIGHUP until
-    the app's lifecycle takes it over (gunicorn resets it to its default, which ends the process)."""
+    the app's lifecycle takes it over (gunicorn resets it to its default, which ends the process), and
+    stopping gracefully once its master is gone (killed outright, it tells its workers nothing)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +63,8 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker shi
     def init_signals(self) -> None:
         super().init_signals()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # uvicorn's worker, unlike gunicorn's own, never looks whether its master is still there.
+        stop_when_orphaned(self.ppid)
 
 
 def on_starting(server: Any) -> None:

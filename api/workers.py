@@ -21,6 +21,8 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "WorkerSupervisor",
     "build_worker_app",
     "service_app",
+    "stop_when_orphaned",
     "worker_instance_id",
 ]
 
@@ -42,6 +45,8 @@ logger = logging.getLogger("uvicorn.error")
 # How long the first worker may take to start (restore or load the config, fold the projections)
 # before the supervisor gives up on the whole service.
 FIRST_WORKER_START_TIMEOUT = 120.0
+# Seconds between a worker's looks at whether its supervisor is still there.
+ORPHAN_CHECK_INTERVAL = 1.0
 
 
 def worker_instance_id(base: str | None, supervisor_pid: int, index: int) -> str:
@@ -76,12 +81,32 @@ def build_worker_app(plan: WorkerPlan) -> Any:
     # Until the lifecycle takes SIGHUP over (once started), a SIGHUP must not end the worker (its default
     # action is to terminate); the supervisor sends it only to a worker that has started.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_when_orphaned(os.getppid())
     return service_app(
         Settings(**{**plan.overrides, "instance_id": plan.instance_id}),
         plan.log_level,
         worker_index=plan.index,
         workers_started_at=plan.started_at,
     )
+
+
+def stop_when_orphaned(supervisor_pid: int) -> None:
+    """SIGTERM this worker (a graceful stop: ``instance.stopped`` recorded) once its supervisor (``serve
+    --workers``' or gunicorn's master) is gone.
+
+    A supervisor killed outright (``kill -9``, the OOM killer) sends its workers nothing, and in process
+    groups of their own they are out of reach of a signal to its group too: they went on serving the
+    port, and a restarted service found it taken. An orphan is adopted by another process, so its
+    parent pid changes; a daemon thread looks once a second (nothing portable tells it sooner).
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(ORPHAN_CHECK_INTERVAL)
+        logger.warning("Worker [%s]: its supervisor [%s] is gone; stopping.", os.getpid(), supervisor_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="confledger-orphan-watch", daemon=True).start()
 
 
 def service_app(

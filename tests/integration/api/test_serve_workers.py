@@ -236,6 +236,40 @@ def test_four_workers_share_the_socket_reload_once_on_sighup_and_stop_together(t
         assert children_of(main) == set()
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (it waits for its new parent to reap it).
+    with suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
+def test_workers_whose_supervisor_was_killed_stop_gracefully_instead_of_serving_on(tmp_path: Path) -> None:
+    """kill -9 of the main process (or the OOM killer) tells its workers nothing: each notices it was
+    orphaned and stops as on SIGTERM, recording instance.stopped, so no worker keeps the port."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    port = free_port()
+    database = tmp_path / "confledger.db"
+    with serving_workers(tmp_path, config, port) as server:
+        workers = {pid for _, pid in started_instances(database)}
+        server.process.kill()
+        server.process.wait(timeout=10)
+        try:
+            wait_for(
+                "every orphaned worker to stop", lambda: not any(map(pid_alive, workers)) or None, timeout=60
+            )
+        finally:  # whatever happened, no worker is left serving
+            for pid in workers:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        stopped = rows(database, "SELECT instance_id FROM events WHERE type = 'instance.stopped'")
+        assert sorted(str(i) for (i,) in stopped) == sorted(i for i, _ in started_instances(database))
+
+
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
 
@@ -467,3 +501,19 @@ def test_file_watching_turned_on_and_off_through_any_worker_is_one_watcher_for_a
         replace_atomically(config, yaml.safe_dump(variant(database__pool_size=65), sort_keys=False))
         time.sleep(1.5)
         assert rows(database, reloads) == [(worker_0,)]  # watched by nobody now
+
+
+def test_gunicorn_workers_whose_master_was_killed_stop_gracefully(tmp_path: Path) -> None:
+    """The same under gunicorn: uvicorn's worker never looks at its master, confledger's does."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    database = tmp_path / "confledger.db"
+    with gunicorn_serving(tmp_path, config, free_port(), 2) as (master, started):
+        workers = {pid for _, pid in started}
+        master.kill()
+        master.wait(timeout=10)
+        wait_for(
+            "every orphaned worker to stop", lambda: not any(map(pid_alive, workers)) or None, timeout=60
+        )
+        stopped = rows(database, "SELECT instance_id FROM events WHERE type = 'instance.stopped'")
+        assert {str(i) for (i,) in stopped} >= {i for i, _ in started}
