@@ -57,6 +57,8 @@ class Notify:
 
 
 Work = RunValidators | Notify
+# How often a cancelled drive looks whether the stretch still running in another thread is done.
+_STILL_POLL_S = 0.005
 # A straight line: yields the user code it needs run, is sent what that code said, returns its result.
 Steps = Generator[Work, Any, T]
 
@@ -103,7 +105,21 @@ async def drive(steps: Steps[T], perform: Callable[[Work, Then], Awaitable[Any]]
                 # Cancelled while the user code's thread ran the stretch: it is not to be closed under it.
                 await anyio.to_thread.run_sync(then.wait)
             if inspect.getgeneratorstate(steps) != inspect.GEN_CLOSED:
-                await anyio.to_thread.run_sync(steps.close)
+                await anyio.to_thread.run_sync(_close_when_still, steps)
+
+
+def _close_when_still(steps: Steps[Any]) -> None:
+    """Close ``steps`` once no thread runs a stretch of it.
+
+    A native asyncio cancel (``asyncio.wait_for`` around a reload, uvicorn's at the end of its graceful
+    wait) ends the await of a worker thread that anyio would have waited for: the stretch runs on
+    there, and closing the generator under it raised "generator already executing" to the caller
+    (instead of its timeout) and left the line unclosed, its fleet turn held.
+    """
+    while inspect.getgeneratorstate(steps) == inspect.GEN_RUNNING:
+        time.sleep(_STILL_POLL_S)
+    if inspect.getgeneratorstate(steps) != inspect.GEN_CLOSED:
+        steps.close()
 
 
 def _advance(steps: Steps[Any], sent: Any, thrown: Exception | None) -> tuple[bool, Any]:

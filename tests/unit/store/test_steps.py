@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -127,3 +128,34 @@ async def test_a_cancelled_drive_closes_its_line_off_the_loop() -> None:
         group.cancel_scope.cancel()
     assert len(closed_in) == 1
     assert closed_in[0] != threading.get_ident()  # its finally (a lock's release) ran in a worker thread
+
+
+async def test_a_native_cancel_during_a_stretch_closes_the_line_once_the_stretch_is_done() -> None:
+    """``asyncio.wait_for`` cancels the task itself, which anyio's wait for the worker thread does not
+    hold off: the caller gets its timeout (not "generator already executing"), and the line is closed,
+    its ``finally`` run, once the thread's stretch is over."""
+    in_stretch = threading.Event()
+    release = threading.Event()
+    closed: list[str] = []
+
+    def line() -> Steps[None]:
+        try:
+            in_stretch.set()
+            release.wait(10)  # a slow model, in the first stretch
+            yield WORK
+        finally:
+            closed.append("released")
+
+    async def answers(work: Work, then: Then) -> Any:
+        return None
+
+    async def release_soon() -> None:
+        await anyio.to_thread.run_sync(in_stretch.wait)
+        await anyio.sleep(0.2)
+        release.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(release_soon)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(drive(line(), answers), 0.05)
+    assert closed == ["released"]
