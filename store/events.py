@@ -277,7 +277,12 @@ class OperationCompleted(EventPayload):
 
 
 class OperationRejected(EventPayload):
+    """A request refused before it became an operation. ``started_at`` and ``total_ms`` (v2): when it
+    was asked for and how long it was kept before the refusal (a request refused for the fleet's lock
+    waited the whole lock wait; v1 recorded neither, and its answer said 0 ms)."""
+
     event_type: ClassVar[str] = "operation.rejected"
+    schema_version: ClassVar[int] = 2
     kind: OperationKind
     trigger: Trigger
     reason: str
@@ -285,6 +290,8 @@ class OperationRejected(EventPayload):
     running_operation_id: str | None = None
     source: str | None = None
     client: str | None = None
+    started_at: datetime | None = None
+    total_ms: float | None = None
 
 
 class FileWatchEnabled(EventPayload):
@@ -472,3 +479,4 @@ for _model in (
 
 # v1 had no started_at: such an operation's start is its event's commit time, which readers fall back to.
 DEFAULT_REGISTRY.register_upcaster(OperationStarted.event_type, 1, dict)
+DEFAULT_REGISTRY.register_upcaster(OperationRejected.event_type, 1, dict)

@@ -55,6 +55,7 @@ from confledger.store.calls import Then, UserCalls
 from confledger.store.candidate import CandidateReader
 from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, FleetVerdict, decide
+from confledger.store.durations import elapsed_ms
 from confledger.store.errors import (
     ConcurrencyConflict,
     ConfigBodyMismatch,
@@ -436,8 +437,13 @@ class OperationRunner(FleetFollowing, Concluding):
         source: str | None = None,
         client: str | None = None,
         running_operation_id: str | None = None,
+        received: float | None = None,
     ) -> ReloadOperation:
-        """Record a request refused before it became an operation (another one runs, a source not allowed)."""
+        """Record a request refused before it became an operation (another one runs, a source not allowed).
+
+        ``received``: when it arrived (``time.perf_counter()``; default now), so the refusal says how long
+        the request was kept: a request refused for the fleet's lock has waited the whole lock wait."""
+        received, received_at = arrival(received)
         rejected = OperationRejected(
             kind=kind,
             trigger=trigger,
@@ -446,6 +452,8 @@ class OperationRunner(FleetFollowing, Concluding):
             running_operation_id=running_operation_id,
             source=source,
             client=client,
+            started_at=received_at,
+            total_ms=elapsed_ms(received),
         )
         return build_operation(await self._append([NewEvent(rejected, actor=actor, operation_id=uuid7())]))
 
@@ -579,6 +587,7 @@ class OperationRunner(FleetFollowing, Concluding):
                     source=request.source,
                     client=request.client,
                     running_operation_id=self.running_operation_id,
+                    received=request.received,
                 )
             else:
                 operation_id = uuid7()
@@ -618,6 +627,7 @@ class OperationRunner(FleetFollowing, Concluding):
                     source=request.source,
                     client=request.client,
                     running_operation_id=held_by.partition("@")[0] or None,
+                    received=request.received,
                 )
 
     def _steps(self, operation_id: uuid.UUID, request: Request, span: trace.Span) -> Steps[ReloadOperation]:

@@ -259,8 +259,9 @@ def _rejected(folding: _Folding, event: RecordedEvent, payload: OperationRejecte
         running_operation_id=payload.running_operation_id,
         source=payload.source,
         client=payload.client,
-        started_at=event.occurred_at,
+        started_at=payload.started_at or event.occurred_at,
         completed_at=event.occurred_at,
+        total_duration_ms=payload.total_ms or 0.0,
     )
 
 

@@ -109,6 +109,7 @@ async def reload(
                 message=exc.message,
                 source=request.config_source[:200],
                 client=caller.client,
+                received=arrived(http),
             )
             raise ApiError(status.HTTP_403_FORBIDDEN, exc.message, exc.code) from None
     with caller_trace_context(http.headers):

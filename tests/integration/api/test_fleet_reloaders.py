@@ -262,6 +262,14 @@ async def test_the_fleet_lock_held_past_the_wait_is_a_409_naming_the_holder(
         assert operation.reason == "fleet_lock_busy"
         assert operation.running_operation_id == "0190e0e0-0000-7000-8000-000000000001"
         assert "elsewhere" in operation.message
+        # The refusal says how long the request was kept: at least the whole wait for the lock, in the
+        # answer and as history reads it back.
+        assert operation.total_duration_ms >= 200
+        (listed,) = [
+            op for op in a.reloader.get_reload_history(10) if op.operation_id == operation.operation_id
+        ]
+        assert listed.total_duration_ms == operation.total_duration_ms
+        assert (listed.completed_at - listed.started_at).total_seconds() >= 0.2
         # Released: the next one goes through.
         assert (await a.reloader.reload_config()).success
 
