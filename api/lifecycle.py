@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -35,6 +36,7 @@ from confledger.api.settings import (
     absolute,
     anchor_file_path,
     default_database_url,
+    misspelt_variables,
     resolve_cipher,
     settings_with,
     signing_key_of,
@@ -375,6 +377,9 @@ def setup_configuration_lifecycle(
     ``InitialConfigError``.
     """
     base = settings if settings is not None else Settings()
+    if settings is None:  # read from the environment here: a misspelt variable would go unnoticed
+        for warning in misspelt_variables(os.environ):
+            logger.warning(warning)
     resolved = settings_with(
         base,
         database_url=database_url,

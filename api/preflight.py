@@ -26,6 +26,7 @@ __all__ = [
     "check_config_directory",
     "check_database_location",
     "check_log",
+    "listening_url",
     "one_line",
 ]
 
@@ -143,6 +144,12 @@ def bind_listening_socket(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
+
+
+def listening_url(sock: socket.socket) -> str:
+    """The base URL a client reaches the bound socket at (an IPv6 address in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def check_log(settings: Settings, database_url: str) -> None:

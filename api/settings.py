@@ -8,7 +8,9 @@ take the values they are handed. ``ConfigReloader`` in plain Python reads the sa
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +31,7 @@ __all__ = [
     "default_database_url",
     "environment_settings",
     "existing_cipher",
+    "misspelt_variables",
     "resolve_cipher",
     "settings_error_message",
     "settings_with",
@@ -244,6 +247,28 @@ def environment_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SetupError(settings_error_message(exc)) from None
+
+
+# CONFLEDGER_* variables that are not settings but are read all the same: the CLI's service URL, the
+# crash points of the reliability tests, the test suite's own.
+_READ_ELSEWHERE = frozenset({"CONFLEDGER_URL", "CONFLEDGER_FAILPOINT"})
+
+
+def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``CONFLEDGER_*`` variable that nothing reads, with the setting it may have meant.
+
+    pydantic-settings ignores a variable it does not know, so a typo (``CONFLEDGER_ADMIN_TOKN``) would
+    leave the setting at its default without a word: a generated token instead of the one exported.
+    """
+    known = {f"CONFLEDGER_{name.upper()}" for name in Settings.model_fields} | _READ_ELSEWHERE
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("CONFLEDGER_") or name in known or name.startswith("CONFLEDGER_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a confledger setting and is ignored{hint}")
+    return warnings
 
 
 def settings_with(settings: Settings | None, **overrides: Any) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from socket import socket
@@ -75,10 +76,11 @@ def serve(
         check_config_directory,
         check_database_location,
         check_log,
+        listening_url,
         one_line,
     )
     from confledger.api.server import create_app, import_model
-    from confledger.api.settings import Settings, default_database_url
+    from confledger.api.settings import Settings, default_database_url, misspelt_variables
 
     overrides: dict[str, object] = {
         "config": config,
@@ -116,6 +118,8 @@ def serve(
         message = settings_error(exc) if isinstance(exc, ValidationError) else one_line(exc)
         err.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    for warning in misspelt_variables(os.environ):
+        err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
     if not config.exists():
         err.print(
             f"[yellow]warning[/yellow]: {config} does not exist yet; serving without a config until it does"
@@ -133,6 +137,9 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+    # uvicorn names its address only when it binds the socket itself; bound here, the port (one given
+    # as 0 too) would otherwise be nowhere in the output.
+    out.print(f"listening on {listening_url(sock)} (Ctrl-C stops)", highlight=False, soft_wrap=True)
     # The access log shows query values only for the API's own parameters (a token there is refused
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))

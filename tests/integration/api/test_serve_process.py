@@ -461,3 +461,18 @@ def test_a_setting_given_as_an_option_wins_over_its_variable(tmp_path: Path) -> 
         assert server.client.get("/docs").status_code == 404
         assert server.client.get("/openapi.json").status_code == 404
         stop(server)
+
+
+def test_serve_says_where_it_listens_and_names_a_misspelt_variable(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    port = free_port()
+    with confledger_serve(tmp_path, config, port, 1, variables={"CONFLEDGER_BACKUP_COUNTS": "9"}) as server:
+        assert server.get("/backups")["max_backups"] == 5  # the misspelt variable set nothing
+        stop(server)
+    printed = server.output.read_text(errors="replace")
+    assert f"listening on http://127.0.0.1:{port} (Ctrl-C stops)" in printed
+    assert (
+        "warning: CONFLEDGER_BACKUP_COUNTS is not a confledger setting and is ignored "
+        "(did you mean CONFLEDGER_BACKUP_COUNT?)"
+    ) in printed

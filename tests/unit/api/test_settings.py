@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from confledger.api.settings import Settings
+from confledger.api.settings import Settings, misspelt_variables
 from tests.integration.api.service_harness import clear_confledger_environment
 
 
@@ -33,3 +33,18 @@ def test_an_enumerated_setting_takes_any_case(name: str, typed: str, taken: str)
 def test_a_value_outside_the_choices_is_refused(name: str, typed: str) -> None:
     with pytest.raises(ValidationError):
         Settings(**{name: typed})
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_may_have_meant() -> None:
+    environ = {
+        "CONFLEDGER_ADMIN_TOKN": "x",  # a typo: pydantic-settings alone would ignore it without a word
+        "CONFLEDGER_SOMETHING_ELSE": "x",
+        "CONFLEDGER_ADMIN_TOKEN": "x",
+        "CONFLEDGER_URL": "http://127.0.0.1:8000",  # the CLI's, not a setting
+        "CONFLEDGER_TEST_PG_URL": "postgresql+psycopg://postgres@127.0.0.1/test",
+        "PATH": "/usr/bin",
+    }
+    assert misspelt_variables(environ) == [
+        "CONFLEDGER_ADMIN_TOKN is not a confledger setting and is ignored (did you mean CONFLEDGER_ADMIN_TOKEN?)",
+        "CONFLEDGER_SOMETHING_ELSE is not a confledger setting and is ignored",
+    ]
