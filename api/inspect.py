@@ -57,6 +57,7 @@ from confledger.store.secrets import (
     unseal,
 )
 from confledger.store.source_state import describe_source, last_read
+from confledger.store.times import utc_text
 
 __all__ = [
     "CANNOT_COMPARE",
@@ -208,7 +209,7 @@ class LogInspector:
         return {
             "database": self.log.display_url,
             "current_config_hash": short(self.current_hash),
-            "current_applied_at": None if current is None else current["applied_at"],
+            "current_applied_at": None if current is None else utc_text(current["applied_at"]),
             "current_applied_by": None if current is None else current["actor"],
             "current_applied_position": None if current is None else current["position"],
             "log_head": self.head,
@@ -387,8 +388,8 @@ class LogInspector:
                 if outcome != "success":
                     failed[service] = failed.get(service, 0) + 1
         return {
-            "since": None if since is None else since.isoformat(),
-            "until": None if until is None else until.isoformat(),
+            "since": None if since is None else utc_text(since),
+            "until": None if until is None else utc_text(until),
             "operations": operations,
             "failed_services": dict(sorted(failed.items())),
             "lifecycle": incident.lifecycle,
@@ -433,7 +434,7 @@ class LogInspector:
         return {
             "position": state.position,
             "applied_position": applied_at,
-            "occurred_at": None if state.occurred_at is None else state.occurred_at.isoformat(),
+            "occurred_at": None if state.occurred_at is None else utc_text(state.occurred_at),
             "current_config_hash": short(state.current_hash),
             "config": config,
             "history": [OperationOut.of(op).model_dump(mode="json") for op in state.history[:history_limit]],
@@ -442,7 +443,7 @@ class LogInspector:
                 {
                     "hash": short(entry["hash"]),
                     "full_hash": entry["hash"],
-                    "created_at": entry["applied_at"],
+                    "created_at": utc_text(entry["applied_at"]),
                     "actor": entry["actor"],
                     "trigger": entry["trigger"],
                     "operation_id": entry["operation_id"],
@@ -484,7 +485,7 @@ def _lifecycle_entry(event: RecordedEvent | None) -> dict[str, Any] | None:
         return None
     entry: dict[str, Any] = {
         "position": event.position,
-        "occurred_at": event.occurred_at.isoformat(),
+        "occurred_at": utc_text(event.occurred_at),
         "instance_id": event.instance_id,
     }
     payload = event.payload

@@ -24,6 +24,7 @@ from confledger.store.events import (
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
 from confledger.store.secrets import redact
+from confledger.store.times import utc_text
 
 __all__ = ["AsOf", "Incident", "as_of", "diff_configs", "incident_replay", "position_of_hash"]
 
@@ -136,7 +137,7 @@ def incident_replay(
             lifecycle.append(
                 {
                     "position": event.position,
-                    "occurred_at": event.occurred_at.isoformat(),
+                    "occurred_at": utc_text(event.occurred_at),
                     "type": event.type,
                     "instance_id": event.instance_id,
                 }
@@ -145,7 +146,7 @@ def incident_replay(
             changes.append(
                 {
                     "position": event.position,
-                    "occurred_at": event.occurred_at.isoformat(),
+                    "occurred_at": utc_text(event.occurred_at),
                     "hash": event.payload.hash,
                     "previous_hash": event.payload.previous_hash,
                     "changes": list(event.payload.changes),

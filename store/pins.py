@@ -26,6 +26,7 @@ from typing import Any
 from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, ConfigRolledBack, RecordedEvent
 from confledger.store.log import Checkpoint, EventLog
+from confledger.store.times import utc_text
 
 __all__ = ["PINNED_REASON", "Pin", "RollbackPins"]
 
@@ -52,7 +53,7 @@ class Pin:
 
     def refusal(self) -> str:
         return (
-            f"Configuration {self.hash[:16]} was rolled back at {self.at.isoformat(timespec='seconds')} "
+            f"Configuration {self.hash[:16]} was rolled back at {utc_text(self.at, 'seconds')} "
             f"by {self.actor}; change the file or use force"
         )
 

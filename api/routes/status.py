@@ -25,6 +25,7 @@ from confledger.api.schemas import (
     StatusResponse,
     short,
 )
+from confledger.store.times import utc_text
 
 __all__ = ["router"]
 
@@ -89,7 +90,7 @@ async def get_stats(
                 "total_duration_ms": round(op.total_duration_ms, 3),
                 "slowest_phase": op.slowest_phase,
                 "slowest_service": op.slowest_service,
-                "started_at": None if op.started_at is None else op.started_at.isoformat(),
+                "started_at": None if op.started_at is None else utc_text(op.started_at),
             }
             for op in reloader.get_slow_operations(slow_ms)
         ]

@@ -529,7 +529,7 @@ def test_replay_window_bounds_are_shown_in_utc_as_its_rows_are(story: Story) -> 
             "replay", *story.db(), "--since", "2000-01-01T00:00:00-05:00", "--until", "2100-01-01", "--json"
         )
     )
-    assert (result["since"], result["until"]) == ("2000-01-01T05:00:00+00:00", "2100-01-01T00:00:00+00:00")
+    assert (result["since"], result["until"]) == ("2000-01-01T05:00:00Z", "2100-01-01T00:00:00Z")
     assert len(result["operations"]) == 6
     table = invoke("replay", *story.db(), "--since", "2000-01-01T00:00:00-05:00")
     assert table.exit_code == 0, table.stderr

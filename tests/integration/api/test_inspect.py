@@ -4,6 +4,8 @@ the key (on both backends)."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,35 @@ async def test_a_diff_without_the_key_says_what_it_cannot_compare_and_never_call
         if change["kind"] == "unknown":
             assert change["old"] == change["new"] == CANNOT_COMPARE
     assert SECRET not in json.dumps([with_key, without], default=str)
+
+
+def _times_in(document: object, path: str = "") -> list[tuple[str, str]]:
+    """Every (path, text) of ``document`` that is a time, outside config bodies."""
+    if isinstance(document, dict):
+        return [
+            found
+            for key, value in document.items()
+            if key != "config"
+            for found in _times_in(value, f"{path}.{key}")
+        ]
+    if isinstance(document, list):
+        return [
+            found for index, value in enumerate(document) for found in _times_in(value, f"{path}[{index}]")
+        ]
+    if isinstance(document, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d.*", document):
+        return [(path, document)]
+    return []
+
+
+async def test_every_time_the_inspector_answers_is_written_one_way(database_url: str, tmp_path: Path) -> None:
+    # The typed parts (pydantic) end in Z; the parts built as dicts ended in +00:00, within one document.
+    hashes = await stored(database_url, tmp_path, SecretCipher([SecretCipher.generate_key()]))
+    with LogInspector.open(database_url) as inspector:
+        documents = {
+            "status": inspector.status(),
+            "timeline": inspector.timeline(datetime(2000, 1, 1, tzinfo=UTC), None),
+            "until_hash": inspector.replay_until_hash(hashes["level"]),
+        }
+    times = [found for name, document in documents.items() for found in _times_in(document, name)]
+    assert {path.split(".")[0] for path, _ in times} == set(documents)
+    assert [found for found in times if not found[1].endswith("Z")] == []

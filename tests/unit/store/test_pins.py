@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ def test_the_fold(log: EventLog, history: list[EventPayload], pinned: set[str]) 
         assert pin is not None
         assert pin.actor == "token:admin"
         assert f"{full_hash[:16]} was rolled back at" in pin.refusal()
+        # the time as every answer writes one (UTC with a Z), not Python's +00:00
+        assert re.search(r" at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ by ", pin.refusal()), pin.refusal()
 
 
 def test_own_events_folded_early_end_as_the_log_says(log: EventLog) -> None:
