@@ -253,3 +253,42 @@ def test_the_plain_python_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "20"  # database.pool_size of the example config
+
+
+def test_the_python_examples_type_check(tmp_path: Path) -> None:
+    """Every ``python`` block of the README passes ``mypy --strict`` as a user's own module would."""
+    import sys
+
+    # The installed shape (as tests/unit/test_code_quality.py shows it to mypy): an editable install's
+    # import hook is invisible to mypy, so "confledger" alone would resolve and its subpackages not. Its
+    # own modules are analysed, their errors left out (follow-imports=silent), as for an installed package.
+    package = tmp_path / "confledger"
+    package.mkdir()
+    for path in (ROOT / "confledger").iterdir():
+        (package / path.name).symlink_to(path)
+    for layer in ("store", "projections", "api", "migrations", "examples"):
+        (package / layer).symlink_to(ROOT / layer, target_is_directory=True)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) >= 2, "the FastAPI embedding and the plain Python example"
+    names = []
+    for number, block in enumerate(blocks):
+        (tmp_path / f"readme_example_{number}.py").write_text(block, encoding="utf-8")
+        names.append(f"readme_example_{number}.py")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",
+            "--no-incremental",
+            "--config-file",
+            "/dev/null",
+            *names,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
