@@ -9,6 +9,7 @@ instead of 8000, and the test command's run is narrowed with ``PYTEST_ADDOPTS`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -108,6 +109,28 @@ def run_block(workdir: Path, block: list[Step], preamble: list[str], env: dict[s
     assert len(outputs) == len(block), result.stdout
     for step, output in zip(block, outputs, strict=True):
         check(step, output)
+
+
+def run_audit_queries(workdir: Path) -> None:
+    """The README's "Auditing with SQL" against the tour's log: its sqlite3 command names that file, and every query
+    runs there and finds rows (through Python's sqlite3, the same engine, as the sqlite3 shell may not be
+    installed). A wrong path would have the sqlite3 shell create an empty database and say no such table."""
+    import sqlite3
+
+    section = sections((ROOT / "README.md").read_text(encoding="utf-8"))["Auditing with SQL"]
+    ((command,),) = [bash_blocks(section)]
+    shell = re.fullmatch(r'sqlite3 -box (\S+) "\n(.*)"\n', command, flags=re.S)
+    assert shell is not None, command
+    database = workdir / shell.group(1)
+    assert database.is_file(), f"the README's sqlite3 command names {shell.group(1)}, not the tour's log"
+    queries = [shell.group(2).replace('\\"', '"')]
+    queries += re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+        for query in queries:
+            rows = connection.execute(query.replace("'…'", "'-'")).fetchall()
+            # the first two (the operations, the config's history) hold the tour's operations
+            if query in queries[:2]:
+                assert rows, query
 
 
 def _free_port() -> int:
@@ -217,6 +240,7 @@ def test_the_readme_works_as_written(
     stop()
 
     run_block(clone, readme.cli, [], environment)  # reading the log while the service is down
+    run_audit_queries(clone)
 
     # The test command, as written, in the same fresh copy: what is proved here is that it installs and
     # runs the suite from scratch, so its run is narrowed to two quick modules of it (see above). The
