@@ -19,7 +19,7 @@ from confledger.api.cli.render import print_json, print_operation
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DEFAULT_SERVICE_URL"]
+__all__ = ["DEFAULT_SERVICE_URL", "service_base_url"]
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="CONFLEDGER_URL", help="Base URL of the running confledger service.")
@@ -135,11 +135,20 @@ def _shown(text: str) -> str:
     return re.sub(r"//[^/@\s]*@", "//***@", text)
 
 
+def service_base_url(url: str) -> str:
+    """The service's base URL from what a user gives ``--url``: the tour's ``$API`` (the base with the
+    API's prefix) and ``host:port`` without a scheme (as curl takes it) name the service too; they were
+    a bare 404 and a "missing protocol" error."""
+    base = url.strip().rstrip("/").removesuffix(API_PREFIX).rstrip("/")
+    return base if "://" in base else f"http://{base}"
+
+
 def _call_service(
     url: str, path: str, body: dict[str, Any], token: AdminToken, timeout: float
 ) -> dict[str, Any]:
     """POST to the service; anything but an operation result is one stderr line and exit code 2."""
-    endpoint = url.rstrip("/") + API_PREFIX + path
+    url = service_base_url(url)
+    endpoint = url + API_PREFIX + path
     headers = {
         "Authorization": f"Bearer {token.value}",
         "User-Agent": f"confledger-cli/{__version__}",
