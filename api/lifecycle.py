@@ -399,6 +399,16 @@ def setup_configuration_lifecycle(
         metrics=metrics,
         history_window=history_window,
     )
+    # Like every other option, the source and the model come from the settings when not given
+    # (CONFLEDGER_CONFIG, CONFLEDGER_MODEL): without them the seed's `setup_configuration_lifecycle(app)`
+    # started a service with no config, every reload failing "no config source".
+    if config_source is None:
+        config_source = resolved.config
+    if config_model is None and resolved.model:
+        from confledger.api.server import import_model, import_validators
+
+        config_model = import_model(resolved.model, resolved.app_dir)
+        validators = validators or import_validators(config_model)
     url = resolved.database_url or default_database_url(config_source)
     resolved = settings_with(resolved, database_url=url)
     admin = resolved.admin_token.get_secret_value() if resolved.admin_token else None

@@ -83,3 +83,25 @@ async def test_an_app_stopping_leaves_another_running_app_frozen(tmp_path: Path)
             assert gc.get_freeze_count() > 0
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+async def test_the_source_and_model_come_from_the_environment_when_not_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The seed's set-up, `setup_configuration_lifecycle(app)`, configured by CONFLEDGER_* as serve is:
+    # the source and the model were not taken from them, and the service started with no config.
+    shutil.copy(EXAMPLE_CONFIG, tmp_path / "config.yaml")
+    monkeypatch.setenv("CONFLEDGER_CONFIG", str(tmp_path / "config.yaml"))
+    monkeypatch.setenv("CONFLEDGER_MODEL", "confledger.examples.app_config:AppConfig")
+    monkeypatch.setenv("CONFLEDGER_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("CONFLEDGER_SIGNAL_HANDLER", "false")
+    app = FastAPI()
+    lifecycle = setup_configuration_lifecycle(app)
+    async with app.router.lifespan_context(app):
+        reloader = lifecycle.reloader
+        assert reloader is not None
+        assert isinstance(reloader.get_config(), AppConfig)
+        assert reloader.get_config().database.pool_size == 20
+        operation = await reloader.reload_config(force=True)
+        assert operation.success, operation.error_message
+    assert (tmp_path / "confledger.db").is_file()  # the log beside the config, as serve keeps it
