@@ -316,3 +316,51 @@ def test_the_python_examples_type_check(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _cli_options() -> dict[str, set[str]]:
+    """Every ``confledger`` command ("db upgrade" for a subgroup's) with the options it takes."""
+    import click
+    from typer.main import get_command
+
+    from confledger.api.cli import app
+
+    found: dict[str, set[str]] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        found[path] = {"--help"} | {
+            name for param in command.params for name in (*param.opts, *param.secondary_opts)
+        }
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(get_command(app), "")
+    return found
+
+
+def test_every_command_option_and_variable_the_readme_names_exists() -> None:
+    """A ``confledger <command> --option`` the README writes is one that command takes, and a
+    ``CONFLEDGER_*`` variable it names is one that is read: a renamed or dropped option or setting
+    fails here, not in a reader's shell."""
+    from confledger.api.settings import Settings
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = _cli_options()
+    checked = 0
+    for mention in re.finditer(r"confledger ((?:db )?[a-z]+)([^`\n|#]*)", text):
+        command, rest = mention.group(1), re.split(r"&&|;", mention.group(2))[0]
+        if command not in commands:
+            continue  # prose ("confledger runs on…"), not a command line
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
+            assert option in commands[command], f"README: confledger {command} has no {option}"
+            checked += 1
+    assert checked > 20, checked
+    # Options named on their own (`--no-docs`, `--workers N`) belong to some command; the benchmarks'
+    # (`--quick`, `--only`, `--spacing`) are checked by their own parsers.
+    every = set().union(*commands.values()) | {"--quick", "--only", "--spacing"}
+    for option in re.findall(r"`(--[a-z][a-z-]*)[^`]*`", text):
+        assert option in every, f"README: no confledger command takes {option}"
+    read = {f"CONFLEDGER_{name.upper()}" for name in Settings.model_fields}
+    read |= {"CONFLEDGER_URL", "CONFLEDGER_TEST_PG_URL"}  # the CLI's service URL; the suite's server
+    named = set(re.findall(r"CONFLEDGER_[A-Z_]+[A-Z]", text))
+    assert named - read == set(), "the README names variables nothing reads"
