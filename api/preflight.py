@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 
+# The config file names a directory may hold (`confledger init` writes config.yaml).
+_CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "config.toml", ".env")
+
+
 def one_line(exc: BaseException) -> str:
     """An error's first line: what ``serve`` prints instead of a traceback."""
     text = str(exc).strip()
@@ -40,6 +44,14 @@ def one_line(exc: BaseException) -> str:
 
 
 def check_config_directory(config: Path) -> None:
+    if config.is_dir():
+        # Left to start-up, a directory was read as a config of no format, after the log, key and token
+        # files had been made beside it, in the directory above.
+        inside = next((config / name for name in _CONFIG_NAMES if (config / name).is_file()), None)
+        hint = f": did you mean {inside}?" if inside is not None else ""
+        raise SetupError(
+            f"--config names the directory {config}, not a config file{hint}", code="config_is_a_directory"
+        )
     directory = config.absolute().parent
     if not directory.is_dir():
         raise SetupError(

@@ -96,6 +96,15 @@ SQLITE_CASES: list[tuple[str, Callable[[Path, int], Case]]] = [
             "config directory",
         ),
     ),
+    # --config names the directory `confledger init` wrote (it made the log, key and token files in the
+    # directory above, then failed at start-up: "unsupported config format (none)")
+    (
+        "config is a directory",
+        lambda w, port: Case(
+            ["--config", str(w), "--model", MODEL, "--port", str(port)],
+            f"--config names the directory {w}, not a config file: did you mean {w / 'config.yaml'}?",
+        ),
+    ),
     # --database names a directory that does not exist
     (
         "database directory missing",
