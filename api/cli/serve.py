@@ -139,7 +139,8 @@ def serve(
         )
     # uvicorn names its address only when it binds the socket itself; bound here, the port (one given
     # as 0 too) would otherwise be nowhere in the output.
-    out.print(f"listening on {listening_url(sock)} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    # Logged, not printed: under --log-format json every line of the output stays a JSON object.
+    logging.getLogger(__name__).info("listening on %s (Ctrl-C stops)", listening_url(sock))
     # The access log shows query values only for the API's own parameters (a token there is refused
     # with 401 and never written); uvicorn's dictConfig adds handlers but keeps a logger's filters.
     logging.getLogger("uvicorn.access").addFilter(QueryRedaction(query_parameter_names(fastapi_app)))
