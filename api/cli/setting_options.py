@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["SECRET_SETTINGS", "SETTING_OPTIONS", "SettingOption", "with_setting_options"]
+__all__ = ["SECRET_SETTINGS", "SETTING_DEFAULTS", "SETTING_OPTIONS", "SettingOption", "with_setting_options"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,11 @@ class SettingOption:
     def parameter(self) -> inspect.Parameter:
         # None: not given. Typer's own envvar is left out on purpose: the settings model reads the
         # variable, with its own parsing (lists, secrets), and reading it twice could disagree.
+        default = SETTING_DEFAULTS.get(self.name)
+        shown = "" if default is None else f"; default: {_shown_default(self, default)}"
         option = typer.Option(
             self.flag,
-            help=f"{self.help}  [env var: {self.variable}]",
+            help=f"{self.help}  [env var: {self.variable}{shown}]",
             show_default=False,
             metavar="<path>" if self.type == list[Path] else None,
         )
@@ -63,6 +65,48 @@ class SettingOption:
             annotation=Annotated[self.type | None, option],
         )
 
+
+def _shown_default(option: SettingOption, default: object) -> str:
+    if option.type is bool:  # as Typer shows its own flags' defaults: the flag that is in effect
+        dashed = option.name.replace("_", "-")
+        return dashed if default else f"no-{dashed}"
+    return str(default)
+
+
+# Each setting's default, shown in --help (not read from the model: see above); held to the model by
+# tests/unit/api/cli/test_setting_options.py. A setting with none (unset means off, or host:pid) is absent.
+SETTING_DEFAULTS: dict[str, object] = {
+    "sqlite_synchronous": "FULL",
+    "backup_count": 5,
+    "history_window": 500,
+    "max_recorded_items": 50,
+    "max_source_bytes": 1048576,
+    "force_polling": False,
+    "rollback_threshold": 0.5,
+    "automatic_rollback": True,
+    "notify_on_start": True,
+    "callback_timeout": 30.0,
+    "validator_timeout": 5.0,
+    "worker_threads": 8,
+    "signal_handler": True,
+    "gc_freeze": True,
+    "log_format": "text",
+    "docs": True,
+    "max_request_bytes": 65536,
+    "request_timeout": 10.0,
+    "keep_alive_timeout": 5,
+    "max_header_bytes": 16384,
+    "shutdown_timeout": 10,
+    "follow": True,
+    "follow_poll_interval": 0.5,
+    "fleet_lock_wait": 5.0,
+    "fleet_answer_wait": 10.0,
+    "heartbeat_interval": 30.0,
+    "fleet_gone_shown_for": 86400.0,
+    "watch_queue_size": 100,
+    "watch_ping_interval": 15.0,
+    "watch_send_timeout": 10.0,
+}
 
 SECRET_SETTINGS = frozenset({"admin_token", "read_token", "encryption_key", "signing_key"})
 

@@ -13,7 +13,12 @@ import typer.main
 from typer.testing import CliRunner
 
 from confledger.api.cli import app
-from confledger.api.cli.setting_options import SECRET_SETTINGS, SETTING_OPTIONS, with_setting_options
+from confledger.api.cli.setting_options import (
+    SECRET_SETTINGS,
+    SETTING_DEFAULTS,
+    SETTING_OPTIONS,
+    with_setting_options,
+)
 from confledger.api.settings import Settings
 
 # Settings that serve declares in its own signature, by the parameter that sets each.
@@ -97,3 +102,18 @@ def test_only_given_options_reach_the_command(arguments: list[str], given: dict[
     result = CliRunner().invoke(probe, ["--config", "c.yaml", *arguments])
     assert result.exit_code == 0, result.output
     assert seen == {"config": Path("c.yaml"), "settings_given": given}
+
+
+@pytest.mark.parametrize("option", SETTING_OPTIONS, ids=lambda option: option.name)
+def test_help_shows_the_models_default(option: Any) -> None:
+    # serve --help showed no default for these (a newcomer had to read settings.py to learn them)
+    default = Settings.model_fields[option.name].get_default(call_default_factory=True)
+    if default is None or default == []:
+        assert option.name not in SETTING_DEFAULTS
+        return
+    assert SETTING_DEFAULTS[option.name] == default
+    assert type(SETTING_DEFAULTS[option.name]) is type(default)
+    (parameter,) = [parameter for parameter in _serve().params if parameter.name == option.name]
+    dashed = option.name.replace("_", "-")
+    shown = (dashed if default else f"no-{dashed}") if isinstance(default, bool) else str(default)
+    assert parameter.help.endswith(f"[env var: CONFLEDGER_{option.name.upper()}; default: {shown}]")
