@@ -810,6 +810,10 @@ def test_reload_failures_exit_1(service: Service, tmp_path: Path) -> None:
 
 
 def test_rollback_over_http(service: Service) -> None:
+    # A config of its own before the two it rolls between: the last rollback goes to a config before
+    # both, which on a service this test is the first to use would otherwise not exist.
+    write(service.source, variant(BASE, database__pool_size=32))
+    assert as_json(invoke("reload", "--json", env=service.admin()))["success"] is True
     write(service.source, variant(BASE, database__pool_size=33))
     applied = as_json(invoke("reload", "--json", env=service.admin()))
     rolled = as_json(invoke("rollback", "--json", env=service.admin()))
