@@ -124,7 +124,7 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
                     "applied",
                     ""
                     if status["current_applied_at"] is None
-                    else f"{short_time(status['current_applied_at'])} by {status['current_applied_by']} "
+                    else f"{short_time(status['current_applied_at'])} UTC by {status['current_applied_by']} "
                     f"(position {status['current_applied_position']})",
                 ),
                 ("source", source_text),
@@ -133,13 +133,13 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
                     "last started",
                     "never"
                     if started is None
-                    else f"{started['instance_id']} at {short_time(started['occurred_at'])}",
+                    else f"{started['instance_id']} at {short_time(started['occurred_at'])} UTC",
                 ),
                 (
                     "last stopped",
                     "never"
                     if stopped is None
-                    else f"{stopped['instance_id']} at {short_time(stopped['occurred_at'])}",
+                    else f"{stopped['instance_id']} at {short_time(stopped['occurred_at'])} UTC",
                 ),
                 (
                     "operations",
@@ -152,7 +152,7 @@ def status_command(database: DatabaseOption = None, as_json: JsonOption = False)
     )
     if status["instances"]:
         table = new_table("instances")
-        for column in ("instance", "state", "since", "version"):
+        for column in ("instance", "state", "since (UTC)", "version"):
             table.add_column(column, overflow="fold")
         for instance in status["instances"]:
             state = Text(
@@ -239,7 +239,7 @@ def fleet_command(
         )
     )
     table = new_table("instances")
-    for column in ("instance", "state", "applied", "lag", "last seen", "failures"):
+    for column in ("instance", "state", "applied", "lag", "last seen (UTC)", "failures"):
         table.add_column(column, overflow="fold")
     styles = {"in_sync": "green", "lagging": "yellow", "drifted": "red", "gone": "dim"}
     for instance in fleet.instances:
@@ -288,7 +288,7 @@ def show_command(
     state = "applied" if version.applied else "stored, never applied"
     out.print(
         Text(
-            f"config {version.hash} ({state}; {version.size_bytes} bytes; stored {short_time(version.created_at)}; "
+            f"config {version.hash} ({state}; {version.size_bytes} bytes; stored {short_time(version.created_at)} UTC; "
             f"first position {version.first_position})",
             style="bold",
         )
@@ -555,7 +555,7 @@ def replay_command(
             return
         out.print(
             Text(
-                f"as of position {state['position']} ({short_time(state['occurred_at'])}): "
+                f"as of position {state['position']} ({short_time(state['occurred_at'])} UTC): "
                 f"current config {state['current_config_hash']}",
                 style="bold",
             )
@@ -573,10 +573,10 @@ def replay_command(
     if as_json:
         print_json(timeline)
         return
-    window = f"{short_time(timeline['since']) or 'the beginning'} .. {short_time(timeline['until']) or 'now'}"
+    window = f"{short_time(timeline['since']) or 'the beginning'} .. {short_time(timeline['until']) or 'now'} (UTC)"
     wide = out.width >= 120
     table = new_table(f"incident timeline {window}: {len(timeline['operations'])} operation(s)")
-    table.add_column("time", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
     table.add_column("who", overflow="fold")
     table.add_column("kind/trigger" if wide else "kind", overflow="fold")
     table.add_column("status", no_wrap=True)
@@ -599,7 +599,7 @@ def replay_command(
     out.print(table)
     if timeline["config_changes"]:
         changes = new_table("config changes")
-        changes.add_column("time", no_wrap=True)
+        changes.add_column("time (UTC)", no_wrap=True)
         changes.add_column("pos", justify="right", no_wrap=True)
         changes.add_column("from", no_wrap=True)
         changes.add_column("to", no_wrap=True)
@@ -618,5 +618,8 @@ def replay_command(
         out.print(changes)
     for entry in timeline["lifecycle"]:
         out.print(
-            Text(f"{short_time(entry['occurred_at'])}  {entry['type']}  {entry['instance_id']}", style="dim")
+            Text(
+                f"{short_time(entry['occurred_at'])} UTC  {entry['type']}  {entry['instance_id']}",
+                style="dim",
+            )
         )

@@ -91,7 +91,7 @@ def history_table(operations: list[dict[str, Any]], title: str) -> Table:
     """
     wide = out.width >= 120
     table = new_table(title)
-    table.add_column("started", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
     if wide:
         table.add_column("pos", justify="right", no_wrap=True)
     table.add_column("kind/trigger" if wide else "kind", no_wrap=True)
@@ -187,7 +187,7 @@ def print_stats(stats: dict[str, Any], title: str = "reload statistics") -> None
 
 def backups_table(backups: list[dict[str, Any]], title: str) -> Table:
     table = new_table(title)
-    for column in ("hash", "applied", "actor", "trigger", "operation"):
+    for column in ("hash", "applied (UTC)", "actor", "trigger", "operation"):
         table.add_column(column, overflow="fold")
     for entry in backups:
         table.add_row(

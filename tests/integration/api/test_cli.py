@@ -533,7 +533,22 @@ def test_replay_window_bounds_are_shown_in_utc_as_its_rows_are(story: Story) -> 
     assert len(result["operations"]) == 6
     table = invoke("replay", *story.db(), "--since", "2000-01-01T00:00:00-05:00")
     assert table.exit_code == 0, table.stderr
-    assert "incident timeline 2000-01-01 05:00:00 .. now" in table.stdout
+    assert "incident timeline 2000-01-01 05:00:00 .. now (UTC)" in table.stdout
+    assert "time (UTC)" in table.stdout
+
+
+def test_every_table_says_its_times_are_utc(story: Story) -> None:
+    # The tables showed UTC times with no zone: read as local time anywhere but UTC.
+    shown = {
+        command: invoke(command, *story.db(), env={"COLUMNS": "200"}).stdout
+        for command in ("history", "status", "fleet", "backups")
+    }
+    assert "started (UTC)" in shown["history"]
+    assert re.search(r"applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC by ", shown["status"]), shown["status"]
+    assert re.search(r"last started +\S+ at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown["status"])
+    assert "since (UTC)" in shown["status"]
+    assert "last seen (UTC)" in shown["fleet"]
+    assert "applied (UTC)" in shown["backups"]
     # A bound that exists in its own offset but not in UTC is a bad option, not a traceback.
     for bound in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-14:00"):
         refused = invoke("replay", *story.db(), "--since", bound)
