@@ -26,6 +26,7 @@ from pydantic_core.core_schema import ErrorType
 from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
+from confledger.store.ignored_keys import ignored_keys
 from confledger.store.secrets import ConfigPath, find_secret_paths
 
 __all__ = [
@@ -229,6 +230,8 @@ class ModelResult:
     secret_paths: frozenset[ConfigPath]
     errors: tuple[str, ...]
     duration_ms: float
+    # Keys of the source the model dropped (``store.ignored_keys``): warnings, not errors.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +354,9 @@ class ValidationPipeline:
             return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
         secret_paths = frozenset(find_secret_paths(config))
         digest = self.hasher(normalised, secret_paths)
-        return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started))
+        ignored = ignored_keys(config, body) if isinstance(config, BaseModel) else []
+        warnings = tuple(f"{path}: not a field of {type(config).__name__}, ignored" for path in ignored)
+        return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started), warnings)
 
     def calls_for(self, model: ModelResult) -> bool:
         """Whether validating ``model`` calls any custom validator (none runs on what the model refused)."""
@@ -391,7 +396,7 @@ class ValidationPipeline:
     def outcome(self, model: ModelResult, findings: Sequence[Findings], started: float) -> ValidationOutcome:
         """The outcome of validating ``model``, given what its validators found (since ``started``)."""
         errors = list(model.errors)
-        warnings: list[str] = []
+        warnings = list(model.warnings)
         validator_ms: dict[str, float] = {}
         for found in findings:
             errors += found.errors
