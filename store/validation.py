@@ -66,9 +66,13 @@ def dump_revealed(config: Any) -> dict[str, Any]:
 
     Hashing the masked dump (``'**********'``) would make a rotated API key look like no change at all,
     so the config hash is always computed from this form.
+
+    Keys are field names, never aliases (even under a model's ``serialize_by_alias``): the secret paths
+    (``find_secret_paths``) are field names, and a secret found under a key the body does not have would
+    be stored and shown in plain text. ``ValidationPipeline.parse`` reads such a body back by name.
     """
     if isinstance(config, BaseModel):
-        result = _jsonable(config.model_dump(mode="python", round_trip=True))
+        result = _jsonable(config.model_dump(mode="python", round_trip=True, by_alias=False))
     else:
         result = _jsonable(config)
     if not isinstance(result, dict):
@@ -341,7 +345,9 @@ class ValidationPipeline:
             plain = dict(body)
             return plain, dump_revealed(plain), []
         try:
-            config = self.model.model_validate(dict(body))
+            # by_name: a stored body is keyed by field names (dump_revealed), so a model whose fields
+            # have aliases must read it back by name, as it reads the file by alias.
+            config = self.model.model_validate(dict(body), by_name=True)
         except ValidationError as exc:
             return None, None, format_validation_error(exc, body, self.model)
         return config, dump_revealed(config), []
