@@ -283,13 +283,16 @@ class SecretCipher:
         self._refused = (InvalidToken, ValueError)
         fernets = []
         materials: list[bytes] = []
-        for key in keys:
+        given = list(keys)
+        for number, key in enumerate(given, start=1):
             try:
                 fernets.append(Fernet(key))
                 materials.append(base64.urlsafe_b64decode(key))
             except (ValueError, TypeError) as exc:
+                # In a rotated list, which one: the operator must not drop the key that still works.
+                which = f"key {number} of {len(given)}" if len(given) > 1 else "encryption key"
                 raise SecretKeyError(
-                    "encryption key is not a valid Fernet key (32 url-safe base64 bytes)"
+                    f"{which} is not a valid Fernet key (32 url-safe base64 bytes; `confledger keygen` makes one)"
                 ) from exc
         if not fernets:
             raise SecretKeyError("no encryption key given")
@@ -310,6 +313,15 @@ class SecretCipher:
     @classmethod
     def from_env_value(cls, value: str) -> SecretCipher:
         """``CONFLEDGER_ENCRYPTION_KEY``: one key, or several separated by commas (newest first)."""
+        try:
+            return cls._from_key_list(value)
+        except SecretKeyError as exc:
+            # Said of the variable: a bare "not a valid Fernet key" left the operator guessing which
+            # of the settings and files holding keys to fix.
+            raise SecretKeyError(f"CONFLEDGER_ENCRYPTION_KEY: {exc}") from exc
+
+    @classmethod
+    def _from_key_list(cls, value: str) -> SecretCipher:
         return cls([part.strip() for part in value.split(",") if part.strip()])
 
     @classmethod
@@ -327,7 +339,7 @@ class SecretCipher:
         except (OSError, UnicodeDecodeError) as exc:
             raise SecretKeyError(f"cannot read encryption key file {path}: {type(exc).__name__}") from exc
         try:
-            return cls.from_env_value(text)
+            return cls._from_key_list(text)
         except SecretKeyError as exc:
             # Said of the file, not of CONFLEDGER_ENCRYPTION_KEY: the operator must know which to fix.
             raise SecretKeyError(f"encryption key file {path}: {exc}") from exc

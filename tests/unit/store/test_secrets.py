@@ -169,6 +169,21 @@ def test_invalid_keys_are_refused(keys: list[str]) -> None:
         SecretCipher(keys)
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("not-a-fernet-key", "encryption key is not a valid Fernet key"),
+        (f"{SecretCipher.generate_key()},not-a-fernet-key", "key 2 of 2 is not a valid Fernet key"),
+        (" , ", "no encryption key given"),
+    ],
+)
+def test_a_bad_encryption_key_setting_is_named_in_the_error(value: str, said: str) -> None:
+    with pytest.raises(SecretKeyError) as refused:
+        SecretCipher.from_env_value(value)
+    assert str(refused.value).startswith(f"CONFLEDGER_ENCRYPTION_KEY: {said}")
+    assert "not-a-fernet-key" not in str(refused.value)
+
+
 def test_a_key_file_that_holds_no_key_is_named_in_the_error(tmp_path: Path) -> None:
     path = tmp_path / "confledger.db.key"
     path.write_text("not-a-fernet-key\n", encoding="ascii")
