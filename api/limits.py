@@ -102,6 +102,10 @@ def json_refusal(body: bytes) -> str | None:
         return f"the body is not JSON: {exc.msg} at character {exc.pos}"
     except RecursionError:
         return "the body is not JSON the API reads: it is nested too deeply"
+    except ValueError:
+        # int() refuses a literal past sys.get_int_max_str_digits() (4300): a 500 with a traceback
+        # before. Caught after JSONDecodeError and UnicodeDecodeError, its subclasses.
+        return "the body is not JSON the API reads: a number in it has too many digits"
     if _lone_surrogate_in(document):
         return "the body is not JSON text: a string holds a lone UTF-16 surrogate"
     return None

@@ -175,6 +175,22 @@ def test_a_body_that_is_not_json_text_is_a_clean_400(
     assert service.get("/status").status_code == 200  # still serving
 
 
+def test_a_number_longer_than_int_reads_is_a_clean_400_under_the_default_limit(
+    tmp_path: Path, database_url: str
+) -> None:
+    # 5000 digits: past int()'s 4300-digit limit, within the default 64 KiB body limit (not the 4 KiB
+    # the other tests run under). It was a 500 with a traceback in the log.
+    with serving(tmp_path, database_url, raise_server_exceptions=False) as running:
+        head = running.log.head()
+        for path in ("/reload", "/rollback"):
+            response = _post(running, path, b'{"force": ' + b"9" * 5_000 + b"}")
+
+            assert response.status_code == 400, response.text
+            assert response.json()["code"] == "invalid_json"
+            assert "too many digits" in response.json()["detail"]
+        assert running.log.head() == head
+
+
 # --- 422s name the fault without echoing the input ----------------------------------------------------
 
 SENT = "q" * 3_000  # within the limit; a run of it in an answer would be the input coming back

@@ -25,6 +25,7 @@ BODIES = [
     (b'{"force": tru}', "not JSON"),
     (b"{", "not JSON"),
     (b"[" * 100_000, "nested too deeply"),
+    (b'{"force": ' + b"9" * 5_000 + b"}", "too many digits"),  # past int()'s digit limit
 ]
 
 
