@@ -53,5 +53,9 @@ class QueryRedaction(logging.Filter):
         if isinstance(arguments, tuple) and len(arguments) >= 3 and isinstance(arguments[2], str):
             path, separator, query = arguments[2].partition("?")
             if separator:
-                record.args = (*arguments[:2], f"{path}?{self.redact(query)}", *arguments[3:])
+                arguments = (*arguments[:2], f"{path}?{self.redact(query)}", *arguments[3:])
+            if isinstance(arguments[0], str) and not arguments[0].isprintable():
+                # "host:port", the host from X-Forwarded-For as a client wrote it (see client_address).
+                arguments = (ascii(arguments[0]), *arguments[1:])
+            record.args = arguments
         return True

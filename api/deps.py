@@ -87,6 +87,21 @@ ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 
 
 _CLI_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+# An IP address, a host name, or an RFC 7239 obfuscated identifier ("_hidden", "unknown").
+_CLIENT_ADDRESS = re.compile(r"^[A-Za-z0-9._:%\[\]-]{1,64}$")
+
+
+def client_address(host: str | None) -> str | None:
+    """The peer's address as recorded with an operation, never raw text a client chose.
+
+    uvicorn takes the address from ``X-Forwarded-For`` on a connection from ``FORWARDED_ALLOW_IPS``
+    (127.0.0.1 by default), as it arrived: escape sequences in it went into the audit log and, through
+    the access log, into an operator's terminal. Anything but an address is kept escaped and clipped.
+    """
+    if host is None or _CLIENT_ADDRESS.match(host):
+        return host
+    return "unreadable:" + ascii(host[:64])
+
 
 # A query parameter named like a credential. URLs are written to access logs, proxy logs and shell
 # history, so a token there is refused outright rather than half-honoured; no API parameter matches.
@@ -186,7 +201,7 @@ class BearerCaller(SecurityBase):
         if request.headers.get("x-confledger-client", "").lower() == "cli":
             claimed = request.headers.get("x-confledger-user", "unknown")
             cli_user = claimed if _CLI_USER.match(claimed) else "unknown"
-        return Caller(role, request.client.host if request.client else None, cli_user)
+        return Caller(role, client_address(request.client.host if request.client else None), cli_user)
 
 
 ReaderCaller = Annotated[Caller, Depends(BearerCaller(_bearer, admin_only=False))]

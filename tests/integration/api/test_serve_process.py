@@ -476,3 +476,34 @@ def test_serve_says_where_it_listens_and_names_a_misspelt_variable(tmp_path: Pat
         "warning: CONFLEDGER_BACKUP_COUNTS is not a confledger setting and is ignored "
         "(did you mean CONFLEDGER_BACKUP_COUNT?)"
     ) in printed
+
+
+def test_a_forwarded_for_header_cannot_write_escape_sequences_into_the_audit_or_access_log(
+    tmp_path: Path,
+) -> None:
+    # uvicorn believes X-Forwarded-For on a connection from 127.0.0.1 (its FORWARDED_ALLOW_IPS default),
+    # so this client names its own address: text, not an address, is kept escaped.
+    config = tmp_path / "config.yaml"
+    config.write_bytes(EXAMPLE_CONFIG.read_bytes())
+    forged = "\x1b]0;owned\x07\x1b[31mEVIL"
+    with confledger_serve(tmp_path, config, free_port(), 1) as server:
+        answer = server.client.post(
+            PREFIX + "/reload", json={"force": True}, headers={"X-Forwarded-For": f"203.0.113.9, {forged}"}
+        )
+        assert answer.status_code == 200, answer.text
+        honest = server.client.post(PREFIX + "/reload", json={"force": True})
+        assert honest.status_code == 200, honest.text
+        stop(server)
+    with sqlite3.connect(tmp_path / "confledger.db") as database:
+        recorded = [
+            row[0]
+            for row in database.execute(
+                "SELECT json_extract(payload, '$.client') FROM events "
+                "WHERE type = 'operation.started' ORDER BY position DESC LIMIT 2"
+            )
+        ]
+    assert recorded == ["127.0.0.1", "unreadable:" + ascii(forged)]
+    printed = log_of(server)
+    assert "\x1b" not in printed
+    assert "\x07" not in printed
+    assert "EVIL" in printed  # the line is there, escaped

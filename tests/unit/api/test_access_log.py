@@ -58,3 +58,18 @@ def test_a_line_without_a_query_string_or_of_another_shape_passes_unchanged() ->
     other = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", ("a?token=x",), None)
     QueryRedaction(SHOWN).filter(other)
     assert other.getMessage() == "a?token=x"
+
+
+def test_a_client_address_with_control_characters_is_written_escaped() -> None:
+    # uvicorn's client address may come from X-Forwarded-For as the client wrote it.
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("\x1b[31mEVIL:0", "GET", "/healthz", "1.1", 200),
+        None,
+    )
+    QueryRedaction(SHOWN).filter(record)
+    assert record.getMessage() == "'\\x1b[31mEVIL:0' - \"GET /healthz HTTP/1.1\" 200"
