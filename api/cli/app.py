@@ -5,11 +5,13 @@ and turning a ConfledgerError into one line on stderr.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.segment import Segment
 from rich.text import Text
 
 from confledger import __version__
@@ -25,6 +27,7 @@ __all__ = [
     "out",
     "resolve_database",
     "settings_error",
+    "shown_escaped",
 ]
 
 app = typer.Typer(
@@ -35,8 +38,40 @@ app = typer.Typer(
 db_app = typer.Typer(help="Schema migrations of the event log's database.")
 app.add_typer(db_app, name="db")
 
-err = Console(stderr=True)
-out = Console()
+# C0 controls but tab and newline (carriage return included: it overwrites the line), DEL and C1.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def shown_escaped(text: str) -> str:
+    """``text`` with each control character written as ``\\x1b``: for data, before rich measures it."""
+    return _CONTROL_CHARACTER.sub(_escaped, text)
+
+
+class DataConsole(Console):
+    """A console that never sends a control character from what it prints to the terminal.
+
+    What the commands print comes from the log: config keys in validation errors, messages, instance
+    ids, rows anyone who can write the database may have added. An escape sequence there could move the
+    cursor over a row or retitle the terminal, so the output would lie to the auditor reading it. Table
+    cells show them escaped (``render.cell``); whatever else holds one loses it here, after rich measured
+    the text (a control character takes no cell, so dropping it keeps the layout; an escape would be cut
+    off at the column's edge). rich's own styling is not in the segments' text, so it is kept.
+    """
+
+    def render(self, renderable: RenderableType, options: ConsoleOptions | None = None) -> Iterable[Segment]:
+        for segment in super().render(renderable, options):
+            if segment.control is None and _CONTROL_CHARACTER.search(segment.text):
+                yield Segment(_CONTROL_CHARACTER.sub("", segment.text), segment.style)
+            else:
+                yield segment
+
+
+err = DataConsole(stderr=True)
+out = DataConsole()
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from confledger.api.cli.app import out
+from confledger.api.cli.app import out, shown_escaped
 
 __all__ = [
     "STATUS_STYLE",
@@ -37,8 +37,9 @@ def print_json(data: Any) -> None:
 
 
 def cell(value: object) -> Text:
-    """A table cell from data: never parsed as rich markup (paths like ``a[0]`` stay as they are)."""
-    return Text("" if value is None else str(value))
+    """A table cell from data: never parsed as rich markup (paths like ``a[0]`` stay as they are), its
+    control characters shown as escapes."""
+    return Text("" if value is None else shown_escaped(str(value)))
 
 
 def short_time(value: object) -> str:
