@@ -34,8 +34,17 @@ class Role(StrEnum):
 
 
 def _check(name: str, value: str | None) -> str | None:
+    """The token as clients can send it, or why it cannot be one."""
     if value is None:
         return None
+    # A token read from a file or a Kubernetes secret often ends in a newline, which no HTTP header can
+    # carry (and the CLI strips): kept, it made a service that refused every request.
+    value = value.strip()
+    if not all(" " <= character <= "~" for character in value):
+        raise TokenError(
+            f"{name} holds a character an HTTP header cannot carry as sent (a control or non-ASCII "
+            "character); use a token of printable ASCII, as `openssl rand -hex 32` makes"
+        )
     if len(value) < MIN_TOKEN_LENGTH:
         raise TokenError(f"{name} is shorter than {MIN_TOKEN_LENGTH} characters; use a longer random token")
     return value
@@ -49,8 +58,9 @@ class Tokens:
     read: str | None = None
 
     def __post_init__(self) -> None:
-        _check("CONFLEDGER_ADMIN_TOKEN", self.admin)
-        _check("CONFLEDGER_READ_TOKEN", self.read)
+        # Frozen: the checked (stripped) tokens replace the given ones once, here.
+        object.__setattr__(self, "admin", _check("CONFLEDGER_ADMIN_TOKEN", self.admin))
+        object.__setattr__(self, "read", _check("CONFLEDGER_READ_TOKEN", self.read))
         if self.read is not None and hmac.compare_digest(self.read.encode(), self.admin.encode()):
             # Every holder of the read token (dashboards, sidecars) could reload and roll back.
             raise TokenError(

@@ -563,6 +563,32 @@ def test_tokens_shorter_than_16_characters_are_refused_at_set_up(
         assert value not in str(refused.value)
 
 
+def test_a_token_set_with_a_trailing_newline_is_taken_without_it(tmp_path: Path, sqlite_url: str) -> None:
+    # As a Kubernetes secret made from a file gives it: the service refused every request, even the
+    # CLI's, which strips the same variable.
+    with serving(
+        tmp_path, sqlite_url, admin_token=ADMIN_TOKEN + "\n", read_token=f" {READ_TOKEN}\r\n"
+    ) as service:
+        assert service.get("/status").status_code == 200
+        assert service.get("/status", token=READ_TOKEN).status_code == 200
+        assert service.post("/reload", json={}, token=READ_TOKEN).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "sk-\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9",
+        "abcdefgh\x00ijklmnopq",
+    ],
+)
+def test_a_token_no_header_can_carry_is_refused_at_set_up(tmp_path: Path, token: str) -> None:
+    with pytest.raises(
+        TokenError, match="CONFLEDGER_ADMIN_TOKEN holds a character an HTTP header cannot"
+    ) as refused:
+        set_up(tmp_path, admin_token=token)
+    assert token not in str(refused.value)
+
+
 def test_an_allowed_source_directory_that_does_not_exist_is_a_warning_at_set_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
