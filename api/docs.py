@@ -4,6 +4,7 @@ network) and ``/`` (where to go from here).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,11 +16,29 @@ from swagger_ui_bundle import swagger_ui_path
 __all__ = ["ASSETS_PATH", "add_index", "add_offline_docs"]
 
 ASSETS_PATH = "/docs/assets"
+# What /docs loads, and the source maps a browser's tools ask for beside them.
+_ASSETS = frozenset(
+    {"swagger-ui-bundle.js", "swagger-ui-bundle.js.map", "swagger-ui.css", "swagger-ui.css.map"}
+)
+
+
+class _DocsAssets(StaticFiles):
+    """swagger-ui-bundle's directory, of which only the files /docs uses are served.
+
+    The rest of it is Swagger UI's stock distribution: its ``index.html`` is a second, public Swagger UI
+    that fetches the petstore example from petstore.swagger.io, which the docs of an offline service
+    must not do, and its template and ES bundles are nothing /docs needs.
+    """
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        if path not in _ASSETS:
+            return "", None
+        return super().lookup_path(path)
 
 
 def add_offline_docs(app: FastAPI) -> None:
     """Swagger UI at /docs, its JavaScript and CSS served by the app itself (swagger-ui-bundle)."""
-    app.mount(ASSETS_PATH, StaticFiles(directory=swagger_ui_path), name="swagger-ui-assets")
+    app.mount(ASSETS_PATH, _DocsAssets(directory=swagger_ui_path), name="swagger-ui-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = "/docs/oauth2-redirect"
 

@@ -134,6 +134,20 @@ def test_docs_load_nothing_from_the_network(tmp_path: Path) -> None:
     assert "https://" not in page
 
 
+@pytest.mark.parametrize(
+    "name", ["index.html", "swagger-initializer.js", "index.j2", "oauth2-redirect.html", "swagger-ui.js"]
+)
+def test_only_the_files_the_docs_use_are_served_from_the_bundle(tmp_path: Path, name: str) -> None:
+    # The bundle's stock index.html is a Swagger UI of its own that loads petstore.swagger.io.
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+    with TestClient(app) as client:
+        refused = client.get(f"/docs/assets/{name}")
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert refused.status_code == 404
+    assert refused.json()["code"] == "not_found"
+
+
 # (method, path, status, code): the router's own refusals, in the app serve runs, carry a code as well
 ROUTING_REFUSALS = [
     ("GET", f"{PREFIX}/histroy", 404, "not_found"),  # a typo under the API's prefix
