@@ -151,8 +151,12 @@ def _os_refusal(exc: OSError, shown: str) -> Refusal:
 
 def _read_capped(path: str, max_bytes: int, shown: str, guard: SourceGuard | None) -> bytes:
     # O_NONBLOCK: if the path is (or was swapped for) a FIFO, opening it must not hang the worker thread
-    # waiting for a writer; the fstat below then refuses it.
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    # waiting for a writer; the fstat below then refuses it. O_NOCTTY: if it is a terminal, opening it
+    # must not make it the controlling terminal of a service that has none (a session leader under
+    # systemd), whose hangup would then send that service SIGHUP (a reload), long after the refusal.
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    )
     try:
         fd = os.open(path, flags)
     except OSError as exc:

@@ -7,6 +7,8 @@ tests/integration/api/test_source_race.py.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,40 @@ def test_a_guard_holds_the_real_directories(layout: dict[str, Path]) -> None:
     linked = layout["root"] / "conf-link"
     linked.symlink_to(layout["conf"], target_is_directory=True)
     assert SourceGuard.of([linked]).roots == (os.path.realpath(layout["conf"]),)
+
+
+_WITHOUT_A_TERMINAL = """
+import os, sys
+from confledger.store.sources import load_source
+from confledger.store.errors import SourceError
+
+os.setsid()  # a session leader with no controlling terminal, as a service under systemd is
+leader, follower = os.openpty()
+link = os.path.join(sys.argv[1], "config.yaml")
+os.symlink(os.ttyname(follower), link)
+try:
+    load_source(link)
+except SourceError as refused:
+    print(refused.code)
+try:
+    os.close(os.open("/dev/tty", os.O_RDONLY))
+    print("took the terminal")
+except OSError:
+    print("no terminal")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(os, "setsid"), reason="POSIX terminals")
+def test_a_source_that_is_a_terminal_is_refused_without_becoming_the_controlling_terminal(
+    tmp_path: Path,
+) -> None:
+    # Its hangup would send the service SIGHUP (a reload) long after the refusal.
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_A_TERMINAL, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert result.stdout.split() == ["not_a_file", "no", "terminal"], result.stderr
