@@ -66,6 +66,19 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJsonNumber(f"{name} is not a JSON number")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of two equal keys, a proxy or audit filter in front may read the first:
+    # {"config_source": "a", "config_source": "b"} would be one file to it and another here.
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateKey("the body is not JSON the API reads: a key appears twice in one object")
+    return document
+
+
 def _lone_surrogate_in(value: Any) -> bool:
     """Whether any string (or key) in a parsed document is not valid Unicode text. Iterative: the
     document may be as deep as the parser allows."""
@@ -93,9 +106,11 @@ def json_refusal(body: bytes) -> str | None:
     if not body:
         return None
     try:
-        document = json.loads(body, parse_constant=_refuse_constant)
+        document = json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys)
     except UnicodeDecodeError:
         return "the body is not UTF-8 text"
+    except _DuplicateKey as exc:
+        return str(exc)
     except _NotJsonNumber as exc:
         return f"the body is not JSON: {exc} (NaN and Infinity are not allowed)"
     except json.JSONDecodeError as exc:

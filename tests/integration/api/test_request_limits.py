@@ -155,6 +155,7 @@ NOT_JSON_TEXT = [
     (b"\xff{", "not UTF-8"),
     (b'{"force":', "cut short"),
     (b"[" * 1_500 + b"]" * 1_500, "nested deeper than the parser goes"),
+    (b'{"force": false, "force": true}', "a key twice: a proxy may read the first, Python the last"),
 ]
 
 

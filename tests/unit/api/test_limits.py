@@ -26,6 +26,9 @@ BODIES = [
     (b"{", "not JSON"),
     (b"[" * 100_000, "nested too deeply"),
     (b'{"force": ' + b"9" * 5_000 + b"}", "too many digits"),  # past int()'s digit limit
+    (b'{"config_source": "/etc/passwd", "config_source": "config.yaml"}', "a key appears twice"),
+    (b'{"a": [{"b": 1, "b": 2}]}', "a key appears twice"),  # at any depth
+    (b'{"a": {"b": 1}, "c": {"b": 2}}', None),  # the same key in two objects is no duplicate
 ]
 
 
