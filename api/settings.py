@@ -326,15 +326,9 @@ def signing_key_of(settings: Settings) -> str | None:
 
 
 def configured_cipher(encryption_key: str) -> SecretCipher:
-    """The cipher of the ``CONFLEDGER_ENCRYPTION_KEY`` setting."""
-    try:
-        return SecretCipher.from_env_value(encryption_key)
-    except SecretKeyError as exc:
-        # Said of the setting, as a key file's fault is said of the file: a fleet's operator must know
-        # which of the keys in play to fix.
-        raise SecretKeyError(
-            f"CONFLEDGER_ENCRYPTION_KEY: {exc} (make one with `confledger keygen`)", code=exc.code
-        ) from exc
+    """The cipher of the ``CONFLEDGER_ENCRYPTION_KEY`` setting (a malformed one is refused naming the
+    variable, which key of a rotated list, and ``confledger keygen``)."""
+    return SecretCipher.from_env_value(encryption_key)
 
 
 def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | None:
