@@ -6,7 +6,8 @@ reworded): ``ApiError`` for what a route or dependency refuses (handled by ``api
 ``HTTPException``s answer as they always did), ``store_error_handler`` for a ``ConfledgerError`` a route
 did not handle, ``validation_error_response`` (``invalid_request``) for a request FastAPI refused, and
 the request guard's own answers (``api.limits``). In the app ``confledger serve`` runs, where every route
-is confledger's, ``routing_error_handler`` gives the router's own 404 and 405 their codes too.
+is confledger's, ``routing_error_handler`` gives the router's own 404 and 405 their codes too, and
+``internal_error_handler`` an unexpected 500 its ``internal_error``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "api_error_handler",
     "error_response",
     "http_error",
+    "internal_error_handler",
     "routing_error_handler",
     "store_error_handler",
     "validation_error_response",
@@ -103,6 +105,19 @@ async def routing_error_handler(request: Request, exc: Exception) -> Response:
     if code is None:
         return await http_exception_handler(request, exc)
     return error_response(exc.status_code, str(exc.detail), code, headers=exc.headers)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """Anything no other handler took, as ``{"detail", "code": "internal_error"}`` rather than
+    Starlette's plain-text 500: a client branches on the code as on every other error.
+
+    Registered only by ``create_app``. Starlette raises the exception again once this answer is sent, so
+    the traceback still reaches the service's log; the answer says nothing of it."""
+    return error_response(
+        status.HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal error; the service's log has the details",
+        "internal_error",
+    )
 
 
 def http_error(exc: ConfledgerError) -> ApiError:

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confledger import __version__
 from confledger.api.docs import add_index, add_offline_docs
-from confledger.api.errors import routing_error_handler
+from confledger.api.errors import internal_error_handler, routing_error_handler
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.api.settings import Settings
 from confledger.store.errors import ModelImportError
@@ -89,6 +89,8 @@ def create_app(
         validators=import_validators(model) if model is not None else [],
         settings=settings,
     )
-    # Every path of this app is confledger's, so the router's own 404 and 405 carry a code as well.
+    # Every path of this app is confledger's, so the router's own 404 and 405 carry a code as well, and
+    # so does a 500 nothing else answered.
     app.add_exception_handler(StarletteHTTPException, routing_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
     return app, lifecycle

@@ -13,13 +13,17 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
+# HEAD too: load balancers and uptime checkers probe with it, and a 405 reads as "down". Left out of
+# the schema: one operation per path there, not two of one function.
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"description": "not ready"}})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the reloader runs, a config is current and the log answers."""
     lifecycle = getattr(request.app.state, "confledger", None)

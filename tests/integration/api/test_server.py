@@ -173,6 +173,34 @@ def test_the_routers_own_refusals_carry_a_code(
         assert response.headers["allow"]  # which methods the path does take
 
 
+def test_an_unexpected_failure_is_a_500_with_a_code_that_tells_nothing_of_it(tmp_path: Path) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail of the failure")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "internal error; the service's log has the details",
+        "code": "internal_error",
+    }
+    assert "secret detail" not in response.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_the_probes_answer_head_as_load_balancers_send_it(tmp_path: Path, path: str) -> None:
+    settings = Settings(config=_config(tmp_path), model=MODEL, signal_handler=False, admin_token=ADMIN_TOKEN)
+    app, _ = create_app(settings)
+    with TestClient(app) as client:
+        response = client.head(path)
+    assert response.status_code == 200
+    assert response.content == b""
+
+
 def test_an_embedding_apps_own_404_is_left_as_it_was(tmp_path: Path) -> None:
     from fastapi import FastAPI
 
