@@ -8,6 +8,7 @@ written to ``config_versions`` has every secret replaced by a Fernet token, so a
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import itertools
 import json
@@ -330,10 +331,7 @@ class SecretCipher:
         if not path.exists():
             if not create:
                 raise SecretKeyError(f"encryption key file {path} does not exist")
-            key = cls.generate_key()
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-                handle.write(key + "\n")
+            _create_key_file(path, cls.generate_key())
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
@@ -355,6 +353,38 @@ class SecretCipher:
                 "a stored secret cannot be decrypted with the configured key(s): the key was changed or lost"
             ) from exc
         return json.loads(plain)
+
+
+def _create_key_file(path: Path, key: str) -> None:
+    """Put a new key file at ``path`` whole and on disk, unless another process put one there first.
+
+    Written aside, flushed to disk, then linked into place: ``link`` fails if the name exists, so of two
+    first starts at one moment exactly one key wins and the other reads it (an ``O_EXCL`` create in
+    place let the loser read the winner's file before a byte was in it). The key reaches the disk
+    before its name does, and the name before the log seals anything with it: a power cut must not
+    leave sealed secrets and an empty key file.
+    """
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            return  # another process's key is in place: it is the one to use
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot create encryption key file {path}: {type(exc).__name__}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
 
 
 def seal(

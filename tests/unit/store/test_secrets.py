@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+import stat
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -184,6 +186,40 @@ def test_a_bad_encryption_key_setting_is_named_in_the_error(value: str, said: st
         SecretCipher.from_env_value(value)
     assert str(refused.value).startswith(f"CONFLEDGER_ENCRYPTION_KEY: {said}")
     assert "not-a-fernet-key" not in str(refused.value)
+
+
+def _first_starts_at_once(path: Path, starters: int) -> tuple[list[SecretCipher], list[BaseException]]:
+    start = threading.Barrier(starters)
+    ciphers: list[SecretCipher] = []
+    failures: list[BaseException] = []
+
+    def first_start() -> None:
+        start.wait()
+        try:
+            ciphers.append(SecretCipher.from_key_file(path, create=True))
+        except BaseException as exc:  # the test reports whatever escaped
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_start) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ciphers, failures
+
+
+def test_first_starts_at_one_moment_all_use_the_one_key_file_made(tmp_path: Path) -> None:
+    # Two workers' (or two services') first start on a fresh log: exactly one key is made and every
+    # starter reads that one, whole; none fails, none reads a file still being written.
+    for attempt in range(20):
+        path = tmp_path / f"attempt-{attempt}.key"
+        ciphers, failures = _first_starts_at_once(path, 4)
+        assert failures == []
+        token = ciphers[0].encrypt("secret")
+        assert all(cipher.decrypt(token) == "secret" for cipher in ciphers)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Nothing written aside is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"attempt-{n}.key" for n in range(20))
 
 
 def test_a_key_file_that_holds_no_key_is_named_in_the_error(tmp_path: Path) -> None:
