@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         description="changes queued per /watch client; a client further behind is dropped (it reconnects "
         "with Last-Event-ID and replays from the log)",
     )
+    watch_max_streams: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="open /watch streams per instance at most; one more is answered 503 "
+        "(watch_streams_full) until one closes",
+    )
     watch_ping_interval: float = Field(
         15.0, gt=0, le=3600, description="seconds between keep-alive comments on an idle /watch stream"
     )

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,19 +145,20 @@ class ChangeFeed:
         for subscription in subscriptions:
             subscription.offer(change)
 
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[Subscription]:
-        """A queue for the calling client (on the running loop), taken off the feed on leaving."""
+    def open(self, limit: int) -> Subscription | None:
+        """A queue for a client on the running loop, or None when ``limit`` clients already have one.
+
+        The count and the taking are one step under the lock: clients arriving at one moment cannot
+        all pass a look at the count. The caller gives it back with ``unsubscribe``."""
         subscription = Subscription(self, asyncio.get_running_loop(), self.queue_size)
         with self._lock:
             if self.closed:
                 subscription.close()
+            elif len(self._subscriptions) >= limit:
+                return None
             else:
                 self._subscriptions.add(subscription)
-        try:
-            yield subscription
-        finally:
-            self.unsubscribe(subscription)
+        return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:

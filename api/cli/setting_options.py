@@ -104,6 +104,7 @@ SETTING_DEFAULTS: dict[str, object] = {
     "heartbeat_interval": 30.0,
     "fleet_gone_shown_for": 86400.0,
     "watch_queue_size": 100,
+    "watch_max_streams": 100,
     "watch_ping_interval": 15.0,
     "watch_send_timeout": 10.0,
 }
@@ -159,6 +160,7 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
     SettingOption("fleet_gone_shown_for", float, "Seconds /fleet keeps listing an instance that went."),
     # GET /watch
     SettingOption("watch_queue_size", int, "Changes queued per /watch client."),
+    SettingOption("watch_max_streams", int, "Open /watch streams at most; one more is answered 503."),
     SettingOption("watch_ping_interval", float, "Seconds between keep-alive comments on an idle /watch."),
     SettingOption("watch_send_timeout", float, "Seconds one /watch write may wait on a client."),
 )

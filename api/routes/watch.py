@@ -9,20 +9,22 @@ subscribed to the feed before the log is read, and whatever the feed brings that
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, status
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from confledger.api.deps import ReaderCaller, ReloaderDep
+from confledger.api.errors import ApiError
 from confledger.api.limits import GuardedRoute
 from confledger.api.reloader import ConfigReloader
-from confledger.api.schemas import MAX_POSITION, ValidationErrorResponse
-from confledger.api.watch import AppliedChange, replay_changes
+from confledger.api.schemas import MAX_POSITION, ErrorResponse, ValidationErrorResponse
+from confledger.api.watch import AppliedChange, Subscription, replay_changes
 
 __all__ = ["WatchEvent", "router"]
 
@@ -71,6 +73,10 @@ _STREAM_DESCRIPTION = (
             },
         },
         422: {"model": ValidationErrorResponse, "description": "Last-Event-ID is not a log position"},
+        503: {
+            "model": ErrorResponse,
+            "description": "CONFLEDGER_WATCH_MAX_STREAMS streams are open (watch_streams_full)",
+        },
     },
 )
 async def watch(
@@ -88,16 +94,34 @@ async def watch(
 ) -> EventSourceResponse:
     """Each applied config change as it lands, whichever instance decided it (Server-Sent Events)."""
     settings = reloader.settings
+    feed = reloader.changes
+    # Taken here, before the answer starts, so a full instance can still say 503 rather than a 200 that
+    # ends at once; a stream each client holds open costs a descriptor and a queue.
+    subscription = feed.open(settings.watch_max_streams)
+    if subscription is None:
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{settings.watch_max_streams} /watch streams are open on this instance "
+            "(CONFLEDGER_WATCH_MAX_STREAMS); retry later",
+            "watch_streams_full",
+            headers={"Retry-After": str(RETRY_MS // 1000)},
+        )
+    stream = _events(reloader, last_event_id, subscription)
+    # Given back when the stream ends, and also when it never starts (the client left before the
+    # answer did): a generator that never ran has no ``finally`` to run, but it is collected.
+    weakref.finalize(stream, feed.unsubscribe, subscription)
     return EventSourceResponse(
-        _events(reloader, last_event_id),
+        stream,
         ping=settings.watch_ping_interval,
         send_timeout=settings.watch_send_timeout,
         sep="\n",
     )
 
 
-async def _events(reloader: ConfigReloader, after: int | None) -> AsyncIterator[ServerSentEvent]:
-    with reloader.changes.subscribe() as subscription:
+async def _events(
+    reloader: ConfigReloader, after: int | None, subscription: Subscription
+) -> AsyncIterator[ServerSentEvent]:
+    try:
         last = 0
         if after is not None:
             head = await anyio.to_thread.run_sync(reloader.log.head)
@@ -123,6 +147,8 @@ async def _events(reloader: ConfigReloader, after: int | None) -> AsyncIterator[
             last = change.position
         if subscription.overflowed:
             yield ServerSentEvent(comment="dropped: too far behind; reconnect with Last-Event-ID")
+    finally:
+        reloader.changes.unsubscribe(subscription)
 
 
 def _event(change: AppliedChange) -> ServerSentEvent:

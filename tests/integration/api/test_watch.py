@@ -246,6 +246,24 @@ def test_watch_needs_a_token_and_a_position(tmp_path: Path) -> None:
         assert service.reloader.changes.watching == 0
 
 
+def test_a_full_instance_answers_503_until_a_stream_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFLEDGER_WATCH_MAX_STREAMS", "1")
+    with serving(tmp_path, f"sqlite:///{tmp_path / 'confledger.db'}") as service:
+        with watching(service) as first:
+            refused = service.get("/watch")
+            assert refused.status_code == 503
+            assert refused.json()["code"] == "watch_streams_full"
+            assert refused.headers["retry-after"] == "2"
+            assert wait_for("the first answer", lambda: first.status) == 200
+            assert service.reloader.changes.watching == 1
+        # The first client left: its place is free again.
+        wait_for("the stream to close", lambda: service.reloader.changes.watching == 0 or None)
+        with watching(service) as again:
+            assert wait_for("the next answer", lambda: again.status) == 200
+
+
 def test_an_idle_stream_carries_keep_alive_comments(tmp_path: Path) -> None:
     with serving(tmp_path, f"sqlite:///{tmp_path / 'confledger.db'}") as service, watching(service) as idle:
         wait_for("a keep-alive comment", lambda: any(line.startswith(":") for line in idle.raw) or None)

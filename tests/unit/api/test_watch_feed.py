@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import anyio
 import pytest
 
-from confledger.api.watch import AppliedChange, ChangeFeed
+from confledger.api.watch import AppliedChange, ChangeFeed, Subscription
 from confledger.store.events import ConfigApplied, InstanceStarted, RecordedEvent
 
 
@@ -40,8 +42,19 @@ def from_another_thread(feed: ChangeFeed, *positions: int) -> None:
     thread.join()
 
 
+@contextmanager
+def subscribed(feed: ChangeFeed, limit: int = 1000) -> Iterator[Subscription]:
+    """A client's queue for the block, as the route takes and gives back one."""
+    subscription = feed.open(limit)
+    assert subscription is not None
+    try:
+        yield subscription
+    finally:
+        feed.unsubscribe(subscription)
+
+
 async def drain(feed: ChangeFeed, size_hint: int) -> tuple[list[int], bool]:
-    with feed.subscribe() as subscription:
+    with subscribed(feed) as subscription:
         from_another_thread(feed, *range(1, size_hint + 1))
         await anyio.sleep(0)  # the loop runs the deliveries queued by the other thread
         received = [change.position async for change in subscription]
@@ -62,7 +75,7 @@ def test_a_client_further_behind_than_its_queue_is_dropped_after_what_was_queued
 def test_changes_arrive_in_order_each_position_once_and_close_ends_the_stream() -> None:
     async def scenario() -> None:
         feed = ChangeFeed(queue_size=100)
-        with feed.subscribe() as subscription:
+        with subscribed(feed) as subscription:
             assert feed.watching == 1
             from_another_thread(feed, 1, 2, 3)
             from_another_thread(feed, 2, 3)  # a rebuild of the projections folds old applies again
@@ -72,8 +85,24 @@ def test_changes_arrive_in_order_each_position_once_and_close_ends_the_stream() 
         assert [change.position for change in received] == [1, 2, 3, 4]
         assert subscription.overflowed is False
         # A client that arrives after the close gets an empty stream, not a hang.
-        with feed.subscribe() as late:
+        with subscribed(feed) as late:
             assert [change async for change in late] == []
+
+    anyio.run(scenario)
+
+
+def test_a_full_feed_refuses_a_client_until_one_leaves() -> None:
+    async def scenario() -> None:
+        feed = ChangeFeed(queue_size=10)
+        first = feed.open(2)
+        second = feed.open(2)
+        assert first is not None
+        assert second is not None
+        assert feed.open(2) is None  # the third of a limit of two
+        feed.unsubscribe(first)
+        third = feed.open(2)
+        assert third is not None
+        assert feed.watching == 2
 
     anyio.run(scenario)
 
