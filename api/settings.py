@@ -332,16 +332,10 @@ def signing_key_of(settings: Settings) -> str | None:
     return settings.signing_key.get_secret_value() if settings.signing_key else None
 
 
-def configured_cipher(encryption_key: str) -> SecretCipher:
-    """The cipher of the ``CONFLEDGER_ENCRYPTION_KEY`` setting (a malformed one is refused naming the
-    variable, which key of a rotated list, and ``confledger keygen``)."""
-    return SecretCipher.from_env_value(encryption_key)
-
-
 def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | None:
     """The key a read-only command may use: the configured one or an SQLite log's key file; never made."""
     if settings.encryption_key:
-        return configured_cipher(settings.encryption_key.get_secret_value())
+        return SecretCipher.from_env_value(settings.encryption_key.get_secret_value())
     database = sqlite_path(database_url)
     if database is None:
         return None
@@ -352,7 +346,7 @@ def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | Non
 def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog) -> SecretCipher:
     """The key for secrets at rest: the configured one, or a 0600 key file beside an SQLite log."""
     if encryption_key:
-        return configured_cipher(encryption_key)
+        return SecretCipher.from_env_value(encryption_key)
     database = sqlite_path(database_url)
     if database is None:
         raise SecretKeyError(
