@@ -365,8 +365,8 @@ def _create_key_file(path: Path, key: str) -> None:
     leave sealed secrets and an empty key file.
     """
     aside = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:
             handle.write(key + "\n")
             handle.flush()

@@ -222,6 +222,12 @@ def test_first_starts_at_one_moment_all_use_the_one_key_file_made(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"attempt-{n}.key" for n in range(20))
 
 
+def test_a_key_file_that_cannot_be_made_is_a_key_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "missing-directory" / "confledger.db.key"
+    with pytest.raises(SecretKeyError, match=f"cannot create encryption key file {path}: FileNotFoundError"):
+        SecretCipher.from_key_file(path, create=True)
+
+
 def test_a_key_file_that_holds_no_key_is_named_in_the_error(tmp_path: Path) -> None:
     path = tmp_path / "confledger.db.key"
     path.write_text("not-a-fernet-key\n", encoding="ascii")
