@@ -329,7 +329,12 @@ def anchor_file_path(settings: Settings, database_url: str, config_source: str |
 
 
 def signing_key_of(settings: Settings) -> str | None:
-    return settings.signing_key.get_secret_value() if settings.signing_key else None
+    """The signing key without surrounding whitespace, as the tokens and the encryption key are taken: a
+    Kubernetes secret made from a file ends in a newline, and an instance given the key that way was
+    refused as holding another key than the instances given it without."""
+    if settings.signing_key is None:
+        return None
+    return settings.signing_key.get_secret_value().strip() or None
 
 
 def existing_cipher(settings: Settings, database_url: str) -> SecretCipher | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from confledger.api.settings import Settings, misspelt_variables
+from confledger.api.settings import Settings, misspelt_variables, signing_key_of
 from tests.integration.api.service_harness import clear_confledger_environment
 
 
@@ -48,3 +48,17 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_may_have_meant() -> No
         "CONFLEDGER_ADMIN_TOKN is not a confledger setting and is ignored (did you mean CONFLEDGER_ADMIN_TOKEN?)",
         "CONFLEDGER_SOMETHING_ELSE is not a confledger setting and is ignored",
     ]
+
+
+# (as set, as the log is keyed with)
+SIGNING_KEYS = [
+    ("k" * 40 + "\n", "k" * 40),  # a Kubernetes secret made from a file
+    (" " + "k" * 40 + "\r\n", "k" * 40),
+    ("k" * 40, "k" * 40),
+    ("  \n", None),  # blank: as if unset, so the encryption key signs
+]
+
+
+@pytest.mark.parametrize(("typed", "taken"), SIGNING_KEYS)
+def test_the_signing_key_is_taken_without_surrounding_whitespace(typed: str, taken: str | None) -> None:
+    assert signing_key_of(Settings(signing_key=typed)) == taken
