@@ -189,7 +189,9 @@ class CandidateReader:
             return Candidate(loaded, model)
         try:
             # The model check hashed the body with this log's hash_config: not hashed again.
-            sealed = self.log.prepare_config(model.body, model.secret_paths, hashed=model.hash)
+            sealed = self.log.prepare_config(
+                model.body, model.secret_paths, hashed=model.hash, digested=model.digested_paths
+            )
             return Candidate(loaded, model, sealed=sealed)
         except SecretKeyError as exc:
             return Candidate(loaded, model, seal_error=exc)
@@ -252,7 +254,9 @@ class CandidateReader:
             if model.body is not None and model.hash is not None and model.hash != target:
                 # The model made another config of the stored body (the model changed since): that is
                 # what would apply, so it is stored under its own hash, as a reloaded config would be.
-                operation.configs.append(self.log.prepare_config(model.body, model.secret_paths))
+                operation.configs.append(
+                    self.log.prepare_config(model.body, model.secret_paths, digested=model.digested_paths)
+                )
         except (SecretKeyError, ConfigBodyMismatch) as exc:
             raise Ended(
                 operation.completed(
@@ -286,7 +290,7 @@ class CandidateReader:
         stored = self.log.get_config(target)
         model = self.pipeline.check_model(stored.body)
         if model.body is not None and model.hash != target:
-            again = self.log.hash_config_as(model.body, model.secret_paths, stored.hash_version)
+            again = self.log.hash_config_as(model.body, model.digested_paths, stored.hash_version)
             if again == target:
                 model = dataclasses.replace(model, hash=target)
         return model

@@ -2,7 +2,9 @@
 
 The stored body has its secrets sealed. Its hash is over the plain body, under the scheme stored with it
 (``hash_version``, ``store.integrity``): 1, secrets in the clear (bodies stored before 0002_integrity); 2,
-each secret as its keyed digest, so a hash tells nothing of a secret. A body is written in the same
+each secret as its keyed digest, so a hash tells nothing of a secret; 3, as 2, the body also sealing
+values the hash takes in the clear (``$confledger_sealed_undigested``: secrets only the sealing rules of
+``store.secrets`` recognise, which came after the hash rules and must not change hashes). A body is written in the same
 transaction as the append that first names it, and never changed after; whoever reads it to apply it
 (``load_config`` with ``reveal``) recomputes its hash and refuses a body that does not match.
 """
@@ -25,9 +27,15 @@ from confledger.store.errors import (
     SecretKeyError,
     UnknownConfigHash,
 )
-from confledger.store.integrity import CONFIG_HASH_KEYED, CONFIG_HASH_PLAIN, IntegrityKeys, config_hash_as
+from confledger.store.integrity import (
+    CONFIG_HASH_KEYED,
+    CONFIG_HASH_PLAIN,
+    CONFIG_HASH_SEALS_MORE,
+    IntegrityKeys,
+    config_hash_as,
+)
 from confledger.store.schema import config_versions
-from confledger.store.secrets import ConfigPath, SecretCipher, seal, sealed_paths, unseal
+from confledger.store.secrets import ConfigPath, SecretCipher, get_path, seal, sealed_paths, unseal
 from confledger.store.statements import DriverStatement
 from confledger.store.upsert import insert_for
 
@@ -95,19 +103,29 @@ def prepare_config(
     keys: IntegrityKeys | None = None,
     *,
     hashed: str | None = None,
+    digested: Iterable[ConfigPath] | None = None,
 ) -> PreparedConfig:
     """Hash ``body`` (secrets plain) under the current scheme and seal its secrets for storage.
 
-    ``hashed``: the hash the caller already has for this body under this scheme and these keys (a
-    reload's model check computes it with ``EventLog.hash_config``), so it is not computed twice."""
+    ``digested``: those of ``secret_paths`` the hash takes as keyed digests (default: all of them); the
+    others are sealed and hashed in the clear (scheme 3). ``hashed``: the hash the caller already has
+    for this body under this scheme and these keys (a reload's model check computes it with
+    ``EventLog.hash_config``), so it is not computed twice."""
     plain = dict(body)
     paths = list(secret_paths)
-    sealed = seal(plain, paths, cipher)  # first: a secret with no key to seal it is refused as it was
+    hashed_as_digests = paths if digested is None else list(digested)
+    chosen = set(hashed_as_digests)
+    in_clear = [path for path in paths if path not in chosen]
+    # First: a secret with no key to seal it is refused as it was.
+    sealed = seal(plain, paths, cipher, undigested=in_clear)
+    seals_more = cipher is not None and any(get_path(plain, path)[1] is not None for path in in_clear)
     return PreparedConfig(
-        hash=hashed if hashed is not None else config_hash_as(plain, paths, CONFIG_HASH_KEYED, keys),
+        hash=hashed
+        if hashed is not None
+        else config_hash_as(plain, hashed_as_digests, CONFIG_HASH_KEYED, keys),
         sealed_body=sealed,
         size_bytes=len(canonical_bytes(plain)),
-        hash_version=CONFIG_HASH_KEYED,
+        hash_version=CONFIG_HASH_SEALS_MORE if seals_more else CONFIG_HASH_KEYED,
     )
 
 
@@ -241,7 +259,14 @@ def stored_config(
     version = int(hash_version)
     if reveal:
         body = unseal(stored_body, cipher)
-        check_body(full_hash, body, paths, version, keys)
+        # Only a scheme-3 body seals values its hash takes in the clear: in any other, a value marked so
+        # was put there by hand, and re-hashing it as a digest refuses the body.
+        digested = (
+            frozenset(sealed_paths(stored_body, digested_only=True))
+            if version == CONFIG_HASH_SEALS_MORE
+            else paths
+        )
+        check_body(full_hash, body, digested, version, keys)
     else:
         body = dict(stored_body)
     return StoredConfig(

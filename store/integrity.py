@@ -40,6 +40,7 @@ from confledger.store.upsert import upsert
 __all__ = [
     "CONFIG_HASH_KEYED",
     "CONFIG_HASH_PLAIN",
+    "CONFIG_HASH_SEALS_MORE",
     "LINK_HMAC",
     "LINK_SHA256",
     "MIN_SIGNING_KEY_LENGTH",
@@ -66,6 +67,9 @@ LINK_HMAC = 2
 # A body without secrets has one hash under both.
 CONFIG_HASH_PLAIN = 1
 CONFIG_HASH_KEYED = 2
+# 3 hashes as 2; its stored body also seals values the hash takes in the clear, each marked
+# ``$confledger_sealed_undigested`` (names only the sealing rules of store/secrets.py know).
+CONFIG_HASH_SEALS_MORE = 3
 
 # A signing key is any text of at least this many characters (a Fernet key from ``confledger keygen`` is 44).
 MIN_SIGNING_KEY_LENGTH = 32
@@ -153,7 +157,7 @@ def config_hash_as(
     """The hash of ``plain_body`` (secrets revealed) under hash scheme ``version``."""
     if version == CONFIG_HASH_PLAIN:
         return sha256_hex(canonical_bytes(dict(plain_body)))
-    if version != CONFIG_HASH_KEYED:
+    if version not in (CONFIG_HASH_KEYED, CONFIG_HASH_SEALS_MORE):
         raise ValueError(f"unknown config hash version {version}")
     paths = list(secret_paths)
     if not paths:

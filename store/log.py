@@ -542,14 +542,23 @@ class EventLog(LogReads):
         return int(position), str(head_hash)
 
     def prepare_config(
-        self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = (), *, hashed: str | None = None
+        self,
+        body: Mapping[str, Any],
+        secret_paths: Iterable[ConfigPath] = (),
+        *,
+        hashed: str | None = None,
+        digested: Iterable[ConfigPath] | None = None,
     ) -> PreparedConfig:
-        """Hash ``body`` (secrets plain) and seal its secrets for storage; ``hashed``: its hash from
-        ``hash_config``, when the caller has it already."""
-        return prepare_config(body, secret_paths, self.cipher, self.integrity().keys, hashed=hashed)
+        """Hash ``body`` (secrets plain) and seal its secrets for storage; ``digested``: those the hash
+        takes as keyed digests (default: all); ``hashed``: its hash from ``hash_config``, when the caller
+        has it already."""
+        return prepare_config(
+            body, secret_paths, self.cipher, self.integrity().keys, hashed=hashed, digested=digested
+        )
 
     def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
-        """The hash ``body`` (secrets plain) is stored under by this log: secrets as keyed digests.
+        """The hash ``body`` (secrets plain) is stored under by this log: the secrets at ``secret_paths``
+        (those the hash digests: ``store.secrets.digested_paths``) as keyed digests.
 
         Without a key a body with secrets cannot be stored at all (nothing can seal them); its hash, which
         still names it in the refused operation's events, then takes every secret as one fixed text, so

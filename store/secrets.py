@@ -24,26 +24,37 @@ from confledger.store.canonical import canonical_json
 from confledger.store.errors import SecretKeyError
 
 __all__ = [
+    "DIGESTED_SECRET",
+    "NOT_SECRET",
     "REDACTED",
     "SEALED_MARKER",
+    "SEALED_SECRET",
+    "SEALED_UNDIGESTED_MARKER",
     "SECRET_DIGEST_MARKER",
     "ConfigPath",
     "SecretCipher",
+    "classify_secrets",
     "digest_secrets",
+    "digested_paths",
     "dotted",
     "find_secret_paths",
     "get_path",
+    "holds_password",
     "is_sealed",
     "looks_secret",
     "redact",
     "replace_path",
     "seal",
     "sealed_paths",
+    "secret_kind",
     "unseal",
 ]
 
 REDACTED = "**********"
 SEALED_MARKER = "$confledger_sealed"
+# A sealed value the config hash takes in the clear (hash scheme 3: found only by the sealing rules).
+SEALED_UNDIGESTED_MARKER = "$confledger_sealed_undigested"
+_SEAL_MARKERS = (SEALED_MARKER, SEALED_UNDIGESTED_MARKER)
 # What stands for a secret in the canonical form a version-2 config hash is taken over.
 SECRET_DIGEST_MARKER = "$confledger_secret_digest"  # noqa: S105 - a marker, not a secret
 
@@ -51,6 +62,9 @@ ConfigPath = tuple[str | int, ...]
 
 # Untyped configs have no SecretStr to go by, so names decide. Matching on whole name parts keeps
 # "max_tokens" and "keyspace" out while catching "api_key", "dbPassword" and "FIRECRAWL_API_KEY".
+# These two sets are part of config hash scheme 2 (docs/architecture.md, "Integrity"): a value they name
+# is hashed as its keyed digest. They never change, since a change would give configs already in logs
+# new hashes; names they miss are caught by the sealing rules below instead.
 _SECRET_PARTS = {
     "password",
     "passwords",
@@ -65,6 +79,114 @@ _SECRET_PARTS = {
     "apikey",
 }
 _SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("auth", "key")}
+
+# Names the hash rules above miss but that hold secrets all the same ("DB_PASS", "STRIPE_KEY",
+# "signing_key", "api_keys", "ACCESSTOKEN"). Their values are sealed at rest and hidden in every answer
+# like any secret, and hashed in the clear (scheme 3 marks them so in the stored body), so widening
+# these rules changes no config's hash.
+_SEALED_PARTS = {
+    "apikeys",
+    "apitoken",
+    "authtoken",
+    "accesstoken",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+    "signingkey",
+    "encryptionkey",
+    "clientsecret",
+}
+# Short spellings of a password, only as a name's last part: "smtp_pass" holds one, "pass_rate" does not.
+_SEALED_LAST_PARTS = {"pass", "pw"}
+# A name ending in "key" holds a key ("stripe_key", "signing_key") unless the part before it says it is
+# a key of data, which is no secret ("sort_key", "cache_key", "partition_key").
+_KEY_PARTS = {"key", "keys"}
+_DATA_KEY_KINDS = {
+    "attribute",
+    "bucket",
+    "business",
+    "cache",
+    "column",
+    "composite",
+    "config",
+    "cursor",
+    "dedup",
+    "dedupe",
+    "deduplication",
+    "dimension",
+    "entry",
+    "event",
+    "experiment",
+    "feature",
+    "field",
+    "flag",
+    "foreign",
+    "group",
+    "grouping",
+    "hash",
+    "hot",
+    "i18n",
+    "idempotency",
+    "index",
+    "item",
+    "join",
+    "json",
+    "keyboard",
+    "label",
+    "locale",
+    "lock",
+    "lookup",
+    "map",
+    "message",
+    "metadata",
+    "metric",
+    "natural",
+    "object",
+    "order",
+    "ordering",
+    "param",
+    "parameter",
+    "partition",
+    "primary",
+    "property",
+    "public",
+    "publishable",
+    "query",
+    "queue",
+    "range",
+    "rate",
+    "record",
+    "routing",
+    "row",
+    "search",
+    "secondary",
+    "setting",
+    "settings",
+    "shard",
+    "sharding",
+    "shortcut",
+    "sort",
+    "state",
+    "storage",
+    "stream",
+    "surrogate",
+    "table",
+    "tag",
+    "topic",
+    "translation",
+    "unique",
+    "variant",
+}
+
+# What a name makes of the value it holds: nothing, a secret hashed in the clear (sealed and hidden),
+# or a secret the config hash takes as its keyed digest.
+NOT_SECRET = 0
+SEALED_SECRET = 1
+DIGESTED_SECRET = 2
+
+# A URL with a password in its user part ("postgresql://app:hunter2@db/prod"), or a libpq keyword
+# string with one ("host=db password=hunter2"): secret whatever it is named.
+_PASSWORD_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@|(?:^|\s)password\s*=\s*\S")
 
 
 def _name_parts(name: str) -> list[str]:
@@ -90,29 +212,49 @@ _DESCRIBING_SUFFIXES = {
 }
 
 
-# Every secret part above contains one of these, and every secret pair ends in "key": a name holding
-# none of them cannot be secret, and most names of a config hold none. Answering those without the
-# regular expressions keeps the cache for the rest, so a config of more distinct names than the cache
-# holds (a feature-flag file of thousands) does not miss on every name of every reload.
-_SECRET_HINTS = ("pass", "pwd", "secret", "token", "credential", "key")
+# Every secret part and pair above contains one of these: a name holding none of them cannot be
+# secret, and most names of a config hold none. Answering those without the regular expressions keeps
+# the cache for the rest, so a config of more distinct names than the cache holds (a feature-flag file
+# of thousands) does not miss on every name of every reload.
+_SECRET_HINTS = ("pass", "pw", "secret", "token", "credential", "key")
 
 
-def looks_secret(name: str) -> bool:
+def secret_kind(name: str) -> int:
+    """``NOT_SECRET``, ``SEALED_SECRET`` or ``DIGESTED_SECRET``: what the name ``name`` makes of its value."""
     lowered = name.lower()
     for hint in _SECRET_HINTS:
         if hint in lowered:
-            return _looks_secret(name)
-    return False
+            return _secret_kind(name)
+    return NOT_SECRET
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a value held under ``name`` is a secret: sealed at rest, hidden in every answer."""
+    return secret_kind(name) != NOT_SECRET
+
+
+def holds_password(text: str) -> bool:
+    """Whether ``text`` carries a password inline (a URL's user part, a libpq ``password=``)."""
+    return ("@" in text or "password" in text) and _PASSWORD_IN_TEXT.search(text) is not None
 
 
 @functools.lru_cache(maxsize=4096)
-def _looks_secret(name: str) -> bool:
+def _secret_kind(name: str) -> int:
     parts = _name_parts(name)
-    if parts and parts[-1] in _DESCRIBING_SUFFIXES:
-        return False
-    if any(part in _SECRET_PARTS for part in parts):
-        return True
-    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
+    if not parts or parts[-1] in _DESCRIBING_SUFFIXES:
+        return NOT_SECRET
+    if any(part in _SECRET_PARTS for part in parts) or any(
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(parts)
+    ):
+        return DIGESTED_SECRET
+    last = parts[-1]
+    if (
+        any(part in _SEALED_PARTS for part in parts)
+        or last in _SEALED_LAST_PARTS
+        or (last in _KEY_PARTS and len(parts) > 1 and parts[-2] not in _DATA_KEY_KINDS)
+    ):
+        return SEALED_SECRET
+    return NOT_SECRET
 
 
 def dotted(path: ConfigPath) -> str:
@@ -123,90 +265,136 @@ def dotted(path: ConfigPath) -> str:
 
 
 def find_secret_paths(config: Any) -> set[ConfigPath]:
-    """Paths of secret values: ``SecretStr``/``SecretBytes`` fields of models, and secret-looking keys."""
-    found: set[ConfigPath] = set()
-    _collect_secrets(config, (), False, found)
+    """Paths of secret values, to seal at rest and hide in answers: ``SecretStr``/``SecretBytes`` fields
+    of models, values under secret-looking names, and text carrying a password inline."""
+    return set(classify_secrets(config))
+
+
+def classify_secrets(config: Any) -> dict[ConfigPath, bool]:
+    """Each secret path of ``config`` (``find_secret_paths``), and whether the config hash takes it as
+    its keyed digest (True: a typed secret, or a name of the hash scheme's rules) or in the clear."""
+    found: dict[ConfigPath, bool] = {}
+    _collect_secrets(config, (), NOT_SECRET, found)
     return found
+
+
+def digested_paths(secrets: Mapping[ConfigPath, bool]) -> frozenset[ConfigPath]:
+    """The paths of ``classify_secrets``' answer that a config hash digests."""
+    return frozenset(path for path, digested in secrets.items() if digested)
 
 
 # Exactly these types (no subclasses): a leaf of a config, secret only by the name it is held under.
 _LEAVES = frozenset({str, int, float, bool, type(None)})
-# Per model class: the fields mapping a plan was made from, and each field's name with looks_secret(name).
+# Per model class: the fields mapping a plan was made from, and each field's name with secret_kind(name).
 # A rebuilt model class gets a new fields mapping: the identity check on it sees that.
-_PLANS: dict[type, tuple[object, tuple[tuple[str, bool], ...]]] = {}
+_PLANS: dict[type, tuple[object, tuple[tuple[str, int], ...]]] = {}
 # Model classes are few and long-lived; the bound only stops classes made on the fly piling up.
 _MAX_PLANS = 512
 
 
-def _plan(kind: type) -> tuple[tuple[str, bool], ...] | None:
+def _plan(kind: type) -> tuple[tuple[str, int], ...] | None:
     """The fields to walk on a model of class ``kind`` (made and kept); None when it is not a model."""
     if not issubclass(kind, BaseModel) or issubclass(kind, SecretStr | SecretBytes):
         return None
     fields = kind.model_fields
-    plan = tuple((name, looks_secret(name)) for name in fields)
+    plan = tuple((name, secret_kind(name)) for name in fields)
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[kind] = (fields, plan)
     return plan
 
 
-def _collect_secrets(value: Any, path: ConfigPath, named_secret: bool, found: set[ConfigPath]) -> None:
+def _leaf(value: Any, path: ConfigPath, named: int, found: dict[ConfigPath, bool]) -> None:
+    """A leaf (``_LEAVES``) at ``path`` held under a name of kind ``named``."""
+    if named and value is not None and type(value) is not bool:
+        found[path] = named == DIGESTED_SECRET
+    elif type(value) is str and holds_password(value):
+        found[path] = False
+
+
+def _collect_secrets(value: Any, path: ConfigPath, named: int, found: dict[ConfigPath, bool]) -> None:
     # The exact types a validated config is mostly made of are tried first, by identity: an ABC
     # isinstance check per node cost more than the rest of the walk. Everything else takes the general
     # branches at the end, in the order that decides what a value is.
     kind = type(value)
     if kind in _LEAVES:
-        if named_secret and value is not None and kind is not bool:
-            found.add(path)
+        _leaf(value, path, named, found)
         return
     if kind is SecretStr or kind is SecretBytes:
-        found.add(path)
+        found[path] = True
         return
     if kind is dict or kind is list or kind is tuple:
-        if named_secret and value:
-            # Everything under a secret-named key of an untyped config ("credentials": {"user", "pass"})
-            # is sealed and redacted as one value: its parts are no less secret than a leaf would be.
-            found.add(path)
+        if named and value:
+            _secret_whole(value, path, named, found)
         elif kind is dict:
             for key, child in value.items():
                 name = key if type(key) is str else str(key)
                 if type(child) not in _LEAVES:
-                    _collect_secrets(child, (*path, name), looks_secret(name), found)
-                elif child is not None and type(child) is not bool and looks_secret(name):
-                    found.add((*path, name))
+                    _collect_secrets(child, (*path, name), secret_kind(name), found)
+                elif child is not None and type(child) is not bool:
+                    _leaf(child, (*path, name), secret_kind(name), found)
         else:
             # Items of a list are secret only by what they are: a list under a secret name was taken whole.
             for index, child in enumerate(value):
                 if type(child) not in _LEAVES:
-                    _collect_secrets(child, (*path, index), False, found)
+                    _collect_secrets(child, (*path, index), NOT_SECRET, found)
+                elif type(child) is str:
+                    _leaf(child, (*path, index), NOT_SECRET, found)
         return
     cached = _PLANS.get(kind)
     if cached is not None and cached[0] is getattr(kind, "__pydantic_fields__", None):
-        plan: tuple[tuple[str, bool], ...] | None = cached[1]
+        plan: tuple[tuple[str, int], ...] | None = cached[1]
     else:
         plan = _plan(kind)
     if plan is not None:
-        for name, secret in plan:
+        for name, field_kind in plan:
             child = getattr(value, name)
             if type(child) not in _LEAVES:
-                _collect_secrets(child, (*path, name), secret, found)
-            elif secret and child is not None and type(child) is not bool:
-                found.add((*path, name))
+                _collect_secrets(child, (*path, name), field_kind, found)
+            elif child is not None and type(child) is not bool:
+                _leaf(child, (*path, name), field_kind, found)
     elif isinstance(value, SecretStr | SecretBytes):
-        found.add(path)
+        found[path] = True
     elif isinstance(value, BaseModel):  # isinstance sees a class type() may not (a proxy's __class__)
         for name in type(value).model_fields:
-            _collect_secrets(getattr(value, name), (*path, name), looks_secret(name), found)
-    elif named_secret and isinstance(value, Mapping | list | tuple) and value:
-        found.add(path)
+            _collect_secrets(getattr(value, name), (*path, name), secret_kind(name), found)
+    elif named and isinstance(value, Mapping | list | tuple) and value:
+        _secret_whole(value, path, named, found)
     elif isinstance(value, Mapping):
         for key, child in value.items():
-            _collect_secrets(child, (*path, str(key)), looks_secret(str(key)), found)
+            _collect_secrets(child, (*path, str(key)), secret_kind(str(key)), found)
     elif isinstance(value, list | tuple):
         for index, child in enumerate(value):
-            _collect_secrets(child, (*path, index), named_secret, found)
-    elif named_secret and value is not None and not isinstance(value, bool):
-        found.add(path)
+            _collect_secrets(child, (*path, index), named, found)
+    elif named and value is not None and not isinstance(value, bool):
+        found[path] = named == DIGESTED_SECRET
+    elif isinstance(value, str) and holds_password(value):
+        found[path] = False
+
+
+def _secret_whole(value: Any, path: ConfigPath, named: int, found: dict[ConfigPath, bool]) -> None:
+    """A container under a secret name (``"credentials": {"user", "pass"}``): everything in it is
+    sealed and hidden as one value, its parts no less secret than a leaf would be.
+
+    Under a name the hash rules know, it is digested whole. Under one only the sealing rules know, the
+    hash must go on digesting exactly what it digested before those rules existed: so a digested secret
+    inside keeps being one value of its own (and the container's other parts those the walk finds), and
+    only a container with none is sealed whole."""
+    if named == DIGESTED_SECRET:
+        found[path] = True
+        return
+    inside: dict[ConfigPath, bool] = {}
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            name = str(key)
+            _collect_secrets(child, (*path, name), secret_kind(name), inside)
+    else:
+        for index, child in enumerate(value):
+            _collect_secrets(child, (*path, index), NOT_SECRET, inside)
+    if any(inside.values()):
+        found.update(inside)
+    else:
+        found[path] = False
 
 
 def get_path(body: Any, path: ConfigPath) -> tuple[bool, Any]:
@@ -258,19 +446,28 @@ def _redact_sealed(value: Any) -> Any:
     return value
 
 
-def sealed_paths(body: Any, path: ConfigPath = ()) -> list[ConfigPath]:
-    """Where a stored body holds sealed values: the secret paths of a config read back from the log."""
+def sealed_paths(body: Any, path: ConfigPath = (), *, digested_only: bool = False) -> list[ConfigPath]:
+    """Where a stored body holds sealed values: the secret paths of a config read back from the log
+    (``digested_only``: those its hash takes as digests, the others being hashed in the clear)."""
     if is_sealed(body):
-        return [path]
+        return [path] if not digested_only or SEALED_MARKER in body else []
     if isinstance(body, Mapping):
-        return [found for key, child in body.items() for found in sealed_paths(child, (*path, str(key)))]
+        return [
+            found
+            for key, child in body.items()
+            for found in sealed_paths(child, (*path, str(key)), digested_only=digested_only)
+        ]
     if isinstance(body, list):
-        return [found for index, child in enumerate(body) for found in sealed_paths(child, (*path, index))]
+        return [
+            found
+            for index, child in enumerate(body)
+            for found in sealed_paths(child, (*path, index), digested_only=digested_only)
+        ]
     return []
 
 
 def is_sealed(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and SEALED_MARKER in value
+    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in _SEAL_MARKERS
 
 
 class SecretCipher:
@@ -388,13 +585,26 @@ def _create_key_file(path: Path, key: str) -> None:
 
 
 def seal(
-    body: Mapping[str, Any], secret_paths: Iterable[ConfigPath], cipher: SecretCipher | None
+    body: Mapping[str, Any],
+    secret_paths: Iterable[ConfigPath],
+    cipher: SecretCipher | None,
+    *,
+    undigested: Iterable[ConfigPath] = (),
 ) -> dict[str, Any]:
-    """Replace each secret value with ``{"$confledger_sealed": token}``; refuses to store secrets plain."""
+    """Replace each secret value with ``{"$confledger_sealed": token}``; refuses to store secrets plain.
+
+    ``undigested``: those of ``secret_paths`` the config hash takes in the clear. They are sealed under
+    ``$confledger_sealed_undigested``, so whoever re-hashes the body knows them; with no key they stay
+    plain, as every body held them before the sealing rules found them, rather than being refused."""
+    in_clear = set(undigested)
     result: Any = dict(body)
     for path in sorted(secret_paths, key=lambda p: tuple(str(part) for part in p)):
         present, value = get_path(result, path)
         if not present or value is None or is_sealed(value):
+            continue
+        if path in in_clear:
+            if cipher is not None:
+                result = replace_path(result, path, {SEALED_UNDIGESTED_MARKER: cipher.encrypt(value)})
             continue
         if cipher is None:
             raise SecretKeyError(
@@ -429,7 +639,7 @@ def unseal(body: Any, cipher: SecretCipher | None) -> Any:
                 "the log holds encrypted secrets but no encryption key is configured "
                 "(set CONFLEDGER_ENCRYPTION_KEY to the key the log was written with)"
             )
-        return cipher.decrypt(str(body[SEALED_MARKER]))
+        return cipher.decrypt(str(next(iter(body.values()))))
     if isinstance(body, Mapping):
         return {key: unseal(child, cipher) for key, child in body.items()}
     if isinstance(body, list):

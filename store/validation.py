@@ -27,7 +27,7 @@ from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.ignored_keys import ignored_keys
-from confledger.store.secrets import ConfigPath, find_secret_paths
+from confledger.store.secrets import ConfigPath, classify_secrets, digested_paths, find_secret_paths
 
 __all__ = [
     "MAX_ITEM_CHARS",
@@ -236,6 +236,8 @@ class ModelResult:
     duration_ms: float
     # Keys of the source the model dropped (``store.ignored_keys``): warnings, not errors.
     warnings: tuple[str, ...] = ()
+    # Those of ``secret_paths`` the hash takes as keyed digests (``store.secrets.classify_secrets``).
+    digested_paths: frozenset[ConfigPath] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,11 +360,14 @@ class ValidationPipeline:
         config, normalised, errors = self.parse(body)
         if config is None or normalised is None:
             return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
-        secret_paths = frozenset(find_secret_paths(config))
-        digest = self.hasher(normalised, secret_paths)
+        secrets = classify_secrets(config)
+        digested = digested_paths(secrets)
+        digest = self.hasher(normalised, digested)
         ignored = ignored_keys(config, body) if isinstance(config, BaseModel) else []
         warnings = tuple(f"{path}: not a field of {type(config).__name__}, ignored" for path in ignored)
-        return ModelResult(config, normalised, digest, secret_paths, (), _ms_since(started), warnings)
+        return ModelResult(
+            config, normalised, digest, frozenset(secrets), (), _ms_since(started), warnings, digested
+        )
 
     def calls_for(self, model: ModelResult) -> bool:
         """Whether validating ``model`` calls any custom validator (none runs on what the model refused)."""

@@ -38,7 +38,7 @@ from confledger.store.events import (
     ValidationPassed,
 )
 from confledger.store.log import PreparedConfig
-from confledger.store.secrets import find_secret_paths
+from confledger.store.secrets import classify_secrets, digested_paths
 from confledger.store.validation import ValidationPipeline
 
 __all__ = [
@@ -90,7 +90,8 @@ def _prepare(log: EventLog, count: int) -> tuple[list[PreparedConfig], list[dict
         config, normalised, errors = checker.parse(body)
         if config is None or normalised is None:
             raise AssertionError(f"example variant does not validate: {errors}")
-        prepared.append(log.prepare_config(normalised, find_secret_paths(config)))
+        secrets = classify_secrets(config)
+        prepared.append(log.prepare_config(normalised, secrets, digested=digested_paths(secrets)))
         normalised_bodies.append(normalised)
     return prepared, normalised_bodies
 

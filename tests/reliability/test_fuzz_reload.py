@@ -38,7 +38,7 @@ from confledger.api.reloader import ConfigReloader
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import SecretCipher
 from confledger.store.errors import SourceError
-from confledger.store.secrets import find_secret_paths
+from confledger.store.secrets import classify_secrets, digested_paths
 from confledger.store.sources import load_source
 from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
@@ -245,7 +245,7 @@ def test_any_file_in_any_format_fails_cleanly_or_applies_exactly_its_body(
     except SourceError as exc:  # pragma: no cover - reported: it succeeded on a file that does not load
         raise AssertionError(f"{operation.status} from a file that does not load: {exc.code}") from exc
     model = AppConfig.model_validate(body)
-    expected = reloader.log.hash_config(dump_revealed(model), find_secret_paths(model))
+    expected = reloader.log.hash_config(dump_revealed(model), digested_paths(classify_secrets(model)))
     assert reloader.current_hash == expected, operation
     if expected != before_hash:
         assert fuzzed.accepted == reloader.get_config()

@@ -39,7 +39,7 @@ from confledger.projections.stats import StatsProjection
 from confledger.store import EventLog, NewEvent, OperationKind, SecretCipher, Trigger
 from confledger.store.events import ConfigApplied, OperationStarted
 from confledger.store.integrity import CONFIG_HASH_KEYED, candidate_keys, config_hash_as
-from confledger.store.secrets import find_secret_paths
+from confledger.store.secrets import classify_secrets, digested_paths
 from confledger.store.validation import dump_revealed
 from tests.conftest import _pg_admin_engine, make_pg_schema_url, require_postgres
 from tests.scale import SCALE
@@ -61,7 +61,9 @@ def hash_of(body: dict[str, Any]) -> str:
     """The hash the log stores ``body`` under: its secrets as digests under the key derived from CIPHER."""
     model = AppConfig.model_validate(body)
     keys = candidate_keys(None, CIPHER)[0]
-    return config_hash_as(dump_revealed(model), find_secret_paths(model), CONFIG_HASH_KEYED, keys)
+    return config_hash_as(
+        dump_revealed(model), digested_paths(classify_secrets(model)), CONFIG_HASH_KEYED, keys
+    )
 
 
 def valid_body(ttl: int, pool_size: int, debug: bool, key: str) -> dict[str, Any]:

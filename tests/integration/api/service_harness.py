@@ -27,7 +27,7 @@ from confledger.api.reloader import ConfigReloader
 from confledger.examples.app_config import VALIDATORS, AppConfig
 from confledger.store import EventLog, SecretCipher
 from confledger.store.integrity import CONFIG_HASH_KEYED, IntegrityKeys, candidate_keys, config_hash_as
-from confledger.store.secrets import find_secret_paths
+from confledger.store.secrets import classify_secrets, digested_paths
 from confledger.store.services import ServiceRegistry
 from confledger.store.validation import dump_revealed
 
@@ -94,7 +94,7 @@ def full_hash_of(body: dict[str, Any], keyed_by: EventLog | IntegrityKeys) -> st
     """The config hash confledger computes for ``body`` in a log (model-validated, secrets revealed): its
     secrets enter only as digests under the log's key, so the hash depends on the log it is stored in."""
     model = AppConfig.model_validate(body)
-    paths = find_secret_paths(model)
+    paths = digested_paths(classify_secrets(model))
     if isinstance(keyed_by, EventLog):
         return keyed_by.hash_config(dump_revealed(model), paths)
     return config_hash_as(dump_revealed(model), paths, CONFIG_HASH_KEYED, keyed_by)

@@ -36,7 +36,7 @@ from confledger.store.events import (
     OperationStarted,
     ServiceNotified,
 )
-from confledger.store.secrets import find_secret_paths
+from confledger.store.secrets import classify_secrets, digested_paths
 from confledger.store.validation import dump_revealed
 
 pytestmark = pytest.mark.anyio
@@ -142,7 +142,7 @@ def payloads(reloader: ConfigReloader, operation: ReloadOperation, kind: type[An
 def hash_of(body: dict[str, Any], log: EventLog) -> str:
     """The config hash in ``log``: over the validated config, its secrets as digests under the log's key."""
     model = AppConfig.model_validate(body)
-    return log.hash_config(dump_revealed(model), find_secret_paths(model))
+    return log.hash_config(dump_revealed(model), digested_paths(classify_secrets(model)))
 
 
 @cache

@@ -17,8 +17,15 @@ from confledger.store import Checkpoint, EventLog, NewEvent, SecretCipher
 from confledger.store.chain import chain_hash
 from confledger.store.errors import ConfigBodyMismatch, EventSchemaError, IntegrityFailed, IntegrityKeyError
 from confledger.store.events import ConfigApplied, InstanceStarted
-from confledger.store.integrity import LINK_HMAC, IntegrityKeys, config_hash_as
+from confledger.store.integrity import (
+    CONFIG_HASH_KEYED,
+    CONFIG_HASH_SEALS_MORE,
+    LINK_HMAC,
+    IntegrityKeys,
+    config_hash_as,
+)
 from confledger.store.schema import config_versions, events, integrity_records, projection_checkpoints
+from confledger.store.secrets import SEALED_MARKER, classify_secrets, digested_paths
 
 EVENTS_IN_LOG = 8
 TAMPERED = 5  # after the first and before the head
@@ -423,3 +430,60 @@ def test_the_config_hash_takes_secrets_only_as_keyed_digests(keyed: EventLog, ke
     assert stored.hash == config_hash_as(SECRET_BODY, SECRET_PATHS, 2, keyed.integrity().keys)
     other_key = IntegrityKeys(b"x" * 32, origin="guess")
     assert stored.hash != config_hash_as(SECRET_BODY, SECRET_PATHS, 2, other_key)
+
+
+# --- secrets only the sealing rules know (hash scheme 3) -----------------------------------------------
+
+WIDER_BODY = {
+    "name": "shop",
+    "database": {"password": "Summer2024!"},
+    "smtp_pass": "Winter2024!",
+    "replica_url": "postgresql://app:Autumn2024!@replica/shop",
+}
+
+
+def test_a_secret_only_the_sealing_rules_know_is_sealed_and_its_hash_is_unchanged(
+    open_keyed: Callable[..., EventLog],
+) -> None:
+    log = open_keyed()
+    secrets_found = classify_secrets(WIDER_BODY)
+    prepared = log.prepare_config(WIDER_BODY, secrets_found, digested=digested_paths(secrets_found))
+    # The hash the release before the sealing rules gave this body: only the password as a digest, so
+    # rollback pins, old instances of a fleet and hashes in tickets still name the same config.
+    assert prepared.hash == log.hash_config(WIDER_BODY, [("database", "password")])
+    assert prepared.hash_version == CONFIG_HASH_SEALS_MORE
+    log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
+
+    with log.engine.connect() as connection:
+        stored_text = connection.execute(sa.select(sa.cast(config_versions.c.body, sa.Text))).scalar_one()
+    for plain in ("Summer2024!", "Winter2024!", "Autumn2024!"):
+        assert plain not in stored_text
+    assert log.get_config(prepared.hash).body == WIDER_BODY  # re-hashed and accepted
+    assert log.get_config(prepared.hash, reveal=False).secret_paths == set(secrets_found)
+    assert log.verify().ok
+
+
+def test_a_body_with_no_such_secret_keeps_scheme_2(open_keyed: Callable[..., EventLog]) -> None:
+    log = open_keyed()
+    secrets_found = classify_secrets(SECRET_BODY)
+    prepared = log.prepare_config(SECRET_BODY, secrets_found, digested=digested_paths(secrets_found))
+    assert prepared.hash_version == CONFIG_HASH_KEYED
+
+
+def test_a_sealed_value_moved_between_digested_and_clear_is_an_edited_body(
+    open_keyed: Callable[..., EventLog],
+) -> None:
+    log = open_keyed()
+    secrets_found = classify_secrets(WIDER_BODY)
+    prepared = log.prepare_config(WIDER_BODY, secrets_found, digested=digested_paths(secrets_found))
+    log.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[prepared])
+    drop_guards(log)
+    sealed = dict(prepared.sealed_body)
+    (token,) = sealed["smtp_pass"].values()
+    with log.engine.begin() as connection:
+        connection.execute(
+            config_versions.update().values(body={**sealed, "smtp_pass": {SEALED_MARKER: token}})
+        )
+    with pytest.raises(ConfigBodyMismatch):
+        log.get_config(prepared.hash)
+    assert log.verify().code == "config_body_mismatch"

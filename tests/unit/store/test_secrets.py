@@ -20,14 +20,23 @@ from confledger.store import secrets
 from confledger.store.canonical import canonical_json
 from confledger.store.errors import SecretKeyError
 from confledger.store.secrets import (
+    DIGESTED_SECRET,
+    NOT_SECRET,
     REDACTED,
     SEALED_MARKER,
+    SEALED_SECRET,
+    SEALED_UNDIGESTED_MARKER,
     SecretCipher,
+    classify_secrets,
+    digested_paths,
     find_secret_paths,
+    holds_password,
     is_sealed,
     looks_secret,
     redact,
     seal,
+    sealed_paths,
+    secret_kind,
     unseal,
 )
 
@@ -60,10 +69,106 @@ from confledger.store.secrets import (
         ("credentials", True),  # plural
         ("private_key", True),  # PEM bodies
         ("access_key_id", True),  # cloud access key pair
+        ("DB_PASS", True),  # a password's short spelling, as the name's last part
+        ("smtpPw", True),  # and its shorter one
+        ("pass_rate", False),  # but not "pass" that is not the last part
+        ("db_pass_file", False),  # a path to one
+        ("STRIPE_KEY", True),  # a vendor's key: a name ending in "key" holds one...
+        ("signing_key", True),
+        ("api_keys", True),  # ... or several
+        ("cache_key", False),  # ... unless it names a key of data
+        ("partition_key", False),
+        ("publishable_key", False),  # public by definition
+        ("key", False),  # a key/value pair's key
+        ("keys", False),
+        ("ACCESSTOKEN", True),  # one upper-case word
     ],
 )
 def test_looks_secret(name: str, secret: bool) -> None:
     assert looks_secret(name) is secret
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("password", DIGESTED_SECRET),  # the hash rules (scheme 2) never change: still digested
+        ("api_key", DIGESTED_SECRET),
+        ("db_pass", SEALED_SECRET),  # the sealing rules came later: hashed in the clear
+        ("stripe_key", SEALED_SECRET),
+        ("host", NOT_SECRET),
+    ],
+)
+def test_which_names_the_hash_digests(name: str, kind: int) -> None:
+    assert secret_kind(name) == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "holds"),
+    [
+        ("postgresql://app:hunter2@db:5432/prod", True),  # a DSN with its password
+        ("redis://:hunter2@cache:6379/0", True),  # a password with no user
+        ("host=db user=app password=hunter2", True),  # libpq keywords
+        ("postgresql://app@db/prod", False),  # a user, no password
+        ("https://example.com/a:b@c", False),  # "@" in the path is no user part
+        ("ops@example.com", False),  # an address
+        ("mailto:ops:x@example.com", False),  # no authority
+        ("password=", False),  # nothing after it
+    ],
+)
+def test_text_that_carries_a_password(text: str, holds: bool) -> None:
+    assert holds_password(text) is holds
+
+
+def test_classify_secrets_says_which_the_hash_digests() -> None:
+    class Typed(BaseModel):
+        token: SecretStr = SecretStr("t")
+        smtp_pass: str = "s"
+
+    body = {
+        "database": {"url": "postgresql://app:pw@db/prod", "password": "p"},
+        "stripe_key": "sk_live",
+        "mirrors": ["https://u:pw@mirror", "https://mirror2"],
+        "typed": Typed(),
+        "api_keys": ["k1", "k2"],  # a list under a sealing name: sealed whole
+        # Under a sealing name, a secret of the hash rules stays one value of its own, as before.
+        "auth_keys": {"password": "p2", "note": "n"},
+    }
+    assert classify_secrets(body) == {
+        ("database", "url"): False,
+        ("database", "password"): True,
+        ("stripe_key",): False,
+        ("mirrors", 0): False,
+        ("typed", "token"): True,
+        ("typed", "smtp_pass"): False,
+        ("api_keys",): False,
+        ("auth_keys", "password"): True,
+    }
+    assert digested_paths(classify_secrets(body)) == {
+        ("database", "password"),
+        ("typed", "token"),
+        ("auth_keys", "password"),
+    }
+
+
+def test_a_secret_the_hash_takes_in_the_clear_is_sealed_under_its_own_marker(cipher: SecretCipher) -> None:
+    body = {"db_pass": "hunter2", "password": "p", "host": "db"}
+    sealed = seal(body, [("db_pass",), ("password",)], cipher, undigested=[("db_pass",)])
+    assert set(sealed["db_pass"]) == {SEALED_UNDIGESTED_MARKER}
+    assert set(sealed["password"]) == {SEALED_MARKER}
+    assert "hunter2" not in json.dumps(sealed)
+    assert sealed_paths(sealed) == [("db_pass",), ("password",)]
+    assert sealed_paths(sealed, digested_only=True) == [("password",)]
+    assert unseal(sealed, cipher) == body
+    assert redact(sealed, []) == {"db_pass": REDACTED, "password": REDACTED, "host": "db"}
+
+
+def test_without_a_key_a_secret_the_hash_takes_in_the_clear_stays_plain() -> None:
+    # As every body held it before the sealing rules knew its name: refusing it would refuse configs
+    # that stored fine the day before. One the hash digests is still refused.
+    body = {"db_pass": "hunter2"}
+    assert seal(body, [("db_pass",)], None, undigested=[("db_pass",)]) == body
+    with pytest.raises(SecretKeyError):
+        seal({"password": "p"}, [("password",)], None)
 
 
 @pytest.fixture
@@ -276,8 +381,14 @@ def test_everything_under_a_secret_named_key_is_one_secret() -> None:
 # --- find_secret_paths: the fast walk finds what the plain walk found -----------------------------------
 
 
+def _hash_rules(name: str) -> bool:
+    return secret_kind(name) == DIGESTED_SECRET
+
+
 def _reference_secret_paths(config: Any) -> set[tuple[str | int, ...]]:
-    """The walk find_secret_paths replaced: isinstance checks on every node, model fields asked each time."""
+    """The secrets a config hash digests, found as the first walk found them: isinstance checks on every
+    node, model fields asked each time, and only the names of the hash rules (the sealing rules that
+    came later must not change what a hash digests)."""
     found: set[tuple[str | int, ...]] = set()
 
     def walk(value: Any, path: tuple[str | int, ...], named_secret: bool) -> None:
@@ -285,12 +396,12 @@ def _reference_secret_paths(config: Any) -> set[tuple[str | int, ...]]:
             found.add(path)
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
-                walk(getattr(value, name), (*path, name), looks_secret(name))
+                walk(getattr(value, name), (*path, name), _hash_rules(name))
         elif named_secret and isinstance(value, Mapping | list | tuple) and value:
             found.add(path)
         elif isinstance(value, Mapping):
             for key, child in value.items():
-                walk(child, (*path, str(key)), looks_secret(str(key)))
+                walk(child, (*path, str(key)), _hash_rules(str(key)))
         elif isinstance(value, list | tuple):
             for index, child in enumerate(value):
                 walk(child, (*path, index), named_secret)
@@ -323,9 +434,24 @@ class _Outer(BaseModel):
     items: list[Any] = []
 
 
-_names = st.sampled_from(["host", "password", "api_key", "token_url", "credentials", "plain", "", "pwd"])
+_names = st.sampled_from(
+    ["host", "password", "api_key", "token_url", "credentials", "plain", "", "pwd", "db_pass", "api_keys"]
+)
 _odd_leaves = st.sampled_from(
-    [None, True, False, 0, 1.5, "v", _Label("l"), _Level.LOW, b"raw", SecretStr("s3"), SecretBytes(b"s4")]
+    [
+        None,
+        True,
+        False,
+        0,
+        1.5,
+        "v",
+        "pg://u:p@h",
+        _Label("l"),
+        _Level.LOW,
+        b"raw",
+        SecretStr("s3"),
+        SecretBytes(b"s4"),
+    ]
 )
 _untyped = st.recursive(
     _odd_leaves | st.integers(-2, 2) | st.text(max_size=2),
@@ -354,8 +480,13 @@ _models = st.builds(
 
 
 @given(_untyped | _models)
-def test_find_secret_paths_finds_what_the_plain_walk_found(config: Any) -> None:
-    assert find_secret_paths(config) == _reference_secret_paths(config)
+def test_the_hash_digests_what_it_digested_before_the_sealing_rules(config: Any) -> None:
+    secrets_found = classify_secrets(config)
+    assert digested_paths(secrets_found) == _reference_secret_paths(config)
+    # Every path the sealing rules add is sealed and hidden, never inside or around a digested one.
+    digested = digested_paths(secrets_found)
+    for path in set(secrets_found) - digested:
+        assert not any(path[: len(other)] == other or other[: len(path)] == path for other in digested)
 
 
 def test_a_flag_or_nothing_under_a_secret_name_is_no_secret() -> None:
@@ -367,6 +498,7 @@ def test_a_flag_or_nothing_under_a_secret_name_is_no_secret() -> None:
     body = {"password": True, "token": False, "pwd": None, "api_key": 0, "nested": [{"secret": False}]}
     assert find_secret_paths(body) == _reference_secret_paths(body) == {("api_key",)}
     assert find_secret_paths(Flags()) == _reference_secret_paths(Flags()) == {("api_key",)}
+    assert find_secret_paths({"db_pass": False, "stripe_key": None}) == set()
 
 
 def test_a_model_class_whose_fields_were_collected_again_gets_a_new_plan(
