@@ -235,7 +235,13 @@ def looks_secret(name: str) -> bool:
 
 def holds_password(text: str) -> bool:
     """Whether ``text`` carries a password inline (a URL's user part, a libpq ``password=``)."""
-    return ("@" in text or "password" in text) and _PASSWORD_IN_TEXT.search(text) is not None
+    return _may_hold_password(text) and _PASSWORD_IN_TEXT.search(text) is not None
+
+
+def _may_hold_password(text: str) -> bool:
+    # Most texts of a config hold neither: the walk asks this in line before calling anything per leaf,
+    # a call per leaf having cost 40% more on a 1,000-flag config.
+    return "@" in text or "password" in text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -332,13 +338,15 @@ def _collect_secrets(value: Any, path: ConfigPath, named: int, found: dict[Confi
                 if type(child) not in _LEAVES:
                     _collect_secrets(child, (*path, name), secret_kind(name), found)
                 elif child is not None and type(child) is not bool:
-                    _leaf(child, (*path, name), secret_kind(name), found)
+                    named_here = secret_kind(name)
+                    if named_here or (type(child) is str and _may_hold_password(child)):
+                        _leaf(child, (*path, name), named_here, found)
         else:
             # Items of a list are secret only by what they are: a list under a secret name was taken whole.
             for index, child in enumerate(value):
                 if type(child) not in _LEAVES:
                     _collect_secrets(child, (*path, index), NOT_SECRET, found)
-                elif type(child) is str:
+                elif type(child) is str and _may_hold_password(child):
                     _leaf(child, (*path, index), NOT_SECRET, found)
         return
     cached = _PLANS.get(kind)
@@ -351,7 +359,7 @@ def _collect_secrets(value: Any, path: ConfigPath, named: int, found: dict[Confi
             child = getattr(value, name)
             if type(child) not in _LEAVES:
                 _collect_secrets(child, (*path, name), field_kind, found)
-            elif child is not None and type(child) is not bool:
+            elif field_kind or (type(child) is str and _may_hold_password(child)):
                 _leaf(child, (*path, name), field_kind, found)
     elif isinstance(value, SecretStr | SecretBytes):
         found[path] = True
