@@ -17,6 +17,7 @@ from typing import Any
 
 import fastapi.routing
 import pytest
+import sqlalchemy as sa
 import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -64,6 +65,18 @@ def clear_confledger_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CONFLEDGER_"):
             monkeypatch.delenv(name)
+
+
+def stored_rows_text(database_url: str) -> str:
+    """Every row of ``config_versions`` and ``events`` as text: what someone reading the tables sees."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = [*connection.execute(sa.text("SELECT * FROM config_versions"))]
+            rows += [*connection.execute(sa.text("SELECT * FROM events"))]
+    finally:
+        engine.dispose()
+    return "\n".join(repr(tuple(row)) for row in rows)
 
 
 def is_postgres(database_url: str) -> bool:

@@ -11,14 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecycle
 from confledger.store import SecretCipher
-from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, is_postgres
+from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, is_postgres, stored_rows_text
 
 SECRET = "sk-aliased-0123456789-secret"
 
@@ -74,17 +73,6 @@ def running(
         yield client, lifecycle
 
 
-def _stored_text(database_url: str) -> str:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = [*connection.execute(sa.text("SELECT * FROM config_versions"))]
-            rows += [*connection.execute(sa.text("SELECT * FROM events"))]
-    finally:
-        engine.dispose()
-    return "\n".join(repr(tuple(row)) for row in rows)
-
-
 @pytest.mark.parametrize("model", [SerializedByAlias, Aliased], ids=lambda model: model.__name__)
 def test_a_secret_field_with_an_alias_is_sealed_at_rest_and_redacted_in_answers(
     tmp_path: Path, database_url: str, model: type[BaseModel]
@@ -95,7 +83,7 @@ def test_a_secret_field_with_an_alias_is_sealed_at_rest_and_redacted_in_answers(
     assert current.status_code == 200
     assert SECRET not in current.text
     assert current.json()["config"]["openai"] == "**********"
-    assert SECRET not in _stored_text(database_url)
+    assert SECRET not in stored_rows_text(database_url)
 
 
 @pytest.mark.parametrize("model", [SerializedByAlias, Aliased], ids=lambda model: model.__name__)

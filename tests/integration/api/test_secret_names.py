@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -21,7 +20,7 @@ from confledger.api.lifecycle import ConfigLifecycle, setup_configuration_lifecy
 from confledger.store import SecretCipher
 from confledger.store.canonical import config_hash
 from confledger.store.validation import dump_revealed
-from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, is_postgres
+from tests.integration.api.service_harness import ADMIN_TOKEN, PREFIX, is_postgres, stored_rows_text
 
 SMTP_PASS = "smtp-Pass-7f3e91"
 STRIPE_KEY = "sk_live_51HxQ8a2b3c4d"
@@ -71,17 +70,6 @@ def running(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, Con
         yield client, lifecycle
 
 
-def stored_text(database_url: str) -> str:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = [*connection.execute(sa.text("SELECT * FROM config_versions"))]
-            rows += [*connection.execute(sa.text("SELECT * FROM events"))]
-    finally:
-        engine.dispose()
-    return "\n".join(repr(tuple(row)) for row in rows)
-
-
 def test_secrets_in_plain_fields_are_sealed_hidden_and_keep_their_hash(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -124,7 +112,7 @@ def test_secrets_in_plain_fields_are_sealed_hidden_and_keep_their_hash(
         assert reloader.get_config().mailer.smtp_pass == SMTP_PASS
         assert reloader.get_config().replica_url.endswith(f":{REPLICA_PASS}@replica:5432/shop")
 
-    at_rest = stored_text(database_url)
+    at_rest = stored_rows_text(database_url)
     for secret in EVERY_SECRET:
         assert secret not in at_rest, secret
         for answer in answers:
