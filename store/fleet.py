@@ -445,9 +445,17 @@ class Doorbell:
         return rang
 
     def close(self) -> None:
-        raw, self._raw, self._connection = self._raw, None, None
-        if raw is not None:
-            with contextlib.suppress(Exception):
+        raw, connection = self._raw, self._connection
+        self._raw, self._connection = None, None
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):
+            if connection is not None and connection.broken:
+                # The server dropped it (a restart, a terminated backend): closing it would first try
+                # to roll it back, which SQLAlchemy's pool logs at ERROR with a traceback on every
+                # restart, though the next turn's new connection is all that is needed.
+                raw.invalidate()
+            else:
                 raw.close()
 
 

@@ -83,6 +83,9 @@ class DriverStatement:
         try:
             cursor.execute(self.sql, self.parameters(values))
             row = cursor.fetchone()
+        except BaseException:
+            _invalidate_if_broken(connection)
+            raise
         finally:
             cursor.close()
         return None if row is None else self._processed(row)
@@ -93,6 +96,9 @@ class DriverStatement:
         try:
             cursor.execute(self.sql, self.parameters(values))
             rows: Sequence[Sequence[Any]] = cursor.fetchall()
+        except BaseException:
+            _invalidate_if_broken(connection)
+            raise
         finally:
             cursor.close()
         if not self._result_processors:
@@ -120,8 +126,23 @@ class DriverStatement:
                 cursor.execute(self.sql, self.parameters(rows[0]))
             else:
                 cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+        except BaseException:
+            _invalidate_if_broken(connection)
+            raise
         finally:
             cursor.close()
+
+
+def _invalidate_if_broken(connection: Connection) -> None:
+    """Tell the pool that a connection the server dropped is gone, as SQLAlchemy's own execute does.
+
+    A statement run here bypasses SQLAlchemy's look at a driver error for a disconnect: the pool then
+    took the dead connection back, tried to reset it, and logged that failure at ERROR with a traceback
+    ("Exception during reset or similar") whenever PostgreSQL restarted or a backend was terminated
+    under a follower's read, though nothing was wrong that the next connection did not mend. psycopg
+    marks a connection whose link broke (``broken``); sqlite3's have no such state."""
+    if getattr(connection.connection.driver_connection, "broken", False):
+        connection.invalidate()
 
 
 class InsertRows:

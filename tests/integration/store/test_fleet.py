@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from confledger.store import EventLog
-from confledger.store.errors import FleetLockBusy
+from confledger.store.errors import FleetLockBusy, StoreUnavailable
 from confledger.store.events import ConfigApplied, InstanceStopped, NewEvent
 from confledger.store.fleet import (
     DOORBELL_CHANNEL_SQL,
@@ -230,6 +231,36 @@ def test_an_applied_config_rung_while_nobody_listened_is_seen_behind_later_rings
             assert doorbell.wait(0.05) is None
         finally:
             doorbell.close()
+
+
+def test_a_doorbell_whose_session_the_server_ended_fails_its_wait_and_closes_without_an_error_logged(
+    pg_schema_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on every PostgreSQL restart: the follower reports the failed wait and opens a new doorbell.
+    # Closing the dead one tried to roll it back first, and SQLAlchemy's pool logged that at ERROR
+    # with a traceback, in every instance of the fleet, for a restart they all came through.
+    caplog.set_level(logging.WARNING)
+    with EventLog(pg_schema_url, instance_id="listener") as log:
+        doorbell = Doorbell(log.engine)
+        doorbell.open()
+        with log.engine.connect() as admin:
+            ended = admin.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND application_name = :name"
+                ),
+                {"name": "confledger listener"},
+            ).scalar()
+        assert ended == 1
+        with pytest.raises(StoreUnavailable):
+            doorbell.wait(5.0)
+        doorbell.close()
+        doorbell.open()
+        try:
+            assert doorbell.wait(0.05) is None
+        finally:
+            doorbell.close()
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_the_lock_survives_its_kept_session_being_terminated(pg_schema_url: str) -> None:

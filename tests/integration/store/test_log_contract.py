@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -871,6 +872,21 @@ def test_a_pooled_connection_used_a_moment_ago_fails_once_then_is_replaced(
     # ...and the pool, invalidated by that failure, hands the next read a fresh connection.
     assert log.head() == 1
     assert log.append([started(2)]) == [2]
+
+
+def test_a_follower_read_on_a_dropped_connection_fails_once_with_no_error_logged(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The follower's read runs on the driver's cursor: SQLAlchemy did not see the connection drop, took
+    # it back into the pool, tried to reset it, and logged that at ERROR with a traceback on every
+    # PostgreSQL restart or terminated backend, while the follower itself said it would retry.
+    caplog.set_level(logging.WARNING)
+    _drop_a_pooled_read_connection(log)
+    monkeypatch.setattr(database, "IDLE_PING_AFTER_S", 3600.0)
+    with pytest.raises(StoreUnavailable):
+        log.decided_elsewhere(0)
+    assert log.decided_elsewhere(0)[0] == 1
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_a_reader_that_reads_more_often_than_the_idle_limit_is_never_pinged(
