@@ -22,13 +22,17 @@ than one each: a hop costs a fraction of a millisecond on an idle machine and a 
 on a busy one. Each call keeps its own deadline, counted from its own start. The waiting side reads
 which call is running and since when; when that call overruns, it alone is abandoned (recorded as timed
 out), the thread starts nothing more, and the calls after it go on in a new turn.
+
+An operation's own thread (``Line``, ``store.steps.drive``) makes such turns itself between the stretches
+of its blocking work, so a reload whose user code is sync is one hop in all; the loop only watches the
+deadlines of each turn as it waits for that thread (``run_line``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +45,7 @@ from opentelemetry import trace
 
 from confledger.store.durations import elapsed_ms
 
-__all__ = ["CallOutcome", "Then", "TurnCall", "UserCalls"]
+__all__ = ["CallOutcome", "Line", "TurnCall", "TurnPlan", "UserCalls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,69 +72,26 @@ class TurnCall:
     span_attributes: Mapping[str, str | int] = field(default_factory=dict)
 
 
-class Then:
-    """The rest of an operation's straight line (``store.steps``), offered to a turn's worker thread.
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """A piece of an operation's user code that is sync throughout (``store.steps``): its calls, to be
+    made one after another in one thread, and ``finish``, which makes the line's answer of their
+    outcomes (each with its span, which ``finish`` ends). ``finish`` runs in the thread that made the
+    calls when they all ended on time with a plain value, else on the loop."""
 
-    Run there right after the turn's last call, when every call ended on time with a plain value, it
-    saves the operation a hop back to the loop and out again. Given the caller's answer (``after``
-    makes it from the turn's outcomes and keeps it as ``answer``); what it returns or raises is kept for
-    the loop (``result``). It runs at most once; when it did not run, the caller runs the rest itself
-    with the answer the turn returned.
-    """
-
-    def __init__(self, function: Callable[[Any], Any]) -> None:
-        self._function = function
-        self.answer: list[Any] = []
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._started = False
-        self._done = threading.Event()
-
-    @property
-    def ran(self) -> bool:
-        return self._started
-
-    @property
-    def running(self) -> bool:
-        """Started in a turn's thread and not yet ended (the waiting side was cancelled meanwhile)."""
-        return self._started and not self._done.is_set()
-
-    def after(
-        self, earlier: Sequence[Any], finish: Callable[[list[tuple[CallOutcome, trace.Span]]], list[Any]]
-    ) -> Callable[[list[tuple[CallOutcome, trace.Span]]], None]:
-        """What a turn's thread runs after its calls: the caller's whole answer (``earlier``, then what
-        ``finish`` makes of this turn's outcomes), kept as ``answer``, then the rest with it."""
-
-        def carry_on(pairs: list[tuple[CallOutcome, trace.Span]]) -> None:
-            self.answer = [*earlier, *finish(pairs)]
-            self.run(self.answer)
-
-        return carry_on
-
-    def run(self, answer: Any) -> None:
-        self._started = True
-        try:
-            self._value = self._function(answer)
-        except BaseException as exc:  # handed to the loop as it is, as an awaited call would raise it
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def wait(self) -> None:
-        """Until a run that started has ended (blocking)."""
-        if self._started:
-            self._done.wait()
-
-    def result(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._value
+    calls: Sequence[TurnCall]
+    finish: Callable[[list[tuple[CallOutcome, trace.Span]]], Any]
+    tracer: trace.Tracer
 
 
 @dataclass(slots=True)
 class _Turn:
     """Calls made one after another in one worker thread, shared with the side waiting for them (under
-    ``UserCalls._lock``): the call under way or next to start, since when, and what each call gave."""
+    ``UserCalls._lock``): the call under way or next to start, since when, and what each call gave.
+
+    A line's turn (``Line``) is the same record, reused by each turn its thread makes between stretches:
+    ``continuing`` while a stretch runs (no call can be late then), and the waiting side looks again
+    every ``shortest`` seconds, the shortest timeout any call of the line may have."""
 
     calls: Sequence[TurnCall]
     outcomes: list[CallOutcome | None]
@@ -138,10 +99,8 @@ class _Turn:
     since: float = field(default_factory=time.perf_counter)  # when it started, or the one before ended
     given_up: bool = False  # the waiting side has moved on: start nothing more
     finished: threading.Event = field(default_factory=threading.Event)  # the thread is done with it
-    # Run in the thread after the last call when all ended on time (``Then``); ``continuing`` once it has
-    # started: from then on no call can be late, and the waiting side waits for the thread to finish.
-    then: Callable[[], None] | None = None
     continuing: bool = False
+    shortest: float | None = None  # a line's: None for a turn of its own
 
     def deadline(self) -> float:
         """When the call under way (or next to start) is late."""
@@ -151,9 +110,62 @@ class _Turn:
         """The first moment a call still to finish could be late. The waiting side is not told when the
         thread moves on to the next call (that would cost the hop the turn saves), so it assumes a later
         call may start right now: it wakes at the current call's deadline or a later one's shortest
-        timeout from now, whichever comes first, and then looks again."""
+        timeout from now, whichever comes first, and then looks again. While a line's stretch runs, a
+        turn may start at any moment: no call of it is late before ``shortest`` from now."""
+        if self.continuing:
+            return now + (math.inf if self.shortest is None else self.shortest)
         later = [call.timeout for call in self.calls[self.current + 1 :]]
         return min(self.deadline(), now + min(later)) if later else self.deadline()
+
+
+class Line:
+    """A worker thread's run of an operation's line (``store.steps.drive``): its stretches, and the
+    turns of sync user code it makes between them (``make``), whose deadlines the loop watches as it
+    waits for the thread (``UserCalls.run_line``).
+
+    A turn the thread cannot finish (a call late, so given up by the loop, or one that handed back an
+    awaitable) is left to the loop (``unfinished``; ``UserCalls.finish``), and the line's thread starts
+    nothing more. One ``Line`` per hop: the thread of an abandoned one never touches the next."""
+
+    def __init__(self, calls: UserCalls, shortest: float) -> None:
+        self._calls = calls
+        self.turn = _Turn((), [], continuing=True, shortest=shortest)
+        self.plan: TurnPlan | None = None
+        self.opened: list[trace.Span | None] = []
+        self.unfinished = False
+        # Whether the thread took the line up: one given up before that (its caller cancelled, or its
+        # first look past before a thread was free: anyio then never runs it) never starts.
+        self.started = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def make(self, plan: TurnPlan) -> tuple[bool, Any]:
+        """In the line's thread: make ``plan``'s calls, each within its deadline, and return (True, its
+        answer). (False, None) when the loop is to make or finish them: it has given the line up, or a
+        call's timeout is shorter than the loop's looks (``shortest``: it would be seen late), or the
+        turn is ``unfinished``."""
+        turn = self.turn
+        if turn.shortest is not None and any(call.timeout < turn.shortest for call in plan.calls):
+            return False, None
+        opened: list[trace.Span | None] = [None] * len(plan.calls)
+        spanned = [
+            dataclasses.replace(call, function=_in_own_span(plan.tracer, call, opened, index))
+            for index, call in enumerate(plan.calls)
+        ]
+        with self._calls._lock:
+            if turn.given_up:
+                return False, None
+            self.plan, self.opened = plan, opened
+            turn.calls, turn.outcomes = spanned, [None] * len(spanned)
+            turn.current, turn.since, turn.continuing = 0, time.perf_counter(), False
+        if not self._calls._make_calls(turn):
+            self.unfinished = True
+            return False, None
+        pairs = []
+        for call, outcome, span in zip(spanned, turn.outcomes, opened, strict=True):
+            assert outcome is not None  # the turn went on: every call has its outcome
+            pairs.append((outcome, span or _span_of(plan.tracer, call)))
+        return True, plan.finish(pairs)
 
 
 def _loop_time_of(moment: float) -> float:
@@ -216,10 +228,7 @@ class UserCalls:
         return CallOutcome(value, error, deadline.cancelled_caught, False, duration_ms)
 
     async def call_in_turn(
-        self,
-        calls: Sequence[TurnCall],
-        tracer: trace.Tracer,
-        then: Callable[[list[tuple[CallOutcome, trace.Span]]], None] | None = None,
+        self, calls: Sequence[TurnCall], tracer: trace.Tracer
     ) -> list[tuple[CallOutcome, trace.Span]]:
         """Call each of ``calls`` in order in one worker thread, each within its own deadline (see the
         module docstring): one outcome per call, in order, each with its span.
@@ -227,43 +236,91 @@ class UserCalls:
         A call's span opens in the worker thread as the call starts, so spans the function opens nest
         under it; a call never started gets one opened now. The caller records what the outcome means
         on the span and ends it (a timed-out call's at its deadline, though its thread still runs). A
-        lone call goes through ``call``, whose bookkeeping costs less than a turn's for one, unless
-        there is a ``then``: it is given the outcomes with their spans in the thread, after the last call,
-        when every call ended on time with a plain value (the caller then finds it has run).
+        lone call goes through ``call``, whose bookkeeping costs less than a turn's for one.
         """
         opened: list[trace.Span | None] = [None] * len(calls)
         spanned = [
             dataclasses.replace(call, function=_in_own_span(tracer, call, opened, index))
             for index, call in enumerate(calls)
         ]
-        if len(spanned) == 1 and then is None:
+        if len(spanned) == 1:
             [call] = spanned
             outcomes = [await self.call(call.key, call.function, timeout=call.timeout, in_thread=True)]
         else:
-            continuation = None
-            if then is not None:
-                after = then
-
-                def continuation(turn: _Turn) -> None:
-                    pairs: list[tuple[CallOutcome, trace.Span]] = []
-                    for call, outcome, span in zip(calls, turn.outcomes, opened, strict=True):
-                        assert outcome is not None  # the turn is over: every call has its outcome
-                        # A call not made (its previous call still runs) gets its span now.
-                        pairs.append((outcome, span or _span_of(tracer, call)))
-                    after(pairs)
-
-            outcomes = await self._turn(spanned, continuation)
+            outcomes = await self._turn(spanned)
         return [
             (outcome, span or _span_of(tracer, call))
             for call, outcome, span in zip(calls, outcomes, opened, strict=True)
         ]
 
-    async def _turn(
-        self, calls: Sequence[TurnCall], then: Callable[[_Turn], None] | None = None
-    ) -> list[CallOutcome]:
+    async def call_planned(self, plan: TurnPlan) -> Any:
+        """``plan``'s calls in one turn, and the answer ``finish`` makes of them (on the loop)."""
+        return plan.finish(await self.call_in_turn(plan.calls, plan.tracer))
+
+    def line(self, shortest: float) -> Line:
+        """A line's run for one hop (``run_line``); ``shortest``: no call it makes has a shorter timeout."""
+        return Line(self, shortest)
+
+    async def run_line(self, line: Line, body: Callable[[], Any]) -> Any:
+        """Run ``body`` (a line's stretches and the turns it ``make``s) in a worker thread, watching each
+        turn's deadlines as ``_turn`` does: what it returns or raises. When a call is late, the turn is
+        given up and left to ``finish`` (``line.unfinished``), and this returns None without waiting for
+        the thread, which starts nothing more. None too, with ``line.started`` false, when no thread took
+        the line up by its first look: it never will, and the caller runs it again. The thread holds a
+        token of the limiter, as a turn's does: it runs user calls."""
+        turn = line.turn
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    if turn.given_up:
+                        return
+                    line.started = True
+                line.value = body()
+            except BaseException as exc:  # raised on the loop, as a call in the thread raises there
+                line.error = exc
+            finally:
+                turn.finished.set()
+
+        with self._lock:
+            first_look = turn.wake_at(time.perf_counter())
+        with anyio.CancelScope(deadline=_loop_time_of(first_look)) as scope:
+            await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self.limiter)
+        if scope.cancelled_caught:
+            with self._lock:
+                if not line.started:
+                    turn.given_up = True
+                    return None
+            await self._watch(turn)
+            if not turn.finished.is_set():
+                line.unfinished = True
+                return None
+        if line.error is not None:
+            raise line.error
+        return line.value
+
+    async def finish(self, line: Line) -> Any:
+        """On the loop, the turn a line's thread left unfinished: the calls after a late one in a turn
+        of their own, awaitables awaited, and the answer its plan makes of the outcomes."""
+        plan, turn = line.plan, line.turn
+        assert plan is not None  # a turn was made, and left unfinished
+        outcomes = await self._completed(turn.calls, list(turn.outcomes))
+        return plan.finish(
+            [
+                (outcome, span or _span_of(plan.tracer, call))
+                for call, outcome, span in zip(turn.calls, outcomes, line.opened, strict=True)
+            ]
+        )
+
+    def stop(self, line: Line) -> bool:
+        """Give ``line`` up (its caller is cancelled): its thread starts nothing more. Whether a stretch
+        may still be running in it, which the caller must wait for before closing the line."""
+        with self._lock:
+            line.turn.given_up = True
+            return line.started and line.turn.continuing and not line.turn.finished.is_set()
+
+    async def _turn(self, calls: Sequence[TurnCall]) -> list[CallOutcome]:
         turn = _Turn(calls, [None] * len(calls))
-        if then is not None:
-            turn.then = functools.partial(then, turn)
         try:
             # The thread is awaited in this task, under a deadline at the first moment a call could be
             # late: a task to run it beside a watcher costs the loop three more turns for each group of
@@ -279,10 +336,15 @@ class UserCalls:
         finally:
             with self._lock:
                 turn.given_up = True  # cancelled from outside too: the thread starts nothing more
-        outcomes = list(turn.outcomes)
+        return await self._completed(calls, list(turn.outcomes))
+
+    async def _completed(
+        self, calls: Sequence[TurnCall], outcomes: list[CallOutcome | None]
+    ) -> list[CallOutcome]:
+        """A turn's outcomes once it is over: the calls after an abandoned one (never started) made in a
+        thread of their own, and awaitables awaited here."""
         rest = [index for index, outcome in enumerate(outcomes) if outcome is None]
         if rest:
-            # The calls after an abandoned one were never started: they get a thread of their own.
             for index, outcome in zip(rest, await self._turn([calls[i] for i in rest]), strict=True):
                 outcomes[index] = outcome
         return [await self._settled(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
@@ -297,9 +359,10 @@ class UserCalls:
         could be late."""
         while not turn.finished.is_set() and not self._give_up_if_late(turn):
             with self._lock:
-                wait = None if turn.continuing else turn.wake_at(time.perf_counter()) - time.perf_counter()
+                now = time.perf_counter()
+                wait = turn.wake_at(now) - now
             await anyio.to_thread.run_sync(
-                turn.finished.wait, None if wait is None else max(0.0, wait), abandon_on_cancel=True
+                turn.finished.wait, None if math.isinf(wait) else max(0.0, wait), abandon_on_cancel=True
             )
 
     def _give_up_if_late(self, turn: _Turn) -> bool:
@@ -319,11 +382,14 @@ class UserCalls:
         finally:
             turn.finished.set()
 
-    def _make_calls(self, turn: _Turn) -> None:
+    def _make_calls(self, turn: _Turn) -> bool:
+        """Make ``turn``'s calls in order in this thread. Whether its line's thread may go on to the next
+        stretch: every call ended on time with a plain value, and the turn is a line's (``continuing``
+        from then on: no call can be late, and the waiting side waits for the thread)."""
         for index, call in enumerate(turn.calls):
             with self._lock:
                 if turn.given_up:
-                    return
+                    return False
                 turn.current, turn.since = index, time.perf_counter()
                 if call.key in self._in_flight:
                     turn.outcomes[index] = CallOutcome(still_running=True)
@@ -343,12 +409,12 @@ class UserCalls:
                     if not turn.given_up and index + 1 < len(turn.calls):
                         turn.current, turn.since = index + 1, time.perf_counter()
         with self._lock:
-            if turn.then is None or turn.given_up:
-                return
+            if turn.shortest is None or turn.given_up:
+                return False
             if any(outcome is None or inspect.isawaitable(outcome.value) for outcome in turn.outcomes):
-                return  # an awaitable is awaited on the loop: the rest waits for it there
+                return False  # an awaitable is awaited on the loop: the rest of the line waits for it there
             turn.continuing = True
-        turn.then()
+            return True
 
     async def _settled(self, call: TurnCall, outcome: CallOutcome | None) -> CallOutcome:
         """``outcome``, with an awaitable a sync function handed back awaited here, on the loop, within

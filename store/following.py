@@ -15,26 +15,27 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from confledger.store import failpoints
-from confledger.store.calls import Then
 from confledger.store.errors import ConfledgerError
 from confledger.store.events import ConfigApplied, InstanceApplied, NewEvent, RecordedEvent
 from confledger.store.log import EventLog, PreparedConfig
 from confledger.store.operation_record import ActiveConfig, failures_of, notified
 from confledger.store.services import ServiceRegistry
-from confledger.store.steps import Notify, Steps, Work, drive, validated
+from confledger.store.steps import Notify, Steps, validated
 from confledger.store.validation import ModelResult, ValidationPipeline
 
 __all__ = ["FleetFollowing", "ReadAhead"]
 
 # What it logs is the runner's, under the runner's logger as before it moved here.
 logger = logging.getLogger("confledger.store.operations")
+
+T = TypeVar("T")
 
 # The log's head, and each config.applied after the follower's position with its body through the
 # model (or why it could not be read).
@@ -75,7 +76,7 @@ class FleetFollowing:
             configs: Sequence[PreparedConfig] = (),
         ) -> list[RecordedEvent]: ...
 
-        async def _perform(self, work: Work, then: Then | None = None) -> Any: ...
+        def _drive(self, steps: Steps[T]) -> Awaitable[T]: ...
 
     async def follow(self, ahead: ReadAhead | None = None) -> int:
         """Apply here what other instances decided since the last call; returns the position followed to.
@@ -86,7 +87,7 @@ class FleetFollowing:
         """
         async with self._apply_lock:
             pending = ahead.pending if ahead is not None and ahead.after == self.followed else None
-            await drive(self._follow_to_head(pending), self._perform)
+            await self._drive(self._follow_to_head(pending))
         return self.followed
 
     def read_ahead(self, after: int) -> ReadAhead:

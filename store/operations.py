@@ -38,20 +38,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import Then, UserCalls
+from confledger.store.calls import TurnPlan, UserCalls
 from confledger.store.candidate import CandidateReader
 from confledger.store.concluding import Concluding
 from confledger.store.decision import Decision, FleetVerdict, decide
@@ -99,7 +100,12 @@ from confledger.store.operation_record import (
 from confledger.store.outcome import ReloadOperation, build_operation
 from confledger.store.pins import RollbackPins
 from confledger.store.secrets import find_secret_paths
-from confledger.store.services import NotifyResult, ServiceRegistry, ServiceSpec, notify_services
+from confledger.store.services import (
+    NotifyResult,
+    ServiceRegistry,
+    notification_plan,
+    notify_services,
+)
 from confledger.store.source_state import SourceState, describe_source, last_read
 from confledger.store.sources.reading import GuardedSource, quiet_remaining
 from confledger.store.steps import Notify, RunValidators, Steps, Work, drive
@@ -108,6 +114,8 @@ from confledger.store.validation import ValidationPipeline
 __all__ = ["ActiveConfig", "OperationRunner", "default_actor"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 IN_PROGRESS_MESSAGE = "Another reload operation is in progress"
 # A SIGHUP's reload waits until the config file has been still this long (the file watcher's settle
@@ -347,7 +355,7 @@ class OperationRunner(FleetFollowing, Concluding):
         config the log knows of), and the instance starts anyway: its current config is the log's.
         """
         specs = self.services.notified_at_start(default=self.notify_on_start)
-        results = await self._notify(specs, None, restored.config, restored.secret_values(), "start")
+        results = await self._perform(Notify(specs, None, restored.config, restored.secret_values(), "start"))
         for refused in (result for result in results if not result.accepted):
             logger.warning(
                 "service %s did not accept the restored config %s at start: %s",
@@ -615,7 +623,7 @@ class OperationRunner(FleetFollowing, Concluding):
         """
         async with self._apply_lock:
             try:
-                return await drive(self._steps(operation_id, request, span), self._perform)
+                return await self._drive(self._steps(operation_id, request, span))
             except FleetLockBusy as busy:
                 held_by = busy.holder or ""
                 return await self.reject_request(
@@ -709,35 +717,42 @@ class OperationRunner(FleetFollowing, Concluding):
 
     # --- 3. notifying, 4. deciding, 5. recording the outcome -----------------------------------------
 
-    async def _perform(self, work: Work, then: Then | None = None) -> Any:
-        """Run the user code a straight line yielded for (validators, or a notification of services),
-        offering it the rest of the line (``then``: see ``store.steps.drive``)."""
+    async def _perform(self, work: Work) -> Any:
+        """Run on the loop the user code a straight line yielded for (validators, or a notification of
+        services) when its thread could not (``store.steps.drive``)."""
         if isinstance(work, RunValidators):
-            return await self.pipeline.call_validators(
-                work.model, calls=self.calls, tracer=self.tracer, then=then
-            )
-        return await self._notify(work.services, work.old, work.new, work.secrets, work.direction, then)
-
-    async def _notify(
-        self,
-        services: Sequence[ServiceSpec],
-        old: Any,
-        new: Any,
-        secrets: list[str],
-        direction: str,
-        then: Then | None = None,
-    ) -> list[NotifyResult]:
+            return await self.pipeline.call_validators(work.model, calls=self.calls, tracer=self.tracer)
         return await notify_services(
-            services,
-            old,
-            new,
+            work.services,
+            work.old,
+            work.new,
             calls=self.calls,
             default_timeout=self.callback_timeout,
             tracer=self.tracer,
-            direction=direction,
-            secret_values=secrets,
-            then=then,
+            direction=work.direction,
+            secret_values=work.secrets,
         )
+
+    def _plan(self, work: Work) -> TurnPlan | None:
+        """The user code a straight line yielded for, as one turn its own thread can make (all sync)."""
+        if isinstance(work, RunValidators):
+            return self.pipeline.turn_plan(work.model, self.tracer)
+        return notification_plan(
+            work.services,
+            work.old,
+            work.new,
+            default_timeout=self.callback_timeout,
+            tracer=self.tracer,
+            direction=work.direction,
+            secret_values=work.secrets,
+        )
+
+    def _drive(self, steps: Steps[T]) -> Awaitable[T]:
+        """``steps`` run by ``store.steps.drive``, whose loop looks at a line's calls as often as the
+        shortest timeout registered now (a service registered later with a shorter one is the loop's)."""
+        timeouts = [self.pipeline.timeout_of(spec) for spec in self.pipeline.validators]
+        timeouts += [spec.timeout or self.callback_timeout for spec in self.services.ordered()]
+        return drive(steps, self._perform, self._plan, self.calls, shortest=min(timeouts, default=math.inf))
 
     def _decide(
         self,

@@ -23,11 +23,18 @@ from typing import Any
 from opentelemetry import trace
 
 from confledger.store import failpoints
-from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
+from confledger.store.calls import CallOutcome, TurnCall, TurnPlan, UserCalls
 from confledger.store.events import ServiceOutcome
 from confledger.store.validation import scrub
 
-__all__ = ["NotifyResult", "ServiceCallback", "ServiceRegistry", "ServiceSpec", "notify_services"]
+__all__ = [
+    "NotifyResult",
+    "ServiceCallback",
+    "ServiceRegistry",
+    "ServiceSpec",
+    "notification_plan",
+    "notify_services",
+]
 
 ServiceCallback = Callable[[Any, Any], bool | Awaitable[bool | None] | None]
 
@@ -128,21 +135,17 @@ async def notify_services(
     tracer: trace.Tracer,
     direction: str = "forward",
     secret_values: Iterable[str] = (),
-    then: Then | None = None,
 ) -> list[NotifyResult]:
     """Call each service in the given order with (old, new), one span each; one result per service.
 
     Consecutive sync callbacks share one worker thread (one hop for them all), each within its own
-    timeout; an async callback runs on the loop between them. ``then`` (the rest of an operation) is
-    run with the results in the last callbacks' thread when they are sync and all end on time; the
-    results returned are then the same."""
+    timeout; an async callback runs on the loop between them."""
     secrets = list(secret_values)
     results: list[NotifyResult] = []
-    groups = [(is_async, list(group)) for is_async, group in itertools.groupby(specs, key=_is_async)]
-    for number, (is_async, run) in enumerate(groups):
+    for is_async, group in itertools.groupby(specs, key=_is_async):
         notifications = [
             _Notification(spec, old, new, direction, first=not results and index == 0, tracer=tracer)
-            for index, spec in enumerate(run)
+            for index, spec in enumerate(group)
         ]
         if is_async:
             for notification in notifications:
@@ -157,28 +160,49 @@ async def notify_services(
                     results.append(notification.finish(span, outcome, default_timeout, secrets))
                 notification.after()
             continue
-
-        finish = functools.partial(_finished, notifications, default_timeout, secrets)
-        last = number == len(groups) - 1
-        carry_on = then.after(list(results), finish) if then is not None and last else None
-        outcomes = await calls.call_in_turn(
-            [
-                TurnCall(
-                    notification.key,
-                    notification.in_thread,
-                    notification.timeout(default_timeout),
-                    _SPAN,
-                    notification.attributes,
-                )
-                for notification in notifications
-            ],
-            tracer,
-            carry_on,
-        )
-        if then is not None and then.ran:
-            return then.answer  # built, and their spans ended, in the thread that ran ``then``
-        results += finish(outcomes)
+        results += await calls.call_planned(_turn_plan(notifications, default_timeout, secrets, tracer))
     return results
+
+
+def notification_plan(
+    specs: Sequence[ServiceSpec],
+    old: Any,
+    new: Any,
+    *,
+    default_timeout: float,
+    tracer: trace.Tracer,
+    direction: str = "forward",
+    secret_values: Iterable[str] = (),
+) -> TurnPlan | None:
+    """``notify_services`` as one turn of sync calls (``store.steps``), when no callback is async and
+    there are any; None otherwise (the loop notifies them)."""
+    if not specs or any(spec.async_callback for spec in specs):
+        return None
+    notifications = [
+        _Notification(spec, old, new, direction, first=index == 0, tracer=tracer)
+        for index, spec in enumerate(specs)
+    ]
+    return _turn_plan(notifications, default_timeout, list(secret_values), tracer)
+
+
+def _turn_plan(
+    notifications: list[_Notification], default_timeout: float, secrets: list[str], tracer: trace.Tracer
+) -> TurnPlan:
+    """Sync callbacks as one turn, in order; ``_finished`` makes their results."""
+    return TurnPlan(
+        [
+            TurnCall(
+                notification.key,
+                notification.in_thread,
+                notification.timeout(default_timeout),
+                _SPAN,
+                notification.attributes,
+            )
+            for notification in notifications
+        ],
+        functools.partial(_finished, notifications, default_timeout, secrets),
+        tracer,
+    )
 
 
 _Pairs = list[tuple[CallOutcome, trace.Span]]

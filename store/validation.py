@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 from pydantic_core.core_schema import ErrorType
 
-from confledger.store.calls import CallOutcome, Then, TurnCall, UserCalls
+from confledger.store.calls import CallOutcome, TurnCall, TurnPlan, UserCalls
 from confledger.store.canonical import config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.ignored_keys import ignored_keys
@@ -374,35 +374,28 @@ class ValidationPipeline:
         return model.config is not None and bool(self.validators)
 
     async def call_validators(
-        self,
-        model: ModelResult,
-        *,
-        calls: UserCalls,
-        tracer: trace.Tracer | None = None,
-        then: Then | None = None,
+        self, model: ModelResult, *, calls: UserCalls, tracer: trace.Tracer | None = None
     ) -> list[Findings]:
-        """What each custom validator found in ``model``'s config, in order. ``then`` (the rest of an
-        operation) is run with them in the last validators' thread when they are sync and all end on
-        time; the findings returned are then the same."""
+        """What each custom validator found in ``model``'s config, in order."""
         tracer = tracer if tracer is not None else trace.get_tracer("confledger")
         findings: list[Findings] = []
         # Consecutive sync validators share one worker thread (one hop), each with its own deadline.
-        groups = [
-            (is_async, list(group)) for is_async, group in itertools.groupby(self.validators, key=_is_async)
-        ]
-        for number, (is_async, specs) in enumerate(groups):
+        for is_async, group in itertools.groupby(self.validators, key=_is_async):
+            specs = list(group)
             if is_async:
                 for spec in specs:
                     findings.append(Findings(spec.name, *await self._run(spec, model.config, calls, tracer)))
                 continue
-            last = number == len(groups) - 1
-            finish = functools.partial(self._found, specs)
-            carry_on = then.after(list(findings), finish) if then is not None and last else None
-            outcomes = await self._run_in_turn(specs, model.config, calls, tracer, carry_on)
-            if then is not None and then.ran:
-                return then.answer  # made, and their spans ended, in the thread that ran ``then``
-            findings += self._found(specs, outcomes)
+            findings += await calls.call_planned(self._turn_plan(specs, model.config, tracer))
         return findings
+
+    def turn_plan(self, model: ModelResult, tracer: trace.Tracer) -> TurnPlan | None:
+        """The validators as one turn of sync calls (``store.steps``), when none is async and there are
+        any; None otherwise (the loop calls them, ``call_validators``)."""
+        specs = self.validators
+        if not specs or any(spec.is_async for spec in specs):
+            return None
+        return self._turn_plan(specs, model.config, tracer)
 
     def outcome(self, model: ModelResult, findings: Sequence[Findings], started: float) -> ValidationOutcome:
         """The outcome of validating ``model``, given what its validators found (since ``started``)."""
@@ -432,13 +425,13 @@ class ValidationPipeline:
             warnings_omitted=max(len(warnings) - limit, 0),
         )
 
-    def _timeout(self, spec: ValidatorSpec) -> float:
+    def timeout_of(self, spec: ValidatorSpec) -> float:
         return spec.timeout if spec.timeout is not None else self.validator_timeout
 
     async def _run(
         self, spec: ValidatorSpec, config: Any, calls: UserCalls, tracer: trace.Tracer
     ) -> tuple[list[str], list[str], float]:
-        timeout = self._timeout(spec)
+        timeout = self.timeout_of(spec)
         with tracer.start_as_current_span(
             "confledger.validator", attributes={"confledger.validator": spec.name}, record_exception=False
         ) as span:
@@ -449,29 +442,21 @@ class ValidationPipeline:
             _mark(span, errors, warnings)
         return errors, warnings, outcome.duration_ms
 
-    async def _run_in_turn(
-        self,
-        specs: Sequence[ValidatorSpec],
-        config: Any,
-        calls: UserCalls,
-        tracer: trace.Tracer,
-        then: Callable[[list[tuple[CallOutcome, trace.Span]]], None] | None = None,
-    ) -> list[tuple[CallOutcome, trace.Span]]:
-        """Sync validators in one worker thread, in order, each in its span: their outcomes, the spans
-        still open unless ``then`` ran (it ended them; ending a span twice is an error the SDK logs)."""
-        return await calls.call_in_turn(
+    def _turn_plan(self, specs: Sequence[ValidatorSpec], config: Any, tracer: trace.Tracer) -> TurnPlan:
+        """Sync validators as one turn, in order, each in its span; ``_found`` makes the findings."""
+        return TurnPlan(
             [
                 TurnCall(
                     _key(spec),
                     functools.partial(spec.function, config),
-                    self._timeout(spec),
+                    self.timeout_of(spec),
                     "confledger.validator",
                     {"confledger.validator": spec.name},
                 )
                 for spec in specs
             ],
+            functools.partial(self._found, specs),
             tracer,
-            then,
         )
 
     def _found(
@@ -480,7 +465,7 @@ class ValidationPipeline:
         """What a turn's validators found, their spans marked and ended."""
         found = []
         for spec, (outcome, span) in zip(specs, outcomes, strict=True):
-            errors, warnings = _findings(spec, self._timeout(spec), outcome)
+            errors, warnings = _findings(spec, self.timeout_of(spec), outcome)
             _mark(span, errors, warnings)
             span.end()
             found.append(Findings(spec.name, errors, warnings, outcome.duration_ms))

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from opentelemetry import trace
 
-from confledger.store.calls import CallOutcome, TurnCall, UserCalls
+from confledger.store.calls import CallOutcome, TurnCall, TurnPlan, UserCalls
 
 pytestmark = pytest.mark.anyio
 
@@ -279,69 +279,113 @@ async def test_a_turn_given_up_while_waiting_for_a_thread_never_runs_its_late_ca
     assert calls.in_flight() == frozenset()
 
 
-# --- then: the rest of an operation, run in the turn's thread ---------------------------------------
+# --- a line: a worker thread's stretches and the turns it makes between them -------------------------
 
 
-class Rest:
-    """A ``then`` that notes where it ran and what it was given."""
+def plan_of(*calls: TurnCall) -> TurnPlan:
+    """A plan whose answer is its calls' outcomes (their spans ended)."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds = seconds
-        self.thread: int | None = None
-        self.values: list[object] = []
+    def finish(pairs: list[tuple[CallOutcome, trace.Span]]) -> list[CallOutcome]:
+        for _outcome, span in pairs:
+            span.end()
+        return [outcome for outcome, _span in pairs]
 
-    def __call__(self, pairs: list[tuple[CallOutcome, trace.Span]]) -> None:
-        self.thread = threading.get_ident()
-        self.values = [outcome.value for outcome, _span in pairs]
-        threading.Event().wait(self.seconds)
+    return TurnPlan(calls, finish, trace.get_tracer("test"))
 
 
-async def test_then_runs_in_the_turns_thread_right_after_its_calls() -> None:
+async def test_a_line_makes_its_turns_in_its_own_thread_between_its_stretches() -> None:
     threads: list[int] = []
-    rest = Rest()
-    tracer = trace.get_tracer("test")
-    outcomes = await UserCalls(2).call_in_turn(
-        [TurnCall(f"k{n}", lambda n=n: threads.append(threading.get_ident()) or n, 1.0) for n in range(2)],
-        tracer,
-        rest,
-    )
-    assert rest.thread == threads[0] == threads[1] != threading.get_ident()
-    assert rest.values == [0, 1] == [outcome.value for outcome, _span in outcomes]
-
-
-async def test_a_lone_call_with_then_goes_through_a_turn() -> None:
-    rest = Rest()
-    await UserCalls(2).call_in_turn([TurnCall("k", returns, 1.0)], trace.get_tracer("test"), rest)
-    assert rest.values == ["value"]
-
-
-@pytest.mark.parametrize(
-    ("function", "timeout"),
-    [
-        (lambda: threading.Event().wait(0.3), 0.05),  # late: abandoned, the rest is the caller's
-        (hands_back_a_coroutine, 1.0),  # an awaitable is awaited on the loop: the rest waits there
-    ],
-)
-async def test_then_does_not_run_unless_every_call_ended_on_time_with_a_plain_value(
-    function: Any, timeout: float
-) -> None:
-    rest = Rest()
     calls = UserCalls(2)
-    await calls.call_in_turn(
-        [TurnCall("first", returns, 1.0), TurnCall("second", function, timeout)],
-        trace.get_tracer("test"),
-        rest,
+    line = calls.line(1.0)
+
+    def body() -> list[object]:
+        threads.append(threading.get_ident())
+        made, outcomes = line.make(
+            plan_of(
+                *[
+                    TurnCall(f"k{n}", lambda n=n: threads.append(threading.get_ident()) or n, 1.0)
+                    for n in range(2)
+                ]
+            )
+        )
+        threads.append(threading.get_ident())
+        assert made
+        return [outcome.value for outcome in outcomes]
+
+    assert await calls.run_line(line, body) == [0, 1]
+    assert len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
+    assert not line.unfinished
+
+
+async def test_a_late_call_of_a_line_leaves_its_turn_to_the_loop_and_the_line_stops() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+    calls = UserCalls(4)
+    line = calls.line(0.05)
+    plan = plan_of(
+        TurnCall("hung", lambda: release.wait(10), 0.05),
+        TurnCall("after", lambda: ran.append("after"), 5.0),
     )
+
+    def body() -> str:
+        made, _ = line.make(plan)
+        ran.append(f"line went on: {made}")
+        return "stretch"
+
+    try:
+        assert await calls.run_line(line, body) is None  # not waited for: its call still runs
+        assert line.unfinished
+        outcomes = await calls.finish(line)
+    finally:
+        release.set()
+    assert [outcome.timed_out for outcome in outcomes] == [True, False]
     with anyio.fail_after(5):
         while calls.in_flight():
             await anyio.sleep(0.01)
-    assert rest.thread is None
+    assert ran == ["after", "line went on: False"]  # the call after it made by the loop's turn
 
 
-async def test_a_then_slower_than_the_calls_deadlines_is_waited_for_not_abandoned() -> None:
-    rest = Rest(seconds=0.3)
-    outcomes = await UserCalls(2).call_in_turn(
-        [TurnCall("quick", returns, 0.05)], trace.get_tracer("test"), rest
-    )
-    assert rest.values == ["value"]
-    assert not outcomes[0][0].timed_out
+async def test_an_awaitable_handed_back_in_a_lines_turn_is_awaited_by_the_loop() -> None:
+    calls = UserCalls(2)
+    line = calls.line(1.0)
+    plan = plan_of(TurnCall("first", returns, 1.0), TurnCall("second", hands_back_a_coroutine, 1.0))
+    assert await calls.run_line(line, lambda: line.make(plan)) == (False, None)
+    assert line.unfinished
+    assert [outcome.value for outcome in await calls.finish(line)] == ["value", "value"]
+
+
+async def test_a_call_with_a_timeout_shorter_than_the_lines_looks_is_left_to_the_loop() -> None:
+    ran: list[str] = []
+    calls = UserCalls(2)
+    line = calls.line(1.0)
+    plan = plan_of(TurnCall("quick", lambda: ran.append("quick"), 0.5))
+    assert await calls.run_line(line, lambda: line.make(plan)) == (False, None)
+    assert not line.unfinished
+    assert ran == []
+
+
+async def test_a_stretch_slower_than_the_lines_looks_is_waited_for_not_abandoned() -> None:
+    calls = UserCalls(2)
+    line = calls.line(0.05)
+
+    def body() -> object:
+        threading.Event().wait(0.3)
+        made, outcomes = line.make(plan_of(TurnCall("quick", returns, 0.05)))
+        threading.Event().wait(0.3)
+        return made and outcomes[0].value
+
+    assert await calls.run_line(line, body) == "value"
+    assert not line.unfinished
+
+
+async def test_an_error_of_a_lines_stretch_is_raised_on_the_loop() -> None:
+    calls = UserCalls(2)
+    line = calls.line(0.05)
+
+    def body() -> None:
+        threading.Event().wait(0.1)  # past the first look
+        raise LookupError("the log refused")
+
+    with pytest.raises(LookupError, match="the log refused"):
+        await calls.run_line(line, body)

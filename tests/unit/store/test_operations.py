@@ -41,6 +41,10 @@ def no_region(config: dict[str, Any]) -> dict[str, list[str]]:
     return {"errors": [] if "region" in config else ["region is required"]}
 
 
+async def no_region_async(config: dict[str, Any]) -> dict[str, list[str]]:
+    return no_region(config)
+
+
 @asynccontextmanager
 async def runner_on(
     tmp_path: Path,
@@ -187,11 +191,12 @@ async def test_one_reload_records_its_steps_in_order(
     ("validators", "services", "hops"),
     [
         ([], 0, 1),  # no user code: the whole reload, its reads and its commit, is one thread hop
-        ([no_region], 0, 2),  # the validators' turn, whose thread then runs the rest of the line
-        ([no_region], 2, 3),  # the first stretch, the validators' turn, the services' turn
+        ([no_region], 0, 1),  # sync validators: called by the line's own thread
+        ([no_region], 2, 1),  # sync validators and services: all in the line's thread
+        ([no_region_async], 2, 2),  # an async validator runs on the loop: the rest is a hop of its own
     ],
 )
-async def test_a_reload_takes_one_thread_hop_and_one_per_turn_of_user_code(
+async def test_a_reload_takes_one_thread_hop_and_one_per_async_user_code(
     tmp_path: Path, validators: list[Callable[[Any], Any]], services: int, hops: int
 ) -> None:
     source = write(tmp_path / "config.json", {"region": "eu"})

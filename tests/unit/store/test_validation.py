@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import math
 import threading
 import uuid
 from types import MappingProxyType
@@ -14,6 +15,7 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry import trace
 from pydantic import (
     BaseModel,
     RootModel,
@@ -26,7 +28,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 
 from confledger.store import config_hash
-from confledger.store.calls import Then, UserCalls
+from confledger.store.calls import TurnPlan, UserCalls
 from confledger.store.steps import RunValidators, Steps, Work, drive, validated
 from confledger.store.validation import (
     MAX_ITEM_CHARS,
@@ -78,14 +80,21 @@ async def validate(pipeline: ValidationPipeline, body: dict[str, Any]) -> Any:
     """``body`` through the model and the validators, as an operation's straight line validates it."""
     calls = UserCalls(4)
 
-    async def perform(work: Work, then: Then) -> Any:
+    tracer = trace.get_tracer("test")
+
+    async def perform(work: Work) -> Any:
         assert isinstance(work, RunValidators)
-        return await pipeline.call_validators(work.model, calls=calls, then=then)
+        return await pipeline.call_validators(work.model, calls=calls, tracer=tracer)
+
+    def plan(work: Work) -> TurnPlan | None:
+        assert isinstance(work, RunValidators)
+        return pipeline.turn_plan(work.model, tracer)
 
     def line() -> Steps[ValidationOutcome]:
         return (yield from validated(pipeline, pipeline.check_model(body)))
 
-    return await drive(line(), perform)
+    shortest = min((pipeline.timeout_of(spec) for spec in pipeline.validators), default=math.inf)
+    return await drive(line(), perform, plan, calls, shortest=shortest)
 
 
 # --- the model ---------------------------------------------------------------------------------------
