@@ -279,7 +279,8 @@ class EventLog(LogReads):
         is raised, so a decision made on stale state never silently overwrites a newer one.
 
         ``durable=False``: on SQLite, commit without waiting for the disk; the batch survives this
-        process crashing and is made durable by the next durable append. On PostgreSQL, a server that
+        process crashing and is made durable by the next durable append, which also moves the anchor
+        file past it (a relaxed append leaves the anchor where it was). On PostgreSQL, a server that
         can crash on its own, it changes nothing (``LogWriter.transaction_reading``). For a batch that a
         later one of the same operation completes, and that answers nobody.
         """
@@ -382,9 +383,12 @@ class EventLog(LogReads):
                 row["hash"] = previous = link
                 rows.append(row)
             # The anchor's slot is sealed now, while the link's encoder and MAC are warm in the cache; it
-            # is written only once the batch has committed (it must never name an event the log lacks).
+            # is written only once the batch has committed (it must never name an event the log lacks),
+            # and only by a durable commit: a relaxed one may be lost with the machine while the anchor's
+            # write survives it, and the durable append that follows (an operation's outcome) anchors
+            # past it anyway.
             sealed = None
-            if keys is not None and integrity.record is not None and self.anchor_path is not None:
+            if durable and keys is not None and integrity.record is not None and self.anchor_path is not None:
                 sealed = seal_anchor(Anchor(integrity.record.log_id, rows[-1]["position"], previous), keys)
             with self._writer.last_writes(connection):
                 self._insert_events.run(connection, rows)

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Connection
 
-from confledger.store import EventLog, NewEvent
+from confledger.store import EventLog, NewEvent, SecretCipher
 from confledger.store.events import InstanceStarted
+from confledger.store.integrity import read_anchor
 
 SQLITE_LEVELS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
@@ -77,3 +78,25 @@ def test_a_log_that_never_waits_for_the_disk_is_left_as_configured(tmp_path: Any
         for durable in (False, True):
             with log._writer.transaction_reading(durable=durable) as (connection, *_):
                 assert level(connection) == "NORMAL"
+
+
+def test_only_a_durable_append_moves_the_anchor_file(tmp_path: Any) -> None:
+    """The anchor must never name an event the log lacks: a relaxed commit can be lost with the machine
+    while the anchor's own write survives, so only the durable append after it moves the anchor."""
+    with EventLog(
+        f"sqlite:///{tmp_path / 'log.db'}", cipher=SecretCipher([SecretCipher.generate_key()])
+    ) as log:
+        log.append([started(1)])
+        keys = log.integrity().keys
+        assert keys is not None
+        anchored = read_anchor(tmp_path / "log.db.anchor", keys)
+        assert anchored is not None
+        assert anchored.position == 1
+        log.append([started(2), started(3)], durable=False)
+        still = read_anchor(tmp_path / "log.db.anchor", keys)
+        assert still is not None
+        assert still.position == 1
+        log.append([started(4)])
+        moved = read_anchor(tmp_path / "log.db.anchor", keys)
+        assert moved is not None
+        assert moved.position == 4
