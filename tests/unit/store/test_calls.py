@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -48,9 +49,24 @@ def hands_back_a_coroutine() -> Any:
     return returns_async()
 
 
-# Only the row that must time out gets a short deadline: under a loaded machine's scheduling a worker
-# thread's first call alone took longer than 0.2 s, and a row meant to finish "timed out".
+# Only a call that must time out gets a short deadline, and it never ends before it (it waits to be
+# released, or sleeps far past it): under a loaded machine's scheduling a worker thread's first call
+# alone took longer than 0.2 s, so a call meant to finish "timed out" under a short one.
 QUICK, SHORT = 30.0, 0.2
+
+
+async def abandoned(calls: UserCalls, key: str, hangs: Callable[[], object]) -> CallOutcome:
+    """The outcome of a call of ``key`` that started ``hangs`` in a worker thread and was abandoned at its
+    deadline, its thread still in it (``hangs`` must not return until released). A call given up before
+    a worker thread started it never runs and frees its key, as it should; a loaded machine can take
+    longer than a short deadline to start a thread, so such a call is made again with twice the time."""
+    timeout = 0.05
+    with anyio.fail_after(60):
+        while True:
+            outcome = await calls.call(key, hangs, timeout=timeout, in_thread=True)
+            if key in calls.in_flight():
+                return outcome
+            timeout *= 2
 
 
 @pytest.mark.parametrize(
@@ -97,20 +113,21 @@ async def test_a_hung_call_holds_one_thread_however_often_it_is_called() -> None
 
     def hangs() -> None:
         entered.append(threading.get_ident())
-        release.wait(10)
+        release.wait(60)
 
     calls = UserCalls(4)
-    threads_before = threading.active_count()
     try:
-        outcomes = [await calls.call("service:hung", hangs, timeout=0.02, in_thread=True) for _ in range(20)]
+        first = await abandoned(calls, "service:hung", hangs)
+        threads_parked = threading.active_count()
+        again = [await calls.call("service:hung", hangs, timeout=0.02, in_thread=True) for _ in range(19)]
         # One thread parked in the hung call; the other 19 calls were never made.
         assert len(entered) == 1
-        assert threading.active_count() <= threads_before + 1
+        assert threading.active_count() <= threads_parked
         assert calls.in_flight() == {"service:hung"}
     finally:
         release.set()
-    assert outcomes[0].timed_out
-    assert all(outcome == CallOutcome(still_running=True) for outcome in outcomes[1:])
+    assert first.timed_out
+    assert all(outcome == CallOutcome(still_running=True) for outcome in again)
     with anyio.fail_after(5):
         while calls.in_flight():
             await anyio.sleep(0.01)
@@ -121,20 +138,27 @@ async def test_the_limiter_bounds_the_calls_running_at_once() -> None:
     running = 0
     most = 0
     lock = threading.Lock()
+    # Two at a time go on together, however late a loaded machine starts the second thread (with one
+    # token the barrier breaks, well before the calls' deadline); the wait after it gives a third, were it
+    # let in, time to be counted.
+    pairs = threading.Barrier(2, timeout=10)
 
     def work() -> None:
         nonlocal running, most
         with lock:
             running += 1
             most = max(most, running)
-        threading.Event().wait(0.05)
-        with lock:
-            running -= 1
+        try:
+            pairs.wait()
+            threading.Event().wait(0.05)
+        finally:
+            with lock:
+                running -= 1
 
     calls = UserCalls(2)
     async with anyio.create_task_group() as group:
         for index in range(6):
-            group.start_soon(lambda index=index: calls.call(f"k{index}", work, timeout=5, in_thread=True))
+            group.start_soon(lambda index=index: calls.call(f"k{index}", work, timeout=QUICK, in_thread=True))
     assert most == 2
 
 
@@ -183,7 +207,7 @@ async def test_a_turn_gives_one_outcome_per_call_in_order(
     functions: list[Any], values: list[object], errors: list[type[Exception] | None]
 ) -> None:
     outcomes = await in_turn(
-        UserCalls(2), [TurnCall(f"k{index}", function, 1.0) for index, function in enumerate(functions)]
+        UserCalls(2), [TurnCall(f"k{index}", function, QUICK) for index, function in enumerate(functions)]
     )
     assert [outcome.value for outcome in outcomes] == values
     assert [type(outcome.error) if outcome.error else None for outcome in outcomes] == errors
@@ -196,7 +220,7 @@ async def test_a_turn_runs_its_calls_one_after_another_in_one_thread_off_the_loo
     await in_turn(
         UserCalls(4),
         [
-            TurnCall(f"k{n}", lambda: seen.append((threading.get_ident(), REQUEST.get())), 1.0)
+            TurnCall(f"k{n}", lambda: seen.append((threading.get_ident(), REQUEST.get())), QUICK)
             for n in range(3)
         ],
     )
@@ -213,9 +237,11 @@ async def test_only_the_late_call_of_a_turn_times_out_and_the_rest_go_on() -> No
         outcomes = await in_turn(
             calls,
             [
-                TurnCall("first", lambda: ran.append("first"), 5.0),
-                TurnCall("hung", lambda: release.wait(10), 0.05),
-                TurnCall("after", lambda: ran.append("after"), 5.0),
+                TurnCall("first", lambda: ran.append("first"), QUICK),
+                # Its deadline counts from the moment the first call ended, in the turn's thread: this one
+                # starts right after, so it outlasts a loaded machine's pauses of a thread.
+                TurnCall("hung", lambda: release.wait(10), 0.5),
+                TurnCall("after", lambda: ran.append("after"), QUICK),
             ],
         )
         # The hung call keeps its thread and its key until it returns; the one after it ran meanwhile.
@@ -227,16 +253,16 @@ async def test_only_the_late_call_of_a_turn_times_out_and_the_rest_go_on() -> No
     with anyio.fail_after(5):
         while calls.in_flight():
             await anyio.sleep(0.01)
-    again = await in_turn(calls, [TurnCall("hung", returns, 1.0)])
+    again = await in_turn(calls, [TurnCall("hung", returns, QUICK)])
     assert again[0].value == "value"  # called again once its abandoned call returned
 
 
 async def test_each_deadline_counts_from_its_own_calls_start() -> None:
-    # 0.15 s of a 2 s budget, then a call with a 0.1 s budget: neither is late, though the second
-    # finishes more than 0.1 s after the turn began.
+    # 0.6 s of a 30 s budget, then a call with a 0.5 s budget: neither is late, though the second
+    # finishes more than 0.5 s after the turn began (0.5 s, for it to start and return on a loaded machine).
     outcomes = await in_turn(
         UserCalls(2),
-        [TurnCall("slow", lambda: threading.Event().wait(0.15), 2.0), TurnCall("quick", returns, 0.1)],
+        [TurnCall("slow", lambda: threading.Event().wait(0.6), QUICK), TurnCall("quick", returns, 0.5)],
     )
     assert [outcome.timed_out for outcome in outcomes] == [False, False]
     assert outcomes[1].value == "value"
@@ -246,9 +272,9 @@ async def test_a_key_whose_abandoned_call_still_runs_is_not_called_in_a_turn() -
     release = threading.Event()
     calls = UserCalls(4)
     try:
-        first = await calls.call("service:hung", lambda: release.wait(10), timeout=0.02, in_thread=True)
+        first = await abandoned(calls, "service:hung", lambda: release.wait(60))
         outcomes = await in_turn(
-            calls, [TurnCall("service:hung", returns, 1.0), TurnCall("service:other", returns, 1.0)]
+            calls, [TurnCall("service:hung", returns, QUICK), TurnCall("service:other", returns, QUICK)]
         )
     finally:
         release.set()
@@ -264,14 +290,19 @@ async def test_a_turn_given_up_while_waiting_for_a_thread_never_runs_its_late_ca
     async with anyio.create_task_group() as group:
         group.start_soon(lambda: calls.call("busy", lambda: release.wait(10), timeout=10, in_thread=True))
         await anyio.wait_all_tasks_blocked()
-        group.start_soon(
-            lambda: anyio.to_thread.run_sync(lambda: threading.Event().wait(0.2) or release.set())
-        )
+
+        async def release_after_the_deadline() -> None:
+            # On the loop's clock, as the deadline is: a loop held up past both still sees this one
+            # second (a thread set to release it could beat the deadline to the loop).
+            await anyio.sleep(0.2)
+            release.set()
+
+        group.start_soon(release_after_the_deadline)
         outcomes = await in_turn(
             calls,
             [
                 TurnCall("queued", lambda: ran.append("queued"), 0.05),
-                TurnCall("next", lambda: ran.append("next"), 5.0),
+                TurnCall("next", lambda: ran.append("next"), QUICK),
             ],
         )
     assert [outcome.timed_out for outcome in outcomes] == [True, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import uuid
@@ -441,10 +442,19 @@ async def test_a_hung_sync_callback_is_not_called_again_while_it_runs(tmp_path: 
     source = write(tmp_path / "config.json", {"region": "eu"})
     release = threading.Event()
     async with runner_on(tmp_path, source, threshold=0.0) as runner:
-        runner.services.register("hung", lambda old, new: release.wait(10), timeout=0.05)
         try:
-            write(source, {"region": "us"})
-            first = await runner.reload()
+            # A call given up before a worker thread started it never runs (a loaded machine can take
+            # longer than the timeout to start one): reloaded again, the callback given twice the time,
+            # until it hangs in a thread.
+            with anyio.fail_after(60):
+                for attempt in itertools.count():
+                    runner.services.register(
+                        "hung", lambda old, new: release.wait(60), timeout=0.05 * 2**attempt
+                    )
+                    write(source, {"region": f"us-{attempt}"})
+                    first = await runner.reload()
+                    if "service:hung" in runner.calls.in_flight():
+                        break
             write(source, {"region": "ap"})
             second = await runner.reload()
         finally:
