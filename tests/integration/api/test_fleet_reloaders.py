@@ -90,8 +90,15 @@ class Member:
 
 @asynccontextmanager
 async def fleet(
-    tmp_path: Path, database_url: str, names: list[str], **settings: Any
+    tmp_path: Path,
+    database_url: str,
+    names: list[str],
+    *,
+    own: dict[str, dict[str, Any]] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[list[Member]]:
+    """Reloaders named ``names`` on one log and one source, each with ``settings`` and then the settings
+    ``own`` gives its name."""
     source = write(tmp_path / "config.json", 1)
     async with AsyncExitStack() as stack:
         members = []
@@ -103,6 +110,7 @@ async def fleet(
                 "follow_poll_interval": 0.02,
                 "heartbeat_interval": 5.0,
                 **settings,
+                **(own or {}).get(name, {}),
             }
             reloader = ConfigReloader(config_model=Small, config_source=source, settings=Settings(**options))
             member = Member(reloader)
@@ -537,6 +545,9 @@ async def test_a_change_whose_decider_stopped_before_judging_it_is_judged_by_the
         ["b", "c", "a"],
         fleet_rollback_threshold=1.0,
         fleet_answer_wait=1.0,
+        # a stops before it judges, however long its reload and its stop take on a loaded machine (with
+        # the others' second it judged first when they took longer); b and c stand by for their own.
+        own={"a": {"fleet_answer_wait": 60.0}},
     ) as (b, c, a):
         # A live instance that never answers keeps the change open until the wait is over...
         now = datetime.now(UTC)
