@@ -15,6 +15,7 @@ import copy
 import json
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -46,7 +47,12 @@ from tests.scale import SCALE
 
 MAX_EXAMPLES = max(1, round(20 * SCALE))
 STEP_COUNT = max(2, round(15 * SCALE))
-TIMEOUT_S = 0.1  # short, with room for a worker thread to start on a busy machine
+# A slow callback never answers in time, however slow the machine: the async one waits on the loop past
+# its deadline, and the sync one until the machine releases it. The others always do: an async callback
+# that never awaits cannot be cut off, and the sync one's timeout leaves a loaded machine room to start
+# its worker thread (0.1 s did not: an "ok" callback timed out).
+ASYNC_TIMEOUT_S = 0.1
+SYNC_TIMEOUT_S = 1.0
 INSTANCE_ID = "stateful-node"
 BACKUP_COUNT = 3  # small, so rollbacks often reach past the backups
 
@@ -88,6 +94,7 @@ class ReloaderMachine(RuleBasedStateMachine):
         initial = valid_body(3600, 20, False, "sk-key-a-1111")
         self.source.write_text(json.dumps(initial), encoding="utf-8")
         self.behaviour = dict.fromkeys(FLAKY, "ok")
+        self.released = threading.Event()  # ends the slow sync callback's abandoned calls
         self.auto_rollback = True
         self._portal_context = start_blocking_portal("asyncio")
         self.portal: BlockingPortal = self._portal_context.__enter__()
@@ -116,8 +123,10 @@ class ReloaderMachine(RuleBasedStateMachine):
         )
         await reloader.start()
         reloader.register_config_callback("steady", lambda old, new: True, priority=10)
-        reloader.register_config_callback("flaky_async", self._flaky_async, priority=5, timeout=TIMEOUT_S)
-        reloader.register_config_callback("flaky_sync", self._flaky_sync, priority=1, timeout=TIMEOUT_S)
+        reloader.register_config_callback(
+            "flaky_async", self._flaky_async, priority=5, timeout=ASYNC_TIMEOUT_S
+        )
+        reloader.register_config_callback("flaky_sync", self._flaky_sync, priority=1, timeout=SYNC_TIMEOUT_S)
         return reloader
 
     async def _flaky_async(self, old: AppConfig, new: AppConfig) -> bool:
@@ -125,7 +134,7 @@ class ReloaderMachine(RuleBasedStateMachine):
         if behaviour == "raise":
             raise RuntimeError(f"rejected key {new.embedding.openai_api_key}")
         if behaviour == "slow":
-            await anyio.sleep(TIMEOUT_S * 4)
+            await anyio.sleep(ASYNC_TIMEOUT_S * 4)
         return behaviour != "refuse"
 
     def _flaky_sync(self, old: AppConfig, new: AppConfig) -> bool:
@@ -133,10 +142,11 @@ class ReloaderMachine(RuleBasedStateMachine):
         if behaviour == "raise":
             raise RuntimeError("cannot reconfigure")
         if behaviour == "slow":
-            time.sleep(TIMEOUT_S * 2)  # the abandoned worker thread ends soon after the deadline
+            self.released.wait(60)  # the abandoned worker thread ends once the behaviours change
         return behaviour != "refuse"
 
     def teardown(self) -> None:
+        self.released.set()
         try:
             self.portal.call(self.reloader.stop)
         finally:
@@ -283,11 +293,13 @@ class ReloaderMachine(RuleBasedStateMachine):
     @rule(flaky_async=st.sampled_from(BEHAVIOURS), flaky_sync=st.sampled_from(BEHAVIOURS))
     def set_behaviours(self, flaky_async: str, flaky_sync: str) -> None:
         # A slow sync callback's abandoned call runs on past its deadline, and until it returns each
-        # operation records it as still running (an error, whatever it was told to do next): the new
-        # behaviours start once it has returned.
-        settled_by = time.monotonic() + 5
+        # operation records it as still running (an error, whatever it was told to do next): it is
+        # released, and the new behaviours start once it has returned.
+        self.released.set()
+        settled_by = time.monotonic() + 30
         while self.reloader.runner.calls.in_flight() and time.monotonic() < settled_by:
             time.sleep(0.01)
+        self.released = threading.Event()
         self.behaviour = {"flaky_async": flaky_async, "flaky_sync": flaky_sync}
 
     @rule(auto_rollback=st.booleans())
