@@ -28,6 +28,7 @@ from confledger.store.sources import (
     LoadedSource,
     detect_format,
     load_source,
+    reading,
 )
 
 SECRET = "sk-SECRET-123"
@@ -630,22 +631,35 @@ def test_empty_file_filled_while_waiting_is_loaded(tmp_path: Path) -> None:
     assert loaded.raw_sha256 == hashlib.sha256(b'{"port": 8080}').hexdigest()
 
 
+class SteppedClock:
+    """``time`` for the source reader, whose monotonic clock moves on by what it sleeps and nothing else:
+    how many times it reads again does not depend on how long a loaded machine took over each sleep."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def test_file_still_empty_after_the_grace_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    real_sleep = time.sleep
-
-    def recording_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(time, "sleep", recording_sleep)
+    clock = SteppedClock()
+    monkeypatch.setattr(reading, "time", clock)
     error = refusal(
         write(tmp_path, ".env", " \n"), expect_content=True, empty_retry_s=0.15, empty_retry_interval_s=0.03
     )
     assert error.code == "empty"
     assert "0.15" in str(error)
-    assert len(sleeps) >= 2
-    assert all(seconds <= 0.03 for seconds in sleeps)
+    assert len(clock.sleeps) >= 2
+    assert all(seconds <= 0.03 for seconds in clock.sleeps)
 
 
 # --------------------------------------------------------------------------------------------------
