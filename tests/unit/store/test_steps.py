@@ -236,20 +236,27 @@ async def test_a_native_cancel_during_a_stretch_closes_the_line_once_the_stretch
     def line() -> Steps[None]:
         try:
             in_stretch.set()
-            release.wait(10)  # a slow model, in the first stretch
+            release.wait(30)  # a slow model, in the first stretch
             yield WORK
         finally:
             closed.append("released")
 
-    async def release_soon() -> None:
-        await anyio.to_thread.run_sync(in_stretch.wait)
-        await anyio.sleep(0.2)
+    async def release_once_cancelled(driving: asyncio.Task[None]) -> None:
+        with anyio.fail_after(30):
+            while not driving.cancelling():
+                await anyio.sleep(0.01)
         release.set()
 
+    driving = asyncio.ensure_future(run(line(), Recorder(None)))
     async with anyio.create_task_group() as group:
-        group.start_soon(release_soon)
+        group.start_soon(release_once_cancelled, driving)
+        # The timeout runs from the moment the stretch is under way: a loaded machine can take longer than
+        # the timeout to start a worker thread, and a line cancelled before its first stretch never starts.
+        with anyio.fail_after(30):
+            while not in_stretch.is_set():
+                await anyio.sleep(0.01)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(run(line(), Recorder(None)), 0.05)
+            await asyncio.wait_for(driving, 0.05)
     assert closed == ["released"]
 
 
