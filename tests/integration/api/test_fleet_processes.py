@@ -358,8 +358,11 @@ def test_a_change_whose_decider_is_killed_before_judging_it_is_judged_by_the_nex
 ) -> None:
     names = ["a", "b"]
     judged = {"CONFLEDGER_FLEET_ROLLBACK_THRESHOLD": "1.0", "CONFLEDGER_FLEET_ANSWER_WAIT": "2"}
+    # a is killed before it judges, however long its answer and the kill take on a loaded machine (with
+    # b's 2 s it could judge first); b stands in after its own wait.
+    decider = {**judged, "CONFLEDGER_FLEET_ANSWER_WAIT": "60"}
     with fleet_on(tmp_path, database_url) as fleet:
-        fleet.start(*names, variables={"a": judged, "b": judged})
+        fleet.start(*names, variables={"a": decider, "b": judged})
         all_receive(fleet, names, 1)
         # A live instance that never answers (its heartbeat is fresh for a minute) keeps the change open
         # until the wait is over, so the decider can be killed before it judges it.
