@@ -21,7 +21,11 @@ thread together (``call_in_turn``), one after another, so a reload pays one thre
 than one each: a hop costs a fraction of a millisecond on an idle machine and a turn of the event loop
 on a busy one. Each call keeps its own deadline, counted from its own start. The waiting side reads
 which call is running and since when; when that call overruns, it alone is abandoned (recorded as timed
-out), the thread starts nothing more, and the calls after it go on in a new turn.
+out), the thread starts nothing more, and the calls after it go on in a new turn. The waiting side's
+first look comes when a later call could first be late; a turn no thread has taken by then (every thread
+busy, or a loaded machine slow to start one) is handed to a thread again, from a task no look cancels,
+since anyio never runs a thread job cancelled before a worker takes it: its first call is late only at
+its own deadline.
 
 An operation's own thread (``Line``, ``store.steps.drive``) makes such turns itself between the stretches
 of its blocking work, so a reload whose user code is sync is one hop in all; the loop only watches the
@@ -31,6 +35,7 @@ deadlines of each turn as it waits for that thread (``run_line``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import threading
@@ -99,6 +104,9 @@ class _Turn:
     since: float = field(default_factory=time.perf_counter)  # when it started, or the one before ended
     given_up: bool = False  # the waiting side has moved on: start nothing more
     finished: threading.Event = field(default_factory=threading.Event)  # the thread is done with it
+    # Which job handed to a thread may run it (see ``UserCalls._turn``), and whether one has.
+    job: int = 0
+    started: bool = False
     continuing: bool = False
     shortest: float | None = None  # a line's: None for a turn of its own
 
@@ -329,10 +337,13 @@ class UserCalls:
                 first_look = turn.wake_at(time.perf_counter())
             with anyio.CancelScope(deadline=_loop_time_of(first_look)) as scope:
                 await anyio.to_thread.run_sync(
-                    self._run_turn, turn, abandon_on_cancel=True, limiter=self.limiter
+                    self._run_turn, turn, 0, abandon_on_cancel=True, limiter=self.limiter
                 )
             if scope.cancelled_caught:
-                await self._watch(turn)
+                if self._started_or_retired(turn):
+                    await self._watch(turn)
+                else:
+                    await self._hand_over(turn)
         finally:
             with self._lock:
                 turn.given_up = True  # cancelled from outside too: the thread starts nothing more
@@ -348,6 +359,30 @@ class UserCalls:
             for index, outcome in zip(rest, await self._turn([calls[i] for i in rest]), strict=True):
                 outcomes[index] = outcome
         return [await self._settled(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
+
+    async def _hand_over(self, turn: _Turn) -> None:
+        """Watch a turn no thread took by the first look (every thread busy, or a loaded machine slow to
+        start one) while a task of its own hands it to a thread again. anyio never runs a thread job
+        cancelled before a worker takes it, and another under a deadline at the next look could be
+        dropped the same way, look after look: here no look cancels it, and the turn's first call is
+        late only at its own deadline (then, still not taken, it never runs)."""
+        with self._lock:
+            job = turn.job
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                functools.partial(
+                    anyio.to_thread.run_sync,
+                    self._run_turn,
+                    turn,
+                    job,
+                    abandon_on_cancel=True,
+                    limiter=self.limiter,
+                )
+            )
+            try:
+                await self._watch(turn)
+            finally:
+                group.cancel_scope.cancel()
 
     async def _watch(self, turn: _Turn) -> None:
         """Wait for a turn that outlived its first look: until it finishes, or until the call under way
@@ -376,7 +411,19 @@ class UserCalls:
                 turn.outcomes[turn.current] = CallOutcome(timed_out=True, duration_ms=elapsed_ms(turn.since))
             return True
 
-    def _run_turn(self, turn: _Turn) -> None:
+    def _started_or_retired(self, turn: _Turn) -> bool:
+        """Whether a thread has started ``turn``; if none has, the job handed over is retired (a worker
+        that takes it after all does nothing: the turn is handed over again)."""
+        with self._lock:
+            if not turn.started:
+                turn.job += 1
+            return turn.started
+
+    def _run_turn(self, turn: _Turn, job: int) -> None:
+        with self._lock:
+            if job != turn.job:
+                return  # retired before it started: another job runs the turn
+            turn.started = True
         try:
             self._make_calls(turn)
         finally:

@@ -310,6 +310,34 @@ async def test_a_turn_given_up_while_waiting_for_a_thread_never_runs_its_late_ca
     assert calls.in_flight() == frozenset()
 
 
+async def test_a_turn_no_thread_took_by_the_first_look_still_runs_once_one_is_free() -> None:
+    # The first look comes when the second call could first be late (0.2 s). The only thread is busy
+    # until 1 s: the turn, not yet in a thread then, was dropped, and its first call, never made, was
+    # recorded as timed out at its own 5 s deadline (as on a loaded machine slow to start a thread).
+    release = threading.Event()
+    ran: list[str] = []
+    calls = UserCalls(1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: calls.call("busy", lambda: release.wait(30), timeout=QUICK, in_thread=True))
+        await anyio.wait_all_tasks_blocked()
+
+        async def release_after_the_first_look() -> None:
+            await anyio.sleep(1.0)
+            release.set()
+
+        group.start_soon(release_after_the_first_look)
+        outcomes = await in_turn(
+            calls,
+            [
+                TurnCall("first", lambda: ran.append("first"), 5.0),
+                TurnCall("second", lambda: ran.append("second"), 0.2),
+            ],
+        )
+    assert ran == ["first", "second"]
+    assert [outcome.timed_out for outcome in outcomes] == [False, False]
+    assert calls.in_flight() == frozenset()
+
+
 # --- a line: a worker thread's stretches and the turns it makes between them -------------------------
 
 
