@@ -1272,7 +1272,8 @@ async def test_a_plain_reloader_reads_the_services_settings(
     # No cipher passed: the key comes from CONFLEDGER_ENCRYPTION_KEY, as it does for `confledger serve`.
     async with running(url, source, instance_id="settings", cipher=None) as reloader:
         assert reloader.rollback_threshold == 1.0
-        reloader.register_config_callback("ok", lambda old, new: True)
+        # Its own timeout: under the 0.05 s default a loaded machine's late worker thread timed it out.
+        reloader.register_config_callback("ok", lambda old, new: True, timeout=30)
         reloader.register_config_callback("hangs", lambda old, new: release.wait(10))  # the default timeout
         write(source, variant(debug=True))
         try:
