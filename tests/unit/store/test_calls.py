@@ -430,7 +430,8 @@ async def test_a_stretch_slower_than_the_lines_looks_is_waited_for_not_abandoned
 
     def body() -> object:
         threading.Event().wait(0.3)
-        made, outcomes = line.make(plan_of(TurnCall("quick", returns, 0.05)))
+        # Its own deadline is long (a loaded machine may pause the thread); the loop looks every 0.05 s.
+        made, outcomes = line.make(plan_of(TurnCall("quick", returns, QUICK)))
         threading.Event().wait(0.3)
         return made and outcomes[0].value
 
