@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from confledger.store.events import RecordedEvent
 from confledger.store.log import StoredConfig, VerifyReport
 from confledger.store.outcome import ReloadOperation, ReloadStatus
-from confledger.store.secrets import find_secret_paths, redact
+from confledger.store.secrets import redact
 from confledger.store.source_state import SourceState
 
 if TYPE_CHECKING:
@@ -371,7 +371,7 @@ class VersionResponse(BaseModel):
             created_at=stored.created_at,
             first_position=stored.first_position,
             applied=applied,
-            config=redact(stored.body, stored.secret_paths | find_secret_paths(stored.body)),
+            config=redact(stored.body, stored.secret_paths),
         )
 
 

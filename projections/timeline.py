@@ -23,7 +23,7 @@ from confledger.store.events import (
 )
 from confledger.store.log import EventLog
 from confledger.store.outcome import ReloadOperation, build_operation
-from confledger.store.secrets import find_secret_paths, redact
+from confledger.store.secrets import redact
 from confledger.store.times import utc_text
 
 __all__ = ["AsOf", "Incident", "as_of", "diff_configs", "incident_replay", "position_of_hash"]
@@ -97,10 +97,9 @@ def as_of(
     Folder(projections).fold(followed())
     config = None
     if current_hash is not None:
-        # Left sealed: a replay shows secrets as ********** anyway, so it needs no key. A body stored
-        # before the sealing rules knew a name holds that value plain: the rules hide it here too.
+        # Left sealed: a replay shows secrets as ********** anyway, so it needs no key.
         stored = log.get_config(current_hash, reveal=False)
-        config = redact(stored.body, stored.secret_paths | find_secret_paths(stored.body))
+        config = redact(stored.body, stored.secret_paths)
     return AsOf(
         position=0 if last is None else last.position,
         occurred_at=None if last is None else last.occurred_at,

@@ -435,9 +435,12 @@ def replace_path(body: Any, path: ConfigPath, new: Any) -> Any:
 
 
 def redact(body: Mapping[str, Any], secret_paths: Iterable[ConfigPath]) -> dict[str, Any]:
-    """A copy with each secret (and each still-sealed value) shown as ``**********``."""
+    """A copy with each secret shown as ``**********``: those at ``secret_paths`` (the typed secrets a
+    model declares), every still-sealed value, and every value the rules find in the body itself. The
+    last is here, not left to callers: a body stored before a rule knew a name holds that value plain,
+    and each display of a stored body had to remember to add them."""
     result: Any = _redact_sealed(body)
-    for path in secret_paths:
+    for path in {*secret_paths, *find_secret_paths(result)}:
         present, value = get_path(result, path)
         if present and value is not None:
             result = replace_path(result, path, REDACTED)

@@ -536,3 +536,9 @@ def test_a_proxy_that_claims_a_model_class_is_walked_as_that_model() -> None:
     proxy = Proxy()
     assert isinstance(proxy, BaseModel)
     assert find_secret_paths(proxy) == _reference_secret_paths(proxy) == {("token",), ("password",)}
+
+
+def test_redact_hides_what_the_rules_find_in_the_body_without_being_told() -> None:
+    # A body stored before a rule knew its name holds the value plain, and no sealed path points at it.
+    stored = {"smtp_pass": "hunter2", "replica": "postgresql://app:pw@db/app", "host": "db"}
+    assert redact(stored, []) == {"smtp_pass": REDACTED, "replica": REDACTED, "host": "db"}
