@@ -651,6 +651,17 @@ class LogWriter:
             self._kept_serial += 1
         return self._kept
 
+    def session_pid(self) -> int | None:
+        """PostgreSQL: the server process of the connection this writer appends on (what a notification
+        its commit sends names as its sender); None before its first transaction, and on SQLite."""
+        kept = self._kept
+        if kept is None or self._sqlite:
+            return None
+        with contextlib.suppress(Exception):  # a connection being replaced meanwhile: not ours to name
+            driver: Any = kept.connection.driver_connection
+            return int(driver.info.backend_pid)
+        return None
+
     def data_version(self) -> tuple[int, int] | None:
         """SQLite: a token that stays the same until a connection other than this writer's commits to
         the database (``PRAGMA data_version`` on the writer's connection, with which connection it is);

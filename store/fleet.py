@@ -22,6 +22,7 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -385,10 +386,19 @@ class _ProcessLock:
 
 
 class Doorbell:
-    """``LISTEN`` on the log's channel, on a connection of its own (PostgreSQL only)."""
+    """``LISTEN`` on the log's channel, on a connection of its own (PostgreSQL only).
 
-    def __init__(self, engine: Engine) -> None:
+    ``own_session``: the server process this instance's own appends commit through (``None`` when it
+    has none yet). A ring sent from it is this instance's own config, which it has no need to follow:
+    it is not rung for. Every instance heard its own reloads, and a lone instance on PostgreSQL read the
+    log once more after each of them and, holding its apply lock for that turn, made its next operation
+    wait. A ring is named by its sender when it is read, so one sent by a writer connection since
+    replaced counts as another's: a read that finds nothing, as before.
+    """
+
+    def __init__(self, engine: Engine, own_session: Callable[[], int | None] | None = None) -> None:
         self.engine = engine
+        self._own_session = own_session
         self._raw: Any = None
         self._connection: Any = None  # the psycopg connection (typed Any: psycopg is loaded lazily)
 
@@ -425,6 +435,7 @@ class Doorbell:
         if connection is None:
             raise StoreUnavailable("the doorbell is not open")
         rang: str | None = None
+        own = None if self._own_session is None else self._own_session()
         with translate_errors(self.engine.url):
             # Each notification of every packet is looked at: an "applied" that arrives behind an
             # "other" in one read is not overlooked. The generator holds the connection's lock until
@@ -432,6 +443,8 @@ class Doorbell:
             notifications = connection.notifies(timeout=timeout)
             try:
                 for notification in notifications:
+                    if notification.pid == own:
+                        continue
                     if notification.payload == "applied":
                         rang = "applied"
                         break

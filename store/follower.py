@@ -90,7 +90,7 @@ class LogFollower:
             await anyio.sleep(self.poll_interval)
             return None
         if self._doorbell is None:
-            doorbell = Doorbell(self.log.engine)
+            doorbell = Doorbell(self.log.engine, own_session=self.log.writer_session)
             try:
                 await anyio.to_thread.run_sync(doorbell.open, limiter=self._bell_limiter)
             except Exception as exc:

@@ -231,6 +231,10 @@ class EventLog(LogReads):
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def writer_session(self) -> int | None:
+        """PostgreSQL: the server process this log's appends commit through (``LogWriter.session_pid``)."""
+        return self._writer.session_pid()
+
     @property
     def display_url(self) -> str:
         return describe_url(self.url)

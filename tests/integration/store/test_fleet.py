@@ -216,6 +216,42 @@ def test_the_doorbell_rings_for_an_append_that_applies_a_config_and_for_nothing_
             doorbell.close()
 
 
+def test_the_doorbell_does_not_ring_for_a_config_its_own_instance_applied(pg_schema_url: str) -> None:
+    # Its own reloads hold nothing for an instance to follow: each woke it for a read of the log, and
+    # the follow turn after it held the apply lock that the instance's next operation waited for.
+    with (
+        EventLog(pg_schema_url, instance_id="own") as log,
+        EventLog(pg_schema_url, instance_id="other") as other,
+    ):
+        assert log.writer_session() is None  # no append yet: no connection that commits them
+        log.append([NewEvent(InstanceStopped())])
+        session = log.writer_session()
+        assert isinstance(session, int) and session != other.writer_session()
+        doorbell = Doorbell(log.engine, own_session=log.writer_session)
+        doorbell.open()
+        try:
+            threading.Timer(
+                0.1, lambda: log.append([NewEvent(ConfigApplied(hash="c" * 64, previous_hash=None))])
+            ).start()
+            assert doorbell.wait(0.5) is None
+            # Another instance's ring behind one of its own is still heard, at once.
+            log.append([NewEvent(ConfigApplied(hash="d" * 64, previous_hash="c" * 64))])
+            threading.Timer(
+                0.1, lambda: other.append([NewEvent(ConfigApplied(hash="e" * 64, previous_hash="d" * 64))])
+            ).start()
+            assert doorbell.wait(60.0) == "applied"
+        finally:
+            doorbell.close()
+        # A doorbell that knows no own session hears every ring, as before.
+        everyone = Doorbell(log.engine)
+        everyone.open()
+        try:
+            log.append([NewEvent(ConfigApplied(hash="f" * 64, previous_hash="e" * 64))])
+            assert everyone.wait(60.0) == "applied"
+        finally:
+            everyone.close()
+
+
 def test_an_applied_config_rung_while_nobody_listened_is_seen_behind_later_rings(pg_schema_url: str) -> None:
     # A follower busy with one change misses nothing of the next: the rings wait in the socket, and
     # the one read that takes them all finds the "applied" even when other rings came after it.
