@@ -226,7 +226,8 @@ def test_the_doorbell_does_not_ring_for_a_config_its_own_instance_applied(pg_sch
         assert log.writer_session() is None  # no append yet: no connection that commits them
         log.append([NewEvent(InstanceStopped())])
         session = log.writer_session()
-        assert isinstance(session, int) and session != other.writer_session()
+        assert isinstance(session, int)
+        assert session != other.writer_session()
         doorbell = Doorbell(log.engine, own_session=log.writer_session)
         doorbell.open()
         try:
