@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from confledger.store.ignored_keys import ignored_keys
+from confledger.store.ignored_keys import _may_hold_model, ignored_keys
 from confledger.store.validation import ValidationPipeline
 
 
@@ -52,6 +54,8 @@ class Service(BaseModel):
     chooses: Chooses = Chooses()
     pet: Cat | Dog = Field(Cat(kind="cat"), discriminator="kind")
     labels: dict[str, str] = {}
+    standby: list[Database] | None = None
+    flags: dict[str, dict[str, int | str | bool]] = {}
 
 
 @pytest.mark.parametrize(
@@ -75,6 +79,9 @@ class Service(BaseModel):
         # The union member the discriminator chose is the model walked.
         ({"pet": {"kind": "dog", "good": False, "lives": 3}}, ["pet.lives"]),
         ({"pet": {"kind": "cat", "lives": 3}}, []),
+        # Models under an optional list are walked; a dict of flags holds none and is not.
+        ({"standby": [{"pool_size": 1, "spare": True}]}, ["standby[0].spare"]),
+        ({"flags": {"new_ui": {"on": True, "owner": "web"}}}, []),
     ],
 )
 def test_ignored_keys(body: dict[str, Any], ignored: list[str]) -> None:
@@ -101,3 +108,40 @@ def test_a_model_that_forbids_extras_refuses_instead() -> None:
     assert result.config is None
     assert result.warnings == ()
     assert result.errors
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Settings(TypedDict):
+    database: Database
+
+
+@pytest.mark.parametrize(
+    ("annotation", "may_hold"),
+    [
+        # Scalars, and containers of nothing but scalars, hold no model: their values are not walked.
+        (int, False),
+        (str | None, False),
+        (datetime, False),
+        (Colour, False),
+        (Literal["a", "b"], False),
+        (dict[str, dict[str, int | str | bool]], False),
+        (tuple[int, ...], False),
+        (Annotated[int, Field(gt=0)], False),
+        # A model anywhere in the type: in a union, a container, an Annotated.
+        (Database, True),
+        (Database | None, True),
+        (dict[str, list[Database]], True),
+        (Annotated[list[Database], Field(min_length=1)], True),
+        # Whatever is not known for certain may hold one: walked, as every value was before.
+        (Any, True),
+        (object, True),
+        (dict, True),
+        (Settings, True),
+        ("Database", True),
+    ],
+)
+def test_may_hold_model(annotation: Any, may_hold: bool) -> None:
+    assert _may_hold_model(annotation) is may_hold
