@@ -188,9 +188,13 @@ class CandidateReader:
         if model.body is None:
             return Candidate(loaded, model)
         try:
-            # The model check hashed the body with this log's hash_config: not hashed again.
+            # The model check hashed the body with this log's hash_config: not hashed (nor encoded) again.
             sealed = self.log.prepare_config(
-                model.body, model.secret_paths, hashed=model.hash, digested=model.digested_paths
+                model.body,
+                model.secret_paths,
+                hashed=model.hash,
+                digested=model.digested_paths,
+                text=model.text,
             )
             return Candidate(loaded, model, sealed=sealed)
         except SecretKeyError as exc:

@@ -153,15 +153,16 @@ def config_hash_as(
     secret_paths: Iterable[ConfigPath],
     version: int,
     keys: IntegrityKeys | None,
+    *,
+    plain_text: str | None = None,
 ) -> str:
-    """The hash of ``plain_body`` (secrets revealed) under hash scheme ``version``."""
-    if version == CONFIG_HASH_PLAIN:
-        return sha256_hex(canonical_bytes(dict(plain_body)))
-    if version not in (CONFIG_HASH_KEYED, CONFIG_HASH_SEALS_MORE):
+    """The hash of ``plain_body`` (secrets revealed) under hash scheme ``version``; ``plain_text``: its
+    canonical text, when the caller has it (a hash with nothing digested is that text's)."""
+    if version not in (CONFIG_HASH_PLAIN, CONFIG_HASH_KEYED, CONFIG_HASH_SEALS_MORE):
         raise ValueError(f"unknown config hash version {version}")
     paths = list(secret_paths)
-    if not paths:
-        return sha256_hex(canonical_bytes(dict(plain_body)))
+    if version == CONFIG_HASH_PLAIN or not paths:
+        return sha256_hex(canonical_json(dict(plain_body)) if plain_text is None else plain_text)
     if keys is None:
         raise IntegrityKeyError(
             "a config hash over secrets needs the log's key: set CONFLEDGER_ENCRYPTION_KEY "

@@ -556,12 +556,14 @@ class EventLog(LogReads):
         *,
         hashed: str | None = None,
         digested: Iterable[ConfigPath] | None = None,
+        text: str | None = None,
     ) -> PreparedConfig:
         """Hash ``body`` (secrets plain) and seal its secrets for storage; ``digested``: those the hash
-        takes as keyed digests (default: all); ``hashed``: its hash from ``hash_config``, when the caller
-        has it already."""
+        takes as keyed digests (default: all); ``hashed``: its hash from ``hash_config``, and ``text``
+        its canonical text, when the caller has them already."""
+        keys = self.integrity().keys
         return prepare_config(
-            body, secret_paths, self.cipher, self.integrity().keys, hashed=hashed, digested=digested
+            body, secret_paths, self.cipher, keys, hashed=hashed, digested=digested, text=text
         )
 
     def hash_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
@@ -587,14 +589,9 @@ class EventLog(LogReads):
     def put_config(self, body: Mapping[str, Any], secret_paths: Iterable[ConfigPath] = ()) -> str:
         """Store a config body by content; storing the same body twice is a no-op. Returns its hash."""
         prepared = self.prepare_config(body, secret_paths)
+        now, writes = datetime.now(UTC), self._config_writes
         with self._writer.transaction() as connection:
-            store_config(
-                connection,
-                prepared,
-                first_position=None,
-                created_at=datetime.now(UTC),
-                writes=self._config_writes,
-            )
+            store_config(connection, prepared, first_position=None, created_at=now, writes=writes)
         return prepared.hash
 
     # --- reading --------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from pydantic_core import to_jsonable_python
 from pydantic_core.core_schema import ErrorType
 
 from confledger.store.calls import CallOutcome, TurnCall, TurnPlan, UserCalls
-from confledger.store.canonical import config_hash
+from confledger.store.canonical import canonical_json, config_hash
 from confledger.store.durations import elapsed_ms
 from confledger.store.ignored_keys import ignored_keys
+from confledger.store.integrity import CONFIG_HASH_KEYED, config_hash_as
 from confledger.store.secrets import ConfigPath, classify_secrets, digested_paths, find_secret_paths
 
 __all__ = [
@@ -238,6 +239,8 @@ class ModelResult:
     warnings: tuple[str, ...] = ()
     # Those of ``secret_paths`` the hash takes as keyed digests (``store.secrets.classify_secrets``).
     digested_paths: frozenset[ConfigPath] = frozenset()
+    # The body's canonical text, when the hash was made of it (nothing digested): what the log stores.
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,11 +365,18 @@ class ValidationPipeline:
             return ModelResult(None, None, None, frozenset(), tuple(errors), _ms_since(started))
         secrets = classify_secrets(config)
         digested = digested_paths(secrets)
-        digest = self.hasher(normalised, digested)
+        text = None
+        if digested:
+            digest = self.hasher(normalised, digested)
+        else:
+            # Nothing digested: the hash of every scheme is that of the body's canonical text, which is
+            # kept for the log to store (``prepare_config``), so the body is encoded once.
+            text = canonical_json(normalised)
+            digest = config_hash_as(normalised, (), CONFIG_HASH_KEYED, None, plain_text=text)
         ignored = ignored_keys(config, body) if isinstance(config, BaseModel) else []
         warnings = tuple(f"{path}: not a field of {type(config).__name__}, ignored" for path in ignored)
         return ModelResult(
-            config, normalised, digest, frozenset(secrets), (), _ms_since(started), warnings, digested
+            config, normalised, digest, frozenset(secrets), (), _ms_since(started), warnings, digested, text
         )
 
     def calls_for(self, model: ModelResult) -> bool:

@@ -476,6 +476,19 @@ def test_appended_payloads_are_stored_as_their_canonical_text(log: EventLog) -> 
 BODY = {"service": "billing", "limits": {"rps": 100, "burst": 20}, "regions": ["eu", "us"]}
 
 
+def test_a_config_body_is_stored_as_the_canonical_text_it_was_hashed_by(log: EventLog) -> None:
+    # The text a reload's model check hashed is the size and the stored row: the body is encoded once.
+    text = canonical_json(BODY)
+    prepared = log.prepare_config(BODY, text=text)
+    assert prepared.sealed_text is text
+    assert prepared.size_bytes == len(text.encode("utf-8"))
+    assert prepared.hash == config_hash(BODY)
+    log.append([started(), applied(prepared.hash)], configs=[prepared])
+    assert raw_bodies(log) == [text]
+    assert log.get_config(prepared.hash).body == BODY
+    assert log.verify().ok
+
+
 def test_put_config_is_content_addressed(log: EventLog) -> None:
     first = log.put_config(BODY)
     again = log.put_config(dict(reversed(BODY.items())))  # same content, other key order

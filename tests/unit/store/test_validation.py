@@ -29,6 +29,7 @@ from pydantic_core import to_jsonable_python
 
 from confledger.store import config_hash
 from confledger.store.calls import TurnPlan, UserCalls
+from confledger.store.canonical import canonical_json
 from confledger.store.steps import RunValidators, Steps, Work, drive, validated
 from confledger.store.validation import (
     MAX_ITEM_CHARS,
@@ -184,6 +185,29 @@ def test_parse_runs_only_the_model() -> None:
     assert body is not None
     assert body["database"]["password"] == "hunter2-secret"
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("body", "keeps_text"),
+    [
+        # Nothing digested: the hash is the text's, and the text is kept for the log to store.
+        ({"name": "svc"}, True),
+        ({"name": "svc", "database": {"pool_size": 7}}, True),
+        # A password the hash digests: no text of the plain body is what the log would store.
+        (BODY, False),
+    ],
+)
+def test_check_model_keeps_the_text_it_hashed_when_nothing_is_digested(
+    body: dict[str, Any], keeps_text: bool
+) -> None:
+    model = make_pipeline(Service).check_model(body)
+    assert model.body is not None
+    if keeps_text:
+        assert model.text == canonical_json(model.body)
+        assert model.hash == config_hash(model.body)
+    else:
+        assert model.text is None
+        assert model.digested_paths
 
 
 def test_dump_revealed_shows_secret_values_in_json_form() -> None:
