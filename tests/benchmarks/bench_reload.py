@@ -2,18 +2,18 @@
 
     .venv/bin/python tests/benchmarks/bench_reload.py [--anchor c06ff0c] [--rounds R] [--reloads N]
                                                       [--async-callbacks] [--unforced] [--flags N]
-                                                      [--dir DIR] [--check]
+                                                      [--postgres] [--dir DIR] [--check]
 
 Each reload loads ``examples/config.yaml`` (alternating with a copy with one value changed, ``force=True``, so
 every one is a full operation: load, validate with the example model and validators, notify three no-op sync
 callbacks, apply, commit; ``--unforced`` drops ``force``, so each reload also reads the rollback pins up to
 the log's head before it applies, as a reload of a changed file does; ``--flags N``: a JSON file of N flags
 with ``FlagsConfig`` instead, no validators, to see what a large config costs, with no target) on SQLite
-with synchronous=FULL on a real disk (never tmpfs: a commit there would cost no fsync), the reloader run as
-a service runs it
-(``async with``: its own task saves the projections' and the WAL's checkpoints, off the reloads) and its
-start-up objects frozen out of the collector's full passes, as the lifecycle does (``gc.freeze``). Each side
-runs in a subprocess of its own, ``--rounds`` times, the two sides taking turns (which goes first alternates),
+with synchronous=FULL on a real disk (never tmpfs: a commit there would cost no fsync; ``--postgres``: on
+PostgreSQL, each process in a schema of its own), the reloader run as a service runs it (``async with``:
+its own task saves the projections' and the WAL's checkpoints, off the reloads) and its start-up objects
+frozen out of the collector's full passes, as the lifecycle does (``gc.freeze``). Each side runs in a
+subprocess of its own, ``--rounds`` times, the two sides taking turns (which goes first alternates),
 so both share the machine's noise. The anchor is exported with ``git archive`` and made importable as
 ``confledger`` through a temporary directory holding its ``confledger/__init__.py`` and symlinks to its
 ``store``, ``projections``, ``api``, ``migrations`` and ``examples`` (as ``tests/unit/test_code_quality.py``
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -45,7 +46,7 @@ from pydantic import BaseModel
 if __package__ in (None, ""):  # run as a script: ``tests`` importable, after whichever confledger is first
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import ROOT, bench_dir, filesystem_of, percentile
+from tests.benchmarks.common import ROOT, bench_dir, filesystem_of, percentile, pg_base_url, pg_schema
 
 EXAMPLE = ROOT / "examples" / "config.yaml"
 LAYERS = ("store", "projections", "api", "migrations", "examples")
@@ -85,7 +86,13 @@ def example_log(url: str, instance_id: str) -> Any:
 
 
 async def measure(
-    directory: Path, reloads: int, warmup: int, async_callbacks: bool, force: bool = True, flags: int = 0
+    directory: Path,
+    reloads: int,
+    warmup: int,
+    async_callbacks: bool,
+    force: bool = True,
+    flags: int = 0,
+    url: str | None = None,
 ) -> dict[str, Any]:
     from confledger.api.reloader import ConfigReloader
     from confledger.examples.app_config import VALIDATORS, AppConfig
@@ -97,7 +104,7 @@ async def measure(
         first, second = flag_files(directory, flags)
     else:
         first, second = example_files(directory)
-    log = example_log(f"sqlite:///{directory / 'bench.db'}", "bench-reload")
+    log = example_log(url or f"sqlite:///{directory / 'bench.db'}", "bench-reload")
 
     def noop(_old: Any, _new: Any) -> None:
         return None
@@ -253,9 +260,17 @@ def worker(args: argparse.Namespace) -> int:
     import anyio
 
     directory = Path(args.dir)
-    result = anyio.run(
+    run = functools.partial(
         measure, directory, args.reloads, args.warmup, args.async_callbacks, not args.unforced, args.flags
     )
+    if args.postgres:
+        base = pg_base_url()
+        if base is None:
+            raise SystemExit("PostgreSQL is not reachable (CONFLEDGER_TEST_PG_URL, else the test database)")
+        with pg_schema(base) as url:
+            result = anyio.run(functools.partial(run, url=url))
+    else:
+        result = anyio.run(run)
     print(json.dumps(result))
     return 0
 
@@ -299,6 +314,8 @@ def run_side(path: Path | None, directory: Path, args: argparse.Namespace) -> di
         command.append("--unforced")
     if args.flags:
         command += ["--flags", str(args.flags)]
+    if args.postgres:
+        command.append("--postgres")
     done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"a benchmark process failed:\n{done.stderr[-3000:]}")
@@ -338,7 +355,8 @@ def parent(args: argparse.Namespace) -> int:
     kind = "async" if args.async_callbacks else "sync (worker threads)"
     forced = "without force" if args.unforced else "force=True"
     loaded = f"{args.flags:,} flags in JSON (FlagsConfig)" if args.flags else str(EXAMPLE.relative_to(ROOT))
-    print(f"confledger reload ({forced}): {loaded}, 3 no-op {kind} callbacks, SQLite synchronous=FULL")
+    backend = "PostgreSQL (a schema of its own per process)" if args.postgres else "SQLite synchronous=FULL"
+    print(f"confledger reload ({forced}): {loaded}, 3 no-op {kind} callbacks, {backend}")
     print(
         f"  on {filesystem_of(base.parent)}; cpus={os.cpu_count()}; load {load_before[0]:.2f} -> {load_after[0]:.2f}"
     )
@@ -393,6 +411,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--flags", type=int, default=0, help="reload a JSON file of this many flags (no target) instead"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="on PostgreSQL (CONFLEDGER_TEST_PG_URL) instead of SQLite"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
