@@ -51,6 +51,7 @@ STATUS_BY_CODE = {
     "store_read_only": status.HTTP_503_SERVICE_UNAVAILABLE,
     "integrity_failed": status.HTTP_503_SERVICE_UNAVAILABLE,
     "config_body_mismatch": status.HTTP_409_CONFLICT,
+    "hash_scheme_too_new": status.HTTP_409_CONFLICT,
 }
 
 # What a client is told about a failure on the server's side. The store's own message names the

@@ -567,7 +567,7 @@ class ConfigReloader(FileWatching):
         that event may have been edited to point the service at another stored config (one refused once,
         say), and there is then no config it could serve."""
         broken = report.first_broken_position
-        if broken is None or report.code == "config_body_mismatch":
+        if broken is None or report.failed_on_a_body:
             return  # a stored body, not the chain: the restore re-hashes the body it would serve
         applied = await anyio.to_thread.run_sync(self.log.last_of_type, ConfigApplied.event_type)
         if applied is None or broken > applied.position:

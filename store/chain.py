@@ -117,12 +117,19 @@ class VerifyReport:
     first_broken_position: int | None = None
     reason: str | None = None
     # A stable reason code for a failed check: event_missing, prev_hash_mismatch, link_mismatch,
-    # link_downgraded, config_body_mismatch, checkpoint_mac, truncated, anchor_mismatch, key_record.
+    # link_downgraded, config_body_mismatch, hash_scheme_too_new, checkpoint_mac, truncated,
+    # anchor_mismatch, key_record.
     code: str | None = None
     config_hash: str | None = None
     # The anchor file the log's end was checked against; None when none was (a keyless log has none,
     # and a keyed one's may be on another machine: its newest events could then be cut off unseen).
     anchor_checked: str | None = None
+
+    @property
+    def failed_on_a_body(self) -> bool:
+        """Whether what failed is a stored config body (edited, deleted, or of a newer release), every
+        link of the chain having held."""
+        return self.code in ("config_body_mismatch", "hash_scheme_too_new")
 
     def raise_for_break(self) -> None:
         if not self.ok and self.first_broken_position is not None:

@@ -23,12 +23,14 @@ from confledger.store.canonical import canonical_json
 from confledger.store.errors import (
     AmbiguousHashPrefix,
     ConfigBodyMismatch,
+    HashSchemeTooNew,
     InvalidHashPrefix,
     SecretKeyError,
     UnknownConfigHash,
 )
 from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
+    CONFIG_HASH_NEWEST,
     CONFIG_HASH_PLAIN,
     CONFIG_HASH_SEALS_MORE,
     IntegrityKeys,
@@ -275,6 +277,7 @@ def stored_config(
     paths = frozenset(sealed_paths(stored_body))
     version = int(hash_version)
     if reveal:
+        refuse_newer_scheme(full_hash, version)  # before unsealing: its seals may be of its own kind
         body = unseal(stored_body, cipher)
         # Only a scheme-3 body seals values its hash takes in the clear: in any other, a value marked so
         # was put there by hand, and re-hashing it as a digest refuses the body.
@@ -297,6 +300,20 @@ def stored_config(
     )
 
 
+def refuse_newer_scheme(full_hash: str, version: int) -> None:
+    """``HashSchemeTooNew`` when ``version`` is a hash scheme of a newer release than this one.
+
+    Without it, this release took such a body for an edited one ("it was changed in the database"): an
+    instance left behind in a rolling upgrade reported its fleet's newest configs as tampered with."""
+    if version > CONFIG_HASH_NEWEST:
+        raise HashSchemeTooNew(
+            f"config {full_hash[:16]} is stored under hash scheme {version}, which this release does not "
+            f"know (it knows 1 to {CONFIG_HASH_NEWEST}): a newer confledger wrote it; upgrade this instance",
+            config_hash=full_hash,
+            scheme=version,
+        )
+
+
 def check_body(
     full_hash: str,
     plain_body: Mapping[str, Any],
@@ -304,7 +321,9 @@ def check_body(
     version: int,
     keys: IntegrityKeys | None,
 ) -> None:
-    """Raise ``ConfigBodyMismatch`` unless ``plain_body`` hashes to ``full_hash`` under scheme ``version``."""
+    """Raise ``ConfigBodyMismatch`` unless ``plain_body`` hashes to ``full_hash`` under scheme ``version``
+    (``HashSchemeTooNew`` for a scheme of a newer release, which this one cannot recompute)."""
+    refuse_newer_scheme(full_hash, version)
     try:
         recomputed = config_hash_as(plain_body, secret_paths, version, keys)
     except (ValueError, TypeError):
@@ -324,8 +343,9 @@ def body_mismatches(
     *,
     since: int | None = None,
     batch: int = 200,
-) -> Iterable[tuple[str, int | None, str]]:
-    """Every stored body that does not hash to its hash: (hash, first position, why), by hash order.
+) -> Iterable[tuple[str, int | None, str, str]]:
+    """Every stored body that does not hash to its hash: (hash, first position, why, reason code), by hash
+    order.
 
     ``since``: only bodies first named after that position, and those no event names yet."""
     after = ""
@@ -341,9 +361,10 @@ def body_mismatches(
             try:
                 load_config(connection, str(row.hash), cipher, reveal=True, keys=keys)
             except ConfigBodyMismatch as exc:
-                yield str(row.hash), first, exc.message
+                yield str(row.hash), first, exc.message, exc.code
             except SecretKeyError as exc:
-                yield str(row.hash), first, f"its secrets cannot be read to re-hash it: {exc.message}"
+                why = f"its secrets cannot be read to re-hash it: {exc.message}"
+                yield str(row.hash), first, why, ConfigBodyMismatch.code
         if len(rows) < batch:
             return
         after = str(rows[-1].hash)

@@ -18,6 +18,7 @@ The hierarchy::
     │   ├── ChainBroken             ``verify()`` found a link that does not recompute
     │   ├── IntegrityFailed         the log failed its integrity check: writes are refused
     │   ├── ConfigBodyMismatch      a stored config body no longer hashes to the hash it is stored under
+    │   │   └── HashSchemeTooNew    the body is under a hash scheme of a newer confledger: not checkable here
     │   ├── EventSchemaError        a payload that its model (or its version) does not accept
     │   ├── ConcurrencyConflict     another ``config.applied`` landed since the caller's expected head
     │   └── FleetLockBusy           another instance held the fleet's operation lock past the wait budget
@@ -64,6 +65,7 @@ __all__ = [
     "ConfledgerError",
     "EventSchemaError",
     "FleetLockBusy",
+    "HashSchemeTooNew",
     "InitialConfigError",
     "IntegrityFailed",
     "IntegrityKeyError",
@@ -175,6 +177,20 @@ class ConfigBodyMismatch(LogError):
     def __init__(self, message: str, *, config_hash: str) -> None:
         super().__init__(message)
         self.config_hash = config_hash
+
+
+class HashSchemeTooNew(ConfigBodyMismatch):
+    """A stored body under a hash scheme this release does not know: a newer confledger wrote it.
+
+    Refused wherever a body that does not hash to its hash is (a rollback to it, a restore, a follower's
+    read, ``verify``), since this release cannot tell it from an edited one; but it is no sign of an
+    edit, so it is never recorded as one in the fleet's log, and its message says to upgrade."""
+
+    code = "hash_scheme_too_new"
+
+    def __init__(self, message: str, *, config_hash: str, scheme: int) -> None:
+        super().__init__(message, config_hash=config_hash)
+        self.scheme = scheme
 
 
 class EventSchemaError(LogError):

@@ -70,6 +70,8 @@ CONFIG_HASH_KEYED = 2
 # 3 hashes as 2; its stored body also seals values the hash takes in the clear, each marked
 # ``$confledger_sealed_undigested`` (names only the sealing rules of store/secrets.py know).
 CONFIG_HASH_SEALS_MORE = 3
+# The newest scheme this release knows: a body under a later one was written by a newer release.
+CONFIG_HASH_NEWEST = CONFIG_HASH_SEALS_MORE
 
 # A signing key is any text of at least this many characters (a Fernet key from ``confledger keygen`` is 44).
 MIN_SIGNING_KEY_LENGTH = 32

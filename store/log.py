@@ -62,6 +62,7 @@ from confledger.store.errors import (
     ConfigLookupError,
     ConfledgerError,
     EventSchemaError,
+    HashSchemeTooNew,
     IntegrityFailed,
     IntegrityKeyError,
     SecretKeyError,
@@ -432,7 +433,7 @@ class EventLog(LogReads):
     def record_integrity_failure(self, report: VerifyReport) -> None:
         """Record a failed check as ``integrity.check_failed``, when it is one the chain itself survived
         (a stored body that does not match its hash: the links verified). Nothing is chained onto a
-        broken, cut or rewritten chain."""
+        broken, cut or rewritten chain, nor for a newer release's body (``hash_scheme_too_new``)."""
         if report.code != "config_body_mismatch":
             return
         event = IntegrityCheckFailed(
@@ -652,7 +653,8 @@ class EventLog(LogReads):
                             statement=self._config_row,
                         )
                     )
-                except (SecretKeyError, ConfigLookupError) as exc:
+                # A body of a newer release: answered ``invalid`` (upgrade), this instance drifted.
+                except (SecretKeyError, ConfigLookupError, HashSchemeTooNew) as exc:
                     found.append((event, exc))
                 else:
                     found.append((event, stored))

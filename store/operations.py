@@ -342,7 +342,8 @@ class OperationRunner(FleetFollowing, Concluding):
 
     async def _refuse_forged_body(self, exc: ConfigBodyMismatch) -> None:
         """The current config's stored body was edited: recorded (the chain itself verified), not applied,
-        appends refused from now on, and the start fails: there is no config it could serve."""
+        appends refused from now on, and the start fails: there is no config it could serve. A body of a
+        newer release (``HashSchemeTooNew``) fails the start the same way, unrecorded: it is no edit."""
         logger.error("integrity check failed at start-up: %s", exc.message)
         report = VerifyReport(False, 0, self._known_head, None, exc.message, exc.code, exc.config_hash)
         await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)

@@ -221,11 +221,9 @@ def body_failure(
             return VerifyReport(
                 False, report.checked, report.head, position, reason, "config_body_mismatch", full_hash
             )
-        for full_hash, first, why in body_mismatches(connection, cipher, keys, since=since):
+        for full_hash, first, why, code in body_mismatches(connection, cipher, keys, since=since):
             reason = f"config {full_hash[:16]}: {why}"
-            return VerifyReport(
-                False, report.checked, report.head, first, reason, "config_body_mismatch", full_hash
-            )
+            return VerifyReport(False, report.checked, report.head, first, reason, code, full_hash)
     return None
 
 

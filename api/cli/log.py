@@ -431,7 +431,7 @@ def verify_command(
         # The reason code beside the words: it is what the runbook, /readyz and the service's log name.
         broken = report.first_broken_position
         tally = f"{report.checked} events verified, head {report.head}"
-        if report.code == "config_body_mismatch" and report.config_hash is not None:
+        if report.failed_on_a_body and report.config_hash is not None:
             # Every link held: what failed is a stored config (edited or deleted), not an event. Its
             # position is the event that names it, which an auditor must not go looking at as edited.
             where = f"stored config {report.config_hash[:16]} failed its check (named at position {broken})"

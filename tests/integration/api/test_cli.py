@@ -630,6 +630,27 @@ def test_verify_names_an_edited_body_as_a_body_not_a_broken_chain(sqlite_url: st
     assert f"the chain holds: {report['checked']} events verified" in table.stderr
 
 
+def test_verify_names_a_body_of_a_newer_release_as_such(sqlite_url: str, tmp_path: Path) -> None:
+    # What an instance left behind in a rolling upgrade meets: a scheme it does not know. It was told
+    # "it was changed in the database", and an auditor went looking for an edit that never happened.
+    story = build_story(sqlite_url, tmp_path)
+    tamper(
+        sqlite_url,
+        "DROP TRIGGER config_versions_refuse_update",
+        "UPDATE config_versions SET hash_version = 99 WHERE hash = :hash",
+        hash=story.hashes["pool"],
+    )
+    result = invoke("verify", *story.db(), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert (report["code"], report["config_hash"]) == ("hash_scheme_too_new", story.hashes["pool"])
+    table = invoke("verify", *story.db())
+    assert f"stored config {story.hashes['pool'][:16]} failed its check" in table.stderr
+    assert "hash scheme 99" in table.stderr
+    assert "upgrade this instance" in table.stderr
+    assert "changed in the database" not in table.stderr
+
+
 def test_read_commands_never_write_to_the_log(story: Story) -> None:
     before = log_fingerprint(story.url)
     for args in (

@@ -5,6 +5,7 @@ lowered, edited or dropped, a body edited. Each is found by ``verify`` and by st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +16,17 @@ import sqlalchemy as sa
 
 from confledger.store import Checkpoint, EventLog, NewEvent, SecretCipher
 from confledger.store.chain import chain_hash
-from confledger.store.errors import ConfigBodyMismatch, EventSchemaError, IntegrityFailed, IntegrityKeyError
+from confledger.store.errors import (
+    ConfigBodyMismatch,
+    EventSchemaError,
+    HashSchemeTooNew,
+    IntegrityFailed,
+    IntegrityKeyError,
+)
 from confledger.store.events import ConfigApplied, InstanceStarted
 from confledger.store.integrity import (
     CONFIG_HASH_KEYED,
+    CONFIG_HASH_NEWEST,
     CONFIG_HASH_SEALS_MORE,
     LINK_HMAC,
     IntegrityKeys,
@@ -487,3 +495,39 @@ def test_a_sealed_value_moved_between_digested_and_clear_is_an_edited_body(
     with pytest.raises(ConfigBodyMismatch):
         log.get_config(prepared.hash)
     assert log.verify().code == "config_body_mismatch"
+
+
+def test_a_body_of_a_newer_hash_scheme_is_refused_as_such_and_never_reported_as_edited(
+    open_keyed: Callable[..., EventLog],
+) -> None:
+    # An instance left behind in a rolling upgrade meets a body a newer release stored under a scheme it
+    # does not know. It cannot re-hash it, so it refuses it wherever it would refuse an edited body, but
+    # says why (upgrade), and writes no integrity.check_failed into the log the newer instances share.
+    newer = open_keyed(instance_id="newer")
+    prepared = newer.prepare_config(SECRET_BODY, SECRET_PATHS)
+    from_the_future = dataclasses.replace(prepared, hash_version=CONFIG_HASH_NEWEST + 1)
+    newer.append([NewEvent(ConfigApplied(hash=prepared.hash, previous_hash=None))], configs=[from_the_future])
+
+    older = open_keyed(instance_id="older")
+    with pytest.raises(HashSchemeTooNew) as refused:
+        older.get_config(prepared.hash)
+    assert isinstance(refused.value, ConfigBodyMismatch)
+    assert refused.value.code == "hash_scheme_too_new"
+    assert refused.value.scheme == CONFIG_HASH_NEWEST + 1
+    assert "upgrade" in refused.value.message
+    assert "changed in the database" not in refused.value.message
+
+    report = older.verify()
+    assert not report.ok
+    assert report.code == "hash_scheme_too_new"
+    assert report.failed_on_a_body
+    assert report.config_hash == prepared.hash
+    head = older.head()
+    older.record_integrity_failure(report)
+    assert older.head() == head  # nothing recorded: it is no edit
+
+    # A follower answers the change as one it cannot take (drifted) instead of stopping at it.
+    _head, decided = older.decided_elsewhere(0)
+    [(event, found)] = decided
+    assert event.payload == ConfigApplied(hash=prepared.hash, previous_hash=None)
+    assert isinstance(found, HashSchemeTooNew)
