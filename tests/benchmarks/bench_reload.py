@@ -95,15 +95,8 @@ async def measure(
     url: str | None = None,
 ) -> dict[str, Any]:
     from confledger.api.reloader import ConfigReloader
-    from confledger.examples.app_config import VALIDATORS, AppConfig
 
-    model: type[BaseModel] = AppConfig
-    validators: list[Any] = list(VALIDATORS)
-    if flags:
-        model, validators = FlagsConfig, []
-        first, second = flag_files(directory, flags)
-    else:
-        first, second = example_files(directory)
+    model, validators, (first, second) = reload_inputs(directory, flags)
     log = example_log(url or f"sqlite:///{directory / 'bench.db'}", "bench-reload")
 
     def noop(_old: Any, _new: Any) -> None:
@@ -172,6 +165,16 @@ def flag_files(directory: Path, flags: int) -> tuple[Path, Path]:
     return paths
 
 
+def reload_inputs(directory: Path, flags: int) -> tuple[type[BaseModel], list[Any], tuple[Path, Path]]:
+    """The model, the validators and the two files a reload benchmark alternates between: the example's,
+    or with ``flags`` that many flags in JSON (``FlagsConfig``, no validators)."""
+    from confledger.examples.app_config import VALIDATORS, AppConfig
+
+    if flags:
+        return FlagsConfig, [], flag_files(directory, flags)
+    return AppConfig, list(VALIDATORS), example_files(directory)
+
+
 async def durability_cost(
     url: str, directory: Path, reloads: int, warmup: int, flags: int = 0
 ) -> dict[str, list[float]]:
@@ -182,17 +185,10 @@ async def durability_cost(
     ``flags``: reload ``flag_files`` of that many flags with ``FlagsConfig`` (no validators) instead of
     the example. Returns the wall times in ms of both."""
     from confledger.api.reloader import ConfigReloader
-    from confledger.examples.app_config import VALIDATORS, AppConfig
     from confledger.store.sources import load_source
 
     global CONFIG
-    model: type[BaseModel] = AppConfig
-    validators: list[Any] = list(VALIDATORS)
-    if flags:
-        model, validators = FlagsConfig, []
-        first, second = flag_files(directory, flags)
-    else:
-        first, second = example_files(directory)
+    model, validators, (first, second) = reload_inputs(directory, flags)
     log = example_log(url, "bench-durability")
 
     def noop(_old: Any, _new: Any) -> None:
