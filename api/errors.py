@@ -59,8 +59,6 @@ STATUS_BY_CODE = {
 _PUBLIC_DETAIL = {
     "store_unavailable": "the event log is unavailable; retry later",
     "store_read_only": "the event log is read-only; retry later",
-    "integrity_failed": "the event log failed its integrity check: reloads and rollbacks are refused; "
-    + IntegrityFailed.RECOVERY,
 }
 _INTERNAL_DETAIL = "internal error in the configuration store"
 
@@ -69,6 +67,12 @@ def _status_and_detail(exc: ConfledgerError) -> tuple[int, str]:
     code = STATUS_BY_CODE.get(exc.code, status.HTTP_500_INTERNAL_SERVER_ERROR)
     if code < status.HTTP_500_INTERNAL_SERVER_ERROR:
         return code, exc.message
+    if isinstance(exc, IntegrityFailed):
+        # What to do depends on what failed: a restore after a change, an upgrade for a newer release's body.
+        return code, (
+            "the event log failed its integrity check: reloads and rollbacks are refused; "
+            + IntegrityFailed.recovery_for(exc.reason)
+        )
     return code, _PUBLIC_DETAIL.get(exc.code, _INTERNAL_DETAIL)
 
 

@@ -36,7 +36,7 @@ from confledger.projections.stats import StatsProjection
 from confledger.store import ConfledgerError, EventLog, SecretCipher, Trigger, VerifyReport
 from confledger.store.calls import UserCalls
 from confledger.store.database import checkpoint_wal
-from confledger.store.errors import ConfigLookupError, ConfigRefusedHere, IntegrityFailed
+from confledger.store.errors import ConfigLookupError, ConfigRefusedHere, HashSchemeTooNew, IntegrityFailed
 from confledger.store.events import ConfigApplied
 from confledger.store.fleet import read_heartbeats
 from confledger.store.follower import LogFollower
@@ -232,7 +232,7 @@ class ConfigReloader(FileWatching):
                 "the event log failed its integrity check (%s): %s; reloads and rollbacks are refused: %s",
                 report.code,
                 report.reason,
-                IntegrityFailed.RECOVERY,
+                IntegrityFailed.recovery_for(report.code),
             )
         self.startup_operation = await self.runner.start()
         await anyio.to_thread.run_sync(self.projections.start)
@@ -594,14 +594,17 @@ class ConfigReloader(FileWatching):
             return report  # keyless: nothing a forger could not recompute, as at start-up
         self.log.integrity_failure = report
         await anyio.to_thread.run_sync(self.log.record_integrity_failure, report)
-        # Every instance of the log (other workers, other hosts) finds it at its next start, this one too.
-        await anyio.to_thread.run_sync(self.log.forget_verified)
+        # A change in the database: every instance of the log (other workers, other hosts) finds it at its
+        # next start, this one too. A newer release's body is this release's alone to refuse.
+        everyone = report.code != HashSchemeTooNew.code
+        if everyone:
+            await anyio.to_thread.run_sync(self.log.forget_verified)
         logger.error(
-            "the event log failed a full integrity check (%s): %s; reloads and rollbacks are refused here, "
-            "and by every instance of this log from its next start: %s",
+            "the event log failed a full integrity check (%s): %s; reloads and rollbacks are refused here%s: %s",
             report.code,
             report.reason,
-            IntegrityFailed.RECOVERY,
+            ", and by every instance of this log from its next start" if everyone else "",
+            IntegrityFailed.recovery_for(report.code),
         )
         return report
 

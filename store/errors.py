@@ -154,8 +154,9 @@ class IntegrityFailed(LogError):
     """The log did not pass its integrity check (a link, a MAC, the anchor, a body): no more appends.
 
     ``reason`` is the check's own reason code (``link_mismatch``, ``truncated``, ``anchor_mismatch``…).
-    ``RECOVERY`` is what an operator does about it, said wherever the refusal is: running ``verify`` shows
-    what changed but clears nothing (a record that was changed stays changed).
+    ``recovery_for(reason)`` is what an operator does about it, said wherever the refusal is: for a change
+    in the database (``RECOVERY``), running ``verify`` shows what changed but clears nothing (a record
+    that was changed stays changed); for a body of a newer release (``UPGRADE``) nothing was changed.
     """
 
     code = "integrity_failed"
@@ -163,6 +164,15 @@ class IntegrityFailed(LogError):
         "confledger verify names what changed; restore the database from a backup taken before that "
         "(moving its anchor file away if the backup is older than the anchor), then restart"
     )
+    UPGRADE = (
+        "a newer confledger stored configs in this log that this release cannot check; nothing was "
+        "changed: upgrade this instance, then restart"
+    )
+
+    @classmethod
+    def recovery_for(cls, reason: str | None) -> str:
+        """What an operator does about a failed check of reason code ``reason``."""
+        return cls.UPGRADE if reason == HashSchemeTooNew.code else cls.RECOVERY
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)

@@ -453,7 +453,7 @@ class EventLog(LogReads):
         if self.integrity_failure is not None:
             raise IntegrityFailed(
                 f"the log failed its integrity check ({self.integrity_failure.reason}); nothing is "
-                f"appended: {IntegrityFailed.RECOVERY}",
+                f"appended: {IntegrityFailed.recovery_for(self.integrity_failure.code)}",
                 reason=self.integrity_failure.code or "integrity_failed",
             )
         if integrity.record is not None and integrity.keys is None:

@@ -576,7 +576,7 @@ class OperationRunner(FleetFollowing, Concluding):
             # answer (503 integrity_failed), in /readyz and in the service's log instead.
             raise IntegrityFailed(
                 f"{request.kind.value} refused: the log failed its integrity check ({failure.code}); "
-                + IntegrityFailed.RECOVERY,
+                + IntegrityFailed.recovery_for(failure.code),
                 reason=failure.code or "integrity_failed",
             )
         # The operation span is current while it runs: the validator and callback spans nest under it,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from confledger.api.cli import app as cli_app
 from confledger.store import EventLog, SecretCipher
-from confledger.store.errors import ConfigBodyMismatch, IntegrityFailed
+from confledger.store.errors import ConfigBodyMismatch, HashSchemeTooNew, IntegrityFailed
 from confledger.store.schema import config_versions, events
 from tests.integration.api.service_harness import (
     Service,
@@ -98,6 +98,51 @@ def test_a_rollback_to_an_edited_body_is_refused_and_recorded(
         assert report["ok"] is False
         assert report["code"] == "config_body_mismatch"
         assert report["config_hash"] == first
+
+
+def store_as_newer_release(service: Service, full_hash: str) -> None:
+    """What a newer release leaves in a shared log: a body under a hash scheme this one does not know
+    (the guards dropped first, ``drop_guards``)."""
+    with service.log.engine.begin() as connection:
+        connection.execute(
+            config_versions.update().where(config_versions.c.hash == full_hash).values(hash_version=99)
+        )
+
+
+def test_a_body_of_a_newer_release_is_refused_over_http_as_such_and_never_recorded_as_edited(
+    tmp_path: Path, database_url: str, options: dict[str, Any]
+) -> None:
+    # What an operator of an instance left behind in a rolling upgrade sees: why, and what to do.
+    with serving(tmp_path, database_url, **options) as service:
+        first = service.current_full_hash()
+        assert first is not None
+        current = apply(service, database__pool_size=33)
+        drop_guards(service.log)
+        store_as_newer_release(service, first)
+        refused = service.post("/rollback", json={"target_hash": first[:16]})
+        assert refused.status_code == 409, refused.text
+        answer = refused.json()
+        assert answer["success"] is False
+        assert "hash_scheme_too_new" in refused.text
+        assert "upgrade this instance" in refused.text
+        assert "changed in the database" not in refused.text
+        assert service.current_full_hash() == current
+        report = service.get("/verify").json()
+        assert (report["ok"], report["code"], report["config_hash"]) == (False, "hash_scheme_too_new", first)
+        # From here this instance takes no more writes, and says to upgrade, not to restore a backup.
+        held_back = service.post("/reload", json={"force": True})
+        assert held_back.status_code == 503, held_back.text
+        assert held_back.json()["code"] == "integrity_failed"
+        assert "upgrade this instance" in held_back.json()["detail"]
+        assert "restore the database" not in held_back.json()["detail"]
+        store_as_newer_release(service, current)
+    # Its current config is one it cannot check: the start fails, saying so, and writes no alarm into
+    # the log the newer instances share.
+    with pytest.raises(HashSchemeTooNew, match="upgrade"), serving(tmp_path, database_url, **options):
+        pass
+    cipher = options.get("encryption_key")
+    with EventLog(database_url, cipher=None if cipher is None else SecretCipher([cipher])) as log:
+        assert log.last_of_type("integrity.check_failed") is None
 
 
 def delete_body(service: Service, full_hash: str) -> None:
