@@ -7,7 +7,7 @@
 One decider (an in-process ``ConfigReloader`` that does not follow) makes ``--changes`` reloads, each once
 every follower's service had the one before (a closed loop: what is measured is propagation, not a queue
 behind it); N ``confledger serve`` processes follow the log, each with one no-op service callback that
-notes when it was called (``tests/integration/api/fleet_service.py``, ``FLEET_NOOP=1``, ``FLEET_STAMPS``).
+says when it was called (``tests/benchmarks/fleet_noop.py``: a datagram to a socket the harness blocks on).
 Per change, from the ``config.applied`` event's ``occurred_at`` (stamped under the append lock, before
 its commit, by a process on this host: one clock) to the last follower's service having the config
 (p50 / p99 / max), and to the last follower's ``instance.applied`` recorded (``rec.``: the answers of N
@@ -45,6 +45,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -62,6 +64,7 @@ from typing import Any
 import anyio
 import httpx
 import sqlalchemy as sa
+from pydantic import BaseModel
 
 if __package__ in (None, ""):  # run as a script: make the ``tests`` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
@@ -70,7 +73,9 @@ from tests.benchmarks.common import free_ports, percentile, unwind_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFLEDGER = Path(sys.executable).parent / "confledger"
-MODEL = "tests.integration.api.fleet_service:FleetConfig"
+# Copied into the work directory as a top-level module: an ``--anchor`` side's followers load it too.
+SERVICE = Path(__file__).with_name("fleet_noop.py")
+MODEL = "bench_fleet_noop:FleetConfig"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_PG_N8_P99_MS = 10.0
 
@@ -93,7 +98,7 @@ class Result:
     follower_cpu_ms: float = float("nan")
     # While the changes ran: how many of the machine's cores were busy on average (anything running), and
     # the CPU per change of the PostgreSQL server's processes and of this process (the decider and the
-    # harness polling the stamps). With the cores near full, the p50 is about what the CPU allows.
+    # harness waiting for the stamps). With the cores near full, the p50 is about what the CPU allows.
     busy_cores: float = float("nan")
     postgres_cpu_ms: float = float("nan")
     decider_cpu_ms: float = float("nan")
@@ -133,6 +138,13 @@ def _database(backend: str, workdir: Path) -> Iterator[str]:
         admin.dispose()
 
 
+class _Level(BaseModel):
+    """The decider's model: the followers' (``fleet_noop.FleetConfig``) without its service."""
+
+    level: int
+    name: str = "fleet"
+
+
 def _write_level(path: Path, level: int) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps({"level": level}), encoding="utf-8")
@@ -140,7 +152,7 @@ def _write_level(path: Path, level: int) -> None:
 
 
 def _environment(
-    database_url: str, key: str, instance_id: str, poll_interval: float, stamps: Path
+    database_url: str, key: str, instance_id: str, poll_interval: float, workdir: Path
 ) -> dict[str, str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("CONFLEDGER_")}
     environment.update(
@@ -151,10 +163,12 @@ def _environment(
             "CONFLEDGER_INSTANCE_ID": instance_id,
             "CONFLEDGER_FOLLOW_POLL_INTERVAL": str(poll_interval),
             "CONFLEDGER_LOG_LEVEL": os.environ.get("BENCH_FLEET_LOG_LEVEL", "warning"),
-            "FLEET_NOOP": "1",
-            "FLEET_STAMPS": str(stamps),
-            # The caller's path first: an anchor's tree (--anchor) is imported before this one.
-            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
+            "FLEET_STAMPS": str(workdir / _Stamps.SOCKET),
+            # The service module first; then the caller's path: an anchor's tree (--anchor) is imported
+            # before this one.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(workdir), os.environ.get("PYTHONPATH"), str(ROOT)])
+            ),
         }
     )
     return environment
@@ -213,7 +227,7 @@ def _start_followers(
                 str(port),
             ],
             cwd=workdir,
-            env=_environment(database_url, key, name, poll, workdir / f"{name}.stamps"),
+            env=_environment(database_url, key, name, poll, workdir),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -247,29 +261,38 @@ def _start_followers(
 
 
 class _Stamps:
-    """When each follower's no-op service was handed each level (its ``FLEET_STAMPS`` file)."""
+    """When each follower's no-op service was handed each level: the datagrams ``fleet_noop.py`` sends
+    to a socket bound in the work directory (bound before the followers start: none is lost while the
+    harness is busy, the socket queues them)."""
 
-    def __init__(self, workdir: Path, names: list[str]) -> None:
-        self.files = {name: workdir / f"{name}.stamps" for name in names}
-        self.offsets = dict.fromkeys(names, 0)
+    SOCKET = "stamps.sock"
+
+    def __init__(self, workdir: Path) -> None:
+        self.names: set[str] = set()
         self.seen: dict[int, dict[str, float]] = {}
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(workdir / self.SOCKET))
+        self.socket.setblocking(False)
+
+    def close(self) -> None:
+        self.socket.close()
 
     def read(self) -> None:
-        for name, path in self.files.items():
-            if not path.exists():
-                continue
-            with path.open("rb") as source:
-                source.seek(self.offsets[name])
-                chunk = source.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            self.offsets[name] += len(complete)
-            for line in complete.decode().splitlines():
-                level, moment = line.split()
-                self.seen.setdefault(int(level), {})[name] = float(moment)
+        while True:
+            try:
+                datagram = self.socket.recv(256)
+            except BlockingIOError:
+                return
+            name, level, moment = datagram.decode().split()
+            self.seen.setdefault(int(level), {})[name] = float(moment)
 
     def all_have(self, level: int) -> bool:
         self.read()
-        return len(self.seen.get(level, {})) == len(self.files)
+        return self.names <= self.seen.get(level, {}).keys()
+
+    async def wait_for(self, level: int) -> None:
+        while not self.all_have(level):
+            await anyio.wait_readable(self.socket)
 
 
 async def _decide(
@@ -286,12 +309,11 @@ async def _decide(
     ``spacing`` seconds after that."""
     from confledger.api.reloader import ConfigReloader
     from confledger.api.settings import Settings
-    from tests.integration.api.fleet_service import FleetConfig
 
     settings = Settings(
         database_url=database_url, encryption_key=key, instance_id="bench-decider", follow=False
     )
-    async with ConfigReloader(config_model=FleetConfig, config_source=config, settings=settings) as decider:
+    async with ConfigReloader(config_model=_Level, config_source=config, settings=settings) as decider:
         for index in range(changes):
             level = 10_000 + index
             _write_level(config, level)
@@ -300,8 +322,7 @@ async def _decide(
                 raise RuntimeError(f"change {index} failed: {operation.message}")
             if stamps is not None:
                 with anyio.fail_after(timeout):
-                    while not stamps.all_have(level):
-                        await anyio.sleep(0.0005)
+                    await stamps.wait_for(level)
                 await anyio.sleep(spacing)
 
 
@@ -345,7 +366,7 @@ def _read_latencies(database_url: str, stamps: _Stamps) -> tuple[list[float], li
     for position in sorted(applied)[1:]:
         level, decided = applied[position]
         handed = stamps.seen.get(level, {})
-        if len(handed) != len(stamps.files) or len(answers.get(position, [])) != len(stamps.files):
+        if len(handed) != len(stamps.names) or len(answers.get(position, [])) != len(stamps.names):
             raise _Incomplete(f"level {level} did not reach every follower")
         to_service.append((max(handed.values()) - decided.timestamp()) * 1000)
         to_answer.append((max(answers[position]) - decided).total_seconds() * 1000)
@@ -456,9 +477,12 @@ def measure(
         database_url = stack.enter_context(_database(backend, workdir))
         # The decider starts first: it applies the initial config the followers then restore.
         anyio.run(_decide, database_url, key, config, 0, None)
+        shutil.copyfile(SERVICE, workdir / "bench_fleet_noop.py")
+        stamps = _Stamps(workdir)
+        stack.callback(stamps.close)
         names, pids = _start_followers(stack, workdir, config, database_url, key, followers, poll)
+        stamps.names.update(names)
         time.sleep(1.0)  # let their start-up settle (first heartbeats, projections)
-        stamps = _Stamps(workdir, names)
         cpu_before = [_cpu_s(pid) for pid in pids]
         postgres_before, own_before = _postgres_cpu_s(), time.process_time()
         busy_before, started = _busy_s(), time.monotonic()

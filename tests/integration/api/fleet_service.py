@@ -5,9 +5,7 @@ the serve process's lifecycle adopts it). The service appends one JSON line per 
 by ``FLEET_RECORD`` (``{"instance", "old", "new", "accepted"}``), so a test reads what each process's
 service was handed, in order. ``FLEET_REJECT_LEVEL``: the service refuses that level. ``FLEET_SLOW_LEVEL``:
 it first writes ``{"begin": level}`` and sleeps 30 s at that level (a process to kill mid-change).
-``FLEET_NOOP=1`` (and no ``FLEET_RECORD``): one service that accepts and does nothing (bench_fleet.py); with
-``FLEET_STAMPS`` (a file) it appends ``<level> <time.time()>`` there first, so the benchmark knows when
-each follower's service had the config.
+The fleet benchmark's followers have a model and service of their own (``tests/benchmarks/fleet_noop.py``).
 """
 
 from __future__ import annotations
@@ -50,17 +48,5 @@ def _service(old: FleetConfig | None, new: FleetConfig) -> bool:
     return accepted
 
 
-_STAMPS = os.environ.get("FLEET_STAMPS")
-
-
-def _accept(_old: FleetConfig | None, new: FleetConfig) -> bool:
-    if _STAMPS is not None:
-        with open(_STAMPS, "a", encoding="utf-8") as sink:
-            sink.write(f"{new.level} {time.time()}\n")
-    return True
-
-
 if "FLEET_RECORD" in os.environ:
     register_config_callback("recorder", _service, timeout=60)
-elif os.environ.get("FLEET_NOOP") == "1":
-    register_config_callback("noop", _accept)
