@@ -79,14 +79,14 @@ CONFIG_ROW = sa.select(*CONFIG_COLUMNS).where(
 
 @dataclass(frozen=True, slots=True)
 class PreparedConfig:
-    """A config body ready to store: hash over the plain body, secrets already sealed, and the text of
-    the sealed body that the row stores (``sealed_text``; made from ``sealed_body`` when not given)."""
+    """A config body ready to store: hash over the plain body, secrets already sealed, and the
+    canonical text of the sealed body that the row stores (``sealed_text``)."""
 
     hash: str
     sealed_body: dict[str, Any]
     size_bytes: int
+    sealed_text: str
     hash_version: int = CONFIG_HASH_PLAIN
-    sealed_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +187,7 @@ def store_config(
     """
     values = {
         "config_hash": config.hash,
-        "config_body": canonical_json(config.sealed_body)
-        if config.sealed_text is None
-        else config.sealed_text,
+        "config_body": config.sealed_text,
         "config_size_bytes": config.size_bytes,
         "config_first_position": first_position,
         "config_created_at": created_at,
