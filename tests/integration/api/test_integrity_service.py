@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from httpx import Response
 from typer.testing import CliRunner
 
 from confledger.api.cli import app as cli_app
@@ -77,6 +78,19 @@ def assert_writes_refused(service: Service, reason: str) -> None:
         assert "restore the database from a backup" in refused.json()["detail"]
 
 
+def refused_rollback(service: Service, target: str, current: str, code: str) -> Response:
+    """A rollback to ``target``, whose stored body fails its check with ``code``: answered 409 naming
+    it, nothing applied, and ``verify`` naming that body."""
+    refused = service.post("/rollback", json={"target_hash": target[:16]})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["success"] is False
+    assert code in refused.text
+    assert service.current_full_hash() == current  # nothing applied
+    report = service.get("/verify").json()
+    assert (report["ok"], report["code"], report["config_hash"]) == (False, code, target)
+    return refused
+
+
 def test_a_rollback_to_an_edited_body_is_refused_and_recorded(
     tmp_path: Path, database_url: str, options: dict[str, Any]
 ) -> None:
@@ -85,19 +99,11 @@ def test_a_rollback_to_an_edited_body_is_refused_and_recorded(
         assert first is not None
         current = apply(service, database__pool_size=31)
         edit_body(service, first)
-        refused = service.post("/rollback", json={"target_hash": first[:16]})
-        assert refused.status_code == 409, refused.text
-        answer = refused.json()
-        assert answer["success"] is False
-        assert "config_body_mismatch" in refused.text
-        assert service.current_full_hash() == current  # nothing applied
+        refused = refused_rollback(service, first, current, "config_body_mismatch")
         assert service.reloader.current is not None
         assert service.reloader.current.config.app_name != "edited-in-the-database"
-        assert service.events_of(answer["operation_id"]) == ["operation.started", "operation.completed"]
-        report = service.get("/verify").json()
-        assert report["ok"] is False
-        assert report["code"] == "config_body_mismatch"
-        assert report["config_hash"] == first
+        operation_id = refused.json()["operation_id"]
+        assert service.events_of(operation_id) == ["operation.started", "operation.completed"]
 
 
 def store_as_newer_release(service: Service, full_hash: str) -> None:
@@ -119,16 +125,9 @@ def test_a_body_of_a_newer_release_is_refused_over_http_as_such_and_never_record
         current = apply(service, database__pool_size=33)
         drop_guards(service.log)
         store_as_newer_release(service, first)
-        refused = service.post("/rollback", json={"target_hash": first[:16]})
-        assert refused.status_code == 409, refused.text
-        answer = refused.json()
-        assert answer["success"] is False
-        assert "hash_scheme_too_new" in refused.text
+        refused = refused_rollback(service, first, current, "hash_scheme_too_new")
         assert "upgrade this instance" in refused.text
         assert "changed in the database" not in refused.text
-        assert service.current_full_hash() == current
-        report = service.get("/verify").json()
-        assert (report["ok"], report["code"], report["config_hash"]) == (False, "hash_scheme_too_new", first)
         # From here this instance takes no more writes, and says to upgrade, not to restore a backup.
         held_back = service.post("/reload", json={"force": True})
         assert held_back.status_code == 503, held_back.text
