@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -731,3 +732,58 @@ async def test_an_instance_warns_once_when_another_process_beats_under_its_id(
     assert len(warnings) == 1, warnings
     assert "host twin-host, pid 4242" in warnings[0]
     assert "instance a " in warnings[0]
+
+
+async def test_an_instance_holds_three_postgresql_sessions_and_its_pool_keeps_five_more_at_most(
+    tmp_path: Path, pg_schema_url: str
+) -> None:
+    """The README's sizing of ``max_connections``: the log's writer, the fleet lock and the LISTEN are held
+    for the instance's life; the reads' pool (SQLAlchemy's default, the writer and the lock taken from
+    it) opens up to 15 in a burst and keeps at most 5 idle after it: 8 sessions between bursts, 16 in one."""
+    name = f"connections-{uuid.uuid4().hex[:8]}"
+    probe = sa.create_engine(pg_schema_url)
+    sessions_seen: list[int] = []
+
+    def sessions(like: str = "%") -> int:
+        with probe.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                        "AND query LIKE :like"
+                    ),
+                    {"name": f"confledger {name}", "like": like},
+                ).scalar_one()
+            )
+
+    try:
+        async with fleet(tmp_path, pg_schema_url, [name]) as (member,):
+            await eventually(lambda: sessions("LISTEN%") == 1)  # the follower's doorbell is open
+            assert sessions() <= 8
+            engine = member.reloader.log.engine
+
+            def hold_a_connection() -> None:
+                with engine.connect() as connection:
+                    connection.exec_driver_sql("SELECT pg_sleep(0.2)")
+
+            bursting = threading.Event()
+
+            def sample() -> None:
+                while not bursting.is_set():
+                    sessions_seen.append(sessions())
+                    time.sleep(0.01)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                async with anyio.create_task_group() as group:
+                    for _ in range(30):
+                        group.start_soon(anyio.to_thread.run_sync, hold_a_connection)
+            finally:
+                bursting.set()
+                sampler.join()
+            # The burst went past what the pool keeps, and never past its limit.
+            assert 8 < max(sessions_seen) <= 16, sessions_seen
+            assert sessions() <= 8
+    finally:
+        probe.dispose()
