@@ -195,6 +195,8 @@ class ConfigLifecycle:
             sqlite_synchronous=self.settings.sqlite_synchronous,  # type: ignore[arg-type]
             signing_key=signing_key_of(self.settings),
             anchor_path=anchor_file_path(self.settings, self.database_url, self.config_source),
+            pool_size=self.settings.database_pool_size,
+            max_overflow=self.settings.database_max_overflow,
         )
         try:
             log.cipher = resolve_cipher(self.encryption_key, self.database_url, log)

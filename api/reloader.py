@@ -190,6 +190,8 @@ class ConfigReloader(FileWatching):
             sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
             signing_key=signing_key_of(settings),
             anchor_path=anchor_file_path(settings, database_url, config_source),
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
         )
         if cipher is None:
             key = settings.encryption_key.get_secret_value() if settings.encryption_key else None

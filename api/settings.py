@@ -110,6 +110,20 @@ class Settings(BaseSettings):
         pattern="^(OFF|NORMAL|FULL|EXTRA)$",
         description="FULL or EXTRA (any case); NORMAL and OFF may lose the newest operations to a power cut",
     )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="PostgreSQL: connections the log's pool keeps open between bursts of reads, the writer's "
+        "and the fleet lock's among them (LISTEN takes one more)",
+    )
+    database_max_overflow: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="PostgreSQL: connections the log's pool opens beyond database_pool_size in a burst of "
+        "reads, each closed once returned",
+    )
     signal_handler: bool = True
     gc_freeze: bool = Field(
         True,
@@ -217,6 +231,17 @@ class Settings(BaseSettings):
         # none would ever arrive and every change would be rolled back at the wait's end.
         if self.fleet_rollback_threshold is not None and not self.follow:
             raise ValueError("fleet_rollback_threshold needs follow on (the answers come by following)")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_leaves_reads_a_connection(self) -> Settings:
+        # The writer and the fleet lock each hold one of the pool's connections for the instance's life:
+        # with no third, every read would wait for the pool's timeout and fail.
+        if self.database_pool_size + self.database_max_overflow < 3:
+            raise ValueError(
+                "database_pool_size + database_max_overflow must be at least 3: the log's writer and the "
+                "fleet lock hold two connections, and reads need one more"
+            )
         return self
 
     @field_validator("log_level", mode="before")

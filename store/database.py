@@ -164,6 +164,8 @@ def create_store_engine(
     busy_timeout_ms: int = 10_000,
     connect_timeout_s: int = 5,
     application_name: str = "confledger",
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
 ) -> Engine:
     common: dict[str, Any] = {
         "json_serializer": canonical_json,
@@ -177,6 +179,9 @@ def create_store_engine(
             engine = sa.create_engine(url, connect_args=connect_args, **common)
         _install_sqlite_hooks(engine, sqlite_synchronous, busy_timeout_ms, memory=_is_memory(url))
         return engine
+    # None leaves SQLAlchemy's own (5 kept, 10 more in a burst); the log's writer and the fleet lock each
+    # hold one of them for the instance's life.
+    limits = {"pool_size": pool_size, "max_overflow": max_overflow}
     engine = sa.create_engine(
         url,
         # Named per instance, so an operator (or a test) can tell the fleet's sessions apart in
@@ -187,6 +192,7 @@ def create_store_engine(
         # past IDLE_PING_AFTER_S, and every poll (and the first read of a change in a quiet fleet) was
         # a ping and then the read: two round trips for one.
         pool_use_lifo=True,
+        **{name: value for name, value in limits.items() if value is not None},
         **common,
     )
     _ping_when_idle(engine)

@@ -58,7 +58,6 @@ from confledger.store.database import (
     translate_errors,
 )
 from confledger.store.errors import (
-    ConcurrencyConflict,
     ConfigLookupError,
     ConfledgerError,
     EventSchemaError,
@@ -98,6 +97,7 @@ from confledger.store.queries import (
     PAGE,
     PAGE_UNTIL,
     decode_event,
+    head_unless_applied_since,
 )
 from confledger.store.schema import events
 from confledger.store.secrets import ConfigPath, SecretCipher, digest_secrets
@@ -158,10 +158,13 @@ class EventLog(LogReads):
         sqlite_synchronous: SqliteSynchronous = "FULL",
         busy_timeout_ms: int = 10_000,
         connect_timeout_s: int = 5,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
         migrate_on_open: bool = True,
     ) -> None:
         """``signing_key`` (else the ``cipher``'s key) keys the log; ``anchor_path`` is the anchor file
-        (default: beside an SQLite database; none for PostgreSQL unless named)."""
+        (default: beside an SQLite database; none for PostgreSQL unless named). ``pool_size`` and
+        ``max_overflow``: PostgreSQL's connection pool (None: SQLAlchemy's own, 5 and 10)."""
         self.url = normalize_url(url)
         self.instance_id = instance_id or default_instance_id()
         self.registry = registry
@@ -180,6 +183,8 @@ class EventLog(LogReads):
             busy_timeout_ms=busy_timeout_ms,
             connect_timeout_s=connect_timeout_s,
             application_name=f"confledger {self.instance_id}",
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         self._listeners: list[Callable[[list[RecordedEvent]], None]] = []
         # Where each listener that folds the log in order has folded it to (``subscribe``'s ``folded_to``).
@@ -353,7 +358,7 @@ class EventLog(LogReads):
             gap_rows,
         ):
             if expected_head is not None and checks_applies:
-                head_position, previous = self._head_unless_applied_since(head, expected_head)
+                head_position, previous = head_unless_applied_since(head, expected_head)
             else:
                 head_position, previous = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
             if since is not None:
@@ -532,23 +537,6 @@ class EventLog(LogReads):
             RecordedEvent.model_validate({**row, "payload": event.payload})
             for row, event in zip(rows, new_events, strict=True)
         ]
-
-    @staticmethod
-    def _head_unless_applied_since(row: Sequence[Any] | None, expected_head: int) -> tuple[int, str]:
-        """The head (``row`` of ``HEAD_AND_APPLIED_SINCE``), unless a ``config.applied`` landed after
-        ``expected_head``: ConcurrencyConflict."""
-        if row is None:
-            return 0, GENESIS_HASH
-        position, head_hash, applied_since = row
-        if applied_since is not None:
-            conflicting = int(applied_since)
-            raise ConcurrencyConflict(
-                f"another config was applied at position {conflicting} after this operation started "
-                f"(at head {expected_head}); retry against the new current config",
-                expected_head=expected_head,
-                conflicting_position=conflicting,
-            )
-        return int(position), str(head_hash)
 
     def prepare_config(
         self,

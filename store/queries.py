@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from confledger.store.canonical import GENESIS_HASH
 from confledger.store.configs import CONFIG_COLUMNS
 from confledger.store.database import StoredTime
-from confledger.store.errors import EventSchemaError
+from confledger.store.errors import ConcurrencyConflict, EventSchemaError
 from confledger.store.events import ConfigApplied, EventRegistry, RecordedEvent
 from confledger.store.schema import config_versions, events
 
@@ -30,6 +31,7 @@ __all__ = [
     "as_read",
     "decode_event",
     "forward",
+    "head_unless_applied_since",
     "select_events",
 ]
 
@@ -118,6 +120,23 @@ def forward(
     if limit is not None:
         query = query.limit(limit)
     return query
+
+
+def head_unless_applied_since(row: Sequence[Any] | None, expected_head: int) -> tuple[int, str]:
+    """The head's position and hash (``row`` of ``HEAD_AND_APPLIED_SINCE``), unless a ``config.applied``
+    landed after ``expected_head``: ConcurrencyConflict."""
+    if row is None:
+        return 0, GENESIS_HASH
+    position, head_hash, applied_since = row
+    if applied_since is not None:
+        conflicting = int(applied_since)
+        raise ConcurrencyConflict(
+            f"another config was applied at position {conflicting} after this operation started "
+            f"(at head {expected_head}); retry against the new current config",
+            expected_head=expected_head,
+            conflicting_position=conflicting,
+        )
+    return int(position), str(head_hash)
 
 
 _head = sa.select(sa.func.max(events.c.position).label("head")).subquery("head")

@@ -77,6 +77,8 @@ def _shown_default(option: SettingOption, default: object) -> str:
 # tests/unit/api/cli/test_setting_options.py. A setting with none (unset means off, or host:pid) is absent.
 SETTING_DEFAULTS: dict[str, object] = {
     "sqlite_synchronous": "FULL",
+    "database_pool_size": 5,
+    "database_max_overflow": 10,
     "backup_count": 5,
     "history_window": 500,
     "max_recorded_items": 50,
@@ -120,6 +122,12 @@ SETTING_OPTIONS: tuple[SettingOption, ...] = (
         str,
         "SQLite's synchronous level for the log: FULL (default) or EXTRA; NORMAL and OFF may lose the "
         "newest operations to a power cut.",
+    ),
+    SettingOption(
+        "database_pool_size", int, "PostgreSQL connections the log's pool keeps open between bursts."
+    ),
+    SettingOption(
+        "database_max_overflow", int, "PostgreSQL connections the pool opens beyond those in a burst."
     ),
     SettingOption("backup_count", int, "Distinct applied configs kept as backups."),
     SettingOption("history_window", int, "Recent operations /history serves from memory."),

@@ -62,3 +62,27 @@ SIGNING_KEYS = [
 @pytest.mark.parametrize(("typed", "taken"), SIGNING_KEYS)
 def test_the_signing_key_is_taken_without_surrounding_whitespace(typed: str, taken: str | None) -> None:
     assert signing_key_of(Settings(signing_key=typed)) == taken
+
+
+# (pool size, overflow): the log's writer and the fleet lock hold two of the pool's connections for good
+POOLS_TAKEN = [
+    (5, 10),  # the defaults, SQLAlchemy's own
+    (3, 0),  # the smallest kept: one connection for reads
+    (1, 2),  # as small, the one for reads opened for a read and closed after it
+]
+POOLS_REFUSED = [
+    (2, 0),  # reads would wait for a connection that never comes back
+    (1, 1),
+]
+
+
+@pytest.mark.parametrize(("size", "overflow"), POOLS_TAKEN)
+def test_a_pool_that_leaves_reads_a_connection_is_taken(size: int, overflow: int) -> None:
+    settings = Settings(database_pool_size=size, database_max_overflow=overflow)
+    assert (settings.database_pool_size, settings.database_max_overflow) == (size, overflow)
+
+
+@pytest.mark.parametrize(("size", "overflow"), POOLS_REFUSED)
+def test_a_pool_that_leaves_reads_none_is_refused(size: int, overflow: int) -> None:
+    with pytest.raises(ValidationError, match="reads need one more"):
+        Settings(database_pool_size=size, database_max_overflow=overflow)
