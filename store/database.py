@@ -726,6 +726,13 @@ def _translated(url: URL, exc: Exception) -> ConfledgerError:
     """The ``ConfledgerError`` that a SQLAlchemy or driver exception stands for."""
     if isinstance(exc, sa_exc.DBAPIError):
         return _translate(url, exc)
+    if isinstance(exc, sa_exc.TimeoutError):
+        # Every connection of the pool stayed in use for its whole timeout: the database is there but
+        # busier than the pool allows, which a retry may find otherwise (503, not an internal error).
+        return StoreUnavailable(
+            f"no connection to {describe_url(url)} came free within the pool's timeout: every one was in "
+            "use (CONFLEDGER_DATABASE_POOL_SIZE and CONFLEDGER_DATABASE_MAX_OVERFLOW size the pool)"
+        )
     if isinstance(exc, sa_exc.SQLAlchemyError):
         return ConfledgerError(f"database error on {describe_url(url)}: {type(exc).__name__}")
     # A driver error that reached us unwrapped (raised by a driver call outside SQLAlchemy's execute)

@@ -1,12 +1,15 @@
-"""store.database without a database: what a JSON column's value decodes to."""
+"""store.database without a database: what a JSON column's value decodes to, and what a spent pool is."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
-from confledger.store.database import UnreadableJSON, _json_or_unreadable
+from confledger.store.database import UnreadableJSON, _json_or_unreadable, translate_errors
+from confledger.store.errors import StoreUnavailable
 
 
 @pytest.mark.parametrize(
@@ -37,3 +40,14 @@ def test_text_that_is_not_json_is_handed_on_as_unreadable(stored: str | bytes) -
     value = _json_or_unreadable(stored)
     assert isinstance(value, UnreadableJSON)
     assert not isinstance(value, dict)  # so every reader's "an object where one belongs" check refuses it
+
+
+def test_a_pool_that_stays_spent_is_an_unavailable_store_not_an_internal_error() -> None:
+    """SQLAlchemy's pool timeout (every connection in use for the whole wait) answers 503 as an outage
+    does, naming the settings that size the pool and never the password."""
+    url = make_url("postgresql+psycopg://app:s3cret@db.internal:5432/confledger")
+    with pytest.raises(StoreUnavailable) as raised, translate_errors(url):
+        raise sa_exc.TimeoutError("QueuePool limit of size 3 overflow 0 reached, connection timed out")
+    assert raised.value.code == "store_unavailable"
+    assert "CONFLEDGER_DATABASE_POOL_SIZE" in raised.value.message
+    assert "s3cret" not in str(raised.value)
