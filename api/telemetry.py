@@ -72,6 +72,7 @@ METRIC_NAMES = (
     "config_service_callback_outcomes_total",
     "config_rollbacks_total",
     "config_info",
+    "config_database_connections",
 )
 
 # Reload latencies sit between a millisecond and a few seconds; the SDK's default buckets start at 5 s
@@ -241,6 +242,12 @@ class Telemetry:
             callbacks=[self._observe_info],
             description="1, labelled with the current config hash (first 16 hex digits)",
         )
+        meter.create_observable_gauge(
+            "config_database_connections",
+            callbacks=[self._observe_connections],
+            description="Connections of the log's pool, in use (the log's writer and the fleet lock keep "
+            "theirs) and idle; PostgreSQL's LISTEN is not one of them",
+        )
         self._operation_duration = meter.create_histogram(
             "config_operation_duration_seconds",
             unit="s",
@@ -319,6 +326,15 @@ class Telemetry:
         self._drain()
         current = None if self._reloader is None else self._reloader.current_hash
         return [] if current is None else [Observation(1, {"hash": current[:16]})]
+
+    def _observe_connections(self, _options: CallbackOptions) -> Iterable[Observation]:
+        pool = None if self._reloader is None else self._reloader.log.engine.pool
+        # Only a pool that counts its connections (SQLAlchemy's QueuePool, for every database but an
+        # in-memory SQLite one, whose single connection is not pooled).
+        in_use, idle = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
+        if in_use is None or idle is None:
+            return []
+        return [Observation(in_use(), {"state": "in_use"}), Observation(idle(), {"state": "idle"})]
 
     # --- live events ---------------------------------------------------------------------------------
 

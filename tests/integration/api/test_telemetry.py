@@ -776,8 +776,14 @@ def test_metrics_endpoint_parses_and_names_every_metric(workdir: Path) -> None:
             "config_service_callback_duration_seconds": "histogram",
             "config_services_detected": "gauge",
             "config_info": "gauge",
+            "config_database_connections": "gauge",
         }
         assert {name: families[name].type for name in kinds} == kinds
+        connections = {s.labels["state"]: s.value for s in families["config_database_connections"].samples}
+        # The log's writer keeps its connection (an SQLite file's: no fleet lock connection, no LISTEN).
+        assert set(connections) == {"in_use", "idle"}
+        assert connections["in_use"] >= 1
+        assert connections["idle"] >= 0
         [info] = families["config_info"].samples
         assert info.labels["hash"] == first_hash[:16]
         rollbacks = {s.labels["reason"]: s.value for s in families["config_rollbacks"].samples}
