@@ -26,6 +26,12 @@ change of the PostgreSQL server's processes and of the decider with this harness
 cores. With ``busy`` near the core count the row measures CPU, not waiting. Target: PostgreSQL, N = 8,
 p99 < 10 ms.
 
+A second anchor on PostgreSQL, ``bare``: the fleet's work itself with nothing of confledger's. N
+processes of ``fleet_bare.py`` (psycopg and pydantic) each wake on a NOTIFY, read the change, validate it,
+hand it to the same kind of service and record an answer under a table lock, as a follower must; the
+harness decides each change under that lock and times it as it times ours. It says how soon this machine
+lets N processes do that work at all: what is left between it and ours is ours to cut, not the cores'.
+
 ``--spacing S``: S seconds between a change reaching every follower and the next, as a fleet in
 production sees a change now and then, with the followers' polls between (the closed loop's changes
 come back to back: the connections they use are always warm).
@@ -45,6 +51,7 @@ import dataclasses
 import json
 import math
 import os
+import select
 import shutil
 import socket
 import sqlite3
@@ -75,6 +82,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFLEDGER = Path(sys.executable).parent / "confledger"
 # Copied into the work directory as a top-level module: an ``--anchor`` side's followers load it too.
 SERVICE = Path(__file__).with_name("fleet_noop.py")
+BARE_FOLLOWER = Path(__file__).with_name("fleet_bare.py")
 MODEL = "bench_fleet_noop:FleetConfig"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_PG_N8_P99_MS = 10.0
@@ -102,6 +110,11 @@ class Result:
     busy_cores: float = float("nan")
     postgres_cpu_ms: float = float("nan")
     decider_cpu_ms: float = float("nan")
+    # PostgreSQL: the same work done bare (``fleet_bare.py``: psycopg and pydantic, nothing of ours), N
+    # processes in the same run: how soon the last of them has a change, and one's CPU per change.
+    work_p50_ms: float = float("nan")
+    work_p99_ms: float = float("nan")
+    work_cpu_ms: float = float("nan")
 
     @property
     def cpu_floor_ms(self) -> float:
@@ -267,11 +280,12 @@ class _Stamps:
 
     SOCKET = "stamps.sock"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, name: str = SOCKET) -> None:
         self.names: set[str] = set()
         self.seen: dict[int, dict[str, float]] = {}
+        self.path = workdir / name
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(workdir / self.SOCKET))
+        self.socket.bind(str(self.path))
         self.socket.setblocking(False)
 
     def close(self) -> None:
@@ -293,6 +307,14 @@ class _Stamps:
     async def wait_for(self, level: int) -> None:
         while not self.all_have(level):
             await anyio.wait_readable(self.socket)
+
+    def block_for(self, level: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.all_have(level):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"level {level} did not reach every bare follower")
+            select.select([self.socket], [], [], remaining)
 
 
 async def _decide(
@@ -409,6 +431,62 @@ def _pg_anchor(database_url: str, listeners: int, changes: int, pause: float) ->
     return latencies
 
 
+def _pg_work_anchor(
+    database_url: str, workdir: Path, followers: int, changes: int
+) -> tuple[list[float], float]:
+    """The fleet's work with nothing of confledger's: N ``fleet_bare.py`` processes, each woken by a
+    NOTIFY, reading the change, validating it, handing it to its service and recording its answer under
+    the log's lock (see that file). Per change, from just before the decider's commit to the last
+    follower's service having it; and the CPU one of them spent per change (the median follower)."""
+    import psycopg
+
+    conninfo = sa.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    stamps = _Stamps(workdir, "bare-stamps.sock")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with psycopg.connect(conninfo) as decider:
+            decider.execute(
+                "CREATE TABLE bare_events (position bigserial PRIMARY KEY, kind text NOT NULL, "
+                "instance text, body text NOT NULL, occurred_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+            decider.commit()
+            for index in range(followers):
+                name = f"bare-{index}"
+                stamps.names.add(name)
+                processes.append(
+                    subprocess.Popen([sys.executable, str(BARE_FOLLOWER), conninfo, name, str(stamps.path)])
+                )
+            stamps.block_for(0)  # every follower is listening
+            cpu_before = [_cpu_s(process.pid) for process in processes]
+            latencies = []
+            for index in range(changes + 1):
+                level = 10_000 + index if index < changes else -1
+                decider.execute("LOCK TABLE bare_events IN EXCLUSIVE MODE")
+                decider.execute(
+                    "INSERT INTO bare_events (kind, instance, body) VALUES ('applied', 'decider', %s)",
+                    (json.dumps({"level": level}),),
+                )
+                decider.execute("NOTIFY bare_fleet")
+                decided = time.time()
+                decider.commit()
+                if level < 0:
+                    break
+                stamps.block_for(level)
+                latencies.append((max(stamps.seen[level].values()) - decided) * 1000)
+            cpu_spent = [
+                _cpu_s(process.pid) - before for process, before in zip(processes, cpu_before, strict=True)
+            ]
+        for process in processes:
+            process.wait(timeout=15)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stamps.close()
+    return latencies, statistics.median(cpu_spent) * 1000 / max(1, changes)
+
+
 def _sqlite_anchor(workdir: Path, listeners: int, changes: int, pause: float, poll: float) -> list[float]:
     path = workdir / "anchor.db"
     writer = sqlite3.connect(path, isolation_level=None)
@@ -496,10 +574,13 @@ def measure(
         )
         postgres = sum(spent for spent in spent_by_postgres if not math.isnan(spent))  # NaN: gone
         latencies, recorded = _latencies(database_url, stamps)
+        work: list[float] = []
+        work_cpu = math.nan
         if backend == "sqlite":
             anchor = _sqlite_anchor(workdir, followers, changes, pause, poll)
         else:
             anchor = _pg_anchor(database_url, followers, changes, pause)
+            work, work_cpu = _pg_work_anchor(database_url, workdir, followers, changes)
     return Result(
         backend=backend,
         followers=followers,
@@ -516,6 +597,9 @@ def measure(
         busy_cores=busy / elapsed if elapsed > 0 else float("nan"),
         postgres_cpu_ms=postgres * 1000 / max(1, changes) if backend == "postgres" else float("nan"),
         decider_cpu_ms=own * 1000 / max(1, changes),
+        work_p50_ms=statistics.median(work) if work else math.nan,
+        work_p99_ms=percentile(work, 0.99) if work else math.nan,
+        work_cpu_ms=work_cpu,
     )
 
 
@@ -523,7 +607,8 @@ def print_table(results: list[Result]) -> None:
     header = (
         f"{'backend':<10} {'N':>3} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'rec. p50':>8} {'rec. p99':>8} {'anchor p50':>10} {'anchor p99':>10} {'p99/anchor':>10} "
-        f"{'CPU/chg':>8} {'floor':>6} {'busy':>5} {'PG/chg':>7} {'dec/chg':>7}  wake-up"
+        f"{'CPU/chg':>8} {'floor':>6} {'busy':>5} {'PG/chg':>7} {'dec/chg':>7} "
+        f"{'bare p50':>8} {'bare p99':>8} {'bare CPU':>8}  wake-up"
     )
     print(header)
     print("-" * len(header))
@@ -537,13 +622,15 @@ def print_table(results: list[Result]) -> None:
             f"{result.recorded_p99_ms:>8.2f} {result.anchor_p50_ms:>10.2f} "
             f"{result.anchor_p99_ms:>10.2f} {result.ratio_p99:>10.1f} {result.follower_cpu_ms:>8.2f} "
             f"{result.cpu_floor_ms:>6.1f} {result.busy_cores:>5.2f} {result.postgres_cpu_ms:>7.2f} "
-            f"{result.decider_cpu_ms:>7.2f}  {wake}"
+            f"{result.decider_cpu_ms:>7.2f} {result.work_p50_ms:>8.2f} {result.work_p99_ms:>8.2f} "
+            f"{result.work_cpu_ms:>8.2f}  {wake}"
         )
     print(
         "CPU/chg: one follower's CPU per change (the median follower); floor: N x that / the machine's "
         f"{os.cpu_count()} cores; busy: cores busy on average while the changes ran (all processes); "
         "PG/chg and dec/chg: the CPU per change of the PostgreSQL server's processes and of the decider "
-        "with this harness."
+        "with this harness. bare: the same work by N fleet_bare.py processes (psycopg and pydantic, "
+        "nothing of confledger's), in the same run: p50, p99, and one's CPU per change."
     )
 
 

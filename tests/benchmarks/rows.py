@@ -545,6 +545,14 @@ def fleet_row(result: Any) -> Row:
     if not (math.isnan(busy) or math.isnan(floor)):
         # Whether the row measured waiting or the cores: 8 followers share them with the server.
         ours += f"; {busy:.2f} of {os.cpu_count()} cores busy, followers' CPU floor {floor:.1f} ms"
+    work_p99, work_cpu = _figure(result, "work_p99_ms"), _figure(result, "work_cpu_ms")
+    follower_cpu = _figure(result, "follower_cpu_ms")
+    if not (math.isnan(work_p99) or math.isnan(work_cpu) or math.isnan(follower_cpu)):
+        # The work itself done bare on the same cores: how much of the row is ours to cut.
+        ours += (
+            f"; the same work bare (fleet_bare.py) p99 {work_p99:.2f} ms, "
+            f"CPU per follower and change {follower_cpu:.2f} ms against {work_cpu:.2f} bare"
+        )
     return Row(
         "fleet",
         FLEET_LABEL,
@@ -554,7 +562,7 @@ def fleet_row(result: Any) -> Row:
         ratio=p99 / anchor_p99 if has_anchor and anchor_p99 > 0 else None,
         ratio_of="p99" if has_anchor else "",
         checks=(Check("p99", p99, "<", 10, " ms"),),
-        figures={"p50_ms": p50, "p99_ms": p99, "anchor_p99_ms": anchor_p99},
+        figures={"p50_ms": p50, "p99_ms": p99, "anchor_p99_ms": anchor_p99, "work_p99_ms": work_p99},
     )
 
 

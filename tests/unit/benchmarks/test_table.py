@@ -266,3 +266,42 @@ def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms
     assert (
         f"{busy:.2f} of {os.cpu_count()} cores busy, followers' CPU floor {floor:.1f} ms" in row.ours
     ) is shown
+
+
+@pytest.mark.parametrize(
+    ("work_p99_ms", "work_cpu_ms", "shown"),
+    [
+        # PostgreSQL: the bare work ran beside ours, so the row says what of it is ours to cut
+        (4.4, 0.45, True),
+        # SQLite, or a result from before the bare anchor: nothing to show
+        (float("nan"), float("nan"), False),
+    ],
+)
+def test_the_fleet_row_sets_the_bare_work_beside_ours(
+    work_p99_ms: float, work_cpu_ms: float, shown: bool
+) -> None:
+    from tests.benchmarks.bench_fleet import Result
+
+    result = Result(
+        backend="postgres",
+        followers=8,
+        changes=200,
+        p50_ms=12.0,
+        p99_ms=18.0,
+        max_ms=20.0,
+        recorded_p50_ms=22.0,
+        recorded_p99_ms=33.0,
+        anchor_p50_ms=1.0,
+        anchor_p99_ms=2.5,
+        poll_interval_s=0.5,
+        follower_cpu_ms=3.3,
+        busy_cores=1.7,
+        work_p50_ms=2.5,
+        work_p99_ms=work_p99_ms,
+        work_cpu_ms=work_cpu_ms,
+    )
+    row = fleet_row(result)
+    bare = f"the same work bare (fleet_bare.py) p99 {work_p99_ms:.2f} ms"
+    assert (bare in row.ours) is shown
+    assert ("CPU per follower and change 3.30 ms against 0.45 bare" in row.ours) is shown
+    assert row.ratio == pytest.approx(18.0 / 2.5)  # the ratio stays against the wake-up anchor
