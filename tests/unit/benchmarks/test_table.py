@@ -232,19 +232,11 @@ def test_bench_fleet_gets_the_arguments_its_signature_names() -> None:
     assert fleet_arguments(measure, 50) == {"backend": "postgres", "followers": 8, "changes": 50}
 
 
-@pytest.mark.parametrize(
-    ("busy", "follower_cpu_ms", "shown"),
-    [
-        # the cores near full: the row says so, with the floor N followers' CPU puts under the p50
-        (1.87, 4.0, True),
-        # an older result without the machine's figures: the row shows the latencies alone
-        (float("nan"), 4.0, False),
-    ],
-)
-def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms: float, shown: bool) -> None:
+def _fleet_result(**measured: float) -> object:
+    """bench_fleet's own result for an N=8 PostgreSQL row, with ``measured`` over its latencies."""
     from tests.benchmarks.bench_fleet import Result
 
-    result = Result(
+    return Result(
         backend="postgres",
         followers=8,
         changes=200,
@@ -256,9 +248,21 @@ def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms
         anchor_p50_ms=1.2,
         anchor_p99_ms=1.8,
         poll_interval_s=0.5,
-        follower_cpu_ms=follower_cpu_ms,
-        busy_cores=busy,
+        **measured,
     )
+
+
+@pytest.mark.parametrize(
+    ("busy", "follower_cpu_ms", "shown"),
+    [
+        # the cores near full: the row says so, with the floor N followers' CPU puts under the p50
+        (1.87, 4.0, True),
+        # an older result without the machine's figures: the row shows the latencies alone
+        (float("nan"), 4.0, False),
+    ],
+)
+def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms: float, shown: bool) -> None:
+    result = _fleet_result(follower_cpu_ms=follower_cpu_ms, busy_cores=busy)
     row = fleet_row(result)
     assert row.ours.startswith("p50 15.00 / p99 25.00 ms")
     floor = 8 * follower_cpu_ms / (os.cpu_count() or 1)
@@ -280,28 +284,11 @@ def test_the_fleet_row_says_how_busy_the_cores_were(busy: float, follower_cpu_ms
 def test_the_fleet_row_sets_the_bare_work_beside_ours(
     work_p99_ms: float, work_cpu_ms: float, shown: bool
 ) -> None:
-    from tests.benchmarks.bench_fleet import Result
-
-    result = Result(
-        backend="postgres",
-        followers=8,
-        changes=200,
-        p50_ms=12.0,
-        p99_ms=18.0,
-        max_ms=20.0,
-        recorded_p50_ms=22.0,
-        recorded_p99_ms=33.0,
-        anchor_p50_ms=1.0,
-        anchor_p99_ms=2.5,
-        poll_interval_s=0.5,
-        follower_cpu_ms=3.3,
-        busy_cores=1.7,
-        work_p50_ms=2.5,
-        work_p99_ms=work_p99_ms,
-        work_cpu_ms=work_cpu_ms,
+    result = _fleet_result(
+        follower_cpu_ms=3.3, busy_cores=1.7, work_p50_ms=2.5, work_p99_ms=work_p99_ms, work_cpu_ms=work_cpu_ms
     )
     row = fleet_row(result)
     bare = f"the same work bare (fleet_bare.py) p99 {work_p99_ms:.2f} ms"
     assert (bare in row.ours) is shown
     assert ("CPU per follower and change 3.30 ms against 0.45 bare" in row.ours) is shown
-    assert row.ratio == pytest.approx(18.0 / 2.5)  # the ratio stays against the wake-up anchor
+    assert row.ratio == pytest.approx(25.0 / 1.8)  # the ratio stays against the wake-up anchor
