@@ -34,12 +34,11 @@ from confledger.api.security import Tokens, create_private_database_file, load_o
 from confledger.api.settings import (
     Settings,
     absolute,
-    anchor_file_path,
     default_database_url,
     misspelt_variables,
+    open_log,
     resolve_cipher,
     settings_with,
-    signing_key_of,
     token_file_path,
 )
 from confledger.api.telemetry import Telemetry, otlp_configured
@@ -189,21 +188,9 @@ class ConfigLifecycle:
         return dirs + self.source_dirs
 
     def _open_log(self) -> EventLog:
-        log = EventLog(
-            self.database_url,
-            instance_id=self.settings.instance_id,
-            sqlite_synchronous=self.settings.sqlite_synchronous,  # type: ignore[arg-type]
-            signing_key=signing_key_of(self.settings),
-            anchor_path=anchor_file_path(self.settings, self.database_url, self.config_source),
-            pool_size=self.settings.database_pool_size,
-            max_overflow=self.settings.database_max_overflow,
+        return open_log(
+            self.settings, self.database_url, self.config_source, encryption_key=self.encryption_key
         )
-        try:
-            log.cipher = resolve_cipher(self.encryption_key, self.database_url, log)
-        except BaseException:
-            log.close()
-            raise
-        return log
 
     async def __aenter__(self) -> ConfigLifecycle:
         stack = contextlib.AsyncExitStack()

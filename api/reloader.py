@@ -17,14 +17,7 @@ from confledger import __version__
 from confledger.api.file_watching import FileWatching, WatchGroup
 from confledger.api.fleet_judge import FleetJudge
 from confledger.api.security import create_private_database_file
-from confledger.api.settings import (
-    Settings,
-    anchor_file_path,
-    default_database_url,
-    resolve_cipher,
-    settings_with,
-    signing_key_of,
-)
+from confledger.api.settings import Settings, default_database_url, open_log, settings_with
 from confledger.api.watch import ChangeFeed
 from confledger.api.watcher import FileWatcher
 from confledger.projections.backups import BackupsProjection
@@ -183,24 +176,8 @@ class ConfigReloader(FileWatching):
         database_url = url or settings.database_url or default_database_url(config_source)
         # SQLite would create it 0644, and it holds every config (the lifecycle warns of a shared one).
         create_private_database_file(database_url, warn_if_shared=False)
-        log = EventLog(
-            database_url,
-            instance_id=settings.instance_id,
-            cipher=cipher,
-            sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
-            signing_key=signing_key_of(settings),
-            anchor_path=anchor_file_path(settings, database_url, config_source),
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-        )
-        if cipher is None:
-            key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
-            try:
-                log.cipher = resolve_cipher(key, database_url, log)
-            except BaseException:
-                log.close()
-                raise
-        return log
+        key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
+        return open_log(settings, database_url, config_source, encryption_key=key, cipher=cipher)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "environment_settings",
     "existing_cipher",
     "misspelt_variables",
+    "open_log",
     "resolve_cipher",
     "settings_error_message",
     "settings_with",
@@ -394,3 +395,33 @@ def resolve_cipher(encryption_key: str | None, database_url: str, log: EventLog)
 
         warn_if_readable_by_others(key_file, "encryption key file")
     return SecretCipher.from_key_file(key_file, create=True)
+
+
+def open_log(
+    settings: Settings,
+    database_url: str,
+    config_source: str | Path | None,
+    *,
+    encryption_key: str | None,
+    cipher: SecretCipher | None = None,
+) -> EventLog:
+    """The log a serving instance opens, as ``settings`` say (SQLite's synchronous level, the signing key,
+    the anchor file, PostgreSQL's pool), with ``cipher`` or else the key ``resolve_cipher`` finds for
+    ``encryption_key``; closed again if no key can be had."""
+    log = EventLog(
+        database_url,
+        instance_id=settings.instance_id,
+        cipher=cipher,
+        sqlite_synchronous=settings.sqlite_synchronous,  # type: ignore[arg-type]
+        signing_key=signing_key_of(settings),
+        anchor_path=anchor_file_path(settings, database_url, config_source),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+    if cipher is None:
+        try:
+            log.cipher = resolve_cipher(encryption_key, database_url, log)
+        except BaseException:
+            log.close()
+            raise
+    return log
