@@ -124,7 +124,9 @@ def test_no_request_loads_a_file_swapped_in_from_outside(
     service: Service, tmp_path: Path, make_step: Callable[[Path, Path], Callable[[], None]]
 ) -> None:
     conf = service.source.parent
-    inside_body, outside_body = variant(environment="staging"), variant(environment="production")
+    # Neither is the config the service starts on (production): "never current" would hold for nothing
+    # whenever every request met the swap and none loaded the inside file.
+    inside_body, outside_body = variant(environment="staging"), variant(environment="development")
     outside = tmp_path / "outside"
     for directory in (conf / "sub", outside):
         directory.mkdir()
